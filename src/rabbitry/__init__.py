@@ -1,0 +1,5 @@
+"""Rabbitry: an asyncio messaging platform on RabbitMQ."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The ``rabbitry`` command line: Typer commands that parse, call one library function, print."""

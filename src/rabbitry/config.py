@@ -1,0 +1,163 @@
+"""Settings, parsed once at the edge (CLI or app factory) and passed down.
+
+Every key can come from the environment (``RABBITRY_<KEY>``) or from ``rabbitry.yaml``
+(the same keys in lower case, plus the topology sections: ``modules``, ``queues``, ``tenants``).
+The environment wins over the file. Library code receives a :class:`Settings`; it never reads
+``os.environ`` itself.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rabbitry.errors import ConfigError
+
+# Broker object names are built from these: a conservative alphabet keeps user input out of
+# names that could collide or need quoting, and leaves "." free as Rabbitry's separator.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+
+class QueueType(StrEnum):
+    CLASSIC = "classic"
+    QUORUM = "quorum"
+
+
+class ManualProcessingMode(StrEnum):
+    RABBIT = "rabbit"
+    DB = "db"
+
+
+class ModuleConfig(BaseModel):
+    """A module of part 1: its queue hears the routing keys it lists on ``<ns>.modules``."""
+
+    name: str
+    routing_keys: list[str] = Field(default_factory=list)
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return validate_name(value, "module name")
+
+
+class RegistryEntry(BaseModel):
+    """A queue of the outbox's registry (seed 2's ``Queue``)."""
+
+    name: str
+    description: str = ""
+    allow_manual_insertion: bool = False
+    classname: str = ""
+    exchange: str = ""
+    routing_key: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return validate_name(value, "queue name")
+
+
+def validate_name(value: str, what: str = "name") -> str:
+    """Return ``value`` if it is safe inside a broker object name, else raise ``ValueError``."""
+    if not NAME_PATTERN.match(value):
+        raise ValueError(
+            f"invalid {what} {value!r}: use 1-63 letters, digits, '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything a Rabbitry process needs to know, typed."""
+
+    model_config = SettingsConfigDict(env_prefix="RABBITRY_", extra="ignore")
+
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    database_url: SecretStr | None = None
+    redis_url: SecretStr | None = None
+    mongodb_url: SecretStr | None = None
+    namespace: str = "rabbitry"
+    rabbit_active: bool = True
+    manual_processing_mode: ManualProcessingMode = ManualProcessingMode.RABBIT
+    admin_token: SecretStr | None = None
+    queue_type: QueueType = QueueType.CLASSIC
+    data_dir: Path = Path("var")
+    config_file: Path | None = None
+
+    publish_timeout: float = Field(default=5.0, gt=0)
+    connect_timeout: float = Field(default=3.0, gt=0)
+    circuit_open_seconds: float = Field(default=5.0, ge=0)
+    prefetch: int = Field(default=200, ge=1, le=65535)
+    concurrency: int = Field(default=32, ge=1)
+    max_attempts: int = Field(default=5, ge=1)
+    retry_base_delay: float = Field(default=1.0, gt=0)
+    retry_max_delay: float = Field(default=300.0, gt=0)
+    drain_timeout: float = Field(default=30.0, gt=0)
+    strict_rr_job: bool = True
+
+    modules: list[ModuleConfig] = Field(default_factory=list)
+    queues: list[RegistryEntry] = Field(default_factory=list)
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        return validate_name(value, "namespace")
+
+    @property
+    def sql_url(self) -> str:
+        """The database URL with an async driver; SQLite under ``data_dir`` when unset."""
+        if self.database_url is None:
+            return f"sqlite+aiosqlite:///{(self.data_dir / 'rabbitry.db').resolve()}"
+        url = self.database_url.get_secret_value()
+        for plain, driver in (
+            ("postgresql://", "postgresql+asyncpg://"),
+            ("postgres://", "postgresql+asyncpg://"),
+            ("sqlite://", "sqlite+aiosqlite://"),
+        ):
+            if url.startswith(plain):
+                return driver + url[len(plain) :]
+        return url
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from ``rabbitry.yaml`` (if given or present) then the environment.
+
+    Raises :class:`ConfigError` with a one-line reason when anything is invalid.
+    """
+    path = config_file
+    if path is None and Path("rabbitry.yaml").is_file():
+        path = Path("rabbitry.yaml")
+    file_values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        file_values = loaded
+        file_values["config_file"] = path
+    try:
+        # Environment beats the file: pydantic-settings gives init kwargs priority, so only
+        # pass file keys the environment does not set.
+        settings = Settings(**{**_without_env(file_values), **overrides})
+    except ValueError as exc:
+        raise ConfigError(_first_line(str(exc))) from exc
+    return settings
+
+
+def _without_env(values: dict[str, Any]) -> dict[str, Any]:
+    import os  # only the edge reads the environment, to let it win over the file
+
+    return {k: v for k, v in values.items() if f"RABBITRY_{k.upper()}" not in os.environ}
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "; ".join(lines[:3]) if lines else text

@@ -1,0 +1,60 @@
+"""Rabbitry's exception tree. Callers catch these, never aio-pika's, aiormq's or SQLAlchemy's.
+
+RabbitryError
+├── ConfigError                 bad settings or rabbitry.yaml
+├── BrokerError                 RabbitMQ could not do what was asked
+│   ├── BrokerUnavailable       no connection (refused, lost, circuit open, rabbit_active=false)
+│   └── PublishFailed           the broker answered, but not with a confirm
+│       ├── PublishNacked       basic.nack
+│       ├── PublishUnroutable   mandatory message returned: no queue bound for it
+│       └── PublishTimeout      no confirm within the bounded timeout
+├── MessageError                a message that cannot be decoded or does not fit its schema
+├── StorageError                the database failed (the outbox could not persist either)
+└── NotFound                    a named thing (queue, entity, tenant) does not exist
+"""
+
+from __future__ import annotations
+
+
+class RabbitryError(Exception):
+    """Base of every error Rabbitry raises on purpose."""
+
+
+class ConfigError(RabbitryError):
+    """Settings or the configuration file are invalid."""
+
+
+class BrokerError(RabbitryError):
+    """RabbitMQ could not do what was asked."""
+
+
+class BrokerUnavailable(BrokerError):
+    """No usable connection to RabbitMQ."""
+
+
+class PublishFailed(BrokerError):
+    """The broker did not confirm a publish."""
+
+
+class PublishNacked(PublishFailed):
+    """The broker answered basic.nack."""
+
+
+class PublishUnroutable(PublishFailed):
+    """A mandatory message was returned because no queue is bound for it."""
+
+
+class PublishTimeout(PublishFailed):
+    """No confirm arrived within the publish timeout."""
+
+
+class MessageError(RabbitryError):
+    """A message is malformed: bad JSON, a missing ``rr_job``, a schema error."""
+
+
+class StorageError(RabbitryError):
+    """The database failed."""
+
+
+class NotFound(RabbitryError):
+    """A named object does not exist."""

@@ -1,0 +1,1 @@
+"""The core library: messages, topology, publishing and consuming. Imports no web or CLI code."""

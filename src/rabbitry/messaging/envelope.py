@@ -1,0 +1,236 @@
+"""Rabbitry messages <-> AMQP properties, headers and body, in RoadRunner's format. Pure, no I/O.
+
+Encoding follows the publisher rules of RoadRunner's AMQP driver to the letter (see
+``docs/message-format.md``): the seven ``rr_*`` headers come first, in RoadRunner's own order
+and with its exact field types: ``rr_id``/``rr_job``/``rr_pipeline`` as ``S``, ``rr_headers`` as a
+byte array ``x`` holding a JSON object of string lists (``{}`` when empty, never ``null``),
+``rr_delay``/``rr_priority`` as signed int64 ``l`` (the only width every RoadRunner accepts),
+``rr_auto_ack`` as ``t``. Decoding is lenient the way RoadRunner's consumer is: any integer
+width, ``rr_headers`` as bytes, string or null, ``rr_auto_ack`` missing, unknown extra headers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rabbitry.errors import MessageError
+from rabbitry.messaging.fieldtable import Int64
+
+CONTENT_TYPE = "application/json"
+PERSISTENT = 2
+DEFAULT_PRIORITY = 10
+# The job name RoadRunner gives a message that carries no rr_job; we use the same for lenient
+# consumers so both sides log the same thing.
+UNKNOWN_JOB = "deduced_by_rr"
+
+TENANT_HEADER = "x-tenant"
+CORRELATION_HEADER = "x-correlation-id"
+TRACEPARENT_HEADER = "traceparent"
+ATTEMPT_HEADER = "x-rabbitry-attempt"
+REASON_HEADER = "x-rabbitry-reason"
+ERROR_HEADER = "x-rabbitry-error"
+ORIGIN_QUEUE_HEADER = "x-rabbitry-queue"
+
+RR_HEADERS = (
+    "rr_id",
+    "rr_job",
+    "rr_pipeline",
+    "rr_headers",
+    "rr_delay",
+    "rr_priority",
+    "rr_auto_ack",
+)
+
+Json = Any
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message: a type (RoadRunner's job name), a JSON payload and its metadata.
+
+    ``headers`` are the application headers RoadRunner hands to PHP (``rr_headers``): a map of
+    string lists. ``tenant``, ``correlation_id`` and ``traceparent`` travel as top-level AMQP
+    headers, which RoadRunner >= 2023.3 also passes to PHP. ``attempt`` counts Rabbitry's retries.
+    """
+
+    type: str
+    payload: Json
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    headers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    pipeline: str = ""
+    delay: int = 0
+    priority: int = DEFAULT_PRIORITY
+    auto_ack: bool = False
+    tenant: str | None = None
+    correlation_id: str | None = None
+    traceparent: str | None = None
+    timestamp: dt.datetime = field(default_factory=_now)
+    attempt: int = 0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    # The body exactly as received or as first encoded; re-publishing sends these bytes again.
+    raw_body: bytes | None = None
+
+    def body(self) -> bytes:
+        """The body bytes: the original ones when known, else compact UTF-8 JSON."""
+        if self.raw_body is not None:
+            return self.raw_body
+        return encode_body(self.payload)
+
+
+def encode_body(payload: Json) -> bytes:
+    """Compact UTF-8 JSON, the form PHP's ``json_decode`` and RoadRunner expect."""
+    try:
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise MessageError(f"payload is not JSON-serialisable: {exc}") from exc
+
+
+def encode_headers(message: Message) -> dict[str, Any]:
+    """The AMQP header table of ``message``, rr_* first, typed for :mod:`fieldtable`."""
+    user_headers = {name: list(values) for name, values in message.headers.items()}
+    headers: dict[str, Any] = {
+        "rr_id": message.id,
+        "rr_job": message.type,
+        "rr_pipeline": message.pipeline,
+        "rr_headers": json.dumps(user_headers, separators=(",", ":")).encode(),
+        "rr_delay": Int64(message.delay),
+        "rr_priority": Int64(message.priority),
+        "rr_auto_ack": message.auto_ack,
+    }
+    if message.tenant is not None:
+        headers[TENANT_HEADER] = message.tenant
+    if message.correlation_id is not None:
+        headers[CORRELATION_HEADER] = message.correlation_id
+    if message.traceparent is not None:
+        headers[TRACEPARENT_HEADER] = message.traceparent
+    if message.attempt:
+        headers[ATTEMPT_HEADER] = Int64(message.attempt)
+    for name, value in message.extra.items():
+        headers.setdefault(name, value)
+    return headers
+
+
+def encode(message: Message) -> tuple[dict[str, Any], bytes]:
+    """Return (basic properties as keyword arguments, body bytes) for ``message``."""
+    properties: dict[str, Any] = {
+        "content_type": CONTENT_TYPE,
+        "delivery_mode": PERSISTENT,
+        "message_id": message.id,
+        "timestamp": message.timestamp,
+        "headers": encode_headers(message),
+    }
+    if message.correlation_id is not None:
+        properties["correlation_id"] = message.correlation_id
+    return properties, message.body()
+
+
+def decode(
+    body: bytes,
+    headers: Mapping[str, Any] | None,
+    *,
+    message_id: str | None = None,
+    timestamp: dt.datetime | int | None = None,
+    correlation_id: str | None = None,
+    strict: bool = True,
+) -> Message:
+    """Build a :class:`Message` from what the broker delivered.
+
+    Raises :class:`MessageError` (the reason becomes the dead-letter reason) when the body is not
+    UTF-8 JSON, or, with ``strict``, when ``rr_job`` is missing.
+    """
+    table = dict(headers or {})
+    job = _text(table.get("rr_job"))
+    if not job:
+        if strict:
+            raise MessageError("missing rr_job header (the message type)")
+        job = UNKNOWN_JOB
+    try:
+        payload = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise MessageError(f"body is not UTF-8: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise MessageError(f"body is not JSON: {exc}") from exc
+    rr_id = _text(table.get("rr_id")) or message_id or str(uuid.uuid4())
+    extra = {k: v for k, v in table.items() if k not in _KNOWN}
+    return Message(
+        type=job,
+        payload=payload,
+        id=rr_id,
+        headers=_user_headers(table.get("rr_headers")),
+        pipeline=_text(table.get("rr_pipeline")) or "",
+        delay=_int(table.get("rr_delay"), 0),
+        priority=_int(table.get("rr_priority"), DEFAULT_PRIORITY),
+        auto_ack=bool(table.get("rr_auto_ack", False)),
+        tenant=_text(table.get(TENANT_HEADER)),
+        correlation_id=_text(table.get(CORRELATION_HEADER)) or correlation_id,
+        traceparent=_text(table.get(TRACEPARENT_HEADER)),
+        timestamp=_timestamp(timestamp),
+        attempt=_int(table.get(ATTEMPT_HEADER), 0),
+        extra=extra,
+        raw_body=bytes(body),
+    )
+
+
+_KNOWN = frozenset(RR_HEADERS) | {
+    TENANT_HEADER,
+    CORRELATION_HEADER,
+    TRACEPARENT_HEADER,
+    ATTEMPT_HEADER,
+}
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes | bytearray):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return str(value)
+
+
+def _int(value: Any, default: int) -> int:
+    # RoadRunner <= 2024.1 writes `l`, >= 2024.2 writes `I`, stock clients write anything:
+    # every integer tag decodes to int already, so only non-integers fall back to the default.
+    if isinstance(value, bool) or not isinstance(value, int):
+        return default
+    return value
+
+
+def _user_headers(value: Any) -> dict[str, tuple[str, ...]]:
+    """``rr_headers``: JSON object of string lists as bytes or string; null and junk give {}."""
+    text = _text(value)
+    if not text:
+        return {}
+    try:
+        loaded = json.loads(text)
+    except json.JSONDecodeError:
+        # RoadRunner >= 2023.3 logs a warning and runs the job without these headers.
+        return {}
+    if not isinstance(loaded, dict):
+        return {}
+    result: dict[str, tuple[str, ...]] = {}
+    for name, values in loaded.items():
+        if isinstance(values, list):
+            result[str(name)] = tuple(str(v) for v in values)
+        elif values is not None:
+            result[str(name)] = (str(values),)
+    return result
+
+
+def _timestamp(value: dt.datetime | int | None) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    if isinstance(value, int):
+        return dt.datetime.fromtimestamp(value, dt.UTC)
+    return _now()

@@ -1,0 +1,40 @@
+"""Prometheus counters, labelled by queue (or exchange for publishes).
+
+Counters live in one registry per process; `/metrics` of every HTTP process exposes it.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+PUBLISHED = Counter(
+    "rabbitry_published", "Messages handed to the broker", ["exchange"], registry=REGISTRY
+)
+CONFIRMED = Counter(
+    "rabbitry_confirmed", "Publishes the broker confirmed", ["exchange"], registry=REGISTRY
+)
+FAILED = Counter(
+    "rabbitry_publish_failed",
+    "Publishes the broker did not confirm (nack, unroutable, timeout, connection loss)",
+    ["exchange"],
+    registry=REGISTRY,
+)
+PERSISTED = Counter(
+    "rabbitry_persisted", "Messages stored in the outbox instead", ["exchange"], registry=REGISTRY
+)
+CONSUMED = Counter("rabbitry_consumed", "Deliveries received", ["queue"], registry=REGISTRY)
+ACKED = Counter("rabbitry_acked", "Deliveries acknowledged", ["queue"], registry=REGISTRY)
+RETRIED = Counter(
+    "rabbitry_retried", "Deliveries sent to a retry queue", ["queue"], registry=REGISTRY
+)
+DEAD_LETTERED = Counter(
+    "rabbitry_dead_lettered",
+    "Deliveries sent to the dead-letter queue",
+    ["queue"],
+    registry=REGISTRY,
+)
+HANDLER_SECONDS = Histogram(
+    "rabbitry_handler_seconds", "Time spent in message handlers", ["queue"], registry=REGISTRY
+)

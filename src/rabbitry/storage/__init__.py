@@ -1,0 +1,6 @@
+"""SQL storage: one engine per process, declarative models, Alembic migrations."""
+
+from rabbitry.storage.base import Base
+from rabbitry.storage.database import Database
+
+__all__ = ["Base", "Database"]
