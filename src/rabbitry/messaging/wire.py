@@ -117,7 +117,7 @@ def encode_publish(
     size = len(body)
     parts = [
         _publish_method(channel, exchange, routing_key, mandatory),
-        _CONTENT_HEAD.pack(FRAME_HEADER, channel, 14 + len(properties), 60, 0, size),
+        _CONTENT_HEAD.pack(FRAME_HEADER, channel, 12 + len(properties), 60, 0, size),
         properties,
     ]
     chunk = frame_max - FRAME_OVERHEAD
