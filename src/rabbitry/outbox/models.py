@@ -1,0 +1,129 @@
+"""The outbox's tables: the queue registry (seed 2's ``Queue``) and the pending-message ledger.
+
+Times are stored as naive UTC (``timestamp without time zone`` on PostgreSQL, ISO text on
+SQLite) so that comparisons behave the same on both; :class:`UTCDateTime` hands out aware UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    false,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from rabbitry.outbox.filters import Origin
+from rabbitry.storage.base import Base
+
+NAME_LENGTH = 255
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out; naive UTC in the database."""
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # raw SQLite text, e.g. from a textual query
+            value = dt.datetime.fromisoformat(value)
+        assert isinstance(value, dt.datetime)
+        return value.replace(tzinfo=dt.UTC)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# SQLite only makes INTEGER PRIMARY KEY an auto-increment rowid alias, not BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class QueueRecord(Base):
+    """A queue messages can be sent to by name: the seed's publisher, from ``rabbitry.yaml``."""
+
+    __tablename__ = "outbox_queues"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    allow_manual_insertion: Mapped[bool] = mapped_column(Boolean, default=False)
+    classname: Mapped[str] = mapped_column(String(NAME_LENGTH), default="", index=True)
+    exchange: Mapped[str] = mapped_column(String(NAME_LENGTH), default="")
+    routing_key: Mapped[str] = mapped_column(String(NAME_LENGTH), default="")
+    # An entry removed from the file stays (its pending messages still point at it), inactive.
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class PendingMessage(Base):
+    """A message the broker has not confirmed yet (contingency) or a user parked (manual)."""
+
+    __tablename__ = "outbox_messages"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # The registry name, or "<exchange>/<routing key>" for a publish outside the registry.
+    queue: Mapped[str] = mapped_column(String(2 * NAME_LENGTH + 1))
+    exchange: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    routing_key: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    # The body exactly as it was (UTF-8 JSON): re-publishing sends these bytes again.
+    body: Mapped[str] = mapped_column(Text)
+    # The AMQP header table (rr_* and the rest), JSON with tagged bytes/dates (outbox.codec).
+    headers: Mapped[dict[str, Any]] = mapped_column(JSON)
+    message_id: Mapped[str] = mapped_column(String(NAME_LENGTH), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    processed: Mapped[bool] = mapped_column(Boolean, default=False)
+    processed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    origin: Mapped[str] = mapped_column(String(16), default=Origin.CONTINGENCY.value)
+    # A requeue run leases the rows it is publishing, so that a concurrent run skips them.
+    claim_token: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    claimed_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    __table_args__ = (
+        # The requeue query: pending rows, oldest first, optionally of one queue. Partial
+        # indexes stay small however many processed rows pile up.
+        Index(
+            "ix_outbox_messages_pending",
+            "created_at",
+            "id",
+            postgresql_where=text("processed = false"),
+            sqlite_where=text("processed = 0"),
+        ),
+        Index(
+            "ix_outbox_messages_pending_queue",
+            "queue",
+            "created_at",
+            "id",
+            postgresql_where=text("processed = false"),
+            sqlite_where=text("processed = 0"),
+        ),
+    )
+
+
+# Matches the partial indexes' predicate, so that both databases use them.
+PENDING_CLAUSE = PendingMessage.processed == false()
