@@ -1,0 +1,234 @@
+"""Change events (seed 1): the model, its validation, and folding a history into a state.
+
+Pure, no I/O. A change event is a message of type (``rr_job``) ``insert``, ``update`` or
+``delete`` whose body is ``{"entity": str, "id": int, "user": int | "system", "data": object}``;
+``data`` is required for insert and update (for an update, only the attributes that changed)
+and optional for delete. Anything else is refused with a :class:`MessageError` whose text is
+the reason the workflow module dead-letters it with.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from rabbitry.errors import MessageError
+
+Json = Any
+User = int | str
+
+SYSTEM_USER = "system"
+MAX_ENTITY_LENGTH = 255
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+class ChangeType(StrEnum):
+    INSERT = "insert"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    """One change of one entity, as a module reports it. Construction validates."""
+
+    type: ChangeType
+    entity: str
+    id: int
+    user: User = SYSTEM_USER
+    data: Mapping[str, Json] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "type", _change_type(self.type))
+        _check_entity(self.entity)
+        _check_int(self.id, "id")
+        _check_user(self.user)
+        if self.data is None:
+            if self.type is not ChangeType.DELETE:
+                raise MessageError(f"'data' is required for {self.type}")
+        elif not isinstance(self.data, Mapping):
+            raise MessageError(f"'data' must be a JSON object, got {_kind(self.data)}")
+
+    def payload(self) -> dict[str, Json]:
+        """The message body; a delete without data leaves ``data`` out."""
+        body: dict[str, Json] = {"entity": self.entity, "id": self.id, "user": self.user}
+        if self.data is not None:
+            body["data"] = dict(self.data)
+        return body
+
+
+def parse_change(message_type: str, payload: Json) -> ChangeEvent:
+    """Validate a received change event (its ``rr_job`` and JSON body).
+
+    Unknown extra keys are tolerated, the way RoadRunner tolerates unknown headers.
+    """
+    if not isinstance(payload, Mapping):
+        raise MessageError(f"change event body must be a JSON object, got {_kind(payload)}")
+    for key in ("entity", "id", "user"):
+        if key not in payload:
+            raise MessageError(f"change event is missing {key!r}")
+    return ChangeEvent(
+        type=_change_type(message_type),
+        entity=payload["entity"],
+        id=payload["id"],
+        user=payload["user"],
+        data=payload.get("data"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """A change event as the event store returns it."""
+
+    sequence: int
+    entity: str
+    id: int
+    version: int
+    type: ChangeType
+    user: User
+    data: Mapping[str, Json] | None
+    message_id: str
+    occurred_at: dt.datetime
+    recorded_at: dt.datetime
+
+    def to_json(self) -> dict[str, Json]:
+        return {
+            "sequence": self.sequence,
+            "entity": self.entity,
+            "id": self.id,
+            "version": self.version,
+            "type": str(self.type),
+            "user": self.user,
+            "data": None if self.data is None else dict(self.data),
+            "message_id": self.message_id,
+            "occurred_at": self.occurred_at.isoformat(),
+            "recorded_at": self.recorded_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EntityState:
+    """An entity rebuilt from its history: attributes as of ``version``."""
+
+    entity: str
+    id: int
+    version: int = 0
+    deleted: bool = False
+    data: Mapping[str, Json] = field(default_factory=dict)
+    updated_at: dt.datetime | None = None
+    updated_by: User | None = None
+
+    def to_json(self) -> dict[str, Json]:
+        return {
+            "entity": self.entity,
+            "id": self.id,
+            "version": self.version,
+            "deleted": self.deleted,
+            "data": dict(self.data),
+            "updated_at": None if self.updated_at is None else self.updated_at.isoformat(),
+            "updated_by": self.updated_by,
+        }
+
+
+def apply(state: EntityState, event: RecordedEvent) -> EntityState:
+    """One step of the fold.
+
+    insert: the entity starts over with ``data`` (a re-insert after a delete revives it);
+    update: ``data`` overrides those attributes; delete: the entity is gone, its last known
+    attributes (plus any the delete carried) are kept so that a reader sees what was deleted.
+    """
+    changes = dict(event.data or {})
+    if event.type is ChangeType.INSERT:
+        data, deleted = changes, False
+    elif event.type is ChangeType.UPDATE:
+        data, deleted = {**state.data, **changes}, state.deleted
+    else:
+        data, deleted = {**state.data, **changes}, True
+    return replace(
+        state,
+        version=event.version,
+        deleted=deleted,
+        data=data,
+        updated_at=event.occurred_at,
+        updated_by=event.user,
+    )
+
+
+def fold(events: Iterable[RecordedEvent], start: EntityState) -> EntityState:
+    """Apply ``events`` (in version order) to ``start``: linear in the number of events."""
+    state = start
+    for event in events:
+        state = apply(state, event)
+    return state
+
+
+def user_from_text(text: str) -> User:
+    """The stored form of ``user`` back to an int id or ``"system"``."""
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def parse_time(text: str) -> dt.datetime:
+    """``2025-02-06 12:00:00``, ``2025-02-06T12:00:00+01:00`` or ``2025-02-06``; naive is UTC.
+
+    Raises ``ValueError`` with a one-line reason.
+    """
+    try:
+        value = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"invalid time {text!r}: use ISO 8601, e.g. '2025-02-06 12:00:00' or "
+            "'2025-02-06T12:00:00+01:00'"
+        ) from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+def _change_type(value: object) -> ChangeType:
+    for kind in ChangeType:
+        if value == kind.value:
+            return kind
+    raise MessageError(f"unknown change type {value!r}: expected insert, update or delete")
+
+
+def _check_entity(value: object) -> None:
+    if not isinstance(value, str):
+        raise MessageError(f"'entity' must be a string, got {_kind(value)}")
+    if not value.strip():
+        raise MessageError("'entity' must not be empty")
+    if len(value) > MAX_ENTITY_LENGTH:
+        raise MessageError(f"'entity' is longer than {MAX_ENTITY_LENGTH} characters")
+
+
+def _check_int(value: object, key: str) -> None:
+    # bool is an int in Python but true/false in JSON: never an id.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MessageError(f"{key!r} must be an integer, got {_kind(value)}")
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise MessageError(f"{key!r} is out of the 64-bit integer range")
+
+
+def _check_user(value: object) -> None:
+    if isinstance(value, str):
+        if value != SYSTEM_USER:
+            raise MessageError(f"'user' must be a user id (integer) or \"system\", got {value!r}")
+        return
+    try:
+        _check_int(value, "user")
+    except MessageError:
+        raise MessageError(
+            f"'user' must be a user id (integer) or \"system\", got {_kind(value)}"
+        ) from None
+
+
+def _kind(value: object) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    for kind, name in names.items():
+        if isinstance(value, kind):
+            return name
+    if isinstance(value, int | float):
+        return "number"
+    return type(value).__name__

@@ -1,0 +1,83 @@
+"""Tables of the workflow module: the event store and the message log.
+
+``event_store`` holds every change event once, with a global sequence and, per (entity, id),
+a gap-free version counted from 1. Two unique constraints make that hold however many workflow
+workers write at once: one on (entity, entity_id, version), one on the message id (a redelivered
+message is stored once). ``module_message_log`` keeps every message the workflow module heard
+on ``<ns>.modules``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, TypeDecorator, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Mapped, mapped_column
+
+from rabbitry.storage.base import Base
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit sequence.
+Sequence = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """An aware UTC datetime on every backend (SQLite stores naive text and loses the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+class StoredEvent(Base):
+    """One change event as the event store keeps it."""
+
+    __tablename__ = "event_store"
+    __table_args__ = (
+        UniqueConstraint("entity", "entity_id", "version"),
+        UniqueConstraint("message_id"),
+    )
+
+    sequence: Mapped[int] = mapped_column(Sequence, primary_key=True, autoincrement=True)
+    entity: Mapped[str] = mapped_column(String(255))
+    entity_id: Mapped[int] = mapped_column(BigInteger)
+    version: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(16))
+    # A user id or "system", as text: both fit, and "system" never reads back as a number.
+    user: Mapped[str] = mapped_column(String(64))
+    data: Mapped[Any] = mapped_column(JSON, nullable=True)
+    message_id: Mapped[str] = mapped_column(String(255))
+    occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class MessageLogEntry(Base):
+    """One message the workflow module heard on the modules exchange."""
+
+    __tablename__ = "module_message_log"
+    __table_args__ = (UniqueConstraint("message_id"),)
+
+    sequence: Mapped[int] = mapped_column(Sequence, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(255))
+    type: Mapped[str] = mapped_column(String(255))
+    tenant: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    payload: Mapped[Any] = mapped_column(JSON, nullable=True)
+    headers: Mapped[Any] = mapped_column(JSON, nullable=True)
+    occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
