@@ -8,6 +8,7 @@ default exchange, so a retry never spins in a hot requeue loop.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -133,3 +134,23 @@ def work_queue(
         queues=[main, dead, *retries],
         bindings=[Binding(exchange, name, key) for exchange, key in bindings],
     )
+
+
+# AMQP allows these in exchange and queue names; anything else from a user is refused.
+_AMQP_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
+
+
+def check_name(value: str, what: str = "name", *, allow_empty: bool = False) -> str:
+    """Return ``value`` if it is a valid AMQP exchange or queue name, else raise ``ValueError``."""
+    if allow_empty and value == "":
+        return value
+    if not _AMQP_NAME.match(value):
+        raise ValueError(f"invalid {what} {value!r}: 1-255 letters, digits, '_', '-', '.' or ':'")
+    return value
+
+
+def check_routing_key(value: str) -> str:
+    """Routing keys are short strings: at most 255 bytes, no control characters."""
+    if len(value.encode()) > 255 or any(ord(ch) < 32 for ch in value):
+        raise ValueError(f"invalid routing key {value[:40]!r}: at most 255 bytes, printable")
+    return value

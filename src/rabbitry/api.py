@@ -1,0 +1,113 @@
+"""The FastAPI app that ``rabbitry up`` and ``rabbitry serve`` run.
+
+Its lifespan owns the process's resources: the database (migrated on start), the publisher
+(with the outbox as fallback), and the workers, which it stops and drains on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rabbitry import metrics
+from rabbitry.config import Settings
+from rabbitry.errors import BrokerError, RabbitryError
+from rabbitry.messaging.worker import run_services
+from rabbitry.runtime import declare_system, open_database, open_publisher
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, workers: Sequence[str] = ()) -> FastAPI:
+    """Build the app; ``workers`` are service names started by the lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from rabbitry.system import build_service
+
+        async with (
+            open_database(settings) as database,
+            open_publisher(settings, database) as publisher,
+        ):
+            app.state.settings = settings
+            app.state.database = database
+            app.state.publisher = publisher
+            if settings.rabbit_active:
+                try:
+                    await declare_system(settings, [])
+                except BrokerError as exc:
+                    log.warning("broker not reachable at start (%s); workers will retry", exc)
+            stopping = asyncio.Event()
+            services = [build_service(name, settings) for name in workers]
+            runner = asyncio.create_task(run_services(services, stopping))
+            app.state.stopping = stopping
+            try:
+                yield
+            finally:
+                stopping.set()
+                with contextlib.suppress(Exception):
+                    await runner
+
+    app = FastAPI(title="Rabbitry", version="0.1.0", lifespan=lifespan)
+    _install_error_handlers(app)
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> JSONResponse:
+        """200 when the database answers; the broker's state is reported, not required
+        (the outbox keeps accepting messages while it is down)."""
+        from sqlalchemy import text
+
+        state = request.app.state
+        try:
+            async with state.database.session() as session:
+                await session.execute(text("select 1"))
+            database = "ok"
+        except RabbitryError as exc:
+            database = f"error: {exc}"
+        body = {
+            "status": "ok" if database == "ok" else "degraded",
+            "database": database,
+            "rabbit_active": settings.rabbit_active,
+            "namespace": settings.namespace,
+        }
+        return JSONResponse(body, status_code=200 if database == "ok" else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    for router in _routers():
+        app.include_router(router)
+    return app
+
+
+def _routers() -> list[APIRouter]:
+    routers: list[APIRouter] = []
+    with contextlib.suppress(ModuleNotFoundError):
+        from rabbitry.events.http import router as events_router
+
+        routers.append(events_router)
+    return routers
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"where": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"error": "invalid request", "details": errors}, status_code=422)

@@ -1,0 +1,58 @@
+"""The root ``rabbitry`` command: global options, then one sub-command per part."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rabbitry.cli import messaging, system
+
+app = typer.Typer(
+    name="rabbitry",
+    help="Rabbitry: RoadRunner-compatible messaging on RabbitMQ, with a contingency outbox, "
+    "event sourcing, session revocation and a scaled WebSocket chat.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            exists=True,
+            dir_okay=False,
+            help="rabbitry.yaml (default: ./rabbitry.yaml when present).",
+        ),
+    ] = None,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="-v info, -vv debug.")
+    ] = 0,
+) -> None:
+    """Settings come from RABBITRY_* environment variables and rabbitry.yaml."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = {"config_file": config, "verbose": verbose}
+
+
+messaging.register(app)
+system.register(app)
+
+for _part in ("outbox", "events"):
+    try:
+        _module = __import__(f"rabbitry.cli.{_part}", fromlist=["register"])
+    except ModuleNotFoundError:  # the part is not installed in this build
+        continue
+    _module.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,169 @@
+"""The seam to aio-pika: topology declaration, bindings, and translation of its errors.
+
+Hot-path publishing and consuming go through :mod:`rabbitry.messaging.link`; everything that
+changes the broker's shape goes through here. The declarer remembers what it declared, so
+declaring twice costs nothing, and re-applies everything after aio-pika reconnects (a broker
+restart loses non-durable objects and bindings of exclusive queues).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+
+from rabbitry.errors import BrokerError, BrokerUnavailable, NotFound, RabbitryError
+from rabbitry.messaging.topology import Binding, Exchange, Queue, Topology
+
+log = logging.getLogger(__name__)
+
+
+def translate(exc: BaseException, action: str) -> RabbitryError:
+    """Map an aio-pika/aiormq/socket exception to Rabbitry's error tree."""
+    if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
+        return NotFound(f"{action}: {exc}")
+    if isinstance(exc, aiormq.exceptions.AMQPError | aio_pika.exceptions.AMQPException):
+        return BrokerError(f"{action}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, OSError | ConnectionError | asyncio.TimeoutError):
+        return BrokerUnavailable(f"{action}: broker unreachable: {exc or type(exc).__name__}")
+    return BrokerError(f"{action}: {type(exc).__name__}: {exc}")
+
+
+class Declarer:
+    """Declares topology on one robust aio-pika connection; idempotent and reconnect-aware."""
+
+    def __init__(self, connection: AbstractRobustConnection, channel: AbstractChannel) -> None:
+        self._connection = connection
+        self._channel = channel
+        self._declared: set[Exchange | Queue | Binding] = set()
+        self._wanted = Topology()
+        self._lock = asyncio.Lock()
+        connection.reconnect_callbacks.add(self._on_reconnect)
+
+    @classmethod
+    async def connect(cls, url: str, *, timeout: float = 5.0, name: str = "rabbitry") -> Declarer:
+        try:
+            connection = await aio_pika.connect_robust(
+                url, timeout=timeout, client_properties={"connection_name": f"{name}-declarer"}
+            )
+            channel = await connection.channel(publisher_confirms=False)
+        except Exception as exc:
+            raise translate(exc, "connect") from exc
+        return cls(connection, channel)
+
+    async def declare(self, topology: Topology) -> None:
+        """Declare every exchange, then queue, then binding not declared yet."""
+        async with self._lock:
+            self._wanted = self._wanted | topology
+            await self._apply(topology)
+
+    async def _apply(self, topology: Topology) -> None:
+        try:
+            for exchange in sorted(topology.exchanges, key=lambda e: e.name):
+                if exchange not in self._declared:
+                    await self._channel.declare_exchange(
+                        exchange.name,
+                        type=exchange.type.value,
+                        durable=exchange.durable,
+                        auto_delete=exchange.auto_delete,
+                    )
+                    self._declared.add(exchange)
+            for queue in sorted(topology.queues, key=lambda q: q.name):
+                if queue not in self._declared:
+                    await self._channel.declare_queue(
+                        queue.name,
+                        durable=queue.durable,
+                        exclusive=queue.exclusive,
+                        auto_delete=queue.auto_delete,
+                        arguments=_arguments(queue.arguments),
+                    )
+                    self._declared.add(queue)
+            for binding in sorted(topology.bindings, key=_binding_key):
+                if binding not in self._declared:
+                    await self._bind(binding)
+        except RabbitryError:
+            raise
+        except Exception as exc:
+            raise translate(exc, "declare topology") from exc
+
+    async def _bind(self, binding: Binding) -> None:
+        await (await self._channel.get_underlay_channel()).queue_bind(
+            binding.queue, binding.exchange, routing_key=binding.routing_key
+        )
+        self._declared.add(binding)
+
+    async def bind(self, binding: Binding) -> None:
+        async with self._lock:
+            try:
+                await self._bind(binding)
+            except Exception as exc:
+                raise translate(exc, f"bind {binding.queue}") from exc
+            self._wanted = self._wanted | Topology.of(bindings=[binding])
+
+    async def unbind(self, binding: Binding) -> None:
+        async with self._lock:
+            self._wanted = Topology(
+                self._wanted.exchanges, self._wanted.queues, self._wanted.bindings - {binding}
+            )
+            self._declared.discard(binding)
+            try:
+                await (await self._channel.get_underlay_channel()).queue_unbind(
+                    binding.queue, binding.exchange, routing_key=binding.routing_key
+                )
+            except Exception as exc:
+                raise translate(exc, f"unbind {binding.queue}") from exc
+
+    async def delete(self, topology: Topology) -> None:
+        """Delete queues and exchanges (tests and teardown); missing ones are fine."""
+        async with self._lock:
+            for queue in topology.queues:
+                await (await self._channel.get_underlay_channel()).queue_delete(queue.name)
+                self._declared.discard(queue)
+            for exchange in topology.exchanges:
+                await (await self._channel.get_underlay_channel()).exchange_delete(exchange.name)
+                self._declared.discard(exchange)
+
+    async def queue_size(self, name: str) -> int:
+        """Messages ready in ``name`` (a passive declare); raises NotFound if it is missing."""
+        try:
+            underlay = await self._channel.get_underlay_channel()
+            result = await underlay.queue_declare(name, passive=True)
+        except Exception as exc:
+            # A failed passive declare closes the channel: reopen it for the next caller.
+            await self._reopen()
+            raise translate(exc, f"queue {name}") from exc
+        return int(result.message_count or 0)
+
+    async def _reopen(self) -> None:
+        if self._channel.is_closed:
+            self._channel = await self._connection.channel(publisher_confirms=False)
+
+    async def _on_reconnect(self, *_: Any) -> None:
+        log.info("broker connection back: re-declaring topology")
+        async with self._lock:
+            self._declared.clear()
+            self._channel = await self._connection.channel(publisher_confirms=False)
+            await self._apply(self._wanted)
+
+    async def close(self) -> None:
+        await self._connection.close()
+
+    async def __aenter__(self) -> Declarer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _binding_key(binding: Binding) -> tuple[str, str, str]:
+    return (binding.exchange, binding.queue, binding.routing_key)
+
+
+def _arguments(arguments: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    # aio-pika chooses integer widths itself; RabbitMQ accepts any integer type for x-args.
+    return {name: (int(value) if isinstance(value, int) else value) for name, value in arguments}

@@ -1,0 +1,128 @@
+"""Run consumers as a daemon: connect, declare, consume; reconnect when the broker drops us;
+on stop (SIGTERM/SIGINT), stop taking work, drain in-flight handlers and exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+
+from rabbitry.config import Settings
+from rabbitry.errors import BrokerError
+from rabbitry.messaging.connection import Declarer
+from rabbitry.messaging.consumer import Consumer, Subscription
+from rabbitry.messaging.link import Link, LinkClosed
+from rabbitry.messaging.retry import RetryPolicy
+from rabbitry.messaging.topology import Topology
+from rabbitry.service import Service
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 10.0
+
+
+def policy_of(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=settings.max_attempts,
+        base_delay=settings.retry_base_delay,
+        max_delay=settings.retry_max_delay,
+    )
+
+
+class Worker:
+    """Consumes a set of subscriptions; a :class:`~rabbitry.service.Service`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        name: str,
+        subscriptions: Sequence[Subscription],
+        topology: Topology,
+    ) -> None:
+        self.name = name
+        self._settings = settings
+        self._subscriptions = list(subscriptions)
+        self._topology = topology
+        self._policy = policy_of(settings)
+        self.connected = asyncio.Event()  # set while consuming; tests and health checks wait on it
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        backoff = 0.5
+        while not stopping.is_set():
+            try:
+                await self._session(stopping)
+                backoff = 0.5
+            except (BrokerError, LinkClosed, OSError, TimeoutError) as exc:
+                self.connected.clear()
+                log.warning(
+                    "%s: broker unavailable (%s); retrying in %.1fs", self.name, exc, backoff
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), timeout=backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _session(self, stopping: asyncio.Event) -> None:
+        """One connection's lifetime: returns on stop, raises when the broker drops us."""
+        url = self._settings.amqp_url.get_secret_value()
+        async with await Declarer.connect(url, name=self.name) as declarer:
+            await declarer.declare(self._topology)
+        links: list[Link] = []
+        consumers: list[Consumer] = []
+        try:
+            for subscription in self._subscriptions:
+                # One link per subscription: basic.qos and flow control stay per queue.
+                link = await Link.connect(url, name=f"{self.name}-{subscription.queue}")
+                links.append(link)
+                await link.confirm_select()  # retry and dead-letter copies are confirmed
+                consumer = Consumer(self._settings, subscription, link, self._policy)
+                await consumer.start()
+                consumers.append(consumer)
+            self.connected.set()
+            log.info("%s: consuming %s", self.name, ", ".join(s.queue for s in self._subscriptions))
+            stop_task = asyncio.ensure_future(stopping.wait())
+            lost = [asyncio.ensure_future(_wait_closed(link)) for link in links]
+            done, _ = await asyncio.wait([stop_task, *lost], return_when=asyncio.FIRST_COMPLETED)
+            for task in [stop_task, *lost]:
+                task.cancel()
+            if stop_task in done:
+                log.info("%s: stopping; draining in-flight messages", self.name)
+                await asyncio.gather(*(c.stop(self._settings.drain_timeout) for c in consumers))
+                return
+            for consumer in consumers:
+                consumer.abandon()
+            raise LinkClosed("connection lost")
+        finally:
+            self.connected.clear()
+            for link in links:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(link.close(), timeout=2)
+
+
+async def _wait_closed(link: Link) -> None:
+    with contextlib.suppress(BaseException):
+        await asyncio.shield(link.closed)
+
+
+def install_signal_handlers(stopping: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set ``stopping``: stop taking work, drain, exit."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stopping.set)
+
+
+async def run_services(services: Sequence[Service], stopping: asyncio.Event) -> None:
+    """Run services side by side until ``stopping``; a crashed one stops the others."""
+    tasks = [asyncio.create_task(s.run(stopping), name=s.name) for s in services]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                log.error("service %s crashed: %r", task.get_name(), task.exception())
+                stopping.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        stopping.set()
