@@ -7,6 +7,7 @@ import random
 import struct
 
 import pytest
+from pamqp import base
 from pamqp import body as pamqp_body
 from pamqp import commands, header
 from pamqp import frame as pamqp_frame
@@ -252,7 +253,7 @@ def test_protocol_header_from_broker_means_refusal() -> None:
         wire.split_frames(bytearray(b"AMQP\x00\x00\x09\x01"))
 
 
-def _payload(method: commands.base.Frame) -> bytes:
+def _payload(method: base.Frame) -> bytes:
     return pamqp_frame.marshal(method, 1)[7:-1]
 
 
