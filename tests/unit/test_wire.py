@@ -7,9 +7,8 @@ import random
 import struct
 
 import pytest
-from pamqp import base
+from pamqp import base, commands, header
 from pamqp import body as pamqp_body
-from pamqp import commands, header
 from pamqp import frame as pamqp_frame
 
 from rabbitry.messaging import wire
