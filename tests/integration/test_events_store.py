@@ -1,0 +1,143 @@
+"""The event store on SQLite and PostgreSQL: versions, dedup, concurrency, history, state."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import uuid
+
+from rabbitry.events.change import ChangeEvent, ChangeType
+from rabbitry.events.store import EventStore, Incoming, MessageLog
+from rabbitry.messaging.envelope import Message
+from rabbitry.storage.database import Database
+
+pytest_plugins = ("events_fixtures",)  # events_db_url, events_db
+
+T0 = dt.datetime(2025, 2, 6, 12, 0, tzinfo=dt.UTC)
+
+
+def incoming(
+    kind: str,
+    entity: str,
+    entity_id: int,
+    data: dict[str, object] | None = None,
+    *,
+    at: dt.datetime = T0,
+    message_id: str | None = None,
+    user: int | str = 1,
+) -> Incoming:
+    return Incoming(
+        ChangeEvent(ChangeType(kind), entity, entity_id, user, data),
+        message_id or str(uuid.uuid4()),
+        at,
+    )
+
+
+async def test_versions_count_from_one_per_entity_and_id(events_db: Database) -> None:
+    store = EventStore(events_db)
+    results = await store.append(
+        [
+            incoming("insert", "App\\Models\\Order", 1, {"total": 10}),
+            incoming("insert", "App\\Models\\Order", 2, {"total": 20}),
+            incoming("update", "App\\Models\\Order", 1, {"total": 11}),
+        ]
+    )
+    assert [(r.id, r.version) for r in results if r] == [(1, 1), (2, 1), (1, 2)]
+    await store.append([incoming("delete", "App\\Models\\Order", 1, user="system")])
+
+    history = await store.history("App\\Models\\Order", 1)
+    assert [(e.version, e.type, e.user) for e in history] == [
+        (1, "insert", 1),
+        (2, "update", 1),
+        (3, "delete", "system"),
+    ]
+    sequences = [e.sequence for e in history]
+    assert sequences == sorted(sequences) and len(set(sequences)) == 3
+    assert history[0].data == {"total": 10} and history[2].data is None
+    assert history[0].occurred_at == T0
+    assert history[0].recorded_at.tzinfo is not None
+
+
+async def test_a_redelivered_message_is_stored_once(events_db: Database) -> None:
+    store = EventStore(events_db)
+    first = incoming("insert", "orders", 5, {"a": 1}, message_id="m-1")
+    assert (await store.append([first]))[0] is not None
+    again = await store.append(
+        [first, incoming("update", "orders", 5, {"a": 2}, message_id="m-2"), first]
+    )
+    assert [r is None for r in again] == [True, False, True]
+    assert [e.version for e in await store.history("orders", 5)] == [1, 2]
+
+
+async def test_concurrent_writers_never_leave_a_gap_or_a_duplicate(events_db_url: str) -> None:
+    # Four workers, each with its own engine (its own connections), write interleaved events
+    # of the same three entities; every message is also delivered twice, to two workers.
+    messages = [
+        incoming("update", "stock", random.randint(1, 3), {"n": i}, message_id=f"m{i}")
+        for i in range(240)
+    ]
+    first = Database(events_db_url)
+    await first.upgrade()
+    others = [Database(events_db_url) for _ in range(3)]
+    databases = [first, *others]
+    try:
+
+        async def worker(index: int) -> None:
+            store = EventStore(databases[index])
+            mine = [m for i, m in enumerate(messages) if i % 4 == index or (i + 1) % 4 == index]
+            for start in range(0, len(mine), 10):
+                await store.append(mine[start : start + 10])
+
+        await asyncio.gather(*(worker(i) for i in range(4)))
+        store = EventStore(first)
+        stored = []
+        for entity_id in (1, 2, 3):
+            history = await store.history("stock", entity_id)
+            assert [e.version for e in history] == list(range(1, len(history) + 1))
+            stored += [e.message_id for e in history]
+        assert sorted(stored) == sorted(m.message_id for m in messages)
+    finally:
+        for db in databases:
+            await db.close()
+
+
+async def test_state_is_the_fold_of_the_history_up_to_a_time(events_db: Database) -> None:
+    store = EventStore(events_db)
+    minute = dt.timedelta(minutes=1)
+    await store.append(
+        [
+            incoming("insert", "users", 9, {"name": "Ada", "role": "dev"}, at=T0),
+            incoming("update", "users", 9, {"role": "lead"}, at=T0 + minute, user=2),
+            incoming("delete", "users", 9, at=T0 + 2 * minute, user="system"),
+        ]
+    )
+    before = await store.state("users", 9, at=T0 + dt.timedelta(seconds=30))
+    assert before is not None
+    assert before.to_json() == {
+        "entity": "users",
+        "id": 9,
+        "version": 1,
+        "deleted": False,
+        "data": {"name": "Ada", "role": "dev"},
+        "updated_at": T0.isoformat(),
+        "updated_by": 1,
+    }
+    middle = await store.state("users", 9, at=T0 + minute)
+    assert middle is not None and middle.data["role"] == "lead" and middle.updated_by == 2
+    now = await store.state("users", 9)
+    assert now is not None and now.deleted and now.version == 3
+    assert await store.state("users", 9, at=T0 - minute) is None
+    assert await store.state("users", 10) is None
+    assert await store.history("users", 10) == []
+
+
+async def test_the_message_log_keeps_each_message_once(events_db: Database) -> None:
+    log = MessageLog(events_db)
+    a = Message("customer.created", {"id": 1}, tenant="acme")
+    b = Message("invoice.paid", {"id": 2}, headers={"k": ("v",)})
+    assert await log.append([a, b, a]) == 2
+    assert await log.append([a]) == 0
+    entries = await log.recent()
+    assert [(e.type, e.message_id) for e in entries] == [("invoice.paid", b.id), (a.type, a.id)]
+    assert entries[0].headers == {"k": ["v"]} and entries[1].tenant == "acme"
