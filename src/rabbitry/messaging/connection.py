@@ -128,6 +128,13 @@ class Declarer:
                 await (await self._channel.get_underlay_channel()).exchange_delete(exchange.name)
                 self._declared.discard(exchange)
 
+    async def purge(self, name: str) -> None:
+        """Drop every ready message of queue ``name``."""
+        try:
+            await (await self._channel.get_underlay_channel()).queue_purge(name)
+        except Exception as exc:
+            raise translate(exc, f"purge {name}") from exc
+
     async def queue_size(self, name: str) -> int:
         """Messages ready in ``name`` (a passive declare); raises NotFound if it is missing."""
         try:
