@@ -125,7 +125,7 @@ class Link(asyncio.Protocol):
         *,
         name: str = "rabbitry",
         heartbeat: int = 30,
-        timeout: float = 5.0,  # noqa: ASYNC109 - bounds the whole handshake, not one await
+        timeout: float = 5.0,
     ) -> Link:
         """Open a connection (``amqp://user:pass@host:port/vhost``, PLAIN) and channel 1."""
         try:
@@ -246,54 +246,49 @@ class Link(asyncio.Protocol):
         buffer = self._buffer
         buffer += data
         try:
-            frames = wire.split_frames(buffer)
+            # The hot loop: a delivery is three frames, so the common cases are inlined.
+            for frame_type, channel, payload in wire.split_frames(buffer):
+                if frame_type == wire.FRAME_BODY:
+                    if not self._chunks and len(payload) == self._body_size:
+                        self._on_message(payload)
+                    else:
+                        self._on_body_part(payload)
+                elif frame_type == wire.FRAME_HEADER:
+                    self._body_size, self._properties = wire.parse_content_header(payload)
+                    if not self._body_size:
+                        self._on_message(b"")
+                elif frame_type == wire.FRAME_METHOD:
+                    self._on_method(channel, payload)
         except wire.FrameError as exc:
-            self._protocol_error(501, f"FRAME_ERROR - {exc}")
-            return
-        for frame_type, channel, payload in frames:
-            try:
-                self._on_frame(frame_type, channel, payload)
-            except wire.FrameError as exc:
-                self._protocol_error(502, f"SYNTAX_ERROR - {exc}")
-                return
-
-    def _protocol_error(self, code: int, text: str) -> None:
-        close = commands.Connection.Close(code, text[:255], 0, 0)
-        self._terminate(LinkClosed(text, code), wire.method_frame(0, close), wait_close_ok=True)
+            text = f"FRAME_ERROR - {exc}"
+            close = commands.Connection.Close(501, text[:255], 0, 0)
+            self._terminate(LinkClosed(text, 501), wire.method_frame(0, close), wait_close_ok=True)
 
     # --- reading -----------------------------------------------------------------------
 
-    def _on_frame(self, frame_type: int, channel: int, payload: bytes) -> None:
-        if frame_type == wire.FRAME_BODY:
-            if not self._chunks and len(payload) == self._body_size:
-                self._on_message(payload)
-            else:
-                self._chunks.append(payload)
-                self._body_received += len(payload)
-                if self._body_received >= self._body_size:
-                    body = b"".join(self._chunks)
-                    self._chunks, self._body_received = [], 0
-                    self._on_message(body)
-        elif frame_type == wire.FRAME_METHOD:
-            method = wire.method_id(payload)
-            if method == wire.BASIC_DELIVER:
-                self._method = wire.parse_deliver(payload)
-                self._is_return = False
-            elif method == wire.BASIC_ACK or method == wire.BASIC_NACK:
-                tag, multiple, _ = wire.parse_confirm(payload)
-                if self._confirms is not None:
-                    nacked = method == wire.BASIC_NACK
-                    outcome = Outcome.NACKED if nacked else Outcome.ACKED
-                    self._confirms.settle(tag, multiple, outcome)
-            elif method == wire.BASIC_RETURN:
-                self._method = wire.parse_return(payload)
-                self._is_return = True
-            else:
-                self._on_control(channel, wire.decode_method(payload))
-        elif frame_type == wire.FRAME_HEADER:
-            self._body_size, self._properties = wire.parse_content_header(payload)
-            if not self._body_size:
-                self._on_message(b"")
+    def _on_body_part(self, payload: bytes) -> None:
+        self._chunks.append(payload)
+        self._body_received += len(payload)
+        if self._body_received >= self._body_size:
+            body = b"".join(self._chunks)
+            self._chunks, self._body_received = [], 0
+            self._on_message(body)
+
+    def _on_method(self, channel: int, payload: bytes) -> None:
+        method = wire.method_id(payload)
+        if method == wire.BASIC_DELIVER:
+            self._method = wire.parse_deliver(payload)
+            self._is_return = False
+        elif method == wire.BASIC_ACK or method == wire.BASIC_NACK:
+            tag, multiple, _ = wire.parse_confirm(payload)
+            if self._confirms is not None:
+                outcome = Outcome.ACKED if method == wire.BASIC_ACK else Outcome.NACKED
+                self._confirms.settle(tag, multiple, outcome)
+        elif method == wire.BASIC_RETURN:
+            self._method = wire.parse_return(payload)
+            self._is_return = True
+        else:
+            self._on_control(channel, wire.decode_method(payload))
 
     def _on_message(self, body: bytes) -> None:
         fields, properties = self._method, self._properties
