@@ -36,7 +36,7 @@ _USER_ID = 0x0010
 _APP_ID = 0x0008
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Properties:
     """Basic properties of one message; ``None`` leaves a property out of the header.
 
@@ -61,6 +61,8 @@ class Properties:
 
 
 EMPTY = Properties()
+_new = object.__new__
+_set = object.__setattr__
 
 
 def _shortstr(value: str) -> bytes:
@@ -135,54 +137,40 @@ def decode_properties(data: bytes, pos: int = 0) -> Properties:
     while word & 1:  # continuation words: no basic property lives there, skip them
         (word,) = _FLAGS.unpack_from(data, pos)
         pos += 2
-    content_type = content_encoding = correlation_id = reply_to = None
-    expiration = message_id = type_ = user_id = app_id = None
-    headers: dict[str, Any] | None = None
-    delivery_mode = priority = None
-    timestamp: _dt.datetime | None = None
+    # Only the properties present are stored; the others read the class defaults (None).
+    # Skipping the frozen __init__ (13 guarded setattrs) is most of the decoding time saved.
+    found: dict[str, Any] = {}
     if flags & _CONTENT_TYPE:
-        content_type, pos = _read_shortstr(data, pos)
+        found["content_type"], pos = _read_shortstr(data, pos)
     if flags & _CONTENT_ENCODING:
-        content_encoding, pos = _read_shortstr(data, pos)
+        found["content_encoding"], pos = _read_shortstr(data, pos)
     if flags & _HEADERS:
         end = pos + 4 + _U32.unpack_from(data, pos)[0]
-        headers = decode_table(data[pos:end])
+        found["headers"] = decode_table(data[pos:end])
         pos = end
     if flags & _DELIVERY_MODE:
-        delivery_mode = data[pos]
+        found["delivery_mode"] = data[pos]
         pos += 1
     if flags & _PRIORITY:
-        priority = data[pos]
+        found["priority"] = data[pos]
         pos += 1
     if flags & _CORRELATION_ID:
-        correlation_id, pos = _read_shortstr(data, pos)
+        found["correlation_id"], pos = _read_shortstr(data, pos)
     if flags & _REPLY_TO:
-        reply_to, pos = _read_shortstr(data, pos)
+        found["reply_to"], pos = _read_shortstr(data, pos)
     if flags & _EXPIRATION:
-        expiration, pos = _read_shortstr(data, pos)
+        found["expiration"], pos = _read_shortstr(data, pos)
     if flags & _MESSAGE_ID:
-        message_id, pos = _read_shortstr(data, pos)
+        found["message_id"], pos = _read_shortstr(data, pos)
     if flags & _TIMESTAMP:
-        timestamp = _dt.datetime.fromtimestamp(_U64.unpack_from(data, pos)[0], _UTC)
+        found["timestamp"] = _dt.datetime.fromtimestamp(_U64.unpack_from(data, pos)[0], _UTC)
         pos += 8
     if flags & _TYPE:
-        type_, pos = _read_shortstr(data, pos)
+        found["type"], pos = _read_shortstr(data, pos)
     if flags & _USER_ID:
-        user_id, pos = _read_shortstr(data, pos)
+        found["user_id"], pos = _read_shortstr(data, pos)
     if flags & _APP_ID:
-        app_id, pos = _read_shortstr(data, pos)
-    return Properties(
-        content_type,
-        content_encoding,
-        headers,
-        delivery_mode,
-        priority,
-        correlation_id,
-        reply_to,
-        expiration,
-        message_id,
-        timestamp,
-        type_,
-        user_id,
-        app_id,
-    )
+        found["app_id"], pos = _read_shortstr(data, pos)
+    props = _new(Properties)
+    _set(props, "__dict__", found)
+    return props
