@@ -1,0 +1,380 @@
+"""Fixtures every test may use: a namespace of its own, settings, a declarer and a broker probe.
+
+* ``namespace`` — unique per test (``t`` + 10 hex digits); every broker object a test creates
+  must start with it, so parallel tests (and other people's runs) share the broker safely.
+* ``settings`` — :class:`Settings` in that namespace with short retry delays (0.2 s, 0.4 s),
+  ``max_attempts=3``, fast timeouts and ``data_dir=tmp_path``. Derive variants with
+  ``settings.model_copy(update={...})``.
+* ``declarer`` — a connected :class:`Declarer`. Requesting it (or ``broker``) also deletes,
+  after the test, every queue and exchange whose name starts with the namespace, whoever
+  declared it (a worker, a subprocess, the CLI): the broker lists them, not a registry.
+* ``broker`` — a :class:`BrokerProbe`: read messages back with pika (``basic_get``) including
+  the AMQP type tag of every header, publish raw messages the way a foreign client does, read
+  ready/unacked counts, close connections by name.
+* ``run_worker`` — start a :class:`Worker` in the test's loop and wait until it consumes.
+* ``eventually`` — poll an async condition with a bound (waiting for an event, never timing it).
+
+Nothing here skips: with RabbitMQ down, the fixtures raise and the tests fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+import subprocess
+import threading
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pika
+import pika.data
+import pytest
+
+from rabbitry.config import ManualProcessingMode, QueueType, Settings
+from rabbitry.messaging.connection import Declarer
+from rabbitry.messaging.consumer import Subscription
+from rabbitry.messaging.topology import Topology
+from rabbitry.messaging.worker import Worker
+
+AMQP_URL = os.environ.get("RABBITRY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+RABBITMQCTL_TIMEOUT = 60
+
+
+# --- names and settings ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A broker namespace of this test's own."""
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def settings(namespace: str, tmp_path: Path) -> Settings:
+    """Settings in the test's namespace; every broker-facing value explicit, so a developer's
+    RABBITRY_* environment cannot change what the tests exercise."""
+    return Settings(
+        namespace=namespace,
+        amqp_url=AMQP_URL,
+        database_url=None,
+        redis_url=None,
+        mongodb_url=None,
+        data_dir=tmp_path,
+        rabbit_active=True,
+        queue_type=QueueType.CLASSIC,
+        manual_processing_mode=ManualProcessingMode.RABBIT,
+        strict_rr_job=True,
+        max_attempts=3,
+        retry_base_delay=0.2,
+        retry_max_delay=5.0,
+        connect_timeout=2.0,
+        publish_timeout=5.0,
+        circuit_open_seconds=1.0,
+        drain_timeout=5.0,
+        prefetch=50,
+        concurrency=8,
+    )
+
+
+# --- the broker, seen from outside ----------------------------------------------------------
+
+
+def rabbitmqctl(*args: str) -> str:
+    """Run ``rabbitmqctl -q`` and return its stdout; a failure fails the test."""
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", *args],
+        capture_output=True,
+        text=True,
+        timeout=RABBITMQCTL_TIMEOUT,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _listed(kind: str, *columns: str) -> list[list[str]]:
+    out = rabbitmqctl(f"list_{kind}", "--no-table-headers", *columns)
+    return [line.split("\t") for line in out.splitlines() if line.strip()]
+
+
+async def broker_objects(prefix: str) -> tuple[list[str], list[str]]:
+    """(queues, exchanges) whose names start with ``prefix``, as the broker lists them."""
+    queues, exchanges = await asyncio.gather(
+        asyncio.to_thread(_listed, "queues", "name"),
+        asyncio.to_thread(_listed, "exchanges", "name"),
+    )
+    return (
+        [row[0] for row in queues if row[0].startswith(prefix)],
+        [row[0] for row in exchanges if row[0].startswith(prefix)],
+    )
+
+
+async def delete_namespace(namespace: str) -> None:
+    """Delete every queue and exchange named ``<namespace>...``."""
+    queues, exchanges = await broker_objects(namespace)
+    if not queues and not exchanges:
+        return
+    connection = await aio_pika.connect(AMQP_URL, client_properties={"connection_name": "cleanup"})
+    async with connection:
+        for name, is_queue in [(q, True) for q in queues] + [(e, False) for e in exchanges]:
+            # A failed delete closes the channel (an exclusive queue of a live connection):
+            # one channel per object keeps the others going.
+            channel = await connection.channel()
+            try:
+                if is_queue:
+                    await channel.queue_delete(name)
+                else:
+                    await channel.exchange_delete(name)
+            except aio_pika.exceptions.AMQPError:
+                continue
+            await channel.close()
+
+
+@pytest.fixture
+async def _broker_cleanup(namespace: str) -> AsyncIterator[None]:
+    yield
+    await delete_namespace(namespace)
+
+
+@pytest.fixture
+async def declarer(namespace: str, _broker_cleanup: None) -> AsyncIterator[Declarer]:
+    """A connected Declarer; the namespace's broker objects are deleted after the test."""
+    connected = await Declarer.connect(AMQP_URL, name=f"{namespace}-test")
+    try:
+        yield connected
+    finally:
+        await connected.close()
+
+
+class TaggedTable(dict[str, Any]):
+    """A decoded AMQP field table that also remembers each field's type tag (``l``, ``x``...)."""
+
+    tags: dict[str, str]
+
+
+def _tagged_decode_table(encoded: bytes, offset: int) -> tuple[TaggedTable, int]:
+    # Same walk as pika.data.decode_table, keeping the tag byte of every value.
+    table = TaggedTable()
+    table.tags = {}
+    size = struct.unpack_from(">I", encoded, offset)[0]
+    offset += 4
+    limit = offset + size
+    while offset < limit:
+        key, offset = pika.data.decode_short_string(encoded, offset)
+        table.tags[key] = chr(encoded[offset])
+        table[key], offset = pika.data.decode_value(encoded, offset)
+    return table, offset
+
+
+_TAGGING = threading.Lock()
+
+
+@contextmanager
+def _tagging_tables() -> Iterator[None]:
+    with _TAGGING:
+        original = pika.data.decode_table
+        pika.data.decode_table = _tagged_decode_table  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            pika.data.decode_table = original
+
+
+@dataclass
+class Received:
+    """One message read back from a queue with pika."""
+
+    exchange: str
+    routing_key: str
+    redelivered: bool
+    properties: pika.BasicProperties
+    body: bytes
+    headers: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)  # header name -> AMQP type tag
+
+
+def _connect_pika() -> pika.BlockingConnection:
+    parameters = pika.URLParameters(AMQP_URL)
+    parameters.client_properties = {"connection_name": "test-probe"}
+    return pika.BlockingConnection(parameters)
+
+
+def _get_all(queue: str, limit: int) -> list[Received]:
+    taken: list[Received] = []
+    connection = _connect_pika()
+    try:
+        channel = connection.channel()
+        with _tagging_tables():
+            while len(taken) < limit:
+                method, properties, body = channel.basic_get(queue, auto_ack=True)
+                if method is None:
+                    break
+                headers = properties.headers or {}
+                taken.append(
+                    Received(
+                        exchange=method.exchange,
+                        routing_key=method.routing_key,
+                        redelivered=method.redelivered,
+                        properties=properties,
+                        body=body,
+                        headers=dict(headers),
+                        tags=dict(getattr(headers, "tags", {})),
+                    )
+                )
+    finally:
+        connection.close()
+    return taken
+
+
+def _publish(
+    exchange: str, routing_key: str, body: bytes, properties: pika.BasicProperties
+) -> None:
+    connection = _connect_pika()
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        # mandatory: an unroutable test message is a broken test, raise UnroutableError.
+        channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
+    finally:
+        connection.close()
+
+
+def _close_connections(name_part: str, reason: str) -> int:
+    rows = _listed("connections", "pid", "client_properties")
+    pids = [row[0] for row in rows if len(row) > 1 and name_part in _connection_name(row[1])]
+    for pid in pids:
+        # The connection may be gone already (closing one closes nothing else, but a worker
+        # could be reconnecting): that is fine.
+        subprocess.run(
+            ["rabbitmqctl", "-q", "close_connection", pid, reason],
+            capture_output=True,
+            timeout=RABBITMQCTL_TIMEOUT,
+            check=False,
+        )
+    return len(pids)
+
+
+def _connection_name(client_properties: str) -> str:
+    marker = '{"connection_name","'
+    start = client_properties.find(marker)
+    if start < 0:
+        return ""
+    start += len(marker)
+    return client_properties[start : client_properties.find('"', start)]
+
+
+class BrokerProbe:
+    """Looks at the broker the way an operator or a foreign client would (pika, rabbitmqctl)."""
+
+    async def get_all(self, queue: str, *, limit: int = 100_000) -> list[Received]:
+        """Take every ready message off ``queue`` (auto-acked), with header type tags."""
+        return await asyncio.to_thread(_get_all, queue, limit)
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        **properties: Any,
+    ) -> None:
+        """Publish with pika, confirmed and mandatory: pika picks the header types (``I`` for
+        small ints, ``x`` for bytes), as a third-party publisher would."""
+        props = pika.BasicProperties(headers=dict(headers) if headers else None, **properties)
+        await asyncio.to_thread(_publish, exchange, routing_key, body, props)
+
+    async def counts(self, queue: str) -> tuple[int, int]:
+        """(ready, unacknowledged) messages of ``queue``, as the broker reports them."""
+        rows = await asyncio.to_thread(
+            _listed, "queues", "name", "messages_ready", "messages_unacknowledged"
+        )
+        for row in rows:
+            if row[0] == queue:
+                return int(row[1]), int(row[2])
+        raise AssertionError(f"queue {queue} does not exist")
+
+    async def close_connections(self, name_part: str, reason: str = "test") -> int:
+        """Have the broker close every connection whose name contains ``name_part``
+        (CONNECTION_FORCED, as ``rabbitmqctl close_all_connections`` does, but only ours)."""
+        return await asyncio.to_thread(_close_connections, name_part, reason)
+
+    async def objects(self, prefix: str) -> tuple[list[str], list[str]]:
+        """(queues, exchanges) whose names start with ``prefix``."""
+        return await broker_objects(prefix)
+
+
+@pytest.fixture
+def broker(_broker_cleanup: None) -> BrokerProbe:
+    """A probe of the shared broker; the namespace's objects are deleted after the test."""
+    return BrokerProbe()
+
+
+# --- waiting ---------------------------------------------------------------------------------
+
+
+async def eventually_true(
+    check: Callable[[], Awaitable[bool]], *, timeout: float = 15.0, what: str = "condition"
+) -> None:
+    """Poll ``check`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def eventually() -> Callable[..., Awaitable[None]]:
+    """``await eventually(check, timeout=15, what="...")`` with an async ``check``."""
+    return eventually_true
+
+
+# --- workers ---------------------------------------------------------------------------------
+
+WorkerRunner = Callable[..., AbstractAsyncContextManager[Worker]]
+
+
+@pytest.fixture
+def run_worker(settings: Settings) -> WorkerRunner:
+    """``async with run_worker(subscriptions, topology) as worker:`` — a Worker running in the
+    test's loop, entered once it consumes (``worker.connected``), stopped and drained on exit.
+    Keyword ``settings=`` and ``name=`` override the defaults (the test's settings, and
+    ``<namespace>-worker``, which is also the prefix of its connection names)."""
+
+    @asynccontextmanager
+    async def start(
+        subscriptions: Sequence[Subscription],
+        topology: Topology,
+        *,
+        settings: Settings = settings,
+        name: str | None = None,
+    ) -> AsyncIterator[Worker]:
+        stopping = asyncio.Event()
+        worker = Worker(settings, name or f"{settings.namespace}-worker", subscriptions, topology)
+        task = asyncio.create_task(worker.run(stopping))
+        try:
+            connected = asyncio.ensure_future(worker.connected.wait())
+            done, _ = await asyncio.wait(
+                [connected, task], timeout=20, return_when=asyncio.FIRST_COMPLETED
+            )
+            connected.cancel()
+            if task in done:
+                task.result()  # raises what the worker died of
+                raise AssertionError("worker returned before it consumed")
+            if connected not in done:
+                raise AssertionError("worker did not start consuming within 20s")
+            yield worker
+        finally:
+            stopping.set()
+            await asyncio.wait_for(task, timeout=settings.drain_timeout + 15)
+
+    return start
