@@ -1,0 +1,321 @@
+"""Topology as data: work queues with their DLQ and retry tiers, name checks, the system layout."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import struct
+from collections.abc import Callable
+
+import pytest
+
+from rabbitry.config import ModuleConfig, QueueType, Settings
+from rabbitry.layout import Layout, system_topology
+from rabbitry.messaging.fieldtable import Int64, encode_value
+from rabbitry.messaging.retry import RetryPolicy
+from rabbitry.messaging.topology import (
+    Binding,
+    Exchange,
+    ExchangeType,
+    Queue,
+    Topology,
+    check_name,
+    check_routing_key,
+    dlq_name,
+    retry_queue_name,
+    work_queue,
+)
+
+POLICY = RetryPolicy(max_attempts=4, base_delay=1, factor=5, max_delay=60)  # tiers 1s 5s 25s
+
+
+@pytest.fixture(autouse=True)
+def _no_rabbitry_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.upper().startswith("RABBITRY_")]:
+        monkeypatch.delenv(name)
+
+
+def queues_by_name(topology: Topology) -> dict[str, Queue]:
+    return {queue.name: queue for queue in topology.queues}
+
+
+# --- work queues ----------------------------------------------------------------------------
+
+
+def test_work_queue_brings_its_dlq_and_one_retry_queue_per_tier() -> None:
+    names = set(queues_by_name(work_queue("orders", policy=POLICY)))
+    assert names == {
+        "orders",
+        "orders.dlq",
+        "orders.retry.1000",
+        "orders.retry.5000",
+        "orders.retry.25000",
+    }
+    assert dlq_name("orders") == "orders.dlq"
+    assert retry_queue_name("orders", 5000) == "orders.retry.5000"
+
+
+def test_work_queue_dead_letters_into_its_dlq_through_the_default_exchange() -> None:
+    main = queues_by_name(work_queue("orders", policy=POLICY))["orders"]
+    assert main.argument_map() == {
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "orders.dlq",
+    }
+    assert (main.durable, main.exclusive, main.auto_delete) == (True, False, False)
+
+
+def test_dlq_is_durable_and_does_not_dead_letter_again() -> None:
+    dead = queues_by_name(work_queue("orders", policy=POLICY))["orders.dlq"]
+    assert dead.durable
+    assert dead.argument_map() == {}
+
+
+@pytest.mark.parametrize("delay", [1000, 5000, 25000])
+def test_retry_queue_holds_for_its_ttl_then_returns_to_the_work_queue(delay: int) -> None:
+    retry = queues_by_name(work_queue("orders", policy=POLICY))[f"orders.retry.{delay}"]
+    arguments = retry.argument_map()
+    assert arguments == {
+        "x-message-ttl": delay,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "orders",
+    }
+    ttl = arguments["x-message-ttl"]
+    assert isinstance(ttl, Int64)
+    assert encode_value(ttl) == b"l" + struct.pack(">q", delay)
+    assert retry.durable
+
+
+def test_quorum_adds_the_queue_type_to_every_queue() -> None:
+    topology = work_queue("orders", policy=POLICY, queue_type=QueueType.QUORUM)
+    assert len(topology.queues) == 5
+    for queue in topology.queues:
+        assert queue.argument_map()["x-queue-type"] == "quorum"
+    main = queues_by_name(topology)["orders"]
+    assert main.argument_map()["x-dead-letter-routing-key"] == "orders.dlq"
+
+
+def test_classic_queues_carry_no_queue_type() -> None:
+    for queue in work_queue("orders", policy=POLICY).queues:
+        assert "x-queue-type" not in queue.argument_map()
+
+
+def test_work_queue_bindings_feed_the_work_queue_only() -> None:
+    topology = work_queue(
+        "orders", policy=POLICY, bindings=[("shop", "order.*"), ("shop", "refund.#")]
+    )
+    assert topology.bindings == {
+        Binding("shop", "orders", "order.*"),
+        Binding("shop", "orders", "refund.#"),
+    }
+    assert topology.exchanges == frozenset()
+
+
+def test_arguments_are_stored_sorted_so_specs_compare_equal() -> None:
+    main = queues_by_name(work_queue("orders", policy=POLICY, queue_type=QueueType.QUORUM))[
+        "orders"
+    ]
+    names = [name for name, _ in main.arguments]
+    assert names == sorted(names)
+
+
+# --- topology values ----------------------------------------------------------------------------
+
+
+def test_equal_topologies_are_equal_and_hash_alike() -> None:
+    first = work_queue("orders", policy=POLICY, bindings=[("shop", "order.*")])
+    second = work_queue("orders", policy=POLICY, bindings=[("shop", "order.*")])
+    assert first == second
+    assert hash(first) == hash(second)
+    assert len({first, second}) == 1
+
+
+def test_different_policies_give_different_topologies() -> None:
+    assert work_queue("orders", policy=POLICY) != work_queue("orders", policy=RetryPolicy())
+
+
+def test_merging_is_a_set_union() -> None:
+    shop = Exchange("shop")
+    orders = work_queue("orders", policy=POLICY) | Topology.of(exchanges=[shop])
+    refunds = work_queue("refunds", policy=POLICY) | Topology.of(exchanges=[shop])
+    merged = orders | refunds
+    assert merged == refunds | orders
+    assert merged | orders == merged
+    assert merged.exchanges == {shop}
+    assert len(merged.queues) == 10
+
+
+def test_empty_topology_is_the_merge_identity() -> None:
+    orders = work_queue("orders", policy=POLICY)
+    assert Topology() | orders == orders
+    assert Topology.of() == Topology()
+
+
+def test_specs_are_frozen_with_safe_defaults() -> None:
+    exchange = Exchange("shop")
+    assert (exchange.type, exchange.durable, exchange.auto_delete) == (
+        ExchangeType.TOPIC,
+        True,
+        False,
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        exchange.name = "other"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Queue("q").arguments = ()  # type: ignore[misc]
+
+
+# --- name checks -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["orders", "a", "ns.module.billing", "x:y", "A-b_c.9", "q" * 255])
+def test_check_name_accepts_amqp_names(name: str) -> None:
+    assert check_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", " ", "has space", "a/b", "é", "q" * 256, "tab\there", "a*", "a#", "orders\n"],
+    ids=repr,
+)
+def test_check_name_refuses_everything_else(name: str) -> None:
+    with pytest.raises(ValueError, match="invalid queue"):
+        check_name(name, "queue")
+
+
+def test_check_name_allows_empty_only_when_asked() -> None:
+    assert check_name("", "exchange", allow_empty=True) == ""
+    with pytest.raises(ValueError):
+        check_name(" ", "exchange", allow_empty=True)
+
+
+@pytest.mark.parametrize("key", ["", "a.b.c", "#", "*.created", "é" * 127, "k" * 255])
+def test_check_routing_key_accepts_short_printable_keys(key: str) -> None:
+    assert check_routing_key(key) == key
+
+
+@pytest.mark.parametrize(
+    "key", ["k" * 256, "é" * 128, "a\nb", "nul\x00", "tab\t", "\x1f"], ids=repr
+)
+def test_check_routing_key_refuses_long_or_control_keys(key: str) -> None:
+    with pytest.raises(ValueError, match="invalid routing key"):
+        check_routing_key(key)
+
+
+# --- layout -----------------------------------------------------------------------------------
+
+
+def test_layout_names_live_under_the_namespace() -> None:
+    layout = Layout("acme-prod")
+    assert layout.modules_exchange == "acme-prod.modules"
+    assert layout.module_queue("billing") == "acme-prod.module.billing"
+    assert layout.events_exchange == "acme-prod.events"
+    assert layout.event_sourcing_queue == "acme-prod.event-sourcing"
+    assert layout.tenants_exchange == "acme-prod.tenants"
+    assert layout.tenant_queue("t1") == "acme-prod.tenant.t1.session-removal"
+    assert layout.tenant_routing_key("t1") == "t1.session-removal"
+    assert layout.chat_dispatch_exchange == "acme-prod.chat.dispatch"
+    assert layout.chat_persistence_exchange == "acme-prod.chat.persistence"
+    assert layout.chat_history_queue == "acme-prod.chat.history"
+    assert layout.chat_room_key("t1", "lobby") == "t1.lobby"
+
+
+def test_same_room_of_two_tenants_gets_two_keys() -> None:
+    layout = Layout("ns")
+    assert layout.chat_room_key("t1", "lobby") != layout.chat_room_key("t2", "lobby")
+
+
+BAD_NAMES = ["", "a.b", "#", "*", "has space", "-lead", "_lead", "a/b", "é", "x" * 64, "t1\n"]
+
+
+@pytest.mark.parametrize("bad", BAD_NAMES, ids=repr)
+def test_layout_refuses_invalid_tenant_room_and_module_names(bad: str) -> None:
+    layout = Layout("ns")
+    calls: list[tuple[Callable[..., str], tuple[str, ...]]] = [
+        (layout.module_queue, (bad,)),
+        (layout.tenant_queue, (bad,)),
+        (layout.tenant_routing_key, (bad,)),
+        (layout.chat_room_key, (bad, "lobby")),
+        (layout.chat_room_key, ("t1", bad)),
+    ]
+    for method, args in calls:
+        with pytest.raises(ValueError, match="invalid"):
+            method(*args)
+
+
+def test_layout_accepts_the_longest_valid_name() -> None:
+    name = "x" * 63
+    assert Layout("ns").tenant_routing_key(name) == f"{name}.session-removal"
+
+
+@pytest.mark.parametrize("bad", ["a.b", "has space"], ids=repr)
+def test_layout_refuses_an_invalid_namespace(bad: str) -> None:
+    # Settings validates its namespace, but Layout is public and builds every name from it.
+    with pytest.raises(ValueError, match="namespace"):
+        Layout(bad)
+
+
+# --- the system topology ----------------------------------------------------------------------
+
+
+def test_system_topology_declares_every_rabbitry_object() -> None:
+    settings = Settings(
+        namespace="ns1",
+        max_attempts=3,
+        retry_base_delay=2,
+        retry_max_delay=60,
+        modules=[ModuleConfig(name="billing", routing_keys=["invoice.*", "refund.#"])],
+    )
+    topology = system_topology(settings, tenants=["t1", "t2"])
+
+    assert {(e.name, e.type) for e in topology.exchanges} == {
+        ("ns1.modules", ExchangeType.TOPIC),
+        ("ns1.events", ExchangeType.TOPIC),
+        ("ns1.tenants", ExchangeType.DIRECT),
+        ("ns1.chat.dispatch", ExchangeType.DIRECT),
+        ("ns1.chat.persistence", ExchangeType.FANOUT),
+    }
+    work = {
+        "ns1.module.workflow",
+        "ns1.module.billing",
+        "ns1.event-sourcing",
+        "ns1.tenant.t1.session-removal",
+        "ns1.tenant.t2.session-removal",
+        "ns1.chat.history",
+    }
+    expected = set()
+    for name in work:
+        expected |= {name, f"{name}.dlq", f"{name}.retry.2000", f"{name}.retry.4000"}
+    assert set(queues_by_name(topology)) == expected
+    assert topology.bindings == {
+        Binding("ns1.modules", "ns1.module.workflow", "#"),
+        Binding("ns1.modules", "ns1.module.billing", "invoice.*"),
+        Binding("ns1.modules", "ns1.module.billing", "refund.#"),
+        Binding("ns1.events", "ns1.event-sourcing", "#"),
+        Binding("ns1.tenants", "ns1.tenant.t1.session-removal", "t1.session-removal"),
+        Binding("ns1.tenants", "ns1.tenant.t2.session-removal", "t2.session-removal"),
+        Binding("ns1.chat.persistence", "ns1.chat.history", ""),
+    }
+
+
+def test_workflow_module_always_hears_everything() -> None:
+    settings = Settings(
+        namespace="ns2", modules=[ModuleConfig(name="workflow", routing_keys=["only.this"])]
+    )
+    bindings = {b for b in system_topology(settings).bindings if b.exchange == "ns2.modules"}
+    assert bindings == {Binding("ns2.modules", "ns2.module.workflow", "#")}
+
+
+def test_system_topology_follows_the_queue_type() -> None:
+    settings = Settings(namespace="ns3", queue_type=QueueType.QUORUM)
+    queues = system_topology(settings).queues
+    assert queues
+    assert all(q.argument_map().get("x-queue-type") == "quorum" for q in queues)
+
+
+def test_system_topology_refuses_an_invalid_tenant() -> None:
+    with pytest.raises(ValueError, match="tenant"):
+        system_topology(Settings(namespace="ns4"), tenants=["bad tenant"])
+
+
+def test_system_topology_is_deterministic() -> None:
+    settings = Settings(namespace="ns5")
+    assert system_topology(settings, ["t1"]) == system_topology(settings, ["t1"])
