@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rabbitry.errors import ConfigError
@@ -65,7 +65,7 @@ class RegistryEntry(BaseModel):
 
 def validate_name(value: str, what: str = "name") -> str:
     """Return ``value`` if it is safe inside a broker object name, else raise ``ValueError``."""
-    if not NAME_PATTERN.match(value):
+    if not NAME_PATTERN.fullmatch(value):
         raise ValueError(
             f"invalid {what} {value!r}: use 1-63 letters, digits, '_' or '-', "
             "starting with a letter or digit"
@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     circuit_open_seconds: float = Field(default=5.0, ge=0)
     prefetch: int = Field(default=200, ge=1, le=65535)
     concurrency: int = Field(default=32, ge=1)
-    max_attempts: int = Field(default=5, ge=1)
+    max_attempts: int = Field(default=5, ge=1, le=50)
     retry_base_delay: float = Field(default=1.0, gt=0)
     retry_max_delay: float = Field(default=300.0, gt=0)
     drain_timeout: float = Field(default=30.0, gt=0)
@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     @classmethod
     def _namespace(cls, value: str) -> str:
         return validate_name(value, "namespace")
+
+    @model_validator(mode="after")
+    def _retry_delays(self) -> Settings:
+        if self.retry_base_delay > self.retry_max_delay:
+            raise ValueError("retry_base_delay must not exceed retry_max_delay")
+        return self
 
     @property
     def sql_url(self) -> str:

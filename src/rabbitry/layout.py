@@ -29,6 +29,9 @@ class Layout:
 
     namespace: str
 
+    def __post_init__(self) -> None:
+        validate_name(self.namespace, "namespace")
+
     @property
     def modules_exchange(self) -> str:
         return f"{self.namespace}.modules"

@@ -69,7 +69,7 @@ class Subscription:
     batch_size: int = 100
     prefetch: int | None = None
     concurrency: int | None = None
-    strict: bool = True
+    strict: bool | None = None  # None: settings.strict_rr_job
 
 
 class Consumer:
@@ -164,7 +164,7 @@ class Consumer:
             message_id=props.message_id,
             timestamp=props.timestamp,
             correlation_id=props.correlation_id,
-            strict=self._sub.strict,
+            strict=self._settings.strict_rr_job if self._sub.strict is None else self._sub.strict,
         )
 
     def _handler_for(self, message: Message) -> Handler:

@@ -96,7 +96,11 @@ def encode_body(payload: Json) -> bytes:
 
 def encode_headers(message: Message) -> dict[str, Any]:
     """The AMQP header table of ``message``, rr_* first, typed for :mod:`fieldtable`."""
-    user_headers = {name: list(values) for name, values in message.headers.items()}
+    # A bare string is one value, not a list of characters.
+    user_headers = {
+        name: [values] if isinstance(values, str) else list(values)
+        for name, values in message.headers.items()
+    }
     headers: dict[str, Any] = {
         "rr_id": message.id,
         "rr_job": message.type,
@@ -169,7 +173,7 @@ def decode(
         pipeline=_text(table.get("rr_pipeline")) or "",
         delay=_int(table.get("rr_delay"), 0),
         priority=_int(table.get("rr_priority"), DEFAULT_PRIORITY),
-        auto_ack=bool(table.get("rr_auto_ack", False)),
+        auto_ack=table.get("rr_auto_ack") is True,
         tenant=_text(table.get(TENANT_HEADER)),
         correlation_id=_text(table.get(CORRELATION_HEADER)) or correlation_id,
         traceparent=_text(table.get(TRACEPARENT_HEADER)),
@@ -221,6 +225,8 @@ def _user_headers(value: Any) -> dict[str, tuple[str, ...]]:
         return {}
     result: dict[str, tuple[str, ...]] = {}
     for name, values in loaded.items():
+        if str(name).startswith("rr_"):
+            continue
         if isinstance(values, list):
             result[str(name)] = tuple(str(v) for v in values)
         elif values is not None:

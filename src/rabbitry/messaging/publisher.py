@@ -126,9 +126,16 @@ class Publisher:
                 sum(1 for _, route in items if route.exchange == exchange)
             )
         try:
-            return await asyncio.wait_for(
-                link.publish_many(outgoing), timeout=self._settings.publish_timeout
-            )
+            async with asyncio.timeout(self._settings.publish_timeout):
+                if len(outgoing) == 1:
+                    # Single publishes from concurrent callers share one write per loop turn.
+                    item = outgoing[0]
+                    return [
+                        await link.publish(
+                            item.exchange, item.routing_key, item.body, item.properties
+                        )
+                    ]
+                return await link.publish_many(outgoing)
         except TimeoutError as exc:
             # A broker that does not confirm in time is treated as down: drop the link so
             # the next publish reconnects, and let the circuit breaker spare the callers.

@@ -27,7 +27,10 @@ class RetryPolicy:
 
     def delay_ms(self, attempt: int) -> int:
         """Delay after failed try number ``attempt`` (1-based), in milliseconds."""
-        seconds = min(self.base_delay * self.factor ** (attempt - 1), self.max_delay)
+        try:
+            seconds = min(self.base_delay * self.factor ** (attempt - 1), self.max_delay)
+        except OverflowError:
+            seconds = self.max_delay
         return round(seconds * 1000)
 
     def tiers_ms(self) -> tuple[int, ...]:

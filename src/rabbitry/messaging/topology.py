@@ -144,8 +144,10 @@ def check_name(value: str, what: str = "name", *, allow_empty: bool = False) -> 
     """Return ``value`` if it is a valid AMQP exchange or queue name, else raise ``ValueError``."""
     if allow_empty and value == "":
         return value
-    if not _AMQP_NAME.match(value):
-        raise ValueError(f"invalid {what} {value!r}: 1-255 letters, digits, '_', '-', '.' or ':'")
+    if not _AMQP_NAME.fullmatch(value) or value.startswith("amq."):
+        raise ValueError(
+            f"invalid {what} {value!r}: 1-255 letters, digits, '_', '-', '.' or ':', not starting with 'amq.'"
+        )
     return value
 
 
