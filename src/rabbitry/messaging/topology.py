@@ -146,7 +146,8 @@ def check_name(value: str, what: str = "name", *, allow_empty: bool = False) -> 
         return value
     if not _AMQP_NAME.fullmatch(value) or value.startswith("amq."):
         raise ValueError(
-            f"invalid {what} {value!r}: 1-255 letters, digits, '_', '-', '.' or ':', not starting with 'amq.'"
+            f"invalid {what} {value!r}: 1-255 letters, digits, '_', '-', '.' or ':'"
+            " (not starting with 'amq.')"
         )
     return value
 
