@@ -1,5 +1,6 @@
 """The event store on SQLite and PostgreSQL: versions, dedup, concurrency, history, state."""
 
+# ruff: noqa: F811  (test parameters are the imported fixtures)
 from __future__ import annotations
 
 import asyncio
@@ -7,12 +8,12 @@ import datetime as dt
 import random
 import uuid
 
+from events_fixtures import events_db, events_db_url  # noqa: F401  (fixtures)
+
 from rabbitry.events.change import ChangeEvent, ChangeType
 from rabbitry.events.store import EventStore, Incoming, MessageLog
 from rabbitry.messaging.envelope import Message
 from rabbitry.storage.database import Database
-
-pytest_plugins = ("events_fixtures",)  # events_db_url, events_db
 
 T0 = dt.datetime(2025, 2, 6, 12, 0, tzinfo=dt.UTC)
 

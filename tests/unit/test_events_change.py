@@ -141,6 +141,14 @@ def test_reinsert_after_delete_starts_over() -> None:
     assert state.data == {"name": "b"}
 
 
+def test_an_insert_stored_after_updates_does_not_undo_them() -> None:
+    state = fold(
+        [_event(1, "update", {"qty": 2}), _event(2, "insert", {"name": "a", "qty": 1})],
+        EntityState("e", 1),
+    )
+    assert state.data == {"name": "a", "qty": 2}
+
+
 def test_fold_continues_from_a_given_state() -> None:
     start = fold([_event(1, "insert", {"n": 1})], EntityState("e", 1))
     assert fold([_event(2, "update", {"n": 2})], start).data == {"n": 2}

@@ -136,13 +136,16 @@ class EntityState:
 def apply(state: EntityState, event: RecordedEvent) -> EntityState:
     """One step of the fold.
 
-    insert: the entity starts over with ``data`` (a re-insert after a delete revives it);
-    update: ``data`` overrides those attributes; delete: the entity is gone, its last known
-    attributes (plus any the delete carried) are kept so that a reader sees what was deleted.
+    insert: the entity starts with ``data`` (a re-insert after a delete revives it); an insert
+    that arrives after updates of a live entity (several workers can store events out of
+    order) only fills in the attributes those updates did not set.
+    update: ``data`` overrides those attributes. delete: the entity is gone; its last known
+    attributes (plus any the delete carried) stay so that a reader sees what was deleted.
     """
     changes = dict(event.data or {})
     if event.type is ChangeType.INSERT:
-        data, deleted = changes, False
+        late = state.version > 0 and not state.deleted
+        data, deleted = ({**changes, **state.data} if late else changes), False
     elif event.type is ChangeType.UPDATE:
         data, deleted = {**state.data, **changes}, state.deleted
     else:

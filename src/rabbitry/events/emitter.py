@@ -87,7 +87,12 @@ class Emitter:
         Raises :class:`PublishFailed` if the broker took some of them and there is no fallback
         to store the rest (the results say which), :class:`StorageError` if the fallback failed.
         """
-        results = await self._publisher.publish_many([self.message(c) for c in changes])
+        return await self.send([self.message(c) for c in changes])
+
+    async def send(self, items: Sequence[tuple[Message, Route]]) -> list[PublishResult]:
+        """Publish messages built by :meth:`message`. Sending the same ones again after an
+        error is safe: the event store keeps each message id once."""
+        results = await self._publisher.publish_many(items)
         failed = [r for r in results if r.status is PublishStatus.FAILED]
         if failed:
             raise PublishFailed(

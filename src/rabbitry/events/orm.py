@@ -46,7 +46,8 @@ from sqlalchemy.orm.session import SessionTransaction
 from rabbitry.errors import ConfigError, RabbitryError
 from rabbitry.events.change import ChangeEvent, ChangeType, Json
 from rabbitry.events.emitter import Emitter, current_user, entity_name
-from rabbitry.messaging.publisher import PublishResult
+from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.publisher import PublishResult, Route
 from rabbitry.storage.base import Base as RabbitryBase
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,11 @@ class ChangeTracker:
         self._emitter = emitter
         self._entities = None if entities is None else tuple(entities)
         self._auto = auto_publish
-        self._queue: list[ChangeEvent] = []
+        # Built into messages at commit, so that a retried publish repeats the same message ids
+        # (and commit time stays the event's time).
+        self._queue: list[tuple[Message, Route]] = []
         self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._session_class: type[Session] | None = None
@@ -119,7 +123,7 @@ class ChangeTracker:
             batch = list(self._queue)
             if not batch:
                 return []
-            results = await self._emitter.emit(batch)
+            results = await self._emitter.send(batch)
             # Only now are they the publisher's (published, or persisted by its fallback).
             del self._queue[: len(batch)]
             return results
@@ -127,11 +131,10 @@ class ChangeTracker:
     async def aclose(self) -> None:
         """Stop background publishing and publish what is left (raises if that fails)."""
         self._closed = True
+        self._wake.set()
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await task  # not cancelled: a publish in flight must finish, not be repeated
         await self.flush()
 
     # -- session hooks (sync; for an AsyncSession they run on the loop, in its greenlet) ----
@@ -235,7 +238,7 @@ class ChangeTracker:
         pending: list[Tagged] = session.info.pop(_PENDING, [])
         if not pending:
             return
-        self._queue.extend(change for change, _ in pending)
+        self._queue.extend(self._emitter.message(change) for change, _ in pending)
         if not self._auto or self._closed:
             return
         try:
@@ -252,7 +255,9 @@ class ChangeTracker:
                 await self.flush()
             except RabbitryError as exc:
                 log.error("change events not published yet (%d pending): %s", self.pending, exc)
-                await asyncio.sleep(delay)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
                 delay = min(delay * 2, MAX_BACKOFF)
 
 

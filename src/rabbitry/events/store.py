@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from sqlalchemy import func, insert, select, text, tuple_
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rabbitry.errors import StorageError
@@ -39,6 +39,8 @@ from rabbitry.storage.database import Database
 
 T = TypeVar("T")
 
+TRANSIENT_ATTEMPTS = 5
+_BEGIN_IMMEDIATE = text("BEGIN IMMEDIATE")
 _LOCK = text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS t(k)")
 
 
@@ -230,17 +232,32 @@ async def _with_retry(
     attempts: int,
     work: Callable[[AsyncSession], Awaitable[T]],
 ) -> T:
-    """Run ``work`` in a transaction; a unique-constraint conflict means another writer won a
-    race, so roll back and run it again (it will see the winner's rows)."""
+    """Run ``work`` in one transaction, again if needed.
+
+    A unique-constraint conflict means another writer won a race: roll back and run it again
+    (it will see the winner's rows). A transient failure (SQLite busy, a dropped connection) is
+    retried here a few times too: handing the batch to the broker's retry queue instead would
+    let later events of the same entity overtake it.
+    """
+    transient = 0
     for attempt in range(1, attempts + 1):
         try:
             async with database.sessions.begin() as session:
+                if database.is_sqlite:
+                    # Take the write lock up front: a read transaction that later writes gets
+                    # SQLITE_BUSY at once, without the busy timeout, if another wrote meanwhile.
+                    await session.execute(_BEGIN_IMMEDIATE)
                 return await work(session)
         except IntegrityError as exc:
             if attempt == attempts:
                 raise StorageError(f"still conflicting after {attempts} attempts: {exc}") from exc
             # Jitter, so that two workers that collided do not collide again in lockstep.
             await asyncio.sleep(random.uniform(0, 0.002 * attempt))
+        except (OperationalError, OSError) as exc:
+            transient += 1
+            if transient >= TRANSIENT_ATTEMPTS or attempt == attempts:
+                raise StorageError(f"database error: {type(exc).__name__}: {exc}") from exc
+            await asyncio.sleep(0.05 * 2**transient)
         except SQLAlchemyError as exc:
             raise StorageError(f"database error: {type(exc).__name__}: {exc}") from exc
     raise AssertionError("unreachable")

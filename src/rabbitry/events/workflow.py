@@ -1,0 +1,92 @@
+"""The workflow module (seed 1): stores every change event, and logs every module message.
+
+It consumes two queues: ``<ns>.event-sourcing``, whose change events it validates and appends
+to the event store, and its own module queue ``<ns>.module.workflow``, bound ``#`` on
+``<ns>.modules``, so that it hears every message any module sends. Both are consumed in
+batches: one transaction per batch, not per message.
+
+An invalid change event is dead-lettered at once with its reason (``x-rabbitry-reason``); a
+database failure sends the batch to the retry queues, so nothing is acked before it is stored.
+Run several workflow workers at once to scale: the store keeps versions gap-free regardless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from rabbitry.config import Settings
+from rabbitry.errors import MessageError, StorageError
+from rabbitry.events.change import parse_change
+from rabbitry.events.store import EventStore, Incoming, MessageLog
+from rabbitry.layout import WORKFLOW_MODULE, Layout, events_topology, module_topology
+from rabbitry.messaging.consumer import Subscription
+from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.worker import Worker
+from rabbitry.storage.database import Database
+
+Outcomes = list[BaseException | None]
+
+
+class WorkflowService:
+    """A :class:`~rabbitry.service.Service`: the workflow module's worker on ``database``."""
+
+    name = "workflow"
+
+    def __init__(self, settings: Settings, database: Database, *, batch_size: int = 100) -> None:
+        self.store = EventStore(database)
+        self.log = MessageLog(database)
+        layout = Layout(settings.namespace)
+        self.worker = Worker(
+            settings,
+            self.name,
+            [
+                Subscription(
+                    layout.event_sourcing_queue, batch=self.store_events, batch_size=batch_size
+                ),
+                # It hears everything, so it logs messages without rr_job too (as RoadRunner's
+                # "deduced_by_rr") instead of dead-lettering them.
+                Subscription(
+                    layout.module_queue(WORKFLOW_MODULE),
+                    batch=self.log_messages,
+                    batch_size=batch_size,
+                    strict=False,
+                ),
+            ],
+            events_topology(settings) | module_topology(settings, settings.modules),
+        )
+
+    @property
+    def connected(self) -> asyncio.Event:
+        """Set while the worker is consuming."""
+        return self.worker.connected
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        await self.worker.run(stopping)
+
+    async def store_events(self, messages: Sequence[Message]) -> Outcomes:
+        """Validate and store a batch of change events; one outcome per message."""
+        outcomes: Outcomes = [None] * len(messages)
+        valid: list[tuple[int, Incoming]] = []
+        for index, message in enumerate(messages):
+            try:
+                change = parse_change(message.type, message.payload)
+            except MessageError as exc:
+                outcomes[index] = exc  # dead-lettered with this reason
+                continue
+            # message.id is rr_id, else the AMQP message_id: what makes a redelivery a repeat.
+            valid.append((index, Incoming(change, message.id, message.timestamp)))
+        try:
+            await self.store.append([incoming for _, incoming in valid])
+        except StorageError as exc:
+            for index, _ in valid:
+                outcomes[index] = exc  # retried later through the retry queues
+        return outcomes
+
+    async def log_messages(self, messages: Sequence[Message]) -> Outcomes:
+        """Append a batch of module messages to the message log."""
+        try:
+            await self.log.append(messages)
+        except StorageError as exc:
+            return [exc] * len(messages)
+        return [None] * len(messages)

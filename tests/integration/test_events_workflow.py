@@ -1,0 +1,264 @@
+"""The workflow module against a real broker and real databases: change events emitted by
+Python code or ORM commits end up in the event store, once, in order; invalid ones are
+dead-lettered with their reason; several workers never break the version sequence."""
+
+# ruff: noqa: F811  (test parameters are the imported fixtures)
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+
+import aio_pika
+from events_fixtures import (  # noqa: F401  (fixtures: events_db, events_db_url, events_settings)
+    events_db,
+    events_db_url,
+    events_settings,
+    eventually,
+    make_settings,
+    queue_messages,
+)
+from sqlalchemy import String, update
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from rabbitry.config import Settings
+from rabbitry.events.change import ChangeEvent, ChangeType
+from rabbitry.events.emitter import Emitter, acting_as
+from rabbitry.events.orm import ChangeTracker
+from rabbitry.events.store import EventStore
+from rabbitry.events.workflow import WorkflowService
+from rabbitry.layout import Layout
+from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
+from rabbitry.messaging.topology import dlq_name
+from rabbitry.outbox.filters import RequeueFilter
+from rabbitry.outbox.ledger import Ledger
+from rabbitry.storage.database import Database
+
+
+class AppBase(DeclarativeBase):
+    pass
+
+
+class Ticket(AppBase):
+    __tablename__ = "tickets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(20), default="open")
+
+
+TICKET = f"{__name__}.Ticket"
+
+
+@contextlib.asynccontextmanager
+async def workflow(settings: Settings, database: Database) -> AsyncIterator[WorkflowService]:
+    """A running workflow worker; stopped (drained) on exit."""
+    service = WorkflowService(settings, database)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(service.run(stopping))
+    try:
+        await asyncio.wait_for(service.connected.wait(), timeout=15)
+        yield service
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def stored_count(store: EventStore, entity: str, ids: range) -> int:
+    return sum([len(await store.history(entity, i)) for i in ids])
+
+
+async def test_emitted_changes_are_stored_in_order_with_versions(
+    events_settings: Settings, events_db: Database
+) -> None:
+    store = EventStore(events_db)
+    async with (
+        workflow(events_settings, events_db),
+        Publisher(events_settings, fallback=Ledger(events_db)) as publisher,
+    ):
+        emitter = Emitter(publisher, events_settings)
+        with acting_as(42):
+            first = await emitter.insert("App\\Models\\Order", 7, {"total": 10, "state": "new"})
+            await emitter.update("App\\Models\\Order", 7, {"total": 12})
+        await emitter.delete("App\\Models\\Order", 7)
+        assert first.status is PublishStatus.PUBLISHED
+
+        async def three() -> bool:
+            return len(await store.history("App\\Models\\Order", 7)) == 3
+
+        await eventually(three, what="three stored events")
+    history = await store.history("App\\Models\\Order", 7)
+    assert [(e.version, e.type, e.user) for e in history] == [
+        (1, "insert", 42),
+        (2, "update", 42),
+        (3, "delete", "system"),
+    ]
+    assert history[0].message_id == first.message_id
+    state = await store.state("App\\Models\\Order", 7)
+    assert state is not None and state.deleted and state.data == {"total": 12, "state": "new"}
+
+
+async def test_orm_commits_reach_the_event_store_and_rollbacks_do_not(
+    events_settings: Settings, events_db: Database, events_db_url: str
+) -> None:
+    engine = create_async_engine(events_db_url)
+    async with engine.begin() as conn:
+        await conn.run_sync(AppBase.metadata.create_all)
+    store = EventStore(events_db)
+    try:
+        async with (
+            workflow(events_settings, events_db),
+            Publisher(events_settings, fallback=Ledger(events_db)) as publisher,
+        ):
+            tracker = ChangeTracker(Emitter(publisher, events_settings))
+            sessions = async_sessionmaker(
+                engine, sync_session_class=tracker.session_class, expire_on_commit=False
+            )
+            with acting_as(5):
+                async with sessions.begin() as session:
+                    session.add_all([Ticket(id=1, title="a"), Ticket(id=2, title="b")])
+                async with sessions.begin() as session:
+                    (await session.get_one(Ticket, 1)).title = "A"
+                async with sessions() as session:
+                    (await session.get_one(Ticket, 2)).title = "never"
+                    await session.flush()
+                    await session.rollback()
+                async with sessions.begin() as session:
+                    await session.execute(update(Ticket).values(status="closed"))
+            await tracker.aclose()
+
+            async def stored() -> bool:
+                return await stored_count(store, TICKET, range(1, 3)) == 5
+
+            await eventually(stored, what="five stored ORM events")
+        one, two = await store.history(TICKET, 1), await store.history(TICKET, 2)
+        assert [(e.type, e.data) for e in one] == [
+            ("insert", {"id": 1, "title": "a", "status": "open"}),
+            ("update", {"title": "A"}),
+            ("update", {"status": "closed"}),
+        ]
+        assert [e.type for e in two] == ["insert", "update"]
+        assert {e.user for e in one + two} == {5}
+        state = await store.state(TICKET, 2)
+        assert state is not None and state.data == {"id": 2, "title": "b", "status": "closed"}
+    finally:
+        await engine.dispose()
+
+
+async def test_invalid_events_are_dead_lettered_with_their_reason(
+    events_settings: Settings, events_db: Database
+) -> None:
+    layout = Layout(events_settings.namespace)
+    route = Route(layout.events_exchange, "insert")
+    async with (
+        workflow(events_settings, events_db),
+        Publisher(events_settings) as publisher,
+    ):
+        await publisher.publish(Message("insert", {"entity": "e", "id": 1, "user": 1}), route)
+        await publisher.publish(Message("upsert", {"entity": "e", "id": 1, "user": 1}), route)
+        await publisher.publish(
+            Message("insert", {"entity": "e", "id": 2, "user": 1, "data": {}}), route
+        )
+        dlq = dlq_name(layout.event_sourcing_queue)
+        dead: list[aio_pika.IncomingMessage] = []
+
+        async def both_dead() -> bool:
+            dead.extend(await queue_messages(dlq))
+            return len(dead) >= 2
+
+        await eventually(both_dead, what="two dead-lettered events")
+    reasons = sorted(str(m.headers["x-rabbitry-reason"]) for m in dead)
+    assert reasons == [
+        "'data' is required for insert",
+        "unknown change type 'upsert': expected insert, update or delete",
+    ]
+    store = EventStore(events_db)
+    assert await store.history("e", 1) == []
+    assert [e.version for e in await store.history("e", 2)] == [1]
+
+
+async def test_a_redelivered_message_is_stored_once(
+    events_settings: Settings, events_db: Database
+) -> None:
+    layout = Layout(events_settings.namespace)
+    route = Route(layout.events_exchange, "update")
+    message = Message("update", {"entity": "e", "id": 1, "user": 1, "data": {"n": 1}})
+    marker = Message("update", {"entity": "e", "id": 1, "user": 1, "data": {"n": 2}})
+    store = EventStore(events_db)
+    async with (
+        workflow(events_settings, events_db),
+        Publisher(events_settings) as publisher,
+    ):
+        for _ in range(3):
+            await publisher.publish(message, route)
+        await publisher.publish(marker, route)
+
+        async def marker_stored() -> bool:
+            return any(e.message_id == marker.id for e in await store.history("e", 1))
+
+        await eventually(marker_stored, what="the marker event")
+    assert [(e.version, e.message_id) for e in await store.history("e", 1)] == [
+        (1, message.id),
+        (2, marker.id),
+    ]
+
+
+async def test_several_workflow_workers_keep_versions_gap_free(
+    events_settings: Settings, events_db: Database, events_db_url: str
+) -> None:
+    extra = [Database(events_db_url) for _ in range(2)]
+    store = EventStore(events_db)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for db in [events_db, *extra]:
+                await stack.enter_async_context(workflow(events_settings, db))
+            publisher = await stack.enter_async_context(Publisher(events_settings))
+            emitter = Emitter(publisher, events_settings)
+            changes = [
+                ChangeEvent(ChangeType.UPDATE, "stock", i % 4, 1, {"n": i}) for i in range(600)
+            ]
+            for start in range(0, len(changes), 50):
+                await emitter.emit(changes[start : start + 50])
+
+            async def all_stored() -> bool:
+                return await stored_count(store, "stock", range(4)) == 600
+
+            await eventually(all_stored, timeout=60, what="600 stored events")
+    finally:
+        for db in extra:
+            await db.close()
+    for entity_id in range(4):
+        history = await store.history("stock", entity_id)
+        assert [e.version for e in history] == list(range(1, 151))
+    assert len({e.message_id for i in range(4) for e in await store.history("stock", i)}) == 600
+
+
+async def test_without_a_broker_events_wait_in_the_outbox_and_are_stored_once_relayed(
+    events_settings: Settings, events_db: Database
+) -> None:
+    offline = make_settings(
+        namespace=events_settings.namespace, rabbit_active=False, database_url=None
+    )
+    ledger = Ledger(events_db)
+    async with Publisher(offline, fallback=ledger) as publisher:
+        result = await Emitter(publisher, offline).insert("orders", 3, {"total": 1})
+    assert result.status is PublishStatus.PERSISTED
+    (row,) = await ledger.rows(RequeueFilter())
+    assert row.type == "insert" and json.loads(row.body)["id"] == 3
+    store = EventStore(events_db)
+    async with (
+        workflow(events_settings, events_db),
+        Publisher(events_settings) as publisher,
+    ):
+        # What the outbox relay does: publish the stored message again, same id and body.
+        sent = await publisher.publish(row.message(), row.route())
+        assert sent.status is PublishStatus.PUBLISHED and sent.message_id == result.message_id
+
+        async def stored() -> bool:
+            return len(await store.history("orders", 3)) == 1
+
+        await eventually(stored, what="the relayed event")
+    (event,) = await store.history("orders", 3)
+    assert event.message_id == result.message_id and event.data == {"total": 1}
