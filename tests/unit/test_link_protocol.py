@@ -1,0 +1,291 @@
+"""Link as an asyncio.Protocol against a scripted broker: what it writes, and when.
+
+The broker's side is pamqp-marshalled frames fed to ``data_received``; the transport records
+writes. This pins the hot-path promises no real broker can show: one write per loop turn,
+nothing written while the transport is paused, acks folded, heartbeats sent and checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pamqp import base, commands, header
+from pamqp import body as pamqp_body
+from pamqp import frame as pamqp_frame
+
+from rabbitry.messaging import wire
+from rabbitry.messaging.handshake import Endpoint
+from rabbitry.messaging.link import Delivery, Link, LinkClosed, Outcome, Outgoing
+from rabbitry.messaging.properties import Properties
+
+PROPS = Properties(delivery_mode=2)
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def frames(self) -> list[Any]:
+        """Everything written since the last call, unmarshalled by pamqp."""
+        data = b"".join(self.writes)
+        self.writes.clear()
+        out: list[Any] = []
+        while data:
+            used, _, value = pamqp_frame.unmarshal(data)
+            out.append(value)
+            data = data[used:]
+        return out
+
+
+def feed(link: Link, channel: int, *methods: Any) -> None:
+    link.data_received(b"".join(pamqp_frame.marshal(m, channel) for m in methods))
+
+
+def deliveries(first: int, count: int, body: bytes = b"body", frame_max: int = 131072) -> bytes:
+    chunks: list[bytes] = []
+    for tag in range(first, first + count):
+        chunks.append(pamqp_frame.marshal(commands.Basic.Deliver("ctag", tag, False, "", "q"), 1))
+        content = header.ContentHeader(0, len(body), commands.Basic.Properties(delivery_mode=2))
+        chunks.append(pamqp_frame.marshal(content, 1))
+        step = frame_max - wire.FRAME_OVERHEAD
+        for start in range(0, len(body), step):
+            piece = pamqp_body.ContentBody(body[start : start + step])
+            chunks.append(pamqp_frame.marshal(piece, 1))
+    return b"".join(chunks)
+
+
+async def turn() -> None:
+    """Let the loop run the flush scheduled with call_soon."""
+    await asyncio.sleep(0)
+
+
+async def reply(link: Link, transport: FakeTransport, method: base.Frame) -> None:
+    """Answer the method the running call is about to write (a turn to start, one to flush)."""
+    await turn()
+    await turn()
+    transport.frames()
+    feed(link, 1, method)
+
+
+async def open_link(heartbeat: int = 0, frame_max: int = 131072) -> tuple[Link, FakeTransport]:
+    link = Link(
+        Endpoint.from_url("amqp://guest:guest@localhost/"),
+        "t",
+        heartbeat,
+        asyncio.get_running_loop(),
+    )
+    transport = FakeTransport()
+    link.connection_made(transport)
+    assert transport.writes.pop(0) == wire.PROTOCOL_HEADER
+    feed(link, 0, commands.Connection.Start(mechanisms="PLAIN AMQPLAIN"))
+    feed(link, 0, commands.Connection.Tune(2047, frame_max, heartbeat))
+    feed(link, 0, commands.Connection.OpenOk())
+    feed(link, 1, commands.Channel.OpenOk())
+    await turn()
+    sent = [type(f) for f in transport.frames()]
+    assert sent == [
+        commands.Connection.StartOk,
+        commands.Connection.TuneOk,
+        commands.Connection.Open,
+        commands.Channel.Open,
+    ]
+    assert link.is_open
+    select = asyncio.ensure_future(link.confirm_select())
+    await reply(link, transport, commands.Confirm.SelectOk())
+    await select
+    return link, transport
+
+
+@pytest.fixture
+async def opened() -> AsyncIterator[tuple[Link, FakeTransport]]:
+    link, transport = await open_link()
+    yield link, transport
+    link.connection_lost(None)
+
+
+async def test_publishes_of_one_turn_leave_in_one_write(opened: tuple[Link, FakeTransport]) -> None:
+    link, transport = opened
+    futures = [link.publish("", "q", b"m%d" % i, PROPS) for i in range(100)]
+    assert not transport.writes
+    await turn()
+    assert len(transport.writes) == 1
+    frames = transport.frames()
+    assert len(frames) == 300
+    assert [f.value for f in frames[2::3]] == [b"m%d" % i for i in range(100)]
+    feed(link, 1, commands.Basic.Ack(60, multiple=True), commands.Basic.Nack(61))
+    feed(link, 1, commands.Basic.Ack(100, multiple=True))
+    outcomes = [f.result() for f in futures]
+    assert outcomes == [Outcome.ACKED] * 60 + [Outcome.NACKED] + [Outcome.ACKED] * 39
+
+
+async def test_publish_many_writes_once_and_resolves_once(
+    opened: tuple[Link, FakeTransport],
+) -> None:
+    link, transport = opened
+    batch = asyncio.ensure_future(link.publish_many([Outgoing("", "q", b"x")] * 1000))
+    await turn()
+    assert len(transport.writes) == 1
+    assert len(transport.frames()) == 3000
+    feed(link, 1, commands.Basic.Ack(1000, multiple=True))
+    assert await batch == [Outcome.ACKED] * 1000
+
+
+async def test_nothing_is_written_while_the_transport_is_paused(
+    opened: tuple[Link, FakeTransport],
+) -> None:
+    link, transport = opened
+    link.pause_writing()
+    single = link.publish("", "q", b"one", PROPS)
+    batch = asyncio.ensure_future(link.publish_many([Outgoing("", "q", b"two")]))
+    await turn()
+    await turn()
+    assert not transport.writes
+    assert not batch.done()
+    link.resume_writing()
+    await turn()
+    await turn()
+    bodies = [f.value for f in transport.frames() if isinstance(f, pamqp_body.ContentBody)]
+    assert bodies == [b"one", b"two"]
+    feed(link, 1, commands.Basic.Ack(2, multiple=True))
+    assert await single is Outcome.ACKED
+    assert await batch == [Outcome.ACKED]
+
+
+async def test_acks_of_one_read_fold_into_one_frame(opened: tuple[Link, FakeTransport]) -> None:
+    link, transport = opened
+    got: list[Delivery] = []
+
+    def on_delivery(delivery: Delivery) -> None:
+        got.append(delivery)
+        link.ack(delivery.delivery_tag)
+
+    consume = asyncio.ensure_future(link.consume("q", on_delivery))
+    await reply(link, transport, commands.Basic.ConsumeOk("ctag"))
+    assert await consume == "ctag"
+    link.data_received(deliveries(1, 50))
+    await turn()
+    assert transport.writes == [wire.encode_ack(1, 50, multiple=True)]
+    assert [d.delivery_tag for d in got] == list(range(1, 51))
+    assert got[0].properties.delivery_mode == 2
+
+
+async def test_deliveries_split_anywhere_and_over_frames_are_reassembled() -> None:
+    link, transport = await open_link(frame_max=4096)
+    got: list[Delivery] = []
+    consume = asyncio.ensure_future(link.consume("q", got.append))
+    await reply(link, transport, commands.Basic.ConsumeOk("ctag"))
+    await consume
+    body = bytes(range(256)) * 40
+    stream = deliveries(1, 3, body, frame_max=4096)
+    for start in range(0, len(stream), 997):
+        link.data_received(stream[start : start + 997])
+    assert [d.body for d in got] == [body] * 3
+    link.connection_lost(None)
+
+
+async def test_a_raising_callback_does_not_take_the_link_down(
+    opened: tuple[Link, FakeTransport],
+) -> None:
+    link, transport = opened
+
+    def on_delivery(delivery: Delivery) -> None:
+        raise RuntimeError("handler bug")
+
+    consume = asyncio.ensure_future(link.consume("q", on_delivery))
+    await reply(link, transport, commands.Basic.ConsumeOk("ctag"))
+    await consume
+    link.data_received(deliveries(1, 2))
+    assert link.is_open
+
+
+async def test_connection_loss_fails_everything_pending(opened: tuple[Link, FakeTransport]) -> None:
+    link, _ = opened
+    single = link.publish("", "q", b"x", PROPS)
+    batch = asyncio.ensure_future(link.publish_many([Outgoing("", "q", b"y")]))
+    await turn()
+    link.connection_lost(ConnectionResetError("reset by peer"))
+    for pending in (single, batch):
+        with pytest.raises(LinkClosed, match="reset by peer"):
+            await pending
+    with pytest.raises(LinkClosed):
+        await link.closed
+    assert not link.is_open
+    with pytest.raises(LinkClosed):
+        link.ack(1)
+
+
+async def test_channel_close_from_the_broker_carries_its_code(
+    opened: tuple[Link, FakeTransport],
+) -> None:
+    link, transport = opened
+    pending = link.publish("missing", "q", b"x", PROPS)
+    await turn()
+    transport.frames()
+    feed(link, 1, commands.Channel.Close(404, "NOT_FOUND - no exchange 'missing'", 60, 40))
+    with pytest.raises(LinkClosed) as failed:
+        await pending
+    assert (failed.value.reply_code, failed.value.reply_text) == (
+        404,
+        "NOT_FOUND - no exchange 'missing'",
+    )
+    assert [type(f) for f in transport.frames()] == [
+        commands.Channel.CloseOk,
+        commands.Connection.Close,
+    ]
+    assert not link.is_open
+    feed(link, 0, commands.Connection.CloseOk())
+    assert transport.closing
+    link.connection_lost(None)
+    with pytest.raises(LinkClosed) as closed:
+        await link.closed
+    assert closed.value.reply_code == 404
+
+
+async def test_close_sends_pending_acks_then_closes_cleanly(
+    opened: tuple[Link, FakeTransport],
+) -> None:
+    link, transport = opened
+    got: list[Delivery] = []
+    consume = asyncio.ensure_future(link.consume("q", got.append))
+    await reply(link, transport, commands.Basic.ConsumeOk("ctag"))
+    await consume
+    link.data_received(deliveries(1, 1))
+    link.ack(got[0].delivery_tag)
+    closing = asyncio.ensure_future(link.close())
+    await turn()
+    frames = transport.frames()
+    assert isinstance(frames[0], commands.Basic.Ack)
+    assert isinstance(frames[-1], commands.Connection.Close)
+    feed(link, 0, commands.Connection.CloseOk())
+    link.connection_lost(None)
+    await closing
+    assert link.closed.result() is None
+
+
+async def test_heartbeats_are_sent_when_idle_and_a_silent_broker_is_dropped() -> None:
+    link, transport = await open_link(heartbeat=1)  # checked every 0.5 s
+    await asyncio.sleep(1.2)  # 0.5: the handshake was traffic; 1.0: idle, so a heartbeat
+    assert transport.writes == [wire.HEARTBEAT]
+    assert link.is_open
+    await asyncio.sleep(1.5)  # four silent checks from the broker by 2.5 s: dead
+    assert transport.closing
+    link.connection_lost(None)
+    with pytest.raises(LinkClosed, match="heartbeat"):
+        await link.closed
