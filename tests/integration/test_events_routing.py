@@ -1,0 +1,82 @@
+"""Module routing (seed 1) with the shipped example configuration: each module's queue gets the
+messages whose routing keys it declared; the workflow module hears every one and logs it."""
+
+from __future__ import annotations
+
+# ruff: noqa: F811  (test parameters are the imported fixtures)
+import asyncio
+import uuid
+from pathlib import Path
+
+from events_fixtures import (  # noqa: F401  (fixtures: events_db, events_db_url)
+    delete_topology,
+    events_db,
+    events_db_url,
+    eventually,
+    queue_messages,
+)
+
+from rabbitry.config import load_settings
+from rabbitry.events.store import MessageLog
+from rabbitry.events.workflow import WorkflowService
+from rabbitry.layout import Layout, events_topology, module_topology
+from rabbitry.messaging.connection import Declarer
+from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
+from rabbitry.storage.database import Database
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "rabbitry.yaml"
+
+# routing key -> the modules (besides workflow) whose queues must get it
+EXPECTED = {
+    "customer.created": {"crm", "mailer"},
+    "invoice.paid": {"crm", "billing"},
+    "invoice.refund.issued": {"billing"},
+    "order.completed": {"billing"},
+    "customer.vip.created": set(),  # "*" is one word: neither customer.* nor *.created
+    "audit.login": set(),
+}
+
+
+async def test_modules_hear_their_routing_keys_and_workflow_hears_everything(
+    events_db: Database,
+) -> None:
+    settings = load_settings(
+        EXAMPLE,
+        namespace=f"t{uuid.uuid4().hex[:12]}",
+        amqp_url="amqp://guest:guest@127.0.0.1:5672/",
+        retry_base_delay=0.05,
+    )
+    assert {m.name for m in settings.modules} == {"crm", "billing", "mailer"}
+    layout = Layout(settings.namespace)
+    topology = module_topology(settings, settings.modules) | events_topology(settings)
+    service = WorkflowService(settings, events_db)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(service.run(stopping))
+    try:
+        url = settings.amqp_url.get_secret_value()
+        async with await Declarer.connect(url) as declarer:
+            await declarer.declare(topology)
+        await asyncio.wait_for(service.connected.wait(), timeout=15)
+        sent: dict[str, str] = {}
+        async with Publisher(settings) as publisher:
+            for key in EXPECTED:
+                message = Message(key, {"key": key})
+                result = await publisher.publish(message, Route(layout.modules_exchange, key))
+                assert result.status is PublishStatus.PUBLISHED
+                sent[message.id] = key
+        log = MessageLog(events_db)
+
+        async def all_logged() -> bool:
+            return len(await log.recent()) == len(EXPECTED)
+
+        await eventually(all_logged, what="the workflow module's message log")
+        assert {e.message_id: e.type for e in await log.recent()} == sent
+        for module in ("crm", "billing", "mailer"):
+            got = await queue_messages(layout.module_queue(module))
+            expected = {key for key, modules in EXPECTED.items() if module in modules}
+            assert {m.headers["rr_job"] for m in got} == expected, module
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, timeout=30)
+        await delete_topology(topology)
