@@ -1,7 +1,7 @@
 """Fixtures and helpers of the outbox's integration tests (imported by its test modules).
 
-Import the fixtures by their function names (``db_fixture``, ``broker_fixture``,
-``namespace_fixture``); tests ask for them as ``db``, ``broker`` and ``namespace``. Every test
+Import the fixtures by their function names (``db_fixture``, ``topic_fixture``,
+``namespace_fixture``); tests ask for them as ``db``, ``topic`` and ``outbox_ns``. Every test
 gets a fresh database (a SQLite file, or a PostgreSQL database created for it and dropped
 afterwards) and its own broker namespace ``t<hex>``, whose exchange and queue are deleted
 afterwards. A service that is down makes the tests fail, never skip.
@@ -69,7 +69,7 @@ async def db_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
 
 
 @dataclass(frozen=True)
-class Broker:
+class Topic:
     """One test's broker objects: a topic exchange and a queue bound to it with ``#``."""
 
     namespace: str
@@ -80,14 +80,14 @@ class Broker:
         return Route(self.exchange, routing_key, queue=queue)
 
 
-@pytest.fixture(name="namespace")
+@pytest.fixture(name="outbox_ns")
 def namespace_fixture() -> str:
     return f"t{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture(name="broker")
-async def broker_fixture(namespace: str) -> AsyncIterator[Broker]:
-    spec = Broker(namespace, f"{namespace}.x", f"{namespace}.q")
+@pytest.fixture(name="topic")
+async def topic_fixture(outbox_ns: str) -> AsyncIterator[Topic]:
+    spec = Topic(outbox_ns, f"{outbox_ns}.x", f"{outbox_ns}.q")
     connection = await aio_pika.connect(AMQP_URL)
     try:
         channel = await connection.channel()
@@ -208,11 +208,80 @@ def close_connection(connection_name: str) -> int:
     return closed
 
 
-def registry_entry(broker: Broker, name: str, **fields: object) -> RegistryEntry:
+class LatencyProxy:
+    """A TCP proxy to RabbitMQ that delays every chunk by ``delay`` seconds each way.
+
+    A slow link keeps many publishes in flight at any instant, so a connection killed with
+    ``rabbitmqctl`` (which takes a second or more to act) surely dies mid-publish. Closing
+    either side closes the other, as a real network path would.
+    """
+
+    def __init__(self, delay: float, upstream: tuple[str, int] = ("127.0.0.1", 5672)) -> None:
+        self.delay = delay
+        self.upstream = upstream
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    async def __aenter__(self) -> LatencyProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        pumps = [
+            asyncio.create_task(self._pump(reader, up_writer)),
+            asyncio.create_task(self._pump(up_reader, writer)),
+        ]
+        self._tasks.update(pumps)
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        for pump in pumps:
+            pump.cancel()
+        for w in (writer, up_writer):
+            w.close()
+        self._tasks.difference_update(pumps)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def deliver() -> None:
+            while True:
+                due, data = await chunks.get()
+                if not data:
+                    return
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                writer.write(data)
+                await writer.drain()
+
+        sender = asyncio.create_task(deliver())
+        try:
+            while data := await reader.read(65536):
+                chunks.put_nowait((loop.time() + self.delay, data))
+            chunks.put_nowait((loop.time() + self.delay, b""))
+            await sender
+        finally:
+            sender.cancel()
+
+
+def registry_entry(topic: Topic, name: str, **fields: object) -> RegistryEntry:
     values: dict[str, object] = {
         "name": name,
         "description": f"{name} queue",
-        "exchange": broker.exchange,
+        "exchange": topic.exchange,
         "routing_key": f"{name}.key",
     }
     values.update(fields)
