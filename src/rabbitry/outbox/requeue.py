@@ -1,0 +1,157 @@
+"""Re-publish pending ledger rows (seed 2's ``flqueue:messages:process``), streaming.
+
+A run takes the rows matching its filter that exist when it starts, oldest first, one batch at
+a time: lease the batch (:meth:`Ledger.claim`), publish it with confirms and *no* fallback,
+then mark each row processed only if the broker confirmed it, or pending again with
+``attempts + 1`` and ``last_error``. A failed row never stops the others. Memory holds one
+batch; the progress callback sees each batch's outcomes as they are settled.
+
+The re-published message is the stored one: same message id, body bytes and headers, so a
+consumer can drop a copy it already handled. Delivery is at-least-once: a run killed between
+the broker's confirm and the database update leaves rows pending that were delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from rabbitry.errors import MessageError, StorageError
+from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
+from rabbitry.outbox.filters import RequeueFilter
+from rabbitry.outbox.ledger import Cursor, Ledger, PendingRow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RequeueOptions:
+    """How a run proceeds. The relay respects back-off and stops at a wholly failed batch (the
+    broker is most likely still down); a user's run tries everything."""
+
+    batch_size: int = 500
+    # Longer than a batch can take (publish timeout + connect timeout), so no other run
+    # takes a row this one is still publishing.
+    lease: dt.timedelta = dt.timedelta(seconds=120)
+    respect_backoff: bool = False
+    stop_on_failed_batch: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RowOutcome:
+    row: PendingRow
+    error: str | None = None
+
+    @property
+    def published(self) -> bool:
+        return self.error is None
+
+
+@dataclass(slots=True)
+class RequeueReport:
+    published: int = 0
+    failed: int = 0
+    stopped_early: bool = False
+    errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def summary(self) -> str:
+        text = f"{self.published} published, {self.failed} failed"
+        if self.stopped_early:
+            text += " (stopped early: a whole batch failed)"
+        return text
+
+
+Progress = Callable[[Sequence[RowOutcome]], None]
+
+
+async def requeue(
+    ledger: Ledger,
+    publisher: Publisher,
+    where: RequeueFilter,
+    *,
+    options: RequeueOptions = RequeueOptions(),
+    progress: Progress | None = None,
+    stopping: asyncio.Event | None = None,
+) -> RequeueReport:
+    """Re-publish the pending rows matching ``where``; see the module docstring.
+
+    Raises :class:`StorageError` if the database fails (rows leased so far are released when
+    possible, else their lease expires).
+    """
+    report = RequeueReport()
+    cursor = await ledger.start(where)
+    if cursor is None:
+        return report
+    token = str(uuid.uuid4())
+    try:
+        while stopping is None or not stopping.is_set():
+            rows = await ledger.claim(
+                where,
+                cursor,
+                token=token,
+                limit=options.batch_size,
+                lease=options.lease,
+                respect_backoff=options.respect_backoff,
+            )
+            if not rows:
+                break
+            cursor = Cursor(cursor.max_id, rows[-1].created_at, rows[-1].id)
+            outcomes = await _publish(publisher, rows)
+            await ledger.settle(
+                token,
+                published=[o.row.id for o in outcomes if o.error is None],
+                failed=[(o.row.id, o.row.attempts, o.error) for o in outcomes if o.error],
+            )
+            batch_failed = _count(report, outcomes)
+            if progress is not None:
+                progress(outcomes)
+            if options.stop_on_failed_batch and batch_failed == len(outcomes):
+                report.stopped_early = True
+                break
+    except BaseException:
+        with contextlib.suppress(StorageError):
+            await ledger.release(token)
+        raise
+    return report
+
+
+async def _publish(publisher: Publisher, rows: Sequence[PendingRow]) -> list[RowOutcome]:
+    outcomes: dict[int, RowOutcome] = {}
+    items: list[tuple[Message, Route]] = []
+    sent: list[PendingRow] = []
+    for row in rows:
+        try:
+            items.append((row.message(), row.route()))
+        except MessageError as exc:
+            outcomes[row.id] = RowOutcome(row, f"cannot rebuild the stored message: {exc}")
+            continue
+        sent.append(row)
+    results = await publisher.publish_many(items, use_fallback=False)
+    for row, result in zip(sent, results, strict=True):
+        error = None if result.status is PublishStatus.PUBLISHED else result.error or "failed"
+        outcomes[row.id] = RowOutcome(row, error)
+    return [outcomes[row.id] for row in rows]
+
+
+def _count(report: RequeueReport, outcomes: Sequence[RowOutcome]) -> int:
+    failed = 0
+    for outcome in outcomes:
+        if outcome.error is None:
+            report.published += 1
+        else:
+            failed += 1
+            report.errors[outcome.error] = report.errors.get(outcome.error, 0) + 1
+    report.failed += failed
+    if failed:
+        log.warning("requeue: %d of %d row(s) failed in this batch", failed, len(outcomes))
+    return failed
