@@ -1,0 +1,390 @@
+"""The connection under :class:`~rabbitry.messaging.link.Link`: an asyncio.Protocol speaking
+AMQP 0-9-1 frames on channel 0 and one channel.
+
+It opens and closes the connection, sends and checks heartbeats, coalesces every frame queued in
+one loop turn into one ``transport.write`` (holding them while the transport is paused), matches
+synchronous replies to their calls, and turns every way of dying (the broker's Connection.Close
+or Channel.Close, a lost socket, silence) into one :class:`LinkClosed`. What a channel carries,
+publishes and deliveries, is the subclass's: it overrides :meth:`AmqpProtocol._on_method`,
+:meth:`AmqpProtocol._on_message` and the ``_on_failed``/``_flush_tail`` hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Self
+
+from pamqp import base, commands
+
+from rabbitry.errors import BrokerError
+from rabbitry.messaging import handshake, wire
+from rabbitry.messaging.properties import Properties
+
+log = logging.getLogger(__name__)
+
+CHANNEL = 1
+_REPLIES = frozenset(
+    {
+        commands.Confirm.SelectOk.index,
+        commands.Basic.QosOk.index,
+        commands.Basic.ConsumeOk.index,
+        commands.Basic.CancelOk.index,
+    }
+)
+
+
+class LinkError(BrokerError):
+    """A :class:`Link` could not do what was asked."""
+
+
+class LinkClosed(LinkError):
+    """The link is closed: by the broker (``reply_code`` and ``reply_text`` are its words, e.g.
+    404 for a missing exchange, 320 for an operator's kill), by connection loss (code 0), or by
+    :meth:`Link.close` (200)."""
+
+    def __init__(self, reply_text: str = "link closed", reply_code: int = 0) -> None:
+        super().__init__(f"{reply_code} {reply_text}" if reply_code else reply_text)
+        self.reply_code = reply_code
+        self.reply_text = reply_text
+
+
+class AmqpProtocol(asyncio.Protocol):
+    """One AMQP connection with its channel 1 open. Create with :meth:`connect`."""
+
+    closed: asyncio.Future[None]
+    """Done when the link is gone: a :class:`LinkClosed` error unless :meth:`close` did it."""
+
+    def __init__(
+        self,
+        endpoint: handshake.Endpoint,
+        name: str,
+        heartbeat: int,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._endpoint = endpoint
+        self._name = name
+        self._heartbeat = heartbeat
+        self._loop = loop
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._frame_max = 131072
+        self._opened: asyncio.Future[None] = loop.create_future()
+        self.closed = loop.create_future()
+        self.closed.add_done_callback(_consume_exception)
+        self._error: LinkClosed | None = None
+        self._closing = False
+        self._clean_close = False
+        self._abort_timer: asyncio.TimerHandle | None = None
+        self._heartbeat_timer: asyncio.TimerHandle | None = None
+        self._received = self._sent = False
+        self._silent_ticks = 0
+        self._rpc: deque[tuple[asyncio.Future[Any], Callable[[Any], None] | None]] = deque()
+        # The content frames being assembled: body size announced and the parts so far.
+        self._properties: Properties | None = None
+        self._body_size = 0
+        self._body_received = 0
+        self._chunks: list[bytes] = []
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        name: str = "rabbitry",
+        heartbeat: int = 30,
+        timeout: float = 5.0,
+    ) -> Self:
+        """Open a connection (``amqp://user:pass@host:port/vhost``, PLAIN) and channel 1.
+
+        ``heartbeat`` is in seconds (0 turns heartbeats off); ``timeout`` bounds the whole
+        handshake. A refusal by the broker (e.g. 403 for bad credentials) raises
+        :class:`LinkClosed`; an unreachable or silent host raises :class:`LinkError`.
+        """
+        try:
+            endpoint = handshake.Endpoint.from_url(url)
+        except ValueError as exc:
+            raise LinkError(str(exc)) from None
+        loop = asyncio.get_running_loop()
+        link = cls(endpoint, name, heartbeat, loop)
+        where = f"{endpoint.host}:{endpoint.port}"
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.create_connection(lambda: link, endpoint.host, endpoint.port)
+                await link._opened
+        except TimeoutError:
+            link._terminate(LinkClosed(f"timed out connecting to {where}"))
+            raise LinkError(f"timed out after {timeout}s connecting to {where}") from None
+        except OSError as exc:
+            raise LinkError(f"cannot connect to {where}: {exc}") from exc
+        return link
+
+    @property
+    def is_open(self) -> bool:
+        """True from a successful :meth:`connect` until the link closes."""
+        return self._opened.done() and self._error is None
+
+    async def close(self) -> None:
+        """Close the connection; pending publishes fail with :class:`LinkClosed`.
+
+        Acks already issued are sent first.
+        """
+        if self.closed.done():
+            return
+        if not self._closing:
+            self._clean_close = True
+            self._paused = False  # the acks and the close go out even if the socket is slow
+            self._flush()
+            close = commands.Connection.Close(200, "closed by the client", 0, 0)
+            self._terminate(
+                LinkClosed("closed by the client", 200),
+                wire.method_frame(0, close),
+                wait_close_ok=True,
+            )
+        await asyncio.shield(self.closed)
+
+    def _terminate(self, exc: LinkClosed, *farewell: bytes, wait_close_ok: bool = False) -> None:
+        """Fail everything pending with ``exc``, write ``farewell`` and end the connection.
+
+        With ``wait_close_ok`` the transport stays open for the broker's Connection.CloseOk
+        (aborted if it takes more than two seconds); ``closed`` completes in connection_lost.
+        """
+        if self._error is None:
+            self._error = exc
+            self._fail_pending(exc)
+        transport = self._transport
+        if transport is None:
+            self._finish()
+            return
+        if self._closing:
+            return
+        self._closing = True
+        if farewell:
+            transport.write(b"".join(farewell))
+        if wait_close_ok:
+            self._abort_timer = self._loop.call_later(2.0, transport.abort)
+        else:
+            transport.close()
+
+    def _fail_pending(self, exc: LinkClosed) -> None:
+        while self._rpc:
+            future, _ = self._rpc.popleft()
+            if not future.done():
+                future.set_exception(exc)
+        for waiter in (self._opened, self._drained):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
+                waiter.add_done_callback(_consume_exception)
+        self._out.clear()
+        self._on_failed(exc)
+
+    def _on_failed(self, exc: LinkClosed) -> None:
+        """Hook: fail what the channel has pending."""
+
+    def _finish(self) -> None:
+        for timer in (self._abort_timer, self._heartbeat_timer):
+            if timer is not None:
+                timer.cancel()
+        if not self.closed.done():
+            if self._clean_close:
+                self.closed.set_result(None)
+            else:
+                assert self._error is not None
+                self.closed.set_exception(self._error)
+
+    # --- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.write(wire.PROTOCOL_HEADER)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = f"connection lost: {exc}" if exc else "connection closed by the broker"
+        self._transport = None
+        self._terminate(LinkClosed(reason))
+        self._finish()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self._received = True
+        buffer = self._buffer
+        buffer += data
+        try:
+            # The hot loop: a delivery is three frames, so the common cases are inlined.
+            for frame_type, channel, payload in wire.split_frames(buffer):
+                if frame_type == wire.FRAME_BODY:
+                    if not self._chunks and len(payload) == self._body_size:
+                        self._on_message(payload)
+                    else:
+                        self._on_body_part(payload)
+                elif frame_type == wire.FRAME_HEADER:
+                    self._body_size, self._properties = wire.parse_content_header(payload)
+                    if not self._body_size:
+                        self._on_message(b"")
+                elif frame_type == wire.FRAME_METHOD:
+                    self._on_method(channel, payload)
+        except wire.FrameError as exc:
+            text = f"FRAME_ERROR - {exc}"
+            close = commands.Connection.Close(501, text[:255], 0, 0)
+            self._terminate(LinkClosed(text, 501), wire.method_frame(0, close), wait_close_ok=True)
+
+    # --- reading -----------------------------------------------------------------------
+
+    def _on_body_part(self, payload: bytes) -> None:
+        self._chunks.append(payload)
+        self._body_received += len(payload)
+        if self._body_received >= self._body_size:
+            body = b"".join(self._chunks)
+            self._chunks, self._body_received = [], 0
+            self._on_message(body)
+
+    def _on_method(self, channel: int, payload: bytes) -> None:
+        """Hook for the channel's own methods; the rest are control methods."""
+        self._on_control(channel, wire.decode_method(payload))
+
+    def _on_message(self, body: bytes) -> None:
+        """Hook: a complete message (method, properties in ``_properties``, ``body``)."""
+        raise wire.FrameError("content frames without a delivering method")
+
+    def _on_control(self, channel: int, method: base.Frame) -> None:
+        index = method.index
+        if index in _REPLIES:
+            if not self._rpc:
+                raise wire.FrameError(f"unexpected {method.name}")
+            future, hook = self._rpc.popleft()
+            if hook is not None:
+                hook(method)
+            if not future.done():
+                future.set_result(method)
+        elif isinstance(method, commands.Connection.Start):
+            self._on_start(method)
+        elif isinstance(method, commands.Connection.Tune):
+            self._on_tune(method)
+        elif isinstance(method, commands.Connection.OpenOk):
+            self._send(wire.method_frame(CHANNEL, commands.Channel.Open()))
+        elif isinstance(method, commands.Channel.OpenOk):
+            if not self._opened.done():
+                self._opened.set_result(None)
+        elif isinstance(method, commands.Connection.Close):
+            error = LinkClosed(method.reply_text, method.reply_code or 0)
+            self._terminate(error, wire.method_frame(0, commands.Connection.CloseOk()))
+        elif isinstance(method, commands.Channel.Close):
+            # One channel is all a Link has, so the connection goes with it.
+            error = LinkClosed(method.reply_text, method.reply_code or 0)
+            close = commands.Connection.Close(200, "channel closed", 0, 0)
+            farewell = (
+                wire.method_frame(channel, commands.Channel.CloseOk()),
+                wire.method_frame(0, close),
+            )
+            self._terminate(error, *farewell, wait_close_ok=True)
+        elif isinstance(method, commands.Connection.CloseOk):
+            if self._transport is not None:
+                self._transport.close()
+        elif isinstance(method, commands.Channel.Flow):
+            self._send(wire.method_frame(channel, commands.Channel.FlowOk(method.active)))
+        elif not isinstance(method, commands.Connection.Blocked | commands.Connection.Unblocked):
+            log.debug("ignoring %s on channel %d", method.name, channel)
+
+    def _on_start(self, start: commands.Connection.Start) -> None:
+        try:
+            self._send(handshake.start_ok(start, self._endpoint, self._name))
+        except ValueError as exc:
+            self._terminate(LinkClosed(str(exc)))
+
+    def _on_tune(self, tune: commands.Connection.Tune) -> None:
+        frames, self._frame_max, self._heartbeat = handshake.tune_ok(
+            tune, self._endpoint, self._heartbeat
+        )
+        self._send(frames)
+        if self._heartbeat:
+            self._heartbeat_timer = self._loop.call_later(self._heartbeat / 2, self._tick)
+
+    def _tick(self) -> None:
+        """Every half heartbeat interval: send one if idle, give up after two silent intervals."""
+        if self._transport is None or self.closed.done():
+            return
+        if self._received:
+            self._received, self._silent_ticks = False, 0
+        else:
+            self._silent_ticks += 1
+            if self._silent_ticks >= 4:
+                transport = self._transport
+                self._terminate(LinkClosed("missed heartbeats from the broker"))
+                transport.abort()
+                return
+        if not self._sent:
+            self._transport.write(wire.HEARTBEAT)
+        self._sent = False
+        self._heartbeat_timer = self._loop.call_later(self._heartbeat / 2, self._tick)
+
+    # --- writing -----------------------------------------------------------------------
+
+    def _send(self, frame: bytes) -> None:
+        self._out.append(frame)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        """Write what is queued at the end of this loop turn, together with what follows."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        transport = self._transport
+        if self._paused or transport is None or transport.is_closing():
+            return  # resume_writing flushes
+        tail = self._flush_tail()
+        if tail is not None:
+            self._out.append(tail)
+        if self._out:
+            transport.write(b"".join(self._out))
+            self._out.clear()
+            self._sent = True
+
+    async def _drain(self) -> None:
+        if self._paused:
+            if self._drained is None:
+                self._drained = self._loop.create_future()
+            await asyncio.shield(self._drained)
+
+    def _flush_tail(self) -> bytes | None:
+        """Hook: a frame that must follow everything else queued this turn."""
+        return None
+
+    def _check_open(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if not self._opened.done():
+            raise LinkError("the link is not connected yet")
+
+    async def _call(self, method: base.Frame, hook: Callable[[Any], None] | None = None) -> Any:
+        self._check_open()
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._rpc.append((future, hook))
+        self._send(wire.method_frame(CHANNEL, method))
+        return await future
+
+
+def _consume_exception(future: asyncio.Future[Any]) -> None:
+    # Nobody may await ``closed``; reading the exception keeps asyncio from logging it.
+    if not future.cancelled():
+        future.exception()
