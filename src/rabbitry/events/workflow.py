@@ -23,6 +23,7 @@ from rabbitry.layout import WORKFLOW_MODULE, Layout, events_topology, module_top
 from rabbitry.messaging.consumer import Subscription
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.worker import Worker
+from rabbitry.runtime import open_database
 from rabbitry.storage.database import Database
 
 Outcomes = list[BaseException | None]
@@ -90,3 +91,17 @@ class WorkflowService:
         except StorageError as exc:
             return [exc] * len(messages)
         return [None] * len(messages)
+
+
+class WorkflowProcess:
+    """The workflow module with a database of its own: what ``rabbitry worker workflow`` and
+    ``rabbitry up`` run. Opens (and migrates) the database, runs the worker, closes it."""
+
+    name = "workflow"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        async with open_database(self._settings) as database:
+            await WorkflowService(self._settings, database).run(stopping)
