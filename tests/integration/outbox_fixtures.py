@@ -13,7 +13,7 @@ import asyncio
 import re
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,7 +213,8 @@ class LatencyProxy:
 
     A slow link keeps many publishes in flight at any instant, so a connection killed with
     ``rabbitmqctl`` (which takes a second or more to act) surely dies mid-publish. Closing
-    either side closes the other, as a real network path would.
+    either side closes the other, as a real network path would. While ``refusing`` is set,
+    new connections are hung up at once: the broker is "down" for this proxy's clients only.
     """
 
     def __init__(self, delay: float, upstream: tuple[str, int] = ("127.0.0.1", 5672)) -> None:
@@ -222,6 +223,7 @@ class LatencyProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.refusing = False
 
     @property
     def url(self) -> str:
@@ -241,6 +243,9 @@ class LatencyProxy:
         await self._server.wait_closed()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.close()
+            return
         up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         pumps = [
             asyncio.create_task(self._pump(reader, up_writer)),
@@ -275,6 +280,18 @@ class LatencyProxy:
             await sender
         finally:
             sender.cancel()
+
+
+async def eventually(
+    condition: Callable[[], Awaitable[bool]], *, timeout: float = 30.0, what: str = ""
+) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        await asyncio.sleep(0.1)
 
 
 def registry_entry(topic: Topic, name: str, **fields: object) -> RegistryEntry:

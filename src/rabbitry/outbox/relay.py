@@ -1,0 +1,86 @@
+"""The relay: re-publishes contingency rows by itself once the broker is back.
+
+Every ``interval`` seconds it runs the requeue over contingency rows (manual ones wait for a
+user's ``rabbitry requeue``), through the same code path as the command. It differs in two
+ways: it leaves recently failed rows alone for a back-off (so one poison row cannot hog it),
+and it ends a pass at the first batch that wholly failed (the broker is most likely still
+down; the next pass probes again). With ``rabbit_active=false`` it has nothing to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from rabbitry.config import Settings
+from rabbitry.errors import RabbitryError
+from rabbitry.messaging.publisher import Publisher
+from rabbitry.outbox.filters import Origin, RequeueFilter
+from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox.requeue import RequeueOptions, RequeueReport, requeue
+from rabbitry.storage import Database
+
+log = logging.getLogger(__name__)
+
+
+class RelayService:
+    """A :class:`rabbitry.service.Service` named ``relay``."""
+
+    name = "relay"
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        interval: float = 5.0,
+        batch_size: int = 500,
+        db: Database | None = None,
+    ) -> None:
+        self.settings = settings
+        self.interval = interval
+        self.options = RequeueOptions(
+            batch_size=batch_size, respect_backoff=True, stop_on_failed_batch=True
+        )
+        self._db = db
+        self.passes = 0
+        self.published = 0
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        if not self.settings.rabbit_active:
+            log.warning("relay idle: rabbit_active is false, rows wait for `rabbitry requeue`")
+            await stopping.wait()
+            return
+        async with contextlib.AsyncExitStack() as stack:
+            db = self._db
+            if db is None:
+                db = await stack.enter_async_context(Database(self.settings.sql_url))
+            publisher = await stack.enter_async_context(
+                Publisher(self.settings, name=f"{self.settings.namespace}-relay")
+            )
+            ledger = Ledger(db)
+            while not stopping.is_set():
+                await self.run_once(ledger, publisher, stopping)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), timeout=self.interval)
+
+    async def run_once(
+        self, ledger: Ledger, publisher: Publisher, stopping: asyncio.Event | None = None
+    ) -> RequeueReport | None:
+        """One pass; errors are logged, never raised (the next pass tries again)."""
+        self.passes += 1
+        try:
+            report = await requeue(
+                ledger,
+                publisher,
+                RequeueFilter(origin=Origin.CONTINGENCY),
+                options=self.options,
+                stopping=stopping,
+            )
+        except RabbitryError as exc:
+            log.warning("relay pass failed: %s", exc)
+            return None
+        self.published += report.published
+        if report.published or report.failed:
+            log.info("relay: %s", report.summary())
+        return report

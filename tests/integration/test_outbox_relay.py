@@ -1,0 +1,77 @@
+"""The relay re-publishes contingency rows by itself once the broker is back."""
+
+from __future__ import annotations
+
+import asyncio
+
+from outbox_fixtures import (  # noqa: F401  (fixtures)
+    LatencyProxy,
+    Topic,
+    db_fixture,
+    drain_ids,
+    eventually,
+    make_settings,
+    namespace_fixture,
+    seed_rows,
+    topic_fixture,
+)
+
+from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.publisher import Route
+from rabbitry.outbox.filters import Origin, RequeueFilter
+from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox.relay import RelayService
+from rabbitry.storage import Database
+
+
+def message(label: str) -> Message:
+    return Message(type="shipping.registered", payload={"label": label})
+
+
+async def test_relay_waits_for_the_broker_then_delivers(db: Database, topic: Topic) -> None:
+    contingency = [message(f"c{n}") for n in range(3)]
+    manual = message("manual")
+    await seed_rows(db, [(topic.route(), m, "down") for m in contingency])
+    await seed_rows(db, [(topic.route(), manual, "")], origin=Origin.MANUAL)
+    ledger = Ledger(db)
+
+    async def tried() -> bool:
+        rows = await ledger.rows(RequeueFilter(origin=Origin.CONTINGENCY))
+        return all(r.attempts >= 1 for r in rows)
+
+    async def delivered() -> bool:
+        return await ledger.count(RequeueFilter(origin=Origin.CONTINGENCY)) == 0
+
+    async with LatencyProxy(delay=0) as proxy:
+        proxy.refusing = True  # the broker is down
+        settings = make_settings(db, topic.namespace, amqp_url=proxy.url)
+        relay = RelayService(settings, interval=0.1, db=db)
+        stopping = asyncio.Event()
+        task = asyncio.create_task(relay.run(stopping))
+        try:
+            await eventually(tried, what="the relay to try while the broker is down")
+            assert await ledger.count(RequeueFilter()) == 4
+            proxy.refusing = False  # the broker is back
+            await eventually(delivered, what="the relay to deliver once the broker is back")
+        finally:
+            stopping.set()
+            await asyncio.wait_for(task, timeout=10)
+    assert sorted(await drain_ids(topic.queue)) == sorted(m.id for m in contingency)
+    # A manual row (manual_processing_mode=db) waits for a user's `rabbitry requeue`.
+    (left,) = await ledger.rows(RequeueFilter())
+    assert left.message_id == manual.id
+    assert relay.published == 3
+
+
+async def test_relay_is_idle_when_rabbit_is_not_active(db: Database, outbox_ns: str) -> None:
+    await seed_rows(db, [(Route(f"{outbox_ns}.x", "k"), message("x"), "down")])
+    settings = make_settings(db, outbox_ns, rabbit_active=False)
+    relay = RelayService(settings, interval=0.05, db=db)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(relay.run(stopping))
+    await asyncio.sleep(0.3)
+    stopping.set()
+    await asyncio.wait_for(task, timeout=5)
+    (row,) = await Ledger(db).rows(RequeueFilter())
+    assert row.attempts == 0
+    assert relay.passes == 0
