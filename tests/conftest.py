@@ -12,6 +12,8 @@
   the AMQP type tag of every header, publish raw messages the way a foreign client does, read
   ready/unacked counts, close connections by name.
 * ``run_worker`` — start a :class:`Worker` in the test's loop and wait until it consumes.
+* ``endpoint`` — a local TCP port standing in for the broker: closed, silent or forwarding to
+  RabbitMQ, counting the connections it gets (an outage the test can start and end).
 * ``eventually`` — poll an async condition with a bound (waiting for an event, never timing it).
 
 Nothing here skips: with RabbitMQ down, the fixtures raise and the tests fail.
@@ -20,6 +22,7 @@ Nothing here skips: with RabbitMQ down, the fixtures raise and the tests fail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import struct
 import subprocess
@@ -30,6 +33,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, context
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import pika
@@ -315,6 +319,83 @@ class BrokerProbe:
 def broker(_broker_cleanup: None) -> BrokerProbe:
     """A probe of the shared broker; the namespace's objects are deleted after the test."""
     return BrokerProbe()
+
+
+# --- a broker address under the test's control ----------------------------------------------
+
+
+class Endpoint:
+    """A local TCP port standing in for the broker: ``closed`` (refuses), ``silent`` (accepts and
+    never answers) or ``forward`` (a proxy to RabbitMQ). Counts the connections it accepted."""
+
+    def __init__(self, upstream: str) -> None:
+        parts = urlsplit(upstream)
+        self._upstream = (parts.hostname or "127.0.0.1", parts.port or 5672)
+        self.accepted = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._mode = "closed"
+        self._pipes: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    async def reserve(self) -> None:
+        """Pick a free port and leave it closed."""
+        server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        server.close()
+        await server.wait_closed()
+
+    async def open(self, mode: str) -> None:
+        self._mode = mode
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self._writers.add(writer)
+        if self._mode == "silent":
+            await reader.read()  # until the client gives up
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        self._writers.add(up_writer)
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(_pipe(source, sink))
+            self._pipes.add(task)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in self._pipes:
+            task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+
+
+async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await source.read(65536):
+            sink.write(data)
+            await sink.drain()
+    sink.close()
+
+
+@pytest.fixture
+async def endpoint() -> AsyncIterator[Endpoint]:
+    """A stand-in broker address (see :class:`Endpoint`), closed until the test opens it."""
+    local = Endpoint(AMQP_URL)
+    await local.reserve()
+    try:
+        yield local
+    finally:
+        await local.close()
 
 
 # --- waiting ---------------------------------------------------------------------------------

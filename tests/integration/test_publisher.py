@@ -9,12 +9,10 @@ forwarding to RabbitMQ), so the tests can tell whether the publisher tried to co
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import pytest
 from pydantic import SecretStr
@@ -27,7 +25,7 @@ from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
 from rabbitry.messaging.topology import Binding, Exchange, ExchangeType, Queue, Topology
 
 if TYPE_CHECKING:
-    from conftest import BrokerProbe
+    from conftest import BrokerProbe, Endpoint
 
 # RoadRunner's exact field types (research/roadrunner-amqp-format.md §1.3, §4.1).
 RR_TAGS = {
@@ -52,79 +50,6 @@ class RecordingFallback:
         if self.broken:
             raise StorageError("database is down")
         self.items.extend(items)
-
-
-class Endpoint:
-    """A local TCP port standing in for the broker: ``closed`` (refuses), ``silent`` (accepts and
-    never answers) or ``forward`` (a proxy to RabbitMQ). Counts the connections it accepted."""
-
-    def __init__(self, upstream: str) -> None:
-        parts = urlsplit(upstream)
-        self._upstream = (parts.hostname or "127.0.0.1", parts.port or 5672)
-        self.accepted = 0
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._mode = "closed"
-        self._pipes: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    @property
-    def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
-
-    async def reserve(self) -> None:
-        """Pick a free port and leave it closed."""
-        server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = server.sockets[0].getsockname()[1]
-        server.close()
-        await server.wait_closed()
-
-    async def open(self, mode: str) -> None:
-        self._mode = mode
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        self._writers.add(writer)
-        if self._mode == "silent":
-            await reader.read()  # until the client gives up
-            writer.close()
-            return
-        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
-        self._writers.add(up_writer)
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(_pipe(source, sink))
-            self._pipes.add(task)
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for writer in self._writers:
-            writer.close()
-        for task in self._pipes:
-            task.cancel()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
-
-
-async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError):
-        while data := await source.read(65536):
-            sink.write(data)
-            await sink.drain()
-    sink.close()
-
-
-@pytest.fixture
-async def endpoint(settings: Settings) -> AsyncIterator[Endpoint]:
-    local = Endpoint(settings.amqp_url.get_secret_value())
-    await local.reserve()
-    try:
-        yield local
-    finally:
-        await local.close()
 
 
 def at(settings: Settings, url: str, **changes: Any) -> Settings:

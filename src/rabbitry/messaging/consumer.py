@@ -148,8 +148,8 @@ class Consumer:
             outcomes = await self._sub.batch([m for _, m in decoded])
         except Exception as exc:
             outcomes = [exc] * len(decoded)
-        if len(outcomes) != len(decoded):
-            raise RuntimeError("batch handler must return one outcome per message")
+        if len(outcomes) != (n := len(decoded)):  # a buggy handler fails its batch, not the loop
+            outcomes = [RuntimeError("batch handler must return one outcome per message")] * n
         for (delivery, _), outcome in zip(decoded, outcomes, strict=True):
             if outcome is None:
                 self._ack(delivery)
