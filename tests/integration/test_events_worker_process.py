@@ -1,0 +1,64 @@
+"""``rabbitry worker workflow`` as an operator runs it: a process that stores change events
+and logs module messages, and exits cleanly on SIGTERM."""
+
+# ruff: noqa: F811  (test parameters are the imported fixtures)
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from events_fixtures import (  # noqa: F401  (fixtures: events_db, events_db_url, events_settings)
+    events_db,
+    events_db_url,
+    events_settings,
+    eventually,
+)
+
+from rabbitry.config import Settings
+from rabbitry.events.emitter import Emitter
+from rabbitry.events.store import EventStore, MessageLog
+from rabbitry.layout import Layout
+from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.publisher import Publisher, Route
+from rabbitry.storage.database import Database
+
+RABBITRY = Path(sys.executable).with_name("rabbitry")
+
+
+async def test_the_workflow_worker_process_stores_events_and_stops_on_sigterm(
+    events_settings: Settings, events_db: Database, events_db_url: str
+) -> None:
+    env = {
+        **os.environ,
+        "RABBITRY_NAMESPACE": events_settings.namespace,
+        "RABBITRY_DATABASE_URL": events_db_url,
+    }
+    process = await asyncio.create_subprocess_exec(
+        str(RABBITRY), "-v", "worker", "workflow", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stderr is not None
+    try:
+        while b"workflow: consuming" not in (line := await process.stderr.readline()):
+            assert line, "the worker exited before consuming"
+        layout = Layout(events_settings.namespace)
+        async with Publisher(events_settings) as publisher:
+            await Emitter(publisher, events_settings).insert("orders", 1, {"total": 3})
+            await publisher.publish(
+                Message("customer.created", {"id": 1}),
+                Route(layout.modules_exchange, "customer.created"),
+            )
+        store, log = EventStore(events_db), MessageLog(events_db)
+
+        async def both_kept() -> bool:
+            return bool(await store.history("orders", 1)) and bool(await log.recent())
+
+        await eventually(both_kept, what="the stored event and the logged message")
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
