@@ -24,6 +24,7 @@ from outbox_fixtures import (  # noqa: F401  (fixtures)
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.fieldtable import Int64
 from rabbitry.messaging.publisher import Publisher, Route
+from rabbitry.outbox.exchanges import ExchangeCheck
 from rabbitry.outbox.filters import Origin, RequeueFilter, parse_filter
 from rabbitry.outbox.ledger import Ledger
 from rabbitry.outbox.requeue import RequeueOptions, RowOutcome, requeue
@@ -215,3 +216,24 @@ async def test_two_concurrent_runs_never_publish_a_row_twice(db: Database, topic
     assert first + second == total
     assert first > 0 and second > 0, f"one run did everything ({first}/{second})"
     assert await Ledger(db).count(RequeueFilter()) == 0
+
+
+async def test_a_row_for_a_deleted_exchange_fails_alone(db: Database, topic: Topic) -> None:
+    good = [message(f"ok{n}") for n in range(4)]
+    ghost = message("ghost")
+    rows = [(topic.route(), m, "down") for m in good[:2]]
+    rows.append((Route(f"{topic.namespace}.deleted", "k"), ghost, "down"))
+    rows += [(topic.route(), m, "down") for m in good[2:]]
+    await seed_rows(db, rows)
+    settings = make_settings(db, topic.namespace)
+    check = ExchangeCheck(settings)
+    try:
+        async with Publisher(settings) as publisher:
+            report = await requeue(Ledger(db), publisher, RequeueFilter(), exchanges=check)
+    finally:
+        await check.close()
+    assert (report.published, report.failed) == (4, 1)
+    assert set(await drain_ids(topic.queue, idle=0.5)) == {m.id for m in good}
+    (row,) = await Ledger(db).rows(RequeueFilter())
+    assert row.message_id == ghost.id
+    assert row.last_error == f"exchange '{topic.namespace}.deleted' does not exist"

@@ -249,6 +249,14 @@ class Ledger:
         async with self._session() as session:
             return int((await session.execute(statement)).scalar_one())
 
+    async def pending_by_queue(self) -> dict[str, int]:
+        """How many rows wait, per ``queue`` value."""
+        statement = (
+            select(TABLE.c.queue, func.count()).where(PENDING_CLAUSE).group_by(TABLE.c.queue)
+        )
+        async with self._session() as session:
+            return {queue: int(n) for queue, n in (await session.execute(statement)).all()}
+
     async def rows(
         self,
         where: RequeueFilter,

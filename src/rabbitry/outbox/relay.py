@@ -16,6 +16,7 @@ import logging
 from rabbitry.config import Settings
 from rabbitry.errors import RabbitryError
 from rabbitry.messaging.publisher import Publisher
+from rabbitry.outbox.exchanges import ExchangeCheck
 from rabbitry.outbox.filters import Origin, RequeueFilter
 from rabbitry.outbox.ledger import Ledger
 from rabbitry.outbox.requeue import RequeueOptions, RequeueReport, requeue
@@ -58,14 +59,21 @@ class RelayService:
             publisher = await stack.enter_async_context(
                 Publisher(self.settings, name=f"{self.settings.namespace}-relay")
             )
+            exchanges = ExchangeCheck(self.settings)
+            stack.push_async_callback(exchanges.close)
             ledger = Ledger(db)
             while not stopping.is_set():
-                await self.run_once(ledger, publisher, stopping)
+                exchanges.forget()
+                await self.run_once(ledger, publisher, stopping, exchanges)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), timeout=self.interval)
 
     async def run_once(
-        self, ledger: Ledger, publisher: Publisher, stopping: asyncio.Event | None = None
+        self,
+        ledger: Ledger,
+        publisher: Publisher,
+        stopping: asyncio.Event | None = None,
+        exchanges: ExchangeCheck | None = None,
     ) -> RequeueReport | None:
         """One pass; errors are logged, never raised (the next pass tries again)."""
         self.passes += 1
@@ -76,6 +84,7 @@ class RelayService:
                 RequeueFilter(origin=Origin.CONTINGENCY),
                 options=self.options,
                 stopping=stopping,
+                exchanges=exchanges,
             )
         except RabbitryError as exc:
             log.warning("relay pass failed: %s", exc)

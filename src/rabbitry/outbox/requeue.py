@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from rabbitry.errors import MessageError, StorageError
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
+from rabbitry.outbox.exchanges import ExchangeCheck
 from rabbitry.outbox.filters import RequeueFilter
 from rabbitry.outbox.ledger import Cursor, Ledger, PendingRow
 
@@ -82,8 +83,12 @@ async def requeue(
     options: RequeueOptions = RequeueOptions(),
     progress: Progress | None = None,
     stopping: asyncio.Event | None = None,
+    exchanges: ExchangeCheck | None = None,
 ) -> RequeueReport:
     """Re-publish the pending rows matching ``where``; see the module docstring.
+
+    With ``exchanges``, rows whose exchange no longer exists fail on their own instead of
+    taking their batch down with them (see :mod:`rabbitry.outbox.exchanges`).
 
     Raises :class:`StorageError` if the database fails (rows leased so far are released when
     possible, else their lease expires).
@@ -106,7 +111,7 @@ async def requeue(
             if not rows:
                 break
             cursor = Cursor(cursor.max_id, rows[-1].created_at, rows[-1].id)
-            outcomes = await _publish(publisher, rows)
+            outcomes = await _publish(publisher, rows, exchanges)
             await ledger.settle(
                 token,
                 published=[o.row.id for o in outcomes if o.error is None],
@@ -125,11 +130,17 @@ async def requeue(
     return report
 
 
-async def _publish(publisher: Publisher, rows: Sequence[PendingRow]) -> list[RowOutcome]:
+async def _publish(
+    publisher: Publisher, rows: Sequence[PendingRow], exchanges: ExchangeCheck | None
+) -> list[RowOutcome]:
     outcomes: dict[int, RowOutcome] = {}
     items: list[tuple[Message, Route]] = []
     sent: list[PendingRow] = []
+    missing = await exchanges.missing({r.exchange for r in rows}) if exchanges else set()
     for row in rows:
+        if row.exchange in missing:
+            outcomes[row.id] = RowOutcome(row, f"exchange {row.exchange!r} does not exist")
+            continue
         try:
             items.append((row.message(), row.route()))
         except MessageError as exc:

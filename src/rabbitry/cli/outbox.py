@@ -1,0 +1,252 @@
+"""``rabbitry requeue``, ``rabbitry queues sync|list``, ``rabbitry db upgrade``, and the relay.
+
+``requeue`` is seed 2's ``flqueue:messages:process``::
+
+    rabbitry requeue                                  # every pending row
+    rabbitry requeue shipping_registered_publisher    # one queue
+    rabbitry requeue '' '2024-07-01 00:00:00'         # any queue, from a date
+    rabbitry requeue q '2024-07-01 00:00:00' '2024-07-01 23:59:59' -v
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from rabbitry.cli.common import fail, run, settings
+from rabbitry.config import Settings
+from rabbitry.errors import StorageError
+from rabbitry.messaging.publisher import Publisher
+from rabbitry.outbox import registry
+from rabbitry.outbox.exchanges import ExchangeCheck
+from rabbitry.outbox.filters import FilterError, RequeueFilter, parse_filter
+from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox.relay import RelayService
+from rabbitry.outbox.requeue import RequeueOptions, RequeueReport, RowOutcome, requeue
+from rabbitry.service import Service
+from rabbitry.storage import Database
+
+queues_app = typer.Typer(help="The queue registry (seed 2's Queue).", no_args_is_help=True)
+db_app = typer.Typer(help="The SQL database.", no_args_is_help=True)
+
+NO_SCHEMA_HINT = " (is the schema there? run `rabbitry db upgrade`)"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("requeue")(requeue_command)
+    app.add_typer(queues_app, name="queues")
+    app.add_typer(db_app, name="db")
+
+
+def relay_service(settings: Settings) -> Service:
+    """The outbox relay, for ``rabbitry worker relay`` and ``rabbitry up``."""
+    return RelayService(settings)
+
+
+# --- requeue ------------------------------------------------------------------------------
+
+
+def requeue_command(
+    ctx: typer.Context,
+    queue: Annotated[
+        str | None, typer.Argument(help="Registry queue (publisher) name; '' for any.")
+    ] = None,
+    date_from: Annotated[
+        str | None,
+        typer.Argument(metavar="[FROM]", help="'YYYY-MM-DD HH:MM:SS', inclusive; '' for none."),
+    ] = None,
+    date_to: Annotated[
+        str | None,
+        typer.Argument(metavar="[TO]", help="'YYYY-MM-DD HH:MM:SS', inclusive; needs FROM."),
+    ] = None,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="List every row.")
+    ] = 0,
+    utc: Annotated[
+        bool, typer.Option("--utc", help="FROM/TO and listed times in UTC, not local time.")
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, max=10_000, help="Rows per batch.")
+    ] = 500,
+) -> None:
+    """Publish the pending outbox rows again, oldest first; mark each processed once the
+    broker confirmed it. Exit 0 when all were published, 1 when any failed (they stay pending
+    with their error, for a later run)."""
+    zone = dt.UTC if utc else None
+    try:
+        where = parse_filter(queue, date_from, date_to, tz=zone)
+    except FilterError as exc:
+        fail(str(exc))
+    config = settings(ctx)
+    if not config.rabbit_active:
+        fail("rabbit_active is false: the broker is switched off, nothing was sent", code=1)
+    report = run(_requeue(config, where, verbose=verbose > 0, zone=zone, batch_size=batch_size))
+    print(f"requeue: {report.summary()}")
+    for error, count in sorted(report.errors.items(), key=lambda item: -item[1])[:5]:
+        print(f"  {count} x {error}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+async def _requeue(
+    config: Settings,
+    where: RequeueFilter,
+    *,
+    verbose: bool,
+    zone: dt.tzinfo | None,
+    batch_size: int,
+) -> RequeueReport:
+    console = Console(stderr=True)
+    async with (
+        Database(config.sql_url) as db,
+        Publisher(config, name=f"{config.namespace}-requeue") as pub,
+    ):
+        ledger = Ledger(db)
+        exchanges = ExchangeCheck(config)
+        try:
+            total = await ledger.count(where)
+        except StorageError as exc:
+            raise StorageError(f"{exc}{NO_SCHEMA_HINT}") from exc
+        if total == 0 and where.queue and await registry.get_queue(db, where.queue) is None:
+            console.print(f"note: {where.queue!r} is not in the registry and has no pending rows")
+        out = Console(highlight=False, soft_wrap=True)
+        with Progress(
+            TextColumn("requeue"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not console.is_terminal,
+            transient=True,
+        ) as progress:
+            task = progress.add_task("requeue", total=total)
+
+            def show(outcomes: Sequence[RowOutcome]) -> None:
+                progress.advance(task, len(outcomes))
+                if verbose:
+                    for outcome in outcomes:
+                        out.print(_describe(outcome, zone), markup=False)
+
+            try:
+                return await requeue(
+                    ledger,
+                    pub,
+                    where,
+                    options=RequeueOptions(batch_size=batch_size),
+                    progress=show,
+                    exchanges=exchanges,
+                )
+            finally:
+                await exchanges.close()
+
+
+def _describe(outcome: RowOutcome, zone: dt.tzinfo | None) -> str:
+    row = outcome.row
+    when = row.created_at.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
+    status = "published" if outcome.published else "failed"
+    line = f"{status:<9} #{row.id} {row.queue} {when} {row.message_id}"
+    return line if outcome.published else f"{line} {outcome.error}"
+
+
+# --- queues -------------------------------------------------------------------------------
+
+
+@queues_app.command("sync")
+def queues_sync(ctx: typer.Context) -> None:
+    """Load the registry from rabbitry.yaml (`queues:`): upsert by name; an entry no longer
+    in the file becomes inactive and keeps its history. Applies migrations first."""
+    config = settings(ctx)
+    if config.config_file is None:
+        fail("no rabbitry.yaml found (give one with --config): nothing to sync from")
+    try:
+        report = run(_sync(config))
+    except ValueError as exc:
+        fail(str(exc))
+    print(f"queues: {report.summary()}")
+    for label, names in (
+        ("created", report.created),
+        ("updated", report.updated),
+        ("deactivated", report.deactivated),
+    ):
+        for name in names:
+            print(f"  {label:<11} {name}")
+
+
+async def _sync(config: Settings) -> registry.SyncReport:
+    async with Database(config.sql_url) as db:
+        await db.upgrade()
+        return await registry.sync(db, config.queues)
+
+
+@queues_app.command("list")
+def queues_list(
+    ctx: typer.Context,
+    active_only: Annotated[bool, typer.Option("--active", help="Hide inactive entries.")] = False,
+) -> None:
+    """Print the registry as a table, with each queue's pending messages."""
+    rows, pending = run(_list(settings(ctx), active_only))
+    table = Table(title="queue registry")
+    table.add_column("name", no_wrap=True)
+    for column in ("description", "manual", "classname", "exchange", "routing key"):
+        table.add_column(column)
+    table.add_column("active")
+    table.add_column("pending", justify="right")
+    for q in rows:
+        table.add_row(
+            q.name,
+            q.description,
+            "yes" if q.allow_manual_insertion else "no",
+            q.classname,
+            q.exchange,
+            q.routing_key,
+            "yes" if q.active else "no",
+            str(pending.get(q.name, 0)),
+        )
+    console = Console(highlight=False)
+    if not console.is_terminal:  # a pipe or a file: no 80-column wrapping of names
+        console = Console(highlight=False, width=250)
+    console.print(table)
+    if not rows:
+        print("(empty: add `queues:` to rabbitry.yaml and run `rabbitry queues sync`)")
+
+
+async def _list(
+    config: Settings, active_only: bool
+) -> tuple[list[registry.QueueInfo], dict[str, int]]:
+    async with Database(config.sql_url) as db:
+        try:
+            rows = await registry.list_queues(db, include_inactive=not active_only)
+            pending = await Ledger(db).pending_by_queue()
+        except StorageError as exc:
+            raise StorageError(f"{exc}{NO_SCHEMA_HINT}") from exc
+    return rows, pending
+
+
+# --- db -----------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    ctx: typer.Context,
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+) -> None:
+    """Apply the database migrations (also done by `rabbitry up`)."""
+    config = settings(ctx)
+    run(_upgrade(config, revision))
+    print(f"database migrated to {revision}")
+
+
+async def _upgrade(config: Settings, revision: str) -> None:
+    async with Database(config.sql_url) as db:
+        try:
+            await db.upgrade(revision)
+        except StorageError:
+            raise
+        except Exception as exc:  # Alembic and the drivers raise their own types
+            raise StorageError(f"migration failed: {type(exc).__name__}: {exc}") from exc
