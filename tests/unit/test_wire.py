@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import random
 import struct
@@ -52,6 +53,16 @@ def _frames(data: bytes) -> list[object]:
 
 def test_every_property_survives_a_round_trip() -> None:
     assert decode_properties(encode_properties(FULL)) == FULL
+
+
+def test_decoded_properties_behave_like_constructed_ones() -> None:
+    decoded = decode_properties(encode_properties(Properties(content_type="a", priority=1)))
+    assert decoded == Properties(content_type="a", priority=1)
+    assert decoded.headers is None
+    assert dataclasses.replace(decoded, priority=2).priority == 2
+    assert dataclasses.asdict(decoded)["content_type"] == "a"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decoded.priority = 5  # type: ignore[misc]
 
 
 def test_no_properties_is_an_empty_flag_word() -> None:
