@@ -16,6 +16,7 @@ from rabbitry.messaging.fieldtable import Int64
 from rabbitry.messaging.publisher import Route
 from rabbitry.outbox.filters import Origin, RequeueFilter
 from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox.registry import sync
 from rabbitry.storage import Database
 
 ROUTE = Route("ns.modules", "shipping.registered", queue="shipping_registered_publisher")
@@ -61,11 +62,27 @@ async def test_ad_hoc_publish_is_filed_under_exchange_and_key(db: Database) -> N
 
 
 async def test_ad_hoc_publish_to_a_registry_route_gets_its_name(db: Database) -> None:
-    entry = RegistryEntry(name="notify_vkm", exchange="ex", routing_key="vkm")
-    ledger = Ledger(db, registry=[entry])
-    await ledger.store([(Route("ex", "vkm"), message(), "down")])
-    (row,) = await ledger.rows(RequeueFilter(queue="notify_vkm"))
-    assert row.queue == "notify_vkm"
+    await sync(
+        db,
+        [
+            RegistryEntry(name="notify_vkm", exchange="ex", routing_key="vkm"),
+            RegistryEntry(name="twin_a", exchange="ex", routing_key="twin"),
+            RegistryEntry(name="twin_b", exchange="ex", routing_key="twin"),
+        ],
+    )
+    ledger = Ledger(db)
+    await ledger.store(
+        [
+            (Route("ex", "vkm"), message(1), "down"),
+            (Route("ex", "twin"), message(2), "down"),  # ambiguous: two entries
+            (Route("ex", "vkm", queue="explicit"), message(3), "down"),
+        ]
+    )
+    assert [r.queue for r in await ledger.rows(RequeueFilter())] == [
+        "notify_vkm",
+        "ex/twin",
+        "explicit",
+    ]
 
 
 async def test_a_non_utf8_body_is_refused_loudly(db: Database) -> None:

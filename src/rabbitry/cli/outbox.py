@@ -35,7 +35,10 @@ from rabbitry.storage import Database
 queues_app = typer.Typer(help="The queue registry (seed 2's Queue).", no_args_is_help=True)
 db_app = typer.Typer(help="The SQL database.", no_args_is_help=True)
 
-NO_SCHEMA_HINT = " (is the schema there? run `rabbitry db upgrade`)"
+
+def _schema_hint(exc: StorageError) -> StorageError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else "database error"
+    return StorageError(f"{first} (is the schema there? run `rabbitry db upgrade`)")
 
 
 def register(app: typer.Typer) -> None:
@@ -55,15 +58,16 @@ def relay_service(settings: Settings) -> Service:
 def requeue_command(
     ctx: typer.Context,
     queue: Annotated[
-        str | None, typer.Argument(help="Registry queue (publisher) name; '' for any.")
+        str | None,
+        typer.Argument(metavar="QUEUE", help="Registry queue (publisher) name; '' for any."),
     ] = None,
     date_from: Annotated[
         str | None,
-        typer.Argument(metavar="[FROM]", help="'YYYY-MM-DD HH:MM:SS', inclusive; '' for none."),
+        typer.Argument(metavar="FROM", help="'YYYY-MM-DD HH:MM:SS', inclusive; '' for none."),
     ] = None,
     date_to: Annotated[
         str | None,
-        typer.Argument(metavar="[TO]", help="'YYYY-MM-DD HH:MM:SS', inclusive; needs FROM."),
+        typer.Argument(metavar="TO", help="'YYYY-MM-DD HH:MM:SS', inclusive; needs FROM."),
     ] = None,
     verbose: Annotated[
         int, typer.Option("--verbose", "-v", count=True, help="List every row.")
@@ -75,9 +79,13 @@ def requeue_command(
         int, typer.Option("--batch-size", min=1, max=10_000, help="Rows per batch.")
     ] = 500,
 ) -> None:
-    """Publish the pending outbox rows again, oldest first; mark each processed once the
-    broker confirmed it. Exit 0 when all were published, 1 when any failed (they stay pending
-    with their error, for a later run)."""
+    """Publish pending outbox rows again (oldest first), marking each once confirmed.
+
+    A row the broker did not confirm stays pending with its error, for a later run.
+    Exit 0 when all were published, 1 when any failed, 2 on bad arguments.
+
+    Example: rabbitry requeue my_publisher '2024-07-01 00:00:00' '2024-07-01 23:59:59' -v
+    """
     zone = dt.UTC if utc else None
     try:
         where = parse_filter(queue, date_from, date_to, tz=zone)
@@ -112,7 +120,7 @@ async def _requeue(
         try:
             total = await ledger.count(where)
         except StorageError as exc:
-            raise StorageError(f"{exc}{NO_SCHEMA_HINT}") from exc
+            raise _schema_hint(exc) from exc
         if total == 0 and where.queue and await registry.get_queue(db, where.queue) is None:
             console.print(f"note: {where.queue!r} is not in the registry and has no pending rows")
         out = Console(highlight=False, soft_wrap=True)
@@ -159,8 +167,11 @@ def _describe(outcome: RowOutcome, zone: dt.tzinfo | None) -> str:
 
 @queues_app.command("sync")
 def queues_sync(ctx: typer.Context) -> None:
-    """Load the registry from rabbitry.yaml (`queues:`): upsert by name; an entry no longer
-    in the file becomes inactive and keeps its history. Applies migrations first."""
+    """Load the queue registry from rabbitry.yaml (`queues:`).
+
+    Upsert by name; an entry no longer in the file becomes inactive and keeps its history.
+    Applies the database migrations first.
+    """
     config = settings(ctx)
     if config.config_file is None:
         fail("no rabbitry.yaml found (give one with --config): nothing to sync from")
@@ -224,7 +235,7 @@ async def _list(
             rows = await registry.list_queues(db, include_inactive=not active_only)
             pending = await Ledger(db).pending_by_queue()
         except StorageError as exc:
-            raise StorageError(f"{exc}{NO_SCHEMA_HINT}") from exc
+            raise _schema_hint(exc) from exc
     return rows, pending
 
 

@@ -41,13 +41,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rabbitry.config import RegistryEntry
 from rabbitry.errors import MessageError, StorageError
 from rabbitry.messaging.envelope import Message, decode, encode_headers
 from rabbitry.messaging.publisher import Route
 from rabbitry.outbox.codec import headers_from_json, headers_to_json
 from rabbitry.outbox.filters import Origin, RequeueFilter
-from rabbitry.outbox.models import PENDING_CLAUSE, PendingMessage, utcnow
+from rabbitry.outbox.models import PENDING_CLAUSE, PendingMessage, QueueRecord, utcnow
 from rabbitry.storage import Database
 
 TABLE: Table = PendingMessage.__table__  # type: ignore[assignment]  # declared as FromClause
@@ -156,28 +155,9 @@ def backoff(attempts: int) -> dt.timedelta:
 class Ledger:
     """Pending messages in the database. Satisfies the publisher's ``Fallback`` protocol."""
 
-    def __init__(
-        self,
-        db: Database,
-        *,
-        registry: Sequence[RegistryEntry] = (),
-        origin: Origin = Origin.CONTINGENCY,
-    ) -> None:
+    def __init__(self, db: Database, *, origin: Origin = Origin.CONTINGENCY) -> None:
         self.db = db
         self.origin = origin
-        # Ad-hoc publishes to an exchange and key that one registry entry owns are filed under
-        # that entry's name, so `rabbitry requeue NAME` finds them too.
-        by_route: dict[tuple[str, str], list[str]] = {}
-        for entry in registry:
-            by_route.setdefault((entry.exchange, entry.routing_key), []).append(entry.name)
-        self._names = {key: names[0] for key, names in by_route.items() if len(names) == 1}
-
-    def queue_label(self, route: Route) -> str:
-        """The ``queue`` column for ``route``: its registry name, else ``exchange/key``."""
-        if route.queue:
-            return route.queue
-        name = self._names.get((route.exchange, route.routing_key))
-        return name if name is not None else f"{route.exchange}/{route.routing_key}"
 
     async def store(self, items: Sequence[tuple[Route, Message, str]]) -> None:
         """Persist (route, message, reason) items as contingency rows (``Fallback``)."""
@@ -202,6 +182,7 @@ class Ledger:
             raise StorageError(f"cannot store the message(s) in the outbox: {exc}") from exc
         statement = TABLE.insert().returning(TABLE.c.id, sort_by_parameter_order=True)
         async with self._session() as session:
+            await _label_ad_hoc(session, values)
             result = await session.execute(statement, values)
             return [row.id for row in result]
 
@@ -209,7 +190,7 @@ class Ledger:
         self, route: Route, message: Message, reason: str, origin: Origin, now: dt.datetime
     ) -> dict[str, Any]:
         return {
-            "queue": self.queue_label(route),
+            "queue": route.queue or "",
             "exchange": route.exchange,
             "routing_key": route.routing_key,
             "body": message.body().decode("utf-8"),
@@ -380,6 +361,25 @@ class Ledger:
                 .where(TABLE.c.claim_token == token)
                 .values(claim_token=None, claimed_until=None)
             )
+
+
+async def _label_ad_hoc(session: AsyncSession, values: list[dict[str, Any]]) -> None:
+    """File rows without a registry name under the one active registry entry that publishes
+    to their exchange and routing key, if exactly one does (so ``rabbitry requeue NAME``
+    finds them), else under ``<exchange>/<routing key>``."""
+    ad_hoc = [v for v in values if not v["queue"]]
+    if not ad_hoc:
+        return
+    statement = select(QueueRecord.name, QueueRecord.exchange, QueueRecord.routing_key).where(
+        QueueRecord.active.is_(True),
+        QueueRecord.exchange.in_({v["exchange"] for v in ad_hoc}),
+    )
+    owners: dict[tuple[str, str], list[str]] = {}
+    for name, exchange, routing_key in (await session.execute(statement)).all():
+        owners.setdefault((exchange, routing_key), []).append(name)
+    for v in ad_hoc:
+        names = owners.get((v["exchange"], v["routing_key"]), [])
+        v["queue"] = names[0] if len(names) == 1 else f"{v['exchange']}/{v['routing_key']}"
 
 
 def _conditions(where: RequeueFilter) -> list[ColumnElement[bool]]:
