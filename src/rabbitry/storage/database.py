@@ -6,10 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
@@ -20,6 +18,9 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from rabbitry.errors import StorageError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -57,6 +58,8 @@ class Database:
 
     async def upgrade(self, revision: str = "head") -> None:
         """Apply Alembic migrations up to ``revision``."""
+        from alembic import command  # imported here: it is slow, and only migrations need it
+
         await asyncio.to_thread(command.upgrade, alembic_config(self.url), revision)
 
     async def close(self) -> None:
@@ -70,6 +73,8 @@ class Database:
 
 
 def alembic_config(url: str) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))

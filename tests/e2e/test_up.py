@@ -1,0 +1,136 @@
+"""`rabbitry up` as a user runs it: one process, HTTP, metrics, workers, graceful stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+RABBITRY = str(Path(sys.executable).with_name("rabbitry"))
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+@pytest.fixture
+def system(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    namespace = "t" + uuid.uuid4().hex[:10]
+    port = free_port()
+    env = {
+        **os.environ,
+        "RABBITRY_NAMESPACE": namespace,
+        "RABBITRY_DATA_DIR": str(tmp_path / "var"),
+        "RABBITRY_ADMIN_TOKEN": "test-token",
+    }
+    log = (tmp_path / "up.log").open("w")
+    proc = subprocess.Popen(
+        [RABBITRY, "up", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: httpx.get(f"{base}/healthz").status_code == 200, what="/healthz")
+        yield base, env
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        subprocess.run(
+            [sys.executable, "-m", "tests.cleanup", namespace], check=False, timeout=60, cwd=ROOT
+        )
+        print((tmp_path / "up.log").read_text()[-3000:])
+
+
+def test_up_serves_health_and_metrics(system: tuple[str, dict[str, str]]) -> None:
+    base, _ = system
+    health = httpx.get(f"{base}/healthz").json()
+    assert health["status"] == "ok"
+    assert health["database"] == "ok"
+    metrics = httpx.get(f"{base}/metrics").text
+    for name in ("rabbitry_published", "rabbitry_consumed", "rabbitry_dead_lettered"):
+        assert f"# HELP {name}" in metrics
+
+
+def test_up_runs_the_workflow_worker_end_to_end(system: tuple[str, dict[str, str]]) -> None:
+    base, env = system
+    namespace = env["RABBITRY_NAMESPACE"]
+    event = {"entity": "App\\Models\\Task", "id": 7, "user": 3, "data": {"title": "hello"}}
+    out = subprocess.run(
+        [
+            RABBITRY,
+            "publish",
+            "-e",
+            f"{namespace}.events",
+            "-k",
+            "insert",
+            "-t",
+            "insert",
+            json.dumps(event),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(out.stdout)["status"] == "published"
+    history = wait_for(
+        lambda: httpx.get(f"{base}/api/events/App%5CModels%5CTask/7").json(),
+        what="the event in the store",
+    )
+    assert history
+    metrics = httpx.get(f"{base}/metrics").text
+    assert f'rabbitry_consumed_total{{queue="{namespace}.event-sourcing"}} 1.0' in metrics
+
+
+def test_up_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    namespace = "t" + uuid.uuid4().hex[:10]
+    port = free_port()
+    env = {**os.environ, "RABBITRY_NAMESPACE": namespace, "RABBITRY_DATA_DIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [RABBITRY, "up", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=40)
+        assert proc.returncode == 0, output
+        assert "generated admin token" in output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run([sys.executable, "-m", "tests.cleanup", namespace], check=False, cwd=ROOT)
