@@ -1,0 +1,353 @@
+"""The Worker as a daemon: it survives the broker dropping its connections, starts when the
+broker comes up, drains on SIGTERM without losing or doubling a message, and stops with
+its siblings when one service crashes.
+
+The broker closes only this test's connections (``rabbitmqctl close_connection`` on the
+worker's connection names, the same CONNECTION_FORCED that ``close_all_connections`` sends):
+tests of other people sharing the broker are left alone, and nothing here depends on any
+connection but the worker's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from pydantic import SecretStr
+
+from rabbitry.config import Settings
+from rabbitry.messaging.connection import Declarer
+from rabbitry.messaging.consumer import Subscription
+from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
+from rabbitry.messaging.topology import Topology, dlq_name, work_queue
+from rabbitry.messaging.worker import Worker, policy_of, run_services
+
+if TYPE_CHECKING:
+    from conftest import BrokerProbe, Endpoint, WorkerRunner
+
+Eventually = Callable[..., Awaitable[None]]
+WORKER_PROC = Path(__file__).with_name("worker_proc.py")
+
+
+def work(settings: Settings, name: str = "work") -> tuple[str, Topology]:
+    queue = f"{settings.namespace}.{name}"
+    return queue, work_queue(queue, policy=policy_of(settings))
+
+
+async def publish(settings: Settings, queue: str, *messages: Message) -> None:
+    async with Publisher(settings) as publisher:
+        results = await publisher.publish_many([(m, Route("", queue)) for m in messages])
+    assert {r.status for r in results} == {PublishStatus.PUBLISHED}, results
+
+
+def handled_ids(handled: Sequence[Message], *ids: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return set(ids) <= {m.id for m in handled}
+
+    return check
+
+
+# --- reconnecting ----------------------------------------------------------------------------
+
+
+async def test_worker_consumes_again_after_the_broker_closes_its_connections(
+    settings: Settings,
+    declarer: Declarer,
+    broker: BrokerProbe,
+    run_worker: WorkerRunner,
+    eventually: Eventually,
+) -> None:
+    queue, topology = work(settings)
+    handled: list[Message] = []
+
+    async def handle(message: Message) -> None:
+        handled.append(message)
+
+    before, after = Message(type="t", payload=1), Message(type="t", payload=2)
+    async with run_worker([Subscription(queue, default=handle)], topology) as worker:
+        await publish(settings, queue, before)
+        await eventually(handled_ids(handled, before.id), what="the first message")
+
+        closed = await broker.close_connections(worker.name)
+        assert closed >= 1, "the worker's connection was not found on the broker"
+
+        # A fresh publisher: this test does not lean on any connection that existed before.
+        await publish(settings, queue, after)
+        await eventually(handled_ids(handled, after.id), what="a message after the reconnect")
+        assert worker.connected.is_set()
+
+    assert [m.id for m in handled] == [before.id, after.id]
+    assert await broker.counts(queue) == (0, 0)
+
+
+async def test_worker_declares_its_topology_again_when_it_reconnects(
+    settings: Settings,
+    declarer: Declarer,
+    broker: BrokerProbe,
+    run_worker: WorkerRunner,
+    eventually: Eventually,
+) -> None:
+    # A broker restart loses what was not durable, an operator may delete a queue: after a
+    # reconnect the worker declares everything it needs again before consuming.
+    queue, topology = work(settings)
+    handled: list[Message] = []
+
+    async def handle(message: Message) -> None:
+        handled.append(message)
+
+    message = Message(type="t", payload={})
+    async with run_worker([Subscription(queue, default=handle)], topology) as worker:
+        await declarer.delete(topology)
+        await broker.close_connections(worker.name)
+
+        async def delivered() -> bool:
+            # Unroutable until the worker has declared the queue again.
+            async with Publisher(settings) as publisher:
+                result = await publisher.publish(message, Route("", queue))
+            return result.status is PublishStatus.PUBLISHED
+
+        await eventually(delivered, what="the queue to be declared again")
+        await eventually(handled_ids(handled, message.id), what="the message")
+
+    queues, _ = await broker.objects(settings.namespace)
+    assert {q.name for q in topology.queues} <= set(queues)
+
+
+async def test_worker_whose_queue_is_deleted_under_it_declares_it_again_and_resumes(
+    settings: Settings,
+    declarer: Declarer,
+    run_worker: WorkerRunner,
+    eventually: Eventually,
+) -> None:
+    # The broker cancels the consumer of a deleted queue (basic.cancel) but keeps the
+    # connection: a worker that only watches its connection would sit idle for ever.
+    queue, topology = work(settings)
+    handled: list[Message] = []
+
+    async def handle(message: Message) -> None:
+        handled.append(message)
+
+    message = Message(type="t", payload={})
+    async with run_worker([Subscription(queue, default=handle)], topology):
+        await declarer.delete(topology)
+
+        async def delivered() -> bool:
+            async with Publisher(settings) as publisher:
+                result = await publisher.publish(message, Route("", queue))
+            return result.status is PublishStatus.PUBLISHED
+
+        await eventually(delivered, what="the queue to be declared again")
+        await eventually(handled_ids(handled, message.id), what="the message")
+
+
+async def test_worker_started_while_the_broker_is_down_consumes_once_it_is_up(
+    settings: Settings,
+    declarer: Declarer,
+    endpoint: Endpoint,
+    eventually: Eventually,
+) -> None:
+    queue, topology = work(settings)
+    handled: list[Message] = []
+
+    async def handle(message: Message) -> None:
+        handled.append(message)
+
+    behind_proxy = settings.model_copy(update={"amqp_url": SecretStr(endpoint.url)})
+    worker = Worker(
+        behind_proxy,
+        f"{settings.namespace}-worker",
+        [Subscription(queue, default=handle)],
+        topology,
+    )
+    stopping = asyncio.Event()
+    task = asyncio.create_task(worker.run(stopping))
+    try:
+        await asyncio.sleep(1.0)  # a few refused attempts: the worker keeps trying, no crash
+        assert not task.done()
+        assert not worker.connected.is_set()
+        await endpoint.open("forward")
+        await asyncio.wait_for(worker.connected.wait(), 30)
+        message = Message(type="t", payload={})
+        await publish(settings, queue, message)
+        await eventually(handled_ids(handled, message.id), what="the message")
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, settings.drain_timeout + 15)
+
+
+# --- graceful stop ---------------------------------------------------------------------------
+
+
+async def start_worker_process(
+    settings: Settings, queue: str, tmp_path: Path, handler_seconds: float, **env: str
+) -> tuple[asyncio.subprocess.Process, Path, Path]:
+    started, finished = tmp_path / "started", tmp_path / "finished"
+    started.touch()
+    finished.touch()
+    environment = {
+        **os.environ,
+        "RABBITRY_AMQP_URL": settings.amqp_url.get_secret_value(),
+        "RABBITRY_NAMESPACE": settings.namespace,
+        "RABBITRY_DATA_DIR": str(tmp_path),
+        "RABBITRY_MAX_ATTEMPTS": str(settings.max_attempts),
+        "RABBITRY_RETRY_BASE_DELAY": str(settings.retry_base_delay),
+        "RABBITRY_QUEUE_TYPE": settings.queue_type.value,
+        **env,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(WORKER_PROC),
+        queue,
+        str(started),
+        str(finished),
+        str(handler_seconds),
+        env=environment,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError("the worker process did not start consuming") from None
+    assert line.strip() == b"ready", line
+    return proc, started, finished
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").split()
+
+
+async def test_sigterm_drains_handlers_in_flight_and_leaves_the_rest_queued(
+    settings: Settings,
+    declarer: Declarer,
+    broker: BrokerProbe,
+    eventually: Eventually,
+    tmp_path: Path,
+) -> None:
+    queue, topology = work(settings)
+    await declarer.declare(topology)
+    messages = [Message(type="t", payload={"n": n}) for n in range(30)]
+    proc, started, finished = await start_worker_process(
+        settings,
+        queue,
+        tmp_path,
+        handler_seconds=1.0,
+        RABBITRY_CONCURRENCY="4",
+        RABBITRY_PREFETCH="10",
+        RABBITRY_DRAIN_TIMEOUT="20",
+    )
+    try:
+        await publish(settings, queue, *messages)
+
+        async def in_flight() -> bool:
+            return len(set(lines(started)) - set(lines(finished))) >= 1
+
+        await eventually(in_flight, what="handlers in flight")
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 20 + 10)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+    assert code == 0
+    done = lines(finished)
+    assert sorted(lines(started)) == sorted(done)  # every handler begun was let finish
+    assert len(done) == len(set(done)) and len(done) < len(messages)
+    ready, unacked = await broker.counts(queue)
+    assert unacked == 0
+    assert ready + len(done) == len(messages)
+    queued = {r.headers["rr_id"] for r in await broker.get_all(queue)}
+    assert queued.isdisjoint(done)  # acked when finished: never both done and queued
+    assert queued | set(done) == {m.id for m in messages}
+    assert await declarer.queue_size(dlq_name(queue)) == 0
+
+
+async def test_sigterm_with_a_handler_slower_than_the_drain_timeout_gives_its_message_back(
+    settings: Settings,
+    declarer: Declarer,
+    broker: BrokerProbe,
+    eventually: Eventually,
+    tmp_path: Path,
+) -> None:
+    queue, topology = work(settings)
+    await declarer.declare(topology)
+    messages = [Message(type="t", payload={"n": n}) for n in range(5)]
+    proc, started, finished = await start_worker_process(
+        settings,
+        queue,
+        tmp_path,
+        handler_seconds=600,
+        RABBITRY_CONCURRENCY="2",
+        RABBITRY_DRAIN_TIMEOUT="1",
+    )
+    try:
+        await publish(settings, queue, *messages)
+
+        async def busy() -> bool:
+            return len(lines(started)) >= 1
+
+        await eventually(busy, what="a handler to start")
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 1 + 15)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+    assert code == 0
+    assert lines(finished) == []
+
+    async def all_back() -> bool:
+        return await broker.counts(queue) == (len(messages), 0)
+
+    await eventually(all_back, what="every message back in the queue")
+    queued = {r.headers["rr_id"] for r in await broker.get_all(queue)}
+    assert queued == {m.id for m in messages}
+
+
+# --- services --------------------------------------------------------------------------------
+
+
+class Crashing:
+    name = "crashing"
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        raise RuntimeError("boom")
+
+
+async def test_a_crashing_service_stops_the_worker_beside_it(
+    settings: Settings, declarer: Declarer, eventually: Eventually
+) -> None:
+    queue, topology = work(settings)
+    worker = Worker(settings, f"{settings.namespace}-worker", [Subscription(queue)], topology)
+    stopping = asyncio.Event()
+    await asyncio.wait_for(run_services([worker, Crashing()], stopping), 30)
+    assert stopping.is_set()
+    assert not worker.connected.is_set()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_the_worker_process_stops_cleanly_on_a_signal_when_idle(
+    settings: Settings, declarer: Declarer, tmp_path: Path, sig: signal.Signals
+) -> None:
+    queue, _ = work(settings)
+    proc, _, _ = await start_worker_process(settings, queue, tmp_path, handler_seconds=0)
+    proc.send_signal(sig)
+    try:
+        code = await asyncio.wait_for(proc.wait(), 15)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 0
