@@ -124,7 +124,7 @@ async def test_settle_marks_published_and_failed(db: Database) -> None:
     assert cursor is not None
     rows = await ledger.claim(RequeueFilter(), cursor, token="t", limit=10, lease=LEASE)
     await ledger.settle("t", published=[ids[0]], failed=[(ids[1], 0, "unroutable")])
-    await ledger.release("t")
+    await ledger.release("t", ids)
     done, failed, untouched = [await ledger.get(i) for i in ids]
     assert len(rows) == 3
     assert done is not None and done.processed and done.processed_at is not None
@@ -139,7 +139,7 @@ async def test_settle_marks_published_and_failed(db: Database) -> None:
         RequeueFilter(), cursor, token="r", limit=10, lease=LEASE, respect_backoff=True
     )
     assert {r.id for r in relay} == {ids[2]}
-    await ledger.release("r")
+    await ledger.release("r", [r.id for r in relay])
     user = await ledger.claim(RequeueFilter(), cursor, token="u", limit=10, lease=LEASE)
     assert {r.id for r in user} == {ids[1], ids[2]}
 

@@ -39,7 +39,8 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from rabbitry.errors import MessageError, StorageError
 from rabbitry.messaging.envelope import Message, decode, encode_headers
@@ -205,13 +206,16 @@ class Ledger:
         }
 
     @contextlib.asynccontextmanager
-    async def _session(self) -> AsyncIterator[AsyncSession]:
-        # Database.session() translates SQLAlchemy's errors; a refused or dropped connection
-        # can also surface as a bare OSError from the driver, which must not escape as such.
+    async def _session(self) -> AsyncIterator[AsyncConnection]:
+        """A Core connection in a transaction (every statement here is Core: no ORM unit of
+        work, no identity map), committed on success; failures become StorageError."""
         try:
-            async with self.db.session() as session:
-                yield session
+            async with self.db.engine.begin() as connection:
+                yield connection
+        except SQLAlchemyError as exc:
+            raise StorageError(f"database error: {type(exc).__name__}: {exc}") from exc
         except (OSError, TimeoutError) as exc:
+            # A refused or dropped connection can surface as a bare OSError from the driver.
             raise StorageError(f"database unreachable: {exc}") from exc
 
     # -- queries -------------------------------------------------------------------------
@@ -353,17 +357,19 @@ class Ledger:
                     ],
                 )
 
-    async def release(self, token: str) -> None:
-        """Give back every row still leased with ``token`` (a run that is stopping)."""
+    async def release(self, token: str, ids: Sequence[int]) -> None:
+        """Give back rows ``ids`` if still leased with ``token`` (a run that is stopping)."""
+        if not ids:
+            return
         async with self._session() as session:
             await session.execute(
                 update(TABLE)
-                .where(TABLE.c.claim_token == token)
+                .where(TABLE.c.id.in_(ids), TABLE.c.claim_token == token)
                 .values(claim_token=None, claimed_until=None)
             )
 
 
-async def _label_ad_hoc(session: AsyncSession, values: list[dict[str, Any]]) -> None:
+async def _label_ad_hoc(session: AsyncConnection, values: list[dict[str, Any]]) -> None:
     """File rows without a registry name under the one active registry entry that publishes
     to their exchange and routing key, if exactly one does (so ``rabbitry requeue NAME``
     finds them), else under ``<exchange>/<routing key>``."""

@@ -3,8 +3,9 @@
 A run takes the rows matching its filter that exist when it starts, oldest first, one batch at
 a time: lease the batch (:meth:`Ledger.claim`), publish it with confirms and *no* fallback,
 then mark each row processed only if the broker confirmed it, or pending again with
-``attempts + 1`` and ``last_error``. A failed row never stops the others. Memory holds one
-batch; the progress callback sees each batch's outcomes as they are settled.
+``attempts + 1`` and ``last_error``. A failed row never stops the others. Leasing, publishing
+and marking overlap (three batches at most in memory, whatever the number of rows); the
+progress callback sees each batch's outcomes once they are recorded.
 
 The re-published message is the stored one: same message id, body bytes and headers, so a
 consumer can drop a copy it already handled. Delivery is at-least-once: a run killed between
@@ -29,6 +30,8 @@ from rabbitry.outbox.filters import RequeueFilter
 from rabbitry.outbox.ledger import Cursor, Ledger, PendingRow
 
 log = logging.getLogger(__name__)
+
+MAX_DISTINCT_ERRORS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,41 +96,100 @@ async def requeue(
     Raises :class:`StorageError` if the database fails (rows leased so far are released when
     possible, else their lease expires).
     """
-    report = RequeueReport()
     cursor = await ledger.start(where)
     if cursor is None:
-        return report
-    token = str(uuid.uuid4())
-    try:
-        while stopping is None or not stopping.is_set():
-            rows = await ledger.claim(
-                where,
-                cursor,
-                token=token,
-                limit=options.batch_size,
-                lease=options.lease,
-                respect_backoff=options.respect_backoff,
-            )
-            if not rows:
-                break
-            cursor = Cursor(cursor.max_id, rows[-1].created_at, rows[-1].id)
-            outcomes = await _publish(publisher, rows, exchanges)
-            await ledger.settle(
-                token,
-                published=[o.row.id for o in outcomes if o.error is None],
-                failed=[(o.row.id, o.row.attempts, o.error) for o in outcomes if o.error],
-            )
-            batch_failed = _count(report, outcomes)
-            if progress is not None:
-                progress(outcomes)
-            if options.stop_on_failed_batch and batch_failed == len(outcomes):
-                report.stopped_early = True
-                break
-    except BaseException:
-        with contextlib.suppress(StorageError):
-            await ledger.release(token)
-        raise
-    return report
+        return RequeueReport()
+    run = _Run(ledger, publisher, where, options, progress, stopping, exchanges)
+    return await run.go(cursor)
+
+
+Batch = list[PendingRow] | BaseException | None
+
+
+class _Run:
+    """One run, pipelined: while batch k is being published, batch k+1 is being leased and
+    batch k-1 marked, so the database and the broker work at the same time. At most three
+    batches are in memory; every leased row is either settled or released at the end."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        publisher: Publisher,
+        where: RequeueFilter,
+        options: RequeueOptions,
+        progress: Progress | None,
+        stopping: asyncio.Event | None,
+        exchanges: ExchangeCheck | None,
+    ) -> None:
+        self.ledger = ledger
+        self.publisher = publisher
+        self.where = where
+        self.options = options
+        self.progress = progress
+        self.stopping = stopping
+        self.exchanges = exchanges
+        self.token = str(uuid.uuid4())
+        self.leased: set[int] = set()
+        self.report = RequeueReport()
+
+    async def go(self, cursor: Cursor) -> RequeueReport:
+        batches: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
+        claimer = asyncio.create_task(self._claim_ahead(cursor, batches))
+        settling: asyncio.Task[None] | None = None
+        try:
+            while (batch := await batches.get()) is not None:
+                if isinstance(batch, BaseException):
+                    raise batch
+                outcomes = await _publish(self.publisher, batch, self.exchanges)
+                if settling is not None:
+                    await settling
+                settling = asyncio.create_task(self._settle(outcomes))
+                if self.options.stop_on_failed_batch and all(o.error for o in outcomes):
+                    self.report.stopped_early = True
+                    break
+            if settling is not None:
+                await settling
+        finally:
+            claimer.cancel()
+            await asyncio.gather(claimer, return_exceptions=True)
+            if settling is not None and not settling.done():
+                # Published rows: record them, or a later run publishes them again.
+                await asyncio.gather(settling, return_exceptions=True)
+            with contextlib.suppress(StorageError):
+                await self.ledger.release(self.token, sorted(self.leased))
+        return self.report
+
+    async def _claim_ahead(self, cursor: Cursor, batches: asyncio.Queue[Batch]) -> None:
+        try:
+            while self.stopping is None or not self.stopping.is_set():
+                rows = await self.ledger.claim(
+                    self.where,
+                    cursor,
+                    token=self.token,
+                    limit=self.options.batch_size,
+                    lease=self.options.lease,
+                    respect_backoff=self.options.respect_backoff,
+                )
+                if not rows:
+                    break
+                self.leased.update(row.id for row in rows)
+                cursor = Cursor(cursor.max_id, rows[-1].created_at, rows[-1].id)
+                await batches.put(rows)
+        except Exception as exc:  # handed to the publishing loop, which raises it
+            await batches.put(exc)
+            return
+        await batches.put(None)
+
+    async def _settle(self, outcomes: Sequence[RowOutcome]) -> None:
+        await self.ledger.settle(
+            self.token,
+            published=[o.row.id for o in outcomes if o.error is None],
+            failed=[(o.row.id, o.row.attempts, o.error) for o in outcomes if o.error],
+        )
+        self.leased.difference_update(o.row.id for o in outcomes)
+        _count(self.report, outcomes)
+        if self.progress is not None:
+            self.progress(outcomes)
 
 
 async def _publish(
@@ -154,15 +216,16 @@ async def _publish(
     return [outcomes[row.id] for row in rows]
 
 
-def _count(report: RequeueReport, outcomes: Sequence[RowOutcome]) -> int:
+def _count(report: RequeueReport, outcomes: Sequence[RowOutcome]) -> None:
     failed = 0
     for outcome in outcomes:
         if outcome.error is None:
             report.published += 1
-        else:
-            failed += 1
+            continue
+        failed += 1
+        # Errors are counted by text; a few distinct ones are enough to tell the user why.
+        if outcome.error in report.errors or len(report.errors) < MAX_DISTINCT_ERRORS:
             report.errors[outcome.error] = report.errors.get(outcome.error, 0) + 1
     report.failed += failed
     if failed:
         log.warning("requeue: %d of %d row(s) failed in this batch", failed, len(outcomes))
-    return failed

@@ -1,0 +1,180 @@
+"""Requeue throughput from PostgreSQL against the plain Rabbitry publisher, and its memory.
+
+Cases (256-byte JSON bodies, persistent, one classic queue, in one run, one broker):
+  (a) Rabbitry Publisher.publish_many, windows of BATCH: the messages built in memory
+  (b) `rabbitry requeue` engine over N pending ledger rows in PostgreSQL: lease a batch,
+      rebuild each message, publish_many without fallback, mark processed; until none is left
+
+The aim: (b) >= 0.5x (a), with RSS growing less than 50 MB while (b) streams N rows (RSS is
+sampled every 20 ms; tracemalloc would slow the very loop being timed).
+
+Usage: python bench/outbox.py [--rows 100000] [--batch 500] [--pg postgresql://postgres@127.0.0.1/postgres]
+A database ``rabbitry_bench_<hex>`` is created for the run and dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from rabbitry.config import Settings
+from rabbitry.messaging.connection import Declarer
+from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.publisher import Publisher, Route
+from rabbitry.messaging.topology import Queue, Topology
+from rabbitry.outbox.filters import RequeueFilter
+from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox.requeue import RequeueOptions, requeue
+from rabbitry.storage import Database
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+PAYLOAD = {"id": 0, "text": "x" * 220}
+
+
+def messages(n: int) -> Iterator[Message]:
+    raw = json.dumps(PAYLOAD, separators=(",", ":")).encode()
+    raw += b" " * (256 - len(raw))
+    for _ in range(n):
+        yield Message(type="bench", payload=PAYLOAD, raw_body=raw)
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class RssSampler:
+    """Peak RSS while a block runs."""
+
+    def __init__(self) -> None:
+        self.start = self.peak = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, rss_mb())
+            await asyncio.sleep(0.02)
+
+    async def __aenter__(self) -> RssSampler:
+        self.start = self.peak = rss_mb()
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        self.peak = max(self.peak, rss_mb())
+
+    @property
+    def growth(self) -> float:
+        return self.peak - self.start
+
+
+@asynccontextmanager
+async def fresh_database(admin_dsn: str):  # type: ignore[no-untyped-def]
+    name = f"rabbitry_bench_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')  # our own name: [a-z0-9_] only
+    await admin.close()
+    parts = urlsplit(admin_dsn)
+    url = urlunsplit(("postgresql+asyncpg", parts.netloc, f"/{name}", "", ""))
+    db = Database(url)
+    try:
+        await db.upgrade()
+        yield db
+    finally:
+        await db.close()
+        admin = await asyncpg.connect(admin_dsn)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def seed(db: Database, route: Route, rows: int) -> None:
+    ledger = Ledger(db)
+    chunk: list[tuple[Route, Message, str]] = []
+    for message in messages(rows):
+        chunk.append((route, message, "bench"))
+        if len(chunk) == 5000:
+            await ledger.add(chunk, origin=ledger.origin)
+            chunk = []
+    if chunk:
+        await ledger.add(chunk, origin=ledger.origin)
+
+
+async def plain_publish(settings: Settings, route: Route, rows: int, batch: int) -> float:
+    async with Publisher(settings, name="bench-plain") as publisher:
+        await publisher.publish(Message(type="warm-up", payload={}), route)
+        source = messages(rows)
+        start = time.perf_counter()
+        for offset in range(0, rows, batch):
+            window = [(next(source), route) for _ in range(min(batch, rows - offset))]
+            results = await publisher.publish_many(window, use_fallback=False)
+            if not all(r.ok for r in results):
+                raise SystemExit(f"publish failed: {results[0].error}")
+        return rows / (time.perf_counter() - start)
+
+
+async def requeue_all(
+    settings: Settings, db: Database, route: Route, rows: int, batch: int
+) -> tuple[float, RssSampler]:
+    async with Publisher(settings, name="bench-requeue") as publisher:
+        await publisher.publish(Message(type="warm-up", payload={}), route)
+        async with RssSampler() as memory:
+            start = time.perf_counter()
+            report = await requeue(
+                Ledger(db), publisher, RequeueFilter(), options=RequeueOptions(batch_size=batch)
+            )
+            elapsed = time.perf_counter() - start
+    if report.published != rows or report.failed:
+        raise SystemExit(f"requeue: {report.summary()}")
+    return rows / elapsed, memory
+
+
+async def main(rows: int, batch: int, admin_dsn: str) -> None:
+    queue = f"bench.outbox.{uuid.uuid4().hex[:8]}"
+    topology = Topology.of(queues=[Queue(queue)])
+    route = Route("", queue)
+    settings = Settings(amqp_url=AMQP_URL, publish_timeout=30)
+    async with await Declarer.connect(AMQP_URL) as declarer, fresh_database(admin_dsn) as db:
+        await declarer.declare(topology)
+        try:
+            print(f"seeding {rows:,} pending rows in PostgreSQL ...", flush=True)
+            started = time.perf_counter()
+            await seed(db, route, rows)
+            print(f"  seeded in {time.perf_counter() - started:.1f}s", flush=True)
+            plain = await plain_publish(settings, route, rows, batch)
+            print(f"(a) publisher publish_many:   {plain:>9,.0f} msg/s", flush=True)
+            await declarer.purge(queue)
+            rate, memory = await requeue_all(settings, db, route, rows, batch)
+            print(f"(b) requeue from PostgreSQL:  {rate:>9,.0f} rows/s", flush=True)
+            left = await Ledger(db).count(RequeueFilter())
+            in_queue = await declarer.queue_size(queue)
+        finally:
+            await declarer.delete(topology)
+    print(f"\n{rows:,} rows, batches of {batch}:")
+    print(f"  requeue / publisher:  {rate / plain:.2f}x   (aim >= 0.5x)")
+    print(
+        f"  RSS during requeue:   {memory.start:.0f} MB -> peak {memory.peak:.0f} MB, "
+        f"growth {memory.growth:.1f} MB   (aim < 50 MB)"
+    )
+    print(f"  left pending: {left}, in the queue: {in_queue:,}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    args = parser.parse_args()
+    asyncio.run(main(args.rows, args.batch, args.pg))
