@@ -36,8 +36,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aio_pika
-import pika
-import pika.data
+import pika  # type: ignore[import-untyped]
+import pika.data  # type: ignore[import-untyped]
 import pytest
 
 from rabbitry.config import ManualProcessingMode, QueueType, Settings
@@ -184,7 +184,7 @@ _TAGGING = threading.Lock()
 def _tagging_tables() -> Iterator[None]:
     with _TAGGING:
         original = pika.data.decode_table
-        pika.data.decode_table = _tagged_decode_table  # type: ignore[assignment]
+        pika.data.decode_table = _tagged_decode_table
         try:
             yield
         finally:
@@ -326,7 +326,11 @@ def broker(_broker_cleanup: None) -> BrokerProbe:
 
 class Endpoint:
     """A local TCP port standing in for the broker: ``closed`` (refuses), ``silent`` (accepts and
-    never answers) or ``forward`` (a proxy to RabbitMQ). Counts the connections it accepted."""
+    never answers) or ``forward`` (a proxy to RabbitMQ). Counts the connections it accepted.
+
+    A forwarding endpoint can also ``freeze()`` (bytes stop flowing both ways, as on a dead
+    network path: no FIN, no RST), ``thaw()``, and ``cut()`` every connection it carries.
+    """
 
     def __init__(self, upstream: str) -> None:
         parts = urlsplit(upstream)
@@ -337,6 +341,8 @@ class Endpoint:
         self._mode = "closed"
         self._pipes: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     @property
     def url(self) -> str:
@@ -363,8 +369,28 @@ class Endpoint:
         up_reader, up_writer = await asyncio.open_connection(*self._upstream)
         self._writers.add(up_writer)
         for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(_pipe(source, sink))
+            task = asyncio.create_task(self._pipe(source, sink))
             self._pipes.add(task)
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await source.read(65536):
+                await self._flowing.wait()
+                sink.write(data)
+                await sink.drain()
+        sink.close()
+
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
+    def cut(self) -> None:
+        """Abort every connection carried so far (both sides see a reset)."""
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
 
     async def close(self) -> None:
         if self._server is not None:
@@ -377,14 +403,6 @@ class Endpoint:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
-
-
-async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError):
-        while data := await source.read(65536):
-            sink.write(data)
-            await sink.drain()
-    sink.close()
 
 
 @pytest.fixture

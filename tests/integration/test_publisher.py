@@ -21,7 +21,7 @@ from rabbitry.config import Settings
 from rabbitry.errors import StorageError
 from rabbitry.messaging.connection import Declarer
 from rabbitry.messaging.envelope import RR_HEADERS, Message
-from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
+from rabbitry.messaging.publisher import Publisher, PublishResult, PublishStatus, Route
 from rabbitry.messaging.topology import Binding, Exchange, ExchangeType, Queue, Topology
 
 if TYPE_CHECKING:
@@ -147,6 +147,23 @@ async def test_publish_many_of_5000_messages_are_all_confirmed_and_queued(
     received = await broker.get_all(queue)
     assert sorted(json.loads(r.body)["n"] for r in received) == list(range(5000))
     assert {r.headers["rr_id"] for r in received} == {m.id for m in messages}
+
+
+async def test_concurrent_publishes_from_many_tasks_are_each_confirmed(
+    settings: Settings, declarer: Declarer, broker: BrokerProbe
+) -> None:
+    # One shared publisher under many callers, as in the HTTP app.
+    queue = await plain_queue(declarer, settings)
+    messages = [Message(type="t", payload={"n": n}) for n in range(300)]
+
+    async with Publisher(settings) as publisher:
+        results = await asyncio.gather(*(publisher.publish(m, Route("", queue)) for m in messages))
+
+    assert [(r.message_id, r.status) for r in results] == [
+        (m.id, PublishStatus.PUBLISHED) for m in messages
+    ]
+    received = await broker.get_all(queue)
+    assert sorted(r.headers["rr_id"] for r in received) == sorted(m.id for m in messages)
 
 
 # --- unroutable ------------------------------------------------------------------------------
@@ -316,6 +333,71 @@ async def test_after_the_circuit_closes_the_publisher_reaches_a_broker_that_came
     assert down.status is PublishStatus.FAILED
     assert back.status is PublishStatus.PUBLISHED
     assert await declarer.queue_size(queue) == 1
+
+
+async def test_a_broker_that_stops_answering_is_given_up_after_the_publish_timeout(
+    settings: Settings, declarer: Declarer, endpoint: Endpoint
+) -> None:
+    queue = await plain_queue(declarer, settings)
+    await endpoint.open("forward")
+    frozen = at(settings, endpoint.url, publish_timeout=1.0, circuit_open_seconds=30.0)
+    fallback = RecordingFallback()
+
+    async with Publisher(frozen, fallback=fallback) as publisher:
+        before = await publisher.publish(Message(type="t", payload=1), Route("", queue))
+        endpoint.freeze()  # the network path dies silently: no confirm will come
+        try:
+            stuck = await asyncio.wait_for(
+                publisher.publish(Message(type="t", payload=2), Route("", queue)),
+                frozen.publish_timeout + 5,
+            )
+            spared = await asyncio.wait_for(
+                publisher.publish(Message(type="t", payload=3), Route("", queue)), 5
+            )
+        finally:
+            endpoint.thaw()
+
+    assert before.status is PublishStatus.PUBLISHED
+    assert stuck.status is PublishStatus.PERSISTED
+    assert stuck.error is not None and "no confirm within" in stuck.error
+    assert spared.status is PublishStatus.PERSISTED
+    assert spared.error is not None and "circuit open" in spared.error
+    assert [m.payload for _, m, _ in fallback.items] == [2, 3]
+
+
+async def test_nothing_is_lost_when_the_connection_is_cut_mid_stream(
+    settings: Settings, declarer: Declarer, broker: BrokerProbe, endpoint: Endpoint
+) -> None:
+    # Every message ends confirmed in the queue or stored by the fallback, and the
+    # publisher finds the broker again by itself once the circuit closes.
+    queue = await plain_queue(declarer, settings)
+    await endpoint.open("forward")
+    flaky = at(settings, endpoint.url, circuit_open_seconds=0.2)
+    fallback = RecordingFallback()
+    results: list[PublishResult] = []
+
+    async with Publisher(flaky, fallback=fallback) as publisher:
+
+        async def send(n: int) -> PublishStatus:
+            result = await publisher.publish(Message(type="t", payload=n), Route("", queue))
+            results.append(result)
+            return result.status
+
+        for n in range(50):
+            assert await send(n) is PublishStatus.PUBLISHED
+        endpoint.cut()
+        n = 50
+        while await send(n) is not PublishStatus.PUBLISHED:
+            assert n < 5000, "the publisher never reconnected"
+            n += 1
+            await asyncio.sleep(0.01)
+
+    published = {r.message_id for r in results if r.status is PublishStatus.PUBLISHED}
+    persisted = {r.message_id for r in results if r.status is PublishStatus.PERSISTED}
+    assert published | persisted == {r.message_id for r in results}
+    assert persisted == {m.id for _, m, _ in fallback.items}
+    in_queue = {r.headers["rr_id"] for r in await broker.get_all(queue)}
+    assert published <= in_queue
 
 
 async def test_a_fallback_that_cannot_store_raises_storage_error(
