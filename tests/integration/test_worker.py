@@ -87,6 +87,41 @@ async def test_worker_consumes_again_after_the_broker_closes_its_connections(
     assert await broker.counts(queue) == (0, 0)
 
 
+async def test_a_message_whose_handler_was_cut_off_by_a_dropped_connection_comes_again(
+    settings: Settings,
+    declarer: Declarer,
+    broker: BrokerProbe,
+    run_worker: WorkerRunner,
+    eventually: Eventually,
+) -> None:
+    # Acked only after the work: work that could not finish is not lost with the connection.
+    queue, topology = work(settings)
+    calls: list[str] = []
+    first_call = asyncio.Event()
+    finished: list[str] = []
+
+    async def handle(message: Message) -> None:
+        calls.append(message.id)
+        if len(calls) == 1:
+            first_call.set()
+            await asyncio.Event().wait()  # busy until the connection goes
+        finished.append(message.id)
+
+    message = Message(type="t", payload={})
+    async with run_worker([Subscription(queue, default=handle)], topology) as worker:
+        await publish(settings, queue, message)
+        await asyncio.wait_for(first_call.wait(), 15)
+        assert await broker.close_connections(worker.name) >= 1
+
+        async def done() -> bool:
+            return finished == [message.id]
+
+        await eventually(done, what="the message handled after the reconnect")
+
+    assert calls == [message.id, message.id]
+    assert await broker.counts(queue) == (0, 0)
+
+
 async def test_worker_declares_its_topology_again_when_it_reconnects(
     settings: Settings,
     declarer: Declarer,
