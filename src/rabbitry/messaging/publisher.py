@@ -26,7 +26,7 @@ from typing import Protocol
 
 from rabbitry import metrics
 from rabbitry.config import Settings
-from rabbitry.errors import BrokerError, BrokerUnavailable
+from rabbitry.errors import BrokerError, BrokerUnavailable, PublishFailed
 from rabbitry.messaging import envelope
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.link import Link, LinkClosed, Outcome, Outgoing
@@ -67,6 +67,9 @@ class Fallback(Protocol):
     async def store(self, items: Sequence[tuple[Route, Message, str]]) -> None:
         """Persist (route, message, reason) items; raise StorageError on failure."""
 
+
+# Reply codes that blame the message, not the broker: access refused, not found, precondition.
+_CALLER_ERRORS = frozenset({403, 404, 406})
 
 _REASONS = {
     Outcome.NACKED: "broker nacked the message",
@@ -144,6 +147,11 @@ class Publisher:
                 f"no confirm within {self._settings.publish_timeout:g}s"
             ) from exc
         except LinkClosed as exc:
+            if exc.reply_code in _CALLER_ERRORS:
+                # The broker is fine; the message was wrong (e.g. 404: no such exchange). The
+                # channel is gone, so reconnect next time, but don't make other callers wait.
+                await self._drop(link)
+                raise PublishFailed(f"refused by the broker: {exc}") from exc
             await self._trip(link, str(exc))
             raise BrokerUnavailable(f"connection lost while publishing: {exc}") from exc
 
@@ -204,6 +212,9 @@ class Publisher:
     async def _trip(self, link: Link, reason: str) -> None:
         log.warning("publisher connection dropped: %s", reason)
         self._circuit_until = time.monotonic() + self._settings.circuit_open_seconds
+        await self._drop(link)
+
+    async def _drop(self, link: Link) -> None:
         if self._link is link:
             self._link = None
         await _close_quietly(link)
