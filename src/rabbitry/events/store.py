@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import json
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import func, insert, select, text, tuple_
+from sqlalchemy import Table, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -40,6 +41,29 @@ from rabbitry.storage.database import Database
 T = TypeVar("T")
 
 TRANSIENT_ATTEMPTS = 5
+_EVENTS = cast(Table, StoredEvent.__table__)
+# Core, not ORM, inserts: the rows are plain dicts and the ORM's bookkeeping would cost more
+# than the database's work.
+_INSERT_EVENTS = _EVENTS.insert().returning(_EVENTS.c.sequence, sort_by_parameter_order=True)
+_INSERT_LOG = cast(Table, MessageLogEntry.__table__).insert()
+# The head version of each (entity, id) of a batch in one round trip, the keys passed as one
+# array parameter (the statement stays the same whatever the batch size, and costs nothing to
+# build). Each max() is answered from the end of the unique index (the min/max optimisation of
+# both databases), so the cost does not grow with the entities' histories.
+_HEADS = {
+    "postgresql": text(
+        "SELECT (SELECT max(e.version) FROM event_store AS e"
+        " WHERE e.entity = k.entity AND e.entity_id = k.entity_id)"
+        " FROM unnest(CAST(:entities AS varchar[]), CAST(:ids AS bigint[]))"
+        " WITH ORDINALITY AS k(entity, entity_id, n) ORDER BY k.n"
+    ),
+    "sqlite": text(
+        "SELECT (SELECT max(e.version) FROM event_store AS e"
+        " WHERE e.entity = json_extract(k.value, '$[0]')"
+        " AND e.entity_id = json_extract(k.value, '$[1]'))"
+        " FROM json_each(:keys) AS k ORDER BY k.key"
+    ),
+}
 _BEGIN_IMMEDIATE = text("BEGIN IMMEDIATE")
 _LOCK = text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS t(k)")
 
@@ -84,12 +108,9 @@ class EventStore:
                 )
             ).all()
         )
-        rows = await session.execute(
-            select(StoredEvent.entity, StoredEvent.entity_id, func.max(StoredEvent.version))
-            .where(tuple_(StoredEvent.entity, StoredEvent.entity_id).in_(keys))
-            .group_by(StoredEvent.entity, StoredEvent.entity_id)
-        )
-        versions: dict[tuple[str, int], int] = {(e, i): v for e, i, v in rows}
+        dialect = self._db.engine.dialect.name
+        heads = await session.execute(_HEADS[dialect], _head_params(dialect, keys))
+        versions = {key: head or 0 for key, (head,) in zip(keys, heads, strict=True)}
         recorded_at = dt.datetime.now(dt.UTC)
         results: list[RecordedEvent | None] = []
         values: list[dict[str, Any]] = []
@@ -117,12 +138,7 @@ class EventStore:
             results.append(_recorded(0, values[-1]))
         if not values:
             return results
-        sequences = (
-            await session.scalars(
-                insert(StoredEvent).returning(StoredEvent.sequence, sort_by_parameter_order=True),
-                values,
-            )
-        ).all()
+        sequences = (await session.scalars(_INSERT_EVENTS, values)).all()
         numbered = iter(sequences)
         return [None if r is None else _with_sequence(r, next(numbered)) for r in results]
 
@@ -215,7 +231,7 @@ class MessageLog:
                 }
             )
         if values:
-            await session.execute(insert(MessageLogEntry), values)
+            await session.execute(_INSERT_LOG, values)
         return len(values)
 
     async def recent(self, limit: int = 100) -> list[MessageLogEntry]:
@@ -261,6 +277,12 @@ async def _with_retry(
         except SQLAlchemyError as exc:
             raise StorageError(f"database error: {type(exc).__name__}: {exc}") from exc
     raise AssertionError("unreachable")
+
+
+def _head_params(dialect: str, keys: Sequence[tuple[str, int]]) -> dict[str, Any]:
+    if dialect == "sqlite":
+        return {"keys": json.dumps(keys)}
+    return {"entities": [entity for entity, _ in keys], "ids": [i for _, i in keys]}
 
 
 def _lock_key(key: tuple[str, int]) -> int:
