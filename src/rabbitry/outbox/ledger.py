@@ -36,6 +36,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
@@ -145,6 +146,9 @@ class Cursor:
     max_id: int
     created_at: dt.datetime | None = None
     id: int = 0
+
+
+_NO_SORT = text("SET LOCAL enable_sort = off")  # a constant statement: nothing interpolated
 
 
 def backoff(attempts: int) -> dt.timedelta:
@@ -308,6 +312,12 @@ class Ledger:
             .returning(*_ROW_COLUMNS)
         )
         async with self._session() as session:
+            if not self.db.is_sqlite:
+                # Right after a burst of contingency inserts the table's statistics are stale
+                # and PostgreSQL estimates a handful of pending rows: it then sorts all of them
+                # on every claim (O(n) per batch, 250 ms at 100,000 rows). Walking the partial
+                # index in order and stopping at LIMIT is always the right plan for a queue.
+                await session.execute(_NO_SORT)
             result = await session.execute(statement)
             rows = [_row(r) for r in result]
         # RETURNING gives no order guarantee.
