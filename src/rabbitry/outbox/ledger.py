@@ -186,9 +186,9 @@ class Ledger:
         except (MessageError, UnicodeDecodeError) as exc:
             raise StorageError(f"cannot store the message(s) in the outbox: {exc}") from exc
         statement = TABLE.insert().returning(TABLE.c.id, sort_by_parameter_order=True)
-        async with self._session() as session:
-            await _label_ad_hoc(session, values)
-            result = await session.execute(statement, values)
+        async with self._transaction() as conn:
+            await _label_ad_hoc(conn, values)
+            result = await conn.execute(statement, values)
             return [row.id for row in result]
 
     def _values(
@@ -204,13 +204,13 @@ class Ledger:
             "created_at": now,
             "processed": False,
             "attempts": 0,
-            # The reason the broker did not take it; for a manual row, why it was parked.
+            # Why the broker did not take it (none for a row a user parked by hand).
             "last_error": reason or None,
             "origin": origin.value,
         }
 
     @contextlib.asynccontextmanager
-    async def _session(self) -> AsyncIterator[AsyncConnection]:
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
         """A Core connection in a transaction (every statement here is Core: no ORM unit of
         work, no identity map), committed on success; failures become StorageError."""
         try:
@@ -225,8 +225,8 @@ class Ledger:
     # -- queries -------------------------------------------------------------------------
 
     async def get(self, row_id: int) -> PendingRow | None:
-        async with self._session() as session:
-            result = await session.execute(select(*_ROW_COLUMNS).where(TABLE.c.id == row_id))
+        async with self._transaction() as conn:
+            result = await conn.execute(select(*_ROW_COLUMNS).where(TABLE.c.id == row_id))
             found = result.first()
         return _row(found) if found is not None else None
 
@@ -235,16 +235,16 @@ class Ledger:
         statement = select(func.count()).select_from(TABLE).where(*_conditions(where))
         if pending is not None:
             statement = statement.where(PENDING_CLAUSE if pending else TABLE.c.processed)
-        async with self._session() as session:
-            return int((await session.execute(statement)).scalar_one())
+        async with self._transaction() as conn:
+            return int((await conn.execute(statement)).scalar_one())
 
     async def pending_by_queue(self) -> dict[str, int]:
         """How many rows wait, per ``queue`` value."""
         statement = (
             select(TABLE.c.queue, func.count()).where(PENDING_CLAUSE).group_by(TABLE.c.queue)
         )
-        async with self._session() as session:
-            return {queue: int(n) for queue, n in (await session.execute(statement)).all()}
+        async with self._transaction() as conn:
+            return {queue: int(n) for queue, n in (await conn.execute(statement)).all()}
 
     async def rows(
         self,
@@ -261,15 +261,15 @@ class Ledger:
         if pending is not None:
             statement = statement.where(PENDING_CLAUSE if pending else TABLE.c.processed)
         statement = statement.order_by(*(c.desc() for c in order) if newest_first else order)
-        async with self._session() as session:
-            result = await session.execute(statement.limit(limit).offset(offset))
+        async with self._transaction() as conn:
+            result = await conn.execute(statement.limit(limit).offset(offset))
             return [_row(r) for r in result]
 
     async def start(self, where: RequeueFilter) -> Cursor | None:
         """The cursor of a new requeue run, or ``None`` when nothing matches."""
         statement = select(func.max(TABLE.c.id)).where(PENDING_CLAUSE, *_conditions(where))
-        async with self._session() as session:
-            max_id = (await session.execute(statement)).scalar_one_or_none()
+        async with self._transaction() as conn:
+            max_id = (await conn.execute(statement)).scalar_one_or_none()
         return Cursor(max_id=int(max_id)) if max_id is not None else None
 
     async def claim(
@@ -311,14 +311,14 @@ class Ledger:
             .values(claim_token=token, claimed_until=now + lease)
             .returning(*_ROW_COLUMNS)
         )
-        async with self._session() as session:
+        async with self._transaction() as conn:
             if not self.db.is_sqlite:
                 # Right after a burst of contingency inserts the table's statistics are stale
                 # and PostgreSQL estimates a handful of pending rows: it then sorts all of them
                 # on every claim (O(n) per batch, 250 ms at 100,000 rows). Walking the partial
                 # index in order and stopping at LIMIT is always the right plan for a queue.
-                await session.execute(_NO_SORT)
-            result = await session.execute(statement)
+                await conn.execute(_NO_SORT)
+            result = await conn.execute(statement)
             rows = [_row(r) for r in result]
         # RETURNING gives no order guarantee.
         rows.sort(key=lambda r: (r.created_at, r.id))
@@ -334,9 +334,9 @@ class Ledger:
         (row id, attempts so far, error) and stay pending. Only rows still leased with
         ``token`` are touched."""
         now = utcnow()
-        async with self._session() as session:
+        async with self._transaction() as conn:
             if published:
-                await session.execute(
+                await conn.execute(
                     update(TABLE)
                     .where(TABLE.c.id.in_(published), TABLE.c.claim_token == token)
                     .values(
@@ -348,7 +348,7 @@ class Ledger:
                     )
                 )
             if failed:
-                await session.execute(
+                await conn.execute(
                     update(TABLE)
                     .where(TABLE.c.id == bindparam("row_id"), TABLE.c.claim_token == token)
                     .values(
@@ -371,15 +371,15 @@ class Ledger:
         """Give back rows ``ids`` if still leased with ``token`` (a run that is stopping)."""
         if not ids:
             return
-        async with self._session() as session:
-            await session.execute(
+        async with self._transaction() as conn:
+            await conn.execute(
                 update(TABLE)
                 .where(TABLE.c.id.in_(ids), TABLE.c.claim_token == token)
                 .values(claim_token=None, claimed_until=None)
             )
 
 
-async def _label_ad_hoc(session: AsyncConnection, values: list[dict[str, Any]]) -> None:
+async def _label_ad_hoc(conn: AsyncConnection, values: list[dict[str, Any]]) -> None:
     """File rows without a registry name under the one active registry entry that publishes
     to their exchange and routing key, if exactly one does (so ``rabbitry requeue NAME``
     finds them), else under ``<exchange>/<routing key>``."""
@@ -391,7 +391,7 @@ async def _label_ad_hoc(session: AsyncConnection, values: list[dict[str, Any]]) 
         QueueRecord.exchange.in_({v["exchange"] for v in ad_hoc}),
     )
     owners: dict[tuple[str, str], list[str]] = {}
-    for name, exchange, routing_key in (await session.execute(statement)).all():
+    for name, exchange, routing_key in (await conn.execute(statement)).all():
         owners.setdefault((exchange, routing_key), []).append(name)
     for v in ad_hoc:
         names = owners.get((v["exchange"], v["routing_key"]), [])
