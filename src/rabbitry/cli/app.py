@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer._click.exceptions import ClickException
 
 from rabbitry.cli import messaging, system
 
@@ -55,4 +57,14 @@ for _part in ("outbox", "events"):
 
 
 def main() -> None:
-    app()
+    """Run the CLI; usage errors become one line on stderr and exit code 2."""
+    try:
+        code = app(standalone_mode=False)
+    except ClickException as exc:
+        message = exc.format_message().strip()
+        if message:  # with no arguments at all, the help has been printed already
+            print(f"rabbitry: error: {message.splitlines()[0]}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

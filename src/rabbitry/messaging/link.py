@@ -97,8 +97,14 @@ class Link(AmqpProtocol):
     def _on_control(self, channel: int, method: base.Frame) -> None:
         if isinstance(method, commands.Basic.Cancel):
             # The broker cancels a consumer whose queue was deleted (consumer_cancel_notify).
-            log.warning("broker cancelled consumer %s", method.consumer_tag)
+            # Closing the whole link hands the problem to the owner's reconnect path, which
+            # declares the queue again and resumes; a silently idle consumer would not.
+            log.warning("broker cancelled consumer %s: closing the link", method.consumer_tag)
             self._consumers.pop(method.consumer_tag or "", None)
+            self._flush()
+            reason = "consumer cancelled by the broker (its queue was deleted?)"
+            close = commands.Connection.Close(200, reason, 0, 0)
+            self._terminate(LinkClosed(reason), wire.method_frame(0, close), wait_close_ok=True)
         else:
             super()._on_control(channel, method)
 
