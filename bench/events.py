@@ -1,0 +1,260 @@
+"""Event sourcing: how fast the workflow worker stores change events, and how long rebuilding
+an entity's state takes as its history grows. One run, one broker, one fresh database.
+
+Cases (N change events waiting in a queue, spread over 1,000 entities):
+  (a) plain Rabbitry consumer: Worker + Subscription, a handler per message that does nothing
+  (b) the same consumer with a handler per message that appends its event (one transaction
+      each; timed on N/10 events, it is that much slower)
+  (c) the workflow worker: batch handler, one transaction per batch of 250
+State rebuild: EventStore.state() for entities with 100, 1,000 and 10,000 events.
+
+Usage: python bench/events.py [--events N] [--rounds R] [--database postgresql|sqlite]
+PostgreSQL (default) gets a database of its own, dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import asyncpg  # type: ignore[import-untyped]
+from sqlalchemy import text
+
+from rabbitry.config import Settings
+from rabbitry.events.change import ChangeEvent, ChangeType
+from rabbitry.events.emitter import Emitter
+from rabbitry.events.store import EventStore, Incoming
+from rabbitry.events.workflow import Outcomes, WorkflowService
+from rabbitry.layout import Layout, events_topology, module_topology
+from rabbitry.messaging.connection import Declarer
+from rabbitry.messaging.consumer import Subscription
+from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.publisher import Publisher
+from rabbitry.messaging.topology import Topology
+from rabbitry.messaging.worker import Worker
+from rabbitry.storage.database import Database
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+POSTGRES_ADMIN = "postgresql://root@127.0.0.1:5432/postgres"
+ENTITIES = 1000
+HISTORY_SIZES = (100, 1_000, 10_000)
+
+
+class Clock:
+    """First and last moment of work, and how many items were done."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.done = 0
+        self.first = 0.0
+        self.last = 0.0
+        self.finished = asyncio.Event()
+
+    def start(self) -> None:
+        if not self.first:
+            self.first = time.perf_counter()
+
+    def add(self, count: int) -> None:
+        self.done += count
+        if self.done >= self.expected:
+            self.last = time.perf_counter()
+            self.finished.set()
+
+    @property
+    def rate(self) -> float:
+        return self.done / (self.last - self.first)
+
+
+class TimedWorkflow(WorkflowService):
+    clock: Clock
+
+    async def store_events(self, messages: Sequence[Message]) -> Outcomes:
+        self.clock.start()
+        outcomes = await super().store_events(messages)
+        self.clock.add(sum(1 for o in outcomes if o is None))
+        return outcomes
+
+
+def changes(n: int, round_id: str) -> list[ChangeEvent]:
+    return [
+        ChangeEvent(
+            ChangeType.UPDATE, f"bench.{round_id}", i % ENTITIES, 1, {"n": i, "s": "x" * 40}
+        )
+        for i in range(n)
+    ]
+
+
+async def fill(settings: Settings, events: list[ChangeEvent]) -> None:
+    async with Publisher(settings) as publisher:
+        emitter = Emitter(publisher, settings)
+        for start in range(0, len(events), 1000):
+            await emitter.emit(events[start : start + 1000])
+
+
+async def analyze(database: Database) -> None:
+    """Refresh the planner's statistics, as autovacuum does on a live database: a fresh table
+    that grew by thousands of rows in seconds would otherwise be planned as if empty."""
+    async with database.session() as session:
+        await session.execute(text("ANALYZE"))
+
+
+async def run_until(service: Worker | WorkflowService, clock: Clock) -> float:
+    stopping = asyncio.Event()
+    task = asyncio.create_task(service.run(stopping))
+    await asyncio.wait_for(clock.finished.wait(), timeout=600)
+    stopping.set()
+    await task
+    return clock.rate
+
+
+async def plain_consumer(settings: Settings, database: Database, n: int) -> float:
+    await fill(settings, changes(n, uuid.uuid4().hex[:8]))
+    clock = Clock(n)
+
+    async def handle(_: Message) -> None:
+        clock.start()
+        clock.add(1)
+
+    queue = Layout(settings.namespace).event_sourcing_queue
+    worker = Worker(settings, "bench", [Subscription(queue, default=handle)], Topology())
+    return await run_until(worker, clock)
+
+
+async def per_message_store(settings: Settings, database: Database, n: int) -> float:
+    n = max(n // 10, 1000)  # it is an order of magnitude slower: a tenth is enough to time it
+    await fill(settings, changes(n, uuid.uuid4().hex[:8]))
+    clock = Clock(n)
+    store = EventStore(database)
+
+    async def handle(message: Message) -> None:
+        clock.start()
+        change = ChangeEvent(ChangeType(message.type), **message.payload)
+        await store.append([Incoming(change, message.id, message.timestamp)])
+        clock.add(1)
+
+    queue = Layout(settings.namespace).event_sourcing_queue
+    worker = Worker(settings, "bench", [Subscription(queue, default=handle)], Topology())
+    return await run_until(worker, clock)
+
+
+async def workflow_batches(settings: Settings, database: Database, n: int) -> float:
+    await fill(settings, changes(n, uuid.uuid4().hex[:8]))
+    service = TimedWorkflow(settings, database)
+    service.clock = Clock(n)
+    return await run_until(service, service.clock)
+
+
+async def rebuild_times(database: Database, rounds: int) -> dict[int, float]:
+    store = EventStore(database)
+    times: dict[int, float] = {}
+    for size in HISTORY_SIZES:
+        entity = f"bench.history.{size}"
+        events = [
+            Incoming(
+                ChangeEvent(
+                    ChangeType.INSERT if i == 0 else ChangeType.UPDATE,
+                    entity,
+                    1,
+                    1,
+                    {"n": i, f"field{i % 20}": "x" * 20},
+                ),
+                str(uuid.uuid4()),
+                _now(),
+            )
+            for i in range(size)
+        ]
+        for start in range(0, size, 1000):
+            await store.append(events[start : start + 1000])
+        await analyze(database)
+        samples = []
+        for _ in range(rounds):
+            begin = time.perf_counter()
+            state = await store.state(entity, 1)
+            samples.append(time.perf_counter() - begin)
+            assert state is not None and state.version == size
+        times[size] = statistics.median(samples)
+    return times
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+async def create_database(kind: str, tmp: Path) -> tuple[str, Callable[[], Awaitable[None]]]:
+    if kind == "sqlite":
+
+        async def nothing() -> None:
+            return None
+
+        return f"sqlite+aiosqlite:///{tmp / 'bench.db'}", nothing
+    name = f"rabbitry_bench_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(POSTGRES_ADMIN)
+    await conn.execute('CREATE DATABASE "' + name + '"')  # generated name, no user input
+    await conn.close()
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(POSTGRES_ADMIN)
+        await conn.execute('DROP DATABASE IF EXISTS "' + name + '" WITH (FORCE)')
+        await conn.close()
+
+    return f"postgresql+asyncpg://root@127.0.0.1:5432/{name}", drop
+
+
+async def main(n: int, rounds: int, kind: str) -> None:
+    settings = Settings(
+        namespace=f"bench{uuid.uuid4().hex[:8]}", amqp_url=AMQP_URL, prefetch=1000, concurrency=64
+    )
+    topology = events_topology(settings) | module_topology(settings, [])
+    with tempfile.TemporaryDirectory() as tmp:
+        url, drop = await create_database(kind, Path(tmp))
+        database = Database(url)
+        try:
+            await database.upgrade()
+            async with await Declarer.connect(AMQP_URL) as declarer:
+                await declarer.declare(topology)
+            cases = {
+                "(a) plain consumer, no-op handler": plain_consumer,
+                "(b) handler per message, one transaction each": per_message_store,
+                "(c) workflow worker, batch handler (250 per transaction)": workflow_batches,
+            }
+            rates: dict[str, list[float]] = {name: [] for name in cases}
+            for _ in range(rounds):
+                for name, case in cases.items():
+                    await analyze(database)
+                    rates[name].append(await case(settings, database, n))
+            rebuild = await rebuild_times(database, max(rounds, 5))
+        finally:
+            await database.close()
+            async with await Declarer.connect(AMQP_URL) as declarer:
+                await declarer.delete(topology)
+            await drop()
+    base = statistics.median(rates["(a) plain consumer, no-op handler"])
+    print(f"\nevents stored per second ({kind}, {n} events, median of {rounds} rounds)")
+    print(f"{'case':58} {'msg/s':>9} {'vs (a)':>7}")
+    for name, values in rates.items():
+        rate = statistics.median(values)
+        print(f"{name:58} {rate:9,.0f} {rate / base:6.2f}x")
+    per_message = statistics.median(rates["(b) handler per message, one transaction each"])
+    batched = statistics.median(rates["(c) workflow worker, batch handler (250 per transaction)"])
+    print(f"batching gain (c)/(b): {batched / per_message:.2f}x")
+    print(f"\nstate rebuild ({kind}, median of {max(rounds, 5)})")
+    print(f"{'events':>8} {'ms':>9} {'us/event':>9} {'vs 100':>7}")
+    for size, seconds in rebuild.items():
+        ratio = seconds / rebuild[HISTORY_SIZES[0]]
+        print(f"{size:8,} {seconds * 1000:9.1f} {seconds / size * 1e6:9.1f} {ratio:6.1f}x")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--database", choices=["postgresql", "sqlite"], default="postgresql")
+    args = parser.parse_args()
+    asyncio.run(main(args.events, args.rounds, args.database))
