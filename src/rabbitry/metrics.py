@@ -1,4 +1,5 @@
-"""Prometheus counters, labelled by queue (or exchange for publishes).
+"""Prometheus counters, labelled by queue; publishes by exchange (the queue for the default
+exchange).
 
 Counters live in one registry per process; `/metrics` of every HTTP process exposes it.
 """
@@ -10,19 +11,19 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 PUBLISHED = Counter(
-    "rabbitry_published", "Messages handed to the broker", ["exchange"], registry=REGISTRY
+    "rabbitry_published", "Messages handed to the broker", ["target"], registry=REGISTRY
 )
 CONFIRMED = Counter(
-    "rabbitry_confirmed", "Publishes the broker confirmed", ["exchange"], registry=REGISTRY
+    "rabbitry_confirmed", "Publishes the broker confirmed", ["target"], registry=REGISTRY
 )
 FAILED = Counter(
     "rabbitry_publish_failed",
     "Publishes the broker did not confirm (nack, unroutable, timeout, connection loss)",
-    ["exchange"],
+    ["target"],
     registry=REGISTRY,
 )
 PERSISTED = Counter(
-    "rabbitry_persisted", "Messages stored in the outbox instead", ["exchange"], registry=REGISTRY
+    "rabbitry_persisted", "Messages stored in the outbox instead", ["target"], registry=REGISTRY
 )
 CONSUMED = Counter("rabbitry_consumed", "Deliveries received", ["queue"], registry=REGISTRY)
 ACKED = Counter("rabbitry_acked", "Deliveries acknowledged", ["queue"], registry=REGISTRY)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -124,10 +125,8 @@ class Publisher:
 
     async def _send(self, link: Link, items: Sequence[tuple[Message, Route]]) -> list[Outcome]:
         outgoing = [to_outgoing(message, route) for message, route in items]
-        for exchange in {route.exchange for _, route in items}:
-            metrics.PUBLISHED.labels(exchange).inc(
-                sum(1 for _, route in items if route.exchange == exchange)
-            )
+        for target, count in Counter(_target(route) for _, route in items).items():
+            metrics.PUBLISHED.labels(target).inc(count)
         try:
             async with asyncio.timeout(self._settings.publish_timeout):
                 if len(outgoing) == 1:
@@ -167,10 +166,10 @@ class Publisher:
         for index, (message, route) in enumerate(items):
             reason = failures.get(index)
             if reason is None:
-                metrics.CONFIRMED.labels(route.exchange).inc()
+                metrics.CONFIRMED.labels(_target(route)).inc()
                 results.append(PublishResult(message.id, PublishStatus.PUBLISHED))
                 continue
-            metrics.FAILED.labels(route.exchange).inc()
+            metrics.FAILED.labels(_target(route)).inc()
             if fallback is None:
                 results.append(PublishResult(message.id, PublishStatus.FAILED, reason))
             else:
@@ -179,7 +178,7 @@ class Publisher:
         if fallback is not None and to_store:
             await fallback.store(to_store)  # StorageError propagates: never a silent loss
             for route, _, _ in to_store:
-                metrics.PERSISTED.labels(route.exchange).inc()
+                metrics.PERSISTED.labels(_target(route)).inc()
             log.warning("%d message(s) stored in the outbox: %s", len(to_store), to_store[0][2])
         return results
 
@@ -229,6 +228,11 @@ class Publisher:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _target(route: Route) -> str:
+    """The metrics label: the exchange, or the queue for the default exchange."""
+    return route.exchange or route.routing_key
 
 
 async def _close_quietly(link: Link) -> None:
