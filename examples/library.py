@@ -1,0 +1,59 @@
+"""Rabbitry as a library: declare a work queue, publish, consume with retries, dead-letter.
+
+Run it against a local broker:  python examples/library.py
+(RABBITRY_NAMESPACE picks the prefix of every queue it creates; they are deleted at the end.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from rabbitry.config import load_settings
+from rabbitry.messaging.connection import Declarer
+from rabbitry.messaging.consumer import Reject, Subscription
+from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.publisher import Publisher, Route
+from rabbitry.messaging.topology import dlq_name, work_queue
+from rabbitry.messaging.worker import Worker, policy_of
+
+
+async def main() -> None:
+    settings = load_settings()
+    queue = f"{settings.namespace}.example.emails"
+    # The work queue comes with its dead-letter queue and one retry queue per backoff tier.
+    topology = work_queue(queue, policy=policy_of(settings))
+    url = settings.amqp_url.get_secret_value()
+    sent: list[str] = []
+    done = asyncio.Event()
+
+    async def send_email(message: Message) -> None:
+        if "@" not in message.payload["to"]:
+            raise Reject(f"not an address: {message.payload['to']!r}")  # dead-letter now
+        sent.append(message.payload["to"])
+        if len(sent) == 2:
+            done.set()
+
+    async with await Declarer.connect(url) as declarer:
+        await declarer.declare(topology)
+        async with Publisher(settings) as publisher:
+            for to in ("ana@example.com", "nobody", "bo@example.com"):
+                result = await publisher.publish(
+                    Message(type="App\\Jobs\\SendEmail", payload={"to": to}), Route("", queue)
+                )
+                print(f"published {result.message_id}: {result.status}")
+
+        subscription = Subscription(queue, handlers={"App\\Jobs\\SendEmail": send_email})
+        worker = Worker(settings, "example", [subscription], topology)
+        stopping = asyncio.Event()
+        running = asyncio.create_task(worker.run(stopping))
+        await asyncio.wait_for(done.wait(), timeout=30)
+        stopping.set()
+        await running
+        print(
+            f"sent to {sorted(sent)}; dead-lettered: {await declarer.queue_size(dlq_name(queue))}"
+        )
+        await declarer.delete(topology)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
