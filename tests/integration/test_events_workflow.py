@@ -35,6 +35,7 @@ from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
 from rabbitry.messaging.topology import dlq_name
 from rabbitry.outbox.filters import RequeueFilter
 from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox.relay import RelayService
 from rabbitry.storage.database import Database
 
 
@@ -252,9 +253,8 @@ async def test_without_a_broker_events_wait_in_the_outbox_and_are_stored_once_re
         workflow(events_settings, events_db),
         Publisher(events_settings) as publisher,
     ):
-        # What the outbox relay does: publish the stored message again, same id and body.
-        sent = await publisher.publish(row.message(), row.route())
-        assert sent.status is PublishStatus.PUBLISHED and sent.message_id == result.message_id
+        report = await RelayService(events_settings, db=events_db).run_once(ledger, publisher)
+        assert report is not None and report.published == 1
 
         async def stored() -> bool:
             return len(await store.history("orders", 3)) == 1
@@ -262,3 +262,34 @@ async def test_without_a_broker_events_wait_in_the_outbox_and_are_stored_once_re
         await eventually(stored, what="the relayed event")
     (event,) = await store.history("orders", 3)
     assert event.message_id == result.message_id and event.data == {"total": 1}
+
+
+async def test_orm_events_go_to_the_outbox_when_the_broker_is_unreachable(
+    events_settings: Settings, events_db: Database, events_db_url: str
+) -> None:
+    # A port nobody listens on: the connection is refused, as when RabbitMQ is down.
+    unreachable = make_settings(
+        namespace=events_settings.namespace, amqp_url="amqp://guest:guest@127.0.0.1:1/"
+    )
+    engine = create_async_engine(events_db_url)
+    async with engine.begin() as conn:
+        await conn.run_sync(AppBase.metadata.create_all)
+    ledger = Ledger(events_db)
+    try:
+        async with Publisher(unreachable, fallback=ledger) as publisher:
+            tracker = ChangeTracker(Emitter(publisher, unreachable))
+            sessions = async_sessionmaker(engine, sync_session_class=tracker.session_class)
+            async with sessions.begin() as session:
+                session.add(Ticket(id=9, title="offline"))
+            await tracker.aclose()
+            assert tracker.pending == 0
+    finally:
+        await engine.dispose()
+    (row,) = await ledger.rows(RequeueFilter())
+    assert row.type == "insert"
+    assert json.loads(row.body) == {
+        "entity": TICKET,
+        "id": 9,
+        "user": "system",
+        "data": {"id": 9, "title": "offline", "status": "open"},
+    }
