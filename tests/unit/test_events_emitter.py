@@ -1,0 +1,94 @@
+"""The emitter: the acting user, entity names, and what a caller sees when publishing fails."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from rabbitry.config import Settings
+from rabbitry.errors import MessageError, PublishFailed
+from rabbitry.events.emitter import Emitter, acting_as, current_user, entity_name
+from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.publisher import PublishResult, PublishStatus, Route
+
+
+class Orders:
+    pass
+
+
+class Invoice:
+    __rabbitry_entity__ = "App\\Models\\Invoice"
+
+
+class Recorder:
+    def __init__(self, status: PublishStatus = PublishStatus.PUBLISHED) -> None:
+        self.status = status
+        self.sent: list[tuple[Message, Route]] = []
+
+    async def publish_many(
+        self, items: Sequence[tuple[Message, Route]], *, use_fallback: bool = True
+    ) -> list[PublishResult]:
+        self.sent.extend(items)
+        error = None if self.status is PublishStatus.PUBLISHED else "broker down"
+        return [PublishResult(m.id, self.status, error) for m, _ in items]
+
+
+def test_the_acting_user_is_system_unless_set_and_follows_tasks() -> None:
+    assert current_user() == "system"
+
+    async def in_a_task() -> object:
+        return current_user()
+
+    async def main() -> object:
+        with acting_as(7):
+            return await asyncio.create_task(in_a_task())
+
+    assert asyncio.run(main()) == 7
+    assert current_user() == "system"
+
+
+def test_only_user_ids_or_system_can_act() -> None:
+    with pytest.raises(MessageError, match="'user' must be a user id"), acting_as("bob"):
+        pass
+
+
+def test_entity_names_are_class_paths_unless_overridden() -> None:
+    assert entity_name(Orders) == f"{__name__}.Orders"
+    assert entity_name(Invoice) == "App\\Models\\Invoice"
+    assert entity_name("orders") == "orders"
+
+
+async def test_an_emitted_change_is_a_roadrunner_message_on_the_events_exchange() -> None:
+    recorder = Recorder()
+    emitter = Emitter(recorder, Settings(namespace="shop"))
+    with acting_as(3):
+        result = await emitter.update(Orders, 5, {"total": 2})
+    ((message, route),) = recorder.sent
+    assert result.status is PublishStatus.PUBLISHED and result.message_id == message.id
+    assert (route.exchange, route.routing_key) == ("shop.events", "update")
+    assert message.type == "update"
+    assert message.payload == {
+        "entity": f"{__name__}.Orders",
+        "id": 5,
+        "user": 3,
+        "data": {"total": 2},
+    }
+    await emitter.delete("orders", 5, user="system")
+    assert recorder.sent[1][0].payload == {"entity": "orders", "id": 5, "user": "system"}
+
+
+async def test_persisted_is_success_and_failed_raises() -> None:
+    settings = Settings(namespace="shop")
+    stored = await Emitter(Recorder(PublishStatus.PERSISTED), settings).insert("o", 1, {})
+    assert stored.status is PublishStatus.PERSISTED
+    with pytest.raises(PublishFailed, match="1 of 1 change event"):
+        await Emitter(Recorder(PublishStatus.FAILED), settings).insert("o", 1, {})
+
+
+async def test_invalid_changes_are_refused_before_publishing() -> None:
+    recorder = Recorder()
+    with pytest.raises(MessageError, match="'data' is required for update"):
+        await Emitter(recorder, Settings()).update("o", 1, None)  # type: ignore[arg-type]
+    assert recorder.sent == []
