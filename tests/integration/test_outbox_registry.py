@@ -6,6 +6,7 @@ import pytest
 from outbox_fixtures import db_fixture  # noqa: F401  (fixtures)
 
 from rabbitry.config import RegistryEntry
+from rabbitry.errors import StorageError
 from rabbitry.outbox.registry import get_queue, list_queues, manual_queues, sync
 from rabbitry.storage import Database
 
@@ -91,3 +92,12 @@ async def test_manual_queues_by_classname(db: Database) -> None:
     )
     assert [q.name for q in await manual_queues(db, "Shipment")] == ["a"]
     assert await get_queue(db, "nothing") is None
+
+
+async def test_database_down_is_a_storage_error() -> None:
+    dead = Database("postgresql+asyncpg://postgres@127.0.0.1:1/none")
+    try:
+        with pytest.raises(StorageError):
+            await list_queues(dead)
+    finally:
+        await dead.close()
