@@ -115,6 +115,7 @@ async def _requeue(
         Database(config.sql_url) as db,
         Publisher(config, name=f"{config.namespace}-requeue") as pub,
     ):
+        await db.upgrade()  # a fresh database gets its tables, as with every other command
         ledger = Ledger(db)
         exchanges = ExchangeCheck(config)
         try:
@@ -231,6 +232,7 @@ async def _list(
     config: Settings, active_only: bool
 ) -> tuple[list[registry.QueueInfo], dict[str, int]]:
     async with Database(config.sql_url) as db:
+        await db.upgrade()
         try:
             rows = await registry.list_queues(db, include_inactive=not active_only)
             pending = await Ledger(db).pending_by_queue()

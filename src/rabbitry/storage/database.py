@@ -53,7 +53,7 @@ class Database:
         try:
             async with self.sessions.begin() as session:
                 yield session
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:  # drivers raise bare OSError when unreachable
             raise StorageError(f"database error: {type(exc).__name__}: {exc}") from exc
 
     async def upgrade(self, revision: str = "head") -> None:
