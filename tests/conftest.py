@@ -477,3 +477,15 @@ def run_worker(settings: Settings) -> WorkerRunner:
             await asyncio.wait_for(task, timeout=settings.drain_timeout + 15)
 
     return start
+
+
+# --- no silent skips ---------------------------------------------------------------------------
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A skipped test fails the run: a missing service must never pass for a green suite."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if skipped and exitstatus == pytest.ExitCode.OK:
+        reporter.write_line(f"{len(skipped)} test(s) skipped: failing the run", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
