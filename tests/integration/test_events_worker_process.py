@@ -35,6 +35,10 @@ async def test_the_workflow_worker_process_stores_events_and_stops_on_sigterm(
         **os.environ,
         "RABBITRY_NAMESPACE": events_settings.namespace,
         "RABBITRY_DATABASE_URL": events_db_url,
+        # The same retry tiers as the test's settings, so that cleanup finds every retry queue.
+        "RABBITRY_RETRY_BASE_DELAY": str(events_settings.retry_base_delay),
+        "RABBITRY_RETRY_MAX_DELAY": str(events_settings.retry_max_delay),
+        "RABBITRY_MAX_ATTEMPTS": str(events_settings.max_attempts),
     }
     process = await asyncio.create_subprocess_exec(
         str(RABBITRY), "-v", "worker", "workflow", env=env, stderr=asyncio.subprocess.PIPE
