@@ -89,6 +89,9 @@ async def test_roadrunner_events_are_stored_once_and_bad_ones_dead_lettered(
         ),
         roadrunner_job("update", {"entity": ENTITY, "id": "1", "user": 1, "data": {}}),
         roadrunner_job("delete", b"{not json"),
+        roadrunner_job(
+            "insert", {"entity": ENTITY, "id": 3, "user": 1, "data": {}}, rr_id="x" * 300
+        ),
         roadrunner_job("delete", {"entity": ENTITY, "id": 1, "user": 7}),
     ]
     service = WorkflowService(events_settings, events_db)
@@ -106,11 +109,11 @@ async def test_roadrunner_events_are_stored_once_and_bad_ones_dead_lettered(
         await eventually(three_stored, what="three stored events")
         dead: list[Any] = []
 
-        async def two_dead() -> bool:
+        async def three_dead() -> bool:
             dead.extend(await queue_messages(dlq_name(layout.event_sourcing_queue)))
-            return len(dead) >= 2
+            return len(dead) >= 3
 
-        await eventually(two_dead, what="two dead-lettered messages")
+        await eventually(three_dead, what="three dead-lettered messages")
     finally:
         stopping.set()
         await asyncio.wait_for(task, timeout=30)
@@ -125,7 +128,9 @@ async def test_roadrunner_events_are_stored_once_and_bad_ones_dead_lettered(
     assert sorted(str(m.headers["x-rabbitry-reason"])[:20] for m in dead) == [
         "'id' must be an inte",
         "body is not JSON: Ex",
+        "message id (rr_id or",
     ]
+    assert await store.history(ENTITY, 3) == []
     state = await store.state(ENTITY, 1)
     assert state is not None and state.deleted
     assert state.data == {"property1": "value1", "property2": 123}

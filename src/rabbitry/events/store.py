@@ -25,7 +25,7 @@ from sqlalchemy import Table, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rabbitry.errors import StorageError
+from rabbitry.errors import MessageError, StorageError
 from rabbitry.events.change import (
     ChangeEvent,
     ChangeType,
@@ -68,6 +68,9 @@ _BEGIN_IMMEDIATE = text("BEGIN IMMEDIATE")
 _LOCK = text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS t(k)")
 
 
+MAX_MESSAGE_ID_LENGTH = 255
+
+
 @dataclass(frozen=True, slots=True)
 class Incoming:
     """A validated change event with the message it came in: its id and timestamp."""
@@ -75,6 +78,17 @@ class Incoming:
     change: ChangeEvent
     message_id: str
     occurred_at: dt.datetime
+
+    def __post_init__(self) -> None:
+        check_message_id(self.message_id)
+
+
+def check_message_id(message_id: str) -> None:
+    """Raise :class:`MessageError` for an id the store cannot keep (it is what dedups)."""
+    if not message_id or len(message_id) > MAX_MESSAGE_ID_LENGTH:
+        raise MessageError(
+            f"message id (rr_id or message_id) must be 1-{MAX_MESSAGE_ID_LENGTH} characters"
+        )
 
 
 class EventStore:
@@ -98,7 +112,8 @@ class EventStore:
         self, session: AsyncSession, events: Sequence[Incoming]
     ) -> list[RecordedEvent | None]:
         keys = sorted({(e.change.entity, e.change.id) for e in events})
-        if self._db.engine.dialect.name == "postgresql":
+        dialect = self._db.engine.dialect.name
+        if dialect == "postgresql":
             await session.execute(_LOCK, {"keys": sorted({_lock_key(k) for k in keys})})
         ids = {e.message_id for e in events}
         seen = set(
@@ -108,7 +123,6 @@ class EventStore:
                 )
             ).all()
         )
-        dialect = self._db.engine.dialect.name
         heads = await session.execute(_HEADS[dialect], _head_params(dialect, keys))
         versions = {key: head or 0 for key, (head,) in zip(keys, heads, strict=True)}
         recorded_at = dt.datetime.now(dt.UTC)

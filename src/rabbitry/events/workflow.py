@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from rabbitry.config import Settings
 from rabbitry.errors import MessageError, StorageError
 from rabbitry.events.change import parse_change
-from rabbitry.events.store import EventStore, Incoming, MessageLog
+from rabbitry.events.store import EventStore, Incoming, MessageLog, check_message_id
 from rabbitry.layout import WORKFLOW_MODULE, Layout, events_topology, module_topology
 from rabbitry.messaging.consumer import Subscription
 from rabbitry.messaging.envelope import Message
@@ -84,11 +84,10 @@ class WorkflowService:
         for index, message in enumerate(messages):
             try:
                 change = parse_change(message.type, message.payload)
+                # message.id is rr_id, else the AMQP message_id: what makes a redelivery a repeat.
+                valid.append((index, Incoming(change, message.id, message.timestamp)))
             except MessageError as exc:
                 outcomes[index] = exc  # dead-lettered with this reason
-                continue
-            # message.id is rr_id, else the AMQP message_id: what makes a redelivery a repeat.
-            valid.append((index, Incoming(change, message.id, message.timestamp)))
         try:
             await self.store.append([incoming for _, incoming in valid])
         except StorageError as exc:
@@ -98,11 +97,20 @@ class WorkflowService:
 
     async def log_messages(self, messages: Sequence[Message]) -> Outcomes:
         """Append a batch of module messages to the message log."""
+        outcomes: Outcomes = [None] * len(messages)
+        valid: list[int] = []
+        for index, message in enumerate(messages):
+            try:
+                check_message_id(message.id)
+                valid.append(index)
+            except MessageError as exc:
+                outcomes[index] = exc
         try:
-            await self.log.append(messages)
+            await self.log.append([messages[i] for i in valid])
         except StorageError as exc:
-            return [exc] * len(messages)
-        return [None] * len(messages)
+            for index in valid:
+                outcomes[index] = exc
+        return outcomes
 
 
 class WorkflowProcess:
