@@ -164,6 +164,9 @@ class Consumer:
             message_id=props.message_id,
             timestamp=props.timestamp,
             correlation_id=props.correlation_id,
+            exchange=delivery.exchange,
+            routing_key=delivery.routing_key,
+            redelivered=delivery.redelivered,
             strict=self._settings.strict_rr_job if self._sub.strict is None else self._sub.strict,
         )
 

@@ -78,6 +78,10 @@ class Message:
     extra: Mapping[str, Any] = field(default_factory=dict)
     # The body exactly as received or as first encoded; re-publishing sends these bytes again.
     raw_body: bytes | None = None
+    # Where a consumed message came from; not encoded (the broker reports it on delivery).
+    exchange: str = ""
+    routing_key: str = ""
+    redelivered: bool = False
 
     def body(self) -> bytes:
         """The body bytes: the original ones when known, else compact UTF-8 JSON."""
@@ -145,6 +149,9 @@ def decode(
     timestamp: dt.datetime | int | None = None,
     correlation_id: str | None = None,
     strict: bool = True,
+    exchange: str = "",
+    routing_key: str = "",
+    redelivered: bool = False,
 ) -> Message:
     """Build a :class:`Message` from what the broker delivered.
 
@@ -181,6 +188,9 @@ def decode(
         attempt=_int(table.get(ATTEMPT_HEADER), 0),
         extra=extra,
         raw_body=bytes(body),
+        exchange=exchange,
+        routing_key=routing_key,
+        redelivered=redelivered,
     )
 
 
