@@ -8,15 +8,16 @@ import asyncio
 import uuid
 from pathlib import Path
 
-from events_fixtures import (  # noqa: F401  (fixtures: events_db, events_db_url)
+from events_fixtures import (  # noqa: F401  (fixtures: events_db, events_db_url, events_settings)
     delete_topology,
     events_db,
     events_db_url,
+    events_settings,
     eventually,
     queue_messages,
 )
 
-from rabbitry.config import load_settings
+from rabbitry.config import Settings, load_settings
 from rabbitry.events.store import MessageLog
 from rabbitry.events.workflow import WorkflowService
 from rabbitry.layout import Layout, events_topology, module_topology
@@ -71,7 +72,11 @@ async def test_modules_hear_their_routing_keys_and_workflow_hears_everything(
             return len(await log.recent()) == len(EXPECTED)
 
         await eventually(all_logged, what="the workflow module's message log")
-        assert {e.message_id: e.type for e in await log.recent()} == sent
+        entries = await log.recent()
+        assert {e.message_id: e.type for e in entries} == sent
+        assert {e.message_id: (e.exchange, e.routing_key) for e in entries} == {
+            message_id: (layout.modules_exchange, key) for message_id, key in sent.items()
+        }
         for module in ("crm", "billing", "mailer"):
             got = await queue_messages(layout.module_queue(module))
             expected = {key for key, modules in EXPECTED.items() if module in modules}
@@ -80,3 +85,36 @@ async def test_modules_hear_their_routing_keys_and_workflow_hears_everything(
         stopping.set()
         await asyncio.wait_for(task, timeout=30)
         await delete_topology(topology)
+
+
+async def test_the_message_log_keeps_the_routing_key_a_message_was_published_with(
+    events_settings: Settings, events_db: Database
+) -> None:
+    layout = Layout(events_settings.namespace)
+    service = WorkflowService(events_settings, events_db)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(service.run(stopping))
+    try:
+        await asyncio.wait_for(service.connected.wait(), timeout=15)
+        # The type says what happened; the routing key is where it was sent: both are kept.
+        message = Message("invoice.created", {"invoice": 12}, tenant="acme")
+        async with Publisher(events_settings) as publisher:
+            result = await publisher.publish(
+                message, Route(layout.modules_exchange, "billing.invoice")
+            )
+        assert result.status is PublishStatus.PUBLISHED
+        log = MessageLog(events_db)
+
+        async def logged() -> bool:
+            return any(e.message_id == message.id for e in await log.recent())
+
+        await eventually(logged, what="the logged message")
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, timeout=30)
+    (entry,) = await log.recent()
+    assert (entry.exchange, entry.routing_key) == (
+        f"{events_settings.namespace}.modules",
+        "billing.invoice",
+    )
+    assert (entry.type, entry.tenant, entry.payload) == ("invoice.created", "acme", {"invoice": 12})

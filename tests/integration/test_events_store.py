@@ -136,9 +136,19 @@ async def test_state_is_the_fold_of_the_history_up_to_a_time(events_db: Database
 async def test_the_message_log_keeps_each_message_once(events_db: Database) -> None:
     log = MessageLog(events_db)
     a = Message("customer.created", {"id": 1}, tenant="acme")
-    b = Message("invoice.paid", {"id": 2}, headers={"k": ("v",)})
+    b = Message(
+        "invoice.paid",
+        {"id": 2},
+        headers={"k": ("v",)},
+        exchange="ns.modules",
+        routing_key="billing.invoice",
+    )
     assert await log.append([a, b, a]) == 2
     assert await log.append([a]) == 0
     entries = await log.recent()
     assert [(e.type, e.message_id) for e in entries] == [("invoice.paid", b.id), (a.type, a.id)]
     assert entries[0].headers == {"k": ["v"]} and entries[1].tenant == "acme"
+    assert [(e.exchange, e.routing_key) for e in entries] == [
+        ("ns.modules", "billing.invoice"),
+        ("", ""),  # a message that did not come from the broker
+    ]

@@ -4,7 +4,7 @@
 a gap-free version counted from 1. Two unique constraints make that hold however many workflow
 workers write at once: one on (entity, entity_id, version), one on the message id (a redelivered
 message is stored once). ``module_message_log`` keeps every message the workflow module heard
-on ``<ns>.modules``.
+on ``<ns>.modules``, with the exchange and routing key it was delivered with.
 """
 
 from __future__ import annotations
@@ -77,6 +77,9 @@ class MessageLogEntry(Base):
     message_id: Mapped[str] = mapped_column(String(255))
     type: Mapped[str] = mapped_column(String(255))
     tenant: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Where the broker delivered it from: AMQP names are short strings (at most 255 bytes).
+    exchange: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    routing_key: Mapped[str] = mapped_column(String(255), default="", server_default="")
     payload: Mapped[Any] = mapped_column(JSON, nullable=True)
     headers: Mapped[Any] = mapped_column(JSON, nullable=True)
     occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

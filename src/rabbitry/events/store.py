@@ -206,7 +206,8 @@ class EventStore:
 
 
 class MessageLog:
-    """What the workflow module heard on the modules exchange, each message once."""
+    """What the workflow module heard on the modules exchange, each message once, with the
+    exchange and routing key the broker delivered it with."""
 
     def __init__(self, database: Database, *, max_attempts: int = 30) -> None:
         self._db = database
@@ -238,6 +239,8 @@ class MessageLog:
                     "message_id": message.id,
                     "type": message.type[:255],
                     "tenant": message.tenant,
+                    "exchange": message.exchange,
+                    "routing_key": message.routing_key,
                     "payload": message.payload,
                     "headers": {k: list(v) for k, v in message.headers.items()},
                     "occurred_at": message.timestamp,
@@ -249,7 +252,8 @@ class MessageLog:
         return len(values)
 
     async def recent(self, limit: int = 100) -> list[MessageLogEntry]:
-        """The last ``limit`` logged messages, newest first."""
+        """The last ``limit`` logged messages, newest first (each with its type, tenant,
+        ``exchange``, ``routing_key``, payload, headers and times)."""
         async with self._db.session() as session:
             rows = await session.scalars(
                 select(MessageLogEntry).order_by(MessageLogEntry.sequence.desc()).limit(limit)

@@ -43,6 +43,8 @@ def upgrade() -> None:
         sa.Column("message_id", sa.String(255), nullable=False),
         sa.Column("type", sa.String(255), nullable=False),
         sa.Column("tenant", sa.String(255), nullable=True),
+        sa.Column("exchange", sa.String(255), nullable=False, server_default=""),
+        sa.Column("routing_key", sa.String(255), nullable=False, server_default=""),
         sa.Column("payload", sa.JSON(), nullable=True),
         sa.Column("headers", sa.JSON(), nullable=True),
         sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
