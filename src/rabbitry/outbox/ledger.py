@@ -13,6 +13,8 @@ queries of the requeue command:
   other run until its lease ends, and a crashed run's lease simply expires.
 * :meth:`Ledger.settle` marks the published rows processed and the failed ones pending again,
   with ``attempts + 1``, ``last_error`` and a back-off before the relay tries them again.
+* :meth:`Ledger.stage` writes rows on a caller's own connection, inside its transaction, leased
+  to the caller until it settles them (the SQLAlchemy change tracker's outbox delivery).
 
 Rows are plain :class:`PendingRow` values built from Core statements: a run over a million rows
 holds one batch in memory, never an ORM identity map.
@@ -29,6 +31,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Select,
     Table,
     and_,
@@ -190,6 +193,42 @@ class Ledger:
             await _label_ad_hoc(conn, values)
             result = await conn.execute(statement, values)
             return [row.id for row in result]
+
+    def stage(
+        self,
+        connection: Connection,
+        items: Sequence[tuple[Route, Message]],
+        *,
+        token: str,
+        until: dt.datetime,
+    ) -> list[int]:
+        """Insert ``items`` as pending contingency rows on a caller's own (sync) connection,
+        inside the caller's transaction, so that they commit or roll back with its writes;
+        returns their row ids, in order. Same rows as :meth:`store` writes.
+
+        The rows are leased with ``token`` until ``until``: the caller publishes them once its
+        transaction committed and records the outcome with :meth:`settle` (same ``token``). If
+        it never does (it died), the lease ends and the relay or a requeue run sends them.
+        Database errors are the caller's connection's own (they fail the caller's flush).
+        """
+        if not items:
+            return []
+        now = utcnow()
+        try:
+            values = [
+                self._values(route, message, "", Origin.CONTINGENCY, now)
+                for route, message in items
+            ]
+        except (MessageError, UnicodeDecodeError) as exc:
+            raise StorageError(f"cannot store the message(s) in the outbox: {exc}") from exc
+        for value in values:
+            value["claim_token"] = token
+            value["claimed_until"] = until
+        owners = _owners_query(values)
+        if owners is not None:
+            _file_ad_hoc(values, connection.execute(owners).all())
+        statement = TABLE.insert().returning(TABLE.c.id, sort_by_parameter_order=True)
+        return [row.id for row in connection.execute(statement, values)]
 
     def _values(
         self, route: Route, message: Message, reason: str, origin: Origin, now: dt.datetime
@@ -383,15 +422,26 @@ async def _label_ad_hoc(conn: AsyncConnection, values: list[dict[str, Any]]) -> 
     """File rows without a registry name under the one active registry entry that publishes
     to their exchange and routing key, if exactly one does (so ``rabbitry requeue NAME``
     finds them), else under ``<exchange>/<routing key>``."""
+    statement = _owners_query(values)
+    if statement is not None:
+        _file_ad_hoc(values, (await conn.execute(statement)).all())
+
+
+def _owners_query(values: list[dict[str, Any]]) -> Select[str, str, str] | None:
+    """The registry entries that may own the rows without a registry name (None: no such row)."""
     ad_hoc = [v for v in values if not v["queue"]]
     if not ad_hoc:
-        return
-    statement = select(QueueRecord.name, QueueRecord.exchange, QueueRecord.routing_key).where(
+        return None
+    return select(QueueRecord.name, QueueRecord.exchange, QueueRecord.routing_key).where(
         QueueRecord.active.is_(True),
         QueueRecord.exchange.in_({v["exchange"] for v in ad_hoc}),
     )
+
+
+def _file_ad_hoc(values: list[dict[str, Any]], entries: Sequence[Any]) -> None:
+    ad_hoc = [v for v in values if not v["queue"]]
     owners: dict[tuple[str, str], list[str]] = {}
-    for name, exchange, routing_key in (await conn.execute(statement)).all():
+    for name, exchange, routing_key in entries:
         owners.setdefault((exchange, routing_key), []).append(name)
     for v in ad_hoc:
         names = owners.get((v["exchange"], v["routing_key"]), [])
