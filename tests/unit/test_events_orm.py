@@ -181,6 +181,22 @@ async def test_a_rolled_back_savepoint_discards_only_its_own_changes(
     ]
 
 
+async def test_a_released_savepoint_of_a_rolled_back_transaction_emits_nothing(
+    sessions: async_sessionmaker[AsyncSession],
+    tracker: ChangeTracker,
+    publisher: RecordingPublisher,
+) -> None:
+    async with sessions() as session, session.begin():
+        session.add(Customer(id=1, name="first"))
+        await session.flush()
+        async with session.begin_nested():  # RELEASE SAVEPOINT is not the commit
+            session.add(Customer(id=2, name="released"))
+        assert tracker.pending == 0
+        await session.rollback()
+    await tracker.flush()
+    assert publisher.sent == []
+
+
 async def test_bulk_update_and_delete_statements_emit_an_event_per_affected_row(
     sessions: async_sessionmaker[AsyncSession],
     tracker: ChangeTracker,

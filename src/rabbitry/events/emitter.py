@@ -76,6 +76,11 @@ class Emitter:
         self._publisher = publisher
         self._exchange = Layout(settings.namespace).events_exchange
 
+    @property
+    def publisher(self) -> EventPublisher:
+        """The publisher events go through."""
+        return self._publisher
+
     def message(self, change: ChangeEvent) -> tuple[Message, Route]:
         """The message and route that carry ``change``."""
         message = Message(type=str(change.type), payload=change.payload(), pipeline=PIPELINE)

@@ -11,17 +11,21 @@
             await session.execute(update(Order).where(Order.total > 100).values(flag=True))
     await tracker.flush()                           # optional: wait until they are published
 
-Events of one transaction are collected as it flushes and handed to the emitter only after the
-outermost commit; a rollback (of the transaction, or of a savepoint for what happened inside it)
+Events of one transaction are collected as it flushes and published only after the outermost
+commit; a rollback (of the transaction, or of a savepoint for what happened inside it)
 discards them. Bulk ``update()``/``delete()`` statements, which ORM audit hooks usually miss,
 are covered through ``do_orm_execute``: the affected rows are read in the same transaction just
 before the statement runs (and, for an update, again just after it, to report what changed).
 
+How committed events reach the broker is :mod:`rabbitry.events.delivery`'s business. When the
+session's database is the outbox ledger's (the default mode, ``Delivery.AUTO``), each flush
+also writes its events as outbox rows in the session's own transaction, so a crash after
+COMMIT loses nothing: rows not confirmed are sent by the outbox relay. On any other database
+the events wait in memory from commit until they are published, and a crash in between loses
+them.
+
 Publishing happens on the running event loop right after commit; :meth:`ChangeTracker.flush`
-waits for it (and publishes anything still pending). If a publish fails and the publisher has no
-fallback, the events stay queued and the next flush tries again. A crash between commit and
-publish loses the queued events: the emitter's publisher persists them to the outbox only once
-it has been called.
+waits for it (and publishes anything still pending).
 """
 
 from __future__ import annotations
@@ -34,10 +38,11 @@ import decimal
 import enum
 import logging
 import uuid
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import Connection, Engine, event, select
 from sqlalchemy import inspect as orm_inspect
 from sqlalchemy.engine import Result
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, UOWTransaction
@@ -45,19 +50,30 @@ from sqlalchemy.orm.session import SessionTransaction
 
 from rabbitry.errors import ConfigError, RabbitryError
 from rabbitry.events.change import ChangeEvent, ChangeType, Json
+from rabbitry.events.delivery import (
+    DEFAULT_LEASE,
+    Delivery,
+    OutboxDelivery,
+    Staged,
+    same_database,
+)
 from rabbitry.events.emitter import Emitter, current_user, entity_name
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import PublishResult, Route
+from rabbitry.outbox.ledger import Ledger
 from rabbitry.storage.base import Base as RabbitryBase
 
 log = logging.getLogger(__name__)
 
-_PENDING = "rabbitry.events.pending"
+_PENDING = "rabbitry.events.pending"  # memory delivery: changes of the open transaction
+_STAGED = "rabbitry.events.staged"  # outbox delivery: rows written in the open transaction
 _IN_CHUNKS = 500
 MAX_BACKOFF = 30.0
 
-# A change and the savepoints open when it was made: rolling one of them back discards it.
-Tagged = tuple[ChangeEvent, tuple[SessionTransaction, ...]]
+# A change (or its outbox row) and the savepoints open when it was made (written): rolling one
+# of them back discards it.
+Savepoints = tuple[SessionTransaction, ...]
+Tagged = tuple[ChangeEvent, Savepoints]
 
 
 class ChangeTracker:
@@ -67,6 +83,12 @@ class ChangeTracker:
     class with a single integer primary key, except Rabbitry's own tables.
     ``auto_publish``: publish on the running loop right after commit (else only on
     :meth:`flush`).
+    ``delivery``: ``AUTO`` (default) writes the events as outbox rows in the session's own
+    transaction when the session's database is the outbox ledger's, and holds them in memory
+    otherwise; ``OUTBOX`` always writes rows (the session's database must be the ledger's);
+    ``MEMORY`` never does. ``ledger``: the outbox ledger; by default the emitter's publisher's
+    fallback, when it is one. ``lease``: how long the relay leaves a row written here alone
+    (the time a dead process's events wait before the relay sends them).
     """
 
     def __init__(
@@ -75,19 +97,39 @@ class ChangeTracker:
         *,
         entities: Iterable[type] | None = None,
         auto_publish: bool = True,
+        delivery: Delivery = Delivery.AUTO,
+        ledger: Ledger | None = None,
+        lease: dt.timedelta = DEFAULT_LEASE,
     ) -> None:
         self._emitter = emitter
         self._entities = None if entities is None else tuple(entities)
         self._auto = auto_publish
-        # Built into messages at commit, so that a retried publish repeats the same message ids
-        # (and commit time stays the event's time).
+        self._delivery = Delivery(delivery)
+        if ledger is None:
+            fallback = getattr(emitter.publisher, "fallback", None)
+            ledger = fallback if isinstance(fallback, Ledger) else None
+        if self._delivery is Delivery.OUTBOX and ledger is None:
+            raise ConfigError(
+                "delivery=outbox needs the outbox ledger: pass ledger=, or an emitter whose "
+                "publisher has the ledger as its fallback"
+            )
+        self._outbox = (
+            None
+            if ledger is None or self._delivery is Delivery.MEMORY
+            else OutboxDelivery(ledger, emitter.publisher, lease=lease)
+        )
+        # Memory delivery: built into messages at commit, so that a retried publish repeats
+        # the same message ids (and commit time stays the event's time).
         self._queue: list[tuple[Message, Route]] = []
+        # Outbox delivery: committed rows not published yet.
+        self._staged: list[Staged] = []
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._session_class: type[Session] | None = None
         self._known: dict[type, bool] = {}
+        self._modes: weakref.WeakKeyDictionary[Engine, Delivery] = weakref.WeakKeyDictionary()
         if self._entities is not None:
             for cls in self._entities:
                 if _integer_pk(orm_inspect(cls)) is None:
@@ -112,18 +154,52 @@ class ChangeTracker:
         event.listen(target, "after_soft_rollback", self._after_rollback)
         event.listen(target, "after_commit", self._after_commit)
 
+    def delivery_for(self, bind: Any) -> Delivery:
+        """How events of a session on ``bind`` (an engine, async or not, or a connection) are
+        delivered: ``OUTBOX`` or ``MEMORY``."""
+        engine: Engine = getattr(bind, "sync_engine", None) or bind.engine
+        mode = self._modes.get(engine)
+        if mode is None:
+            mode = Delivery.MEMORY
+            if self._outbox is not None:
+                url = engine.url.render_as_string(hide_password=True)
+                same = same_database(engine.url, self._outbox.ledger.db.engine.url)
+                if same or self._delivery is Delivery.OUTBOX:
+                    mode = Delivery.OUTBOX
+                if not same and self._delivery is Delivery.OUTBOX:
+                    log.warning(
+                        "delivery=outbox on %s, which does not look like the "
+                        "outbox ledger's database",
+                        url,
+                    )
+                log.info("change events of %s: %s delivery", url, mode)
+            self._modes[engine] = mode
+        return mode
+
     @property
     def pending(self) -> int:
         """Committed change events not yet handed to the publisher."""
-        return len(self._queue)
+        return len(self._queue) + len(self._staged)
 
     async def flush(self) -> list[PublishResult]:
-        """Publish every committed, unpublished change event, in commit order."""
+        """Publish every committed, unpublished change event, in commit order.
+
+        Events delivered through the outbox never make this raise: one the broker did not
+        confirm is ``PERSISTED`` (its row waits for the relay). Events held in memory raise
+        :class:`PublishFailed` if the publisher has no fallback for them, and stay queued.
+        """
         async with self._lock:
+            results: list[PublishResult] = []
+            staged, self._staged = self._staged, []
+            if staged:
+                assert self._outbox is not None
+                # Handed over before publishing: whatever happens now, the rows are in the
+                # outbox and the relay takes what is not marked processed.
+                results = await self._outbox.publish(staged)
             batch = list(self._queue)
             if not batch:
-                return []
-            results = await self._emitter.send(batch)
+                return results
+            results += await self._emitter.send(batch)
             # Only now are they the publisher's (published, or persisted by its fallback).
             del self._queue[: len(batch)]
             return results
@@ -150,7 +226,7 @@ class ChangeTracker:
             self._known[cls] = known
         return known
 
-    def _record(self, session: Session, changes: Iterable[ChangeEvent]) -> None:
+    def _record(self, session: Session, changes: Iterable[tuple[type, ChangeEvent]]) -> None:
         savepoints: list[SessionTransaction] = []
         transaction = session.get_nested_transaction()
         while transaction is not None:
@@ -158,11 +234,29 @@ class ChangeTracker:
                 savepoints.append(transaction)
             transaction = transaction.parent
         tags = tuple(savepoints)
-        session.info.setdefault(_PENDING, []).extend((c, tags) for c in changes)
+        memory: list[Tagged] = []
+        binds: dict[type, Engine | Connection] = {}
+        outboxed: dict[Engine | Connection, list[ChangeEvent]] = {}
+        for cls, change in changes:
+            bind = binds.get(cls)
+            if bind is None:
+                bind = binds[cls] = session.get_bind(cls)
+            if self.delivery_for(bind) is Delivery.OUTBOX:
+                outboxed.setdefault(bind, []).append(change)
+            else:
+                memory.append((change, tags))
+        if memory:
+            session.info.setdefault(_PENDING, []).extend(memory)
+        for bind, group in outboxed.items():
+            assert self._outbox is not None
+            # The session's own connection: the rows commit or roll back with the changes.
+            connection = session.connection(bind_arguments={"bind": bind})
+            staged = self._outbox.stage(connection, [self._emitter.message(c) for c in group])
+            session.info.setdefault(_STAGED, []).extend((row, tags) for row in staged)
 
     def _after_flush(self, session: Session, _context: UOWTransaction) -> None:
         user = current_user()
-        changes: list[ChangeEvent] = []
+        changes: list[tuple[type, ChangeEvent]] = []
         for obj in session.new:
             if self._tracked(type(obj)):
                 state = orm_inspect(obj)
@@ -171,7 +265,7 @@ class ChangeTracker:
                     for prop in state.mapper.column_attrs
                     if prop.key in state.dict
                 }
-                changes.append(_change(ChangeType.INSERT, obj, user, data))
+                changes.append((type(obj), _change(ChangeType.INSERT, obj, user, data)))
         for obj in session.dirty:
             if self._tracked(type(obj)):
                 state = orm_inspect(obj)
@@ -181,10 +275,10 @@ class ChangeTracker:
                     if history.has_changes():
                         data[prop.key] = _jsonable(history.added[0] if history.added else None)
                 if data:
-                    changes.append(_change(ChangeType.UPDATE, obj, user, data))
+                    changes.append((type(obj), _change(ChangeType.UPDATE, obj, user, data)))
         for obj in session.deleted:
             if self._tracked(type(obj)):
-                changes.append(_change(ChangeType.DELETE, obj, user, None))
+                changes.append((type(obj), _change(ChangeType.DELETE, obj, user, None)))
         if changes:
             self._record(session, changes)
 
@@ -222,23 +316,29 @@ class ChangeTracker:
                 if data:
                     changes.append(ChangeEvent(ChangeType.UPDATE, entity, entity_id, user, data))
         if changes:
-            self._record(session, changes)
+            self._record(session, [(mapper.class_, c) for c in changes])
         return result
 
     def _after_rollback(self, session: Session, previous: SessionTransaction) -> None:
-        pending: list[Tagged] | None = session.info.get(_PENDING)
-        if not pending:
-            return
-        if previous.parent is None:
-            session.info.pop(_PENDING, None)
-        elif previous.nested:
-            session.info[_PENDING] = [(c, tags) for c, tags in pending if previous not in tags]
+        # The database already dropped the outbox rows written in what was rolled back.
+        for key in (_PENDING, _STAGED):
+            entries: list[tuple[Any, Savepoints]] | None = session.info.get(key)
+            if not entries:
+                continue
+            if previous.parent is None:
+                session.info.pop(key, None)
+            elif previous.nested:
+                session.info[key] = [(e, tags) for e, tags in entries if previous not in tags]
 
     def _after_commit(self, session: Session) -> None:
+        if session.in_nested_transaction():
+            return  # a savepoint was released: the transaction may still roll back
         pending: list[Tagged] = session.info.pop(_PENDING, [])
-        if not pending:
+        staged: list[tuple[Staged, Savepoints]] = session.info.pop(_STAGED, [])
+        if not pending and not staged:
             return
         self._queue.extend(self._emitter.message(change) for change, _ in pending)
+        self._staged.extend(row for row, _ in staged)
         if not self._auto or self._closed:
             return
         try:
@@ -250,7 +350,7 @@ class ChangeTracker:
 
     async def _publish_in_background(self) -> None:
         delay = 0.5
-        while self._queue and not self._closed:
+        while (self._queue or self._staged) and not self._closed:
             try:
                 await self.flush()
             except RabbitryError as exc:
