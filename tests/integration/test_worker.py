@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import pytest
 from pydantic import SecretStr
 
+from conftest import rabbitmqctl
 from rabbitry.config import Settings
 from rabbitry.messaging.connection import Declarer
 from rabbitry.messaging.consumer import Subscription
@@ -79,6 +80,36 @@ async def test_worker_consumes_again_after_the_broker_closes_its_connections(
         assert closed >= 1, "the worker's connection was not found on the broker"
 
         # A fresh publisher: this test does not lean on any connection that existed before.
+        await publish(settings, queue, after)
+        await eventually(handled_ids(handled, after.id), what="a message after the reconnect")
+        assert worker.connected.is_set()
+
+    assert [m.id for m in handled] == [before.id, after.id]
+    assert await broker.counts(queue) == (0, 0)
+
+
+async def test_worker_recovers_after_rabbitmqctl_close_all_connections(
+    settings: Settings,
+    declarer: Declarer,
+    broker: BrokerProbe,
+    run_worker: WorkerRunner,
+    eventually: Eventually,
+) -> None:
+    # The issue's own recipe: the broker drops every client at once. Tests run one at a time,
+    # so the only connections this cuts are this test's (and the fixtures', which reconnect).
+    queue, topology = work(settings)
+    handled: list[Message] = []
+
+    async def handle(message: Message) -> None:
+        handled.append(message)
+
+    before, after = Message(type="t", payload=1), Message(type="t", payload=2)
+    async with run_worker([Subscription(queue, default=handle)], topology) as worker:
+        await publish(settings, queue, before)
+        await eventually(handled_ids(handled, before.id), what="the first message")
+
+        await asyncio.to_thread(rabbitmqctl, "close_all_connections", "rabbitry test")
+
         await publish(settings, queue, after)
         await eventually(handled_ids(handled, after.id), what="a message after the reconnect")
         assert worker.connected.is_set()
