@@ -78,8 +78,11 @@ def consume(
         float | None, typer.Option(min=0.1, help="Stop after this many idle seconds.")
     ] = None,
 ) -> None:
-    """Print decoded messages as JSON lines (type, id, payload, headers), acking each after
-    it is printed. Malformed messages go to the queue's dead-letter queue with the reason."""
+    """Print decoded messages as JSON lines (type, id, payload, headers).
+
+    Each message is acked after it is printed. A malformed one goes to the queue's dead-letter
+    queue with the reason. Example: rabbitry consume rabbitry.module.workflow --count 10
+    """
     try:
         check_name(queue, "queue")
     except ValueError as exc:
