@@ -13,8 +13,9 @@ from rabbitry.messaging.connection import Declarer
 from rabbitry.messaging.consumer import Reject, Subscription
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, Route
+from rabbitry.messaging.retry import policy_of
 from rabbitry.messaging.topology import dlq_name, work_queue
-from rabbitry.messaging.worker import Worker, policy_of
+from rabbitry.messaging.worker import Worker
 
 
 async def main() -> None:

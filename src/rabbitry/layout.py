@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rabbitry.config import ModuleConfig, Settings, validate_name
-from rabbitry.messaging.retry import RetryPolicy
+from rabbitry.messaging.retry import policy_of
 from rabbitry.messaging.topology import (
     Binding,
     Exchange,
@@ -74,18 +74,10 @@ class Layout:
         return f"{validate_name(tenant, 'tenant')}.{validate_name(room, 'room')}"
 
 
-def retry_policy(settings: Settings) -> RetryPolicy:
-    return RetryPolicy(
-        max_attempts=settings.max_attempts,
-        base_delay=settings.retry_base_delay,
-        max_delay=settings.retry_max_delay,
-    )
-
-
 def module_topology(settings: Settings, modules: Iterable[ModuleConfig]) -> Topology:
     """``<ns>.modules`` and a queue per module; the workflow module hears ``#``."""
     layout = Layout(settings.namespace)
-    policy = retry_policy(settings)
+    policy = policy_of(settings)
     exchange = layout.modules_exchange
     result = Topology.of(exchanges=[Exchange(exchange, ExchangeType.TOPIC)])
     declared = {m.name: m for m in modules}
@@ -106,7 +98,7 @@ def events_topology(settings: Settings) -> Topology:
     exchange = Exchange(layout.events_exchange, ExchangeType.TOPIC)
     return Topology.of(exchanges=[exchange]) | work_queue(
         layout.event_sourcing_queue,
-        policy=retry_policy(settings),
+        policy=policy_of(settings),
         queue_type=settings.queue_type,
         bindings=[(exchange.name, "#")],
     )
@@ -119,7 +111,7 @@ def tenant_topology(settings: Settings, tenants: Iterable[str]) -> Topology:
     for tenant in tenants:
         result |= work_queue(
             layout.tenant_queue(tenant),
-            policy=retry_policy(settings),
+            policy=policy_of(settings),
             queue_type=settings.queue_type,
             bindings=[(exchange.name, layout.tenant_routing_key(tenant))],
         )
@@ -133,7 +125,7 @@ def chat_topology(settings: Settings) -> Topology:
         exchanges=[Exchange(layout.chat_dispatch_exchange, ExchangeType.DIRECT), persistence]
     ) | work_queue(
         layout.chat_history_queue,
-        policy=retry_policy(settings),
+        policy=policy_of(settings),
         queue_type=settings.queue_type,
         bindings=[(persistence.name, "")],
     )

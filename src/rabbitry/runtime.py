@@ -17,7 +17,7 @@ from rabbitry.messaging.consumer import Consumer, Subscription
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.link import Link
 from rabbitry.messaging.publisher import Publisher, PublishResult, Route
-from rabbitry.messaging.worker import policy_of
+from rabbitry.messaging.retry import policy_of
 from rabbitry.storage import Database
 
 

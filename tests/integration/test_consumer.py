@@ -19,6 +19,7 @@ from rabbitry.messaging.connection import Declarer
 from rabbitry.messaging.consumer import Reject, Retry, Subscription
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
+from rabbitry.messaging.retry import policy_of
 from rabbitry.messaging.topology import (
     Exchange,
     ExchangeType,
@@ -27,7 +28,6 @@ from rabbitry.messaging.topology import (
     retry_queue_name,
     work_queue,
 )
-from rabbitry.messaging.worker import policy_of
 
 if TYPE_CHECKING:
     from conftest import BrokerProbe, Received, WorkerRunner

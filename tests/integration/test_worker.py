@@ -27,8 +27,9 @@ from rabbitry.messaging.connection import Declarer
 from rabbitry.messaging.consumer import Subscription
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
+from rabbitry.messaging.retry import policy_of
 from rabbitry.messaging.topology import Topology, dlq_name, work_queue
-from rabbitry.messaging.worker import Worker, policy_of, run_services
+from rabbitry.messaging.worker import Worker, run_services
 
 if TYPE_CHECKING:
     from conftest import BrokerProbe, Endpoint, WorkerRunner

@@ -18,8 +18,9 @@ from pathlib import Path
 from rabbitry.config import Settings
 from rabbitry.messaging.consumer import Subscription
 from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.retry import policy_of
 from rabbitry.messaging.topology import work_queue
-from rabbitry.messaging.worker import Worker, install_signal_handlers, policy_of
+from rabbitry.messaging.worker import Worker, install_signal_handlers
 
 
 def _append(path: Path, line: str) -> None:

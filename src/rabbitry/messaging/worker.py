@@ -15,21 +15,13 @@ from rabbitry.errors import BrokerError
 from rabbitry.messaging.connection import Declarer
 from rabbitry.messaging.consumer import Consumer, Subscription
 from rabbitry.messaging.link import Link, LinkClosed
-from rabbitry.messaging.retry import RetryPolicy
+from rabbitry.messaging.retry import policy_of
 from rabbitry.messaging.topology import Topology
 from rabbitry.service import Service
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 10.0
-
-
-def policy_of(settings: Settings) -> RetryPolicy:
-    return RetryPolicy(
-        max_attempts=settings.max_attempts,
-        base_delay=settings.retry_base_delay,
-        max_delay=settings.retry_max_delay,
-    )
 
 
 class Worker:
