@@ -146,6 +146,19 @@ class Declarer:
             raise translate(exc, f"queue {name}") from exc
         return int(result.message_count or 0)
 
+    async def exchange_exists(self, name: str) -> bool:
+        """Whether exchange ``name`` exists (a passive declare); broker trouble raises."""
+        try:
+            underlay = await self._channel.get_underlay_channel()
+            await underlay.exchange_declare(name, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            await self._reopen()
+            return False
+        except Exception as exc:
+            await self._reopen()
+            raise translate(exc, f"exchange {name}") from exc
+        return True
+
     async def _reopen(self) -> None:
         if self._channel.is_closed:
             self._channel = await self._connection.channel(publisher_confirms=False)

@@ -1,23 +1,20 @@
 """Which exchanges exist, asked before a requeue batch is published.
 
-Publishing to a missing exchange makes the broker close the publisher's channel, and with it
-every other message of the batch, and trips the publisher's circuit breaker. One row for a
-deleted exchange would then fail every row around it. A requeue run therefore asks, once per
-exchange, with a passive declare on a connection of its own, and fails only the rows whose
+Publishing to a missing exchange makes the broker close the publisher's channel, taking every
+other message of the batch with it. One row for a deleted exchange would then fail every row
+around it. A requeue run therefore asks once per exchange (a passive declare through the
+core's :class:`~rabbitry.messaging.connection.Declarer`) and fails only the rows whose
 exchange is missing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterable
 
-import aio_pika
-import aiormq
-from aio_pika.abc import AbstractChannel, AbstractConnection
-
 from rabbitry.config import Settings
+from rabbitry.errors import RabbitryError
+from rabbitry.messaging.connection import Declarer
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +25,7 @@ class ExchangeCheck:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._connection: AbstractConnection | None = None
-        self._channel: AbstractChannel | None = None
+        self._declarer: Declarer | None = None
         self._present: set[str] = set()
         self._missing: set[str] = set()
 
@@ -51,31 +47,22 @@ class ExchangeCheck:
 
     async def _exists(self, name: str) -> bool | None:
         try:
-            channel = await self._open()
-            await channel.declare_exchange(name, passive=True)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            self._channel = None  # the broker closed it
-            return False
-        except Exception as exc:  # unreachable or odd: let the publish report it
+            if self._declarer is None:
+                self._declarer = await Declarer.connect(
+                    self._settings.amqp_url.get_secret_value(),
+                    timeout=self._settings.connect_timeout,
+                    name=f"{self._settings.namespace}-requeue-check",
+                )
+            return await self._declarer.exchange_exists(name)
+        except RabbitryError as exc:  # unreachable or odd: let the publish report it
             log.debug("cannot check exchange %r: %s", name, exc)
             await self.close()
             return None
-        return True
-
-    async def _open(self) -> AbstractChannel:
-        if self._connection is None or self._connection.is_closed:
-            self._connection = await aio_pika.connect(
-                self._settings.amqp_url.get_secret_value(),
-                timeout=self._settings.connect_timeout,
-                client_properties={"connection_name": f"{self._settings.namespace}-requeue-check"},
-            )
-            self._channel = None
-        if self._channel is None or self._channel.is_closed:
-            self._channel = await self._connection.channel(publisher_confirms=False)
-        return self._channel
 
     async def close(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.close()
+        declarer, self._declarer = self._declarer, None
+        if declarer is not None:
+            try:
+                await declarer.close()
+            except Exception:  # closing a broken connection may fail; nothing to keep
+                log.debug("closing the exchange check's connection failed", exc_info=True)
