@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,8 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import delete_namespace
+
 RABBITRY = str(Path(sys.executable).with_name("rabbitry"))
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -65,9 +67,7 @@ def system(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
                 proc.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        subprocess.run(
-            [sys.executable, "-m", "tests.cleanup", namespace], check=False, timeout=60, cwd=ROOT
-        )
+        asyncio.run(delete_namespace(namespace))
         print((tmp_path / "up.log").read_text()[-3000:])
 
 
@@ -133,4 +133,4 @@ def test_up_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-        subprocess.run([sys.executable, "-m", "tests.cleanup", namespace], check=False, cwd=ROOT)
+        asyncio.run(delete_namespace(namespace))
