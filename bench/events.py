@@ -27,13 +27,13 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import text
 
+from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.events.change import ChangeEvent, ChangeType
 from rabbitry.events.emitter import Emitter
 from rabbitry.events.store import EventStore, Incoming
+from rabbitry.events.topology import EventsLayout, events_topology, module_topology
 from rabbitry.events.workflow import Outcomes, WorkflowService
-from rabbitry.layout import Layout, events_topology, module_topology
-from rabbitry.messaging.connection import Declarer
 from rabbitry.messaging.consumer import Subscription
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher
@@ -92,7 +92,7 @@ def changes(n: int, round_id: str) -> list[ChangeEvent]:
 
 
 async def fill(settings: Settings, events: list[ChangeEvent]) -> None:
-    async with Publisher(settings) as publisher:
+    async with Publisher(settings.amqp) as publisher:
         emitter = Emitter(publisher, settings)
         for start in range(0, len(events), 1000):
             await emitter.emit(events[start : start + 1000])
@@ -122,8 +122,8 @@ async def plain_consumer(settings: Settings, database: Database, n: int) -> floa
         clock.start()
         clock.add(1)
 
-    queue = Layout(settings.namespace).event_sourcing_queue
-    worker = Worker(settings, "bench", [Subscription(queue, default=handle)], Topology())
+    queue = EventsLayout(settings.namespace).event_sourcing_queue
+    worker = Worker("bench", [Subscription(queue, default=handle)], Topology(), amqp=settings.amqp)
     return await run_until(worker, clock)
 
 
@@ -139,8 +139,8 @@ async def per_message_store(settings: Settings, database: Database, n: int) -> f
         await store.append([Incoming(change, message.id, message.timestamp)])
         clock.add(1)
 
-    queue = Layout(settings.namespace).event_sourcing_queue
-    worker = Worker(settings, "bench", [Subscription(queue, default=handle)], Topology())
+    queue = EventsLayout(settings.namespace).event_sourcing_queue
+    worker = Worker("bench", [Subscription(queue, default=handle)], Topology(), amqp=settings.amqp)
     return await run_until(worker, clock)
 
 

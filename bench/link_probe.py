@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable
 
 import aio_pika
 
-from rabbitry.messaging.link import Delivery, Link, Outcome, Outgoing
-from rabbitry.messaging.properties import Properties
+from rabbitry.amqp.link import Delivery, Link, Outcome, Outgoing
+from rabbitry.amqp.properties import Properties
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 BODY = b'{"job":"probe","payload":"' + b"x" * 228 + b'"}'

@@ -28,8 +28,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
-from rabbitry.messaging.connection import Declarer
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, Route
 from rabbitry.messaging.topology import Queue, Topology
@@ -116,7 +116,7 @@ async def seed(db: Database, route: Route, rows: int) -> None:
 
 
 async def plain_publish(settings: Settings, route: Route, rows: int, batch: int) -> float:
-    async with Publisher(settings, name="bench-plain") as publisher:
+    async with Publisher(settings.amqp, name="bench-plain") as publisher:
         await publisher.publish(Message(type="warm-up", payload={}), route)
         source = messages(rows)
         start = time.perf_counter()
@@ -131,7 +131,7 @@ async def plain_publish(settings: Settings, route: Route, rows: int, batch: int)
 async def requeue_all(
     settings: Settings, db: Database, route: Route, rows: int, batch: int
 ) -> tuple[float, RssSampler]:
-    async with Publisher(settings, name="bench-requeue") as publisher:
+    async with Publisher(settings.amqp, name="bench-requeue") as publisher:
         await publisher.publish(Message(type="warm-up", payload={}), route)
         async with RssSampler() as memory:
             start = time.perf_counter()

@@ -22,11 +22,11 @@ from collections.abc import Awaitable, Callable
 
 import aio_pika
 
+from rabbitry.amqp.declarer import Declarer
+from rabbitry.amqp.link import Link
 from rabbitry.config import Settings
-from rabbitry.messaging.connection import Declarer
 from rabbitry.messaging.consumer import Consumer, Subscription
 from rabbitry.messaging.envelope import Message
-from rabbitry.messaging.link import Link
 from rabbitry.messaging.publisher import Publisher, Route
 from rabbitry.messaging.retry import RetryPolicy
 from rabbitry.messaging.topology import Queue, Topology
@@ -72,7 +72,7 @@ async def aio_pika_publish(queue: str, n: int) -> float:
 async def rabbitry_publish(queue: str, n: int) -> float:
     settings = Settings()
     route = Route("", queue)
-    async with Publisher(settings) as publisher:
+    async with Publisher(settings.amqp) as publisher:
         await publisher.publish(Message(type="warm-up", payload={}), route)  # connect first
         start = time.perf_counter()
         for offset in range(0, n, WINDOW):
@@ -130,7 +130,7 @@ async def rabbitry_consume(queue: str, n: int) -> float:
             done.set()
 
     consumer = Consumer(
-        settings, Subscription(queue, default=handler, strict=False), link, RetryPolicy()
+        settings.amqp, Subscription(queue, default=handler, strict=False), link, RetryPolicy()
     )
     await consumer.start()
     await done.wait()
@@ -144,7 +144,7 @@ async def fill(queue: str, n: int) -> None:
     """Fill a queue for a consume case with Rabbitry-format messages."""
     settings = Settings()
     route = Route("", queue)
-    async with Publisher(settings) as publisher:
+    async with Publisher(settings.amqp) as publisher:
         for offset in range(0, n, WINDOW):
             batch = [(Message(type="bench", payload=PAYLOAD), route)] * min(WINDOW, n - offset)
             await publisher.publish_many(batch)

@@ -8,22 +8,25 @@ from __future__ import annotations
 
 import asyncio
 
-from rabbitry.config import load_settings
-from rabbitry.messaging.connection import Declarer
-from rabbitry.messaging.consumer import Reject, Subscription
-from rabbitry.messaging.envelope import Message
-from rabbitry.messaging.publisher import Publisher, Route
-from rabbitry.messaging.retry import policy_of
-from rabbitry.messaging.topology import dlq_name, work_queue
-from rabbitry.messaging.worker import Worker
+from rabbitry import (
+    Declarer,
+    Message,
+    Publisher,
+    Reject,
+    Route,
+    Subscription,
+    Worker,
+    dlq_name,
+    load_settings,
+    work_queue,
+)
 
 
 async def main() -> None:
     settings = load_settings()
     queue = f"{settings.namespace}.example.emails"
     # The work queue comes with its dead-letter queue and one retry queue per backoff tier.
-    topology = work_queue(queue, policy=policy_of(settings))
-    url = settings.amqp_url.get_secret_value()
+    topology = work_queue(queue, policy=settings.retry)
     sent: list[str] = []
     done = asyncio.Event()
 
@@ -34,9 +37,9 @@ async def main() -> None:
         if len(sent) == 2:
             done.set()
 
-    async with await Declarer.connect(url) as declarer:
+    async with await Declarer.connect(settings.amqp.url) as declarer:
         await declarer.declare(topology)
-        async with Publisher(settings) as publisher:
+        async with Publisher(settings.amqp) as publisher:
             for to in ("ana@example.com", "nobody", "bo@example.com"):
                 result = await publisher.publish(
                     Message(type="App\\Jobs\\SendEmail", payload={"to": to}), Route("", queue)
@@ -44,7 +47,7 @@ async def main() -> None:
                 print(f"published {result.message_id}: {result.status}")
 
         subscription = Subscription(queue, handlers={"App\\Jobs\\SendEmail": send_email})
-        worker = Worker(settings, "example", [subscription], topology)
+        worker = Worker("example", [subscription], topology, amqp=settings.amqp)
         stopping = asyncio.Event()
         running = asyncio.create_task(worker.run(stopping))
         await asyncio.wait_for(done.wait(), timeout=30)

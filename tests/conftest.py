@@ -28,7 +28,7 @@ import struct
 import subprocess
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +40,11 @@ import pika  # type: ignore[import-untyped]
 import pika.data  # type: ignore[import-untyped]
 import pytest
 
-from rabbitry.config import ManualProcessingMode, QueueType, Settings
-from rabbitry.messaging.connection import Declarer
+from helpers import Eventually, eventually_true
+from rabbitry.amqp.declarer import Declarer
+from rabbitry.config import ManualProcessingMode, Settings
 from rabbitry.messaging.consumer import Subscription
+from rabbitry.messaging.settings import QueueType
 from rabbitry.messaging.topology import Topology
 from rabbitry.messaging.worker import Worker
 
@@ -419,20 +421,8 @@ async def endpoint() -> AsyncIterator[Endpoint]:
 # --- waiting ---------------------------------------------------------------------------------
 
 
-async def eventually_true(
-    check: Callable[[], Awaitable[bool]], *, timeout: float = 15.0, what: str = "condition"
-) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 @pytest.fixture
-def eventually() -> Callable[..., Awaitable[None]]:
+def eventually() -> Eventually:
     """``await eventually(check, timeout=15, what="...")`` with an async ``check``."""
     return eventually_true
 
@@ -458,7 +448,13 @@ def run_worker(settings: Settings) -> WorkerRunner:
         name: str | None = None,
     ) -> AsyncIterator[Worker]:
         stopping = asyncio.Event()
-        worker = Worker(settings, name or f"{settings.namespace}-worker", subscriptions, topology)
+        worker = Worker(
+            name or f"{settings.namespace}-worker",
+            subscriptions,
+            topology,
+            amqp=settings.amqp,
+            retry=settings.retry,
+        )
         task = asyncio.create_task(worker.run(stopping))
         try:
             connected = asyncio.ensure_future(worker.connected.wait())

@@ -1,14 +1,14 @@
 """Settings, parsed once at the edge (CLI or app factory) and passed down.
 
 Every key can come from the environment (``RABBITRY_<KEY>``) or from ``rabbitry.yaml``
-(the same keys in lower case, plus the topology sections: ``modules``, ``queues``, ``tenants``).
-The environment wins over the file. Library code receives a :class:`Settings`; it never reads
-``os.environ`` itself.
+(the same keys in lower case, plus the topology sections: ``modules`` and ``queues``).
+The environment wins over the file. The parts receive a :class:`Settings`; the messaging
+library takes only its groups (:attr:`Settings.amqp`, :attr:`Settings.retry`). Nothing below
+the edge reads ``os.environ``.
 """
 
 from __future__ import annotations
 
-import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -18,15 +18,8 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rabbitry.errors import ConfigError
-
-# Broker object names are built from these: a conservative alphabet keeps user input out of
-# names that could collide or need quoting, and leaves "." free as Rabbitry's separator.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
-
-
-class QueueType(StrEnum):
-    CLASSIC = "classic"
-    QUORUM = "quorum"
+from rabbitry.messaging.retry import RetryPolicy
+from rabbitry.messaging.settings import AmqpSettings, QueueType, validate_name
 
 
 class ManualProcessingMode(StrEnum):
@@ -48,7 +41,7 @@ class ModuleConfig(BaseModel):
 
 
 class RegistryEntry(BaseModel):
-    """A queue of the outbox's registry (seed 2's ``Queue``)."""
+    """A queue of the outbox's registry: where a message goes, and whether users may send to it."""
 
     name: str
     description: str = ""
@@ -61,16 +54,6 @@ class RegistryEntry(BaseModel):
     @classmethod
     def _name(cls, value: str) -> str:
         return validate_name(value, "queue name")
-
-
-def validate_name(value: str, what: str = "name") -> str:
-    """Return ``value`` if it is safe inside a broker object name, else raise ``ValueError``."""
-    if not NAME_PATTERN.fullmatch(value):
-        raise ValueError(
-            f"invalid {what} {value!r}: use 1-63 letters, digits, '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return value
 
 
 class Settings(BaseSettings):
@@ -114,6 +97,31 @@ class Settings(BaseSettings):
         if self.retry_base_delay > self.retry_max_delay:
             raise ValueError("retry_base_delay must not exceed retry_max_delay")
         return self
+
+    @property
+    def amqp(self) -> AmqpSettings:
+        """The broker settings the messaging library takes."""
+        return AmqpSettings(
+            url=self.amqp_url.get_secret_value(),
+            active=self.rabbit_active,
+            connect_timeout=self.connect_timeout,
+            publish_timeout=self.publish_timeout,
+            circuit_open_seconds=self.circuit_open_seconds,
+            prefetch=self.prefetch,
+            concurrency=self.concurrency,
+            drain_timeout=self.drain_timeout,
+            strict_rr_job=self.strict_rr_job,
+            queue_type=self.queue_type,
+        )
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy of every work queue of this deployment."""
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            base_delay=self.retry_base_delay,
+            max_delay=self.retry_max_delay,
+        )
 
     @property
     def sql_url(self) -> str:

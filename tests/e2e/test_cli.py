@@ -20,13 +20,16 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import typer.main
 
+from rabbitry.amqp.declarer import Declarer
+from rabbitry.app.registry import system_topology
+from rabbitry.chat.topology import ChatLayout
 from rabbitry.cli.app import app
 from rabbitry.config import Settings
-from rabbitry.layout import Layout, system_topology
-from rabbitry.messaging.connection import Declarer
+from rabbitry.events.topology import EventsLayout
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
 from rabbitry.messaging.topology import Queue, Topology
+from rabbitry.sessions.topology import TenantsLayout
 
 if TYPE_CHECKING:
     from conftest import BrokerProbe, Endpoint
@@ -124,19 +127,19 @@ async def test_topology_declare_creates_the_namespaced_objects_and_is_idempotent
     queues, exchanges = await broker.objects(f"{settings.namespace}.")
     assert set(queues) == {q.name for q in expected.queues}
     assert set(exchanges) == {e.name for e in expected.exchanges}
-    layout = Layout(settings.namespace)
+    layout = EventsLayout(settings.namespace)
     for name in (
         layout.module_queue("workflow"),
         layout.event_sourcing_queue,
-        layout.tenant_queue("acme"),
-        layout.chat_history_queue,
+        TenantsLayout(settings.namespace).tenant_queue("acme"),
+        ChatLayout(settings.namespace).history_queue,
         f"{layout.module_queue('workflow')}.dlq",
     ):
         assert name in queues
         assert await declarer.queue_size(name) == 0
 
     # The bindings work: the workflow module hears every routing key of the modules exchange.
-    async with Publisher(settings) as publisher:
+    async with Publisher(settings.amqp) as publisher:
         result = await publisher.publish(
             Message(type="invoice.created", payload={"id": 1}),
             Route(layout.modules_exchange, "billing.invoice.created"),
@@ -232,7 +235,7 @@ async def test_consume_prints_one_json_line_per_message_and_stops_after_count(
         tenant="acme",
     )
     second = Message(type="user.deleted", payload={"id": 8})
-    async with Publisher(settings) as publisher:
+    async with Publisher(settings.amqp) as publisher:
         results = await publisher.publish_many(
             [(first, Route("", queue)), (second, Route("", queue))]
         )

@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 
 from rabbitry.config import ModuleConfig, Settings
-from rabbitry.layout import events_topology, module_topology
+from rabbitry.events.topology import events_topology, module_topology
 from rabbitry.messaging.topology import Topology
 from rabbitry.storage.database import Database
 

@@ -14,12 +14,11 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
-from rabbitry.messaging.connection import Declarer
 from rabbitry.messaging.consumer import Reject, Retry, Subscription
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
-from rabbitry.messaging.retry import policy_of
 from rabbitry.messaging.topology import (
     Exchange,
     ExchangeType,
@@ -38,11 +37,11 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 def work(settings: Settings, name: str = "work", **kwargs: Any) -> tuple[str, Topology]:
     queue = f"{settings.namespace}.{name}"
-    return queue, work_queue(queue, policy=policy_of(settings), **kwargs)
+    return queue, work_queue(queue, policy=settings.retry, **kwargs)
 
 
 async def publish(settings: Settings, queue: str, *messages: Message) -> None:
-    async with Publisher(settings) as publisher:
+    async with Publisher(settings.amqp) as publisher:
         results = await publisher.publish_many([(m, Route("", queue)) for m in messages])
     assert {r.status for r in results} == {PublishStatus.PUBLISHED}, results
 

@@ -22,8 +22,8 @@ from events_fixtures import (  # noqa: F401  (fixtures: events_db, events_db_url
 
 from rabbitry.config import Settings
 from rabbitry.events.store import EventStore
+from rabbitry.events.topology import EventsLayout
 from rabbitry.events.workflow import WorkflowService
-from rabbitry.layout import Layout
 from rabbitry.messaging.topology import dlq_name
 from rabbitry.storage.database import Database
 
@@ -67,7 +67,7 @@ def publish_with_pika(exchange: str, routing_key: str, jobs: list[Any]) -> None:
 async def test_roadrunner_events_are_stored_once_and_bad_ones_dead_lettered(
     events_settings: Settings, events_db: Database
 ) -> None:
-    layout = Layout(events_settings.namespace)
+    layout = EventsLayout(events_settings.namespace)
     repeated = str(uuid.uuid4())
     jobs = [
         roadrunner_job(
@@ -139,7 +139,7 @@ async def test_roadrunner_events_are_stored_once_and_bad_ones_dead_lettered(
 async def test_without_rr_id_the_amqp_message_id_identifies_a_redelivery(
     events_settings: Settings, events_db: Database
 ) -> None:
-    layout = Layout(events_settings.namespace)
+    layout = EventsLayout(events_settings.namespace)
     body = {"entity": ENTITY, "id": 2, "user": 1, "data": {"a": 1}}
     properties, raw = roadrunner_job("insert", body, rr_id=None)
     properties.headers.pop("rr_id")

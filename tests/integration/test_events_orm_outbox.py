@@ -34,14 +34,14 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.events.delivery import Delivery
 from rabbitry.events.emitter import Emitter, acting_as
 from rabbitry.events.orm import ChangeTracker
 from rabbitry.events.store import EventStore
+from rabbitry.events.topology import EventsLayout, events_topology
 from rabbitry.events.workflow import WorkflowService
-from rabbitry.layout import Layout, events_topology
-from rabbitry.messaging.connection import Declarer
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishResult, PublishStatus, Route
 from rabbitry.outbox.filters import Origin, RequeueFilter
@@ -115,7 +115,7 @@ async def test_committed_changes_are_stored_and_their_rows_marked_processed(
     async with (
         app_engine(events_db_url, events_db) as engine,
         running(WorkflowService(events_settings, events_db)),
-        Publisher(events_settings, fallback=ledger) as publisher,
+        Publisher(events_settings.amqp, fallback=ledger) as publisher,
     ):
         tracker = ChangeTracker(Emitter(publisher, events_settings))
         assert tracker.delivery_for(engine) is Delivery.OUTBOX  # the default here
@@ -150,7 +150,7 @@ async def test_rolled_back_changes_leave_no_row_and_send_no_message(
     async with (
         app_engine(events_db_url, events_db) as engine,
         running(WorkflowService(events_settings, events_db)),
-        Publisher(events_settings, fallback=ledger) as publisher,
+        Publisher(events_settings.amqp, fallback=ledger) as publisher,
     ):
         tracker = ChangeTracker(Emitter(publisher, events_settings))
         sessions = tracked(engine, tracker)
@@ -172,7 +172,9 @@ async def test_rolled_back_changes_leave_no_row_and_send_no_message(
 
         await eventually(marker_stored, what="the committed insert")
         # The workflow drained its queue: nothing else was ever sent.
-        assert await queue_messages(Layout(events_settings.namespace).event_sourcing_queue) == []
+        assert (
+            await queue_messages(EventsLayout(events_settings.namespace).event_sourcing_queue) == []
+        )
     assert await store.history(ORDER, 1) == [] and await store.history(ORDER, 3) == []
     (row,) = await ledger_rows(ledger)
     assert json.loads(row.body)["id"] == 2 and row.processed
@@ -187,7 +189,7 @@ async def test_with_the_broker_unreachable_the_row_waits_and_the_relay_delivers_
     )
     ledger, store = Ledger(events_db), EventStore(events_db)
     async with app_engine(events_db_url, events_db) as engine:
-        async with Publisher(offline, fallback=ledger) as publisher:
+        async with Publisher(offline.amqp, fallback=ledger) as publisher:
             tracker = ChangeTracker(Emitter(publisher, offline), auto_publish=False)
             async with tracked(engine, tracker).begin() as session:
                 session.add(Order(id=5, total=50))
@@ -228,7 +230,7 @@ async def test_the_relay_never_sends_a_row_the_tracker_is_publishing(
     async with (
         app_engine(events_db_url, events_db) as engine,
         running(busy_relay),
-        Publisher(events_settings, fallback=ledger) as publisher,
+        Publisher(events_settings.amqp, fallback=ledger) as publisher,
     ):
         tracker = ChangeTracker(Emitter(publisher, events_settings))
         sessions = tracked(engine, tracker)
@@ -244,7 +246,7 @@ async def test_the_relay_never_sends_a_row_the_tracker_is_publishing(
 
         await eventually(more_passes, what="more relay passes")
     assert busy_relay.published == 0
-    sent = await queue_messages(Layout(events_settings.namespace).event_sourcing_queue)
+    sent = await queue_messages(EventsLayout(events_settings.namespace).event_sourcing_queue)
     rows = await ledger_rows(ledger)
     assert sorted(m.message_id or "" for m in sent) == sorted(r.message_id for r in rows)
     assert len(rows) == 20 and all(r.processed and r.attempts == 1 for r in rows)
@@ -326,7 +328,7 @@ class Order(Base):
 
 async def main(url, namespace, amqp_url):
     settings = Settings(namespace=namespace, amqp_url=amqp_url, database_url=url)
-    publisher = Publisher(settings, fallback=Ledger(Database(url)))
+    publisher = Publisher(settings.amqp, fallback=Ledger(Database(url)))
     tracker = ChangeTracker(Emitter(publisher, settings), lease=dt.timedelta(seconds=1))
     sessions = async_sessionmaker(
         create_async_engine(url), sync_session_class=tracker.session_class
@@ -387,7 +389,7 @@ async def test_memory_delivery_stays_available_for_a_database_without_the_ledger
     async with (
         app_engine(f"sqlite+aiosqlite:///{tmp_path}/app-only.db") as engine,
         running(WorkflowService(events_settings, events_db)),
-        Publisher(own, fallback=ledger) as publisher,
+        Publisher(own.amqp, fallback=ledger) as publisher,
     ):
         tracker = ChangeTracker(Emitter(publisher, own))
         assert tracker.delivery_for(engine) is Delivery.MEMORY

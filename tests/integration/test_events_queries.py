@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 from events_fixtures import events_db, events_db_url  # noqa: F401  (fixtures)
 
-from rabbitry.api import create_app
+from rabbitry.app.http import create_app
+from rabbitry.app.registry import all_routers
 from rabbitry.config import Settings
 from rabbitry.events.change import ChangeEvent, ChangeType
 from rabbitry.events.store import EventStore, Incoming
@@ -101,7 +102,7 @@ async def test_cli_refuses_bad_input_in_one_line_and_reports_unknown_entities(
 
 async def test_http_api_returns_history_state_and_json_errors(events_db: Database) -> None:
     await seed(events_db)
-    app = create_app(Settings(namespace="unused"))
+    app = create_app(Settings(namespace="unused"), routers=all_routers())
     app.state.database = events_db  # what the lifespan sets; the broker is not needed here
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://rabbitry") as client:

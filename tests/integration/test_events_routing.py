@@ -17,11 +17,11 @@ from events_fixtures import (  # noqa: F401  (fixtures: events_db, events_db_url
     queue_messages,
 )
 
+from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings, load_settings
 from rabbitry.events.store import MessageLog
+from rabbitry.events.topology import EventsLayout, events_topology, module_topology
 from rabbitry.events.workflow import WorkflowService
-from rabbitry.layout import Layout, events_topology, module_topology
-from rabbitry.messaging.connection import Declarer
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
 from rabbitry.storage.database import Database
@@ -49,7 +49,7 @@ async def test_modules_hear_their_routing_keys_and_workflow_hears_everything(
         retry_base_delay=0.05,
     )
     assert {m.name for m in settings.modules} == {"crm", "billing", "mailer"}
-    layout = Layout(settings.namespace)
+    layout = EventsLayout(settings.namespace)
     topology = module_topology(settings, settings.modules) | events_topology(settings)
     service = WorkflowService(settings, events_db)
     stopping = asyncio.Event()
@@ -60,7 +60,7 @@ async def test_modules_hear_their_routing_keys_and_workflow_hears_everything(
             await declarer.declare(topology)
         await asyncio.wait_for(service.connected.wait(), timeout=15)
         sent: dict[str, str] = {}
-        async with Publisher(settings) as publisher:
+        async with Publisher(settings.amqp) as publisher:
             for key in EXPECTED:
                 message = Message(key, {"key": key})
                 result = await publisher.publish(message, Route(layout.modules_exchange, key))
@@ -90,7 +90,7 @@ async def test_modules_hear_their_routing_keys_and_workflow_hears_everything(
 async def test_the_message_log_keeps_the_routing_key_a_message_was_published_with(
     events_settings: Settings, events_db: Database
 ) -> None:
-    layout = Layout(events_settings.namespace)
+    layout = EventsLayout(events_settings.namespace)
     service = WorkflowService(events_settings, events_db)
     stopping = asyncio.Event()
     task = asyncio.create_task(service.run(stopping))
@@ -98,7 +98,7 @@ async def test_the_message_log_keeps_the_routing_key_a_message_was_published_wit
         await asyncio.wait_for(service.connected.wait(), timeout=15)
         # The type says what happened; the routing key is where it was sent: both are kept.
         message = Message("invoice.created", {"invoice": 12}, tenant="acme")
-        async with Publisher(events_settings) as publisher:
+        async with Publisher(events_settings.amqp) as publisher:
             result = await publisher.publish(
                 message, Route(layout.modules_exchange, "billing.invoice")
             )

@@ -20,7 +20,7 @@ from events_fixtures import (  # noqa: F401  (fixtures: events_db, events_db_url
 from rabbitry.config import Settings
 from rabbitry.events.emitter import Emitter
 from rabbitry.events.store import EventStore, MessageLog
-from rabbitry.layout import Layout
+from rabbitry.events.topology import EventsLayout
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, Route
 from rabbitry.storage.database import Database
@@ -47,8 +47,8 @@ async def test_the_workflow_worker_process_stores_events_and_stops_on_sigterm(
     try:
         while b"workflow: consuming" not in (line := await process.stderr.readline()):
             assert line, "the worker exited before consuming"
-        layout = Layout(events_settings.namespace)
-        async with Publisher(events_settings) as publisher:
+        layout = EventsLayout(events_settings.namespace)
+        async with Publisher(events_settings.amqp) as publisher:
             await Emitter(publisher, events_settings).insert("orders", 1, {"total": 3})
             await publisher.publish(
                 Message("customer.created", {"id": 1}),

@@ -28,8 +28,8 @@ from rabbitry.events.change import ChangeEvent, ChangeType
 from rabbitry.events.emitter import Emitter, acting_as
 from rabbitry.events.orm import ChangeTracker
 from rabbitry.events.store import EventStore
+from rabbitry.events.topology import EventsLayout
 from rabbitry.events.workflow import WorkflowService
-from rabbitry.layout import Layout
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
 from rabbitry.messaging.topology import dlq_name
@@ -77,7 +77,7 @@ async def test_emitted_changes_are_stored_in_order_with_versions(
     store = EventStore(events_db)
     async with (
         workflow(events_settings, events_db),
-        Publisher(events_settings, fallback=Ledger(events_db)) as publisher,
+        Publisher(events_settings.amqp, fallback=Ledger(events_db)) as publisher,
     ):
         emitter = Emitter(publisher, events_settings)
         with acting_as(42):
@@ -111,7 +111,7 @@ async def test_orm_commits_reach_the_event_store_and_rollbacks_do_not(
     try:
         async with (
             workflow(events_settings, events_db),
-            Publisher(events_settings, fallback=Ledger(events_db)) as publisher,
+            Publisher(events_settings.amqp, fallback=Ledger(events_db)) as publisher,
         ):
             tracker = ChangeTracker(Emitter(publisher, events_settings))
             sessions = async_sessionmaker(
@@ -151,11 +151,11 @@ async def test_orm_commits_reach_the_event_store_and_rollbacks_do_not(
 async def test_invalid_events_are_dead_lettered_with_their_reason(
     events_settings: Settings, events_db: Database
 ) -> None:
-    layout = Layout(events_settings.namespace)
+    layout = EventsLayout(events_settings.namespace)
     route = Route(layout.events_exchange, "insert")
     async with (
         workflow(events_settings, events_db),
-        Publisher(events_settings) as publisher,
+        Publisher(events_settings.amqp) as publisher,
     ):
         await publisher.publish(Message("insert", {"entity": "e", "id": 1, "user": 1}), route)
         await publisher.publish(Message("upsert", {"entity": "e", "id": 1, "user": 1}), route)
@@ -183,14 +183,14 @@ async def test_invalid_events_are_dead_lettered_with_their_reason(
 async def test_a_redelivered_message_is_stored_once(
     events_settings: Settings, events_db: Database
 ) -> None:
-    layout = Layout(events_settings.namespace)
+    layout = EventsLayout(events_settings.namespace)
     route = Route(layout.events_exchange, "update")
     message = Message("update", {"entity": "e", "id": 1, "user": 1, "data": {"n": 1}})
     marker = Message("update", {"entity": "e", "id": 1, "user": 1, "data": {"n": 2}})
     store = EventStore(events_db)
     async with (
         workflow(events_settings, events_db),
-        Publisher(events_settings) as publisher,
+        Publisher(events_settings.amqp) as publisher,
     ):
         for _ in range(3):
             await publisher.publish(message, route)
@@ -215,7 +215,7 @@ async def test_several_workflow_workers_keep_versions_gap_free(
         async with contextlib.AsyncExitStack() as stack:
             for db in [events_db, *extra]:
                 await stack.enter_async_context(workflow(events_settings, db))
-            publisher = await stack.enter_async_context(Publisher(events_settings))
+            publisher = await stack.enter_async_context(Publisher(events_settings.amqp))
             emitter = Emitter(publisher, events_settings)
             changes = [
                 ChangeEvent(ChangeType.UPDATE, "stock", i % 4, 1, {"n": i}) for i in range(600)
@@ -243,7 +243,7 @@ async def test_without_a_broker_events_wait_in_the_outbox_and_are_stored_once_re
         namespace=events_settings.namespace, rabbit_active=False, database_url=None
     )
     ledger = Ledger(events_db)
-    async with Publisher(offline, fallback=ledger) as publisher:
+    async with Publisher(offline.amqp, fallback=ledger) as publisher:
         result = await Emitter(publisher, offline).insert("orders", 3, {"total": 1})
     assert result.status is PublishStatus.PERSISTED
     (row,) = await ledger.rows(RequeueFilter())
@@ -251,7 +251,7 @@ async def test_without_a_broker_events_wait_in_the_outbox_and_are_stored_once_re
     store = EventStore(events_db)
     async with (
         workflow(events_settings, events_db),
-        Publisher(events_settings) as publisher,
+        Publisher(events_settings.amqp) as publisher,
     ):
         report = await RelayService(events_settings, db=events_db).run_once(ledger, publisher)
         assert report is not None and report.published == 1
@@ -276,7 +276,7 @@ async def test_orm_events_go_to_the_outbox_when_the_broker_is_unreachable(
         await conn.run_sync(AppBase.metadata.create_all)
     ledger = Ledger(events_db)
     try:
-        async with Publisher(unreachable, fallback=ledger) as publisher:
+        async with Publisher(unreachable.amqp, fallback=ledger) as publisher:
             tracker = ChangeTracker(Emitter(publisher, unreachable))
             sessions = async_sessionmaker(engine, sync_session_class=tracker.session_class)
             async with sessions.begin() as session:

@@ -18,9 +18,9 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from rabbitry.messaging.fieldtable import Int64
-from rabbitry.messaging.link import Delivery, Link, LinkClosed, Outcome, Outgoing
-from rabbitry.messaging.properties import Properties
+from rabbitry.amqp.fieldtable import Int64
+from rabbitry.amqp.link import Delivery, Link, LinkClosed, Outcome, Outgoing
+from rabbitry.amqp.properties import Properties
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 PERSISTENT = Properties(content_type="application/octet-stream", delivery_mode=2)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from rabbitry import metrics
+from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
-from rabbitry.messaging.connection import Declarer
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, Route
 from rabbitry.messaging.topology import Queue, Topology
@@ -21,7 +21,7 @@ async def test_publish_counters_are_labelled_by_queue(
     queue = f"{namespace}.counted"
     await declarer.declare(Topology.of(queues=[Queue(queue)]))
     missing = f"{namespace}.nowhere"
-    async with Publisher(settings) as publisher:
+    async with Publisher(settings.amqp) as publisher:
         results = await publisher.publish_many(
             [(Message(type="t", payload=i), Route("", queue)) for i in range(3)]
         )

@@ -21,9 +21,9 @@ from outbox_fixtures import (  # noqa: F401  (fixtures)
 )
 from typer.testing import CliRunner, Result
 
-from rabbitry.cli.outbox import register
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Route
+from rabbitry.outbox.commands import register
 from rabbitry.outbox.filters import RequeueFilter
 from rabbitry.outbox.ledger import Ledger
 from rabbitry.storage import Database

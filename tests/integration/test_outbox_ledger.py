@@ -9,10 +9,10 @@ import pytest
 from outbox_fixtures import db_fixture, seed_rows  # noqa: F401  (fixtures)
 from sqlalchemy import text
 
+from rabbitry.amqp.fieldtable import Int64
 from rabbitry.config import RegistryEntry
 from rabbitry.errors import StorageError
 from rabbitry.messaging.envelope import Message, encode_headers
-from rabbitry.messaging.fieldtable import Int64
 from rabbitry.messaging.publisher import Route
 from rabbitry.outbox.filters import Origin, RequeueFilter
 from rabbitry.outbox.ledger import Ledger

@@ -52,7 +52,7 @@ async def test_mode_rabbit_publishes_now(db: Database, topic: Topic) -> None:
     await registry(db, topic)
     settings = make_settings(db, topic.namespace)
     sent = record()
-    async with Publisher(settings, fallback=Ledger(db)) as publisher:
+    async with Publisher(settings.amqp, fallback=Ledger(db)) as publisher:
         result = await send_manually(settings, db, publisher, "resend", sent)
     assert result.status is PublishStatus.PUBLISHED
     assert await drain_ids(topic.queue, idle=0.5) == [sent.id]
@@ -62,7 +62,7 @@ async def test_mode_rabbit_publishes_now(db: Database, topic: Topic) -> None:
 async def test_mode_rabbit_with_the_broker_down_falls_back(db: Database, topic: Topic) -> None:
     await registry(db, topic)
     settings = make_settings(db, topic.namespace, amqp_url=DEAD_AMQP_URL)
-    async with Publisher(settings, fallback=Ledger(db)) as publisher:
+    async with Publisher(settings.amqp, fallback=Ledger(db)) as publisher:
         result = await send_manually(settings, db, publisher, "resend", record())
     assert result.status is PublishStatus.PERSISTED
     (row,) = await Ledger(db).rows(RequeueFilter(queue="resend"))
@@ -73,7 +73,7 @@ async def test_mode_db_stores_for_the_requeue_command(db: Database, topic: Topic
     await registry(db, topic)
     settings = make_settings(db, topic.namespace, manual_processing_mode=ManualProcessingMode.DB)
     sent = record()
-    async with Publisher(settings, fallback=Ledger(db)) as publisher:
+    async with Publisher(settings.amqp, fallback=Ledger(db)) as publisher:
         result = await send_manually(settings, db, publisher, "resend", sent)
         assert result.status is PublishStatus.PERSISTED
         assert await drain_ids(topic.queue, idle=0.3) == []
@@ -98,7 +98,7 @@ async def test_refusals(
 ) -> None:
     await registry(db, topic)
     settings = make_settings(db, topic.namespace)
-    async with Publisher(settings, fallback=Ledger(db)) as publisher:
+    async with Publisher(settings.amqp, fallback=Ledger(db)) as publisher:
         with pytest.raises(error, match=reason):
             await send_manually(settings, db, publisher, queue, record())
     assert await Ledger(db).count(RequeueFilter(), pending=None) == 0

@@ -21,8 +21,8 @@ from outbox_fixtures import (  # noqa: F401  (fixtures)
     topic_fixture,
 )
 
+from rabbitry.amqp.fieldtable import Int64
 from rabbitry.messaging.envelope import Message
-from rabbitry.messaging.fieldtable import Int64
 from rabbitry.messaging.publisher import Publisher, Route
 from rabbitry.outbox.exchanges import ExchangeCheck
 from rabbitry.outbox.filters import Origin, RequeueFilter, parse_filter
@@ -82,7 +82,7 @@ async def test_filters_pick_the_right_rows(
     ids = await seed(db, topic)
     settings = make_settings(db, topic.namespace)
     where = parse_filter(*(a.format(exchange=topic.exchange) for a in args), tz=UTC)
-    async with Publisher(settings) as publisher:
+    async with Publisher(settings.amqp) as publisher:
         report = await requeue(Ledger(db), publisher, where)
     assert (report.published, report.failed) == (len(expected), 0)
     delivered = await drain_ids(topic.queue, idle=0.5)
@@ -105,7 +105,7 @@ async def test_republished_message_keeps_id_body_and_headers(db: Database, topic
     )
     await seed_rows(db, [(topic.route(), original, "down")])
     settings = make_settings(db, topic.namespace)
-    async with Publisher(settings) as publisher:
+    async with Publisher(settings.amqp) as publisher:
         report = await requeue(Ledger(db), publisher, RequeueFilter())
     assert report.published == 1
     (delivered,) = await drain_messages(topic.queue)
@@ -133,7 +133,7 @@ async def test_a_failed_row_stays_pending_and_does_not_stop_the_others(
         await seed_rows(db, [(topic.route(), m, "down") for m in good[1:]])
         seen: list[RowOutcome] = []
         settings = make_settings(db, topic.namespace)
-        async with Publisher(settings) as publisher:
+        async with Publisher(settings.amqp) as publisher:
             report = await requeue(
                 Ledger(db),
                 publisher,
@@ -158,7 +158,7 @@ async def test_a_failed_row_stays_pending_and_does_not_stop_the_others(
 async def test_broker_down_leaves_every_row_pending(db: Database, outbox_ns: str) -> None:
     await seed_rows(db, [(Route("ex", "rk"), message(str(n)), "down") for n in range(3)])
     settings = make_settings(db, outbox_ns, amqp_url="amqp://guest:guest@127.0.0.1:1/")
-    async with Publisher(settings) as publisher:
+    async with Publisher(settings.amqp) as publisher:
         report = await requeue(Ledger(db), publisher, RequeueFilter())
     assert (report.published, report.failed) == (0, 3)
     rows = await Ledger(db).rows(RequeueFilter())
@@ -170,7 +170,7 @@ async def test_streams_in_batches(db: Database, topic: Topic) -> None:
     await seed_rows(db, [(topic.route(), message(str(n)), "down") for n in range(250)])
     batches: list[int] = []
     settings = make_settings(db, topic.namespace)
-    async with Publisher(settings) as publisher:
+    async with Publisher(settings.amqp) as publisher:
         report = await requeue(
             Ledger(db),
             publisher,
@@ -188,7 +188,7 @@ async def test_manual_rows_can_be_selected_by_origin(db: Database, topic: Topic)
     await seed_rows(db, [(topic.route(), manual, "")], origin=Origin.MANUAL)
     await seed_rows(db, [(topic.route(), message("contingency"), "down")])
     settings = make_settings(db, topic.namespace)
-    async with Publisher(settings) as publisher:
+    async with Publisher(settings.amqp) as publisher:
         report = await requeue(Ledger(db), publisher, RequeueFilter(origin=Origin.MANUAL))
     assert report.published == 1
     assert await drain_ids(topic.queue, idle=0.5) == [manual.id]
@@ -202,7 +202,7 @@ async def test_two_concurrent_runs_never_publish_a_row_twice(db: Database, topic
 
     async def one_run(name: str) -> int:
         # Each run has its own engine and connection, like two processes.
-        async with Database(db.url) as own_db, Publisher(settings, name=name) as publisher:
+        async with Database(db.url) as own_db, Publisher(settings.amqp, name=name) as publisher:
             report = await requeue(
                 Ledger(own_db), publisher, RequeueFilter(), options=RequeueOptions(batch_size=100)
             )
@@ -228,7 +228,7 @@ async def test_a_row_for_a_deleted_exchange_fails_alone(db: Database, topic: Top
     settings = make_settings(db, topic.namespace)
     check = ExchangeCheck(settings)
     try:
-        async with Publisher(settings) as publisher:
+        async with Publisher(settings.amqp) as publisher:
             report = await requeue(Ledger(db), publisher, RequeueFilter(), exchanges=check)
     finally:
         await check.close()

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from pydantic import SecretStr
 
+from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.errors import StorageError
-from rabbitry.messaging.connection import Declarer
 from rabbitry.messaging.envelope import RR_HEADERS, Message
 from rabbitry.messaging.publisher import Publisher, PublishResult, PublishStatus, Route
 from rabbitry.messaging.topology import Binding, Exchange, ExchangeType, Queue, Topology
@@ -79,7 +79,7 @@ async def test_confirmed_message_reaches_the_queue_with_roadrunner_headers_and_t
     )
     bare = Message(type="ping", payload=[1, 2])
 
-    async with Publisher(settings) as publisher:
+    async with Publisher(settings.amqp) as publisher:
         results = [
             await publisher.publish(message, Route("", queue)),
             await publisher.publish(bare, Route("", queue)),
@@ -136,7 +136,7 @@ async def test_publish_many_of_5000_messages_are_all_confirmed_and_queued(
     )
     messages = [Message(type="order.created", payload={"n": n}) for n in range(5000)]
 
-    async with Publisher(settings) as publisher:
+    async with Publisher(settings.amqp) as publisher:
         results = await publisher.publish_many(
             [(m, Route(exchange, f"order.created.{m.payload['n'] % 7}")) for m in messages]
         )
@@ -156,7 +156,7 @@ async def test_concurrent_publishes_from_many_tasks_are_each_confirmed(
     queue = await plain_queue(declarer, settings)
     messages = [Message(type="t", payload={"n": n}) for n in range(300)]
 
-    async with Publisher(settings) as publisher:
+    async with Publisher(settings.amqp) as publisher:
         results = await asyncio.gather(*(publisher.publish(m, Route("", queue)) for m in messages))
 
     assert [(r.message_id, r.status) for r in results] == [
@@ -177,7 +177,7 @@ async def test_unroutable_message_fails_with_its_reason_when_there_is_no_fallbac
     queue = await plain_queue(declarer, settings)
     lost = Message(type="t", payload={})
 
-    async with Publisher(settings) as publisher:
+    async with Publisher(settings.amqp) as publisher:
         via_exchange = await publisher.publish(lost, Route(exchange, "no.binding"))
         via_default = await publisher.publish(lost, Route("", f"{settings.namespace}.no-queue"))
         # A returned message says nothing about the broker's health: the next publish goes out.
@@ -200,7 +200,7 @@ async def test_unroutable_message_is_handed_to_the_fallback_and_reported_persist
     unroutable = Message(type="lost", payload={"i": 2})
     nowhere = Route("", f"{settings.namespace}.no-queue", queue="registry-name")
 
-    async with Publisher(settings, fallback=fallback) as publisher:
+    async with Publisher(settings.amqp, fallback=fallback) as publisher:
         results = await publisher.publish_many([(routed, Route("", queue)), (unroutable, nowhere)])
         declined = await publisher.publish(
             Message(type="lost", payload={}), nowhere, use_fallback=False
@@ -223,7 +223,7 @@ async def test_missing_exchange_fails_that_publish_with_the_broker_reason(
     settings: Settings, declarer: Declarer
 ) -> None:
     await plain_queue(declarer, settings)
-    async with Publisher(settings) as publisher:
+    async with Publisher(settings.amqp) as publisher:
         result = await publisher.publish(
             Message(type="t", payload={}), Route(f"{settings.namespace}.no-exchange", "k")
         )
@@ -238,7 +238,7 @@ async def test_a_publish_to_a_missing_exchange_does_not_stop_the_next_valid_publ
     # the circuit breaker and divert every other message to the outbox.
     queue = await plain_queue(declarer, settings)
     settings = settings.model_copy(update={"circuit_open_seconds": 30.0})
-    async with Publisher(settings) as publisher:
+    async with Publisher(settings.amqp) as publisher:
         await publisher.publish(
             Message(type="t", payload={}), Route(f"{settings.namespace}.no-exchange", "k")
         )
@@ -260,7 +260,7 @@ async def test_rabbit_active_false_stores_without_contacting_the_broker(
     fallback = RecordingFallback()
     message = Message(type="t", payload={"a": 1})
 
-    async with Publisher(inactive, fallback=fallback) as publisher:
+    async with Publisher(inactive.amqp, fallback=fallback) as publisher:
         stored = await asyncio.wait_for(publisher.publish(message, Route("x", "k")), 5)
         failed = await asyncio.wait_for(
             publisher.publish(message, Route("x", "k"), use_fallback=False), 5
@@ -281,7 +281,7 @@ async def test_refused_connection_fails_fast_and_the_open_circuit_spares_the_nex
     fallback = RecordingFallback()
     first, second = Message(type="t", payload=1), Message(type="t", payload=2)
 
-    async with Publisher(down, fallback=fallback) as publisher:
+    async with Publisher(down.amqp, fallback=fallback) as publisher:
         refused = await asyncio.wait_for(
             publisher.publish(first, Route("x", "k"), use_fallback=False), down.connect_timeout
         )
@@ -301,7 +301,7 @@ async def test_unresponsive_broker_is_given_up_after_the_connect_timeout_then_ci
     hung = at(settings, endpoint.url, connect_timeout=1.0, circuit_open_seconds=30.0)
     fallback = RecordingFallback()
 
-    async with Publisher(hung, fallback=fallback) as publisher:
+    async with Publisher(hung.amqp, fallback=fallback) as publisher:
         first = await asyncio.wait_for(
             publisher.publish(Message(type="t", payload=1), Route("x", "k")),
             hung.connect_timeout + 5,
@@ -324,7 +324,7 @@ async def test_after_the_circuit_closes_the_publisher_reaches_a_broker_that_came
     queue = await plain_queue(declarer, settings)
     flaky = at(settings, endpoint.url, circuit_open_seconds=0.5)
 
-    async with Publisher(flaky) as publisher:
+    async with Publisher(flaky.amqp) as publisher:
         down = await publisher.publish(Message(type="t", payload=1), Route("", queue))
         await endpoint.open("forward")  # the broker is back
         await asyncio.sleep(flaky.circuit_open_seconds)  # let the circuit close
@@ -343,7 +343,7 @@ async def test_a_broker_that_stops_answering_is_given_up_after_the_publish_timeo
     frozen = at(settings, endpoint.url, publish_timeout=1.0, circuit_open_seconds=30.0)
     fallback = RecordingFallback()
 
-    async with Publisher(frozen, fallback=fallback) as publisher:
+    async with Publisher(frozen.amqp, fallback=fallback) as publisher:
         before = await publisher.publish(Message(type="t", payload=1), Route("", queue))
         endpoint.freeze()  # the network path dies silently: no confirm will come
         try:
@@ -376,7 +376,7 @@ async def test_nothing_is_lost_when_the_connection_is_cut_mid_stream(
     fallback = RecordingFallback()
     results: list[PublishResult] = []
 
-    async with Publisher(flaky, fallback=fallback) as publisher:
+    async with Publisher(flaky.amqp, fallback=fallback) as publisher:
 
         async def send(n: int) -> PublishStatus:
             result = await publisher.publish(Message(type="t", payload=n), Route("", queue))
@@ -406,14 +406,14 @@ async def test_a_fallback_that_cannot_store_raises_storage_error(
     broken = RecordingFallback(broken=True)
     message = Message(type="t", payload={})
 
-    async with Publisher(settings, fallback=broken) as publisher:
+    async with Publisher(settings.amqp, fallback=broken) as publisher:
         with pytest.raises(StorageError, match="database is down"):
             await publisher.publish(message, Route("", f"{settings.namespace}.no-queue"))
-    async with Publisher(at(settings, endpoint.url), fallback=broken) as publisher:
+    async with Publisher(at(settings, endpoint.url).amqp, fallback=broken) as publisher:
         with pytest.raises(StorageError):
             await publisher.publish_many([(message, Route("x", "k"))] * 3)
     inactive = at(settings, endpoint.url, rabbit_active=False)
-    async with Publisher(inactive, fallback=broken) as publisher:
+    async with Publisher(inactive.amqp, fallback=broken) as publisher:
         with pytest.raises(StorageError):
             await publisher.publish(message, Route("x", "k"))
 
@@ -425,7 +425,7 @@ async def test_the_published_body_is_the_original_bytes_of_a_consumed_message(
     queue = await plain_queue(declarer, settings)
     original = b'{ "b": 2,  "a": "\\u00e9" }'
     message = Message(type="t", payload=json.loads(original), raw_body=original)
-    async with Publisher(settings) as publisher:
+    async with Publisher(settings.amqp) as publisher:
         result = await publisher.publish(message, Route("", queue))
     assert result.status is PublishStatus.PUBLISHED
     (got,) = await broker.get_all(queue)

@@ -22,14 +22,14 @@ import pytest
 from pydantic import SecretStr
 
 from conftest import rabbitmqctl
+from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
-from rabbitry.messaging.connection import Declarer
 from rabbitry.messaging.consumer import Subscription
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
-from rabbitry.messaging.retry import policy_of
+from rabbitry.messaging.service import run_services
 from rabbitry.messaging.topology import Topology, dlq_name, work_queue
-from rabbitry.messaging.worker import Worker, run_services
+from rabbitry.messaging.worker import Worker
 
 if TYPE_CHECKING:
     from conftest import BrokerProbe, Endpoint, WorkerRunner
@@ -40,11 +40,11 @@ WORKER_PROC = Path(__file__).with_name("worker_proc.py")
 
 def work(settings: Settings, name: str = "work") -> tuple[str, Topology]:
     queue = f"{settings.namespace}.{name}"
-    return queue, work_queue(queue, policy=policy_of(settings))
+    return queue, work_queue(queue, policy=settings.retry)
 
 
 async def publish(settings: Settings, queue: str, *messages: Message) -> None:
-    async with Publisher(settings) as publisher:
+    async with Publisher(settings.amqp) as publisher:
         results = await publisher.publish_many([(m, Route("", queue)) for m in messages])
     assert {r.status for r in results} == {PublishStatus.PUBLISHED}, results
 
@@ -176,7 +176,7 @@ async def test_worker_declares_its_topology_again_when_it_reconnects(
 
         async def delivered() -> bool:
             # Unroutable until the worker has declared the queue again.
-            async with Publisher(settings) as publisher:
+            async with Publisher(settings.amqp) as publisher:
                 result = await publisher.publish(message, Route("", queue))
             return result.status is PublishStatus.PUBLISHED
 
@@ -206,7 +206,7 @@ async def test_worker_whose_queue_is_deleted_under_it_declares_it_again_and_resu
         await declarer.delete(topology)
 
         async def delivered() -> bool:
-            async with Publisher(settings) as publisher:
+            async with Publisher(settings.amqp) as publisher:
                 result = await publisher.publish(message, Route("", queue))
             return result.status is PublishStatus.PUBLISHED
 
@@ -228,10 +228,11 @@ async def test_worker_started_while_the_broker_is_down_consumes_once_it_is_up(
 
     behind_proxy = settings.model_copy(update={"amqp_url": SecretStr(endpoint.url)})
     worker = Worker(
-        behind_proxy,
         f"{settings.namespace}-worker",
         [Subscription(queue, default=handle)],
         topology,
+        amqp=behind_proxy.amqp,
+        retry=behind_proxy.retry,
     )
     stopping = asyncio.Event()
     task = asyncio.create_task(worker.run(stopping))
@@ -397,7 +398,9 @@ async def test_a_crashing_service_stops_the_worker_beside_it(
     settings: Settings, declarer: Declarer, eventually: Eventually
 ) -> None:
     queue, topology = work(settings)
-    worker = Worker(settings, f"{settings.namespace}-worker", [Subscription(queue)], topology)
+    worker = Worker(
+        f"{settings.namespace}-worker", [Subscription(queue)], topology, amqp=settings.amqp
+    )
     stopping = asyncio.Event()
     await asyncio.wait_for(run_services([worker, Crashing()], stopping), 30)
     assert stopping.is_set()

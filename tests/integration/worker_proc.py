@@ -18,9 +18,9 @@ from pathlib import Path
 from rabbitry.config import Settings
 from rabbitry.messaging.consumer import Subscription
 from rabbitry.messaging.envelope import Message
-from rabbitry.messaging.retry import policy_of
+from rabbitry.messaging.service import install_signal_handlers
 from rabbitry.messaging.topology import work_queue
-from rabbitry.messaging.worker import Worker, install_signal_handlers
+from rabbitry.messaging.worker import Worker
 
 
 def _append(path: Path, line: str) -> None:
@@ -41,10 +41,11 @@ async def main(queue: str, started: Path, finished: Path, seconds: float) -> Non
     stopping = asyncio.Event()
     install_signal_handlers(stopping)
     worker = Worker(
-        settings,
         f"{settings.namespace}-proc",
         [Subscription(queue, default=slow)],
-        work_queue(queue, policy=policy_of(settings), queue_type=settings.queue_type),
+        work_queue(queue, policy=settings.retry, queue_type=settings.queue_type),
+        amqp=settings.amqp,
+        retry=settings.retry,
     )
 
     async def announce() -> None:

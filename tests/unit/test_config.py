@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from rabbitry.config import ManualProcessingMode, QueueType, Settings, load_settings
+from rabbitry.config import ManualProcessingMode, Settings, load_settings
 from rabbitry.errors import ConfigError, RabbitryError
+from rabbitry.messaging.settings import QueueType
 
 
 @pytest.fixture(autouse=True)

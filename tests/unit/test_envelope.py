@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from rabbitry.amqp.fieldtable import Int64, decode_table, encode_table, encode_value
 from rabbitry.errors import MessageError
 from rabbitry.messaging import envelope
 from rabbitry.messaging.envelope import Message
-from rabbitry.messaging.fieldtable import Int64, decode_table, encode_table, encode_value
 
 E1_ID = "0b6f2a64-6d0e-4a8a-9c55-7a5b3f3c2b11"
 E1_JOB = "App\\Jobs\\SendEmail"

@@ -9,10 +9,10 @@ import pytest
 from pamqp import commands
 from pamqp import frame as pamqp_frame
 
-from rabbitry.messaging import handshake, wire
-from rabbitry.messaging.confirms import Confirms, Outcome, Outgoing
-from rabbitry.messaging.properties import Properties
-from rabbitry.messaging.settles import AckFolder
+from rabbitry.amqp import handshake, wire
+from rabbitry.amqp.confirms import Confirms, Outcome, Outgoing
+from rabbitry.amqp.properties import Properties
+from rabbitry.amqp.settles import AckFolder
 
 ACKED, NACKED, RETURNED = Outcome.ACKED, Outcome.NACKED, Outcome.RETURNED
 

@@ -16,10 +16,10 @@ from pamqp import base, commands, header
 from pamqp import body as pamqp_body
 from pamqp import frame as pamqp_frame
 
-from rabbitry.messaging import wire
-from rabbitry.messaging.handshake import Endpoint
-from rabbitry.messaging.link import Delivery, Link, LinkClosed, Outcome, Outgoing
-from rabbitry.messaging.properties import Properties
+from rabbitry.amqp import wire
+from rabbitry.amqp.handshake import Endpoint
+from rabbitry.amqp.link import Delivery, Link, LinkClosed, Outcome, Outgoing
+from rabbitry.amqp.properties import Properties
 
 PROPS = Properties(delivery_mode=2)
 

@@ -8,9 +8,9 @@ from decimal import Decimal
 
 import pytest
 
+from rabbitry.amqp.fieldtable import Int64
 from rabbitry.errors import MessageError
 from rabbitry.messaging.envelope import Message, decode, encode_headers
-from rabbitry.messaging.fieldtable import Int64
 from rabbitry.outbox.codec import headers_from_json, headers_to_json
 
 

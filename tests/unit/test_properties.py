@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from pamqp import commands
 
+from rabbitry.amqp.fieldtable import Int64
+from rabbitry.amqp.properties import Properties, decode_properties, encode_properties
 from rabbitry.messaging import envelope
 from rabbitry.messaging.envelope import Message
-from rabbitry.messaging.fieldtable import Int64
-from rabbitry.messaging.properties import Properties, decode_properties, encode_properties
 
 STAMP = dt.datetime(2024, 5, 1, 12, 30, tzinfo=dt.UTC)
 

@@ -9,10 +9,13 @@ from collections.abc import Callable
 
 import pytest
 
-from rabbitry.config import ModuleConfig, QueueType, Settings
-from rabbitry.layout import Layout, system_topology
-from rabbitry.messaging.fieldtable import Int64, encode_value
+from rabbitry.amqp.fieldtable import Int64, encode_value
+from rabbitry.app.registry import system_topology
+from rabbitry.chat.topology import ChatLayout
+from rabbitry.config import ModuleConfig, Settings
+from rabbitry.events.topology import EventsLayout
 from rabbitry.messaging.retry import RetryPolicy
+from rabbitry.messaging.settings import QueueType
 from rabbitry.messaging.topology import (
     Binding,
     Exchange,
@@ -25,6 +28,7 @@ from rabbitry.messaging.topology import (
     retry_queue_name,
     work_queue,
 )
+from rabbitry.sessions.topology import TenantsLayout
 
 POLICY = RetryPolicy(max_attempts=4, base_delay=1, factor=5, max_delay=60)  # tiers 1s 5s 25s
 
@@ -204,23 +208,27 @@ def test_check_routing_key_refuses_long_or_control_keys(key: str) -> None:
 
 
 def test_layout_names_live_under_the_namespace() -> None:
-    layout = Layout("acme-prod")
-    assert layout.modules_exchange == "acme-prod.modules"
-    assert layout.module_queue("billing") == "acme-prod.module.billing"
-    assert layout.events_exchange == "acme-prod.events"
-    assert layout.event_sourcing_queue == "acme-prod.event-sourcing"
-    assert layout.tenants_exchange == "acme-prod.tenants"
-    assert layout.tenant_queue("t1") == "acme-prod.tenant.t1.session-removal"
-    assert layout.tenant_routing_key("t1") == "t1.session-removal"
-    assert layout.chat_dispatch_exchange == "acme-prod.chat.dispatch"
-    assert layout.chat_persistence_exchange == "acme-prod.chat.persistence"
-    assert layout.chat_history_queue == "acme-prod.chat.history"
-    assert layout.chat_room_key("t1", "lobby") == "t1.lobby"
+    events, tenants, chat = (
+        EventsLayout("acme-prod"),
+        TenantsLayout("acme-prod"),
+        ChatLayout("acme-prod"),
+    )
+    assert events.modules_exchange == "acme-prod.modules"
+    assert events.module_queue("billing") == "acme-prod.module.billing"
+    assert events.events_exchange == "acme-prod.events"
+    assert events.event_sourcing_queue == "acme-prod.event-sourcing"
+    assert tenants.tenants_exchange == "acme-prod.tenants"
+    assert tenants.tenant_queue("t1") == "acme-prod.tenant.t1.session-removal"
+    assert tenants.tenant_routing_key("t1") == "t1.session-removal"
+    assert chat.dispatch_exchange == "acme-prod.chat.dispatch"
+    assert chat.persistence_exchange == "acme-prod.chat.persistence"
+    assert chat.history_queue == "acme-prod.chat.history"
+    assert chat.room_key("t1", "lobby") == "t1.lobby"
 
 
 def test_same_room_of_two_tenants_gets_two_keys() -> None:
-    layout = Layout("ns")
-    assert layout.chat_room_key("t1", "lobby") != layout.chat_room_key("t2", "lobby")
+    chat = ChatLayout("ns")
+    assert chat.room_key("t1", "lobby") != chat.room_key("t2", "lobby")
 
 
 BAD_NAMES = ["", "a.b", "#", "*", "has space", "-lead", "_lead", "a/b", "é", "x" * 64, "t1\n"]
@@ -228,13 +236,13 @@ BAD_NAMES = ["", "a.b", "#", "*", "has space", "-lead", "_lead", "a/b", "é", "x
 
 @pytest.mark.parametrize("bad", BAD_NAMES, ids=repr)
 def test_layout_refuses_invalid_tenant_room_and_module_names(bad: str) -> None:
-    layout = Layout("ns")
+    events, tenants, chat = EventsLayout("ns"), TenantsLayout("ns"), ChatLayout("ns")
     calls: list[tuple[Callable[..., str], tuple[str, ...]]] = [
-        (layout.module_queue, (bad,)),
-        (layout.tenant_queue, (bad,)),
-        (layout.tenant_routing_key, (bad,)),
-        (layout.chat_room_key, (bad, "lobby")),
-        (layout.chat_room_key, ("t1", bad)),
+        (events.module_queue, (bad,)),
+        (tenants.tenant_queue, (bad,)),
+        (tenants.tenant_routing_key, (bad,)),
+        (chat.room_key, (bad, "lobby")),
+        (chat.room_key, ("t1", bad)),
     ]
     for method, args in calls:
         with pytest.raises(ValueError, match="invalid"):
@@ -243,14 +251,15 @@ def test_layout_refuses_invalid_tenant_room_and_module_names(bad: str) -> None:
 
 def test_layout_accepts_the_longest_valid_name() -> None:
     name = "x" * 63
-    assert Layout("ns").tenant_routing_key(name) == f"{name}.session-removal"
+    assert TenantsLayout("ns").tenant_routing_key(name) == f"{name}.session-removal"
 
 
+@pytest.mark.parametrize("layout", [EventsLayout, TenantsLayout, ChatLayout])
 @pytest.mark.parametrize("bad", ["a.b", "has space"], ids=repr)
-def test_layout_refuses_an_invalid_namespace(bad: str) -> None:
-    # Settings validates its namespace, but Layout is public and builds every name from it.
+def test_layout_refuses_an_invalid_namespace(layout: Callable[[str], object], bad: str) -> None:
+    # Settings validates its namespace, but the layouts are public and build every name from it.
     with pytest.raises(ValueError, match="namespace"):
-        Layout(bad)
+        layout(bad)
 
 
 # --- the system topology ----------------------------------------------------------------------

@@ -12,9 +12,9 @@ from pamqp import base, commands, header
 from pamqp import body as pamqp_body
 from pamqp import frame as pamqp_frame
 
-from rabbitry.messaging import wire
-from rabbitry.messaging.fieldtable import Int64
-from rabbitry.messaging.properties import (
+from rabbitry.amqp import wire
+from rabbitry.amqp.fieldtable import Int64
+from rabbitry.amqp.properties import (
     EMPTY,
     Properties,
     decode_properties,

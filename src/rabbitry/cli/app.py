@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from typer._click.exceptions import ClickException
 
+from rabbitry.app.registry import PARTS
 from rabbitry.cli import messaging, system
 
 app = typer.Typer(
@@ -48,12 +49,9 @@ def root(
 messaging.register(app)
 system.register(app)
 
-for _part in ("outbox", "events"):
-    try:
-        _module = __import__(f"rabbitry.cli.{_part}", fromlist=["register"])
-    except ModuleNotFoundError:  # the part is not installed in this build
-        continue
-    _module.register(app)
+for _part in PARTS:
+    if _part.commands is not None:
+        _part.commands(app)
 
 
 def main() -> None:

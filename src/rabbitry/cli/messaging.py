@@ -8,10 +8,10 @@ from typing import Annotated, Any
 
 import typer
 
-from rabbitry.cli.common import fail, run, settings
-from rabbitry.messaging.envelope import Message
+from rabbitry.app.operations import consume_printing, declare_system, publish_one
+from rabbitry.console import fail, run, settings
+from rabbitry.messaging import Message
 from rabbitry.messaging.topology import check_name, check_routing_key
-from rabbitry.runtime import consume_printing, declare_system, publish_one
 
 topology_app = typer.Typer(help="Declare the broker objects Rabbitry uses.", no_args_is_help=True)
 

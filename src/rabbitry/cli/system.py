@@ -1,48 +1,65 @@
-"""``rabbitry up``, ``rabbitry serve PART`` and ``rabbitry worker NAME``."""
+"""``rabbitry up``, ``rabbitry serve NAME`` and ``rabbitry worker NAME…``: processes built from
+the registry of parts."""
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated
 
 import typer
 
-from rabbitry.cli.common import run, settings
-from rabbitry.system import run_server, run_workers
+from rabbitry.app import registry
+from rabbitry.app.server import run_part_server, run_up, run_workers
+from rabbitry.console import fail, run, settings
 
 HOST = "127.0.0.1"
 
+_WORKERS = ", ".join(registry.services())
+_SERVERS = ", ".join(registry.servers())
 
-class WorkerName(StrEnum):
-    WORKFLOW = "workflow"
-    RELAY = "relay"
-
-
-class ServePart(StrEnum):
-    ALL = "all"
+PortOption = Annotated[int, typer.Option(min=1, max=65535, help="HTTP port.")]
+HostOption = Annotated[str, typer.Option(help="Interface to listen on.")]
 
 
 def register(app: typer.Typer) -> None:
     app.command("up")(up)
+    app.command("serve")(serve)
     app.command("worker")(worker)
 
 
-def up(
-    ctx: typer.Context,
-    port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port.")] = 8000,
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = HOST,
-) -> None:
+def up(ctx: typer.Context, port: PortOption = 8000, host: HostOption = HOST) -> None:
     """Start the whole system in one process: HTTP APIs, /healthz, /metrics and every worker.
 
     Migrates the database first (SQLite in ./var/ unless RABBITRY_DATABASE_URL is set) and
     declares the broker topology. Stop with Ctrl-C or SIGTERM: in-flight messages finish first.
     """
-    run(run_server(settings(ctx), host=host, port=port, workers=None))
+    run(run_up(settings(ctx), host=host, port=port))
+
+
+def serve(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="NAME", help=f"One of: {_SERVERS}.")],
+    port: PortOption = 8000,
+    host: HostOption = HOST,
+) -> None:
+    """Serve one part's HTTP API alone (with /healthz and /metrics), to scale it out.
+
+    Example: rabbitry serve events --port 8001
+    """
+    if name not in registry.servers():
+        fail(f"unknown server {name!r}: choose from {_SERVERS}")
+    run(run_part_server(settings(ctx), name, host=host, port=port))
 
 
 def worker(
     ctx: typer.Context,
-    name: Annotated[list[WorkerName], typer.Argument(help="Which worker(s) to run.")],
+    names: Annotated[list[str], typer.Argument(metavar="NAME...", help=f"Any of: {_WORKERS}.")],
 ) -> None:
-    """Run one or more workers without HTTP (scale them out by starting more processes)."""
-    run(run_workers(settings(ctx), [n.value for n in name]))
+    """Run one or more workers without HTTP (scale them out by starting more processes).
+
+    Example: rabbitry worker workflow relay
+    """
+    known = registry.services()
+    for name in names:
+        if name not in known:
+            fail(f"unknown worker {name!r}: choose from {_WORKERS}")
+    run(run_workers(settings(ctx), names))

@@ -2,7 +2,7 @@
 
 .. code-block:: python
 
-    async with Publisher(settings, fallback=Ledger(database)) as publisher:
+    async with Publisher(settings.amqp, fallback=Ledger(database)) as publisher:
         emitter = Emitter(publisher, settings)
         with acting_as(42):
             await emitter.insert("App\\Models\\Order", 7, {"total": 10})
@@ -24,7 +24,7 @@ from typing import Protocol
 from rabbitry.config import Settings
 from rabbitry.errors import PublishFailed
 from rabbitry.events.change import SYSTEM_USER, ChangeEvent, ChangeType, Json, User
-from rabbitry.layout import Layout
+from rabbitry.events.topology import EventsLayout
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import PublishResult, PublishStatus, Route
 
@@ -74,7 +74,7 @@ class Emitter:
 
     def __init__(self, publisher: EventPublisher, settings: Settings) -> None:
         self._publisher = publisher
-        self._exchange = Layout(settings.namespace).events_exchange
+        self._exchange = EventsLayout(settings.namespace).events_exchange
 
     @property
     def publisher(self) -> EventPublisher:

@@ -19,12 +19,11 @@ from rabbitry.config import Settings
 from rabbitry.errors import MessageError, StorageError
 from rabbitry.events.change import parse_change
 from rabbitry.events.store import EventStore, Incoming, MessageLog, check_message_id
-from rabbitry.layout import WORKFLOW_MODULE, Layout, events_topology, module_topology
+from rabbitry.events.topology import WORKFLOW_MODULE, EventsLayout, topology
 from rabbitry.messaging.consumer import Subscription
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.worker import Worker
-from rabbitry.runtime import open_database
-from rabbitry.storage.database import Database
+from rabbitry.storage import Database, open_database
 
 Outcomes = list[BaseException | None]
 
@@ -34,7 +33,7 @@ BATCH_SIZE = 250
 
 
 class WorkflowService:
-    """A :class:`~rabbitry.service.Service`: the workflow module's worker on ``database``."""
+    """The workflow module's worker on ``database``: a :class:`~rabbitry.messaging.Service`."""
 
     name = "workflow"
 
@@ -43,11 +42,10 @@ class WorkflowService:
     ) -> None:
         self.store = EventStore(database)
         self.log = MessageLog(database)
-        layout = Layout(settings.namespace)
+        layout = EventsLayout(settings.namespace)
         # Two batches in flight: one being stored while the next arrives.
         prefetch = max(settings.prefetch, 2 * batch_size)
         self.worker = Worker(
-            settings,
             self.name,
             [
                 Subscription(
@@ -66,7 +64,9 @@ class WorkflowService:
                     strict=False,
                 ),
             ],
-            events_topology(settings) | module_topology(settings, settings.modules),
+            topology(settings),
+            amqp=settings.amqp,
+            retry=settings.retry,
         )
 
     @property
@@ -123,5 +123,5 @@ class WorkflowProcess:
         self._settings = settings
 
     async def run(self, stopping: asyncio.Event) -> None:
-        async with open_database(self._settings) as database:
+        async with open_database(self._settings.sql_url) as database:
             await WorkflowService(self._settings, database).run(stopping)

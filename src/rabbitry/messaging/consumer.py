@@ -25,14 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rabbitry import metrics
-from rabbitry.config import Settings
+from rabbitry.amqp.fieldtable import Int64
+from rabbitry.amqp.link import Delivery, Link, LinkClosed, Outcome, Outgoing
+from rabbitry.amqp.properties import Properties
 from rabbitry.errors import MessageError
 from rabbitry.messaging import envelope
 from rabbitry.messaging.envelope import Message
-from rabbitry.messaging.fieldtable import Int64
-from rabbitry.messaging.link import Delivery, Link, LinkClosed, Outcome, Outgoing
-from rabbitry.messaging.properties import Properties
 from rabbitry.messaging.retry import RetryPolicy
+from rabbitry.messaging.settings import AmqpSettings
 from rabbitry.messaging.topology import dlq_name, retry_queue_name
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,13 @@ class Reject(Exception):
 
 @dataclass(frozen=True)
 class Subscription:
-    """What to consume from one queue and how. See docs/internals.md."""
+    """What to consume from one queue and how.
+
+    ``handlers`` maps a message type (``rr_job``) to its handler; ``default`` takes the other
+    types (without one, an unknown type is dead-lettered). ``batch`` takes lists of up to
+    ``batch_size`` messages instead and returns one outcome per message (``None`` = done).
+    ``prefetch``, ``concurrency`` and ``strict`` override the :class:`AmqpSettings` values.
+    """
 
     queue: str
     handlers: Mapping[str, Handler] = field(default_factory=dict)
@@ -69,14 +75,14 @@ class Subscription:
     batch_size: int = 100
     prefetch: int | None = None
     concurrency: int | None = None
-    strict: bool | None = None  # None: settings.strict_rr_job
+    strict: bool | None = None  # None: AmqpSettings.strict_rr_job
 
 
 class Consumer:
     """Runs one :class:`Subscription` on one :class:`Link` until stopped or the link dies."""
 
     def __init__(
-        self, settings: Settings, subscription: Subscription, link: Link, policy: RetryPolicy
+        self, settings: AmqpSettings, subscription: Subscription, link: Link, policy: RetryPolicy
     ) -> None:
         self._settings = settings
         self._sub = subscription

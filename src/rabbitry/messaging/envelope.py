@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from rabbitry.amqp.fieldtable import Int64
 from rabbitry.errors import MessageError
-from rabbitry.messaging.fieldtable import Int64
 
 CONTENT_TYPE = "application/json"
 PERSISTENT = 2

@@ -10,7 +10,7 @@ A message handed to :meth:`Publisher.publish` ends in exactly one of three state
 
 If the fallback itself fails, :class:`~rabbitry.errors.StorageError` propagates: a message is
 never silently lost. After a connection failure a circuit breaker sends publishes straight to
-the fallback for ``settings.circuit_open_seconds`` instead of making every caller wait for the
+the fallback for ``AmqpSettings.circuit_open_seconds`` instead of making every caller wait for the
 broker timeout, then lets the next publish probe the broker again.
 """
 
@@ -26,12 +26,12 @@ from enum import StrEnum
 from typing import Protocol
 
 from rabbitry import metrics
-from rabbitry.config import Settings
+from rabbitry.amqp.link import Link, LinkClosed, Outcome, Outgoing
+from rabbitry.amqp.properties import Properties
 from rabbitry.errors import BrokerError, BrokerUnavailable, PublishFailed
 from rabbitry.messaging import envelope
 from rabbitry.messaging.envelope import Message
-from rabbitry.messaging.link import Link, LinkClosed, Outcome, Outgoing
-from rabbitry.messaging.properties import Properties
+from rabbitry.messaging.settings import AmqpSettings
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,13 @@ class Publisher:
     """Publishes :class:`Message` objects. One connection, opened lazily, reused, reopened."""
 
     def __init__(
-        self, settings: Settings, *, fallback: Fallback | None = None, name: str = "rabbitry"
+        self,
+        amqp: AmqpSettings | None = None,
+        *,
+        fallback: Fallback | None = None,
+        name: str = "rabbitry",
     ) -> None:
-        self._settings = settings
+        self._settings = amqp or AmqpSettings()
         self._fallback = fallback
         self._name = name
         self._link: Link | None = None
@@ -183,7 +187,7 @@ class Publisher:
         return results
 
     async def _connected(self) -> Link:
-        if not self._settings.rabbit_active:
+        if not self._settings.active:
             raise BrokerUnavailable("rabbit_active is false: messages are stored, not sent")
         link = self._link
         if link is not None and link.is_open:
@@ -197,7 +201,7 @@ class Publisher:
                 raise BrokerUnavailable("broker marked unavailable (circuit open)")
             try:
                 link = await Link.connect(
-                    self._settings.amqp_url.get_secret_value(),
+                    self._settings.url,
                     name=f"{self._name}-publisher",
                     timeout=self._settings.connect_timeout,
                 )

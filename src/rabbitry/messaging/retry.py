@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rabbitry.config import Settings
-
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -52,12 +50,3 @@ class RetryPolicy:
             return self.delay_ms(attempt)
         wanted = round(requested * 1000)
         return next((t for t in tiers if t >= wanted), tiers[-1])
-
-
-def policy_of(settings: Settings) -> RetryPolicy:
-    """The retry policy a deployment's settings describe."""
-    return RetryPolicy(
-        max_attempts=settings.max_attempts,
-        base_delay=settings.retry_base_delay,
-        max_delay=settings.retry_max_delay,
-    )

@@ -10,74 +10,26 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
-from rabbitry.config import QueueType
-from rabbitry.messaging.fieldtable import Int64
+from rabbitry.amqp.fieldtable import Int64
+from rabbitry.amqp.spec import Arguments, Binding, Exchange, ExchangeType, Queue, Topology
 from rabbitry.messaging.retry import RetryPolicy
+from rabbitry.messaging.settings import QueueType
 
-Arguments = tuple[tuple[str, Any], ...]
-
-
-class ExchangeType(StrEnum):
-    DIRECT = "direct"
-    TOPIC = "topic"
-    FANOUT = "fanout"
-    HEADERS = "headers"
-
-
-@dataclass(frozen=True, slots=True)
-class Exchange:
-    name: str
-    type: ExchangeType = ExchangeType.TOPIC
-    durable: bool = True
-    auto_delete: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Queue:
-    name: str
-    durable: bool = True
-    exclusive: bool = False
-    auto_delete: bool = False
-    arguments: Arguments = ()
-
-    def argument_map(self) -> dict[str, Any]:
-        return dict(self.arguments)
-
-
-@dataclass(frozen=True, slots=True)
-class Binding:
-    exchange: str
-    queue: str
-    routing_key: str
-
-
-@dataclass(frozen=True, slots=True)
-class Topology:
-    """A set of specs. ``a | b`` merges two topologies; declaring is idempotent."""
-
-    exchanges: frozenset[Exchange] = field(default_factory=frozenset)
-    queues: frozenset[Queue] = field(default_factory=frozenset)
-    bindings: frozenset[Binding] = field(default_factory=frozenset)
-
-    def __or__(self, other: Topology) -> Topology:
-        return Topology(
-            self.exchanges | other.exchanges,
-            self.queues | other.queues,
-            self.bindings | other.bindings,
-        )
-
-    @classmethod
-    def of(
-        cls,
-        exchanges: Iterable[Exchange] = (),
-        queues: Iterable[Queue] = (),
-        bindings: Iterable[Binding] = (),
-    ) -> Topology:
-        return cls(frozenset(exchanges), frozenset(queues), frozenset(bindings))
+__all__ = [
+    "Arguments",
+    "Binding",
+    "Exchange",
+    "ExchangeType",
+    "Queue",
+    "Topology",
+    "check_name",
+    "check_routing_key",
+    "dlq_name",
+    "retry_queue_name",
+    "work_queue",
+]
 
 
 def dlq_name(queue: str) -> str:

@@ -7,17 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import Sequence
 
-from rabbitry.config import Settings
+from rabbitry.amqp.declarer import Declarer
+from rabbitry.amqp.link import Link, LinkClosed
 from rabbitry.errors import BrokerError
-from rabbitry.messaging.connection import Declarer
 from rabbitry.messaging.consumer import Consumer, Subscription
-from rabbitry.messaging.link import Link, LinkClosed
-from rabbitry.messaging.retry import policy_of
+from rabbitry.messaging.retry import RetryPolicy
+from rabbitry.messaging.settings import AmqpSettings
 from rabbitry.messaging.topology import Topology
-from rabbitry.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -25,20 +23,26 @@ MAX_BACKOFF = 10.0
 
 
 class Worker:
-    """Consumes a set of subscriptions; a :class:`~rabbitry.service.Service`."""
+    """Consumes ``subscriptions`` after declaring ``topology``; a
+    :class:`~rabbitry.messaging.service.Service` (run it with ``serve(worker)``).
+
+    ``name`` prefixes its connection names, as the broker's management UI shows them.
+    """
 
     def __init__(
         self,
-        settings: Settings,
         name: str,
         subscriptions: Sequence[Subscription],
         topology: Topology,
+        *,
+        amqp: AmqpSettings | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.name = name
-        self._settings = settings
+        self._settings = amqp or AmqpSettings()
         self._subscriptions = list(subscriptions)
         self._topology = topology
-        self._policy = policy_of(settings)
+        self._policy = retry or RetryPolicy()
         self.connected = asyncio.Event()  # set while consuming; tests and health checks wait on it
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -58,7 +62,7 @@ class Worker:
 
     async def _session(self, stopping: asyncio.Event) -> None:
         """One connection's lifetime: returns on stop, raises when the broker drops us."""
-        url = self._settings.amqp_url.get_secret_value()
+        url = self._settings.url
         async with await Declarer.connect(url, name=self.name) as declarer:
             await declarer.declare(self._topology)
         links: list[Link] = []
@@ -96,25 +100,3 @@ class Worker:
 async def _wait_closed(link: Link) -> None:
     with contextlib.suppress(BaseException):
         await asyncio.shield(link.closed)
-
-
-def install_signal_handlers(stopping: asyncio.Event) -> None:
-    """SIGTERM and SIGINT set ``stopping``: stop taking work, drain, exit."""
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stopping.set)
-
-
-async def run_services(services: Sequence[Service], stopping: asyncio.Event) -> None:
-    """Run services side by side until ``stopping``; a crashed one stops the others."""
-    tasks = [asyncio.create_task(s.run(stopping), name=s.name) for s in services]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            if task.exception() is not None:
-                log.error("service %s crashed: %r", task.get_name(), task.exception())
-                stopping.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    finally:
-        stopping.set()

@@ -3,7 +3,7 @@
 Publishing to a missing exchange makes the broker close the publisher's channel, taking every
 other message of the batch with it. One row for a deleted exchange would then fail every row
 around it. A requeue run therefore asks once per exchange (a passive declare through the
-core's :class:`~rabbitry.messaging.connection.Declarer`) and fails only the rows whose
+core's :class:`~rabbitry.messaging.Declarer`) and fails only the rows whose
 exchange is missing.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from rabbitry.config import Settings
 from rabbitry.errors import RabbitryError
-from rabbitry.messaging.connection import Declarer
+from rabbitry.messaging import Declarer
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 class RelayService:
-    """A :class:`rabbitry.service.Service` named ``relay``."""
+    """A :class:`rabbitry.messaging.service.Service` named ``relay``."""
 
     name = "relay"
 
@@ -57,7 +57,7 @@ class RelayService:
             if db is None:
                 db = await stack.enter_async_context(Database(self.settings.sql_url))
             publisher = await stack.enter_async_context(
-                Publisher(self.settings, name=f"{self.settings.namespace}-relay")
+                Publisher(self.settings.amqp, name=f"{self.settings.namespace}-relay")
             )
             exchanges = ExchangeCheck(self.settings)
             stack.push_async_callback(exchanges.close)

@@ -74,6 +74,18 @@ class Database:
         await self.close()
 
 
+@asynccontextmanager
+async def open_database(url: str, *, upgrade: bool = True) -> AsyncIterator[Database]:
+    """The database at ``url``, migrated to the latest revision unless ``upgrade`` is false."""
+    database = Database(url)
+    try:
+        if upgrade:
+            await database.upgrade()
+        yield database
+    finally:
+        await database.close()
+
+
 def alembic_config(url: str) -> Config:
     from alembic.config import Config
 

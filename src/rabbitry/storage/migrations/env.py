@@ -8,7 +8,9 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-import rabbitry.storage.models  # noqa: F401  (registers every model on Base.metadata)
+# The one place storage names the parts: autogenerate compares every part's models.
+import rabbitry.events.models
+import rabbitry.outbox.models  # noqa: F401  (each registers its tables on Base.metadata)
 from rabbitry.storage.base import Base
 
 target_metadata = Base.metadata

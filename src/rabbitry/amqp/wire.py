@@ -1,4 +1,4 @@
-"""AMQP 0-9-1 frames for :class:`~rabbitry.messaging.link.Link`: build and parse, no I/O.
+"""AMQP 0-9-1 frames for :class:`~rabbitry.amqp.link.Link`: build and parse, no I/O.
 
 Control methods (connection and channel setup, qos, consume, cancel) are rare and go through
 pamqp. The per-message methods are the hot path: a publish is three frames and a settle one, and
@@ -14,7 +14,7 @@ from functools import lru_cache
 from pamqp import base, commands
 from pamqp import frame as _pamqp_frame
 
-from rabbitry.messaging.properties import Properties, decode_properties
+from rabbitry.amqp.properties import Properties, decode_properties
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 HEARTBEAT = b"\x08\x00\x00\x00\x00\x00\x00\xce"
@@ -110,7 +110,7 @@ def encode_publish(
 ) -> list[bytes]:
     """Pieces of a Basic.Publish + content header + body frames, ready to be joined and written.
 
-    ``properties`` is the output of :func:`~rabbitry.messaging.properties.encode_properties`;
+    ``properties`` is the output of :func:`~rabbitry.amqp.properties.encode_properties`;
     callers publishing many messages with one :class:`Properties` encode it once. The body is
     split so that no frame exceeds ``frame_max``.
     """

@@ -1,4 +1,4 @@
-"""The connection under :class:`~rabbitry.messaging.link.Link`: an asyncio.Protocol speaking
+"""The connection under :class:`~rabbitry.amqp.link.Link`: an asyncio.Protocol speaking
 AMQP 0-9-1 frames on channel 0 and one channel.
 
 It opens and closes the connection, sends and checks heartbeats, coalesces every frame queued in
@@ -19,9 +19,9 @@ from typing import Any, Self
 
 from pamqp import base, commands
 
+from rabbitry.amqp import handshake, wire
+from rabbitry.amqp.properties import Properties
 from rabbitry.errors import BrokerError
-from rabbitry.messaging import handshake, wire
-from rabbitry.messaging.properties import Properties
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Opening an AMQP connection for :class:`~rabbitry.messaging.link.Link`: URL, auth, tuning.
+"""Opening an AMQP connection for :class:`~rabbitry.amqp.link.Link`: URL, auth, tuning.
 
 Pure: each step turns the broker's method into the frames that answer it.
 """
@@ -10,8 +10,8 @@ from urllib.parse import unquote, urlsplit
 
 from pamqp import commands, common
 
-from rabbitry import __version__
-from rabbitry.messaging import wire
+from rabbitry._version import __version__
+from rabbitry.amqp import wire
 
 CAPABILITIES: common.FieldTable = {
     "publisher_confirms": True,

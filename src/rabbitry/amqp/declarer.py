@@ -1,6 +1,6 @@
 """The seam to aio-pika: topology declaration, bindings, and translation of its errors.
 
-Hot-path publishing and consuming go through :mod:`rabbitry.messaging.link`; everything that
+Hot-path publishing and consuming go through :mod:`rabbitry.amqp.link`; everything that
 changes the broker's shape goes through here. The declarer remembers what it declared, so
 declaring twice costs nothing, and re-applies everything after aio-pika reconnects (a broker
 restart loses non-durable objects and bindings of exclusive queues).
@@ -17,8 +17,8 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
+from rabbitry.amqp.spec import Binding, Exchange, Queue, Topology
 from rabbitry.errors import BrokerError, BrokerUnavailable, NotFound, RabbitryError
-from rabbitry.messaging.topology import Binding, Exchange, Queue, Topology
 
 log = logging.getLogger(__name__)
 

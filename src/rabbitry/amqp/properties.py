@@ -1,7 +1,7 @@
 """AMQP basic properties (the content header's property list), encoded and decoded by hand.
 
 pamqp would pick its own type tags for the ``headers`` table, and RoadRunner needs exact ones,
-so the table goes through :mod:`rabbitry.messaging.fieldtable` and the rest of the list, being
+so the table goes through :mod:`rabbitry.amqp.fieldtable` and the rest of the list, being
 short strings, octets and one timestamp, is cheaper to write here than to adapt. Pure, no I/O.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rabbitry.messaging.fieldtable import decode_table, encode_table
+from rabbitry.amqp.fieldtable import decode_table, encode_table
 
 _FLAGS = struct.Struct(">H")
 _U32 = struct.Struct(">I")
@@ -40,8 +40,8 @@ _APP_ID = 0x0008
 class Properties:
     """Basic properties of one message; ``None`` leaves a property out of the header.
 
-    ``headers`` is written with :func:`~rabbitry.messaging.fieldtable.encode_table`, so
-    :class:`~rabbitry.messaging.fieldtable.Int64` and ``bytes`` keep their tags. ``timestamp``
+    ``headers`` is written with :func:`~rabbitry.amqp.fieldtable.encode_table`, so
+    :class:`~rabbitry.amqp.fieldtable.Int64` and ``bytes`` keep their tags. ``timestamp``
     may be given as whole seconds or a ``datetime``; it is decoded as an aware UTC ``datetime``.
     """
 

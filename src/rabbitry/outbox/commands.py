@@ -1,6 +1,6 @@
-"""``rabbitry requeue``, ``rabbitry queues sync|list``, ``rabbitry db upgrade``, and the relay.
+"""``rabbitry requeue``, ``rabbitry queues sync|list`` and ``rabbitry db upgrade``.
 
-``requeue`` is seed 2's ``flqueue:messages:process``::
+``requeue`` re-sends what the outbox stored::
 
     rabbitry requeue                                  # every pending row
     rabbitry requeue shipping_registered_publisher    # one queue
@@ -19,20 +19,21 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from rabbitry.cli.common import fail, run, settings
 from rabbitry.config import Settings
+from rabbitry.console import fail, run, settings
 from rabbitry.errors import StorageError
 from rabbitry.messaging.publisher import Publisher
 from rabbitry.outbox import registry
 from rabbitry.outbox.exchanges import ExchangeCheck
 from rabbitry.outbox.filters import FilterError, RequeueFilter, parse_filter
 from rabbitry.outbox.ledger import Ledger
-from rabbitry.outbox.relay import RelayService
 from rabbitry.outbox.requeue import RequeueOptions, RequeueReport, RowOutcome, requeue
-from rabbitry.service import Service
 from rabbitry.storage import Database
 
-queues_app = typer.Typer(help="The queue registry (seed 2's Queue).", no_args_is_help=True)
+queues_app = typer.Typer(
+    help="The queue registry: which queues exist, what they are for, who may send to them.",
+    no_args_is_help=True,
+)
 db_app = typer.Typer(help="The SQL database.", no_args_is_help=True)
 
 
@@ -45,11 +46,6 @@ def register(app: typer.Typer) -> None:
     app.command("requeue")(requeue_command)
     app.add_typer(queues_app, name="queues")
     app.add_typer(db_app, name="db")
-
-
-def relay_service(settings: Settings) -> Service:
-    """The outbox relay, for ``rabbitry worker relay`` and ``rabbitry up``."""
-    return RelayService(settings)
 
 
 # --- requeue ------------------------------------------------------------------------------
@@ -113,7 +109,7 @@ async def _requeue(
     console = Console(stderr=True)
     async with (
         Database(config.sql_url) as db,
-        Publisher(config, name=f"{config.namespace}-requeue") as pub,
+        Publisher(config.amqp, name=f"{config.namespace}-requeue") as pub,
     ):
         await db.upgrade()  # a fresh database gets its tables, as with every other command
         ledger = Ledger(db)

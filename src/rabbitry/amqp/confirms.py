@@ -1,4 +1,4 @@
-"""Publisher-confirm bookkeeping for :class:`~rabbitry.messaging.link.Link`, by window.
+"""Publisher-confirm bookkeeping for :class:`~rabbitry.amqp.link.Link`, by window.
 
 A window is one ``publish`` or one ``publish_many`` batch: a run of consecutive delivery tags
 sharing one future, so a batch of 1000 costs one future, not 1000. The broker confirms with
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rabbitry.messaging.properties import EMPTY, Properties
+from rabbitry.amqp.properties import EMPTY, Properties
 
 
 class Outcome(enum.Enum):
@@ -33,7 +33,7 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One message for :meth:`~rabbitry.messaging.link.Link.publish_many`."""
+    """One message for :meth:`~rabbitry.amqp.link.Link.publish_many`."""
 
     exchange: str
     routing_key: str

@@ -1,4 +1,4 @@
-"""Consumer-side acks for :class:`~rabbitry.messaging.link.Link`, folded when consecutive.
+"""Consumer-side acks for :class:`~rabbitry.amqp.link.Link`, folded when consecutive.
 
 A consumer with prefetch 1000 acks deliveries 1, 2, 3, ... in order most of the time. Instead of
 one frame each, a run of acks that starts right above the lowest unsettled tag becomes a single
@@ -9,7 +9,7 @@ and rejects still go one frame each. Pure, no I/O.
 
 from __future__ import annotations
 
-from rabbitry.messaging import wire
+from rabbitry.amqp import wire
 
 
 class AckFolder:

@@ -1,4 +1,4 @@
-"""``rabbitry events history|state`` and the workflow worker of ``rabbitry worker workflow``."""
+"""``rabbitry events history|state``: an entity's change history and its rebuilt state."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ from typing import Annotated
 
 import typer
 
-from rabbitry.cli.common import fail, run, settings
 from rabbitry.config import Settings
+from rabbitry.console import fail, run, settings
 from rabbitry.events.change import MAX_ENTITY_LENGTH, EntityState, RecordedEvent, parse_time
 from rabbitry.events.store import EventStore
-from rabbitry.events.workflow import WorkflowProcess
-from rabbitry.runtime import open_database
-from rabbitry.service import Service
+from rabbitry.storage import open_database
 
 NOT_FOUND = 1
 
@@ -31,11 +29,6 @@ IdArg = Annotated[str, typer.Argument(metavar="ID", help="Entity id (an integer)
 
 def register(app: typer.Typer) -> None:
     app.add_typer(events_app, name="events")
-
-
-def workflow_service(settings: Settings) -> Service:
-    """The workflow module's worker (event store + message log)."""
-    return WorkflowProcess(settings)
 
 
 @events_app.command("history")
@@ -88,14 +81,14 @@ def state(
 
 
 async def _history(config: Settings, entity: str, entity_id: int) -> list[RecordedEvent]:
-    async with open_database(config) as database:
+    async with open_database(config.sql_url) as database:
         return await EventStore(database).history(entity, entity_id)
 
 
 async def _state(
     config: Settings, entity: str, entity_id: int, at: dt.datetime | None
 ) -> EntityState | None:
-    async with open_database(config) as database:
+    async with open_database(config.sql_url) as database:
         return await EventStore(database).state(entity, entity_id, at)
 
 

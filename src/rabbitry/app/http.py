@@ -1,7 +1,8 @@
-"""The FastAPI app that ``rabbitry up`` and ``rabbitry serve`` run.
+"""The FastAPI app that ``rabbitry up`` and ``rabbitry serve NAME`` run.
 
 Its lifespan owns the process's resources: the database (migrated on start), the publisher
-(with the outbox as fallback), and the workers, which it stops and drains on shutdown.
+(with the outbox as fallback), and the services, which it stops and drains on shutdown. Every
+app answers ``/healthz`` and ``/metrics``, whatever routers it serves.
 """
 
 from __future__ import annotations
@@ -16,26 +17,31 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rabbitry import metrics
+from rabbitry._version import __version__
+from rabbitry.app.operations import declare_system
+from rabbitry.app.registry import build_service
+from rabbitry.app.resources import open_publisher
 from rabbitry.config import Settings
 from rabbitry.errors import BrokerError, RabbitryError
-from rabbitry.messaging.worker import run_services
-from rabbitry.runtime import declare_system, open_database, open_publisher
+from rabbitry.messaging.service import run_services
+from rabbitry.storage import open_database
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, *, workers: Sequence[str] = ()) -> FastAPI:
-    """Build the app; ``workers`` are service names started by the lifespan."""
+def create_app(
+    settings: Settings, *, routers: Sequence[APIRouter] = (), workers: Sequence[str] = ()
+) -> FastAPI:
+    """Build the app serving ``routers``; ``workers`` are service names run by the lifespan."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from rabbitry.system import build_service
-
         async with (
-            open_database(settings) as database,
+            open_database(settings.sql_url) as database,
             open_publisher(settings, database) as publisher,
         ):
             app.state.settings = settings
@@ -57,14 +63,13 @@ def create_app(settings: Settings, *, workers: Sequence[str] = ()) -> FastAPI:
                 with contextlib.suppress(Exception):
                     await runner
 
-    app = FastAPI(title="Rabbitry", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="Rabbitry", version=__version__, lifespan=lifespan)
     _install_error_handlers(app)
 
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:
         """200 when the database answers; the broker's state is reported, not required
         (the outbox keeps accepting messages while it is down)."""
-        from sqlalchemy import text
 
         state = request.app.state
         try:
@@ -85,18 +90,9 @@ def create_app(settings: Settings, *, workers: Sequence[str] = ()) -> FastAPI:
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    for router in _routers():
+    for router in routers:
         app.include_router(router)
     return app
-
-
-def _routers() -> list[APIRouter]:
-    routers: list[APIRouter] = []
-    with contextlib.suppress(ModuleNotFoundError):
-        from rabbitry.events.http import router as events_router
-
-        routers.append(events_router)
-    return routers
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -2,12 +2,12 @@
 
 aio-pika spends most of its ~200 µs per message on a Future (often a Task) and a socket write
 per message. :class:`Link` is an :class:`asyncio.Protocol` instead: publishes made in one loop
-turn are encoded by :mod:`~rabbitry.messaging.wire` and leave in one ``transport.write``,
-confirms are tracked per window (:mod:`~rabbitry.messaging.confirms`), deliveries are handed to
+turn are encoded by :mod:`~rabbitry.amqp.wire` and leave in one ``transport.write``,
+confirms are tracked per window (:mod:`~rabbitry.amqp.confirms`), deliveries are handed to
 a plain callback straight from ``data_received``, and the acks they cause go out together at
 the end of the turn, folded into one ``multiple=True`` ack when they are consecutive
-(:mod:`~rabbitry.messaging.settles`). The connection itself is
-:mod:`~rabbitry.messaging.protocol`'s.
+(:mod:`~rabbitry.amqp.settles`). The connection itself is
+:mod:`~rabbitry.amqp.protocol`'s.
 
 Topology, reconnection and the rest stay on aio-pika; a Link that fails stays closed.
 """
@@ -22,11 +22,11 @@ from typing import Any
 
 from pamqp import base, commands
 
-from rabbitry.messaging import handshake, wire
-from rabbitry.messaging.confirms import Confirms, Outcome, Outgoing
-from rabbitry.messaging.properties import Properties, encode_properties
-from rabbitry.messaging.protocol import CHANNEL, AmqpProtocol, LinkClosed, LinkError
-from rabbitry.messaging.settles import AckFolder
+from rabbitry.amqp import handshake, wire
+from rabbitry.amqp.confirms import Confirms, Outcome, Outgoing
+from rabbitry.amqp.properties import Properties, encode_properties
+from rabbitry.amqp.protocol import CHANNEL, AmqpProtocol, LinkClosed, LinkError
+from rabbitry.amqp.settles import AckFolder
 
 __all__ = ["Delivery", "Link", "LinkClosed", "LinkError", "Outcome", "Outgoing"]
 
@@ -49,7 +49,7 @@ class Delivery:
 class Link(AmqpProtocol):
     """One AMQP connection and its channel 1: confirmed publishing and consuming.
 
-    Create with :meth:`connect`; see :class:`~rabbitry.messaging.protocol.AmqpProtocol` for
+    Create with :meth:`connect`; see :class:`~rabbitry.amqp.protocol.AmqpProtocol` for
     ``connect``, ``close``, ``is_open`` and ``closed``.
     """
 

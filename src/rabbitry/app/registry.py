@@ -1,0 +1,141 @@
+"""The registry of parts: what each part adds to a running Rabbitry, in one place.
+
+A part is one package (``rabbitry.outbox``, ``rabbitry.events``, …) plus one :class:`Part` entry
+in :data:`PARTS`, naming its services (the workers ``rabbitry worker NAME`` runs), its HTTP
+servers (``rabbitry serve NAME``: routers), its CLI commands and its broker topology. ``rabbitry
+up``, ``serve``, ``worker`` and ``topology declare`` are all built from this table, so adding a
+part touches nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import typer
+from fastapi import APIRouter
+
+from rabbitry.chat import topology as chat_topology
+from rabbitry.config import Settings
+from rabbitry.errors import ConfigError
+from rabbitry.events import commands as events_commands
+from rabbitry.events import http as events_http
+from rabbitry.events import topology as events_topology
+from rabbitry.events.workflow import WorkflowProcess
+from rabbitry.messaging.service import Service
+from rabbitry.messaging.topology import Topology
+from rabbitry.outbox import commands as outbox_commands
+from rabbitry.outbox.relay import RelayService
+from rabbitry.sessions import topology as sessions_topology
+
+
+def _always(_: Settings) -> bool:
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    """A long-running service of a part; ``in_up`` says whether ``rabbitry up`` runs it."""
+
+    build: Callable[[Settings], Service]
+    in_up: Callable[[Settings], bool] = _always
+    summary: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    name: str
+    summary: str
+    services: Mapping[str, ServiceSpec] = field(default_factory=dict)
+    servers: Mapping[str, Sequence[APIRouter]] = field(default_factory=dict)
+    commands: Callable[[typer.Typer], None] | None = None
+    topology: Callable[[Settings], Topology] | None = None
+
+
+def _broker_on(settings: Settings) -> bool:
+    # With rabbit_active=false there is no broker to relay to: rows wait for `rabbitry requeue`.
+    return settings.rabbit_active
+
+
+PARTS: tuple[Part, ...] = (
+    Part(
+        name="outbox",
+        summary="contingency outbox: requeue command, queue registry, relay",
+        services={
+            "relay": ServiceSpec(RelayService, in_up=_broker_on, summary="re-sends stored messages")
+        },
+        commands=outbox_commands.register,
+    ),
+    Part(
+        name="events",
+        summary="event sourcing: module routing, change events, the workflow module",
+        services={
+            "workflow": ServiceSpec(
+                WorkflowProcess, summary="stores change events, logs module messages"
+            )
+        },
+        servers={"events": [events_http.router]},
+        commands=events_commands.register,
+        topology=events_topology.topology,
+    ),
+    Part(
+        name="sessions",
+        summary="multi-tenant session revocation",
+        topology=sessions_topology.topology,
+    ),
+    Part(
+        name="chat",
+        summary="WebSocket chat across gateway instances",
+        topology=chat_topology.topology,
+    ),
+)
+
+
+def services(parts: Iterable[Part] = PARTS) -> dict[str, ServiceSpec]:
+    """Every service by name, across parts (names are unique)."""
+    found: dict[str, ServiceSpec] = {}
+    for part in parts:
+        for name, spec in part.services.items():
+            if name in found:
+                raise ConfigError(f"two parts define the service {name!r}")
+            found[name] = spec
+    return found
+
+
+def servers(parts: Iterable[Part] = PARTS) -> dict[str, list[APIRouter]]:
+    """Every HTTP server ``rabbitry serve NAME`` can run, with its routers."""
+    found: dict[str, list[APIRouter]] = {}
+    for part in parts:
+        for name, routers in part.servers.items():
+            if name in found:
+                raise ConfigError(f"two parts define the server {name!r}")
+            found[name] = list(routers)
+    return found
+
+
+def build_service(name: str, settings: Settings) -> Service:
+    """The service called ``name``, built from the settings."""
+    spec = services().get(name)
+    if spec is None:
+        known = ", ".join(sorted(services()))
+        raise ConfigError(f"unknown worker {name!r} (known: {known})")
+    return spec.build(settings)
+
+
+def up_services(settings: Settings) -> list[str]:
+    """The services ``rabbitry up`` runs with these settings."""
+    return [name for name, spec in services().items() if spec.in_up(settings)]
+
+
+def all_routers() -> list[APIRouter]:
+    """Every router of every server: what ``rabbitry up`` serves."""
+    return [router for routers in servers().values() for router in routers]
+
+
+def system_topology(settings: Settings, tenants: Iterable[str] = ()) -> Topology:
+    """Everything ``rabbitry topology declare`` declares; ``tenants`` adds their queues."""
+    result = sessions_topology.tenant_topology(settings, tenants)
+    for part in PARTS:
+        if part.topology is not None:
+            result |= part.topology(settings)
+    return result

@@ -1,0 +1,94 @@
+"""Running a Rabbitry process: ``rabbitry up`` (every router and service), ``rabbitry serve
+NAME`` (one part's HTTP server) and ``rabbitry worker NAME…`` (services without HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+
+import uvicorn
+from fastapi import APIRouter
+from pydantic import SecretStr
+
+from rabbitry.app import registry
+from rabbitry.app.http import create_app
+from rabbitry.config import Settings
+from rabbitry.errors import ConfigError
+from rabbitry.messaging.service import serve
+
+log = logging.getLogger(__name__)
+
+
+async def run_workers(settings: Settings, names: Sequence[str]) -> None:
+    """Run the named services until SIGTERM/SIGINT, then drain them."""
+    await serve(*(registry.build_service(name, settings) for name in names))
+
+
+async def run_up(settings: Settings, *, host: str, port: int) -> None:
+    """The whole system in one process: every part's routers and every ``up`` service."""
+    await _serve_http(
+        settings,
+        host=host,
+        port=port,
+        routers=registry.all_routers(),
+        workers=registry.up_services(settings),
+    )
+
+
+async def run_part_server(settings: Settings, name: str, *, host: str, port: int) -> None:
+    """One part's HTTP server (``rabbitry serve NAME``), with /healthz and /metrics."""
+    servers = registry.servers()
+    if name not in servers:
+        raise ConfigError(f"unknown server {name!r} (known: {', '.join(sorted(servers))})")
+    await _serve_http(settings, host=host, port=port, routers=servers[name], workers=())
+
+
+def with_admin_token(settings: Settings) -> Settings:
+    """Generate the admin token when none is configured, and tell the operator once."""
+    if settings.admin_token is not None:
+        return settings
+    token = secrets.token_urlsafe(24)
+    print(
+        f"rabbitry: generated admin token (set RABBITRY_ADMIN_TOKEN to fix it): {token}",
+        file=sys.stderr,
+    )
+    return settings.model_copy(update={"admin_token": SecretStr(token)})
+
+
+async def _serve_http(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    routers: Sequence[APIRouter],
+    workers: Sequence[str],
+) -> None:
+    settings = with_admin_token(settings)
+    app = create_app(settings, routers=routers, workers=workers)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="on")
+    print(
+        f"rabbitry: serving on http://{host}:{port} with workers: {', '.join(workers) or 'none'}",
+        file=sys.stderr,
+    )
+    await _Server(config).serve()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after a graceful shutdown, so the process would report death
+    by signal; Rabbitry drains its workers and exits 0 instead, as process managers expect."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)

@@ -1,0 +1,1 @@
+"""The horizontally scaled WebSocket chat (SPEC part 4)."""

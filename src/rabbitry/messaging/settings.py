@@ -1,0 +1,85 @@
+"""What the messaging library needs to know, and nothing of the application around it.
+
+:class:`AmqpSettings` is the broker and its timeouts; the retry policy is
+:class:`~rabbitry.messaging.retry.RetryPolicy`. The application's
+:class:`~rabbitry.config.Settings` builds both from its environment; a library user builds
+them directly: ``AmqpSettings(url="amqp://user:pw@host/vhost")``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from urllib.parse import urlsplit, urlunsplit
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+# Broker object names are built from these: a conservative alphabet keeps user input out of
+# names that could collide or need quoting, and leaves "." free as Rabbitry's separator.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+
+class QueueType(StrEnum):
+    CLASSIC = "classic"
+    QUORUM = "quorum"
+
+
+def validate_name(value: str, what: str = "name") -> str:
+    """Return ``value`` if it is safe inside a broker object name, else raise ``ValueError``."""
+    if not NAME_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"invalid {what} {value!r}: use 1-63 letters, digits, '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class AmqpSettings:
+    """The broker connection and the bounds of every wait on it.
+
+    ``active=False`` never contacts the broker: publishes go straight to the fallback.
+    ``strict_rr_job`` dead-letters a consumed message without ``rr_job`` instead of handing it
+    to the default handler as RoadRunner's ``deduced_by_rr``.
+    """
+
+    url: str = field(default=DEFAULT_URL, repr=False)
+    active: bool = True
+    connect_timeout: float = 3.0
+    publish_timeout: float = 5.0
+    circuit_open_seconds: float = 5.0
+    prefetch: int = 200
+    concurrency: int = 32
+    drain_timeout: float = 30.0
+    strict_rr_job: bool = True
+    queue_type: QueueType = QueueType.CLASSIC
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.prefetch <= 65535:
+            raise ValueError("prefetch must be between 1 and 65535")
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        for name in ("connect_timeout", "publish_timeout", "drain_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with its password masked, for logs."""
+        return mask_password(self.url)
+
+    def __repr__(self) -> str:
+        return (
+            f"AmqpSettings(url={self.safe_url!r}, active={self.active}, "
+            f"publish_timeout={self.publish_timeout:g}, prefetch={self.prefetch})"
+        )
+
+
+def mask_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,67 @@
+"""`rabbitry serve NAME` and `rabbitry worker NAME`: one part's process at a time, built from
+the registry of parts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import uuid
+from pathlib import Path
+
+import httpx
+from test_up import RABBITRY, free_port, wait_for
+
+from rabbitry.app import registry
+
+
+def test_serve_events_answers_its_api_health_and_metrics_and_runs_no_worker(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "RABBITRY_NAMESPACE": "t" + uuid.uuid4().hex[:10],
+        "RABBITRY_DATA_DIR": str(tmp_path / "var"),
+        "RABBITRY_ADMIN_TOKEN": "test-token",
+    }
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [RABBITRY, "serve", "events", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: httpx.get(f"{base}/healthz").status_code == 200, what="/healthz")
+        assert "rabbitry_published" in httpx.get(f"{base}/metrics").text
+        missing = httpx.get(f"{base}/api/events/App%5COrder/1")
+        assert missing.status_code == 404
+        assert missing.json() == {"error": "no events for App\\Order 1"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=40)
+    output = log_path.read_text()
+    assert code == 0, output
+    assert "with workers: none" in output
+
+
+def test_serve_and_worker_refuse_unknown_names_with_exit_2() -> None:
+    for args, known in (
+        (["serve", "nope"], "events"),
+        (["worker", "workflow", "nope"], "relay"),
+    ):
+        done = subprocess.run([RABBITRY, *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert "'nope'" in line and known in line
+
+
+def test_every_part_entry_names_unique_services_and_servers() -> None:
+    names = [name for part in registry.PARTS for name in part.services]
+    assert len(names) == len(set(names)) == len(registry.services())
+    assert {"workflow", "relay"} <= set(names)
+    assert "events" in registry.servers()
+    assert len(registry.all_routers()) >= 1
