@@ -48,6 +48,9 @@ from rabbitry.messaging.settings import QueueType
 from rabbitry.messaging.topology import Topology
 from rabbitry.messaging.worker import Worker
 
+# The parts' fixtures (databases on SQLite and PostgreSQL, topics, events settings).
+pytest_plugins = ("fixtures.outbox", "fixtures.events")
+
 AMQP_URL = os.environ.get("RABBITRY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 RABBITMQCTL_TIMEOUT = 60
 

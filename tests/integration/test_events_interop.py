@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-# ruff: noqa: F811  (test parameters are the imported fixtures)
 import asyncio
 import datetime as dt
 import json
@@ -11,15 +10,8 @@ import uuid
 from typing import Any
 
 import pika
-from events_fixtures import (  # noqa: F401  (fixtures: events_db, events_db_url, events_settings)
-    AMQP_URL,
-    events_db,
-    events_db_url,
-    events_settings,
-    eventually,
-    queue_messages,
-)
 
+from fixtures.events import AMQP_URL, eventually, queue_messages
 from rabbitry.config import Settings
 from rabbitry.events.store import EventStore
 from rabbitry.events.topology import EventsLayout

@@ -5,7 +5,6 @@ workflow worker) and their rows are marked processed; rolled-back ones leave not
 the broker could not take, or that a dead process never published, are delivered by the real
 relay. Nothing is lost."""
 
-# ruff: noqa: F811  (test parameters are the imported fixtures)
 from __future__ import annotations
 
 import asyncio
@@ -16,15 +15,6 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from events_fixtures import (  # noqa: F401  (fixtures: events_db, events_db_url, events_settings)
-    AMQP_URL,
-    events_db,
-    events_db_url,
-    events_settings,
-    eventually,
-    make_settings,
-    queue_messages,
-)
 from sqlalchemy import String, update
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -34,6 +24,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from fixtures.events import AMQP_URL, eventually, make_settings, queue_messages
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.events.delivery import Delivery

@@ -1,7 +1,6 @@
 """Reading the event store: ``rabbitry events history|state`` and the HTTP API, on SQLite and
 PostgreSQL, as a user calls them (the real command in a subprocess, the real app over ASGI)."""
 
-# ruff: noqa: F811  (test parameters are the imported fixtures)
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +11,6 @@ import sys
 from pathlib import Path
 
 import httpx
-from events_fixtures import events_db, events_db_url  # noqa: F401  (fixtures)
 
 from rabbitry.app.http import create_app
 from rabbitry.app.registry import all_routers

@@ -3,20 +3,11 @@ messages whose routing keys it declared; the workflow module hears every one and
 
 from __future__ import annotations
 
-# ruff: noqa: F811  (test parameters are the imported fixtures)
 import asyncio
 import uuid
 from pathlib import Path
 
-from events_fixtures import (  # noqa: F401  (fixtures: events_db, events_db_url, events_settings)
-    delete_topology,
-    events_db,
-    events_db_url,
-    events_settings,
-    eventually,
-    queue_messages,
-)
-
+from fixtures.events import delete_topology, eventually, queue_messages
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings, load_settings
 from rabbitry.events.store import MessageLog

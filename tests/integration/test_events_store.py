@@ -1,14 +1,11 @@
 """The event store on SQLite and PostgreSQL: versions, dedup, concurrency, history, state."""
 
-# ruff: noqa: F811  (test parameters are the imported fixtures)
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import random
 import uuid
-
-from events_fixtures import events_db, events_db_url  # noqa: F401  (fixtures)
 
 from rabbitry.events.change import ChangeEvent, ChangeType
 from rabbitry.events.store import EventStore, Incoming, MessageLog

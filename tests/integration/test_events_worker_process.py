@@ -1,7 +1,6 @@
 """``rabbitry worker workflow`` as an operator runs it: a process that stores change events
 and logs module messages, and exits cleanly on SIGTERM."""
 
-# ruff: noqa: F811  (test parameters are the imported fixtures)
 from __future__ import annotations
 
 import asyncio
@@ -10,13 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from events_fixtures import (  # noqa: F401  (fixtures: events_db, events_db_url, events_settings)
-    events_db,
-    events_db_url,
-    events_settings,
-    eventually,
-)
-
+from fixtures.events import eventually
 from rabbitry.config import Settings
 from rabbitry.events.emitter import Emitter
 from rabbitry.events.store import EventStore, MessageLog

@@ -2,7 +2,6 @@
 Python code or ORM commits end up in the event store, once, in order; invalid ones are
 dead-lettered with their reason; several workers never break the version sequence."""
 
-# ruff: noqa: F811  (test parameters are the imported fixtures)
 from __future__ import annotations
 
 import asyncio
@@ -11,18 +10,11 @@ import json
 from collections.abc import AsyncIterator
 
 import aio_pika
-from events_fixtures import (  # noqa: F401  (fixtures: events_db, events_db_url, events_settings)
-    events_db,
-    events_db_url,
-    events_settings,
-    eventually,
-    make_settings,
-    queue_messages,
-)
 from sqlalchemy import String, update
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from fixtures.events import eventually, make_settings, queue_messages
 from rabbitry.config import Settings
 from rabbitry.events.change import ChangeEvent, ChangeType
 from rabbitry.events.emitter import Emitter, acting_as

@@ -8,19 +8,9 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from outbox_fixtures import (  # noqa: F401  (fixtures)
-    AMQP_URL,
-    Topic,
-    db_fixture,
-    drain_ids,
-    namespace_fixture,
-    pending_ids,
-    seed_rows,
-    set_created_at,
-    topic_fixture,
-)
 from typer.testing import CliRunner, Result
 
+from fixtures.outbox import AMQP_URL, Topic, drain_ids, pending_ids, seed_rows, set_created_at
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Route
 from rabbitry.outbox.commands import register

@@ -5,19 +5,16 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from outbox_fixtures import (  # noqa: F401  (fixtures)
+
+from fixtures.outbox import (
     DEAD_AMQP_URL,
     LatencyProxy,
     Topic,
     close_connection,
-    db_fixture,
     drain_ids,
     make_settings,
-    namespace_fixture,
     pending_ids,
-    topic_fixture,
 )
-
 from rabbitry.errors import StorageError
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route

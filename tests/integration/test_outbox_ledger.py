@@ -6,9 +6,9 @@ import asyncio
 import datetime as dt
 
 import pytest
-from outbox_fixtures import db_fixture, seed_rows  # noqa: F401  (fixtures)
 from sqlalchemy import text
 
+from fixtures.outbox import seed_rows
 from rabbitry.amqp.fieldtable import Int64
 from rabbitry.config import RegistryEntry
 from rabbitry.errors import StorageError

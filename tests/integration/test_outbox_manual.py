@@ -3,17 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from outbox_fixtures import (  # noqa: F401  (fixtures)
-    DEAD_AMQP_URL,
-    Topic,
-    db_fixture,
-    drain_ids,
-    make_settings,
-    namespace_fixture,
-    registry_entry,
-    topic_fixture,
-)
 
+from fixtures.outbox import DEAD_AMQP_URL, Topic, drain_ids, make_settings, registry_entry
 from rabbitry.config import ManualProcessingMode
 from rabbitry.errors import NotFound
 from rabbitry.messaging.envelope import Message

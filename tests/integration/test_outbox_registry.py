@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from outbox_fixtures import db_fixture  # noqa: F401  (fixtures)
 
 from rabbitry.config import RegistryEntry
 from rabbitry.errors import StorageError

@@ -4,18 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from outbox_fixtures import (  # noqa: F401  (fixtures)
-    LatencyProxy,
-    Topic,
-    db_fixture,
-    drain_ids,
-    eventually,
-    make_settings,
-    namespace_fixture,
-    seed_rows,
-    topic_fixture,
-)
-
+from fixtures.outbox import LatencyProxy, Topic, drain_ids, eventually, make_settings, seed_rows
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Route
 from rabbitry.outbox.filters import Origin, RequeueFilter

@@ -7,20 +7,17 @@ import datetime as dt
 
 import aio_pika
 import pytest
-from outbox_fixtures import (  # noqa: F401  (fixtures)
+
+from fixtures.outbox import (
     AMQP_URL,
     Topic,
-    db_fixture,
     drain_ids,
     drain_messages,
     make_settings,
-    namespace_fixture,
     pending_ids,
     seed_rows,
     set_created_at,
-    topic_fixture,
 )
-
 from rabbitry.amqp.fieldtable import Int64
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, Route
