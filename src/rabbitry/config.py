@@ -28,7 +28,7 @@ class ManualProcessingMode(StrEnum):
 
 
 class ModuleConfig(BaseModel):
-    """A module of part 1: its queue hears the routing keys it lists on ``<ns>.modules``."""
+    """A module of the events part: its queue hears the routing keys it lists on ``<ns>.modules``."""
 
     name: str
     routing_keys: list[str] = Field(default_factory=list)

@@ -417,7 +417,7 @@ async def test_a_job_published_by_roadrunner_is_consumed_with_its_id_name_and_he
     run_worker: WorkerRunner,
     eventually: Eventually,
 ) -> None:
-    # E1/E2 of research/roadrunner-amqp-format.md, as a PHP service's RoadRunner writes it:
+    # E1/E2 of docs/message-format.md, as a PHP service's RoadRunner writes it:
     # octet-stream, no message_id, pika's int widths (I), rr_headers as bytes with a trace key.
     exchange = f"{settings.namespace}.amqp.default"
     queue, topology = work(settings, "emails", bindings=[(exchange, "emails")])

@@ -1,5 +1,5 @@
 """Change events from a PHP module behind RoadRunner, as a plain pika client sends them
-(research note, example E1: rr_* headers, rr_headers as bytes, octet-stream, no message_id)."""
+(docs/message-format.md, example E1: rr_* headers, rr_headers as bytes, octet-stream, no message_id)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Module routing (seed 1) with the shipped example configuration: each module's queue gets the
+"""Module routing with the shipped example configuration: each module's queue gets the
 messages whose routing keys it declared; the workflow module hears every one and logs it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Contingency (seed 2): whatever the broker does not confirm ends up in the ledger."""
+"""Contingency: whatever the broker does not confirm ends up in the ledger."""
 
 from __future__ import annotations
 

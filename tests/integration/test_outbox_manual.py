@@ -1,4 +1,4 @@
-"""Manual insertion (seed 2's ▶ action) in both manual_processing_mode values."""
+"""Manual insertion (the back-office ▶ action) in both manual_processing_mode values."""
 
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ def message(label: str) -> Message:
     return Message(type="shipping.registered", payload={"label": label})
 
 
-# Rows of seed 2's example: two registry queues, one ad-hoc publish, over two days.
+# Rows of the requeue example in docs/outbox.md: two registry queues, one ad-hoc publish, over two days.
 SEEDED = {
     "a": ("shipping_registered_publisher", "2024-07-01 10:00:00"),
     "b": ("shipping_registered_publisher", "2024-07-02 10:00:00"),

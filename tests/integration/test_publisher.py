@@ -27,7 +27,7 @@ from rabbitry.messaging.topology import Binding, Exchange, ExchangeType, Queue, 
 if TYPE_CHECKING:
     from conftest import BrokerProbe, Endpoint
 
-# RoadRunner's exact field types (research/roadrunner-amqp-format.md §1.3, §4.1).
+# RoadRunner's exact field types (docs/message-format.md, "Headers" and example E1).
 RR_TAGS = {
     "rr_id": "S",
     "rr_job": "S",

@@ -1,4 +1,4 @@
-"""RoadRunner-compatible envelope: examples E1-E5 and M1-M7 of the wire-format note.
+"""RoadRunner-compatible envelope: examples E1-E5 and M1-M7 of docs/message-format.md.
 
 Raw header tables are built here byte by byte, with the exact type tags RoadRunner and stock
 clients write, then decoded the way a delivery is: ``decode_table`` then ``envelope.decode``.

@@ -1,1 +1,1 @@
-"""The horizontally scaled WebSocket chat (SPEC part 4)."""
+"""The horizontally scaled WebSocket chat."""

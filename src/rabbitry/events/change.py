@@ -1,4 +1,4 @@
-"""Change events (seed 1): the model, its validation, and folding a history into a state.
+"""Change events: the model, its validation, and folding a history into a state.
 
 Pure, no I/O. A change event is a message of type (``rr_job``) ``insert``, ``update`` or
 ``delete`` whose body is ``{"entity": str, "id": int, "user": int | "system", "data": object}``;

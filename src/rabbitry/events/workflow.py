@@ -1,4 +1,4 @@
-"""The workflow module (seed 1): stores every change event, and logs every module message.
+"""The workflow module: stores every change event, and logs every module message.
 
 It consumes two queues: ``<ns>.event-sourcing``, whose change events it validates and appends
 to the event store, and its own module queue ``<ns>.module.workflow``, bound ``#`` on

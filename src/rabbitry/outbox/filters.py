@@ -1,6 +1,6 @@
 """Which pending messages a requeue run takes: parsing ``[QUEUE] [FROM] [TO]``. Pure, no I/O.
 
-The arguments follow seed 2's ``flqueue:messages:process``: each is optional and positional,
+The arguments of ``rabbitry requeue QUEUE FROM TO``: each is optional and positional,
 ``''`` leaves one blank so that a later one can be given, TO needs FROM (FROM alone is fine),
 and dates are ``YYYY-MM-DD HH:MM:SS``. TO is inclusive of its whole second, so
 ``'2024-07-01 00:00:00' '2024-07-01 23:59:59'`` covers the entire day.

@@ -1,7 +1,7 @@
-"""Manual insertion: a user sends one record to a registry queue (seed 2's ▶ action).
+"""Manual insertion: a user sends one record to a registry queue (the back-office ▶ action).
 
 The queue must be in the registry, active, and allow manual insertion. Whether the record fits
-the queue is not checked here: that is the business logic of the queue's consumer (seed 2).
+the queue is not checked here: that is the business logic of the queue's consumer.
 ``manual_processing_mode`` decides what happens next:
 
 * ``rabbit`` — publish now; if the broker cannot take it, the publisher's fallback stores it

@@ -1,4 +1,4 @@
-"""The outbox's tables: the queue registry (seed 2's ``Queue``) and the pending-message ledger.
+"""The outbox's tables: the queue registry and the pending-message ledger.
 
 Times are stored as naive UTC (``timestamp without time zone`` on PostgreSQL, ISO text on
 SQLite) so that comparisons behave the same on both; :class:`UTCDateTime` hands out aware UTC.
@@ -62,7 +62,7 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class QueueRecord(Base):
-    """A queue messages can be sent to by name: the seed's publisher, from ``rabbitry.yaml``."""
+    """A queue messages can be sent to by name: its publisher name, from ``rabbitry.yaml``."""
 
     __tablename__ = "outbox_queues"
 

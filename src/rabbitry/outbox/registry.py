@@ -1,4 +1,4 @@
-"""The queue registry: which queues users and the requeue command know by name (seed 2's Queue).
+"""The queue registry: which queues users and the requeue command know by name.
 
 The source of truth is ``rabbitry.yaml`` (``queues:``); :func:`sync` copies it into the
 database, where the back-office and :mod:`rabbitry.outbox.manual` read it. Syncing is an upsert

@@ -1,1 +1,1 @@
-"""Multi-tenant session revocation: USER, SESSION and DISPATCH (SPEC part 3)."""
+"""Multi-tenant session revocation: USER, SESSION and DISPATCH."""

@@ -1,4 +1,4 @@
-"""Event store and module message log (event sourcing, seed 1).
+"""Event store and module message log (event sourcing).
 
 Revision ID: 0002_events
 Revises: 0001_outbox
