@@ -84,6 +84,21 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(default=30.0, gt=0)
     strict_rr_job: bool = True
 
+    # Sessions (part 3). The service token is DISPATCH's credential towards SESSION (never the
+    # admin token); session_url is where DISPATCH finds SESSION (`rabbitry up`: itself).
+    session_ttl: float = Field(default=86400.0, gt=0)
+    session_cache_ttl: float = Field(default=300.0, gt=0)
+    service_token: SecretStr | None = None
+    session_url: str | None = None
+    mongodb_database: str = "rabbitry"
+    login_max_failures: int = Field(default=5, ge=1)
+    login_lockout: float = Field(default=60.0, gt=0)
+    tenant_poll_interval: float = Field(default=0.5, gt=0)
+    dispatch_batch: bool = False
+    # argon2id cost (RFC 9106's low-memory profile by default); tests lower it to stay fast.
+    password_time_cost: int = Field(default=3, ge=1)
+    password_memory_kib: int = Field(default=65536, ge=8)
+
     modules: list[ModuleConfig] = Field(default_factory=list)
     queues: list[RegistryEntry] = Field(default_factory=list)
 

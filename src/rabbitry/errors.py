@@ -10,7 +10,8 @@ RabbitryError
 │       └── PublishTimeout      no confirm within the bounded timeout
 ├── MessageError                a message that cannot be decoded or does not fit its schema
 ├── StorageError                the database failed (the outbox could not persist either)
-└── NotFound                    a named thing (queue, entity, tenant) does not exist
+├── NotFound                    a named thing (queue, entity, tenant) does not exist
+└── Conflict                    it exists already (a tenant, a username in its tenant)
 """
 
 from __future__ import annotations
@@ -58,3 +59,7 @@ class StorageError(RabbitryError):
 
 class NotFound(RabbitryError):
     """A named object does not exist."""
+
+
+class Conflict(RabbitryError):
+    """The thing to create exists already."""

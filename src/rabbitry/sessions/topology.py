@@ -1,5 +1,7 @@
 """The broker objects of the sessions part: ``<ns>.tenants``, a direct exchange, and one durable
-queue per tenant, ``<ns>.tenant.<tenant>.session-removal``, bound with ``<tenant>.session-removal``.
+queue per tenant, ``<ns>.tenant.<tenant>.session-removal``, bound with ``<tenant>.session-removal``;
+and ``<ns>.sessions.revoked``, a fanout exchange announcing each revoked session to whoever binds
+a queue to it (see :mod:`rabbitry.sessions.notices`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ class TenantsLayout:
     def tenants_exchange(self) -> str:
         return f"{self.namespace}.tenants"
 
+    @property
+    def revoked_exchange(self) -> str:
+        return f"{self.namespace}.sessions.revoked"
+
     def tenant_queue(self, tenant: str) -> str:
         return f"{self.namespace}.tenant.{validate_name(tenant, 'tenant')}.session-removal"
 
@@ -48,5 +54,7 @@ def tenant_topology(settings: Settings, tenants: Iterable[str]) -> Topology:
 
 
 def topology(settings: Settings) -> Topology:
-    """The tenants exchange; each tenant's queue is declared when the tenant is created."""
-    return tenant_topology(settings, ())
+    """The tenants and revocation exchanges; each tenant's queue is declared when the tenant is
+    created (and again by DISPATCH when it subscribes)."""
+    revoked = Exchange(TenantsLayout(settings.namespace).revoked_exchange, ExchangeType.FANOUT)
+    return tenant_topology(settings, ()) | Topology.of(exchanges=[revoked])

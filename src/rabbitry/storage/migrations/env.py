@@ -10,7 +10,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 # The one place storage names the parts: autogenerate compares every part's models.
 import rabbitry.events.models
-import rabbitry.outbox.models  # noqa: F401  (each registers its tables on Base.metadata)
+import rabbitry.outbox.models
+import rabbitry.sessions.models  # noqa: F401  (each registers its tables on Base.metadata)
 from rabbitry.storage.base import Base
 
 target_metadata = Base.metadata

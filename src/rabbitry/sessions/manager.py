@@ -1,0 +1,164 @@
+"""SESSION's logic: log in, authenticate a token, list and revoke sessions.
+
+Revocation removes a session from the store first and from the cache second; the paths that
+write the cache (login, and a cache miss in :meth:`SessionManager.authenticate`) read the store
+again after writing. Whatever the interleaving, a revoked session cannot be left in the cache:
+either the revocation's eviction comes after the cache write, or the re-read sees it gone and
+evicts it. The same re-read makes a login that races its user's removal undo itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from rabbitry.sessions.cache import SessionCache
+from rabbitry.sessions.store import SessionRecord, SessionStore, utcnow
+from rabbitry.sessions.throttle import LoginThrottle
+from rabbitry.sessions.tokens import (
+    new_session_id,
+    new_token,
+    same_secret,
+    token_hash,
+    token_tenant,
+)
+from rabbitry.sessions.users import UserInfo, Users
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a valid session token stands for."""
+
+    tenant: str
+    user_id: int
+    username: str
+    session_id: str
+    expires_at: dt.datetime
+
+    @classmethod
+    def of(cls, record: SessionRecord) -> Principal:
+        return cls(record.tenant, record.user_id, record.username, record.id, record.expires_at)
+
+
+class LoginStatus(StrEnum):
+    OK = "ok"
+    REFUSED = "refused"  # unknown user or wrong password: one answer for both
+    THROTTLED = "throttled"
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    status: LoginStatus
+    session: SessionRecord | None = None
+    token: str | None = None
+
+
+class RevocationListener(Protocol):
+    """Told of every revoked session (the chat part closes that user's sockets)."""
+
+    async def revoked(self, records: Sequence[SessionRecord]) -> None: ...
+
+
+class SessionManager:
+    """Sessions of every tenant, over a store, a cache and the users table."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        cache: SessionCache,
+        users: Users,
+        throttle: LoginThrottle,
+        *,
+        ttl: float,
+        listener: RevocationListener | None = None,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.users = users
+        self._throttle = throttle
+        self._ttl = dt.timedelta(seconds=ttl)
+        self._listener = listener
+
+    async def login(self, tenant: str, username: str, password: str) -> LoginResult:
+        """A new session and its token, or why not."""
+        if await self._throttle.blocked(tenant, username):
+            return LoginResult(LoginStatus.THROTTLED)
+        user = await self.users.verify(tenant, username, password)
+        if user is None:
+            await self._throttle.failed(tenant, username)
+            return LoginResult(LoginStatus.REFUSED)
+        await self._throttle.succeeded(tenant, username)
+        token = new_token(tenant)
+        record = _new_record(user, token, self._ttl)
+        await self.store.add(record)
+        await self.cache.put(record)
+        if await self.users.get(tenant, user.id) is None or await self._gone(record):
+            # The user was removed while logging in: DISPATCH may have listed their sessions
+            # before this one existed, so this login removes it itself.
+            await self.revoke(tenant, [record.id])
+            return LoginResult(LoginStatus.REFUSED)
+        return LoginResult(LoginStatus.OK, record, token)
+
+    async def authenticate(self, tenant: str, token: str) -> Principal | None:
+        """The principal of a live session token of ``tenant``; ``None`` for anything else
+        (malformed, another tenant's, expired, revoked)."""
+        if token_tenant(token) != tenant:
+            return None
+        hashed = token_hash(token)
+        record = await self.cache.get(tenant, hashed)
+        if record is None:
+            record = await self.store.by_token(tenant, hashed)
+            if record is None:
+                return None
+            await self.cache.put(record)
+            if await self._gone(record):
+                await self.cache.evict([record])
+                return None
+        if not same_secret(record.token_hash, hashed) or record.expired(utcnow()):
+            return None
+        return Principal.of(record)
+
+    async def sessions_of(self, tenant: str, user_id: int) -> list[SessionRecord]:
+        return await self.store.of_user(tenant, user_id)
+
+    async def get(self, tenant: str, session_id: str) -> SessionRecord | None:
+        return await self.store.get(tenant, session_id)
+
+    async def revoke(self, tenant: str, session_ids: Sequence[str]) -> list[SessionRecord]:
+        """Remove these sessions of ``tenant`` from the cache and the store; the ones
+        that still existed. Revoking a revoked session is a no-op."""
+        # Evict before the delete too: if the cache is unreachable this fails while the store
+        # still holds the sessions, so the caller's retry finds them (and their hashes) again.
+        await self.cache.evict(await self.store.get_many(tenant, session_ids))
+        removed = await self.store.remove(tenant, session_ids)
+        await self.cache.evict(removed)
+        if removed and self._listener is not None:
+            try:
+                await self._listener.revoked(removed)
+            except Exception:  # a notice must never undo or fail a done revocation
+                log.exception("could not announce %d revoked session(s)", len(removed))
+        return removed
+
+    async def _gone(self, record: SessionRecord) -> bool:
+        return await self.store.get(record.tenant, record.id) is None
+
+
+def _new_record(user: UserInfo, token: str, ttl: dt.timedelta) -> SessionRecord:
+    # Millisecond precision: what MongoDB keeps, so both stores hand back the same values.
+    now = utcnow()
+    now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+    return SessionRecord(
+        id=new_session_id(),
+        tenant=user.tenant,
+        user_id=user.id,
+        username=user.username,
+        token_hash=token_hash(token),
+        created_at=now,
+        expires_at=now + ttl,
+    )
