@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rabbitry import metrics
 from rabbitry._version import __version__
 from rabbitry.app.operations import declare_system
-from rabbitry.app.registry import build_service
+from rabbitry.app.registry import Lifespan, build_service
 from rabbitry.app.resources import open_publisher
 from rabbitry.config import Settings
 from rabbitry.errors import BrokerError, RabbitryError
@@ -34,9 +34,14 @@ log = logging.getLogger(__name__)
 
 
 def create_app(
-    settings: Settings, *, routers: Sequence[APIRouter] = (), workers: Sequence[str] = ()
+    settings: Settings,
+    *,
+    routers: Sequence[APIRouter] = (),
+    workers: Sequence[str] = (),
+    lifespans: Sequence[Lifespan] = (),
 ) -> FastAPI:
-    """Build the app serving ``routers``; ``workers`` are service names run by the lifespan."""
+    """Build the app serving ``routers``; ``workers`` are service names run by the lifespan,
+    ``lifespans`` the per-process resources of the parts served (entered in order)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -57,7 +62,10 @@ def create_app(
             runner = asyncio.create_task(run_services(services, stopping))
             app.state.stopping = stopping
             try:
-                yield
+                async with contextlib.AsyncExitStack() as parts:
+                    for part_lifespan in lifespans:
+                        await parts.enter_async_context(part_lifespan(app))
+                    yield
             finally:
                 stopping.set()
                 with contextlib.suppress(Exception):

@@ -10,10 +10,11 @@ part touches nothing else.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 import typer
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI
 
 from rabbitry.chat import topology as chat_topology
 from rabbitry.config import Settings
@@ -42,6 +43,11 @@ class ServiceSpec:
     summary: str = ""
 
 
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+"""A part's per-process resources, for the HTTP app serving its routers: entered once the
+app's database and publisher are on ``app.state``, exited before they close."""
+
+
 @dataclass(frozen=True, slots=True)
 class Part:
     name: str
@@ -50,6 +56,7 @@ class Part:
     servers: Mapping[str, Sequence[APIRouter]] = field(default_factory=dict)
     commands: Callable[[typer.Typer], None] | None = None
     topology: Callable[[Settings], Topology] | None = None
+    lifespan: Lifespan | None = None
 
 
 def _broker_on(settings: Settings) -> bool:
@@ -125,6 +132,15 @@ def build_service(name: str, settings: Settings) -> Service:
 def up_services(settings: Settings) -> list[str]:
     """The services ``rabbitry up`` runs with these settings."""
     return [name for name, spec in services().items() if spec.in_up(settings)]
+
+
+def lifespans(server: str | None = None) -> list[Lifespan]:
+    """The lifespans of the parts serving ``server`` (every part with a server when None)."""
+    return [
+        part.lifespan
+        for part in PARTS
+        if part.lifespan is not None and (server in part.servers if server else part.servers)
+    ]
 
 
 def all_routers() -> list[APIRouter]:

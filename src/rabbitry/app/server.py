@@ -37,6 +37,7 @@ async def run_up(settings: Settings, *, host: str, port: int) -> None:
         port=port,
         routers=registry.all_routers(),
         workers=registry.up_services(settings),
+        lifespans=registry.lifespans(),
     )
 
 
@@ -45,7 +46,14 @@ async def run_part_server(settings: Settings, name: str, *, host: str, port: int
     servers = registry.servers()
     if name not in servers:
         raise ConfigError(f"unknown server {name!r} (known: {', '.join(sorted(servers))})")
-    await _serve_http(settings, host=host, port=port, routers=servers[name], workers=())
+    await _serve_http(
+        settings,
+        host=host,
+        port=port,
+        routers=servers[name],
+        workers=(),
+        lifespans=registry.lifespans(name),
+    )
 
 
 def with_admin_token(settings: Settings) -> Settings:
@@ -67,9 +75,10 @@ async def _serve_http(
     port: int,
     routers: Sequence[APIRouter],
     workers: Sequence[str],
+    lifespans: Sequence[registry.Lifespan] = (),
 ) -> None:
     settings = with_admin_token(settings)
-    app = create_app(settings, routers=routers, workers=workers)
+    app = create_app(settings, routers=routers, workers=workers, lifespans=lifespans)
     config = uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="on")
     print(
         f"rabbitry: serving on http://{host}:{port} with workers: {', '.join(workers) or 'none'}",
