@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rabbitry.chat.protocol import check_room
 from rabbitry.config import Settings
 from rabbitry.messaging.settings import validate_name
 from rabbitry.messaging.topology import Exchange, ExchangeType, Topology, work_queue
@@ -37,8 +38,13 @@ class ChatLayout:
         return f"{self.namespace}.chat.history"
 
     def room_key(self, tenant: str, room: str) -> str:
-        # Scoped by tenant so that equal room ids of two tenants never share a binding.
-        return f"{validate_name(tenant, 'tenant')}.{validate_name(room, 'room')}"
+        # Scoped by tenant so that equal room ids of two tenants never share a binding; a
+        # tenant name has no ".", so the key splits back unambiguously.
+        return f"{validate_name(tenant, 'tenant')}.{check_room(room)}"
+
+    def gateway_queue_prefix(self, instance: str) -> str:
+        """The prefix of one gateway instance's queues (and its connection's name)."""
+        return f"{self.namespace}.chat.gateway.{validate_name(instance, 'instance')}"
 
 
 def topology(settings: Settings) -> Topology:

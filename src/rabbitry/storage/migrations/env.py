@@ -9,6 +9,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 # The one place storage names the parts: autogenerate compares every part's models.
+import rabbitry.chat.history
 import rabbitry.events.models
 import rabbitry.outbox.models
 import rabbitry.sessions.models  # noqa: F401  (each registers its tables on Base.metadata)

@@ -1,0 +1,165 @@
+"""The chat protocol, pure: room ids, message ids, client frames, limits. No I/O.
+
+A client sends text frames ``{"text": "..."}``; every member of the room receives
+``{"id", "room", "sender", "text", "sent_at"}``. Anything else a client sends gets
+``{"error": "<reason>"}`` back and the connection stays open. Message ids are UUIDv7-shaped:
+48 bits of milliseconds first, then a counter, so sorting ids sorts messages by the time their
+gateway stamped them, which is what history pages and ``?since=`` recovery order by.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from rabbitry.errors import MessageError
+
+ROOM_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# A UUID in its canonical lower-case form: what new_id() makes, and all since/before accept.
+ID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+MESSAGE_TYPE = "chat.message"
+MAX_TEXT_CHARS = 2000
+MAX_FRAME_BYTES = 8192
+SENDER_MAX_CHARS = 64
+
+
+class FrameError(ValueError):
+    """A client frame that breaks the protocol; its text is the error sent back."""
+
+
+def check_room(room: str) -> str:
+    """``room`` if it is a valid room id (1-64 letters, digits, ``_`` or ``-``)."""
+    if not ROOM_PATTERN.fullmatch(room):
+        raise ValueError(f"invalid room {room[:70]!r}: 1-64 letters, digits, '_' or '-'")
+    return room
+
+
+def check_id(value: str, what: str = "message id") -> str:
+    if not ID_PATTERN.fullmatch(value):
+        raise ValueError(f"invalid {what} {value[:40]!r}: a message id (lower-case UUID)")
+    return value
+
+
+class MessageIds:
+    """Time-ordered ids (UUIDv7 layout): unique, and increasing within one process."""
+
+    def __init__(self) -> None:
+        self._last_ms = 0
+        self._counter = 0
+
+    def new(self, now_ms: int | None = None) -> str:
+        ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        if ms <= self._last_ms:
+            # Same millisecond (or a clock step back): keep counting from the last one.
+            ms, self._counter = self._last_ms, self._counter + 1
+            if self._counter > 0xFFF:
+                ms, self._counter = ms + 1, 0
+        else:
+            self._counter = 0
+        self._last_ms = ms
+        rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+        value = (ms << 80) | (0x7 << 76) | (self._counter << 64) | (0b10 << 62) | rand
+        text = f"{value:032x}"
+        return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One message of one room of one tenant."""
+
+    id: str
+    tenant: str
+    room: str
+    sender: str
+    text: str
+    sent_at: dt.datetime
+
+    def frame(self) -> dict[str, Any]:
+        """What every member of the room receives."""
+        return {
+            "id": self.id,
+            "room": self.room,
+            "sender": self.sender,
+            "text": self.text,
+            "sent_at": _iso(self.sent_at),
+        }
+
+    def payload(self) -> dict[str, Any]:
+        """The broker body: the frame plus the tenant."""
+        return {**self.frame(), "tenant": self.tenant}
+
+    @classmethod
+    def from_payload(cls, payload: Any) -> ChatMessage:
+        """Read a broker body back; :class:`MessageError` when it is not a chat message."""
+        if not isinstance(payload, dict):
+            raise MessageError("a chat message is a JSON object")
+        try:
+            fields = {name: payload[name] for name in ("id", "tenant", "room", "sender", "text")}
+            sent_at = dt.datetime.fromisoformat(payload["sent_at"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MessageError(f"not a chat message: {exc}") from exc
+        if not all(isinstance(value, str) for value in fields.values()):
+            raise MessageError("chat message fields must be strings")
+        if sent_at.tzinfo is None:
+            sent_at = sent_at.replace(tzinfo=dt.UTC)
+        try:
+            check_id(fields["id"])
+            check_room(fields["room"])
+        except ValueError as exc:
+            raise MessageError(str(exc)) from exc
+        return cls(sent_at=sent_at, **fields)
+
+
+def parse_client_frame(raw: str) -> str:
+    """The text of a client frame ``{"text": "..."}``; :class:`FrameError` otherwise."""
+    if len(raw) > MAX_FRAME_BYTES or len(raw.encode()) > MAX_FRAME_BYTES:
+        raise FrameError(f"frame too large: at most {MAX_FRAME_BYTES} bytes")
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError:
+        raise FrameError('frames are JSON objects: {"text": "..."}') from None
+    if not isinstance(data, dict) or set(data) != {"text"}:
+        raise FrameError('frames are JSON objects: {"text": "..."}')
+    text = data["text"]
+    if not isinstance(text, str) or not text.strip():
+        raise FrameError("text must be a non-empty string")
+    if len(text) > MAX_TEXT_CHARS:
+        raise FrameError(f"text too long: at most {MAX_TEXT_CHARS} characters")
+    return text
+
+
+def error_frame(reason: str) -> str:
+    return json.dumps({"error": reason})
+
+
+def encode_frame(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+
+
+class RateLimit:
+    """A token bucket: ``rate`` messages a second on average, bursts of ``burst``."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._at: float | None = None
+
+    def allow(self, now: float) -> bool:
+        if self._at is not None:
+            self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+def _iso(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
