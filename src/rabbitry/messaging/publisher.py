@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -99,6 +99,8 @@ class Publisher:
         self._link: Link | None = None
         self._lock = asyncio.Lock()
         self._circuit_until = 0.0
+        # The circuit breaker's clock; rabbitry.testing's broker substitutes its virtual one.
+        self._clock: Callable[[], float] = time.monotonic
 
     @property
     def fallback(self) -> Fallback | None:
@@ -192,29 +194,34 @@ class Publisher:
         link = self._link
         if link is not None and link.is_open:
             return link
-        if time.monotonic() < self._circuit_until:
+        if self._clock() < self._circuit_until:
             raise BrokerUnavailable("broker marked unavailable (circuit open after a failure)")
         async with self._lock:
             if self._link is not None and self._link.is_open:
                 return self._link
-            if time.monotonic() < self._circuit_until:
+            if self._clock() < self._circuit_until:
                 raise BrokerUnavailable("broker marked unavailable (circuit open)")
             try:
-                link = await Link.connect(
-                    self._settings.url,
-                    name=f"{self._name}-publisher",
-                    timeout=self._settings.connect_timeout,
-                )
-                await link.confirm_select()
+                link = await self._open_link()
             except (OSError, LinkClosed, TimeoutError, BrokerError) as exc:
-                self._circuit_until = time.monotonic() + self._settings.circuit_open_seconds
+                self._circuit_until = self._clock() + self._settings.circuit_open_seconds
                 raise BrokerUnavailable(f"cannot connect to the broker: {exc}") from exc
             self._link = link
             return link
 
+    async def _open_link(self) -> Link:
+        """A new link in confirm mode: the seam to the broker (``rabbitry.testing`` swaps it)."""
+        link = await Link.connect(
+            self._settings.url,
+            name=f"{self._name}-publisher",
+            timeout=self._settings.connect_timeout,
+        )
+        await link.confirm_select()
+        return link
+
     async def _trip(self, link: Link, reason: str) -> None:
         log.warning("publisher connection dropped: %s", reason)
-        self._circuit_until = time.monotonic() + self._settings.circuit_open_seconds
+        self._circuit_until = self._clock() + self._settings.circuit_open_seconds
         await self._drop(link)
 
     async def _drop(self, link: Link) -> None:

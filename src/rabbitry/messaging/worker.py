@@ -45,6 +45,22 @@ class Worker:
         self._policy = retry or RetryPolicy()
         self.connected = asyncio.Event()  # set while consuming; tests and health checks wait on it
 
+    @property
+    def subscriptions(self) -> tuple[Subscription, ...]:
+        return tuple(self._subscriptions)
+
+    @property
+    def topology(self) -> Topology:
+        return self._topology
+
+    @property
+    def amqp(self) -> AmqpSettings:
+        return self._settings
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self._policy
+
     async def run(self, stopping: asyncio.Event) -> None:
         backoff = 0.5
         while not stopping.is_set():
@@ -62,15 +78,13 @@ class Worker:
 
     async def _session(self, stopping: asyncio.Event) -> None:
         """One connection's lifetime: returns on stop, raises when the broker drops us."""
-        url = self._settings.url
-        async with await Declarer.connect(url, name=self.name) as declarer:
-            await declarer.declare(self._topology)
+        await self._declare()
         links: list[Link] = []
         consumers: list[Consumer] = []
         try:
             for subscription in self._subscriptions:
                 # One link per subscription: basic.qos and flow control stay per queue.
-                link = await Link.connect(url, name=f"{self.name}-{subscription.queue}")
+                link = await self._open_link(f"{self.name}-{subscription.queue}")
                 links.append(link)
                 await link.confirm_select()  # retry and dead-letter copies are confirmed
                 consumer = Consumer(self._settings, subscription, link, self._policy)
@@ -95,6 +109,15 @@ class Worker:
             for link in links:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(link.close(), timeout=2)
+
+    # The two seams to the broker; rabbitry.testing's in-memory broker overrides both.
+
+    async def _declare(self) -> None:
+        async with await Declarer.connect(self._settings.url, name=self.name) as declarer:
+            await declarer.declare(self._topology)
+
+    async def _open_link(self, name: str) -> Link:
+        return await Link.connect(self._settings.url, name=name)
 
 
 async def _wait_closed(link: Link) -> None:
