@@ -252,6 +252,42 @@ class Link(AmqpProtocol):
 
         await self._call(commands.Basic.Cancel(consumer_tag), unregister)
 
+    # --- a queue of the link's own ------------------------------------------------------
+    # An exclusive queue can only be declared, bound and consumed on the connection that owns
+    # it, so these live here rather than on the aio-pika declarer.
+
+    async def declare_exchange(self, exchange: str, type: str, *, durable: bool = True) -> None:
+        """Declare ``exchange`` (idempotent when it exists with the same type)."""
+        await self._call(
+            commands.Exchange.Declare(exchange=exchange, exchange_type=type, durable=durable)
+        )
+
+    async def declare_queue(
+        self,
+        queue: str,
+        *,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+    ) -> str:
+        """Declare ``queue`` on this connection; returns its name as the broker confirmed it."""
+        method = commands.Queue.Declare(
+            queue=queue, durable=durable, exclusive=exclusive, auto_delete=auto_delete
+        )
+        reply = await self._call(method)
+        return str(reply.queue)
+
+    async def bind_queue(self, queue: str, exchange: str, routing_key: str) -> None:
+        """Bind ``queue`` to ``exchange`` with ``routing_key`` (a repeat is a no-op)."""
+        await self._call(
+            commands.Queue.Bind(queue=queue, exchange=exchange, routing_key=routing_key)
+        )
+
+    async def unbind_queue(self, queue: str, exchange: str, routing_key: str) -> None:
+        """Remove one binding (removing a missing one is a no-op on RabbitMQ)."""
+        method = commands.Queue.Unbind(queue=queue, exchange=exchange, routing_key=routing_key)
+        await self._call(method)
+
     def ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
         """Acknowledge a delivery; sent with everything else at the end of this loop turn."""
         self._check_open()

@@ -32,6 +32,10 @@ _REPLIES = frozenset(
         commands.Basic.QosOk.index,
         commands.Basic.ConsumeOk.index,
         commands.Basic.CancelOk.index,
+        commands.Exchange.DeclareOk.index,
+        commands.Queue.DeclareOk.index,
+        commands.Queue.BindOk.index,
+        commands.Queue.UnbindOk.index,
     }
 )
 

@@ -1,0 +1,211 @@
+"""A queue of this process's own: exclusive, auto-delete, bound to one exchange with routing keys
+that come and go at run time (the chat gateway's per-instance queue).
+
+The queue lives and dies with its connection. Exclusive: only the connection that declared it
+may bind or consume it, so declaring, binding and consuming all happen on one :class:`Link`.
+Auto-delete: when this process goes, so does its queue, and nothing is routed to it any more.
+
+The :class:`Inbox` keeps two sets apart: the routing keys its owner *wants* (:meth:`want`,
+:meth:`drop`, plain synchronous calls) and the keys *bound* on the broker now. One task
+reconciles them, so however wants and drops of one key race, the binding ends up matching the
+last word, and nothing but that task touches the broker. When the connection drops, the queue
+and its bindings are gone; the Inbox connects again, declares a *new* queue (a new name: the
+broker may keep the old one until it notices the dead connection), binds every wanted key and
+consumes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from rabbitry.amqp.link import Delivery, Link, LinkClosed
+from rabbitry.errors import BrokerError, MessageError
+from rabbitry.messaging import envelope
+from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.settings import AmqpSettings
+from rabbitry.messaging.topology import Exchange
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 5.0
+
+
+class Inbox:
+    """An exclusive, auto-delete queue bound to ``exchange`` with the wanted routing keys.
+
+    ``exchange`` is declared on every connection, so the queue can bind even on a fresh broker.
+
+    ``on_message`` runs for each delivery, inside the connection's read loop: it must not block.
+    Deliveries are acked as they arrive (the queue dies with the process anyway). ``name`` is
+    the connection name and the queue's prefix: ``<name>.<n>``, ``n`` counting connections.
+    A :class:`~rabbitry.messaging.service.Service`: run it with ``run(stopping)``.
+    """
+
+    def __init__(
+        self,
+        amqp: AmqpSettings,
+        *,
+        name: str,
+        exchange: Exchange,
+        on_message: Callable[[Message], None],
+        prefetch: int = 1000,
+    ) -> None:
+        self.name = name
+        self._settings = amqp
+        self._exchange = exchange
+        self._on_message = on_message
+        self._prefetch = prefetch
+        self._wanted: set[str] = set()
+        self._bound: set[str] = set()
+        self._changed = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._link: Link | None = None
+        self._generation = 0
+        self.queue: str | None = None
+        """The queue's name while connected."""
+        self.connected = asyncio.Event()
+        """Set while the queue exists and is consumed."""
+        self.delivered = 0
+        """Deliveries received since start (what the broker routed to this instance)."""
+
+    # --- what the owner wants --------------------------------------------------------------
+
+    def want(self, key: str) -> None:
+        """Bind ``key`` (soon: await :meth:`bound` to know when)."""
+        if key not in self._wanted:
+            self._wanted.add(key)
+            self._changed.set()
+
+    def drop(self, key: str) -> None:
+        """Unbind ``key`` (soon)."""
+        if key in self._wanted:
+            self._wanted.discard(key)
+            self._changed.set()
+
+    @property
+    def wanted(self) -> frozenset[str]:
+        return frozenset(self._wanted)
+
+    @property
+    def bound_keys(self) -> frozenset[str]:
+        """The keys bound on the broker now, as far as this process knows."""
+        return frozenset(self._bound)
+
+    async def bound(self, key: str, timeout: float) -> bool:
+        """Wait until ``key`` is bound; False if it was dropped or ``timeout`` passed first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while key in self._wanted and key not in self._bound:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), remaining)
+        return key in self._bound
+
+    # --- the broker side ------------------------------------------------------------------
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Keep the queue up until ``stopping``; reconnect (with backoff) when it is lost."""
+        backoff = 0.25
+        while not stopping.is_set():
+            try:
+                await self._session(stopping)
+                backoff = 0.25
+            except (BrokerError, OSError, TimeoutError) as exc:
+                log.warning(
+                    "%s: broker connection lost (%s); again in %.2fs", self.name, exc, backoff
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), timeout=backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _session(self, stopping: asyncio.Event) -> None:
+        link = await Link.connect(
+            self._settings.url, name=self.name, timeout=self._settings.connect_timeout
+        )
+        try:
+            self._generation += 1
+            exchange = self._exchange
+            await link.declare_exchange(
+                exchange.name, exchange.type.value, durable=exchange.durable
+            )
+            queue = await link.declare_queue(
+                f"{self.name}.{self._generation}", exclusive=True, auto_delete=True
+            )
+            await link.qos(self._prefetch)
+            self._link, self.queue = link, queue
+            await link.consume(queue, self._on_delivery)
+            self.connected.set()
+            log.info("%s: consuming %s", self.name, queue)
+            while not stopping.is_set():
+                await self._reconcile(link, queue)
+                await _first(self._changed.wait(), stopping.wait(), _closed(link))
+                if link.closed.done():
+                    raise LinkClosed("connection lost")
+        finally:
+            self.connected.clear()
+            self._bound.clear()
+            self._link = self.queue = None
+            self._notify()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(link.close(), timeout=2)
+
+    async def _reconcile(self, link: Link, queue: str) -> None:
+        """Bind what is wanted and not bound, unbind the reverse, until both sets agree."""
+        while True:
+            self._changed.clear()
+            missing = self._wanted - self._bound
+            extra = self._bound - self._wanted
+            if not missing and not extra:
+                return
+            # One write, replies in order: a few hundred rooms rebind in one round trip.
+            await asyncio.gather(
+                *(link.bind_queue(queue, self._exchange.name, key) for key in missing),
+                *(link.unbind_queue(queue, self._exchange.name, key) for key in extra),
+            )
+            self._bound = (self._bound | missing) - extra
+            self._notify()
+
+    def _notify(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    def _on_delivery(self, delivery: Delivery) -> None:
+        link = self._link
+        if link is not None and link.is_open:
+            link.ack(delivery.delivery_tag)
+        self.delivered += 1
+        props = delivery.properties
+        try:
+            message = envelope.decode(
+                delivery.body,
+                props.headers,
+                message_id=props.message_id,
+                timestamp=props.timestamp,
+                routing_key=delivery.routing_key,
+                exchange=delivery.exchange,
+                strict=False,
+            )
+        except MessageError as exc:
+            log.warning("%s: dropping an undecodable delivery: %s", self.name, exc)
+            return
+        self._on_message(message)
+
+
+async def _closed(link: Link) -> None:
+    with contextlib.suppress(BaseException):
+        await asyncio.shield(link.closed)
+
+
+async def _first(*waits: object) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waits]  # type: ignore[call-overload]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
