@@ -72,6 +72,7 @@ def create_app(
                     await runner
 
     app = FastAPI(title="Rabbitry", version=__version__, lifespan=lifespan)
+    app.state.settings = settings  # route dependencies (credentials) read it, lifespan or not
     _install_error_handlers(app)
 
     @app.get("/healthz")

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 import typer
 from fastapi import APIRouter, FastAPI
 
+from rabbitry.chat import http as chat_http
 from rabbitry.chat import topology as chat_topology
+from rabbitry.chat.persistence import PersistenceProcess
 from rabbitry.config import Settings
 from rabbitry.errors import ConfigError
 from rabbitry.events import commands as events_commands
@@ -27,7 +29,9 @@ from rabbitry.messaging.service import Service
 from rabbitry.messaging.topology import Topology
 from rabbitry.outbox import commands as outbox_commands
 from rabbitry.outbox.relay import RelayService
+from rabbitry.sessions import http as sessions_http
 from rabbitry.sessions import topology as sessions_topology
+from rabbitry.sessions.dispatch import DispatchService
 
 
 def _always(_: Settings) -> bool:
@@ -87,13 +91,29 @@ PARTS: tuple[Part, ...] = (
     ),
     Part(
         name="sessions",
-        summary="multi-tenant session revocation",
+        summary="multi-tenant session revocation: USER, SESSION and DISPATCH",
+        services={
+            "dispatch": ServiceSpec(
+                DispatchService,
+                in_up=_broker_on,
+                summary="removes a removed user's sessions, tenant by tenant",
+            )
+        },
+        servers={"user": [sessions_http.user_router], "session": [sessions_http.session_router]},
         topology=sessions_topology.topology,
+        lifespan=sessions_http.lifespan,
     ),
     Part(
         name="chat",
         summary="WebSocket chat across gateway instances",
+        services={
+            "chat-persist": ServiceSpec(
+                PersistenceProcess, in_up=_broker_on, summary="stores chat messages once each"
+            )
+        },
+        servers={"chat": [chat_http.router]},
         topology=chat_topology.topology,
+        lifespan=chat_http.lifespan,
     ),
 )
 

@@ -32,7 +32,7 @@ async def run_workers(settings: Settings, names: Sequence[str]) -> None:
 async def run_up(settings: Settings, *, host: str, port: int) -> None:
     """The whole system in one process: every part's routers and every ``up`` service."""
     await _serve_http(
-        settings,
+        _in_one_process(settings, host, port),
         host=host,
         port=port,
         routers=registry.all_routers(),
@@ -54,6 +54,17 @@ async def run_part_server(settings: Settings, name: str, *, host: str, port: int
         workers=(),
         lifespans=registry.lifespans(name),
     )
+
+
+def _in_one_process(settings: Settings, host: str, port: int) -> Settings:
+    """Under ``up``, DISPATCH calls this very process's SESSION routes: with no service token
+    configured, one is generated for the process (never printed: nothing outside needs it)."""
+    update: dict[str, object] = {}
+    if settings.service_token is None:
+        update["service_token"] = SecretStr(secrets.token_urlsafe(32))
+    if settings.session_url is None:
+        update["session_url"] = f"http://{host}:{port}"
+    return settings.model_copy(update=update) if update else settings
 
 
 def with_admin_token(settings: Settings) -> Settings:

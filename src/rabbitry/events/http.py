@@ -3,7 +3,9 @@
 ``GET /api/events/{entity}/{id}`` → ``{"entity", "id", "events": [...]}``;
 ``GET /api/events/{entity}/{id}/state[?at=TIME]`` → the state object. 404 when the entity has
 no events (as of ``at``), 400 for an unreadable ``at``, 422 for a bad id. An entity name with
-backslashes travels percent-encoded: ``App%5CModels%5COrder``.
+backslashes travels percent-encoded: ``App%5CModels%5COrder``. Every route needs the admin
+token (:func:`rabbitry.bearer.require_admin`): an entity's history is not for anyone who can
+reach the port.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 
+from rabbitry.bearer import require_admin
 from rabbitry.events.change import MAX_ENTITY_LENGTH, parse_time
 from rabbitry.events.store import EventStore
 from rabbitry.storage.database import Database
 
-router = APIRouter(prefix="/api/events", tags=["events"])
+router = APIRouter(
+    prefix="/api/events", tags=["events"], dependencies=[Depends(require_admin)]
+)
 
 
 def get_database(request: Request) -> Database:

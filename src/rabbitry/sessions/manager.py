@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from rabbitry.bearer import same_secret
 from rabbitry.sessions.cache import SessionCache
 from rabbitry.sessions.store import SessionRecord, SessionStore, utcnow
 from rabbitry.sessions.throttle import LoginThrottle
 from rabbitry.sessions.tokens import (
     new_session_id,
     new_token,
-    same_secret,
     token_hash,
     token_tenant,
 )
@@ -123,6 +123,11 @@ class SessionManager:
         if not same_secret(record.token_hash, hashed) or record.expired(utcnow()):
             return None
         return Principal.of(record)
+
+    async def is_user_token(self, token: str) -> bool:
+        """Whether ``token`` is a live session token of its tenant (for 403 versus 401)."""
+        tenant = token_tenant(token)
+        return tenant is not None and await self.authenticate(tenant, token) is not None
 
     async def sessions_of(self, tenant: str, user_id: int) -> list[SessionRecord]:
         return await self.store.of_user(tenant, user_id)

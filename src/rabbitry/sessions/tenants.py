@@ -4,16 +4,22 @@ collection names and cache keys. ``[a-z0-9-]{1,63}``, no other characters, no ex
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from rabbitry.errors import Conflict, StorageError
+from rabbitry.config import Settings
+from rabbitry.errors import BrokerError, Conflict, StorageError
+from rabbitry.messaging import Declarer
 from rabbitry.sessions.models import Tenant
 from rabbitry.sessions.store import utcnow
+from rabbitry.sessions.topology import tenant_topology
 from rabbitry.storage import Database
+
+log = logging.getLogger(__name__)
 
 _TENANT = re.compile(r"^[a-z0-9-]{1,63}$")
 
@@ -65,3 +71,21 @@ class Tenants:
         async with self._db.session() as session:
             rows = (await session.execute(query)).all()
         return [TenantInfo(int(i), str(n)) for i, n in rows]
+
+
+async def declare_tenant(settings: Settings, name: str) -> bool:
+    """Declare the tenant's removal queue (with its retry tiers and dead-letter queue); False
+    if the broker is unreachable. Not fatal: DISPATCH declares it too when it subscribes, and
+    a request published before that waits in the outbox."""
+    if not settings.rabbit_active:
+        return False
+    amqp = settings.amqp
+    try:
+        async with await Declarer.connect(
+            amqp.url, timeout=amqp.connect_timeout, name=f"{settings.namespace}-user"
+        ) as declarer:
+            await declarer.declare(tenant_topology(settings, [name]))
+    except BrokerError as exc:
+        log.warning("tenant %s: queue not declared yet (%s)", name, exc)
+        return False
+    return True

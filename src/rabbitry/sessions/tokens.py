@@ -9,7 +9,6 @@ hash is safe to index (no secret left to compare slowly). Pure, no I/O.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 import secrets
 
@@ -31,11 +30,6 @@ def token_tenant(token: str) -> str | None:
     """The tenant a well-formed token belongs to, or ``None`` for anything else."""
     match = _TOKEN.fullmatch(token)
     return match.group("tenant") if match else None
-
-
-def same_secret(given: str, expected: str) -> bool:
-    """Constant-time comparison of two secrets (an admin or service token, a hash)."""
-    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
 def new_session_id() -> str:

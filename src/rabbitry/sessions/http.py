@@ -1,0 +1,173 @@
+"""HTTP routers of the sessions part: ``user`` (USER) and ``session`` (SESSION) servers.
+
+USER (admin token): ``POST /api/tenants`` {name} → 201 · ``POST /api/tenants/{t}/users``
+{username, password} → 201 {id} · ``DELETE /api/tenants/{t}/users/{id}`` → 202.
+
+SESSION: ``POST /api/tenants/{t}/sessions`` {username, password} → 201 {session_id, token} (no
+credential; 401 for a wrong password or an unknown user alike, 429 when throttled) ·
+``GET /api/tenants/{t}/sessions/me`` and ``DELETE .../sessions/me`` (the user's own token) ·
+``GET /api/tenants/{t}/users/{id}/sessions`` (admin) · ``DELETE /api/tenants/{t}/sessions/{sid}``
+and ``POST /api/tenants/{t}/sessions/revocations`` {session_ids} (admin or service token).
+Deleting is idempotent: a session that is gone already answers ``{"removed": 0}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, FastAPI, HTTPException, Path, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from rabbitry.errors import Conflict, NotFound
+from rabbitry.sessions.auth import AdminDep, Manager, RevokerDep, TenantPath, UserDep
+from rabbitry.sessions.backends import open_manager
+from rabbitry.sessions.manager import LoginStatus
+from rabbitry.sessions.removal import UserRemoval
+from rabbitry.sessions.tenants import Tenants, declare_tenant
+from rabbitry.sessions.users import MAX_PASSWORD, MAX_USERNAME
+
+user_router = APIRouter(prefix="/api/tenants", tags=["users"])
+session_router = APIRouter(prefix="/api/tenants", tags=["sessions"])
+
+UserIdPath = Annotated[int, Path(ge=1, le=2**63 - 1)]
+SessionIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
+
+
+class TenantIn(BaseModel):
+    name: str = Field(pattern=r"^[a-z0-9-]{1,63}$")
+
+
+class Credentials(BaseModel):
+    username: str = Field(min_length=1, max_length=MAX_USERNAME)
+    password: str = Field(min_length=1, max_length=MAX_PASSWORD)
+
+
+class SessionIds(BaseModel):
+    session_ids: list[Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]] = Field(max_length=10_000)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The part's per-process resources: the session manager over the configured store and
+    cache, also the app's judge of user tokens (403 rather than 401 on admin routes)."""
+    state = app.state
+    async with open_manager(state.settings, state.database, publisher=state.publisher) as manager:
+        state.sessions = manager
+        state.user_tokens = manager
+        yield
+
+
+async def _tenant_exists(request: Request, tenant: str) -> None:
+    if not await Tenants(request.app.state.database).exists(tenant):
+        raise HTTPException(404, f"no tenant {tenant!r}")
+
+
+# --- USER ----------------------------------------------------------------------------------
+
+
+@user_router.post("", status_code=201)
+async def create_tenant(request: Request, body: TenantIn, _: AdminDep) -> dict[str, Any]:
+    """Create a tenant and declare its removal queue."""
+    settings = request.app.state.settings
+    try:
+        tenant = await Tenants(request.app.state.database).create(body.name)
+    except Conflict as exc:
+        raise HTTPException(409, str(exc)) from None
+    declared = await declare_tenant(settings, tenant.name)
+    return {"name": tenant.name, "queue_declared": declared}
+
+
+@user_router.post("/{tenant}/users", status_code=201)
+async def create_user(
+    tenant: TenantPath, body: Credentials, manager: Manager, _: AdminDep
+) -> dict[str, Any]:
+    try:
+        user = await manager.users.create(tenant, body.username, body.password)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except Conflict as exc:
+        raise HTTPException(409, str(exc)) from None
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+    return {"id": user.id, "tenant": tenant, "username": user.username}
+
+
+@user_router.delete("/{tenant}/users/{user_id}", status_code=202)
+async def remove_user(
+    request: Request, tenant: TenantPath, user_id: UserIdPath, manager: Manager, _: AdminDep
+) -> dict[str, Any]:
+    """Remove the user and enqueue the removal of their sessions; does not wait for it."""
+    await _tenant_exists(request, tenant)
+    state = request.app.state
+    receipt = await UserRemoval(state.settings, manager.users, state.publisher).remove(
+        tenant, user_id
+    )
+    return receipt.to_json()
+
+
+# --- SESSION -------------------------------------------------------------------------------
+
+
+@session_router.post("/{tenant}/sessions", status_code=201, response_model=None)
+async def login(request: Request, tenant: TenantPath, body: Credentials, manager: Manager) -> Any:
+    result = await manager.login(tenant, body.username, body.password)
+    if result.status is LoginStatus.THROTTLED:
+        lockout = request.app.state.settings.login_lockout
+        return JSONResponse(
+            {"error": "too many failed logins; try again later"},
+            status_code=429,
+            headers={"Retry-After": str(max(1, round(lockout)))},
+        )
+    if result.status is LoginStatus.REFUSED or result.session is None:
+        raise HTTPException(401, "wrong username or password")
+    return {
+        "session_id": result.session.id,
+        "token": result.token,
+        "expires_at": result.session.expires_at.isoformat(),
+    }
+
+
+@session_router.get("/{tenant}/sessions/me")
+async def me(principal: UserDep) -> dict[str, Any]:
+    return {
+        "tenant": principal.tenant,
+        "user_id": principal.user_id,
+        "username": principal.username,
+        "session_id": principal.session_id,
+        "expires_at": principal.expires_at.isoformat(),
+    }
+
+
+@session_router.delete("/{tenant}/sessions/me")
+async def logout(principal: UserDep, manager: Manager) -> dict[str, Any]:
+    removed = await manager.revoke(principal.tenant, [principal.session_id])
+    return {"removed": len(removed)}
+
+
+@session_router.get("/{tenant}/users/{user_id}/sessions")
+async def user_sessions(
+    request: Request, tenant: TenantPath, user_id: UserIdPath, manager: Manager, _: AdminDep
+) -> dict[str, Any]:
+    await _tenant_exists(request, tenant)
+    records = await manager.sessions_of(tenant, user_id)
+    return {"tenant": tenant, "user_id": user_id, "sessions": [r.public() for r in records]}
+
+
+@session_router.delete("/{tenant}/sessions/{session_id}")
+async def delete_session(
+    tenant: TenantPath, session_id: SessionIdPath, manager: Manager, _: RevokerDep
+) -> dict[str, Any]:
+    removed = await manager.revoke(tenant, [session_id])
+    return {"removed": len(removed)}
+
+
+@session_router.post("/{tenant}/sessions/revocations")
+async def delete_sessions(
+    tenant: TenantPath, manager: Manager, _: RevokerDep, body: Annotated[SessionIds, Body()]
+) -> dict[str, Any]:
+    """Batch form of the DELETE above (DISPATCH's ``dispatch_batch`` mode)."""
+    removed = await manager.revoke(tenant, body.session_ids)
+    return {"removed": len(removed)}
