@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
@@ -48,7 +48,12 @@ class RegistryEntry(BaseModel):
     allow_manual_insertion: bool = False
     classname: str = ""
     exchange: str = ""
+    # May hold {field} placeholders, filled from the record a user sends (validated names).
     routing_key: str = ""
+    # What a record sent by hand becomes: its rr_job ("" = the routing key), and its body:
+    # "record" (the record's fields) or "change" (a change event of it, for the event store).
+    message_type: str = ""
+    payload: Literal["record", "change"] = "record"
 
     @field_validator("name")
     @classmethod

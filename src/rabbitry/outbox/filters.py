@@ -36,10 +36,14 @@ class RequeueFilter:
     since: dt.datetime | None = None
     before: dt.datetime | None = None
     origin: Origin | None = None
+    # These rows only (the back-office's "requeue selected"); None: any row.
+    ids: frozenset[int] | None = None
 
     def describe(self) -> str:
         """A short human description, for logs and summaries."""
         parts = [f"queue={self.queue}" if self.queue else "all queues"]
+        if self.ids is not None:
+            parts.append(f"{len(self.ids)} selected row(s)")
         if self.since is not None:
             parts.append(f"from {self.since.isoformat()}")
         if self.before is not None:

@@ -458,4 +458,6 @@ def _conditions(where: RequeueFilter) -> list[ColumnElement[bool]]:
         conditions.append(TABLE.c.created_at < where.before)
     if where.origin is not None:
         conditions.append(TABLE.c.origin == where.origin.value)
+    if where.ids is not None:
+        conditions.append(TABLE.c.id.in_(sorted(where.ids)))
     return [and_(*conditions)] if conditions else []

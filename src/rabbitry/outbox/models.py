@@ -73,6 +73,10 @@ class QueueRecord(Base):
     classname: Mapped[str] = mapped_column(String(NAME_LENGTH), default="", index=True)
     exchange: Mapped[str] = mapped_column(String(NAME_LENGTH), default="")
     routing_key: Mapped[str] = mapped_column(String(NAME_LENGTH), default="")
+    # What a record sent by hand becomes (outbox.record): its rr_job ("" = the routing key)
+    # and the shape of its body.
+    message_type: Mapped[str] = mapped_column(String(NAME_LENGTH), default="")
+    payload: Mapped[str] = mapped_column(String(16), default="record")
     # An entry removed from the file stays (its pending messages still point at it), inactive.
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -103,8 +107,16 @@ class PendingMessage(Base):
     # A requeue run leases the rows it is publishing, so that a concurrent run skips them.
     claim_token: Mapped[str | None] = mapped_column(String(36), nullable=True)
     claimed_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Soft delete (back-office, `rabbitry outbox delete`): the row also leaves the pending set
+    # (processed is set), so no requeue run or relay sends it, and stays for the record.
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # When an operator's requeue (back-office, outbox.browse) last got the broker's confirm.
+    requeued_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     __table_args__ = (
+        # The listings (outbox.browse): newest first over every row, keyset-paginated.
+        Index("ix_outbox_messages_created", "created_at", "id"),
+        Index("ix_outbox_messages_queue_created", "queue", "created_at", "id"),
         # The requeue query: pending rows, oldest first, optionally of one queue. Partial
         # indexes stay small however many processed rows pile up.
         Index(

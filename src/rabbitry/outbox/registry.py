@@ -20,7 +20,15 @@ from rabbitry.errors import StorageError
 from rabbitry.outbox.models import QueueRecord, utcnow
 from rabbitry.storage import Database
 
-_FIELDS = ("description", "allow_manual_insertion", "classname", "exchange", "routing_key")
+_FIELDS = (
+    "description",
+    "allow_manual_insertion",
+    "classname",
+    "exchange",
+    "routing_key",
+    "message_type",
+    "payload",
+)
 
 
 @contextlib.asynccontextmanager
@@ -45,6 +53,8 @@ class QueueInfo:
     exchange: str
     routing_key: str
     active: bool
+    message_type: str = ""
+    payload: str = "record"
 
     @classmethod
     def of(cls, record: QueueRecord) -> QueueInfo:
@@ -56,6 +66,8 @@ class QueueInfo:
             exchange=record.exchange,
             routing_key=record.routing_key,
             active=record.active,
+            message_type=record.message_type,
+            payload=record.payload,
         )
 
 
