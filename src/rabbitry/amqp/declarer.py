@@ -4,18 +4,30 @@ Hot-path publishing and consuming go through :mod:`rabbitry.amqp.link`; everythi
 changes the broker's shape goes through here. The declarer remembers what it declared, so
 declaring twice costs nothing, and re-applies everything after aio-pika reconnects (a broker
 restart loses non-durable objects and bindings of exclusive queues).
+
+It also answers what an operator asks of a queue: its depth and consumers (a passive declare,
+so no management plugin is needed), and :class:`Holding` takes messages with ``basic.get``
+without acking them, for the dead-letter pages (:mod:`rabbitry.messaging.deadletters`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 
 from rabbitry.amqp.spec import Binding, Exchange, Queue, Topology
 from rabbitry.errors import BrokerError, BrokerUnavailable, NotFound, RabbitryError
@@ -146,6 +158,31 @@ class Declarer:
             raise translate(exc, f"queue {name}") from exc
         return int(result.message_count or 0)
 
+    async def queue_status(self, name: str) -> QueueStatus:
+        """Ready messages and consumers of ``name`` (a passive declare); NotFound if missing."""
+        try:
+            underlay = await self._channel.get_underlay_channel()
+            result = await underlay.queue_declare(name, passive=True)
+        except Exception as exc:
+            await self._reopen()
+            raise translate(exc, f"queue {name}") from exc
+        return QueueStatus(int(result.message_count or 0), int(result.consumer_count or 0))
+
+    async def hold(self, queue: str) -> Holding:
+        """A channel of its own to take messages from ``queue`` and settle them one by one
+        (close it to give back the rest); NotFound if the queue is missing."""
+        try:
+            channel = await self._connection.channel(publisher_confirms=False)
+        except Exception as exc:
+            raise translate(exc, "open a channel") from exc
+        try:
+            declared = await channel.get_queue(queue, ensure=True)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await channel.close()
+            raise translate(exc, f"queue {queue}") from exc
+        return Holding(channel, declared)
+
     async def exchange_exists(self, name: str) -> bool:
         """Whether exchange ``name`` exists (a passive declare); broker trouble raises."""
         try:
@@ -174,6 +211,79 @@ class Declarer:
         await self._connection.close()
 
     async def __aenter__(self) -> Declarer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    """What a passive declare tells about a queue."""
+
+    messages: int
+    consumers: int
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A message taken with ``basic.get``, not settled yet: its channel holds it."""
+
+    tag: int
+    body: bytes
+    headers: dict[str, Any]
+    message_id: str | None
+    timestamp: dt.datetime | None
+    redelivered: bool
+
+
+class Holding:
+    """Messages taken from one queue without an ack, on a channel of their own.
+
+    Each is acked on its own once its owner is done with it (moved elsewhere with a confirmed
+    publish); closing the channel hands every message not acked back to the queue, in order.
+    """
+
+    def __init__(self, channel: AbstractChannel, queue: AbstractQueue) -> None:
+        self._channel = channel
+        self._queue = queue
+        self._held: dict[int, AbstractIncomingMessage] = {}
+
+    async def take(self, timeout: float = 5.0) -> Taken | None:
+        """The next ready message (``basic.get``, no ack), or ``None`` when there is none."""
+        try:
+            got = await self._queue.get(no_ack=False, fail=False, timeout=timeout)
+        except Exception as exc:
+            raise translate(exc, f"get from {self._queue.name}") from exc
+        if got is None:
+            return None
+        tag = int(got.delivery_tag or 0)
+        self._held[tag] = got
+        stamp = got.timestamp
+        return Taken(
+            tag=tag,
+            body=bytes(got.body),
+            headers=dict(got.headers or {}),
+            message_id=got.message_id,
+            timestamp=stamp.replace(tzinfo=dt.UTC) if stamp and stamp.tzinfo is None else stamp,
+            redelivered=bool(got.redelivered),
+        )
+
+    async def ack(self, taken: Taken) -> None:
+        """Remove ``taken`` from the queue for good."""
+        message = self._held.pop(taken.tag)
+        try:
+            await message.ack()
+        except Exception as exc:
+            raise translate(exc, f"ack on {self._queue.name}") from exc
+
+    async def close(self) -> None:
+        """Give every message not acked back to the queue."""
+        self._held.clear()
+        with contextlib.suppress(Exception):  # a channel that is gone has given them back
+            await self._channel.close()
+
+    async def __aenter__(self) -> Holding:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

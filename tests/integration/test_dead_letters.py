@@ -1,0 +1,145 @@
+"""Dead letters: listed without being removed, moved back to the queue they died in only once
+the broker confirmed the copy (one, selected, all), with the retry count reset."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import BrokerProbe, WorkerRunner
+from helpers import Eventually
+from rabbitry.amqp.declarer import Declarer
+from rabbitry.config import Settings
+from rabbitry.errors import NotFound
+from rabbitry.messaging import Reject, Subscription, work_queue
+from rabbitry.messaging.deadletters import list_dead_letters, move_dead_letters
+from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.publisher import Publisher, Route
+from rabbitry.messaging.topology import dlq_name
+
+
+async def dead_letter(broker: BrokerProbe, queue: str, n: int, **headers: object) -> str:
+    """Put a message in ``queue``'s DLQ the way Rabbitry's consumer does."""
+    message_id = f"m-{n}"
+    await broker.publish(
+        "",
+        dlq_name(queue),
+        json.dumps({"n": n}).encode(),
+        message_id=message_id,
+        headers={
+            "rr_id": message_id,
+            "rr_job": "order.placed",
+            "x-rabbitry-reason": f"bad order {n}",
+            "x-rabbitry-error": f"Reject: bad order {n}",
+            "x-rabbitry-queue": queue,
+            "x-rabbitry-attempt": 3,
+            **headers,
+        },
+    )
+    return message_id
+
+
+async def test_listing_dead_letters_shows_their_reason_and_leaves_them_there(
+    settings: Settings, declarer: Declarer, broker: BrokerProbe
+) -> None:
+    queue = f"{settings.namespace}.orders"
+    await declarer.declare(work_queue(queue, policy=settings.retry))
+    ids = [await dead_letter(broker, queue, n) for n in range(3)]
+
+    letters, total = await list_dead_letters(declarer, dlq_name(queue), limit=2)
+    assert total == 3
+    assert [d.id for d in letters] == ids[:2]
+    assert letters[0].reason == "bad order 0" and letters[0].queue == queue
+    assert letters[0].attempt == 3 and json.loads(letters[0].body) == {"n": 0}
+    # Looking removed nothing, and gave the messages back in their order.
+    assert await broker.counts(dlq_name(queue)) == (3, 0)
+    again, _ = await list_dead_letters(declarer, dlq_name(queue))
+    assert [d.id for d in again] == ids
+
+
+async def test_moving_selected_dead_letters_sends_them_back_with_a_fresh_attempt_count(
+    settings: Settings, declarer: Declarer, broker: BrokerProbe
+) -> None:
+    queue = f"{settings.namespace}.orders"
+    await declarer.declare(work_queue(queue, policy=settings.retry))
+    ids = [await dead_letter(broker, queue, n) for n in range(4)]
+
+    async with Publisher(settings.amqp, name=f"{settings.namespace}-move") as publisher:
+        report = await move_dead_letters(
+            declarer, publisher, dlq_name(queue), [ids[1], ids[3], "nope"]
+        )
+    assert sorted(report.moved) == [ids[1], ids[3]] and report.not_found == ["nope"]
+
+    back = await broker.get_all(queue)
+    assert [r.properties.message_id for r in back] == [ids[1], ids[3]]
+    for received in back:
+        assert "x-rabbitry-reason" not in received.headers
+        assert "x-rabbitry-attempt" not in received.headers
+        assert received.headers["rr_job"] == "order.placed"
+        assert received.tags["rr_delay"] == "l"  # RoadRunner's field type, not the width of 0
+    remaining = await broker.get_all(dlq_name(queue))
+    assert [r.properties.message_id for r in remaining] == [ids[0], ids[2]]
+
+
+async def test_moving_all_dead_letters_empties_the_dead_letter_queue_once(
+    settings: Settings,
+    declarer: Declarer,
+    broker: BrokerProbe,
+    run_worker: WorkerRunner,
+    eventually: Eventually,
+) -> None:
+    queue = f"{settings.namespace}.orders"
+    topology = work_queue(queue, policy=settings.retry)
+    await declarer.declare(topology)
+    handled: list[str] = []
+
+    async def strict(message: Message) -> None:
+        handled.append(message.id)
+        raise Reject("still bad")
+
+    async with Publisher(settings.amqp, name=f"{settings.namespace}-move") as publisher:
+        for n in range(5):
+            await publisher.publish(
+                Message(type="order.placed", payload={"n": n}), Route("", queue)
+            )
+        subscription = Subscription(queue, handlers={"order.placed": strict})
+        async with run_worker([subscription], topology):
+
+            async def five_dead() -> bool:
+                return (await broker.counts(dlq_name(queue)))[0] == 5
+
+            await eventually(five_dead, what="five dead letters")
+            letters, _ = await list_dead_letters(declarer, dlq_name(queue))
+            assert {d.reason for d in letters} == {"still bad"}
+            report = await move_dead_letters(declarer, publisher, dlq_name(queue))
+            assert len(report.moved) == 5 and not report.failed
+
+            # The worker rejects them again: they die once more, and the move did not loop.
+            async def dead_again() -> bool:
+                return len(handled) == 10 and await five_dead()
+
+            await eventually(dead_again, what="the moved messages handled and dead again")
+    assert len(handled) == 10
+    assert sorted(handled[:5]) == sorted(handled[5:])
+
+
+async def test_a_dead_letter_whose_queue_is_gone_stays_in_the_dead_letter_queue(
+    settings: Settings, declarer: Declarer, broker: BrokerProbe
+) -> None:
+    queue = f"{settings.namespace}.orders"
+    await declarer.declare(work_queue(queue, policy=settings.retry))
+    kept = await dead_letter(broker, queue, 1, **{"x-rabbitry-queue": f"{queue}-gone"})
+    async with Publisher(settings.amqp, name=f"{settings.namespace}-move") as publisher:
+        report = await move_dead_letters(declarer, publisher, dlq_name(queue))
+    assert report.moved == [] and kept in report.failed
+    assert await broker.counts(dlq_name(queue)) == (1, 0)
+
+
+async def test_a_missing_dead_letter_queue_is_not_found(
+    settings: Settings, declarer: Declarer
+) -> None:
+    try:
+        await list_dead_letters(declarer, f"{settings.namespace}.none.dlq")
+    except NotFound:
+        pass
+    else:
+        raise AssertionError("a missing queue was listed")
