@@ -37,7 +37,9 @@ def test_serve_events_answers_its_api_health_and_metrics_and_runs_no_worker(
     try:
         wait_for(lambda: httpx.get(f"{base}/healthz").status_code == 200, what="/healthz")
         assert "rabbitry_published" in httpx.get(f"{base}/metrics").text
-        missing = httpx.get(f"{base}/api/events/App%5COrder/1")
+        assert httpx.get(f"{base}/api/events/App%5COrder/1").status_code == 401
+        admin = {"Authorization": "Bearer test-token"}
+        missing = httpx.get(f"{base}/api/events/App%5COrder/1", headers=admin)
         assert missing.status_code == 404
         assert missing.json() == {"error": "no events for App\\Order 1"}
     finally:

@@ -105,7 +105,14 @@ def test_up_runs_the_workflow_worker_end_to_end(system: tuple[str, dict[str, str
     )
     assert json.loads(out.stdout)["status"] == "published"
     history = wait_for(
-        lambda: httpx.get(f"{base}/api/events/App%5CModels%5CTask/7").json(),
+        lambda: (
+            httpx.get(
+                f"{base}/api/events/App%5CModels%5CTask/7",
+                headers={"Authorization": "Bearer test-token"},
+            )
+            .json()
+            .get("events")
+        ),
         what="the event in the store",
     )
     assert history
