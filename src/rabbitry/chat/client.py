@@ -42,10 +42,19 @@ class ConnectedClient:
     """One socket of one :class:`Member` in one room."""
 
     def __init__(
-        self, member: Member, room: str, send: Send, close: Close, *, queue_size: int = SEND_QUEUE
+        self,
+        member: Member,
+        room: str,
+        send: Send,
+        close: Close,
+        *,
+        token: str = "",
+        queue_size: int = SEND_QUEUE,
     ) -> None:
         self.member = member
         self.room = room
+        self.token = token
+        """The session token the socket was opened with (re-checked after a reconnect)."""
         self._send = send
         self._close = close
         self._queue: asyncio.Queue[str | None] = asyncio.Queue(queue_size)

@@ -39,6 +39,8 @@ class Inbox:
     ``exchange`` is declared on every connection, so the queue can bind even on a fresh broker.
 
     ``on_message`` runs for each delivery, inside the connection's read loop: it must not block.
+    ``on_connected(n)`` runs once the ``n``-th connection's queue is consumed and bound (from 2
+    on, after a loss: what was routed meanwhile is gone, and the owner may want to catch up).
     Deliveries are acked as they arrive (the queue dies with the process anyway). ``name`` is
     the connection name and the queue's prefix: ``<name>.<n>``, ``n`` counting connections.
     A :class:`~rabbitry.messaging.service.Service`: run it with ``run(stopping)``.
@@ -51,12 +53,14 @@ class Inbox:
         name: str,
         exchange: Exchange,
         on_message: Callable[[Message], None],
+        on_connected: Callable[[int], None] | None = None,
         prefetch: int = 1000,
     ) -> None:
         self.name = name
         self._settings = amqp
         self._exchange = exchange
         self._on_message = on_message
+        self._on_connected = on_connected
         self._prefetch = prefetch
         self._wanted: set[str] = set()
         self._bound: set[str] = set()
@@ -141,8 +145,12 @@ class Inbox:
             await link.consume(queue, self._on_delivery)
             self.connected.set()
             log.info("%s: consuming %s", self.name, queue)
+            first = True
             while not stopping.is_set():
                 await self._reconcile(link, queue)
+                if first and self._on_connected is not None:
+                    self._on_connected(self._generation)
+                first = False
                 await _first(self._changed.wait(), stopping.wait(), _closed(link))
                 if link.closed.done():
                     raise LinkClosed("connection lost")

@@ -1,0 +1,193 @@
+"""HTTP and WebSocket: ``WS /chat/ws/{room}``, ``GET /api/chat/rooms/{room}/messages``, ``/chat/``.
+
+``WS /chat/ws/{room}?tenant=T&token=TOKEN[&since=ID]`` — the token is a session token of the
+sessions part; a bad room, tenant, ``since`` or token is refused before the upgrade completes
+(HTTP 403). Then the client sends ``{"text": ...}`` frames and receives every message of the
+room, its own included; with ``since`` it first receives what it missed after that id.
+
+``GET /api/chat/rooms/{room}/messages?tenant=T[&limit=N][&before=ID]`` with
+``Authorization: Bearer TOKEN`` → ``{"room", "messages": [...newest first], "next_before"}``.
+
+The part's lifespan (:func:`lifespan`) owns the process's gateway: its Manager, its queue and
+its revocation watch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, Header, HTTPException, Query, Request, WebSocket
+from fastapi.responses import HTMLResponse
+from starlette.websockets import WebSocketDisconnect
+
+from rabbitry.chat.client import ConnectedClient, Member
+from rabbitry.chat.gateway import Gateway
+from rabbitry.chat.history import MAX_PAGE, ChatHistory
+from rabbitry.chat.protocol import (
+    FrameError,
+    RateLimit,
+    check_id,
+    check_room,
+    error_frame,
+    parse_client_frame,
+)
+from rabbitry.chat.revocations import RevocationWatch
+from rabbitry.config import Settings
+from rabbitry.messaging.publisher import PublishStatus
+from rabbitry.messaging.settings import validate_name
+from rabbitry.sessions import Principal, SessionManager, open_manager
+
+router = APIRouter(tags=["chat"])
+
+POLICY_VIOLATION = 1008
+RATE = 10.0  # messages a second per client, on average
+BURST = 20
+
+Authenticate = Callable[[str, str], Awaitable[Principal | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Chat:
+    """What the chat routes use: ``app.state.chat``."""
+
+    gateway: Gateway
+    history: ChatHistory
+    authenticate: Authenticate
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The gateway of this process: started after the database and publisher, stopped first."""
+    state = app.state
+    settings: Settings = state.settings
+    async with AsyncExitStack() as stack:
+        sessions: SessionManager | None = getattr(state, "sessions", None)
+        if sessions is None:  # `rabbitry serve chat`: no session server in this process
+            sessions = await stack.enter_async_context(
+                open_manager(settings, state.database, publisher=state.publisher)
+            )
+        authenticate: Authenticate = sessions.authenticate
+        gateway = await stack.enter_async_context(Gateway(settings, state.publisher).running())
+
+        async def still_valid(tenant: str, token: str) -> bool:
+            return await authenticate(tenant, token) is not None
+
+        await stack.enter_async_context(RevocationWatch(gateway, still_valid).running())
+        state.chat = Chat(gateway, ChatHistory(state.database), authenticate)
+        yield
+
+
+def chat_of(app: Any) -> Chat:
+    chat = getattr(app.state, "chat", None)
+    if not isinstance(chat, Chat):
+        raise RuntimeError("app.state.chat is not set: the chat part's lifespan did not run")
+    return chat
+
+
+@router.websocket("/chat/ws/{room}")
+async def chat_socket(
+    websocket: WebSocket, room: str, tenant: str = "", token: str = "", since: str | None = None
+) -> None:
+    chat = chat_of(websocket.app)
+    try:
+        check_room(room)
+        validate_name(tenant, "tenant")
+        if since is not None:
+            check_id(since, "since")
+    except ValueError as exc:
+        await websocket.close(POLICY_VIOLATION, str(exc)[:120])
+        return
+    principal = await chat.authenticate(tenant, token) if token else None
+    if principal is None:
+        await websocket.close(POLICY_VIOLATION, "not authenticated")
+        return
+    await websocket.accept()
+    member = Member(tenant, str(principal.user_id), principal.username, principal.session_id)
+    client = ConnectedClient(member, room, websocket.send_text, websocket.close, token=token)
+    pump = asyncio.create_task(client.pump())
+    gateway = chat.gateway
+    if since is not None:
+        client.hold()
+    try:
+        await gateway.manager.join(client)
+        if since is not None:
+            await gateway.recover(client, since, chat.history)
+        reader = asyncio.create_task(_read(websocket, client, gateway))
+        await asyncio.wait([reader, pump], return_when=asyncio.FIRST_COMPLETED)
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
+            await reader
+    finally:
+        gateway.manager.leave(client)
+        client.disconnect(1000, "")
+        with contextlib.suppress(Exception):
+            await pump
+
+
+async def _read(websocket: WebSocket, client: ConnectedClient, gateway: Gateway) -> None:
+    """Read the client's frames until it goes; publish each valid message, answer the rest."""
+    limit = RateLimit(RATE, BURST)
+    loop = asyncio.get_running_loop()
+    while True:
+        event = await websocket.receive()
+        if event["type"] == "websocket.disconnect":
+            return
+        raw = event.get("text")
+        if raw is None:
+            client.send_now(error_frame("text frames only"))
+            continue
+        try:
+            text = parse_client_frame(raw)
+        except FrameError as exc:
+            client.send_now(error_frame(str(exc)))
+            continue
+        if not limit.allow(loop.time()):
+            client.send_now(error_frame(f"rate limit: at most {RATE:g} messages a second"))
+            continue
+        result = await gateway.send(client, text)
+        if result.status is PublishStatus.FAILED:
+            client.send_now(error_frame("message not sent: the broker is unavailable"))
+
+
+@router.get("/api/chat/rooms/{room}/messages")
+async def room_messages(
+    request: Request,
+    room: str,
+    tenant: Annotated[str, Query(min_length=1, max_length=63)],
+    authorization: Annotated[str | None, Header()] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    before: str | None = None,
+) -> dict[str, Any]:
+    """A page of the room's history, newest first; ``next_before`` continues it."""
+    chat = chat_of(request.app)
+    try:
+        check_room(room)
+        validate_name(tenant, "tenant")
+        if before is not None:
+            check_id(before, "before")
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise HTTPException(401, "a bearer session token is required")
+    if await chat.authenticate(tenant, token.strip()) is None:
+        raise HTTPException(401, "invalid or expired session token")
+    page = await chat.history.page(tenant, room, limit=limit, before=before)
+    return {
+        "room": room,
+        "messages": [message.frame() for message in page],
+        "next_before": page[-1].id if len(page) == limit else None,
+    }
+
+
+@router.get("/chat/", response_class=HTMLResponse, include_in_schema=False)
+async def chat_page() -> HTMLResponse:
+    """The chat page: log in, pick a room, talk (static: it renders nothing from the user)."""
+    page = resources.files("rabbitry.chat").joinpath("static/chat.html").read_text("utf-8")
+    return HTMLResponse(page)
