@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
 
 DLQ_SUFFIX = ".dlq"
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 MOVE_BATCH = 200
 # How many messages one look or one move may hold unacked at once.
 MAX_SCAN = 10_000
@@ -91,6 +93,14 @@ class MoveReport:
 
 def is_dead_letter_queue(name: str) -> bool:
     return name.endswith(DLQ_SUFFIX) and len(name) > len(DLQ_SUFFIX)
+
+
+def dead_letter_queue(name: str) -> str:
+    """The dead-letter queue of ``name`` (a work queue ``Q`` or ``Q.dlq`` itself); raises
+    ``ValueError`` for a name no Rabbitry queue can have."""
+    if not _QUEUE_NAME.fullmatch(name) or len(name) > 255 - len(DLQ_SUFFIX):
+        raise ValueError(f"invalid queue name {name!r}: letters, digits and . _ - : only")
+    return name if is_dead_letter_queue(name) else name + DLQ_SUFFIX
 
 
 def origin_queue(headers: Mapping[str, Any], dlq: str) -> str:

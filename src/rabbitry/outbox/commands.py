@@ -23,7 +23,7 @@ from rabbitry.config import Settings
 from rabbitry.console import fail, run, settings
 from rabbitry.errors import StorageError
 from rabbitry.messaging.publisher import Publisher
-from rabbitry.outbox import registry
+from rabbitry.outbox import deadletter_commands, ledger_commands, registry
 from rabbitry.outbox.exchanges import ExchangeCheck
 from rabbitry.outbox.filters import FilterError, RequeueFilter, parse_filter
 from rabbitry.outbox.ledger import Ledger
@@ -46,6 +46,8 @@ def register(app: typer.Typer) -> None:
     app.command("requeue")(requeue_command)
     app.add_typer(queues_app, name="queues")
     app.add_typer(db_app, name="db")
+    ledger_commands.register(app)
+    deadletter_commands.register(app)
 
 
 # --- requeue ------------------------------------------------------------------------------
