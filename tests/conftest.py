@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import struct
-import subprocess
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -35,12 +33,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import aio_pika
 import pika  # type: ignore[import-untyped]
 import pika.data  # type: ignore[import-untyped]
 import pytest
 
-from helpers import Eventually, eventually_true
+from helpers import (
+    AMQP_URL,
+    Eventually,
+    broker_objects,
+    close_connections,
+    delete_namespace,
+    eventually_true,
+    listed,
+)
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import ManualProcessingMode, Settings
 from rabbitry.messaging.consumer import Subscription
@@ -49,10 +54,7 @@ from rabbitry.messaging.topology import Topology
 from rabbitry.messaging.worker import Worker
 
 # The parts' fixtures (databases on SQLite and PostgreSQL, topics, events settings).
-pytest_plugins = ("fixtures.outbox", "fixtures.events")
-
-AMQP_URL = os.environ.get("RABBITRY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-RABBITMQCTL_TIMEOUT = 60
+pytest_plugins = ("fixtures.outbox", "fixtures.events", "fixtures.sessions")
 
 
 # --- names and settings ----------------------------------------------------------------------
@@ -92,58 +94,6 @@ def settings(namespace: str, tmp_path: Path) -> Settings:
 
 
 # --- the broker, seen from outside ----------------------------------------------------------
-
-
-def rabbitmqctl(*args: str) -> str:
-    """Run ``rabbitmqctl -q`` and return its stdout; a failure fails the test."""
-    done = subprocess.run(
-        ["rabbitmqctl", "-q", *args],
-        capture_output=True,
-        text=True,
-        timeout=RABBITMQCTL_TIMEOUT,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise AssertionError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr.strip()}")
-    return done.stdout
-
-
-def _listed(kind: str, *columns: str) -> list[list[str]]:
-    out = rabbitmqctl(f"list_{kind}", "--no-table-headers", *columns)
-    return [line.split("\t") for line in out.splitlines() if line.strip()]
-
-
-async def broker_objects(prefix: str) -> tuple[list[str], list[str]]:
-    """(queues, exchanges) whose names start with ``prefix``, as the broker lists them."""
-    queues, exchanges = await asyncio.gather(
-        asyncio.to_thread(_listed, "queues", "name"),
-        asyncio.to_thread(_listed, "exchanges", "name"),
-    )
-    return (
-        [row[0] for row in queues if row[0].startswith(prefix)],
-        [row[0] for row in exchanges if row[0].startswith(prefix)],
-    )
-
-
-async def delete_namespace(namespace: str) -> None:
-    """Delete every queue and exchange named ``<namespace>...``."""
-    queues, exchanges = await broker_objects(namespace)
-    if not queues and not exchanges:
-        return
-    connection = await aio_pika.connect(AMQP_URL, client_properties={"connection_name": "cleanup"})
-    async with connection:
-        for name, is_queue in [(q, True) for q in queues] + [(e, False) for e in exchanges]:
-            # A failed delete closes the channel (an exclusive queue of a live connection):
-            # one channel per object keeps the others going.
-            channel = await connection.channel()
-            try:
-                if is_queue:
-                    await channel.queue_delete(name)
-                else:
-                    await channel.exchange_delete(name)
-            except aio_pika.exceptions.AMQPError:
-                continue
-            await channel.close()
 
 
 @pytest.fixture
@@ -255,30 +205,6 @@ def _publish(
         connection.close()
 
 
-def _close_connections(name_part: str, reason: str) -> int:
-    rows = _listed("connections", "pid", "client_properties")
-    pids = [row[0] for row in rows if len(row) > 1 and name_part in _connection_name(row[1])]
-    for pid in pids:
-        # The connection may be gone already (closing one closes nothing else, but a worker
-        # could be reconnecting): that is fine.
-        subprocess.run(
-            ["rabbitmqctl", "-q", "close_connection", pid, reason],
-            capture_output=True,
-            timeout=RABBITMQCTL_TIMEOUT,
-            check=False,
-        )
-    return len(pids)
-
-
-def _connection_name(client_properties: str) -> str:
-    marker = '{"connection_name","'
-    start = client_properties.find(marker)
-    if start < 0:
-        return ""
-    start += len(marker)
-    return client_properties[start : client_properties.find('"', start)]
-
-
 class BrokerProbe:
     """Looks at the broker the way an operator or a foreign client would (pika, rabbitmqctl)."""
 
@@ -303,7 +229,7 @@ class BrokerProbe:
     async def counts(self, queue: str) -> tuple[int, int]:
         """(ready, unacknowledged) messages of ``queue``, as the broker reports them."""
         rows = await asyncio.to_thread(
-            _listed, "queues", "name", "messages_ready", "messages_unacknowledged"
+            listed, "queues", "name", "messages_ready", "messages_unacknowledged"
         )
         for row in rows:
             if row[0] == queue:
@@ -313,7 +239,7 @@ class BrokerProbe:
     async def close_connections(self, name_part: str, reason: str = "test") -> int:
         """Have the broker close every connection whose name contains ``name_part``
         (CONNECTION_FORCED, as ``rabbitmqctl close_all_connections`` does, but only ours)."""
-        return await asyncio.to_thread(_close_connections, name_part, reason)
+        return await asyncio.to_thread(close_connections, name_part, reason)
 
     async def objects(self, prefix: str) -> tuple[list[str], list[str]]:
         """(queues, exchanges) whose names start with ``prefix``."""

@@ -1,9 +1,33 @@
-"""Helpers shared by the tests (fixtures live in conftest.py and the part plugins)."""
+"""Helpers shared by the tests; fixtures live in conftest.py and the part plugins (fixtures/).
+
+Import what you need by name (``from helpers import AMQP_URL, eventually_true, message``).
+Everything here talks to the services the way a user or an operator would: aio-pika for
+messages, ``rabbitmqctl`` for what only the broker knows, asyncpg for scratch databases.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+import os
+import re
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aio_pika
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints
+from aio_pika.abc import AbstractIncomingMessage
+
+AMQP_URL = os.environ.get("RABBITRY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+# Nothing listens there: connecting is refused at once, as when RabbitMQ is down.
+DEAD_AMQP_URL = "amqp://guest:guest@127.0.0.1:1/"
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+RABBITMQCTL_TIMEOUT = 60
+
+
+# --- waiting ---------------------------------------------------------------------------------
 
 Eventually = Callable[..., Awaitable[None]]
 
@@ -18,3 +42,150 @@ async def eventually_true(
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+# --- queues, read back -----------------------------------------------------------------------
+
+
+async def take_all(queue: str, *, limit: int = 100_000) -> list[AbstractIncomingMessage]:
+    """Take up to ``limit`` messages that are ready in ``queue`` now (acked as taken)."""
+    taken: list[AbstractIncomingMessage] = []
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        while len(taken) < limit:
+            got = await declared.get(fail=False, no_ack=True)
+            if got is None:
+                break
+            taken.append(got)
+    return taken
+
+
+async def drain_ids(queue: str, *, idle: float = 1.0) -> list[str]:
+    """Consume ``queue`` until nothing comes for ``idle`` seconds; the message ids, in order."""
+    ids: list[str] = []
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=1000)
+        declared = await channel.declare_queue(queue, passive=True)
+        async with declared.iterator() as messages:
+            while True:
+                try:
+                    got = await asyncio.wait_for(anext(messages), timeout=idle)
+                except TimeoutError:
+                    break
+                ids.append(str(got.message_id))
+                await got.ack()
+    return ids
+
+
+# --- the broker, as an operator sees it ------------------------------------------------------
+
+
+def rabbitmqctl(*args: str) -> str:
+    """Run ``rabbitmqctl -q`` and return its stdout; a failure fails the test."""
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", *args],
+        capture_output=True,
+        text=True,
+        timeout=RABBITMQCTL_TIMEOUT,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def listed(kind: str, *columns: str) -> list[list[str]]:
+    """``rabbitmqctl list_<kind>`` as rows of columns."""
+    out = rabbitmqctl(f"list_{kind}", "--no-table-headers", *columns)
+    return [line.split("\t") for line in out.splitlines() if line.strip()]
+
+
+_CONNECTION_NAME = re.compile(r'\{"connection_name","([^"]*)"\}')
+
+
+def close_connections(name_part: str, reason: str = "test", *, exact: bool = False) -> int:
+    """Have the broker close (CONNECTION_FORCED) every connection whose name contains
+    ``name_part`` (or is it, with ``exact``), all at once; returns how many. Only the test's
+    own connections: other people's tests and systems share the broker."""
+    pids = []
+    for row in listed("connections", "pid", "client_properties"):
+        found = _CONNECTION_NAME.search(row[-1])
+        name = found.group(1) if found else ""
+        if name == name_part or (not exact and name_part in name):
+            pids.append(row[0])
+    closing = [
+        subprocess.Popen(
+            ["rabbitmqctl", "-q", "close_connection", pid, reason],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for pid in pids
+    ]
+    # A connection may be gone already (its client closed it on losing a sibling): fine.
+    for process in closing:
+        process.wait(timeout=RABBITMQCTL_TIMEOUT)
+    return len(pids)
+
+
+async def broker_objects(prefix: str) -> tuple[list[str], list[str]]:
+    """(queues, exchanges) whose names start with ``prefix``, as the broker lists them."""
+    queues, exchanges = await asyncio.gather(
+        asyncio.to_thread(listed, "queues", "name"),
+        asyncio.to_thread(listed, "exchanges", "name"),
+    )
+    return (
+        [row[0] for row in queues if row[0].startswith(prefix)],
+        [row[0] for row in exchanges if row[0].startswith(prefix)],
+    )
+
+
+async def delete_namespace(namespace: str) -> None:
+    """Delete every queue and exchange named ``<namespace>...``, whoever declared it."""
+    queues, exchanges = await broker_objects(namespace)
+    if not queues and not exchanges:
+        return
+    connection = await aio_pika.connect(AMQP_URL, client_properties={"connection_name": "cleanup"})
+    async with connection:
+        for name, is_queue in [(q, True) for q in queues] + [(e, False) for e in exchanges]:
+            # A failed delete closes the channel (an exclusive queue of a live connection):
+            # one channel per object keeps the others going.
+            channel = await connection.channel()
+            try:
+                if is_queue:
+                    await channel.queue_delete(name)
+                else:
+                    await channel.exchange_delete(name)
+            except aio_pika.exceptions.AMQPError:
+                continue
+            await channel.close()
+
+
+# --- databases -------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(kind: str, directory: Path) -> AsyncIterator[str]:
+    """The URL of an empty database of ``kind``: ``sqlite`` (a file in ``directory``) or
+    ``postgresql`` (a database created for the test, dropped afterwards)."""
+    if kind == "sqlite":
+        yield f"sqlite+aiosqlite:///{directory / 'scratch.db'}"
+        return
+    # CREATE/DROP DATABASE take no bind parameters: the name is ours, [a-z0-9_] only.
+    name = f"rabbitry_t_{uuid.uuid4().hex[:16]}"
+    await _postgres_admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        await _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _postgres_admin(statement: str) -> None:
+    admin = await asyncpg.connect(POSTGRES_ADMIN)
+    try:
+        await admin.execute(statement)
+    finally:
+        await admin.close()

@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import AMQP_URL, BrokerProbe
-from helpers import Eventually
+from conftest import BrokerProbe
+from helpers import AMQP_URL, Eventually
 from rabbitry import Message, Publisher, Route
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import delete_namespace
+from helpers import delete_namespace
 
 RABBITRY = str(Path(sys.executable).with_name("rabbitry"))
 

@@ -1,5 +1,6 @@
 """Change events from a PHP module behind RoadRunner, as a plain pika client sends them
-(docs/message-format.md, example E1: rr_* headers, rr_headers as bytes, octet-stream, no message_id)."""
+(docs/message-format.md, example E1: rr_* headers, rr_headers as bytes, octet-stream, no
+message_id)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 import pika
 
-from fixtures.events import AMQP_URL, eventually, queue_messages
+from helpers import AMQP_URL, eventually_true, take_all
 from rabbitry.config import Settings
 from rabbitry.events.store import EventStore
 from rabbitry.events.topology import EventsLayout
@@ -98,14 +99,14 @@ async def test_roadrunner_events_are_stored_once_and_bad_ones_dead_lettered(
         async def three_stored() -> bool:
             return len(await store.history(ENTITY, 1)) == 3
 
-        await eventually(three_stored, what="three stored events")
+        await eventually_true(three_stored, what="three stored events")
         dead: list[Any] = []
 
         async def three_dead() -> bool:
-            dead.extend(await queue_messages(dlq_name(layout.event_sourcing_queue)))
+            dead.extend(await take_all(dlq_name(layout.event_sourcing_queue)))
             return len(dead) >= 3
 
-        await eventually(three_dead, what="three dead-lettered messages")
+        await eventually_true(three_dead, what="three dead-lettered messages")
     finally:
         stopping.set()
         await asyncio.wait_for(task, timeout=30)
@@ -153,7 +154,7 @@ async def test_without_rr_id_the_amqp_message_id_identifies_a_redelivery(
         async def marker_stored() -> bool:
             return any(e.type == "update" for e in await store.history(ENTITY, 2))
 
-        await eventually(marker_stored, what="the marker event")
+        await eventually_true(marker_stored, what="the marker event")
     finally:
         stopping.set()
         await asyncio.wait_for(task, timeout=30)

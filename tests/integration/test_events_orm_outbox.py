@@ -24,7 +24,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from fixtures.events import AMQP_URL, eventually, make_settings, queue_messages
+from fixtures.events import make_settings
+from helpers import AMQP_URL, eventually_true, take_all
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.events.delivery import Delivery
@@ -122,7 +123,7 @@ async def test_committed_changes_are_stored_and_their_rows_marked_processed(
         async def stored() -> bool:
             return len(await store.history(ORDER, 1)) == 2
 
-        await eventually(stored, what="two stored ORM events")
+        await eventually_true(stored, what="two stored ORM events")
     history = await store.history(ORDER, 1)
     assert [(e.type, e.user, e.data) for e in history] == [
         ("insert", 3, {"id": 1, "total": 10, "state": "new"}),
@@ -161,11 +162,9 @@ async def test_rolled_back_changes_leave_no_row_and_send_no_message(
         async def marker_stored() -> bool:
             return len(await store.history(ORDER, 2)) == 1
 
-        await eventually(marker_stored, what="the committed insert")
+        await eventually_true(marker_stored, what="the committed insert")
         # The workflow drained its queue: nothing else was ever sent.
-        assert (
-            await queue_messages(EventsLayout(events_settings.namespace).event_sourcing_queue) == []
-        )
+        assert await take_all(EventsLayout(events_settings.namespace).event_sourcing_queue) == []
     assert await store.history(ORDER, 1) == [] and await store.history(ORDER, 3) == []
     (row,) = await ledger_rows(ledger)
     assert json.loads(row.body)["id"] == 2 and row.processed
@@ -200,12 +199,12 @@ async def test_with_the_broker_unreachable_the_row_waits_and_the_relay_delivers_
             async def stored() -> bool:
                 return len(await store.history(ORDER, 5)) == 1
 
-            await eventually(stored, timeout=30, what="the relayed ORM event")
+            await eventually_true(stored, timeout=30, what="the relayed ORM event")
 
             async def processed() -> bool:
                 return (await ledger.count(RequeueFilter())) == 0
 
-            await eventually(processed, what="the row marked processed")
+            await eventually_true(processed, what="the row marked processed")
     (event,) = await store.history(ORDER, 5)
     assert event.message_id == row.message_id
     assert event.data == {"id": 5, "total": 50, "state": "new"}
@@ -235,9 +234,9 @@ async def test_the_relay_never_sends_a_row_the_tracker_is_publishing(
         async def more_passes() -> bool:
             return busy_relay.passes > passes + 3
 
-        await eventually(more_passes, what="more relay passes")
+        await eventually_true(more_passes, what="more relay passes")
     assert busy_relay.published == 0
-    sent = await queue_messages(EventsLayout(events_settings.namespace).event_sourcing_queue)
+    sent = await take_all(EventsLayout(events_settings.namespace).event_sourcing_queue)
     rows = await ledger_rows(ledger)
     assert sorted(m.message_id or "" for m in sent) == sorted(r.message_id for r in rows)
     assert len(rows) == 20 and all(r.processed and r.attempts == 1 for r in rows)
@@ -283,12 +282,12 @@ async def test_events_committed_by_a_process_cancelled_before_publishing_are_rel
         async def stored() -> bool:
             return len(await store.history(ORDER, 6)) == 1
 
-        await eventually(stored, timeout=30, what="the relayed ORM event")
+        await eventually_true(stored, timeout=30, what="the relayed ORM event")
 
         async def processed() -> bool:
             return (await ledger.count(RequeueFilter())) == 0
 
-        await eventually(processed, what="the row marked processed")
+        await eventually_true(processed, what="the row marked processed")
     (event,) = await store.history(ORDER, 6)
     assert event.message_id == row.message_id
 
@@ -358,12 +357,12 @@ async def test_events_of_a_process_killed_right_after_commit_are_relayed(
         async def stored() -> bool:
             return len(await store.history(ORDER, 7)) == 1
 
-        await eventually(stored, timeout=30, what="the event of the dead process")
+        await eventually_true(stored, timeout=30, what="the event of the dead process")
 
         async def processed() -> bool:
             return (await ledger.count(RequeueFilter())) == 0
 
-        await eventually(processed, what="its row marked processed")
+        await eventually_true(processed, what="its row marked processed")
     (event,) = await store.history(ORDER, 7)
     assert event.message_id == row.message_id and event.data == {
         "id": 7,
@@ -391,5 +390,5 @@ async def test_memory_delivery_stays_available_for_a_database_without_the_ledger
         async def stored() -> bool:
             return len(await store.history(ORDER, 8)) == 1
 
-        await eventually(stored, what="the event published from memory")
+        await eventually_true(stored, what="the event published from memory")
     assert await ledger_rows(ledger) == []

@@ -7,7 +7,7 @@ import asyncio
 import uuid
 from pathlib import Path
 
-from fixtures.events import delete_topology, eventually, queue_messages
+from helpers import AMQP_URL, delete_namespace, eventually_true, take_all
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings, load_settings
 from rabbitry.events.store import MessageLog
@@ -36,7 +36,7 @@ async def test_modules_hear_their_routing_keys_and_workflow_hears_everything(
     settings = load_settings(
         EXAMPLE,
         namespace=f"t{uuid.uuid4().hex[:12]}",
-        amqp_url="amqp://guest:guest@127.0.0.1:5672/",
+        amqp_url=AMQP_URL,
         retry_base_delay=0.05,
     )
     assert {m.name for m in settings.modules} == {"crm", "billing", "mailer"}
@@ -62,20 +62,20 @@ async def test_modules_hear_their_routing_keys_and_workflow_hears_everything(
         async def all_logged() -> bool:
             return len(await log.recent()) == len(EXPECTED)
 
-        await eventually(all_logged, what="the workflow module's message log")
+        await eventually_true(all_logged, what="the workflow module's message log")
         entries = await log.recent()
         assert {e.message_id: e.type for e in entries} == sent
         assert {e.message_id: (e.exchange, e.routing_key) for e in entries} == {
             message_id: (layout.modules_exchange, key) for message_id, key in sent.items()
         }
         for module in ("crm", "billing", "mailer"):
-            got = await queue_messages(layout.module_queue(module))
+            got = await take_all(layout.module_queue(module))
             expected = {key for key, modules in EXPECTED.items() if module in modules}
             assert {m.headers["rr_job"] for m in got} == expected, module
     finally:
         stopping.set()
         await asyncio.wait_for(task, timeout=30)
-        await delete_topology(topology)
+        await delete_namespace(settings.namespace)
 
 
 async def test_the_message_log_keeps_the_routing_key_a_message_was_published_with(
@@ -99,7 +99,7 @@ async def test_the_message_log_keeps_the_routing_key_a_message_was_published_wit
         async def logged() -> bool:
             return any(e.message_id == message.id for e in await log.recent())
 
-        await eventually(logged, what="the logged message")
+        await eventually_true(logged, what="the logged message")
     finally:
         stopping.set()
         await asyncio.wait_for(task, timeout=30)

@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from fixtures.events import eventually
+from helpers import eventually_true
 from rabbitry.config import Settings
 from rabbitry.events.emitter import Emitter
 from rabbitry.events.store import EventStore, MessageLog
@@ -52,7 +52,7 @@ async def test_the_workflow_worker_process_stores_events_and_stops_on_sigterm(
         async def both_kept() -> bool:
             return bool(await store.history("orders", 1)) and bool(await log.recent())
 
-        await eventually(both_kept, what="the stored event and the logged message")
+        await eventually_true(both_kept, what="the stored event and the logged message")
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), timeout=30) == 0
     finally:

@@ -9,12 +9,13 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 
-import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy import String, update
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from fixtures.events import eventually, make_settings, queue_messages
+from fixtures.events import make_settings
+from helpers import eventually_true, take_all
 from rabbitry.config import Settings
 from rabbitry.events.change import ChangeEvent, ChangeType
 from rabbitry.events.emitter import Emitter, acting_as
@@ -81,7 +82,7 @@ async def test_emitted_changes_are_stored_in_order_with_versions(
         async def three() -> bool:
             return len(await store.history("App\\Models\\Order", 7)) == 3
 
-        await eventually(three, what="three stored events")
+        await eventually_true(three, what="three stored events")
     history = await store.history("App\\Models\\Order", 7)
     assert [(e.version, e.type, e.user) for e in history] == [
         (1, "insert", 42),
@@ -125,7 +126,7 @@ async def test_orm_commits_reach_the_event_store_and_rollbacks_do_not(
             async def stored() -> bool:
                 return await stored_count(store, TICKET, range(1, 3)) == 5
 
-            await eventually(stored, what="five stored ORM events")
+            await eventually_true(stored, what="five stored ORM events")
         one, two = await store.history(TICKET, 1), await store.history(TICKET, 2)
         assert [(e.type, e.data) for e in one] == [
             ("insert", {"id": 1, "title": "a", "status": "open"}),
@@ -155,13 +156,13 @@ async def test_invalid_events_are_dead_lettered_with_their_reason(
             Message("insert", {"entity": "e", "id": 2, "user": 1, "data": {}}), route
         )
         dlq = dlq_name(layout.event_sourcing_queue)
-        dead: list[aio_pika.IncomingMessage] = []
+        dead: list[AbstractIncomingMessage] = []
 
         async def both_dead() -> bool:
-            dead.extend(await queue_messages(dlq))
+            dead.extend(await take_all(dlq))
             return len(dead) >= 2
 
-        await eventually(both_dead, what="two dead-lettered events")
+        await eventually_true(both_dead, what="two dead-lettered events")
     reasons = sorted(str(m.headers["x-rabbitry-reason"]) for m in dead)
     assert reasons == [
         "'data' is required for insert",
@@ -191,7 +192,7 @@ async def test_a_redelivered_message_is_stored_once(
         async def marker_stored() -> bool:
             return any(e.message_id == marker.id for e in await store.history("e", 1))
 
-        await eventually(marker_stored, what="the marker event")
+        await eventually_true(marker_stored, what="the marker event")
     assert [(e.version, e.message_id) for e in await store.history("e", 1)] == [
         (1, message.id),
         (2, marker.id),
@@ -218,7 +219,7 @@ async def test_several_workflow_workers_keep_versions_gap_free(
             async def all_stored() -> bool:
                 return await stored_count(store, "stock", range(4)) == 600
 
-            await eventually(all_stored, timeout=60, what="600 stored events")
+            await eventually_true(all_stored, timeout=60, what="600 stored events")
     finally:
         for db in extra:
             await db.close()
@@ -251,7 +252,7 @@ async def test_without_a_broker_events_wait_in_the_outbox_and_are_stored_once_re
         async def stored() -> bool:
             return len(await store.history("orders", 3)) == 1
 
-        await eventually(stored, what="the relayed event")
+        await eventually_true(stored, what="the relayed event")
     (event,) = await store.history("orders", 3)
     assert event.message_id == result.message_id and event.data == {"total": 1}
 

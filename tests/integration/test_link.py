@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import struct
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -18,11 +17,11 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
 
+from helpers import AMQP_URL, close_connections
 from rabbitry.amqp.fieldtable import Int64
 from rabbitry.amqp.link import Delivery, Link, LinkClosed, Outcome, Outgoing
 from rabbitry.amqp.properties import Properties
 
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 PERSISTENT = Properties(content_type="application/octet-stream", delivery_mode=2)
 
 
@@ -209,7 +208,7 @@ async def test_broker_side_kill_fails_pending_publishes(queue: str) -> None:
 
     publisher = asyncio.create_task(publish_forever())
     await asyncio.sleep(0.2)
-    await asyncio.to_thread(_close_connection, name, "test")
+    assert await asyncio.to_thread(close_connections, name, "test", exact=True) == 1
 
     with pytest.raises(LinkClosed) as failed:
         await asyncio.wait_for(publisher, 10)
@@ -220,26 +219,6 @@ async def test_broker_side_kill_fails_pending_publishes(queue: str) -> None:
     assert "test" in closed.value.reply_text
     assert not link.is_open
     await link.close()  # a no-op on a dead link
-
-
-def _close_connection(connection_name: str, reason: str) -> None:
-    """Have the broker close only our connection, so other tests sharing it carry on."""
-    listing = subprocess.run(
-        ["rabbitmqctl", "list_connections", "-q", "--no-table-headers", "pid", "client_properties"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    ).stdout
-    marker = f'{{"connection_name","{connection_name}"}}'
-    pids = [line.split("\t")[0] for line in listing.splitlines() if marker in line]
-    assert len(pids) == 1, listing
-    subprocess.run(
-        ["rabbitmqctl", "close_connection", pids[0], reason],
-        capture_output=True,
-        check=True,
-        timeout=30,
-    )
 
 
 async def test_connecting_with_bad_credentials_is_refused() -> None:

@@ -10,7 +10,8 @@ import typer
 import yaml
 from typer.testing import CliRunner, Result
 
-from fixtures.outbox import AMQP_URL, Topic, drain_ids, pending_ids, seed_rows, set_created_at
+from fixtures.outbox import Topic, pending_ids, seed_rows, set_created_at
+from helpers import AMQP_URL, drain_ids
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Route
 from rabbitry.outbox.commands import register

@@ -6,15 +6,8 @@ import asyncio
 
 import pytest
 
-from fixtures.outbox import (
-    DEAD_AMQP_URL,
-    LatencyProxy,
-    Topic,
-    close_connection,
-    drain_ids,
-    make_settings,
-    pending_ids,
-)
+from fixtures.outbox import LatencyProxy, Topic, make_settings, pending_ids
+from helpers import DEAD_AMQP_URL, close_connections, drain_ids
 from rabbitry.errors import StorageError
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
@@ -128,7 +121,9 @@ async def test_ten_thousand_publishes_with_the_connection_killed_midway(
     async def killer() -> None:
         nonlocal done_at_kill
         await started.wait()
-        closed = await asyncio.to_thread(close_connection, f"{name}-publisher")
+        closed = await asyncio.to_thread(
+            close_connections, f"{name}-publisher", "test: killed midway", exact=True
+        )
         assert closed == 1, "the publisher's connection was not found on the broker"
         done_at_kill = len(statuses)
 

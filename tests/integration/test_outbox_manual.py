@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures.outbox import DEAD_AMQP_URL, Topic, drain_ids, make_settings, registry_entry
+from fixtures.outbox import Topic, make_settings, registry_entry
+from helpers import DEAD_AMQP_URL, drain_ids
 from rabbitry.config import ManualProcessingMode
 from rabbitry.errors import NotFound
 from rabbitry.messaging.envelope import Message

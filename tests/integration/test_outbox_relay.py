@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from fixtures.outbox import LatencyProxy, Topic, drain_ids, eventually, make_settings, seed_rows
+from fixtures.outbox import LatencyProxy, Topic, make_settings, seed_rows
+from helpers import drain_ids, eventually_true
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Route
 from rabbitry.outbox.filters import Origin, RequeueFilter
@@ -38,10 +39,14 @@ async def test_relay_waits_for_the_broker_then_delivers(db: Database, topic: Top
         stopping = asyncio.Event()
         task = asyncio.create_task(relay.run(stopping))
         try:
-            await eventually(tried, what="the relay to try while the broker is down")
+            await eventually_true(
+                tried, timeout=30, what="the relay to try while the broker is down"
+            )
             assert await ledger.count(RequeueFilter()) == 4
             proxy.refusing = False  # the broker is back
-            await eventually(delivered, what="the relay to deliver once the broker is back")
+            await eventually_true(
+                delivered, timeout=30, what="the relay to deliver once the broker is back"
+            )
         finally:
             stopping.set()
             await asyncio.wait_for(task, timeout=10)

@@ -8,16 +8,8 @@ import datetime as dt
 import aio_pika
 import pytest
 
-from fixtures.outbox import (
-    AMQP_URL,
-    Topic,
-    drain_ids,
-    drain_messages,
-    make_settings,
-    pending_ids,
-    seed_rows,
-    set_created_at,
-)
+from fixtures.outbox import Topic, make_settings, pending_ids, seed_rows, set_created_at
+from helpers import AMQP_URL, drain_ids, take_all
 from rabbitry.amqp.fieldtable import Int64
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, Route
@@ -38,7 +30,8 @@ def message(label: str) -> Message:
     return Message(type="shipping.registered", payload={"label": label})
 
 
-# Rows of the requeue example in docs/outbox.md: two registry queues, one ad-hoc publish, over two days.
+# Rows of the requeue example in docs/outbox.md: two registry queues, one ad-hoc publish, over
+# two days.
 SEEDED = {
     "a": ("shipping_registered_publisher", "2024-07-01 10:00:00"),
     "b": ("shipping_registered_publisher", "2024-07-02 10:00:00"),
@@ -105,7 +98,7 @@ async def test_republished_message_keeps_id_body_and_headers(db: Database, topic
     async with Publisher(settings.amqp) as publisher:
         report = await requeue(Ledger(db), publisher, RequeueFilter())
     assert report.published == 1
-    (delivered,) = await drain_messages(topic.queue)
+    (delivered,) = await take_all(topic.queue)
     assert delivered.body == raw
     assert delivered.message_id == original.id
     headers = delivered.headers

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import pytest
 from pydantic import SecretStr
 
-from conftest import rabbitmqctl
+from helpers import rabbitmqctl
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.messaging.consumer import Subscription
