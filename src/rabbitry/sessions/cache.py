@@ -120,7 +120,7 @@ class RedisSessionCache:
             members = await self._redis.zrange(self.index_key(tenant, user_id), 0, -1)
         except RedisError as exc:
             raise StorageError(f"Redis: cannot read a user's index: {exc}") from exc
-        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
     async def close(self) -> None:
         await self._redis.aclose()
