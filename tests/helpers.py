@@ -20,6 +20,8 @@ import aio_pika
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints
 from aio_pika.abc import AbstractIncomingMessage
 
+from rabbitry.messaging.envelope import Message
+
 AMQP_URL = os.environ.get("RABBITRY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 # Nothing listens there: connecting is refused at once, as when RabbitMQ is down.
 DEAD_AMQP_URL = "amqp://guest:guest@127.0.0.1:1/"
@@ -42,6 +44,14 @@ async def eventually_true(
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+# --- messages --------------------------------------------------------------------------------
+
+
+def message(label: object = 0) -> Message:
+    """A ``shipping.registered`` message; its non-ASCII text shows bodies kept byte for byte."""
+    return Message(type="shipping.registered", payload={"label": label, "text": "envío"})
 
 
 # --- queues, read back -----------------------------------------------------------------------

@@ -11,8 +11,7 @@ import yaml
 from typer.testing import CliRunner, Result
 
 from fixtures.outbox import Topic, pending_ids, seed_rows, set_created_at
-from helpers import AMQP_URL, drain_ids
-from rabbitry.messaging.envelope import Message
+from helpers import AMQP_URL, drain_ids, message
 from rabbitry.messaging.publisher import Route
 from rabbitry.outbox.commands import register
 from rabbitry.outbox.filters import RequeueFilter
@@ -45,10 +44,6 @@ async def invoke(config: Path | None, *args: str) -> Result:
     argv = (["--config", str(config)] if config else []) + list(args)
     # The commands call asyncio.run(), so they run in a thread of their own.
     return await asyncio.to_thread(CliRunner().invoke, make_app(), argv)
-
-
-def message(label: str) -> Message:
-    return Message(type="shipping.registered", payload={"label": label})
 
 
 async def test_db_upgrade_creates_the_sqlite_file(tmp_path: Path, outbox_ns: str) -> None:

@@ -7,17 +7,12 @@ import asyncio
 import pytest
 
 from fixtures.outbox import LatencyProxy, Topic, make_settings, pending_ids
-from helpers import DEAD_AMQP_URL, close_connections, drain_ids
+from helpers import DEAD_AMQP_URL, close_connections, drain_ids, message
 from rabbitry.errors import StorageError
-from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
 from rabbitry.outbox.filters import RequeueFilter
 from rabbitry.outbox.ledger import Ledger
 from rabbitry.storage import Database
-
-
-def message(n: int = 0) -> Message:
-    return Message(type="shipping.registered", payload={"n": n, "text": "envío"})
 
 
 async def test_broker_unreachable_stores_the_message(db: Database, outbox_ns: str) -> None:

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from fixtures.outbox import seed_rows
+from helpers import message
 from rabbitry.amqp.fieldtable import Int64
 from rabbitry.config import RegistryEntry
 from rabbitry.errors import StorageError
@@ -21,10 +22,6 @@ from rabbitry.storage import Database
 
 ROUTE = Route("ns.modules", "shipping.registered", queue="shipping_registered_publisher")
 LEASE = dt.timedelta(seconds=60)
-
-
-def message(n: int = 0, **fields: object) -> Message:
-    return Message(type="shipping.registered", payload={"n": n}, **fields)  # type: ignore[arg-type]
 
 
 async def test_store_keeps_body_headers_and_id(db: Database) -> None:

@@ -5,17 +5,12 @@ from __future__ import annotations
 import asyncio
 
 from fixtures.outbox import LatencyProxy, Topic, make_settings, seed_rows
-from helpers import drain_ids, eventually_true
-from rabbitry.messaging.envelope import Message
+from helpers import drain_ids, eventually_true, message
 from rabbitry.messaging.publisher import Route
 from rabbitry.outbox.filters import Origin, RequeueFilter
 from rabbitry.outbox.ledger import Ledger
 from rabbitry.outbox.relay import RelayService
 from rabbitry.storage import Database
-
-
-def message(label: str) -> Message:
-    return Message(type="shipping.registered", payload={"label": label})
 
 
 async def test_relay_waits_for_the_broker_then_delivers(db: Database, topic: Topic) -> None:

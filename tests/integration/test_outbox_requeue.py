@@ -9,7 +9,7 @@ import aio_pika
 import pytest
 
 from fixtures.outbox import Topic, make_settings, pending_ids, seed_rows, set_created_at
-from helpers import AMQP_URL, drain_ids, take_all
+from helpers import AMQP_URL, drain_ids, message, take_all
 from rabbitry.amqp.fieldtable import Int64
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, Route
@@ -24,10 +24,6 @@ UTC = dt.UTC
 
 def at(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-def message(label: str) -> Message:
-    return Message(type="shipping.registered", payload={"label": label})
 
 
 # Rows of the requeue example in docs/outbox.md: two registry queues, one ad-hoc publish, over
