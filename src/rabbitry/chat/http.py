@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -51,6 +53,23 @@ BURST = 20
 
 Authenticate = Callable[[str, str], Awaitable[Principal | None]]
 
+_TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s\"]*")
+
+
+class _RedactTokens(logging.Filter):
+    """uvicorn logs each WebSocket's path with its query string, where the session token
+    travels: mask it, so no log line holds a usable credential."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(
+            isinstance(arg, str) and "token=" in arg for arg in record.args
+        ):
+            record.args = tuple(
+                _TOKEN_IN_QUERY.sub(r"\1***", arg) if isinstance(arg, str) else arg
+                for arg in record.args
+            )
+        return True
+
 
 @dataclass(frozen=True, slots=True)
 class Chat:
@@ -67,6 +86,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state = app.state
     settings: Settings = state.settings
     async with AsyncExitStack() as stack:
+        redact = _RedactTokens()
+        server_log = logging.getLogger("uvicorn.error")
+        server_log.addFilter(redact)
+        stack.callback(server_log.removeFilter, redact)
         sessions: SessionManager | None = getattr(state, "sessions", None)
         if sessions is None:  # `rabbitry serve chat`: no session server in this process
             sessions = await stack.enter_async_context(
