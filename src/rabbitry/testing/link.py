@@ -1,0 +1,220 @@
+"""A connection to the in-memory broker with the surface of :class:`rabbitry.amqp.link.Link`.
+
+The real :class:`~rabbitry.Publisher`, :class:`~rabbitry.Worker` and their consumers run on it
+unchanged, so what they decide (confirms, retries, dead letters, the circuit breaker) is the
+production code's, not a copy. Only what a broker would do lives on this side: the broker's
+replies (``Outcome``), channel errors (:class:`LinkClosed` with RabbitMQ's reply codes and
+texts), deliveries to ``on_delivery`` and the settling of their tags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from rabbitry.amqp.link import Delivery, LinkClosed, LinkError, Outcome, Outgoing
+from rabbitry.amqp.properties import Properties
+from rabbitry.testing.queues import MemoryQueue, QueuedMessage
+
+if TYPE_CHECKING:
+    from rabbitry.testing.broker import MemoryBroker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False, slots=True)
+class MemoryConsumer:
+    link: MemoryLink
+    tag: str
+    queue: MemoryQueue
+    on_delivery: Callable[[Delivery], None]
+    prefetch: int  # 0: unlimited, as basic.qos 0
+    unacked: int = 0
+
+    @property
+    def has_room(self) -> bool:
+        return self.prefetch == 0 or self.unacked < self.prefetch
+
+
+@dataclass(slots=True)
+class Unacked:
+    queue: MemoryQueue
+    message: QueuedMessage
+    consumer: MemoryConsumer
+    expires_at: float | None = field(default=None)
+
+
+class MemoryLink:
+    """One connection and channel of the in-memory broker; made by the broker only."""
+
+    def __init__(self, broker: MemoryBroker, name: str) -> None:
+        self.name = name
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.unacked: dict[int, Unacked] = {}
+        self.consumers: dict[str, MemoryConsumer] = {}
+        self._broker = broker
+        self._error: LinkClosed | None = None
+        self._confirming = False
+        self._prefetch = 0
+        self._tags = itertools.count(1)
+        self._consumer_tags = itertools.count(1)
+
+    @property
+    def is_open(self) -> bool:
+        return not self.closed.done()
+
+    def _check_open(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self.closed.done():
+            raise LinkClosed("closed by the client", 200)
+
+    # --- publishing -----------------------------------------------------------------------
+
+    async def confirm_select(self) -> None:
+        self._check_open()
+        self._confirming = True
+
+    def _accept(self, item: Outgoing) -> Outcome:
+        self._check_open()
+        if not self._confirming:
+            raise LinkError("call confirm_select() before publishing")
+        try:
+            return self._broker._accept(item)
+        except LinkClosed as exc:  # a channel error: the broker closes the channel
+            self.fail(exc)
+            raise
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Properties,
+        *,
+        mandatory: bool = True,
+    ) -> asyncio.Future[Outcome]:
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        outgoing = Outgoing(exchange, routing_key, body, properties, mandatory)
+        try:
+            future.set_result(self._accept(outgoing))
+        except LinkClosed as exc:
+            future.set_exception(exc)
+        return future
+
+    async def publish_many(self, items: Sequence[Outgoing]) -> list[Outcome]:
+        outcomes = [self._accept(item) for item in items]
+        await asyncio.sleep(0)  # a confirm takes at least a turn of the loop
+        return outcomes
+
+    # --- consuming ------------------------------------------------------------------------
+
+    async def qos(self, prefetch_count: int) -> None:
+        self._check_open()
+        self._prefetch = prefetch_count
+
+    async def consume(
+        self,
+        queue: str,
+        on_delivery: Callable[[Delivery], None],
+        *,
+        consumer_tag: str | None = None,
+        exclusive: bool = False,
+    ) -> str:
+        self._check_open()
+        target = self._broker._queue(queue)
+        if target is None:
+            exc = LinkClosed(f"NOT_FOUND - no queue '{queue}' in vhost '/'", 404)
+            self.fail(exc)
+            raise exc
+        tag = consumer_tag or f"amq.ctag-{self.name}-{next(self._consumer_tags)}"
+        self.consumers[tag] = MemoryConsumer(self, tag, target, on_delivery, self._prefetch)
+        self._broker._poke()
+        return tag
+
+    async def cancel(self, consumer_tag: str) -> None:
+        self._check_open()
+        self.consumers.pop(consumer_tag, None)
+
+    def deliver(
+        self, consumer: MemoryConsumer, message: QueuedMessage, expires: float | None
+    ) -> None:
+        tag = next(self._tags)
+        self.unacked[tag] = Unacked(consumer.queue, message, consumer, expires)
+        consumer.unacked += 1
+        delivery = Delivery(
+            tag,
+            message.redelivered,
+            message.exchange,
+            message.routing_key,
+            consumer.tag,
+            message.properties,
+            message.body,
+        )
+        try:
+            consumer.on_delivery(delivery)
+        except Exception:  # as Link does: the delivery stays unsettled
+            log.exception("on_delivery for %s raised; delivery %d unsettled", consumer.tag, tag)
+
+    def ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
+        self._settle(delivery_tag, multiple, requeue=None)
+
+    def nack(self, delivery_tag: int, *, requeue: bool) -> None:
+        self._settle(delivery_tag, False, requeue=requeue)
+
+    def reject(self, delivery_tag: int, *, requeue: bool) -> None:
+        self._settle(delivery_tag, False, requeue=requeue)
+
+    def _settle(self, delivery_tag: int, multiple: bool, *, requeue: bool | None) -> None:
+        self._check_open()
+        if multiple:
+            tags = sorted(tag for tag in self.unacked if tag <= delivery_tag)
+        else:
+            tags = [delivery_tag]
+        if not tags or tags[-1] not in self.unacked:
+            # RabbitMQ closes the channel: a tag settled twice, or one it never gave out.
+            reason = f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}"
+            self._broker.channel_errors.append(f"{self.name}: {reason}")
+            self.fail(LinkClosed(reason, 406))
+            return
+        for tag in tags:
+            held = self.unacked.pop(tag)
+            held.consumer.unacked -= 1
+            if requeue is not None:
+                self._broker._give_back(held, requeue=requeue)
+        self._broker._poke()
+
+    # --- closing --------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if not self.closed.done():
+            self._end(None)
+        await asyncio.shield(self.closed)
+
+    def fail(self, exc: LinkClosed) -> None:
+        """The broker closed this link (a channel error, a forced close, an outage)."""
+        if not self.closed.done():
+            self._error = exc
+            self._end(exc)
+
+    def _end(self, exc: LinkClosed | None) -> None:
+        self.consumers.clear()
+        # Unsettled deliveries go back to their queues, marked redelivered, first tag first.
+        for tag in sorted(self.unacked, reverse=True):
+            self._broker._give_back(self.unacked.pop(tag), requeue=True)
+        if exc is None:
+            self.closed.set_result(None)
+        else:
+            self.closed.set_exception(exc)
+            self.closed.add_done_callback(_consume_exception)
+        self._broker._forget(self)
+
+
+def _consume_exception(future: asyncio.Future[None]) -> None:
+    # Nobody may await ``closed``; reading the exception keeps asyncio from logging it.
+    if not future.cancelled():
+        future.exception()
