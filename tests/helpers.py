@@ -13,14 +13,17 @@ import os
 import re
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints
 from aio_pika.abc import AbstractIncomingMessage
 
 from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.publisher import PublishResult, PublishStatus, Route
+from rabbitry.outbox.ledger import Ledger
 
 AMQP_URL = os.environ.get("RABBITRY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 # Nothing listens there: connecting is refused at once, as when RabbitMQ is down.
@@ -46,12 +49,45 @@ async def eventually_true(
         await asyncio.sleep(0.05)
 
 
-# --- messages --------------------------------------------------------------------------------
+# --- messages and publishers -----------------------------------------------------------------
 
 
 def message(label: object = 0) -> Message:
     """A ``shipping.registered`` message; its non-ASCII text shows bodies kept byte for byte."""
     return Message(type="shipping.registered", payload={"label": label, "text": "envío"})
+
+
+class RecordingPublisher:
+    """Stands in for :class:`Publisher` where only what it is handed matters (no broker).
+
+    Keeps what the broker would have taken in ``sent``; with ``status`` FAILED or PERSISTED
+    every message gets that outcome ("broker down") instead, and ``crash`` is raised as is.
+    ``fallback`` is what a ChangeTracker looks for to write events as ledger rows.
+    """
+
+    def __init__(
+        self, status: PublishStatus = PublishStatus.PUBLISHED, *, fallback: Ledger | None = None
+    ) -> None:
+        self.status = status
+        self.fallback = fallback
+        self.crash: BaseException | None = None
+        self.sent: list[tuple[Message, Route]] = []
+        self.fallback_asked: list[bool] = []  # use_fallback of each call
+
+    async def publish_many(
+        self, items: Sequence[tuple[Message, Route]], *, use_fallback: bool = True
+    ) -> list[PublishResult]:
+        self.fallback_asked.append(use_fallback)
+        if self.crash is not None:
+            raise self.crash
+        if self.status is not PublishStatus.PUBLISHED:
+            return [PublishResult(m.id, self.status, "broker down") for m, _ in items]
+        self.sent.extend(items)
+        return [PublishResult(m.id, PublishStatus.PUBLISHED) for m, _ in items]
+
+    def events(self) -> list[tuple[str, Any]]:
+        """(type, payload) of every message sent."""
+        return [(m.type, m.payload) for m, _ in self.sent]
 
 
 # --- queues, read back -----------------------------------------------------------------------

@@ -12,7 +12,7 @@ import contextlib
 import datetime as dt
 import json
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from sqlalchemy import String, update
@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from fixtures.events import make_settings
-from helpers import AMQP_URL, eventually_true, take_all
+from helpers import AMQP_URL, RecordingPublisher, eventually_true, take_all
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.events.delivery import Delivery
@@ -34,8 +34,7 @@ from rabbitry.events.orm import ChangeTracker
 from rabbitry.events.store import EventStore
 from rabbitry.events.topology import EventsLayout, events_topology
 from rabbitry.events.workflow import WorkflowService
-from rabbitry.messaging.envelope import Message
-from rabbitry.messaging.publisher import Publisher, PublishResult, PublishStatus, Route
+from rabbitry.messaging.publisher import Publisher, PublishStatus
 from rabbitry.outbox.filters import Origin, RequeueFilter
 from rabbitry.outbox.ledger import Ledger, PendingRow
 from rabbitry.outbox.relay import RelayService
@@ -242,25 +241,15 @@ async def test_the_relay_never_sends_a_row_the_tracker_is_publishing(
     assert len(rows) == 20 and all(r.processed and r.attempts == 1 for r in rows)
 
 
-class DiesBeforePublishing:
-    """A publisher whose task is cancelled (the process stops) before it sends anything."""
-
-    def __init__(self, ledger: Ledger) -> None:
-        self.fallback = ledger
-
-    async def publish_many(
-        self, items: Sequence[tuple[Message, Route]], *, use_fallback: bool = True
-    ) -> list[PublishResult]:
-        raise asyncio.CancelledError
-
-
 async def test_events_committed_by_a_process_cancelled_before_publishing_are_relayed(
     events_settings: Settings, events_db: Database, events_db_url: str
 ) -> None:
     ledger, store = Ledger(events_db), EventStore(events_db)
+    dies = RecordingPublisher(fallback=ledger)
+    dies.crash = asyncio.CancelledError()  # the process stops before anything is sent
     async with app_engine(events_db_url, events_db) as engine:
         tracker = ChangeTracker(
-            Emitter(DiesBeforePublishing(ledger), events_settings),
+            Emitter(dies, events_settings),
             auto_publish=False,
             lease=dt.timedelta(seconds=1),
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,13 +22,14 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from helpers import RecordingPublisher
 from rabbitry.config import Settings
 from rabbitry.errors import ConfigError
 from rabbitry.events.delivery import Delivery, same_database
 from rabbitry.events.emitter import Emitter, acting_as
 from rabbitry.events.orm import ChangeTracker
-from rabbitry.messaging.envelope import Message, encode_headers
-from rabbitry.messaging.publisher import PublishResult, PublishStatus, Route
+from rabbitry.messaging.envelope import encode_headers
+from rabbitry.messaging.publisher import PublishStatus, Route
 from rabbitry.outbox.codec import headers_to_json
 from rabbitry.outbox.filters import Origin, RequeueFilter
 from rabbitry.outbox.ledger import Ledger, PendingRow
@@ -44,28 +45,6 @@ class Parcel(Base):
     __rabbitry_entity__ = "App\\Models\\Parcel"
     id: Mapped[int] = mapped_column(primary_key=True)
     label: Mapped[str] = mapped_column(String(50))
-
-
-class Publisher:
-    """Records what it is handed; ``failing`` answers FAILED, ``crash`` raises."""
-
-    def __init__(self, ledger: Ledger | None = None) -> None:
-        self.fallback = ledger
-        self.sent: list[tuple[Message, Route]] = []
-        self.fallback_asked: list[bool] = []
-        self.failing = False
-        self.crash: BaseException | None = None
-
-    async def publish_many(
-        self, items: Sequence[tuple[Message, Route]], *, use_fallback: bool = True
-    ) -> list[PublishResult]:
-        self.fallback_asked.append(use_fallback)
-        if self.crash is not None:
-            raise self.crash
-        if self.failing:
-            return [PublishResult(m.id, PublishStatus.FAILED, "broker down") for m, _ in items]
-        self.sent.extend(items)
-        return [PublishResult(m.id, PublishStatus.PUBLISHED) for m, _ in items]
 
 
 @pytest.fixture
@@ -84,15 +63,15 @@ def ledger(database: Database) -> Ledger:
 
 
 @pytest.fixture
-def publisher(ledger: Ledger) -> Publisher:
-    return Publisher(ledger)
+def publisher(ledger: Ledger) -> RecordingPublisher:
+    return RecordingPublisher(fallback=ledger)
 
 
 @pytest.fixture
-async def tracker(publisher: Publisher) -> AsyncIterator[ChangeTracker]:
+async def tracker(publisher: RecordingPublisher) -> AsyncIterator[ChangeTracker]:
     tracker = ChangeTracker(Emitter(publisher, Settings(namespace="unit")), auto_publish=False)
     yield tracker
-    publisher.failing, publisher.crash = False, None
+    publisher.status, publisher.crash = PublishStatus.PUBLISHED, None
     await tracker.aclose()
 
 
@@ -123,12 +102,13 @@ async def test_the_outbox_is_the_default_on_the_ledgers_database_and_memory_else
     other = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'other.db'}")
     assert tracker.delivery_for(other) is Delivery.MEMORY
     await other.dispose()
-    emitter = Emitter(Publisher(), Settings(namespace="unit"))  # no ledger anywhere
+    emitter = Emitter(RecordingPublisher(), Settings(namespace="unit"))  # no ledger anywhere
     assert ChangeTracker(emitter).delivery_for(database.engine) is Delivery.MEMORY
     with pytest.raises(ConfigError, match="outbox ledger"):
         ChangeTracker(emitter, delivery=Delivery.OUTBOX)
     memory = ChangeTracker(
-        Emitter(Publisher(Ledger(database)), Settings(namespace="unit")), delivery=Delivery.MEMORY
+        Emitter(RecordingPublisher(fallback=Ledger(database)), Settings(namespace="unit")),
+        delivery=Delivery.MEMORY,
     )
     assert memory.delivery_for(database.engine) is Delivery.MEMORY
 
@@ -149,7 +129,7 @@ def test_same_database_ignores_drivers_users_and_loopback_spellings(tmp_path: Pa
 async def test_rows_are_written_in_the_transaction_and_marked_processed_once_published(
     sessions: async_sessionmaker[AsyncSession],
     tracker: ChangeTracker,
-    publisher: Publisher,
+    publisher: RecordingPublisher,
     ledger: Ledger,
 ) -> None:
     with acting_as(7):
@@ -196,7 +176,7 @@ async def test_rows_are_written_in_the_transaction_and_marked_processed_once_pub
 async def test_a_rollback_leaves_no_row_and_publishes_nothing(
     sessions: async_sessionmaker[AsyncSession],
     tracker: ChangeTracker,
-    publisher: Publisher,
+    publisher: RecordingPublisher,
     ledger: Ledger,
 ) -> None:
     async with sessions() as session:
@@ -224,7 +204,7 @@ async def test_a_rollback_leaves_no_row_and_publishes_nothing(
 async def test_a_rolled_back_savepoint_takes_only_its_own_rows_with_it(
     sessions: async_sessionmaker[AsyncSession],
     tracker: ChangeTracker,
-    publisher: Publisher,
+    publisher: RecordingPublisher,
     ledger: Ledger,
 ) -> None:
     async with sessions.begin() as session:
@@ -249,10 +229,10 @@ async def test_a_rolled_back_savepoint_takes_only_its_own_rows_with_it(
 async def test_unconfirmed_rows_stay_pending_for_the_relay(
     sessions: async_sessionmaker[AsyncSession],
     tracker: ChangeTracker,
-    publisher: Publisher,
+    publisher: RecordingPublisher,
     ledger: Ledger,
 ) -> None:
-    publisher.failing = True
+    publisher.status = PublishStatus.FAILED
     async with sessions.begin() as session:
         session.add(Parcel(id=1, label="offline"))
     results = await tracker.flush()  # does not raise: the event is in the outbox
@@ -261,7 +241,7 @@ async def test_unconfirmed_rows_stay_pending_for_the_relay(
     (row,) = await ledger.rows(RequeueFilter(origin=Origin.CONTINGENCY))
     assert (row.processed, row.attempts, row.last_error) == (False, 1, "broker down")
     assert row.message_id == results[0].message_id
-    publisher.failing = False
+    publisher.status = PublishStatus.PUBLISHED
     assert await tracker.flush() == []  # not retried from memory: the relay owns it now
 
 
@@ -270,7 +250,7 @@ async def test_a_crash_after_commit_leaves_the_row_pending_behind_a_lease(
     crash: BaseException,
     sessions: async_sessionmaker[AsyncSession],
     tracker: ChangeTracker,
-    publisher: Publisher,
+    publisher: RecordingPublisher,
     ledger: Ledger,
     database: Database,
 ) -> None:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
 import pytest
 
+from helpers import RecordingPublisher
 from rabbitry.config import Settings
 from rabbitry.errors import MessageError, PublishFailed
 from rabbitry.events.emitter import Emitter, acting_as, current_user, entity_name
-from rabbitry.messaging.envelope import Message
-from rabbitry.messaging.publisher import PublishResult, PublishStatus, Route
+from rabbitry.messaging.publisher import PublishStatus
 
 
 class Orders:
@@ -20,19 +19,6 @@ class Orders:
 
 class Invoice:
     __rabbitry_entity__ = "App\\Models\\Invoice"
-
-
-class Recorder:
-    def __init__(self, status: PublishStatus = PublishStatus.PUBLISHED) -> None:
-        self.status = status
-        self.sent: list[tuple[Message, Route]] = []
-
-    async def publish_many(
-        self, items: Sequence[tuple[Message, Route]], *, use_fallback: bool = True
-    ) -> list[PublishResult]:
-        self.sent.extend(items)
-        error = None if self.status is PublishStatus.PUBLISHED else "broker down"
-        return [PublishResult(m.id, self.status, error) for m, _ in items]
 
 
 def test_the_acting_user_is_system_unless_set_and_follows_tasks() -> None:
@@ -61,7 +47,7 @@ def test_entity_names_are_class_paths_unless_overridden() -> None:
 
 
 async def test_an_emitted_change_is_a_roadrunner_message_on_the_events_exchange() -> None:
-    recorder = Recorder()
+    recorder = RecordingPublisher()
     emitter = Emitter(recorder, Settings(namespace="shop"))
     with acting_as(3):
         result = await emitter.update(Orders, 5, {"total": 2})
@@ -81,14 +67,14 @@ async def test_an_emitted_change_is_a_roadrunner_message_on_the_events_exchange(
 
 async def test_persisted_is_success_and_failed_raises() -> None:
     settings = Settings(namespace="shop")
-    stored = await Emitter(Recorder(PublishStatus.PERSISTED), settings).insert("o", 1, {})
+    stored = await Emitter(RecordingPublisher(PublishStatus.PERSISTED), settings).insert("o", 1, {})
     assert stored.status is PublishStatus.PERSISTED
     with pytest.raises(PublishFailed, match="1 of 1 change event"):
-        await Emitter(Recorder(PublishStatus.FAILED), settings).insert("o", 1, {})
+        await Emitter(RecordingPublisher(PublishStatus.FAILED), settings).insert("o", 1, {})
 
 
 async def test_invalid_changes_are_refused_before_publishing() -> None:
-    recorder = Recorder()
+    recorder = RecordingPublisher()
     with pytest.raises(MessageError, match="'data' is required for update"):
         await Emitter(recorder, Settings()).update("o", 1, None)  # type: ignore[arg-type]
     assert recorder.sent == []

@@ -9,21 +9,20 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import decimal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import ForeignKey, String, delete, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from helpers import RecordingPublisher
 from rabbitry.config import Settings
 from rabbitry.errors import PublishFailed
 from rabbitry.events.emitter import Emitter, acting_as
 from rabbitry.events.orm import ChangeTracker
-from rabbitry.messaging.envelope import Message
-from rabbitry.messaging.publisher import PublishResult, PublishStatus, Route
+from rabbitry.messaging.publisher import PublishStatus
 
 
 class Base(DeclarativeBase):
@@ -57,23 +56,6 @@ CUSTOMER = f"{__name__}.Customer"
 INVOICE = "App\\Models\\Invoice"
 
 
-class RecordingPublisher:
-    def __init__(self) -> None:
-        self.sent: list[tuple[Message, Route]] = []
-        self.failing = False
-
-    async def publish_many(
-        self, items: Sequence[tuple[Message, Route]], *, use_fallback: bool = True
-    ) -> list[PublishResult]:
-        if self.failing:
-            return [PublishResult(m.id, PublishStatus.FAILED, "broker down") for m, _ in items]
-        self.sent.extend(items)
-        return [PublishResult(m.id, PublishStatus.PUBLISHED) for m, _ in items]
-
-    def events(self) -> list[tuple[str, dict[str, Any]]]:
-        return [(m.type, m.payload) for m, _ in self.sent]
-
-
 @pytest.fixture
 def publisher() -> RecordingPublisher:
     return RecordingPublisher()
@@ -83,7 +65,7 @@ def publisher() -> RecordingPublisher:
 async def tracker(publisher: RecordingPublisher) -> AsyncIterator[ChangeTracker]:
     tracker = ChangeTracker(Emitter(publisher, Settings(namespace="unit")))
     yield tracker
-    publisher.failing = False
+    publisher.status = PublishStatus.PUBLISHED
     await tracker.aclose()
 
 
@@ -278,13 +260,13 @@ async def test_failed_publishes_stay_pending_until_a_later_flush(
     tracker: ChangeTracker,
     publisher: RecordingPublisher,
 ) -> None:
-    publisher.failing = True
+    publisher.status = PublishStatus.FAILED
     async with sessions.begin() as session:
         session.add(Customer(id=1, name="a"))
     with pytest.raises(PublishFailed, match="broker down"):
         await tracker.flush()
     assert tracker.pending == 1
-    publisher.failing = False
+    publisher.status = PublishStatus.PUBLISHED
     await tracker.flush()
     assert tracker.pending == 0
     assert [kind for kind, _ in publisher.events()] == ["insert"]
