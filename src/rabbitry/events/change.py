@@ -4,7 +4,9 @@ Pure, no I/O. A change event is a message of type (``rr_job``) ``insert``, ``upd
 ``delete`` whose body is ``{"entity": str, "id": int, "user": int | "system", "data": object}``;
 ``data`` is required for insert and update (for an update, only the attributes that changed)
 and optional for delete. Anything else is refused with a :class:`MessageError` whose text is
-the reason the workflow module dead-letters it with.
+the reason the workflow module dead-letters it with, and so is anything the event store could
+not keep (:mod:`rabbitry.events.portable`: NaN or Infinity, NUL, lone surrogates, over-long
+names): a value the database would refuse must never reach it inside a batch of good ones.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from rabbitry.errors import MessageError
+from rabbitry.events.portable import check_json, check_text
 
 Json = Any
 User = int | str
@@ -51,6 +54,8 @@ class ChangeEvent:
                 raise MessageError(f"'data' is required for {self.type}")
         elif not isinstance(self.data, Mapping):
             raise MessageError(f"'data' must be a JSON object, got {_kind(self.data)}")
+        else:
+            check_json(self.data, "'data'")
 
     def payload(self) -> dict[str, Json]:
         """The message body; a delete without data leaves ``data`` out."""
@@ -207,6 +212,7 @@ def _check_entity(value: object) -> None:
         raise MessageError("'entity' must not be empty")
     if len(value) > MAX_ENTITY_LENGTH:
         raise MessageError(f"'entity' is longer than {MAX_ENTITY_LENGTH} characters")
+    check_text(value, "'entity'")
 
 
 def _check_int(value: object, key: str) -> None:

@@ -8,6 +8,16 @@ The unique constraints on (entity, entity_id, version) and on the message id are
 a conflict (another worker won the race, or stored the same redelivered message) rolls the
 batch back and it is tried again, seeing the winner's rows. So the store never holds a gap, a
 duplicate version, or a message twice.
+
+On PostgreSQL a batch is two statements: the advisory locks, then one ``INSERT … SELECT`` that
+unpacks the whole batch from one array parameter per column (``unnest``), drops the message ids
+stored before, looks up each entity's head version once and numbers the new events from it
+(``row_number()`` per entity, in arrival order). SQLite, with one writer at a time, reads the
+stored ids and the heads first, then inserts.
+
+A value the database refuses (:class:`Refused`: a data exception, or text the driver cannot
+encode) is never retried: :func:`split_refused` splits the batch until only the offending
+items are left, so that the others are stored, in their order, and only those are refused.
 """
 
 from __future__ import annotations
@@ -22,7 +32,14 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Table, select, text
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    OperationalError,
+    SQLAlchemyError,
+    StatementError,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rabbitry.errors import MessageError, StorageError
@@ -35,10 +52,12 @@ from rabbitry.events.change import (
     user_from_text,
 )
 from rabbitry.events.models import MessageLogEntry, StoredEvent
+from rabbitry.events.portable import check_text
 from rabbitry.messaging.envelope import Message
 from rabbitry.storage.database import Database
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 TRANSIENT_ATTEMPTS = 5
 _EVENTS = cast(Table, StoredEvent.__table__)
@@ -46,24 +65,38 @@ _EVENTS = cast(Table, StoredEvent.__table__)
 # than the database's work.
 _INSERT_EVENTS = _EVENTS.insert().returning(_EVENTS.c.sequence, sort_by_parameter_order=True)
 _INSERT_LOG = cast(Table, MessageLogEntry.__table__).insert()
-# The head version of each (entity, id) of a batch in one round trip, the keys passed as one
-# array parameter (the statement stays the same whatever the batch size, and costs nothing to
-# build). Each max() is answered from the end of the unique index (the min/max optimisation of
-# both databases), so the cost does not grow with the entities' histories.
-_HEADS = {
-    "postgresql": text(
-        "SELECT (SELECT max(e.version) FROM event_store AS e"
-        " WHERE e.entity = k.entity AND e.entity_id = k.entity_id)"
-        " FROM unnest(CAST(:entities AS varchar[]), CAST(:ids AS bigint[]))"
-        " WITH ORDINALITY AS k(entity, entity_id, n) ORDER BY k.n"
-    ),
-    "sqlite": text(
-        "SELECT (SELECT max(e.version) FROM event_store AS e"
-        " WHERE e.entity = json_extract(k.value, '$[0]')"
-        " AND e.entity_id = json_extract(k.value, '$[1]'))"
-        " FROM json_each(:keys) AS k ORDER BY k.key"
-    ),
-}
+# SQLite: the head version of each (entity, id) of a batch in one round trip, the keys passed
+# as one JSON parameter. Each max() is answered from the end of the unique index (the min/max
+# optimisation), so the cost does not grow with the entities' histories.
+_HEADS_SQLITE = text(
+    "SELECT (SELECT max(e.version) FROM event_store AS e"
+    " WHERE e.entity = json_extract(k.value, '$[0]')"
+    " AND e.entity_id = json_extract(k.value, '$[1]'))"
+    " FROM json_each(:keys) AS k ORDER BY k.key"
+)
+# The whole PostgreSQL append after the locks: one round trip, one plan, whatever the batch.
+# The statement snapshot is taken after the locks were granted (a separate, earlier
+# statement), so the heads it reads include every event committed by a writer it waited for.
+_APPEND_POSTGRESQL = text(
+    "WITH batch AS ("
+    " SELECT * FROM unnest(CAST(:entity AS varchar[]), CAST(:entity_id AS bigint[]),"
+    " CAST(:type AS varchar[]), CAST(:user AS varchar[]), CAST(:data AS text[]),"
+    " CAST(:message_id AS varchar[]), CAST(:occurred_at AS timestamptz[]))"
+    " WITH ORDINALITY AS t(entity, entity_id, type, usr, data, message_id, occurred_at, n)),"
+    " fresh AS (SELECT b.* FROM batch AS b WHERE NOT EXISTS"
+    " (SELECT 1 FROM event_store AS e WHERE e.message_id = b.message_id)),"
+    " heads AS (SELECT k.entity, k.entity_id, (SELECT max(e.version) FROM event_store AS e"
+    " WHERE e.entity = k.entity AND e.entity_id = k.entity_id) AS head"
+    " FROM (SELECT DISTINCT entity, entity_id FROM fresh) AS k)"
+    " INSERT INTO event_store"
+    ' (entity, entity_id, version, type, "user", data, message_id, occurred_at, recorded_at)'
+    " SELECT f.entity, f.entity_id, coalesce(h.head, 0)"
+    " + row_number() OVER (PARTITION BY f.entity, f.entity_id ORDER BY f.n),"
+    " f.type, f.usr, CAST(f.data AS json), f.message_id, f.occurred_at, :recorded_at"
+    " FROM fresh AS f JOIN heads AS h ON h.entity = f.entity AND h.entity_id = f.entity_id"
+    " ORDER BY f.n"
+    " RETURNING sequence, message_id, version"
+)
 _BEGIN_IMMEDIATE = text("BEGIN IMMEDIATE")
 _LOCK = text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS t(k)")
 
@@ -89,6 +122,32 @@ def check_message_id(message_id: str) -> None:
         raise MessageError(
             f"message id (rr_id or message_id) must be 1-{MAX_MESSAGE_ID_LENGTH} characters"
         )
+    check_text(message_id, "message id (rr_id or message_id)")
+
+
+class Refused(StorageError):
+    """The database refused a value of the batch (not a failure of the database: retrying the
+    same batch fails the same way)."""
+
+
+async def split_refused(
+    items: Sequence[T], store: Callable[[Sequence[T]], Awaitable[Sequence[R]]]
+) -> list[R | MessageError]:
+    """``store(items)``, one result per item; when the database refuses the batch, store each
+    half on its own (left first, so arrival order holds), down to the single items it refuses,
+    whose result is a :class:`MessageError` with the database's reason.
+
+    A batch with one bad item costs about ``2 * log2(len(items))`` extra transactions. Any
+    other :class:`StorageError` (the database is down, a conflict that persists) propagates.
+    """
+    try:
+        return list(await store(items))
+    except Refused as exc:
+        if len(items) == 1:
+            return [MessageError(f"the database refused it: {exc}")]
+    middle = len(items) // 2
+    left = await split_refused(items[:middle], store)
+    return left + await split_refused(items[middle:], store)
 
 
 class EventStore:
@@ -106,15 +165,24 @@ class EventStore:
         """
         if not events:
             return []
+        if self._db.engine.dialect.name == "postgresql":
+            return await _with_retry(
+                self._db, self._max_attempts, lambda s: _append_postgresql(s, events)
+            )
         return await _with_retry(self._db, self._max_attempts, lambda s: self._append(s, events))
+
+    async def append_each(
+        self, events: Sequence[Incoming]
+    ) -> list[RecordedEvent | MessageError | None]:
+        """Like :meth:`append`, but an event the database refuses gets a
+        :class:`MessageError` as its result instead of failing the others (see
+        :func:`split_refused`); the others are stored in their order."""
+        return await split_refused(events, self.append)
 
     async def _append(
         self, session: AsyncSession, events: Sequence[Incoming]
     ) -> list[RecordedEvent | None]:
         keys = sorted({(e.change.entity, e.change.id) for e in events})
-        dialect = self._db.engine.dialect.name
-        if dialect == "postgresql":
-            await session.execute(_LOCK, {"keys": sorted({_lock_key(k) for k in keys})})
         ids = {e.message_id for e in events}
         seen = set(
             (
@@ -123,7 +191,7 @@ class EventStore:
                 )
             ).all()
         )
-        heads = await session.execute(_HEADS[dialect], _head_params(dialect, keys))
+        heads = await session.execute(_HEADS_SQLITE, {"keys": json.dumps(keys)})
         versions = {key: head or 0 for key, (head,) in zip(keys, heads, strict=True)}
         recorded_at = dt.datetime.now(dt.UTC)
         results: list[RecordedEvent | None] = []
@@ -219,6 +287,16 @@ class MessageLog:
             return 0
         return await _with_retry(self._db, self._max_attempts, lambda s: self._append(s, messages))
 
+    async def append_each(self, messages: Sequence[Message]) -> list[MessageError | None]:
+        """Log ``messages``; ``None`` for each logged (or logged before), a
+        :class:`MessageError` for each the database refused (see :func:`split_refused`)."""
+
+        async def log(part: Sequence[Message]) -> list[None]:
+            await self.append(part)
+            return [None] * len(part)
+
+        return await split_refused(messages, log)
+
     async def _append(self, session: AsyncSession, messages: Sequence[Message]) -> int:
         ids = {m.id for m in messages}
         seen = set(
@@ -282,6 +360,10 @@ async def _with_retry(
                     # SQLITE_BUSY at once, without the busy timeout, if another wrote meanwhile.
                     await session.execute(_BEGIN_IMMEDIATE)
                 return await work(session)
+        except Refused:
+            raise
+        except UnicodeError as exc:  # a driver that could not encode a text value
+            raise Refused(f"{type(exc).__name__}: {exc}") from exc
         except IntegrityError as exc:
             if attempt == attempts:
                 raise StorageError(f"still conflicting after {attempts} attempts: {exc}") from exc
@@ -293,14 +375,88 @@ async def _with_retry(
                 raise StorageError(f"database error: {type(exc).__name__}: {exc}") from exc
             await asyncio.sleep(0.05 * 2**transient)
         except SQLAlchemyError as exc:
+            if _refused(exc):
+                raise Refused(_first_line(exc)) from exc
             raise StorageError(f"database error: {type(exc).__name__}: {exc}") from exc
     raise AssertionError("unreachable")
 
 
-def _head_params(dialect: str, keys: Sequence[tuple[str, int]]) -> dict[str, Any]:
-    if dialect == "sqlite":
-        return {"keys": json.dumps(keys)}
-    return {"entities": [entity for entity, _ in keys], "ids": [i for _, i in keys]}
+def _first_line(exc: BaseException) -> str:
+    """The driver's own words, without SQLAlchemy's statement and parameter dump."""
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).strip().splitlines()
+    return text[0][:500] if text else type(exc).__name__
+
+
+async def _append_postgresql(
+    session: AsyncSession, events: Sequence[Incoming]
+) -> list[RecordedEvent | None]:
+    keys = {(e.change.entity, e.change.id) for e in events}
+    await session.execute(_LOCK, {"keys": sorted({_lock_key(k) for k in keys})})
+    fresh: dict[str, Incoming] = {}
+    for event in events:
+        fresh.setdefault(event.message_id, event)  # a repeat within the batch: first one wins
+    batch = list(fresh.values())
+    try:
+        data = [
+            None
+            if e.change.data is None
+            else json.dumps(dict(e.change.data), ensure_ascii=False, allow_nan=False)
+            for e in batch
+        ]
+    except (TypeError, ValueError) as exc:
+        raise Refused(f"'data' is not JSON: {exc}") from exc
+    recorded_at = dt.datetime.now(dt.UTC)
+    params = {
+        "entity": [e.change.entity for e in batch],
+        "entity_id": [e.change.id for e in batch],
+        "type": [str(e.change.type) for e in batch],
+        "user": [str(e.change.user) for e in batch],
+        "data": data,
+        "message_id": [e.message_id for e in batch],
+        "occurred_at": [e.occurred_at for e in batch],
+        "recorded_at": recorded_at,
+    }
+    stored = {
+        message_id: (sequence, version)
+        for sequence, message_id, version in await session.execute(_APPEND_POSTGRESQL, params)
+    }
+    results: list[RecordedEvent | None] = []
+    for event in events:
+        found = stored.pop(event.message_id, None)  # popped: a repeat in the batch gets None
+        if found is None:
+            results.append(None)
+            continue
+        change = event.change
+        results.append(
+            RecordedEvent(
+                sequence=found[0],
+                entity=change.entity,
+                id=change.id,
+                version=found[1],
+                type=change.type,
+                user=change.user,
+                data=change.data,
+                message_id=event.message_id,
+                occurred_at=event.occurred_at,
+                recorded_at=recorded_at,
+            )
+        )
+    return results
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether the database (or its driver) refused a value, rather than failed."""
+    if isinstance(exc, DataError | UnicodeError):
+        return True
+    if isinstance(exc, StatementError) and isinstance(exc.orig, UnicodeError | ValueError):
+        return True  # a bind parameter that could not be converted
+    if isinstance(exc, DBAPIError):
+        # SQLSTATE class 22 is "data exception" (bad text, bad JSON, out of range), 54 is
+        # "program limit exceeded" (a value too large for an index row).
+        state = getattr(exc.orig, "sqlstate", None) or ""
+        return str(state)[:2] in ("22", "54")
+    return False
 
 
 def _lock_key(key: tuple[str, int]) -> int:

@@ -5,8 +5,10 @@ to the event store, and its own module queue ``<ns>.module.workflow``, bound ``#
 ``<ns>.modules``, so that it hears every message any module sends. Both are consumed in
 batches: one transaction per batch, not per message.
 
-An invalid change event is dead-lettered at once with its reason (``x-rabbitry-reason``); a
-database failure sends the batch to the retry queues, so nothing is acked before it is stored.
+An invalid change event, or one the database refuses, is dead-lettered at once with its reason
+(``x-rabbitry-reason``) and never holds up the valid ones of its batch, which are stored in
+arrival order; a database failure sends the batch to the retry queues, so nothing is acked
+before it is stored.
 Run several workflow workers at once to scale: the store keeps versions gap-free regardless.
 """
 
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 from rabbitry.config import Settings
 from rabbitry.errors import MessageError, StorageError
 from rabbitry.events.change import parse_change
+from rabbitry.events.portable import check_json, check_text
 from rabbitry.events.store import EventStore, Incoming, MessageLog, check_message_id
 from rabbitry.events.topology import WORKFLOW_MODULE, EventsLayout, topology
 from rabbitry.messaging.consumer import Subscription
@@ -30,6 +33,7 @@ Outcomes = list[BaseException | None]
 # Messages per transaction: enough to amortise the commit and the round trips (measured best
 # around 250 on PostgreSQL, see docs/performance.md), few enough to keep a retry cheap.
 BATCH_SIZE = 250
+MAX_NAME_LENGTH = 255  # the message log's text columns
 
 
 class WorkflowService:
@@ -78,7 +82,11 @@ class WorkflowService:
         await self.worker.run(stopping)
 
     async def store_events(self, messages: Sequence[Message]) -> Outcomes:
-        """Validate and store a batch of change events; one outcome per message."""
+        """Validate and store a batch of change events; one outcome per message.
+
+        An invalid event, or one the database refuses, is dead-lettered on its own; the
+        others are stored, in arrival order. Only a failing database sends them to retry.
+        """
         outcomes: Outcomes = [None] * len(messages)
         valid: list[tuple[int, Incoming]] = []
         for index, message in enumerate(messages):
@@ -89,28 +97,47 @@ class WorkflowService:
             except MessageError as exc:
                 outcomes[index] = exc  # dead-lettered with this reason
         try:
-            await self.store.append([incoming for _, incoming in valid])
+            stored = await self.store.append_each([incoming for _, incoming in valid])
         except StorageError as exc:
             for index, _ in valid:
                 outcomes[index] = exc  # retried later through the retry queues
+            return outcomes
+        for (index, _), result in zip(valid, stored, strict=True):
+            if isinstance(result, MessageError):
+                outcomes[index] = result
         return outcomes
 
     async def log_messages(self, messages: Sequence[Message]) -> Outcomes:
-        """Append a batch of module messages to the message log."""
+        """Append a batch of module messages to the message log (same rules as events)."""
         outcomes: Outcomes = [None] * len(messages)
         valid: list[int] = []
         for index, message in enumerate(messages):
             try:
-                check_message_id(message.id)
+                check_loggable(message)
                 valid.append(index)
             except MessageError as exc:
                 outcomes[index] = exc
         try:
-            await self.log.append([messages[i] for i in valid])
+            logged = await self.log.append_each([messages[i] for i in valid])
         except StorageError as exc:
             for index in valid:
                 outcomes[index] = exc
+            return outcomes
+        for index, result in zip(valid, logged, strict=True):
+            outcomes[index] = result
         return outcomes
+
+
+def check_loggable(message: Message) -> None:
+    """Refuse a module message the message log could not keep (see :mod:`.portable`)."""
+    check_message_id(message.id)
+    check_text(message.type, "the message type (rr_job)")
+    if message.tenant is not None:
+        if len(message.tenant) > MAX_NAME_LENGTH:
+            raise MessageError(f"the tenant is longer than {MAX_NAME_LENGTH} characters")
+        check_text(message.tenant, "the tenant")
+    check_json(message.payload, "the body")
+    check_json({k: list(v) for k, v in message.headers.items()}, "rr_headers")
 
 
 class WorkflowProcess:
