@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import typer
 from fastapi import APIRouter, FastAPI
 
+from rabbitry.backoffice import http as backoffice_http
 from rabbitry.chat import http as chat_http
 from rabbitry.chat import topology as chat_topology
 from rabbitry.chat.persistence import PersistenceProcess
@@ -114,6 +115,13 @@ PARTS: tuple[Part, ...] = (
         servers={"chat": [chat_http.router]},
         topology=chat_topology.topology,
         lifespan=chat_http.lifespan,
+    ),
+    Part(
+        name="backoffice",
+        summary="back-office pages: messages to enqueue, entity lists with ▶, dead letters",
+        # The dashboard lists the whole system's queues; resolved when a page asks.
+        servers={"backoffice": [backoffice_http.build(lambda s, t: system_topology(s, t))]},
+        lifespan=backoffice_http.lifespan,
     ),
 )
 

@@ -32,8 +32,11 @@ async def send_manually(
     publisher: Publisher,
     queue: str,
     message: Message,
+    *,
+    routing_key: str | None = None,
 ) -> PublishResult:
-    """Send ``message`` to registry queue ``queue`` as a user's manual action.
+    """Send ``message`` to registry queue ``queue`` as a user's manual action (with
+    ``routing_key`` instead of the entry's, when the entry's is a template a caller filled).
 
     Returns ``PUBLISHED`` (mode rabbit, confirmed), or ``PERSISTED`` (mode db, or mode rabbit
     with the broker down). Raises :class:`NotFound` for an unknown queue,
@@ -47,7 +50,8 @@ async def send_manually(
         raise ManualInsertionRefused(f"queue {queue!r} was removed from the registry")
     if not entry.allow_manual_insertion:
         raise ManualInsertionRefused(f"queue {queue!r} does not allow manual insertion")
-    route = Route(entry.exchange, entry.routing_key, queue=entry.name)
+    key = entry.routing_key if routing_key is None else routing_key
+    route = Route(entry.exchange, key, queue=entry.name)
     if settings.manual_processing_mode is ManualProcessingMode.DB:
         await Ledger(db).add([(route, message, "")], origin=Origin.MANUAL)
         return PublishResult(

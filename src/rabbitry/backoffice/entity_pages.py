@@ -1,0 +1,121 @@
+"""The entity pages (the seed's ABM lists) and their ▶ action.
+
+▶ opens a modal listing the registry queues whose classname is the row's and that allow manual
+insertion, and no others (:func:`rabbitry.outbox.registry.manual_queues`). Choosing one sends
+the row's record through :func:`rabbitry.outbox.manual.send_manually`: with
+``manual_processing_mode=rabbit`` it is published now (the outbox keeps it if the broker cannot
+take it), with ``db`` it is stored with origin ``manual`` for the requeue command. The modal
+says which happened.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from rabbitry.backoffice.entities import SOURCES, Source
+from rabbitry.backoffice.records import RecordError, message_for
+from rabbitry.backoffice.web import error, first, operator, posted
+from rabbitry.config import ManualProcessingMode
+from rabbitry.errors import NotFound, RabbitryError
+from rabbitry.messaging.publisher import PublishStatus
+from rabbitry.outbox import registry
+from rabbitry.outbox.manual import ManualInsertionRefused, send_manually
+
+router = APIRouter()
+PAGE = 50
+
+
+def _source(kind: str) -> Source | None:
+    return SOURCES.get(kind)
+
+
+@router.get("/entities/{kind}")
+async def entities(request: Request, kind: str) -> Response:
+    ctx = await operator(request)
+    if isinstance(ctx, Response):
+        return ctx
+    source = _source(kind)
+    if source is None:
+        return ctx.render("missing.html", status=404, what=f"entity page {kind!r}")
+    params = request.query_params
+    search = (params.get("q") or "").strip()
+    tenant = (params.get("tenant") or "").strip()
+    after = params.get("after") or None
+    listing = await source.page(ctx.database, search, tenant, after, PAGE)
+    return ctx.render(
+        "entities.html",
+        source=source,
+        sources=SOURCES,
+        listing=listing,
+        search=search,
+        tenant=tenant,
+        after=after or "",
+    )
+
+
+@router.get("/send")
+async def send_dialog(request: Request) -> Response:
+    ctx = await operator(request)
+    if isinstance(ctx, Response):
+        return ctx
+    kind, key = request.query_params.get("kind", ""), request.query_params.get("key", "")
+    source = _source(kind)
+    record = await source.record(ctx.database, key) if source is not None else None
+    if record is None:
+        return ctx.render("missing.html", status=404, what=f"{kind} {key!r}")
+    queues = await registry.manual_queues(ctx.database, record.classname)
+    fragment = bool(request.headers.get("hx-request"))
+    return ctx.render(
+        "_send.html" if fragment else "send.html", record=record, queues=queues, result=None
+    )
+
+
+@router.post("/send")
+async def send(request: Request) -> Response:
+    got = await posted(request)
+    if isinstance(got, Response):
+        return got
+    ctx, form = got
+    kind, key, queue = first(form, "kind"), first(form, "key"), first(form, "queue")
+    source = _source(kind)
+    record = await source.record(ctx.database, key) if source is not None else None
+    if record is None:
+        return error(404, f"no {kind} {key!r}")
+    entry = await registry.get_queue(ctx.database, queue)
+    if entry is None or entry.classname != record.classname:
+        # Only what the modal offered: a queue of this classname.
+        return error(404, f"queue {queue!r} takes no {record.classname}")
+    try:
+        message, routing_key = message_for(entry, record)
+        result = await send_manually(
+            ctx.settings,
+            ctx.database,
+            ctx.publisher,
+            entry.name,
+            message,
+            routing_key=routing_key,
+        )
+    except RecordError as exc:
+        return error(400, str(exc))
+    except (ManualInsertionRefused, NotFound) as exc:
+        return error(403, str(exc))
+    except RabbitryError as exc:
+        return error(503, f"not sent, not stored: {exc}")
+    if result.status is PublishStatus.PUBLISHED:
+        outcome = "published"
+    elif ctx.settings.manual_processing_mode is ManualProcessingMode.DB:
+        outcome = "stored"
+    elif result.status is PublishStatus.PERSISTED:
+        outcome = "outboxed"
+    else:
+        outcome = "failed"
+    queues = await registry.manual_queues(ctx.database, record.classname)
+    fragment = bool(request.headers.get("hx-request"))
+    return ctx.render(
+        "_send.html" if fragment else "send.html",
+        record=record,
+        queues=queues,
+        result={"outcome": outcome, "queue": entry.name, "id": message.id, "error": result.error},
+        status=200 if outcome != "failed" else 502,
+    )
