@@ -1,0 +1,62 @@
+"""The example of docs/sessions.md runs against `rabbitry up` and prints what the page says."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+from test_up import RABBITRY, free_port, wait_for
+
+from helpers import delete_namespace
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_sessions_example_removes_a_user_and_their_session_stops_working(
+    tmp_path: Path,
+) -> None:
+    namespace = "t" + uuid.uuid4().hex[:10]
+    port = free_port()
+    env = {
+        **os.environ,
+        "RABBITRY_NAMESPACE": namespace,
+        "RABBITRY_DATA_DIR": str(tmp_path / "var"),
+        "RABBITRY_ADMIN_TOKEN": "example-admin",
+        "RABBITRY_USER_URL": f"http://127.0.0.1:{port}",
+    }
+    for name in ("RABBITRY_SESSION_URL", "RABBITRY_REDIS_URL", "RABBITRY_MONGODB_URL"):
+        env.pop(name, None)
+    log = (tmp_path / "up.log").open("w")
+    proc = subprocess.Popen(
+        [RABBITRY, "up", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200)
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "sessions.py")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        lines = out.stdout.splitlines()
+        assert lines[0].startswith("user ") and lines[0].endswith(" created in acme")
+        assert lines[1:] == [
+            "sessions/me: 200 ann",
+            "DELETE user: 202 published",
+            "sessions/me: 401 - the session went with its user",
+        ]
+        page = (ROOT / "docs" / "sessions.md").read_text()
+        for line in lines[1:]:
+            assert line in page
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=40)
+        asyncio.run(delete_namespace(namespace))
