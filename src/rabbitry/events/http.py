@@ -19,9 +19,7 @@ from rabbitry.events.change import MAX_ENTITY_LENGTH, parse_time
 from rabbitry.events.store import EventStore
 from rabbitry.storage.database import Database
 
-router = APIRouter(
-    prefix="/api/events", tags=["events"], dependencies=[Depends(require_admin)]
-)
+router = APIRouter(prefix="/api/events", tags=["events"], dependencies=[Depends(require_admin)])
 
 
 def get_database(request: Request) -> Database:
