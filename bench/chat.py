@@ -1,0 +1,354 @@
+"""Chat fan-out across gateway instances: Rabbitry's per-room routing against the fan-out design
+of python-socketio's ``AsyncAioPikaManager``, in one run, on one broker.
+
+Both sides get the same 4 gateway instances (each with connections of its own), the same 1,000
+clients in the same 200 rooms (5 per room, rooms and instances drawn with one seed), and the
+same messages, sent by random clients with the same number in flight:
+
+  (a) Rabbitry: each instance is a :class:`~rabbitry.chat.gateway.Gateway` (its exclusive queue
+      bound with the keys of the rooms it hosts); a message is published to the dispatch
+      exchange (room key) *and* to the persistence exchange, both confirmed, as the gateway
+      does in production; each client is a ConnectedClient with its bounded send queue.
+  (b) python-socketio: each instance is an ``AsyncServer`` with an ``AsyncAioPikaManager`` (a
+      fanout exchange, one queue per instance, every message to every instance); each client
+      is a participant of its room; ``server.emit(..., room=...)`` on the sender's instance.
+
+The sockets themselves are left out on both sides (each recipient's send is a timestamp taken
+where the frame would be written), so what differs is the design between the instances.
+Reported: socket deliveries per second (first send to last receipt), p50/p99 latency from send
+to receipt, and broker deliveries per published message next to the instances hosting a room.
+
+Usage: python bench/chat.py [--messages N] [--in-flight K] [--seed S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import socketio  # type: ignore[import-untyped]
+
+from rabbitry.chat.client import ConnectedClient, Member
+from rabbitry.chat.gateway import Gateway
+from rabbitry.config import Settings
+from rabbitry.messaging.publisher import Publisher
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+INSTANCES = 4
+CLIENTS = 1000
+ROOMS = 200
+TENANT = "bench"
+
+
+@dataclass
+class Layout:
+    """Who is where: client -> (room, instance); the same for both designs."""
+
+    seats: list[tuple[int, int]]
+    sends: list[int]  # the client sending each message
+
+    @classmethod
+    def draw(cls, messages: int, seed: int) -> Layout:
+        rng = random.Random(seed)
+        rooms = [i % ROOMS for i in range(CLIENTS)]  # exactly 5 per room
+        rng.shuffle(rooms)
+        seats = [(room, rng.randrange(INSTANCES)) for room in rooms]
+        return cls(seats, [rng.randrange(CLIENTS) for _ in range(messages)])
+
+    def members(self, room: int) -> list[int]:
+        return [c for c, (r, _) in enumerate(self.seats) if r == room]
+
+    def expected_receipts(self) -> int:
+        return sum(len(self.members(self.seats[c][0])) for c in self.sends)
+
+    def hosting(self) -> float:
+        """Instances hosting the room, averaged over the messages sent."""
+        per_room = {
+            room: len({self.seats[c][1] for c in self.members(room)}) for room in range(ROOMS)
+        }
+        return statistics.fmean(per_room[self.seats[c][0]] for c in self.sends)
+
+
+@dataclass
+class Tally:
+    expected: int
+    sent_at: dict[str, float] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    first: float = 0.0
+    last: float = 0.0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def received(self, message_id: str) -> None:
+        now = time.perf_counter()
+        self.latencies.append(now - self.sent_at[message_id])
+        self.last = now
+        if len(self.latencies) >= self.expected:
+            self.done.set()
+
+
+@dataclass
+class Result:
+    name: str
+    seconds: float
+    receipts: int
+    p50_ms: float
+    p99_ms: float
+    broker_deliveries: int
+    messages: int
+
+    @property
+    def rate(self) -> float:
+        return self.receipts / self.seconds
+
+    def show(self) -> None:
+        print(
+            f"  {self.name:<16} {self.rate:>10,.0f} deliveries/s   p50 {self.p50_ms:7.1f} ms"
+            f"   p99 {self.p99_ms:7.1f} ms   broker deliveries/message"
+            f" {self.broker_deliveries / self.messages:.2f}   ({self.receipts:,} in"
+            f" {self.seconds:.2f} s)"
+        )
+
+
+def _result(name: str, tally: Tally, broker_deliveries: int, messages: int) -> Result:
+    ordered = sorted(tally.latencies)
+    return Result(
+        name,
+        tally.last - tally.first,
+        len(ordered),
+        1000 * ordered[len(ordered) // 2],
+        1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+        broker_deliveries,
+        messages,
+    )
+
+
+async def _drive(sends: Sequence[int], in_flight: int, send: Any, tally: Tally) -> None:
+    gate = asyncio.Semaphore(in_flight)
+
+    async def one(client: int) -> None:
+        async with gate:
+            await send(client)
+
+    tally.first = time.perf_counter()
+    await asyncio.gather(*(one(c) for c in sends))
+    await asyncio.wait_for(tally.done.wait(), timeout=120)
+
+
+# --- (a) Rabbitry --------------------------------------------------------------------------
+
+
+async def run_rabbitry(layout: Layout, in_flight: int, directory: Path) -> Result:
+    namespace = "b" + uuid.uuid4().hex[:10]
+    settings = Settings(namespace=namespace, amqp_url=AMQP_URL, data_dir=directory)
+    tally = Tally(layout.expected_receipts())
+    try:
+        async with AsyncExitStack() as stack:
+            gateways = []
+            for index in range(INSTANCES):
+                publisher = await stack.enter_async_context(
+                    Publisher(settings.amqp, name=f"{namespace}-bench-{index}")
+                )
+                gateway = await stack.enter_async_context(
+                    Gateway(settings, publisher, instance=f"i{index}").running()
+                )
+                await asyncio.wait_for(gateway.inbox.connected.wait(), 20)
+                gateways.append(gateway)
+            clients: list[ConnectedClient] = []
+            pumps = []
+            for number, (room, instance) in enumerate(layout.seats):
+
+                async def record(frame: str) -> None:
+                    # The id is the first field of every frame: no JSON parse on the clock.
+                    tally.received(frame[7:43])
+
+                async def close(code: int, reason: str) -> None:
+                    return None
+
+                member = Member(TENANT, str(number), f"user{number}", f"s{number}")
+                client = ConnectedClient(member, f"room{room}", record, close, queue_size=10_000)
+                await gateways[instance].manager.join(client)
+                clients.append(client)
+                pumps.append(asyncio.create_task(client.pump()))
+            # Manager.join returned once each room was bound: every binding is in place.
+            for gateway in gateways:
+                _time_sends(gateway, tally)
+            counter = iter(range(10**9))
+
+            async def send(number: int) -> None:
+                gateway = gateways[layout.seats[number][1]]
+                result = await gateway.send(clients[number], f"message {next(counter)}")
+                assert result.ok, result
+
+            await _drive(layout.sends, in_flight, send, tally)
+            deliveries = sum(g.inbox.delivered for g in gateways)
+            for client in clients:
+                client.disconnect(1000, "")
+            await asyncio.gather(*pumps)
+    finally:
+        await _delete_prefix(namespace)
+    return _result("rabbitry", tally, deliveries, len(layout.sends))
+
+
+def _time_sends(gateway: Gateway, tally: Tally) -> None:
+    """Note the send time of every message as the gateway makes its id (the first thing
+    ``Gateway.send`` does, before publishing)."""
+    ids = gateway._ids
+    make = ids.new
+
+    def stamped(now_ms: int | None = None) -> str:
+        message_id = make(now_ms)
+        tally.sent_at[message_id] = time.perf_counter()
+        return message_id
+
+    ids.new = stamped  # type: ignore[method-assign]
+
+
+# --- (b) python-socketio's AsyncAioPikaManager ---------------------------------------------
+
+
+async def run_socketio(layout: Layout, in_flight: int) -> Result:
+    channel = "b" + uuid.uuid4().hex[:10] + ".socketio"
+    tally = Tally(layout.expected_receipts())
+    handled = [0] * INSTANCES
+    servers = []
+    for index in range(INSTANCES):
+        manager = socketio.AsyncAioPikaManager(AMQP_URL, channel=channel)
+        server = socketio.AsyncServer(client_manager=manager, async_mode="asgi")
+
+        async def deliver(eio_sid: str, pkt: Any) -> None:
+            tally.received(pkt.data.split('"id":"', 1)[1][:36])  # compact JSON: no spaces
+
+        server._send_eio_packet = deliver
+        original = manager._handle_emit
+
+        async def counted(message: Any, index: int = index, original: Any = original) -> None:
+            handled[index] += 1
+            await original(message)
+
+        manager._handle_emit = counted
+        manager.initialize()
+        servers.append(server)
+    participants: list[str] = []
+    for number, (room, instance) in enumerate(layout.seats):
+        manager = servers[instance].manager
+        sid = await manager.connect(f"eio{number}", "/")
+        await manager.enter_room(sid, "/", f"room{room}")
+        participants.append(sid)
+    # Each instance's listener declares and binds its queue on its own, in the background.
+    await _wait_bound(channel, INSTANCES)
+    counter = iter(range(10**9))
+
+    async def send(number: int) -> None:
+        room, instance = layout.seats[number]
+        message_id = str(uuid.uuid4())
+        tally.sent_at[message_id] = time.perf_counter()
+        data = {"id": message_id, "room": f"room{room}", "text": f"message {next(counter)}"}
+        await servers[instance].emit("message", data, room=f"room{room}")
+
+    try:
+        await _drive(layout.sends, in_flight, send, tally)
+    finally:
+        for server in servers:
+            manager = server.manager
+            with contextlib.suppress(Exception):
+                if manager.publisher_connection is not None:
+                    await manager.publisher_connection.close()
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task() and "_thread" in repr(task.get_coro()):
+                task.cancel()
+        await asyncio.sleep(0.2)
+        await _delete_socketio(channel)
+    return _result("python-socketio", tally, sum(handled), len(layout.sends))
+
+
+# --- cleanup -------------------------------------------------------------------------------
+
+
+def _rabbitmqctl(*args: str) -> list[list[str]]:
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", *args, "--no-table-headers"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return [line.split("\t") for line in out.splitlines() if line.strip()]
+
+
+async def _delete_names(queues: Sequence[str], exchanges: Sequence[str]) -> None:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        for name in queues:
+            channel = await connection.channel()
+            with contextlib.suppress(aio_pika.exceptions.AMQPError):
+                await channel.queue_delete(name)
+        for name in exchanges:
+            channel = await connection.channel()
+            with contextlib.suppress(aio_pika.exceptions.AMQPError):
+                await channel.exchange_delete(name)
+
+
+async def _delete_prefix(prefix: str) -> None:
+    queues = [r[0] for r in await asyncio.to_thread(_rabbitmqctl, "list_queues", "name")]
+    exchanges = [r[0] for r in await asyncio.to_thread(_rabbitmqctl, "list_exchanges", "name")]
+    await _delete_names(
+        [q for q in queues if q.startswith(prefix)], [e for e in exchanges if e.startswith(prefix)]
+    )
+
+
+async def _wait_bound(exchange: str, queues: int) -> None:
+    for _ in range(200):
+        rows = await asyncio.to_thread(_rabbitmqctl, "list_bindings", "source_name")
+        if sum(1 for r in rows if r[0] == exchange) >= queues:
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"the socketio instances did not bind to {exchange}")
+
+
+async def _delete_socketio(channel: str) -> None:
+    # Its queues are server-named (amq.gen-…): find them by their binding to the channel.
+    rows = await asyncio.to_thread(_rabbitmqctl, "list_bindings", "source_name", "destination_name")
+    await _delete_names([r[1] for r in rows if r[0] == channel], [channel])
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=4000)
+    parser.add_argument("--in-flight", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=9)
+    args = parser.parse_args()
+    layout = Layout.draw(args.messages, args.seed)
+    print(
+        f"{INSTANCES} instances, {CLIENTS:,} clients in {ROOMS} rooms, {args.messages:,} messages"
+        f" ({layout.expected_receipts():,} socket deliveries), {args.in_flight} in flight;"
+        f" a room is on {layout.hosting():.2f} instances on average"
+    )
+    with tempfile.TemporaryDirectory() as directory:
+        rabbitry = await run_rabbitry(layout, args.in_flight, Path(directory))
+    baseline = await run_socketio(layout, args.in_flight)
+    for result in (rabbitry, baseline):
+        result.show()
+    print(
+        f"  ratio: {rabbitry.rate / baseline.rate:.2f}x the deliveries per second;"
+        f" p50 {baseline.p50_ms / rabbitry.p50_ms:.2f}x lower;"
+        f" broker deliveries per message {rabbitry.broker_deliveries / rabbitry.messages:.2f}"
+        f" vs {baseline.broker_deliveries / baseline.messages:.2f}"
+        f" (instances hosting the room: {layout.hosting():.2f}; all instances: {INSTANCES})"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
