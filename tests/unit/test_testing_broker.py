@@ -9,11 +9,15 @@ test_core_behaviour.py runs the shared behaviour on RabbitMQ too, so these stay 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import pytest
 
+import rabbitry
+import rabbitry.testing
 from rabbitry import (
     AmqpSettings,
     Binding,
@@ -412,3 +416,25 @@ async def test_a_foreign_publish_nobody_takes_is_refused_like_a_mandatory_one() 
         await broker.publish("amq.direct", "nobody", b"{}")
     with pytest.raises(NotFound, match="no exchange 'missing'"):
         await broker.publish("missing", "k", b"{}")
+
+
+# --- the module itself -----------------------------------------------------------------------
+
+
+def test_rabbitry_testing_lists_exactly_its_public_names_and_the_top_level_none_of_them() -> None:
+    public = {name for name in dir(rabbitry.testing) if not name.startswith("_")}
+    modules = {n for n in public if type(getattr(rabbitry.testing, n)).__name__ == "module"}
+    assert set(rabbitry.testing.__all__) == public - modules - {"annotations"}
+    assert not set(rabbitry.testing.__all__) & set(rabbitry.__all__)
+
+
+def test_importing_rabbitry_testing_loads_no_web_orm_template_or_cli_code() -> None:
+    probe = (
+        "import sys, rabbitry.testing\n"
+        "heavy = {'fastapi', 'starlette', 'uvicorn', 'sqlalchemy', 'typer', 'jinja2', 'alembic'}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
