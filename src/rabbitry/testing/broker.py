@@ -71,6 +71,8 @@ class MemoryBroker(VirtualHost):
     async def running(self, worker: Worker, *, timeout: float = 10.0) -> AsyncIterator[Worker]:
         """Run ``worker`` (its subscriptions, topology, settings and retry policy) on this
         broker: entered once it consumes, stopped and drained on exit. Yields the running copy."""
+        # Declared here first so that a topology error fails now, not as a reconnect loop.
+        self.declare(worker.topology)
         memory = MemoryWorker(self, worker)
         stopping = asyncio.Event()
         task = asyncio.create_task(memory.run(stopping))

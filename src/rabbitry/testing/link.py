@@ -98,6 +98,7 @@ class MemoryLink:
         *,
         mandatory: bool = True,
     ) -> asyncio.Future[Outcome]:
+        self._check_open()  # as Link: a closed link refuses at once, a channel error comes later
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         outgoing = Outgoing(exchange, routing_key, body, properties, mandatory)
         try:
