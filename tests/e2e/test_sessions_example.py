@@ -11,9 +11,8 @@ import uuid
 from pathlib import Path
 
 import httpx
-from test_up import RABBITRY, free_port, wait_for
 
-from helpers import delete_namespace
+from helpers import RABBITRY, delete_namespace, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,7 +36,7 @@ def test_the_sessions_example_removes_a_user_and_their_session_stops_working(
         [RABBITRY, "up", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     try:
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200)
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200)
         out = subprocess.run(
             [sys.executable, str(ROOT / "examples" / "sessions.py")],
             env=env,

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_up import RABBITRY, free_port
 
 from conftest import BrokerProbe, Endpoint
 from fixtures.sessions import ADMIN, REDIS_URL, SERVICE, delete_redis_keys, redis_keys
-from helpers import AMQP_URL, scratch_database
+from helpers import AMQP_URL, RABBITRY, free_port, scratch_database
 from rabbitry.sessions.tokens import token_hash
 from rabbitry.sessions.topology import TenantsLayout
 
