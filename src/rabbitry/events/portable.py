@@ -39,8 +39,50 @@ def check_text(value: str, what: str) -> None:
 
 def check_json(value: Any, what: str, *, max_depth: int = MAX_DEPTH) -> None:
     """Refuse a decoded JSON value holding a non-finite number, a string :func:`check_text`
-    refuses (keys included), or nesting deeper than ``max_depth``. Iterative: a deep value
-    cannot exhaust the interpreter's stack."""
+    refuses (keys included), or nesting deeper than ``max_depth``.
+
+    A fast pass answers for the common, clean value (it runs for every message a workflow
+    worker stores); only a value it doubts is walked again to name where the bad part is.
+    """
+    if not _clean(value, max_depth):
+        _explain(value, what, max_depth)
+
+
+def _clean(value: Any, depth: int) -> bool:
+    # Plain loops, one frame per level: at most MAX_DEPTH frames deep.
+    kind = type(value)
+    if kind is str:
+        return "\x00" not in value and (value.isascii() or _encodable(value))
+    if kind is float:
+        return math.isfinite(value)
+    if kind is dict:
+        if depth < 1:
+            return False
+        for key, child in value.items():
+            if type(key) is not str or not _clean(key, 0) or not _clean(child, depth - 1):
+                return False
+        return True
+    if kind is list:
+        if depth < 1:
+            return False
+        for child in value:  # noqa: SIM110 - all() over a generator costs two frames a level
+            if not _clean(child, depth - 1):
+                return False
+        return True
+    # Another type (a Mapping, a tuple, a number subclass): the careful walk decides.
+    return value is None or kind is int or kind is bool
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _explain(value: Any, what: str, max_depth: int) -> None:
+    """The careful walk: iterative (a deep value cannot exhaust the stack), naming the path."""
     stack: list[tuple[Any, str, int]] = [(value, what, 1)]
     while stack:
         item, where, depth = stack.pop()
