@@ -1,12 +1,12 @@
 """Prometheus counters, labelled by queue; publishes by exchange (the queue for the default
-exchange).
+exchange); the broker's alarms by connection.
 
 Counters live in one registry per process; `/metrics` of every HTTP process exposes it.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -38,4 +38,10 @@ DEAD_LETTERED = Counter(
 )
 HANDLER_SECONDS = Histogram(
     "rabbitry_handler_seconds", "Time spent in message handlers", ["queue"], registry=REGISTRY
+)
+BLOCKED = Gauge(
+    "rabbitry_broker_blocked",
+    "1 while the broker blocks this publishing connection (a memory or disk alarm)",
+    ["connection"],
+    registry=REGISTRY,
 )

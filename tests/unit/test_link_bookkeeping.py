@@ -11,10 +11,11 @@ from pamqp import frame as pamqp_frame
 
 from rabbitry.amqp import handshake, wire
 from rabbitry.amqp.confirms import Confirms, Outcome, Outgoing
-from rabbitry.amqp.properties import Properties
+from rabbitry.amqp.properties import Properties, encode_properties
 from rabbitry.amqp.settles import AckFolder
 
 ACKED, NACKED, RETURNED = Outcome.ACKED, Outcome.NACKED, Outcome.RETURNED
+NO_PROPERTIES = encode_properties(Properties())  # a return's property list, as received
 
 
 def _batch(count: int, routing_key: str = "q") -> list[Outgoing]:
@@ -54,7 +55,7 @@ async def test_return_marks_the_matching_message_before_its_ack() -> None:
     future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     items = [*_batch(2, "bound"), Outgoing("", "unbound", b"m2"), *_batch(1, "bound")]
     confirms.add(items, future, single=False)
-    assert confirms.returned("", "unbound", b"m2", None)
+    assert confirms.returned("", "unbound", b"m2", NO_PROPERTIES)
     confirms.settle(4, multiple=True, outcome=ACKED)
     assert future.result() == [ACKED, ACKED, RETURNED, ACKED]
 
@@ -64,9 +65,11 @@ async def test_returns_of_identical_messages_match_in_publish_order() -> None:
     future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     same = Outgoing("", "unbound", b"same", Properties(message_id="a"))
     confirms.add([same, same, Outgoing("", "unbound", b"same", mandatory=False)], future, False)
-    assert confirms.returned("", "unbound", b"same", "a")
-    assert confirms.returned("", "unbound", b"same", "a")
-    assert not confirms.returned("", "unbound", b"same", None)  # not mandatory: never returned
+    properties = encode_properties(Properties(message_id="a"))
+    assert confirms.returned("", "unbound", b"same", properties)
+    assert confirms.returned("", "unbound", b"same", properties)
+    # not mandatory: never returned
+    assert not confirms.returned("", "unbound", b"same", NO_PROPERTIES)
     confirms.settle(3, multiple=True, outcome=ACKED)
     assert future.result() == [RETURNED, RETURNED, ACKED]
 
@@ -109,7 +112,7 @@ def test_url_parsing_and_plain_auth() -> None:
     assert "p/w" not in repr(endpoint)
     assert handshake.Endpoint.from_url("amqp://localhost").vhost == "/"
     with pytest.raises(ValueError, match="scheme"):
-        handshake.Endpoint.from_url("amqps://localhost")
+        handshake.Endpoint.from_url("http://localhost")
     frame = handshake.start_ok(
         commands.Connection.Start(mechanisms="AMQPLAIN PLAIN"), endpoint, "n"
     )
@@ -117,7 +120,7 @@ def test_url_parsing_and_plain_auth() -> None:
     assert isinstance(start_ok, commands.Connection.StartOk)
     assert start_ok.response == "\0us@er\0p/w"
     assert start_ok.client_properties["connection_name"] == "n"
-    with pytest.raises(ValueError, match="PLAIN"):
+    with pytest.raises(ValueError, match="PLAIN"):  # the URL asks for PLAIN
         handshake.start_ok(commands.Connection.Start(mechanisms="EXTERNAL"), endpoint, "n")
 
 

@@ -30,7 +30,8 @@ from aio_pika.abc import (
 )
 
 from rabbitry.amqp.spec import Binding, Exchange, Queue, Topology
-from rabbitry.errors import BrokerError, BrokerUnavailable, NotFound, RabbitryError
+from rabbitry.amqp.url import Endpoint
+from rabbitry.errors import BrokerError, BrokerUnavailable, ConfigError, NotFound, RabbitryError
 
 log = logging.getLogger(__name__)
 
@@ -41,38 +42,75 @@ def translate(exc: BaseException, action: str) -> RabbitryError:
         return NotFound(f"{action}: {exc}")
     if isinstance(exc, aiormq.exceptions.AMQPError | aio_pika.exceptions.AMQPException):
         return BrokerError(f"{action}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return BrokerUnavailable(f"{action}: no reply from the broker in time")
     if isinstance(exc, OSError | ConnectionError | asyncio.TimeoutError):
         return BrokerUnavailable(f"{action}: broker unreachable: {exc or type(exc).__name__}")
     return BrokerError(f"{action}: {type(exc).__name__}: {exc}")
 
 
 class Declarer:
-    """Declares topology on one robust aio-pika connection; idempotent and reconnect-aware."""
+    """Declares topology on one robust aio-pika connection; idempotent and reconnect-aware.
 
-    def __init__(self, connection: AbstractRobustConnection, channel: AbstractChannel) -> None:
+    Every call waits at most ``rpc_timeout`` seconds for the broker (a declaration of a whole
+    topology counts as one call), so a broker that stopped reading cannot hang a shutdown.
+    """
+
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        channel: AbstractChannel,
+        rpc_timeout: float = 10.0,
+    ) -> None:
         self._connection = connection
         self._channel = channel
+        self._rpc_timeout = rpc_timeout
         self._declared: set[Exchange | Queue | Binding] = set()
         self._wanted = Topology()
         self._lock = asyncio.Lock()
         connection.reconnect_callbacks.add(self._on_reconnect)
 
     @classmethod
-    async def connect(cls, url: str, *, timeout: float = 5.0, name: str = "rabbitry") -> Declarer:
+    async def connect(
+        cls,
+        url: str,
+        *,
+        timeout: float = 5.0,
+        name: str = "rabbitry",
+        rpc_timeout: float | None = None,
+    ) -> Declarer:
+        """Connect with the URL read as :class:`~rabbitry.amqp.link.Link` reads it (TLS,
+        options, vhost, credentials): :mod:`rabbitry.amqp.url` parses it for both."""
+        try:
+            endpoint = Endpoint.from_url(url)
+            target = endpoint.aio_pika_url()
+            context = endpoint.ssl_context()
+        except ValueError as exc:
+            raise ConfigError(f"broker URL: {exc}") from None
+        label = f"{endpoint.name}:{name}" if endpoint.name else name
         try:
             connection = await aio_pika.connect_robust(
-                url, timeout=timeout, client_properties={"connection_name": f"{name}-declarer"}
+                target,
+                timeout=endpoint.connection_timeout or timeout,
+                ssl_context=context,
+                client_properties={"connection_name": f"{label}-declarer"},
             )
-            channel = await connection.channel(publisher_confirms=False)
+            channel = await asyncio.wait_for(
+                connection.channel(publisher_confirms=False), rpc_timeout or timeout
+            )
         except Exception as exc:
             raise translate(exc, "connect") from exc
-        return cls(connection, channel)
+        return cls(connection, channel, rpc_timeout or 10.0)
 
     async def declare(self, topology: Topology) -> None:
         """Declare every exchange, then queue, then binding not declared yet."""
         async with self._lock:
             self._wanted = self._wanted | topology
-            await self._apply(topology)
+            try:
+                async with asyncio.timeout(self._rpc_timeout):
+                    await self._apply(topology)
+            except TimeoutError as exc:
+                raise translate(exc, "declare topology") from exc
 
     async def _apply(self, topology: Topology) -> None:
         try:
@@ -112,7 +150,8 @@ class Declarer:
     async def bind(self, binding: Binding) -> None:
         async with self._lock:
             try:
-                await self._bind(binding)
+                async with asyncio.timeout(self._rpc_timeout):
+                    await self._bind(binding)
             except Exception as exc:
                 raise translate(exc, f"bind {binding.queue}") from exc
             self._wanted = self._wanted | Topology.of(bindings=[binding])
@@ -124,9 +163,11 @@ class Declarer:
             )
             self._declared.discard(binding)
             try:
-                await (await self._channel.get_underlay_channel()).queue_unbind(
-                    binding.queue, binding.exchange, routing_key=binding.routing_key
-                )
+                async with asyncio.timeout(self._rpc_timeout):
+                    underlay = await self._channel.get_underlay_channel()
+                    await underlay.queue_unbind(
+                        binding.queue, binding.exchange, routing_key=binding.routing_key
+                    )
             except Exception as exc:
                 raise translate(exc, f"unbind {binding.queue}") from exc
 
@@ -143,15 +184,17 @@ class Declarer:
     async def purge(self, name: str) -> None:
         """Drop every ready message of queue ``name``."""
         try:
-            await (await self._channel.get_underlay_channel()).queue_purge(name)
+            async with asyncio.timeout(self._rpc_timeout):
+                await (await self._channel.get_underlay_channel()).queue_purge(name)
         except Exception as exc:
             raise translate(exc, f"purge {name}") from exc
 
     async def queue_size(self, name: str) -> int:
         """Messages ready in ``name`` (a passive declare); raises NotFound if it is missing."""
         try:
-            underlay = await self._channel.get_underlay_channel()
-            result = await underlay.queue_declare(name, passive=True)
+            async with asyncio.timeout(self._rpc_timeout):
+                underlay = await self._channel.get_underlay_channel()
+                result = await underlay.queue_declare(name, passive=True)
         except Exception as exc:
             # A failed passive declare closes the channel: reopen it for the next caller.
             await self._reopen()
@@ -186,8 +229,9 @@ class Declarer:
     async def exchange_exists(self, name: str) -> bool:
         """Whether exchange ``name`` exists (a passive declare); broker trouble raises."""
         try:
-            underlay = await self._channel.get_underlay_channel()
-            await underlay.exchange_declare(name, passive=True)
+            async with asyncio.timeout(self._rpc_timeout):
+                underlay = await self._channel.get_underlay_channel()
+                await underlay.exchange_declare(name, passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
             await self._reopen()
             return False
@@ -208,7 +252,10 @@ class Declarer:
             await self._apply(self._wanted)
 
     async def close(self) -> None:
-        await self._connection.close()
+        try:
+            await asyncio.wait_for(self._connection.close(), self._rpc_timeout)
+        except TimeoutError:
+            log.warning("declarer connection did not close in %gs; dropped", self._rpc_timeout)
 
     async def __aenter__(self) -> Declarer:
         return self

@@ -69,8 +69,23 @@ def encode_value(value: Any) -> bytes:
 
 
 def encode_table(table: Mapping[str, Any]) -> bytes:
-    """Encode a field table: 4-byte length, then name/value pairs in the mapping's order."""
-    body = b"".join(_shortstr(name) + encode_value(value) for name, value in table.items())
+    """Encode a field table: 4-byte length, then name/value pairs in the mapping's order.
+
+    A value that cannot be written (an integer beyond 64 bits, a date before 1970, a nested
+    table over 4 GB) raises ``ValueError`` naming its key; an unsupported type ``TypeError``.
+    """
+    parts: list[bytes] = []
+    append = parts.append
+    for name, value in table.items():
+        try:
+            append(_shortstr(name) + encode_value(value))
+        except (struct.error, OverflowError) as exc:
+            raise ValueError(f"header {name!r}: {value!r:.60} is out of range ({exc})") from None
+        except ValueError as exc:
+            raise ValueError(f"header {name!r}: {exc}") from None
+        except TypeError as exc:
+            raise TypeError(f"header {name!r}: {exc}") from None
+    body = b"".join(parts)
     return _LONG.pack(len(body)) + body
 
 

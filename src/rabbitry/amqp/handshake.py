@@ -1,64 +1,49 @@
-"""Opening an AMQP connection for :class:`~rabbitry.amqp.link.Link`: URL, auth, tuning.
+"""Opening an AMQP connection for :class:`~rabbitry.amqp.link.Link`: auth and tuning.
 
-Pure: each step turns the broker's method into the frames that answer it.
+Pure: each step turns the broker's method into the frames that answer it. Where to connect
+and with which options is :class:`~rabbitry.amqp.url.Endpoint`'s.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
 
 from pamqp import commands, common
 
 from rabbitry._version import __version__
 from rabbitry.amqp import wire
+from rabbitry.amqp.url import Endpoint
+
+__all__ = ["CAPABILITIES", "Endpoint", "start_ok", "tune_ok"]
 
 CAPABILITIES: common.FieldTable = {
     "publisher_confirms": True,
     "basic.nack": True,
     "consumer_cancel_notify": True,
+    # The broker tells us when a memory or disk alarm stops it reading our publishes, so
+    # publishers can go to their fallback at once instead of waiting for a timeout.
+    "connection.blocked": True,
     # Without it a wrong password is a bare TCP close instead of a 403 with a reason.
     "authentication_failure_close": True,
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where and as whom to connect, parsed from ``amqp://user:pass@host:port/vhost``."""
-
-    host: str
-    port: int
-    user: str
-    password: str = field(repr=False)
-    vhost: str
-
-    @classmethod
-    def from_url(cls, url: str) -> Endpoint:
-        parts = urlsplit(url)
-        if parts.scheme != "amqp":
-            raise ValueError(f"unsupported URL scheme {parts.scheme!r}: only amqp:// is")
-        path = parts.path[1:] if parts.path.startswith("/") else parts.path
-        return cls(
-            host=parts.hostname or "localhost",
-            port=parts.port or 5672,
-            user=unquote(parts.username or "guest"),
-            password=unquote(parts.password or "guest"),
-            vhost=unquote(path) or "/",
-        )
-
-
 def start_ok(start: commands.Connection.Start, endpoint: Endpoint, name: str) -> bytes:
-    """Answer Connection.Start with PLAIN credentials; ValueError if PLAIN is not offered."""
-    if "PLAIN" not in start.mechanisms.split():
-        raise ValueError(f"the broker offers no PLAIN authentication: {start.mechanisms}")
+    """Answer Connection.Start with the endpoint's mechanism (PLAIN or EXTERNAL).
+
+    ``ValueError`` when the broker does not offer it.
+    """
+    offered = start.mechanisms.split()
+    if endpoint.auth not in offered:
+        raise ValueError(f"the broker offers no {endpoint.auth} authentication: {start.mechanisms}")
     properties: common.FieldTable = {
         "product": "rabbitry",
         "version": __version__,
-        "connection_name": name,
+        "connection_name": f"{endpoint.name}:{name}" if endpoint.name else name,
         "capabilities": CAPABILITIES,
     }
-    response = f"\0{endpoint.user}\0{endpoint.password}"
-    return wire.method_frame(0, commands.Connection.StartOk(properties, "PLAIN", response, "en_US"))
+    # EXTERNAL: the TLS client certificate is the identity; the response is empty.
+    response = "" if endpoint.auth == "EXTERNAL" else f"\0{endpoint.user}\0{endpoint.password}"
+    method = commands.Connection.StartOk(properties, endpoint.auth, response, "en_US")
+    return wire.method_frame(0, method)
 
 
 def tune_ok(
@@ -66,13 +51,22 @@ def tune_ok(
 ) -> tuple[bytes, int, int]:
     """Answer Connection.Tune and open the vhost: (frames, frame_max, heartbeat seconds).
 
-    The broker's frame_max and channel_max are taken as they are; the heartbeat is the lower
-    of both sides', and 0 (off) only if we ask for 0.
+    frame_max and channel_max are the lower of the broker's and the URL's (0 is "no limit");
+    the heartbeat is the lower of both sides' (the URL's, else ``heartbeat``), and 0 (off)
+    only if we ask for 0.
     """
-    frame_max = tune.frame_max or 131072
+    frame_max = _lower(tune.frame_max or 131072, endpoint.frame_max)
+    channel_max = _lower(tune.channel_max, endpoint.channel_max)
+    ours = heartbeat if endpoint.heartbeat is None else endpoint.heartbeat
     server = tune.heartbeat
-    agreed = min(heartbeat, server) if heartbeat and server else heartbeat
+    agreed = min(ours, server) if ours and server else ours
     frames = wire.method_frame(
-        0, commands.Connection.TuneOk(tune.channel_max, frame_max, agreed)
+        0, commands.Connection.TuneOk(channel_max, frame_max, agreed)
     ) + wire.method_frame(0, commands.Connection.Open(endpoint.vhost))
     return frames, frame_max, agreed
+
+
+def _lower(theirs: int, ours: int | None) -> int:
+    if not ours:
+        return theirs
+    return min(theirs, ours) if theirs else ours

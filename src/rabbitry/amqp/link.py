@@ -16,21 +16,63 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pamqp import base, commands
 
-from rabbitry.amqp import handshake, wire
+from rabbitry.amqp import wire
 from rabbitry.amqp.confirms import Confirms, Outcome, Outgoing
 from rabbitry.amqp.properties import Properties, encode_properties
 from rabbitry.amqp.protocol import CHANNEL, AmqpProtocol, LinkClosed, LinkError
 from rabbitry.amqp.settles import AckFolder
+from rabbitry.amqp.url import Endpoint
 
-__all__ = ["Delivery", "Link", "LinkClosed", "LinkError", "Outcome", "Outgoing"]
+__all__ = [
+    "Delivery",
+    "Link",
+    "LinkClosed",
+    "LinkError",
+    "Outcome",
+    "Outgoing",
+    "Skipped",
+    "Unfit",
+]
 
 log = logging.getLogger(__name__)
+
+# While many publishes are encoded in one go, write every this many frame pieces (about 40
+# messages) instead of all at the end: the broker works on the first ones while the rest are
+# encoded, rather than waiting for all of them and then making us wait for it.
+_EAGER_PIECES = 1 << 30
+
+# RabbitMQ names the exchange a refused publish went to in its reply text.
+_REFUSED_EXCHANGE = re.compile(r"exchange '(.*?)' in vhost")
+
+# What encoding a caller's properties can raise: a short string over 255 bytes, an octet or
+# integer out of range, a header value of no AMQP type.
+_ENCODING_ERRORS = (ValueError, TypeError, OverflowError, struct.error)
+
+
+class Skipped(LinkClosed):
+    """A single publish made after one the broker refused on the same channel: the broker
+    dropped it unread, so it reached no queue and may be published again."""
+
+
+class Unfit(LinkError):
+    """Messages that cannot be sent as they are; nothing of the call was written.
+
+    ``reasons`` maps each one's index in the call to why (properties too large for the
+    broker's frame size, a short string over 255 bytes, a header value out of range).
+    """
+
+    def __init__(self, reasons: dict[int, str]) -> None:
+        first = next(iter(reasons.values()))
+        super().__init__(f"cannot be sent: {first}")
+        self.reasons = reasons
 
 
 @dataclass(slots=True)
@@ -44,18 +86,27 @@ class Delivery:
     consumer_tag: str
     properties: Properties
     body: bytes
+    error: str | None = None
+    """Why the delivery did not decode (a property that is not UTF-8, ...): ``properties``
+    then holds what could be read, re-encoding to the publisher's bytes, and the owner should
+    dead-letter it rather than handle it."""
 
 
 class Link(AmqpProtocol):
     """One AMQP connection and its channel 1: confirmed publishing and consuming.
 
     Create with :meth:`connect`; see :class:`~rabbitry.amqp.protocol.AmqpProtocol` for
-    ``connect``, ``close``, ``is_open`` and ``closed``.
+    ``connect``, ``close``, ``is_open``, ``closed``, ``blocked`` and ``on_blocked``.
     """
+
+    on_cancel: Callable[[str], None] | None
+    """Hook the owner may set: called with the consumer tag when the broker cancels a consumer
+    (its queue was deleted). The link stays open, so deliveries in flight can still be acked;
+    the owner closes it when they are. Unset, the link closes at once."""
 
     def __init__(
         self,
-        endpoint: handshake.Endpoint,
+        endpoint: Endpoint,
         name: str,
         heartbeat: int,
         loop: asyncio.AbstractEventLoop,
@@ -67,10 +118,23 @@ class Link(AmqpProtocol):
         # The method that announced the content being assembled, and whether it is a return.
         self._method: tuple[Any, ...] | None = None
         self._is_return = False
+        self._refused: str | None = None  # the exchange of a publish the broker refused
+        self.on_cancel = None
+
+    def _on_channel_close(self, method: commands.Channel.Close) -> None:
+        if (method.class_id, method.method_id) == (60, 40):  # basic.publish was refused
+            found = _REFUSED_EXCHANGE.search(method.reply_text or "")
+            if found is not None:
+                self._refused = found.group(1)
 
     def _on_failed(self, exc: LinkClosed) -> None:
-        if self._confirms is not None:
-            self._confirms.fail(exc)
+        confirms, refused = self._confirms, self._refused
+        if confirms is None:
+            pass
+        elif refused is None or not confirms.refuse(refused, exc, _skipped(exc)):
+            # A refused publish fails alone (refuse): what came before it went through, what
+            # came after it was dropped unread and may be sent again (see confirms.py).
+            confirms.fail(exc)
         self._consumers.clear()
 
     def _flush_tail(self) -> bytes | None:
@@ -81,7 +145,11 @@ class Link(AmqpProtocol):
     def _on_method(self, channel: int, payload: bytes) -> None:
         method = wire.method_id(payload)
         if method == wire.BASIC_DELIVER:
-            self._method = wire.parse_deliver(payload)
+            try:
+                self._method = wire.parse_deliver(payload)
+            except UnicodeDecodeError as exc:  # a foreign publisher's routing key
+                self._method = wire.parse_deliver(payload, "surrogateescape")
+                self._content_error = f"exchange or routing key is not UTF-8 ({exc.reason})"
             self._is_return = False
         elif method == wire.BASIC_ACK or method == wire.BASIC_NACK:
             tag, multiple, _ = wire.parse_confirm(payload)
@@ -99,8 +167,13 @@ class Link(AmqpProtocol):
             # The broker cancels a consumer whose queue was deleted (consumer_cancel_notify).
             # Closing the whole link hands the problem to the owner's reconnect path, which
             # declares the queue again and resumes; a silently idle consumer would not.
-            log.warning("broker cancelled consumer %s: closing the link", method.consumer_tag)
-            self._consumers.pop(method.consumer_tag or "", None)
+            tag = method.consumer_tag or ""
+            self._consumers.pop(tag, None)
+            if self.on_cancel is not None:
+                log.warning("broker cancelled consumer %s", tag)
+                self.on_cancel(tag)
+                return
+            log.warning("broker cancelled consumer %s: closing the link", tag)
             self._flush()
             reason = "consumer cancelled by the broker (its queue was deleted?)"
             close = commands.Connection.Close(200, reason, 0, 0)
@@ -109,16 +182,20 @@ class Link(AmqpProtocol):
             super()._on_control(channel, method)
 
     def _on_message(self, body: bytes) -> None:
-        fields, properties = self._method, self._properties
+        fields, properties, error = self._method, self._properties, self._content_error
         self._method = self._properties = None
+        if error:
+            self._content_error = ""
         if fields is None or properties is None:
             raise wire.FrameError("content frames without a delivering method")
         if self._error is not None:
             return  # arrived after the channel closed: its tag is void, nobody to give it to
         if self._is_return:
             _, _, exchange, routing_key = fields
+            # The broker echoes the property bytes it received: compare those, not decoded
+            # fields, so look-alike messages are told apart (confirms.py).
             if self._confirms is None or not self._confirms.returned(
-                exchange, routing_key, body, properties.message_id
+                exchange, routing_key, body, self._header[12:]
             ):
                 log.warning("unmatched basic.return from %r with key %r", exchange, routing_key)
             return
@@ -128,14 +205,18 @@ class Link(AmqpProtocol):
             self._acks.settled(tag)
             self._send(wire.encode_reject(CHANNEL, tag, requeue=True))
             return
-        delivery = Delivery(tag, redelivered, exchange, routing_key, consumer_tag, properties, body)
+        delivery = Delivery(
+            tag, redelivered, exchange, routing_key, consumer_tag, properties, body, error or None
+        )
         try:
             callback(delivery)
         except Exception:
-            # Raising into the transport would drop the connection under every consumer.
-            log.exception(
-                "on_delivery for %s raised; delivery %d left unsettled", consumer_tag, tag
-            )
+            # Raising into the transport would drop the connection under every consumer, and
+            # a tag left unsettled would hold a prefetch slot (and every later ack's folding)
+            # for the life of the link: give it back once, dead-letter it the second time.
+            log.exception("on_delivery for %s raised on delivery %d", consumer_tag, tag)
+            self._acks.settled(tag)
+            self._send(wire.encode_reject(CHANNEL, tag, requeue=not redelivered))
 
     # --- publishing --------------------------------------------------------------------
 
@@ -169,50 +250,80 @@ class Link(AmqpProtocol):
         they wait in memory until it resumes.
         """
         confirms = self._publishing()
-        frames = wire.encode_publish(
-            CHANNEL,
-            exchange,
-            routing_key,
-            body,
-            encode_properties(properties),
-            mandatory=mandatory,
-            frame_max=self._frame_max,
-        )
+        try:
+            encoded = encode_properties(properties)
+            frames = wire.encode_publish(
+                CHANNEL,
+                exchange,
+                routing_key,
+                body,
+                encoded,
+                mandatory=mandatory,
+                frame_max=self._frame_max,
+            )
+        except _ENCODING_ERRORS as exc:
+            raise Unfit({0: str(exc)}) from None
         future: asyncio.Future[Outcome] = self._loop.create_future()
-        confirms.add((Outgoing(exchange, routing_key, body, properties, mandatory),), future, True)
-        self._out.extend(frames)
-        self._schedule_flush()
+        outgoing = Outgoing(exchange, routing_key, body, properties, mandatory)
+        confirms.add((outgoing,), future, True, (encoded,))
+        out = self._out
+        out += frames
+        if len(out) >= _EAGER_PIECES:
+            self._flush()  # many callers this turn: let the broker start on the first ones
+        else:
+            self._schedule_flush()
         return future
 
     async def publish_many(self, items: Sequence[Outgoing]) -> list[Outcome]:
-        """Publish ``items`` in one write and wait for all confirms; outcomes in item order."""
+        """Publish ``items`` and wait for all confirms; outcomes in item order.
+
+        Frames leave in a few writes as they are encoded, so the broker starts on the first
+        messages while the last are encoded. If any item cannot be encoded, :class:`Unfit`
+        says which and nothing is written.
+        """
         if not items:
             return []
         self._publishing()
         await self._drain()
         confirms = self._publishing()
+        frames = self._encode_all(items)
+        future: asyncio.Future[list[Outcome]] = self._loop.create_future()
+        confirms.add(tuple(items), future, False, frames.encoded)
+        out = self._out
+        pieces = frames.pieces
+        for start in range(0, len(pieces), _EAGER_PIECES):
+            out += pieces[start : start + _EAGER_PIECES]
+            self._flush()
+        return await future
+
+    def _encode_all(self, items: Sequence[Outgoing]) -> _Encoded:
         frame_max = self._frame_max
-        frames: list[bytes] = []
+        pieces: list[bytes] = []
+        encoded_all: list[bytes] = []
         last_properties: Properties | None = None
         encoded = b""
-        for item in items:
-            if item.properties is not last_properties:  # batches usually share one
-                last_properties = item.properties
-                encoded = encode_properties(last_properties)
-            frames += wire.encode_publish(
-                CHANNEL,
-                item.exchange,
-                item.routing_key,
-                item.body,
-                encoded,
-                mandatory=item.mandatory,
-                frame_max=frame_max,
-            )
-        future: asyncio.Future[list[Outcome]] = self._loop.create_future()
-        confirms.add(tuple(items), future, False)
-        self._out += frames
-        self._flush()
-        return await future
+        unfit: dict[int, str] = {}
+        for index, item in enumerate(items):
+            try:
+                if item.properties is not last_properties:  # batches often share one
+                    encoded = encode_properties(item.properties)
+                    last_properties = item.properties
+                pieces += wire.encode_publish(
+                    CHANNEL,
+                    item.exchange,
+                    item.routing_key,
+                    item.body,
+                    encoded,
+                    mandatory=item.mandatory,
+                    frame_max=frame_max,
+                )
+            except _ENCODING_ERRORS as exc:
+                unfit[index] = str(exc)
+                last_properties = None
+            encoded_all.append(encoded)
+        if unfit:
+            raise Unfit(unfit)
+        return _Encoded(pieces, encoded_all)
 
     # --- consuming ---------------------------------------------------------------------
 
@@ -307,3 +418,14 @@ class Link(AmqpProtocol):
         self._check_open()
         self._acks.settled(delivery_tag)
         self._send(wire.encode_reject(CHANNEL, delivery_tag, requeue=requeue))
+
+
+@dataclass(slots=True)
+class _Encoded:
+    pieces: list[bytes]  # frame pieces, joined when written
+    encoded: list[bytes]  # each message's encoded properties, to match returns
+
+
+def _skipped(refusal: LinkClosed) -> Skipped:
+    text = f"not published: dropped by the broker after a refused publish ({refusal})"
+    return Skipped(text, refusal.reply_code)

@@ -66,7 +66,9 @@ _set = object.__setattr__
 
 
 def _shortstr(value: str) -> bytes:
-    raw = value.encode()
+    # surrogateescape: a string salvaged from bytes that were not UTF-8 encodes back to them,
+    # so a dead-lettered copy carries the publisher's exact bytes.
+    raw = value.encode("utf-8", "surrogateescape")
     if len(raw) > 255:
         raise ValueError(f"short string longer than 255 bytes: {value[:40]!r}...")
     return bytes((len(raw),)) + raw
@@ -127,8 +129,20 @@ def _read_shortstr(data: bytes, pos: int) -> tuple[str, int]:
     return data[pos + 1 : end].decode(), end
 
 
+def _timestamp(value: int) -> _dt.datetime:
+    # Java and JavaScript publishers write milliseconds; seconds beyond 2^32 (the year 2106)
+    # are read as such, as pamqp does.
+    if value > 0xFFFFFFFF:
+        return _dt.datetime.fromtimestamp(value / 1000, _UTC)
+    return _dt.datetime.fromtimestamp(value, _UTC)
+
+
 def decode_properties(data: bytes, pos: int = 0) -> Properties:
-    """Decode a flag word and property list starting at ``data[pos]``."""
+    """Decode a flag word and property list starting at ``data[pos]``.
+
+    A property that does not decode raises (``UnicodeDecodeError`` and other ``ValueError``,
+    ``OverflowError``, ``OSError``): see :func:`salvage_properties`.
+    """
     (flags,) = _FLAGS.unpack_from(data, pos)
     pos += 2
     if not flags:
@@ -163,7 +177,7 @@ def decode_properties(data: bytes, pos: int = 0) -> Properties:
     if flags & _MESSAGE_ID:
         found["message_id"], pos = _read_shortstr(data, pos)
     if flags & _TIMESTAMP:
-        found["timestamp"] = _dt.datetime.fromtimestamp(_U64.unpack_from(data, pos)[0], _UTC)
+        found["timestamp"] = _timestamp(_U64.unpack_from(data, pos)[0])
         pos += 8
     if flags & _TYPE:
         found["type"], pos = _read_shortstr(data, pos)
@@ -174,3 +188,83 @@ def decode_properties(data: bytes, pos: int = 0) -> Properties:
     props = _new(Properties)
     _set(props, "__dict__", found)
     return props
+
+
+# The property list in wire order: flag, name, kind (s: short string, o: octet, t: timestamp,
+# F: field table). Only the salvaging decoder walks it; the fast one above is unrolled.
+_LAYOUT = (
+    (_CONTENT_TYPE, "content_type", "s"),
+    (_CONTENT_ENCODING, "content_encoding", "s"),
+    (_HEADERS, "headers", "F"),
+    (_DELIVERY_MODE, "delivery_mode", "o"),
+    (_PRIORITY, "priority", "o"),
+    (_CORRELATION_ID, "correlation_id", "s"),
+    (_REPLY_TO, "reply_to", "s"),
+    (_EXPIRATION, "expiration", "s"),
+    (_MESSAGE_ID, "message_id", "s"),
+    (_TIMESTAMP, "timestamp", "t"),
+    (_TYPE, "type", "s"),
+    (_USER_ID, "user_id", "s"),
+    (_APP_ID, "app_id", "s"),
+)
+
+UNDECODABLE_HEADERS = "x-rabbitry-undecodable-headers"
+"""Where a salvaged message keeps the raw bytes of a header table that did not decode."""
+
+
+def salvage_properties(data: bytes, pos: int = 0) -> tuple[Properties, str]:
+    """Decode what can be decoded; (properties, the problems found, ``""`` if none).
+
+    Short strings that are not UTF-8 become strings that encode back to the same bytes, a
+    timestamp that is no date stays the raw integer, and a header table that does not decode
+    is kept whole as bytes under :data:`UNDECODABLE_HEADERS`. Re-encoding the result gives
+    the original bytes but for that last case, so a dead-lettered copy is the message as its
+    publisher wrote it. A truncated list still raises (``IndexError``, ``struct.error``).
+    """
+    (flags,) = _FLAGS.unpack_from(data, pos)
+    pos += 2
+    word = flags
+    while word & 1:
+        (word,) = _FLAGS.unpack_from(data, pos)
+        pos += 2
+    found: dict[str, Any] = {}
+    problems: list[str] = []
+    for flag, name, kind in _LAYOUT:
+        if not flags & flag:
+            continue
+        if kind == "s":
+            end = pos + 1 + data[pos]
+            if end > len(data):
+                raise IndexError(f"{name} runs past the end of the content header")
+            raw = data[pos + 1 : end]
+            try:
+                found[name] = raw.decode()
+            except UnicodeDecodeError as exc:
+                found[name] = raw.decode("utf-8", "surrogateescape")
+                problems.append(f"{name} is not UTF-8 ({exc.reason} at byte {exc.start})")
+            pos = end
+        elif kind == "o":
+            found[name] = data[pos]
+            pos += 1
+        elif kind == "t":
+            (value,) = _U64.unpack_from(data, pos)
+            try:
+                found[name] = _timestamp(value)
+            except (ValueError, OverflowError, OSError):
+                found[name] = value
+                problems.append(f"timestamp {value} is not a date, in seconds or milliseconds")
+            pos += 8
+        else:
+            end = pos + 4 + _U32.unpack_from(data, pos)[0]
+            if end > len(data):
+                raise IndexError("the header table runs past the end of the content header")
+            raw = data[pos:end]
+            try:
+                found[name] = decode_table(raw)
+            except (ValueError, TypeError, OverflowError, OSError, struct.error) as exc:
+                found[name] = {UNDECODABLE_HEADERS: raw[4:]}
+                problems.append(f"the header table does not decode ({exc})")
+            pos = end
+    props = _new(Properties)
+    _set(props, "__dict__", found)
+    return props, "; ".join(problems)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Self
@@ -21,9 +23,14 @@ from pamqp import base, commands
 
 from rabbitry.amqp import handshake, wire
 from rabbitry.amqp.properties import Properties
+from rabbitry.amqp.url import Endpoint
 from rabbitry.errors import BrokerError
 
 log = logging.getLogger(__name__)
+
+# What decoding a foreign publisher's properties can raise (UnicodeDecodeError is a
+# ValueError; a timestamp out of range an OverflowError or OSError).
+_UNDECODABLE = (ValueError, OverflowError, OSError, TypeError)
 
 CHANNEL = 1
 _REPLIES = frozenset(
@@ -61,9 +68,14 @@ class AmqpProtocol(asyncio.Protocol):
     closed: asyncio.Future[None]
     """Done when the link is gone: a :class:`LinkClosed` error unless :meth:`close` did it."""
 
+    on_blocked: Callable[[str | None], None] | None
+    """Hook the owner may set: called with the broker's reason when it blocks this connection
+    (a memory or disk alarm: it stops reading until the alarm clears) and with ``None`` when
+    it unblocks it. RabbitMQ blocks only connections that publish during an alarm."""
+
     def __init__(
         self,
-        endpoint: handshake.Endpoint,
+        endpoint: Endpoint,
         name: str,
         heartbeat: int,
         loop: asyncio.AbstractEventLoop,
@@ -72,6 +84,9 @@ class AmqpProtocol(asyncio.Protocol):
         self._name = name
         self._heartbeat = heartbeat
         self._loop = loop
+        self._rpc_timeout = 10.0
+        self.on_blocked = None
+        self._blocked: str | None = None
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._out: list[bytes] = []
@@ -95,6 +110,8 @@ class AmqpProtocol(asyncio.Protocol):
         self._body_size = 0
         self._body_received = 0
         self._chunks: list[bytes] = []
+        self._header = b""  # the content header's payload as received
+        self._content_error = ""  # why the content being assembled did not decode, if it did not
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -106,35 +123,75 @@ class AmqpProtocol(asyncio.Protocol):
         name: str = "rabbitry",
         heartbeat: int = 30,
         timeout: float = 5.0,
+        rpc_timeout: float | None = None,
     ) -> Self:
-        """Open a connection (``amqp://user:pass@host:port/vhost``, PLAIN) and channel 1.
+        """Open a connection and its channel 1; see :mod:`rabbitry.amqp.url` for the URL.
 
         ``heartbeat`` is in seconds (0 turns heartbeats off); ``timeout`` bounds the whole
-        handshake. A refusal by the broker (e.g. 403 for bad credentials) raises
-        :class:`LinkClosed`; an unreachable or silent host raises :class:`LinkError`.
+        handshake; both yield to the URL's ``heartbeat`` and ``connection_timeout``.
+        ``rpc_timeout`` (default: ``timeout``) bounds every later call that waits for the
+        broker's reply. A refusal by the broker (e.g. 403 for bad credentials) raises
+        :class:`LinkClosed`; an unreachable or silent host, or a TLS failure,
+        :class:`LinkError`. Cancelled half-way, it closes what it opened.
         """
         try:
-            endpoint = handshake.Endpoint.from_url(url)
+            endpoint = Endpoint.from_url(url)
+            context = endpoint.ssl_context()
         except ValueError as exc:
             raise LinkError(str(exc)) from None
+        timeout = endpoint.connection_timeout or timeout
         loop = asyncio.get_running_loop()
         link = cls(endpoint, name, heartbeat, loop)
-        where = f"{endpoint.host}:{endpoint.port}"
+        link._rpc_timeout = rpc_timeout or timeout
+        where = endpoint.where
+        hostname = endpoint.host if context is not None else None
         try:
             async with asyncio.timeout(timeout):
-                await loop.create_connection(lambda: link, endpoint.host, endpoint.port)
+                await loop.create_connection(
+                    lambda: link,
+                    endpoint.host,
+                    endpoint.port,
+                    ssl=context,
+                    server_hostname=hostname,
+                )
                 await link._opened
         except TimeoutError:
-            link._terminate(LinkClosed(f"timed out connecting to {where}"))
+            link._abort(LinkClosed(f"timed out connecting to {where}"))
             raise LinkError(f"timed out after {timeout}s connecting to {where}") from None
+        except ssl.SSLError as exc:
+            link._abort(LinkClosed(f"TLS failed with {where}: {exc}"))
+            raise LinkError(f"TLS handshake with {where} failed: {exc}") from exc
         except OSError as exc:
+            link._abort(LinkClosed(f"cannot connect to {where}: {exc}"))
             raise LinkError(f"cannot connect to {where}: {exc}") from exc
+        except BaseException:
+            # Cancelled (or failed) half-way: a connection nobody holds must not stay open,
+            # heartbeating, until the broker gives up on it.
+            link._abort(LinkClosed("connect() was cancelled"))
+            raise
         return link
+
+    def _abort(self, exc: LinkClosed) -> None:
+        """Fail everything and drop the socket now, without a farewell."""
+        transport = self._transport
+        self._terminate(exc)
+        if transport is not None:
+            transport.abort()
 
     @property
     def is_open(self) -> bool:
         """True from a successful :meth:`connect` until the link closes."""
         return self._opened.done() and self._error is None
+
+    @property
+    def error(self) -> LinkClosed | None:
+        """Why the link closed, once it has (``None`` while open)."""
+        return self._error
+
+    @property
+    def blocked(self) -> str | None:
+        """The broker's reason while it blocks this connection (an alarm), else ``None``."""
+        return self._blocked
 
     async def close(self) -> None:
         """Close the connection; pending publishes fail with :class:`LinkClosed`.
@@ -183,6 +240,7 @@ class AmqpProtocol(asyncio.Protocol):
             future, _ = self._rpc.popleft()
             if not future.done():
                 future.set_exception(exc)
+                future.add_done_callback(_consume_exception)  # its caller may have given up
         for waiter in (self._opened, self._drained):
             if waiter is not None and not waiter.done():
                 waiter.set_exception(exc)
@@ -233,14 +291,22 @@ class AmqpProtocol(asyncio.Protocol):
         buffer += data
         try:
             # The hot loop: a delivery is three frames, so the common cases are inlined.
-            for frame_type, channel, payload in wire.split_frames(buffer):
+            for frame_type, channel, payload in wire.split_frames(buffer, self._frame_max):
                 if frame_type == wire.FRAME_BODY:
                     if not self._chunks and len(payload) == self._body_size:
                         self._on_message(payload)
                     else:
                         self._on_body_part(payload)
                 elif frame_type == wire.FRAME_HEADER:
-                    self._body_size, self._properties = wire.parse_content_header(payload)
+                    self._header = payload
+                    try:
+                        self._body_size, self._properties = wire.parse_content_header(payload)
+                    except _UNDECODABLE:
+                        # One publisher's odd bytes are that message's problem, not the
+                        # connection's: keep what can be read and let the owner decide.
+                        self._body_size, self._properties, self._content_error = (
+                            wire.salvage_content_header(payload)
+                        )
                     if not self._body_size:
                         self._on_message(b"")
                 elif frame_type == wire.FRAME_METHOD:
@@ -249,6 +315,13 @@ class AmqpProtocol(asyncio.Protocol):
             text = f"FRAME_ERROR - {exc}"
             close = commands.Connection.Close(501, text[:255], 0, 0)
             self._terminate(LinkClosed(text, 501), wire.method_frame(0, close), wait_close_ok=True)
+        except Exception as exc:
+            # A bug of ours must not leave a half-read connection behind: close it properly,
+            # so the broker requeues what was delivered and the owner reconnects.
+            log.exception("%s: unexpected error reading from the broker", self._name)
+            text = f"INTERNAL_ERROR - {type(exc).__name__}: {exc}"
+            close = commands.Connection.Close(541, text[:255], 0, 0)
+            self._terminate(LinkClosed(text, 541), wire.method_frame(0, close), wait_close_ok=True)
 
     # --- reading -----------------------------------------------------------------------
 
@@ -289,23 +362,50 @@ class AmqpProtocol(asyncio.Protocol):
                 self._opened.set_result(None)
         elif isinstance(method, commands.Connection.Close):
             error = LinkClosed(method.reply_text, method.reply_code or 0)
-            self._terminate(error, wire.method_frame(0, commands.Connection.CloseOk()))
+            close_ok = wire.method_frame(0, commands.Connection.CloseOk())
+            if self._closing:
+                # Both sides closed at once: the broker still waits for our CloseOk.
+                self._answer_while_closing(close_ok)
+                if self._transport is not None:
+                    self._transport.close()
+            else:
+                self._terminate(error, close_ok)
         elif isinstance(method, commands.Channel.Close):
             # One channel is all a Link has, so the connection goes with it.
             error = LinkClosed(method.reply_text, method.reply_code or 0)
+            channel_close_ok = wire.method_frame(channel, commands.Channel.CloseOk())
+            if self._closing:
+                self._answer_while_closing(channel_close_ok)
+                return
+            self._on_channel_close(method)
             close = commands.Connection.Close(200, "channel closed", 0, 0)
-            farewell = (
-                wire.method_frame(channel, commands.Channel.CloseOk()),
-                wire.method_frame(0, close),
-            )
+            farewell = (channel_close_ok, wire.method_frame(0, close))
             self._terminate(error, *farewell, wait_close_ok=True)
         elif isinstance(method, commands.Connection.CloseOk):
             if self._transport is not None:
                 self._transport.close()
         elif isinstance(method, commands.Channel.Flow):
             self._send(wire.method_frame(channel, commands.Channel.FlowOk(method.active)))
-        elif not isinstance(method, commands.Connection.Blocked | commands.Connection.Unblocked):
+        elif isinstance(method, commands.Connection.Blocked):
+            self._blocked = method.reason or "blocked by the broker"
+            log.warning("%s: the broker blocked the connection: %s", self._name, self._blocked)
+            if self.on_blocked is not None:
+                self.on_blocked(self._blocked)
+        elif isinstance(method, commands.Connection.Unblocked):
+            self._blocked = None
+            log.info("%s: the broker unblocked the connection", self._name)
+            if self.on_blocked is not None:
+                self.on_blocked(None)
+        else:
             log.debug("ignoring %s on channel %d", method.name, channel)
+
+    def _on_channel_close(self, method: commands.Channel.Close) -> None:
+        """Hook: the broker is closing the channel (before anything pending is failed)."""
+
+    def _answer_while_closing(self, frame: bytes) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(frame)
 
     def _on_start(self, start: commands.Connection.Start) -> None:
         try:
@@ -381,11 +481,29 @@ class AmqpProtocol(asyncio.Protocol):
             raise LinkError("the link is not connected yet")
 
     async def _call(self, method: base.Frame, hook: Callable[[Any], None] | None = None) -> Any:
+        """Send ``method`` and wait, at most the RPC timeout, for its reply.
+
+        Replies come in call order, so a reply that is late would answer the next call: a
+        timeout closes the link rather than let the queue of calls fall out of step.
+        """
         self._check_open()
+        # Marshal first: a method that cannot be encoded (qos(70000)) fails alone, before a
+        # future joins the queue of calls waiting for replies.
+        try:
+            frame = wire.method_frame(CHANNEL, method)
+        except (TypeError, ValueError, struct.error) as exc:
+            raise LinkError(f"cannot send {method.name}: {exc}") from None
         future: asyncio.Future[Any] = self._loop.create_future()
         self._rpc.append((future, hook))
-        self._send(wire.method_frame(CHANNEL, method))
-        return await future
+        self._send(frame)
+        try:
+            async with asyncio.timeout(self._rpc_timeout):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            reason = f"no reply to {method.name} within {self._rpc_timeout:g}s"
+            log.warning("%s: %s; closing the link", self._name, reason)
+            self._abort(LinkClosed(reason))
+            raise LinkClosed(reason) from None
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pamqp import base, commands
 from pamqp import frame as _pamqp_frame
 
-from rabbitry.amqp.properties import Properties, decode_properties
+from rabbitry.amqp.properties import Properties, decode_properties, salvage_properties
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 HEARTBEAT = b"\x08\x00\x00\x00\x00\x00\x00\xce"
@@ -47,6 +47,10 @@ _SETTLE = struct.Struct(">BHIHHQBB")
 
 class FrameError(ValueError):
     """The peer sent bytes that are not a well-formed AMQP 0-9-1 frame."""
+
+
+class Unfit(ValueError):
+    """A message that cannot be framed for this connection (nothing of it was written)."""
 
 
 # --- control methods (pamqp) -------------------------------------------------------------
@@ -115,12 +119,19 @@ def encode_publish(
     split so that no frame exceeds ``frame_max``.
     """
     size = len(body)
+    chunk = frame_max - FRAME_OVERHEAD
+    header_size = 12 + len(properties)
+    if header_size > chunk:
+        # The content header cannot be split: the broker would close the connection (501).
+        raise Unfit(
+            f"its properties and headers take {header_size} bytes; the broker's frame_max"
+            f" allows {chunk}"
+        )
     parts = [
         _publish_method(channel, exchange, routing_key, mandatory),
-        _CONTENT_HEAD.pack(FRAME_HEADER, channel, 12 + len(properties), 60, 0, size),
+        _CONTENT_HEAD.pack(FRAME_HEADER, channel, header_size, 60, 0, size),
         properties,
     ]
-    chunk = frame_max - FRAME_OVERHEAD
     if size <= chunk:
         if size:
             parts.append(b"\xce" + _FRAME_HEAD.pack(FRAME_BODY, channel, size))
@@ -158,24 +169,33 @@ def encode_reject(channel: int, delivery_tag: int, *, requeue: bool = True) -> b
 # --- reading ------------------------------------------------------------------------------
 
 
-def split_frames(buffer: bytearray) -> list[Frame]:
+_FRAME_TYPES = frozenset({FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT})
+
+
+def split_frames(buffer: bytearray, frame_max: int = 0) -> list[Frame]:
     """Remove every complete frame from the front of ``buffer`` and return them in order.
 
-    An incomplete trailing frame stays in ``buffer`` for the next read.
+    An incomplete trailing frame stays in ``buffer`` for the next read. A frame larger than
+    ``frame_max`` (when given) or of an unknown type is a :class:`FrameError`.
     """
+    total = len(buffer)
+    if total < 7:
+        return []
+    # Nothing is copied until the first frame is whole: a 128 KB body frame arriving in 4 KB
+    # reads would otherwise copy the growing buffer on every read, quadratic in its size.
+    _check_head(buffer, 0, frame_max)
+    if total < 8 + _FRAME_HEAD.unpack_from(buffer, 0)[2]:
+        return []
     frames: list[Frame] = []
     append = frames.append
     unpack = _FRAME_HEAD.unpack_from
     # One copy of the whole read, then bytes slices: cheaper than a memoryview slice per frame.
     data = bytes(buffer)
     pos = 0
-    total = len(data)
     while total - pos >= 7:
         frame_type, channel, size = unpack(data, pos)
-        if frame_type > FRAME_HEARTBEAT:
-            if data.startswith(b"AMQP", pos):
-                raise FrameError("the broker refused AMQP 0-9-1 (sent its protocol header)")
-            raise FrameError(f"unknown frame type {frame_type}")
+        if frame_type not in _FRAME_TYPES or (frame_max and size > frame_max - FRAME_OVERHEAD):
+            _check_head(data, pos, frame_max)
         end = pos + 7 + size
         if end >= total:
             break
@@ -188,15 +208,29 @@ def split_frames(buffer: bytearray) -> list[Frame]:
     return frames
 
 
-def parse_deliver(payload: bytes) -> tuple[str, int, bool, str, str]:
-    """Basic.Deliver: (consumer tag, delivery tag, redelivered, exchange, routing key)."""
+def _check_head(data: bytes | bytearray, pos: int, frame_max: int) -> None:
+    frame_type, _, size = _FRAME_HEAD.unpack_from(data, pos)
+    if frame_type not in _FRAME_TYPES:
+        if data[pos : pos + 4] == b"AMQP":
+            raise FrameError("the broker refused AMQP 0-9-1 (sent its protocol header)")
+        raise FrameError(f"unknown frame type {frame_type}")
+    if frame_max and size > frame_max - FRAME_OVERHEAD:
+        raise FrameError(f"a frame of {size + FRAME_OVERHEAD} bytes exceeds frame_max {frame_max}")
+
+
+def parse_deliver(payload: bytes, errors: str = "strict") -> tuple[str, int, bool, str, str]:
+    """Basic.Deliver: (consumer tag, delivery tag, redelivered, exchange, routing key).
+
+    Names that are not UTF-8 raise ``UnicodeDecodeError``; with ``errors="surrogateescape"``
+    they decode to strings that encode back to the same bytes.
+    """
     end = 5 + payload[4]
-    consumer_tag = payload[5:end].decode()
+    consumer_tag = payload[5:end].decode("utf-8", errors)
     delivery_tag, redelivered = _TAG_BITS.unpack_from(payload, end)
     pos = end + 9
     end = pos + 1 + payload[pos]
-    exchange = payload[pos + 1 : end].decode()
-    routing_key = payload[end + 1 : end + 1 + payload[end]].decode()
+    exchange = payload[pos + 1 : end].decode("utf-8", errors)
+    routing_key = payload[end + 1 : end + 1 + payload[end]].decode("utf-8", errors)
     return consumer_tag, delivery_tag, bool(redelivered), exchange, routing_key
 
 
@@ -213,11 +247,32 @@ def parse_return(payload: bytes) -> tuple[int, str, str, str]:
     fields: list[str] = []
     for _ in range(3):
         end = pos + 1 + payload[pos]
-        fields.append(payload[pos + 1 : end].decode())
+        fields.append(payload[pos + 1 : end].decode("utf-8", "surrogateescape"))
         pos = end
     return code, fields[0], fields[1], fields[2]
 
 
+def body_size(payload: bytes) -> int:
+    """The body size a content header announces."""
+    if len(payload) < 14:
+        raise FrameError(f"content header of {len(payload)} bytes is too short")
+    return int(_BODY_SIZE.unpack_from(payload, 4)[0])
+
+
 def parse_content_header(payload: bytes) -> tuple[int, Properties]:
-    """Content header: (body size, properties)."""
-    return int(_BODY_SIZE.unpack_from(payload, 4)[0]), decode_properties(payload, 12)
+    """Content header: (body size, properties).
+
+    Properties a foreign publisher wrote that do not decode (a short string that is not
+    UTF-8, a timestamp out of any range, a malformed header table) raise ``ValueError``,
+    ``OverflowError`` or ``OSError``; :func:`salvage_content_header` reads them anyway.
+    """
+    return body_size(payload), decode_properties(payload, 12)
+
+
+def salvage_content_header(payload: bytes) -> tuple[int, Properties, str]:
+    """Content header whose properties did not decode: (body size, what could be read, why)."""
+    try:
+        properties, problem = salvage_properties(payload, 12)
+    except (IndexError, struct.error) as exc:
+        raise FrameError(f"malformed content header: {exc}") from exc
+    return body_size(payload), properties, problem

@@ -7,11 +7,17 @@ Each delivery is settled exactly once, after its handler finished:
   policy's delay tier with ``x-rabbitry-attempt`` + 1, and only once the broker confirmed that
   copy is the original acked; past ``max_attempts`` the message is dead-lettered instead;
 * the message is malformed (:class:`~rabbitry.errors.MessageError`: bad JSON, no ``rr_job`` in
-  strict mode, a schema error) or the handler raised :class:`Reject` → it goes to ``Q.dlq`` at
-  once, with ``x-rabbitry-reason`` and ``x-rabbitry-error`` headers, then the original is acked.
+  strict mode, a schema error, properties that do not decode such as a ``message_id`` that is
+  not UTF-8) or the handler raised :class:`Reject` → it goes to ``Q.dlq`` at once, with
+  ``x-rabbitry-reason`` and ``x-rabbitry-error`` headers, then the original is acked.
 
-If the retry or dead-letter copy cannot be confirmed, the original is not acked: the broker
-redelivers it after reconnecting, so nothing is lost on the way.
+Copies go over a publishing connection of their own (a :class:`~rabbitry.messaging.sender.
+Sender`), never the one consumed from: a broker alarm blocks a connection that publishes,
+and acks would stop with it. A retry copy the broker returns (its retry queue is missing) is
+dead-lettered with that reason instead of re-running the handler. If a copy cannot be
+confirmed (no connection, an alarm longer than the publish timeout, no confirm in time, the
+dead-letter queue missing), the original is given back to the queue after a pause, never
+left unsettled: nothing is lost, and the consumer keeps its prefetch window.
 """
 
 from __future__ import annotations
@@ -20,18 +26,19 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from rabbitry import metrics
 from rabbitry.amqp.fieldtable import Int64
-from rabbitry.amqp.link import Delivery, Link, LinkClosed, Outcome, Outgoing
+from rabbitry.amqp.link import Delivery, Link, LinkError, Outcome, Outgoing
 from rabbitry.amqp.properties import Properties
-from rabbitry.errors import MessageError
+from rabbitry.errors import BrokerError, MessageError
 from rabbitry.messaging import envelope
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.retry import RetryPolicy
+from rabbitry.messaging.sender import Sender
 from rabbitry.messaging.settings import AmqpSettings
 from rabbitry.messaging.topology import dlq_name, retry_queue_name
 
@@ -77,26 +84,50 @@ class Subscription:
     concurrency: int | None = None
     strict: bool | None = None  # None: AmqpSettings.strict_rr_job
 
+    def __post_init__(self) -> None:
+        if self.prefetch is not None and not 1 <= self.prefetch <= 65535:
+            raise ValueError("Subscription.prefetch must be between 1 and 65535")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ValueError("Subscription.concurrency must be at least 1")
+        if self.batch_size < 1:
+            raise ValueError("Subscription.batch_size must be at least 1")
+
 
 class Consumer:
-    """Runs one :class:`Subscription` on one :class:`Link` until stopped or the link dies."""
+    """Runs one :class:`Subscription` on one :class:`Link` until stopped or the link dies.
+
+    ``sender`` carries the retry and dead-letter copies (a worker shares one among its
+    consumers); without one the consumer opens its own and closes it when it stops.
+    """
 
     def __init__(
-        self, settings: AmqpSettings, subscription: Subscription, link: Link, policy: RetryPolicy
+        self,
+        settings: AmqpSettings,
+        subscription: Subscription,
+        link: Link,
+        policy: RetryPolicy,
+        *,
+        sender: Sender | None = None,
     ) -> None:
         self._settings = settings
         self._sub = subscription
         self._link = link
         self._policy = policy
+        self._owns_sender = sender is None
+        self._sender = sender or Sender(settings, f"rabbitry-{subscription.queue}-forward")
         self._pending: deque[Delivery] = deque()
         self._ready = asyncio.Event()
         self._tag: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._cancelled = False  # by the broker
+        self._chores: set[asyncio.Task[None]] = set()
         self._queue_label = subscription.queue
 
     async def start(self) -> None:
         prefetch = self._sub.prefetch or self._settings.prefetch
+        # The link stays open when the broker cancels us, so work in flight can still be acked.
+        self._link.on_cancel = self._on_broker_cancel
         await self._link.qos(prefetch)  # before basic.consume: qos applies to later consumers
         self._tag = await self._link.consume(self._sub.queue, self._on_delivery)
         workers = 1 if self._sub.batch else (self._sub.concurrency or self._settings.concurrency)
@@ -163,6 +194,8 @@ class Consumer:
                 await self._settle_failure(delivery, outcome)
 
     def _decode(self, delivery: Delivery) -> Message:
+        if delivery.error is not None:
+            raise MessageError(f"undecodable delivery: {delivery.error}")
         props = delivery.properties
         return envelope.decode(
             delivery.body,
@@ -197,8 +230,18 @@ class Consumer:
             delay = self._policy.next_delay_ms(attempt, requested)
         reason = exc.reason if isinstance(exc, Retry | Reject) else str(exc)
         error = f"{type(exc).__name__}: {reason}"[:1000]
+        outcome: Outcome | None = None
+        if delay is not None:
+            target = retry_queue_name(self._sub.queue, delay)
+            extra = {envelope.ATTEMPT_HEADER: Int64(attempt), envelope.ERROR_HEADER: error}
+            log.info("retry %d of %s in %d ms: %s", attempt, _id(delivery), delay, error)
+            outcome = await self._forward(delivery, target, extra)
+            if outcome is Outcome.RETURNED:
+                # The retry queue is missing (deleted, or a tier never declared): running the
+                # handler again at once would spin; dead-letter it, saying why.
+                reason = f"retry queue {target} is missing; the retry was: {reason}"
+                delay = None
         if delay is None:
-            target = dlq_name(self._sub.queue)
             extra = {
                 envelope.REASON_HEADER: reason[:1000] or type(exc).__name__,
                 envelope.ERROR_HEADER: error,
@@ -206,17 +249,19 @@ class Consumer:
                 envelope.ATTEMPT_HEADER: Int64(attempt),
             }
             log.warning("dead-lettering %s from %s: %s", _id(delivery), self._sub.queue, error)
-        else:
-            target = retry_queue_name(self._sub.queue, delay)
-            extra = {envelope.ATTEMPT_HEADER: Int64(attempt), envelope.ERROR_HEADER: error}
-            log.info("retry %d of %s in %d ms: %s", attempt, _id(delivery), delay, error)
-        if await self._forward(delivery, target, extra):
+            outcome = await self._forward(delivery, dlq_name(self._sub.queue), extra)
+        if outcome is Outcome.ACKED:
             self._ack(delivery)
             counter = metrics.DEAD_LETTERED if delay is None else metrics.RETRIED
             counter.labels(self._queue_label).inc()
+        else:
+            await self._give_back(delivery)
 
-    async def _forward(self, delivery: Delivery, queue: str, extra: Mapping[str, Any]) -> bool:
-        """Publish a copy to ``queue`` via the default exchange; True once confirmed."""
+    async def _forward(
+        self, delivery: Delivery, queue: str, extra: Mapping[str, Any]
+    ) -> Outcome | None:
+        """Publish a copy to ``queue`` via the default exchange: the broker's outcome, or
+        ``None`` when it could not be sent (no connection, blocked too long, no confirm)."""
         props = delivery.properties
         headers = {**dict(props.headers or {}), **extra}
         copy = Properties(
@@ -226,33 +271,55 @@ class Consumer:
             delivery_mode=2,
             priority=props.priority,
             correlation_id=props.correlation_id,
+            reply_to=props.reply_to,
+            expiration=props.expiration,
             message_id=props.message_id,
             timestamp=props.timestamp,
             type=props.type,
             app_id=props.app_id,
         )
         try:
-            (outcome,) = await asyncio.wait_for(
-                self._link.publish_many([Outgoing("", queue, delivery.body, copy, True)]),
-                timeout=self._settings.publish_timeout,
+            # An alarm blocks the sender, not this consumer: hold the delivery until it
+            # clears (up to the publish timeout) rather than run the handler again.
+            ((outcome, why),) = await self._sender.send(
+                [Outgoing("", queue, delivery.body, copy, True)], wait_unblocked=True
             )
-        except (LinkClosed, TimeoutError) as exc:
+        except BrokerError as exc:
             log.warning("could not forward %s to %s: %s", _id(delivery), queue, exc)
-            return False
+            return None
         if outcome is not Outcome.ACKED:
-            # The retry/dead-letter queue is missing: leave the original unacked rather than
-            # lose it; the broker redelivers it once the topology is declared again.
-            log.error("forward of %s to %s was %s", _id(delivery), queue, outcome.name)
-            if self._link.is_open:
-                self._link.nack(delivery.delivery_tag, requeue=True)
-            return False
-        return True
+            log.error("forward of %s to %s failed: %s", _id(delivery), queue, why)
+        return outcome
+
+    async def _give_back(self, delivery: Delivery) -> None:
+        """Requeue a delivery whose copy was not confirmed, after a pause (not a hot loop)."""
+        if not self._stopping:
+            await asyncio.sleep(self._policy.base_delay)
+        if self._link.is_open:
+            self._link.nack(delivery.delivery_tag, requeue=True)
+
+    def _on_broker_cancel(self, tag: str) -> None:
+        """The broker cancelled us (the queue was deleted): finish what is in flight, so
+        its acks go out, then close the link so the owner reconnects and declares again."""
+        if tag != self._tag or self._stopping:
+            return
+        self._cancelled = True
+        self._chore(self._wind_down())
+
+    async def _wind_down(self) -> None:
+        await self.stop(self._settings.drain_timeout)
+        await self._link.close()
+
+    def _chore(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
 
     async def stop(self, timeout: float) -> None:
         """Stop taking work, finish what is in flight (up to ``timeout``), give back the rest."""
         self._stopping = True
-        if self._tag is not None and self._link.is_open:
-            with contextlib.suppress(LinkClosed):
+        if self._tag is not None and self._link.is_open and not self._cancelled:
+            with contextlib.suppress(LinkError):  # closed, or no reply in time: it is gone
                 await self._link.cancel(self._tag)
         # Prefetched deliveries no worker has started go back to the queue at once.
         while self._pending:
@@ -267,6 +334,8 @@ class Consumer:
             if late:
                 log.warning("%d handler(s) still busy after %gs: cancelled", len(late), timeout)
                 await asyncio.gather(*late, return_exceptions=True)
+        if self._owns_sender:
+            await self._sender.close()
 
     def abandon(self) -> None:
         """The link died: in-flight work cannot be settled; the broker requeues it."""
@@ -275,6 +344,8 @@ class Consumer:
         self._ready.set()
         for task in self._tasks:
             task.cancel()
+        if self._owns_sender:
+            self._chore(self._sender.close())
 
 
 def _attempt(delivery: Delivery) -> int:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from urllib.parse import urlsplit, urlunsplit
 
+from rabbitry.amqp.url import with_tls_files
+
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 # Broker object names are built from these: a conservative alphabet keeps user input out of
@@ -39,7 +41,12 @@ def validate_name(value: str, what: str = "name") -> str:
 class AmqpSettings:
     """The broker connection and the bounds of every wait on it.
 
+    ``url`` is ``amqp://`` or ``amqps://`` (TLS) with the options of :mod:`rabbitry.amqp.url`
+    in its query; ``ca_file``, ``cert_file`` and ``key_file`` go into that query unless it
+    names its own, so every connection (publisher, consumers, declarer) reads them alike.
     ``active=False`` never contacts the broker: publishes go straight to the fallback.
+    ``rpc_timeout`` bounds each call that waits for the broker's reply (qos, consume, cancel,
+    declarations, close), so shutdown completes even when the broker stopped reading.
     ``strict_rr_job`` dead-letters a consumed message without ``rr_job`` instead of handing it
     to the default handler as RoadRunner's ``deduced_by_rr``.
     """
@@ -54,15 +61,24 @@ class AmqpSettings:
     drain_timeout: float = 30.0
     strict_rr_job: bool = True
     queue_type: QueueType = QueueType.CLASSIC
+    rpc_timeout: float = 10.0
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.prefetch <= 65535:
             raise ValueError("prefetch must be between 1 and 65535")
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        for name in ("connect_timeout", "publish_timeout", "drain_timeout"):
+        for name in ("connect_timeout", "publish_timeout", "drain_timeout", "rpc_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.ca_file or self.cert_file or self.key_file:
+            url = with_tls_files(
+                self.url, cafile=self.ca_file, certfile=self.cert_file, keyfile=self.key_file
+            )
+            object.__setattr__(self, "url", url)  # frozen: set once, here
 
     @property
     def safe_url(self) -> str:

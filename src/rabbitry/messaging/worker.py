@@ -14,6 +14,7 @@ from rabbitry.amqp.link import Link, LinkClosed
 from rabbitry.errors import BrokerError
 from rabbitry.messaging.consumer import Consumer, Subscription
 from rabbitry.messaging.retry import RetryPolicy
+from rabbitry.messaging.sender import Sender
 from rabbitry.messaging.settings import AmqpSettings
 from rabbitry.messaging.topology import Topology
 
@@ -81,13 +82,15 @@ class Worker:
         await self._declare()
         links: list[Link] = []
         consumers: list[Consumer] = []
+        # Retry and dead-letter copies go over a connection of their own, never one consumed
+        # from: a broker alarm blocks a connection that publishes, and its acks with it.
+        sender = Sender(self._settings, f"{self.name}-forward", open_link=self._open_sender)
         try:
             for subscription in self._subscriptions:
                 # One link per subscription: basic.qos and flow control stay per queue.
                 link = await self._open_link(f"{self.name}-{subscription.queue}")
                 links.append(link)
-                await link.confirm_select()  # retry and dead-letter copies are confirmed
-                consumer = Consumer(self._settings, subscription, link, self._policy)
+                consumer = Consumer(self._settings, subscription, link, self._policy, sender=sender)
                 await consumer.start()
                 consumers.append(consumer)
             self.connected.set()
@@ -108,16 +111,29 @@ class Worker:
             self.connected.clear()
             for link in links:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(link.close(), timeout=2)
+                    await asyncio.wait_for(link.close(), timeout=3)
+            await sender.close()
 
     # The two seams to the broker; rabbitry.testing's in-memory broker overrides both.
 
     async def _declare(self) -> None:
-        async with await Declarer.connect(self._settings.url, name=self.name) as declarer:
+        amqp = self._settings
+        declarer = await Declarer.connect(
+            amqp.url, name=self.name, timeout=amqp.connect_timeout, rpc_timeout=amqp.rpc_timeout
+        )
+        async with declarer:
             await declarer.declare(self._topology)
 
     async def _open_link(self, name: str) -> Link:
-        return await Link.connect(self._settings.url, name=name)
+        amqp = self._settings
+        return await Link.connect(
+            amqp.url, name=name, timeout=amqp.connect_timeout, rpc_timeout=amqp.rpc_timeout
+        )
+
+    async def _open_sender(self) -> Link:
+        link = await self._open_link(f"{self.name}-forward")
+        await link.confirm_select()
+        return link
 
 
 async def _wait_closed(link: Link) -> None:
