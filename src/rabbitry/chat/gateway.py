@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -24,7 +23,7 @@ from contextlib import asynccontextmanager
 from rabbitry.chat.client import ConnectedClient
 from rabbitry.chat.history import ChatHistory
 from rabbitry.chat.manager import Manager
-from rabbitry.chat.protocol import MESSAGE_TYPE, ChatMessage, MessageIds
+from rabbitry.chat.protocol import MESSAGE_TYPE, ChatMessage, MessageIds, now
 from rabbitry.chat.topology import ChatLayout, topology
 from rabbitry.config import Settings
 from rabbitry.errors import BrokerError
@@ -100,7 +99,7 @@ class Gateway:
             room=client.room,
             sender=member.username,
             text=text,
-            sent_at=dt.datetime.now(dt.UTC),
+            sent_at=now(),
         )
         message = Message(
             type=MESSAGE_TYPE, payload=chat.payload(), id=chat.id, tenant=member.tenant

@@ -161,5 +161,11 @@ class RateLimit:
         return False
 
 
+def now() -> dt.datetime:
+    """The current UTC time to the millisecond: what a message's ``sent_at`` carries."""
+    moment = dt.datetime.now(dt.UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
 def _iso(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
