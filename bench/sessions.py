@@ -167,11 +167,11 @@ async def main() -> None:
                         {"database_url": f"sqlite:///{tmp}/m.db", "mongodb_url": mongo.uri},
                     ),
                 ]:
-                    ns = f"bench{uuid.uuid4().hex[:8]}"
-                    await one_store(
-                        label, Settings(namespace=ns, **base, **extra), args.sessions, args.rounds
-                    )
-                    await cleanup(ns, args.redis)
+                    settings = Settings(namespace=f"bench{uuid.uuid4().hex[:8]}", **base, **extra)
+                    try:
+                        await one_store(label, settings, args.sessions, args.rounds)
+                    finally:
+                        await cleanup(settings, args.redis)
         finally:
             mongo.stop()
 
