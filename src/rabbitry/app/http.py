@@ -27,6 +27,7 @@ from rabbitry.app.registry import Lifespan, build_service
 from rabbitry.app.resources import open_publisher
 from rabbitry.config import Settings
 from rabbitry.errors import BrokerError, RabbitryError
+from rabbitry.messaging.sender import BLOCKED
 from rabbitry.messaging.service import run_services
 from rabbitry.storage import open_database
 
@@ -87,10 +88,15 @@ def create_app(
             database = "ok"
         except RabbitryError as exc:
             database = f"error: {exc}"
+        # A broker alarm does not make the process unhealthy (publishes go to the outbox
+        # meanwhile), but an operator looking here should see it.
+        publisher = getattr(state, "publisher", None)
+        blocked = publisher.blocked if publisher is not None else None
         body = {
             "status": "ok" if database == "ok" else "degraded",
             "database": database,
             "rabbit_active": settings.rabbit_active,
+            "broker_blocked": f"{BLOCKED}: {blocked}" if blocked else None,
             "namespace": settings.namespace,
         }
         return JSONResponse(body, status_code=200 if database == "ok" else 503)
