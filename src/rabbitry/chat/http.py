@@ -41,10 +41,12 @@ from rabbitry.chat.protocol import (
 )
 from rabbitry.chat.revocations import RevocationWatch
 from rabbitry.config import Settings
+from rabbitry.errors import RabbitryError
 from rabbitry.messaging.publisher import PublishStatus
 from rabbitry.messaging.settings import validate_name
 from rabbitry.sessions import Principal, SessionManager, open_manager
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["chat"])
 
 POLICY_VIOLATION = 1008
@@ -173,7 +175,12 @@ async def _read(websocket: WebSocket, client: ConnectedClient, gateway: Gateway)
         if not limit.allow(loop.time()):
             client.send_now(error_frame(f"rate limit: at most {RATE:g} messages a second"))
             continue
-        result = await gateway.send(client, text)
+        try:
+            result = await gateway.send(client, text)
+        except RabbitryError:  # the broker refused it and the outbox could not store it either
+            log.exception("a chat message of %s was lost to the client", client.member.username)
+            client.send_now(error_frame("message not sent: try again"))
+            continue
         if result.status is PublishStatus.FAILED:
             client.send_now(error_frame("message not sent: the broker is unavailable"))
 
