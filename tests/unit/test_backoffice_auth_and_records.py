@@ -112,3 +112,30 @@ def test_a_page_key_round_trips_and_junk_is_refused() -> None:
     for junk in ("", "42", "x_1", "20240701T100000.000000_", "20240701T100000.000000_a"):
         with pytest.raises(ValueError):
             PageKey.parse(junk)
+
+
+def test_the_example_registrys_user_actions_make_messages_their_consumers_accept() -> None:
+    from pathlib import Path
+
+    from rabbitry.config import load_settings
+    from rabbitry.events.change import parse_change
+    from rabbitry.sessions.removal import RemovalRequest
+
+    example = Path(__file__).parents[2] / "examples" / "rabbitry.yaml"
+    entries = {q.name: q for q in load_settings(example).queues}
+
+    def info(name: str) -> QueueInfo:
+        q = entries[name]
+        return entry(**q.model_dump(exclude={"name"}), name=q.name)
+
+    revoke, key = message_for(info("user-revoke-sessions"), USER)
+    assert key == "acme.session-removal"
+    assert RemovalRequest.parse(revoke) == RemovalRequest("acme", 7)  # what DISPATCH reads
+    change, key = message_for(info("user-change-event"), USER)
+    assert key == "update"
+    parsed = parse_change(change.type, change.payload)  # what the workflow module stores
+    assert (parsed.entity, parsed.id, dict(parsed.data or {})) == (
+        "rabbitry.sessions.User",
+        7,
+        {"tenant": "acme", "username": "bob"},
+    )

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, and_, or_, select, true, update
+from sqlalchemy import ColumnElement, Select, Table, or_, select, true, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -195,12 +195,12 @@ def page_statement(query: LedgerQuery, after: PageKey | None, limit: int) -> Sel
     """Newest first from ``after`` (exclusive); one more row than asked tells if there is more."""
     statement = select(*_COLUMNS).where(*conditions(query))
     if after is not None:
-        # Spelled out rather than as a row comparison: SQLite plans this one as an index range.
+        # (created_at, id) < key, spelled so that both databases see an index range on
+        # created_at (the first term) and check the tie on id as a filter: PostgreSQL turns a
+        # bare OR into a bitmap scan and a sort of every older row.
         statement = statement.where(
-            or_(
-                TABLE.c.created_at < after.created_at,
-                and_(TABLE.c.created_at == after.created_at, TABLE.c.id < after.id),
-            )
+            TABLE.c.created_at <= after.created_at,
+            or_(TABLE.c.created_at < after.created_at, TABLE.c.id < after.id),
         )
     order = (TABLE.c.created_at.desc(), TABLE.c.id.desc())
     return statement.order_by(*order).limit(limit + 1)
