@@ -41,6 +41,7 @@ class MemoryBroker(VirtualHost):
         self._links: list[MemoryLink] = []
         self._workers: list[MemoryWorker] = []  # started by running(): drain() waits on them
         self._down = False
+        self._alarm: str | None = None
         self._changed = asyncio.Event()
         self._dispatching = False
         self.connection_attempts = 0
@@ -51,9 +52,10 @@ class MemoryBroker(VirtualHost):
             self.declare(topology)
 
     def _queue_deleted(self, queue: MemoryQueue) -> None:
-        # As Link does when the broker cancels its consumer: it closes, and its owner reconnects.
-        for link in [link for link in self._links if _consumes(link, queue)]:
-            link.fail(LinkClosed("consumer cancelled by the broker (its queue was deleted?)"))
+        # The broker cancels its consumers; each link does what Link does on basic.cancel.
+        for link in list(self._links):
+            for tag in [t for t, c in link.consumers.items() if c.queue is queue]:
+                link.cancelled_by_broker(tag)
 
     # --- clients --------------------------------------------------------------------------
 
@@ -110,7 +112,7 @@ class MemoryBroker(VirtualHost):
         """
         props = Properties(headers=None if headers is None else dict(headers), **properties)
         try:
-            outcome = self._accept(Outgoing(exchange, routing_key, body, props))
+            outcome = self._accept(Outgoing(exchange, routing_key, body), encode_properties(props))
         except LinkClosed as exc:
             raise NotFound(exc.reply_text) from exc
         if outcome is Outcome.RETURNED:
@@ -159,6 +161,25 @@ class MemoryBroker(VirtualHost):
         finally:
             self._down = False
 
+    @contextlib.contextmanager
+    def alarm(self, reason: str = "memory alarm") -> Iterator[None]:
+        """A resource alarm inside the block: RabbitMQ blocks every connection that publishes
+        (``connection.blocked``), so their publishes wait unconfirmed until it clears."""
+        self._alarm = reason
+        for link in list(self._links):
+            if link.publishes:
+                link.set_blocked(reason)
+        try:
+            yield
+        finally:
+            self._alarm = None
+            for link in list(self._links):
+                link.set_blocked(None)
+
+    @property
+    def alarm_reason(self) -> str | None:
+        return self._alarm
+
     def close_connections(self, name_part: str, reason: str = "test") -> int:
         """Force-close every connection whose name contains ``name_part`` (as ``rabbitmqctl
         close_connection`` does); return how many."""
@@ -184,12 +205,13 @@ class MemoryBroker(VirtualHost):
         if self._down:
             raise BrokerUnavailable(f"connect {name}-declarer: the in-memory broker is down")
 
-    def _accept(self, item: Outgoing) -> Outcome:
+    def _accept(self, item: Outgoing, encoded: bytes) -> Outcome:
+        """Route one publish whose properties came encoded as on the wire."""
         if item.exchange and item.exchange not in self._exchanges:
             raise LinkClosed(f"NOT_FOUND - no exchange '{item.exchange}' in vhost '/'", 404)
-        # Through the wire encoding and back: consumers get exactly what RabbitMQ would hand
+        # Decoded from the wire encoding: consumers get exactly what RabbitMQ would hand
         # them (integers of any width as int, whole-second timestamps, bytes as bytes).
-        properties = decode_properties(encode_properties(item.properties))
+        properties = decode_properties(encoded)
         message = QueuedMessage(item.exchange, item.routing_key, bytes(item.body), properties)
         queues = self._route(item.exchange, item.routing_key)
         for queue in queues:
@@ -278,7 +300,3 @@ class MemoryBroker(VirtualHost):
             # Woken by every change the broker sees; a worker's reconnect is not one of them.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(deadline - loop.time(), 0.05))
-
-
-def _consumes(link: MemoryLink, queue: MemoryQueue) -> bool:
-    return any(consumer.queue is queue for consumer in link.consumers.values())

@@ -60,8 +60,9 @@ class MemoryWorker(Worker):
 
     @property
     def consuming(self) -> bool:
-        """Connected, and none of its links cut yet (``connected`` is cleared a few turns later)."""
-        return self.connected.is_set() and all(link.is_open for link in self._links)
+        """Connected, no link cut, no consumer cancelled (``connected`` clears only turns later)."""
+        links = [link for link in self._links if link.has_consumed]
+        return self.connected.is_set() and all(link.is_open and link.consumers for link in links)
 
     async def _declare(self) -> None:  # the first step of each (re)connection
         self._links = []

@@ -12,18 +12,23 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from rabbitry.amqp.link import Delivery, LinkClosed, LinkError, Outcome, Outgoing
-from rabbitry.amqp.properties import Properties
+from rabbitry.amqp import wire
+from rabbitry.amqp.link import Delivery, LinkClosed, LinkError, Outcome, Outgoing, Skipped, Unfit
+from rabbitry.amqp.properties import Properties, encode_properties
+from rabbitry.amqp.protocol import CHANNEL
 from rabbitry.testing.queues import MemoryQueue, QueuedMessage
 
 if TYPE_CHECKING:
     from rabbitry.testing.broker import MemoryBroker
 
 log = logging.getLogger(__name__)
+
+FRAME_MAX = 131072  # what RabbitMQ offers and Link accepts
 
 
 @dataclass(eq=False, slots=True)
@@ -51,14 +56,28 @@ class Unacked:
 class MemoryLink:
     """One connection and channel of the in-memory broker; made by the broker only."""
 
+    on_cancel: Callable[[str], None] | None
+    """As on Link: called with the consumer tag when the broker cancels a consumer (its queue
+    was deleted); unset, the link closes instead."""
+    on_blocked: Callable[[str | None], None] | None
+    """As on Link: called with the alarm's reason when the broker blocks this connection, and
+    with ``None`` when it unblocks it."""
+
     def __init__(self, broker: MemoryBroker, name: str) -> None:
         self.name = name
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.unacked: dict[int, Unacked] = {}
         self.consumers: dict[str, MemoryConsumer] = {}
+        self.has_consumed = False
+        self.on_cancel = None
+        self.on_blocked = None
         self._broker = broker
         self._error: LinkClosed | None = None
+        self._blocked: str | None = None
+        self._unblocked = asyncio.Event()
+        self._unblocked.set()
         self._confirming = False
+        self._confirming_tasks: set[asyncio.Future[None]] = set()
         self._prefetch = 0
         self._tags = itertools.count(1)
         self._consumer_tags = itertools.count(1)
@@ -66,6 +85,19 @@ class MemoryLink:
     @property
     def is_open(self) -> bool:
         return not self.closed.done()
+
+    @property
+    def error(self) -> LinkClosed | None:
+        return self._error
+
+    @property
+    def blocked(self) -> str | None:
+        return self._blocked
+
+    @property
+    def publishes(self) -> bool:
+        """In confirm mode: the kind of connection an alarm blocks."""
+        return self._confirming
 
     def _check_open(self) -> None:
         if self._error is not None:
@@ -78,16 +110,15 @@ class MemoryLink:
     async def confirm_select(self) -> None:
         self._check_open()
         self._confirming = True
+        if (alarm := self._broker.alarm_reason) is not None:
+            # RabbitMQ blocks a connection that publishes during an alarm; told next turn,
+            # once the owner has had the chance to set on_blocked.
+            asyncio.get_running_loop().call_soon(self.set_blocked, alarm)
 
-    def _accept(self, item: Outgoing) -> Outcome:
+    def _publishing(self) -> None:
         self._check_open()
         if not self._confirming:
             raise LinkError("call confirm_select() before publishing")
-        try:
-            return self._broker._accept(item)
-        except LinkClosed as exc:  # a channel error: the broker closes the channel
-            self.fail(exc)
-            raise
 
     def publish(
         self,
@@ -98,19 +129,65 @@ class MemoryLink:
         *,
         mandatory: bool = True,
     ) -> asyncio.Future[Outcome]:
-        self._check_open()  # as Link: a closed link refuses at once, a channel error comes later
+        self._publishing()  # as Link: a closed link refuses at once, a channel error comes later
+        (encoded,) = _encoded([Outgoing(exchange, routing_key, body, properties, mandatory)])
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        outgoing = Outgoing(exchange, routing_key, body, properties, mandatory)
-        try:
-            future.set_result(self._accept(outgoing))
-        except LinkClosed as exc:
-            future.set_exception(exc)
+        task = asyncio.ensure_future(self._confirm_one(encoded, future))
+        self._confirming_tasks.add(task)
+        task.add_done_callback(self._confirming_tasks.discard)
         return future
 
+    async def _confirm_one(
+        self, item: tuple[Outgoing, bytes], future: asyncio.Future[Outcome]
+    ) -> None:
+        (outcome,) = await self._route([item])
+        if future.done():
+            return
+        if outcome is Outcome.REFUSED:
+            assert self._error is not None
+            future.set_exception(self._error)
+        elif outcome is Outcome.SKIPPED:
+            refusal = self._error
+            code = 0 if refusal is None else refusal.reply_code
+            text = f"not published: dropped by the broker after a refused publish ({refusal})"
+            future.set_exception(Skipped(text, code))
+        else:
+            future.set_result(outcome)
+
     async def publish_many(self, items: Sequence[Outgoing]) -> list[Outcome]:
-        outcomes = [self._accept(item) for item in items]
+        if not items:
+            return []
+        self._publishing()
+        return await self._route(_encoded(items))
+
+    async def _route(self, items: Sequence[tuple[Outgoing, bytes]]) -> list[Outcome]:
+        # While an alarm blocks this connection the broker reads nothing from it: no routing,
+        # no confirm, until it clears (or the link goes).
         await asyncio.sleep(0)  # a confirm takes at least a turn of the loop
+        await self._unblocked.wait()
+        outcomes: list[Outcome] = []
+        for item, properties in items:
+            if self._error is not None:
+                outcomes.append(Outcome.SKIPPED)  # dropped unread after the refused one
+                continue
+            try:
+                outcomes.append(self._broker._accept(item, properties))
+            except LinkClosed as exc:  # a channel error: the broker closes the channel
+                self.fail(exc)
+                outcomes.append(Outcome.REFUSED)
         return outcomes
+
+    def set_blocked(self, reason: str | None) -> None:
+        """The broker blocks (an alarm) or unblocks this connection."""
+        if reason == self._blocked or self.closed.done():
+            return
+        self._blocked = reason
+        if reason is None:
+            self._unblocked.set()
+        else:
+            self._unblocked.clear()
+        if self.on_blocked is not None:
+            self.on_blocked(reason)
 
     # --- consuming ------------------------------------------------------------------------
 
@@ -134,12 +211,21 @@ class MemoryLink:
             raise exc
         tag = consumer_tag or f"amq.ctag-{self.name}-{next(self._consumer_tags)}"
         self.consumers[tag] = MemoryConsumer(self, tag, target, on_delivery, self._prefetch)
+        self.has_consumed = True
         self._broker._poke()
         return tag
 
     async def cancel(self, consumer_tag: str) -> None:
         self._check_open()
         self.consumers.pop(consumer_tag, None)
+
+    def cancelled_by_broker(self, tag: str) -> None:
+        """basic.cancel from the broker (the queue was deleted), handled as Link handles it."""
+        self.consumers.pop(tag, None)
+        if self.on_cancel is not None:
+            self.on_cancel(tag)
+        else:
+            self.fail(LinkClosed("consumer cancelled by the broker (its queue was deleted?)"))
 
     def deliver(
         self, consumer: MemoryConsumer, message: QueuedMessage, expires: float | None
@@ -204,6 +290,7 @@ class MemoryLink:
 
     def _end(self, exc: LinkClosed | None) -> None:
         self.consumers.clear()
+        self._unblocked.set()  # held publishes see the link gone
         # Unsettled deliveries go back to their queues, marked redelivered, first tag first.
         for tag in sorted(self.unacked, reverse=True):
             self._broker._give_back(self.unacked.pop(tag), requeue=True)
@@ -213,6 +300,32 @@ class MemoryLink:
             self.closed.set_exception(exc)
             self.closed.add_done_callback(_consume_exception)
         self._broker._forget(self)
+
+
+def _encoded(items: Sequence[Outgoing]) -> list[tuple[Outgoing, bytes]]:
+    """Each item with its encoded properties, as Link encodes them; :class:`Unfit` (nothing
+    sent) if any cannot be, the way the wire would refuse it."""
+    encoded: list[tuple[Outgoing, bytes]] = []
+    unfit: dict[int, str] = {}
+    for index, item in enumerate(items):
+        try:
+            properties = encode_properties(item.properties)
+            wire.encode_publish(
+                CHANNEL,
+                item.exchange,
+                item.routing_key,
+                b"",
+                properties,
+                mandatory=item.mandatory,
+                frame_max=FRAME_MAX,
+            )
+        except (ValueError, TypeError, OverflowError, struct.error) as exc:
+            unfit[index] = str(exc)
+            continue
+        encoded.append((item, properties))
+    if unfit:
+        raise Unfit(unfit)
+    return encoded
 
 
 def _consume_exception(future: asyncio.Future[None]) -> None:
