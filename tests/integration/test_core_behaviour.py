@@ -26,6 +26,7 @@ from rabbitry import (
     ExchangeType,
     Fallback,
     Message,
+    NotFound,
     Publisher,
     PublishStatus,
     Queue,
@@ -74,6 +75,7 @@ class Core(Protocol):
     async def take(self, queue: str) -> list[Letter]: ...
     async def counts(self, queue: str) -> tuple[int, int]: ...
     async def close_connections(self, name_part: str) -> int: ...
+    async def delete(self, topology: Topology) -> None: ...
     async def publish_raw(
         self, exchange: str, key: str, body: bytes, headers: dict[str, Any] | None, **props: Any
     ) -> None: ...
@@ -112,6 +114,9 @@ class RabbitCore:
 
     async def close_connections(self, name_part: str) -> int:
         return await self.probe.close_connections(name_part)
+
+    async def delete(self, topology: Topology) -> None:
+        await self.declarer.delete(topology)
 
     async def publish_raw(
         self, exchange: str, key: str, body: bytes, headers: dict[str, Any] | None, **props: Any
@@ -157,6 +162,9 @@ class MemoryCore:
 
     async def close_connections(self, name_part: str) -> int:
         return self.broker.close_connections(name_part)
+
+    async def delete(self, topology: Topology) -> None:
+        self.broker.delete(topology)
 
     async def publish_raw(
         self, exchange: str, key: str, body: bytes, headers: dict[str, Any] | None, **props: Any
@@ -374,6 +382,44 @@ async def test_publish_many_reports_every_message_and_the_fallback_keeps_only_th
     assert [x.id for x in await core.take(queue)] == [good.id, good2.id]
 
 
+async def test_in_one_call_a_publish_to_a_missing_exchange_fails_alone(core: Core) -> None:
+    (queue,), topology = plain_queues(core, "q")
+    await core.declare(topology)
+    missing = f"{core.settings.namespace}.missing"
+    before, refused, after = (Message(type="t", payload=n) for n in range(3))
+    async with core.publisher() as publisher:
+        results = await publisher.publish_many(
+            [(before, Route("", queue)), (refused, Route(missing, "k")), (after, Route("", queue))]
+        )
+
+    assert [r.status for r in results] == [
+        PublishStatus.PUBLISHED,
+        PublishStatus.FAILED,
+        PublishStatus.PUBLISHED,
+    ]
+    assert results[1].error is not None and f"no exchange '{missing}'" in results[1].error
+    assert [x.id for x in await core.take(queue)] == [before.id, after.id]  # each once
+
+
+async def test_a_message_that_cannot_be_encoded_fails_alone_and_is_not_given_to_the_fallback(
+    core: Core,
+) -> None:
+    (queue,), topology = plain_queues(core, "q")
+    await core.declare(topology)
+    kept = Kept()
+    good = Message(type="t", payload=1)
+    unfit = Message(type="t", payload=2, correlation_id="c" * 300)  # a short string: <= 255
+    async with core.publisher(fallback=kept) as publisher:
+        results = await publisher.publish_many(
+            [(good, Route("", queue)), (unfit, Route("", queue))]
+        )
+
+    assert [r.status for r in results] == [PublishStatus.PUBLISHED, PublishStatus.FAILED]
+    assert results[1].error is not None and results[1].error.startswith("cannot be sent: ")
+    assert kept.items == []  # storing it would only fail again on every requeue
+    assert [x.id for x in await core.take(queue)] == [good.id]
+
+
 # --- consuming: handlers and acks ------------------------------------------------------------
 
 
@@ -466,6 +512,28 @@ async def test_a_delivery_cut_off_before_its_ack_comes_back_marked_redelivered(
         (seen[0].id, True, 0),
     ]
     assert await core.counts(queue) == (0, 0)
+
+
+async def test_a_worker_whose_queue_is_deleted_declares_it_again_and_goes_on(core: Core) -> None:
+    queue, topology = work(core)
+    handled: list[Message] = []
+    async with core.running([Subscription(queue, default=recorder(handled))], topology):
+        await publish(core, Route("", queue), Message(type="job", payload=1))
+        await core.settle(at_least(handled, 1), "the first message")
+        await core.delete(Topology.of(queues=[q for q in topology.queues if q.name == queue]))
+
+        async def declared_again() -> bool:
+            try:
+                await core.counts(queue)
+            except (AssertionError, NotFound):  # as each broker reports a missing queue
+                return False
+            return True
+
+        await core.settle(declared_again, "the worker declaring its queue again")
+        await publish(core, Route("", queue), Message(type="job", payload=2))
+        await core.settle(at_least(handled, 2), "a message after the queue came back")
+
+    assert [m.payload for m in handled[:2]] == [1, 2]
 
 
 # --- consuming: retries and dead letters -----------------------------------------------------

@@ -286,6 +286,54 @@ async def test_without_a_fallback_a_publish_during_an_outage_is_reported_failed(
     assert result.error is not None and result.error.startswith("cannot connect to the broker")
 
 
+async def test_during_an_alarm_a_publisher_fails_fast_to_its_fallback_and_recovers_after() -> None:
+    broker = MemoryBroker(TOPOLOGY)
+    kept = Kept()
+    route = Route("", QUEUE)
+    async with broker.publisher(fallback=kept) as publisher:
+        assert (await publisher.publish(Message(type="email", payload=1), route)).ok
+        with broker.alarm("memory high watermark"):
+            await asyncio.sleep(0)
+            assert publisher.blocked == "memory high watermark"
+            during = await publisher.publish(Message(type="email", payload=2), route)
+        after = await publisher.publish(Message(type="email", payload=3), route)
+
+    assert during.status is PublishStatus.PERSISTED
+    assert during.error is not None and "blocked by the broker" in during.error
+    assert after.ok and publisher.blocked is None
+    assert [m.body for m in broker.get_all(QUEUE)] == [b"1", b"3"]
+    assert [message.payload for _, message, _ in kept.items] == [2]
+
+
+async def test_a_retry_copy_held_by_an_alarm_goes_out_when_it_clears_and_only_then_the_ack() -> (
+    None
+):
+    broker = MemoryBroker()
+    release = asyncio.Event()
+    tries: list[int] = []
+
+    async def fails_once(message: Message) -> None:
+        tries.append(message.attempt)
+        await release.wait()
+        if message.attempt == 0:
+            raise RuntimeError("not yet")
+
+    async with broker.running(worker(fails_once)):
+        await send(broker, {})
+        await asyncio.sleep(0.01)
+        with broker.alarm():
+            release.set()
+            await asyncio.sleep(0.05)
+            # The copy waits on the blocked connection; the original stays unacked, not lost.
+            assert broker.counts(QUEUE) == (0, 1)
+            assert broker.counts(retry_queue_name(QUEUE, 1000)) == (0, 0)
+        await broker.drain(retries=True)
+
+    assert tries == [0, 1]
+    assert broker.counts(QUEUE) == (0, 0)
+    assert broker.counts(dlq_name(QUEUE)) == (0, 0)
+
+
 # --- consuming: prefetch, stop, outages ------------------------------------------------------
 
 
