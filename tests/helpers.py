@@ -11,25 +11,37 @@ import asyncio
 import contextlib
 import os
 import re
+import socket
 import subprocess
+import sys
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aio_pika
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints
+import httpx
 from aio_pika.abc import AbstractIncomingMessage
 
+from rabbitry.amqp.declarer import Declarer
+from rabbitry.config import Settings
 from rabbitry.messaging.envelope import Message
-from rabbitry.messaging.publisher import PublishResult, PublishStatus, Route
+from rabbitry.messaging.publisher import Publisher, PublishResult, PublishStatus, Route
+from rabbitry.messaging.service import Service
+from rabbitry.messaging.topology import Queue, Topology, work_queue
 from rabbitry.outbox.ledger import Ledger
+
+T = TypeVar("T")
+S = TypeVar("S", bound=Service)
 
 AMQP_URL = os.environ.get("RABBITRY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 # Nothing listens there: connecting is refused at once, as when RabbitMQ is down.
 DEAD_AMQP_URL = "amqp://guest:guest@127.0.0.1:1/"
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 RABBITMQCTL_TIMEOUT = 60
+RABBITRY = str(Path(sys.executable).with_name("rabbitry"))  # the installed console script
 
 
 # --- waiting ---------------------------------------------------------------------------------
@@ -47,6 +59,47 @@ async def eventually_true(
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+def wait_until(predicate: Callable[[], T], *, timeout: float = 30.0, what: str = "condition") -> T:
+    """Blocking twin of :func:`eventually_true` for tests that drive processes over HTTP: poll
+    ``predicate`` until it returns something true, and return that; an HTTP error (the server
+    is not listening yet) counts as not yet."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+            last = result
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now, for a server the test starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def running(service: S) -> AsyncIterator[S]:
+    """Run ``service`` in the test's loop, entered once it consumes (if it has ``connected``,
+    as the workflow worker does); stopped, and waited for while it drains, on exit."""
+    stopping = asyncio.Event()
+    task = asyncio.create_task(service.run(stopping))
+    try:
+        connected: asyncio.Event | None = getattr(service, "connected", None)
+        if connected is not None:
+            await asyncio.wait_for(connected.wait(), timeout=15)
+        yield service
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, timeout=30)
 
 
 # --- messages and publishers -----------------------------------------------------------------
@@ -88,6 +141,29 @@ class RecordingPublisher:
     def events(self) -> list[tuple[str, Any]]:
         """(type, payload) of every message sent."""
         return [(m.type, m.payload) for m, _ in self.sent]
+
+
+def work(
+    settings: Settings, name: str = "work", *, bindings: Iterable[tuple[str, str]] = ()
+) -> tuple[str, Topology]:
+    """A work queue ``<namespace>.<name>`` (fed by ``bindings``, (exchange, routing key)
+    pairs) with its retry queues and dead-letter queue, as the settings' retry policy has."""
+    queue = f"{settings.namespace}.{name}"
+    return queue, work_queue(queue, policy=settings.retry, bindings=bindings)
+
+
+async def plain_queue(declarer: Declarer, settings: Settings, name: str = "inbox") -> str:
+    """Declare a bare queue ``<namespace>.<name>`` (no retries, no dead letters)."""
+    queue = f"{settings.namespace}.{name}"
+    await declarer.declare(Topology.of(queues=[Queue(queue)]))
+    return queue
+
+
+async def publish(settings: Settings, queue: str, *messages: Message) -> None:
+    """Publish straight to ``queue``; every message must be confirmed."""
+    async with Publisher(settings.amqp) as publisher:
+        results = await publisher.publish_many([(m, Route("", queue)) for m in messages])
+    assert {r.status for r in results} == {PublishStatus.PUBLISHED}, results
 
 
 # --- queues, read back -----------------------------------------------------------------------

@@ -11,15 +11,14 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import typer.main
 
+from helpers import DEAD_AMQP_URL, RABBITRY, plain_queue
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.app.registry import system_topology
 from rabbitry.chat.topology import ChatLayout
@@ -28,14 +27,10 @@ from rabbitry.config import Settings
 from rabbitry.events.topology import EventsLayout
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
-from rabbitry.messaging.topology import Queue, Topology
 from rabbitry.sessions.topology import TenantsLayout
 
 if TYPE_CHECKING:
     from conftest import BrokerProbe, Endpoint
-
-RABBITRY = Path(sys.executable).with_name("rabbitry")
-CLOSED_BROKER = "amqp://guest:guest@127.0.0.1:1/"
 
 
 def command_paths() -> Iterator[list[str]]:
@@ -67,7 +62,7 @@ def environment(settings: Settings, **overrides: str) -> dict[str, str]:
 
 def run_cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(RABBITRY), *args],
+        [RABBITRY, *args],
         env=environment(settings, **env),
         cwd=settings.data_dir,
         capture_output=True,
@@ -151,7 +146,7 @@ async def test_topology_declare_creates_the_namespaced_objects_and_is_idempotent
 async def test_topology_declare_without_a_broker_fails_with_exit_1_and_a_reason(
     settings: Settings,
 ) -> None:
-    done = await rabbitry(settings, "topology", "declare", RABBITRY_AMQP_URL=CLOSED_BROKER)
+    done = await rabbitry(settings, "topology", "declare", RABBITRY_AMQP_URL=DEAD_AMQP_URL)
     assert done.returncode == 1
     assert error_lines(done)[-1].startswith("rabbitry: error: ")
     assert done.stdout == ""
@@ -160,16 +155,10 @@ async def test_topology_declare_without_a_broker_fails_with_exit_1_and_a_reason(
 # --- publish ---------------------------------------------------------------------------------
 
 
-async def inbox(declarer: Declarer, settings: Settings) -> str:
-    queue = f"{settings.namespace}.inbox"
-    await declarer.declare(Topology.of(queues=[Queue(queue)]))
-    return queue
-
-
 async def test_publish_prints_the_id_and_published_and_the_message_is_in_the_queue(
     settings: Settings, declarer: Declarer, broker: BrokerProbe
 ) -> None:
-    queue = await inbox(declarer, settings)
+    queue = await plain_queue(declarer, settings)
 
     done = await rabbitry(
         settings,
@@ -213,7 +202,7 @@ async def test_publish_that_the_broker_cannot_take_is_persisted_in_the_outbox(
     settings: Settings,
 ) -> None:
     done = await rabbitry(
-        settings, "publish", "-e", "", "-k", "q", "-t", "job", "{}", RABBITRY_AMQP_URL=CLOSED_BROKER
+        settings, "publish", "-e", "", "-k", "q", "-t", "job", "{}", RABBITRY_AMQP_URL=DEAD_AMQP_URL
     )
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout.splitlines()[-1])
@@ -227,7 +216,7 @@ async def test_publish_that_the_broker_cannot_take_is_persisted_in_the_outbox(
 async def test_consume_prints_one_json_line_per_message_and_stops_after_count(
     settings: Settings, declarer: Declarer, broker: BrokerProbe
 ) -> None:
-    queue = await inbox(declarer, settings)
+    queue = await plain_queue(declarer, settings)
     first = Message(
         type="invoice.created",
         payload={"id": 7, "total": "9.90"},

@@ -6,22 +6,21 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import uuid
 from pathlib import Path
 
 import httpx
-from test_up import RABBITRY, free_port, wait_for
 
+from helpers import RABBITRY, free_port, wait_until
 from rabbitry.app import registry
 
 
 def test_serve_events_answers_its_api_health_and_metrics_and_runs_no_worker(
-    tmp_path: Path,
+    tmp_path: Path, namespace: str
 ) -> None:
     port = free_port()
     env = {
         **os.environ,
-        "RABBITRY_NAMESPACE": "t" + uuid.uuid4().hex[:10],
+        "RABBITRY_NAMESPACE": namespace,
         "RABBITRY_DATA_DIR": str(tmp_path / "var"),
         "RABBITRY_ADMIN_TOKEN": "test-token",
     }
@@ -35,7 +34,7 @@ def test_serve_events_answers_its_api_health_and_metrics_and_runs_no_worker(
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: httpx.get(f"{base}/healthz").status_code == 200, what="/healthz")
+        wait_until(lambda: httpx.get(f"{base}/healthz").status_code == 200, what="/healthz")
         assert "rabbitry_published" in httpx.get(f"{base}/metrics").text
         assert httpx.get(f"{base}/api/events/App%5COrder/1").status_code == 401
         admin = {"Authorization": "Bearer test-token"}

@@ -6,45 +6,18 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from helpers import delete_namespace
-
-RABBITRY = str(Path(sys.executable).with_name("rabbitry"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+from helpers import RABBITRY, delete_namespace, free_port, wait_until
 
 
 @pytest.fixture
-def system(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    namespace = "t" + uuid.uuid4().hex[:10]
+def system(tmp_path: Path, namespace: str) -> Iterator[tuple[str, dict[str, str]]]:
     port = free_port()
     env = {
         **os.environ,
@@ -58,7 +31,7 @@ def system(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: httpx.get(f"{base}/healthz").status_code == 200, what="/healthz")
+        wait_until(lambda: httpx.get(f"{base}/healthz").status_code == 200, what="/healthz")
         yield base, env
     finally:
         if proc.poll() is None:
@@ -104,7 +77,7 @@ def test_up_runs_the_workflow_worker_end_to_end(system: tuple[str, dict[str, str
         check=True,
     )
     assert json.loads(out.stdout)["status"] == "published"
-    history = wait_for(
+    history = wait_until(
         lambda: (
             httpx.get(
                 f"{base}/api/events/App%5CModels%5CTask/7",
@@ -120,8 +93,7 @@ def test_up_runs_the_workflow_worker_end_to_end(system: tuple[str, dict[str, str
     assert f'rabbitry_consumed_total{{queue="{namespace}.event-sourcing"}} 1.0' in metrics
 
 
-def test_up_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    namespace = "t" + uuid.uuid4().hex[:10]
+def test_up_stops_cleanly_on_sigterm(tmp_path: Path, namespace: str) -> None:
     port = free_port()
     env = {**os.environ, "RABBITRY_NAMESPACE": namespace, "RABBITRY_DATA_DIR": str(tmp_path)}
     proc = subprocess.Popen(
@@ -132,7 +104,7 @@ def test_up_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200)
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200)
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=40)
         assert proc.returncode == 0, output

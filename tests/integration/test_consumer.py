@@ -14,36 +14,23 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from helpers import Eventually, publish, work
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.messaging.consumer import Reject, Retry, Subscription
 from rabbitry.messaging.envelope import Message
-from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
 from rabbitry.messaging.topology import (
     Exchange,
     ExchangeType,
     Topology,
     dlq_name,
     retry_queue_name,
-    work_queue,
 )
 
 if TYPE_CHECKING:
     from conftest import BrokerProbe, Received, WorkerRunner
 
-Eventually = Callable[..., Awaitable[None]]
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-
-
-def work(settings: Settings, name: str = "work", **kwargs: Any) -> tuple[str, Topology]:
-    queue = f"{settings.namespace}.{name}"
-    return queue, work_queue(queue, policy=settings.retry, **kwargs)
-
-
-async def publish(settings: Settings, queue: str, *messages: Message) -> None:
-    async with Publisher(settings.amqp) as publisher:
-        results = await publisher.publish_many([(m, Route("", queue)) for m in messages])
-    assert {r.status for r in results} == {PublishStatus.PUBLISHED}, results
 
 
 def size_is(declarer: Declarer, queue: str, expected: int) -> Callable[[], Awaitable[bool]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pika
 
-from helpers import AMQP_URL, eventually_true, take_all
+from helpers import AMQP_URL, eventually_true, running, take_all
 from rabbitry.config import Settings
 from rabbitry.events.store import EventStore
 from rabbitry.events.topology import EventsLayout
@@ -87,12 +87,8 @@ async def test_roadrunner_events_are_stored_once_and_bad_ones_dead_lettered(
         ),
         roadrunner_job("delete", {"entity": ENTITY, "id": 1, "user": 7}),
     ]
-    service = WorkflowService(events_settings, events_db)
-    stopping = asyncio.Event()
-    task = asyncio.create_task(service.run(stopping))
     store = EventStore(events_db)
-    try:
-        await asyncio.wait_for(service.connected.wait(), timeout=15)
+    async with running(WorkflowService(events_settings, events_db)):
         # Straight to the queue through the default exchange, as an RR pipeline may do.
         await asyncio.to_thread(publish_with_pika, "", layout.event_sourcing_queue, jobs)
 
@@ -107,9 +103,6 @@ async def test_roadrunner_events_are_stored_once_and_bad_ones_dead_lettered(
             return len(dead) >= 3
 
         await eventually_true(three_dead, what="three dead-lettered messages")
-    finally:
-        stopping.set()
-        await asyncio.wait_for(task, timeout=30)
     history = await store.history(ENTITY, 1)
     assert [(e.version, e.type, e.user, e.data) for e in history] == [
         (1, "insert", 1, {"property1": "value1"}),
@@ -137,12 +130,8 @@ async def test_without_rr_id_the_amqp_message_id_identifies_a_redelivery(
     properties, raw = roadrunner_job("insert", body, rr_id=None)
     properties.headers.pop("rr_id")
     properties.message_id = "legacy-1"
-    service = WorkflowService(events_settings, events_db)
-    stopping = asyncio.Event()
-    task = asyncio.create_task(service.run(stopping))
     store = EventStore(events_db)
-    try:
-        await asyncio.wait_for(service.connected.wait(), timeout=15)
+    async with running(WorkflowService(events_settings, events_db)):
         marker = roadrunner_job("update", {**body, "data": {"a": 2}})
         await asyncio.to_thread(
             publish_with_pika,
@@ -155,9 +144,6 @@ async def test_without_rr_id_the_amqp_message_id_identifies_a_redelivery(
             return any(e.type == "update" for e in await store.history(ENTITY, 2))
 
         await eventually_true(marker_stored, what="the marker event")
-    finally:
-        stopping.set()
-        await asyncio.wait_for(task, timeout=30)
     history = await store.history(ENTITY, 2)
     assert [(e.version, e.type, e.message_id) for e in history][:1] == [(1, "insert", "legacy-1")]
     assert len(history) == 2

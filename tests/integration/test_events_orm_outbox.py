@@ -25,13 +25,13 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from fixtures.events import make_settings
-from helpers import AMQP_URL, RecordingPublisher, eventually_true, take_all
+from helpers import AMQP_URL, DEAD_AMQP_URL, RecordingPublisher, eventually_true, running, take_all
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.events.delivery import Delivery
 from rabbitry.events.emitter import Emitter, acting_as
 from rabbitry.events.orm import ChangeTracker
-from rabbitry.events.store import EventStore
+from rabbitry.events.store import EventStore, RecordedEvent
 from rabbitry.events.topology import EventsLayout, events_topology
 from rabbitry.events.workflow import WorkflowService
 from rabbitry.messaging.publisher import Publisher, PublishStatus
@@ -54,20 +54,6 @@ class Order(AppBase):
 
 
 ORDER = "App\\Models\\Order"
-
-
-@contextlib.asynccontextmanager
-async def running(service: WorkflowService | RelayService) -> AsyncIterator[None]:
-    """Run a service in this loop; stop it on exit."""
-    stopping = asyncio.Event()
-    task = asyncio.create_task(service.run(stopping))
-    try:
-        if isinstance(service, WorkflowService):
-            await asyncio.wait_for(service.connected.wait(), timeout=15)
-        yield
-    finally:
-        stopping.set()
-        await asyncio.wait_for(task, timeout=30)
 
 
 @contextlib.asynccontextmanager
@@ -97,6 +83,25 @@ async def ledger_rows(ledger: Ledger) -> list[PendingRow]:
 
 def relay(settings: Settings, db: Database) -> RelayService:
     return RelayService(settings, interval=0.2, db=db)
+
+
+async def relayed(settings: Settings, db: Database, order_id: int, *, what: str) -> RecordedEvent:
+    """Run the workflow worker and the relay until the one event of order ``order_id`` is
+    stored and no ledger row is left pending; that event."""
+    store, ledger = EventStore(db), Ledger(db)
+    async with running(WorkflowService(settings, db)), running(relay(settings, db)):
+
+        async def stored() -> bool:
+            return len(await store.history(ORDER, order_id)) == 1
+
+        await eventually_true(stored, timeout=30, what=what)
+
+        async def processed() -> bool:
+            return (await ledger.count(RequeueFilter())) == 0
+
+        await eventually_true(processed, what=f"the ledger row of {what} marked processed")
+    (event,) = await store.history(ORDER, order_id)
+    return event
 
 
 async def test_committed_changes_are_stored_and_their_rows_marked_processed(
@@ -172,11 +177,8 @@ async def test_rolled_back_changes_leave_no_row_and_send_no_message(
 async def test_with_the_broker_unreachable_the_row_waits_and_the_relay_delivers_it(
     events_settings: Settings, events_db: Database, events_db_url: str
 ) -> None:
-    # A port nobody listens on: the connection is refused, as when RabbitMQ is down.
-    offline = make_settings(
-        namespace=events_settings.namespace, amqp_url="amqp://guest:guest@127.0.0.1:1/"
-    )
-    ledger, store = Ledger(events_db), EventStore(events_db)
+    offline = make_settings(namespace=events_settings.namespace, amqp_url=DEAD_AMQP_URL)
+    ledger = Ledger(events_db)
     async with app_engine(events_db_url, events_db) as engine:
         async with Publisher(offline.amqp, fallback=ledger) as publisher:
             tracker = ChangeTracker(Emitter(publisher, offline), auto_publish=False)
@@ -190,21 +192,7 @@ async def test_with_the_broker_unreachable_the_row_waits_and_the_relay_delivers_
         assert row.last_error is not None and "cannot connect" in row.last_error
 
         # The broker is back (the real one): the relay sends the row after its back-off.
-        async with (
-            running(WorkflowService(events_settings, events_db)),
-            running(relay(events_settings, events_db)),
-        ):
-
-            async def stored() -> bool:
-                return len(await store.history(ORDER, 5)) == 1
-
-            await eventually_true(stored, timeout=30, what="the relayed ORM event")
-
-            async def processed() -> bool:
-                return (await ledger.count(RequeueFilter())) == 0
-
-            await eventually_true(processed, what="the row marked processed")
-    (event,) = await store.history(ORDER, 5)
+    event = await relayed(events_settings, events_db, 5, what="the relayed ORM event")
     assert event.message_id == row.message_id
     assert event.data == {"id": 5, "total": 50, "state": "new"}
 
@@ -244,7 +232,7 @@ async def test_the_relay_never_sends_a_row_the_tracker_is_publishing(
 async def test_events_committed_by_a_process_cancelled_before_publishing_are_relayed(
     events_settings: Settings, events_db: Database, events_db_url: str
 ) -> None:
-    ledger, store = Ledger(events_db), EventStore(events_db)
+    ledger = Ledger(events_db)
     dies = RecordingPublisher(fallback=ledger)
     dies.crash = asyncio.CancelledError()  # the process stops before anything is sent
     async with app_engine(events_db_url, events_db) as engine:
@@ -263,21 +251,7 @@ async def test_events_committed_by_a_process_cancelled_before_publishing_are_rel
             raise AssertionError("the publisher was expected to be cancelled")
     (row,) = await ledger_rows(ledger)
     assert not row.processed and row.attempts == 0
-    async with (
-        running(WorkflowService(events_settings, events_db)),
-        running(relay(events_settings, events_db)),
-    ):
-
-        async def stored() -> bool:
-            return len(await store.history(ORDER, 6)) == 1
-
-        await eventually_true(stored, timeout=30, what="the relayed ORM event")
-
-        async def processed() -> bool:
-            return (await ledger.count(RequeueFilter())) == 0
-
-        await eventually_true(processed, what="the row marked processed")
-    (event,) = await store.history(ORDER, 6)
+    event = await relayed(events_settings, events_db, 6, what="the relayed ORM event")
     assert event.message_id == row.message_id
 
 
@@ -323,7 +297,7 @@ asyncio.run(main(*sys.argv[1:]))
 async def test_events_of_a_process_killed_right_after_commit_are_relayed(
     events_settings: Settings, events_db: Database, events_db_url: str
 ) -> None:
-    ledger, store = Ledger(events_db), EventStore(events_db)
+    ledger = Ledger(events_db)
     async with app_engine(events_db_url, events_db):
         app = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -338,21 +312,7 @@ async def test_events_of_a_process_killed_right_after_commit_are_relayed(
     assert app.returncode == 9, stderr.decode()
     (row,) = await ledger_rows(ledger)  # committed with the order, never published
     assert not row.processed and json.loads(row.body)["id"] == 7
-    async with (
-        running(WorkflowService(events_settings, events_db)),
-        running(relay(events_settings, events_db)),
-    ):
-
-        async def stored() -> bool:
-            return len(await store.history(ORDER, 7)) == 1
-
-        await eventually_true(stored, timeout=30, what="the event of the dead process")
-
-        async def processed() -> bool:
-            return (await ledger.count(RequeueFilter())) == 0
-
-        await eventually_true(processed, what="its row marked processed")
-    (event,) = await store.history(ORDER, 7)
+    event = await relayed(events_settings, events_db, 7, what="the event of the dead process")
     assert event.message_id == row.message_id and event.data == {
         "id": 7,
         "total": 70,

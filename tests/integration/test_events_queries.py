@@ -7,11 +7,10 @@ import asyncio
 import datetime as dt
 import json
 import os
-import sys
-from pathlib import Path
 
 import httpx
 
+from helpers import RABBITRY
 from rabbitry.app.http import create_app
 from rabbitry.app.registry import all_routers
 from rabbitry.config import Settings
@@ -21,7 +20,6 @@ from rabbitry.storage.database import Database
 
 ENTITY = "App\\Models\\Order"
 T0 = dt.datetime(2025, 2, 6, 12, 0, tzinfo=dt.UTC)
-RABBITRY = Path(sys.executable).with_name("rabbitry")
 
 
 async def seed(database: Database) -> None:
@@ -40,7 +38,7 @@ async def seed(database: Database) -> None:
 async def rabbitry(database_url: str, *args: str) -> tuple[int, str, str]:
     env = {**os.environ, "RABBITRY_DATABASE_URL": database_url}
     process = await asyncio.create_subprocess_exec(
-        str(RABBITRY),
+        RABBITRY,
         *args,
         env=env,
         stdout=asyncio.subprocess.PIPE,

@@ -3,11 +3,10 @@ messages whose routing keys it declared; the workflow module hears every one and
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from pathlib import Path
 
-from helpers import AMQP_URL, delete_namespace, eventually_true, take_all
+from helpers import AMQP_URL, delete_namespace, eventually_true, running, take_all
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings, load_settings
 from rabbitry.events.store import MessageLog
@@ -42,39 +41,34 @@ async def test_modules_hear_their_routing_keys_and_workflow_hears_everything(
     assert {m.name for m in settings.modules} == {"crm", "billing", "mailer"}
     layout = EventsLayout(settings.namespace)
     topology = module_topology(settings, settings.modules) | events_topology(settings)
-    service = WorkflowService(settings, events_db)
-    stopping = asyncio.Event()
-    task = asyncio.create_task(service.run(stopping))
     try:
-        url = settings.amqp_url.get_secret_value()
-        async with await Declarer.connect(url) as declarer:
-            await declarer.declare(topology)
-        await asyncio.wait_for(service.connected.wait(), timeout=15)
-        sent: dict[str, str] = {}
-        async with Publisher(settings.amqp) as publisher:
-            for key in EXPECTED:
-                message = Message(key, {"key": key})
-                result = await publisher.publish(message, Route(layout.modules_exchange, key))
-                assert result.status is PublishStatus.PUBLISHED
-                sent[message.id] = key
-        log = MessageLog(events_db)
+        async with running(WorkflowService(settings, events_db)):
+            url = settings.amqp_url.get_secret_value()
+            async with await Declarer.connect(url) as declarer:
+                await declarer.declare(topology)
+            sent: dict[str, str] = {}
+            async with Publisher(settings.amqp) as publisher:
+                for key in EXPECTED:
+                    message = Message(key, {"key": key})
+                    result = await publisher.publish(message, Route(layout.modules_exchange, key))
+                    assert result.status is PublishStatus.PUBLISHED
+                    sent[message.id] = key
+            log = MessageLog(events_db)
 
-        async def all_logged() -> bool:
-            return len(await log.recent()) == len(EXPECTED)
+            async def all_logged() -> bool:
+                return len(await log.recent()) == len(EXPECTED)
 
-        await eventually_true(all_logged, what="the workflow module's message log")
-        entries = await log.recent()
-        assert {e.message_id: e.type for e in entries} == sent
-        assert {e.message_id: (e.exchange, e.routing_key) for e in entries} == {
-            message_id: (layout.modules_exchange, key) for message_id, key in sent.items()
-        }
-        for module in ("crm", "billing", "mailer"):
-            got = await take_all(layout.module_queue(module))
-            expected = {key for key, modules in EXPECTED.items() if module in modules}
-            assert {m.headers["rr_job"] for m in got} == expected, module
+            await eventually_true(all_logged, what="the workflow module's message log")
+            entries = await log.recent()
+            assert {e.message_id: e.type for e in entries} == sent
+            assert {e.message_id: (e.exchange, e.routing_key) for e in entries} == {
+                message_id: (layout.modules_exchange, key) for message_id, key in sent.items()
+            }
+            for module in ("crm", "billing", "mailer"):
+                got = await take_all(layout.module_queue(module))
+                expected = {key for key, modules in EXPECTED.items() if module in modules}
+                assert {m.headers["rr_job"] for m in got} == expected, module
     finally:
-        stopping.set()
-        await asyncio.wait_for(task, timeout=30)
         await delete_namespace(settings.namespace)
 
 
@@ -82,11 +76,7 @@ async def test_the_message_log_keeps_the_routing_key_a_message_was_published_wit
     events_settings: Settings, events_db: Database
 ) -> None:
     layout = EventsLayout(events_settings.namespace)
-    service = WorkflowService(events_settings, events_db)
-    stopping = asyncio.Event()
-    task = asyncio.create_task(service.run(stopping))
-    try:
-        await asyncio.wait_for(service.connected.wait(), timeout=15)
+    async with running(WorkflowService(events_settings, events_db)):
         # The type says what happened; the routing key is where it was sent: both are kept.
         message = Message("invoice.created", {"invoice": 12}, tenant="acme")
         async with Publisher(events_settings.amqp) as publisher:
@@ -100,9 +90,6 @@ async def test_the_message_log_keeps_the_routing_key_a_message_was_published_wit
             return any(e.message_id == message.id for e in await log.recent())
 
         await eventually_true(logged, what="the logged message")
-    finally:
-        stopping.set()
-        await asyncio.wait_for(task, timeout=30)
     (entry,) = await log.recent()
     assert (entry.exchange, entry.routing_key) == (
         f"{events_settings.namespace}.modules",

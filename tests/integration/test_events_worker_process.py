@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
-from pathlib import Path
 
-from helpers import eventually_true
+from helpers import RABBITRY, eventually_true
 from rabbitry.config import Settings
 from rabbitry.events.emitter import Emitter
 from rabbitry.events.store import EventStore, MessageLog
@@ -17,8 +15,6 @@ from rabbitry.events.topology import EventsLayout
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, Route
 from rabbitry.storage.database import Database
-
-RABBITRY = Path(sys.executable).with_name("rabbitry")
 
 
 async def test_the_workflow_worker_process_stores_events_and_stops_on_sigterm(
@@ -34,7 +30,7 @@ async def test_the_workflow_worker_process_stores_events_and_stops_on_sigterm(
         "RABBITRY_MAX_ATTEMPTS": str(events_settings.max_attempts),
     }
     process = await asyncio.create_subprocess_exec(
-        str(RABBITRY), "-v", "worker", "workflow", env=env, stderr=asyncio.subprocess.PIPE
+        RABBITRY, "-v", "worker", "workflow", env=env, stderr=asyncio.subprocess.PIPE
     )
     assert process.stderr is not None
     try:

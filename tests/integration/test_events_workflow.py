@@ -4,10 +4,8 @@ dead-lettered with their reason; several workers never break the version sequenc
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
 
 from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy import String, update
@@ -15,7 +13,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from fixtures.events import make_settings
-from helpers import eventually_true, take_all
+from helpers import DEAD_AMQP_URL, eventually_true, running, take_all
 from rabbitry.config import Settings
 from rabbitry.events.change import ChangeEvent, ChangeType
 from rabbitry.events.emitter import Emitter, acting_as
@@ -46,20 +44,6 @@ class Ticket(AppBase):
 TICKET = f"{__name__}.Ticket"
 
 
-@contextlib.asynccontextmanager
-async def workflow(settings: Settings, database: Database) -> AsyncIterator[WorkflowService]:
-    """A running workflow worker; stopped (drained) on exit."""
-    service = WorkflowService(settings, database)
-    stopping = asyncio.Event()
-    task = asyncio.create_task(service.run(stopping))
-    try:
-        await asyncio.wait_for(service.connected.wait(), timeout=15)
-        yield service
-    finally:
-        stopping.set()
-        await asyncio.wait_for(task, timeout=30)
-
-
 async def stored_count(store: EventStore, entity: str, ids: range) -> int:
     return sum([len(await store.history(entity, i)) for i in ids])
 
@@ -69,7 +53,7 @@ async def test_emitted_changes_are_stored_in_order_with_versions(
 ) -> None:
     store = EventStore(events_db)
     async with (
-        workflow(events_settings, events_db),
+        running(WorkflowService(events_settings, events_db)),
         Publisher(events_settings.amqp, fallback=Ledger(events_db)) as publisher,
     ):
         emitter = Emitter(publisher, events_settings)
@@ -103,7 +87,7 @@ async def test_orm_commits_reach_the_event_store_and_rollbacks_do_not(
     store = EventStore(events_db)
     try:
         async with (
-            workflow(events_settings, events_db),
+            running(WorkflowService(events_settings, events_db)),
             Publisher(events_settings.amqp, fallback=Ledger(events_db)) as publisher,
         ):
             tracker = ChangeTracker(Emitter(publisher, events_settings))
@@ -147,7 +131,7 @@ async def test_invalid_events_are_dead_lettered_with_their_reason(
     layout = EventsLayout(events_settings.namespace)
     route = Route(layout.events_exchange, "insert")
     async with (
-        workflow(events_settings, events_db),
+        running(WorkflowService(events_settings, events_db)),
         Publisher(events_settings.amqp) as publisher,
     ):
         await publisher.publish(Message("insert", {"entity": "e", "id": 1, "user": 1}), route)
@@ -182,7 +166,7 @@ async def test_a_redelivered_message_is_stored_once(
     marker = Message("update", {"entity": "e", "id": 1, "user": 1, "data": {"n": 2}})
     store = EventStore(events_db)
     async with (
-        workflow(events_settings, events_db),
+        running(WorkflowService(events_settings, events_db)),
         Publisher(events_settings.amqp) as publisher,
     ):
         for _ in range(3):
@@ -207,7 +191,7 @@ async def test_several_workflow_workers_keep_versions_gap_free(
     try:
         async with contextlib.AsyncExitStack() as stack:
             for db in [events_db, *extra]:
-                await stack.enter_async_context(workflow(events_settings, db))
+                await stack.enter_async_context(running(WorkflowService(events_settings, db)))
             publisher = await stack.enter_async_context(Publisher(events_settings.amqp))
             emitter = Emitter(publisher, events_settings)
             changes = [
@@ -243,7 +227,7 @@ async def test_without_a_broker_events_wait_in_the_outbox_and_are_stored_once_re
     assert row.type == "insert" and json.loads(row.body)["id"] == 3
     store = EventStore(events_db)
     async with (
-        workflow(events_settings, events_db),
+        running(WorkflowService(events_settings, events_db)),
         Publisher(events_settings.amqp) as publisher,
     ):
         report = await RelayService(events_settings, db=events_db).run_once(ledger, publisher)
@@ -261,9 +245,7 @@ async def test_orm_events_go_to_the_outbox_when_the_broker_is_unreachable(
     events_settings: Settings, events_db: Database, events_db_url: str
 ) -> None:
     # A port nobody listens on: the connection is refused, as when RabbitMQ is down.
-    unreachable = make_settings(
-        namespace=events_settings.namespace, amqp_url="amqp://guest:guest@127.0.0.1:1/"
-    )
+    unreachable = make_settings(namespace=events_settings.namespace, amqp_url=DEAD_AMQP_URL)
     engine = create_async_engine(events_db_url)
     async with engine.begin() as conn:
         await conn.run_sync(AppBase.metadata.create_all)

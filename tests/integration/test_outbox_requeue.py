@@ -9,7 +9,7 @@ import aio_pika
 import pytest
 
 from fixtures.outbox import Topic, make_settings, pending_ids, seed_rows, set_created_at
-from helpers import AMQP_URL, drain_ids, message, take_all
+from helpers import AMQP_URL, DEAD_AMQP_URL, drain_ids, message, take_all
 from rabbitry.amqp.fieldtable import Int64
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, Route
@@ -143,7 +143,7 @@ async def test_a_failed_row_stays_pending_and_does_not_stop_the_others(
 
 async def test_broker_down_leaves_every_row_pending(db: Database, outbox_ns: str) -> None:
     await seed_rows(db, [(Route("ex", "rk"), message(str(n)), "down") for n in range(3)])
-    settings = make_settings(db, outbox_ns, amqp_url="amqp://guest:guest@127.0.0.1:1/")
+    settings = make_settings(db, outbox_ns, amqp_url=DEAD_AMQP_URL)
     async with Publisher(settings.amqp) as publisher:
         report = await requeue(Ledger(db), publisher, RequeueFilter())
     assert (report.published, report.failed) == (0, 3)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from pydantic import SecretStr
 
+from helpers import plain_queue
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.errors import StorageError
@@ -54,12 +55,6 @@ class RecordingFallback:
 
 def at(settings: Settings, url: str, **changes: Any) -> Settings:
     return settings.model_copy(update={"amqp_url": SecretStr(url), **changes})
-
-
-async def plain_queue(declarer: Declarer, settings: Settings, name: str = "inbox") -> str:
-    queue = f"{settings.namespace}.{name}"
-    await declarer.declare(Topology.of(queues=[Queue(queue)]))
-    return queue
 
 
 # --- confirmed publishing --------------------------------------------------------------------

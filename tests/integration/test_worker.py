@@ -21,32 +21,20 @@ from typing import TYPE_CHECKING
 import pytest
 from pydantic import SecretStr
 
-from helpers import rabbitmqctl
+from helpers import Eventually, publish, rabbitmqctl, work
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.messaging.consumer import Subscription
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
 from rabbitry.messaging.service import run_services
-from rabbitry.messaging.topology import Topology, dlq_name, work_queue
+from rabbitry.messaging.topology import dlq_name
 from rabbitry.messaging.worker import Worker
 
 if TYPE_CHECKING:
     from conftest import BrokerProbe, Endpoint, WorkerRunner
 
-Eventually = Callable[..., Awaitable[None]]
 WORKER_PROC = Path(__file__).with_name("worker_proc.py")
-
-
-def work(settings: Settings, name: str = "work") -> tuple[str, Topology]:
-    queue = f"{settings.namespace}.{name}"
-    return queue, work_queue(queue, policy=settings.retry)
-
-
-async def publish(settings: Settings, queue: str, *messages: Message) -> None:
-    async with Publisher(settings.amqp) as publisher:
-        results = await publisher.publish_many([(m, Route("", queue)) for m in messages])
-    assert {r.status for r in results} == {PublishStatus.PUBLISHED}, results
 
 
 def handled_ids(handled: Sequence[Message], *ids: str) -> Callable[[], Awaitable[bool]]:
