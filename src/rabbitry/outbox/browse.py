@@ -196,8 +196,9 @@ def page_statement(query: LedgerQuery, after: PageKey | None, limit: int) -> Sel
     statement = select(*_COLUMNS).where(*conditions(query))
     if after is not None:
         # (created_at, id) < key, spelled so that both databases see an index range on
-        # created_at (the first term) and check the tie on id as a filter: PostgreSQL turns a
-        # bare OR into a bitmap scan and a sort of every older row.
+        # created_at (the first term) and check the tie on id as a filter. In a bare OR
+        # PostgreSQL finds no index condition: it walks the index from the newest row and
+        # filters out every row before the page (63 ms at depth 160,000; 0.04 ms this way).
         statement = statement.where(
             TABLE.c.created_at <= after.created_at,
             or_(TABLE.c.created_at < after.created_at, TABLE.c.id < after.id),
