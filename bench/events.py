@@ -21,12 +21,12 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import text
 
+from common import AMQP_URL, create_database
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.events.change import ChangeEvent, ChangeType
@@ -41,8 +41,6 @@ from rabbitry.messaging.topology import Topology
 from rabbitry.messaging.worker import Worker
 from rabbitry.storage.database import Database
 
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-POSTGRES_ADMIN = "postgresql://root@127.0.0.1:5432/postgres"
 ENTITIES = 1000
 HISTORY_SIZES = (100, 1_000, 10_000)
 
@@ -185,26 +183,6 @@ async def rebuild_times(database: Database, rounds: int) -> dict[int, float]:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-async def create_database(kind: str, tmp: Path) -> tuple[str, Callable[[], Awaitable[None]]]:
-    if kind == "sqlite":
-
-        async def nothing() -> None:
-            return None
-
-        return f"sqlite+aiosqlite:///{tmp / 'bench.db'}", nothing
-    name = f"rabbitry_bench_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(POSTGRES_ADMIN)
-    await conn.execute('CREATE DATABASE "' + name + '"')  # generated name, no user input
-    await conn.close()
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(POSTGRES_ADMIN)
-        await conn.execute('DROP DATABASE IF EXISTS "' + name + '" WITH (FORCE)')
-        await conn.close()
-
-    return f"postgresql+asyncpg://root@127.0.0.1:5432/{name}", drop
 
 
 async def main(n: int, rounds: int, kind: str) -> None:

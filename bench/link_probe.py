@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable
 
 import aio_pika
 
+from common import AMQP_URL
 from rabbitry.amqp.link import Delivery, Link, Outcome, Outgoing
 from rabbitry.amqp.properties import Properties
 
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 BODY = b'{"job":"probe","payload":"' + b"x" * 228 + b'"}'
 WINDOW = 1000
 PREFETCH = 1000

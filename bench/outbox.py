@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
-
+from common import AMQP_URL, PAYLOAD, POSTGRES_ADMIN, body, create_database
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.messaging.envelope import Message
@@ -39,13 +36,9 @@ from rabbitry.outbox.models import PendingMessage
 from rabbitry.outbox.requeue import RequeueOptions, requeue
 from rabbitry.storage import Database
 
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-PAYLOAD = {"id": 0, "text": "x" * 220}
-
 
 def messages(n: int) -> Iterator[Message]:
-    raw = json.dumps(PAYLOAD, separators=(",", ":")).encode()
-    raw += b" " * (256 - len(raw))
+    raw = body()
     for _ in range(n):
         yield Message(type="bench", payload=PAYLOAD, raw_body=raw)
 
@@ -85,22 +78,15 @@ class RssSampler:
 
 
 @asynccontextmanager
-async def fresh_database(admin_dsn: str):  # type: ignore[no-untyped-def]
-    name = f"rabbitry_bench_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')  # our own name: [a-z0-9_] only
-    await admin.close()
-    parts = urlsplit(admin_dsn)
-    url = urlunsplit(("postgresql+asyncpg", parts.netloc, f"/{name}", "", ""))
+async def fresh_database(admin_dsn: str) -> AsyncIterator[Database]:
+    url, drop = await create_database("postgresql", Path("."), admin_dsn)
     db = Database(url)
     try:
         await db.upgrade()
         yield db
     finally:
         await db.close()
-        admin = await asyncpg.connect(admin_dsn)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop()
 
 
 async def seed(db: Database, route: Route, rows: int) -> None:
@@ -197,6 +183,6 @@ if __name__ == "__main__":
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--pg", default=POSTGRES_ADMIN)
     args = parser.parse_args()
     asyncio.run(main(args.rows, args.batch, args.rounds, args.pg))

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 
 import aio_pika
 
+from common import AMQP_URL, PAYLOAD, body
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.amqp.link import Link
 from rabbitry.config import Settings
@@ -31,18 +32,11 @@ from rabbitry.messaging.publisher import Publisher, Route
 from rabbitry.messaging.retry import RetryPolicy
 from rabbitry.messaging.topology import Queue, Topology
 
-URL = "amqp://guest:guest@127.0.0.1:5672/"
 WINDOW = 1000
-PAYLOAD = {"id": 0, "text": "x" * 220}
-
-
-def body() -> bytes:
-    raw = json.dumps(PAYLOAD, separators=(",", ":")).encode()
-    return raw + b" " * (256 - len(raw))
 
 
 async def aio_pika_publish(queue: str, n: int) -> float:
-    connection = await aio_pika.connect(URL)
+    connection = await aio_pika.connect(AMQP_URL)
     channel = await connection.channel(publisher_confirms=True)
     exchange = channel.default_exchange
     payload = body()
@@ -88,7 +82,7 @@ async def rabbitry_publish(queue: str, n: int) -> float:
 
 
 async def aio_pika_consume(queue: str, n: int) -> float:
-    connection = await aio_pika.connect(URL)
+    connection = await aio_pika.connect(AMQP_URL)
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=1000)
     q = await channel.get_queue(queue)
@@ -115,7 +109,7 @@ async def aio_pika_consume(queue: str, n: int) -> float:
 
 async def rabbitry_consume(queue: str, n: int) -> float:
     settings = Settings(prefetch=1000)
-    link = await Link.connect(URL, name="bench-consumer")
+    link = await Link.connect(AMQP_URL, name="bench-consumer")
     await link.confirm_select()
     done = asyncio.Event()
     seen = 0
@@ -163,7 +157,7 @@ async def main(n: int, rounds: int) -> None:
         "d Rabbitry consumer (prefetch 1000)": rabbitry_consume,
     }
     figures: dict[str, list[float]] = {name: [] for name in cases}
-    async with await Declarer.connect(URL) as declarer:
+    async with await Declarer.connect(AMQP_URL) as declarer:
         await declarer.declare(topology)
         try:
             for round_ in range(rounds):
