@@ -132,15 +132,18 @@ async def chat_socket(
     if principal is None:
         await websocket.close(POLICY_VIOLATION, "not authenticated")
         return
-    await websocket.accept()
     member = Member(tenant, str(principal.user_id), principal.username, principal.session_id)
     client = ConnectedClient(member, room, websocket.send_text, websocket.close, token=token)
-    pump = asyncio.create_task(client.pump())
     gateway = chat.gateway
     if since is not None:
         client.hold()
+    # Join before accepting: once the client sees its socket open, the room's binding is in
+    # place, so a message sent right after by anyone, on any instance, reaches it.
+    await gateway.manager.join(client)
+    pump: asyncio.Task[None] | None = None
     try:
-        await gateway.manager.join(client)
+        await websocket.accept()
+        pump = asyncio.create_task(client.pump())
         if since is not None:
             await gateway.recover(client, since, chat.history)
         reader = asyncio.create_task(_read(websocket, client, gateway))
@@ -151,8 +154,9 @@ async def chat_socket(
     finally:
         gateway.manager.leave(client)
         client.disconnect(1000, "")
-        with contextlib.suppress(Exception):
-            await pump
+        if pump is not None:
+            with contextlib.suppress(Exception):
+                await pump
 
 
 async def _read(websocket: WebSocket, client: ConnectedClient, gateway: Gateway) -> None:
