@@ -28,7 +28,8 @@ class ManualProcessingMode(StrEnum):
 
 
 class ModuleConfig(BaseModel):
-    """A module of the events part: its queue hears the routing keys it lists on ``<ns>.modules``."""
+    """A module of the events part: its queue hears the routing keys it lists on the modules
+    exchange."""
 
     name: str
     routing_keys: list[str] = Field(default_factory=list)
