@@ -3,9 +3,9 @@ broker comes up, drains on SIGTERM without losing or doubling a message, and sto
 its siblings when one service crashes.
 
 The broker closes only this test's connections (``rabbitmqctl close_connection`` on the
-worker's connection names, the same CONNECTION_FORCED that ``close_all_connections`` sends):
-tests of other people sharing the broker are left alone, and nothing here depends on any
-connection but the worker's own.
+connection names, the same CONNECTION_FORCED that ``close_all_connections`` sends): tests and
+systems of other people sharing the broker are left alone, and nothing here depends on any
+connection but the test's own.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import pytest
 from pydantic import SecretStr
 
-from helpers import Eventually, publish, rabbitmqctl, work
+from helpers import Eventually, publish, work
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.messaging.consumer import Subscription
@@ -77,34 +77,44 @@ async def test_worker_consumes_again_after_the_broker_closes_its_connections(
     assert await broker.counts(queue) == (0, 0)
 
 
-async def test_worker_recovers_after_rabbitmqctl_close_all_connections(
+async def test_worker_recovers_when_the_broker_drops_all_of_its_connections_at_once(
     settings: Settings,
     declarer: Declarer,
     broker: BrokerProbe,
     run_worker: WorkerRunner,
     eventually: Eventually,
 ) -> None:
-    # The issue's own recipe: the broker drops every client at once. Tests run one at a time,
-    # so the only connections this cuts are this test's (and the fixtures', which reconnect).
-    queue, topology = work(settings)
+    # What `rabbitmqctl close_all_connections` does to a worker, limited to this test's own
+    # connections (their names start with its namespace) so that whatever else runs on the
+    # broker carries on: both of the worker's links and the test's declarer go at once.
+    first, first_topology = work(settings, "first")
+    second, second_topology = work(settings, "second")
     handled: list[Message] = []
 
     async def handle(message: Message) -> None:
         handled.append(message)
 
-    before, after = Message(type="t", payload=1), Message(type="t", payload=2)
-    async with run_worker([Subscription(queue, default=handle)], topology) as worker:
-        await publish(settings, queue, before)
-        await eventually(handled_ids(handled, before.id), what="the first message")
+    subscriptions = [Subscription(first, default=handle), Subscription(second, default=handle)]
+    before = [Message(type="t", payload=n) for n in (1, 2)]
+    after = [Message(type="t", payload=n) for n in (3, 4)]
+    async with run_worker(subscriptions, first_topology | second_topology) as worker:
+        await publish(settings, first, before[0])
+        await publish(settings, second, before[1])
+        await eventually(handled_ids(handled, *(m.id for m in before)), what="the first messages")
 
-        await asyncio.to_thread(rabbitmqctl, "close_all_connections", "rabbitry test")
+        closed = await broker.close_connections(settings.namespace, "rabbitry test")
+        assert closed >= 2, "the worker's connections were not found on the broker"
 
-        await publish(settings, queue, after)
-        await eventually(handled_ids(handled, after.id), what="a message after the reconnect")
+        await publish(settings, first, after[0])
+        await publish(settings, second, after[1])
+        await eventually(
+            handled_ids(handled, *(m.id for m in after)), what="messages after the reconnect"
+        )
         assert worker.connected.is_set()
 
-    assert [m.id for m in handled] == [before.id, after.id]
-    assert await broker.counts(queue) == (0, 0)
+    assert sorted(m.id for m in handled) == sorted(m.id for m in before + after)
+    assert await broker.counts(first) == (0, 0)
+    assert await broker.counts(second) == (0, 0)
 
 
 async def test_a_message_whose_handler_was_cut_off_by_a_dropped_connection_comes_again(
