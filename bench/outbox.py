@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from sqlalchemy import delete
+
 from common import AMQP_URL, PAYLOAD, POSTGRES_ADMIN, body, create_database
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
@@ -143,7 +145,7 @@ async def main(rows: int, batch: int, rounds: int, admin_dsn: str) -> None:
         try:
             for round_ in range(1, rounds + 1):
                 async with db.engine.begin() as connection:
-                    await connection.execute(PendingMessage.__table__.delete())
+                    await connection.execute(delete(PendingMessage))
                 started = time.perf_counter()
                 await seed(db, route, rows)
                 seeded = time.perf_counter() - started

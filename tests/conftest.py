@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import pika  # type: ignore[import-untyped]
-import pika.data  # type: ignore[import-untyped]
+import pika  # type: ignore[import-untyped]  # pika ships no type hints
+import pika.data  # type: ignore[import-untyped]  # (the same package)
 import pytest
 
 from helpers import (
@@ -410,7 +410,9 @@ def run_worker(settings: Settings) -> WorkerRunner:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """A skipped test fails the run: a missing service must never pass for a green suite."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
-    if skipped and exitstatus == pytest.ExitCode.OK:
+    if reporter is None or exitstatus != pytest.ExitCode.OK:
+        return
+    skipped = reporter.stats.get("skipped", [])
+    if skipped:
         reporter.write_line(f"{len(skipped)} test(s) skipped: failing the run", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

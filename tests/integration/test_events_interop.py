@@ -10,7 +10,7 @@ import json
 import uuid
 from typing import Any
 
-import pika
+import pika  # type: ignore[import-untyped]  # pika ships no type hints
 
 from helpers import AMQP_URL, eventually_true, running, take_all
 from rabbitry.config import Settings

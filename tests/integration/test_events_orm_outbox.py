@@ -28,10 +28,11 @@ from fixtures.events import make_settings
 from helpers import AMQP_URL, DEAD_AMQP_URL, RecordingPublisher, eventually_true, running, take_all
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
+from rabbitry.events.change import RecordedEvent
 from rabbitry.events.delivery import Delivery
 from rabbitry.events.emitter import Emitter, acting_as
 from rabbitry.events.orm import ChangeTracker
-from rabbitry.events.store import EventStore, RecordedEvent
+from rabbitry.events.store import EventStore
 from rabbitry.events.topology import EventsLayout, events_topology
 from rabbitry.events.workflow import WorkflowService
 from rabbitry.messaging.publisher import Publisher, PublishStatus

@@ -13,7 +13,7 @@ from rabbitry.storage import Database
 def entry(name: str, **fields: object) -> RegistryEntry:
     values: dict[str, object] = {"name": name, "exchange": "ns.modules", "routing_key": name}
     values.update(fields)
-    return RegistryEntry(**values)  # type: ignore[arg-type]
+    return RegistryEntry(**values)
 
 
 async def test_sync_creates_updates_and_deactivates(db: Database) -> None:

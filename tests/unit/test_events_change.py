@@ -86,6 +86,7 @@ def test_invalid_change_events_are_refused_with_a_reason(job: str, body: Any, re
 def test_the_python_api_validates_too() -> None:
     with pytest.raises(MessageError, match="'data' is required for insert"):
         ChangeEvent(ChangeType.INSERT, "e", 1)
+    # A plain string, as a caller without type checking passes it, becomes the enum.
     assert ChangeEvent("delete", "e", 1).type is ChangeType.DELETE  # type: ignore[arg-type]
 
 

@@ -76,5 +76,6 @@ async def test_persisted_is_success_and_failed_raises() -> None:
 async def test_invalid_changes_are_refused_before_publishing() -> None:
     recorder = RecordingPublisher()
     with pytest.raises(MessageError, match="'data' is required for update"):
+        # None where the signature wants data: a caller without type checking gets a clear error.
         await Emitter(recorder, Settings()).update("o", 1, None)  # type: ignore[arg-type]
     assert recorder.sent == []

@@ -110,11 +110,11 @@ def test_large_max_attempts_stays_capped_instead_of_overflowing() -> None:
 )
 def test_invalid_policies_are_rejected(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
-        RetryPolicy(**kwargs)  # type: ignore[arg-type]
+        RetryPolicy(**kwargs)  # type: ignore[arg-type]  # wrong on purpose: refused at run time
 
 
 def test_policy_is_frozen_and_hashable() -> None:
     policy = RetryPolicy()
     with pytest.raises(dataclasses.FrozenInstanceError):
-        policy.max_attempts = 9  # type: ignore[misc]
+        policy.max_attempts = 9  # type: ignore[misc]  # frozen: the point of the test
     assert {policy, RetryPolicy()} == {RetryPolicy()}

@@ -162,9 +162,9 @@ def test_specs_are_frozen_with_safe_defaults() -> None:
         False,
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
-        exchange.name = "other"  # type: ignore[misc]
+        exchange.name = "other"  # type: ignore[misc]  # frozen: the point of the test
     with pytest.raises(dataclasses.FrozenInstanceError):
-        Queue("q").arguments = ()  # type: ignore[misc]
+        Queue("q").arguments = ()  # type: ignore[misc]  # frozen: the point of the test
 
 
 # --- name checks -------------------------------------------------------------------------------

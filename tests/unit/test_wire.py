@@ -62,7 +62,7 @@ def test_decoded_properties_behave_like_constructed_ones() -> None:
     assert dataclasses.replace(decoded, priority=2).priority == 2
     assert dataclasses.asdict(decoded)["content_type"] == "a"
     with pytest.raises(dataclasses.FrozenInstanceError):
-        decoded.priority = 5  # type: ignore[misc]
+        decoded.priority = 5  # type: ignore[misc]  # frozen: the point of the test
 
 
 def test_no_properties_is_an_empty_flag_word() -> None:
