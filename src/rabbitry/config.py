@@ -88,7 +88,13 @@ class Settings(BaseSettings):
     retry_base_delay: float = Field(default=1.0, gt=0)
     retry_max_delay: float = Field(default=300.0, gt=0)
     drain_timeout: float = Field(default=30.0, gt=0)
+    rpc_timeout: float = Field(default=10.0, gt=0)
     strict_rr_job: bool = True
+    # TLS for amqps:// (the URL's cafile/certfile/keyfile win): the broker's CA, our client
+    # certificate and its key.
+    amqp_ca_file: Path | None = None
+    amqp_cert_file: Path | None = None
+    amqp_key_file: Path | None = None
 
     # Sessions (part 3). The service token is DISPATCH's credential towards SESSION (never the
     # admin token); session_url is where DISPATCH finds SESSION (`rabbitry up`: itself).
@@ -133,6 +139,10 @@ class Settings(BaseSettings):
             drain_timeout=self.drain_timeout,
             strict_rr_job=self.strict_rr_job,
             queue_type=self.queue_type,
+            rpc_timeout=self.rpc_timeout,
+            ca_file=_path(self.amqp_ca_file),
+            cert_file=_path(self.amqp_cert_file),
+            key_file=_path(self.amqp_key_file),
         )
 
     @property
@@ -196,3 +206,7 @@ def _without_env(values: dict[str, Any]) -> dict[str, Any]:
 def _first_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return "; ".join(lines[:3]) if lines else text
+
+
+def _path(value: Path | None) -> str | None:
+    return None if value is None else str(value)

@@ -9,6 +9,7 @@ from yarl import URL
 
 from rabbitry.amqp import handshake
 from rabbitry.amqp.url import Endpoint
+from rabbitry.config import Settings
 from rabbitry.messaging.settings import AmqpSettings
 
 
@@ -119,3 +120,18 @@ def test_tls_files_from_settings_join_the_url_unless_it_names_its_own() -> None:
 def test_a_tls_file_that_cannot_be_read_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="cannot load the TLS files"):
         Endpoint.from_url("amqps://h/?cafile=/nonexistent/ca.pem").ssl_context()
+
+
+def test_the_application_settings_pass_their_tls_files_to_every_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RABBITRY_AMQP_URL", "amqps://app:pw@broker/")
+    monkeypatch.setenv("RABBITRY_AMQP_CA_FILE", "/etc/rabbitry/ca.pem")
+    monkeypatch.setenv("RABBITRY_AMQP_CERT_FILE", "/etc/rabbitry/client.pem")
+    monkeypatch.setenv("RABBITRY_AMQP_KEY_FILE", "/etc/rabbitry/client.key")
+    endpoint = Endpoint.from_url(Settings().amqp.url)
+    assert (endpoint.cafile, endpoint.certfile, endpoint.keyfile) == (
+        "/etc/rabbitry/ca.pem",
+        "/etc/rabbitry/client.pem",
+        "/etc/rabbitry/client.key",
+    )
