@@ -30,6 +30,10 @@ from rabbitry.amqp.properties import (
 )
 from rabbitry.amqp.settles import AckFolder
 from rabbitry.amqp.url import Endpoint
+from rabbitry.messaging.consumer import Consumer, Subscription
+from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.retry import RetryPolicy
+from rabbitry.messaging.settings import AmqpSettings
 
 PROPS = Properties(delivery_mode=2)
 
@@ -460,3 +464,44 @@ async def test_a_body_split_over_frames_and_reads_is_reassembled(
     for start in range(0, len(data), 4096):
         link.data_received(data[start : start + 4096])
     assert [d.body for d in got] == [body]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"prefetch": 70000}, {"prefetch": 0}, {"concurrency": 0}, {"batch_size": 0}],
+)
+def test_a_subscription_that_basic_qos_could_not_carry_is_refused(bad: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match="Subscription"):
+        Subscription("q", **bad)  # type: ignore[arg-type]
+
+
+async def test_a_consumer_cancelled_by_the_broker_acks_its_work_in_flight_then_closes(
+    opened: tuple[Link, Transport],
+) -> None:
+    link, transport = opened
+    release = asyncio.Event()
+
+    async def handle(_: Message) -> None:
+        await release.wait()
+
+    amqp = AmqpSettings(url="amqp://unused/", drain_timeout=5)
+    consumer = Consumer(amqp, Subscription("q", default=handle, strict=False), link, RetryPolicy())
+    starting = asyncio.ensure_future(consumer.start())
+    await turns()
+    feed(link, 1, commands.Basic.QosOk())
+    await turns()
+    feed(link, 1, commands.Basic.ConsumeOk("ctag"))
+    await starting
+    link.data_received(delivery_frames(1, encode_properties(PROPS), b"{}"))
+    await turns()
+    transport.writes.clear()
+    feed(link, 1, commands.Basic.Cancel("ctag"))  # its queue was deleted
+    await turns()
+    assert link.is_open and transport.writes == []
+    release.set()
+    await turns(4)
+    written = [type(f) for f in transport.frames()]
+    assert written == [commands.Basic.Ack, commands.Connection.Close]
+    feed(link, 0, commands.Connection.CloseOk())
+    link.connection_lost(None)
+    await asyncio.wait_for(asyncio.shield(link.closed), 1)
