@@ -39,13 +39,13 @@ import pytest
 
 from helpers import (
     AMQP_URL,
-    Eventually,
     broker_objects,
     close_connections,
     delete_namespace,
     eventually_true,
     listed,
 )
+from helpers import Eventually as Eventually  # the eventually fixture's type, for tests to import
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import ManualProcessingMode, Settings
 from rabbitry.messaging.consumer import Subscription
