@@ -20,14 +20,13 @@ import argparse
 import asyncio
 import statistics
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from urllib.parse import urlsplit, urlunsplit
+from pathlib import Path
 
-import asyncpg
 from sqlalchemy import text
 
+from common import POSTGRES_ADMIN, create_database
 from rabbitry.outbox import browse
 from rabbitry.outbox.browse import LedgerQuery, PageKey, State
 from rabbitry.outbox.filters import RequeueFilter
@@ -58,20 +57,14 @@ SEED = text(
 
 @asynccontextmanager
 async def fresh_database(admin_dsn: str) -> AsyncIterator[Database]:
-    name = f"rabbitry_bench_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')  # our own name: [a-z0-9_] only
-    await admin.close()
-    parts = urlsplit(admin_dsn)
-    db = Database(urlunsplit(("postgresql+asyncpg", parts.netloc, f"/{name}", "", "")))
+    url, drop = await create_database("postgresql", Path("."), admin_dsn)
+    db = Database(url)
     try:
         await db.upgrade()
         yield db
     finally:
         await db.close()
-        admin = await asyncpg.connect(admin_dsn)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop()
 
 
 async def median_ms(action: Callable[[], Awaitable[int]], rounds: int) -> float:
@@ -143,6 +136,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--pg", default=POSTGRES_ADMIN)
     args = parser.parse_args()
     asyncio.run(main(args.rows, args.rounds, args.pg))

@@ -97,7 +97,7 @@ async def test_requeue_of_selected_rows_sends_those_only_and_records_when(
         again = await browse.requeue_messages(ledger, publisher, browse.selected(ids[1:3]))
     assert (first.published, again.published) == (2, 2)
 
-    sent = [m.message_id for m in await take_all(topic.queue)]
+    sent = [str(m.message_id) for m in await take_all(topic.queue)]
     entries = {i: await browse.get_message(db, i) for i in ids}
     expected = [entries[i].message_id for i in (ids[0], ids[1], ids[1], ids[2])]  # type: ignore[union-attr]
     assert sorted(sent) == sorted(expected)
