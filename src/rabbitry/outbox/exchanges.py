@@ -4,7 +4,12 @@ Publishing to a missing exchange makes the broker close the publisher's channel,
 other message of the batch with it. One row for a deleted exchange would then fail every row
 around it. A requeue run therefore asks once per exchange (a passive declare through the
 core's :class:`~rabbitry.messaging.Declarer`) and fails only the rows whose
-exchange is missing.
+exchange is missing. An exchange can also disappear *during* a run: when a publish to an
+exchange believed present fails, the run asks again (:meth:`ExchangeCheck.recheck`), so that
+from then on only that exchange's rows fail, with the true reason.
+
+:meth:`ExchangeCheck.reachable` tells a broker that is down from messages that fail: a run
+whose whole batch failed asks it before it records anything.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ import logging
 from collections.abc import Iterable
 
 from rabbitry.config import Settings
-from rabbitry.errors import RabbitryError
 from rabbitry.messaging import Declarer
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,30 @@ class ExchangeCheck:
                 self._missing.add(name)
         return wanted & self._missing
 
+    async def recheck(self, name: str) -> bool | None:
+        """Ask again whether ``name`` exists (a publish to it failed); ``None``: cannot tell."""
+        if not name:
+            return True
+        self._present.discard(name)
+        self._missing.discard(name)
+        found = await self._exists(name)
+        if found is True:
+            self._present.add(name)
+        elif found is False:
+            self._missing.add(name)
+        return found
+
+    async def reachable(self) -> bool:
+        """Whether the broker takes a new connection now (a fresh one: the old one may be
+        half-dead without knowing it yet)."""
+        await self.close()
+        try:
+            self._declarer = await self._connect()
+        except Exception as exc:  # RabbitryError, or a third-party error the seam let through
+            log.debug("broker unreachable: %s", exc)
+            return False
+        return True
+
     def forget(self) -> None:
         """Ask again next time (exchanges come and go between relay passes)."""
         self._present.clear()
@@ -48,16 +76,21 @@ class ExchangeCheck:
     async def _exists(self, name: str) -> bool | None:
         try:
             if self._declarer is None:
-                self._declarer = await Declarer.connect(
-                    self._settings.amqp_url.get_secret_value(),
-                    timeout=self._settings.connect_timeout,
-                    name=f"{self._settings.namespace}-requeue-check",
-                )
+                self._declarer = await self._connect()
             return await self._declarer.exchange_exists(name)
-        except RabbitryError as exc:  # unreachable or odd: let the publish report it
+        # Unreachable or odd: let the publish report it. Not only RabbitryError: a connection
+        # cut under the declarer surfaces as aio-pika's own RuntimeError.
+        except Exception as exc:
             log.debug("cannot check exchange %r: %s", name, exc)
             await self.close()
             return None
+
+    async def _connect(self) -> Declarer:
+        return await Declarer.connect(
+            self._settings.amqp_url.get_secret_value(),
+            timeout=self._settings.connect_timeout,
+            name=f"{self._settings.namespace}-requeue-check",
+        )
 
     async def close(self) -> None:
         declarer, self._declarer = self._declarer, None

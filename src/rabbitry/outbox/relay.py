@@ -4,7 +4,9 @@ Every ``interval`` seconds it runs the requeue over contingency rows (manual one
 user's ``rabbitry requeue``), through the same code path as the command. It differs in two
 ways: it leaves recently failed rows alone for a back-off (so one poison row cannot hog it),
 and it ends a pass at the first batch that wholly failed (the broker is most likely still
-down; the next pass probes again). With ``rabbit_active=false`` it has nothing to do.
+down; the next pass probes again), leaving that batch untouched when the broker is indeed
+unreachable, so an outage does not count against the rows. With ``rabbit_active=false`` it has
+nothing to do.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from rabbitry.messaging.publisher import Publisher
 from rabbitry.outbox.exchanges import ExchangeCheck
 from rabbitry.outbox.filters import Origin, RequeueFilter
 from rabbitry.outbox.ledger import Ledger
-from rabbitry.outbox.requeue import RequeueOptions, RequeueReport, requeue
+from rabbitry.outbox.requeue import RequeueOptions, RequeueReport, requeue, without_circuit
 from rabbitry.storage import Database
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ class RelayService:
         self.settings = settings
         self.interval = interval
         self.options = RequeueOptions(
-            batch_size=batch_size, respect_backoff=True, stop_on_failed_batch=True
+            batch_size=batch_size, respect_backoff=True, stop_on_failed_batch=True, broker_wait=0
         )
         self._db = db
         self.passes = 0
@@ -57,7 +59,9 @@ class RelayService:
             if db is None:
                 db = await stack.enter_async_context(Database(self.settings.sql_url))
             publisher = await stack.enter_async_context(
-                Publisher(self.settings.amqp, name=f"{self.settings.namespace}-relay")
+                Publisher(
+                    without_circuit(self.settings.amqp), name=f"{self.settings.namespace}-relay"
+                )
             )
             exchanges = ExchangeCheck(self.settings)
             stack.push_async_callback(exchanges.close)

@@ -1,15 +1,34 @@
-"""Re-publish pending ledger rows (``rabbitry requeue``), streaming.
+"""Re-publish pending ledger rows (seed 2's ``flqueue:messages:process``), streaming.
 
 A run takes the rows matching its filter that exist when it starts, oldest first, one batch at
-a time: lease the batch (:meth:`Ledger.claim`), publish it with confirms and *no* fallback,
-then mark each row processed only if the broker confirmed it, or pending again with
-``attempts + 1`` and ``last_error``. A failed row never stops the others. Leasing, publishing
-and marking overlap (three batches at most in memory, whatever the number of rows); the
-progress callback sees each batch's outcomes once they are recorded.
+a time: lease the batch (:meth:`Ledger.claim`), re-check the lease right before publishing
+(:func:`~rabbitry.outbox.leases.renew`: a row another run took over while this one was paused
+is not published again), publish with confirms and *no* fallback, then mark each row processed
+only if the broker confirmed it, or pending again with ``attempts + 1`` and ``last_error``. A
+failed row never stops the others. Leasing, publishing and marking overlap (three batches at
+most in memory, whatever the number of rows); the progress callback sees each batch's outcomes
+once they are recorded.
+
+What is not the rows' fault is not held against them:
+
+* rows of an exchange that does not exist (or was deleted during the run) fail alone, and are
+  published in a publish of their own, so that the channel the broker closes over them takes
+  no other exchange's rows with it (:mod:`rabbitry.outbox.exchanges`);
+* when a whole batch fails, the run asks whether the broker is reachable before recording
+  anything. If it is not, the batch is given back untouched and the run waits for the broker
+  (``broker_wait``), then tries the batch again; if the broker stays away it stops, leaving the
+  rest untouched, and its report says so. If it is, the batch is tried once more, and that
+  outcome is recorded;
+* rows leased by another run are skipped and counted (``skipped``).
+
+A run stops early when ``stopping`` is set (``rabbitry requeue`` sets it on SIGTERM/SIGINT):
+the batch being published is finished and marked, the batches leased ahead are given back
+(:func:`~rabbitry.outbox.leases.release`), and the report says why it stopped.
 
 The re-published message is the stored one: same message id, body bytes and headers, so a
-consumer can drop a copy it already handled. Delivery is at-least-once: a run killed between
-the broker's confirm and the database update leaves rows pending that were delivered.
+consumer can drop a copy it already handled. Delivery is at-least-once: a run killed (SIGKILL)
+between the broker's confirm and the database update leaves the batch in flight pending,
+leased until its lease ends; that batch, at most, is sent again.
 """
 
 from __future__ import annotations
@@ -20,11 +39,13 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rabbitry.errors import MessageError, StorageError
 from rabbitry.messaging.envelope import Message
-from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
+from rabbitry.messaging.publisher import Publisher, PublishStatus
+from rabbitry.messaging.settings import AmqpSettings
+from rabbitry.outbox import leases
 from rabbitry.outbox.exchanges import ExchangeCheck
 from rabbitry.outbox.filters import RequeueFilter
 from rabbitry.outbox.ledger import Cursor, Ledger, PendingRow
@@ -32,12 +53,14 @@ from rabbitry.outbox.ledger import Cursor, Ledger, PendingRow
 log = logging.getLogger(__name__)
 
 MAX_DISTINCT_ERRORS = 20
+TAKEN_OVER = "taken over by another run after this run's lease ended"
+STOP_ASKED = "asked to stop"
 
 
 @dataclass(frozen=True, slots=True)
 class RequeueOptions:
-    """How a run proceeds. The relay respects back-off and stops at a wholly failed batch (the
-    broker is most likely still down); a user's run tries everything."""
+    """How a run proceeds. The relay respects back-off, stops at a wholly failed batch and
+    never waits for the broker (its next pass probes again); a user's run tries everything."""
 
     batch_size: int = 500
     # Longer than a batch can take (publish timeout + connect timeout), so no other run
@@ -45,12 +68,17 @@ class RequeueOptions:
     lease: dt.timedelta = dt.timedelta(seconds=120)
     respect_backoff: bool = False
     stop_on_failed_batch: bool = False
+    # How long a run waits, in all, for a broker that went away before it stops and leaves
+    # the remaining rows untouched.
+    broker_wait: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
 class RowOutcome:
     row: PendingRow
     error: str | None = None
+    # False for a row failed without a publish (its exchange is missing, it is corrupt).
+    tried: bool = True
 
     @property
     def published(self) -> bool:
@@ -61,17 +89,30 @@ class RowOutcome:
 class RequeueReport:
     published: int = 0
     failed: int = 0
-    stopped_early: bool = False
+    # Rows another run holds (leased when this one reached them, or taken over later).
+    skipped: int = 0
+    # Rows of this run left pending and untouched because it stopped before them.
+    left: int = 0
+    # Why the run ended before its last row (None: it did not).
+    stopped: str | None = None
     errors: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return self.failed == 0
 
+    @property
+    def stopped_early(self) -> bool:
+        return self.stopped is not None
+
     def summary(self) -> str:
         text = f"{self.published} published, {self.failed} failed"
-        if self.stopped_early:
-            text += " (stopped early: a whole batch failed)"
+        if self.skipped:
+            text += f", {self.skipped} skipped (held by another run, which sends them)"
+        if self.stopped is not None:
+            text += f"; stopped early: {self.stopped}"
+            if self.left:
+                text += f"; {self.left} row(s) left pending, untouched"
         return text
 
 
@@ -90,8 +131,10 @@ async def requeue(
 ) -> RequeueReport:
     """Re-publish the pending rows matching ``where``; see the module docstring.
 
-    With ``exchanges``, rows whose exchange no longer exists fail on their own instead of
-    taking their batch down with them (see :mod:`rabbitry.outbox.exchanges`).
+    With ``exchanges``, rows whose exchange no longer exists fail on their own, and a wholly
+    failed batch is told apart from a broker that is down. ``publisher`` should have no
+    circuit breaker (``circuit_open_seconds=0``, as :func:`without_circuit` gives): a run
+    decides itself when the broker is down, and a circuit would fail rows without trying them.
 
     Raises :class:`StorageError` if the database fails (rows leased so far are released when
     possible, else their lease expires).
@@ -126,11 +169,13 @@ class _Run:
         self.where = where
         self.options = options
         self.progress = progress
-        self.stopping = stopping
+        self.stopping = stopping or asyncio.Event()
         self.exchanges = exchanges
         self.token = str(uuid.uuid4())
-        self.leased: set[int] = set()
         self.report = RequeueReport()
+        self.waited = 0.0
+        # (created_at, id) of the last row of the last batch whose outcome is recorded.
+        self.recorded_upto: tuple[dt.datetime, int] | None = None
 
     async def go(self, cursor: Cursor) -> RequeueReport:
         batches: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
@@ -140,12 +185,18 @@ class _Run:
             while (batch := await batches.get()) is not None:
                 if isinstance(batch, BaseException):
                     raise batch
-                outcomes = await _publish(self.publisher, batch, self.exchanges)
+                outcomes = await self._publish_batch(batch)
+                if outcomes is None:  # the broker is gone: the batch stays untouched
+                    break
                 if settling is not None:
                     await settling
                 settling = asyncio.create_task(self._settle(outcomes))
-                if self.options.stop_on_failed_batch and all(o.error for o in outcomes):
-                    self.report.stopped_early = True
+                self.recorded_upto = (batch[-1].created_at, batch[-1].id)
+                if self.options.stop_on_failed_batch and _wholly_failed(outcomes):
+                    self.report.stopped = "a whole batch failed"
+                    break
+                if self.stopping.is_set():
+                    self.report.stopped = STOP_ASKED
                     break
             if settling is not None:
                 await settling
@@ -156,23 +207,44 @@ class _Run:
                 # Published rows: record them, or a later run publishes them again.
                 await asyncio.gather(settling, return_exceptions=True)
             with contextlib.suppress(StorageError):
-                await self.ledger.release(self.token, sorted(self.leased))
+                await leases.release(self.ledger, self.token)
+        with contextlib.suppress(StorageError):
+            await self._count_the_rest(cursor.max_id)
         return self.report
+
+    async def _count_the_rest(self, max_id: int) -> None:
+        """Rows another run holds (skipped), and, if this run stopped early, the rows it left
+        untouched: those after the last batch it recorded, not held by another run."""
+        self.report.skipped = await leases.held_elsewhere(
+            self.ledger, self.where, max_id, self.token
+        )
+        if self.report.stopped is not None:
+            self.report.left = await leases.untouched(
+                self.ledger, self.where, max_id, self.recorded_upto
+            )
 
     async def _claim_ahead(self, cursor: Cursor, batches: asyncio.Queue[Batch]) -> None:
         try:
-            while self.stopping is None or not self.stopping.is_set():
-                rows = await self.ledger.claim(
-                    self.where,
-                    cursor,
-                    token=self.token,
-                    limit=self.options.batch_size,
-                    lease=self.options.lease,
-                    respect_backoff=self.options.respect_backoff,
+            while not self.stopping.is_set():
+                claim = asyncio.ensure_future(
+                    self.ledger.claim(
+                        self.where,
+                        cursor,
+                        token=self.token,
+                        limit=self.options.batch_size,
+                        lease=self.options.lease,
+                        respect_backoff=self.options.respect_backoff,
+                    )
                 )
+                try:
+                    # Shielded: a claim cancelled halfway could commit its lease after the run
+                    # released the rest; let it finish, so the release at the end covers it.
+                    rows = await asyncio.shield(claim)
+                except asyncio.CancelledError:
+                    await asyncio.gather(claim, return_exceptions=True)
+                    raise
                 if not rows:
                     break
-                self.leased.update(row.id for row in rows)
                 cursor = Cursor(cursor.max_id, rows[-1].created_at, rows[-1].id)
                 await batches.put(rows)
         except Exception as exc:  # handed to the publishing loop, which raises it
@@ -180,40 +252,107 @@ class _Run:
             return
         await batches.put(None)
 
+    async def _publish_batch(self, batch: list[PendingRow]) -> list[RowOutcome] | None:
+        """Publish the rows of ``batch`` this run still holds; ``None`` when the broker is
+        unreachable and the run stops (the batch untouched)."""
+        while True:
+            held = await leases.renew(
+                self.ledger, self.token, [r.id for r in batch], self.options.lease
+            )
+            if len(held) < len(batch):
+                self.report.skipped += len(batch) - len(held)
+                log.warning("requeue: %d row(s) %s", len(batch) - len(held), TAKEN_OVER)
+                batch = [r for r in batch if r.id in held]
+            if not batch:
+                return []
+            outcomes = await _publish(self.publisher, batch, self.exchanges)
+            if not _wholly_failed(outcomes) or self.exchanges is None:
+                return outcomes
+            if await self.exchanges.reachable():
+                # The broker answers: the failure was the messages', or a connection that has
+                # just been replaced. One more try tells; its outcome is recorded as it is.
+                return await _publish(self.publisher, batch, self.exchanges)
+            if not await self._wait_for_broker():
+                self.report.stopped = (
+                    STOP_ASKED
+                    if self.stopping.is_set()
+                    else f"the broker is unreachable ({outcomes[0].error}); "
+                    f"waited {self.waited:g}s for it"
+                )
+                return None
+
+    async def _wait_for_broker(self) -> bool:
+        """Wait (in all, at most ``broker_wait`` seconds per run) until the broker takes a
+        connection again; False when it did not, or the run was asked to stop."""
+        delay = 0.5
+        assert self.exchanges is not None
+        while self.waited < self.options.broker_wait and not self.stopping.is_set():
+            pause = min(delay, self.options.broker_wait - self.waited)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=pause)
+            self.waited += pause
+            delay = min(delay * 2, 5.0)
+            if not self.stopping.is_set() and await self.exchanges.reachable():
+                log.info("requeue: the broker is back after %gs", self.waited)
+                return True
+        return False
+
     async def _settle(self, outcomes: Sequence[RowOutcome]) -> None:
         await self.ledger.settle(
             self.token,
             published=[o.row.id for o in outcomes if o.error is None],
             failed=[(o.row.id, o.row.attempts, o.error) for o in outcomes if o.error],
         )
-        self.leased.difference_update(o.row.id for o in outcomes)
         _count(self.report, outcomes)
         if self.progress is not None:
             self.progress(outcomes)
+
+
+def _wholly_failed(outcomes: Sequence[RowOutcome]) -> bool:
+    """Every row failed, and some were sent: the broker may be down."""
+    return all(o.error is not None for o in outcomes) and any(o.tried for o in outcomes)
 
 
 async def _publish(
     publisher: Publisher, rows: Sequence[PendingRow], exchanges: ExchangeCheck | None
 ) -> list[RowOutcome]:
     outcomes: dict[int, RowOutcome] = {}
-    items: list[tuple[Message, Route]] = []
-    sent: list[PendingRow] = []
+    groups: dict[str, list[tuple[PendingRow, Message]]] = {}
     missing = await exchanges.missing({r.exchange for r in rows}) if exchanges else set()
     for row in rows:
+        error: str | None
         if row.exchange in missing:
-            outcomes[row.id] = RowOutcome(row, f"exchange {row.exchange!r} does not exist")
+            outcomes[row.id] = RowOutcome(row, _no_exchange(row.exchange), tried=False)
             continue
         try:
-            items.append((row.message(), row.route()))
+            groups.setdefault(row.exchange, []).append((row, row.message()))
         except MessageError as exc:
-            outcomes[row.id] = RowOutcome(row, f"cannot rebuild the stored message: {exc}")
-            continue
-        sent.append(row)
-    results = await publisher.publish_many(items, use_fallback=False)
-    for row, result in zip(sent, results, strict=True):
-        error = None if result.status is PublishStatus.PUBLISHED else result.error or "failed"
-        outcomes[row.id] = RowOutcome(row, error)
+            error = f"cannot rebuild the stored message: {exc}"
+            outcomes[row.id] = RowOutcome(row, error, tried=False)
+    # One publish per exchange: publishing to a missing exchange closes the channel, and
+    # whatever else was in flight on it would fail (or, confirmed a moment before, be
+    # reported failed and sent again by a later run).
+    for exchange, group in groups.items():
+        results = await publisher.publish_many(
+            [(message, row.route()) for row, message in group], use_fallback=False
+        )
+        failed = any(r.status is not PublishStatus.PUBLISHED for r in results)
+        gone = failed and exchanges is not None and await exchanges.recheck(exchange) is False
+        for (row, _), result in zip(group, results, strict=True):
+            error = None
+            if result.status is not PublishStatus.PUBLISHED:
+                error = _no_exchange(exchange) if gone else result.error or "failed"
+            outcomes[row.id] = RowOutcome(row, error)
     return [outcomes[row.id] for row in rows]
+
+
+def _no_exchange(name: str) -> str:
+    return f"exchange {name!r} does not exist"
+
+
+def without_circuit(amqp: AmqpSettings) -> AmqpSettings:
+    """The settings of a run's publisher: no circuit breaker (see :func:`requeue`)."""
+    return replace(amqp, circuit_open_seconds=0.0)
 
 
 def _count(report: RequeueReport, outcomes: Sequence[RowOutcome]) -> None:
