@@ -24,6 +24,20 @@ def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
     raise typer.Exit(code)
 
 
+def text(value: str, what: str) -> str:
+    """``value`` if it is valid UTF-8, else a one-line usage error (exit 2).
+
+    An argument whose bytes are not UTF-8 reaches Python with lone surrogates standing for
+    the bad bytes (PEP 383): it would fail later, when encoded, with a traceback.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = value[:60].encode("utf-8", "backslashreplace").decode("utf-8")
+        fail(f"{what} is not valid UTF-8: {shown}")
+    return value
+
+
 def settings(ctx: typer.Context) -> Settings:
     """The settings parsed once by the root command (``--config``), cached on the context."""
     root = ctx.find_root()

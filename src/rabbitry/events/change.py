@@ -199,7 +199,12 @@ def parse_time(text: str) -> dt.datetime:
         ) from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC)
+    try:
+        return value.astimezone(dt.UTC)
+    except (OverflowError, ValueError):
+        # Hours from year 1 or year 9999 in another zone: the beginning or the end of time.
+        edge = dt.datetime.min if value.year == dt.MINYEAR else dt.datetime.max
+        return edge.replace(tzinfo=dt.UTC)
 
 
 def _change_type(value: object) -> ChangeType:

@@ -76,8 +76,16 @@ def parse_filter(
         raise FilterError("TO needs FROM: give FROM as well (FROM may be given alone)")
     if since is not None and until is not None and until < since:
         raise FilterError(f"TO ({date_to}) is before FROM ({date_from})")
-    before = until + dt.timedelta(seconds=1) if until is not None else None
+    before = _after(until) if until is not None else None
     return RequeueFilter(queue=name, since=since, before=before, origin=origin)
+
+
+def _after(until: dt.datetime) -> dt.datetime | None:
+    """The exclusive bound just after ``until``'s second; none at the end of the calendar."""
+    try:
+        return until + dt.timedelta(seconds=1)
+    except OverflowError:
+        return None  # TO is 9999-12-31 23:59:59: every row is before it
 
 
 def _blank_to_none(value: str | None) -> str | None:
@@ -98,6 +106,12 @@ def _parse_date(what: str, value: str | None, tz: dt.tzinfo | None) -> dt.dateti
         naive = dt.datetime.strptime(text, DATE_FORMAT)
     except ValueError:
         raise FilterError(f"{what} {text!r} is not a date in the form {DATE_HINT}") from None
-    # A naive datetime's astimezone() reads it in the machine's local zone (DST included).
-    local = naive.replace(tzinfo=tz) if tz is not None else naive.astimezone()
-    return local.astimezone(dt.UTC)
+    try:
+        # A naive datetime's astimezone() reads it in the machine's local zone (DST included).
+        local = naive.replace(tzinfo=tz) if tz is not None else naive.astimezone()
+        return local.astimezone(dt.UTC)
+    except (OverflowError, ValueError, OSError):
+        # Within hours of year 1 or year 9999 the conversion leaves the calendar (how depends
+        # on the zone): such a bound means "from the beginning" or "to the end".
+        edge = dt.datetime.min if naive.year == dt.MINYEAR else dt.datetime.max
+        return edge.replace(tzinfo=dt.UTC)

@@ -59,10 +59,19 @@ class Database:
             raise StorageError(f"database error: {type(exc).__name__}: {exc}") from exc
 
     async def upgrade(self, revision: str = "head") -> None:
-        """Apply Alembic migrations up to ``revision``."""
+        """Apply Alembic migrations up to ``revision``.
+
+        Raises :class:`StorageError` with the driver's one-line reason (an unreachable server,
+        a missing database, a failed migration), never the driver's own exception.
+        """
         from alembic import command  # imported here: it is slow, and only migrations need it
 
-        await asyncio.to_thread(command.upgrade, alembic_config(self.url), revision)
+        try:
+            await asyncio.to_thread(command.upgrade, alembic_config(self.url), revision)
+        except StorageError:
+            raise
+        except Exception as exc:  # Alembic and every driver raise their own types
+            raise StorageError(f"cannot migrate the database: {_reason(exc)}") from exc
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -84,6 +93,13 @@ async def open_database(url: str, *, upgrade: bool = True) -> AsyncIterator[Data
         yield database
     finally:
         await database.close()
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of what the driver said (SQLAlchemy appends the statement and a link)."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__
 
 
 def alembic_config(url: str) -> Config:
