@@ -1,4 +1,5 @@
-"""``rabbitry requeue``, ``rabbitry queues sync|list`` and ``rabbitry db upgrade``.
+"""``rabbitry requeue`` (:mod:`.requeue_commands`), ``rabbitry queues sync|list`` and
+``rabbitry db upgrade``.
 
 ``requeue`` re-sends what the outbox stored::
 
@@ -10,24 +11,17 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Sequence
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from rabbitry.config import Settings
 from rabbitry.console import fail, run, settings
 from rabbitry.errors import StorageError
-from rabbitry.messaging.publisher import Publisher
-from rabbitry.outbox import deadletter_commands, ledger_commands, registry
-from rabbitry.outbox.exchanges import ExchangeCheck
-from rabbitry.outbox.filters import FilterError, RequeueFilter, parse_filter
+from rabbitry.outbox import deadletter_commands, ledger_commands, registry, requeue_commands
 from rabbitry.outbox.ledger import Ledger
-from rabbitry.outbox.requeue import RequeueOptions, RequeueReport, RowOutcome, requeue
 from rabbitry.storage import Database
 
 queues_app = typer.Typer(
@@ -43,122 +37,11 @@ def _schema_hint(exc: StorageError) -> StorageError:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("requeue")(requeue_command)
+    app.command("requeue")(requeue_commands.requeue_command)
     app.add_typer(queues_app, name="queues")
     app.add_typer(db_app, name="db")
     ledger_commands.register(app)
     deadletter_commands.register(app)
-
-
-# --- requeue ------------------------------------------------------------------------------
-
-
-def requeue_command(
-    ctx: typer.Context,
-    queue: Annotated[
-        str | None,
-        typer.Argument(metavar="QUEUE", help="Registry queue (publisher) name; '' for any."),
-    ] = None,
-    date_from: Annotated[
-        str | None,
-        typer.Argument(metavar="FROM", help="'YYYY-MM-DD HH:MM:SS', inclusive; '' for none."),
-    ] = None,
-    date_to: Annotated[
-        str | None,
-        typer.Argument(metavar="TO", help="'YYYY-MM-DD HH:MM:SS', inclusive; needs FROM."),
-    ] = None,
-    verbose: Annotated[
-        int, typer.Option("--verbose", "-v", count=True, help="List every row.")
-    ] = 0,
-    utc: Annotated[
-        bool, typer.Option("--utc", help="FROM/TO and listed times in UTC, not local time.")
-    ] = False,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, max=10_000, help="Rows per batch.")
-    ] = 500,
-) -> None:
-    """Publish pending outbox rows again (oldest first), marking each once confirmed.
-
-    A row the broker did not confirm stays pending with its error, for a later run.
-    Exit 0 when all were published, 1 when any failed, 2 on bad arguments.
-
-    Example: rabbitry requeue my_publisher '2024-07-01 00:00:00' '2024-07-01 23:59:59' -v
-    """
-    zone = dt.UTC if utc else None
-    try:
-        where = parse_filter(queue, date_from, date_to, tz=zone)
-    except FilterError as exc:
-        fail(str(exc))
-    config = settings(ctx)
-    if not config.rabbit_active:
-        fail("rabbit_active is false: the broker is switched off, nothing was sent", code=1)
-    report = run(_requeue(config, where, verbose=verbose > 0, zone=zone, batch_size=batch_size))
-    print(f"requeue: {report.summary()}")
-    for error, count in sorted(report.errors.items(), key=lambda item: -item[1])[:5]:
-        print(f"  {count} x {error}")
-    if not report.ok:
-        raise typer.Exit(1)
-
-
-async def _requeue(
-    config: Settings,
-    where: RequeueFilter,
-    *,
-    verbose: bool,
-    zone: dt.tzinfo | None,
-    batch_size: int,
-) -> RequeueReport:
-    console = Console(stderr=True)
-    async with (
-        Database(config.sql_url) as db,
-        Publisher(config.amqp, name=f"{config.namespace}-requeue") as pub,
-    ):
-        await db.upgrade()  # a fresh database gets its tables, as with every other command
-        ledger = Ledger(db)
-        exchanges = ExchangeCheck(config)
-        try:
-            total = await ledger.count(where)
-        except StorageError as exc:
-            raise _schema_hint(exc) from exc
-        if total == 0 and where.queue and await registry.get_queue(db, where.queue) is None:
-            console.print(f"note: {where.queue!r} is not in the registry and has no pending rows")
-        out = Console(highlight=False, soft_wrap=True)
-        with Progress(
-            TextColumn("requeue"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            disable=not console.is_terminal,
-            transient=True,
-        ) as progress:
-            task = progress.add_task("requeue", total=total)
-
-            def show(outcomes: Sequence[RowOutcome]) -> None:
-                progress.advance(task, len(outcomes))
-                if verbose:
-                    for outcome in outcomes:
-                        out.print(_describe(outcome, zone), markup=False)
-
-            try:
-                return await requeue(
-                    ledger,
-                    pub,
-                    where,
-                    options=RequeueOptions(batch_size=batch_size),
-                    progress=show,
-                    exchanges=exchanges,
-                )
-            finally:
-                await exchanges.close()
-
-
-def _describe(outcome: RowOutcome, zone: dt.tzinfo | None) -> str:
-    row = outcome.row
-    when = row.created_at.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
-    status = "published" if outcome.published else "failed"
-    line = f"{status:<9} #{row.id} {row.queue} {when} {row.message_id}"
-    return line if outcome.published else f"{line} {outcome.error}"
 
 
 # --- queues -------------------------------------------------------------------------------
