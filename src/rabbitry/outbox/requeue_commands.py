@@ -157,13 +157,17 @@ async def _main(
 @contextlib.contextmanager
 def _handling(handler: Callable[[signal.Signals], None]) -> Iterator[None]:
     loop = asyncio.get_running_loop()
-    signals = (signal.SIGTERM, signal.SIGINT)
-    for number in signals:
-        loop.add_signal_handler(number, handler, number)
+    installed: list[signal.Signals] = []
+    for number in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(number, handler, number)
+        except (RuntimeError, ValueError):
+            break  # not the main thread (the command run from a test or another program)
+        installed.append(number)
     try:
         yield
     finally:
-        for number in signals:
+        for number in installed:
             loop.remove_signal_handler(number)
 
 
