@@ -10,6 +10,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
+CounterChild = Counter
+"""What ``COUNTER.labels(...)`` returns (prometheus_client types it as the counter itself)."""
+
 PUBLISHED = Counter(
     "rabbitry_published", "Messages handed to the broker", ["target"], registry=REGISTRY
 )

@@ -10,7 +10,7 @@ import asyncio
 import datetime as dt
 import struct
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -33,6 +33,7 @@ from rabbitry.amqp.url import Endpoint
 from rabbitry.messaging.consumer import Consumer, Subscription
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.retry import RetryPolicy
+from rabbitry.messaging.sender import Sender
 from rabbitry.messaging.settings import AmqpSettings
 
 PROPS = Properties(delivery_mode=2)
@@ -505,3 +506,31 @@ async def test_a_consumer_cancelled_by_the_broker_acks_its_work_in_flight_then_c
     feed(link, 0, commands.Connection.CloseOk())
     link.connection_lost(None)
     await asyncio.wait_for(asyncio.shield(link.closed), 1)
+
+
+async def test_a_message_whose_headers_cannot_be_written_fails_alone_in_a_batch() -> None:
+    link, transport = await open_link()
+    sender = Sender(AmqpSettings(url="amqp://unused/"), "t", open_link=_returning(link))
+    items = [
+        Outgoing("", "q", b"a", PROPS),
+        Outgoing("", "q", b"b", Properties(headers={"rr_delay": Int64(2**70)})),
+        Outgoing("", "q", b"c", PROPS),
+    ]
+    sending = asyncio.ensure_future(sender.send(items))
+    await turns(4)
+    assert [f.value for f in transport.frames() if isinstance(f, pamqp_body.ContentBody)] == [
+        b"a",
+        b"c",
+    ]
+    feed(link, 1, commands.Basic.Ack(2, multiple=True))
+    verdicts = await sending
+    assert [outcome for outcome, _ in verdicts] == [Outcome.ACKED, Outcome.UNFIT, Outcome.ACKED]
+    assert "'rr_delay'" in verdicts[1][1]
+    link.connection_lost(None)
+
+
+def _returning(link: Link) -> Callable[[], Awaitable[Link]]:
+    async def opened() -> Link:
+        return link
+
+    return opened

@@ -44,10 +44,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# While many publishes are encoded in one go, write every this many frame pieces (about 40
-# messages) instead of all at the end: the broker works on the first ones while the rest are
-# encoded, rather than waiting for all of them and then making us wait for it.
-_EAGER_PIECES = 1 << 30
+# When many single publishes are made in one loop turn, write every this many frame pieces
+# (about 40 messages) instead of all at the end of the turn: the broker works on the first
+# ones while the rest are encoded, rather than waiting for all of them and then making us
+# wait for it.
+_EAGER_PIECES = 1024
 
 # RabbitMQ names the exchange a refused publish went to in its reply text.
 _REFUSED_EXCHANGE = re.compile(r"exchange '(.*?)' in vhost")
@@ -275,11 +276,12 @@ class Link(AmqpProtocol):
         return future
 
     async def publish_many(self, items: Sequence[Outgoing]) -> list[Outcome]:
-        """Publish ``items`` and wait for all confirms; outcomes in item order.
+        """Publish ``items`` in one write and wait for all confirms; outcomes in item order.
 
-        Frames leave in a few writes as they are encoded, so the broker starts on the first
-        messages while the last are encoded. If any item cannot be encoded, :class:`Unfit`
-        says which and nothing is written.
+        Waits first while the transport is paused, and otherwise writes before it first
+        yields: calls started one after another leave in that order, each as soon as it is
+        encoded. If any item cannot be encoded, :class:`Unfit` says which and nothing of this
+        call is written.
         """
         if not items:
             return []
@@ -289,11 +291,8 @@ class Link(AmqpProtocol):
         frames = self._encode_all(items)
         future: asyncio.Future[list[Outcome]] = self._loop.create_future()
         confirms.add(tuple(items), future, False, frames.encoded)
-        out = self._out
-        pieces = frames.pieces
-        for start in range(0, len(pieces), _EAGER_PIECES):
-            out += pieces[start : start + _EAGER_PIECES]
-            self._flush()
+        self._out += frames.pieces
+        self._flush()
         return await future
 
     def _encode_all(self, items: Sequence[Outgoing]) -> _Encoded:
@@ -303,8 +302,9 @@ class Link(AmqpProtocol):
         last_properties: Properties | None = None
         encoded = b""
         unfit: dict[int, str] = {}
-        for index, item in enumerate(items):
+        for index in range(len(items)):
             try:
+                item = items[index]  # a lazy sequence encodes the message now
                 if item.properties is not last_properties:  # batches often share one
                     encoded = encode_properties(item.properties)
                     last_properties = item.properties

@@ -63,6 +63,18 @@ class Properties:
 EMPTY = Properties()
 _new = object.__new__
 _set = object.__setattr__
+_NAMES = frozenset(Properties.__dataclass_fields__)
+
+
+def properties_of(fields: Mapping[str, Any]) -> Properties:
+    """``Properties(**fields)`` without the frozen ``__init__``'s 13 guarded setattrs (most of
+    the cost of building one per published message); ``TypeError`` for an unknown name."""
+    if not fields.keys() <= _NAMES:
+        unknown = ", ".join(sorted(fields.keys() - _NAMES))
+        raise TypeError(f"unknown basic properties: {unknown}")
+    props = _new(Properties)
+    _set(props, "__dict__", dict(fields))
+    return props
 
 
 def _shortstr(value: str) -> bytes:

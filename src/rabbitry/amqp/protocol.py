@@ -171,8 +171,12 @@ class AmqpProtocol(asyncio.Protocol):
             raise
         return link
 
+    def abort(self, exc: LinkClosed) -> None:
+        """Give up on the connection now: everything pending fails with ``exc`` and the socket
+        is dropped without a farewell (for a broker that no longer answers)."""
+        self._abort(exc)
+
     def _abort(self, exc: LinkClosed) -> None:
-        """Fail everything and drop the socket now, without a farewell."""
         transport = self._transport
         self._terminate(exc)
         if transport is not None:

@@ -12,13 +12,15 @@ width, ``rr_headers`` as bytes, string or null, ``rr_auto_ack`` missing, unknown
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
-import uuid
+import os
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rabbitry.amqp.fieldtable import Int64
+from rabbitry.amqp.fieldtable import EncodedTable, Int64, encode_fields
 from rabbitry.errors import MessageError
 
 CONTENT_TYPE = "application/json"
@@ -48,6 +50,9 @@ RR_HEADERS = (
 
 Json = Any
 
+_RR_NAMES = frozenset(RR_HEADERS)
+_LENGTH = struct.Struct(">I")
+
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -64,7 +69,7 @@ class Message:
 
     type: str
     payload: Json
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = field(default_factory=lambda: new_id())
     headers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     pipeline: str = ""
     delay: int = 0
@@ -90,26 +95,43 @@ class Message:
         return encode_body(self.payload)
 
 
+# One encoder for every body: json.dumps with options builds a new one per call (~0.7 µs).
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def new_id() -> str:
+    """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` but in half the time:
+    every published message gets one."""
+    bits = int.from_bytes(os.urandom(16), "big")
+    bits = bits & ~(0xF000 << 64) & ~(0xC000 << 48) | (0x4000 << 64) | (0x8000 << 48)
+    text = f"{bits:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
 def encode_body(payload: Json) -> bytes:
     """Compact UTF-8 JSON, the form PHP's ``json_decode`` and RoadRunner expect."""
     try:
-        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        return _JSON.encode(payload).encode()
     except (TypeError, ValueError) as exc:
         raise MessageError(f"payload is not JSON-serialisable: {exc}") from exc
 
 
 def encode_headers(message: Message) -> dict[str, Any]:
     """The AMQP header table of ``message``, rr_* first, typed for :mod:`fieldtable`."""
-    # A bare string is one value, not a list of characters.
-    user_headers = {
-        name: [values] if isinstance(values, str) else list(values)
-        for name, values in message.headers.items()
-    }
+    if message.headers:
+        # A bare string is one value, not a list of characters.
+        user_headers = {
+            name: [values] if isinstance(values, str) else list(values)
+            for name, values in message.headers.items()
+        }
+        encoded = json.dumps(user_headers, separators=(",", ":")).encode()
+    else:
+        encoded = b"{}"  # most messages: no need to ask json
     headers: dict[str, Any] = {
         "rr_id": message.id,
         "rr_job": message.type,
         "rr_pipeline": message.pipeline,
-        "rr_headers": json.dumps(user_headers, separators=(",", ":")).encode(),
+        "rr_headers": encoded,
         "rr_delay": Int64(message.delay),
         "rr_priority": Int64(message.priority),
         "rr_auto_ack": message.auto_ack,
@@ -127,18 +149,56 @@ def encode_headers(message: Message) -> dict[str, Any]:
     return headers
 
 
+def _header_table(message: Message) -> EncodedTable:
+    """:func:`encode_headers`, with its encoding: only ``rr_id`` and the extras are encoded
+    per message; the other six ``rr_*`` fields repeat from one message to the next."""
+    headers = encode_headers(message)
+    encoded = encode_fields({"rr_id": message.id}) + _rr_fields(
+        message.type,
+        message.pipeline,
+        headers["rr_headers"],
+        message.delay,
+        message.priority,
+        message.auto_ack,
+    )
+    if len(headers) > len(RR_HEADERS):
+        encoded += encode_fields({k: v for k, v in headers.items() if k not in _RR_NAMES})
+    return EncodedTable(headers, _LENGTH.pack(len(encoded)) + encoded)
+
+
+@functools.lru_cache(maxsize=512)
+def _rr_fields(
+    job: str, pipeline: str, user_headers: bytes, delay: int, priority: int, auto_ack: bool
+) -> bytes:
+    return encode_fields(
+        {
+            "rr_job": job,
+            "rr_pipeline": pipeline,
+            "rr_headers": user_headers,
+            "rr_delay": Int64(delay),
+            "rr_priority": Int64(priority),
+            "rr_auto_ack": auto_ack,
+        }
+    )
+
+
 def encode(message: Message) -> tuple[dict[str, Any], bytes]:
     """Return (basic properties as keyword arguments, body bytes) for ``message``."""
+    return encode_properties(message), message.body()
+
+
+def encode_properties(message: Message) -> dict[str, Any]:
+    """The basic properties of ``message`` as keyword arguments (its body aside)."""
     properties: dict[str, Any] = {
         "content_type": CONTENT_TYPE,
         "delivery_mode": PERSISTENT,
         "message_id": message.id,
         "timestamp": message.timestamp,
-        "headers": encode_headers(message),
+        "headers": _header_table(message),
     }
     if message.correlation_id is not None:
         properties["correlation_id"] = message.correlation_id
-    return properties, message.body()
+    return properties
 
 
 def decode(
@@ -170,7 +230,7 @@ def decode(
         raise MessageError(f"body is not UTF-8: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise MessageError(f"body is not JSON: {exc}") from exc
-    rr_id = _text(table.get("rr_id")) or message_id or str(uuid.uuid4())
+    rr_id = _text(table.get("rr_id")) or message_id or new_id()
     extra = {k: v for k, v in table.items() if k not in _KNOWN}
     return Message(
         type=job,
@@ -223,6 +283,8 @@ def _int(value: Any, default: int) -> int:
 
 def _user_headers(value: Any) -> dict[str, tuple[str, ...]]:
     """``rr_headers``: JSON object of string lists as bytes or string; null and junk give {}."""
+    if value == b"{}" or value == "{}":  # what Rabbitry and RoadRunner send without headers
+        return {}
     text = _text(value)
     if not text:
         return {}

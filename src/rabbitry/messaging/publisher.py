@@ -24,16 +24,17 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, overload
 
 from rabbitry import metrics
 from rabbitry.amqp.link import Link, Outcome, Outgoing
-from rabbitry.amqp.properties import Properties
+from rabbitry.amqp.properties import properties_of
 from rabbitry.errors import BrokerError
 from rabbitry.messaging import envelope
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.sender import Sender
 from rabbitry.messaging.settings import AmqpSettings
+from rabbitry.metrics import CounterChild
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,36 @@ class Fallback(Protocol):
 
 def to_outgoing(message: Message, route: Route) -> Outgoing:
     props, body = envelope.encode(message)
-    return Outgoing(route.exchange, route.routing_key, body, Properties(**props), True)
+    return Outgoing(route.exchange, route.routing_key, body, properties_of(props), True)
+
+
+class _Encoding(Sequence[Outgoing]):
+    """A call's messages, encoded as the sender asks for each one.
+
+    The sender writes a large batch in parts, and the broker starts on the first part while
+    the next is encoded. The bodies are encoded up front for the whole call, so a payload
+    that is not JSON fails the call (MessageError) before anything is sent.
+    """
+
+    def __init__(self, items: Sequence[tuple[Message, Route]]) -> None:
+        self._items = items
+        self._bodies = [message.body() for message, _ in items]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, index: int) -> Outgoing: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Outgoing]: ...
+
+    def __getitem__(self, index: int | slice) -> Outgoing | Sequence[Outgoing]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        message, route = self._items[index]
+        props = properties_of(envelope.encode_properties(message))
+        return Outgoing(route.exchange, route.routing_key, self._bodies[index], props, True)
 
 
 class Publisher:
@@ -91,6 +121,7 @@ class Publisher:
         self._name = name
         # The circuit breaker's clock; rabbitry.testing's broker substitutes its virtual one.
         self._clock: Callable[[], float] = time.monotonic
+        self._target_counters: dict[str, tuple[CounterChild, CounterChild]] = {}
         # Both seams are looked up at each use, so a subclass or a test may replace them.
         self._sender = Sender(
             self._settings,
@@ -111,9 +142,33 @@ class Publisher:
     async def publish(
         self, message: Message, route: Route, *, use_fallback: bool = True
     ) -> PublishResult:
-        """Publish one message; see the module docstring for the outcomes."""
-        (result,) = await self.publish_many([(message, route)], use_fallback=use_fallback)
+        """Publish one message; see the module docstring for the outcomes.
+
+        Concurrent calls share writes and confirms (see :class:`Sender`); this path is kept
+        lean because services call it once per message.
+        """
+        outgoing = to_outgoing(message, route)
+        published, confirmed = self._counters(_target(route))
+        published.inc()
+        try:
+            ((outcome, reason),) = await self._sender.send((outgoing,))
+        except BrokerError as exc:
+            outcome, reason = None, str(exc)
+        if outcome is Outcome.ACKED:
+            confirmed.inc()
+            return PublishResult(message.id, PublishStatus.PUBLISHED)
+        unfit = {0} if outcome is Outcome.UNFIT else set()
+        (result,) = await self._settle([(message, route)], {0: reason}, unfit, use_fallback)
         return result
+
+    def _counters(self, target: str) -> tuple[CounterChild, CounterChild]:
+        # A label lookup costs more than the increment; publishers reuse a few targets.
+        counters = self._target_counters.get(target)
+        if counters is None:
+            counters = (metrics.PUBLISHED.labels(target), metrics.CONFIRMED.labels(target))
+            if len(self._target_counters) < 1024:
+                self._target_counters[target] = counters
+        return counters
 
     async def publish_many(
         self, items: Sequence[tuple[Message, Route]], *, use_fallback: bool = True
@@ -121,10 +176,10 @@ class Publisher:
         """Publish many messages with one wait for their confirms."""
         if not items:
             return []
-        outgoing = [to_outgoing(message, route) for message, route in items]
+        outgoing = _Encoding(items)
         targets = Counter(_target(route) for _, route in items)
         for target, count in targets.items():
-            metrics.PUBLISHED.labels(target).inc(count)
+            self._counters(target)[0].inc(count)
         failures: dict[int, str] = {}
         unfit: set[int] = set()
         try:
@@ -139,7 +194,7 @@ class Publisher:
                         unfit.add(index)
         if not failures:  # the common case: every message confirmed
             for target, count in targets.items():
-                metrics.CONFIRMED.labels(target).inc(count)
+                self._counters(target)[1].inc(count)
             return [PublishResult(message.id, PublishStatus.PUBLISHED) for message, _ in items]
         return await self._settle(items, failures, unfit, use_fallback)
 

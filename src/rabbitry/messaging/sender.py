@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, overload
 
 from rabbitry import metrics
 from rabbitry.amqp.link import Link, LinkClosed, Outcome, Outgoing, Skipped, Unfit
@@ -41,6 +43,8 @@ _REASONS = {
 }
 # A refused publish takes down what follows it on the channel; each round sends those again.
 _ROUNDS = 4
+# Messages per write when sending many (see _publish).
+_PART = 100
 
 
 class Sender:
@@ -68,6 +72,8 @@ class Sender:
         self._blocked: str | None = None
         self._unblocked = asyncio.Event()
         self._unblocked.set()
+        self._inflight: deque[tuple[float, asyncio.Future[Outcome], Link]] = deque()
+        self._watchdog: asyncio.TimerHandle | None = None
 
     @property
     def blocked(self) -> str | None:
@@ -85,28 +91,29 @@ class Sender:
         channel for a reason it did not pin on one message. A message that cannot be encoded
         gets ``UNFIT`` and is not sent; the others still are.
         """
+        link = self._link
+        if len(items) == 1 and link is not None and link.is_open and self._blocked is None:
+            # The common case, kept short: services publish one message per call.
+            (item,) = items
+            try:
+                verdict = await self._publish_one(link, item)
+            except (TimeoutError, LinkClosed) as exc:
+                raise await self._failed(link, exc) from exc
+            if verdict[0] is not Outcome.SKIPPED:
+                return [verdict]
+            await self._drop(link)  # dropped behind another's refused publish: send it again
         verdicts: list[Verdict] = [_ACKED] * len(items)
         todo = list(range(len(items)))
         for _ in range(_ROUNDS):
             if not todo:
                 return verdicts
             link = await self._connected(wait_unblocked)
-            batch = [items[i] for i in todo]
-            try:
-                outcomes = await self._publish(link, batch)
-            except Unfit as exc:
-                for position, reason in exc.reasons.items():
-                    verdicts[todo[position]] = (Outcome.UNFIT, reason)
-                todo = [i for position, i in enumerate(todo) if position not in exc.reasons]
-                continue
             again: list[int] = []
-            for index, (outcome, reason) in zip(todo, outcomes, strict=True):
-                if outcome is Outcome.ACKED:
-                    continue
-                if outcome is Outcome.SKIPPED:
+            for index, verdict in await self._publish(link, items, todo, verdicts):
+                if verdict[0] is Outcome.SKIPPED:
                     again.append(index)
-                else:
-                    verdicts[index] = (outcome, reason)
+                elif verdict is not _ACKED:
+                    verdicts[index] = verdict
             if again or not link.is_open:
                 await self._drop(link)  # the channel is gone; the next round opens another
             todo = again
@@ -115,47 +122,127 @@ class Sender:
             verdicts[index] = (Outcome.SKIPPED, reason)
         return verdicts
 
-    async def _publish(self, link: Link, batch: Sequence[Outgoing]) -> list[Verdict]:
+    async def _publish(
+        self, link: Link, items: Sequence[Outgoing], todo: list[int], verdicts: list[Verdict]
+    ) -> list[tuple[int, Verdict]]:
+        """Send ``items[i]`` for each ``i`` in ``todo``: (i, verdict) for each one sent;
+        those that cannot be encoded get their verdict in ``verdicts`` and are not sent."""
         try:
+            if len(todo) == 1:
+                return [(todo[0], await self._publish_one(link, items[todo[0]]))]
             async with asyncio.timeout(self._settings.publish_timeout):
-                if len(batch) == 1:
-                    # Single sends from concurrent callers share one write per loop turn.
-                    item = batch[0]
-                    future = link.publish(
-                        item.exchange,
-                        item.routing_key,
-                        item.body,
-                        item.properties,
-                        mandatory=item.mandatory,
-                    )
-                    try:
-                        outcomes = [await future]
-                    except Skipped:
-                        return [(Outcome.SKIPPED, "")]
-                    except LinkClosed as exc:
-                        if exc.reply_code not in _CALLER_ERRORS:
-                            raise
-                        # This message was refused: it fails alone, the broker is fine.
-                        await self._drop(link)
-                        return [(Outcome.REFUSED, f"refused by the broker: {exc}")]
-                else:
-                    outcomes = await link.publish_many(batch)
-        except TimeoutError as exc:
+                return await self._publish_parts(link, items, todo, verdicts)
+        except (TimeoutError, LinkClosed) as exc:
+            raise await self._failed(link, exc) from exc
+
+    async def _failed(self, link: Link, exc: TimeoutError | LinkClosed) -> BrokerError:
+        """What a send that failed with ``exc`` raises; the link is dropped either way."""
+        if isinstance(exc, TimeoutError | _NoConfirm):
             # A broker that does not confirm in time is treated as down: drop the link so
             # the next send reconnects, and let the circuit breaker spare the callers.
             blocked = f" ({BLOCKED}: {self._blocked})" if self._blocked else ""
             await self._trip(link, f"no confirm within the publish timeout{blocked}")
             timeout = self._settings.publish_timeout
-            raise BrokerUnavailable(f"no confirm within {timeout:g}s{blocked}") from exc
+            return BrokerUnavailable(f"no confirm within {timeout:g}s{blocked}")
+        if exc.reply_code in _CALLER_ERRORS:
+            # The broker is fine; a message was wrong. The channel is gone, so reconnect
+            # next time, but don't make other callers wait.
+            await self._drop(link)
+            return PublishFailed(f"refused by the broker: {exc}")
+        await self._trip(link, str(exc))
+        return BrokerUnavailable(f"connection lost while publishing: {exc}")
+
+    async def _publish_parts(
+        self, link: Link, items: Sequence[Outgoing], todo: list[int], verdicts: list[Verdict]
+    ) -> list[tuple[int, Verdict]]:
+        # In parts of _PART messages, one call each, started in order: a call encodes its part
+        # (the items are encoded as they are read) and writes it before the next starts, so
+        # the broker works on one part while the next is encoded, rather than waiting for the
+        # whole batch and then making us wait for it.
+        parts = [
+            (positions, _Part(items, positions))
+            for positions in (todo[i : i + _PART] for i in range(0, len(todo), _PART))
+        ]
+        calls = [asyncio.ensure_future(link.publish_many(part)) for _, part in parts]
+        sent: list[tuple[int, Verdict]] = []
+        try:
+            for (positions, part), call in zip(parts, calls, strict=True):
+                try:
+                    outcomes = await call
+                except Unfit as exc:
+                    for position, reason in exc.reasons.items():
+                        verdicts[positions[position]] = (Outcome.UNFIT, reason)
+                    fit = [p for p in range(len(positions)) if p not in exc.reasons]
+                    positions = [positions[p] for p in fit]
+                    outcomes = await link.publish_many([part[p] for p in fit])
+                verdicts_of = [self._verdict(link, outcome) for outcome in outcomes]
+                sent += zip(positions, verdicts_of, strict=True)
+        finally:
+            for call in calls:
+                if not call.done():
+                    call.cancel()
+                call.add_done_callback(_retrieved)
+        return sent
+
+    async def _publish_one(self, link: Link, item: Outgoing) -> Verdict:
+        try:
+            # Single sends from concurrent callers share one write per loop turn.
+            future = link.publish(
+                item.exchange,
+                item.routing_key,
+                item.body,
+                item.properties,
+                mandatory=item.mandatory,
+            )
+        except Unfit as exc:
+            return (Outcome.UNFIT, exc.reasons[0])
+        self._watch(link, future)
+        try:
+            return self._verdict(link, await future)
+        except _NoConfirm:
+            raise
+        except Skipped:
+            return (Outcome.SKIPPED, "")
         except LinkClosed as exc:
-            if exc.reply_code in _CALLER_ERRORS:
-                # The broker is fine; a message was wrong. The channel is gone, so reconnect
-                # next time, but don't make other callers wait.
-                await self._drop(link)
-                raise PublishFailed(f"refused by the broker: {exc}") from exc
-            await self._trip(link, str(exc))
-            raise BrokerUnavailable(f"connection lost while publishing: {exc}") from exc
-        return [self._verdict(link, outcome) for outcome in outcomes]
+            if exc.reply_code not in _CALLER_ERRORS:
+                raise
+            # This message was refused: it fails alone, the broker is fine.
+            await self._drop(link)
+            return (Outcome.REFUSED, f"refused by the broker: {exc}")
+
+    def _watch(self, link: Link, future: asyncio.Future[Outcome]) -> None:
+        """Bound the wait for ``future``'s confirm by the publish timeout.
+
+        One timer per sender for every single publish in flight, instead of one
+        ``asyncio.timeout`` each (a timer, a task lookup and a cancel path per message): the
+        oldest unconfirmed publish decides, and when it is late the link is given up, which
+        fails every publish waiting on it.
+        """
+        inflight = self._inflight
+        while inflight and inflight[0][1].done():
+            inflight.popleft()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.publish_timeout
+        inflight.append((deadline, future, link))
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(deadline, self._check_inflight)
+
+    def _check_inflight(self) -> None:
+        self._watchdog = None
+        inflight = self._inflight
+        while inflight and inflight[0][1].done():
+            inflight.popleft()
+        if not inflight:
+            return
+        deadline, _, link = inflight[0]
+        loop = asyncio.get_running_loop()
+        if deadline > loop.time():
+            self._watchdog = loop.call_at(deadline, self._check_inflight)
+            return
+        inflight.popleft()
+        link.abort(_NoConfirm(f"no confirm within {self._settings.publish_timeout:g}s"))
+        if inflight:
+            self._watchdog = loop.call_at(inflight[0][0], self._check_inflight)
 
     @staticmethod
     def _verdict(link: Link, outcome: Outcome) -> Verdict:
@@ -239,10 +326,50 @@ class Sender:
         await _close_quietly(link)
 
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         link, self._link = self._link, None
         if link is not None:
             await _close_quietly(link)
             self._set_blocked(None)
+
+
+class _Part(Sequence[Outgoing]):
+    """``items[i]`` for each ``i`` in ``positions``, each read (so encoded) once, when first
+    asked for: by the call that writes this part, not before."""
+
+    def __init__(self, items: Sequence[Outgoing], positions: list[int]) -> None:
+        self._items = items
+        self._positions = positions
+        self._read: list[Outgoing | None] = [None] * len(positions)
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+    @overload
+    def __getitem__(self, index: int) -> Outgoing: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Outgoing]: ...
+
+    def __getitem__(self, index: int | slice) -> Outgoing | Sequence[Outgoing]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        item = self._read[index]
+        if item is None:
+            item = self._read[index] = self._items[self._positions[index]]
+        return item
+
+
+class _NoConfirm(LinkClosed):
+    """The broker did not confirm a publish within the publish timeout."""
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    # When one part fails the call, the others' errors are nobody's news.
+    if not future.cancelled():
+        future.exception()
 
 
 async def _close_quietly(link: Link) -> None:
