@@ -8,20 +8,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from rabbitry.app.registry import system_topology
-from rabbitry.app.resources import open_publisher
 from rabbitry.config import Settings
-from rabbitry.messaging import Declarer, Message, PublishResult, Route
+from rabbitry.messaging import Declarer, Message, Publisher, PublishResult, Route
 from rabbitry.messaging.reader import read_queue
-from rabbitry.storage import open_database
+from rabbitry.outbox.fallback import OnDemandLedger
 
 
 async def publish_one(
     settings: Settings, message: Message, exchange: str, routing_key: str
 ) -> PublishResult:
-    """Publish ``message``; the outbox stores it if the broker cannot take it."""
+    """Publish ``message``; the outbox stores it if the broker cannot take it. The database
+    is opened only then: it is the fallback, not a precondition."""
     async with (
-        open_database(settings.sql_url) as database,
-        open_publisher(settings, database) as publisher,
+        OnDemandLedger(settings.sql_url) as outbox,
+        Publisher(settings.amqp, fallback=outbox, name=settings.namespace) as publisher,
     ):
         return await publisher.publish(message, Route(exchange, routing_key))
 

@@ -9,7 +9,9 @@ from typing import Annotated, Any
 import typer
 
 from rabbitry.app.operations import consume_printing, declare_system, publish_one
-from rabbitry.console import fail, run, settings
+from rabbitry.console import fail, run, settings, text
+from rabbitry.errors import MessageError
+from rabbitry.events.portable import MAX_DEPTH, check_json
 from rabbitry.messaging import Message
 from rabbitry.messaging.topology import check_name, check_routing_key
 
@@ -24,10 +26,21 @@ def register(app: typer.Typer) -> None:
 
 def publish(
     ctx: typer.Context,
-    body: Annotated[str, typer.Argument(help="The payload: JSON text, e.g. '{\"to\": 1}'.")],
     exchange: Annotated[str, typer.Option("--exchange", "-e", help="Exchange ('' = default).")],
     routing_key: Annotated[str, typer.Option("--routing-key", "-k", help="Routing key.")],
     type_: Annotated[str, typer.Option("--type", "-t", help="Message type (rr_job).")],
+    body: Annotated[
+        str | None, typer.Argument(help="The payload: JSON text, e.g. '{\"to\": 1}'.")
+    ] = None,
+    body_file: Annotated[
+        str | None,
+        typer.Option(
+            "--body-file",
+            metavar="PATH",
+            help="Read the payload from PATH ('-': standard input), for bodies too large "
+            "for a command line. Sent byte for byte.",
+        ),
+    ] = None,
     tenant: Annotated[str | None, typer.Option(help="Tenant header.")] = None,
     pipeline: Annotated[str, typer.Option(help="RoadRunner pipeline (rr_pipeline).")] = "",
     header: Annotated[
@@ -37,28 +50,38 @@ def publish(
     """Publish one message in Rabbitry's format; print its id and outcome as JSON.
 
     The outcome is "published" (the broker confirmed it) or "persisted" (the broker could not
-    take it, so the outbox stored it for `rabbitry requeue`).
+    take it, so the outbox stored it for `rabbitry requeue`). The database is opened only
+    then: with the broker up, publishing needs no database. The body must be UTF-8 JSON that
+    a PHP consumer can decode (no NaN or Infinity, at most 512 levels deep); its bytes are
+    sent as given.
 
     Example: rabbitry publish -e rabbitry.modules -k billing.invoice -t invoice.created '{"id": 7}'
     """
     try:
-        check_name(exchange, "exchange", allow_empty=True)
-        check_routing_key(routing_key)
-        payload = json.loads(body)
-    except json.JSONDecodeError as exc:
-        fail(f"BODY is not JSON: {exc}")
+        check_name(text(exchange, "--exchange"), "exchange", allow_empty=True)
+        check_routing_key(text(routing_key, "--routing-key"))
     except ValueError as exc:
         fail(str(exc))
-    if not type_.strip():
+    if not text(type_, "--type").strip():
         fail("--type must not be empty")
+    if tenant is not None:
+        text(tenant, "--tenant")
+    text(pipeline, "--pipeline")
     headers: dict[str, tuple[str, ...]] = {}
     for item in header or []:
-        name, sep, value = item.partition("=")
+        name, sep, value = text(item, "--header").partition("=")
         if not sep or not name:
             fail(f"--header {item!r}: expected NAME=VALUE")
         headers[name] = (*headers.get(name, ()), value)
+    raw, what = _body_bytes(body, body_file)
+    payload = _payload(raw, what)
     message = Message(
-        type=type_, payload=payload, headers=headers, tenant=tenant, pipeline=pipeline
+        type=type_,
+        payload=payload,
+        headers=headers,
+        tenant=tenant,
+        pipeline=pipeline,
+        raw_body=raw,
     )
     result = run(publish_one(settings(ctx), message, exchange, routing_key))
     print(
@@ -66,6 +89,54 @@ def publish(
     )
     if not result.ok and result.status.value == "failed":
         raise typer.Exit(1)
+
+
+def _body_bytes(body: str | None, body_file: str | None) -> tuple[bytes, str]:
+    """The body's bytes, from the argument or the file, and how to name it in errors."""
+    if (body is None) == (body_file is None):
+        fail("give the body as BODY or with --body-file PATH (not both)")
+    if body is not None:
+        try:
+            return body.encode("utf-8"), "BODY"
+        except UnicodeEncodeError:
+            text(body, "BODY")  # fails with the one-line reason
+    assert body_file is not None
+    try:
+        if body_file == "-":
+            return sys.stdin.buffer.read(), "the body (standard input)"
+        with open(text(body_file, "--body-file"), "rb") as handle:
+            return handle.read(), f"the body ({body_file})"
+    except OSError as exc:
+        fail(f"cannot read --body-file {body_file}: {exc.strerror or exc}")
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotJson(name)
+
+
+def _payload(raw: bytes, what: str) -> Any:
+    """Parse the body as a PHP consumer would: UTF-8 JSON, no NaN or Infinity, 512 levels."""
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        fail(f"{what} is not valid UTF-8: {exc.reason} at byte {exc.start}")
+    try:
+        payload = json.loads(decoded, parse_constant=_no_constant)
+    except _NotJson as exc:
+        fail(f"{what} holds {exc}, which is not JSON (PHP's json_decode refuses it)")
+    except json.JSONDecodeError as exc:
+        fail(f"{what} is not JSON: {exc}")
+    except RecursionError:
+        fail(f"{what} is nested deeper than {MAX_DEPTH} levels (PHP's json_decode limit)")
+    try:
+        check_json(payload, what, nul=True)
+    except MessageError as exc:
+        fail(str(exc))
+    return payload
 
 
 def consume(
@@ -81,10 +152,12 @@ def consume(
     """Print decoded messages as JSON lines (type, id, payload, headers).
 
     Each message is acked after it is printed. A malformed one goes to the queue's dead-letter
-    queue with the reason. Example: rabbitry consume rabbitry.module.workflow --count 10
+    queue with the reason. Exit 1 when the connection closes before --count messages (or,
+    without --count and --timeout, at all). Example: rabbitry consume rabbitry.module.workflow
+    --count 10
     """
     try:
-        check_name(queue, "queue")
+        check_name(text(queue, "QUEUE"), "queue")
     except ValueError as exc:
         fail(str(exc))
 
@@ -92,7 +165,15 @@ def consume(
         sys.stdout.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
         sys.stdout.flush()
 
-    run(consume_printing(settings(ctx), queue, emit, count=count, idle_timeout=timeout))
+    seen = run(consume_printing(settings(ctx), queue, emit, count=count, idle_timeout=timeout))
+    if timeout is None and (count is None or seen < count):
+        # Without an idle timeout the reader returns early only when its connection closed,
+        # e.g. on a message the client could not even read: that is not a success.
+        fail(
+            f"the connection to the broker closed after {seen} message(s) (the queue was "
+            "deleted, the broker went away, or a message could not even be read)",
+            code=1,
+        )
 
 
 @topology_app.command("declare")

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from typing import Annotated
 
 import typer
 
 from rabbitry.config import Settings
-from rabbitry.console import fail, run, settings
+from rabbitry.console import fail, run, settings, text
 from rabbitry.events.change import MAX_ENTITY_LENGTH, EntityState, RecordedEvent, parse_time
 from rabbitry.events.store import EventStore
 from rabbitry.storage import open_database
 
 NOT_FOUND = 1
+_DIGITS = re.compile(r"-?[0-9]+")
 
 events_app = typer.Typer(
     help="Change events: an entity's history, and its state rebuilt from it.",
@@ -70,7 +72,7 @@ def state(
     when: dt.datetime | None = None
     if at is not None:
         try:
-            when = parse_time(at)
+            when = parse_time(text(at, "--at"))
         except ValueError as exc:
             fail(f"--at: {exc}")
     result = run(_state(settings(ctx), *key, when))
@@ -93,6 +95,7 @@ async def _state(
 
 
 def _entity(value: str) -> str:
+    text(value, "ENTITY")
     if not value.strip():
         fail("ENTITY must not be empty")
     if len(value) > MAX_ENTITY_LENGTH:
@@ -101,10 +104,11 @@ def _entity(value: str) -> str:
 
 
 def _id(value: str) -> int:
-    try:
-        number = int(value.strip())
-    except ValueError:
-        fail(f"ID must be an integer, got {value!r}")
+    # ASCII digits only: int() would also read "1_0" as 10 and "\u0661" (Arabic-Indic) as 1.
+    digits = text(value, "ID").strip(" \t")
+    if not _DIGITS.fullmatch(digits):
+        fail(f"ID must be an integer, got {value!r} (ASCII digits, optionally after '-')")
+    number = int(digits)
     if not -(2**63) <= number < 2**63:
         fail("ID is out of the 64-bit integer range")
     return number

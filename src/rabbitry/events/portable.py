@@ -37,15 +37,16 @@ def check_text(value: str, what: str) -> None:
         raise MessageError(f"{what} is not valid Unicode (a lone surrogate)") from None
 
 
-def check_json(value: Any, what: str, *, max_depth: int = MAX_DEPTH) -> None:
+def check_json(value: Any, what: str, *, max_depth: int = MAX_DEPTH, nul: bool = False) -> None:
     """Refuse a decoded JSON value holding a non-finite number, a string :func:`check_text`
-    refuses (keys included), or nesting deeper than ``max_depth``.
+    refuses (keys included), or nesting deeper than ``max_depth``. With ``nul``, U+0000 is
+    fine (a message body for consumers, not a value for the database).
 
     A fast pass answers for the common, clean value (it runs for every message a workflow
     worker stores); only a value it doubts is walked again to name where the bad part is.
     """
     if not _clean(value, max_depth):
-        _explain(value, what, max_depth)
+        _explain(value, what, max_depth, nul)
 
 
 def _clean(value: Any, depth: int) -> bool:
@@ -81,13 +82,13 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def _explain(value: Any, what: str, max_depth: int) -> None:
+def _explain(value: Any, what: str, max_depth: int, nul: bool) -> None:
     """The careful walk: iterative (a deep value cannot exhaust the stack), naming the path."""
     stack: list[tuple[Any, str, int]] = [(value, what, 1)]
     while stack:
         item, where, depth = stack.pop()
         if isinstance(item, str):
-            check_text(item, where)
+            check_text(item.replace("\x00", "") if nul else item, where)
         elif isinstance(item, float):
             if not math.isfinite(item):
                 raise MessageError(
@@ -101,7 +102,7 @@ def _explain(value: Any, what: str, max_depth: int) -> None:
                 for key, child in item.items():
                     label = f"{where}.{key}" if isinstance(key, str) else f"{where}[{key!r}]"
                     if isinstance(key, str):
-                        check_text(key, f"a key of {where}")
+                        check_text(key.replace("\x00", "") if nul else key, f"a key of {where}")
                     stack.append((child, label, depth + 1))
             else:
                 stack.extend((child, f"{where}[{i}]", depth + 1) for i, child in enumerate(item))

@@ -191,7 +191,7 @@ async def _requeue(
         if total == 0 and where.queue:
             note = await _nothing_pending(db, ledger, where)
             if note:
-                console.print(f"note: {note}", markup=False, highlight=False)
+                print(f"note: {note}", file=sys.stderr)  # one line, never wrapped
         out = Console(highlight=False, soft_wrap=True)
         exchanges = ExchangeCheck(config)
         with Progress(
