@@ -25,10 +25,10 @@ def system(tmp_path: Path, namespace: str) -> Iterator[tuple[str, dict[str, str]
         "RABBITRY_DATA_DIR": str(tmp_path / "var"),
         "RABBITRY_ADMIN_TOKEN": "test-token",
     }
-    log = (tmp_path / "up.log").open("w")
-    proc = subprocess.Popen(
-        [RABBITRY, "up", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    with (tmp_path / "up.log").open("w") as log:  # the process writes to its own copy
+        proc = subprocess.Popen(
+            [RABBITRY, "up", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: httpx.get(f"{base}/healthz").status_code == 200, what="/healthz")
@@ -40,6 +40,7 @@ def system(tmp_path: Path, namespace: str) -> Iterator[tuple[str, dict[str, str]
                 proc.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
         asyncio.run(delete_namespace(namespace))
         print((tmp_path / "up.log").read_text()[-3000:])
 
@@ -112,4 +113,5 @@ def test_up_stops_cleanly_on_sigterm(tmp_path: Path, namespace: str) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
         asyncio.run(delete_namespace(namespace))
