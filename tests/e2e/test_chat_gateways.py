@@ -31,7 +31,7 @@ def system(tmp_path: Path) -> Iterator[ChatSystem]:
 async def _frames(
     socket: ClientConnection, count: int, timeout: float = 20
 ) -> list[dict[str, Any]]:
-    frames = []
+    frames: list[dict[str, Any]] = []
     async with asyncio.timeout(timeout):
         while len(frames) < count:
             frames.append(json.loads(await socket.recv()))

@@ -45,6 +45,7 @@ async def memory_alarm() -> AsyncIterator[None]:
         await asyncio.to_thread(rabbitmqctl, "set_vm_memory_high_watermark", "0.0000001")
         yield
     finally:
+        restore: tuple[str, ...]
         if previous.startswith("{absolute,"):
             restore = ("absolute", previous.removeprefix("{absolute,").rstrip("}"))
         else:

@@ -7,7 +7,7 @@ import asyncio
 import random
 from typing import TYPE_CHECKING
 
-from fixtures.chat import bindings, join, running_gateway, settled, wait_until
+from fixtures.chat import Participant, bindings, join, running_gateway, settled, wait_until
 from helpers import Eventually
 from rabbitry.chat.topology import ChatLayout
 from rabbitry.config import Settings
@@ -73,6 +73,10 @@ async def test_joins_and_leaves_racing_on_one_room_never_leave_a_stale_or_missin
             assert await bindings(layout.dispatch_exchange) == {(queue, "acme.busy")}
             # And the binding that is there carries messages: the stayer gets one, once.
             await gateway.send(stayer.client, f"still here {round_}")
-            await wait_until(lambda s=stayer, r=round_: f"still here {r}" in s.socket.texts())
+
+            def arrived(s: Participant = stayer, text: str = f"still here {round_}") -> bool:
+                return text in s.socket.texts()
+
+            await wait_until(arrived)
             assert stayer.socket.texts().count(f"still here {round_}") == 1
             await stayer.leave()
