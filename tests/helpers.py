@@ -143,6 +143,22 @@ class RecordingPublisher:
         return [(m.type, m.payload) for m, _ in self.sent]
 
 
+class Handled(list[Message]):
+    """A handler that keeps every message it is given, in order:
+    ``Subscription(queue, default=handled)``, then ``await eventually(handled.include(m.id))``."""
+
+    async def __call__(self, message: Message) -> None:
+        self.append(message)
+
+    def include(self, *ids: str) -> Callable[[], Awaitable[bool]]:
+        """A check for :func:`eventually_true`: every message of ``ids`` has been handled."""
+
+        async def check() -> bool:
+            return set(ids) <= {m.id for m in self}
+
+        return check
+
+
 def work(
     settings: Settings, name: str = "work", *, bindings: Iterable[tuple[str, str]] = ()
 ) -> tuple[str, Topology]:

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from helpers import Eventually, publish, work
+from helpers import Eventually, Handled, publish, work
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.messaging.consumer import Reject, Retry, Subscription
@@ -101,13 +101,10 @@ async def test_a_type_nobody_handles_is_dead_lettered_with_the_reason(
     eventually: Eventually,
 ) -> None:
     queue, topology = work(settings)
-    handled: list[Message] = []
-
-    async def handle(message: Message) -> None:
-        handled.append(message)
+    handled = Handled()
 
     orphan = Message(type="nobody.listens", payload={})
-    async with run_worker([Subscription(queue, handlers={"known": handle})], topology):
+    async with run_worker([Subscription(queue, handlers={"known": handled})], topology):
         await publish(settings, queue, orphan)
         await eventually(size_is(declarer, dlq_name(queue), 1), what="the dead letter")
 
@@ -256,12 +253,9 @@ async def test_malformed_messages_are_dead_lettered_at_once_with_the_reason(
     eventually: Eventually,
 ) -> None:
     queue, topology = work(settings)
-    handled: list[Message] = []
+    handled = Handled()
 
-    async def handle(message: Message) -> None:
-        handled.append(message)
-
-    async with run_worker([Subscription(queue, default=handle)], topology):
+    async with run_worker([Subscription(queue, default=handled)], topology):
         await broker.publish(
             "", queue, b'{"broken": ', headers={"rr_job": "job"}, message_id="bad-json"
         )
@@ -294,12 +288,9 @@ async def test_a_lenient_subscription_takes_a_message_without_rr_job_as_deduced_
     eventually: Eventually,
 ) -> None:
     queue, topology = work(settings)
-    handled: list[Message] = []
+    handled = Handled()
 
-    async def handle(message: Message) -> None:
-        handled.append(message)
-
-    async with run_worker([Subscription(queue, default=handle, strict=False)], topology):
+    async with run_worker([Subscription(queue, default=handled, strict=False)], topology):
         await broker.publish("", queue, b'{"a": 1}', message_id="m-1")
         await eventually(length_is(handled, 1), what="the message")
 
@@ -471,10 +462,7 @@ async def test_a_rabbitry_message_round_trips_through_the_consumer_unchanged(
     eventually: Eventually,
 ) -> None:
     queue, topology = work(settings)
-    handled: list[Message] = []
-
-    async def handle(message: Message) -> None:
-        handled.append(message)
+    handled = Handled()
 
     sent = Message(
         type="invoice.paid",
@@ -485,7 +473,7 @@ async def test_a_rabbitry_message_round_trips_through_the_consumer_unchanged(
         correlation_id="corr-9",
         traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
     )
-    async with run_worker([Subscription(queue, default=handle)], topology):
+    async with run_worker([Subscription(queue, default=handled)], topology):
         await publish(settings, queue, sent)
         await eventually(length_is(handled, 1), what="the message")
 

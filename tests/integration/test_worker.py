@@ -14,14 +14,13 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from pydantic import SecretStr
 
-from helpers import Eventually, publish, work
+from helpers import Eventually, Handled, publish, work
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.messaging.consumer import Subscription
@@ -37,13 +36,6 @@ if TYPE_CHECKING:
 WORKER_PROC = Path(__file__).with_name("worker_proc.py")
 
 
-def handled_ids(handled: Sequence[Message], *ids: str) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        return set(ids) <= {m.id for m in handled}
-
-    return check
-
-
 # --- reconnecting ----------------------------------------------------------------------------
 
 
@@ -55,22 +47,19 @@ async def test_worker_consumes_again_after_the_broker_closes_its_connections(
     eventually: Eventually,
 ) -> None:
     queue, topology = work(settings)
-    handled: list[Message] = []
-
-    async def handle(message: Message) -> None:
-        handled.append(message)
+    handled = Handled()
 
     before, after = Message(type="t", payload=1), Message(type="t", payload=2)
-    async with run_worker([Subscription(queue, default=handle)], topology) as worker:
+    async with run_worker([Subscription(queue, default=handled)], topology) as worker:
         await publish(settings, queue, before)
-        await eventually(handled_ids(handled, before.id), what="the first message")
+        await eventually(handled.include(before.id), what="the first message")
 
         closed = await broker.close_connections(worker.name)
         assert closed >= 1, "the worker's connection was not found on the broker"
 
         # A fresh publisher: this test does not lean on any connection that existed before.
         await publish(settings, queue, after)
-        await eventually(handled_ids(handled, after.id), what="a message after the reconnect")
+        await eventually(handled.include(after.id), what="a message after the reconnect")
         assert worker.connected.is_set()
 
     assert [m.id for m in handled] == [before.id, after.id]
@@ -89,18 +78,15 @@ async def test_worker_recovers_when_the_broker_drops_all_of_its_connections_at_o
     # broker carries on: both of the worker's links and the test's declarer go at once.
     first, first_topology = work(settings, "first")
     second, second_topology = work(settings, "second")
-    handled: list[Message] = []
+    handled = Handled()
 
-    async def handle(message: Message) -> None:
-        handled.append(message)
-
-    subscriptions = [Subscription(first, default=handle), Subscription(second, default=handle)]
+    subscriptions = [Subscription(first, default=handled), Subscription(second, default=handled)]
     before = [Message(type="t", payload=n) for n in (1, 2)]
     after = [Message(type="t", payload=n) for n in (3, 4)]
     async with run_worker(subscriptions, first_topology | second_topology) as worker:
         await publish(settings, first, before[0])
         await publish(settings, second, before[1])
-        await eventually(handled_ids(handled, *(m.id for m in before)), what="the first messages")
+        await eventually(handled.include(*(m.id for m in before)), what="the first messages")
 
         closed = await broker.close_connections(settings.namespace, "rabbitry test")
         assert closed >= 2, "the worker's connections were not found on the broker"
@@ -108,7 +94,7 @@ async def test_worker_recovers_when_the_broker_drops_all_of_its_connections_at_o
         await publish(settings, first, after[0])
         await publish(settings, second, after[1])
         await eventually(
-            handled_ids(handled, *(m.id for m in after)), what="messages after the reconnect"
+            handled.include(*(m.id for m in after)), what="messages after the reconnect"
         )
         assert worker.connected.is_set()
 
@@ -162,13 +148,10 @@ async def test_worker_declares_its_topology_again_when_it_reconnects(
     # A broker restart loses what was not durable, an operator may delete a queue: after a
     # reconnect the worker declares everything it needs again before consuming.
     queue, topology = work(settings)
-    handled: list[Message] = []
-
-    async def handle(message: Message) -> None:
-        handled.append(message)
+    handled = Handled()
 
     message = Message(type="t", payload={})
-    async with run_worker([Subscription(queue, default=handle)], topology) as worker:
+    async with run_worker([Subscription(queue, default=handled)], topology) as worker:
         await declarer.delete(topology)
         await broker.close_connections(worker.name)
 
@@ -179,7 +162,7 @@ async def test_worker_declares_its_topology_again_when_it_reconnects(
             return result.status is PublishStatus.PUBLISHED
 
         await eventually(delivered, what="the queue to be declared again")
-        await eventually(handled_ids(handled, message.id), what="the message")
+        await eventually(handled.include(message.id), what="the message")
 
     queues, _ = await broker.objects(settings.namespace)
     assert {q.name for q in topology.queues} <= set(queues)
@@ -194,13 +177,10 @@ async def test_worker_whose_queue_is_deleted_under_it_declares_it_again_and_resu
     # The broker cancels the consumer of a deleted queue (basic.cancel) but keeps the
     # connection: a worker that only watches its connection would sit idle for ever.
     queue, topology = work(settings)
-    handled: list[Message] = []
-
-    async def handle(message: Message) -> None:
-        handled.append(message)
+    handled = Handled()
 
     message = Message(type="t", payload={})
-    async with run_worker([Subscription(queue, default=handle)], topology):
+    async with run_worker([Subscription(queue, default=handled)], topology):
         await declarer.delete(topology)
 
         async def delivered() -> bool:
@@ -209,7 +189,7 @@ async def test_worker_whose_queue_is_deleted_under_it_declares_it_again_and_resu
             return result.status is PublishStatus.PUBLISHED
 
         await eventually(delivered, what="the queue to be declared again")
-        await eventually(handled_ids(handled, message.id), what="the message")
+        await eventually(handled.include(message.id), what="the message")
 
 
 async def test_worker_started_while_the_broker_is_down_consumes_once_it_is_up(
@@ -219,15 +199,12 @@ async def test_worker_started_while_the_broker_is_down_consumes_once_it_is_up(
     eventually: Eventually,
 ) -> None:
     queue, topology = work(settings)
-    handled: list[Message] = []
-
-    async def handle(message: Message) -> None:
-        handled.append(message)
+    handled = Handled()
 
     behind_proxy = settings.model_copy(update={"amqp_url": SecretStr(endpoint.url)})
     worker = Worker(
         f"{settings.namespace}-worker",
-        [Subscription(queue, default=handle)],
+        [Subscription(queue, default=handled)],
         topology,
         amqp=behind_proxy.amqp,
         retry=behind_proxy.retry,
@@ -242,7 +219,7 @@ async def test_worker_started_while_the_broker_is_down_consumes_once_it_is_up(
         await asyncio.wait_for(worker.connected.wait(), 30)
         message = Message(type="t", payload={})
         await publish(settings, queue, message)
-        await eventually(handled_ids(handled, message.id), what="the message")
+        await eventually(handled.include(message.id), what="the message")
     finally:
         stopping.set()
         await asyncio.wait_for(task, settings.drain_timeout + 15)
