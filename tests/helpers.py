@@ -102,7 +102,7 @@ async def running(service: S) -> AsyncIterator[S]:
         await asyncio.wait_for(task, timeout=30)
 
 
-# --- messages and publishers -----------------------------------------------------------------
+# --- messages, handlers, publishers, work queues ---------------------------------------------
 
 
 def message(label: object = 0) -> Message:
