@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol, overload
+from typing import Protocol, Self, overload
 
 from rabbitry import metrics
 from rabbitry.amqp.link import Link, Outcome, Outgoing
@@ -243,7 +243,7 @@ class Publisher:
     async def close(self) -> None:
         await self._sender.close()
 
-    async def __aenter__(self) -> Publisher:
+    async def __aenter__(self) -> Self:  # a subclass entered is that subclass
         return self
 
     async def __aexit__(self, *exc: object) -> None:
