@@ -26,10 +26,12 @@ import struct
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import aio_pika
 from pamqp import commands
 from pamqp import frame as pamqp_frame
+from pamqp.common import FieldTable
 
 from rabbitry.amqp import wire
 from rabbitry.amqp.declarer import Declarer
@@ -53,6 +55,9 @@ def message(n: int = 0) -> Message:
     return Message(type="bench", payload={**PAYLOAD, "id": n})
 
 
+F = TypeVar("F")
+
+
 # --- the socket-level probe ------------------------------------------------------------------
 
 
@@ -70,7 +75,7 @@ class Probe:
         writer.write(wire.PROTOCOL_HEADER)
         await probe.expect(commands.Connection.Start)
         response = "\0guest\0guest"
-        props = {"connection_name": "bench-ceiling"}
+        props: FieldTable = {"connection_name": "bench-ceiling"}
         probe.send(0, commands.Connection.StartOk(props, "PLAIN", response, "en_US"))
         tune = await probe.expect(commands.Connection.Tune)
         probe.send(0, commands.Connection.TuneOk(tune.channel_max, tune.frame_max, 0))
@@ -83,7 +88,7 @@ class Probe:
     def send(self, channel: int, method: object) -> None:
         self.writer.write(pamqp_frame.marshal(method, channel))  # type: ignore[arg-type]
 
-    async def expect(self, kind: type) -> object:
+    async def expect(self, kind: type[F]) -> F:
         while True:
             while len(self.buffer) >= 8:
                 size = struct.unpack_from(">I", self.buffer, 3)[0]
