@@ -169,12 +169,47 @@ def encode_fields(table: Mapping[str, Any]) -> bytes:
     return b"".join(parts)
 
 
+# A RoadRunner table starts with rr_id, which differs per message, and the rest repeats:
+# those rests, decoded, by their bytes. Bounded; cleared when full.
+_RR_ID = b"\x05rr_idS"
+_TAILS: dict[bytes, dict[str, Any]] = {}
+_TAILS_MAX = 256
+# Values a cached tail may hold (bytearray is copied on the way out); tables and arrays are not.
+_IMMUTABLE = frozenset({str, bytes, bytearray, int, bool, float, type(None), _dt.datetime, Decimal})
+
+
 def decode_table(data: bytes) -> dict[str, Any]:
     """Decode a whole field table (length prefix included). Accepts every tag RabbitMQ sends.
 
     Values read as pamqp reads them: ``S`` a ``str`` (``bytes`` if not UTF-8), ``x`` a
     ``bytearray``, integers ``int``. ``ValueError`` when the table is malformed.
     """
+    if not data.startswith(_RR_ID, 4) or len(data) < 15:
+        return _decode_table(data)
+    (size,) = _LONG.unpack_from(data, 11)
+    tail = data[15 + size :]
+    known = _TAILS.get(tail)
+    if known is None or len(data) != 4 + _LONG.unpack_from(data, 0)[0]:
+        table = _decode_table(data)
+        rest = {name: value for name, value in table.items() if name != "rr_id"}
+        if all(type(value) in _IMMUTABLE for value in rest.values()):
+            if len(_TAILS) >= _TAILS_MAX:
+                _TAILS.clear()
+            _TAILS[tail] = rest
+        return table
+    raw = data[15 : 15 + size]
+    try:
+        rr_id: str | bytes = raw.decode()
+    except UnicodeDecodeError:
+        rr_id = raw
+    table = {"rr_id": rr_id}
+    for name, value in known.items():
+        # A bytearray of its own each time: the caller may change it.
+        table[name] = bytearray(value) if type(value) is bytearray else value
+    return table
+
+
+def _decode_table(data: bytes) -> dict[str, Any]:
     try:
         (length,) = _LONG.unpack_from(data, 0)
         end = 4 + length

@@ -167,7 +167,9 @@ def decode_properties(data: bytes, pos: int = 0) -> Properties:
     # Skipping the frozen __init__ (13 guarded setattrs) is most of the decoding time saved.
     found: dict[str, Any] = {}
     if flags & _CONTENT_TYPE:
-        found["content_type"], pos = _read_shortstr(data, pos)
+        end = pos + 1 + data[pos]
+        found["content_type"] = data[pos + 1 : end].decode()
+        pos = end
     if flags & _CONTENT_ENCODING:
         found["content_encoding"], pos = _read_shortstr(data, pos)
     if flags & _HEADERS:
@@ -187,9 +189,14 @@ def decode_properties(data: bytes, pos: int = 0) -> Properties:
     if flags & _EXPIRATION:
         found["expiration"], pos = _read_shortstr(data, pos)
     if flags & _MESSAGE_ID:
-        found["message_id"], pos = _read_shortstr(data, pos)
+        end = pos + 1 + data[pos]
+        found["message_id"] = data[pos + 1 : end].decode()
+        pos = end
     if flags & _TIMESTAMP:
-        found["timestamp"] = _timestamp(_U64.unpack_from(data, pos)[0])
+        (stamp,) = _U64.unpack_from(data, pos)
+        found["timestamp"] = (
+            _dt.datetime.fromtimestamp(stamp, _UTC) if stamp <= 0xFFFFFFFF else _timestamp(stamp)
+        )
         pos += 8
     if flags & _TYPE:
         found["type"], pos = _read_shortstr(data, pos)

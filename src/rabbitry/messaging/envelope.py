@@ -218,8 +218,9 @@ def decode(
     Raises :class:`MessageError` (the reason becomes the dead-letter reason) when the body is not
     UTF-8 JSON, or, with ``strict``, when ``rr_job`` is missing.
     """
-    table = dict(headers or {})
-    job = _text(table.get("rr_job"))
+    table: Mapping[str, Any] = headers or {}
+    get = table.get
+    job = _text(get("rr_job"))
     if not job:
         if strict:
             raise MessageError("missing rr_job header (the message type)")
@@ -230,22 +231,22 @@ def decode(
         raise MessageError(f"body is not UTF-8: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise MessageError(f"body is not JSON: {exc}") from exc
-    rr_id = _text(table.get("rr_id")) or message_id or new_id()
+    rr_id = _text(get("rr_id")) or message_id or new_id()
     extra = {k: v for k, v in table.items() if k not in _KNOWN}
     return Message(
         type=job,
         payload=payload,
         id=rr_id,
-        headers=_user_headers(table.get("rr_headers")),
-        pipeline=_text(table.get("rr_pipeline")) or "",
-        delay=_int(table.get("rr_delay"), 0),
-        priority=_int(table.get("rr_priority"), DEFAULT_PRIORITY),
-        auto_ack=table.get("rr_auto_ack") is True,
-        tenant=_text(table.get(TENANT_HEADER)),
-        correlation_id=_text(table.get(CORRELATION_HEADER)) or correlation_id,
-        traceparent=_text(table.get(TRACEPARENT_HEADER)),
+        headers=_user_headers(get("rr_headers")),
+        pipeline=_text(get("rr_pipeline")) or "",
+        delay=_int(get("rr_delay"), 0),
+        priority=_int(get("rr_priority"), DEFAULT_PRIORITY),
+        auto_ack=get("rr_auto_ack") is True,
+        tenant=_text(get(TENANT_HEADER)),
+        correlation_id=_text(get(CORRELATION_HEADER)) or correlation_id,
+        traceparent=_text(get(TRACEPARENT_HEADER)),
         timestamp=_timestamp(timestamp),
-        attempt=_int(table.get(ATTEMPT_HEADER), 0),
+        attempt=_int(get(ATTEMPT_HEADER), 0),
         extra=extra,
         raw_body=bytes(body),
         exchange=exchange,
@@ -263,6 +264,8 @@ _KNOWN = frozenset(RR_HEADERS) | {
 
 
 def _text(value: Any) -> str | None:
+    if type(value) is str:
+        return value
     if value is None:
         return None
     if isinstance(value, bytes | bytearray):
