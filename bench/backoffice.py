@@ -20,13 +20,11 @@ import argparse
 import asyncio
 import statistics
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy import text
 
-from common import POSTGRES_ADMIN, create_database
+from common import POSTGRES_ADMIN, fresh_database
 from rabbitry.outbox import browse
 from rabbitry.outbox.browse import LedgerQuery, PageKey, State
 from rabbitry.outbox.filters import RequeueFilter
@@ -53,18 +51,6 @@ SEED = text(
     FROM generate_series(1, :rows) AS i
     """
 )
-
-
-@asynccontextmanager
-async def fresh_database(admin_dsn: str) -> AsyncIterator[Database]:
-    url, drop = await create_database("postgresql", Path("."), admin_dsn)
-    db = Database(url)
-    try:
-        await db.upgrade()
-        yield db
-    finally:
-        await db.close()
-        await drop()
 
 
 async def median_ms(action: Callable[[], Awaitable[int]], rounds: int) -> float:

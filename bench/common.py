@@ -1,4 +1,4 @@
-"""What the benchmarks share: where the services are, the 256-byte message, scratch databases.
+"""What the benchmarks share: where the services are, the 256-byte message, fresh databases.
 
 The scripts run as ``python bench/<name>.py``, which puts this folder on ``sys.path``.
 """
@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints
+
+from rabbitry.storage import Database
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -49,6 +52,19 @@ async def create_database(
 
     parts = urlsplit(admin_dsn)
     return urlunsplit(("postgresql+asyncpg", parts.netloc, f"/{name}", "", "")), drop
+
+
+@asynccontextmanager
+async def fresh_database(admin_dsn: str = POSTGRES_ADMIN) -> AsyncIterator[Database]:
+    """A migrated, empty PostgreSQL database for the run, dropped afterwards."""
+    url, drop = await create_database("postgresql", Path("."), admin_dsn)
+    db = Database(url)
+    try:
+        await db.upgrade()
+        yield db
+    finally:
+        await db.close()
+        await drop()
 
 
 async def _admin(admin_dsn: str, statement: str) -> None:

@@ -20,13 +20,12 @@ import asyncio
 import statistics
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import delete
 
-from common import AMQP_URL, PAYLOAD, POSTGRES_ADMIN, body, create_database
+from common import AMQP_URL, PAYLOAD, POSTGRES_ADMIN, body, fresh_database
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.messaging.envelope import Message
@@ -77,18 +76,6 @@ class RssSampler:
     @property
     def growth(self) -> float:
         return self.peak - self.start
-
-
-@asynccontextmanager
-async def fresh_database(admin_dsn: str) -> AsyncIterator[Database]:
-    url, drop = await create_database("postgresql", Path("."), admin_dsn)
-    db = Database(url)
-    try:
-        await db.upgrade()
-        yield db
-    finally:
-        await db.close()
-        await drop()
 
 
 async def seed(db: Database, route: Route, rows: int) -> None:
