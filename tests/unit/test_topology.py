@@ -235,18 +235,32 @@ BAD_NAMES = ["", "a.b", "#", "*", "has space", "-lead", "_lead", "a/b", "é", "x
 
 
 @pytest.mark.parametrize("bad", BAD_NAMES, ids=repr)
-def test_layout_refuses_invalid_tenant_room_and_module_names(bad: str) -> None:
+def test_layout_refuses_invalid_tenant_and_module_names(bad: str) -> None:
     events, tenants, chat = EventsLayout("ns"), TenantsLayout("ns"), ChatLayout("ns")
     calls: list[tuple[Callable[..., str], tuple[str, ...]]] = [
         (events.module_queue, (bad,)),
         (tenants.tenant_queue, (bad,)),
         (tenants.tenant_routing_key, (bad,)),
         (chat.room_key, (bad, "lobby")),
-        (chat.room_key, ("t1", bad)),
     ]
     for method, args in calls:
         with pytest.raises(ValueError, match="invalid"):
             method(*args)
+
+
+# Room ids are [A-Za-z0-9_-]{1,64}: a leading "-" or "_" and 64 characters are fine there.
+BAD_ROOMS = ["", "a.b", "#", "*", "has space", "a/b", "é", "x" * 65, "t1\n"]
+
+
+@pytest.mark.parametrize("bad", BAD_ROOMS, ids=repr)
+def test_layout_refuses_invalid_room_ids(bad: str) -> None:
+    with pytest.raises(ValueError, match="invalid"):
+        ChatLayout("ns").room_key("t1", bad)
+
+
+@pytest.mark.parametrize("room", ["-lead", "_lead", "x" * 64, "Room_1-a"])
+def test_layout_accepts_every_valid_room_id(room: str) -> None:
+    assert ChatLayout("ns").room_key("t1", room) == f"t1.{room}"
 
 
 def test_layout_accepts_the_longest_valid_name() -> None:
@@ -281,6 +295,7 @@ def test_system_topology_declares_every_rabbitry_object() -> None:
         ("ns1.tenants", ExchangeType.DIRECT),
         ("ns1.chat.dispatch", ExchangeType.DIRECT),
         ("ns1.chat.persistence", ExchangeType.FANOUT),
+        ("ns1.sessions.revoked", ExchangeType.FANOUT),
     }
     work = {
         "ns1.module.workflow",
