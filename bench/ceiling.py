@@ -360,6 +360,7 @@ async def rabbitry_latency(queue: str, count: int, rate: float) -> tuple[float, 
 
         await _paced(count, rate, send)
         await asyncio.wait_for(done.wait(), 60)
+        await asyncio.gather(*tasks)  # the last confirms, before the connection closes
     await consumer.stop(timeout=5)
     await link.close()
     return _percentiles(latencies)
@@ -398,6 +399,7 @@ async def aio_pika_latency(queue: str, count: int, rate: float) -> tuple[float, 
 
     await _paced(count, rate, send)
     await asyncio.wait_for(done.wait(), 60)
+    await asyncio.gather(*tasks)
     await connection.close()
     return _percentiles(latencies)
 
@@ -456,14 +458,18 @@ async def main(count: int, rounds: int, latency_seconds: float) -> None:
                     )
         finally:
             await declarer.delete(topology)
+    # Ratios are taken within each round (against that round's ceiling and aio-pika), then
+    # their median: the load of a shared machine drifts between rounds more than within one.
     print(f"\n{count:,} messages x {rounds} rounds, RoadRunner format, medians:")
     for title, figures in (("publish", publish), ("consume", consume)):
-        median = {name: statistics.median(values) for name, values in figures.items()}
-        ceiling, baseline = median["ceiling (socket probe)"], median["aio-pika 10.2"]
+        ceilings, baselines = figures["ceiling (socket probe)"], figures["aio-pika 10.2"]
         print(f"  {title:<8}{'msg/s':>40}{'vs ceiling':>12}{'vs aio-pika':>13}")
-        for name, value in median.items():
+        for name, values in figures.items():
+            to_ceiling = statistics.median(v / c for v, c in zip(values, ceilings, strict=True))
+            to_baseline = statistics.median(v / b for v, b in zip(values, baselines, strict=True))
             print(
-                f"    {name:<34}{value:>10,.0f}{value / ceiling:>11.2f}x{value / baseline:>12.2f}x"
+                f"    {name:<34}{statistics.median(values):>10,.0f}"
+                f"{to_ceiling:>11.2f}x{to_baseline:>12.2f}x"
             )
     paced = int(latency_seconds * 1000)
     print(f"  latency at a paced 1,000 msg/s, publish -> handler ({paced:,} messages):")
