@@ -11,7 +11,8 @@ rounds (a shared 2-core machine varies 10-20 % from run to run):
 
   publish: ceiling | aio-pika (gathered windows of 1000) | Rabbitry ``publish_many`` (windows
            of 1000) | Rabbitry concurrent ``publish()`` (1000 tasks per window)
-  consume: ceiling | aio-pika (manual ack, prefetch 1000) | Rabbitry ``Consumer`` (prefetch 1000)
+  consume: ceiling (one ``multiple`` ack per read) | the probe acking each delivery on its own |
+           aio-pika (manual ack, prefetch 1000) | Rabbitry ``Consumer`` (prefetch 1000)
   latency: publish -> handler at a paced 1,000 msg/s, p50 and p99, Rabbitry and aio-pika
 
 Usage: python bench/ceiling.py [--messages 20000] [--rounds 3] [--latency-seconds 5]
@@ -159,6 +160,16 @@ async def _acked(probe: Probe, tag: int) -> None:
 
 
 async def probe_consume(queue: str, count: int) -> float:
+    """The broker's floor: one ``multiple`` ack per read."""
+    return await _probe_consume(queue, count, each=False)
+
+
+async def probe_consume_each(queue: str, count: int) -> float:
+    """One ack frame per delivery, as a client that does not fold its acks."""
+    return await _probe_consume(queue, count, each=True)
+
+
+async def _probe_consume(queue: str, count: int, *, each: bool) -> float:
     probe = await Probe.open()
     probe.send(1, commands.Basic.Qos(prefetch_count=PREFETCH))
     await probe.expect(commands.Basic.QosOk)
@@ -171,19 +182,21 @@ async def probe_consume(queue: str, count: int) -> float:
         if not start:
             start = time.perf_counter()
         buffer += data
-        view, pos, last = buffer, 0, 0
+        view, pos, tags = buffer, 0, []
         while len(view) - pos >= 8:
             size = struct.unpack_from(">I", view, pos + 3)[0]
             if len(view) - pos < size + 8:
                 break
             if view[pos] == 1 and view[pos + 7 : pos + 11] == b"\x00\x3c\x00\x3c":
                 tag_at = pos + 12 + view[pos + 11]
-                last = struct.unpack_from(">Q", view, tag_at)[0]
+                tags.append(struct.unpack_from(">Q", view, tag_at)[0])
                 received += 1
             pos += size + 8
         buffer = view[pos:]
-        if last:
-            probe.writer.write(wire.encode_ack(1, last, multiple=True))
+        if tags and each:
+            probe.writer.write(b"".join(wire.encode_ack(1, tag) for tag in tags))
+        elif tags:
+            probe.writer.write(wire.encode_ack(1, tags[-1], multiple=True))
     elapsed = time.perf_counter() - start
     await probe.close()
     return count / elapsed
@@ -416,6 +429,7 @@ PUBLISH: dict[str, Case] = {
 }
 CONSUME: dict[str, Case] = {
     "ceiling (socket probe)": probe_consume,
+    "probe acking each delivery": probe_consume_each,
     "aio-pika 10.2": aio_pika_consume,
     "Rabbitry Consumer": rabbitry_consume,
 }
