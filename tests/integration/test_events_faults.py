@@ -10,12 +10,22 @@ import contextlib
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aio_pika
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from helpers import AMQP_URL, eventually_true, take_all
+from fixtures.events import make_settings
+from helpers import (
+    AMQP_URL,
+    POSTGRES_ADMIN,
+    delete_namespace,
+    eventually_true,
+    scratch_database,
+    take_all,
+)
 from rabbitry.config import Settings
 from rabbitry.errors import MessageError
 from rabbitry.events.change import ChangeEvent, ChangeType
@@ -205,3 +215,65 @@ async def test_the_message_log_keeps_the_messages_beside_one_it_cannot_keep(
     assert {e.message_id for e in await log.recent()} == {m.id for m in good}
     (reason,) = [str(m.headers["x-rabbitry-reason"]) for m in dead]
     assert "Infinity" in reason
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_workers_store_every_event_once_through_terminated_database_connections(
+    tmp_path: Path, workers: int
+) -> None:
+    """PostgreSQL only: an operator's ``pg_terminate_backend`` (or a failover) mid-run."""
+    settings = make_settings()
+    try:
+        async with scratch_database("postgresql", tmp_path) as url:
+            database = Database(url)
+            try:
+                await database.upgrade()
+                await _store_while_terminating(settings, url, database, workers)
+            finally:
+                await database.close()
+    finally:
+        await delete_namespace(settings.namespace)
+
+
+async def _store_while_terminating(
+    settings: Settings, url: str, database: Database, workers: int
+) -> None:
+    route = Route(EventsLayout(settings.namespace).events_exchange, "update")
+    store = EventStore(database)
+    terminated = 0
+    async with (
+        workflow_workers(settings, url, workers),
+        Publisher(settings.amqp) as publisher,
+    ):
+        for start in range(0, UPDATES, 250):
+            batch = [
+                (update(i % ENTITIES, i // ENTITIES + 1), route) for i in range(start, start + 250)
+            ]
+            assert all(r.ok for r in await publisher.publish_many(batch))
+            if start % 500 == 0:
+                terminated += await terminate_backends(url)
+
+        async def all_stored() -> bool:
+            counts = [len(await store.history(ENTITY, i)) for i in range(ENTITIES)]
+            return sum(counts) == UPDATES
+
+        await eventually_true(all_stored, timeout=90, what="every event stored")
+    assert terminated > 0
+    for entity_id in range(ENTITIES):
+        history = await store.history(ENTITY, entity_id)
+        assert [e.version for e in history] == list(range(1, UPDATES // ENTITIES + 1))
+
+
+async def terminate_backends(url: str) -> int:
+    """End every server process of the database at ``url`` (its clients see them die)."""
+    name = url.rsplit("/", 1)[-1]
+    admin = await asyncpg.connect(POSTGRES_ADMIN)
+    try:
+        ended = await admin.fetch(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = $1 AND pid <> pg_backend_pid()",
+            name,
+        )
+    finally:
+        await admin.close()
+    return sum(1 for row in ended if row[0])

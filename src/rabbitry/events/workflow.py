@@ -2,8 +2,9 @@
 
 It consumes two queues: ``<ns>.event-sourcing``, whose change events it validates and appends
 to the event store, and its own module queue ``<ns>.module.workflow``, bound ``#`` on
-``<ns>.modules``, so that it hears every message any module sends. Both are consumed in
-batches: one transaction per batch, not per message.
+``<ns>.modules``, so that it hears every message any module sends. Both are stored in
+batches: one transaction per batch, not per message (change events by group commit: the next
+batch is decoded while the previous one is being stored, see :mod:`.batcher`).
 
 An invalid change event, or one the database refuses, is dead-lettered at once with its reason
 (``x-rabbitry-reason``) and never holds up the valid ones of its batch, which are stored in
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 
 from rabbitry.config import Settings
 from rabbitry.errors import MessageError, StorageError
+from rabbitry.events.batcher import Batcher
 from rabbitry.events.change import parse_change
 from rabbitry.events.portable import check_json, check_text
 from rabbitry.events.store import EventStore, Incoming, MessageLog, check_message_id
@@ -49,14 +51,18 @@ class WorkflowService:
         layout = EventsLayout(settings.namespace)
         # Two batches in flight: one being stored while the next arrives.
         prefetch = max(settings.prefetch, 2 * batch_size)
+        # Change events are handed over one by one and stored in batches by one writer (group
+        # commit, see .batcher): the next batch is decoded and validated while the previous
+        # one is in the database, instead of after it.
+        self._events = Batcher(self.store_events, max_size=batch_size)
         self.worker = Worker(
             self.name,
             [
                 Subscription(
                     layout.event_sourcing_queue,
-                    batch=self.store_events,
-                    batch_size=batch_size,
+                    default=self._store_one,
                     prefetch=prefetch,
+                    concurrency=prefetch,
                 ),
                 # It hears everything, so it logs messages without rr_job too (as RoadRunner's
                 # "deduced_by_rr") instead of dead-lettering them.
@@ -80,6 +86,9 @@ class WorkflowService:
 
     async def run(self, stopping: asyncio.Event) -> None:
         await self.worker.run(stopping)
+
+    async def _store_one(self, message: Message) -> None:
+        await self._events.submit(message)  # raises the message's outcome, if not stored
 
     async def store_events(self, messages: Sequence[Message]) -> Outcomes:
         """Validate and store a batch of change events; one outcome per message.

@@ -1,0 +1,89 @@
+"""Group commit for the workflow worker: items submitted one by one are written in batches, in
+submission order, one batch at a time; each caller gets its own item's outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from rabbitry.errors import MessageError, StorageError
+from rabbitry.events.batcher import Batcher
+
+
+class Recorder:
+    def __init__(self, delay: float = 0.01, fail: set[int] | None = None) -> None:
+        self.delay = delay
+        self.fail = fail or set()
+        self.batches: list[list[int]] = []
+        self.writing = 0
+        self.most_at_once = 0
+
+    async def write(self, items: Sequence[int]) -> list[BaseException | None]:
+        self.writing += 1
+        self.most_at_once = max(self.most_at_once, self.writing)
+        self.batches.append(list(items))
+        await asyncio.sleep(self.delay)
+        self.writing -= 1
+        return [MessageError(f"bad {i}") if i in self.fail else None for i in items]
+
+
+async def test_items_are_written_in_submission_order_in_growing_batches_one_at_a_time() -> None:
+    recorder = Recorder()
+    batcher = Batcher(recorder.write, max_size=50)
+
+    submitted: list[asyncio.Future[None]] = []
+    for i in range(200):
+        await asyncio.sleep(0.0005 if i % 10 == 0 else 0)  # callers arrive over time
+        submitted.append(asyncio.ensure_future(batcher.submit(i)))
+    await asyncio.gather(*submitted)
+    assert [i for batch in recorder.batches for i in batch] == list(range(200))
+    assert recorder.most_at_once == 1
+    assert max(map(len, recorder.batches)) <= 50
+    assert len(recorder.batches) < 200  # batched, not one by one
+
+
+async def test_each_caller_gets_its_own_outcome() -> None:
+    recorder = Recorder(fail={3})
+    batcher = Batcher(recorder.write, max_size=10)
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(6)), return_exceptions=True)
+    assert [type(r).__name__ for r in results] == ["NoneType"] * 3 + ["MessageError"] + [
+        "NoneType"
+    ] * 2
+    assert str(results[3]) == "bad 3"
+
+
+async def test_a_writer_that_fails_as_a_whole_fails_every_item_of_its_batch_only() -> None:
+    calls = 0
+
+    async def write(items: Sequence[int]) -> list[BaseException | None]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise StorageError("database down")
+        return [None] * len(items)
+
+    batcher = Batcher(write, max_size=10)
+    first = await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(r, StorageError) for r in first)
+    assert await asyncio.gather(*(batcher.submit(i) for i in range(3))) == [None] * 3
+
+
+async def test_a_cancelled_caller_does_not_break_the_others() -> None:
+    recorder = Recorder(delay=0.05)
+    batcher = Batcher(recorder.write, max_size=10)
+    tasks = [asyncio.ensure_future(batcher.submit(i)) for i in range(4)]
+    await asyncio.sleep(0.01)
+    tasks[1].cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(done[1], asyncio.CancelledError)
+    assert [done[0], done[2], done[3]] == [None, None, None]
+
+
+def test_max_size_must_be_positive() -> None:
+    async def write(items: Sequence[int]) -> list[BaseException | None]:
+        return [None] * len(items)
+
+    with pytest.raises(ValueError):
+        Batcher(write, max_size=0)
