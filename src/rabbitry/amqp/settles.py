@@ -4,7 +4,12 @@ A consumer with prefetch 1000 acks deliveries 1, 2, 3, ... in order most of the 
 one frame each, a run of acks that starts right above the lowest unsettled tag becomes a single
 ``multiple=True`` ack of its last tag, sent at the end of the loop turn. That is exact: by then
 every lower tag is settled, by the run or by a frame queued before it. Acks out of order, nacks
-and rejects still go one frame each. Pure, no I/O.
+and rejects still go one frame each.
+
+Behind a tag that stays unsettled (a slow handler), AMQP has no way to ack a range that does not
+start at the bottom, so later acks go one frame each (still one write per turn) until it is
+settled; then folding resumes at once. The owner makes sure no tag stays unsettled for good: a
+consumer settles every delivery, and the link gives back one whose callback raised. Pure, no I/O.
 """
 
 from __future__ import annotations
