@@ -30,6 +30,8 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Table, select, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rabbitry.errors import MessageError
@@ -53,7 +55,7 @@ _EVENTS = cast(Table, StoredEvent.__table__)
 # Core, not ORM, inserts: the rows are plain dicts and the ORM's bookkeeping would cost more
 # than the database's work.
 _INSERT_EVENTS = _EVENTS.insert().returning(_EVENTS.c.sequence, sort_by_parameter_order=True)
-_INSERT_LOG = cast(Table, MessageLogEntry.__table__).insert()
+_LOG = cast(Table, MessageLogEntry.__table__)
 # SQLite: the head version of each (entity, id) of a batch in one round trip, the keys passed
 # as one JSON parameter. Each max() is answered from the end of the unique index (the min/max
 # optimisation), so the cost does not grow with the entities' histories.
@@ -268,21 +270,11 @@ class MessageLog:
         return await split_refused(messages, log)
 
     async def _append(self, session: AsyncSession, messages: Sequence[Message]) -> int:
-        ids = {m.id for m in messages}
-        seen = set(
-            (
-                await session.scalars(
-                    select(MessageLogEntry.message_id).where(MessageLogEntry.message_id.in_(ids))
-                )
-            ).all()
-        )
         now = dt.datetime.now(dt.UTC)
-        values: list[dict[str, Any]] = []
+        values: dict[str, dict[str, Any]] = {}
         for message in messages:
-            if message.id in seen:
-                continue
-            seen.add(message.id)
-            values.append(
+            values.setdefault(  # a repeat within the batch: the first one
+                message.id,
                 {
                     "message_id": message.id,
                     "type": message.type[:255],
@@ -293,11 +285,17 @@ class MessageLog:
                     "headers": {k: list(v) for k, v in message.headers.items()},
                     "occurred_at": message.timestamp,
                     "recorded_at": now,
-                }
+                },
             )
-        if values:
-            await session.execute(_INSERT_LOG, values)
-        return len(values)
+        # No version to number here: the unique index itself drops a message logged before
+        # (no lookup first, which PostgreSQL may plan as a scan of the whole log).
+        insert = sqlite_insert if self._db.is_sqlite else postgresql_insert
+        statement = (
+            insert(_LOG)
+            .on_conflict_do_nothing(index_elements=["message_id"])
+            .returning(_LOG.c.message_id)
+        )
+        return len((await session.execute(statement, list(values.values()))).all())
 
     async def recent(self, limit: int = 100) -> list[MessageLogEntry]:
         """The last ``limit`` logged messages, newest first (each with its type, tenant,
