@@ -93,6 +93,7 @@ class Terminator:
         self._context = context
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
         self.handshakes = 0
         self.client_subjects: list[str] = []
         self.port = 0
@@ -109,7 +110,9 @@ class Terminator:
         peer = writer.get_extra_info("peercert")
         if peer:
             self.client_subjects.append(dict(x[0] for x in peer["subject"])["commonName"])
+        self._writers.append(writer)
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 5672)
+        self._writers.append(up_writer)
         for source, sink in ((reader, up_writer), (up_reader, writer)):
             task = asyncio.create_task(_pipe(source, sink))
             self._tasks.add(task)
@@ -121,14 +124,22 @@ class Terminator:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in self._writers:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+        if self._server is not None:
+            await self._server.wait_closed()
 
 
 async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError, ssl.SSLError):
-        while data := await source.read(65536):
-            sink.write(data)
-            await sink.drain()
-    sink.close()
+    try:
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+    finally:
+        sink.close()
 
 
 @contextlib.asynccontextmanager
