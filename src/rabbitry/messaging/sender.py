@@ -43,7 +43,7 @@ _REASONS = {
 }
 # A refused publish takes down what follows it on the channel; each round sends those again.
 _ROUNDS = 4
-# Messages per write when sending many (see _publish).
+# Messages per write when sending many (see _publish_parts).
 _PART = 100
 
 
