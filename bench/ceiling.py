@@ -487,9 +487,9 @@ async def main(count: int, rounds: int, latency_seconds: float) -> None:
             )
     paced = int(latency_seconds * 1000)
     print(f"  latency at a paced 1,000 msg/s, publish -> handler ({paced:,} messages):")
-    for name, values in latency.items():
-        p50 = statistics.median(v[0] for v in values)
-        p99 = statistics.median(v[1] for v in values)
+    for name, rounds_ms in latency.items():
+        p50 = statistics.median(p[0] for p in rounds_ms)
+        p99 = statistics.median(p[1] for p in rounds_ms)
         print(f"    {name:<34} p50 {p50:6.2f} ms   p99 {p99:6.2f} ms")
 
 
