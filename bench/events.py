@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
 import statistics
 import tempfile
 import time
@@ -198,6 +199,9 @@ async def main(n: int, rounds: int, kind: str) -> None:
             await database.upgrade()
             async with await Declarer.connect(AMQP_URL) as declarer:
                 await declarer.declare(topology)
+            # As WorkflowProcess does at start (`rabbitry worker workflow`, `rabbitry up`):
+            # what is loaded by now lives as long as the process; every case runs with it.
+            gc.freeze()
             cases = {
                 "(a) plain consumer, no-op handler": plain_consumer,
                 "(b) handler per message, one transaction each": per_message_store,

@@ -16,6 +16,7 @@ Run several workflow workers at once to scale: the store keeps versions gap-free
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Sequence
 
 from rabbitry.config import Settings
@@ -160,4 +161,10 @@ class WorkflowProcess:
 
     async def run(self, stopping: asyncio.Event) -> None:
         async with open_database(self._settings.sql_url) as database:
-            await WorkflowService(self._settings, database).run(stopping)
+            service = WorkflowService(self._settings, database)
+            # Everything loaded so far (modules, the ORM's and the settings' classes) lives as
+            # long as the process: keep it out of the collector's full passes, which otherwise
+            # scan it over and over while thousands of messages wait in the prefetch window
+            # (measured: full collections took ~15% of the worker's time, half that frozen).
+            gc.freeze()
+            await service.run(stopping)
