@@ -31,10 +31,10 @@ def test_the_sessions_example_removes_a_user_and_their_session_stops_working(
     }
     for name in ("RABBITRY_SESSION_URL", "RABBITRY_REDIS_URL", "RABBITRY_MONGODB_URL"):
         env.pop(name, None)
-    log = (tmp_path / "up.log").open("w")
-    proc = subprocess.Popen(
-        [RABBITRY, "up", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    with (tmp_path / "up.log").open("w") as log:  # the process writes to its own copy
+        proc = subprocess.Popen(
+            [RABBITRY, "up", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     try:
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200)
         out = subprocess.run(
