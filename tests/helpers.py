@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import socket
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence, Sized
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +27,8 @@ import httpx
 from aio_pika.abc import AbstractIncomingMessage
 
 from rabbitry.amqp.declarer import Declarer
+from rabbitry.amqp.link import Link, Outcome, Outgoing
+from rabbitry.amqp.properties import Properties
 from rabbitry.config import Settings
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishResult, PublishStatus, Route
@@ -59,6 +62,16 @@ async def eventually_true(
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+def at_least(items: Sized, count: int) -> Callable[[], Awaitable[bool]]:
+    """A check for :func:`eventually_true`: ``items`` (a list a handler appends to) holds at
+    least ``count`` entries."""
+
+    async def check() -> bool:
+        return len(items) >= count
+
+    return check
 
 
 def wait_until(predicate: Callable[[], T], *, timeout: float = 30.0, what: str = "condition") -> T:
@@ -180,6 +193,23 @@ async def publish(settings: Settings, queue: str, *messages: Message) -> None:
     async with Publisher(settings.amqp) as publisher:
         results = await publisher.publish_many([(m, Route("", queue)) for m in messages])
     assert {r.status for r in results} == {PublishStatus.PUBLISHED}, results
+
+
+async def publish_json(settings: Settings, queue: str, *payloads: object) -> None:
+    """Publish each payload as the JSON body of a type ``t`` message straight to ``queue``, as a
+    foreign publisher would (our own wire client, no envelope of ours: only the ``rr_job``
+    header); every one must be confirmed. One connection, ``<namespace>-seed``, per call."""
+    link = await Link.connect(settings.amqp.url, name=f"{settings.namespace}-seed")
+    try:
+        await link.confirm_select()
+        properties = Properties(
+            content_type="application/json", delivery_mode=2, headers={"rr_job": "t"}
+        )
+        items = [Outgoing("", queue, json.dumps(p).encode(), properties) for p in payloads]
+        outcomes = await link.publish_many(items)
+        assert all(o is Outcome.ACKED for o in outcomes), outcomes
+    finally:
+        await link.close()
 
 
 # --- queues, read back -----------------------------------------------------------------------

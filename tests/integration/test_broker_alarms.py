@@ -17,11 +17,9 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from helpers import listed, rabbitmqctl
+from helpers import listed, publish_json, rabbitmqctl
 from rabbitry import metrics
 from rabbitry.amqp.declarer import Declarer
-from rabbitry.amqp.link import Link, Outcome, Outgoing
-from rabbitry.amqp.properties import Properties
 from rabbitry.app.http import create_app
 from rabbitry.config import Settings
 from rabbitry.messaging.consumer import Retry, Subscription
@@ -132,7 +130,7 @@ async def test_consumers_keep_acking_while_an_alarm_blocks_their_retry_copies(
         handled.append(message.payload)
 
     payloads = ["retry", *(f"ok{n}" for n in range(5))]
-    await _publish(patient, queue, payloads)  # before the alarm: publishers wait during it
+    await publish_json(patient, queue, *payloads)  # before the alarm: publishers wait during it
     subscription = Subscription(queue, handlers={"t": handle})
     async with run_worker([subscription], topology, settings=patient):
         await eventually(_counts_are(broker, queue, (0, 6)), what="all six delivered")
@@ -177,16 +175,3 @@ def _counts_are(
         return await broker.counts(queue) == expected
 
     return check
-
-
-async def _publish(settings: Settings, queue: str, payloads: Sequence[str]) -> None:
-    link = await Link.connect(settings.amqp.url, name=f"{settings.namespace}-seed")
-    try:
-        await link.confirm_select()
-        headers = {"rr_job": "t"}
-        properties = Properties(content_type="application/json", delivery_mode=2, headers=headers)
-        items = [Outgoing("", queue, json.dumps(p).encode(), properties) for p in payloads]
-        outcomes = await link.publish_many(items)
-        assert all(o is Outcome.ACKED for o in outcomes), outcomes
-    finally:
-        await link.close()

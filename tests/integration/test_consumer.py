@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from helpers import Eventually, Handled, publish, work
+from helpers import Eventually, Handled, at_least, publish, work
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.messaging.consumer import Reject, Retry, Subscription
@@ -36,13 +36,6 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 def size_is(declarer: Declarer, queue: str, expected: int) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return await declarer.queue_size(queue) == expected
-
-    return check
-
-
-def length_is(items: Sequence[Any], expected: int) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        return len(items) >= expected
 
     return check
 
@@ -82,7 +75,7 @@ async def test_each_message_goes_to_the_handler_of_its_type_else_to_the_default(
             Message(type="user.deleted", payload={"id": 2}),
             Message(type="something.else", payload={"id": 3}),
         )
-        await eventually(length_is(seen, 3), what="three handled messages")
+        await eventually(at_least(seen, 3), what="three handled messages")
 
     assert sorted(seen) == [
         ("default", "something.else", {"id": 3}),
@@ -139,7 +132,7 @@ async def test_a_delivery_is_acked_only_once_its_handler_has_finished(
         # The handler is busy: the broker holds the message as delivered but not acked.
         assert await broker.counts(queue) == (0, 1)
         release.set()
-        await eventually(length_is(finished, 1), what="the handler to finish")
+        await eventually(at_least(finished, 1), what="the handler to finish")
 
         async def settled() -> bool:
             return await broker.counts(queue) == (0, 0)
@@ -204,7 +197,7 @@ async def test_retry_with_a_delay_waits_in_the_smallest_tier_at_least_that_long(
 
     async with run_worker([Subscription(queue, default=later)], topology):
         await publish(settings, queue, Message(type="job", payload={}))
-        await eventually(length_is(deliveries, 2), what="the retried delivery")
+        await eventually(at_least(deliveries, 2), what="the retried delivery")
 
     first, second = deliveries
     assert (first.attempt, second.attempt) == (0, 1)
@@ -263,7 +256,7 @@ async def test_malformed_messages_are_dead_lettered_at_once_with_the_reason(
         await broker.publish("", queue, b"\xff\xfe", headers={"rr_job": "job"}, message_id="bin")
         await broker.publish("", queue, b'{"ok": 1}', headers={"rr_job": "job"}, message_id="ok")
         await eventually(size_is(declarer, dlq_name(queue), 3), what="three dead letters")
-        await eventually(length_is(handled, 1), what="the good message")
+        await eventually(at_least(handled, 1), what="the good message")
 
     assert [m.id for m in handled] == ["ok"]
     dead = by_id(await broker.get_all(dlq_name(queue)))
@@ -292,7 +285,7 @@ async def test_a_lenient_subscription_takes_a_message_without_rr_job_as_deduced_
 
     async with run_worker([Subscription(queue, default=handled, strict=False)], topology):
         await broker.publish("", queue, b'{"a": 1}', message_id="m-1")
-        await eventually(length_is(handled, 1), what="the message")
+        await eventually(at_least(handled, 1), what="the message")
 
     (message,) = handled
     assert (message.type, message.id, message.payload) == ("deduced_by_rr", "m-1", {"a": 1})
@@ -334,7 +327,7 @@ async def test_a_batch_handler_gets_batches_and_each_outcome_is_settled_on_its_o
     subscription = Subscription(queue, batch=handle, batch_size=10)
     async with run_worker([subscription], topology):
         await eventually(size_is(declarer, dlq_name(queue), 6), what="six dead letters")
-        await eventually(length_is(done, 24), what="24 successes")
+        await eventually(at_least(done, 24), what="24 successes")
 
     assert all(1 <= len(batch) <= 10 for batch in batches)
     assert max(len(batch) for batch in batches) > 1
@@ -375,7 +368,7 @@ async def test_a_batch_handler_returning_the_wrong_number_of_outcomes_fails_that
         await publish(settings, queue, buggy)
         await eventually(size_is(declarer, dlq_name(queue), 1), what="the dead letter")
         await publish(settings, queue, fine)
-        await eventually(length_is(done, 1), what="the next batch")
+        await eventually(at_least(done, 1), what="the next batch")
 
     assert done == [fine.id]
     (dead,) = await broker.get_all(dlq_name(queue))
@@ -432,7 +425,7 @@ async def test_a_job_published_by_roadrunner_is_consumed_with_its_id_name_and_he
         await broker.publish(
             exchange, "emails", minimal_body, headers={"rr_job": "App\\Jobs\\SendEmail"}
         )
-        await eventually(length_is(handled, 2), what="both jobs")
+        await eventually(at_least(handled, 2), what="both jobs")
 
     full, minimal = sorted(handled, key=lambda m: m.raw_body != body)
     assert full.id == job_id
@@ -475,7 +468,7 @@ async def test_a_rabbitry_message_round_trips_through_the_consumer_unchanged(
     )
     async with run_worker([Subscription(queue, default=handled)], topology):
         await publish(settings, queue, sent)
-        await eventually(length_is(handled, 1), what="the message")
+        await eventually(at_least(handled, 1), what="the message")
 
     (got,) = handled
     assert (got.id, got.type, got.payload, dict(got.headers)) == (

@@ -12,12 +12,11 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from helpers import at_least, publish_json, work
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.amqp.link import Link, Outgoing
-from rabbitry.amqp.properties import Properties
 from rabbitry.config import Settings
 from rabbitry.messaging.consumer import Consumer, Reject, Retry, Subscription
 from rabbitry.messaging.envelope import Message
@@ -37,11 +36,6 @@ if TYPE_CHECKING:
     from conftest import BrokerProbe, Endpoint, Eventually, WorkerRunner
 
 JSON = "application/json"
-
-
-def work(settings: Settings, name: str = "work") -> tuple[str, Topology]:
-    queue = f"{settings.namespace}.{name}"
-    return queue, work_queue(queue, policy=settings.retry)
 
 
 # --- 1. a delivery the decoder cannot read never drops the connection --------------------------
@@ -66,7 +60,7 @@ async def test_a_millisecond_timestamp_from_a_java_publisher_is_read_as_its_inst
             content_type=JSON,
             timestamp=int(sent_at.timestamp() * 1000),  # what Java's AMQP clients write
         )
-        await eventually(lambda: _has(seen, 1), what="the message to be handled")
+        await eventually(at_least(seen, 1), what="the message to be handled")
     assert seen[0].timestamp == sent_at
 
 
@@ -89,7 +83,7 @@ async def test_a_message_id_that_is_not_utf8_is_dead_lettered_and_the_next_messa
                 content_type=JSON,
                 message_id=message_id,
             )
-        await eventually(lambda: _has(handled, 1), what="the good message to be handled")
+        await eventually(at_least(handled, 1), what="the good message to be handled")
         await eventually(lambda: _ready(broker, dlq_name(queue), 1), what="the dead letter")
     assert handled == ["good"]
     (dead,) = await broker.get_all(dlq_name(queue))
@@ -120,7 +114,7 @@ async def test_a_routing_key_that_is_not_utf8_is_dead_lettered_not_a_crash_loop(
         for key in (b"orders.\xff", b"orders.ok"):
             # pika writes a bytes routing key as it is, as a foreign publisher might.
             await broker.publish(exchange, key, b"{}", headers={"rr_job": "t"}, content_type=JSON)  # type: ignore[arg-type]
-        await eventually(lambda: _has(handled, 1), what="the good message to be handled")
+        await eventually(at_least(handled, 1), what="the good message to be handled")
         await eventually(lambda: _ready(broker, dlq_name(queue), 1), what="the dead letter")
     assert handled == ["orders.ok"]
     (dead,) = await broker.get_all(dlq_name(queue))
@@ -156,10 +150,9 @@ async def test_a_retry_copy_not_confirmed_in_time_gives_the_original_back(
         await sender.send([Outgoing("", warm, b"{}")])  # the copies' connection is up
         await consumer.start()
         endpoint.freeze()
-        async with _publisher(settings) as publish:
-            await publish(queue, "a", "b")
+        await publish_json(settings, queue, "a", "b")
         # prefetch 1: had "a" stayed unsettled, "b" would never come.
-        await eventually(lambda: _has(calls, 3), timeout=30, what="a, a again, then b")
+        await eventually(at_least(calls, 3), timeout=30, what="a, a again, then b")
         assert calls == ["a", "a", "b"]
     finally:
         endpoint.thaw()
@@ -188,8 +181,7 @@ async def test_a_retry_whose_queue_is_missing_is_dead_lettered_with_that_reason(
 
     async with run_worker([Subscription(queue, handlers={"t": handle})], topology):
         await declarer.delete(Topology.of(queues=[Queue(first_tier)]))  # an operator's mistake
-        async with _publisher(settings) as publish:
-            await publish(queue, "p")
+        await publish_json(settings, queue, "p")
         await eventually(lambda: _ready(broker, dlq_name(queue), 1), what="the dead letter")
         await asyncio.sleep(0.5)  # room for a hot loop to show itself, had there been one
     assert calls == ["p"]
@@ -270,38 +262,5 @@ async def test_a_worker_stops_within_its_bounds_when_the_broker_stops_reading(
 # --- helpers ------------------------------------------------------------------------------------
 
 
-async def _has(items: Sequence[object], count: int) -> bool:
-    return len(items) >= count
-
-
 async def _ready(broker: BrokerProbe, queue: str, count: int) -> bool:
     return (await broker.counts(queue))[0] >= count
-
-
-class _publisher:
-    """``async with _publisher(settings) as publish: await publish(queue, *payloads)``: type
-    ``t`` messages, each confirmed."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._link: Link | None = None
-
-    async def __aenter__(self) -> _Publish:
-        self._link = await Link.connect(self._settings.amqp.url, name="test-publisher")
-        await self._link.confirm_select()
-        return _Publish(self._link)
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._link is not None
-        await self._link.close()
-
-
-class _Publish:
-    def __init__(self, link: Link) -> None:
-        self._link = link
-
-    async def __call__(self, queue: str, *payloads: str) -> None:
-        properties = Properties(content_type=JSON, delivery_mode=2, headers={"rr_job": "t"})
-        items = [Outgoing("", queue, json.dumps(p).encode(), properties) for p in payloads]
-        outcomes = await self._link.publish_many(items)
-        assert all(o.value == "acked" for o in outcomes), outcomes

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
-from helpers import eventually_true
+from helpers import at_least, eventually_true
 from rabbitry import (
     Binding,
     Exchange,
@@ -201,13 +201,6 @@ async def publish(core: Core, route: Route, *messages: Message) -> None:
 def has(core: Core, queue: str, ready: int) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return (await core.counts(queue))[0] == ready
-
-    return check
-
-
-def at_least(items: Sequence[Any], n: int) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        return len(items) >= n
 
     return check
 
