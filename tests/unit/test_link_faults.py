@@ -29,76 +29,14 @@ from rabbitry.amqp.properties import (
     encode_properties,
 )
 from rabbitry.amqp.settles import AckFolder
-from rabbitry.amqp.url import Endpoint
 from rabbitry.messaging.consumer import Consumer, Subscription
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.retry import RetryPolicy
 from rabbitry.messaging.sender import Sender
 from rabbitry.messaging.settings import AmqpSettings
+from scripted_broker import Transport, feed, open_link, turns
 
 PROPS = Properties(delivery_mode=2)
-
-
-class Transport(asyncio.Transport):
-    """Records what the link writes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[bytes] = []
-        self.closing = False
-        self.aborted = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.writes.append(bytes(data))
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = self.aborted = True
-
-    def frames(self) -> list[Any]:
-        data = b"".join(self.writes)
-        self.writes.clear()
-        out: list[Any] = []
-        while data:
-            used, _, value = pamqp_frame.unmarshal(data)
-            out.append(value)
-            data = data[used:]
-        return out
-
-
-def feed(link: Link, channel: int, *methods: Any) -> None:
-    link.data_received(b"".join(pamqp_frame.marshal(m, channel) for m in methods))
-
-
-async def turns(count: int = 2) -> None:
-    for _ in range(count):
-        await asyncio.sleep(0)
-
-
-async def open_link(rpc_timeout: float = 10.0) -> tuple[Link, Transport]:
-    link = Link(
-        Endpoint.from_url("amqp://guest:guest@localhost/"), "t", 0, asyncio.get_running_loop()
-    )
-    link._rpc_timeout = rpc_timeout
-    transport = Transport()
-    link.connection_made(transport)
-    feed(link, 0, commands.Connection.Start(mechanisms="PLAIN"))
-    feed(link, 0, commands.Connection.Tune(2047, 131072, 0))
-    feed(link, 0, commands.Connection.OpenOk())
-    feed(link, 1, commands.Channel.OpenOk())
-    await turns(1)
-    transport.writes.clear()
-    select = asyncio.ensure_future(link.confirm_select())
-    await turns()
-    feed(link, 1, commands.Confirm.SelectOk())
-    await select
-    transport.writes.clear()
-    return link, transport
 
 
 @pytest.fixture

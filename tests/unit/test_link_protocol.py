@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from pamqp import base, commands, header
@@ -17,45 +16,11 @@ from pamqp import body as pamqp_body
 from pamqp import frame as pamqp_frame
 
 from rabbitry.amqp import wire
-from rabbitry.amqp.handshake import Endpoint
 from rabbitry.amqp.link import Delivery, Link, LinkClosed, Outcome, Outgoing
 from rabbitry.amqp.properties import Properties
+from scripted_broker import Transport, feed, open_link, turns
 
 PROPS = Properties(delivery_mode=2)
-
-
-class FakeTransport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[bytes] = []
-        self.closing = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.writes.append(bytes(data))
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def frames(self) -> list[Any]:
-        """Everything written since the last call, unmarshalled by pamqp."""
-        data = b"".join(self.writes)
-        self.writes.clear()
-        out: list[Any] = []
-        while data:
-            used, _, value = pamqp_frame.unmarshal(data)
-            out.append(value)
-            data = data[used:]
-        return out
-
-
-def feed(link: Link, channel: int, *methods: Any) -> None:
-    link.data_received(b"".join(pamqp_frame.marshal(m, channel) for m in methods))
 
 
 def deliveries(first: int, count: int, body: bytes = b"body", frame_max: int = 131072) -> bytes:
@@ -71,60 +36,25 @@ def deliveries(first: int, count: int, body: bytes = b"body", frame_max: int = 1
     return b"".join(chunks)
 
 
-async def turn() -> None:
-    """Let the loop run the flush scheduled with call_soon."""
-    await asyncio.sleep(0)
-
-
-async def reply(link: Link, transport: FakeTransport, method: base.Frame) -> None:
+async def reply(link: Link, transport: Transport, method: base.Frame) -> None:
     """Answer the method the running call is about to write (a turn to start, one to flush)."""
-    await turn()
-    await turn()
+    await turns()
     transport.frames()
     feed(link, 1, method)
 
 
-async def open_link(heartbeat: int = 0, frame_max: int = 131072) -> tuple[Link, FakeTransport]:
-    link = Link(
-        Endpoint.from_url("amqp://guest:guest@localhost/"),
-        "t",
-        heartbeat,
-        asyncio.get_running_loop(),
-    )
-    transport = FakeTransport()
-    link.connection_made(transport)
-    assert transport.writes.pop(0) == wire.PROTOCOL_HEADER
-    feed(link, 0, commands.Connection.Start(mechanisms="PLAIN AMQPLAIN"))
-    feed(link, 0, commands.Connection.Tune(2047, frame_max, heartbeat))
-    feed(link, 0, commands.Connection.OpenOk())
-    feed(link, 1, commands.Channel.OpenOk())
-    await turn()
-    sent = [type(f) for f in transport.frames()]
-    assert sent == [
-        commands.Connection.StartOk,
-        commands.Connection.TuneOk,
-        commands.Connection.Open,
-        commands.Channel.Open,
-    ]
-    assert link.is_open
-    select = asyncio.ensure_future(link.confirm_select())
-    await reply(link, transport, commands.Confirm.SelectOk())
-    await select
-    return link, transport
-
-
 @pytest.fixture
-async def opened() -> AsyncIterator[tuple[Link, FakeTransport]]:
+async def opened() -> AsyncIterator[tuple[Link, Transport]]:
     link, transport = await open_link()
     yield link, transport
     link.connection_lost(None)
 
 
-async def test_publishes_of_one_turn_leave_in_one_write(opened: tuple[Link, FakeTransport]) -> None:
+async def test_publishes_of_one_turn_leave_in_one_write(opened: tuple[Link, Transport]) -> None:
     link, transport = opened
     futures = [link.publish("", "q", b"m%d" % i, PROPS) for i in range(100)]
     assert not transport.writes
-    await turn()
+    await turns(1)
     assert len(transport.writes) == 1
     frames = transport.frames()
     assert len(frames) == 300
@@ -136,11 +66,11 @@ async def test_publishes_of_one_turn_leave_in_one_write(opened: tuple[Link, Fake
 
 
 async def test_publish_many_writes_once_and_resolves_once(
-    opened: tuple[Link, FakeTransport],
+    opened: tuple[Link, Transport],
 ) -> None:
     link, transport = opened
     batch = asyncio.ensure_future(link.publish_many([Outgoing("", "q", b"x")] * 1000))
-    await turn()
+    await turns(1)
     assert len(transport.writes) == 1
     assert len(transport.frames()) == 3000
     feed(link, 1, commands.Basic.Ack(1000, multiple=True))
@@ -148,19 +78,19 @@ async def test_publish_many_writes_once_and_resolves_once(
 
 
 async def test_nothing_is_written_while_the_transport_is_paused(
-    opened: tuple[Link, FakeTransport],
+    opened: tuple[Link, Transport],
 ) -> None:
     link, transport = opened
     link.pause_writing()
     single = link.publish("", "q", b"one", PROPS)
     batch = asyncio.ensure_future(link.publish_many([Outgoing("", "q", b"two")]))
-    await turn()
-    await turn()
+    await turns(1)
+    await turns(1)
     assert not transport.writes
     assert not batch.done()
     link.resume_writing()
-    await turn()
-    await turn()
+    await turns(1)
+    await turns(1)
     bodies = [f.value for f in transport.frames() if isinstance(f, pamqp_body.ContentBody)]
     assert bodies == [b"one", b"two"]
     feed(link, 1, commands.Basic.Ack(2, multiple=True))
@@ -168,7 +98,7 @@ async def test_nothing_is_written_while_the_transport_is_paused(
     assert await batch == [Outcome.ACKED]
 
 
-async def test_acks_of_one_read_fold_into_one_frame(opened: tuple[Link, FakeTransport]) -> None:
+async def test_acks_of_one_read_fold_into_one_frame(opened: tuple[Link, Transport]) -> None:
     link, transport = opened
     got: list[Delivery] = []
 
@@ -180,7 +110,7 @@ async def test_acks_of_one_read_fold_into_one_frame(opened: tuple[Link, FakeTran
     await reply(link, transport, commands.Basic.ConsumeOk("ctag"))
     assert await consume == "ctag"
     link.data_received(deliveries(1, 50))
-    await turn()
+    await turns(1)
     assert transport.writes == [wire.encode_ack(1, 50, multiple=True)]
     assert [d.delivery_tag for d in got] == list(range(1, 51))
     assert got[0].properties.delivery_mode == 2
@@ -201,7 +131,7 @@ async def test_deliveries_split_anywhere_and_over_frames_are_reassembled() -> No
 
 
 async def test_a_raising_callback_does_not_take_the_link_down(
-    opened: tuple[Link, FakeTransport],
+    opened: tuple[Link, Transport],
 ) -> None:
     link, transport = opened
 
@@ -215,11 +145,11 @@ async def test_a_raising_callback_does_not_take_the_link_down(
     assert link.is_open
 
 
-async def test_connection_loss_fails_everything_pending(opened: tuple[Link, FakeTransport]) -> None:
+async def test_connection_loss_fails_everything_pending(opened: tuple[Link, Transport]) -> None:
     link, _ = opened
     single = link.publish("", "q", b"x", PROPS)
     batch = asyncio.ensure_future(link.publish_many([Outgoing("", "q", b"y")]))
-    await turn()
+    await turns(1)
     link.connection_lost(ConnectionResetError("reset by peer"))
     for pending in (single, batch):
         with pytest.raises(LinkClosed, match="reset by peer"):
@@ -232,11 +162,11 @@ async def test_connection_loss_fails_everything_pending(opened: tuple[Link, Fake
 
 
 async def test_channel_close_from_the_broker_carries_its_code(
-    opened: tuple[Link, FakeTransport],
+    opened: tuple[Link, Transport],
 ) -> None:
     link, transport = opened
     pending = link.publish("missing", "q", b"x", PROPS)
-    await turn()
+    await turns(1)
     transport.frames()
     feed(link, 1, commands.Channel.Close(404, "NOT_FOUND - no exchange 'missing'", 60, 40))
     with pytest.raises(LinkClosed) as failed:
@@ -259,7 +189,7 @@ async def test_channel_close_from_the_broker_carries_its_code(
 
 
 async def test_close_sends_pending_acks_then_closes_cleanly(
-    opened: tuple[Link, FakeTransport],
+    opened: tuple[Link, Transport],
 ) -> None:
     link, transport = opened
     got: list[Delivery] = []
@@ -269,7 +199,7 @@ async def test_close_sends_pending_acks_then_closes_cleanly(
     link.data_received(deliveries(1, 1))
     link.ack(got[0].delivery_tag)
     closing = asyncio.ensure_future(link.close())
-    await turn()
+    await turns(1)
     frames = transport.frames()
     assert isinstance(frames[0], commands.Basic.Ack)
     assert isinstance(frames[-1], commands.Connection.Close)
