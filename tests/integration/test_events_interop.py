@@ -147,3 +147,29 @@ async def test_without_rr_id_the_amqp_message_id_identifies_a_redelivery(
     history = await store.history(ENTITY, 2)
     assert [(e.version, e.type, e.message_id) for e in history][:1] == [(1, "insert", "legacy-1")]
     assert len(history) == 2
+
+
+async def test_a_message_without_rr_id_or_message_id_is_stored_once_when_redelivered(
+    events_settings: Settings, events_db: Database
+) -> None:
+    layout = EventsLayout(events_settings.namespace)
+    body = {"entity": ENTITY, "id": 4, "user": 1, "data": {"a": 1}}
+    properties, raw = roadrunner_job("insert", body)
+    properties.headers.pop("rr_id")  # and pika sends no message_id unless told to
+    store = EventStore(events_db)
+    async with running(WorkflowService(events_settings, events_db)):
+        marker = roadrunner_job("update", {**body, "data": {"a": 2}})
+        await asyncio.to_thread(
+            publish_with_pika,
+            layout.events_exchange,
+            "insert",
+            [(properties, raw), (properties, raw), marker],
+        )
+
+        async def marker_stored() -> bool:
+            return any(e.type == "update" for e in await store.history(ENTITY, 4))
+
+        await eventually_true(marker_stored, what="the marker event")
+    history = await store.history(ENTITY, 4)
+    assert [(e.version, e.type) for e in history] == [(1, "insert"), (2, "update")]
+    assert history[0].message_id.startswith("sha256:")

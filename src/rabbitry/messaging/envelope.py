@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import json
 import os
 import struct
@@ -97,6 +98,19 @@ class Message:
 
 # One encoder for every body: json.dumps with options builds a new one per call (~0.7 µs).
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def content_id(job: str, timestamp: dt.datetime | int | None, body: bytes) -> str:
+    """The id of a message that carries none (neither ``rr_id`` nor ``message_id``).
+
+    Derived from what the publisher sent (type, AMQP timestamp, body bytes) and not drawn at
+    random, so that every redelivery of the message gets the same id and consumers that
+    deduplicate on ``Message.id`` (the event store) keep it once. Two messages sent with equal
+    type, timestamp and body are indistinguishable without an id, and count as one.
+    """
+    stamp = timestamp.isoformat() if isinstance(timestamp, dt.datetime) else str(timestamp or "")
+    digest = hashlib.sha256(b"\0".join((job.encode(), stamp.encode(), body))).hexdigest()
+    return f"sha256:{digest[:32]}"
 
 
 def new_id() -> str:
@@ -231,7 +245,7 @@ def decode(
         raise MessageError(f"body is not UTF-8: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise MessageError(f"body is not JSON: {exc}") from exc
-    rr_id = _text(get("rr_id")) or message_id or new_id()
+    rr_id = _text(get("rr_id")) or message_id or content_id(job, timestamp, body)
     extra = {k: v for k, v in table.items() if k not in _KNOWN}
     return Message(
         type=job,
