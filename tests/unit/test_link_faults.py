@@ -103,6 +103,9 @@ async def test_a_message_id_that_is_not_utf8_is_that_deliverys_error_and_the_lin
     assert encode_properties(got[0].properties) == bad
 
 
+PROPS_RAW = encode_properties(PROPS)
+
+
 async def test_a_routing_key_that_is_not_utf8_is_that_deliverys_error(
     opened: tuple[Link, Transport],
 ) -> None:
@@ -127,6 +130,23 @@ async def test_a_timestamp_that_is_no_date_and_a_broken_header_table_are_kept_ra
     assert encode_properties(got[0].properties) == stamp
     assert got[1].error is not None and "header table" in got[1].error
     assert got[1].properties.headers == {UNDECODABLE_HEADERS: table[4:]}
+
+
+async def test_a_header_table_nested_thousands_deep_is_that_deliverys_error(
+    opened: tuple[Link, Transport],
+) -> None:
+    link, transport = opened
+    got = await consuming(link, transport)
+    table = b""
+    for _ in range(3000):  # {"k": {"k": {... }}}, each level a field of tag F
+        field = b"\x01kF" + table if table else b""
+        table = struct.pack(">I", len(field)) + field
+    nested = struct.pack(">H", 0x2000) + table
+    link.data_received(delivery_frames(1, nested, b"{}") + delivery_frames(2, PROPS_RAW, b"{}"))
+    assert link.is_open
+    assert [d.delivery_tag for d in got] == [1, 2]
+    assert got[0].error is not None and "header table" in got[0].error
+    assert got[1].error is None
 
 
 async def test_a_delivery_whose_callback_raises_is_given_back_not_left_unsettled(

@@ -280,7 +280,15 @@ def salvage_properties(data: bytes, pos: int = 0) -> tuple[Properties, str]:
             raw = data[pos:end]
             try:
                 found[name] = decode_table(raw)
-            except (ValueError, TypeError, OverflowError, OSError, struct.error) as exc:
+            # RecursionError: a table nested thousands deep, which no real publisher sends.
+            except (
+                ValueError,
+                TypeError,
+                OverflowError,
+                OSError,
+                RecursionError,
+                struct.error,
+            ) as exc:
                 found[name] = {UNDECODABLE_HEADERS: raw[4:]}
                 problems.append(f"the header table does not decode ({exc})")
             pos = end

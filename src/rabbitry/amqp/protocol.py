@@ -29,8 +29,9 @@ from rabbitry.errors import BrokerError
 log = logging.getLogger(__name__)
 
 # What decoding a foreign publisher's properties can raise (UnicodeDecodeError is a
-# ValueError; a timestamp out of range an OverflowError or OSError).
-_UNDECODABLE = (ValueError, OverflowError, OSError, TypeError)
+# ValueError; a timestamp out of range an OverflowError or OSError; a header table nested
+# thousands deep a RecursionError).
+_UNDECODABLE = (ValueError, OverflowError, OSError, TypeError, RecursionError)
 
 CHANNEL = 1
 _REPLIES = frozenset(
