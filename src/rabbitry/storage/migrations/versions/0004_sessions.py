@@ -1,7 +1,7 @@
 """Tenants, their users, and the SQL session store (sessions part, seed 000).
 
 Revision ID: 0004_sessions
-Revises: 0005_chat
+Revises: 0003_chat
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_sessions"
-down_revision = "0005_chat"
+down_revision = "0003_chat"
 branch_labels = None
 depends_on = None
 

@@ -1,6 +1,6 @@
 """Chat history.
 
-Revision ID: 0005_chat
+Revision ID: 0003_chat
 Revises: 0002_events
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005_chat"
+revision = "0003_chat"
 down_revision = "0002_events"
 branch_labels = None
 depends_on = None

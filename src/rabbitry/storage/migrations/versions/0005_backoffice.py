@@ -1,7 +1,7 @@
 """Back-office: soft delete and manual requeue time on ledger rows, listing indexes, and what a
 record sent by hand becomes (message type, payload shape) on registry entries.
 
-Revision ID: 0006_backoffice
+Revision ID: 0005_backoffice
 Revises: 0004_sessions
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_backoffice"
+revision = "0005_backoffice"
 down_revision = "0004_sessions"
 branch_labels = None
 depends_on = None
