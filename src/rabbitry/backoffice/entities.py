@@ -1,4 +1,4 @@
-"""The entity pages' data (the seed's ABM lists): tenants, users per tenant, chat rooms and
+"""The entity pages' data (the list pages): tenants, users per tenant, chat rooms and
 event-sourced entities, read from the owning parts' tables with search and keyset pages.
 
 Each kind is a :class:`Source`: a page of rows (``after`` the key of the last one shown, so
@@ -13,9 +13,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, TypeVarTuple
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Row as SqlRow
+from sqlalchemy import Select, and_, func, or_, select
 
 from rabbitry.backoffice.records import Record
 from rabbitry.chat.history import StoredChatMessage
@@ -28,6 +29,8 @@ from rabbitry.storage import Database
 TENANT_ENTITY = "rabbitry.sessions.Tenant"
 ROOM_ENTITY = "rabbitry.chat.Room"
 MAX_SEARCH = 100
+M = TypeVar("M")
+Ts = TypeVarTuple("Ts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,20 @@ def _int_key(text: str | None) -> int | None:
     return int(text)
 
 
+async def _one_page_more(db: Database, query: Select[*Ts], limit: int) -> Sequence[SqlRow[*Ts]]:
+    """The rows of a page and one more: :func:`_listing` tells by it whether a next page is."""
+    async with db.session() as session:
+        return (await session.execute(query.limit(limit + 1))).all()
+
+
+async def _by_id(db: Database, model: type[M], key: str) -> M | None:
+    """The row of ``model`` whose integer primary key ``key`` names, if it is one."""
+    if (ident := _int_key(key)) is None:
+        return None
+    async with db.session() as session:
+        return await session.get(model, ident)
+
+
 class Tenants:
     kind: str = "tenants"
     title: str = "Tenants"
@@ -87,16 +104,12 @@ class Tenants:
             query = query.where(Tenant.name.contains(search[:MAX_SEARCH], autoescape=True))
         if (start := _int_key(after)) is not None:
             query = query.where(Tenant.id > start)
-        async with db.session() as session:
-            found = (await session.execute(query.limit(limit + 1))).all()
+        found = await _one_page_more(db, query, limit)
         rows = [Row(str(i), TENANT_ENTITY, (i, name, created)) for i, name, created in found]
         return _listing(rows, limit)
 
     async def record(self, db: Database, key: str) -> Record | None:
-        if (tenant_id := _int_key(key)) is None:
-            return None
-        async with db.session() as session:
-            row = await session.get(Tenant, tenant_id)
+        row = await _by_id(db, Tenant, key)
         if row is None:
             return None
         fields = {"id": row.id, "name": row.name, "created_at": _iso(row.created_at)}
@@ -127,8 +140,7 @@ class Users:
             query = query.where(User.username.contains(search[:MAX_SEARCH], autoescape=True))
         if (start := _int_key(after)) is not None:
             query = query.where(User.id > start)
-        async with db.session() as session:
-            found = (await session.execute(query.limit(limit + 1))).all()
+        found = await _one_page_more(db, query, limit)
         rows = [
             Row(str(i), USER_ENTITY, (i, t, name, created), history=(USER_ENTITY, i))
             for i, t, name, created in found
@@ -136,10 +148,7 @@ class Users:
         return _listing(rows, limit)
 
     async def record(self, db: Database, key: str) -> Record | None:
-        if (user_id := _int_key(key)) is None:
-            return None
-        async with db.session() as session:
-            row = await session.get(User, user_id)
+        row = await _by_id(db, User, key)
         if row is None:
             return None
         fields = {
@@ -182,8 +191,7 @@ class Rooms:
         if after and ":" in after:
             t, _, r = after.partition(":")
             query = query.where(or_(m.tenant > t, and_(m.tenant == t, m.room > r)))
-        async with db.session() as session:
-            found = (await session.execute(query.limit(limit + 1))).all()
+        found = await _one_page_more(db, query, limit)
         rows = [Row(f"{t}:{r}", ROOM_ENTITY, (t, r, n, last)) for t, r, n, last in found]
         return _listing(rows, limit)
 
@@ -223,8 +231,7 @@ class EventSourced:
             query = query.where(
                 or_(e.entity > entity, and_(e.entity == entity, e.entity_id > entity_id))
             )
-        async with db.session() as session:
-            found = (await session.execute(query.limit(limit + 1))).all()
+        found = await _one_page_more(db, query, limit)
         rows = [
             Row(f"{name}:{i}", name, (name, i, version, last), history=(name, i))
             for name, i, version, last in found
