@@ -1,4 +1,4 @@
-"""The back-office (seed 002's screens, and what an operator of the whole system needs): FastAPI
+"""The back-office (the outbox's screens, and what an operator of the whole system needs): FastAPI
 pages rendered with Jinja2 and driven by htmx, under ``/backoffice/``.
 
 Every page action calls one library function of the part that owns the data (the outbox's

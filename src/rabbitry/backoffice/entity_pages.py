@@ -1,4 +1,4 @@
-"""The entity pages (the seed's ABM lists) and their ▶ action.
+"""The entity pages (the lists of tenants, users, rooms and entities) and their ▶ action.
 
 ▶ opens a modal listing the registry queues whose classname is the row's and that allow manual
 insertion, and no others (:func:`rabbitry.outbox.registry.manual_queues`). Choosing one sends

@@ -1,6 +1,6 @@
 """Manager: one per gateway process, holding its VirtualRooms, each holding ConnectedClients.
 
-The seed's life cycle, kept to the letter:
+The life cycle of a room on one instance:
 
 * a client joins a room this instance does not have yet: the Manager creates the VirtualRoom
   and has the instance's queue bound with the room's routing key;

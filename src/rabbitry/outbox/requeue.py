@@ -1,4 +1,4 @@
-"""Re-publish pending ledger rows (seed 2's ``flqueue:messages:process``), streaming.
+"""Re-publish pending ledger rows (``rabbitry requeue``), streaming.
 
 A run takes the rows matching its filter that exist when it starts, oldest first, one batch at
 a time: lease the batch (:meth:`Ledger.claim`), re-check the lease right before publishing

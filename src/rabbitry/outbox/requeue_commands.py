@@ -1,4 +1,4 @@
-"""``rabbitry requeue [QUEUE] [FROM] [TO]``: seed 2's ``flqueue:messages:process``.
+"""``rabbitry requeue [QUEUE] [FROM] [TO]``: re-send what the outbox stored.
 
 The command parses its arguments, runs :func:`~rabbitry.outbox.requeue.requeue` and prints a
 summary. What it adds is an operator's process around the run:

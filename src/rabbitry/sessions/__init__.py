@@ -1,4 +1,4 @@
-"""Multi-tenant session revocation: USER, SESSION and DISPATCH (SPEC part 3, seed 000).
+"""Multi-tenant session revocation: USER, SESSION and DISPATCH.
 
 Removing a user removes every session of theirs, through the tenant's own queue, without the
 admin waiting for it (``docs/sessions.md`` has the flow, step by step, and the HTTP API).

@@ -1,4 +1,4 @@
-"""DISPATCH (``rabbitry worker dispatch``): seed steps 4-8, for every tenant.
+"""DISPATCH (``rabbitry worker dispatch``): steps 4-8 of a removal, for every tenant.
 
 For each tenant, a :class:`~rabbitry.messaging.worker.Worker` consumes the tenant's queue
 ``<ns>.tenant.<t>.session-removal`` (step 4). A removal request reads the user's sessions from

@@ -1,6 +1,6 @@
 """The session store in MongoDB (``RABBITRY_MONGODB_URL``), through pymongo's async client.
 
-As the seed has it, each tenant has its own collection, ``<ns>.sessions.<tenant>`` in the
+Each tenant has its own collection, ``<ns>.sessions.<tenant>`` in the
 ``RABBITRY_MONGODB_DATABASE`` database: a query can only ever see one tenant's documents.
 Each collection has a unique index on the token hash, an index on the user (DISPATCH's "every
 session of this user") and a TTL index on ``expires_at`` so MongoDB deletes expired sessions by

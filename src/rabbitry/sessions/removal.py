@@ -1,4 +1,4 @@
-"""USER's side of a removal (seed steps 1-3), and the removal request's format.
+"""USER's side of a removal (steps 1-3 of a removal), and the removal request's format.
 
 ``DELETE /api/tenants/{t}/users/{id}`` removes the user for that tenant (step 2), then hands two
 messages to the publisher, whose fallback is the outbox (step 3): the removal request, to

@@ -1,4 +1,4 @@
-"""Tenants, their users, and the SQL session store (sessions part, seed 000).
+"""Tenants, their users, and the SQL session store (sessions part).
 
 Revision ID: 0004_sessions
 Revises: 0003_chat
