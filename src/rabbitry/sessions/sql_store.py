@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import delete, select
+from sqlalchemy import Executable, delete, select
 
 from rabbitry.sessions.models import StoredSession
 from rabbitry.sessions.store import SessionRecord, utcnow
@@ -60,9 +60,7 @@ class SqlSessionStore:
             )
             .order_by(StoredSession.created_at, StoredSession.id)
         )
-        async with self._db.session() as session:
-            rows = (await session.scalars(query)).all()
-        return [_record(row) for row in rows]
+        return await self._records(query)
 
     async def get_many(self, tenant: str, session_ids: Sequence[str]) -> list[SessionRecord]:
         if not session_ids:
@@ -70,26 +68,26 @@ class SqlSessionStore:
         query = select(StoredSession).where(
             StoredSession.tenant == tenant, StoredSession.id.in_(list(set(session_ids)))
         )
-        async with self._db.session() as session:
-            rows = (await session.scalars(query)).all()
-        return [_record(row) for row in rows]
+        return await self._records(query)
 
     async def remove(self, tenant: str, session_ids: Sequence[str]) -> list[SessionRecord]:
         if not session_ids:
             return []
         ids = list(dict.fromkeys(session_ids))
-        async with self._db.session() as session:
-            rows = (
-                await session.scalars(
-                    delete(StoredSession)
-                    .where(StoredSession.tenant == tenant, StoredSession.id.in_(ids))
-                    .returning(StoredSession)
-                )
-            ).all()
-            return [_record(row) for row in rows]
+        return await self._records(
+            delete(StoredSession)
+            .where(StoredSession.tenant == tenant, StoredSession.id.in_(ids))
+            .returning(StoredSession)
+        )
 
     async def close(self) -> None:
         return None  # the database belongs to the caller
+
+    async def _records(self, statement: Executable) -> list[SessionRecord]:
+        # Built before the session commits, as the rows of a DELETE ... RETURNING must be.
+        async with self._db.session() as session:
+            rows = (await session.scalars(statement)).all()
+            return [_record(row) for row in rows]
 
     async def _one(self, *where: object) -> SessionRecord | None:
         query = select(StoredSession).where(*where, StoredSession.expires_at > utcnow())  # type: ignore[arg-type]
