@@ -4,29 +4,13 @@ keeps a removed session."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
 
-from fixtures.sessions import REDIS_URL, delete_redis_keys, redis_keys
+from fixtures.sessions import REDIS_URL, delete_redis_keys, redis_keys, session_record
 from rabbitry.sessions.cache import MemorySessionCache, RedisSessionCache, SessionCache
-from rabbitry.sessions.store import SessionRecord, utcnow
-from rabbitry.sessions.tokens import new_session_id, new_token, token_hash
-
-
-def record(tenant: str, user_id: int, *, ttl: float = 3600) -> SessionRecord:
-    now = utcnow().replace(microsecond=0)
-    return SessionRecord(
-        id=new_session_id(),
-        tenant=tenant,
-        user_id=user_id,
-        username=f"user-{user_id}",
-        token_hash=token_hash(new_token(tenant)),
-        created_at=now,
-        expires_at=now + dt.timedelta(seconds=ttl),
-    )
 
 
 @pytest.fixture(params=["redis", "memory"])
@@ -46,7 +30,7 @@ async def cache(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator
 async def test_a_cached_session_is_found_in_its_tenant_only_until_its_ttl(
     cache: SessionCache,
 ) -> None:
-    one = record("acme", 1)
+    one = session_record("acme", 1)
     await cache.put(one)
     assert await cache.get("acme", one.token_hash) == one
     assert await cache.get("globex", one.token_hash) is None
@@ -56,7 +40,7 @@ async def test_a_cached_session_is_found_in_its_tenant_only_until_its_ttl(
 
 
 async def test_the_cache_never_outlives_the_session_it_holds(cache: SessionCache) -> None:
-    short = record("acme", 1, ttl=0.3)
+    short = session_record("acme", 1, ttl=0.3)
     await cache.put(short)
     await asyncio.sleep(0.45)
     assert await cache.get("acme", short.token_hash) is None
@@ -65,8 +49,8 @@ async def test_the_cache_never_outlives_the_session_it_holds(cache: SessionCache
 async def test_evicting_a_session_removes_it_from_the_per_user_index_at_once(
     cache: SessionCache,
 ) -> None:
-    sessions = [record("acme", 5) for _ in range(3)]
-    other = record("acme", 6)
+    sessions = [session_record("acme", 5) for _ in range(3)]
+    other = session_record("acme", 6)
     for one in [*sessions, other]:
         await cache.put(one)
     assert await cache.cached_for("acme", 5) == sorted(s.token_hash for s in sessions)
@@ -81,8 +65,8 @@ async def test_evicting_a_session_removes_it_from_the_per_user_index_at_once(
 async def test_redis_holds_no_key_of_a_user_whose_sessions_were_evicted(namespace: str) -> None:
     cache = RedisSessionCache(Redis.from_url(REDIS_URL), namespace=namespace, ttl=60)
     try:
-        ann = [record("acme", 1) for _ in range(4)]
-        bob = record("acme", 2)
+        ann = [session_record("acme", 1) for _ in range(4)]
+        bob = session_record("acme", 2)
         for one in [*ann, bob]:
             await cache.put(one)
         assert len(await redis_keys(namespace)) == 7  # 5 entries, 2 indexes
@@ -101,10 +85,10 @@ async def test_the_redis_index_expires_with_its_latest_entry_and_drops_expired_m
     redis = Redis.from_url(REDIS_URL)
     cache = RedisSessionCache(redis, namespace=namespace, ttl=0.3)
     try:
-        first = record("acme", 1)
+        first = session_record("acme", 1)
         await cache.put(first)
         await asyncio.sleep(0.4)
-        second = record("acme", 1)
+        second = session_record("acme", 1)
         await cache.put(second)  # the write drops the member whose entry has expired
         assert await redis.zrange(cache.index_key("acme", 1), 0, -1) == [second.token_hash.encode()]
         assert 0 < await redis.pttl(cache.index_key("acme", 1)) <= 300

@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
+from fixtures.sessions import session_record
 from rabbitry.config import Settings
 from rabbitry.sessions.backends import open_store
-from rabbitry.sessions.store import SessionRecord, SessionStore, utcnow
-from rabbitry.sessions.tokens import new_session_id, new_token, token_hash
+from rabbitry.sessions.store import SessionRecord, SessionStore
 from rabbitry.storage import Database
 
 
@@ -28,25 +27,12 @@ async def store(sessions_settings: Settings) -> AsyncIterator[SessionStore]:
         await database.close()
 
 
-def record(tenant: str, user_id: int, *, ttl: float = 3600, age: float = 0) -> SessionRecord:
-    now = utcnow().replace(microsecond=0) - dt.timedelta(seconds=age)
-    return SessionRecord(
-        id=new_session_id(),
-        tenant=tenant,
-        user_id=user_id,
-        username=f"user-{user_id}",
-        token_hash=token_hash(new_token(tenant)),
-        created_at=now,
-        expires_at=now + dt.timedelta(seconds=ttl),
-    )
-
-
 async def test_a_stored_session_is_found_by_token_and_id_in_its_tenant_only(
     store: SessionStore,
 ) -> None:
     for tenant in ("acme", "globex"):
         await store.prepare(tenant)
-    mine = record("acme", 1)
+    mine = session_record("acme", 1)
     await store.add(mine)
     assert await store.by_token("acme", mine.token_hash) == mine
     assert await store.get("acme", mine.id) == mine
@@ -61,8 +47,8 @@ async def test_a_users_sessions_are_listed_oldest_first_and_removed_idempotently
     store: SessionStore,
 ) -> None:
     await store.prepare("acme")
-    ann = [record("acme", 7, age=30 - i) for i in range(5)]
-    bob = record("acme", 8)
+    ann = [session_record("acme", 7, age=30 - i) for i in range(5)]
+    bob = session_record("acme", 8)
     for one in [*reversed(ann), bob]:
         await store.add(one)
     assert await store.of_user("acme", 7) == ann
@@ -79,7 +65,7 @@ async def test_an_expired_session_is_never_returned_but_can_still_be_removed(
     store: SessionStore,
 ) -> None:
     await store.prepare("acme")
-    old = record("acme", 3, ttl=10, age=20)
+    old = session_record("acme", 3, ttl=10, age=20)
     await store.add(old)
     assert await store.by_token("acme", old.token_hash) is None
     assert await store.get("acme", old.id) is None
@@ -92,7 +78,7 @@ async def test_two_sessions_cannot_share_a_token_hash(store: SessionStore) -> No
     from rabbitry.errors import StorageError
 
     await store.prepare("acme")
-    first = record("acme", 1)
+    first = session_record("acme", 1)
     await store.add(first)
     twin = SessionRecord(
         id=uuid.uuid4().hex,
@@ -118,8 +104,8 @@ async def test_the_mongodb_store_keeps_each_tenant_in_its_own_indexed_collection
     store = MongoSessionStore.connect(mongo_wire_url, database="rabbitry", namespace=namespace)
     client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongo_wire_url)
     try:
-        await store.add(record("acme", 1))
-        await store.add(record("globex", 1))
+        await store.add(session_record("acme", 1))
+        await store.add(session_record("globex", 1))
         db = client["rabbitry"]
         names = sorted(n for n in await db.list_collection_names() if n.startswith(namespace))
         assert names == [f"{namespace}.sessions.acme", f"{namespace}.sessions.globex"]
