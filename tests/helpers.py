@@ -45,6 +45,7 @@ DEAD_AMQP_URL = "amqp://guest:guest@127.0.0.1:1/"
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 RABBITMQCTL_TIMEOUT = 60
 RABBITRY = str(Path(sys.executable).with_name("rabbitry"))  # the installed console script
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 # --- waiting ---------------------------------------------------------------------------------
@@ -90,6 +91,20 @@ def wait_until(predicate: Callable[[], T], *, timeout: float = 30.0, what: str =
             last = exc
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def run_example(name: str, env: dict[str, str]) -> list[str]:
+    """Run ``examples/<name>`` as a reader of the docs would, with ``env``; the lines it
+    printed. A failure (non-zero exit) fails the test."""
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return done.stdout.splitlines()
 
 
 def free_port() -> int:

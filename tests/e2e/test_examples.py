@@ -6,12 +6,11 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 from conftest import BrokerProbe
-from helpers import AMQP_URL, Eventually
+from helpers import AMQP_URL, Eventually, run_example
 from rabbitry import Message, Publisher, Route
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,15 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_library_example_publishes_consumes_and_dead_letters(namespace: str) -> None:
     env = {**os.environ, "RABBITRY_NAMESPACE": namespace}
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "library.py")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    lines = out.stdout.splitlines()
+    lines = run_example("library.py", env)
     assert sum(line.endswith(": published") for line in lines) == 3
     assert lines[-1] == "sent to ['ana@example.com', 'bo@example.com']; dead-lettered: 1"
 

@@ -6,13 +6,12 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import httpx
 
-from helpers import RABBITRY, delete_namespace, free_port, wait_until
+from helpers import RABBITRY, delete_namespace, free_port, run_example, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,15 +36,7 @@ def test_the_sessions_example_removes_a_user_and_their_session_stops_working(
         )
     try:
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200)
-        out = subprocess.run(
-            [sys.executable, str(ROOT / "examples" / "sessions.py")],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        lines = out.stdout.splitlines()
+        lines = run_example("sessions.py", env)
         assert lines[0].startswith("user ") and lines[0].endswith(" created in acme")
         assert lines[1:] == [
             "sessions/me: 200 ann",
