@@ -93,6 +93,25 @@ def wait_until(predicate: Callable[[], T], *, timeout: float = 30.0, what: str =
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
+def cli_environment(settings: Settings, **overrides: str) -> dict[str, str]:
+    """The environment of a ``rabbitry`` process run for the test: the test's namespace, data
+    directory, broker and retry settings, none of the developer's RABBITRY_* variables, then
+    ``overrides``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITRY_")}
+    env.update(
+        RABBITRY_NAMESPACE=settings.namespace,
+        RABBITRY_DATA_DIR=str(settings.data_dir),
+        RABBITRY_AMQP_URL=settings.amqp_url.get_secret_value(),
+        RABBITRY_MAX_ATTEMPTS=str(settings.max_attempts),
+        RABBITRY_RETRY_BASE_DELAY=str(settings.retry_base_delay),
+        RABBITRY_RETRY_MAX_DELAY=str(settings.retry_max_delay),
+        RABBITRY_CONNECT_TIMEOUT=str(settings.connect_timeout),
+        COLUMNS="100",
+    )
+    env.update(overrides)
+    return env
+
+
 def run_example(name: str, env: dict[str, str]) -> list[str]:
     """Run ``examples/<name>`` as a reader of the docs would, with ``env``; the lines it
     printed. A failure (non-zero exit) fails the test."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import typer.main
 
-from helpers import DEAD_AMQP_URL, RABBITRY, plain_queue
+from helpers import DEAD_AMQP_URL, RABBITRY, cli_environment, plain_queue
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.app.registry import system_topology
 from rabbitry.chat.topology import ChatLayout
@@ -44,26 +44,10 @@ def command_paths() -> Iterator[list[str]]:
     yield from walk(typer.main.get_command(app), [])
 
 
-def environment(settings: Settings, **overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITRY_")}
-    env.update(
-        RABBITRY_NAMESPACE=settings.namespace,
-        RABBITRY_DATA_DIR=str(settings.data_dir),
-        RABBITRY_AMQP_URL=settings.amqp_url.get_secret_value(),
-        RABBITRY_MAX_ATTEMPTS=str(settings.max_attempts),
-        RABBITRY_RETRY_BASE_DELAY=str(settings.retry_base_delay),
-        RABBITRY_RETRY_MAX_DELAY=str(settings.retry_max_delay),
-        RABBITRY_CONNECT_TIMEOUT=str(settings.connect_timeout),
-        COLUMNS="100",
-    )
-    env.update(overrides)
-    return env
-
-
 def run_cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [RABBITRY, *args],
-        env=environment(settings, **env),
+        env=cli_environment(settings, **env),
         cwd=settings.data_dir,
         capture_output=True,
         text=True,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from fixtures.outbox import seed_rows, set_created_at
-from helpers import DEAD_AMQP_URL, message
+from helpers import DEAD_AMQP_URL, cli_environment, message, plain_queue
 from rabbitry.config import Settings
 from rabbitry.messaging.publisher import Route
 from rabbitry.messaging.topology import Queue, Topology
@@ -36,26 +36,13 @@ UNREACHABLE_DB = "postgresql://postgres@127.0.0.1:1/nothing"
 Arg = str | bytes
 
 
-def environment(settings: Settings, **overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITRY_")}
-    env.update(
-        RABBITRY_NAMESPACE=settings.namespace,
-        RABBITRY_DATA_DIR=str(settings.data_dir),
-        RABBITRY_AMQP_URL=settings.amqp_url.get_secret_value(),
-        RABBITRY_CONNECT_TIMEOUT="2",
-        COLUMNS="100",
-    )
-    env.update(overrides)
-    return env
-
-
 async def rabbitry(
     settings: Settings, *args: Arg, stdin: bytes | None = None, **env: str
 ) -> subprocess.CompletedProcess[bytes]:
     def call() -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
             [os.fsencode(RABBITRY), *(a if isinstance(a, bytes) else a.encode() for a in args)],
-            env=environment(settings, **env),
+            env=cli_environment(settings, **env),
             cwd=settings.data_dir,
             input=stdin,
             capture_output=True,
@@ -73,12 +60,6 @@ def one_error_line(done: subprocess.CompletedProcess[bytes]) -> str:
     return lines[0]
 
 
-async def plain_queue(declarer: Declarer, settings: Settings) -> str:
-    name = f"{settings.namespace}.cli-faults"
-    await declarer.declare(Topology.of(queues=[Queue(name)]))
-    return name
-
-
 def database_url(settings: Settings) -> str:
     return f"sqlite+aiosqlite:///{settings.data_dir / 'rabbitry.db'}"
 
@@ -89,7 +70,7 @@ def database_url(settings: Settings) -> str:
 async def test_publish_needs_no_database_while_the_broker_takes_the_message(
     settings: Settings, declarer: Declarer, broker: BrokerProbe
 ) -> None:
-    queue = await plain_queue(declarer, settings)
+    queue = await plain_queue(declarer, settings, "cli-faults")
     done = await rabbitry(
         settings,
         "publish",
@@ -221,7 +202,7 @@ def big_body() -> bytes:
 async def test_a_10_mb_body_goes_through_publish_the_outbox_and_requeue_byte_for_byte(
     settings: Settings, declarer: Declarer, broker: BrokerProbe
 ) -> None:
-    queue = await plain_queue(declarer, settings)
+    queue = await plain_queue(declarer, settings, "cli-faults")
     body = big_body()
     assert len(body) >= 10_000_000
     path = settings.data_dir / "body.json"
@@ -296,7 +277,7 @@ async def test_requeue_with_a_window_says_when_the_queue_has_rows_outside_it(
 async def test_consume_exits_1_when_its_connection_closes_before_count(
     settings: Settings, declarer: Declarer
 ) -> None:
-    queue = await plain_queue(declarer, settings)
+    queue = await plain_queue(declarer, settings, "cli-faults")
     reading = asyncio.create_task(rabbitry(settings, "consume", queue, "--count", "5"))
     await asyncio.sleep(2.0)  # it is consuming, nothing there yet
     await declarer.delete(Topology.of(queues=[Queue(queue)]))  # the broker cancels the consumer
