@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -22,8 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
+from browser import chromium
 from conftest import BrokerProbe
 from fixtures.outbox import seed_rows, set_created_at
 from helpers import AMQP_URL, RABBITRY, free_port, wait_until
@@ -43,7 +43,6 @@ from rabbitry.sessions.topology import tenant_topology
 from rabbitry.sessions.users import Users, hasher
 from rabbitry.storage import Database
 
-CHROMIUM = "/usr/bin/chromium"  # `scripts/services chromium` installs it
 TOKEN = "backoffice-test-token"
 UTC = dt.UTC
 
@@ -158,17 +157,8 @@ def backoffice(
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    assert shutil.which("chromium"), "Chromium is missing: run scripts/services chromium"
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    async with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

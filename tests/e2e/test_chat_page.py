@@ -4,17 +4,16 @@ room, send, see messages live, and still see them after a reload."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import websockets
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
+from browser import chromium
 from fixtures.chat import ChatSystem, chat_system, socket_url
 
-CHROMIUM = "/usr/bin/chromium"  # `scripts/services chromium` installs it
 TENANT = "acme"
 
 
@@ -28,16 +27,8 @@ def system(tmp_path: Path) -> Iterator[ChatSystem]:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    assert shutil.which("chromium"), "Chromium is missing: run scripts/services chromium"
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--headless"],
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    async with chromium() as launched:
+        yield launched
 
 
 async def _log_in(page: Page, system: ChatSystem, username: str) -> None:
