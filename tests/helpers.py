@@ -30,6 +30,7 @@ from rabbitry.amqp.declarer import Declarer
 from rabbitry.amqp.link import Link, Outcome, Outgoing
 from rabbitry.amqp.properties import Properties
 from rabbitry.config import Settings
+from rabbitry.errors import StorageError
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishResult, PublishStatus, Route
 from rabbitry.messaging.service import Service
@@ -188,6 +189,20 @@ class RecordingPublisher:
     def events(self) -> list[tuple[str, Any]]:
         """(type, payload) of every message sent."""
         return [(m.type, m.payload) for m, _ in self.sent]
+
+
+class RecordingFallback:
+    """A Fallback (the outbox's place) that keeps what it is given in ``items``, or, with
+    ``broken``, fails like a dead database."""
+
+    def __init__(self, *, broken: bool = False) -> None:
+        self.items: list[tuple[Route, Message, str]] = []
+        self.broken = broken
+
+    async def store(self, items: Sequence[tuple[Route, Message, str]]) -> None:
+        if self.broken:
+            raise StorageError("database is down")
+        self.items.extend(items)
 
 
 class Handled(list[Message]):

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import httpx
 
-from helpers import listed, publish_json, rabbitmqctl
+from helpers import RecordingFallback, listed, publish_json, rabbitmqctl
 from rabbitry import metrics
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.app.http import create_app
@@ -51,14 +51,6 @@ async def memory_alarm() -> AsyncIterator[None]:
         await asyncio.to_thread(rabbitmqctl, "set_vm_memory_high_watermark", *restore)
 
 
-class Outbox:
-    def __init__(self) -> None:
-        self.stored: list[tuple[Route, Message, str]] = []
-
-    async def store(self, items: Sequence[tuple[Route, Message, str]]) -> None:
-        self.stored.extend(items)
-
-
 def blocked_gauge(connection: str) -> float:
     value = metrics.REGISTRY.get_sample_value("rabbitry_broker_blocked", {"connection": connection})
     return value or 0.0
@@ -71,7 +63,7 @@ async def test_a_publish_while_the_broker_is_blocked_goes_to_the_outbox_at_once(
     await declarer.declare(Topology.of(queues=[Queue(queue)]))
     # A timeout this long would be obvious: the test would take it, and the reason say so.
     patient = settings.model_copy(update={"publish_timeout": 60.0})
-    outbox = Outbox()
+    outbox = RecordingFallback()
     name = f"{settings.namespace}-app"
     app = create_app(patient)
     async with (
@@ -99,7 +91,7 @@ async def test_a_publish_while_the_broker_is_blocked_goes_to_the_outbox_at_once(
     assert second.status is PublishStatus.PERSISTED
     assert second.error is not None
     assert "blocked by the broker (memory/disk alarm): low on memory" in second.error
-    assert [m.payload for _, m, _ in outbox.stored] == [2]
+    assert [m.payload for _, m, _ in outbox.items] == [2]
     assert gauge == 1.0 and blocked_gauge(f"{name}-publisher") == 0.0
     assert while_blocked["status"] == "ok"  # the outbox takes messages meanwhile
     assert "memory/disk alarm" in while_blocked["broker_blocked"]

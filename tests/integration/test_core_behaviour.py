@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
-from helpers import at_least, eventually_true
+from helpers import RecordingFallback, at_least, eventually_true
 from rabbitry import (
     Binding,
     Exchange,
@@ -212,16 +212,6 @@ def recorder(into: list[Message]) -> Callable[[Message], Awaitable[None]]:
     return handle
 
 
-@dataclass
-class Kept:
-    """A fallback (the outbox's place) that keeps what it is given."""
-
-    items: list[tuple[Route, Message, str]] = field(default_factory=list)
-
-    async def store(self, items: Sequence[tuple[Route, Message, str]]) -> None:
-        self.items.extend(items)
-
-
 def plain_queues(core: Core, *names: str) -> tuple[list[str], Topology]:
     queues = [f"{core.settings.namespace}.{name}" for name in names]
     return queues, Topology.of(queues=[Queue(q) for q in queues])
@@ -353,7 +343,7 @@ async def test_publish_many_reports_every_message_and_the_fallback_keeps_only_th
 ) -> None:
     (queue,), topology = plain_queues(core, "q")
     await core.declare(topology)
-    kept = Kept()
+    kept = RecordingFallback()
     good, lost, good2 = (Message(type="t", payload=n) for n in range(3))
     async with core.publisher(fallback=kept) as publisher:
         results = await publisher.publish_many(
@@ -399,7 +389,7 @@ async def test_a_message_that_cannot_be_encoded_fails_alone_and_is_not_given_to_
 ) -> None:
     (queue,), topology = plain_queues(core, "q")
     await core.declare(topology)
-    kept = Kept()
+    kept = RecordingFallback()
     good = Message(type="t", payload=1)
     unfit = Message(type="t", payload=2, correlation_id="c" * 300)  # a short string: <= 255
     async with core.publisher(fallback=kept) as publisher:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from pydantic import SecretStr
 
-from helpers import plain_queue
+from helpers import RecordingFallback, plain_queue
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.errors import StorageError
@@ -38,19 +37,6 @@ RR_TAGS = {
     "rr_priority": "l",
     "rr_auto_ack": "t",
 }
-
-
-class RecordingFallback:
-    """A Fallback that keeps what it is given, or fails like a dead database."""
-
-    def __init__(self, *, broken: bool = False) -> None:
-        self.items: list[tuple[Route, Message, str]] = []
-        self.broken = broken
-
-    async def store(self, items: Sequence[tuple[Route, Message, str]]) -> None:
-        if self.broken:
-            raise StorageError("database is down")
-        self.items.extend(items)
 
 
 def at(settings: Settings, url: str, **changes: Any) -> Settings:

@@ -9,9 +9,9 @@ messages, duplicate them through the outbox, or open the circuit for everyone. A
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from helpers import RecordingFallback
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.amqp.link import Link, Outcome, Outgoing
 from rabbitry.amqp.properties import Properties
@@ -24,22 +24,12 @@ if TYPE_CHECKING:
     from conftest import BrokerProbe
 
 
-class Outbox:
-    """A fallback that remembers what it was asked to store."""
-
-    def __init__(self) -> None:
-        self.stored: list[tuple[Route, Message, str]] = []
-
-    async def store(self, items: Sequence[tuple[Route, Message, str]]) -> None:
-        self.stored.extend(items)
-
-
 async def test_a_publish_to_a_missing_exchange_fails_alone_beside_concurrent_ones(
     settings: Settings, declarer: Declarer, broker: BrokerProbe
 ) -> None:
     queue = f"{settings.namespace}.inbox"
     await declarer.declare(Topology.of(queues=[Queue(queue)]))
-    outbox = Outbox()
+    outbox = RecordingFallback()
     first, middle, last = (Message(type="t", payload=n) for n in ("first", "middle", "last"))
     routes = [Route("", queue), Route(f"{settings.namespace}.missing", "k"), Route("", queue)]
     async with Publisher(settings.amqp, fallback=outbox) as publisher:
@@ -54,7 +44,7 @@ async def test_a_publish_to_a_missing_exchange_fails_alone_beside_concurrent_one
         PublishStatus.PUBLISHED,
     ]
     assert results[1].error is not None and "404" in results[1].error
-    assert [m.id for _, m, _ in outbox.stored] == [middle.id]  # the others: stored zero times
+    assert [m.id for _, m, _ in outbox.items] == [middle.id]  # the others: stored zero times
     assert after.status is PublishStatus.PUBLISHED  # and the circuit stayed closed
     delivered = sorted(r.headers["rr_id"] for r in await broker.get_all(queue))
     # first and last exactly once: neither lost with the channel nor re-sent twice
@@ -66,7 +56,7 @@ async def test_a_publish_many_with_one_bad_exchange_delivers_the_rest_once(
 ) -> None:
     queue = f"{settings.namespace}.inbox"
     await declarer.declare(Topology.of(queues=[Queue(queue)]))
-    outbox = Outbox()
+    outbox = RecordingFallback()
     messages = [Message(type="t", payload=n) for n in range(6)]
     missing = Route(f"{settings.namespace}.missing", "k")
     items = [(m, missing if n == 2 else Route("", queue)) for n, m in enumerate(messages)]
@@ -75,7 +65,7 @@ async def test_a_publish_many_with_one_bad_exchange_delivers_the_rest_once(
     assert [r.status for r in results] == [PublishStatus.PUBLISHED] * 2 + [
         PublishStatus.PERSISTED
     ] + [PublishStatus.PUBLISHED] * 3
-    assert [m.id for _, m, _ in outbox.stored] == [messages[2].id]
+    assert [m.id for _, m, _ in outbox.items] == [messages[2].id]
     delivered = sorted(r.headers["rr_id"] for r in await broker.get_all(queue))
     assert delivered == sorted(m.id for n, m in enumerate(messages) if n != 2)
 
@@ -85,7 +75,7 @@ async def test_a_header_too_large_for_a_frame_fails_that_call_only_and_is_not_st
 ) -> None:
     queue = f"{settings.namespace}.inbox"
     await declarer.declare(Topology.of(queues=[Queue(queue)]))
-    outbox = Outbox()
+    outbox = RecordingFallback()
     huge = Message(type="t", payload={}, extra={"blob": "x" * 200_000})
     async with Publisher(settings.amqp, fallback=outbox) as publisher:
         refused, fine = await asyncio.gather(
@@ -95,7 +85,7 @@ async def test_a_header_too_large_for_a_frame_fails_that_call_only_and_is_not_st
         after = await publisher.publish(Message(type="t", payload={}), Route("", queue))
     assert refused.status is PublishStatus.FAILED
     assert refused.error is not None and "frame_max" in refused.error
-    assert outbox.stored == []  # it would fail the same way when re-sent: not stored
+    assert outbox.items == []  # it would fail the same way when re-sent: not stored
     assert (fine.status, after.status) == (PublishStatus.PUBLISHED, PublishStatus.PUBLISHED)
     assert (await broker.counts(queue))[0] == 2
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 import rabbitry
 import rabbitry.testing
+from helpers import RecordingFallback
 from rabbitry import (
     AmqpSettings,
     Binding,
@@ -64,14 +64,6 @@ async def send(broker: MemoryBroker, *payloads: object) -> list[Message]:
         results = await publisher.publish_many([(m, Route("", QUEUE)) for m in messages])
     assert all(r.ok for r in results), results
     return messages
-
-
-@dataclass
-class Kept:
-    items: list[tuple[Route, Message, str]] = field(default_factory=list)
-
-    async def store(self, items: Sequence[tuple[Route, Message, str]]) -> None:
-        self.items.extend(items)
 
 
 # --- retries ---------------------------------------------------------------------------------
@@ -228,7 +220,7 @@ async def test_while_the_broker_is_down_the_circuit_sends_publishes_to_the_fallb
     None
 ):
     broker = MemoryBroker(TOPOLOGY)
-    kept = Kept()
+    kept = RecordingFallback()
     amqp = AmqpSettings(circuit_open_seconds=5.0)
     route = Route("", QUEUE)
     async with broker.publisher(amqp, fallback=kept) as publisher:
@@ -267,7 +259,7 @@ async def test_a_cut_connection_is_reopened_by_the_next_publish_without_opening_
 
 async def test_with_rabbit_active_false_the_broker_is_never_contacted() -> None:
     broker = MemoryBroker(TOPOLOGY)
-    kept = Kept()
+    kept = RecordingFallback()
     async with broker.publisher(AmqpSettings(active=False), fallback=kept) as publisher:
         result = await publisher.publish(Message(type="email", payload=1), Route("", QUEUE))
 
@@ -288,7 +280,7 @@ async def test_without_a_fallback_a_publish_during_an_outage_is_reported_failed(
 
 async def test_during_an_alarm_a_publisher_fails_fast_to_its_fallback_and_recovers_after() -> None:
     broker = MemoryBroker(TOPOLOGY)
-    kept = Kept()
+    kept = RecordingFallback()
     route = Route("", QUEUE)
     async with broker.publisher(fallback=kept) as publisher:
         assert (await publisher.publish(Message(type="email", payload=1), route)).ok
