@@ -18,7 +18,7 @@ from helpers import Eventually, Handled, at_least, publish, work
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.messaging.consumer import Reject, Retry, Subscription
-from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.envelope import Message, content_id
 from rabbitry.messaging.topology import (
     Exchange,
     ExchangeType,
@@ -442,7 +442,8 @@ async def test_a_job_published_by_roadrunner_is_consumed_with_its_id_name_and_he
 
     assert minimal.type == "App\\Jobs\\SendEmail"
     assert minimal.payload == {"to": "b@example.com"}
-    uuid.UUID(minimal.id)  # no rr_id, no message_id: a fresh UUID, as RoadRunner does
+    # No rr_id, no message_id: an id derived from the content, the same on a redelivery.
+    assert minimal.id == content_id("App\\Jobs\\SendEmail", None, minimal_body)
     assert (minimal.pipeline, dict(minimal.headers), minimal.priority) == ("", {}, 10)
     assert await declarer.queue_size(dlq_name(queue)) == 0
     assert await declarer.queue_size(queue) == 0
