@@ -22,6 +22,13 @@ from rabbitry.messaging.retry import RetryPolicy
 from rabbitry.messaging.settings import AmqpSettings, QueueType, validate_name
 
 
+class Environment(StrEnum):
+    """``RABBITRY_ENV``: ``production`` refuses settings that only suit one machine."""
+
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
 class ManualProcessingMode(StrEnum):
     RABBIT = "rabbit"
     DB = "db"
@@ -67,6 +74,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RABBITRY_", extra="ignore")
 
+    env: Environment = Environment.DEVELOPMENT
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     database_url: SecretStr | None = None
     redis_url: SecretStr | None = None
@@ -125,6 +133,23 @@ class Settings(BaseSettings):
             raise ValueError("retry_base_delay must not exceed retry_max_delay")
         return self
 
+    def production_gaps(self) -> list[str]:
+        """What a production deployment must set and these settings leave to the development
+        defaults (empty unless ``env`` is production): each default works on one machine and
+        fails quietly on several (a SQLite file per container, an admin token generated anew
+        by each process, a session cache in each process's memory, so a revoked session stays
+        valid in the others)."""
+        if self.env is not Environment.PRODUCTION:
+            return []
+        gaps: list[str] = []
+        if not _set(self.database_url) or self.sql_url.startswith("sqlite"):
+            gaps.append("RABBITRY_DATABASE_URL (a PostgreSQL URL, not SQLite)")
+        if not _set(self.admin_token):
+            gaps.append("RABBITRY_ADMIN_TOKEN")
+        if not _set(self.redis_url):
+            gaps.append("RABBITRY_REDIS_URL (the session cache all processes share)")
+        return gaps
+
     @property
     def amqp(self) -> AmqpSettings:
         """The broker settings the messaging library takes."""
@@ -173,7 +198,8 @@ class Settings(BaseSettings):
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build settings from ``rabbitry.yaml`` (if given or present) then the environment.
 
-    Raises :class:`ConfigError` with a one-line reason when anything is invalid.
+    Raises :class:`ConfigError` with a one-line reason when anything is invalid, and, when
+    ``env`` is production, when a development default is left (:meth:`Settings.production_gaps`).
     """
     path = config_file
     if path is None and Path("rabbitry.yaml").is_file():
@@ -194,6 +220,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         settings = Settings(**{**_without_env(file_values), **overrides})
     except ValueError as exc:
         raise ConfigError(_first_line(str(exc))) from exc
+    gaps = settings.production_gaps()
+    if gaps:
+        raise ConfigError(f"RABBITRY_ENV=production: set {', '.join(gaps)}")
     return settings
 
 
@@ -206,6 +235,10 @@ def _without_env(values: dict[str, Any]) -> dict[str, Any]:
 def _first_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return "; ".join(lines[:3]) if lines else text
+
+
+def _set(value: SecretStr | None) -> bool:
+    return value is not None and bool(value.get_secret_value().strip())
 
 
 def _path(value: Path | None) -> str | None:

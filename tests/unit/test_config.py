@@ -231,3 +231,72 @@ def test_secrets_are_masked_in_repr_and_str(monkeypatch: pytest.MonkeyPatch) -> 
 def test_settings_read_the_environment_themselves(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RABBITRY_NAMESPACE", "direct-env")
     assert Settings().namespace == "direct-env"
+
+
+# --- RABBITRY_ENV=production ------------------------------------------------------------------
+
+
+def production_environment(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
+    complete = {
+        "RABBITRY_ENV": "production",
+        "RABBITRY_DATABASE_URL": "postgresql://rabbitry@db:5432/rabbitry",
+        "RABBITRY_ADMIN_TOKEN": "a-long-admin-token",
+        "RABBITRY_REDIS_URL": "redis://cache:6379/0",
+    }
+    for name, value in {**complete, **values}.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_production_with_postgresql_an_admin_token_and_redis_loads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    production_environment(monkeypatch)
+    settings = load_settings()
+    assert settings.env == "production"
+    assert settings.production_gaps() == []
+
+
+def test_development_is_the_default_and_keeps_its_one_machine_defaults() -> None:
+    settings = load_settings()
+    assert settings.env == "development"
+    assert (settings.database_url, settings.admin_token, settings.redis_url) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("RABBITRY_DATABASE_URL", "", "RABBITRY_DATABASE_URL (a PostgreSQL URL, not SQLite)"),
+        ("RABBITRY_DATABASE_URL", "sqlite:///var/r.db", "RABBITRY_DATABASE_URL"),
+        ("RABBITRY_ADMIN_TOKEN", "", "RABBITRY_ADMIN_TOKEN"),
+        ("RABBITRY_REDIS_URL", " ", "RABBITRY_REDIS_URL"),
+    ],
+)
+def test_production_refuses_each_development_default_naming_what_to_set(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, named: str
+) -> None:
+    production_environment(monkeypatch, **{variable: value})
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("RABBITRY_ENV=production: set ")
+    assert named in message
+    assert "\n" not in message
+    others = {"RABBITRY_DATABASE_URL", "RABBITRY_ADMIN_TOKEN", "RABBITRY_REDIS_URL"} - {variable}
+    assert not any(other in message for other in others)
+
+
+def test_production_with_nothing_set_names_all_three_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    write_yaml(tmp_path, "env: production\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "\n" not in message
+    for name in ("RABBITRY_DATABASE_URL", "RABBITRY_ADMIN_TOKEN", "RABBITRY_REDIS_URL"):
+        assert name in message
+
+
+def test_an_unknown_environment_is_refused() -> None:
+    with pytest.raises(ConfigError, match="env"):
+        load_settings(env="staging")
