@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import aio_pika
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints
 import httpx
+import jsonschema
 from aio_pika.abc import AbstractIncomingMessage
 
 from rabbitry.amqp.declarer import Declarer
@@ -406,3 +407,13 @@ async def _postgres_admin(statement: str) -> None:
         await admin.execute(statement)
     finally:
         await admin.close()
+
+
+SCHEMAS = Path(__file__).parent / "schemas"
+
+
+def schema_validator(name: str) -> jsonschema.Draft7Validator:
+    """A validator for one of the vendored JSON schemas in tests/schemas/ (VENDORED.md says
+    where each comes from); its ``$ref``s resolve within the file, never over the network."""
+    schema = json.loads((SCHEMAS / name).read_text(encoding="utf-8"))
+    return jsonschema.Draft7Validator(schema, format_checker=jsonschema.FormatChecker())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from helpers import RABBITRY, free_port, wait_until
+from helpers import RABBITRY, free_port, schema_validator, wait_until
 from rabbitry.app import registry
 
 
@@ -41,6 +41,13 @@ def test_serve_events_answers_its_api_health_and_metrics_and_runs_no_worker(
         missing = httpx.get(f"{base}/api/events/App%5COrder/1", headers=admin)
         assert missing.status_code == 404
         assert missing.json() == {"error": "no events for App\\Order 1"}
+        # The broker side of the API, next to the HTTP side, on every HTTP process.
+        assert httpx.get(f"{base}/openapi.json").status_code == 200
+        described = httpx.get(f"{base}/asyncapi.json").json()
+        assert list(schema_validator("asyncapi-3.0.0.json").iter_errors(described)) == []
+        assert "servers" not in described  # it answers anyone: no broker hosts
+        queues = {c["address"] for c in described["channels"].values()}
+        assert f"{namespace}.event-sourcing" in queues
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=40)

@@ -2,7 +2,7 @@
 
 Its lifespan owns the process's resources: the database (migrated on start), the publisher
 (with the outbox as fallback), and the services, which it stops and drains on shutdown. Every
-app answers ``/healthz`` and ``/metrics``, whatever routers it serves.
+app answers ``/healthz``, ``/metrics`` and ``/asyncapi.json``, whatever routers it serves.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rabbitry import metrics
 from rabbitry._version import __version__
+from rabbitry.app.asyncapi import asyncapi_document
 from rabbitry.app.operations import declare_system
 from rabbitry.app.registry import Lifespan, build_service
 from rabbitry.app.resources import open_publisher
@@ -104,6 +106,16 @@ def create_app(
     @app.get("/metrics")
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    described: list[dict[str, Any]] = []
+
+    @app.get("/asyncapi.json", include_in_schema=False)
+    async def asyncapi() -> JSONResponse:
+        """The broker side of the API, as /openapi.json is the HTTP side: every exchange,
+        queue, binding and message type (without the broker's hosts: this answers anyone)."""
+        if not described:
+            described.append(asyncapi_document(settings, servers=False))
+        return JSONResponse(described[0])
 
     for router in routers:
         app.include_router(router)

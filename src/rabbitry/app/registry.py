@@ -17,19 +17,23 @@ import typer
 from fastapi import APIRouter, FastAPI
 
 from rabbitry.backoffice import http as backoffice_http
+from rabbitry.chat import catalog as chat_catalog
 from rabbitry.chat import http as chat_http
 from rabbitry.chat import topology as chat_topology
 from rabbitry.chat.persistence import PersistenceProcess
 from rabbitry.config import Settings
 from rabbitry.errors import ConfigError
+from rabbitry.events import catalog as events_catalog
 from rabbitry.events import commands as events_commands
 from rabbitry.events import http as events_http
 from rabbitry.events import topology as events_topology
 from rabbitry.events.workflow import WorkflowProcess
+from rabbitry.messaging.catalog import Catalog
 from rabbitry.messaging.service import Service
 from rabbitry.messaging.topology import Topology
 from rabbitry.outbox import commands as outbox_commands
 from rabbitry.outbox.relay import RelayService
+from rabbitry.sessions import catalog as sessions_catalog
 from rabbitry.sessions import http as sessions_http
 from rabbitry.sessions import topology as sessions_topology
 from rabbitry.sessions.dispatch import DispatchService
@@ -62,6 +66,8 @@ class Part:
     commands: Callable[[typer.Typer], None] | None = None
     topology: Callable[[Settings], Topology] | None = None
     lifespan: Lifespan | None = None
+    # What its messages look like and where they go (`rabbitry topology asyncapi`).
+    catalog: Callable[[Settings], Catalog] | None = None
 
 
 def _broker_on(settings: Settings) -> bool:
@@ -89,6 +95,7 @@ PARTS: tuple[Part, ...] = (
         servers={"events": [events_http.router]},
         commands=events_commands.register,
         topology=events_topology.topology,
+        catalog=events_catalog.catalog,
     ),
     Part(
         name="sessions",
@@ -103,6 +110,7 @@ PARTS: tuple[Part, ...] = (
         servers={"user": [sessions_http.user_router], "session": [sessions_http.session_router]},
         topology=sessions_topology.topology,
         lifespan=sessions_http.lifespan,
+        catalog=sessions_catalog.catalog,
     ),
     Part(
         name="chat",
@@ -115,6 +123,7 @@ PARTS: tuple[Part, ...] = (
         servers={"chat": [chat_http.router]},
         topology=chat_topology.topology,
         lifespan=chat_http.lifespan,
+        catalog=chat_catalog.catalog,
     ),
     Part(
         name="backoffice",

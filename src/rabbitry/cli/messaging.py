@@ -1,4 +1,5 @@
-"""``rabbitry publish``, ``rabbitry consume`` and ``rabbitry topology declare``."""
+"""``rabbitry publish``, ``rabbitry consume``, ``rabbitry topology declare`` and ``rabbitry
+topology asyncapi``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import sys
 from typing import Annotated, Any
 
 import typer
+import yaml
 
+from rabbitry.app.asyncapi import asyncapi_document
 from rabbitry.app.operations import consume_printing, declare_system, publish_one
 from rabbitry.console import fail, run, settings, text
 from rabbitry.errors import MessageError
@@ -15,7 +18,10 @@ from rabbitry.events.portable import MAX_DEPTH, check_json
 from rabbitry.messaging import Message
 from rabbitry.messaging.topology import check_name, check_routing_key
 
-topology_app = typer.Typer(help="Declare the broker objects Rabbitry uses.", no_args_is_help=True)
+topology_app = typer.Typer(
+    help="The broker objects Rabbitry uses: declare them, or describe them (AsyncAPI).",
+    no_args_is_help=True,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -186,3 +192,27 @@ def declare(
     """Declare every exchange and queue (with dead-letter and retry queues). Idempotent."""
     names = run(declare_system(settings(ctx), tenant or []))
     print(f"declared {names.exchanges} exchanges, {names.queues} queues, {names.bindings} bindings")
+
+
+@topology_app.command("asyncapi")
+def asyncapi(
+    ctx: typer.Context,
+    tenant: Annotated[
+        list[str] | None, typer.Option("--tenant", help="Also list this tenant's queues by name.")
+    ] = None,
+    as_yaml: Annotated[bool, typer.Option("--yaml", help="YAML instead of JSON.")] = False,
+) -> None:
+    """Print the AsyncAPI 3 document of every exchange, queue, binding and message type.
+
+    The RoadRunner headers included; queues declared at run time (one per tenant, per chat
+    gateway) appear by template. Every HTTP process serves the same at /asyncapi.json.
+    Example: rabbitry topology asyncapi --yaml > asyncapi.yaml
+    """
+    try:
+        document = asyncapi_document(settings(ctx), tenants=tenant or [])
+    except ValueError as exc:
+        fail(str(exc))
+    if as_yaml:
+        sys.stdout.write(yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
+    else:
+        print(json.dumps(document, indent=2, ensure_ascii=False))
