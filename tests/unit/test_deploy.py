@@ -10,8 +10,10 @@ an image runs is parsed by Rabbitry's own CLI. What runs for real is the local e
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -272,3 +274,32 @@ def test_both_deployments_pass_the_production_checks_with_known_settings_only() 
         assert settings.production_gaps() == []
         assert settings.queue_type == "quorum"
         assert settings.amqp_url.get_secret_value().count(",") == 2  # three nodes
+
+
+def guide_commands() -> Iterator[str]:
+    """The ``rabbitry`` command lines of docs/operations.md: in its shell blocks (a ``$``
+    prompt, ``NAME=value`` prefixes and ``#`` comments left out) and in inline code."""
+    text = (DEPLOY.parent / "docs" / "operations.md").read_text()
+    for block in re.findall(r"```(?:sh|console)\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            lexer = shlex.shlex(line.removeprefix("$ "), posix=True, punctuation_chars=True)
+            lexer.whitespace_split = True
+            words = list(itertools.takewhile(lambda w: w not in (">", "|", "&&", ";"), lexer))
+            while words and re.fullmatch(r"[A-Z_]+=.*", words[0]):
+                words.pop(0)
+            if words[:1] == ["rabbitry"]:
+                yield shlex.join(words)
+    for span in re.findall(r"`(rabbitry [^`]*)`", text):
+        if "…" not in span:
+            yield span
+
+
+def test_every_rabbitry_command_in_the_operations_guide_is_real() -> None:
+    commands = set(guide_commands())
+    for command in commands:
+        path, params = parse_command(shlex.split(command))
+        if path == ["serve"]:
+            assert params["name"] in registry.servers(), command
+        if path == ["worker"]:
+            assert set(params["names"]) <= set(registry.services()), command
+    assert len(commands) >= 15
