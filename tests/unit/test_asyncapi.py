@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from helpers import schema_validator
 from rabbitry.app.asyncapi import asyncapi_document
 from rabbitry.app.registry import system_topology
 from rabbitry.chat.catalog import gateway_queue_template
-from rabbitry.config import ModuleConfig, Settings
+from rabbitry.config import ModuleConfig, Settings, load_settings
 from rabbitry.messaging.asyncapi import may_route
 from rabbitry.messaging.envelope import RR_HEADERS
 from rabbitry.messaging.settings import QueueType
@@ -25,6 +26,7 @@ from rabbitry.sessions.catalog import tenant_queue_template
 from rabbitry.sessions.topology import TenantsLayout
 
 ASYNCAPI = schema_validator("asyncapi-3.0.0.json")
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def settings(**values: Any) -> Settings:
@@ -201,6 +203,28 @@ def test_each_queue_lists_the_messages_the_broker_can_route_to_it() -> None:
     assert reaching(document, "shop.chat.history") == {"chat.message"}
     revocations = "shop.chat.revocations.{instance}.{connection}"
     assert reaching(document, revocations) == {"session.revoked"}
+
+
+def test_the_registry_queues_of_the_example_configuration_route_to_the_modules_that_bind_them() -> (
+    None
+):
+    config = load_settings(EXAMPLES / "rabbitry.yaml")
+    document = asyncapi_document(config)
+    assert problems(document) == []
+    crm = reaching(document, "rabbitry.module.crm")  # customer.*, invoice.paid
+    assert crm == {"customer.created", "invoice.paid", "events.module-message"}
+    billing = reaching(document, "rabbitry.module.billing")  # invoice.#, order.completed
+    assert billing == {"invoice.paid", "events.module-message"}
+    assert reaching(document, "rabbitry.module.mailer") == {  # *.created
+        "customer.created",
+        "events.module-message",
+    }
+    # A user's sessions removed by hand travel as DELETE /users/{id} sends them.
+    removal = reaching(document, tenant_queue_template("rabbitry"))
+    assert removal == {"session-removal"}
+    manual = document["components"]["messages"]["outbox.user-revoke-sessions"]
+    assert manual["title"] == "Revoke all sessions"
+    assert "rabbitry.sessions.User" in manual["summary"]
 
 
 def test_senders_and_the_processes_that_read_a_queue_are_operations() -> None:

@@ -31,6 +31,7 @@ from rabbitry.events.workflow import WorkflowProcess
 from rabbitry.messaging.catalog import Catalog
 from rabbitry.messaging.service import Service
 from rabbitry.messaging.topology import Topology
+from rabbitry.outbox import catalog as outbox_catalog
 from rabbitry.outbox import commands as outbox_commands
 from rabbitry.outbox.relay import RelayService
 from rabbitry.sessions import catalog as sessions_catalog
@@ -83,6 +84,7 @@ PARTS: tuple[Part, ...] = (
             "relay": ServiceSpec(RelayService, in_up=_broker_on, summary="re-sends stored messages")
         },
         commands=outbox_commands.register,
+        catalog=outbox_catalog.catalog,
     ),
     Part(
         name="events",

@@ -365,7 +365,7 @@ def _exchange_binding(exchange: Exchange, vhost: str) -> dict[str, Any]:
 
 def _parameters(address: str, catalog: Catalog) -> Document:
     return {
-        name: {"description": catalog.parameters.get(name, name)}
+        name: {"description": catalog.parameters.get(name, "Filled in by the sender.")}
         for name in dict.fromkeys(_PARAMETER.findall(address))
     }
 
