@@ -18,8 +18,8 @@ from rabbitry.app.asyncapi import asyncapi_document
 from rabbitry.app.registry import system_topology
 from rabbitry.chat.catalog import gateway_queue_template
 from rabbitry.config import ModuleConfig, Settings, load_settings
-from rabbitry.messaging.asyncapi import may_route
 from rabbitry.messaging.envelope import RR_HEADERS
+from rabbitry.messaging.routes import may_route
 from rabbitry.messaging.settings import QueueType
 from rabbitry.messaging.topology import ExchangeType
 from rabbitry.sessions.catalog import tenant_queue_template
@@ -300,6 +300,10 @@ def test_servers_are_the_broker_hosts_and_never_its_credentials() -> None:
         (ExchangeType.TOPIC, "*.paid", "{kind}.paid", True),
         (ExchangeType.TOPIC, "order.paid", "insert", False),
         (ExchangeType.TOPIC, "order.paid", "{routingKey}", True),
+        # RabbitMQ's words: the empty key has none, so "*" wants one and "#" takes zero.
+        (ExchangeType.TOPIC, "*", "", False),
+        (ExchangeType.TOPIC, "#", "", True),
+        (ExchangeType.TOPIC, "a.*", "a.", True),
     ],
 )
 def test_may_route_follows_the_exchange_types_rules(

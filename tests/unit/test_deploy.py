@@ -177,7 +177,7 @@ def test_every_process_that_serves_http_is_probed_at_livez_and_readyz_on_its_por
     probed = 0
     for deployment in resources("Deployment"):
         for container in containers(deployment):
-            path, params = parse_command([*container["command"], *container["args"]])
+            _, params = parse_command([*container["command"], *container["args"]])
             if params.get("port") is None:  # no HTTP (today's workers): nothing to probe
                 assert not {"readinessProbe", "livenessProbe", "ports"} & set(container)
                 continue

@@ -5,9 +5,7 @@ arguments and its bindings (``x-rabbitry-arguments``, ``x-rabbitry-bindings``: A
 bindings have no field for either). Every route a message is published on (an exchange and a
 routing key) is a channel too (``is: routingKey``), with a ``send`` operation per message kind;
 the queues a Rabbitry process reads get a ``receive`` operation. Which messages reach a queue
-follows the broker's rules: the bindings (fanout: all; direct: equal keys; topic: the ``*`` and
-``#`` patterns, a ``{parameter}`` standing for any word), then dead-lettering (``Q`` to
-``Q.dlq``) and the retry tiers (``Q.retry.<ms>`` holds ``Q``'s messages).
+follows the broker's rules (:mod:`rabbitry.messaging.routes`).
 
 The RoadRunner headers (``rr_*``, docs/message-format.md) are one schema, with each header's
 AMQP field type in ``x-amqp-field-type``: RoadRunner reads them by type tag, not by value.
@@ -16,7 +14,7 @@ AMQP field type in ``x-amqp-field-type``: RoadRunner reads them by type tag, not
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -34,6 +32,7 @@ from rabbitry.messaging.envelope import (
     TENANT_HEADER,
     TRACEPARENT_HEADER,
 )
+from rabbitry.messaging.routes import PARAMETER, messages_by_queue
 from rabbitry.messaging.topology import Binding, Exchange, ExchangeType, Queue, Topology
 
 ASYNCAPI_VERSION = "3.0.0"
@@ -42,7 +41,6 @@ HEADERS_SCHEMA = "RoadRunnerHeaders"
 
 Document = dict[str, Any]
 
-_PARAMETER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _RETRY = re.compile(r"^(?P<queue>.+)\.retry\.\d+$")
 _UNSAFE_ID = re.compile(r"[^\w.\-]")
 
@@ -106,21 +104,52 @@ def document(
     """
     vhost = _vhost(broker_url)
     whole = topology | catalog.runtime
-    exchanges = {e.name: e for e in whole.exchanges}
-    kinds = {kind.key: kind for kind in catalog.messages}
-    reaching = _messages_by_queue(whole, catalog.messages, exchanges)
+    reaching = messages_by_queue(whole, catalog.messages)
     ids = _Ids()
     channels: Document = {}
-    operations: Document = {}
-
     queue_ids: dict[str, str] = {}
     for queue in sorted(whole.queues, key=lambda q: q.name):
         cid = queue_ids[queue.name] = ids.new(queue.name)
         channels[cid] = _queue_channel(
             queue, whole.bindings, reaching.get(queue.name, ()), catalog, vhost
         )
+    operations = _send_operations(whole, catalog, channels, ids, vhost)
+    for queue_name, reader in sorted(catalog.consumers.items()):
+        if queue_name in queue_ids and reaching.get(queue_name):
+            cid = queue_ids[queue_name]
+            operations[ids.new(f"receive.{queue_name}")] = {
+                "action": "receive",
+                "channel": {"$ref": f"#/channels/{cid}"},
+                "summary": reader,
+                "messages": [
+                    {"$ref": f"#/channels/{cid}/messages/{key}"} for key in reaching[queue_name]
+                ],
+                "bindings": {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING}},
+            }
+    result: Document = {
+        "asyncapi": ASYNCAPI_VERSION,
+        "info": {"title": title, "version": version, "description": description},
+        "defaultContentType": CONTENT_TYPE,
+    }
+    if broker_url is not None:
+        result["servers"] = _servers(broker_url)
+    result["channels"] = channels
+    result["operations"] = operations
+    result["components"] = {
+        "schemas": {HEADERS_SCHEMA: roadrunner_headers()},
+        "messages": {kind.key: _message(kind) for kind in catalog.messages},
+    }
+    return result
 
-    routed: set[str] = set()
+
+def _send_operations(
+    topology: Topology, catalog: Catalog, channels: Document, ids: _Ids, vhost: str
+) -> Document:
+    """A channel per route messages are published on (added to ``channels``, with one for
+    each exchange nothing is published to), and a ``send`` operation per message kind and
+    route."""
+    exchanges = {e.name: e for e in topology.exchanges}
+    operations: Document = {}
     route_ids: dict[Destination, str] = {}
     for kind in catalog.messages:
         for index, target in enumerate(kind.destinations):
@@ -130,7 +159,6 @@ def document(
                 )
                 channels[cid] = _route_channel(target, exchanges.get(target.exchange), vhost)
                 channels[cid]["parameters"] = _parameters(target.routing_key, catalog)
-                routed.add(target.exchange)
             cid = route_ids[target]
             channels[cid]["messages"][kind.key] = _message_ref(kind.key)
             suffix = f".{index + 1}" if len(kind.destinations) > 1 else ""
@@ -148,6 +176,7 @@ def document(
                     }
                 },
             }
+    routed = {target.exchange for target in route_ids}
     for exchange in sorted(exchanges.values(), key=lambda e: e.name):
         if exchange.name not in routed:
             channels[ids.new(exchange.name)] = {
@@ -156,35 +185,7 @@ def document(
                 "messages": {},
                 "bindings": {"amqp": _exchange_binding(exchange, vhost)},
             }
-
-    for queue_name, reader in sorted(catalog.consumers.items()):
-        queue_id = queue_ids.get(queue_name)
-        if queue_id is None or not reaching.get(queue_name):
-            continue
-        operations[ids.new(f"receive.{queue_name}")] = {
-            "action": "receive",
-            "channel": {"$ref": f"#/channels/{queue_id}"},
-            "summary": reader,
-            "messages": [
-                {"$ref": f"#/channels/{queue_id}/messages/{key}"} for key in reaching[queue_name]
-            ],
-            "bindings": {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING}},
-        }
-
-    result: Document = {
-        "asyncapi": ASYNCAPI_VERSION,
-        "info": {"title": title, "version": version, "description": description},
-        "defaultContentType": CONTENT_TYPE,
-    }
-    if broker_url is not None:
-        result["servers"] = _servers(broker_url)
-    result["channels"] = channels
-    result["operations"] = operations
-    result["components"] = {
-        "schemas": {HEADERS_SCHEMA: roadrunner_headers()},
-        "messages": {key: _message(kind) for key, kind in kinds.items()},
-    }
-    return result
+    return operations
 
 
 class _Ids:
@@ -202,83 +203,6 @@ class _Ids:
             candidate = f"{base}-{n}"
         self._taken.add(candidate)
         return candidate
-
-
-def _messages_by_queue(
-    topology: Topology, kinds: Iterable[MessageKind], exchanges: Mapping[str, Exchange]
-) -> dict[str, tuple[str, ...]]:
-    """For each queue, the keys of the message kinds that can reach it."""
-    found: dict[str, list[str]] = {}
-
-    def add(queue: str, keys: Iterable[str]) -> bool:
-        current = found.setdefault(queue, [])
-        new = [k for k in keys if k not in current]
-        current.extend(new)
-        return bool(new)
-
-    queues = {q.name: q for q in topology.queues}
-    for kind in kinds:
-        for target in kind.destinations:
-            if target.exchange == "":  # the default exchange: the key is the queue
-                if target.routing_key in queues:
-                    add(target.routing_key, [kind.key])
-                continue
-            exchange = exchanges.get(target.exchange)
-            kind_of = exchange.type if exchange else ExchangeType.TOPIC
-            for binding in topology.bindings:
-                if binding.exchange == target.exchange and may_route(
-                    kind_of, binding.routing_key, target.routing_key
-                ):
-                    add(binding.queue, [kind.key])
-    changed = True
-    while changed:  # retry tiers hold their queue's messages; dead-lettering moves them on
-        changed = False
-        for queue in queues.values():
-            retry = _RETRY.match(queue.name)
-            if retry and retry["queue"] in found:
-                changed |= add(queue.name, found[retry["queue"]])
-            arguments = queue.argument_map()
-            dead = arguments.get("x-dead-letter-routing-key")
-            if arguments.get("x-dead-letter-exchange") == "" and dead in queues:
-                changed |= add(str(dead), found.get(queue.name, ()))
-    return {queue: tuple(keys) for queue, keys in found.items() if keys}
-
-
-def may_route(kind: ExchangeType, binding_key: str, routing_key: str) -> bool:
-    """Whether an exchange of ``kind`` can route a message sent with ``routing_key`` through a
-    binding with ``binding_key``; a ``{parameter}`` is any one word, and a key that is only a
-    parameter is any key at all."""
-    if kind in (ExchangeType.FANOUT, ExchangeType.HEADERS):
-        return True
-    if _PARAMETER.fullmatch(routing_key):
-        return True
-    if kind is ExchangeType.DIRECT:
-        return _words_match(_template_words(binding_key), routing_key.split("."), topic=False)
-    return _words_match(_template_words(binding_key), routing_key.split("."), topic=True)
-
-
-_ANY_WORD = "\0"  # a binding key's {parameter}: no real key holds NUL
-
-
-def _template_words(key: str) -> list[str]:
-    return [_ANY_WORD if _PARAMETER.fullmatch(word) else word for word in key.split(".")]
-
-
-def _words_match(pattern: list[str], words: list[str], *, topic: bool) -> bool:
-    if not pattern:
-        return not words
-    head, rest = pattern[0], pattern[1:]
-    if topic and head == "#":
-        return any(_words_match(rest, words[i:], topic=topic) for i in range(len(words) + 1))
-    if not words:
-        return False
-    word = words[0]
-    one = (
-        head in (word, _ANY_WORD)
-        or _PARAMETER.fullmatch(word) is not None
-        or (topic and head == "*")
-    )
-    return one and _words_match(rest, words[1:], topic=topic)
 
 
 def _queue_channel(
@@ -366,7 +290,7 @@ def _exchange_binding(exchange: Exchange, vhost: str) -> dict[str, Any]:
 def _parameters(address: str, catalog: Catalog) -> Document:
     return {
         name: {"description": catalog.parameters.get(name, "Filled in by the sender.")}
-        for name in dict.fromkeys(_PARAMETER.findall(address))
+        for name in dict.fromkeys(PARAMETER.findall(address))
     }
 
 
