@@ -278,13 +278,17 @@ def test_both_deployments_pass_the_production_checks_with_known_settings_only() 
 
 
 def guide_commands() -> Iterator[str]:
-    """The ``rabbitry`` command lines of docs/operations.md: in its shell blocks (a ``$``
-    prompt, ``NAME=value`` prefixes and ``#`` comments left out) and in inline code."""
+    """The ``rabbitry`` command lines of docs/operations.md: in its ``sh`` blocks and after the
+    ``$`` prompts of its ``console`` blocks (``NAME=value`` prefixes, redirections and ``#``
+    comments left out), and in its inline code."""
     text = (DEPLOY.parent / "docs" / "operations.md").read_text()
-    for block in re.findall(r"```(?:sh|console)\n(.*?)```", text, flags=re.S):
+    for language, block in re.findall(r"```(sh|console)\n(.*?)```", text, flags=re.S):
         for line in block.splitlines():
+            if language == "console" and not line.startswith("$ "):
+                continue  # what a command printed
             lexer = shlex.shlex(line.removeprefix("$ "), posix=True, punctuation_chars=True)
             lexer.whitespace_split = True
+            lexer.commenters = "#"
             words = list(itertools.takewhile(lambda w: w not in (">", "|", "&&", ";"), lexer))
             while words and re.fullmatch(r"[A-Z_]+=.*", words[0]):
                 words.pop(0)
