@@ -213,6 +213,8 @@ final class Publisher
             $settings->setConnectionTimeout($this->timeout);
             $settings->setReadTimeout($this->timeout);
             $settings->setWriteTimeout($this->timeout);
+            // Channel RPCs (confirm.select, channel.close) wait forever by default.
+            $settings->setChannelRPCTimeout($this->timeout);
             $settings->setConnectionName('rabbitry-php');
             try {
                 $this->connection = AMQPConnectionFactory::create($settings);

@@ -4,6 +4,7 @@ declare(strict_types=1);
 
 namespace Rabbitry\Tests\Integration;
 
+use Rabbitry\AmqpUrl;
 use Rabbitry\Exception\PublishFailed;
 use Rabbitry\Message;
 use Rabbitry\PublishResult;
@@ -90,6 +91,37 @@ final class PublisherTest extends BrokerTestCase
         $this->expectException(PublishFailed::class);
         $this->expectExceptionMessageMatches('/broker error: cannot connect/');
         (new Publisher(Env::deadAmqpUrl()))->publish(new Message('t', []), Route::toQueue('q'));
+    }
+
+    public function testNoConfirmWithinTheTimeoutIsAnException(): void
+    {
+        $queue = $this->queue('slow');
+        $url = AmqpUrl::parse(Env::amqpUrl());
+        [$host, $port] = $url['hosts'][0];
+        $portFile = $this->tmp . '/proxy.port';
+        $freeze = $this->tmp . '/freeze';
+        $proxy = proc_open([PHP_BINARY, dirname(__DIR__) . '/Support/freezing_proxy.php', $portFile, $freeze, "$host:$port"], [], $pipes);
+        self::assertIsResource($proxy);
+        $this->defer(static function () use ($proxy): void {
+            proc_terminate($proxy, 9);
+            proc_close($proxy);
+        });
+        $deadline = microtime(true) + 30;
+        while (!is_file($portFile) || filesize($portFile) === 0) {
+            self::assertLessThan($deadline, microtime(true), 'the proxy did not start');
+            usleep(20_000);
+        }
+        $through = sprintf('amqp://%s:%s@127.0.0.1:%s/', rawurlencode($url['user']), rawurlencode($url['password']), file_get_contents($portFile));
+        $publisher = new Publisher($through, timeout: 1.0);
+        self::assertTrue($publisher->publish(new Message('t', ['n' => 1]), Route::toQueue($queue))->published());
+
+        touch($freeze); // the broker's confirms no longer reach the publisher
+        try {
+            $publisher->publish(new Message('t', ['n' => 2]), Route::toQueue($queue));
+            self::fail('a publish without a confirm was taken for published');
+        } catch (PublishFailed $exc) {
+            self::assertStringContainsString('no confirm from the broker within 1s', $exc->getMessage());
+        }
     }
 
     public function testABrokerThatNeverAnswersIsAnExceptionAfterTheTimeout(): void
