@@ -8,6 +8,11 @@ use PhpAmqpLib\Channel\AMQPChannel;
 use PhpAmqpLib\Connection\AbstractConnection;
 use PhpAmqpLib\Connection\AMQPConnectionConfig;
 use PhpAmqpLib\Connection\AMQPConnectionFactory;
+use PhpAmqpLib\Exception\AMQPConnectionClosedException;
+use PhpAmqpLib\Exception\AMQPExceptionInterface;
+use PhpAmqpLib\Exception\AMQPHeartbeatMissedException;
+use PhpAmqpLib\Exception\AMQPIOException;
+use PhpAmqpLib\Exception\AMQPTimeoutException;
 use PhpAmqpLib\Message\AMQPMessage;
 use Rabbitry\Exception\MessageError;
 use Rabbitry\Exception\PublishFailed;
@@ -121,24 +126,53 @@ final class Publisher
     /**
      * Send and await the confirms; the failure reason of each item that failed.
      *
+     * A connection kept from an earlier call may have died while idle (the broker restarted, a
+     * load balancer dropped it) without PHP noticing: when that connection fails, the messages
+     * it did not settle are sent once more on a new one. Their ids are unchanged, so a
+     * message the broker took twice is recognised downstream (the event store keeps it once).
+     *
      * @param list<array{Message, Route}> $items
      *
      * @return array<int, string>
      */
     private function send(array $items): array
     {
+        $reused = $this->channel !== null && $this->channel->is_open();
+        [$failures, $lost] = $this->attempt($items);
+        if (!$reused || $lost === []) {
+            return $failures;
+        }
+        [$again] = $this->attempt(array_values(array_intersect_key($items, array_flip($lost))));
+        foreach ($lost as $position => $index) {
+            unset($failures[$index]);
+            if (isset($again[$position])) {
+                $failures[$index] = $again[$position];
+            }
+        }
+
+        return $failures;
+    }
+
+    /**
+     * One try: the failure reason of each item that failed, and the items that were left
+     * unsettled because the connection itself failed.
+     *
+     * @param list<array{Message, Route}> $items
+     *
+     * @return array{array<int, string>, list<int>}
+     */
+    private function attempt(array $items): array
+    {
         $state = new \stdClass();
         $state->outcome = []; // index => null (confirmed) or reason
         $state->returned = []; // message id => reason
         $byObject = [];
-        $byId = [];
         try {
             $channel = $this->channel();
             $channel->set_ack_handler(static function (AMQPMessage $amqp) use ($state, &$byObject): void {
                 $index = $byObject[spl_object_id($amqp)] ?? null;
                 if ($index !== null) {
-                    $id = $amqp->get('message_id');
-                    $state->outcome[$index] = $state->returned[$id] ?? null;
+                    $state->outcome[$index] = $state->returned[(string) $amqp->get('message_id')] ?? null;
                 }
             });
             $channel->set_nack_handler(static function (AMQPMessage $amqp) use ($state, &$byObject): void {
@@ -154,24 +188,28 @@ final class Publisher
             $amqpMessages = [];
             foreach ($items as $index => [$message, $route]) {
                 $amqp = $message->toAmqp();
-                $amqpMessages[] = $amqp; // keeps every object alive, so no id is reused
+                $amqpMessages[] = $amqp; // keeps every object alive, so no object id is reused
                 $byObject[spl_object_id($amqp)] = $index;
-                $byId[$message->id] = $index;
                 $channel->basic_publish($amqp, $route->exchange, $route->routingKey, true);
             }
             $channel->wait_for_pending_acks_returns($this->timeout);
-        } catch (\PhpAmqpLib\Exception\AMQPTimeoutException $exc) {
+        } catch (AMQPTimeoutException) {
             $this->close();
 
-            return $this->unsettled($items, $state->outcome, sprintf('no confirm from the broker within %gs', $this->timeout));
-        } catch (\PhpAmqpLib\Exception\AMQPExceptionInterface|\ErrorException|\RuntimeException $exc) {
-            // Refused, cut, blocked, or the broker closed the channel (an unknown exchange).
+            return [$this->unsettled($items, $state->outcome, sprintf('no confirm from the broker within %gs', $this->timeout)), []];
+        } catch (AMQPConnectionClosedException|AMQPIOException|AMQPHeartbeatMissedException $exc) {
+            $this->close();
+            $lost = array_values(array_diff(array_keys($items), array_keys($state->outcome)));
+
+            return [$this->unsettled($items, $state->outcome, 'broker error: ' . self::describe($exc)), $lost];
+        } catch (AMQPExceptionInterface|\ErrorException|\RuntimeException $exc) {
+            // Refused, or the broker closed the channel (an unknown exchange).
             $this->close();
 
-            return $this->unsettled($items, $state->outcome, 'broker error: ' . self::describe($exc));
+            return [$this->unsettled($items, $state->outcome, 'broker error: ' . self::describe($exc)), []];
         }
 
-        return array_filter($this->unsettled($items, $state->outcome, 'no confirm from the broker'), static fn (?string $r): bool => $r !== null);
+        return [$this->unsettled($items, $state->outcome, 'no confirm from the broker'), []];
     }
 
     /**
@@ -224,7 +262,7 @@ final class Publisher
             }
         }
         if ($this->connection === null) {
-            throw new \PhpAmqpLib\Exception\AMQPIOException('cannot connect: ' . ($last !== null ? self::describe($last) : 'no host'), 0, $last);
+            throw new AMQPIOException('cannot connect: ' . ($last !== null ? self::describe($last) : 'no host'), 0, $last);
         }
         $this->channel = $this->connection->channel();
         $this->channel->confirm_select();

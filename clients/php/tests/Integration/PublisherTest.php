@@ -96,31 +96,58 @@ final class PublisherTest extends BrokerTestCase
     public function testNoConfirmWithinTheTimeoutIsAnException(): void
     {
         $queue = $this->queue('slow');
-        $url = AmqpUrl::parse(Env::amqpUrl());
-        [$host, $port] = $url['hosts'][0];
-        $portFile = $this->tmp . '/proxy.port';
-        $freeze = $this->tmp . '/freeze';
-        $proxy = proc_open([PHP_BINARY, dirname(__DIR__) . '/Support/freezing_proxy.php', $portFile, $freeze, "$host:$port"], [], $pipes);
-        self::assertIsResource($proxy);
-        $this->defer(static function () use ($proxy): void {
-            proc_terminate($proxy, 9);
-            proc_close($proxy);
-        });
-        $deadline = microtime(true) + 30;
-        while (!is_file($portFile) || filesize($portFile) === 0) {
-            self::assertLessThan($deadline, microtime(true), 'the proxy did not start');
-            usleep(20_000);
-        }
-        $through = sprintf('amqp://%s:%s@127.0.0.1:%s/', rawurlencode($url['user']), rawurlencode($url['password']), file_get_contents($portFile));
-        $publisher = new Publisher($through, timeout: 1.0);
+        $publisher = new Publisher($this->proxy(), timeout: 1.0);
         self::assertTrue($publisher->publish(new Message('t', ['n' => 1]), Route::toQueue($queue))->published());
 
-        touch($freeze); // the broker's confirms no longer reach the publisher
+        touch($this->tmp . '/freeze'); // the broker's confirms no longer reach the publisher
         try {
             $publisher->publish(new Message('t', ['n' => 2]), Route::toQueue($queue));
             self::fail('a publish without a confirm was taken for published');
         } catch (PublishFailed $exc) {
             self::assertStringContainsString('no confirm from the broker within 1s', $exc->getMessage());
+        }
+    }
+
+    public function testAConnectionThatDiedWhileIdleIsReplacedAndTheMessageSent(): void
+    {
+        $queue = $this->queue('idle');
+        $publisher = new Publisher($this->proxy());
+        self::assertTrue($publisher->publish(new Message('t', ['n' => 1]), Route::toQueue($queue))->published());
+
+        $cut = $this->tmp . '/cut';
+        touch($cut);
+        $this->waitFor(static fn (): bool => !file_exists($cut), 'the proxy cutting the connection');
+        $result = $publisher->publish(new Message('t', ['n' => 2]), Route::toQueue($queue));
+
+        self::assertTrue($result->published(), (string) $result->error);
+        self::assertSame([1, 2], array_map(static fn ($m): int => Message::fromAmqp($m)->payload['n'], $this->receive($queue, 2)));
+    }
+
+    /** The URL of a proxy to the broker that falls silent on tmp/freeze and cuts on tmp/cut. */
+    private function proxy(): string
+    {
+        $url = AmqpUrl::parse(Env::amqpUrl());
+        [$host, $port] = $url['hosts'][0];
+        $portFile = $this->tmp . '/proxy.port';
+        $script = dirname(__DIR__) . '/Support/freezing_proxy.php';
+        $proxy = proc_open([PHP_BINARY, $script, $portFile, $this->tmp . '/freeze', $this->tmp . '/cut', "$host:$port"], [], $pipes);
+        self::assertIsResource($proxy);
+        $this->defer(static function () use ($proxy): void {
+            proc_terminate($proxy, 9);
+            proc_close($proxy);
+        });
+        $this->waitFor(static fn (): bool => is_file($portFile) && filesize($portFile) > 0, 'the proxy to listen');
+
+        return sprintf('amqp://%s:%s@127.0.0.1:%s/', rawurlencode($url['user']), rawurlencode($url['password']), file_get_contents($portFile));
+    }
+
+    private function waitFor(\Closure $condition, string $what): void
+    {
+        $deadline = microtime(true) + 30;
+        while (!$condition()) {
+            self::assertLessThan($deadline, microtime(true), "timed out waiting for $what");
+            usleep(20_000);
+            clearstatcache();
         }
     }
 
