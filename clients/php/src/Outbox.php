@@ -52,6 +52,9 @@ final class Outbox
         }
         $now = (new \DateTimeImmutable('now', new \DateTimeZone('UTC')))->format('Y-m-d H:i:s.u');
         $ownTransaction = false;
+        // Whatever error mode the caller set, a failure here must be an exception.
+        $errorMode = $this->pdo->getAttribute(\PDO::ATTR_ERRMODE);
+        $this->pdo->setAttribute(\PDO::ATTR_ERRMODE, \PDO::ERRMODE_EXCEPTION);
         try {
             $rows = [];
             foreach ($items as [$message, $route, $reason]) {
@@ -84,6 +87,8 @@ final class Outbox
                 $this->pdo->rollBack();
             }
             throw new StorageError('cannot store the message(s) in the outbox: ' . $exc->getMessage(), 0, $exc);
+        } finally {
+            $this->pdo->setAttribute(\PDO::ATTR_ERRMODE, $errorMode);
         }
     }
 
