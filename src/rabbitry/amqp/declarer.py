@@ -22,7 +22,9 @@ from typing import Any
 
 import aio_pika
 import aiormq
+from yarl import URL
 from aio_pika.abc import (
+    UnderlayConnection,
     AbstractChannel,
     AbstractIncomingMessage,
     AbstractQueue,
@@ -88,13 +90,29 @@ class Declarer:
         except ValueError as exc:
             raise ConfigError(f"broker URL: {exc}") from None
         label = f"{endpoint.name}:{name}" if endpoint.name else name
+        candidates = endpoint.candidates()
+        limit = endpoint.connection_timeout or timeout
+        connection: _Robust | None = None
         try:
-            connection = await aio_pika.connect_robust(
-                target,
-                timeout=endpoint.connection_timeout or timeout,
-                ssl_context=context,
-                client_properties={"connection_name": f"{label}-declarer"},
-            )
+            # aio-pika gives up at the first failed attempt (fail_fast): try each host once.
+            for attempt in range(len(candidates)):
+                try:
+                    connection = _Robust(
+                        [c.aio_pika_url() for c in candidates],
+                        attempt,
+                        ssl_context=context,
+                        client_properties={"connection_name": f"{label}-declarer"},
+                    )
+                    await connection.connect(timeout=limit)
+                    break
+                except Exception:
+                    if connection is not None:
+                        with contextlib.suppress(Exception):
+                            await connection.close()
+                    connection = None
+                    if attempt == len(candidates) - 1:
+                        raise
+            assert connection is not None
             channel = await asyncio.wait_for(
                 connection.channel(publisher_confirms=False), rpc_timeout or timeout
             )
@@ -335,6 +353,33 @@ class Holding:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class _Robust(aio_pika.RobustConnection):
+    """aio-pika's robust connection over the hosts of a cluster URL, each attempt (the first,
+    and every reconnect after a loss) going to the next host in turn, so a dead node costs a
+    reconnect instead of retrying it forever."""
+
+    def __init__(self, urls: list[str], first: int, **kwargs: Any) -> None:
+        self._urls = urls
+        self._next = first
+        super().__init__(URL(urls[first]), **kwargs)
+        self._next = first  # the constructor's own reset of ``transport`` was not an attempt
+
+    # aio-pika clears ``transport`` right before each connection attempt (and on close), and
+    # reads ``url`` in that attempt: the one place to choose the host, without copying its
+    # reconnect loop.
+    @property
+    def transport(self) -> UnderlayConnection | None:
+        return self._transport
+
+    @transport.setter
+    def transport(self, value: UnderlayConnection | None) -> None:
+        self._transport = value
+        urls = getattr(self, "_urls", None)
+        if value is None and urls:
+            self.url = URL(urls[self._next % len(urls)])
+            self._next += 1
 
 
 def _binding_key(binding: Binding) -> tuple[str, str, str]:

@@ -23,7 +23,7 @@ from pamqp import base, commands
 
 from rabbitry.amqp import handshake, wire
 from rabbitry.amqp.properties import Properties
-from rabbitry.amqp.url import Endpoint
+from rabbitry.amqp.url import DEFAULT_HEARTBEAT, Endpoint
 from rabbitry.errors import BrokerError
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 _UNDECODABLE = (ValueError, OverflowError, OSError, TypeError, RecursionError)
 
 CHANNEL = 1
+# Refusals that another node of the same cluster would repeat: access refused (credentials),
+# not allowed (the vhost). Anything else (a node shutting down, a timeout) tries the next host.
+_EVERY_NODE_REFUSES = frozenset({403, 530})
 _REPLIES = frozenset(
     {
         commands.Confirm.SelectOk.index,
@@ -122,17 +125,18 @@ class AmqpProtocol(asyncio.Protocol):
         url: str,
         *,
         name: str = "rabbitry",
-        heartbeat: int = 30,
+        heartbeat: int = DEFAULT_HEARTBEAT,
         timeout: float = 5.0,
         rpc_timeout: float | None = None,
     ) -> Self:
         """Open a connection and its channel 1; see :mod:`rabbitry.amqp.url` for the URL.
 
-        ``heartbeat`` is in seconds (0 turns heartbeats off); ``timeout`` bounds the whole
-        handshake; both yield to the URL's ``heartbeat`` and ``connection_timeout``.
-        ``rpc_timeout`` (default: ``timeout``) bounds every later call that waits for the
-        broker's reply. A refusal by the broker (e.g. 403 for bad credentials) raises
-        :class:`LinkClosed`; an unreachable or silent host, or a TLS failure,
+        ``heartbeat`` is in seconds (0 turns heartbeats off); ``timeout`` bounds the handshake
+        with each host; both yield to the URL's ``heartbeat`` and ``connection_timeout``.
+        A URL with several hosts (a cluster) is tried host by host from a random one, until
+        one opens. ``rpc_timeout`` (default: ``timeout``) bounds every later call that waits
+        for the broker's reply. A refusal by the broker (e.g. 403 for bad credentials) raises
+        :class:`LinkClosed`; no host reachable, silent hosts, or a TLS failure,
         :class:`LinkError`. Cancelled half-way, it closes what it opened.
         """
         try:
@@ -141,36 +145,59 @@ class AmqpProtocol(asyncio.Protocol):
         except ValueError as exc:
             raise LinkError(str(exc)) from None
         timeout = endpoint.connection_timeout or timeout
-        loop = asyncio.get_running_loop()
-        link = cls(endpoint, name, heartbeat, loop)
-        link._rpc_timeout = rpc_timeout or timeout
+        failures: list[str] = []
+        candidates = endpoint.candidates()
+        for candidate in candidates:
+            link = cls(candidate, name, heartbeat, asyncio.get_running_loop())
+            link._rpc_timeout = rpc_timeout or timeout
+            try:
+                await link._open(context, timeout)
+            except LinkClosed as exc:
+                if exc.reply_code in _EVERY_NODE_REFUSES or len(candidates) == 1:
+                    raise  # the cluster's users and vhosts are the same on every node
+                failures.append(f"{candidate.where}: {exc}")
+            except LinkError as exc:
+                if len(candidates) == 1:
+                    raise
+                failures.append(str(exc))
+            else:
+                return link
+        raise LinkError(f"no broker host answered: {'; '.join(failures)}")
+
+    async def _open(self, context: ssl.SSLContext | None, timeout: float) -> None:
+        """Connect to this link's (single-host) endpoint within ``timeout`` seconds."""
+        endpoint, loop = self._endpoint, self._loop
         where = endpoint.where
         hostname = endpoint.host if context is not None else None
         try:
             async with asyncio.timeout(timeout):
                 await loop.create_connection(
-                    lambda: link,
+                    lambda: self,
                     endpoint.host,
                     endpoint.port,
                     ssl=context,
                     server_hostname=hostname,
                 )
-                await link._opened
+                await self._opened
         except TimeoutError:
-            link._abort(LinkClosed(f"timed out connecting to {where}"))
+            self._abort(LinkClosed(f"timed out connecting to {where}"))
             raise LinkError(f"timed out after {timeout}s connecting to {where}") from None
         except ssl.SSLError as exc:
-            link._abort(LinkClosed(f"TLS failed with {where}: {exc}"))
+            self._abort(LinkClosed(f"TLS failed with {where}: {exc}"))
             raise LinkError(f"TLS handshake with {where} failed: {exc}") from exc
         except OSError as exc:
-            link._abort(LinkClosed(f"cannot connect to {where}: {exc}"))
+            self._abort(LinkClosed(f"cannot connect to {where}: {exc}"))
             raise LinkError(f"cannot connect to {where}: {exc}") from exc
         except BaseException:
             # Cancelled (or failed) half-way: a connection nobody holds must not stay open,
             # heartbeating, until the broker gives up on it.
-            link._abort(LinkClosed("connect() was cancelled"))
+            self._abort(LinkClosed("connect() was cancelled"))
             raise
-        return link
+
+    @property
+    def where(self) -> str:
+        """The ``host:port`` this link connected to (one host of a cluster URL)."""
+        return self._endpoint.where
 
     def abort(self, exc: LinkClosed) -> None:
         """Give up on the connection now: everything pending fails with ``exc`` and the socket

@@ -1,6 +1,10 @@
 """Broker URLs as users write them, read one way for both halves of the client.
 
 ``amqp://user:pass@host:port/vhost?options`` and ``amqps://...`` (TLS, port 5671 by default).
+A cluster is several hosts in one URL, the form libpq and the MongoDB drivers use:
+``amqp://user:pass@h1:5672,h2:5672,h3/vhost``; every connection tries them in turn, starting
+from a random one (:meth:`Endpoint.candidates`), so the processes of a deployment spread over
+the nodes and a lost node costs a reconnect, not an outage.
 The wire client (:class:`~rabbitry.amqp.link.Link`) and the aio-pika declarer both take the
 :class:`Endpoint` parsed here, so they agree on every detail: the vhost (``%2F`` is a slash),
 a missing user or password (``guest``) against an empty password (kept empty), the options.
@@ -24,11 +28,18 @@ Pure but for :meth:`Endpoint.ssl_context`, which reads the certificate files.
 
 from __future__ import annotations
 
+import dataclasses
+import random
 import ssl
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 _SCHEMES = {"amqp": 5672, "amqps": 5671}
+
+DEFAULT_HEARTBEAT = 10
+"""Seconds between heartbeats when the URL names none. A peer silent for two intervals is
+given up, so a node that died without closing its sockets (a crash, a cut network) is
+noticed in 15-20 s rather than the minute or two of RabbitMQ's 60 s default."""
 _AUTH = frozenset({"PLAIN", "EXTERNAL"})
 # aio-pika's own connection options: accepted and left to it, so one URL serves both.
 _AIO_PIKA_ONLY = frozenset({"reconnect_interval", "fail_fast", "cadata"})
@@ -52,7 +63,11 @@ _KNOWN = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """Where and as whom to connect, and how: one parsed broker URL."""
+    """Where and as whom to connect, and how: one parsed broker URL.
+
+    ``host`` and ``port`` are the first of ``hosts`` (every host of a cluster URL, in the
+    URL's order); :meth:`candidates` gives one endpoint per host to try.
+    """
 
     host: str
     port: int
@@ -71,6 +86,11 @@ class Endpoint:
     certfile: str | None = None
     keyfile: str | None = None
     verify: bool = True
+    hosts: tuple[tuple[str, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.hosts:
+            object.__setattr__(self, "hosts", ((self.host, self.port),))  # frozen: set once
 
     @classmethod
     def from_url(cls, url: str) -> Endpoint:
@@ -78,10 +98,8 @@ class Endpoint:
         parts = urlsplit(url)
         if parts.scheme not in _SCHEMES:
             raise ValueError(f"unsupported URL scheme {parts.scheme!r}: use amqp:// or amqps://")
-        try:
-            port = parts.port or _SCHEMES[parts.scheme]
-        except ValueError as exc:
-            raise ValueError(f"invalid port in the broker URL: {exc}") from None
+        userinfo, _, hostlist = parts.netloc.rpartition("@")
+        hosts = _hosts(hostlist, _SCHEMES[parts.scheme])
         options = dict(parse_qsl(parts.query, keep_blank_values=True))
         unknown = sorted(set(options) - _KNOWN - _AIO_PIKA_ONLY)
         if unknown:
@@ -96,12 +114,14 @@ class Endpoint:
                 "auth=external needs amqps:// (the TLS client certificate is the login)"
             )
         path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        user, has_password, password = userinfo.partition(":")
         return cls(
-            host=parts.hostname or "localhost",
-            port=port,
+            host=hosts[0][0],
+            port=hosts[0][1],
+            hosts=hosts,
             # Absent means guest, as in every client; present but empty stays empty.
-            user="guest" if parts.username is None else unquote(parts.username),
-            password="guest" if parts.password is None else unquote(parts.password),
+            user=unquote(user) if "@" in parts.netloc else "guest",
+            password=unquote(password) if has_password else "guest",
             vhost=unquote(path) or "/",
             tls=tls,
             auth=auth,
@@ -120,8 +140,20 @@ class Endpoint:
 
     @property
     def where(self) -> str:
-        """``host:port``, for messages."""
-        return f"{self.host}:{self.port}"
+        """``host:port`` (every host of a cluster, comma-separated), for messages."""
+        return ",".join(_where(host, port) for host, port in self.hosts)
+
+    def candidates(self, start: int | None = None) -> list[Endpoint]:
+        """One single-host endpoint per host, in the order to try them.
+
+        The URL's order turned to begin at ``start`` (default: a random host), so processes
+        that share one URL spread over the nodes instead of all landing on the first, and
+        each tries every node once before giving up.
+        """
+        count = len(self.hosts)
+        first = random.randrange(count) if start is None else start % count
+        order = self.hosts[first:] + self.hosts[:first]
+        return [dataclasses.replace(self, host=h, port=p, hosts=((h, p),)) for h, p in order]
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context of an ``amqps://`` endpoint (None for ``amqp://``).
@@ -149,16 +181,44 @@ class Endpoint:
         """
         if self.auth == "PLAIN" and not self.password:
             raise ValueError("the declarer (aio-pika) cannot log in with an empty password")
-        query: dict[str, str] = {"auth": self.auth.lower()}
-        if self.heartbeat is not None:
-            query["heartbeat"] = str(self.heartbeat)
+        heartbeat = DEFAULT_HEARTBEAT if self.heartbeat is None else self.heartbeat
+        query: dict[str, str] = {"auth": self.auth.lower(), "heartbeat": str(heartbeat)}
         if self.name:
             query["name"] = self.name
         credentials = f"{quote(self.user, safe='')}:{quote(self.password, safe='')}"
         scheme = "amqps" if self.tls else "amqp"
-        host = f"[{self.host}]" if ":" in self.host else self.host
         vhost = quote(self.vhost, safe="")
-        return f"{scheme}://{credentials}@{host}:{self.port}/{vhost}?{urlencode(query)}"
+        where = _where(self.host, self.port)
+        return f"{scheme}://{credentials}@{where}/{vhost}?{urlencode(query)}"
+
+
+def _where(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _hosts(hostlist: str, default_port: int) -> tuple[tuple[str, int], ...]:
+    """``h1:5672,[::1]:5673,h3`` as (host, port) pairs; an empty list is localhost."""
+    if not hostlist:
+        return (("localhost", default_port),)
+    hosts: list[tuple[str, int]] = []
+    for item in hostlist.split(","):
+        if item.startswith("["):  # an IPv6 address, maybe with a port
+            address, bracket, rest = item[1:].partition("]")
+            if not bracket or (rest and not rest.startswith(":")):
+                raise ValueError(f"invalid host {item!r} in the broker URL")
+            host, raw_port = address, rest[1:] if rest else ""
+        else:
+            host, _, raw_port = item.partition(":")
+        if not host:
+            raise ValueError(f"empty host in the broker URL's host list {hostlist!r}")
+        if raw_port == "":
+            port = default_port
+        elif raw_port.isdigit() and 0 < int(raw_port) < 65536:
+            port = int(raw_port)
+        else:
+            raise ValueError(f"invalid port {raw_port!r} of host {host!r} in the broker URL")
+        hosts.append((unquote(host).lower(), port))
+    return tuple(hosts)
 
 
 def _int(options: dict[str, str], key: str, low: int, high: int) -> int | None:
