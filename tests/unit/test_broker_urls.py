@@ -8,7 +8,7 @@ from pamqp import frame as pamqp_frame
 from yarl import URL
 
 from rabbitry.amqp import handshake
-from rabbitry.amqp.url import Endpoint
+from rabbitry.amqp.url import DEFAULT_HEARTBEAT, Endpoint
 from rabbitry.config import Settings
 from rabbitry.messaging.settings import AmqpSettings
 
@@ -135,3 +135,49 @@ def test_the_application_settings_pass_their_tls_files_to_every_connection(
         "/etc/rabbitry/client.pem",
         "/etc/rabbitry/client.key",
     )
+
+
+def test_a_cluster_url_names_several_hosts_as_libpq_and_mongodb_drivers_do() -> None:
+    endpoint = Endpoint.from_url("amqp://app:pw@h1:5681,H2,[::1]:5683/prod?heartbeat=5")
+    assert endpoint.hosts == (("h1", 5681), ("h2", 5672), ("::1", 5683))
+    assert (endpoint.host, endpoint.port) == ("h1", 5681)
+    assert (endpoint.user, endpoint.password, endpoint.vhost) == ("app", "pw", "prod")
+    assert endpoint.where == "h1:5681,h2:5672,[::1]:5683"
+    assert Endpoint.from_url("amqps://h1,h2/").hosts == (("h1", 5671), ("h2", 5671))
+
+
+def test_each_candidate_is_one_host_with_the_urls_credentials_and_options() -> None:
+    endpoint = Endpoint.from_url("amqp://app:pw@h1:1,h2:2,h3:3/v?heartbeat=5")
+    candidates = endpoint.candidates(start=1)
+    assert [c.where for c in candidates] == ["h2:2", "h3:3", "h1:1"]
+    assert all(c.hosts == ((c.host, c.port),) for c in candidates)
+    assert {(c.user, c.password, c.vhost, c.heartbeat) for c in candidates} == {
+        ("app", "pw", "v", 5)
+    }
+    assert URL(candidates[0].aio_pika_url()).port == 2
+
+
+def test_connections_start_from_a_random_host_so_processes_spread_over_the_nodes() -> None:
+    endpoint = Endpoint.from_url("amqp://h1,h2,h3/")
+    firsts = {endpoint.candidates()[0].host for _ in range(200)}
+    assert firsts == {"h1", "h2", "h3"}  # all three, but for a chance of 3 * (2/3)**200
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("amqp://h1:5672,,h3/", "empty host"),
+        ("amqp://h1:5672,h2:x/", "invalid port 'x' of host 'h2'"),
+        ("amqp://h1:70000/", "invalid port"),
+        ("amqp://[::1]x/", "invalid host"),
+    ],
+)
+def test_a_bad_host_list_is_refused_with_the_host_at_fault(url: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        Endpoint.from_url(url)
+
+
+def test_the_default_heartbeat_notices_a_silent_node_within_twenty_seconds() -> None:
+    # Given up after two silent intervals (the protocol's rule): 2 * 10 s.
+    assert 2 * DEFAULT_HEARTBEAT <= 20
+    assert URL(Endpoint.from_url("amqp://h/").aio_pika_url()).query["heartbeat"] == "10"
