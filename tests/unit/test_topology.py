@@ -17,6 +17,7 @@ from rabbitry.events.topology import EventsLayout
 from rabbitry.messaging.retry import RetryPolicy
 from rabbitry.messaging.settings import QueueType
 from rabbitry.messaging.topology import (
+    DELIVERY_LIMIT,
     Binding,
     Exchange,
     ExchangeType,
@@ -96,6 +97,32 @@ def test_quorum_adds_the_queue_type_to_every_queue() -> None:
         assert queue.argument_map()["x-queue-type"] == "quorum"
     main = queues_by_name(topology)["orders"]
     assert main.argument_map()["x-dead-letter-routing-key"] == "orders.dlq"
+
+
+def test_quorum_work_and_retry_queues_dead_letter_at_least_once_with_a_delivery_limit() -> None:
+    queues = queues_by_name(work_queue("orders", policy=POLICY, queue_type=QueueType.QUORUM))
+    for name in ("orders", *(n for n in queues if ".retry." in n)):
+        arguments = queues[name].argument_map()
+        assert arguments["x-dead-letter-strategy"] == "at-least-once", name
+        # RabbitMQ falls back to at-most-once without reject-publish.
+        assert arguments["x-overflow"] == "reject-publish", name
+        assert arguments["x-delivery-limit"] == DELIVERY_LIMIT, name
+
+
+def test_the_quorum_dead_letter_queue_has_no_delivery_limit_and_dead_letters_nowhere() -> None:
+    dead = queues_by_name(work_queue("orders", policy=POLICY, queue_type=QueueType.QUORUM))[
+        "orders.dlq"
+    ]
+    assert dead.argument_map() == {"x-queue-type": "quorum"}
+
+
+def test_the_delivery_limit_is_the_callers_to_choose_and_at_least_one() -> None:
+    queues = queues_by_name(
+        work_queue("orders", policy=POLICY, queue_type=QueueType.QUORUM, delivery_limit=3)
+    )
+    assert queues["orders"].argument_map()["x-delivery-limit"] == 3
+    with pytest.raises(ValueError, match="delivery_limit"):
+        work_queue("orders", policy=POLICY, delivery_limit=0)
 
 
 def test_classic_queues_carry_no_queue_type() -> None:

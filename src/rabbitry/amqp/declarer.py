@@ -156,6 +156,12 @@ class Declarer:
                     await self._bind(binding)
         except RabbitryError:
             raise
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            # An exchange or queue exists with other arguments: declaring again cannot fix
+            # it, so it is the operator's to resolve, not a broker outage to retry.
+            with contextlib.suppress(Exception):
+                await self._reopen()
+            raise ConfigError(_mismatch(exc)) from exc
         except Exception as exc:
             raise translate(exc, "declare topology") from exc
 
@@ -380,6 +386,18 @@ class _Robust(aio_pika.RobustConnection):
         if value is None and urls:
             self.url = URL(urls[self._next % len(urls)])
             self._next += 1
+
+
+def _mismatch(exc: aiormq.exceptions.ChannelPreconditionFailed) -> str:
+    reply = str(exc.args[0]) if exc.args else str(exc)
+    if "for queue" in reply:
+        hint = (
+            "set RABBITRY_QUEUE_TYPE to the queue's type (classic or quorum), or move its"
+            " messages and delete it so Rabbitry declares it again"
+        )
+    else:
+        hint = "delete the exchange so Rabbitry declares it again"
+    return f"the broker has it declared differently: {reply}; {hint}"
 
 
 def _binding_key(binding: Binding) -> tuple[str, str, str]:

@@ -4,6 +4,14 @@ Names of dead-letter and retry queues are computed from their work queue, never 
 durable work queue ``Q`` there is ``Q.dlq`` and one ``Q.retry.<ms>`` per retry delay tier. A
 retry queue holds messages for its TTL and then dead-letters them back to ``Q`` through the
 default exchange, so a retry never spins in a hot requeue loop.
+
+As quorum queues (for a cluster) the work and retry queues dead-letter at least once
+(``x-dead-letter-strategy: at-least-once``, which RabbitMQ honours only with
+``x-overflow: reject-publish``): a message whose retry delay expires while the work queue
+cannot take it (no quorum, a node down) stays in the retry queue until it can, where
+RabbitMQ's default for quorum queues, at most once, drops it. They also carry an explicit
+delivery limit (:data:`DELIVERY_LIMIT`), so a message that kills its consumer every time
+ends in ``Q.dlq``; the dead-letter queue has none, so reading dead letters never drops one.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from rabbitry.messaging.retry import RetryPolicy
 from rabbitry.messaging.settings import QueueType
 
 __all__ = [
+    "DELIVERY_LIMIT",
     "Arguments",
     "Binding",
     "Exchange",
@@ -40,10 +49,24 @@ def retry_queue_name(queue: str, delay_ms: int) -> str:
     return f"{queue}.retry.{delay_ms}"
 
 
-def _typed(arguments: Mapping[str, Any], queue_type: QueueType) -> Arguments:
+DELIVERY_LIMIT = 20
+"""Deliveries of one message by a quorum work queue before it is dead-lettered (RabbitMQ 4's
+default, explicit here for 3.x, which has none). A handler's failures go through the retry
+tiers, not redeliveries; this counts the deliveries a consumer took down with it (a crash,
+a lost connection), which a node loss can cause a few times over for an innocent message."""
+
+
+def _typed(
+    arguments: Mapping[str, Any], queue_type: QueueType, *, delivery_limit: int | None = None
+) -> Arguments:
     merged = dict(arguments)
     if queue_type is QueueType.QUORUM:
         merged["x-queue-type"] = "quorum"
+        if "x-dead-letter-exchange" in merged:
+            merged["x-dead-letter-strategy"] = "at-least-once"
+            merged["x-overflow"] = "reject-publish"  # at-least-once is ignored without it
+        if delivery_limit is not None:
+            merged["x-delivery-limit"] = delivery_limit
     return tuple(sorted(merged.items()))
 
 
@@ -53,18 +76,23 @@ def work_queue(
     policy: RetryPolicy,
     queue_type: QueueType = QueueType.CLASSIC,
     bindings: Iterable[tuple[str, str]] = (),
+    delivery_limit: int = DELIVERY_LIMIT,
 ) -> Topology:
     """A durable work queue with its dead-letter queue and retry tiers.
 
     The work queue dead-letters into ``Q.dlq``, so whatever the broker itself rejects
     (``basic.nack`` without requeue, an overflow) lands there too, never dropped.
-    ``bindings`` are (exchange, routing key) pairs that feed the work queue.
+    ``bindings`` are (exchange, routing key) pairs that feed the work queue;
+    ``delivery_limit`` applies to quorum work and retry queues (see the module docstring).
     """
+    if delivery_limit < 1:
+        raise ValueError("delivery_limit must be at least 1")
     main = Queue(
         name,
         arguments=_typed(
             {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq_name(name)},
             queue_type,
+            delivery_limit=delivery_limit,
         ),
     )
     dead = Queue(dlq_name(name), arguments=_typed({}, queue_type))
@@ -78,6 +106,7 @@ def work_queue(
                     "x-dead-letter-routing-key": name,
                 },
                 queue_type,
+                delivery_limit=delivery_limit,
             ),
         )
         for delay in policy.tiers_ms()
