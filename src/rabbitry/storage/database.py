@@ -1,16 +1,24 @@
-"""The process's database: an async engine, a session factory and the migration runner."""
+"""The process's database: an async engine, a session factory and the migration runner.
+
+Migrations run under a lock, so any number of processes started together on a fresh database
+all come up: the first migrates, the others wait and then find nothing left to do. On
+PostgreSQL the lock is an advisory lock (held by a connection: a process that dies releases
+it); on SQLite, an exclusive ``flock`` on a file beside the database.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -25,6 +33,12 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+
+# The advisory lock key of Rabbitry's migrations on PostgreSQL: any fixed bigint, the same in
+# every process of every version ("rabbitry" in ASCII).
+MIGRATION_LOCK = 0x7261626269747279
+# How often a process waiting for SQLite's migration lock tries again.
+_SQLITE_LOCK_POLL = 0.05
 
 
 class Database:
@@ -67,11 +81,36 @@ class Database:
         from alembic import command  # imported here: it is slow, and only migrations need it
 
         try:
-            await asyncio.to_thread(command.upgrade, alembic_config(self.url), revision)
+            async with self._migration_lock():
+                await asyncio.to_thread(command.upgrade, alembic_config(self.url), revision)
         except StorageError:
             raise
         except Exception as exc:  # Alembic and every driver raise their own types
             raise StorageError(f"cannot migrate the database: {_reason(exc)}") from exc
+
+    @asynccontextmanager
+    async def _migration_lock(self) -> AsyncIterator[None]:
+        """Hold the database's migration lock (waiting for another process's to end)."""
+        if self.is_sqlite:
+            path = _sqlite_path(self.url)
+            if path is None:  # in memory: nobody else can see it
+                yield
+                return
+            async with _file_lock(Path(f"{path}.migrations.lock")):
+                yield
+            return
+        if self.engine.dialect.name != "postgresql":
+            yield
+            return
+        async with self.engine.connect() as connection:
+            await connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+            try:
+                yield
+            finally:
+                with contextlib.suppress(SQLAlchemyError, OSError):  # gone: the lock with it
+                    await connection.execute(
+                        text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK}
+                    )
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -111,9 +150,30 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def _ensure_sqlite_dir(url: str) -> None:
+@asynccontextmanager
+async def _file_lock(path: Path) -> AsyncIterator[None]:
+    """An exclusive ``flock`` on ``path``, polled so that waiting stays cancellable."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(_SQLITE_LOCK_POLL)
+        yield  # closing the descriptor releases the lock
+    finally:
+        os.close(descriptor)
+
+
+def _sqlite_path(url: str) -> str | None:
     path = url.split("///", 1)[-1].split("?", 1)[0]
-    if path and path != ":memory:":
+    return path if path and path != ":memory:" else None
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    path = _sqlite_path(url)
+    if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         # WAL is a property of the file: switch once, here, before any pooled connection
         # exists. Switching on every connect fails at once ("database is locked") when
