@@ -7,7 +7,15 @@ The connection opens lazily and reopens after a failure. After a failure a circu
 fails sends at once for ``circuit_open_seconds`` rather than make every caller wait for the
 broker's timeout. While the broker blocks the connection (a memory or disk alarm) a send
 fails at once with :data:`BLOCKED` in its reason, or, for a caller that would rather wait (a
-consumer holding a delivery), waits up to the publish timeout for the alarm to clear. A
+consumer holding a delivery), waits up to the publish timeout for the alarm to clear.
+
+The sends already on the wire when the block arrives (the first publish on a fresh connection
+is one: RabbitMQ blocks a connection when it publishes) do not wait out the publish timeout
+either: what the broker took before it stopped reading is confirmed at once, so after a short
+grace (:data:`BLOCKED_GRACE`) the connection is dropped, which fails the rest, and the circuit
+opens with the alarm as its reason. The broker discards what it had not read, so those go to
+the caller's fallback once; a message it had read but not yet confirmed when the grace ended
+is both routed and stored: at least once, with the same message id, which consumers dedupe. A
 publish the broker refuses (no such exchange) fails alone: the messages it took down with the
 channel are sent again on a new connection, so nothing is stored or sent twice.
 """
@@ -29,6 +37,12 @@ from rabbitry.messaging.settings import AmqpSettings
 log = logging.getLogger(__name__)
 
 BLOCKED = "blocked by the broker (memory/disk alarm)"
+
+BLOCKED_GRACE = 0.5
+"""Seconds the sends in flight when the broker blocks the connection may still be confirmed
+before they fail over. A publish the broker read before the alarm is confirmed in a few
+milliseconds (tens on a quorum queue); one it has not read never will be until the alarm
+clears."""
 
 Verdict = tuple[Outcome, str]
 """What became of one message: the broker's outcome, and why when it is not ``ACKED``."""
@@ -74,10 +88,15 @@ class Sender:
         self._unblocked.set()
         self._inflight: deque[tuple[float, asyncio.Future[Outcome], Link]] = deque()
         self._watchdog: asyncio.TimerHandle | None = None
+        self._impatient = 0  # sends in progress that would rather fail over than wait
+        self._alarm = ""  # the reason of the alarm that opened the circuit, while it is open
 
     @property
     def blocked(self) -> str | None:
-        """The broker's reason while it blocks this connection, else ``None``."""
+        """The broker's reason while it blocks this connection (or, once that connection was
+        given up for it, while the circuit it opened lasts), else ``None``."""
+        if self._blocked is None and self._alarm and self._clock() < self._circuit_until:
+            return self._alarm
         return self._blocked
 
     async def send(
@@ -91,6 +110,15 @@ class Sender:
         channel for a reason it did not pin on one message. A message that cannot be encoded
         gets ``UNFIT`` and is not sent; the others still are.
         """
+        if wait_unblocked:
+            return await self._send(items, True)
+        self._impatient += 1
+        try:
+            return await self._send(items, False)
+        finally:
+            self._impatient -= 1
+
+    async def _send(self, items: Sequence[Outgoing], wait_unblocked: bool) -> list[Verdict]:
         link = self._link
         if len(items) == 1 and link is not None and link.is_open and self._blocked is None:
             # The common case, kept short: services publish one message per call.
@@ -137,6 +165,9 @@ class Sender:
 
     async def _failed(self, link: Link, exc: TimeoutError | LinkClosed) -> BrokerError:
         """What a send that failed with ``exc`` raises; the link is dropped either way."""
+        if isinstance(exc, _Blocked):
+            await self._trip(link, str(exc))
+            return BrokerUnavailable(str(exc))
         if isinstance(exc, TimeoutError | _NoConfirm):
             # A broker that does not confirm in time is treated as down: drop the link so
             # the next send reconnects, and let the circuit breaker spare the callers.
@@ -276,6 +307,8 @@ class Sender:
 
     async def _reconnect(self) -> Link:
         if self._clock() < self._circuit_until:
+            if self._alarm:
+                raise BrokerUnavailable(f"{BLOCKED}: {self._alarm} (circuit open)")
             raise BrokerUnavailable("broker marked unavailable (circuit open after a failure)")
         async with self._lock:
             if self._link is not None and self._link.is_open:
@@ -287,6 +320,7 @@ class Sender:
             except (OSError, LinkClosed, TimeoutError, BrokerError) as exc:
                 self._circuit_until = self._clock() + self._settings.circuit_open_seconds
                 raise BrokerUnavailable(f"cannot connect to the broker: {exc}") from exc
+            self._alarm = ""
             self._set_blocked(None)
             link.on_blocked = lambda reason: self._on_blocked(link, reason)
             self._link = link
@@ -305,10 +339,24 @@ class Sender:
     def _on_blocked(self, link: Link, reason: str | None) -> None:
         if link is self._link:
             self._set_blocked(reason)
+            if reason is not None:
+                grace = min(BLOCKED_GRACE, self._settings.publish_timeout)
+                asyncio.get_running_loop().call_later(grace, self._give_up_blocked, link)
+
+    def _give_up_blocked(self, link: Link) -> None:
+        """The grace after a block is over: drop the connection if sends that would rather
+        fail over still wait on it (patient ones wait for the alarm to clear)."""
+        reason = link.blocked
+        if link is not self._link or reason is None or not self._impatient:
+            return
+        log.warning("%s: %s: failing over the sends in flight", self.name, reason)
+        self._alarm = reason
+        link.abort(_Blocked(f"{BLOCKED}: {reason}"))
 
     def _set_blocked(self, reason: str | None) -> None:
         self._blocked = reason
-        metrics.BLOCKED.labels(self.name).set(0 if reason is None else 1)
+        # A connection given up for an alarm counts as blocked until a new one is opened.
+        metrics.BLOCKED.labels(self.name).set(0 if reason is None and not self._alarm else 1)
         if reason is None:
             self._unblocked.set()
         else:
@@ -330,8 +378,10 @@ class Sender:
             self._watchdog.cancel()
             self._watchdog = None
         link, self._link = self._link, None
+        alarm, self._alarm = self._alarm, ""
         if link is not None:
             await _close_quietly(link)
+        if link is not None or alarm:
             self._set_blocked(None)
 
 
@@ -364,6 +414,10 @@ class _Part(Sequence[Outgoing]):
 
 class _NoConfirm(LinkClosed):
     """The broker did not confirm a publish within the publish timeout."""
+
+
+class _Blocked(LinkClosed):
+    """The broker blocked the connection (an alarm) with sends in flight that fail over."""
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:
