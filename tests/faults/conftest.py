@@ -1,0 +1,259 @@
+"""The fault suite's fixtures: a local three-node RabbitMQ cluster and what breaks it.
+
+* ``cluster`` (session) — ``scripts/cluster up`` once per session (about 40 s from nothing, 3 s
+  when it already runs); at the end of the session ``scripts/cluster down`` if this session
+  started it, so a CI run leaves nothing running and a developer's cluster stays up.
+* ``faults`` — the cluster for one test: every node the test kills, stops or freezes, and a
+  memory alarm it raises, is restored after it, pass or fail; the test's namespace is deleted
+  from the cluster.
+* ``cluster_settings`` — the test's settings on the cluster URL (all three hosts) with quorum
+  queues.
+* ``figures`` — where a case records its counts (sent, confirmed, stored, arrived, duplicates,
+  lost) and latencies; the table is printed at the end of the run (docs/reliability.md).
+
+The machine's own broker on 5672 is never touched here: alarms and kills stay on the cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aio_pika
+import pytest
+from pydantic import SecretStr
+
+from rabbitry.amqp.declarer import Declarer
+from rabbitry.config import Settings
+from rabbitry.messaging.settings import QueueType
+from rabbitry.messaging.topology import Exchange, Queue, Topology
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "cluster"
+NODES = (1, 2, 3)
+BASE_PORT = 5680
+CLUSTER_URL = "amqp://guest:guest@127.0.0.1:5681,127.0.0.1:5682,127.0.0.1:5683/"
+# Starting the cluster from nothing takes about 40 s on two busy cores; a restart after the
+# whole cluster stopped, about 20 s.
+SCRIPT_TIMEOUT = 240
+_CONNECTION_NAME = re.compile(r'\{"connection_name","([^"]*)"\}')
+_SERVER_PORT = re.compile(r"-> [^\t]*:(\d+)$")
+
+
+def node_url(node: int) -> str:
+    """The URL of one node of the cluster."""
+    return f"amqp://guest:guest@127.0.0.1:{BASE_PORT + node}/"
+
+
+def run_script(*args: str) -> str:
+    """``scripts/cluster ARGS``; its stdout. A failure fails the test."""
+    done = subprocess.run(
+        [str(SCRIPT), *args], capture_output=True, text=True, timeout=SCRIPT_TIMEOUT, check=False
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"scripts/cluster {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+@dataclass
+class Cluster:
+    """The local cluster as a test breaks it; :meth:`restore` mends what it broke."""
+
+    url: str = CLUSTER_URL
+    down: set[int] = field(default_factory=set)
+    frozen: set[int] = field(default_factory=set)
+    alarmed: bool = False
+
+    async def script(self, *args: str) -> str:
+        return await asyncio.to_thread(run_script, *args)
+
+    async def kill(self, *nodes: int) -> None:
+        """``kill -9``: a crash, its sockets reset."""
+        self.down.update(nodes)
+        await self.script("kill", *map(str, nodes))
+
+    async def stop(self, *nodes: int) -> None:
+        """A graceful stop (clients get CONNECTION_FORCED)."""
+        self.down.update(nodes)
+        await self.script("stop", *map(str, nodes))
+
+    async def start(self, *nodes: int) -> None:
+        """Start nodes again; returns once they answer."""
+        await self.script("start", *map(str, nodes))
+        self.down.difference_update(nodes)
+
+    async def freeze(self, node: int) -> None:
+        """SIGSTOP: the node falls silent with its sockets open, as a hung host does."""
+        self.frozen.add(node)
+        await self.script("freeze", str(node))
+
+    async def thaw(self, node: int) -> None:
+        await self.script("thaw", str(node))
+        self.frozen.discard(node)
+
+    async def ctl(self, node: int, *args: str) -> str:
+        return await self.script("ctl", str(node), *args)
+
+    async def connections(self, name_part: str) -> list[tuple[str, int]]:
+        """(pid, node) of every connection whose name contains ``name_part``."""
+        node = next(n for n in NODES if n not in self.down and n not in self.frozen)
+        out = await self.ctl(
+            node, "list_connections", "--no-table-headers", "pid", "name", "client_properties"
+        )
+        found = []
+        for line in out.splitlines():
+            pid, name, properties = [*line.split("\t"), "", ""][:3]
+            named = _CONNECTION_NAME.search(properties)
+            port = _SERVER_PORT.search(name)
+            if named and name_part in named.group(1) and port:
+                found.append((pid, int(port.group(1)) - BASE_PORT))
+        return found
+
+    async def close_connections(self, name_part: str) -> int:
+        """``rabbitmqctl close_connection`` for each connection ``name_part`` names."""
+        found = await self.connections(name_part)
+        for pid, _ in found:
+            await self.ctl(self.live_node(), "close_connection", pid, "closed by the fault test")
+        return len(found)
+
+    @contextlib.asynccontextmanager
+    async def memory_alarm(self) -> AsyncIterator[None]:
+        """A memory alarm (on node 1; RabbitMQ blocks publishers on every node for it)."""
+        self.alarmed = True
+        await self.ctl(1, "set_vm_memory_high_watermark", "0.0000001")
+        try:
+            yield
+        finally:
+            await self._clear_alarm()
+
+    async def _clear_alarm(self) -> None:
+        await self.ctl(1, "set_vm_memory_high_watermark", "0.4")
+        self.alarmed = False
+
+    async def restore(self) -> None:
+        """Every node running, thawed, in the cluster, and no alarm."""
+        if self.down or self.frozen:
+            await self.script("up")  # thaws, starts what is down, waits until all answer
+            self.down.clear()
+            self.frozen.clear()
+        if self.alarmed:
+            await self._clear_alarm()
+
+    def live_node(self) -> int:
+        """A node neither down nor frozen."""
+        return next(n for n in NODES if n not in self.down and n not in self.frozen)
+
+    async def read_ids(self, queue: str, *, quiet: float = 10.0) -> list[str]:
+        """Take every message ``queue`` holds (acked: the test is done with them); their
+        message ids, duplicates included. Fails if they stop arriving for ``quiet`` seconds."""
+        connection = await aio_pika.connect(
+            node_url(self.live_node()), client_properties={"connection_name": "fault-reader"}
+        )
+        ids: list[str] = []
+        async with connection:
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=1000)
+            declared = await channel.declare_queue(queue, passive=True)
+            held = declared.declaration_result.message_count or 0
+            if held:
+                async with declared.iterator(no_ack=True, timeout=quiet) as messages:
+                    async for message in messages:
+                        ids.append(str(message.message_id))
+                        if len(ids) >= held:
+                            break
+        return ids
+
+    async def delete_namespace(self, namespace: str) -> None:
+        """Delete every queue and exchange named ``<namespace>...`` on the cluster."""
+        queues = await self.ctl(1, "list_queues", "--no-table-headers", "name")
+        exchanges = await self.ctl(1, "list_exchanges", "--no-table-headers", "name")
+        mine = Topology.of(
+            queues=[Queue(n) for n in queues.split() if n.startswith(namespace)],
+            exchanges=[Exchange(n) for n in exchanges.split() if n.startswith(namespace)],
+        )
+        if mine.queues or mine.exchanges:
+            async with await Declarer.connect(self.url, name=f"{namespace}-cleanup") as declarer:
+                await declarer.delete(mine)
+
+
+@dataclass
+class Figures:
+    """The fault cases' counts and latencies, printed as a table after the run."""
+
+    rows: list[tuple[str, int, int, int, int, int, int]] = field(default_factory=list)
+    latencies: list[tuple[str, float]] = field(default_factory=list)
+
+    def add(
+        self,
+        case: str,
+        sent: int,
+        confirmed: int,
+        stored: int,
+        arrived: list[str],
+        lost: set[str],
+    ) -> None:
+        duplicates = len(arrived) - len(set(arrived))
+        self.rows.append((case, sent, confirmed, stored, len(arrived), duplicates, len(lost)))
+
+    def latency(self, what: str, seconds: float) -> None:
+        self.latencies.append((what, seconds))
+
+    def lines(self) -> list[str]:
+        out = [
+            "| fault | sent | confirmed | stored in the outbox | arrived | duplicates | lost |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        out += ["| " + " | ".join(map(str, row)) + " |" for row in self.rows]
+        out += [f"{what}: {seconds:.2f} s" for what, seconds in self.latencies]
+        return out
+
+
+_FIGURES = pytest.StashKey[Figures]()
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Figures:
+    """The run's :class:`Figures`."""
+    return request.config.stash.setdefault(_FIGURES, Figures())
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    found = terminalreporter.config.stash.get(_FIGURES, None)
+    if found is not None and (found.rows or found.latencies):
+        terminalreporter.section("fault figures")
+        for line in found.lines():
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """The local cluster, up; stopped at the end of the session if this session started it."""
+    already = run_script("status").count(" running") == len(NODES)
+    run_script("up")
+    try:
+        yield Cluster()
+    finally:
+        if not already:
+            run_script("down")
+
+
+@pytest.fixture
+async def faults(cluster: Cluster, namespace: str) -> AsyncIterator[Cluster]:
+    """The cluster for one test, mended after it (pass or fail) and cleared of its namespace."""
+    try:
+        yield cluster
+    finally:
+        await cluster.restore()
+        await cluster.delete_namespace(namespace)
+
+
+@pytest.fixture
+def cluster_settings(settings: Settings) -> Settings:
+    """The test's settings on the whole cluster, with quorum queues."""
+    return settings.model_copy(
+        update={"amqp_url": SecretStr(CLUSTER_URL), "queue_type": QueueType.QUORUM}
+    )
