@@ -167,6 +167,19 @@ class Cluster:
                             break
         return ids
 
+    async def read_headers(self, queue: str) -> list[tuple[bytes, dict[str, object]]]:
+        """Take every message ``queue`` holds: (body, headers) of each."""
+        connection = await aio_pika.connect(
+            node_url(self.live_node()), client_properties={"connection_name": "fault-reader"}
+        )
+        taken: list[tuple[bytes, dict[str, object]]] = []
+        async with connection:
+            channel = await connection.channel()
+            declared = await channel.declare_queue(queue, passive=True)
+            while (got := await declared.get(no_ack=True, fail=False)) is not None:
+                taken.append((got.body, dict(got.headers or {})))
+        return taken
+
     async def delete_namespace(self, namespace: str) -> None:
         """Delete every queue and exchange named ``<namespace>...`` on the cluster."""
         queues = await self.ctl(1, "list_queues", "--no-table-headers", "name")
