@@ -75,7 +75,8 @@ async def test_a_publish_while_the_broker_is_blocked_goes_to_the_outbox_at_once(
         assert (await publisher.publish(Message(type="t", payload=0), Route("", queue))).ok
         async with memory_alarm():
             # The first publish of the alarm is what makes the broker block the connection;
-            # it stays in flight and is confirmed once the alarm clears.
+            # it fails over to the outbox after a short grace, not the publish timeout or the
+            # end of the alarm.
             first = asyncio.ensure_future(
                 publisher.publish(Message(type="t", payload=1), Route("", queue))
             )
@@ -83,21 +84,24 @@ async def test_a_publish_while_the_broker_is_blocked_goes_to_the_outbox_at_once(
             second = await publisher.publish(Message(type="t", payload=2), Route("", queue))
             while_blocked = (await health.get("/healthz")).json()
             gauge = blocked_gauge(f"{name}-publisher")
+            await eventually(_true(first.done), what="the first publish failing over")
         await eventually(_true(lambda: publisher.blocked is None), what="the unblock")
         third = await publisher.publish(Message(type="t", payload=3), Route("", queue))
-        assert (await first).status is PublishStatus.PUBLISHED
+        assert (await first).status is PublishStatus.PERSISTED
         after = (await health.get("/healthz")).json()
         await health.aclose()
     assert second.status is PublishStatus.PERSISTED
     assert second.error is not None
     assert "blocked by the broker (memory/disk alarm): low on memory" in second.error
-    assert [m.payload for _, m, _ in outbox.items] == [2]
+    assert sorted(m.payload for _, m, _ in outbox.items) == [1, 2]
     assert gauge == 1.0 and blocked_gauge(f"{name}-publisher") == 0.0
     assert while_blocked["status"] == "ok"  # the outbox takes messages meanwhile
     assert "memory/disk alarm" in while_blocked["broker_blocked"]
     assert after["broker_blocked"] is None
     assert third.status is PublishStatus.PUBLISHED
-    assert sorted(json.loads(r.body) for r in await broker.get_all(queue)) == [0, 1, 3]
+    # The broker may have read the first publish before it stopped reading: then it arrives
+    # too, with the id the outbox holds (at least once; consumers dedupe by id).
+    assert sorted(json.loads(r.body) for r in await broker.get_all(queue)) in ([0, 3], [0, 1, 3])
 
 
 async def test_consumers_keep_acking_while_an_alarm_blocks_their_retry_copies(
