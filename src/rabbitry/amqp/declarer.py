@@ -42,6 +42,10 @@ def translate(exc: BaseException, action: str) -> RabbitryError:
     """Map an aio-pika/aiormq/socket exception to Rabbitry's error tree."""
     if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
         return NotFound(f"{action}: {exc}")
+    if isinstance(exc, aiormq.exceptions.AMQPConnectionError) and not isinstance(
+        exc, aiormq.exceptions.ProbableAuthenticationError
+    ):  # refused, reset: no broker there
+        return BrokerUnavailable(f"{action}: broker unreachable: {exc}")
     if isinstance(exc, aiormq.exceptions.AMQPError | aio_pika.exceptions.AMQPException):
         return BrokerError(f"{action}: {type(exc).__name__}: {exc}")
     if isinstance(exc, TimeoutError) and not str(exc):
