@@ -22,14 +22,14 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from yarl import URL
 from aio_pika.abc import (
-    UnderlayConnection,
     AbstractChannel,
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
+    UnderlayConnection,
 )
+from yarl import URL
 
 from rabbitry.amqp.spec import Binding, Exchange, Queue, Topology
 from rabbitry.amqp.url import Endpoint
@@ -89,20 +89,20 @@ class Declarer:
         options, vhost, credentials): :mod:`rabbitry.amqp.url` parses it for both."""
         try:
             endpoint = Endpoint.from_url(url)
-            target = endpoint.aio_pika_url()
+            # Each host in turn, from a random one; TLS goes in the context.
+            urls = [candidate.aio_pika_url() for candidate in endpoint.candidates()]
             context = endpoint.ssl_context()
         except ValueError as exc:
             raise ConfigError(f"broker URL: {exc}") from None
         label = f"{endpoint.name}:{name}" if endpoint.name else name
-        candidates = endpoint.candidates()
         limit = endpoint.connection_timeout or timeout
         connection: _Robust | None = None
         try:
             # aio-pika gives up at the first failed attempt (fail_fast): try each host once.
-            for attempt in range(len(candidates)):
+            for attempt in range(len(urls)):
                 try:
                     connection = _Robust(
-                        [c.aio_pika_url() for c in candidates],
+                        urls,
                         attempt,
                         ssl_context=context,
                         client_properties={"connection_name": f"{label}-declarer"},
@@ -114,7 +114,7 @@ class Declarer:
                         with contextlib.suppress(Exception):
                             await connection.close()
                     connection = None
-                    if attempt == len(candidates) - 1:
+                    if attempt == len(urls) - 1:
                         raise
             assert connection is not None
             channel = await asyncio.wait_for(
