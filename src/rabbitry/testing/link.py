@@ -282,6 +282,11 @@ class MemoryLink:
             self._end(None)
         await asyncio.shield(self.closed)
 
+    def abort(self, exc: LinkClosed) -> None:
+        """The owner gives up on the link (as :meth:`Link.abort`): what is pending fails with
+        ``exc``, and publishes held by an alarm never reach a queue."""
+        self.fail(exc)
+
     def fail(self, exc: LinkClosed) -> None:
         """The broker closed this link (a channel error, a forced close, an outage)."""
         if not self.closed.done():
