@@ -181,3 +181,9 @@ def test_the_default_heartbeat_notices_a_silent_node_within_twenty_seconds() -> 
     # Given up after two silent intervals (the protocol's rule): 2 * 10 s.
     assert 2 * DEFAULT_HEARTBEAT <= 20
     assert URL(Endpoint.from_url("amqp://h/").aio_pika_url()).query["heartbeat"] == "10"
+
+
+def test_a_cluster_urls_password_is_masked_in_logs_and_reprs() -> None:
+    settings = AmqpSettings(url="amqp://app:s3cret@h1:5672,h2:5672/prod")
+    assert settings.safe_url == "amqp://app:***@h1:5672,h2:5672/prod"
+    assert "s3cret" not in repr(settings)

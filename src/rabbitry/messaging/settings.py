@@ -93,9 +93,10 @@ class AmqpSettings:
 
 
 def mask_password(url: str) -> str:
+    """``url`` with its password as ``***``; the hosts (a cluster's several) as they are."""
     parts = urlsplit(url)
-    if parts.password is None:
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    user, has_password, _ = userinfo.partition(":")
+    if not at or not has_password:
         return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
