@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Coroutine
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 
-from rabbitry.config import Settings, load_settings
 from rabbitry.errors import ConfigError, RabbitryError
+
+if TYPE_CHECKING:
+    from rabbitry.config import Settings
 
 T = TypeVar("T")
 
@@ -40,6 +42,9 @@ def text(value: str, what: str) -> str:
 
 def settings(ctx: typer.Context) -> Settings:
     """The settings parsed once by the root command (``--config``), cached on the context."""
+    # Imported here: pydantic-settings is a tenth of a second that `--help` does not need.
+    from rabbitry.config import Settings, load_settings
+
     root = ctx.find_root()
     cached = root.obj.get("settings") if isinstance(root.obj, dict) else None
     if isinstance(cached, Settings):

@@ -9,6 +9,9 @@ RabbitryError
 │       ├── PublishUnroutable   mandatory message returned: no queue bound for it
 │       └── PublishTimeout      no confirm within the bounded timeout
 ├── MessageError                a message that cannot be decoded or does not fit its schema
+├── Invalid                     a request's value is refused (a name, a time, a filter); also
+│                               a ValueError
+├── Refused                     allowed to ask, but not this (a queue closed to manual sends)
 ├── StorageError                the database failed (the outbox could not persist either)
 ├── NotFound                    a named thing (queue, entity, tenant) does not exist
 └── Conflict                    it exists already (a tenant, a username in its tenant)
@@ -51,6 +54,15 @@ class PublishTimeout(PublishFailed):
 
 class MessageError(RabbitryError):
     """A message is malformed: bad JSON, a missing ``rr_job``, a schema error."""
+
+
+class Invalid(RabbitryError, ValueError):
+    """A value given to Rabbitry is refused: a malformed name, time, filter or id. Also a
+    ``ValueError``, as every such check raised before the tree had this branch."""
+
+
+class Refused(RabbitryError):
+    """The caller may not do this with that (a queue that takes no manual sends)."""
 
 
 class StorageError(RabbitryError):

@@ -19,7 +19,7 @@ def system_catalog(settings: Settings) -> Catalog:
     result = Catalog()
     for part in PARTS:
         if part.catalog is not None:
-            result |= part.catalog(settings)
+            result |= part.catalog.load()(settings)
     return result
 
 

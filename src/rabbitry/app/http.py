@@ -1,8 +1,11 @@
 """The FastAPI app that ``rabbitry up`` and ``rabbitry serve NAME`` run.
 
 Its lifespan owns the process's resources: the database (migrated on start), the publisher
-(with the outbox as fallback), and the services, which it stops and drains on shutdown. Every
-app answers ``/healthz``, ``/metrics`` and ``/asyncapi.json``, whatever routers it serves.
+(with the outbox as fallback), and the services, which it stops and drains on shutdown; they
+live on the app's typed state (:class:`rabbitry.web.AppState`). Every app answers ``/healthz``,
+``/metrics`` and ``/asyncapi.json``, whatever routers it serves, and answers an error of the
+:mod:`rabbitry.errors` tree that a route lets go with ``{"error": ...}`` and its status
+(:func:`rabbitry.web.status_of`).
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ from rabbitry import metrics
 from rabbitry._version import __version__
 from rabbitry.app.asyncapi import asyncapi_document
 from rabbitry.app.operations import declare_system
-from rabbitry.app.registry import Lifespan, build_service
+from rabbitry.app.registry import Lifespan, build_service, system_topology
 from rabbitry.app.resources import open_publisher
 from rabbitry.config import Settings
 from rabbitry.errors import BrokerError, RabbitryError
 from rabbitry.messaging.sender import BLOCKED
 from rabbitry.messaging.service import run_services
 from rabbitry.storage import open_database
+from rabbitry.web import AppState, SystemTopology, app_state, status_of
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +46,12 @@ def create_app(
     routers: Sequence[APIRouter] = (),
     workers: Sequence[str] = (),
     lifespans: Sequence[Lifespan] = (),
+    topology: SystemTopology = system_topology,
 ) -> FastAPI:
     """Build the app serving ``routers``; ``workers`` are service names run by the lifespan,
-    ``lifespans`` the per-process resources of the parts served (entered in order)."""
+    ``lifespans`` the per-process resources of the parts served (entered in order),
+    ``topology`` the system's broker objects (the back-office dashboard lists its queues)."""
+    state = AppState(settings, topology=topology)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -52,9 +59,8 @@ def create_app(
             open_database(settings.sql_url) as database,
             open_publisher(settings, database) as publisher,
         ):
-            app.state.settings = settings
-            app.state.database = database
-            app.state.publisher = publisher
+            state.database = database
+            state.publisher = publisher
             if settings.rabbit_active:
                 try:
                     await declare_system(settings, [])
@@ -63,7 +69,7 @@ def create_app(
             stopping = asyncio.Event()
             services = [build_service(name, settings) for name in workers]
             runner = asyncio.create_task(run_services(services, stopping))
-            app.state.stopping = stopping
+            state.stopping = stopping
             try:
                 async with contextlib.AsyncExitStack() as parts:
                     for part_lifespan in lifespans:
@@ -75,7 +81,7 @@ def create_app(
                     await runner
 
     app = FastAPI(title="Rabbitry", version=__version__, lifespan=lifespan)
-    app.state.settings = settings  # route dependencies (credentials) read it, lifespan or not
+    app.state.rabbitry = state  # route dependencies (credentials) read it, lifespan or not
     _install_error_handlers(app)
 
     @app.get("/healthz")
@@ -83,8 +89,10 @@ def create_app(
         """200 when the database answers; the broker's state is reported, not required
         (the outbox keeps accepting messages while it is down)."""
 
-        state = request.app.state
+        state = app_state(request)
         try:
+            if state.database is None:
+                raise RuntimeError("the app's database is not open: its lifespan did not run")
             async with state.database.session() as session:
                 await session.execute(text("select 1"))
             database = "ok"
@@ -92,8 +100,7 @@ def create_app(
             database = f"error: {exc}"
         # A broker alarm does not make the process unhealthy (publishes go to the outbox
         # meanwhile), but an operator looking here should see it.
-        publisher = getattr(state, "publisher", None)
-        blocked = publisher.blocked if publisher is not None else None
+        blocked = state.publisher.blocked if state.publisher is not None else None
         body = {
             "status": "ok" if database == "ok" else "degraded",
             "database": database,
@@ -123,6 +130,13 @@ def create_app(
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RabbitryError)
+    async def rabbitry_error(_: Request, exc: RabbitryError) -> JSONResponse:
+        status = status_of(exc)
+        if status >= 500:
+            log.warning("answered %d: %s", status, exc)
+        return JSONResponse({"error": str(exc)}, status_code=status)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code)

@@ -2,42 +2,49 @@
 
 A part is one package (``rabbitry.outbox``, ``rabbitry.events``, …) plus one :class:`Part` entry
 in :data:`PARTS`, naming its services (the workers ``rabbitry worker NAME`` runs), its HTTP
-servers (``rabbitry serve NAME``: routers), its CLI commands and its broker topology. ``rabbitry
-up``, ``serve``, ``worker`` and ``topology declare`` are all built from this table, so adding a
-part touches nothing else.
+servers (``rabbitry serve NAME``: routers), its CLI commands, its broker topology and the hooks
+a process serving it calls. ``rabbitry up``, ``serve``, ``worker`` and ``topology declare`` are
+all built from this table, so adding a part touches nothing else.
+
+An entry names what it points at (``Ref("rabbitry.outbox.relay:RelayService")``) rather than
+importing it: the table is read by every ``rabbitry`` command, and importing every part would
+load FastAPI, SQLAlchemy and the broker client before ``rabbitry --help`` could answer
+(1.9 s where 0.3 s is the budget). A command loads the parts it runs; ``tests/unit/
+test_registry.py`` loads every reference, so a wrong one fails the tests, not a user.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
-import typer
-from fastapi import APIRouter, FastAPI
-
-from rabbitry.backoffice import http as backoffice_http
-from rabbitry.chat import catalog as chat_catalog
-from rabbitry.chat import http as chat_http
-from rabbitry.chat import topology as chat_topology
-from rabbitry.chat.persistence import PersistenceProcess
-from rabbitry.config import Settings
 from rabbitry.errors import ConfigError
-from rabbitry.events import catalog as events_catalog
-from rabbitry.events import commands as events_commands
-from rabbitry.events import http as events_http
-from rabbitry.events import topology as events_topology
-from rabbitry.events.workflow import WorkflowProcess
-from rabbitry.messaging.catalog import Catalog
-from rabbitry.messaging.service import Service
-from rabbitry.messaging.topology import Topology
-from rabbitry.outbox import catalog as outbox_catalog
-from rabbitry.outbox import commands as outbox_commands
-from rabbitry.outbox.relay import RelayService
-from rabbitry.sessions import catalog as sessions_catalog
-from rabbitry.sessions import http as sessions_http
-from rabbitry.sessions import topology as sessions_topology
-from rabbitry.sessions.dispatch import DispatchService
+
+if TYPE_CHECKING:
+    import typer
+    from fastapi import APIRouter, FastAPI
+
+    from rabbitry.config import Settings
+    from rabbitry.messaging.catalog import Catalog
+    from rabbitry.messaging.service import Service
+    from rabbitry.messaging.topology import Topology
+    from rabbitry.web import Process
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Ref(Generic[T]):
+    """An object named by ``"package.module:attribute"``, imported when first loaded."""
+
+    target: str
+
+    def load(self) -> T:
+        module, _, attribute = self.target.partition(":")
+        return cast(T, getattr(importlib.import_module(module), attribute))
 
 
 def _always(_: Settings) -> bool:
@@ -48,27 +55,53 @@ def _always(_: Settings) -> bool:
 class ServiceSpec:
     """A long-running service of a part; ``in_up`` says whether ``rabbitry up`` runs it."""
 
-    build: Callable[[Settings], Service]
+    build: Ref[Callable[[Settings], Service]]
     in_up: Callable[[Settings], bool] = _always
     summary: str = ""
 
 
-Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+@dataclass(frozen=True, slots=True)
+class Commands:
+    """A part's CLI commands: ``register`` adds them to the root ``rabbitry`` command.
+
+    ``commands`` and ``groups`` (sub-command groups) name them with the one-line help that
+    ``rabbitry --help`` lists, so that the listing needs no part loaded; the CLI's tests check
+    that each line is the command's own.
+    """
+
+    register: Ref[Callable[[typer.Typer], None]]
+    commands: Mapping[str, str] = field(default_factory=dict)
+    groups: Mapping[str, str] = field(default_factory=dict)
+
+
+Lifespan = Callable[["FastAPI"], AbstractAsyncContextManager[None]]
 """A part's per-process resources, for the HTTP app serving its routers: entered once the
-app's database and publisher are on ``app.state``, exited before they close."""
+app's database and publisher are on its state, exited before they close."""
+
+Prepare = Callable[["Settings", "Process"], "Settings"]
+"""What a part needs settled before a process serves its routers (a generated credential, the
+process's own URL); returns the settings the process runs with."""
 
 
 @dataclass(frozen=True, slots=True)
 class Part:
+    """One part of the system and everything it adds to a running Rabbitry.
+
+    ``topology`` is what the part declares once; ``tenant_topology`` what it declares for each
+    tenant (the tenants ``rabbitry topology declare --tenant`` names, or the back-office finds).
+    """
+
     name: str
     summary: str
     services: Mapping[str, ServiceSpec] = field(default_factory=dict)
-    servers: Mapping[str, Sequence[APIRouter]] = field(default_factory=dict)
-    commands: Callable[[typer.Typer], None] | None = None
-    topology: Callable[[Settings], Topology] | None = None
-    lifespan: Lifespan | None = None
+    servers: Mapping[str, Sequence[Ref[APIRouter]]] = field(default_factory=dict)
+    commands: Commands | None = None
+    topology: Ref[Callable[[Settings], Topology]] | None = None
+    tenant_topology: Ref[Callable[[Settings, Iterable[str]], Topology]] | None = None
+    lifespan: Ref[Lifespan] | None = None
+    prepare: Ref[Prepare] | None = None
     # What its messages look like and where they go (`rabbitry topology asyncapi`).
-    catalog: Callable[[Settings], Catalog] | None = None
+    catalog: Ref[Callable[[Settings], Catalog]] | None = None
 
 
 def _broker_on(settings: Settings) -> bool:
@@ -81,58 +114,89 @@ PARTS: tuple[Part, ...] = (
         name="outbox",
         summary="contingency outbox: requeue command, queue registry, relay",
         services={
-            "relay": ServiceSpec(RelayService, in_up=_broker_on, summary="re-sends stored messages")
+            "relay": ServiceSpec(
+                Ref("rabbitry.outbox.relay:RelayService"),
+                in_up=_broker_on,
+                summary="re-sends stored messages",
+            )
         },
-        commands=outbox_commands.register,
-        catalog=outbox_catalog.catalog,
+        commands=Commands(
+            Ref("rabbitry.outbox.commands:register"),
+            commands={
+                "requeue": "Publish pending outbox rows again (oldest first), marking each once "
+                "confirmed.",
+            },
+            groups={
+                "queues": "The queue registry: which queues exist, what they are for, who may "
+                "send to them.",
+                "db": "The SQL database.",
+                "outbox": "The outbox's stored messages: list them with filters, show one, "
+                "soft-delete.",
+                "dead-letters": "Dead-letter queues: list what died and why, move messages back "
+                "to their queue.",
+            },
+        ),
+        catalog=Ref("rabbitry.outbox.catalog:catalog"),
     ),
     Part(
         name="events",
         summary="event sourcing: module routing, change events, the workflow module",
         services={
             "workflow": ServiceSpec(
-                WorkflowProcess, summary="stores change events, logs module messages"
+                Ref("rabbitry.events.workflow:WorkflowProcess"),
+                summary="stores change events, logs module messages",
             )
         },
-        servers={"events": [events_http.router]},
-        commands=events_commands.register,
-        topology=events_topology.topology,
-        catalog=events_catalog.catalog,
+        servers={"events": [Ref("rabbitry.events.http:router")]},
+        commands=Commands(
+            Ref("rabbitry.events.commands:register"),
+            groups={"events": "Change events: an entity's history, and its state rebuilt from it."},
+        ),
+        topology=Ref("rabbitry.events.topology:topology"),
+        prepare=Ref("rabbitry.web:with_admin_token"),
+        catalog=Ref("rabbitry.events.catalog:catalog"),
     ),
     Part(
         name="sessions",
         summary="multi-tenant session revocation: USER, SESSION and DISPATCH",
         services={
             "dispatch": ServiceSpec(
-                DispatchService,
+                Ref("rabbitry.sessions.dispatch:DispatchService"),
                 in_up=_broker_on,
                 summary="removes a removed user's sessions, tenant by tenant",
             )
         },
-        servers={"user": [sessions_http.user_router], "session": [sessions_http.session_router]},
-        topology=sessions_topology.topology,
-        lifespan=sessions_http.lifespan,
-        catalog=sessions_catalog.catalog,
+        servers={
+            "user": [Ref("rabbitry.sessions.http:user_router")],
+            "session": [Ref("rabbitry.sessions.http:session_router")],
+        },
+        topology=Ref("rabbitry.sessions.topology:topology"),
+        tenant_topology=Ref("rabbitry.sessions.topology:tenant_topology"),
+        lifespan=Ref("rabbitry.sessions.http:lifespan"),
+        prepare=Ref("rabbitry.sessions.http:prepare"),
+        catalog=Ref("rabbitry.sessions.catalog:catalog"),
     ),
     Part(
         name="chat",
         summary="WebSocket chat across gateway instances",
         services={
             "chat-persist": ServiceSpec(
-                PersistenceProcess, in_up=_broker_on, summary="stores chat messages once each"
+                Ref("rabbitry.chat.persistence:PersistenceProcess"),
+                in_up=_broker_on,
+                summary="stores chat messages once each",
             )
         },
-        servers={"chat": [chat_http.router]},
-        topology=chat_topology.topology,
-        lifespan=chat_http.lifespan,
-        catalog=chat_catalog.catalog,
+        servers={"chat": [Ref("rabbitry.chat.http:router")]},
+        topology=Ref("rabbitry.chat.topology:topology"),
+        lifespan=Ref("rabbitry.chat.http:lifespan"),
+        catalog=Ref("rabbitry.chat.catalog:catalog"),
     ),
     Part(
         name="backoffice",
         summary="back-office pages: messages to enqueue, entity lists with ▶, dead letters",
-        # The dashboard lists the whole system's queues; resolved when a page asks.
-        servers={"backoffice": [backoffice_http.build(lambda s, t: system_topology(s, t))]},
-        lifespan=backoffice_http.lifespan,
+        servers={"backoffice": [Ref("rabbitry.backoffice.http:router")]},
+        lifespan=Ref("rabbitry.backoffice.http:lifespan"),
+        prepare=Ref("rabbitry.web:with_admin_token"),
     ),
 )
 
@@ -148,15 +212,29 @@ def services(parts: Iterable[Part] = PARTS) -> dict[str, ServiceSpec]:
     return found
 
 
-def servers(parts: Iterable[Part] = PARTS) -> dict[str, list[APIRouter]]:
-    """Every HTTP server ``rabbitry serve NAME`` can run, with its routers."""
-    found: dict[str, list[APIRouter]] = {}
+def server_names(parts: Iterable[Part] = PARTS) -> list[str]:
+    """The names ``rabbitry serve NAME`` knows (unique across parts), loading no part."""
+    found: list[str] = []
     for part in parts:
-        for name, routers in part.servers.items():
+        for name in part.servers:
             if name in found:
                 raise ConfigError(f"two parts define the server {name!r}")
-            found[name] = list(routers)
+            found.append(name)
     return found
+
+
+def serving(server: str | None = None) -> list[Part]:
+    """The parts with routers in ``server`` (every part with a server when None)."""
+    return [part for part in PARTS if (server in part.servers if server else part.servers)]
+
+
+def servers(parts: Iterable[Part] = PARTS) -> dict[str, list[APIRouter]]:
+    """Every HTTP server ``rabbitry serve NAME`` can run, with its routers (loaded)."""
+    parts = list(parts)
+    server_names(parts)  # refuses a name defined twice
+    return {
+        name: [ref.load() for ref in refs] for part in parts for name, refs in part.servers.items()
+    }
 
 
 def build_service(name: str, settings: Settings) -> Service:
@@ -165,7 +243,7 @@ def build_service(name: str, settings: Settings) -> Service:
     if spec is None:
         known = ", ".join(sorted(services()))
         raise ConfigError(f"unknown worker {name!r} (known: {known})")
-    return spec.build(settings)
+    return spec.build.load()(settings)
 
 
 def up_services(settings: Settings) -> list[str]:
@@ -175,11 +253,16 @@ def up_services(settings: Settings) -> list[str]:
 
 def lifespans(server: str | None = None) -> list[Lifespan]:
     """The lifespans of the parts serving ``server`` (every part with a server when None)."""
-    return [
-        part.lifespan
-        for part in PARTS
-        if part.lifespan is not None and (server in part.servers if server else part.servers)
-    ]
+    return [part.lifespan.load() for part in serving(server) if part.lifespan is not None]
+
+
+def prepare(settings: Settings, process: Process, server: str | None = None) -> Settings:
+    """The settings a process serving ``server`` (every part's when None) runs with: each
+    served part's :data:`Prepare` hook applied in turn."""
+    for part in serving(server):
+        if part.prepare is not None:
+            settings = part.prepare.load()(settings, process)
+    return settings
 
 
 def all_routers() -> list[APIRouter]:
@@ -188,9 +271,14 @@ def all_routers() -> list[APIRouter]:
 
 
 def system_topology(settings: Settings, tenants: Iterable[str] = ()) -> Topology:
-    """Everything ``rabbitry topology declare`` declares; ``tenants`` adds their queues."""
-    result = sessions_topology.tenant_topology(settings, tenants)
+    """Everything ``rabbitry topology declare`` declares; ``tenants`` adds their objects."""
+    from rabbitry.messaging.topology import Topology
+
+    tenants = list(tenants)
+    result = Topology()
     for part in PARTS:
+        if part.tenant_topology is not None:
+            result |= part.tenant_topology.load()(settings, tenants)
         if part.topology is not None:
-            result |= part.topology(settings)
+            result |= part.topology.load()(settings)
     return result

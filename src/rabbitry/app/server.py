@@ -1,25 +1,28 @@
 """Running a Rabbitry process: ``rabbitry up`` (every router and service), ``rabbitry serve
-NAME`` (one part's HTTP server) and ``rabbitry worker NAME…`` (services without HTTP)."""
+NAME`` (one part's HTTP server) and ``rabbitry worker NAME…`` (services without HTTP).
+
+Every process is run by :func:`rabbitry.messaging.service.serve`, which owns its signals: on
+SIGTERM or SIGINT it sets ``stopping``, the HTTP server stops taking requests, and the app's
+lifespan drains its workers. What a served part needs settled first (a generated credential,
+the process's own URL) is the part's ``prepare`` hook in the registry, not a case here.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import secrets
-import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import uvicorn
 from fastapi import APIRouter
-from pydantic import SecretStr
 
 from rabbitry.app import registry
 from rabbitry.app.http import create_app
 from rabbitry.config import Settings
 from rabbitry.errors import ConfigError
 from rabbitry.messaging.service import serve
+from rabbitry.web import Process
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +34,9 @@ async def run_workers(settings: Settings, names: Sequence[str]) -> None:
 
 async def run_up(settings: Settings, *, host: str, port: int) -> None:
     """The whole system in one process: every part's routers and every ``up`` service."""
+    settings = registry.prepare(settings, Process("up", f"http://{host}:{port}"))
     await _serve_http(
-        _in_one_process(settings, host, port),
+        settings,
         host=host,
         port=port,
         routers=registry.all_routers(),
@@ -43,11 +47,13 @@ async def run_up(settings: Settings, *, host: str, port: int) -> None:
 
 async def run_part_server(settings: Settings, name: str, *, host: str, port: int) -> None:
     """One part's HTTP server (``rabbitry serve NAME``), with /healthz and /metrics."""
-    servers = registry.servers()
+    servers = registry.servers(registry.serving(name))
     if name not in servers:
-        raise ConfigError(f"unknown server {name!r} (known: {', '.join(sorted(servers))})")
+        known = ", ".join(registry.server_names())
+        raise ConfigError(f"unknown server {name!r} (known: {known})")
+    process = Process("serve", f"http://{host}:{port}")
     await _serve_http(
-        settings,
+        registry.prepare(settings, process, name),
         host=host,
         port=port,
         routers=servers[name],
@@ -56,27 +62,28 @@ async def run_part_server(settings: Settings, name: str, *, host: str, port: int
     )
 
 
-def _in_one_process(settings: Settings, host: str, port: int) -> Settings:
-    """Under ``up``, DISPATCH calls this very process's SESSION routes: with no service token
-    configured, one is generated for the process (never printed: nothing outside needs it)."""
-    update: dict[str, object] = {}
-    if settings.service_token is None:
-        update["service_token"] = SecretStr(secrets.token_urlsafe(32))
-    if settings.session_url is None:
-        update["session_url"] = f"http://{host}:{port}"
-    return settings.model_copy(update=update) if update else settings
+class HttpServer:
+    """A uvicorn server as a :class:`~rabbitry.messaging.service.Service`: it serves until
+    ``stopping`` is set, then finishes its requests and runs the app's shutdown."""
 
+    name = "http"
 
-def with_admin_token(settings: Settings) -> Settings:
-    """Generate the admin token when none is configured, and tell the operator once."""
-    if settings.admin_token is not None:
-        return settings
-    token = secrets.token_urlsafe(24)
-    print(
-        f"rabbitry: generated admin token (set RABBITRY_ADMIN_TOKEN to fix it): {token}",
-        file=sys.stderr,
-    )
-    return settings.model_copy(update={"admin_token": SecretStr(token)})
+    def __init__(self, config: uvicorn.Config) -> None:
+        self._server = uvicorn.Server(config)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        watch = asyncio.create_task(self._stop_on(stopping))
+        try:
+            # Not `serve()`: it would install signal handlers of its own over the process's,
+            # and raise the signal again on the way out (a drained process would report
+            # death by SIGTERM instead of exit 0, which process managers expect).
+            await self._server._serve()
+        finally:
+            watch.cancel()
+
+    async def _stop_on(self, stopping: asyncio.Event) -> None:
+        await stopping.wait()
+        self._server.should_exit = True
 
 
 async def _serve_http(
@@ -88,27 +95,10 @@ async def _serve_http(
     workers: Sequence[str],
     lifespans: Sequence[registry.Lifespan] = (),
 ) -> None:
-    settings = with_admin_token(settings)
     app = create_app(settings, routers=routers, workers=workers, lifespans=lifespans)
     config = uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="on")
     print(
         f"rabbitry: serving on http://{host}:{port} with workers: {', '.join(workers) or 'none'}",
         file=sys.stderr,
     )
-    await _Server(config).serve()
-
-
-class _Server(uvicorn.Server):
-    """uvicorn re-raises SIGTERM after a graceful shutdown, so the process would report death
-    by signal; Rabbitry drains its workers and exits 0 instead, as process managers expect."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.handle_exit, sig, None)
-        try:
-            yield
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+    await serve(HttpServer(config))

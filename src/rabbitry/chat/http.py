@@ -6,7 +6,8 @@ sessions part; a bad room, tenant, ``since`` or token is refused before the upgr
 room, its own included; with ``since`` it first receives what it missed after that id.
 
 ``GET /api/chat/rooms/{room}/messages?tenant=T[&limit=N][&before=ID]`` with
-``Authorization: Bearer TOKEN`` → ``{"room", "messages": [...newest first], "next_before"}``.
+``Authorization: Bearer TOKEN`` → ``{"room", "messages": [...newest first], "next_before"}``;
+400 for a bad room, tenant or ``before``, 401 without a live session token of the tenant.
 
 The part's lifespan (:func:`lifespan`) owns the process's gateway: its Manager, its queue and
 its revocation watch.
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Header, HTTPException, Query, Request, WebSocket
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, WebSocket
 from fastapi.responses import HTMLResponse
 from starlette.websockets import WebSocketDisconnect
 
@@ -40,11 +41,11 @@ from rabbitry.chat.protocol import (
     parse_client_frame,
 )
 from rabbitry.chat.revocations import RevocationWatch
-from rabbitry.config import Settings
-from rabbitry.errors import RabbitryError
+from rabbitry.errors import Invalid, RabbitryError
 from rabbitry.messaging.publisher import PublishStatus
 from rabbitry.messaging.settings import validate_name
 from rabbitry.sessions import Principal, SessionManager, open_manager
+from rabbitry.web import AppState, bearer_token, resource
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["chat"])
@@ -75,7 +76,7 @@ class _RedactTokens(logging.Filter):
 
 @dataclass(frozen=True, slots=True)
 class Chat:
-    """What the chat routes use: ``app.state.chat``."""
+    """What the chat routes use (the part's lifespan puts it on the app's state)."""
 
     gateway: Gateway
     history: ChatHistory
@@ -85,14 +86,15 @@ class Chat:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """The gateway of this process: started after the database and publisher, stopped first."""
-    state = app.state
-    settings: Settings = state.settings
+    state = AppState.of(app)
+    settings = state.settings
+    assert state.database is not None and state.publisher is not None  # the app's lifespan's
     async with AsyncExitStack() as stack:
         redact = _RedactTokens()
         server_log = logging.getLogger("uvicorn.error")
         server_log.addFilter(redact)
         stack.callback(server_log.removeFilter, redact)
-        sessions: SessionManager | None = getattr(state, "sessions", None)
+        sessions = state.find(SessionManager)
         if sessions is None:  # `rabbitry serve chat`: no session server in this process
             sessions = await stack.enter_async_context(
                 open_manager(settings, state.database, publisher=state.publisher)
@@ -104,28 +106,28 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             return await authenticate(tenant, token) is not None
 
         await stack.enter_async_context(RevocationWatch(gateway, still_valid).running())
-        state.chat = Chat(gateway, ChatHistory(state.database), authenticate)
+        state.put(Chat, Chat(gateway, ChatHistory(state.database), authenticate))
         yield
 
 
-def chat_of(app: Any) -> Chat:
-    chat = getattr(app.state, "chat", None)
-    if not isinstance(chat, Chat):
-        raise RuntimeError("app.state.chat is not set: the chat part's lifespan did not run")
-    return chat
+ChatDep = Annotated[Chat, Depends(resource(Chat))]
 
 
 @router.websocket("/chat/ws/{room}")
 async def chat_socket(
-    websocket: WebSocket, room: str, tenant: str = "", token: str = "", since: str | None = None
+    websocket: WebSocket,
+    room: str,
+    chat: ChatDep,
+    tenant: str = "",
+    token: str = "",
+    since: str | None = None,
 ) -> None:
-    chat = chat_of(websocket.app)
     try:
         check_room(room)
         validate_name(tenant, "tenant")
         if since is not None:
             check_id(since, "since")
-    except ValueError as exc:
+    except Invalid as exc:
         await websocket.close(POLICY_VIOLATION, str(exc)[:120])
         return
     principal = await chat.authenticate(tenant, token) if token else None
@@ -194,23 +196,19 @@ async def room_messages(
     request: Request,
     room: str,
     tenant: Annotated[str, Query(min_length=1, max_length=63)],
-    authorization: Annotated[str | None, Header()] = None,
+    chat: ChatDep,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     before: str | None = None,
 ) -> dict[str, Any]:
     """A page of the room's history, newest first; ``next_before`` continues it."""
-    chat = chat_of(request.app)
-    try:
-        check_room(room)
-        validate_name(tenant, "tenant")
-        if before is not None:
-            check_id(before, "before")
-    except ValueError as exc:
-        raise HTTPException(400, str(exc)) from None
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    check_room(room)
+    validate_name(tenant, "tenant")
+    if before is not None:
+        check_id(before, "before")
+    token = bearer_token(request)
+    if token is None:
         raise HTTPException(401, "a bearer session token is required")
-    if await chat.authenticate(tenant, token.strip()) is None:
+    if await chat.authenticate(tenant, token) is None:
         raise HTTPException(401, "invalid or expired session token")
     page = await chat.history.page(tenant, room, limit=limit, before=before)
     return {

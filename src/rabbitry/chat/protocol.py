@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from rabbitry.errors import MessageError
+from rabbitry.errors import Invalid, MessageError
 
 ROOM_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # A UUID in its canonical lower-case form: what new_id() makes, and all since/before accept.
@@ -36,13 +36,13 @@ class FrameError(ValueError):
 def check_room(room: str) -> str:
     """``room`` if it is a valid room id (1-64 letters, digits, ``_`` or ``-``)."""
     if not ROOM_PATTERN.fullmatch(room):
-        raise ValueError(f"invalid room {room[:70]!r}: 1-64 letters, digits, '_' or '-'")
+        raise Invalid(f"invalid room {room[:70]!r}: 1-64 letters, digits, '_' or '-'")
     return room
 
 
 def check_id(value: str, what: str = "message id") -> str:
     if not ID_PATTERN.fullmatch(value):
-        raise ValueError(f"invalid {what} {value[:40]!r}: a message id (lower-case UUID)")
+        raise Invalid(f"invalid {what} {value[:40]!r}: a message id (lower-case UUID)")
     return value
 
 

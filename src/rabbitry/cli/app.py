@@ -9,9 +9,11 @@ from typing import Annotated
 
 import typer
 from typer._click.exceptions import ClickException
+from typer.core import TyperGroup
 
-from rabbitry.app.registry import PARTS
+from rabbitry.app.registry import PARTS, Commands
 from rabbitry.cli import messaging, system
+from rabbitry.cli.lazy import LazyCommand, Register, add_lazy
 
 app = typer.Typer(
     name="rabbitry",
@@ -49,15 +51,29 @@ def root(
 messaging.register(app)
 system.register(app)
 
-for _part in PARTS:
-    if _part.commands is not None:
-        _part.commands(app)
+
+def _lazy(commands: Commands) -> list[LazyCommand]:
+    def register() -> Register:
+        return commands.register.load()
+
+    return [
+        LazyCommand(name, summary, register, group=is_group)
+        for is_group, table in ((False, commands.commands), (True, commands.groups))
+        for name, summary in table.items()
+    ]
+
+
+def command() -> TyperGroup:
+    """The root command: the CLI's own commands, and every part's, loaded when they run."""
+    group = typer.main.get_group(app)
+    add_lazy(group, [c for part in PARTS if part.commands for c in _lazy(part.commands)])
+    return group
 
 
 def main() -> None:
     """Run the CLI; usage errors become one line on stderr and exit code 2."""
     try:
-        code = app(standalone_mode=False)
+        code = command().main(standalone_mode=False)
     except ClickException as exc:
         message = exc.format_message().strip()
         if message:  # with no arguments at all, the help has been printed already

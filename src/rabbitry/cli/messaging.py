@@ -1,5 +1,9 @@
 """``rabbitry publish``, ``rabbitry consume``, ``rabbitry topology declare`` and ``rabbitry
-topology asyncapi``."""
+topology asyncapi``.
+
+Each command imports what it runs in its body: the module is read for every ``rabbitry``
+command (and its ``--help``), which must not wait for the broker client and the parts.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,8 @@ import sys
 from typing import Annotated, Any
 
 import typer
-import yaml
 
-from rabbitry.app.asyncapi import asyncapi_document
-from rabbitry.app.operations import consume_printing, declare_system, publish_one
 from rabbitry.console import fail, run, settings, text
-from rabbitry.errors import MessageError
-from rabbitry.events.portable import MAX_DEPTH, check_json
-from rabbitry.messaging import Message
-from rabbitry.messaging.topology import check_name, check_routing_key
 
 topology_app = typer.Typer(
     help="The broker objects Rabbitry uses: declare them, or describe them (AsyncAPI).",
@@ -63,6 +60,10 @@ def publish(
 
     Example: rabbitry publish -e rabbitry.modules -k billing.invoice -t invoice.created '{"id": 7}'
     """
+    from rabbitry.app.operations import publish_one
+    from rabbitry.messaging import Message
+    from rabbitry.messaging.topology import check_name, check_routing_key
+
     try:
         check_name(text(exchange, "--exchange"), "exchange", allow_empty=True)
         check_routing_key(text(routing_key, "--routing-key"))
@@ -126,6 +127,9 @@ def _no_constant(name: str) -> Any:
 
 def _payload(raw: bytes, what: str) -> Any:
     """Parse the body as a PHP consumer would: UTF-8 JSON, no NaN or Infinity, 512 levels."""
+    from rabbitry.errors import MessageError
+    from rabbitry.events.portable import MAX_DEPTH, check_json
+
     try:
         decoded = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -162,6 +166,9 @@ def consume(
     without --count and --timeout, at all). Example: rabbitry consume rabbitry.module.workflow
     --count 10
     """
+    from rabbitry.app.operations import consume_printing
+    from rabbitry.messaging.topology import check_name
+
     try:
         check_name(text(queue, "QUEUE"), "queue")
     except ValueError as exc:
@@ -190,6 +197,8 @@ def declare(
     ] = None,
 ) -> None:
     """Declare every exchange and queue (with dead-letter and retry queues). Idempotent."""
+    from rabbitry.app.operations import declare_system
+
     names = run(declare_system(settings(ctx), tenant or []))
     print(f"declared {names.exchanges} exchanges, {names.queues} queues, {names.bindings} bindings")
 
@@ -208,6 +217,10 @@ def asyncapi(
     gateway) appear by template. Every HTTP process serves the same at /asyncapi.json.
     Example: rabbitry topology asyncapi --yaml > asyncapi.yaml
     """
+    import yaml
+
+    from rabbitry.app.asyncapi import asyncapi_document
+
     try:
         document = asyncapi_document(settings(ctx), tenants=tenant or [])
     except ValueError as exc:

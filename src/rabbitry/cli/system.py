@@ -1,5 +1,5 @@
 """``rabbitry up``, ``rabbitry serve NAME`` and ``rabbitry worker NAME…``: processes built from
-the registry of parts."""
+the registry of parts. The server is imported by the command that runs it (not for ``--help``)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ from typing import Annotated
 import typer
 
 from rabbitry.app import registry
-from rabbitry.app.server import run_part_server, run_up, run_workers
 from rabbitry.console import fail, run, settings
 
 HOST = "127.0.0.1"
 
 _WORKERS = ", ".join(registry.services())
-_SERVERS = ", ".join(registry.servers())
+_SERVERS = ", ".join(registry.server_names())
 
 PortOption = Annotated[int, typer.Option(min=1, max=65535, help="HTTP port.")]
 HostOption = Annotated[str, typer.Option(help="Interface to listen on.")]
@@ -32,6 +31,8 @@ def up(ctx: typer.Context, port: PortOption = 8000, host: HostOption = HOST) -> 
     Migrates the database first (SQLite in ./var/ unless RABBITRY_DATABASE_URL is set) and
     declares the broker topology. Stop with Ctrl-C or SIGTERM: in-flight messages finish first.
     """
+    from rabbitry.app.server import run_up
+
     run(run_up(settings(ctx), host=host, port=port))
 
 
@@ -45,8 +46,10 @@ def serve(
 
     Example: rabbitry serve events --port 8001
     """
-    if name not in registry.servers():
+    if name not in registry.server_names():
         fail(f"unknown server {name!r}: choose from {_SERVERS}")
+    from rabbitry.app.server import run_part_server
+
     run(run_part_server(settings(ctx), name, host=host, port=port))
 
 
@@ -62,4 +65,6 @@ def worker(
     for name in names:
         if name not in known:
             fail(f"unknown worker {name!r}: choose from {_WORKERS}")
+    from rabbitry.app.server import run_workers
+
     run(run_workers(settings(ctx), names))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from rabbitry.errors import MessageError
+from rabbitry.errors import Invalid, MessageError
 from rabbitry.events.portable import check_json, check_text
 
 Json = Any
@@ -188,12 +188,12 @@ def user_from_text(text: str) -> User:
 def parse_time(text: str) -> dt.datetime:
     """``2025-02-06 12:00:00``, ``2025-02-06T12:00:00+01:00`` or ``2025-02-06``; naive is UTC.
 
-    Raises ``ValueError`` with a one-line reason.
+    Raises :class:`~rabbitry.errors.Invalid` (a ``ValueError``) with a one-line reason.
     """
     try:
         value = dt.datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ValueError(
+        raise Invalid(
             f"invalid time {text!r}: use ISO 8601, e.g. '2025-02-06 12:00:00' or "
             "'2025-02-06T12:00:00+01:00'"
         ) from None

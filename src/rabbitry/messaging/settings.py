@@ -14,6 +14,7 @@ from enum import StrEnum
 from urllib.parse import urlsplit, urlunsplit
 
 from rabbitry.amqp.url import with_tls_files
+from rabbitry.errors import Invalid
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -28,9 +29,10 @@ class QueueType(StrEnum):
 
 
 def validate_name(value: str, what: str = "name") -> str:
-    """Return ``value`` if it is safe inside a broker object name, else raise ``ValueError``."""
+    """Return ``value`` if it is safe inside a broker object name, else raise
+    :class:`~rabbitry.errors.Invalid` (a ``ValueError``)."""
     if not NAME_PATTERN.fullmatch(value):
-        raise ValueError(
+        raise Invalid(
             f"invalid {what} {value!r}: use 1-63 letters, digits, '_' or '-', "
             "starting with a letter or digit"
         )

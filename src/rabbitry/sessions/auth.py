@@ -1,7 +1,7 @@
 """Who may call the sessions part's routes.
 
 * the **admin** bearer token (``RABBITRY_ADMIN_TOKEN``): tenants, users, listing and deleting
-  sessions (:data:`AdminDep`, from :mod:`rabbitry.bearer`);
+  sessions (:data:`AdminDep`, from :mod:`rabbitry.web`);
 * the **service** token (``RABBITRY_SERVICE_TOKEN``): DISPATCH's credential towards SESSION, good
   for deleting sessions and nothing else (:data:`RevokerDep` admits it or the admin);
 * a **user** session token: ``sessions/me`` only (:data:`UserDep`), and only on its own tenant's
@@ -17,36 +17,28 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request
 
-from rabbitry.bearer import (
-    Admin,
-    app_settings,
+from rabbitry.sessions.manager import Principal, SessionManager
+from rabbitry.web import (
     bearer_token,
+    get_settings,
     is_admin,
     refuse,
+    resource,
     same_secret,
     unauthorized,
 )
-from rabbitry.sessions.manager import Principal, SessionManager
 
 TENANT_PATTERN = r"^[a-z0-9-]{1,63}$"
 TenantPath = Annotated[str, Path(pattern=TENANT_PATTERN, description="a tenant name")]
 
-AdminDep = Admin
-
-
-def manager_of(request: Request) -> SessionManager:
-    """The app's :class:`SessionManager` (``app.state.sessions``, set by the part's lifespan)."""
-    manager = getattr(request.app.state, "sessions", None)
-    if not isinstance(manager, SessionManager):
-        raise RuntimeError("app.state.sessions is not set: the sessions lifespan did not run")
-    return manager
-
+manager_of = resource(SessionManager)
+"""The app's :class:`SessionManager` (the part's lifespan puts it on the app's state)."""
 
 Manager = Annotated[SessionManager, Depends(manager_of)]
 
 
 def _is_service(request: Request, token: str) -> bool:
-    service = app_settings(request).service_token
+    service = get_settings(request).service_token
     return service is not None and same_secret(token, service.get_secret_value())
 
 

@@ -9,25 +9,39 @@ credential; 401 for a wrong password or an unknown user alike, 429 when throttle
 ``GET /api/tenants/{t}/users/{id}/sessions`` (admin) · ``DELETE /api/tenants/{t}/sessions/{sid}``
 and ``POST /api/tenants/{t}/sessions/revocations`` {session_ids} (admin or service token).
 Deleting is idempotent: a session that is gone already answers ``{"removed": 0}``.
+
+Errors travel as the error tree (``NotFound`` 404, ``Conflict`` 409, ``Invalid`` 400): the app
+maps them to statuses (:func:`rabbitry.web.status_of`).
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, FastAPI, HTTPException, Path, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Path
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
-from rabbitry.errors import Conflict, NotFound
-from rabbitry.sessions.auth import AdminDep, Manager, RevokerDep, TenantPath, UserDep
+from rabbitry.config import Settings
+from rabbitry.errors import NotFound
+from rabbitry.sessions.auth import Manager, RevokerDep, TenantPath, UserDep
 from rabbitry.sessions.backends import open_manager
-from rabbitry.sessions.manager import LoginStatus
+from rabbitry.sessions.manager import LoginStatus, SessionManager
 from rabbitry.sessions.removal import UserRemoval
 from rabbitry.sessions.tenants import Tenants, declare_tenant
 from rabbitry.sessions.users import MAX_PASSWORD, MAX_USERNAME
+from rabbitry.web import (
+    AdminDep,
+    AppState,
+    DatabaseDep,
+    Process,
+    PublisherDep,
+    SettingsDep,
+    with_admin_token,
+)
 
 user_router = APIRouter(prefix="/api/tenants", tags=["users"])
 session_router = APIRouter(prefix="/api/tenants", tags=["sessions"])
@@ -49,33 +63,50 @@ class SessionIds(BaseModel):
     session_ids: list[Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]] = Field(max_length=10_000)
 
 
+def prepare(settings: Settings, process: Process) -> Settings:
+    """The admin token the routes take; and under ``up``, where DISPATCH calls this very
+    process's SESSION routes, the service token (generated for the process when none is
+    configured, never printed: nothing outside needs it) and the process's URL."""
+    settings = with_admin_token(settings)
+    if process.mode != "up":
+        return settings
+    update: dict[str, object] = {}
+    if settings.service_token is None:
+        update["service_token"] = SecretStr(secrets.token_urlsafe(32))
+    if settings.session_url is None:
+        update["session_url"] = process.url
+    return settings.model_copy(update=update) if update else settings
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """The part's per-process resources: the session manager over the configured store and
     cache, also the app's judge of user tokens (403 rather than 401 on admin routes)."""
-    state = app.state
+    state = AppState.of(app)
+    assert state.database is not None and state.publisher is not None  # the app's lifespan's
     async with open_manager(state.settings, state.database, publisher=state.publisher) as manager:
-        state.sessions = manager
+        state.put(SessionManager, manager)
         state.user_tokens = manager
         yield
 
 
-async def _tenant_exists(request: Request, tenant: str) -> None:
-    if not await Tenants(request.app.state.database).exists(tenant):
-        raise HTTPException(404, f"no tenant {tenant!r}")
+async def _tenant_exists(database: DatabaseDep, tenant: TenantPath) -> None:
+    if not await Tenants(database).exists(tenant):
+        raise NotFound(f"no tenant {tenant!r}")
+
+
+TenantExists = Annotated[None, Depends(_tenant_exists)]
 
 
 # --- USER ----------------------------------------------------------------------------------
 
 
 @user_router.post("", status_code=201)
-async def create_tenant(request: Request, body: TenantIn, _: AdminDep) -> dict[str, Any]:
+async def create_tenant(
+    body: TenantIn, settings: SettingsDep, database: DatabaseDep, _: AdminDep
+) -> dict[str, Any]:
     """Create a tenant and declare its removal queue."""
-    settings = request.app.state.settings
-    try:
-        tenant = await Tenants(request.app.state.database).create(body.name)
-    except Conflict as exc:
-        raise HTTPException(409, str(exc)) from None
+    tenant = await Tenants(database).create(body.name)
     declared = await declare_tenant(settings, tenant.name)
     return {"name": tenant.name, "queue_declared": declared}
 
@@ -84,27 +115,22 @@ async def create_tenant(request: Request, body: TenantIn, _: AdminDep) -> dict[s
 async def create_user(
     tenant: TenantPath, body: Credentials, manager: Manager, _: AdminDep
 ) -> dict[str, Any]:
-    try:
-        user = await manager.users.create(tenant, body.username, body.password)
-    except NotFound as exc:
-        raise HTTPException(404, str(exc)) from None
-    except Conflict as exc:
-        raise HTTPException(409, str(exc)) from None
-    except ValueError as exc:
-        raise HTTPException(400, str(exc)) from None
+    user = await manager.users.create(tenant, body.username, body.password)
     return {"id": user.id, "tenant": tenant, "username": user.username}
 
 
 @user_router.delete("/{tenant}/users/{user_id}", status_code=202)
 async def remove_user(
-    request: Request, tenant: TenantPath, user_id: UserIdPath, manager: Manager, _: AdminDep
+    tenant: TenantPath,
+    user_id: UserIdPath,
+    manager: Manager,
+    settings: SettingsDep,
+    publisher: PublisherDep,
+    _: AdminDep,
+    __: TenantExists,
 ) -> dict[str, Any]:
     """Remove the user and enqueue the removal of their sessions; does not wait for it."""
-    await _tenant_exists(request, tenant)
-    state = request.app.state
-    receipt = await UserRemoval(state.settings, manager.users, state.publisher).remove(
-        tenant, user_id
-    )
+    receipt = await UserRemoval(settings, manager.users, publisher).remove(tenant, user_id)
     return receipt.to_json()
 
 
@@ -112,10 +138,12 @@ async def remove_user(
 
 
 @session_router.post("/{tenant}/sessions", status_code=201, response_model=None)
-async def login(request: Request, tenant: TenantPath, body: Credentials, manager: Manager) -> Any:
+async def login(
+    tenant: TenantPath, body: Credentials, manager: Manager, settings: SettingsDep
+) -> Any:
     result = await manager.login(tenant, body.username, body.password)
     if result.status is LoginStatus.THROTTLED:
-        lockout = request.app.state.settings.login_lockout
+        lockout = settings.login_lockout
         return JSONResponse(
             {"error": "too many failed logins; try again later"},
             status_code=429,
@@ -149,9 +177,8 @@ async def logout(principal: UserDep, manager: Manager) -> dict[str, Any]:
 
 @session_router.get("/{tenant}/users/{user_id}/sessions")
 async def user_sessions(
-    request: Request, tenant: TenantPath, user_id: UserIdPath, manager: Manager, _: AdminDep
+    tenant: TenantPath, user_id: UserIdPath, manager: Manager, _: AdminDep, __: TenantExists
 ) -> dict[str, Any]:
-    await _tenant_exists(request, tenant)
     records = await manager.sessions_of(tenant, user_id)
     return {"tenant": tenant, "user_id": user_id, "sessions": [r.public() for r in records]}
 

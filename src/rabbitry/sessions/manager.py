@@ -10,13 +10,13 @@ evicts it. The same re-read makes a login that races its user's removal undo its
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from rabbitry.bearer import same_secret
 from rabbitry.sessions.cache import SessionCache
 from rabbitry.sessions.store import SessionRecord, SessionStore, utcnow
 from rabbitry.sessions.throttle import LoginThrottle
@@ -120,7 +120,9 @@ class SessionManager:
             if await self._gone(record):
                 await self.cache.evict([record])
                 return None
-        if not same_secret(record.token_hash, hashed) or record.expired(utcnow()):
+        if not hmac.compare_digest(record.token_hash.encode(), hashed.encode()) or record.expired(
+            utcnow()
+        ):
             return None
         return Principal.of(record)
 

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from rabbitry.config import Settings
-from rabbitry.errors import BrokerError, Conflict, StorageError
+from rabbitry.errors import BrokerError, Conflict, Invalid, StorageError
 from rabbitry.messaging import Declarer
 from rabbitry.sessions.models import Tenant
 from rabbitry.sessions.store import utcnow
@@ -25,11 +25,9 @@ _TENANT = re.compile(r"^[a-z0-9-]{1,63}$")
 
 
 def check_tenant(name: str) -> str:
-    """``name`` if it is a valid tenant name, else ``ValueError`` saying what is allowed."""
+    """``name`` if it is a valid tenant name, else :class:`Invalid` saying what is allowed."""
     if not _TENANT.fullmatch(name):
-        raise ValueError(
-            f"invalid tenant name {name[:70]!r}: 1-63 lower-case letters, digits or '-'"
-        )
+        raise Invalid(f"invalid tenant name {name[:70]!r}: 1-63 lower-case letters, digits or '-'")
     return name
 
 

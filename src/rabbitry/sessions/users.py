@@ -15,7 +15,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from rabbitry.errors import Conflict, NotFound, StorageError
+from rabbitry.errors import Conflict, Invalid, NotFound, StorageError
 from rabbitry.sessions.models import Tenant, User
 from rabbitry.sessions.store import utcnow
 from rabbitry.sessions.tenants import check_tenant
@@ -123,11 +123,11 @@ class Users:
 
 def check_username(username: str) -> str:
     if not username or len(username) > MAX_USERNAME or not username.isprintable():
-        raise ValueError(f"a username is 1-{MAX_USERNAME} printable characters")
+        raise Invalid(f"a username is 1-{MAX_USERNAME} printable characters")
     return username
 
 
 def check_password(password: str) -> str:
     if not password or len(password) > MAX_PASSWORD:
-        raise ValueError(f"a password is 1-{MAX_PASSWORD} characters")
+        raise Invalid(f"a password is 1-{MAX_PASSWORD} characters")
     return password
