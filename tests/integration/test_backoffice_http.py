@@ -52,8 +52,9 @@ async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     settings = settings.model_copy(update={"admin_token": SecretStr(TOKEN)})
     app = create_app(
         settings,
-        routers=[backoffice_http.build(lambda s, t: Topology())],
+        routers=[backoffice_http.router],
         lifespans=[backoffice_http.lifespan],
+        topology=lambda s, t: Topology(),
     )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

@@ -14,6 +14,7 @@ from helpers import RABBITRY
 from rabbitry.app.http import create_app
 from rabbitry.app.registry import all_routers
 from rabbitry.config import Settings
+from rabbitry.web import AppState
 from rabbitry.events.change import ChangeEvent, ChangeType
 from rabbitry.events.store import EventStore, Incoming
 from rabbitry.storage.database import Database
@@ -99,7 +100,7 @@ async def test_cli_refuses_bad_input_in_one_line_and_reports_unknown_entities(
 async def test_http_api_returns_history_state_and_json_errors(events_db: Database) -> None:
     await seed(events_db)
     app = create_app(Settings(namespace="unused", admin_token="admin"), routers=all_routers())
-    app.state.database = events_db  # what the lifespan sets; the broker is not needed here
+    AppState.of(app).database = events_db  # what the lifespan sets; no broker needed here
     transport = httpx.ASGITransport(app=app)
     admin = {"Authorization": "Bearer admin"}
     async with httpx.AsyncClient(

@@ -14,15 +14,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from rabbitry.backoffice.entities import SOURCES, Source
-from rabbitry.backoffice.records import RecordError, message_for
-from rabbitry.backoffice.web import error, first, operator, posted
+from rabbitry.backoffice.records import message_for
+from rabbitry.backoffice.web import Action, Operator, PageError, PageRoute
 from rabbitry.config import ManualProcessingMode
-from rabbitry.errors import NotFound, RabbitryError
+from rabbitry.errors import BrokerError, NotFound, StorageError
 from rabbitry.messaging.publisher import PublishStatus
 from rabbitry.outbox import registry
-from rabbitry.outbox.manual import ManualInsertionRefused, send_manually
+from rabbitry.outbox.manual import send_manually
 
-router = APIRouter()
+router = APIRouter(route_class=PageRoute)
 PAGE = 50
 
 
@@ -31,10 +31,7 @@ def _source(kind: str) -> Source | None:
 
 
 @router.get("/entities/{kind}")
-async def entities(request: Request, kind: str) -> Response:
-    ctx = await operator(request)
-    if isinstance(ctx, Response):
-        return ctx
+async def entities(request: Request, ctx: Operator, kind: str) -> Response:
     source = _source(kind)
     if source is None:
         return ctx.render("missing.html", status=404, what=f"entity page {kind!r}")
@@ -55,10 +52,7 @@ async def entities(request: Request, kind: str) -> Response:
 
 
 @router.get("/send")
-async def send_dialog(request: Request) -> Response:
-    ctx = await operator(request)
-    if isinstance(ctx, Response):
-        return ctx
+async def send_dialog(request: Request, ctx: Operator) -> Response:
     kind, key = request.query_params.get("kind", ""), request.query_params.get("key", "")
     source = _source(kind)
     record = await source.record(ctx.database, key) if source is not None else None
@@ -72,22 +66,21 @@ async def send_dialog(request: Request) -> Response:
 
 
 @router.post("/send")
-async def send(request: Request) -> Response:
-    got = await posted(request)
-    if isinstance(got, Response):
-        return got
-    ctx, form = got
-    kind, key, queue = first(form, "kind"), first(form, "key"), first(form, "queue")
+async def send(request: Request, got: Action) -> Response:
+    ctx = got.ctx
+    kind, key, queue = got.first("kind"), got.first("key"), got.first("queue")
     source = _source(kind)
     record = await source.record(ctx.database, key) if source is not None else None
     if record is None:
-        return error(404, f"no {kind} {key!r}")
+        raise NotFound(f"no {kind} {key!r}")
     entry = await registry.get_queue(ctx.database, queue)
     if entry is None or entry.classname != record.classname:
         # Only what the modal offered: a queue of this classname.
-        return error(404, f"queue {queue!r} takes no {record.classname}")
+        raise NotFound(f"queue {queue!r} takes no {record.classname}")
+    # A RecordError (400) or ManualInsertionRefused (403) goes to PageRoute as it is; only a
+    # failure to send says what became of the message.
+    message, routing_key = message_for(entry, record)
     try:
-        message, routing_key = message_for(entry, record)
         result = await send_manually(
             ctx.settings,
             ctx.database,
@@ -96,12 +89,8 @@ async def send(request: Request) -> Response:
             message,
             routing_key=routing_key,
         )
-    except RecordError as exc:
-        return error(400, str(exc))
-    except (ManualInsertionRefused, NotFound) as exc:
-        return error(403, str(exc))
-    except RabbitryError as exc:
-        return error(503, f"not sent, not stored: {exc}")
+    except (BrokerError, StorageError) as exc:
+        raise PageError(503, f"not sent, not stored: {exc}") from exc
     if result.status is PublishStatus.PUBLISHED:
         outcome = "published"
     elif ctx.settings.manual_processing_mode is ManualProcessingMode.DB:

@@ -1,9 +1,10 @@
 """The back-office's router (``/backoffice/``) and its per-process resources.
 
-``build(topology)`` is what the registry of parts serves (``rabbitry serve backoffice``, and
-``rabbitry up``); ``topology`` is the app's system topology, so that the dashboard lists every
-part's queues without the back-office importing the app. ``lifespan`` stops requeue runs still
-going and closes the dashboard's broker connection when the process stops.
+``router`` is what the registry of parts serves (``rabbitry serve backoffice``, and ``rabbitry
+up``). The dashboard lists the whole system's queues from the app's state
+(:attr:`rabbitry.web.AppState.topology`), so the back-office never imports the app.
+``lifespan`` keeps the requeue runs and the dashboard's broker connection of the process, and
+stops and closes them when it stops.
 """
 
 from __future__ import annotations
@@ -13,27 +14,27 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from rabbitry.backoffice import entity_pages, ledger_pages, system_pages
+from rabbitry.backoffice import deadletter_pages, entity_pages, ledger_pages, system_pages
 from rabbitry.backoffice.jobs import Jobs
-from rabbitry.backoffice.overview import Broker, SystemTopology
+from rabbitry.backoffice.overview import Broker
 from rabbitry.backoffice.web import PREFIX
+from rabbitry.web import AppState
 
-
-def build(topology: SystemTopology) -> APIRouter:
-    router = APIRouter(prefix=PREFIX, tags=["backoffice"], include_in_schema=False)
-    router.include_router(system_pages.build(topology))
-    router.include_router(ledger_pages.router)
-    router.include_router(entity_pages.router)
-    return router
+router = APIRouter(prefix=PREFIX, tags=["backoffice"], include_in_schema=False)
+router.include_router(system_pages.router)
+router.include_router(ledger_pages.router)
+router.include_router(entity_pages.router)
+router.include_router(deadletter_pages.router)
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    state = app.state
-    state.backoffice_jobs = Jobs()
-    state.backoffice_broker = Broker(state.settings)
+    state = AppState.of(app)
+    jobs, broker = Jobs(), Broker(state.settings)
+    state.put(Jobs, jobs)
+    state.put(Broker, broker)
     try:
         yield
     finally:
-        await state.backoffice_jobs.close()
-        await state.backoffice_broker.forget()
+        await jobs.close()
+        await broker.forget()

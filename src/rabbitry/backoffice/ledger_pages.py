@@ -7,20 +7,23 @@ delete``'s too); requeuing is :func:`~rabbitry.outbox.browse.requeue_messages`, 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from rabbitry.backoffice.jobs import Jobs
-from rabbitry.backoffice.web import Ctx, error, first, operator, posted
-from rabbitry.errors import RabbitryError
+from rabbitry.backoffice.web import Action, Operator, PageRoute, error, first
+from rabbitry.errors import Conflict, Invalid
 from rabbitry.outbox import browse, registry
 from rabbitry.outbox.browse import LedgerQuery, PageKey, State
-from rabbitry.outbox.filters import FilterError, RequeueFilter, parse_filter
+from rabbitry.outbox.filters import RequeueFilter, parse_filter
+from rabbitry.web import resource
 
-router = APIRouter()
+router = APIRouter(route_class=PageRoute)
 PAGE = 50
+
+JobsDep = Annotated[Jobs, Depends(resource(Jobs))]
 
 
 def _date(value: str) -> str:
@@ -35,25 +38,17 @@ def _filters(values: Any) -> dict[str, str]:
 
 
 def _query(filters: dict[str, str]) -> LedgerQuery:
-    """The page's filters as a listing query; raises FilterError or ValueError."""
+    """The page's filters as a listing query; raises :class:`Invalid`."""
     where = parse_filter(filters["queue"], _date(filters["from"]), _date(filters["to"]))
-    state = State(filters["state"]) if filters["state"] else None
+    try:
+        state = State(filters["state"]) if filters["state"] else None
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
     return LedgerQuery(where, state)
 
 
-def jobs_of(ctx: Ctx) -> Jobs:
-    jobs = getattr(ctx.state, "backoffice_jobs", None)
-    if jobs is None:
-        jobs = ctx.state.backoffice_jobs = Jobs()
-    assert isinstance(jobs, Jobs)
-    return jobs
-
-
 @router.get("/messages")
-async def messages(request: Request) -> Response:
-    ctx = await operator(request)
-    if isinstance(ctx, Response):
-        return ctx
+async def messages(request: Request, ctx: Operator) -> Response:
     filters = _filters(request.query_params)
     after = request.query_params.get("after") or ""
     problem = None
@@ -64,7 +59,7 @@ async def messages(request: Request) -> Response:
         key = PageKey.parse(after) if after else None
         page = await browse.list_messages(ctx.database, query, after=key, limit=PAGE)
         pending = await browse.pending_count(ctx.database, query.where)
-    except (FilterError, ValueError) as exc:
+    except ValueError as exc:  # the filters and the page key: said back on the page
         problem = str(exc)
     queues = await registry.list_queues(ctx.database)
     return ctx.render(
@@ -81,10 +76,7 @@ async def messages(request: Request) -> Response:
 
 
 @router.get("/messages/{row_id}")
-async def message(request: Request, row_id: int) -> Response:
-    ctx = await operator(request)
-    if isinstance(ctx, Response):
-        return ctx
+async def message(ctx: Operator, row_id: int) -> Response:
     entry = await browse.get_message(ctx.database, row_id)
     if entry is None:
         return ctx.render("missing.html", status=404, what=f"stored message #{row_id}")
@@ -94,68 +86,47 @@ async def message(request: Request, row_id: int) -> Response:
 def _ids(form: dict[str, list[str]]) -> list[int]:
     ids = [int(v) for v in form.get("ids", []) if v.isdigit() and len(v) < 19]
     if len(ids) > browse.MAX_SELECTED:
-        raise ValueError(f"select at most {browse.MAX_SELECTED} rows")
+        raise Invalid(f"select at most {browse.MAX_SELECTED} rows")
     return ids
 
 
 @router.post("/messages/requeue")
-async def requeue(request: Request) -> Response:
-    got = await posted(request)
-    if isinstance(got, Response):
-        return got
-    ctx, form = got
+async def requeue(got: Action, jobs: JobsDep) -> Response:
+    ctx, form = got.ctx, got.form
     if not ctx.settings.rabbit_active:
-        return error(409, "rabbit_active is false: the broker is switched off, nothing was sent")
-    try:
-        if first(form, "scope") == "matching":
-            where: RequeueFilter = _query(_filters({k: first(form, k) for k in form})).where
-        else:
-            where = browse.selected(_ids(form))
-    except (FilterError, ValueError) as exc:
-        return error(400, str(exc))
-    try:
-        job = await jobs_of(ctx).start(ctx.settings, ctx.database, ctx.publisher, where)
-    except RabbitryError as exc:
-        return error(503, str(exc))
+        raise Conflict("rabbit_active is false: the broker is switched off, nothing was sent")
+    if got.first("scope") == "matching":
+        where: RequeueFilter = _query(_filters({k: first(form, k) for k in form})).where
+    else:
+        where = browse.selected(_ids(form))
+    job = await jobs.start(ctx.settings, ctx.database, ctx.publisher, where)
     return ctx.redirect(f"/jobs/{job.id}")
 
 
 @router.post("/messages/delete")
-async def delete(request: Request) -> Response:
-    got = await posted(request)
-    if isinstance(got, Response):
-        return got
-    ctx, form = got
-    try:
-        ids = _ids(form)
-    except ValueError as exc:
-        return error(400, str(exc))
+async def delete(got: Action) -> Response:
+    ctx = got.ctx
+    ids = _ids(got.form)
     if not ids:
-        return error(400, "no row selected")
+        raise Invalid("no row selected")
     deleted = await browse.delete_messages(ctx.database, ids)
-    back = first(form, "back")
+    back = got.first("back")
     if back.startswith("/messages"):  # only back to a page of ours
         return ctx.redirect(back)
     return ctx.render("deleted.html", deleted=deleted)
 
 
 @router.get("/jobs/{job_id}")
-async def job_page(request: Request, job_id: str) -> Response:
-    ctx = await operator(request)
-    if isinstance(ctx, Response):
-        return ctx
-    job = jobs_of(ctx).get(job_id)
+async def job_page(ctx: Operator, jobs: JobsDep, job_id: str) -> Response:
+    job = jobs.get(job_id)
     if job is None:
         return ctx.render("missing.html", status=404, what="requeue run")
     return ctx.render("job.html", job=job)
 
 
 @router.get("/jobs/{job_id}/progress")
-async def job_progress(request: Request, job_id: str) -> Response:
-    ctx = await operator(request)
-    if isinstance(ctx, Response):
-        return ctx
-    job = jobs_of(ctx).get(job_id)
+async def job_progress(ctx: Operator, jobs: JobsDep, job_id: str) -> Response:
+    job = jobs.get(job_id)
     if job is None:
         return error(404, "no such requeue run")
     return ctx.render("_job.html", job=job)

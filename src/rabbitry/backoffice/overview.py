@@ -3,15 +3,15 @@ dead letters, and what waits in the outbox.
 
 Depths and consumers come from passive declares through the core
 :class:`~rabbitry.messaging.Declarer`, so they work on a broker without the management plugin.
-The queues are the system's topology (every part's, plus each tenant's queue), which the app's
-registry hands the back-office as a function: the back-office never imports the app.
+The queues are the system's topology (every part's, plus each tenant's queue), which the app
+puts on its state as a function (:attr:`rabbitry.web.AppState.topology`): the back-office never
+imports the app.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from rabbitry.config import Settings
@@ -21,10 +21,9 @@ from rabbitry.messaging.deadletters import is_dead_letter_queue
 from rabbitry.outbox.ledger import Ledger
 from rabbitry.sessions.tenants import Tenants
 from rabbitry.storage import Database
+from rabbitry.web import SystemTopology
 
 log = logging.getLogger(__name__)
-
-SystemTopology = Callable[[Settings, Iterable[str]], Topology]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,14 +94,15 @@ def work_queues(topology: Topology) -> list[str]:
 
 
 async def overview(
-    settings: Settings, db: Database, broker: Broker, topology: SystemTopology
+    settings: Settings, db: Database, broker: Broker, topology: SystemTopology | None
 ) -> Overview:
+    """The dashboard's figures; without ``topology`` (an app serving no system) no queue."""
     result = Overview()
     try:
         result.pending = await Ledger(db).pending_by_queue()
     except RabbitryError as exc:
         log.warning("cannot count pending rows: %s", exc)
-    system = topology(settings, await tenant_names(db))
+    system = topology(settings, await tenant_names(db)) if topology else Topology()
     declared = {q.name for q in system.queues}
     if not settings.rabbit_active:
         result.broker_error = "rabbit_active is false: the broker is switched off"

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rabbitry.errors import MessageError
+from rabbitry.errors import Invalid, MessageError
 from rabbitry.events.change import SYSTEM_USER, ChangeEvent, ChangeType
 from rabbitry.messaging.envelope import Message
 from rabbitry.outbox.registry import QueueInfo
@@ -26,7 +26,7 @@ _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 MANUAL_HEADER = "x-rabbitry-manual"
 
 
-class RecordError(ValueError):
+class RecordError(Invalid):
     """This record cannot go to this queue; the message says why, for the operator."""
 
 

@@ -1,171 +1,99 @@
-"""Login, the dashboard, the queue registry, an entity's event history, and dead letters."""
+"""Login, the dashboard, the queue registry and an entity's event history."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from rabbitry.backoffice.overview import Broker, SystemTopology, overview
-from rabbitry.backoffice.web import Ctx, context, error, first, operator, posted, static_file
-from rabbitry.errors import NotFound, RabbitryError
+from rabbitry.backoffice.overview import Broker, overview
+from rabbitry.backoffice.web import (
+    Operator,
+    PageRoute,
+    Posted,
+    context,
+    login_form,
+    posted,
+    static_file,
+)
 from rabbitry.events.change import parse_time
 from rabbitry.events.store import EventStore
-from rabbitry.messaging.deadletters import (
-    dead_letter_queue,
-    list_dead_letters,
-    move_dead_letters,
-)
 from rabbitry.outbox import registry
 from rabbitry.outbox.ledger import Ledger
+from rabbitry.web import resource
 
-DEAD_LETTER_PAGE = 100
-
-
-def broker_of(ctx: Ctx) -> Broker:
-    broker = getattr(ctx.state, "backoffice_broker", None)
-    if broker is None:
-        broker = ctx.state.backoffice_broker = Broker(ctx.settings)
-    assert isinstance(broker, Broker)
-    return broker
+router = APIRouter(route_class=PageRoute)
 
 
-def build(topology: SystemTopology) -> APIRouter:
-    """The routers of these pages; ``topology`` gives the system's queues (the app's)."""
-    router = APIRouter()
+@router.get("/static/{name}")
+async def static(name: str) -> Response:
+    return static_file(name)
 
-    @router.get("/static/{name}")
-    async def static(name: str) -> Response:
-        return static_file(name)
 
-    @router.get("/login")
-    async def login_page(request: Request) -> Response:
-        ctx = context(request)
-        if ctx.session.auth:
-            return ctx.redirect("/")
-        return ctx.render("login.html", problem=None)
-
-    @router.post("/login")
-    async def login(request: Request) -> Response:
-        got = await posted(request, login=True)
-        if isinstance(got, Response):
-            return got
-        ctx, form = got
-        if not ctx.signer.credential_ok(first(form, "token")):
-            return ctx.render("login.html", status=401, problem="wrong admin token")
-        ctx.session = ctx.session.logged_in()
-        ctx.fresh = True
+@router.get("/login")
+async def login_page(request: Request) -> Response:
+    ctx = context(request)
+    if ctx.session.auth:
         return ctx.redirect("/")
+    return ctx.render("login.html", problem=None)
 
-    @router.post("/logout")
-    async def logout(request: Request) -> Response:
-        got = await posted(request)
-        if isinstance(got, Response):
-            return got
-        ctx, _ = got
-        ctx.session = type(ctx.session).anonymous()
-        ctx.fresh = True
-        return ctx.redirect("/login")
 
-    @router.get("/")
-    async def dashboard(request: Request) -> Response:
-        ctx = await operator(request)
-        if isinstance(ctx, Response):
-            return ctx
-        figures = await overview(ctx.settings, ctx.database, broker_of(ctx), topology)
-        return ctx.render("dashboard.html", overview=figures)
+@router.post("/login")
+async def login(got: Posted = Depends(login_form)) -> Response:
+    ctx = got.ctx
+    if not ctx.signer.credential_ok(got.first("token")):
+        return ctx.render("login.html", status=401, problem="wrong admin token")
+    ctx.session = ctx.session.logged_in()
+    ctx.fresh = True
+    return ctx.redirect("/")
 
-    @router.get("/queues")
-    async def queues(request: Request) -> Response:
-        ctx = await operator(request)
-        if isinstance(ctx, Response):
-            return ctx
-        entries = await registry.list_queues(ctx.database)
-        pending = await Ledger(ctx.database).pending_by_queue()
-        return ctx.render("queues.html", entries=entries, pending=pending)
 
-    @router.get("/events")
-    async def events(request: Request) -> Response:
-        ctx = await operator(request)
-        if isinstance(ctx, Response):
-            return ctx
-        params = request.query_params
-        entity = (params.get("entity") or "").strip()
-        raw_id = (params.get("id") or "").strip()
-        at = (params.get("at") or "").strip()
-        history, state, problem = [], None, None
-        if entity and raw_id:
-            try:
-                entity_id = int(raw_id)
-                when = parse_time(at) if at else None
-            except ValueError as exc:
-                problem = str(exc)
-            else:
-                store = EventStore(ctx.database)
-                history = await store.history(entity, entity_id)
-                state = await store.state(entity, entity_id, when)
-                if not history:
-                    problem = f"no events for {entity} {entity_id}"
-        return ctx.render(
-            "events.html",
-            status=400 if problem and entity and raw_id and not history else 200,
-            entity=entity,
-            entity_id=raw_id,
-            at=at,
-            history=history,
-            state=state,
-            problem=problem,
-        )
+@router.post("/logout")
+async def logout(got: Posted = Depends(posted)) -> Response:
+    ctx = got.ctx
+    ctx.session = type(ctx.session).anonymous()
+    ctx.fresh = True
+    return ctx.redirect("/login")
 
-    @router.get("/dead-letters")
-    async def dead_letter_queues(request: Request) -> Response:
-        ctx = await operator(request)
-        if isinstance(ctx, Response):
-            return ctx
-        figures = await overview(ctx.settings, ctx.database, broker_of(ctx), topology)
-        return ctx.render("dead_letter_queues.html", overview=figures)
 
-    @router.get("/dead-letters/{queue}")
-    async def dead_letters(request: Request, queue: str) -> Response:
-        ctx = await operator(request)
-        if isinstance(ctx, Response):
-            return ctx
+@router.get("/")
+async def dashboard(ctx: Operator, broker: Broker = Depends(resource(Broker))) -> Response:
+    figures = await overview(ctx.settings, ctx.database, broker, ctx.app.topology)
+    return ctx.render("dashboard.html", overview=figures)
+
+
+@router.get("/queues")
+async def queues(ctx: Operator) -> Response:
+    entries = await registry.list_queues(ctx.database)
+    pending = await Ledger(ctx.database).pending_by_queue()
+    return ctx.render("queues.html", entries=entries, pending=pending)
+
+
+@router.get("/events")
+async def events(request: Request, ctx: Operator) -> Response:
+    params = request.query_params
+    entity = (params.get("entity") or "").strip()
+    raw_id = (params.get("id") or "").strip()
+    at = (params.get("at") or "").strip()
+    history, state, problem = [], None, None
+    if entity and raw_id:
         try:
-            dlq = dead_letter_queue(queue)
-            declarer = await broker_of(ctx).declarer()
-            letters, total = await list_dead_letters(declarer, dlq, limit=DEAD_LETTER_PAGE)
-        except ValueError as exc:
-            return error(400, str(exc))
-        except NotFound:
-            return ctx.render("missing.html", status=404, what=f"queue {queue!r}")
-        except RabbitryError as exc:
-            await broker_of(ctx).forget()
-            return ctx.render("missing.html", status=503, what=f"the broker ({exc})")
-        return ctx.render("dead_letters.html", queue=dlq, letters=letters, total=total, report=None)
-
-    @router.post("/dead-letters/{queue}/move")
-    async def move(request: Request, queue: str) -> Response:
-        got = await posted(request)
-        if isinstance(got, Response):
-            return got
-        ctx, form = got
-        ids = [v for v in form.get("ids", []) if v and len(v) <= 255]
-        every = first(form, "scope") == "all"
-        if not every and not ids:
-            return error(400, "no dead letter selected")
-        try:
-            dlq = dead_letter_queue(queue)
-            declarer = await broker_of(ctx).declarer()
-            report = await move_dead_letters(declarer, ctx.publisher, dlq, None if every else ids)
-            letters, total = await list_dead_letters(declarer, dlq, limit=DEAD_LETTER_PAGE)
-        except ValueError as exc:
-            return error(400, str(exc))
-        except NotFound:
-            return error(404, f"no queue {queue!r}")
-        except RabbitryError as exc:
-            await broker_of(ctx).forget()
-            return error(503, str(exc))
-        return ctx.render(
-            "dead_letters.html", queue=dlq, letters=letters, total=total, report=report
-        )
-
-    return router
+            entity_id = int(raw_id)
+            when = parse_time(at) if at else None
+        except ValueError as exc:  # int() and parse_time: a form value to say back, on the page
+            problem = str(exc)
+        else:
+            store = EventStore(ctx.database)
+            history = await store.history(entity, entity_id)
+            state = await store.state(entity, entity_id, when)
+            if not history:
+                problem = f"no events for {entity} {entity_id}"
+    return ctx.render(
+        "events.html",
+        status=400 if problem and entity and raw_id and not history else 200,
+        entity=entity,
+        entity_id=raw_id,
+        at=at,
+        history=history,
+        state=state,
+        problem=problem,
+    )

@@ -1,9 +1,12 @@
 """What every back-office page shares: templates (autoescaped), the operator's session, CSRF
 checks on POST, form parsing, security headers and the static files.
 
-A handler starts with ``ctx = await operator(request)`` (a page) or ``ctx, form = await
-posted(request)`` (an action); either hands back a :class:`Response` instead (the login page,
-a 403) that the handler returns as it is.
+A page takes ``ctx: Operator`` (a logged-in operator's request), an action ``posted: Action``
+(its context and form, once the CSRF token checked out). Without a logged-in session they
+raise :class:`LoginRequired`; the back-office's routes (:class:`PageRoute`) answer it with the
+way to the login page, and answer an error of the :mod:`rabbitry.errors` tree a handler lets
+go with ``{"error": ...}``, its status (:func:`rabbitry.web.status_of`) and the pages'
+security headers.
 """
 
 from __future__ import annotations
@@ -11,20 +14,23 @@ from __future__ import annotations
 import datetime as dt
 import json
 import mimetypes
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
 
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from rabbitry.backoffice.auth import COOKIE, CSRF_FIELD, CSRF_HEADER, LIFETIME, Session, Signer
 from rabbitry.config import Settings
+from rabbitry.errors import RabbitryError
 from rabbitry.messaging.publisher import Publisher
 from rabbitry.storage import Database
+from rabbitry.web import AppState, get_database, get_publisher, status_of
 
 PREFIX = "/backoffice"
 MAX_FORM = 1_000_000  # bytes
@@ -87,23 +93,20 @@ class Ctx:
     fresh: bool  # the session is new: its cookie must be set
 
     @property
+    def app(self) -> AppState:
+        return AppState.of(self.request.app)
+
+    @property
     def settings(self) -> Settings:
-        settings: Settings = self.request.app.state.settings
-        return settings
+        return self.app.settings
 
     @property
     def database(self) -> Database:
-        database: Database = self.request.app.state.database
-        return database
+        return get_database(self.request)
 
     @property
     def publisher(self) -> Publisher:
-        publisher: Publisher = self.request.app.state.publisher
-        return publisher
-
-    @property
-    def state(self) -> Any:
-        return self.request.app.state
+        return get_publisher(self.request)
 
     def render(self, template: str, status: int = 200, **values: Any) -> Response:
         page = _templates.get_template(template).render(
@@ -121,6 +124,15 @@ class Ctx:
     def redirect(self, path: str) -> Response:
         return self.finish(RedirectResponse(PREFIX + path, status_code=303))
 
+    def to_login(self, htmx: bool = True) -> Response:
+        if htmx and self.request.headers.get(
+            "hx-request"
+        ):  # an htmx fragment: the page itself goes
+            return self.finish(
+                Response(status_code=204, headers={"HX-Redirect": PREFIX + "/login"})
+            )
+        return self.redirect("/login")
+
     def finish(self, response: Response) -> Response:
         if self.fresh:
             set_cookie(response, self.signer, self.session, self.request)
@@ -134,52 +146,103 @@ def query_string(values: Mapping[str, Any], **changes: Any) -> str:
     return urlencode({k: v for k, v in merged.items() if v not in (None, "")})
 
 
-def signer_of(request: Request) -> Signer:
-    state = request.app.state
-    signer = getattr(state, "backoffice_signer", None)
-    if signer is None:
-        token = state.settings.admin_token
-        if token is None:  # `rabbitry serve`/`up` always set one; an app built by hand may not
-            raise RuntimeError("the back-office needs settings.admin_token")
-        signer = state.backoffice_signer = Signer(token.get_secret_value())
-    assert isinstance(signer, Signer)
-    return signer
+class LoginRequired(Exception):
+    """The request needs a logged-in operator; :class:`PageRoute` sends them to log in."""
+
+    def __init__(self, ctx: Ctx, *, htmx: bool = True) -> None:
+        super().__init__("login required")
+        self.ctx = ctx
+        self.htmx = htmx  # an htmx fragment is answered with HX-Redirect (pages, not actions)
+
+
+class PageError(Exception):
+    """A request the back-office refuses before its handler runs (a form too large, a wrong
+    CSRF token): answered with ``status`` and ``message``, and the session cookie if new."""
+
+    def __init__(self, status: int, message: str, ctx: Ctx | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.ctx = ctx
+
+
+Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+class PageRoute(APIRoute):
+    """Every back-office route: what its handler (or a dependency) raises becomes a response
+    here, with the pages' security headers, so that no handler repeats the translation."""
+
+    def get_route_handler(self) -> Endpoint:
+        handler = super().get_route_handler()
+
+        async def answer(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except LoginRequired as exc:
+                return exc.ctx.to_login(exc.htmx)
+            except PageError as exc:
+                response = error(exc.status, str(exc))
+                return exc.ctx.finish(response) if exc.ctx is not None else response
+            except RabbitryError as exc:
+                return error(status_of(exc), str(exc))
+
+        return answer
 
 
 def context(request: Request) -> Ctx:
-    signer = signer_of(request)
+    """The request's context, with its session (a new anonymous one when it has none)."""
+    token = AppState.of(request.app).settings.admin_token
+    if token is None:  # `rabbitry serve`/`up` always set one; an app built by hand may not
+        raise RuntimeError("the back-office needs settings.admin_token")
+    signer = Signer(token.get_secret_value())
     session = signer.load(request.cookies.get(COOKIE))
     if session is None:
         return Ctx(request, Session.anonymous(), signer, fresh=True)
     return Ctx(request, session, signer, fresh=False)
 
 
-async def operator(request: Request) -> Ctx | Response:
-    """The logged-in operator's context, or the way to the login page."""
+async def operator(request: Request) -> Ctx:
+    """The logged-in operator's context; raises :class:`LoginRequired` for anyone else."""
     ctx = context(request)
-    if ctx.session.auth:
-        return ctx
-    if request.headers.get("hx-request"):  # an htmx fragment: have the page itself go there
-        return ctx.finish(Response(status_code=204, headers={"HX-Redirect": PREFIX + "/login"}))
-    return ctx.redirect("/login")
+    if not ctx.session.auth:
+        raise LoginRequired(ctx)
+    return ctx
 
 
-async def posted(
-    request: Request, *, login: bool = False
-) -> tuple[Ctx, dict[str, list[str]]] | Response:
-    """An action's context and form, once its CSRF token checked out (and, unless ``login``,
-    its session is logged in)."""
+@dataclass(frozen=True, slots=True)
+class Posted:
+    """An action's context and its form."""
+
+    ctx: Ctx
+    form: dict[str, list[str]]
+
+    def first(self, name: str, default: str = "") -> str:
+        return first(self.form, name, default)
+
+
+async def login_form(request: Request) -> Posted:
+    """A form's context and fields, once its CSRF token checked out (logged in or not)."""
     ctx = context(request)
     body = await request.body()
     if len(body) > MAX_FORM:
-        return error(413, "form too large")
+        raise PageError(413, "form too large")
     form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
     given = request.headers.get(CSRF_HEADER) or first(form, CSRF_FIELD)
     if ctx.fresh or not ctx.signer.csrf_ok(ctx.session, given):
-        return ctx.finish(error(403, "CSRF token missing or wrong: reload the page and retry"))
-    if not login and not ctx.session.auth:
-        return ctx.redirect("/login")
-    return ctx, form
+        raise PageError(403, "CSRF token missing or wrong: reload the page and retry", ctx)
+    return Posted(ctx, form)
+
+
+async def posted(request: Request) -> Posted:
+    """An action's context and form: its CSRF token checked out and its session logged in."""
+    got = await login_form(request)
+    if not got.ctx.session.auth:
+        raise LoginRequired(got.ctx, htmx=False)
+    return got
+
+
+Operator = Annotated[Ctx, Depends(operator)]
+Action = Annotated[Posted, Depends(posted)]
 
 
 def first(form: Mapping[str, list[str]], name: str, default: str = "") -> str:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rabbitry.amqp.declarer import Declarer, Holding, Taken
-from rabbitry.errors import MessageError
+from rabbitry.errors import Invalid, MessageError
 from rabbitry.messaging import envelope
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
@@ -97,9 +97,9 @@ def is_dead_letter_queue(name: str) -> bool:
 
 def dead_letter_queue(name: str) -> str:
     """The dead-letter queue of ``name`` (a work queue ``Q`` or ``Q.dlq`` itself); raises
-    ``ValueError`` for a name no Rabbitry queue can have."""
+    :class:`~rabbitry.errors.Invalid` (a ``ValueError``) for a name no Rabbitry queue can have."""
     if not _QUEUE_NAME.fullmatch(name) or len(name) > 255 - len(DLQ_SUFFIX):
-        raise ValueError(f"invalid queue name {name!r}: letters, digits and . _ - : only")
+        raise Invalid(f"invalid queue name {name!r}: letters, digits and . _ - : only")
     return name if is_dead_letter_queue(name) else name + DLQ_SUFFIX
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from rabbitry.amqp.fieldtable import Int64
 from rabbitry.amqp.spec import Arguments, Binding, Exchange, ExchangeType, Queue, Topology
+from rabbitry.errors import Invalid
 from rabbitry.messaging.retry import RetryPolicy
 from rabbitry.messaging.settings import QueueType
 
@@ -122,11 +123,12 @@ _AMQP_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
 
 
 def check_name(value: str, what: str = "name", *, allow_empty: bool = False) -> str:
-    """Return ``value`` if it is a valid AMQP exchange or queue name, else raise ``ValueError``."""
+    """Return ``value`` if it is a valid AMQP exchange or queue name, else raise
+    :class:`~rabbitry.errors.Invalid` (a ``ValueError``)."""
     if allow_empty and value == "":
         return value
     if not _AMQP_NAME.fullmatch(value) or value.startswith("amq."):
-        raise ValueError(
+        raise Invalid(
             f"invalid {what} {value!r}: 1-255 letters, digits, '_', '-', '.' or ':'"
             " (not starting with 'amq.')"
         )
@@ -136,5 +138,5 @@ def check_name(value: str, what: str = "name", *, allow_empty: bool = False) -> 
 def check_routing_key(value: str) -> str:
     """Routing keys are short strings: at most 255 bytes, no control characters."""
     if len(value.encode()) > 255 or any(ord(ch) < 32 for ch in value):
-        raise ValueError(f"invalid routing key {value[:40]!r}: at most 255 bytes, printable")
+        raise Invalid(f"invalid routing key {value[:40]!r}: at most 255 bytes, printable")
     return value

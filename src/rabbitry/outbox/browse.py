@@ -31,7 +31,7 @@ from sqlalchemy import ColumnElement, Select, Table, or_, select, true, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from rabbitry.errors import StorageError
+from rabbitry.errors import Invalid, StorageError
 from rabbitry.messaging.publisher import Publisher
 from rabbitry.outbox.exchanges import ExchangeCheck
 from rabbitry.outbox.filters import RequeueFilter
@@ -73,10 +73,10 @@ class PageKey:
 
     @classmethod
     def parse(cls, token: str) -> PageKey:
-        """The key of :meth:`token`; raises ``ValueError`` for anything else."""
+        """The key of :meth:`token`; raises :class:`Invalid` for anything else."""
         when, sep, row_id = token.partition("_")
         if not sep or not row_id.isdigit() or len(token) > 64:
-            raise ValueError(f"not a page key: {token!r}")
+            raise Invalid(f"not a page key: {token!r}")
         created = dt.datetime.strptime(when, "%Y%m%dT%H%M%S.%f").replace(tzinfo=dt.UTC)
         return cls(created, int(row_id))
 
@@ -261,7 +261,7 @@ async def requeue_messages(
     """
     if where.ids is not None:
         if len(where.ids) > MAX_SELECTED:
-            raise ValueError(f"select at most {MAX_SELECTED} rows")
+            raise Invalid(f"select at most {MAX_SELECTED} rows")
         await _reopen(ledger.db, where.ids)
     stamping: list[asyncio.Task[None]] = []
 
@@ -312,5 +312,5 @@ async def _connection(db: Database) -> AsyncIterator[AsyncConnection]:
 def selected(ids: Sequence[int]) -> RequeueFilter:
     """The filter of "requeue these rows"."""
     if not ids:
-        raise ValueError("no row selected")
+        raise Invalid("no row selected")
     return RequeueFilter(ids=frozenset(ids))

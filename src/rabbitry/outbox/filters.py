@@ -12,6 +12,8 @@ import datetime as dt
 from dataclasses import dataclass
 from enum import StrEnum
 
+from rabbitry.errors import Invalid
+
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 DATE_HINT = "YYYY-MM-DD HH:MM:SS"
 MAX_QUEUE_LENGTH = 255
@@ -24,7 +26,7 @@ class Origin(StrEnum):
     MANUAL = "manual"  # a user sent it by hand with manual_processing_mode=db
 
 
-class FilterError(ValueError):
+class FilterError(Invalid):
     """The requeue arguments are invalid; the message is one line, fit for the user."""
 
 

@@ -13,7 +13,7 @@ the queue is not checked here: that is the business logic of the queue's consume
 from __future__ import annotations
 
 from rabbitry.config import ManualProcessingMode, Settings
-from rabbitry.errors import NotFound, RabbitryError
+from rabbitry.errors import NotFound, Refused
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishResult, PublishStatus, Route
 from rabbitry.outbox.filters import Origin
@@ -22,7 +22,7 @@ from rabbitry.outbox.registry import get_queue
 from rabbitry.storage import Database
 
 
-class ManualInsertionRefused(RabbitryError):
+class ManualInsertionRefused(Refused):
     """The queue exists but does not take manual insertions (or is no longer active)."""
 
 
