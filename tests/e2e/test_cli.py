@@ -16,13 +16,13 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import typer.main
 
 from helpers import DEAD_AMQP_URL, RABBITRY, cli_environment, plain_queue
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.app.registry import system_topology
 from rabbitry.chat.topology import ChatLayout
-from rabbitry.cli.app import app
+from rabbitry.cli.app import command
+from rabbitry.cli.lazy import LazyCommand
 from rabbitry.config import Settings
 from rabbitry.events.topology import EventsLayout
 from rabbitry.messaging.envelope import Message
@@ -34,14 +34,15 @@ if TYPE_CHECKING:
 
 
 def command_paths() -> Iterator[list[str]]:
-    """Every command and sub-command of the app, as argument lists (the root is [])."""
+    """Every command and sub-command of the app, as argument lists (the root is []); a part's
+    command is loaded to walk its own sub-commands."""
 
     def walk(command: Any, path: list[str]) -> Iterator[list[str]]:
         yield path
         for name, sub in sorted(getattr(command, "commands", {}).items()):
-            yield from walk(sub, [*path, name])
+            yield from walk(sub.load() if isinstance(sub, LazyCommand) else sub, [*path, name])
 
-    yield from walk(typer.main.get_command(app), [])
+    yield from walk(command(), [])
 
 
 def run_cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
