@@ -14,10 +14,10 @@ from helpers import RABBITRY
 from rabbitry.app.http import create_app
 from rabbitry.app.registry import all_routers
 from rabbitry.config import Settings
-from rabbitry.web import AppState
 from rabbitry.events.change import ChangeEvent, ChangeType
 from rabbitry.events.store import EventStore, Incoming
 from rabbitry.storage.database import Database
+from rabbitry.web import AppState
 
 ENTITY = "App\\Models\\Order"
 T0 = dt.datetime(2025, 2, 6, 12, 0, tzinfo=dt.UTC)

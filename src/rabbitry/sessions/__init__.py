@@ -13,9 +13,10 @@ For other parts (the chat gateway authenticates WebSocket clients with session t
         principal = await sessions.authenticate(tenant, token)   # Principal | None
         # principal.tenant, .user_id, .username, .session_id, .expires_at
 
-Inside ``rabbitry up`` / ``rabbitry serve session`` the app's own manager is
-``request.app.state.sessions`` (or :func:`rabbitry.sessions.auth.manager_of`), and FastAPI
-routes can depend on :data:`rabbitry.sessions.auth.UserDep` to require a user token.
+Inside ``rabbitry up`` / ``rabbitry serve session`` the app's own manager is on the app's
+state (``AppState.of(app).find(SessionManager)``, or the route dependency
+:data:`rabbitry.sessions.auth.Manager`), and FastAPI routes can depend on
+:data:`rabbitry.sessions.auth.UserDep` to require a user token.
 
 Learning of revocations: every revoked session is announced on the fanout exchange
 ``<ns>.sessions.revoked`` (``TenantsLayout(ns).revoked_exchange``, declared by the part's
