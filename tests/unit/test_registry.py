@@ -15,6 +15,7 @@ from fastapi import APIRouter
 from typer._click.exceptions import UsageError
 
 from rabbitry.app import registry
+from rabbitry.app.registry import Ref
 from rabbitry.cli.app import command
 from rabbitry.cli.lazy import LazyCommand
 from rabbitry.config import Settings
@@ -28,7 +29,12 @@ def test_every_reference_of_every_part_loads() -> None:
         for refs in part.servers.values():
             for ref in refs:
                 assert isinstance(ref.load(), APIRouter), ref
-        hooks = [part.topology, part.tenant_topology, part.lifespan, part.prepare]
+        hooks: list[Ref[Any] | None] = [
+            part.topology,
+            part.tenant_topology,
+            part.lifespan,
+            part.prepare,
+        ]
         if part.commands is not None:
             hooks.append(part.commands.register)
         for hook in hooks:
