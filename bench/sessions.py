@@ -38,6 +38,7 @@ from rabbitry.config import Settings
 from rabbitry.sessions.manager import SessionManager
 from rabbitry.sessions.store import SessionRecord, utcnow
 from rabbitry.sessions.tokens import new_session_id, new_token, token_hash
+from rabbitry.web import AppState
 
 ADMIN = "bench-admin"
 
@@ -71,7 +72,7 @@ async def system(settings: Settings, port: int) -> AsyncIterator[SessionManager]
             break
         await asyncio.sleep(0.02)
     try:
-        yield app.state.sessions
+        yield AppState.of(app).get(SessionManager)
     finally:
         server.should_exit = True
         await task

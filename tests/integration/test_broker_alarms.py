@@ -27,6 +27,7 @@ from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
 from rabbitry.messaging.topology import Queue, Topology, work_queue
 from rabbitry.storage import open_database
+from rabbitry.web import AppState
 
 if TYPE_CHECKING:
     from conftest import BrokerProbe, Eventually, WorkerRunner
@@ -70,7 +71,8 @@ async def test_a_publish_while_the_broker_is_blocked_goes_to_the_outbox_at_once(
         open_database(patient.sql_url) as database,
         Publisher(patient.amqp, fallback=outbox, name=name) as publisher,
     ):
-        app.state.database, app.state.publisher = database, publisher
+        state = AppState.of(app)  # what the lifespan sets, with the recording fallback
+        state.database, state.publisher = database, publisher
         health = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
         assert (await publisher.publish(Message(type="t", payload=0), Route("", queue))).ok
         async with memory_alarm():
