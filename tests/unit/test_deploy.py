@@ -20,13 +20,12 @@ from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]  # ships no type hints
 import pytest
-import typer.main
 import yaml
 
 from helpers import schema_validator
 from rabbitry._version import __version__
 from rabbitry.app import registry
-from rabbitry.cli.app import app
+from rabbitry.cli.app import command as cli_command
 from rabbitry.config import Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -80,7 +79,7 @@ def parse_command(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
     """Parse ``rabbitry ARGS`` the way the CLI does, without running it: the sub-command path
     and the leaf command's parameters. A usage error raises."""
     assert argv[0] == "rabbitry", argv
-    command: Any = typer.main.get_command(app)
+    command: Any = cli_command()
     context = command.make_context("rabbitry", list(argv[1:]))
     path: list[str] = []
     while hasattr(command, "resolve_command"):  # a group: descend into the sub-command
@@ -90,6 +89,7 @@ def parse_command(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
         name, command, words = command.resolve_command(context, rest)
         path.append(name)
         context = command.make_context(name, words, parent=context)
+        command = context.command  # a part's command stands in for it until it is parsed
     return path, dict(context.params)
 
 
