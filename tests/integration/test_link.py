@@ -19,7 +19,7 @@ from aio_pika.abc import AbstractChannel
 
 from helpers import AMQP_URL, close_connections
 from rabbitry.amqp.fieldtable import Int64
-from rabbitry.amqp.link import Delivery, Link, LinkClosed, Outcome, Outgoing
+from rabbitry.amqp.link import Link, LinkClosed, Outcome, Outgoing, Received
 from rabbitry.amqp.properties import Properties
 
 PERSISTENT = Properties(content_type="application/octet-stream", delivery_mode=2)
@@ -61,11 +61,11 @@ async def _ready_count(channel: AbstractChannel, queue: str) -> int:
 
 def _collector(
     link: Link, expected: int
-) -> tuple[list[Delivery], asyncio.Event, Callable[..., None]]:
-    got: list[Delivery] = []
+) -> tuple[list[Received], asyncio.Event, Callable[..., None]]:
+    got: list[Received] = []
     done = asyncio.Event()
 
-    def on_delivery(delivery: Delivery) -> None:
+    def on_delivery(delivery: Received) -> None:
         got.append(delivery)
         link.ack(delivery.delivery_tag)
         if len(got) >= expected:

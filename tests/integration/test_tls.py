@@ -22,7 +22,7 @@ import pytest
 from pydantic import SecretStr
 
 from rabbitry.amqp.declarer import Declarer
-from rabbitry.amqp.link import Delivery, Link, LinkClosed, LinkError, Outcome
+from rabbitry.amqp.link import Link, LinkClosed, LinkError, Outcome, Received
 from rabbitry.amqp.properties import Properties
 from rabbitry.config import Settings
 from rabbitry.errors import BrokerError
@@ -164,10 +164,10 @@ async def test_a_link_publishes_and_consumes_over_amqps(
         try:
             await link.confirm_select()
             outcome = await link.publish("", queue, b"over tls", Properties(delivery_mode=2))
-            got: list[Delivery] = []
+            got: list[Received] = []
             arrived = asyncio.Event()
 
-            def on_delivery(delivery: Delivery) -> None:
+            def on_delivery(delivery: Received) -> None:
                 got.append(delivery)
                 link.ack(delivery.delivery_tag)
                 arrived.set()

@@ -21,7 +21,7 @@ from pamqp import frame as pamqp_frame
 from rabbitry.amqp import wire
 from rabbitry.amqp.confirms import Confirms
 from rabbitry.amqp.fieldtable import Int64, encode_table
-from rabbitry.amqp.link import Delivery, Link, LinkClosed, LinkError, Outcome, Outgoing, Unfit
+from rabbitry.amqp.link import Link, LinkClosed, LinkError, Outcome, Outgoing, Received, Unfit
 from rabbitry.amqp.properties import (
     UNDECODABLE_HEADERS,
     Properties,
@@ -66,8 +66,8 @@ def delivery_frames(
     return b"".join(struct.pack(">BHI", kind, 1, len(p)) + p + b"\xce" for kind, p in frames)
 
 
-async def consuming(link: Link, transport: Transport) -> list[Delivery]:
-    got: list[Delivery] = []
+async def consuming(link: Link, transport: Transport) -> list[Received]:
+    got: list[Received] = []
     started = asyncio.ensure_future(link.consume("q", got.append))
     await turns()
     transport.writes.clear()
@@ -154,7 +154,7 @@ async def test_a_delivery_whose_callback_raises_is_given_back_not_left_unsettled
 ) -> None:
     link, transport = opened
 
-    def explode(_: Delivery) -> None:
+    def explode(_: Received) -> None:
         raise RuntimeError("bug")
 
     started = asyncio.ensure_future(link.consume("q", explode))
@@ -487,8 +487,8 @@ async def test_a_message_whose_headers_cannot_be_written_fails_alone_in_a_batch(
     link.connection_lost(None)
 
 
-def _returning(link: Link) -> Callable[[], Awaitable[Link]]:
-    async def opened() -> Link:
+def _returning(link: Link) -> Callable[[str], Awaitable[Link]]:
+    async def opened(name: str) -> Link:
         return link
 
     return opened

@@ -16,7 +16,7 @@ from pamqp import body as pamqp_body
 from pamqp import frame as pamqp_frame
 
 from rabbitry.amqp import wire
-from rabbitry.amqp.link import Delivery, Link, LinkClosed, Outcome, Outgoing
+from rabbitry.amqp.link import Link, LinkClosed, Outcome, Outgoing, Received
 from rabbitry.amqp.properties import Properties
 from scripted_broker import Transport, feed, open_link, turns
 
@@ -100,9 +100,9 @@ async def test_nothing_is_written_while_the_transport_is_paused(
 
 async def test_acks_of_one_read_fold_into_one_frame(opened: tuple[Link, Transport]) -> None:
     link, transport = opened
-    got: list[Delivery] = []
+    got: list[Received] = []
 
-    def on_delivery(delivery: Delivery) -> None:
+    def on_delivery(delivery: Received) -> None:
         got.append(delivery)
         link.ack(delivery.delivery_tag)
 
@@ -118,7 +118,7 @@ async def test_acks_of_one_read_fold_into_one_frame(opened: tuple[Link, Transpor
 
 async def test_deliveries_split_anywhere_and_over_frames_are_reassembled() -> None:
     link, transport = await open_link(frame_max=4096)
-    got: list[Delivery] = []
+    got: list[Received] = []
     consume = asyncio.ensure_future(link.consume("q", got.append))
     await reply(link, transport, commands.Basic.ConsumeOk("ctag"))
     await consume
@@ -135,7 +135,7 @@ async def test_a_raising_callback_does_not_take_the_link_down(
 ) -> None:
     link, transport = opened
 
-    def on_delivery(delivery: Delivery) -> None:
+    def on_delivery(delivery: Received) -> None:
         raise RuntimeError("handler bug")
 
     consume = asyncio.ensure_future(link.consume("q", on_delivery))
@@ -192,7 +192,7 @@ async def test_close_sends_pending_acks_then_closes_cleanly(
     opened: tuple[Link, Transport],
 ) -> None:
     link, transport = opened
-    got: list[Delivery] = []
+    got: list[Received] = []
     consume = asyncio.ensure_future(link.consume("q", got.append))
     await reply(link, transport, commands.Basic.ConsumeOk("ctag"))
     await consume

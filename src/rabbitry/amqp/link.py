@@ -22,22 +22,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pamqp import base, commands
+from pamqp import commands
 
 from rabbitry.amqp import wire
+from rabbitry.amqp.base import LinkClosed, LinkError, Received, Skipped, Unfit
 from rabbitry.amqp.confirms import Confirms, Outcome, Outgoing
 from rabbitry.amqp.properties import Properties, encode_properties
-from rabbitry.amqp.protocol import CHANNEL, AmqpProtocol, LinkClosed, LinkError
+from rabbitry.amqp.protocol import CHANNEL, AmqpProtocol
 from rabbitry.amqp.settles import AckFolder
 from rabbitry.amqp.url import Endpoint
 
 __all__ = [
-    "Delivery",
     "Link",
     "LinkClosed",
     "LinkError",
     "Outcome",
     "Outgoing",
+    "Received",
     "Skipped",
     "Unfit",
 ]
@@ -58,46 +59,12 @@ _REFUSED_EXCHANGE = re.compile(r"exchange '(.*?)' in vhost")
 _ENCODING_ERRORS = (ValueError, TypeError, OverflowError, struct.error)
 
 
-class Skipped(LinkClosed):
-    """A single publish made after one the broker refused on the same channel: the broker
-    dropped it unread, so it reached no queue and may be published again."""
-
-
-class Unfit(LinkError):
-    """Messages that cannot be sent as they are; nothing of the call was written.
-
-    ``reasons`` maps each one's index in the call to why (properties too large for the
-    broker's frame size, a short string over 255 bytes, a header value out of range).
-    """
-
-    def __init__(self, reasons: dict[int, str]) -> None:
-        first = next(iter(reasons.values()))
-        super().__init__(f"cannot be sent: {first}")
-        self.reasons = reasons
-
-
-@dataclass(slots=True)
-class Delivery:
-    """One message handed to a consumer's ``on_delivery`` callback."""
-
-    delivery_tag: int
-    redelivered: bool
-    exchange: str
-    routing_key: str
-    consumer_tag: str
-    properties: Properties
-    body: bytes
-    error: str | None = None
-    """Why the delivery did not decode (a property that is not UTF-8, ...): ``properties``
-    then holds what could be read, re-encoding to the publisher's bytes, and the owner should
-    dead-letter it rather than handle it."""
-
-
 class Link(AmqpProtocol):
-    """One AMQP connection and its channel 1: confirmed publishing and consuming.
+    """One AMQP connection and its channel 1: confirmed publishing and consuming; the
+    :class:`~rabbitry.amqp.base.BaseLink` protocol over the wire.
 
     Create with :meth:`connect`; see :class:`~rabbitry.amqp.protocol.AmqpProtocol` for
-    ``connect``, ``close``, ``is_open``, ``closed``, ``blocked`` and ``on_blocked``.
+    ``connect``, ``close``, ``abort``, ``is_open``, ``closed``, ``blocked`` and ``on_blocked``.
     """
 
     on_cancel: Callable[[str], None] | None
@@ -114,7 +81,7 @@ class Link(AmqpProtocol):
     ) -> None:
         super().__init__(endpoint, name, heartbeat, loop)
         self._confirms: Confirms | None = None
-        self._consumers: dict[str, Callable[[Delivery], None]] = {}
+        self._consumers: dict[str, Callable[[Received], None]] = {}
         self._acks = AckFolder(CHANNEL)
         # The method that announced the content being assembled, and whether it is a return.
         self._method: tuple[Any, ...] | None = None
@@ -163,24 +130,26 @@ class Link(AmqpProtocol):
         else:
             super()._on_method(channel, payload)
 
-    def _on_control(self, channel: int, method: base.Frame) -> None:
-        if isinstance(method, commands.Basic.Cancel):
-            # The broker cancels a consumer whose queue was deleted (consumer_cancel_notify).
-            # Closing the whole link hands the problem to the owner's reconnect path, which
-            # declares the queue again and resumes; a silently idle consumer would not.
-            tag = method.consumer_tag or ""
-            self._consumers.pop(tag, None)
-            if self.on_cancel is not None:
-                log.warning("broker cancelled consumer %s", tag)
-                self.on_cancel(tag)
-                return
-            log.warning("broker cancelled consumer %s: closing the link", tag)
-            self._flush()
-            reason = "consumer cancelled by the broker (its queue was deleted?)"
-            close = commands.Connection.Close(200, reason, 0, 0)
-            self._terminate(LinkClosed(reason), wire.method_frame(0, close), wait_close_ok=True)
-        else:
-            super()._on_control(channel, method)
+    def _control_handlers(self) -> dict[int, Callable[[int, Any], None]]:
+        handlers = super()._control_handlers()
+        handlers[commands.Basic.Cancel.index] = self._basic_cancel
+        return handlers
+
+    def _basic_cancel(self, channel: int, method: commands.Basic.Cancel) -> None:
+        # The broker cancels a consumer whose queue was deleted (consumer_cancel_notify).
+        # Closing the whole link hands the problem to the owner's reconnect path, which
+        # declares the queue again and resumes; a silently idle consumer would not.
+        tag = method.consumer_tag or ""
+        self._consumers.pop(tag, None)
+        if self.on_cancel is not None:
+            log.warning("broker cancelled consumer %s", tag)
+            self.on_cancel(tag)
+            return
+        log.warning("broker cancelled consumer %s: closing the link", tag)
+        self._flush()
+        reason = "consumer cancelled by the broker (its queue was deleted?)"
+        close = commands.Connection.Close(200, reason, 0, 0)
+        self._terminate(LinkClosed(reason), wire.method_frame(0, close), wait_close_ok=True)
 
     def _on_message(self, body: bytes) -> None:
         fields, properties, error = self._method, self._properties, self._content_error
@@ -206,7 +175,7 @@ class Link(AmqpProtocol):
             self._acks.settled(tag)
             self._send(wire.encode_reject(CHANNEL, tag, requeue=True))
             return
-        delivery = Delivery(
+        delivery = Received(
             tag, redelivered, exchange, routing_key, consumer_tag, properties, body, error or None
         )
         try:
@@ -334,7 +303,7 @@ class Link(AmqpProtocol):
     async def consume(
         self,
         queue: str,
-        on_delivery: Callable[[Delivery], None],
+        on_delivery: Callable[[Received], None],
         *,
         consumer_tag: str | None = None,
         exclusive: bool = False,

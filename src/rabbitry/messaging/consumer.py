@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rabbitry import metrics
+from rabbitry.amqp.base import BaseLink, LinkError, Outcome, Outgoing, Received
 from rabbitry.amqp.fieldtable import Int64
-from rabbitry.amqp.link import Delivery, Link, LinkError, Outcome, Outgoing
 from rabbitry.amqp.properties import Properties
 from rabbitry.errors import BrokerError, MessageError
 from rabbitry.messaging import envelope
@@ -95,7 +95,7 @@ class Subscription:
 
 
 class Consumer:
-    """Runs one :class:`Subscription` on one :class:`Link` until stopped or the link dies.
+    """Runs one :class:`Subscription` on one link until stopped or the link dies.
 
     ``sender`` carries the retry and dead-letter copies (a worker shares one among its
     consumers); without one the consumer opens its own and closes it when it stops.
@@ -105,7 +105,7 @@ class Consumer:
         self,
         settings: AmqpSettings,
         subscription: Subscription,
-        link: Link,
+        link: BaseLink,
         policy: RetryPolicy,
         *,
         sender: Sender | None = None,
@@ -116,7 +116,7 @@ class Consumer:
         self._policy = policy
         self._owns_sender = sender is None
         self._sender = sender or Sender(settings, f"rabbitry-{subscription.queue}-forward")
-        self._pending: deque[Delivery] = deque()
+        self._pending: deque[Received] = deque()
         self._ready = asyncio.Event()
         self._tag: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -139,11 +139,11 @@ class Consumer:
         loop_body = self._batch_loop if self._sub.batch else self._loop
         self._tasks = [asyncio.create_task(loop_body()) for _ in range(workers)]
 
-    def _on_delivery(self, delivery: Delivery) -> None:
+    def _on_delivery(self, delivery: Received) -> None:
         self._pending.append(delivery)
         self._ready.set()
 
-    async def _next(self) -> Delivery | None:
+    async def _next(self) -> Received | None:
         while not self._pending:
             if self._stopping:
                 return None
@@ -163,7 +163,7 @@ class Consumer:
                 batch.append(self._pending.popleft())
             await self._process_batch(batch)
 
-    async def _process(self, delivery: Delivery) -> None:
+    async def _process(self, delivery: Received) -> None:
         self._consumed.inc()
         try:
             message = self._decode(delivery)
@@ -178,10 +178,10 @@ class Consumer:
         else:
             self._ack(delivery)
 
-    async def _process_batch(self, deliveries: list[Delivery]) -> None:
+    async def _process_batch(self, deliveries: list[Received]) -> None:
         assert self._sub.batch is not None
         self._consumed.inc(len(deliveries))
-        decoded: list[tuple[Delivery, Message]] = []
+        decoded: list[tuple[Received, Message]] = []
         for delivery in deliveries:
             try:
                 decoded.append((delivery, self._decode(delivery)))
@@ -201,21 +201,9 @@ class Consumer:
             else:
                 await self._settle_failure(delivery, outcome)
 
-    def _decode(self, delivery: Delivery) -> Message:
-        if delivery.error is not None:
-            raise MessageError(f"undecodable delivery: {delivery.error}")
-        props = delivery.properties
-        return envelope.decode(
-            delivery.body,
-            props.headers,
-            message_id=props.message_id,
-            timestamp=props.timestamp,
-            correlation_id=props.correlation_id,
-            exchange=delivery.exchange,
-            routing_key=delivery.routing_key,
-            redelivered=delivery.redelivered,
-            strict=self._settings.strict_rr_job if self._sub.strict is None else self._sub.strict,
-        )
+    def _decode(self, delivery: Received) -> Message:
+        strict = self._settings.strict_rr_job if self._sub.strict is None else self._sub.strict
+        return envelope.decode_received(delivery, strict=strict)
 
     def _handler_for(self, message: Message) -> Handler:
         handler = self._sub.handlers.get(message.type, self._sub.default)
@@ -223,13 +211,13 @@ class Consumer:
             raise Reject(f"no handler for message type {message.type!r}")
         return handler
 
-    def _ack(self, delivery: Delivery) -> None:
+    def _ack(self, delivery: Received) -> None:
         if not self._link.is_open:
             return  # the broker requeues every unacked delivery of a lost channel
         self._link.ack(delivery.delivery_tag)
         self._acked.inc()
 
-    async def _settle_failure(self, delivery: Delivery, exc: BaseException) -> None:
+    async def _settle_failure(self, delivery: Received, exc: BaseException) -> None:
         attempt = _attempt(delivery) + 1
         if isinstance(exc, MessageError | Reject):
             delay = None
@@ -266,7 +254,7 @@ class Consumer:
             await self._give_back(delivery)
 
     async def _forward(
-        self, delivery: Delivery, queue: str, extra: Mapping[str, Any]
+        self, delivery: Received, queue: str, extra: Mapping[str, Any]
     ) -> Outcome | None:
         """Publish a copy to ``queue`` via the default exchange: the broker's outcome, or
         ``None`` when it could not be sent (no connection, blocked too long, no confirm)."""
@@ -299,7 +287,7 @@ class Consumer:
             log.error("forward of %s to %s failed: %s", _id(delivery), queue, why)
         return outcome
 
-    async def _give_back(self, delivery: Delivery) -> None:
+    async def _give_back(self, delivery: Received) -> None:
         """Requeue a delivery whose copy was not confirmed, after a pause (not a hot loop)."""
         if not self._stopping:
             await asyncio.sleep(self._policy.base_delay)
@@ -356,12 +344,12 @@ class Consumer:
             self._chore(self._sender.close())
 
 
-def _attempt(delivery: Delivery) -> int:
+def _attempt(delivery: Received) -> int:
     value = (delivery.properties.headers or {}).get(envelope.ATTEMPT_HEADER, 0)
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _id(delivery: Delivery) -> str:
+def _id(delivery: Received) -> str:
     headers = delivery.properties.headers or {}
     rr_id = headers.get("rr_id")
     return str(rr_id or delivery.properties.message_id or f"delivery {delivery.delivery_tag}")

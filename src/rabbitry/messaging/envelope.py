@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from rabbitry.amqp.base import Received
 from rabbitry.amqp.fieldtable import EncodedTable, Int64, encode_fields
 from rabbitry.errors import MessageError
 
@@ -266,6 +267,26 @@ def decode(
         exchange=exchange,
         routing_key=routing_key,
         redelivered=redelivered,
+    )
+
+
+def decode_received(delivery: Received, *, strict: bool) -> Message:
+    """The :class:`Message` a consumer received: :func:`decode` of its body and properties,
+    with where it came from. Raises :class:`MessageError` as :func:`decode` does, and when
+    the delivery's properties did not decode (``delivery.error``)."""
+    if delivery.error is not None:
+        raise MessageError(f"undecodable delivery: {delivery.error}")
+    props = delivery.properties
+    return decode(
+        delivery.body,
+        props.headers,
+        message_id=props.message_id,
+        timestamp=props.timestamp,
+        correlation_id=props.correlation_id,
+        exchange=delivery.exchange,
+        routing_key=delivery.routing_key,
+        redelivered=delivery.redelivered,
+        strict=strict,
     )
 
 

@@ -27,7 +27,7 @@ from enum import StrEnum
 from typing import Protocol, Self, overload
 
 from rabbitry import metrics
-from rabbitry.amqp.link import Link, Outcome, Outgoing
+from rabbitry.amqp.base import OpenLink, Outcome, Outgoing
 from rabbitry.amqp.properties import properties_of
 from rabbitry.errors import BrokerError
 from rabbitry.messaging import envelope
@@ -107,7 +107,11 @@ class _Encoding(Sequence[Outgoing]):
 
 
 class Publisher:
-    """Publishes :class:`Message` objects. One connection, opened lazily, reused, reopened."""
+    """Publishes :class:`Message` objects. One connection, opened lazily, reused, reopened.
+
+    ``open_link`` opens that connection (by default to ``amqp.url``) and ``clock`` is its
+    circuit breaker's: :mod:`rabbitry.testing`'s in-memory broker passes its own.
+    """
 
     def __init__(
         self,
@@ -115,20 +119,13 @@ class Publisher:
         *,
         fallback: Fallback | None = None,
         name: str = "rabbitry",
+        open_link: OpenLink | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = amqp or AmqpSettings()
         self._fallback = fallback
-        self._name = name
-        # The circuit breaker's clock; rabbitry.testing's broker substitutes its virtual one.
-        self._clock: Callable[[], float] = time.monotonic
         self._target_counters: dict[str, tuple[CounterChild, CounterChild]] = {}
-        # Both seams are looked up at each use, so a subclass or a test may replace them.
-        self._sender = Sender(
-            self._settings,
-            f"{name}-publisher",
-            open_link=lambda: self._open_link(),
-            clock=lambda: self._clock(),
-        )
+        self._sender = Sender(self._settings, f"{name}-publisher", open_link=open_link, clock=clock)
 
     @property
     def fallback(self) -> Fallback | None:
@@ -228,17 +225,6 @@ class Publisher:
                 metrics.PERSISTED.labels(_target(route)).inc()
             log.warning("%d message(s) stored in the outbox: %s", len(to_store), to_store[0][2])
         return results
-
-    async def _open_link(self) -> Link:
-        """A new link in confirm mode: the seam to the broker (``rabbitry.testing`` swaps it)."""
-        link = await Link.connect(
-            self._settings.url,
-            name=f"{self._name}-publisher",
-            timeout=self._settings.connect_timeout,
-            rpc_timeout=self._settings.rpc_timeout,
-        )
-        await link.confirm_select()
-        return link
 
     async def close(self) -> None:
         await self._sender.close()

@@ -26,12 +26,13 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, overload
 
 from rabbitry import metrics
-from rabbitry.amqp.link import Link, LinkClosed, Outcome, Outgoing, Skipped, Unfit
+from rabbitry.amqp.base import BaseLink, LinkClosed, OpenLink, Outcome, Outgoing, Skipped, Unfit
 from rabbitry.errors import BrokerError, BrokerUnavailable, PublishFailed
+from rabbitry.messaging.connection import opener
 from rabbitry.messaging.settings import AmqpSettings
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,8 @@ _PART = 100
 class Sender:
     """Sends :class:`Outgoing` messages on one connection it owns and waits for confirms.
 
-    ``open_link`` opens a connection in confirm mode (by default :meth:`Link.connect` to the
-    settings' URL, named ``name``); ``clock`` is the circuit breaker's.
+    ``open_link`` opens its connections, named ``name`` (by default to the settings' URL), and
+    the sender puts each in confirm mode; ``clock`` is the circuit breaker's.
     """
 
     def __init__(
@@ -73,20 +74,20 @@ class Sender:
         settings: AmqpSettings,
         name: str,
         *,
-        open_link: Callable[[], Awaitable[Link]] | None = None,
+        open_link: OpenLink | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self._settings = settings
-        self._open_link = open_link or self._connect
+        self._open_link = open_link or opener(settings)
         self._clock = clock
-        self._link: Link | None = None
+        self._link: BaseLink | None = None
         self._lock = asyncio.Lock()
         self._circuit_until = 0.0
         self._blocked: str | None = None
         self._unblocked = asyncio.Event()
         self._unblocked.set()
-        self._inflight: deque[tuple[float, asyncio.Future[Outcome], Link]] = deque()
+        self._inflight: deque[tuple[float, asyncio.Future[Outcome], BaseLink]] = deque()
         self._watchdog: asyncio.TimerHandle | None = None
         self._impatient = 0  # sends in progress that would rather fail over than wait
         self._alarm = ""  # the reason of the alarm that opened the circuit, while it is open
@@ -151,7 +152,7 @@ class Sender:
         return verdicts
 
     async def _publish(
-        self, link: Link, items: Sequence[Outgoing], todo: list[int], verdicts: list[Verdict]
+        self, link: BaseLink, items: Sequence[Outgoing], todo: list[int], verdicts: list[Verdict]
     ) -> list[tuple[int, Verdict]]:
         """Send ``items[i]`` for each ``i`` in ``todo``: (i, verdict) for each one sent;
         those that cannot be encoded get their verdict in ``verdicts`` and are not sent."""
@@ -163,7 +164,7 @@ class Sender:
         except (TimeoutError, LinkClosed) as exc:
             raise await self._failed(link, exc) from exc
 
-    async def _failed(self, link: Link, exc: TimeoutError | LinkClosed) -> BrokerError:
+    async def _failed(self, link: BaseLink, exc: TimeoutError | LinkClosed) -> BrokerError:
         """What a send that failed with ``exc`` raises; the link is dropped either way."""
         if isinstance(exc, _Blocked):
             await self._trip(link, str(exc))
@@ -184,7 +185,7 @@ class Sender:
         return BrokerUnavailable(f"connection lost while publishing: {exc}")
 
     async def _publish_parts(
-        self, link: Link, items: Sequence[Outgoing], todo: list[int], verdicts: list[Verdict]
+        self, link: BaseLink, items: Sequence[Outgoing], todo: list[int], verdicts: list[Verdict]
     ) -> list[tuple[int, Verdict]]:
         # In parts of _PART messages, one call each, started in order: a call encodes its part
         # (the items are encoded as they are read) and writes it before the next starts, so
@@ -215,7 +216,7 @@ class Sender:
                 call.add_done_callback(_retrieved)
         return sent
 
-    async def _publish_one(self, link: Link, item: Outgoing) -> Verdict:
+    async def _publish_one(self, link: BaseLink, item: Outgoing) -> Verdict:
         try:
             # Single sends from concurrent callers share one write per loop turn.
             future = link.publish(
@@ -241,7 +242,7 @@ class Sender:
             await self._drop(link)
             return (Outcome.REFUSED, f"refused by the broker: {exc}")
 
-    def _watch(self, link: Link, future: asyncio.Future[Outcome]) -> None:
+    def _watch(self, link: BaseLink, future: asyncio.Future[Outcome]) -> None:
         """Bound the wait for ``future``'s confirm by the publish timeout.
 
         One timer per sender for every single publish in flight, instead of one
@@ -276,14 +277,14 @@ class Sender:
             self._watchdog = loop.call_at(inflight[0][0], self._check_inflight)
 
     @staticmethod
-    def _verdict(link: Link, outcome: Outcome) -> Verdict:
+    def _verdict(link: BaseLink, outcome: Outcome) -> Verdict:
         if outcome is Outcome.ACKED:
             return _ACKED
         if outcome is Outcome.REFUSED:
             return (outcome, f"refused by the broker: {link.error}")
         return (outcome, _REASONS.get(outcome, ""))
 
-    async def _connected(self, wait_unblocked: bool) -> Link:
+    async def _connected(self, wait_unblocked: bool) -> BaseLink:
         if not self._settings.active:
             raise BrokerUnavailable("rabbit_active is false: messages are stored, not sent")
         link = self._link
@@ -305,7 +306,7 @@ class Sender:
             timeout = self._settings.publish_timeout
             raise BrokerUnavailable(f"{BLOCKED} for over {timeout:g}s: {reason}") from None
 
-    async def _reconnect(self) -> Link:
+    async def _reconnect(self) -> BaseLink:
         if self._clock() < self._circuit_until:
             if self._alarm:
                 raise BrokerUnavailable(f"{BLOCKED}: {self._alarm} (circuit open)")
@@ -316,7 +317,7 @@ class Sender:
             if self._clock() < self._circuit_until:
                 raise BrokerUnavailable("broker marked unavailable (circuit open)")
             try:
-                link = await self._open_link()
+                link = await self._open_confirming()
             except (OSError, LinkClosed, TimeoutError, BrokerError) as exc:
                 self._circuit_until = self._clock() + self._settings.circuit_open_seconds
                 raise BrokerUnavailable(f"cannot connect to the broker: {exc}") from exc
@@ -326,17 +327,16 @@ class Sender:
             self._link = link
             return link
 
-    async def _connect(self) -> Link:
-        link = await Link.connect(
-            self._settings.url,
-            name=self.name,
-            timeout=self._settings.connect_timeout,
-            rpc_timeout=self._settings.rpc_timeout,
-        )
-        await link.confirm_select()
+    async def _open_confirming(self) -> BaseLink:
+        link = await self._open_link(self.name)
+        try:
+            await link.confirm_select()
+        except BaseException:
+            await _close_quietly(link)
+            raise
         return link
 
-    def _on_blocked(self, link: Link, reason: str | None) -> None:
+    def _on_blocked(self, link: BaseLink, reason: str | None) -> None:
         if link is self._link:
             self._set_blocked(reason)
             if reason is not None:
@@ -362,12 +362,12 @@ class Sender:
         else:
             self._unblocked.clear()
 
-    async def _trip(self, link: Link, reason: str) -> None:
+    async def _trip(self, link: BaseLink, reason: str) -> None:
         log.warning("%s: connection dropped: %s", self.name, reason)
         self._circuit_until = self._clock() + self._settings.circuit_open_seconds
         await self._drop(link)
 
-    async def _drop(self, link: Link) -> None:
+    async def _drop(self, link: BaseLink) -> None:
         if self._link is link:
             self._link = None
             self._set_blocked(None)  # a new connection starts unblocked
@@ -426,7 +426,7 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-async def _close_quietly(link: Link) -> None:
+async def _close_quietly(link: BaseLink) -> None:
     try:
         await asyncio.wait_for(link.close(), timeout=3)
     except (OSError, LinkClosed, TimeoutError, BrokerError):

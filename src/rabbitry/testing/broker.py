@@ -16,14 +16,14 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
-from rabbitry.amqp.link import LinkClosed, LinkError, Outcome, Outgoing
+from rabbitry.amqp.base import LinkClosed, LinkError, Outcome, Outgoing
 from rabbitry.amqp.properties import Properties, decode_properties, encode_properties
 from rabbitry.errors import BrokerUnavailable, NotFound, PublishUnroutable
 from rabbitry.messaging.publisher import Fallback, Publisher
 from rabbitry.messaging.settings import AmqpSettings
 from rabbitry.messaging.topology import Topology
 from rabbitry.messaging.worker import Worker
-from rabbitry.testing.clients import MemoryPublisher, MemoryWorker
+from rabbitry.testing.clients import MemoryWorker, memory_publisher
 from rabbitry.testing.link import MemoryLink, Unacked
 from rabbitry.testing.queues import Held, MemoryQueue, QueuedMessage
 from rabbitry.testing.vhost import VirtualHost
@@ -67,7 +67,7 @@ class MemoryBroker(VirtualHost):
         name: str = "rabbitry",
     ) -> Publisher:
         """A real :class:`~rabbitry.Publisher` (same arguments) connected to this broker."""
-        return MemoryPublisher(self, amqp, fallback=fallback, name=name)
+        return memory_publisher(self, amqp, fallback=fallback, name=name)
 
     @contextlib.asynccontextmanager
     async def running(self, worker: Worker, *, timeout: float = 10.0) -> AsyncIterator[Worker]:
@@ -77,10 +77,10 @@ class MemoryBroker(VirtualHost):
         self.declare(worker.topology)
         memory = MemoryWorker(self, worker)
         stopping = asyncio.Event()
-        task = asyncio.create_task(memory.run(stopping))
+        task = asyncio.create_task(memory.worker.run(stopping))
         self._workers.append(memory)
         try:
-            started = asyncio.ensure_future(memory.connected.wait())
+            started = asyncio.ensure_future(memory.worker.connected.wait())
             done, _ = await asyncio.wait(
                 [started, task], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
@@ -90,7 +90,7 @@ class MemoryBroker(VirtualHost):
                 raise RuntimeError(f"worker {worker.name} returned before it consumed")
             if started not in done:
                 raise TimeoutError(f"worker {worker.name} did not consume within {timeout:g}s")
-            yield memory
+            yield memory.worker
         finally:
             self._workers.remove(memory)
             stopping.set()

@@ -1,4 +1,4 @@
-"""A connection to the in-memory broker with the surface of :class:`rabbitry.amqp.link.Link`.
+"""A connection to the in-memory broker: the :class:`~rabbitry.amqp.base.BaseLink` protocol.
 
 The real :class:`~rabbitry.Publisher`, :class:`~rabbitry.Worker` and their consumers run on it
 unchanged, so what they decide (confirms, retries, dead letters, the circuit breaker) is the
@@ -18,7 +18,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from rabbitry.amqp import wire
-from rabbitry.amqp.link import Delivery, LinkClosed, LinkError, Outcome, Outgoing, Skipped, Unfit
+from rabbitry.amqp.base import (
+    BaseLink,
+    LinkClosed,
+    LinkError,
+    Outcome,
+    Outgoing,
+    Received,
+    Skipped,
+    Unfit,
+)
 from rabbitry.amqp.properties import Properties, encode_properties
 from rabbitry.amqp.protocol import CHANNEL
 from rabbitry.testing.queues import MemoryQueue, QueuedMessage
@@ -36,7 +45,7 @@ class MemoryConsumer:
     link: MemoryLink
     tag: str
     queue: MemoryQueue
-    on_delivery: Callable[[Delivery], None]
+    on_delivery: Callable[[Received], None]
     prefetch: int  # 0: unlimited, as basic.qos 0
     unacked: int = 0
 
@@ -53,15 +62,8 @@ class Unacked:
     expires_at: float | None = field(default=None)
 
 
-class MemoryLink:
+class MemoryLink(BaseLink):
     """One connection and channel of the in-memory broker; made by the broker only."""
-
-    on_cancel: Callable[[str], None] | None
-    """As on Link: called with the consumer tag when the broker cancels a consumer (its queue
-    was deleted); unset, the link closes instead."""
-    on_blocked: Callable[[str | None], None] | None
-    """As on Link: called with the alarm's reason when the broker blocks this connection, and
-    with ``None`` when it unblocks it."""
 
     def __init__(self, broker: MemoryBroker, name: str) -> None:
         self.name = name
@@ -198,7 +200,7 @@ class MemoryLink:
     async def consume(
         self,
         queue: str,
-        on_delivery: Callable[[Delivery], None],
+        on_delivery: Callable[[Received], None],
         *,
         consumer_tag: str | None = None,
         exclusive: bool = False,
@@ -233,17 +235,8 @@ class MemoryLink:
         tag = next(self._tags)
         self.unacked[tag] = Unacked(consumer.queue, message, consumer, expires)
         consumer.unacked += 1
-        delivery = Delivery(
-            tag,
-            message.redelivered,
-            message.exchange,
-            message.routing_key,
-            consumer.tag,
-            message.properties,
-            message.body,
-        )
         try:
-            consumer.on_delivery(delivery)
+            consumer.on_delivery(message.delivered(tag, consumer.tag))
         except Exception:  # as Link does: the delivery stays unsettled
             log.exception("on_delivery for %s raised; delivery %d unsettled", consumer.tag, tag)
 
