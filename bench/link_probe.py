@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import aio_pika
 
 from common import AMQP_URL
-from rabbitry.amqp.link import Link, Outcome, Outgoing, Received
+from rabbitry.amqp.link import Link, Outgoing, PublishOutcome, Received
 from rabbitry.amqp.properties import Properties
 
 BODY = b'{"job":"probe","payload":"' + b"x" * 228 + b'"}'
@@ -44,7 +44,7 @@ async def link_publish(queue: str, count: int) -> Result:
     async def run() -> None:
         for _ in range(count // WINDOW):
             outcomes = await link.publish_many(window)
-            assert all(outcome is Outcome.ACKED for outcome in outcomes)
+            assert all(outcome is PublishOutcome.ACKED for outcome in outcomes)
 
     result = await _timed(count, run)
     await link.close()

@@ -28,7 +28,7 @@ import jsonschema
 from aio_pika.abc import AbstractIncomingMessage
 
 from rabbitry.amqp.declarer import Declarer
-from rabbitry.amqp.link import Link, Outcome, Outgoing
+from rabbitry.amqp.link import Link, Outgoing, PublishOutcome
 from rabbitry.amqp.properties import Properties
 from rabbitry.config import Settings
 from rabbitry.errors import StorageError
@@ -257,7 +257,7 @@ async def publish_json(settings: Settings, queue: str, *payloads: object) -> Non
         )
         items = [Outgoing("", queue, json.dumps(p).encode(), properties) for p in payloads]
         outcomes = await link.publish_many(items)
-        assert all(o is Outcome.ACKED for o in outcomes), outcomes
+        assert all(o is PublishOutcome.ACKED for o in outcomes), outcomes
     finally:
         await link.close()
 

@@ -22,7 +22,7 @@ import pytest
 from pydantic import SecretStr
 
 from rabbitry.amqp.declarer import Declarer
-from rabbitry.amqp.link import Link, LinkClosed, LinkError, Outcome, Received
+from rabbitry.amqp.link import Link, LinkClosed, LinkError, PublishOutcome, Received
 from rabbitry.amqp.properties import Properties
 from rabbitry.config import Settings
 from rabbitry.errors import BrokerError
@@ -176,7 +176,7 @@ async def test_a_link_publishes_and_consumes_over_amqps(
             await asyncio.wait_for(arrived.wait(), 10)
         finally:
             await link.close()
-    assert outcome is Outcome.ACKED
+    assert outcome is PublishOutcome.ACKED
     assert [d.body for d in got] == [b"over tls"]
     assert tls.handshakes == 1
 

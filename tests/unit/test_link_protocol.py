@@ -16,7 +16,7 @@ from pamqp import body as pamqp_body
 from pamqp import frame as pamqp_frame
 
 from rabbitry.amqp import wire
-from rabbitry.amqp.link import Link, LinkClosed, Outcome, Outgoing, Received
+from rabbitry.amqp.link import Link, LinkClosed, Outgoing, PublishOutcome, Received
 from rabbitry.amqp.properties import Properties
 from scripted_broker import Transport, feed, open_link, turns
 
@@ -62,7 +62,10 @@ async def test_publishes_of_one_turn_leave_in_one_write(opened: tuple[Link, Tran
     feed(link, 1, commands.Basic.Ack(60, multiple=True), commands.Basic.Nack(61))
     feed(link, 1, commands.Basic.Ack(100, multiple=True))
     outcomes = [f.result() for f in futures]
-    assert outcomes == [Outcome.ACKED] * 60 + [Outcome.NACKED] + [Outcome.ACKED] * 39
+    assert (
+        outcomes
+        == [PublishOutcome.ACKED] * 60 + [PublishOutcome.NACKED] + [PublishOutcome.ACKED] * 39
+    )
 
 
 async def test_publish_many_writes_once_and_resolves_once(
@@ -74,7 +77,7 @@ async def test_publish_many_writes_once_and_resolves_once(
     assert len(transport.writes) == 1
     assert len(transport.frames()) == 3000
     feed(link, 1, commands.Basic.Ack(1000, multiple=True))
-    assert await batch == [Outcome.ACKED] * 1000
+    assert await batch == [PublishOutcome.ACKED] * 1000
 
 
 async def test_nothing_is_written_while_the_transport_is_paused(
@@ -94,8 +97,8 @@ async def test_nothing_is_written_while_the_transport_is_paused(
     bodies = [f.value for f in transport.frames() if isinstance(f, pamqp_body.ContentBody)]
     assert bodies == [b"one", b"two"]
     feed(link, 1, commands.Basic.Ack(2, multiple=True))
-    assert await single is Outcome.ACKED
-    assert await batch == [Outcome.ACKED]
+    assert await single is PublishOutcome.ACKED
+    assert await batch == [PublishOutcome.ACKED]
 
 
 async def test_acks_of_one_read_fold_into_one_frame(opened: tuple[Link, Transport]) -> None:

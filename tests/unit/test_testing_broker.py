@@ -297,6 +297,26 @@ async def test_during_an_alarm_a_publisher_fails_fast_to_its_fallback_and_recove
     assert [message.payload for _, message, _ in kept.items] == [2]
 
 
+async def test_a_publish_whose_confirm_an_alarm_holds_past_the_publish_timeout_is_persisted() -> (
+    None
+):
+    broker = MemoryBroker(TOPOLOGY)
+    kept = RecordingFallback()
+    route = Route("", QUEUE)
+    async with broker.publisher(AmqpSettings(publish_timeout=0.2), fallback=kept) as publisher:
+        assert (await publisher.publish(Message(type="email", payload=1), route)).ok
+        sending = asyncio.ensure_future(publisher.publish(Message(type="email", payload=2), route))
+        await asyncio.sleep(0)  # written; the alarm starts before the broker reads it
+        with broker.alarm():
+            held = await asyncio.wait_for(sending, 10)
+
+    # As on RabbitMQ: the publisher gives the connection up and the message goes to its outbox.
+    assert held.status is PublishStatus.PERSISTED
+    assert held.error is not None and held.error.startswith("no confirm within 0.2s"), held.error
+    assert [message.payload for _, message, _ in kept.items] == [2]
+    assert [m.body for m in broker.get_all(QUEUE)] == [b"1"]
+
+
 async def test_a_retry_copy_held_by_an_alarm_goes_out_when_it_clears_and_only_then_the_ack() -> (
     None
 ):

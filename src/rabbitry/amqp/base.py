@@ -8,7 +8,7 @@ implements it over the wire; :mod:`rabbitry.testing`'s ``MemoryLink`` implements
 dead letters is the same on both.
 
 Here too are the data a link hands back and forth (:class:`Received`; ``Outgoing`` and
-``Outcome`` come from :mod:`~rabbitry.amqp.confirms`) and the errors it raises.
+``PublishOutcome`` come from :mod:`~rabbitry.amqp.confirms`) and the errors it raises.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from rabbitry.amqp.confirms import Outcome, Outgoing
+from rabbitry.amqp.confirms import Outgoing, PublishOutcome
 from rabbitry.amqp.properties import Properties
 from rabbitry.errors import BrokerError
 
@@ -27,8 +27,8 @@ __all__ = [
     "LinkClosed",
     "LinkError",
     "OpenLink",
-    "Outcome",
     "Outgoing",
+    "PublishOutcome",
     "Received",
     "Skipped",
     "Unfit",
@@ -125,13 +125,13 @@ class BaseLink(Protocol):
         properties: Properties,
         *,
         mandatory: bool = True,
-    ) -> asyncio.Future[Outcome]:
-        """Publish one message; the future gets the broker's :class:`Outcome`, or fails with
+    ) -> asyncio.Future[PublishOutcome]:
+        """Publish one message; the future gets the broker's :class:`PublishOutcome`, or fails with
         :class:`LinkClosed` (:class:`Skipped` when a refused publish before it dropped it).
         Raises :class:`Unfit` at once if it cannot be encoded."""
         ...
 
-    async def publish_many(self, items: Sequence[Outgoing]) -> list[Outcome]:
+    async def publish_many(self, items: Sequence[Outgoing]) -> list[PublishOutcome]:
         """Publish ``items`` together and wait for all confirms; outcomes in item order.
         :class:`Unfit` says which cannot be encoded, and then nothing of the call is sent."""
         ...

@@ -26,7 +26,7 @@ from pamqp import commands
 
 from rabbitry.amqp import wire
 from rabbitry.amqp.base import LinkClosed, LinkError, Received, Skipped, Unfit
-from rabbitry.amqp.confirms import Confirms, Outcome, Outgoing
+from rabbitry.amqp.confirms import Confirms, Outgoing, PublishOutcome
 from rabbitry.amqp.properties import Properties, encode_properties
 from rabbitry.amqp.protocol import CHANNEL, AmqpProtocol
 from rabbitry.amqp.settles import AckFolder
@@ -36,8 +36,8 @@ __all__ = [
     "Link",
     "LinkClosed",
     "LinkError",
-    "Outcome",
     "Outgoing",
+    "PublishOutcome",
     "Received",
     "Skipped",
     "Unfit",
@@ -122,7 +122,9 @@ class Link(AmqpProtocol):
         elif method == wire.BASIC_ACK or method == wire.BASIC_NACK:
             tag, multiple, _ = wire.parse_confirm(payload)
             if self._confirms is not None:
-                outcome = Outcome.ACKED if method == wire.BASIC_ACK else Outcome.NACKED
+                outcome = (
+                    PublishOutcome.ACKED if method == wire.BASIC_ACK else PublishOutcome.NACKED
+                )
                 self._confirms.settle(tag, multiple, outcome)
         elif method == wire.BASIC_RETURN:
             self._method = wire.parse_return(payload)
@@ -213,8 +215,8 @@ class Link(AmqpProtocol):
         properties: Properties,
         *,
         mandatory: bool = True,
-    ) -> asyncio.Future[Outcome]:
-        """Publish one message; the future gets the broker's :class:`Outcome`.
+    ) -> asyncio.Future[PublishOutcome]:
+        """Publish one message; the future gets the broker's :class:`PublishOutcome`.
 
         Writes are coalesced with the rest of this loop turn's; while the transport is paused
         they wait in memory until it resumes.
@@ -233,7 +235,7 @@ class Link(AmqpProtocol):
             )
         except _ENCODING_ERRORS as exc:
             raise Unfit({0: str(exc)}) from None
-        future: asyncio.Future[Outcome] = self._loop.create_future()
+        future: asyncio.Future[PublishOutcome] = self._loop.create_future()
         outgoing = Outgoing(exchange, routing_key, body, properties, mandatory)
         confirms.add((outgoing,), future, True, (encoded,))
         out = self._out
@@ -244,7 +246,7 @@ class Link(AmqpProtocol):
             self._schedule_flush()
         return future
 
-    async def publish_many(self, items: Sequence[Outgoing]) -> list[Outcome]:
+    async def publish_many(self, items: Sequence[Outgoing]) -> list[PublishOutcome]:
         """Publish ``items`` in one write and wait for all confirms; outcomes in item order.
 
         Waits first while the transport is paused, and otherwise writes before it first
@@ -258,7 +260,7 @@ class Link(AmqpProtocol):
         await self._drain()
         confirms = self._publishing()
         frames = self._encode_all(items)
-        future: asyncio.Future[list[Outcome]] = self._loop.create_future()
+        future: asyncio.Future[list[PublishOutcome]] = self._loop.create_future()
         confirms.add(tuple(items), future, False, frames.encoded)
         self._out += frames.pieces
         self._flush()

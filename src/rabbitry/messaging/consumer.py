@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rabbitry import metrics
-from rabbitry.amqp.base import BaseLink, LinkError, Outcome, Outgoing, Received
+from rabbitry.amqp.base import BaseLink, LinkError, Outgoing, PublishOutcome, Received
 from rabbitry.amqp.fieldtable import Int64
 from rabbitry.amqp.properties import Properties
 from rabbitry.errors import BrokerError, MessageError
@@ -226,13 +226,13 @@ class Consumer:
             delay = self._policy.next_delay_ms(attempt, requested)
         reason = exc.reason if isinstance(exc, Retry | Reject) else str(exc)
         error = f"{type(exc).__name__}: {reason}"[:1000]
-        outcome: Outcome | None = None
+        outcome: PublishOutcome | None = None
         if delay is not None:
             target = retry_queue_name(self._sub.queue, delay)
             extra = {envelope.ATTEMPT_HEADER: Int64(attempt), envelope.ERROR_HEADER: error}
             log.info("retry %d of %s in %d ms: %s", attempt, _id(delivery), delay, error)
             outcome = await self._forward(delivery, target, extra)
-            if outcome is Outcome.RETURNED:
+            if outcome is PublishOutcome.RETURNED:
                 # The retry queue is missing (deleted, or a tier never declared): running the
                 # handler again at once would spin; dead-letter it, saying why.
                 reason = f"retry queue {target} is missing; the retry was: {reason}"
@@ -246,7 +246,7 @@ class Consumer:
             }
             log.warning("dead-lettering %s from %s: %s", _id(delivery), self._sub.queue, error)
             outcome = await self._forward(delivery, dlq_name(self._sub.queue), extra)
-        if outcome is Outcome.ACKED:
+        if outcome is PublishOutcome.ACKED:
             self._ack(delivery)
             counter = metrics.DEAD_LETTERED if delay is None else metrics.RETRIED
             counter.labels(self._queue_label).inc()
@@ -255,7 +255,7 @@ class Consumer:
 
     async def _forward(
         self, delivery: Received, queue: str, extra: Mapping[str, Any]
-    ) -> Outcome | None:
+    ) -> PublishOutcome | None:
         """Publish a copy to ``queue`` via the default exchange: the broker's outcome, or
         ``None`` when it could not be sent (no connection, blocked too long, no confirm)."""
         props = delivery.properties
@@ -283,7 +283,7 @@ class Consumer:
         except BrokerError as exc:
             log.warning("could not forward %s to %s: %s", _id(delivery), queue, exc)
             return None
-        if outcome is not Outcome.ACKED:
+        if outcome is not PublishOutcome.ACKED:
             log.error("forward of %s to %s failed: %s", _id(delivery), queue, why)
         return outcome
 

@@ -27,7 +27,7 @@ from enum import StrEnum
 from typing import Protocol, Self, overload
 
 from rabbitry import metrics
-from rabbitry.amqp.base import OpenLink, Outcome, Outgoing
+from rabbitry.amqp.base import OpenLink, Outgoing, PublishOutcome
 from rabbitry.amqp.properties import properties_of
 from rabbitry.errors import BrokerError
 from rabbitry.messaging import envelope
@@ -151,10 +151,10 @@ class Publisher:
             ((outcome, reason),) = await self._sender.send((outgoing,))
         except BrokerError as exc:
             outcome, reason = None, str(exc)
-        if outcome is Outcome.ACKED:
+        if outcome is PublishOutcome.ACKED:
             confirmed.inc()
             return PublishResult(message.id, PublishStatus.PUBLISHED)
-        unfit = {0} if outcome is Outcome.UNFIT else set()
+        unfit = {0} if outcome is PublishOutcome.UNFIT else set()
         (result,) = await self._settle([(message, route)], {0: reason}, unfit, use_fallback)
         return result
 
@@ -185,9 +185,9 @@ class Publisher:
             failures = dict.fromkeys(range(len(items)), str(exc))
         else:
             for index, (outcome, reason) in enumerate(verdicts):
-                if outcome is not Outcome.ACKED:
+                if outcome is not PublishOutcome.ACKED:
                     failures[index] = reason
-                    if outcome is Outcome.UNFIT:
+                    if outcome is PublishOutcome.UNFIT:
                         unfit.add(index)
         if not failures:  # the common case: every message confirmed
             for target, count in targets.items():

@@ -30,7 +30,15 @@ from collections.abc import Callable, Sequence
 from typing import Any, overload
 
 from rabbitry import metrics
-from rabbitry.amqp.base import BaseLink, LinkClosed, OpenLink, Outcome, Outgoing, Skipped, Unfit
+from rabbitry.amqp.base import (
+    BaseLink,
+    LinkClosed,
+    OpenLink,
+    Outgoing,
+    PublishOutcome,
+    Skipped,
+    Unfit,
+)
 from rabbitry.errors import BrokerError, BrokerUnavailable, PublishFailed
 from rabbitry.messaging.connection import opener
 from rabbitry.messaging.settings import AmqpSettings
@@ -45,16 +53,16 @@ before they fail over. A publish the broker read before the alarm is confirmed i
 milliseconds (tens on a quorum queue); one it has not read never will be until the alarm
 clears."""
 
-Verdict = tuple[Outcome, str]
+Verdict = tuple[PublishOutcome, str]
 """What became of one message: the broker's outcome, and why when it is not ``ACKED``."""
 
 # Reply codes that blame the message, not the broker: access refused, not found, precondition.
 _CALLER_ERRORS = frozenset({403, 404, 406})
 
-_ACKED: Verdict = (Outcome.ACKED, "")
+_ACKED: Verdict = (PublishOutcome.ACKED, "")
 _REASONS = {
-    Outcome.NACKED: "broker nacked the message",
-    Outcome.RETURNED: "unroutable: no queue is bound for this exchange and routing key",
+    PublishOutcome.NACKED: "broker nacked the message",
+    PublishOutcome.RETURNED: "unroutable: no queue is bound for this exchange and routing key",
 }
 # A refused publish takes down what follows it on the channel; each round sends those again.
 _ROUNDS = 4
@@ -87,7 +95,7 @@ class Sender:
         self._blocked: str | None = None
         self._unblocked = asyncio.Event()
         self._unblocked.set()
-        self._inflight: deque[tuple[float, asyncio.Future[Outcome], BaseLink]] = deque()
+        self._inflight: deque[tuple[float, asyncio.Future[PublishOutcome], BaseLink]] = deque()
         self._watchdog: asyncio.TimerHandle | None = None
         self._impatient = 0  # sends in progress that would rather fail over than wait
         self._alarm = ""  # the reason of the alarm that opened the circuit, while it is open
@@ -128,7 +136,7 @@ class Sender:
                 verdict = await self._publish_one(link, item)
             except (TimeoutError, LinkClosed) as exc:
                 raise await self._failed(link, exc) from exc
-            if verdict[0] is not Outcome.SKIPPED:
+            if verdict[0] is not PublishOutcome.SKIPPED:
                 return [verdict]
             await self._drop(link)  # dropped behind another's refused publish: send it again
         verdicts: list[Verdict] = [_ACKED] * len(items)
@@ -139,7 +147,7 @@ class Sender:
             link = await self._connected(wait_unblocked)
             again: list[int] = []
             for index, verdict in await self._publish(link, items, todo, verdicts):
-                if verdict[0] is Outcome.SKIPPED:
+                if verdict[0] is PublishOutcome.SKIPPED:
                     again.append(index)
                 elif verdict is not _ACKED:
                     verdicts[index] = verdict
@@ -148,7 +156,7 @@ class Sender:
             todo = again
         for index in todo:
             reason = "dropped by the broker after refused publishes; not sent again"
-            verdicts[index] = (Outcome.SKIPPED, reason)
+            verdicts[index] = (PublishOutcome.SKIPPED, reason)
         return verdicts
 
     async def _publish(
@@ -203,7 +211,7 @@ class Sender:
                     outcomes = await call
                 except Unfit as exc:
                     for position, reason in exc.reasons.items():
-                        verdicts[positions[position]] = (Outcome.UNFIT, reason)
+                        verdicts[positions[position]] = (PublishOutcome.UNFIT, reason)
                     fit = [p for p in range(len(positions)) if p not in exc.reasons]
                     positions = [positions[p] for p in fit]
                     outcomes = await link.publish_many([part[p] for p in fit])
@@ -227,22 +235,22 @@ class Sender:
                 mandatory=item.mandatory,
             )
         except Unfit as exc:
-            return (Outcome.UNFIT, exc.reasons[0])
+            return (PublishOutcome.UNFIT, exc.reasons[0])
         self._watch(link, future)
         try:
             return self._verdict(link, await future)
         except _NoConfirm:
             raise
         except Skipped:
-            return (Outcome.SKIPPED, "")
+            return (PublishOutcome.SKIPPED, "")
         except LinkClosed as exc:
             if exc.reply_code not in _CALLER_ERRORS:
                 raise
             # This message was refused: it fails alone, the broker is fine.
             await self._drop(link)
-            return (Outcome.REFUSED, f"refused by the broker: {exc}")
+            return (PublishOutcome.REFUSED, f"refused by the broker: {exc}")
 
-    def _watch(self, link: BaseLink, future: asyncio.Future[Outcome]) -> None:
+    def _watch(self, link: BaseLink, future: asyncio.Future[PublishOutcome]) -> None:
         """Bound the wait for ``future``'s confirm by the publish timeout.
 
         One timer per sender for every single publish in flight, instead of one
@@ -277,10 +285,10 @@ class Sender:
             self._watchdog = loop.call_at(inflight[0][0], self._check_inflight)
 
     @staticmethod
-    def _verdict(link: BaseLink, outcome: Outcome) -> Verdict:
-        if outcome is Outcome.ACKED:
+    def _verdict(link: BaseLink, outcome: PublishOutcome) -> Verdict:
+        if outcome is PublishOutcome.ACKED:
             return _ACKED
-        if outcome is Outcome.REFUSED:
+        if outcome is PublishOutcome.REFUSED:
             return (outcome, f"refused by the broker: {link.error}")
         return (outcome, _REASONS.get(outcome, ""))
 

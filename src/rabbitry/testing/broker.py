@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
-from rabbitry.amqp.base import LinkClosed, LinkError, Outcome, Outgoing
+from rabbitry.amqp.base import LinkClosed, LinkError, Outgoing, PublishOutcome
 from rabbitry.amqp.properties import Properties, decode_properties, encode_properties
 from rabbitry.errors import BrokerUnavailable, NotFound, PublishUnroutable
 from rabbitry.messaging.publisher import Fallback, Publisher
@@ -115,7 +115,7 @@ class MemoryBroker(VirtualHost):
             outcome = self._accept(Outgoing(exchange, routing_key, body), encode_properties(props))
         except LinkClosed as exc:
             raise NotFound(exc.reply_text) from exc
-        if outcome is Outcome.RETURNED:
+        if outcome is PublishOutcome.RETURNED:
             raise PublishUnroutable(f"no queue bound to {exchange!r} for {routing_key!r}")
         await asyncio.sleep(0)
 
@@ -205,7 +205,7 @@ class MemoryBroker(VirtualHost):
         if self._down:
             raise BrokerUnavailable(f"connect {name}-declarer: the in-memory broker is down")
 
-    def _accept(self, item: Outgoing, encoded: bytes) -> Outcome:
+    def _accept(self, item: Outgoing, encoded: bytes) -> PublishOutcome:
         """Route one publish whose properties came encoded as on the wire."""
         if item.exchange and item.exchange not in self._exchanges:
             raise LinkClosed(f"NOT_FOUND - no exchange '{item.exchange}' in vhost '/'", 404)
@@ -217,7 +217,7 @@ class MemoryBroker(VirtualHost):
         for queue in queues:
             queue.put(message, self._now)
         self._poke()
-        return Outcome.RETURNED if not queues and item.mandatory else Outcome.ACKED
+        return PublishOutcome.RETURNED if not queues and item.mandatory else PublishOutcome.ACKED
 
     def _give_back(self, held: Unacked, *, requeue: bool) -> None:
         if self._queues.get(held.queue.name) is not held.queue:

@@ -3,7 +3,7 @@
 The real :class:`~rabbitry.Publisher`, :class:`~rabbitry.Worker` and their consumers run on it
 unchanged, so what they decide (confirms, retries, dead letters, the circuit breaker) is the
 production code's, not a copy. Only what a broker would do lives on this side: the broker's
-replies (``Outcome``), channel errors (:class:`LinkClosed` with RabbitMQ's reply codes and
+replies (``PublishOutcome``), channel errors (:class:`LinkClosed` with RabbitMQ's reply codes and
 texts), deliveries to ``on_delivery`` and the settling of their tags.
 """
 
@@ -22,8 +22,8 @@ from rabbitry.amqp.base import (
     BaseLink,
     LinkClosed,
     LinkError,
-    Outcome,
     Outgoing,
+    PublishOutcome,
     Received,
     Skipped,
     Unfit,
@@ -79,6 +79,7 @@ class MemoryLink(BaseLink):
         self._unblocked = asyncio.Event()
         self._unblocked.set()
         self._confirming = False
+        self._refused = False  # a publish of this link's was refused (and closed it)
         self._confirming_tasks: set[asyncio.Future[None]] = set()
         self._prefetch = 0
         self._tags = itertools.count(1)
@@ -130,25 +131,30 @@ class MemoryLink(BaseLink):
         properties: Properties,
         *,
         mandatory: bool = True,
-    ) -> asyncio.Future[Outcome]:
+    ) -> asyncio.Future[PublishOutcome]:
         self._publishing()  # as Link: a closed link refuses at once, a channel error comes later
         (encoded,) = _encoded([Outgoing(exchange, routing_key, body, properties, mandatory)])
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[PublishOutcome] = asyncio.get_running_loop().create_future()
         task = asyncio.ensure_future(self._confirm_one(encoded, future))
         self._confirming_tasks.add(task)
         task.add_done_callback(self._confirming_tasks.discard)
         return future
 
     async def _confirm_one(
-        self, item: tuple[Outgoing, bytes], future: asyncio.Future[Outcome]
+        self, item: tuple[Outgoing, bytes], future: asyncio.Future[PublishOutcome]
     ) -> None:
-        (outcome,) = await self._route([item])
+        try:
+            (outcome,) = await self._route([item])
+        except LinkClosed as exc:
+            if not future.done():
+                future.set_exception(exc)
+            return
         if future.done():
             return
-        if outcome is Outcome.REFUSED:
+        if outcome is PublishOutcome.REFUSED:
             assert self._error is not None
             future.set_exception(self._error)
-        elif outcome is Outcome.SKIPPED:
+        elif outcome is PublishOutcome.SKIPPED:
             refusal = self._error
             code = 0 if refusal is None else refusal.reply_code
             text = f"not published: dropped by the broker after a refused publish ({refusal})"
@@ -156,27 +162,32 @@ class MemoryLink(BaseLink):
         else:
             future.set_result(outcome)
 
-    async def publish_many(self, items: Sequence[Outgoing]) -> list[Outcome]:
+    async def publish_many(self, items: Sequence[Outgoing]) -> list[PublishOutcome]:
         if not items:
             return []
         self._publishing()
         return await self._route(_encoded(items))
 
-    async def _route(self, items: Sequence[tuple[Outgoing, bytes]]) -> list[Outcome]:
+    async def _route(self, items: Sequence[tuple[Outgoing, bytes]]) -> list[PublishOutcome]:
         # While an alarm blocks this connection the broker reads nothing from it: no routing,
         # no confirm, until it clears (or the link goes).
         await asyncio.sleep(0)  # a confirm takes at least a turn of the loop
         await self._unblocked.wait()
-        outcomes: list[Outcome] = []
+        if self.closed.done() and not self._refused:
+            # Gone before the broker read these (cut, given up on, closed): as on Link, they
+            # fail with the reason; only a refused publish leaves the ones after it skipped.
+            raise self._error or LinkClosed("closed by the client", 200)
+        outcomes: list[PublishOutcome] = []
         for item, properties in items:
             if self._error is not None:
-                outcomes.append(Outcome.SKIPPED)  # dropped unread after the refused one
+                outcomes.append(PublishOutcome.SKIPPED)  # dropped unread after the refused one
                 continue
             try:
                 outcomes.append(self._broker._accept(item, properties))
             except LinkClosed as exc:  # a channel error: the broker closes the channel
+                self._refused = True
                 self.fail(exc)
-                outcomes.append(Outcome.REFUSED)
+                outcomes.append(PublishOutcome.REFUSED)
         return outcomes
 
     def set_blocked(self, reason: str | None) -> None:
