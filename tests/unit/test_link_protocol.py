@@ -222,3 +222,39 @@ async def test_heartbeats_are_sent_when_idle_and_a_silent_broker_is_dropped() ->
     link.connection_lost(None)
     with pytest.raises(LinkClosed, match="heartbeat"):
         await link.closed
+
+
+# --- control methods ---------------------------------------------------------------------------
+
+
+async def test_the_broker_asking_for_flow_is_answered_and_the_link_stays_open(
+    opened: tuple[Link, Transport],
+) -> None:
+    link, transport = opened
+    feed(link, 1, commands.Channel.Flow(active=False))
+    await turns(1)
+    (answer,) = transport.frames()
+    assert isinstance(answer, commands.Channel.FlowOk) and answer.active is False
+    assert link.is_open
+
+
+async def test_a_control_method_the_link_has_no_use_for_is_ignored(
+    opened: tuple[Link, Transport],
+) -> None:
+    link, transport = opened
+    feed(link, 1, commands.Basic.RecoverOk())
+    await turns(1)
+    assert transport.frames() == []
+    assert link.is_open
+
+
+async def test_a_reply_to_no_call_is_a_frame_error_that_closes_the_link(
+    opened: tuple[Link, Transport],
+) -> None:
+    link, transport = opened
+    feed(link, 1, commands.Basic.QosOk())
+    (close,) = transport.frames()
+    assert isinstance(close, commands.Connection.Close) and close.reply_code == 501
+    assert "unexpected Basic.QosOk" in close.reply_text
+    assert not link.is_open
+    assert link.error is not None and link.error.reply_code == 501

@@ -6,7 +6,8 @@ one loop turn into one ``transport.write`` (holding them while the transport is 
 synchronous replies to their calls, and turns every way of dying (the broker's Connection.Close
 or Channel.Close, a lost socket, silence) into one :class:`LinkClosed`. What a channel carries,
 publishes and deliveries, is the subclass's: it overrides :meth:`AmqpProtocol._on_method`,
-:meth:`AmqpProtocol._on_message` and the ``_on_failed``/``_flush_tail`` hooks.
+:meth:`AmqpProtocol._on_message`, :meth:`AmqpProtocol._control_handlers` (the table of what to
+do with each control method) and the ``_on_failed``/``_flush_tail`` hooks.
 """
 
 from __future__ import annotations
