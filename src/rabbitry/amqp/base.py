@@ -113,6 +113,11 @@ class BaseLink(Protocol):
         """Why the link closed, once it has (``None`` while open)."""
         ...
 
+    @property
+    def blocked(self) -> str | None:
+        """The broker's reason while it blocks this connection (an alarm), else ``None``."""
+        ...
+
     async def confirm_select(self) -> None:
         """Put the channel in confirm mode (idempotent); publishing requires it."""
         ...

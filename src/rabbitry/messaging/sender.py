@@ -351,7 +351,7 @@ class Sender:
                 grace = min(BLOCKED_GRACE, self._settings.publish_timeout)
                 asyncio.get_running_loop().call_later(grace, self._give_up_blocked, link)
 
-    def _give_up_blocked(self, link: Link) -> None:
+    def _give_up_blocked(self, link: BaseLink) -> None:
         """The grace after a block is over: drop the connection if sends that would rather
         fail over still wait on it (patient ones wait for the alarm to clear)."""
         reason = link.blocked
