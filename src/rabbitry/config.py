@@ -112,7 +112,10 @@ class Settings(BaseSettings):
     session_url: str | None = None
     mongodb_database: str = "rabbitry"
     login_max_failures: int = Field(default=5, ge=1)
-    login_lockout: float = Field(default=60.0, gt=0)
+    login_lockout: float = Field(default=60.0, gt=0)  # the throttle's window, fixed
+    login_max_per_client: int = Field(default=50, ge=1)  # attempts per address per window
+    # argon2 checks running at once per process: more wait (each costs ~64 MiB and a core).
+    password_checks: int = Field(default=4, ge=1)
     tenant_poll_interval: float = Field(default=0.5, gt=0)
     dispatch_batch: bool = False
     # argon2id cost (RFC 9106's low-memory profile by default); tests lower it to stay fast.

@@ -43,8 +43,7 @@ from rabbitry.chat.revocations import RevocationWatch
 from rabbitry.config import Settings
 from rabbitry.errors import RabbitryError
 from rabbitry.messaging.publisher import PublishStatus
-from rabbitry.messaging.settings import validate_name
-from rabbitry.sessions import Principal, SessionManager, open_manager
+from rabbitry.sessions import Principal, SessionManager, check_tenant, open_manager
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["chat"])
@@ -122,7 +121,7 @@ async def chat_socket(
     chat = chat_of(websocket.app)
     try:
         check_room(room)
-        validate_name(tenant, "tenant")
+        check_tenant(tenant)
         if since is not None:
             check_id(since, "since")
     except ValueError as exc:
@@ -202,7 +201,7 @@ async def room_messages(
     chat = chat_of(request.app)
     try:
         check_room(room)
-        validate_name(tenant, "tenant")
+        check_tenant(tenant)
         if before is not None:
             check_id(before, "before")
     except ValueError as exc:

@@ -28,6 +28,14 @@ sockets of that session. Notices are not kept for absent listeners: after a reco
 from rabbitry.sessions.backends import open_manager
 from rabbitry.sessions.manager import Principal, SessionManager
 from rabbitry.sessions.notices import REVOKED
+from rabbitry.sessions.tenants import check_tenant
 from rabbitry.sessions.topology import TenantsLayout
 
-__all__ = ["REVOKED", "Principal", "SessionManager", "TenantsLayout", "open_manager"]
+__all__ = [
+    "REVOKED",
+    "Principal",
+    "SessionManager",
+    "TenantsLayout",
+    "check_tenant",
+    "open_manager",
+]

@@ -27,8 +27,8 @@ from rabbitry.bearer import (
     unauthorized,
 )
 from rabbitry.sessions.manager import Principal, SessionManager
+from rabbitry.sessions.tokens import TENANT_PATTERN
 
-TENANT_PATTERN = r"^[a-z0-9-]{1,63}$"
 TenantPath = Annotated[str, Path(pattern=TENANT_PATTERN, description="a tenant name")]
 
 AdminDep = Admin

@@ -27,6 +27,7 @@ from rabbitry.sessions.backends import open_manager
 from rabbitry.sessions.manager import LoginStatus
 from rabbitry.sessions.removal import UserRemoval
 from rabbitry.sessions.tenants import Tenants, declare_tenant
+from rabbitry.sessions.tokens import TENANT_PATTERN
 from rabbitry.sessions.users import MAX_PASSWORD, MAX_USERNAME
 
 user_router = APIRouter(prefix="/api/tenants", tags=["users"])
@@ -37,7 +38,7 @@ SessionIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 
 
 class TenantIn(BaseModel):
-    name: str = Field(pattern=r"^[a-z0-9-]{1,63}$")
+    name: str = Field(pattern=TENANT_PATTERN)
 
 
 class Credentials(BaseModel):
@@ -105,6 +106,9 @@ async def remove_user(
     receipt = await UserRemoval(state.settings, manager.users, state.publisher).remove(
         tenant, user_id
     )
+    # The user row is gone, so no cache miss authenticates their tokens any more; evicting
+    # what this process can reach makes the cache hits stop at once too.
+    await manager.forget_user(tenant, user_id)
     return receipt.to_json()
 
 
@@ -113,7 +117,8 @@ async def remove_user(
 
 @session_router.post("/{tenant}/sessions", status_code=201, response_model=None)
 async def login(request: Request, tenant: TenantPath, body: Credentials, manager: Manager) -> Any:
-    result = await manager.login(tenant, body.username, body.password)
+    client = request.client.host if request.client is not None else ""
+    result = await manager.login(tenant, body.username, body.password, client=client)
     if result.status is LoginStatus.THROTTLED:
         lockout = request.app.state.settings.login_lockout
         return JSONResponse(
