@@ -116,7 +116,7 @@ async def test_the_in_process_throttle_holds_under_concurrency_and_caps_its_tabl
     settings_redis: Settings, broker: BrokerProbe
 ) -> None:
     settings = settings_redis.model_copy(update={"redis_url": None})
-    async with sessions_app(settings) as (app, client):
+    async with sessions_app(settings) as (_, client):
         await new_tenant(client, "acme")
 
         async def guess(n: int) -> int:

@@ -3,8 +3,8 @@
 
 An attempt is *reserved* before the password is checked (Redis ``INCR`` first; in process, with
 no await between reading and writing the count), so concurrent attempts cannot all slip in
-before the first failure is counted: 40 concurrent wrong passwords get 5 checks and 35 × 429. A
-success clears the username's count and gives its client back the attempt.
+before the first failure is counted: of 40 concurrent wrong passwords, 5 are checked and 35
+answered 429. A success clears the username's count and gives its client back the attempt.
 
 The window is fixed: it starts at the first attempt and is never extended by later ones, so
 nobody can keep a known user locked out for longer than ``window`` by hammering the name.
