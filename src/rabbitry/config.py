@@ -21,6 +21,8 @@ from rabbitry.errors import ConfigError
 from rabbitry.messaging.retry import RetryPolicy
 from rabbitry.messaging.settings import AmqpSettings, QueueType, validate_name
 
+MIN_ADMIN_TOKEN = 16  # characters
+
 
 class Environment(StrEnum):
     """``RABBITRY_ENV``: ``production`` refuses settings that only suit one machine."""
@@ -83,6 +85,8 @@ class Settings(BaseSettings):
     rabbit_active: bool = True
     manual_processing_mode: ManualProcessingMode = ManualProcessingMode.RABBIT
     admin_token: SecretStr | None = None
+    # /metrics: true → the admin token only; false → anyone, without the tenants' series.
+    metrics_require_admin: bool = False
     queue_type: QueueType = QueueType.CLASSIC
     data_dir: Path = Path("var")
     config_file: Path | None = None
@@ -129,6 +133,18 @@ class Settings(BaseSettings):
     @classmethod
     def _namespace(cls, value: str) -> str:
         return validate_name(value, "namespace")
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty token would let an empty login field into the back-office and sign its
+        # cookies with an empty key; a short one is guessable. Unset: one is generated.
+        if value is not None and len(value.get_secret_value().strip()) < MIN_ADMIN_TOKEN:
+            raise ValueError(
+                f"RABBITRY_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN} characters "
+                "(unset it to have one generated)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _retry_delays(self) -> Settings:

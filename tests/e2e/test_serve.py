@@ -22,7 +22,7 @@ def test_serve_events_answers_its_api_health_and_metrics_and_runs_no_worker(
         **os.environ,
         "RABBITRY_NAMESPACE": namespace,
         "RABBITRY_DATA_DIR": str(tmp_path / "var"),
-        "RABBITRY_ADMIN_TOKEN": "test-token",
+        "RABBITRY_ADMIN_TOKEN": "test-admin-token-16",
     }
     log_path = tmp_path / "serve.log"
     with log_path.open("w") as log:
@@ -37,7 +37,7 @@ def test_serve_events_answers_its_api_health_and_metrics_and_runs_no_worker(
         wait_until(lambda: httpx.get(f"{base}/healthz").status_code == 200, what="/healthz")
         assert "rabbitry_published" in httpx.get(f"{base}/metrics").text
         assert httpx.get(f"{base}/api/events/App%5COrder/1").status_code == 401
-        admin = {"Authorization": "Bearer test-token"}
+        admin = {"Authorization": "Bearer test-admin-token-16"}
         missing = httpx.get(f"{base}/api/events/App%5COrder/1", headers=admin)
         assert missing.status_code == 404
         assert missing.json() == {"error": "no events for App\\Order 1"}

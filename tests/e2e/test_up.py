@@ -23,7 +23,7 @@ def system(tmp_path: Path, namespace: str) -> Iterator[tuple[str, dict[str, str]
         **os.environ,
         "RABBITRY_NAMESPACE": namespace,
         "RABBITRY_DATA_DIR": str(tmp_path / "var"),
-        "RABBITRY_ADMIN_TOKEN": "test-token",
+        "RABBITRY_ADMIN_TOKEN": "test-admin-token-16",
     }
     with (tmp_path / "up.log").open("w") as log:  # the process writes to its own copy
         proc = subprocess.Popen(
@@ -82,7 +82,7 @@ def test_up_runs_the_workflow_worker_end_to_end(system: tuple[str, dict[str, str
         lambda: (
             httpx.get(
                 f"{base}/api/events/App%5CModels%5CTask/7",
-                headers={"Authorization": "Bearer test-token"},
+                headers={"Authorization": "Bearer test-admin-token-16"},
             )
             .json()
             .get("events")

@@ -22,7 +22,7 @@ from rabbitry.sessions.tenants import Tenants
 from rabbitry.sessions.users import Users, hasher
 from rabbitry.storage import Database
 
-TOKEN = "http-test-token"
+TOKEN = "http-test-admin-token"
 USER = "rabbitry.sessions.User"
 
 

@@ -27,6 +27,7 @@ from rabbitry.app.asyncapi import asyncapi_document
 from rabbitry.app.operations import declare_system
 from rabbitry.app.registry import Lifespan, build_service
 from rabbitry.app.resources import open_publisher
+from rabbitry.bearer import bearer_token, is_admin, unauthorized
 from rabbitry.config import Settings
 from rabbitry.errors import BrokerError, RabbitryError
 from rabbitry.messaging.sender import BLOCKED
@@ -74,6 +75,7 @@ def create_app(
                 with contextlib.suppress(Exception):
                     await runner
 
+    workers_run = bool(workers)
     app = FastAPI(title="Rabbitry", version=__version__, lifespan=lifespan)
     app.state.settings = settings  # route dependencies (credentials) read it, lifespan or not
     _install_error_handlers(app)
@@ -89,23 +91,41 @@ def create_app(
                 await session.execute(text("select 1"))
             database = "ok"
         except RabbitryError as exc:
-            database = f"error: {exc}"
+            # This route is public: the driver's text (host names, users, SQL) goes to the
+            # log, not to whoever asks.
+            log.warning("healthz: the database does not answer: %s", exc)
+            database = "unavailable"
+        # Under `up`, a crashed service stops the others: then the process is not healthy,
+        # whatever its database says.
+        stopping = getattr(state, "stopping", None)
+        workers = "stopped" if workers_run and stopping is not None and stopping.is_set() else "ok"
         # A broker alarm does not make the process unhealthy (publishes go to the outbox
         # meanwhile), but an operator looking here should see it.
         publisher = getattr(state, "publisher", None)
         blocked = publisher.blocked if publisher is not None else None
+        healthy = database == "ok" and workers == "ok"
         body = {
-            "status": "ok" if database == "ok" else "degraded",
+            "status": "ok" if healthy else "degraded",
             "database": database,
+            "workers": workers,
             "rabbit_active": settings.rabbit_active,
             "broker_blocked": f"{BLOCKED}: {blocked}" if blocked else None,
             "namespace": settings.namespace,
         }
-        return JSONResponse(body, status_code=200 if database == "ok" else 503)
+        return JSONResponse(body, status_code=200 if healthy else 503)
 
     @app.get("/metrics")
-    async def prometheus() -> Response:
-        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    async def prometheus(request: Request) -> Response:
+        """Prometheus exposition. With the admin token, every series; without it (allowed
+        unless ``metrics_require_admin``), none that names a tenant."""
+        token = bearer_token(request)
+        admin = token is not None and is_admin(request, token)
+        if settings.metrics_require_admin and not admin:
+            raise unauthorized("/metrics needs the admin token")
+        exposition = generate_latest(metrics.REGISTRY)
+        if not admin:
+            exposition = without_tenants(exposition, settings.namespace)
+        return Response(exposition, media_type=CONTENT_TYPE_LATEST)
 
     described: list[dict[str, Any]] = []
 
@@ -120,6 +140,14 @@ def create_app(
     for router in routers:
         app.include_router(router)
     return app
+
+
+def without_tenants(exposition: bytes, namespace: str) -> bytes:
+    """The exposition without the samples whose labels name a tenant (its queues, retry and
+    dead-letter queues, its DISPATCH connection): what anyone may read."""
+    marks = (f'"{namespace}.tenant.'.encode(), f'"{namespace}-dispatch-'.encode())
+    lines = exposition.split(b"\n")
+    return b"\n".join(line for line in lines if not any(mark in line for mark in marks))
 
 
 def _install_error_handlers(app: FastAPI) -> None:

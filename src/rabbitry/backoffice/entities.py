@@ -70,10 +70,22 @@ def _listing(rows: Sequence[Row], limit: int) -> Listing:
     return Listing(shown, shown[-1].key if more and shown else None)
 
 
-def _int_key(text: str | None) -> int | None:
-    if text is None or not text.isdigit() or len(text) > 19:
+INT64_MAX = 2**63 - 1  # every id column is a BIGINT: past it, SQLite raises OverflowError
+
+
+def int64(text: str | None) -> int | None:
+    """``text`` as a signed 64-bit integer (ASCII digits, an optional '-'), or ``None``."""
+    if text is None or len(text) > 20 or not text.removeprefix("-").isascii():
         return None
-    return int(text)
+    if not text.removeprefix("-").isdigit():
+        return None
+    value = int(text)
+    return value if -INT64_MAX - 1 <= value <= INT64_MAX else None
+
+
+def _int_key(text: str | None) -> int | None:
+    value = int64(text)
+    return value if value is not None and value >= 0 else None
 
 
 async def _one_page_more(db: Database, query: Select[*Ts], limit: int) -> Sequence[SqlRow[*Ts]]:
@@ -254,9 +266,10 @@ class EventSourced:
 
 def _entity_key(key: str) -> tuple[str, int] | None:
     entity, sep, number = key.rpartition(":")
-    if not sep or not entity or not number.lstrip("-").isdigit() or len(number) > 20:
+    value = int64(number)
+    if not sep or not entity or value is None:
         return None
-    return entity, int(number)
+    return entity, value
 
 
 SOURCES: dict[str, Source] = {

@@ -23,7 +23,7 @@ from rabbitry.outbox import browse
 from rabbitry.outbox.exchanges import ExchangeCheck
 from rabbitry.outbox.filters import RequeueFilter
 from rabbitry.outbox.ledger import Ledger
-from rabbitry.outbox.requeue import RowOutcome
+from rabbitry.outbox.requeue import RowOutcome, without_circuit
 from rabbitry.storage import Database
 
 log = logging.getLogger(__name__)
@@ -64,9 +64,7 @@ class Jobs:
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
 
-    async def start(
-        self, settings: Settings, db: Database, publisher: Publisher, where: RequeueFilter
-    ) -> Job:
+    async def start(self, settings: Settings, db: Database, where: RequeueFilter) -> Job:
         """Count what ``where`` takes, then requeue it in the background."""
         if where.ids is not None:
             total = len(where.ids)
@@ -76,7 +74,7 @@ class Jobs:
         self._jobs[job.id] = job
         while len(self._jobs) > KEEP:
             self._jobs.popitem(last=False)
-        job.task = asyncio.create_task(_run(job, settings, db, publisher, where))
+        job.task = asyncio.create_task(_run(job, settings, db, where))
         return job
 
     async def close(self) -> None:
@@ -86,9 +84,7 @@ class Jobs:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _run(
-    job: Job, settings: Settings, db: Database, publisher: Publisher, where: RequeueFilter
-) -> None:
+async def _run(job: Job, settings: Settings, db: Database, where: RequeueFilter) -> None:
     def progress(outcomes: Sequence[RowOutcome]) -> None:
         for outcome in outcomes:
             if outcome.error is None:
@@ -100,9 +96,14 @@ async def _run(
 
     exchanges = ExchangeCheck(settings)
     try:
-        await browse.requeue_messages(
-            Ledger(db), publisher, where, exchanges=exchanges, progress=progress
-        )
+        # A publisher of its own, without the circuit breaker (as `rabbitry requeue`): the
+        # app's would fail every row as "circuit open" for a while after one blip.
+        async with Publisher(
+            without_circuit(settings.amqp), name=f"{settings.namespace}-backoffice-requeue"
+        ) as publisher:
+            await browse.requeue_messages(
+                Ledger(db), publisher, where, exchanges=exchanges, progress=progress
+            )
     except (RabbitryError, ValueError) as exc:
         job.error = str(exc)
     except Exception as exc:  # a page waits on this job: say it died rather than spin forever

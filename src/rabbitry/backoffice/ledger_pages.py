@@ -7,11 +7,12 @@ delete``'s too); requeuing is :func:`~rabbitry.outbox.browse.requeue_messages`, 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
+from rabbitry.backoffice.entities import INT64_MAX
 from rabbitry.backoffice.jobs import Jobs
 from rabbitry.backoffice.web import Ctx, error, first, operator, posted
 from rabbitry.errors import RabbitryError
@@ -81,7 +82,7 @@ async def messages(request: Request) -> Response:
 
 
 @router.get("/messages/{row_id}")
-async def message(request: Request, row_id: int) -> Response:
+async def message(request: Request, row_id: Annotated[int, Path(ge=1, le=INT64_MAX)]) -> Response:
     ctx = await operator(request)
     if isinstance(ctx, Response):
         return ctx
@@ -114,7 +115,7 @@ async def requeue(request: Request) -> Response:
     except (FilterError, ValueError) as exc:
         return error(400, str(exc))
     try:
-        job = await jobs_of(ctx).start(ctx.settings, ctx.database, ctx.publisher, where)
+        job = await jobs_of(ctx).start(ctx.settings, ctx.database, where)
     except RabbitryError as exc:
         return error(503, str(exc))
     return ctx.redirect(f"/jobs/{job.id}")

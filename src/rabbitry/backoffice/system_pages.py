@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from rabbitry.backoffice.entities import int64
 from rabbitry.backoffice.overview import Broker, SystemTopology, overview
-from rabbitry.backoffice.web import Ctx, context, error, first, operator, posted, static_file
+from rabbitry.backoffice.web import (
+    Ctx,
+    context,
+    error,
+    first,
+    operator,
+    posted,
+    revoked_of,
+    static_file,
+)
 from rabbitry.errors import NotFound, RabbitryError
 from rabbitry.events.change import parse_time
 from rabbitry.events.store import EventStore
@@ -17,6 +29,9 @@ from rabbitry.messaging.deadletters import (
 )
 from rabbitry.outbox import registry
 from rabbitry.outbox.ledger import Ledger
+from rabbitry.sessions import MemoryLoginThrottle
+
+log = logging.getLogger(__name__)
 
 DEAD_LETTER_PAGE = 100
 
@@ -27,6 +42,20 @@ def broker_of(ctx: Ctx) -> Broker:
         broker = ctx.state.backoffice_broker = Broker(ctx.settings)
     assert isinstance(broker, Broker)
     return broker
+
+
+def throttle_of(ctx: Ctx) -> MemoryLoginThrottle:
+    """The process's back-office login throttle: attempts per client address per window."""
+    throttle = getattr(ctx.state, "backoffice_throttle", None)
+    if throttle is None:
+        settings = ctx.settings
+        throttle = ctx.state.backoffice_throttle = MemoryLoginThrottle(
+            max_failures=settings.login_max_failures,
+            lockout=settings.login_lockout,
+            per_client=settings.login_max_failures,
+        )
+    assert isinstance(throttle, MemoryLoginThrottle)
+    return throttle
 
 
 def build(topology: SystemTopology) -> APIRouter:
@@ -50,8 +79,15 @@ def build(topology: SystemTopology) -> APIRouter:
         if isinstance(got, Response):
             return got
         ctx, form = got
+        client = request.client.host if request.client is not None else ""
+        throttle = throttle_of(ctx)
+        if not await throttle.attempt("backoffice", client, client):
+            log.warning("back-office: login from %s refused: too many attempts", client)
+            return ctx.render("login.html", status=429, problem="too many attempts: wait a minute")
         if not ctx.signer.credential_ok(first(form, "token")):
+            log.warning("back-office: failed login from %s", client)  # never the secret tried
             return ctx.render("login.html", status=401, problem="wrong admin token")
+        await throttle.succeeded("backoffice", client, client)
         ctx.session = ctx.session.logged_in()
         ctx.fresh = True
         return ctx.redirect("/")
@@ -62,6 +98,7 @@ def build(topology: SystemTopology) -> APIRouter:
         if isinstance(got, Response):
             return got
         ctx, _ = got
+        revoked_of(request).add(ctx.session)  # the old cookie is worthless from now on
         ctx.session = type(ctx.session).anonymous()
         ctx.fresh = True
         return ctx.redirect("/login")
@@ -95,7 +132,9 @@ def build(topology: SystemTopology) -> APIRouter:
         history, state, problem = [], None, None
         if entity and raw_id:
             try:
-                entity_id = int(raw_id)
+                entity_id = int64(raw_id)
+                if entity_id is None:
+                    raise ValueError(f"an entity id is an integer of 64 bits, not {raw_id[:30]!r}")
                 when = parse_time(at) if at else None
             except ValueError as exc:
                 problem = str(exc)

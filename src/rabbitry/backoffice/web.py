@@ -21,7 +21,15 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from rabbitry.backoffice.auth import COOKIE, CSRF_FIELD, CSRF_HEADER, LIFETIME, Session, Signer
+from rabbitry.backoffice.auth import (
+    COOKIE,
+    CSRF_FIELD,
+    CSRF_HEADER,
+    LIFETIME,
+    Revoked,
+    Session,
+    Signer,
+)
 from rabbitry.config import Settings
 from rabbitry.messaging.publisher import Publisher
 from rabbitry.storage import Database
@@ -146,9 +154,20 @@ def signer_of(request: Request) -> Signer:
     return signer
 
 
+def revoked_of(request: Request) -> Revoked:
+    state = request.app.state
+    revoked = getattr(state, "backoffice_revoked", None)
+    if revoked is None:
+        revoked = state.backoffice_revoked = Revoked()
+    assert isinstance(revoked, Revoked)
+    return revoked
+
+
 def context(request: Request) -> Ctx:
     signer = signer_of(request)
     session = signer.load(request.cookies.get(COOKIE))
+    if session is not None and session.sid in revoked_of(request):
+        session = None
     if session is None:
         return Ctx(request, Session.anonymous(), signer, fresh=True)
     return Ctx(request, session, signer, fresh=False)

@@ -15,7 +15,9 @@ its revocation watch.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,6 +25,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any
+from urllib.parse import unquote_plus
 
 from fastapi import APIRouter, FastAPI, Header, HTTPException, Query, Request, WebSocket
 from fastapi.responses import HTMLResponse
@@ -54,7 +57,21 @@ BURST = 20
 
 Authenticate = Callable[[str, str], Awaitable[Principal | None]]
 
-_TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s\"]*")
+# A query parameter: its key (stopping at '=', '&', space or quote) and its value.
+_QUERY_PARAM = re.compile(r"(?P<key>[^?&=\s\"']+)=(?P<value>[^&\s\"']*)")
+
+
+def redact_tokens(text: str) -> str:
+    """``text`` with the value of every ``token`` query parameter masked, however its key is
+    spelt (``token``, ``%74oken``, ``TOKEN``: what the server would decode to ``token``)."""
+
+    def mask(match: re.Match[str]) -> str:
+        key = match.group("key")
+        if unquote_plus(key).rsplit("?", 1)[-1].lower() == "token":
+            return f"{key}=***"
+        return match.group(0)
+
+    return _QUERY_PARAM.sub(mask, text)
 
 
 class _RedactTokens(logging.Filter):
@@ -62,11 +79,9 @@ class _RedactTokens(logging.Filter):
     travels: mask it, so no log line holds a usable credential."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(
-            isinstance(arg, str) and "token=" in arg for arg in record.args
-        ):
+        if isinstance(record.args, tuple):
             record.args = tuple(
-                _TOKEN_IN_QUERY.sub(r"\1***", arg) if isinstance(arg, str) else arg
+                redact_tokens(arg) if isinstance(arg, str) and "=" in arg else arg
                 for arg in record.args
             )
         return True
@@ -219,8 +234,31 @@ async def room_messages(
     }
 
 
+_PAGE = resources.files("rabbitry.chat").joinpath("static/chat.html").read_text("utf-8")
+
+
+def _inline_hash(page: str, tag: str) -> str:
+    body = page.split(f"<{tag}>", 1)[1].split(f"</{tag}>", 1)[0]
+    digest = hashlib.sha256(body.encode("utf-8")).digest()
+    return f"'sha256-{base64.b64encode(digest).decode()}'"
+
+
+# The back-office's rules: only this page's own script and style run (by their hashes, so an
+# injected one could not), it talks to its own origin only, and no site may frame it.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        f"default-src 'none'; script-src {_inline_hash(_PAGE, 'script')}; "
+        f"style-src {_inline_hash(_PAGE, 'style')}; connect-src 'self'; "
+        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+
+
 @router.get("/chat/", response_class=HTMLResponse, include_in_schema=False)
 async def chat_page() -> HTMLResponse:
     """The chat page: log in, pick a room, talk (static: it renders nothing from the user)."""
-    page = resources.files("rabbitry.chat").joinpath("static/chat.html").read_text("utf-8")
-    return HTMLResponse(page)
+    return HTMLResponse(_PAGE, headers=PAGE_HEADERS)

@@ -29,10 +29,12 @@ from rabbitry.sessions.backends import open_manager
 from rabbitry.sessions.manager import Principal, SessionManager
 from rabbitry.sessions.notices import REVOKED
 from rabbitry.sessions.tenants import check_tenant
+from rabbitry.sessions.throttle import MemoryLoginThrottle
 from rabbitry.sessions.topology import TenantsLayout
 
 __all__ = [
     "REVOKED",
+    "MemoryLoginThrottle",
     "Principal",
     "SessionManager",
     "TenantsLayout",
