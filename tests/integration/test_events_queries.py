@@ -103,7 +103,7 @@ async def test_http_api_returns_history_state_and_json_errors(events_db: Databas
     )
     app.state.database = events_db  # what the lifespan sets; the broker is not needed here
     transport = httpx.ASGITransport(app=app)
-    admin = {"Authorization": "Bearer admin"}
+    admin = {"Authorization": "Bearer admin-token-for-tests"}
     async with httpx.AsyncClient(
         transport=transport, base_url="http://rabbitry", headers=admin
     ) as client:
