@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     # /metrics: true → the admin token only; false → anyone, without the tenants' series.
     metrics_require_admin: bool = False
+    # Sizes bounded before they are read (docs/security.md): HTTP request bodies, WebSocket
+    # frames and the frames queued per socket, and the sockets one user may hold per gateway.
+    http_max_body: int = Field(default=1_048_576, ge=1024)
+    ws_max_size: int = Field(default=65_536, ge=1024)
+    ws_max_queue: int = Field(default=8, ge=1)
+    chat_max_sockets_per_user: int = Field(default=16, ge=1)
+    session_cache_max_entries: int = Field(default=100_000, ge=1)
     queue_type: QueueType = QueueType.CLASSIC
     data_dir: Path = Path("var")
     config_file: Path | None = None

@@ -19,7 +19,7 @@ from conftest import BrokerProbe, Endpoint
 from helpers import Eventually
 from rabbitry import metrics
 from rabbitry.app.http import create_app
-from rabbitry.app.registry import all_routers, lifespans
+from rabbitry.app.registry import all_routers
 from rabbitry.backoffice import http as backoffice_http
 from rabbitry.backoffice.auth import Signer
 from rabbitry.backoffice.entities import int64

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rabbitry import metrics
 from rabbitry._version import __version__
 from rabbitry.app.asyncapi import asyncapi_document
+from rabbitry.app.limits import BodyLimit
 from rabbitry.app.operations import declare_system
 from rabbitry.app.registry import Lifespan, build_service
 from rabbitry.app.resources import open_publisher
@@ -78,6 +79,7 @@ def create_app(
     workers_run = bool(workers)
     app = FastAPI(title="Rabbitry", version=__version__, lifespan=lifespan)
     app.state.settings = settings  # route dependencies (credentials) read it, lifespan or not
+    app.add_middleware(BodyLimit, max_bytes=settings.http_max_body)
     _install_error_handlers(app)
 
     @app.get("/healthz")

@@ -90,7 +90,16 @@ async def _serve_http(
 ) -> None:
     settings = with_admin_token(settings)
     app = create_app(settings, routers=routers, workers=workers, lifespans=lifespans)
-    config = uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        lifespan="on",
+        # uvicorn's defaults are 16 MiB frames, 32 queued per socket, read before any check.
+        ws_max_size=settings.ws_max_size,
+        ws_max_queue=settings.ws_max_queue,
+    )
     print(
         f"rabbitry: serving on http://{host}:{port} with workers: {', '.join(workers) or 'none'}",
         file=sys.stderr,

@@ -94,6 +94,7 @@ class Chat:
     gateway: Gateway
     history: ChatHistory
     authenticate: Authenticate
+    max_sockets_per_user: int = 16
 
 
 @asynccontextmanager
@@ -118,7 +119,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             return await authenticate(tenant, token) is not None
 
         await stack.enter_async_context(RevocationWatch(gateway, still_valid).running())
-        state.chat = Chat(gateway, ChatHistory(state.database), authenticate)
+        state.chat = Chat(
+            gateway,
+            ChatHistory(state.database),
+            authenticate,
+            max_sockets_per_user=settings.chat_max_sockets_per_user,
+        )
         yield
 
 
@@ -147,6 +153,10 @@ async def chat_socket(
         await websocket.close(POLICY_VIOLATION, "not authenticated")
         return
     member = Member(tenant, str(principal.user_id), principal.username, principal.session_id)
+    most = chat.max_sockets_per_user
+    if chat.gateway.manager.sockets_of(member.tenant, member.user_id) >= most:
+        await websocket.close(POLICY_VIOLATION, f"at most {most} sockets per user")
+        return
     client = ConnectedClient(member, room, websocket.send_text, websocket.close, token=token)
     gateway = chat.gateway
     if since is not None:

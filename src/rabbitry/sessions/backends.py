@@ -57,7 +57,9 @@ async def open_manager(
         cache: SessionCache
         throttle: LoginThrottle
         if settings.redis_url is None:
-            cache = MemorySessionCache(ttl=settings.session_cache_ttl)
+            cache = MemorySessionCache(
+                ttl=settings.session_cache_ttl, max_entries=settings.session_cache_max_entries
+            )
             throttle = MemoryLoginThrottle(
                 max_failures=settings.login_max_failures,
                 lockout=settings.login_lockout,
