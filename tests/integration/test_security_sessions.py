@@ -24,6 +24,8 @@ from fixtures.sessions import (
 )
 from helpers import Eventually
 from rabbitry import metrics
+from rabbitry.app.http import create_app
+from rabbitry.app.registry import lifespans, servers
 from rabbitry.config import Settings
 from rabbitry.messaging.consumer import Retry
 from rabbitry.sessions.client import SessionClient
@@ -218,3 +220,36 @@ async def test_dispatch_reports_session_being_unreachable_not_an_exception_group
         finally:
             await client.close()
         assert caught.value.reason.startswith("3 of 3 deletes failed: SESSION unreachable")
+
+
+async def test_a_revoked_token_is_evicted_from_a_separate_chat_processs_own_cache(
+    settings_redis: Settings, broker: BrokerProbe, eventually: Eventually
+) -> None:
+    # `serve chat` in a process of its own, without Redis: its session cache is its own.
+    settings = settings_redis.model_copy(update={"redis_url": None})
+    chat = create_app(settings, routers=servers()["chat"], lifespans=lifespans("chat"))
+    async with sessions_app(settings) as (_, users), chat.router.lifespan_context(chat):
+        transport = httpx.ASGITransport(app=chat)
+        async with httpx.AsyncClient(transport=transport, base_url="http://chat") as client:
+            await new_tenant(users, "acme")
+            login = await users.post(
+                "/api/tenants/acme/sessions", json={"username": "ann", "password": "pw"}
+            )
+            token = login.json()["token"]
+
+            async def history() -> int:
+                answer = await client.get(
+                    "/api/chat/rooms/lobby/messages",
+                    params={"tenant": "acme"},
+                    headers=bearer(token),
+                )
+                return answer.status_code
+
+            assert await history() == 200  # the chat process has cached the session now
+            out = await users.delete("/api/tenants/acme/sessions/me", headers=bearer(token))
+            assert out.json() == {"removed": 1}
+
+            async def refused() -> bool:
+                return await history() == 401
+
+            await eventually(refused, what="the chat process refusing the revoked token")

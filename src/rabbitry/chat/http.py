@@ -47,11 +47,13 @@ from rabbitry.config import Settings
 from rabbitry.errors import RabbitryError
 from rabbitry.messaging.publisher import PublishStatus
 from rabbitry.sessions import Principal, SessionManager, check_tenant, open_manager
+from rabbitry.sessions.store import utcnow
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["chat"])
 
 POLICY_VIOLATION = 1008
+SESSION_EXPIRED = 4002  # an application close code, beside the manager's REVOKED (4001)
 RATE = 10.0  # messages a second per client, on average
 BURST = 20
 
@@ -118,7 +120,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async def still_valid(tenant: str, token: str) -> bool:
             return await authenticate(tenant, token) is not None
 
-        await stack.enter_async_context(RevocationWatch(gateway, still_valid).running())
+        manager = sessions
+
+        async def forget(tenant: str, user_id: int, session_id: str) -> int:
+            return await manager.forget_sessions(tenant, user_id, [session_id])
+
+        watch = RevocationWatch(gateway, still_valid, forget)
+        await stack.enter_async_context(watch.running())
         state.chat = Chat(
             gateway,
             ChatHistory(state.database),
@@ -165,6 +173,11 @@ async def chat_socket(
     # place, so a message sent right after by anyone, on any instance, reaches it.
     await gateway.manager.join(client)
     pump: asyncio.Task[None] | None = None
+    # The socket lives no longer than the session it was opened with.
+    lifetime = (principal.expires_at - utcnow()).total_seconds()
+    expiry = asyncio.get_running_loop().call_later(
+        max(0.0, lifetime), client.disconnect, SESSION_EXPIRED, "session expired"
+    )
     try:
         await websocket.accept()
         pump = asyncio.create_task(client.pump())
@@ -176,6 +189,7 @@ async def chat_socket(
         with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
             await reader
     finally:
+        expiry.cancel()
         gateway.manager.leave(client)
         client.disconnect(1000, "")
         if pump is not None:

@@ -165,6 +165,18 @@ class SessionManager:
         await self.cache.evict(records)
         return len(records)
 
+    async def forget_sessions(self, tenant: str, user_id: int, session_ids: Sequence[str]) -> int:
+        """Evict these sessions of a user from this manager's cache (a revocation another
+        process did: its notice names the sessions, not their tokens); how many were cached."""
+        wanted = set(session_ids)
+        found = []
+        for hashed in await self.cache.cached_for(tenant, user_id):
+            record = await self.cache.get(tenant, hashed)
+            if record is not None and record.id in wanted:
+                found.append(record)
+        await self.cache.evict(found)
+        return len(found)
+
     async def _gone(self, record: SessionRecord) -> bool:
         return await self.store.get(record.tenant, record.id) is None
 
