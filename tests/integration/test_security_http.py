@@ -235,3 +235,25 @@ async def test_a_back_office_requeue_is_tried_even_while_the_apps_circuit_is_ope
         await eventually(finished, what="the requeue job")
         assert (job.published, job.failed, job.error) == (1, 0, None), job.errors
     assert len(await broker.get_all(queue)) == 1
+
+
+async def test_request_bodies_over_the_limit_get_413_before_they_are_read(
+    settings: Settings, broker: BrokerProbe
+) -> None:
+    settings = settings.model_copy(update={"http_max_body": 4096})
+    async with backoffice(settings) as (app, client):
+        seen: list[int] = []
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(1000):  # 1 MB, chunked: no Content-Length to refuse up front
+                seen.append(1)
+                yield b"x" * 1024
+
+        declared = await client.post("/backoffice/login", content=b"x" * 100_000)
+        streamed = await client.post("/backoffice/login", content=chunks())
+        for answer in (declared, streamed):
+            assert answer.status_code == 413
+            assert answer.json() == {"error": "request body too large: at most 4096 bytes"}
+        assert len(seen) < 1000  # the body was cut off, not read to its end
+        small = await client.post("/backoffice/login", content=b"token=x")
+        assert small.status_code == 403  # read and judged (no CSRF token)
