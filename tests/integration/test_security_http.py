@@ -241,7 +241,7 @@ async def test_request_bodies_over_the_limit_get_413_before_they_are_read(
     settings: Settings, broker: BrokerProbe
 ) -> None:
     settings = settings.model_copy(update={"http_max_body": 4096})
-    async with backoffice(settings) as (app, client):
+    async with backoffice(settings) as (_, client):
         seen: list[int] = []
 
         async def chunks() -> AsyncIterator[bytes]:
