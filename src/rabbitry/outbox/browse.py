@@ -69,14 +69,19 @@ class PageKey:
 
     def token(self) -> str:
         """The key as an opaque URL-safe string (``?after=...``)."""
-        return f"{self.created_at.astimezone(dt.UTC).strftime('%Y%m%dT%H%M%S.%f')}_{self.id}"
+        when = self.created_at.astimezone(dt.UTC)
+        # The year zero-padded by hand: strftime's %Y gives "100" for year 100 on glibc,
+        # which would parse back as another date.
+        return f"{when.year:04d}{when.strftime('%m%dT%H%M%S.%f')}_{self.id}"
 
     @classmethod
     def parse(cls, token: str) -> PageKey:
         """The key of :meth:`token`; raises ``ValueError`` for anything else."""
         when, sep, row_id = token.partition("_")
-        if not sep or not row_id.isdigit() or len(token) > 64:
-            raise ValueError(f"not a page key: {token!r}")
+        if not sep or len(when) != 22 or not row_id.isascii() or not row_id.isdigit():
+            raise ValueError(f"not a page key: {token[:80]!r}")
+        if len(row_id) > 19 or int(row_id) > 2**63 - 1:  # a BIGINT: past it, OverflowError
+            raise ValueError(f"not a page key: {token[:80]!r}")
         created = dt.datetime.strptime(when, "%Y%m%dT%H%M%S.%f").replace(tzinfo=dt.UTC)
         return cls(created, int(row_id))
 
