@@ -257,3 +257,21 @@ async def test_request_bodies_over_the_limit_get_413_before_they_are_read(
         assert len(seen) < 1000  # the body was cut off, not read to its end
         small = await client.post("/backoffice/login", content=b"token=x")
         assert small.status_code == 403  # read and judged (no CSRF token)
+
+
+async def test_the_dashboard_reports_tenant_rows_no_tenant_may_have(settings: Settings) -> None:
+    from sqlalchemy import insert
+
+    from rabbitry.sessions.models import Tenant
+    from rabbitry.sessions.store import utcnow
+    from rabbitry.storage import Database
+
+    async with Database(settings.sql_url) as db:
+        await db.upgrade()
+        async with db.session() as session:
+            await session.execute(insert(Tenant).values(name="-x", created_at=utcnow()))
+    async with backoffice(settings) as (_, client):
+        assert (await try_login(client, TOKEN)).status_code == 303
+        page = await client.get("/backoffice/")
+    assert page.status_code == 200
+    assert 'id="invalid-tenants"' in page.text and "<code>-x</code>" in page.text

@@ -41,6 +41,8 @@ class Overview:
     queues: list[QueueFigures] = field(default_factory=list)
     pending: dict[str, int] = field(default_factory=dict)
     broker_error: str | None = None
+    # Tenant rows an older version stored with a name no tenant may have: served by no one.
+    invalid_tenants: list[str] = field(default_factory=list)
 
     @property
     def pending_total(self) -> int:
@@ -102,6 +104,10 @@ async def overview(
         result.pending = await Ledger(db).pending_by_queue()
     except RabbitryError as exc:
         log.warning("cannot count pending rows: %s", exc)
+    try:
+        result.invalid_tenants = [t.name for t in await Tenants(db).invalid()]
+    except RabbitryError as exc:
+        log.warning("cannot list tenants: %s", exc)
     system = topology(settings, await tenant_names(db))
     declared = {q.name for q in system.queues}
     if not settings.rabbit_active:
