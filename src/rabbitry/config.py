@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rabbitry.errors import ConfigError
@@ -244,6 +251,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         # Environment beats the file: pydantic-settings gives init kwargs priority, so only
         # pass file keys the environment does not set.
         settings = Settings(**{**_without_env(file_values), **overrides})
+    except ValidationError as exc:
+        # Each error's field and reason, never its input: the input may be a secret.
+        raise ConfigError(_described(exc)) from None
     except ValueError as exc:
         raise ConfigError(_first_line(str(exc))) from exc
     gaps = settings.production_gaps()
@@ -256,6 +266,15 @@ def _without_env(values: dict[str, Any]) -> dict[str, Any]:
     import os  # only the edge reads the environment, to let it win over the file
 
     return {k: v for k, v in values.items() if f"RABBITRY_{k.upper()}" not in os.environ}
+
+
+def _described(error: ValidationError) -> str:
+    parts = []
+    for found in error.errors(include_url=False, include_input=False)[:3]:
+        where = ".".join(str(part) for part in found.get("loc", ()))
+        reason = str(found.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{where}: {reason}" if where else reason)
+    return "; ".join(parts) or "invalid settings"
 
 
 def _first_line(text: str) -> str:

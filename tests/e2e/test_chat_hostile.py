@@ -25,9 +25,11 @@ SEED = 1717
 RANDOM_FRAMES = 300
 
 
-@pytest.fixture
-def system(tmp_path: Path) -> Iterator[ChatSystem]:
-    with chat_system(tmp_path, extra_gateways=0) as running:
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatSystem]:
+    # One gateway for the module: each test uses users of its own, and the gateway's staying
+    # healthy across all of them is part of what is tested.
+    with chat_system(tmp_path_factory.mktemp("hostile"), extra_gateways=0) as running:
         running.create_tenant(TENANT)
         yield running
 
@@ -78,7 +80,7 @@ async def test_random_and_hostile_frames_each_get_an_error_frame_and_the_room_go
 ) -> None:
     system.create_user(TENANT, "ann")
     system.create_user(TENANT, "bob")
-    ann, bob = system.login(TENANT, "ann"), system.login(TENANT, "bob")
+    ann, bob = system.login(TENANT, "ann"), system.login(TENANT, "bob")  # "lobby"
     base = system.api
     rng = random.Random(SEED)
     async with (
@@ -107,24 +109,22 @@ async def test_random_and_hostile_frames_each_get_an_error_frame_and_the_room_go
 async def test_a_frame_over_the_transport_limit_closes_the_socket_with_1009(
     system: ChatSystem,
 ) -> None:
-    system.create_user(TENANT, "ann")
-    token = system.login(TENANT, "ann")
+    system.create_user(TENANT, "cid")
+    token = system.login(TENANT, "cid")
     base = system.api
-    async with websockets.connect(
-        socket_url(base, "lobby", TENANT, token), max_size=None
-    ) as socket:
+    async with websockets.connect(socket_url(base, "big", TENANT, token), max_size=None) as socket:
         await socket.send("x" * (1024 * 1024))
         assert await _closed_code(socket) == 1009
     # The gateway is alive and takes new sockets.
-    async with websockets.connect(socket_url(base, "lobby", TENANT, token)) as again:
+    async with websockets.connect(socket_url(base, "big", TENANT, token)) as again:
         await again.send(json.dumps({"text": "after"}))
         assert (await _next(again))["text"] == "after"
 
 
 async def test_one_user_holds_at_most_sixteen_sockets_per_gateway(system: ChatSystem) -> None:
-    system.create_user(TENANT, "ann")
-    token = system.login(TENANT, "ann")
-    url = socket_url(system.api, "lobby", TENANT, token)
+    system.create_user(TENANT, "dan")
+    token = system.login(TENANT, "dan")
+    url = socket_url(system.api, "many", TENANT, token)
     sockets = [await websockets.connect(url) for _ in range(16)]
     try:
         with pytest.raises(InvalidStatus) as refused:

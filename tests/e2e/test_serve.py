@@ -73,3 +73,19 @@ def test_every_part_entry_names_unique_services_and_servers() -> None:
     assert {"workflow", "relay"} <= set(names)
     assert "events" in registry.servers()
     assert len(registry.all_routers()) >= 1
+
+
+def test_an_empty_or_short_admin_token_is_refused_at_start_with_exit_2(tmp_path: Path) -> None:
+    for token in ("", "short-token"):
+        env = {**os.environ, "RABBITRY_DATA_DIR": str(tmp_path), "RABBITRY_ADMIN_TOKEN": token}
+        done = subprocess.run(
+            [RABBITRY, "serve", "backoffice", "--port", "1"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert "RABBITRY_ADMIN_TOKEN must be at least 16 characters" in line
+        assert token not in line or not token

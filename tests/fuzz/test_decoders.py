@@ -38,7 +38,7 @@ from rabbitry.sessions.tokens import new_token, token_tenant
 from rabbitry.sessions.topology import TenantsLayout
 
 FUZZ = settings(
-    max_examples=300,
+    max_examples=200,
     derandomize=True,
     database=None,  # no .hypothesis/ directory: derandomized runs need no example store
     deadline=None,
@@ -66,7 +66,7 @@ _values = st.recursive(
     max_leaves=8,
 )
 # The nested strategies cost most to draw: fewer cases, still every shape.
-FUZZ_NESTED = settings(FUZZ, max_examples=150)
+FUZZ_NESTED = settings(FUZZ, max_examples=100)
 _tables = st.dictionaries(_names, _values, max_size=6)
 
 
