@@ -275,3 +275,17 @@ async def test_the_dashboard_reports_tenant_rows_no_tenant_may_have(settings: Se
         page = await client.get("/backoffice/")
     assert page.status_code == 200
     assert 'id="invalid-tenants"' in page.text and "<code>-x</code>" in page.text
+
+
+async def test_healthz_is_not_ok_once_the_processs_services_have_stopped(
+    settings: Settings, broker: BrokerProbe
+) -> None:
+    app = create_app(settings, workers=["workflow"])
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://r") as client:
+            assert (await client.get("/healthz")).json()["workers"] == "ok"
+            app.state.stopping.set()  # what a crashed service does to the others
+            answer = await client.get("/healthz")
+    assert answer.status_code == 503
+    assert answer.json()["workers"] == "stopped" and answer.json()["status"] == "degraded"

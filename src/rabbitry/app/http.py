@@ -100,16 +100,17 @@ def create_app(
         # Under `up`, a crashed service stops the others: then the process is not healthy,
         # whatever its database says.
         stopping = getattr(state, "stopping", None)
-        workers = "stopped" if workers_run and stopping is not None and stopping.is_set() else "ok"
+        stopped = workers_run and stopping is not None and stopping.is_set()
+        services = "stopped" if stopped else "ok"
         # A broker alarm does not make the process unhealthy (publishes go to the outbox
         # meanwhile), but an operator looking here should see it.
         publisher = getattr(state, "publisher", None)
         blocked = publisher.blocked if publisher is not None else None
-        healthy = database == "ok" and workers == "ok"
+        healthy = database == "ok" and services == "ok"
         body = {
             "status": "ok" if healthy else "degraded",
             "database": database,
-            "workers": workers,
+            "workers": services,
             "rabbit_active": settings.rabbit_active,
             "broker_blocked": f"{BLOCKED}: {blocked}" if blocked else None,
             "namespace": settings.namespace,
