@@ -18,8 +18,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, mapped_column
 
 from rabbitry.chat.protocol import ChatMessage
-from rabbitry.events.models import UTCDateTime
 from rabbitry.storage.base import Base
+from rabbitry.storage.columns import UTCDateTime
 from rabbitry.storage.database import Database
 
 MAX_PAGE = 200

@@ -33,7 +33,7 @@ from rabbitry.events.emitter import EventPublisher
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import PublishResult, PublishStatus, Route
 from rabbitry.outbox.ledger import Ledger
-from rabbitry.outbox.models import utcnow
+from rabbitry.storage.clock import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -36,9 +36,10 @@ from rabbitry.messaging.publisher import Publisher
 from rabbitry.outbox.exchanges import ExchangeCheck
 from rabbitry.outbox.filters import RequeueFilter
 from rabbitry.outbox.ledger import Ledger
-from rabbitry.outbox.models import PENDING_CLAUSE, PendingMessage, utcnow
+from rabbitry.outbox.models import PENDING_CLAUSE, PendingMessage
 from rabbitry.outbox.requeue import Progress, RequeueOptions, RequeueReport, RowOutcome, requeue
 from rabbitry.storage import Database
+from rabbitry.storage.clock import utcnow
 
 TABLE: Table = PendingMessage.__table__  # type: ignore[assignment]  # declared as FromClause
 MAX_PAGE = 500

@@ -26,7 +26,8 @@ from sqlalchemy import func, or_, select, tuple_, update
 from rabbitry.outbox.filters import RequeueFilter
 from rabbitry.outbox.ledger import TABLE, Ledger
 from rabbitry.outbox.ledger import _conditions as conditions
-from rabbitry.outbox.models import PENDING_CLAUSE, utcnow
+from rabbitry.outbox.models import PENDING_CLAUSE
+from rabbitry.storage.clock import utcnow
 
 
 async def renew(ledger: Ledger, token: str, ids: Sequence[int], lease: dt.timedelta) -> set[int]:

@@ -51,8 +51,9 @@ from rabbitry.messaging.envelope import Message, decode, encode_headers
 from rabbitry.messaging.publisher import Route
 from rabbitry.outbox.codec import headers_from_json, headers_to_json
 from rabbitry.outbox.filters import Origin, RequeueFilter
-from rabbitry.outbox.models import PENDING_CLAUSE, PendingMessage, QueueRecord, utcnow
+from rabbitry.outbox.models import PENDING_CLAUSE, PendingMessage, QueueRecord
 from rabbitry.storage import Database
+from rabbitry.storage.clock import utcnow
 
 TABLE: Table = PendingMessage.__table__  # type: ignore[assignment]  # declared as FromClause
 # Longest back-off the relay waits before retrying a row that failed; a user's requeue run

@@ -17,8 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rabbitry.config import RegistryEntry
 from rabbitry.errors import StorageError
-from rabbitry.outbox.models import QueueRecord, utcnow
+from rabbitry.outbox.models import QueueRecord
 from rabbitry.storage import Database
+from rabbitry.storage.clock import utcnow
 
 _FIELDS = (
     "description",
