@@ -12,6 +12,7 @@ from typer.testing import CliRunner, Result
 
 from fixtures.outbox import Topic, pending_ids, seed_rows, set_created_at
 from helpers import AMQP_URL, drain_ids, message
+from rabbitry.cli import database, deadletters
 from rabbitry.messaging.publisher import Route
 from rabbitry.outbox.commands import register
 from rabbitry.outbox.filters import RequeueFilter
@@ -31,6 +32,8 @@ def make_app() -> typer.Typer:
         ctx.obj = {"config_file": config}
 
     register(app)
+    database.register(app)
+    deadletters.register(app)
     return app
 
 

@@ -2,9 +2,9 @@
 
 A part is one package (``rabbitry.outbox``, ``rabbitry.events``, …) plus one :class:`Part` entry
 in :data:`PARTS`, naming its services (the workers ``rabbitry worker NAME`` runs), its HTTP
-servers (``rabbitry serve NAME``: routers), its CLI commands and its broker topology. ``rabbitry
-up``, ``serve``, ``worker`` and ``topology declare`` are all built from this table, so adding a
-part touches nothing else.
+servers (``rabbitry serve NAME``: routers), its CLI commands, its broker topology and its
+database migrations. ``rabbitry up``, ``serve``, ``worker``, ``topology declare`` and ``db
+upgrade`` are all built from this table, so adding a part touches nothing else.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import typer
 from fastapi import APIRouter, FastAPI
 
+from rabbitry import chat, events, outbox, sessions
 from rabbitry.backoffice import http as backoffice_http
 from rabbitry.chat import catalog as chat_catalog
 from rabbitry.chat import http as chat_http
@@ -38,6 +40,8 @@ from rabbitry.sessions import catalog as sessions_catalog
 from rabbitry.sessions import http as sessions_http
 from rabbitry.sessions import topology as sessions_topology
 from rabbitry.sessions.dispatch import DispatchService
+from rabbitry.storage.base import Base
+from rabbitry.storage.migrations import Migrations
 
 
 def _always(_: Settings) -> bool:
@@ -69,6 +73,8 @@ class Part:
     lifespan: Lifespan | None = None
     # What its messages look like and where they go (`rabbitry topology asyncapi`).
     catalog: Callable[[Settings], Catalog] | None = None
+    migrations: Path | None = None
+    """The part's Alembic version location (its tables' revisions), if it has tables."""
 
 
 def _broker_on(settings: Settings) -> bool:
@@ -85,6 +91,7 @@ PARTS: tuple[Part, ...] = (
         },
         commands=outbox_commands.register,
         catalog=outbox_catalog.catalog,
+        migrations=outbox.MIGRATIONS,
     ),
     Part(
         name="events",
@@ -98,6 +105,7 @@ PARTS: tuple[Part, ...] = (
         commands=events_commands.register,
         topology=events_topology.topology,
         catalog=events_catalog.catalog,
+        migrations=events.MIGRATIONS,
     ),
     Part(
         name="sessions",
@@ -113,6 +121,7 @@ PARTS: tuple[Part, ...] = (
         topology=sessions_topology.topology,
         lifespan=sessions_http.lifespan,
         catalog=sessions_catalog.catalog,
+        migrations=sessions.MIGRATIONS,
     ),
     Part(
         name="chat",
@@ -126,6 +135,7 @@ PARTS: tuple[Part, ...] = (
         topology=chat_topology.topology,
         lifespan=chat_http.lifespan,
         catalog=chat_catalog.catalog,
+        migrations=chat.MIGRATIONS,
     ),
     Part(
         name="backoffice",
@@ -194,3 +204,11 @@ def system_topology(settings: Settings, tenants: Iterable[str] = ()) -> Topology
         if part.topology is not None:
             result |= part.topology(settings)
     return result
+
+
+def migrations(parts: Iterable[Part] = PARTS) -> Migrations:
+    """The parts' migrations, with the tables they declare (for autogenerate): what ``rabbitry
+    db upgrade`` applies."""
+    return Migrations(
+        [part.migrations for part in parts if part.migrations is not None], Base.metadata
+    )
