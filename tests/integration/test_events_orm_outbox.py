@@ -37,8 +37,9 @@ from rabbitry.events.topology import EventsLayout, events_topology
 from rabbitry.events.workflow import WorkflowService
 from rabbitry.messaging.publisher import Publisher, PublishStatus
 from rabbitry.outbox.filters import Origin, RequeueFilter
-from rabbitry.outbox.ledger import Ledger, PendingRow
+from rabbitry.outbox.message import OutboxMessage
 from rabbitry.outbox.relay import RelayService
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage.database import Database
 
 
@@ -78,8 +79,8 @@ def tracked(engine: AsyncEngine, tracker: ChangeTracker) -> async_sessionmaker[A
     return async_sessionmaker(engine, sync_session_class=tracker.session_class)
 
 
-async def ledger_rows(ledger: Ledger) -> list[PendingRow]:
-    return await ledger.rows(RequeueFilter(), pending=None)
+async def ledger_rows(ledger: Outbox) -> list[OutboxMessage]:
+    return await ledger.rows(RequeueFilter(), state=None)
 
 
 def relay(settings: Settings, db: Database) -> RelayService:
@@ -89,7 +90,7 @@ def relay(settings: Settings, db: Database) -> RelayService:
 async def relayed(settings: Settings, db: Database, order_id: int, *, what: str) -> RecordedEvent:
     """Run the workflow worker and the relay until the one event of order ``order_id`` is
     stored and no ledger row is left pending; that event."""
-    store, ledger = EventStore(db), Ledger(db)
+    store, ledger = EventStore(db), Outbox(db)
     async with running(WorkflowService(settings, db)), running(relay(settings, db)):
 
         async def stored() -> bool:
@@ -108,7 +109,7 @@ async def relayed(settings: Settings, db: Database, order_id: int, *, what: str)
 async def test_committed_changes_are_stored_and_their_rows_marked_processed(
     events_settings: Settings, events_db: Database, events_db_url: str
 ) -> None:
-    ledger, store = Ledger(events_db), EventStore(events_db)
+    ledger, store = Outbox(events_db), EventStore(events_db)
     async with (
         app_engine(events_db_url, events_db) as engine,
         running(WorkflowService(events_settings, events_db)),
@@ -143,7 +144,7 @@ async def test_committed_changes_are_stored_and_their_rows_marked_processed(
 async def test_rolled_back_changes_leave_no_row_and_send_no_message(
     events_settings: Settings, events_db: Database, events_db_url: str
 ) -> None:
-    ledger, store = Ledger(events_db), EventStore(events_db)
+    ledger, store = Outbox(events_db), EventStore(events_db)
     async with (
         app_engine(events_db_url, events_db) as engine,
         running(WorkflowService(events_settings, events_db)),
@@ -179,7 +180,7 @@ async def test_with_the_broker_unreachable_the_row_waits_and_the_relay_delivers_
     events_settings: Settings, events_db: Database, events_db_url: str
 ) -> None:
     offline = make_settings(namespace=events_settings.namespace, amqp_url=DEAD_AMQP_URL)
-    ledger = Ledger(events_db)
+    ledger = Outbox(events_db)
     async with app_engine(events_db_url, events_db) as engine:
         async with Publisher(offline.amqp, fallback=ledger) as publisher:
             tracker = ChangeTracker(Emitter(publisher, offline), auto_publish=False)
@@ -203,7 +204,7 @@ async def test_the_relay_never_sends_a_row_the_tracker_is_publishing(
 ) -> None:
     async with await Declarer.connect(AMQP_URL) as declarer:
         await declarer.declare(events_topology(events_settings))
-    ledger = Ledger(events_db)
+    ledger = Outbox(events_db)
     busy_relay = RelayService(events_settings, interval=0.02, db=events_db)
     async with (
         app_engine(events_db_url, events_db) as engine,
@@ -233,7 +234,7 @@ async def test_the_relay_never_sends_a_row_the_tracker_is_publishing(
 async def test_events_committed_by_a_process_cancelled_before_publishing_are_relayed(
     events_settings: Settings, events_db: Database, events_db_url: str
 ) -> None:
-    ledger = Ledger(events_db)
+    ledger = Outbox(events_db)
     dies = RecordingPublisher(fallback=ledger)
     dies.crash = asyncio.CancelledError()  # the process stops before anything is sent
     async with app_engine(events_db_url, events_db) as engine:
@@ -267,7 +268,7 @@ from rabbitry.config import Settings
 from rabbitry.events.emitter import Emitter
 from rabbitry.events.orm import ChangeTracker
 from rabbitry.messaging.publisher import Publisher
-from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage.database import Database
 
 class Base(DeclarativeBase):
@@ -282,7 +283,7 @@ class Order(Base):
 
 async def main(url, namespace, amqp_url):
     settings = Settings(namespace=namespace, amqp_url=amqp_url, database_url=url)
-    publisher = Publisher(settings.amqp, fallback=Ledger(Database(url)))
+    publisher = Publisher(settings.amqp, fallback=Outbox(Database(url)))
     tracker = ChangeTracker(Emitter(publisher, settings), lease=dt.timedelta(seconds=1))
     sessions = async_sessionmaker(
         create_async_engine(url), sync_session_class=tracker.session_class
@@ -298,7 +299,7 @@ asyncio.run(main(*sys.argv[1:]))
 async def test_events_of_a_process_killed_right_after_commit_are_relayed(
     events_settings: Settings, events_db: Database, events_db_url: str
 ) -> None:
-    ledger = Ledger(events_db)
+    ledger = Outbox(events_db)
     async with app_engine(events_db_url, events_db):
         app = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -324,7 +325,7 @@ async def test_events_of_a_process_killed_right_after_commit_are_relayed(
 async def test_memory_delivery_stays_available_for_a_database_without_the_ledger(
     events_settings: Settings, events_db: Database, tmp_path: Path
 ) -> None:
-    ledger, store = Ledger(events_db), EventStore(events_db)
+    ledger, store = Outbox(events_db), EventStore(events_db)
     own = make_settings(namespace=events_settings.namespace)
     async with (
         app_engine(f"sqlite+aiosqlite:///{tmp_path}/app-only.db") as engine,

@@ -25,8 +25,8 @@ from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
 from rabbitry.messaging.topology import dlq_name
 from rabbitry.outbox.filters import RequeueFilter
-from rabbitry.outbox.ledger import Ledger
 from rabbitry.outbox.relay import RelayService
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage.database import Database
 
 
@@ -54,7 +54,7 @@ async def test_emitted_changes_are_stored_in_order_with_versions(
     store = EventStore(events_db)
     async with (
         running(WorkflowService(events_settings, events_db)),
-        Publisher(events_settings.amqp, fallback=Ledger(events_db)) as publisher,
+        Publisher(events_settings.amqp, fallback=Outbox(events_db)) as publisher,
     ):
         emitter = Emitter(publisher, events_settings)
         with acting_as(42):
@@ -88,7 +88,7 @@ async def test_orm_commits_reach_the_event_store_and_rollbacks_do_not(
     try:
         async with (
             running(WorkflowService(events_settings, events_db)),
-            Publisher(events_settings.amqp, fallback=Ledger(events_db)) as publisher,
+            Publisher(events_settings.amqp, fallback=Outbox(events_db)) as publisher,
         ):
             tracker = ChangeTracker(Emitter(publisher, events_settings))
             sessions = async_sessionmaker(
@@ -219,7 +219,7 @@ async def test_without_a_broker_events_wait_in_the_outbox_and_are_stored_once_re
     offline = make_settings(
         namespace=events_settings.namespace, rabbit_active=False, database_url=None
     )
-    ledger = Ledger(events_db)
+    ledger = Outbox(events_db)
     async with Publisher(offline.amqp, fallback=ledger) as publisher:
         result = await Emitter(publisher, offline).insert("orders", 3, {"total": 1})
     assert result.status is PublishStatus.PERSISTED
@@ -249,7 +249,7 @@ async def test_orm_events_go_to_the_outbox_when_the_broker_is_unreachable(
     engine = create_async_engine(events_db_url)
     async with engine.begin() as conn:
         await conn.run_sync(AppBase.metadata.create_all)
-    ledger = Ledger(events_db)
+    ledger = Outbox(events_db)
     try:
         async with Publisher(unreachable.amqp, fallback=ledger) as publisher:
             tracker = ChangeTracker(Emitter(publisher, unreachable))

@@ -16,7 +16,7 @@ from rabbitry.cli import database, deadletters
 from rabbitry.messaging.publisher import Route
 from rabbitry.outbox.commands import register
 from rabbitry.outbox.filters import RequeueFilter
-from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 
@@ -134,7 +134,7 @@ async def test_requeue_exits_1_when_a_row_fails(db: Database, topic: Topic, tmp_
     result = await invoke(config, "requeue")
     assert result.exit_code == 1, result.output
     assert "1 published, 1 failed" in result.stdout
-    rows = await Ledger(db).rows(RequeueFilter())
+    rows = await Outbox(db).rows(RequeueFilter())
     assert [r.attempts for r in rows] == [1]
 
 
@@ -146,5 +146,5 @@ async def test_requeue_refuses_when_rabbit_is_inactive(
     result = await invoke(config, "requeue")
     assert result.exit_code == 1
     assert "rabbit_active is false" in result.stderr
-    (row,) = await Ledger(db).rows(RequeueFilter())
+    (row,) = await Outbox(db).rows(RequeueFilter())
     assert row.attempts == 0

@@ -32,7 +32,8 @@ from rabbitry.messaging.envelope import encode_headers
 from rabbitry.messaging.publisher import PublishStatus, Route
 from rabbitry.outbox.codec import headers_to_json
 from rabbitry.outbox.filters import Origin, RequeueFilter
-from rabbitry.outbox.ledger import Ledger, PendingRow
+from rabbitry.outbox.message import OutboxMessage
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage.database import Database
 
 
@@ -58,12 +59,12 @@ async def database(tmp_path: Path) -> AsyncIterator[Database]:
 
 
 @pytest.fixture
-def ledger(database: Database) -> Ledger:
-    return Ledger(database)
+def ledger(database: Database) -> Outbox:
+    return Outbox(database)
 
 
 @pytest.fixture
-def publisher(ledger: Ledger) -> RecordingPublisher:
+def publisher(ledger: Outbox) -> RecordingPublisher:
     return RecordingPublisher(fallback=ledger)
 
 
@@ -87,8 +88,8 @@ async def sessions(
     await engine.dispose()
 
 
-async def all_rows(ledger: Ledger) -> list[PendingRow]:
-    return await ledger.rows(RequeueFilter(), pending=None)
+async def all_rows(ledger: Outbox) -> list[OutboxMessage]:
+    return await ledger.rows(RequeueFilter(), state=None)
 
 
 async def test_the_outbox_is_the_default_on_the_ledgers_database_and_memory_elsewhere(
@@ -107,7 +108,7 @@ async def test_the_outbox_is_the_default_on_the_ledgers_database_and_memory_else
     with pytest.raises(ConfigError, match="outbox ledger"):
         ChangeTracker(emitter, delivery=Delivery.OUTBOX)
     memory = ChangeTracker(
-        Emitter(RecordingPublisher(fallback=Ledger(database)), Settings(namespace="unit")),
+        Emitter(RecordingPublisher(fallback=Outbox(database)), Settings(namespace="unit")),
         delivery=Delivery.MEMORY,
     )
     assert memory.delivery_for(database.engine) is Delivery.MEMORY
@@ -130,7 +131,7 @@ async def test_rows_are_written_in_the_transaction_and_marked_processed_once_pub
     sessions: async_sessionmaker[AsyncSession],
     tracker: ChangeTracker,
     publisher: RecordingPublisher,
-    ledger: Ledger,
+    ledger: Outbox,
 ) -> None:
     with acting_as(7):
         async with sessions.begin() as session:
@@ -177,7 +178,7 @@ async def test_a_rollback_leaves_no_row_and_publishes_nothing(
     sessions: async_sessionmaker[AsyncSession],
     tracker: ChangeTracker,
     publisher: RecordingPublisher,
-    ledger: Ledger,
+    ledger: Outbox,
 ) -> None:
     async with sessions() as session:
         session.add(Parcel(id=1, label="ghost"))
@@ -205,7 +206,7 @@ async def test_a_rolled_back_savepoint_takes_only_its_own_rows_with_it(
     sessions: async_sessionmaker[AsyncSession],
     tracker: ChangeTracker,
     publisher: RecordingPublisher,
-    ledger: Ledger,
+    ledger: Outbox,
 ) -> None:
     async with sessions.begin() as session:
         session.add(Parcel(id=1, label="kept"))
@@ -230,7 +231,7 @@ async def test_unconfirmed_rows_stay_pending_for_the_relay(
     sessions: async_sessionmaker[AsyncSession],
     tracker: ChangeTracker,
     publisher: RecordingPublisher,
-    ledger: Ledger,
+    ledger: Outbox,
 ) -> None:
     publisher.status = PublishStatus.FAILED
     async with sessions.begin() as session:
@@ -251,7 +252,7 @@ async def test_a_crash_after_commit_leaves_the_row_pending_behind_a_lease(
     sessions: async_sessionmaker[AsyncSession],
     tracker: ChangeTracker,
     publisher: RecordingPublisher,
-    ledger: Ledger,
+    ledger: Outbox,
     database: Database,
 ) -> None:
     publisher.crash = crash

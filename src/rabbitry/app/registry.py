@@ -22,6 +22,7 @@ from rabbitry.backoffice import http as backoffice_http
 from rabbitry.chat import catalog as chat_catalog
 from rabbitry.chat import http as chat_http
 from rabbitry.chat import topology as chat_topology
+from rabbitry.chat.entity_pages import RoomPages
 from rabbitry.chat.persistence import PersistenceProcess
 from rabbitry.config import Settings
 from rabbitry.errors import ConfigError
@@ -29,6 +30,7 @@ from rabbitry.events import catalog as events_catalog
 from rabbitry.events import commands as events_commands
 from rabbitry.events import http as events_http
 from rabbitry.events import topology as events_topology
+from rabbitry.events.entity_pages import EventSourcedPages
 from rabbitry.events.workflow import WorkflowProcess
 from rabbitry.messaging.catalog import Catalog
 from rabbitry.messaging.service import Service
@@ -40,7 +42,9 @@ from rabbitry.sessions import catalog as sessions_catalog
 from rabbitry.sessions import http as sessions_http
 from rabbitry.sessions import topology as sessions_topology
 from rabbitry.sessions.dispatch import DispatchService
+from rabbitry.sessions.entity_pages import TenantPages, UserPages
 from rabbitry.storage.base import Base
+from rabbitry.storage.listing import EntityPages
 from rabbitry.storage.migrations import Migrations
 
 
@@ -75,6 +79,8 @@ class Part:
     catalog: Callable[[Settings], Catalog] | None = None
     migrations: Path | None = None
     """The part's Alembic version location (its tables' revisions), if it has tables."""
+    entity_pages: Sequence[EntityPages] = ()
+    """The part's lists on the back-office's entity pages (rows an operator may send with ▶)."""
 
 
 def _broker_on(settings: Settings) -> bool:
@@ -82,7 +88,7 @@ def _broker_on(settings: Settings) -> bool:
     return settings.rabbit_active
 
 
-PARTS: tuple[Part, ...] = (
+_DOMAIN: tuple[Part, ...] = (
     Part(
         name="outbox",
         summary="contingency outbox: requeue command, queue registry, relay",
@@ -106,6 +112,7 @@ PARTS: tuple[Part, ...] = (
         topology=events_topology.topology,
         catalog=events_catalog.catalog,
         migrations=events.MIGRATIONS,
+        entity_pages=(EventSourcedPages(),),
     ),
     Part(
         name="sessions",
@@ -122,6 +129,7 @@ PARTS: tuple[Part, ...] = (
         lifespan=sessions_http.lifespan,
         catalog=sessions_catalog.catalog,
         migrations=sessions.MIGRATIONS,
+        entity_pages=(TenantPages(), UserPages()),
     ),
     Part(
         name="chat",
@@ -136,12 +144,24 @@ PARTS: tuple[Part, ...] = (
         lifespan=chat_http.lifespan,
         catalog=chat_catalog.catalog,
         migrations=chat.MIGRATIONS,
+        entity_pages=(RoomPages(),),
     ),
+)
+
+PARTS: tuple[Part, ...] = (
+    *_DOMAIN,
     Part(
         name="backoffice",
         summary="back-office pages: messages to enqueue, entity lists with ▶, dead letters",
-        # The dashboard lists the whole system's queues; resolved when a page asks.
-        servers={"backoffice": [backoffice_http.build(lambda s, t: system_topology(s, t))]},
+        servers={
+            "backoffice": [
+                backoffice_http.build(
+                    # The dashboard lists the whole system's queues; resolved when a page asks.
+                    lambda s, t: system_topology(s, t),
+                    [pages for part in _DOMAIN for pages in part.entity_pages],
+                )
+            ]
+        },
         lifespan=backoffice_http.lifespan,
     ),
 )
@@ -212,3 +232,8 @@ def migrations(parts: Iterable[Part] = PARTS) -> Migrations:
     return Migrations(
         [part.migrations for part in parts if part.migrations is not None], Base.metadata
     )
+
+
+def entity_pages(parts: Iterable[Part] = PARTS) -> list[EntityPages]:
+    """Every part's entity pages, in the registry's order: what the back-office lists."""
+    return [pages for part in parts for pages in part.entity_pages]

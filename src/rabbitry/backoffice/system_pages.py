@@ -8,15 +8,13 @@ from fastapi.responses import Response
 from rabbitry.backoffice.overview import Broker, SystemTopology, overview
 from rabbitry.backoffice.web import Ctx, context, error, first, operator, posted, static_file
 from rabbitry.errors import NotFound, RabbitryError
-from rabbitry.events.change import parse_time
-from rabbitry.events.store import EventStore
+from rabbitry.events import EventStore, parse_time
 from rabbitry.messaging.deadletters import (
     dead_letter_queue,
     list_dead_letters,
     move_dead_letters,
 )
-from rabbitry.outbox import registry
-from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox import Outbox, list_queues
 
 DEAD_LETTER_PAGE = 100
 
@@ -79,8 +77,8 @@ def build(topology: SystemTopology) -> APIRouter:
         ctx = await operator(request)
         if isinstance(ctx, Response):
             return ctx
-        entries = await registry.list_queues(ctx.database)
-        pending = await Ledger(ctx.database).pending_by_queue()
+        entries = await list_queues(ctx.database)
+        pending = await Outbox(ctx.database).pending_by_queue()
         return ctx.render("queues.html", entries=entries, pending=pending)
 
     @router.get("/events")

@@ -7,7 +7,7 @@ Two ways, chosen per database by :class:`Delivery`:
   (origin ``contingency``, ``processed=false``) written on the session's own connection, inside
   its transaction: the rows commit or roll back with the data they describe. After commit they
   are published with confirms and no fallback, and the confirmed rows are marked processed with
-  the ledger's own :meth:`~rabbitry.outbox.ledger.Ledger.settle`. Every row is leased to the
+  the ledger's own :meth:`~rabbitry.outbox.store.Outbox.settle`. Every row is leased to the
   tracker from the moment it is written, so the relay leaves it alone while the tracker
   publishes it; a row the broker did not confirm (or that a dead process never published) is
   sent by the relay or ``rabbitry requeue`` once its lease ends. A crash after COMMIT loses
@@ -32,7 +32,7 @@ from rabbitry.errors import RabbitryError, StorageError
 from rabbitry.events.emitter import EventPublisher
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import PublishResult, PublishStatus, Route
-from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox import Outbox
 from rabbitry.storage.clock import utcnow
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class Delivery(StrEnum):
     AUTO = "auto"
     """``outbox`` for a session on the outbox ledger's database, ``memory`` for any other."""
     OUTBOX = "outbox"
-    """Ledger rows written in the application's transaction, published after commit."""
+    """Outbox rows written in the application's transaction, published after commit."""
     MEMORY = "memory"
     """Messages held in memory from commit until the publisher has them."""
 
@@ -70,12 +70,12 @@ class OutboxDelivery:
     """Writes change events as leased ledger rows, then publishes and settles them."""
 
     def __init__(
-        self, ledger: Ledger, publisher: EventPublisher, *, lease: dt.timedelta = DEFAULT_LEASE
+        self, ledger: Outbox, publisher: EventPublisher, *, lease: dt.timedelta = DEFAULT_LEASE
     ) -> None:
         self.ledger = ledger
         self._publisher = publisher
         self._lease = lease
-        # One lease token per tracker: Ledger.settle only touches rows still leased with it,
+        # One lease token per tracker: Outbox.settle only touches rows still leased with it,
         # so a row the relay took over after the lease ended is the relay's to mark.
         self._token = str(uuid.uuid4())
 

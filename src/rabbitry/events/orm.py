@@ -60,7 +60,7 @@ from rabbitry.events.delivery import (
 from rabbitry.events.emitter import Emitter, current_user, entity_name
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import PublishResult, Route
-from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox import Outbox
 from rabbitry.storage.base import Base as RabbitryBase
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class ChangeTracker:
         entities: Iterable[type] | None = None,
         auto_publish: bool = True,
         delivery: Delivery = Delivery.AUTO,
-        ledger: Ledger | None = None,
+        ledger: Outbox | None = None,
         lease: dt.timedelta = DEFAULT_LEASE,
     ) -> None:
         self._emitter = emitter
@@ -107,7 +107,7 @@ class ChangeTracker:
         self._delivery = Delivery(delivery)
         if ledger is None:
             fallback = getattr(emitter.publisher, "fallback", None)
-            ledger = fallback if isinstance(fallback, Ledger) else None
+            ledger = fallback if isinstance(fallback, Outbox) else None
         if self._delivery is Delivery.OUTBOX and ledger is None:
             raise ConfigError(
                 "delivery=outbox needs the outbox ledger: pass ledger=, or an emitter whose "

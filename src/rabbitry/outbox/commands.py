@@ -1,5 +1,5 @@
 """``rabbitry requeue`` (:mod:`.requeue_commands`), ``rabbitry outbox list|show|delete``
-(:mod:`.ledger_commands`) and ``rabbitry queues sync|list``.
+(:mod:`.message_commands`) and ``rabbitry queues sync|list``.
 
 ``requeue`` re-sends what the outbox stored::
 
@@ -20,8 +20,8 @@ from rich.table import Table
 from rabbitry.config import Settings
 from rabbitry.console import fail, run, settings
 from rabbitry.errors import StorageError
-from rabbitry.outbox import ledger_commands, registry, requeue_commands
-from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox import message_commands, registry, requeue_commands
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 queues_app = typer.Typer(
@@ -38,7 +38,7 @@ def _schema_hint(exc: StorageError) -> StorageError:
 def register(app: typer.Typer) -> None:
     app.command("requeue")(requeue_commands.requeue_command)
     app.add_typer(queues_app, name="queues")
-    ledger_commands.register(app)
+    message_commands.register(app)
 
 
 # --- queues -------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ async def _list(
         await db.upgrade()
         try:
             rows = await registry.list_queues(db, include_inactive=not active_only)
-            pending = await Ledger(db).pending_by_queue()
+            pending = await Outbox(db).pending_by_queue()
         except StorageError as exc:
             raise _schema_hint(exc) from exc
     return rows, pending

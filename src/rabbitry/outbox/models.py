@@ -44,7 +44,7 @@ class QueueRecord(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(NaiveUTC, default=utcnow)
 
 
-class PendingMessage(Base):
+class OutboxMessageRecord(Base):
     """A message the broker has not confirmed yet (contingency) or a user parked (manual)."""
 
     __tablename__ = "outbox_messages"
@@ -99,4 +99,4 @@ class PendingMessage(Base):
 
 
 # Matches the partial indexes' predicate, so that both databases use them.
-PENDING_CLAUSE = PendingMessage.processed == false()
+PENDING_CLAUSE = OutboxMessageRecord.processed == false()

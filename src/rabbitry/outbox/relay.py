@@ -20,8 +20,8 @@ from rabbitry.errors import RabbitryError
 from rabbitry.messaging.publisher import Publisher
 from rabbitry.outbox.exchanges import ExchangeCheck
 from rabbitry.outbox.filters import Origin, RequeueFilter
-from rabbitry.outbox.ledger import Ledger
 from rabbitry.outbox.requeue import RequeueOptions, RequeueReport, requeue, without_circuit
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class RelayService:
             )
             exchanges = ExchangeCheck(self.settings)
             stack.push_async_callback(exchanges.close)
-            ledger = Ledger(db)
+            ledger = Outbox(db)
             while not stopping.is_set():
                 exchanges.forget()
                 await self.run_once(ledger, publisher, stopping, exchanges)
@@ -74,7 +74,7 @@ class RelayService:
 
     async def run_once(
         self,
-        ledger: Ledger,
+        ledger: Outbox,
         publisher: Publisher,
         stopping: asyncio.Event | None = None,
         exchanges: ExchangeCheck | None = None,

@@ -34,7 +34,6 @@ from rabbitry.messaging.publisher import Publisher
 from rabbitry.outbox import registry
 from rabbitry.outbox.exchanges import ExchangeCheck
 from rabbitry.outbox.filters import FilterError, RequeueFilter, parse_filter
-from rabbitry.outbox.ledger import Ledger
 from rabbitry.outbox.requeue import (
     RequeueOptions,
     RequeueReport,
@@ -42,6 +41,7 @@ from rabbitry.outbox.requeue import (
     requeue,
     without_circuit,
 )
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 FAILED = 1
@@ -186,7 +186,7 @@ async def _requeue(
         Publisher(without_circuit(config.amqp), name=f"{config.namespace}-requeue") as pub,
     ):
         await db.upgrade()  # a fresh database gets its tables, as with every other command
-        ledger = Ledger(db)
+        ledger = Outbox(db)
         total = await ledger.count(where)
         if total == 0 and where.queue:
             note = await _nothing_pending(db, ledger, where)
@@ -225,7 +225,7 @@ async def _requeue(
                 await exchanges.close()
 
 
-async def _nothing_pending(db: Database, ledger: Ledger, where: RequeueFilter) -> str | None:
+async def _nothing_pending(db: Database, ledger: Outbox, where: RequeueFilter) -> str | None:
     """Why a run for ``where.queue`` found nothing, when that may surprise the user."""
     assert where.queue is not None
     if where.since is not None or where.before is not None:

@@ -30,9 +30,18 @@ from pathlib import Path
 from rabbitry.sessions.backends import open_manager
 from rabbitry.sessions.manager import Principal, SessionManager
 from rabbitry.sessions.notices import REVOKED
+from rabbitry.sessions.tenants import Tenants
 from rabbitry.sessions.topology import TenantsLayout
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 """This part's Alembic revisions (a version location)."""
 
-__all__ = ["MIGRATIONS", "REVOKED", "Principal", "SessionManager", "TenantsLayout", "open_manager"]
+__all__ = [
+    "MIGRATIONS",
+    "REVOKED",
+    "Principal",
+    "SessionManager",
+    "Tenants",
+    "TenantsLayout",
+    "open_manager",
+]

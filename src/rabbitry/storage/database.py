@@ -13,14 +13,15 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -60,13 +61,20 @@ class Database:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """A session in a transaction, committed on success; database errors become
+        """An ORM session in a transaction, committed on success; database errors become
         :class:`StorageError`."""
-        try:
+        with database_errors():
             async with self.sessions.begin() as session:
                 yield session
-        except (SQLAlchemyError, OSError) as exc:  # drivers raise bare OSError when unreachable
-            raise StorageError(f"database error: {type(exc).__name__}: {exc}") from exc
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection]:
+        """A Core connection in a transaction (no unit of work, no identity map: what a query
+        over many rows wants), committed on success; database errors become
+        :class:`StorageError`."""
+        with database_errors():
+            async with self.engine.begin() as connection:
+                yield connection
 
     async def upgrade(
         self, revision: str = "heads", *, migrations: Migrations | None = None
@@ -119,6 +127,18 @@ class Database:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+@contextmanager
+def database_errors() -> Iterator[None]:
+    """Turns what SQLAlchemy and the drivers raise into :class:`StorageError`: the one place
+    that does."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise StorageError(f"database error: {type(exc).__name__}: {exc}") from exc
+    except OSError as exc:  # a refused or dropped connection (TimeoutError too), from the driver
+        raise StorageError(f"database unreachable: {exc}") from exc
 
 
 @asynccontextmanager
