@@ -28,7 +28,7 @@ from conftest import BrokerProbe
 from fixtures.outbox import seed_rows, set_created_at
 from helpers import AMQP_URL, RABBITRY, free_port, wait_until
 from rabbitry.amqp.declarer import Declarer
-from rabbitry.chat.history import StoredChatMessage
+from rabbitry.chat.models import StoredChatMessage
 from rabbitry.config import Settings
 from rabbitry.events.change import ChangeEvent, ChangeType
 from rabbitry.events.store import EventStore, Incoming

@@ -34,7 +34,7 @@ from rabbitry.events.emitter import Emitter, acting_as
 from rabbitry.events.orm import ChangeTracker
 from rabbitry.events.store import EventStore
 from rabbitry.events.topology import EventsLayout, events_topology
-from rabbitry.events.workflow import WorkflowService
+from rabbitry.events.workflow import WorkflowWorker
 from rabbitry.messaging.publisher import Publisher, PublishStatus
 from rabbitry.outbox.filters import Origin, RequeueFilter
 from rabbitry.outbox.message import OutboxMessage
@@ -91,7 +91,7 @@ async def relayed(settings: Settings, db: Database, order_id: int, *, what: str)
     """Run the workflow worker and the relay until the one event of order ``order_id`` is
     stored and no ledger row is left pending; that event."""
     store, ledger = EventStore(db), Outbox(db)
-    async with running(WorkflowService(settings, db)), running(relay(settings, db)):
+    async with running(WorkflowWorker(settings, db)), running(relay(settings, db)):
 
         async def stored() -> bool:
             return len(await store.history(ORDER, order_id)) == 1
@@ -112,7 +112,7 @@ async def test_committed_changes_are_stored_and_their_rows_marked_processed(
     ledger, store = Outbox(events_db), EventStore(events_db)
     async with (
         app_engine(events_db_url, events_db) as engine,
-        running(WorkflowService(events_settings, events_db)),
+        running(WorkflowWorker(events_settings, events_db)),
         Publisher(events_settings.amqp, fallback=ledger) as publisher,
     ):
         tracker = ChangeTracker(Emitter(publisher, events_settings))
@@ -147,7 +147,7 @@ async def test_rolled_back_changes_leave_no_row_and_send_no_message(
     ledger, store = Outbox(events_db), EventStore(events_db)
     async with (
         app_engine(events_db_url, events_db) as engine,
-        running(WorkflowService(events_settings, events_db)),
+        running(WorkflowWorker(events_settings, events_db)),
         Publisher(events_settings.amqp, fallback=ledger) as publisher,
     ):
         tracker = ChangeTracker(Emitter(publisher, events_settings))
@@ -329,7 +329,7 @@ async def test_memory_delivery_stays_available_for_a_database_without_the_ledger
     own = make_settings(namespace=events_settings.namespace)
     async with (
         app_engine(f"sqlite+aiosqlite:///{tmp_path}/app-only.db") as engine,
-        running(WorkflowService(events_settings, events_db)),
+        running(WorkflowWorker(events_settings, events_db)),
         Publisher(own.amqp, fallback=ledger) as publisher,
     ):
         tracker = ChangeTracker(Emitter(publisher, own))

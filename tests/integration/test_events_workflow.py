@@ -20,7 +20,7 @@ from rabbitry.events.emitter import Emitter, acting_as
 from rabbitry.events.orm import ChangeTracker
 from rabbitry.events.store import EventStore
 from rabbitry.events.topology import EventsLayout
-from rabbitry.events.workflow import WorkflowService
+from rabbitry.events.workflow import WorkflowWorker
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
 from rabbitry.messaging.topology import dlq_name
@@ -53,7 +53,7 @@ async def test_emitted_changes_are_stored_in_order_with_versions(
 ) -> None:
     store = EventStore(events_db)
     async with (
-        running(WorkflowService(events_settings, events_db)),
+        running(WorkflowWorker(events_settings, events_db)),
         Publisher(events_settings.amqp, fallback=Outbox(events_db)) as publisher,
     ):
         emitter = Emitter(publisher, events_settings)
@@ -87,7 +87,7 @@ async def test_orm_commits_reach_the_event_store_and_rollbacks_do_not(
     store = EventStore(events_db)
     try:
         async with (
-            running(WorkflowService(events_settings, events_db)),
+            running(WorkflowWorker(events_settings, events_db)),
             Publisher(events_settings.amqp, fallback=Outbox(events_db)) as publisher,
         ):
             tracker = ChangeTracker(Emitter(publisher, events_settings))
@@ -131,7 +131,7 @@ async def test_invalid_events_are_dead_lettered_with_their_reason(
     layout = EventsLayout(events_settings.namespace)
     route = Route(layout.events_exchange, "insert")
     async with (
-        running(WorkflowService(events_settings, events_db)),
+        running(WorkflowWorker(events_settings, events_db)),
         Publisher(events_settings.amqp) as publisher,
     ):
         await publisher.publish(Message("insert", {"entity": "e", "id": 1, "user": 1}), route)
@@ -166,7 +166,7 @@ async def test_a_redelivered_message_is_stored_once(
     marker = Message("update", {"entity": "e", "id": 1, "user": 1, "data": {"n": 2}})
     store = EventStore(events_db)
     async with (
-        running(WorkflowService(events_settings, events_db)),
+        running(WorkflowWorker(events_settings, events_db)),
         Publisher(events_settings.amqp) as publisher,
     ):
         for _ in range(3):
@@ -191,7 +191,7 @@ async def test_several_workflow_workers_keep_versions_gap_free(
     try:
         async with contextlib.AsyncExitStack() as stack:
             for db in [events_db, *extra]:
-                await stack.enter_async_context(running(WorkflowService(events_settings, db)))
+                await stack.enter_async_context(running(WorkflowWorker(events_settings, db)))
             publisher = await stack.enter_async_context(Publisher(events_settings.amqp))
             emitter = Emitter(publisher, events_settings)
             changes = [
@@ -227,7 +227,7 @@ async def test_without_a_broker_events_wait_in_the_outbox_and_are_stored_once_re
     assert row.type == "insert" and json.loads(row.body)["id"] == 3
     store = EventStore(events_db)
     async with (
-        running(WorkflowService(events_settings, events_db)),
+        running(WorkflowWorker(events_settings, events_db)),
         Publisher(events_settings.amqp) as publisher,
     ):
         report = await RelayService(events_settings, db=events_db).run_once(ledger, publisher)

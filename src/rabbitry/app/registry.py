@@ -23,7 +23,7 @@ from rabbitry.chat import catalog as chat_catalog
 from rabbitry.chat import http as chat_http
 from rabbitry.chat import topology as chat_topology
 from rabbitry.chat.entity_pages import RoomPages
-from rabbitry.chat.persistence import PersistenceProcess
+from rabbitry.chat.persistence import PersistenceService
 from rabbitry.config import Settings
 from rabbitry.errors import ConfigError
 from rabbitry.events import catalog as events_catalog
@@ -31,7 +31,7 @@ from rabbitry.events import commands as events_commands
 from rabbitry.events import http as events_http
 from rabbitry.events import topology as events_topology
 from rabbitry.events.entity_pages import EventSourcedPages
-from rabbitry.events.workflow import WorkflowProcess
+from rabbitry.events.workflow import WorkflowService
 from rabbitry.messaging.catalog import Catalog
 from rabbitry.messaging.service import Service
 from rabbitry.messaging.topology import Topology
@@ -104,7 +104,7 @@ _DOMAIN: tuple[Part, ...] = (
         summary="event sourcing: module routing, change events, the workflow module",
         services={
             "workflow": ServiceSpec(
-                WorkflowProcess, summary="stores change events, logs module messages"
+                WorkflowService, summary="stores change events, logs module messages"
             )
         },
         servers={"events": [events_http.router]},
@@ -136,7 +136,7 @@ _DOMAIN: tuple[Part, ...] = (
         summary="WebSocket chat across gateway instances",
         services={
             "chat-persist": ServiceSpec(
-                PersistenceProcess, in_up=_broker_on, summary="stores chat messages once each"
+                PersistenceService, in_up=_broker_on, summary="stores chat messages once each"
             )
         },
         servers={"chat": [chat_http.router]},

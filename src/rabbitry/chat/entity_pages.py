@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import and_, func, or_, select
 
-from rabbitry.chat.history import StoredChatMessage
+from rabbitry.chat.models import StoredChatMessage
 from rabbitry.storage import Database
 from rabbitry.storage.listing import MAX_SEARCH, Listing, Record, Row, iso, listing, one_page_more
 

@@ -39,7 +39,7 @@ BATCH_SIZE = 250
 MAX_NAME_LENGTH = 255  # the message log's text columns
 
 
-class WorkflowService:
+class WorkflowWorker:
     """The workflow module's worker on ``database``: a :class:`~rabbitry.messaging.Service`."""
 
     name = "workflow"
@@ -150,7 +150,7 @@ def check_loggable(message: Message) -> None:
     check_json({k: list(v) for k, v in message.headers.items()}, "rr_headers")
 
 
-class WorkflowProcess:
+class WorkflowService:
     """The workflow module with a database of its own: what ``rabbitry worker workflow`` and
     ``rabbitry up`` run. Opens (and migrates) the database, runs the worker, closes it."""
 
@@ -161,7 +161,7 @@ class WorkflowProcess:
 
     async def run(self, stopping: asyncio.Event) -> None:
         async with open_database(self._settings.sql_url) as database:
-            service = WorkflowService(self._settings, database)
+            service = WorkflowWorker(self._settings, database)
             # Everything loaded so far (modules, the ORM's and the settings' classes) lives as
             # long as the process: keep it out of the collector's full passes, which otherwise
             # scan it over and over while thousands of messages wait in the prefetch window

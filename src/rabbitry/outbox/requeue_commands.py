@@ -49,7 +49,7 @@ SKIPPED = 3
 
 
 @dataclass(slots=True)
-class Outcome:
+class RunResult:
     report: RequeueReport | None  # None: stopped at once by a second signal
     signal: signal.Signals | None = None
 
@@ -133,7 +133,7 @@ async def _main(
     verbose: bool,
     zone: dt.tzinfo | None,
     options: RequeueOptions,
-) -> Outcome:
+) -> RunResult:
     stopping = asyncio.Event()
     caught: list[signal.Signals] = []
     work = asyncio.ensure_future(_requeue(config, where, verbose, zone, options, stopping))
@@ -151,7 +151,7 @@ async def _main(
             if not caught:
                 raise
             report = None
-    return Outcome(report, caught[0] if caught else None)
+    return RunResult(report, caught[0] if caught else None)
 
 
 @contextlib.contextmanager
