@@ -29,7 +29,8 @@ from helpers import (
 from rabbitry.config import Settings
 from rabbitry.errors import MessageError
 from rabbitry.events.change import ChangeEvent, ChangeType
-from rabbitry.events.store import EventStore, Incoming, MessageLog
+from rabbitry.events.message_log import MessageLog
+from rabbitry.events.store import EventStore, Incoming
 from rabbitry.events.topology import EventsLayout
 from rabbitry.events.workflow import WorkflowWorker
 from rabbitry.messaging.envelope import Message

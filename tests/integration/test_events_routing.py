@@ -9,7 +9,7 @@ from pathlib import Path
 from helpers import AMQP_URL, delete_namespace, eventually_true, running, take_all
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings, load_settings
-from rabbitry.events.store import MessageLog
+from rabbitry.events.message_log import MessageLog
 from rabbitry.events.topology import EventsLayout, events_topology, module_topology
 from rabbitry.events.workflow import WorkflowWorker
 from rabbitry.messaging.envelope import Message

@@ -23,8 +23,9 @@ from rabbitry.config import Settings
 from rabbitry.errors import MessageError, StorageError
 from rabbitry.events.batcher import Batcher
 from rabbitry.events.change import parse_change
+from rabbitry.events.message_log import MessageLog
 from rabbitry.events.portable import check_json, check_text
-from rabbitry.events.store import EventStore, Incoming, MessageLog, check_message_id
+from rabbitry.events.store import EventStore, Incoming, check_message_id
 from rabbitry.events.topology import WORKFLOW_MODULE, EventsLayout, topology
 from rabbitry.messaging.consumer import Subscription
 from rabbitry.messaging.envelope import Message
