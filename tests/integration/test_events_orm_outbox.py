@@ -29,7 +29,7 @@ from helpers import AMQP_URL, DEAD_AMQP_URL, RecordingPublisher, eventually_true
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.events.change import RecordedEvent
-from rabbitry.events.delivery import Delivery
+from rabbitry.events.delivery import DeliveryMode, OutboxDelivery
 from rabbitry.events.emitter import Emitter, acting_as
 from rabbitry.events.orm import ChangeTracker
 from rabbitry.events.store import EventStore
@@ -115,8 +115,10 @@ async def test_committed_changes_are_stored_and_their_rows_marked_processed(
         running(WorkflowWorker(events_settings, events_db)),
         Publisher(events_settings.amqp, fallback=ledger) as publisher,
     ):
-        tracker = ChangeTracker(Emitter(publisher, events_settings))
-        assert tracker.delivery_for(engine) is Delivery.OUTBOX  # the default here
+        tracker = ChangeTracker(
+            Emitter(publisher, events_settings), delivery=OutboxDelivery(ledger, publisher)
+        )
+        assert tracker.delivery_for(engine) is DeliveryMode.OUTBOX  # the outbox's database
         sessions = tracked(engine, tracker)
         with acting_as(3):
             async with sessions.begin() as session:
@@ -150,7 +152,9 @@ async def test_rolled_back_changes_leave_no_row_and_send_no_message(
         running(WorkflowWorker(events_settings, events_db)),
         Publisher(events_settings.amqp, fallback=ledger) as publisher,
     ):
-        tracker = ChangeTracker(Emitter(publisher, events_settings))
+        tracker = ChangeTracker(
+            Emitter(publisher, events_settings), delivery=OutboxDelivery(ledger, publisher)
+        )
         sessions = tracked(engine, tracker)
         async with sessions() as session:
             session.add(Order(id=1, total=1))
@@ -183,7 +187,11 @@ async def test_with_the_broker_unreachable_the_row_waits_and_the_relay_delivers_
     ledger = Outbox(events_db)
     async with app_engine(events_db_url, events_db) as engine:
         async with Publisher(offline.amqp, fallback=ledger) as publisher:
-            tracker = ChangeTracker(Emitter(publisher, offline), auto_publish=False)
+            tracker = ChangeTracker(
+                Emitter(publisher, offline),
+                auto_publish=False,
+                delivery=OutboxDelivery(ledger, publisher),
+            )
             async with tracked(engine, tracker).begin() as session:
                 session.add(Order(id=5, total=50))
             results = await tracker.flush()  # does not raise: the event is in the outbox
@@ -211,7 +219,9 @@ async def test_the_relay_never_sends_a_row_the_tracker_is_publishing(
         running(busy_relay),
         Publisher(events_settings.amqp, fallback=ledger) as publisher,
     ):
-        tracker = ChangeTracker(Emitter(publisher, events_settings))
+        tracker = ChangeTracker(
+            Emitter(publisher, events_settings), delivery=OutboxDelivery(ledger, publisher)
+        )
         sessions = tracked(engine, tracker)
         for n in range(1, 21):
             async with sessions.begin() as session:
@@ -241,7 +251,7 @@ async def test_events_committed_by_a_process_cancelled_before_publishing_are_rel
         tracker = ChangeTracker(
             Emitter(dies, events_settings),
             auto_publish=False,
-            lease=dt.timedelta(seconds=1),
+            delivery=OutboxDelivery(ledger, dies, lease=dt.timedelta(seconds=1)),
         )
         async with tracked(engine, tracker).begin() as session:
             session.add(Order(id=6, total=60))
@@ -266,6 +276,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from rabbitry.config import Settings
 from rabbitry.events.emitter import Emitter
+from rabbitry.events.delivery import OutboxDelivery
 from rabbitry.events.orm import ChangeTracker
 from rabbitry.messaging.publisher import Publisher
 from rabbitry.outbox.store import Outbox
@@ -283,8 +294,10 @@ class Order(Base):
 
 async def main(url, namespace, amqp_url):
     settings = Settings(namespace=namespace, amqp_url=amqp_url, database_url=url)
-    publisher = Publisher(settings.amqp, fallback=Outbox(Database(url)))
-    tracker = ChangeTracker(Emitter(publisher, settings), lease=dt.timedelta(seconds=1))
+    outbox = Outbox(Database(url))
+    publisher = Publisher(settings.amqp, fallback=outbox)
+    delivery = OutboxDelivery(outbox, publisher, lease=dt.timedelta(seconds=1))
+    tracker = ChangeTracker(Emitter(publisher, settings), delivery=delivery)
     sessions = async_sessionmaker(
         create_async_engine(url), sync_session_class=tracker.session_class
     )
@@ -332,8 +345,8 @@ async def test_memory_delivery_stays_available_for_a_database_without_the_ledger
         running(WorkflowWorker(events_settings, events_db)),
         Publisher(own.amqp, fallback=ledger) as publisher,
     ):
-        tracker = ChangeTracker(Emitter(publisher, own))
-        assert tracker.delivery_for(engine) is Delivery.MEMORY
+        tracker = ChangeTracker(Emitter(publisher, own), delivery=OutboxDelivery(ledger, publisher))
+        assert tracker.delivery_for(engine) is DeliveryMode.MEMORY
         async with tracked(engine, tracker).begin() as session:
             session.add(Order(id=8, total=80))
         await tracker.aclose()

@@ -16,6 +16,7 @@ from fixtures.events import make_settings
 from helpers import DEAD_AMQP_URL, eventually_true, running, take_all
 from rabbitry.config import Settings
 from rabbitry.events.change import ChangeEvent, ChangeType
+from rabbitry.events.delivery import OutboxDelivery
 from rabbitry.events.emitter import Emitter, acting_as
 from rabbitry.events.orm import ChangeTracker
 from rabbitry.events.store import EventStore
@@ -90,7 +91,8 @@ async def test_orm_commits_reach_the_event_store_and_rollbacks_do_not(
             running(WorkflowWorker(events_settings, events_db)),
             Publisher(events_settings.amqp, fallback=Outbox(events_db)) as publisher,
         ):
-            tracker = ChangeTracker(Emitter(publisher, events_settings))
+            delivery = OutboxDelivery(Outbox(events_db), publisher)
+            tracker = ChangeTracker(Emitter(publisher, events_settings), delivery=delivery)
             sessions = async_sessionmaker(
                 engine, sync_session_class=tracker.session_class, expire_on_commit=False
             )
@@ -252,7 +254,8 @@ async def test_orm_events_go_to_the_outbox_when_the_broker_is_unreachable(
     ledger = Outbox(events_db)
     try:
         async with Publisher(unreachable.amqp, fallback=ledger) as publisher:
-            tracker = ChangeTracker(Emitter(publisher, unreachable))
+            delivery = OutboxDelivery(ledger, publisher)
+            tracker = ChangeTracker(Emitter(publisher, unreachable), delivery=delivery)
             sessions = async_sessionmaker(engine, sync_session_class=tracker.session_class)
             async with sessions.begin() as session:
                 session.add(Ticket(id=9, title="offline"))

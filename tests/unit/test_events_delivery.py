@@ -25,7 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from helpers import RecordingPublisher
 from rabbitry.config import Settings
 from rabbitry.errors import ConfigError
-from rabbitry.events.delivery import Delivery, same_database
+from rabbitry.events.delivery import DeliveryMode, MemoryDelivery, OutboxDelivery, same_database
 from rabbitry.events.emitter import Emitter, acting_as
 from rabbitry.events.orm import ChangeTracker
 from rabbitry.messaging.envelope import encode_headers
@@ -69,8 +69,12 @@ def publisher(ledger: Outbox) -> RecordingPublisher:
 
 
 @pytest.fixture
-async def tracker(publisher: RecordingPublisher) -> AsyncIterator[ChangeTracker]:
-    tracker = ChangeTracker(Emitter(publisher, Settings(namespace="unit")), auto_publish=False)
+async def tracker(ledger: Outbox, publisher: RecordingPublisher) -> AsyncIterator[ChangeTracker]:
+    tracker = ChangeTracker(
+        Emitter(publisher, Settings(namespace="unit")),
+        auto_publish=False,
+        delivery=OutboxDelivery(ledger, publisher),
+    )
     yield tracker
     publisher.status, publisher.crash = PublishStatus.PUBLISHED, None
     await tracker.aclose()
@@ -92,26 +96,28 @@ async def all_rows(ledger: Outbox) -> list[OutboxMessage]:
     return await ledger.rows(RequeueFilter(), state=None)
 
 
-async def test_the_outbox_is_the_default_on_the_ledgers_database_and_memory_elsewhere(
+async def test_outbox_delivery_applies_on_the_outboxs_database_and_memory_elsewhere(
     tmp_path: Path,
     tracker: ChangeTracker,
     sessions: async_sessionmaker[AsyncSession],
     database: Database,
+    publisher: RecordingPublisher,
 ) -> None:
-    assert tracker.delivery_for(sessions.kw["bind"]) is Delivery.OUTBOX
-    assert tracker.delivery_for(database.engine) is Delivery.OUTBOX
+    assert tracker.delivery_for(sessions.kw["bind"]) is DeliveryMode.OUTBOX
+    assert tracker.delivery_for(database.engine) is DeliveryMode.OUTBOX
     other = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'other.db'}")
-    assert tracker.delivery_for(other) is Delivery.MEMORY
+    assert tracker.delivery_for(other) is DeliveryMode.MEMORY
+    everywhere = OutboxDelivery(Outbox(database), publisher, everywhere=True)
+    assert everywhere.mode_for(other.sync_engine) is DeliveryMode.OUTBOX
     await other.dispose()
-    emitter = Emitter(RecordingPublisher(), Settings(namespace="unit"))  # no ledger anywhere
-    assert ChangeTracker(emitter).delivery_for(database.engine) is Delivery.MEMORY
-    with pytest.raises(ConfigError, match="outbox ledger"):
-        ChangeTracker(emitter, delivery=Delivery.OUTBOX)
-    memory = ChangeTracker(
-        Emitter(RecordingPublisher(fallback=Outbox(database)), Settings(namespace="unit")),
-        delivery=Delivery.MEMORY,
-    )
-    assert memory.delivery_for(database.engine) is Delivery.MEMORY
+    # The publisher's fallback is the outbox, but the tracker guesses nothing from it: memory
+    # unless it is given the outbox delivery.
+    emitter = Emitter(publisher, Settings(namespace="unit"))
+    assert ChangeTracker(emitter).delivery_for(database.engine) is DeliveryMode.MEMORY
+    memory = ChangeTracker(emitter, delivery=MemoryDelivery())
+    assert memory.delivery_for(database.engine) is DeliveryMode.MEMORY
+    with pytest.raises(ConfigError, match="no outbox rows"):
+        MemoryDelivery().stage(None, [])  # type: ignore[arg-type]
 
 
 def test_same_database_ignores_drivers_users_and_loopback_spellings(tmp_path: Path) -> None:
