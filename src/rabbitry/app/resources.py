@@ -16,7 +16,7 @@ from rabbitry.storage import Database, open_database
 async def open_publisher(
     settings: Settings, database: Database, *, name: str | None = None
 ) -> AsyncIterator[Publisher]:
-    """A publisher whose fallback is the outbox ledger in ``database``."""
+    """A publisher whose fallback is the outbox in ``database``."""
     async with Publisher(
         settings.amqp, fallback=Outbox(database), name=name or settings.namespace
     ) as publisher:

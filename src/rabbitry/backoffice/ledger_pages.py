@@ -1,4 +1,4 @@
-"""Settings > Messages to enqueue: the outbox ledger, its filters, requeue and soft delete.
+"""Settings > Messages to enqueue: the outbox messages, their filters, requeue and soft delete.
 
 Every action is one function of :mod:`rabbitry.outbox.browse` (``rabbitry outbox list|show|
 delete``'s too); requeuing is :func:`~rabbitry.outbox.requeue_messages`, the code of

@@ -1,4 +1,4 @@
-"""The outbox's tables: the queue registry and the pending-message ledger.
+"""The outbox's tables: the queue registry and the outbox messages (``outbox_messages``).
 
 Times are stored as naive UTC (``timestamp without time zone`` on PostgreSQL, ISO text on
 SQLite) so that comparisons behave the same on both; :class:`UTCDateTime` hands out aware UTC.

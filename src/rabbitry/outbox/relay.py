@@ -65,16 +65,16 @@ class RelayService:
             )
             exchanges = ExchangeCheck(self.settings)
             stack.push_async_callback(exchanges.close)
-            ledger = Outbox(db)
+            outbox = Outbox(db)
             while not stopping.is_set():
                 exchanges.forget()
-                await self.run_once(ledger, publisher, stopping, exchanges)
+                await self.run_once(outbox, publisher, stopping, exchanges)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), timeout=self.interval)
 
     async def run_once(
         self,
-        ledger: Outbox,
+        outbox: Outbox,
         publisher: Publisher,
         stopping: asyncio.Event | None = None,
         exchanges: ExchangeCheck | None = None,
@@ -83,7 +83,7 @@ class RelayService:
         self.passes += 1
         try:
             report = await requeue(
-                ledger,
+                outbox,
                 publisher,
                 RequeueFilter(origin=Origin.CONTINGENCY),
                 options=self.options,
