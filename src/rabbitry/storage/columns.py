@@ -23,7 +23,9 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
     so it stores naive UTC text, as does a ``timezone=False`` column everywhere.
     """
 
-    impl = DateTime(timezone=True)
+    # The class, not an instance: TypeDecorator builds the impl from __init__'s arguments only
+    # from a class (an instance would be kept as it is, whatever ``timezone`` says).
+    impl = DateTime
     cache_ok = True
 
     def __init__(self, timezone: bool = True) -> None:
