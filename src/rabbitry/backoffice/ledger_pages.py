@@ -1,6 +1,6 @@
 """Settings > Messages to enqueue: the outbox messages, their filters, requeue and soft delete.
 
-Every action is one function of :mod:`rabbitry.outbox.browse` (``rabbitry outbox list|show|
+Every action is one method of :class:`rabbitry.outbox.Outbox` (``rabbitry outbox list|show|
 delete``'s too); requeuing is :func:`~rabbitry.outbox.requeue_messages`, the code of
 ``rabbitry requeue``, run as a job whose progress the page polls.
 """

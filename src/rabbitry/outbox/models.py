@@ -71,11 +71,11 @@ class OutboxMessageRecord(Base):
     # Soft delete (back-office, `rabbitry outbox delete`): the row also leaves the pending set
     # (processed is set), so no requeue run or relay sends it, and stays for the record.
     deleted_at: Mapped[dt.datetime | None] = mapped_column(NaiveUTC, nullable=True)
-    # When an operator's requeue (back-office, outbox.browse) last got the broker's confirm.
+    # When an operator's requeue (back-office, outbox.requeue_messages) last got the broker's confirm.
     requeued_at: Mapped[dt.datetime | None] = mapped_column(NaiveUTC, nullable=True)
 
     __table_args__ = (
-        # The listings (outbox.browse): newest first over every row, keyset-paginated.
+        # The listings (Outbox.page): newest first over every row, keyset-paginated.
         Index("ix_outbox_messages_created", "created_at", "id"),
         Index("ix_outbox_messages_queue_created", "queue", "created_at", "id"),
         # The requeue query: pending rows, oldest first, optionally of one queue. Partial
