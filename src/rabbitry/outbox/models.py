@@ -71,7 +71,7 @@ class OutboxMessageRecord(Base):
     # Soft delete (back-office, `rabbitry outbox delete`): the row also leaves the pending set
     # (processed is set), so no requeue run or relay sends it, and stays for the record.
     deleted_at: Mapped[dt.datetime | None] = mapped_column(NaiveUTC, nullable=True)
-    # When an operator's requeue (back-office, outbox.requeue_messages) last got the broker's confirm.
+    # When an operator's requeue (back-office, requeue_messages) last got the broker's confirm.
     requeued_at: Mapped[dt.datetime | None] = mapped_column(NaiveUTC, nullable=True)
 
     __table_args__ = (
