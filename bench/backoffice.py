@@ -6,7 +6,7 @@ Each case fetches one page of 50 rows, newest first:
   first page      no filter, page 1 (both ways are the same query)
   depth D         no filter, the page after D rows: keyset from the key of row D vs OFFSET D
   queue+pending   one queue's pending rows, the page after half of them
-Times are medians of ROUNDS rounds, through rabbitry.outbox.browse.list_messages (keyset) and
+Times are medians of ROUNDS rounds, through rabbitry.outbox.Outbox.page (keyset) and
 the same statement with OFFSET instead of the key. Prints ms per page and OFFSET/keyset.
 
 Usage: python bench/backoffice.py [--rows 1000000] [--rounds 7] [--pg DSN]
