@@ -36,7 +36,7 @@ from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishResult, PublishStatus, Route
 from rabbitry.messaging.service import Service
 from rabbitry.messaging.topology import Queue, Topology, work_queue
-from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox.store import Outbox
 
 T = TypeVar("T")
 S = TypeVar("S", bound=Service)
@@ -168,7 +168,7 @@ class RecordingPublisher:
     """
 
     def __init__(
-        self, status: PublishStatus = PublishStatus.PUBLISHED, *, fallback: Ledger | None = None
+        self, status: PublishStatus = PublishStatus.PUBLISHED, *, fallback: Outbox | None = None
     ) -> None:
         self.status = status
         self.fallback = fallback

@@ -24,7 +24,7 @@ from rabbitry.config import Settings
 from rabbitry.messaging.publisher import Route
 from rabbitry.messaging.topology import Queue, Topology
 from rabbitry.outbox.filters import RequeueFilter
-from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 if TYPE_CHECKING:
@@ -231,7 +231,7 @@ async def test_a_10_mb_body_goes_through_publish_the_outbox_and_requeue_byte_for
     assert json.loads(stored.stdout)["status"] == "persisted"
     db = Database(database_url(settings))
     try:
-        (row,) = await Ledger(db).rows(RequeueFilter())
+        (row,) = await Outbox(db).rows(RequeueFilter())
         assert row.body.encode("utf-8") == body
     finally:
         await db.close()

@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 from rabbitry.amqp.fieldtable import decode_table, encode_table
 from rabbitry.amqp.wire import FrameError, parse_content_header, salvage_content_header
 from rabbitry.amqp.wire import split_frames as split
-from rabbitry.backoffice.entities import int64
 from rabbitry.chat.protocol import FrameError as ChatFrameError
 from rabbitry.chat.protocol import check_id, check_room, parse_client_frame
 from rabbitry.chat.topology import ChatLayout
@@ -31,11 +30,12 @@ from rabbitry.messaging.deadletters import dead_letter_queue
 from rabbitry.messaging.envelope import Message, decode
 from rabbitry.messaging.settings import validate_name
 from rabbitry.messaging.topology import check_name, check_routing_key
-from rabbitry.outbox.browse import PageKey
 from rabbitry.outbox.filters import FilterError, parse_filter
+from rabbitry.outbox.message import PageKey
 from rabbitry.sessions.tenants import check_tenant
 from rabbitry.sessions.tokens import new_token, token_tenant
 from rabbitry.sessions.topology import TenantsLayout
+from rabbitry.storage.listing import int64
 
 FUZZ = settings(
     max_examples=200,

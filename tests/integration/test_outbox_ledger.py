@@ -16,8 +16,8 @@ from rabbitry.errors import StorageError
 from rabbitry.messaging.envelope import Message, encode_headers
 from rabbitry.messaging.publisher import Route
 from rabbitry.outbox.filters import Origin, RequeueFilter
-from rabbitry.outbox.ledger import Ledger
 from rabbitry.outbox.registry import sync
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 ROUTE = Route("ns.modules", "shipping.registered", queue="shipping_registered_publisher")
@@ -34,7 +34,7 @@ async def test_store_keeps_body_headers_and_id(db: Database) -> None:
         tenant="acme",
         extra={"x-custom": Int64(9), "x-bin": b"\xff\x00"},
     )
-    ledger = Ledger(db)
+    ledger = Outbox(db)
     await ledger.store([(ROUTE, original, "cannot connect to the broker")])
     (row,) = await ledger.rows(RequeueFilter())
     assert row.queue == "shipping_registered_publisher"
@@ -52,7 +52,7 @@ async def test_store_keeps_body_headers_and_id(db: Database) -> None:
 
 
 async def test_ad_hoc_publish_is_filed_under_exchange_and_key(db: Database) -> None:
-    ledger = Ledger(db)
+    ledger = Outbox(db)
     await ledger.store([(Route("ex", "rk"), message(), "down")])
     (row,) = await ledger.rows(RequeueFilter())
     assert row.queue == "ex/rk"
@@ -67,7 +67,7 @@ async def test_ad_hoc_publish_to_a_registry_route_gets_its_name(db: Database) ->
             RegistryEntry(name="twin_b", exchange="ex", routing_key="twin"),
         ],
     )
-    ledger = Ledger(db)
+    ledger = Outbox(db)
     await ledger.store(
         [
             (Route("ex", "vkm"), message(1), "down"),
@@ -85,22 +85,22 @@ async def test_ad_hoc_publish_to_a_registry_route_gets_its_name(db: Database) ->
 async def test_a_non_utf8_body_is_refused_loudly(db: Database) -> None:
     bad = Message(type="t", payload=None, raw_body=b"\xff\xfe")
     with pytest.raises(StorageError):
-        await Ledger(db).store([(ROUTE, bad, "down")])
-    assert await Ledger(db).count(RequeueFilter()) == 0
+        await Outbox(db).store([(ROUTE, bad, "down")])
+    assert await Outbox(db).count(RequeueFilter()) == 0
 
 
 async def test_database_down_raises_storage_error() -> None:
     dead = Database("postgresql+asyncpg://postgres@127.0.0.1:1/none")
     try:
         with pytest.raises(StorageError):
-            await Ledger(dead).store([(ROUTE, message(), "down")])
+            await Outbox(dead).store([(ROUTE, message(), "down")])
     finally:
         await dead.close()
 
 
 async def test_claims_never_overlap(db: Database) -> None:
     await seed_rows(db, [(ROUTE, message(n), "down") for n in range(300)])
-    first, second = Ledger(db), Ledger(db)
+    first, second = Outbox(db), Outbox(db)
     cursor = await first.start(RequeueFilter())
     assert cursor is not None
     a, b = await asyncio.gather(
@@ -116,7 +116,7 @@ async def test_claims_never_overlap(db: Database) -> None:
 
 async def test_settle_marks_published_and_failed(db: Database) -> None:
     ids = await seed_rows(db, [(ROUTE, message(n), "down") for n in range(3)])
-    ledger = Ledger(db)
+    ledger = Outbox(db)
     cursor = await ledger.start(RequeueFilter())
     assert cursor is not None
     rows = await ledger.claim(RequeueFilter(), cursor, token="t", limit=10, lease=LEASE)
@@ -143,7 +143,7 @@ async def test_settle_marks_published_and_failed(db: Database) -> None:
 
 async def test_expired_lease_is_taken_over(db: Database) -> None:
     await seed_rows(db, [(ROUTE, message(), "down")])
-    ledger = Ledger(db)
+    ledger = Outbox(db)
     cursor = await ledger.start(RequeueFilter())
     assert cursor is not None
     gone = dt.timedelta(seconds=-1)  # a run that crashed long ago
@@ -155,7 +155,7 @@ async def test_expired_lease_is_taken_over(db: Database) -> None:
 async def test_filters_by_origin(db: Database) -> None:
     await seed_rows(db, [(ROUTE, message(1), "down")])
     await seed_rows(db, [(ROUTE, message(2), "")], origin=Origin.MANUAL)
-    ledger = Ledger(db)
+    ledger = Outbox(db)
     assert await ledger.count(RequeueFilter(origin=Origin.MANUAL)) == 1
     assert await ledger.count(RequeueFilter(origin=Origin.CONTINGENCY)) == 1
     assert await ledger.count(RequeueFilter()) == 2

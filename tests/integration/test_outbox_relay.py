@@ -8,8 +8,8 @@ from fixtures.outbox import LatencyProxy, Topic, make_settings, seed_rows
 from helpers import drain_ids, eventually_true, message
 from rabbitry.messaging.publisher import Route
 from rabbitry.outbox.filters import Origin, RequeueFilter
-from rabbitry.outbox.ledger import Ledger
 from rabbitry.outbox.relay import RelayService
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 
@@ -18,7 +18,7 @@ async def test_relay_waits_for_the_broker_then_delivers(db: Database, topic: Top
     manual = message("manual")
     await seed_rows(db, [(topic.route(), m, "down") for m in contingency])
     await seed_rows(db, [(topic.route(), manual, "")], origin=Origin.MANUAL)
-    ledger = Ledger(db)
+    ledger = Outbox(db)
 
     async def tried() -> bool:
         return relay.passes >= 3
@@ -63,6 +63,6 @@ async def test_relay_is_idle_when_rabbit_is_not_active(db: Database, outbox_ns: 
     await asyncio.sleep(0.3)
     stopping.set()
     await asyncio.wait_for(task, timeout=5)
-    (row,) = await Ledger(db).rows(RequeueFilter())
+    (row,) = await Outbox(db).rows(RequeueFilter())
     assert row.attempts == 0
     assert relay.passes == 0

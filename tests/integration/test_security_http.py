@@ -22,12 +22,12 @@ from rabbitry.app.http import create_app
 from rabbitry.app.registry import all_routers
 from rabbitry.backoffice import http as backoffice_http
 from rabbitry.backoffice.auth import Signer
-from rabbitry.backoffice.entities import int64
 from rabbitry.chat.http import redact_tokens
 from rabbitry.config import Settings
 from rabbitry.messaging import Topology, work_queue
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import PublishStatus, Route
+from rabbitry.storage.listing import int64
 
 TOKEN = "security-test-admin-token"
 
@@ -263,8 +263,8 @@ async def test_the_dashboard_reports_tenant_rows_no_tenant_may_have(settings: Se
     from sqlalchemy import insert
 
     from rabbitry.sessions.models import Tenant
-    from rabbitry.sessions.store import utcnow
     from rabbitry.storage import Database
+    from rabbitry.storage.clock import utcnow
 
     async with Database(settings.sql_url) as db:
         await db.upgrade()

@@ -33,9 +33,9 @@ from rabbitry.sessions.dispatch import DispatchService, RemovalHandler
 from rabbitry.sessions.models import Tenant
 from rabbitry.sessions.removal import RemovalRequest
 from rabbitry.sessions.sql_store import SqlSessionStore
-from rabbitry.sessions.store import utcnow
 from rabbitry.sessions.tenants import Tenants
 from rabbitry.storage import Database
+from rabbitry.storage.clock import utcnow
 
 
 @pytest.fixture

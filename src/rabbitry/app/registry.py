@@ -2,9 +2,9 @@
 
 A part is one package (``rabbitry.outbox``, ``rabbitry.events``, …) plus one :class:`Part` entry
 in :data:`PARTS`, naming its services (the workers ``rabbitry worker NAME`` runs), its HTTP
-servers (``rabbitry serve NAME``: routers), its CLI commands and its broker topology. ``rabbitry
-up``, ``serve``, ``worker`` and ``topology declare`` are all built from this table, so adding a
-part touches nothing else.
+servers (``rabbitry serve NAME``: routers), its CLI commands, its broker topology and its
+database migrations. ``rabbitry up``, ``serve``, ``worker``, ``topology declare`` and ``db
+upgrade`` are all built from this table, so adding a part touches nothing else.
 """
 
 from __future__ import annotations
@@ -12,22 +12,26 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import typer
 from fastapi import APIRouter, FastAPI
 
+from rabbitry import chat, events, outbox, sessions
 from rabbitry.backoffice import http as backoffice_http
 from rabbitry.chat import catalog as chat_catalog
 from rabbitry.chat import http as chat_http
 from rabbitry.chat import topology as chat_topology
-from rabbitry.chat.persistence import PersistenceProcess
+from rabbitry.chat.entity_pages import RoomPages
+from rabbitry.chat.persistence import PersistenceService
 from rabbitry.config import Settings
 from rabbitry.errors import ConfigError
 from rabbitry.events import catalog as events_catalog
 from rabbitry.events import commands as events_commands
 from rabbitry.events import http as events_http
 from rabbitry.events import topology as events_topology
-from rabbitry.events.workflow import WorkflowProcess
+from rabbitry.events.entity_pages import EventSourcedPages
+from rabbitry.events.workflow import WorkflowService
 from rabbitry.messaging.catalog import Catalog
 from rabbitry.messaging.service import Service
 from rabbitry.messaging.topology import Topology
@@ -38,6 +42,10 @@ from rabbitry.sessions import catalog as sessions_catalog
 from rabbitry.sessions import http as sessions_http
 from rabbitry.sessions import topology as sessions_topology
 from rabbitry.sessions.dispatch import DispatchService
+from rabbitry.sessions.entity_pages import TenantPages, UserPages
+from rabbitry.storage.base import Base
+from rabbitry.storage.listing import EntityPages
+from rabbitry.storage.migrations import Migrations
 
 
 def _always(_: Settings) -> bool:
@@ -69,6 +77,10 @@ class Part:
     lifespan: Lifespan | None = None
     # What its messages look like and where they go (`rabbitry topology asyncapi`).
     catalog: Callable[[Settings], Catalog] | None = None
+    migrations: Path | None = None
+    """The part's Alembic version location (its tables' revisions), if it has tables."""
+    entity_pages: Sequence[EntityPages] = ()
+    """The part's lists on the back-office's entity pages (rows an operator may send with ▶)."""
 
 
 def _broker_on(settings: Settings) -> bool:
@@ -76,7 +88,7 @@ def _broker_on(settings: Settings) -> bool:
     return settings.rabbit_active
 
 
-PARTS: tuple[Part, ...] = (
+_DOMAIN: tuple[Part, ...] = (
     Part(
         name="outbox",
         summary="contingency outbox: requeue command, queue registry, relay",
@@ -85,19 +97,22 @@ PARTS: tuple[Part, ...] = (
         },
         commands=outbox_commands.register,
         catalog=outbox_catalog.catalog,
+        migrations=outbox.MIGRATIONS,
     ),
     Part(
         name="events",
         summary="event sourcing: module routing, change events, the workflow module",
         services={
             "workflow": ServiceSpec(
-                WorkflowProcess, summary="stores change events, logs module messages"
+                WorkflowService, summary="stores change events, logs module messages"
             )
         },
         servers={"events": [events_http.router]},
         commands=events_commands.register,
         topology=events_topology.topology,
         catalog=events_catalog.catalog,
+        migrations=events.MIGRATIONS,
+        entity_pages=(EventSourcedPages(),),
     ),
     Part(
         name="sessions",
@@ -113,25 +128,40 @@ PARTS: tuple[Part, ...] = (
         topology=sessions_topology.topology,
         lifespan=sessions_http.lifespan,
         catalog=sessions_catalog.catalog,
+        migrations=sessions.MIGRATIONS,
+        entity_pages=(TenantPages(), UserPages()),
     ),
     Part(
         name="chat",
         summary="WebSocket chat across gateway instances",
         services={
             "chat-persist": ServiceSpec(
-                PersistenceProcess, in_up=_broker_on, summary="stores chat messages once each"
+                PersistenceService, in_up=_broker_on, summary="stores chat messages once each"
             )
         },
         servers={"chat": [chat_http.router]},
         topology=chat_topology.topology,
         lifespan=chat_http.lifespan,
         catalog=chat_catalog.catalog,
+        migrations=chat.MIGRATIONS,
+        entity_pages=(RoomPages(),),
     ),
+)
+
+PARTS: tuple[Part, ...] = (
+    *_DOMAIN,
     Part(
         name="backoffice",
         summary="back-office pages: messages to enqueue, entity lists with ▶, dead letters",
-        # The dashboard lists the whole system's queues; resolved when a page asks.
-        servers={"backoffice": [backoffice_http.build(lambda s, t: system_topology(s, t))]},
+        servers={
+            "backoffice": [
+                backoffice_http.build(
+                    # The dashboard lists the whole system's queues; resolved when a page asks.
+                    lambda s, t: system_topology(s, t),
+                    [pages for part in _DOMAIN for pages in part.entity_pages],
+                )
+            ]
+        },
         lifespan=backoffice_http.lifespan,
     ),
 )
@@ -194,3 +224,16 @@ def system_topology(settings: Settings, tenants: Iterable[str] = ()) -> Topology
         if part.topology is not None:
             result |= part.topology(settings)
     return result
+
+
+def migrations(parts: Iterable[Part] = PARTS) -> Migrations:
+    """The parts' migrations, with the tables they declare (for autogenerate): what ``rabbitry
+    db upgrade`` applies."""
+    return Migrations(
+        [part.migrations for part in parts if part.migrations is not None], Base.metadata
+    )
+
+
+def entity_pages(parts: Iterable[Part] = PARTS) -> list[EntityPages]:
+    """Every part's entity pages, in the registry's order: what the back-office lists."""
+    return [pages for part in parts for pages in part.entity_pages]

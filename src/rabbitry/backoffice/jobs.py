@@ -1,6 +1,6 @@
 """Requeue runs started from the back-office, with the progress the page polls.
 
-A run is :func:`rabbitry.outbox.browse.requeue_messages` (the code of ``rabbitry requeue``) in a
+A run is :func:`rabbitry.outbox.requeue_messages` (the code of ``rabbitry requeue``) in a
 task of the serving process; its progress callback counts outcomes as each batch is recorded.
 Runs live in the process that started them (a page polls the same process it posted to) and
 are forgotten, oldest first, past :data:`KEEP`.
@@ -19,11 +19,14 @@ from dataclasses import dataclass, field
 from rabbitry.config import Settings
 from rabbitry.errors import RabbitryError
 from rabbitry.messaging.publisher import Publisher
-from rabbitry.outbox import browse
-from rabbitry.outbox.exchanges import ExchangeCheck
-from rabbitry.outbox.filters import RequeueFilter
-from rabbitry.outbox.ledger import Ledger
-from rabbitry.outbox.requeue import RowOutcome, without_circuit
+from rabbitry.outbox import (
+    ExchangeCheck,
+    Outbox,
+    RequeueFilter,
+    RowOutcome,
+    requeue_messages,
+    without_circuit,
+)
 from rabbitry.storage import Database
 
 log = logging.getLogger(__name__)
@@ -69,7 +72,7 @@ class Jobs:
         if where.ids is not None:
             total = len(where.ids)
         else:
-            total = await browse.pending_count(db, where)
+            total = await Outbox(db).count(where)
         job = Job(secrets.token_hex(8), where.describe(), total, dt.datetime.now(dt.UTC))
         self._jobs[job.id] = job
         while len(self._jobs) > KEEP:
@@ -101,8 +104,8 @@ async def _run(job: Job, settings: Settings, db: Database, where: RequeueFilter)
         async with Publisher(
             without_circuit(settings.amqp), name=f"{settings.namespace}-backoffice-requeue"
         ) as publisher:
-            await browse.requeue_messages(
-                Ledger(db), publisher, where, exchanges=exchanges, progress=progress
+            await requeue_messages(
+                Outbox(db), publisher, where, exchanges=exchanges, progress=progress
             )
     except (RabbitryError, ValueError) as exc:
         job.error = str(exc)

@@ -1,7 +1,7 @@
-"""Settings > Messages to enqueue: the outbox ledger, its filters, requeue and soft delete.
+"""Settings > Messages to enqueue: the outbox messages, their filters, requeue and soft delete.
 
-Every action is one function of :mod:`rabbitry.outbox.browse` (``rabbitry outbox list|show|
-delete``'s too); requeuing is :func:`~rabbitry.outbox.browse.requeue_messages`, the code of
+Every action is one method of :class:`rabbitry.outbox.Outbox` (``rabbitry outbox list|show|
+delete``'s too); requeuing is :func:`~rabbitry.outbox.requeue_messages`, the code of
 ``rabbitry requeue``, run as a job whose progress the page polls.
 """
 
@@ -12,13 +12,23 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
-from rabbitry.backoffice.entities import INT64_MAX
 from rabbitry.backoffice.jobs import Jobs
 from rabbitry.backoffice.web import Ctx, error, first, operator, posted
 from rabbitry.errors import RabbitryError
-from rabbitry.outbox import browse, registry
-from rabbitry.outbox.browse import LedgerQuery, PageKey, State
-from rabbitry.outbox.filters import FilterError, RequeueFilter, parse_filter
+from rabbitry.outbox import (
+    MAX_SELECTED,
+    FilterError,
+    Outbox,
+    OutboxQuery,
+    Page,
+    PageKey,
+    RequeueFilter,
+    State,
+    list_queues,
+    parse_filter,
+    selected,
+)
+from rabbitry.storage.listing import INT64_MAX
 
 router = APIRouter()
 PAGE = 50
@@ -35,11 +45,11 @@ def _filters(values: Any) -> dict[str, str]:
     return {name: str(values.get(name) or "").strip() for name in ("queue", "state", "from", "to")}
 
 
-def _query(filters: dict[str, str]) -> LedgerQuery:
+def _query(filters: dict[str, str]) -> OutboxQuery:
     """The page's filters as a listing query; raises FilterError or ValueError."""
     where = parse_filter(filters["queue"], _date(filters["from"]), _date(filters["to"]))
     state = State(filters["state"]) if filters["state"] else None
-    return LedgerQuery(where, state)
+    return OutboxQuery(where, state)
 
 
 def jobs_of(ctx: Ctx) -> Jobs:
@@ -58,16 +68,16 @@ async def messages(request: Request) -> Response:
     filters = _filters(request.query_params)
     after = request.query_params.get("after") or ""
     problem = None
-    page = browse.Page((), None)
+    page = Page((), None)
     pending = 0
     try:
         query = _query(filters)
         key = PageKey.parse(after) if after else None
-        page = await browse.list_messages(ctx.database, query, after=key, limit=PAGE)
-        pending = await browse.pending_count(ctx.database, query.where)
+        page = await Outbox(ctx.database).page(query, after=key, limit=PAGE)
+        pending = await Outbox(ctx.database).count(query.where)
     except (FilterError, ValueError) as exc:
         problem = str(exc)
-    queues = await registry.list_queues(ctx.database)
+    queues = await list_queues(ctx.database)
     return ctx.render(
         "messages.html",
         status=400 if problem else 200,
@@ -86,7 +96,7 @@ async def message(request: Request, row_id: Annotated[int, Path(ge=1, le=INT64_M
     ctx = await operator(request)
     if isinstance(ctx, Response):
         return ctx
-    entry = await browse.get_message(ctx.database, row_id)
+    entry = await Outbox(ctx.database).get(row_id)
     if entry is None:
         return ctx.render("missing.html", status=404, what=f"stored message #{row_id}")
     return ctx.render("message.html", entry=entry)
@@ -94,8 +104,8 @@ async def message(request: Request, row_id: Annotated[int, Path(ge=1, le=INT64_M
 
 def _ids(form: dict[str, list[str]]) -> list[int]:
     ids = [int(v) for v in form.get("ids", []) if v.isdigit() and len(v) < 19]
-    if len(ids) > browse.MAX_SELECTED:
-        raise ValueError(f"select at most {browse.MAX_SELECTED} rows")
+    if len(ids) > MAX_SELECTED:
+        raise ValueError(f"select at most {MAX_SELECTED} rows")
     return ids
 
 
@@ -111,7 +121,7 @@ async def requeue(request: Request) -> Response:
         if first(form, "scope") == "matching":
             where: RequeueFilter = _query(_filters({k: first(form, k) for k in form})).where
         else:
-            where = browse.selected(_ids(form))
+            where = selected(_ids(form))
     except (FilterError, ValueError) as exc:
         return error(400, str(exc))
     try:
@@ -133,7 +143,7 @@ async def delete(request: Request) -> Response:
         return error(400, str(exc))
     if not ids:
         return error(400, "no row selected")
-    deleted = await browse.delete_messages(ctx.database, ids)
+    deleted = await Outbox(ctx.database).delete(ids)
     back = first(form, "back")
     if back.startswith("/messages"):  # only back to a page of ours
         return ctx.redirect(back)

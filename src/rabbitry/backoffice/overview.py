@@ -18,8 +18,8 @@ from rabbitry.config import Settings
 from rabbitry.errors import NotFound, RabbitryError
 from rabbitry.messaging import Declarer, Topology, dlq_name
 from rabbitry.messaging.deadletters import is_dead_letter_queue
-from rabbitry.outbox.ledger import Ledger
-from rabbitry.sessions.tenants import Tenants
+from rabbitry.outbox import Outbox
+from rabbitry.sessions import Tenants
 from rabbitry.storage import Database
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ async def overview(
 ) -> Overview:
     result = Overview()
     try:
-        result.pending = await Ledger(db).pending_by_queue()
+        result.pending = await Outbox(db).pending_by_queue()
     except RabbitryError as exc:
         log.warning("cannot count pending rows: %s", exc)
     try:

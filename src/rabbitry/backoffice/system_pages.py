@@ -7,7 +7,6 @@ import logging
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from rabbitry.backoffice.entities import int64
 from rabbitry.backoffice.overview import Broker, SystemTopology, overview
 from rabbitry.backoffice.web import (
     Ctx,
@@ -20,16 +19,15 @@ from rabbitry.backoffice.web import (
     static_file,
 )
 from rabbitry.errors import NotFound, RabbitryError
-from rabbitry.events.change import parse_time
-from rabbitry.events.store import EventStore
+from rabbitry.events import EventStore, parse_time
 from rabbitry.messaging.deadletters import (
     dead_letter_queue,
     list_dead_letters,
     move_dead_letters,
 )
-from rabbitry.outbox import registry
-from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox import Outbox, list_queues
 from rabbitry.sessions import MemoryLoginThrottle
+from rabbitry.storage.listing import int64
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +114,8 @@ def build(topology: SystemTopology) -> APIRouter:
         ctx = await operator(request)
         if isinstance(ctx, Response):
             return ctx
-        entries = await registry.list_queues(ctx.database)
-        pending = await Ledger(ctx.database).pending_by_queue()
+        entries = await list_queues(ctx.database)
+        pending = await Outbox(ctx.database).pending_by_queue()
         return ctx.render("queues.html", entries=entries, pending=pending)
 
     @router.get("/events")

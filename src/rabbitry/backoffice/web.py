@@ -122,6 +122,7 @@ class Ctx:
             prefix=PREFIX,
             path=self.request.url.path,
             query=query_string,
+            entity_pages=getattr(self.request.state, "entity_pages", {}).values(),
             **values,
         )
         return self.finish(HTMLResponse(page, status_code=status))

@@ -47,7 +47,7 @@ from rabbitry.config import Settings
 from rabbitry.errors import RabbitryError
 from rabbitry.messaging.publisher import PublishStatus
 from rabbitry.sessions import Principal, SessionManager, check_tenant, open_manager
-from rabbitry.sessions.store import utcnow
+from rabbitry.storage.clock import utcnow
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["chat"])

@@ -23,7 +23,7 @@ from rabbitry.errors import RabbitryError
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.inbox import Inbox
 from rabbitry.messaging.topology import Exchange, ExchangeType
-from rabbitry.sessions.topology import TenantsLayout
+from rabbitry.sessions import TenantsLayout
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import typer
 from typer._click.exceptions import ClickException
 
 from rabbitry.app.registry import PARTS
-from rabbitry.cli import messaging, system
+from rabbitry.cli import database, deadletters, messaging, system
 
 app = typer.Typer(
     name="rabbitry",
@@ -47,6 +47,8 @@ def root(
 
 
 messaging.register(app)
+deadletters.register(app)
+database.register(app)
 system.register(app)
 
 for _part in PARTS:

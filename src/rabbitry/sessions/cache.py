@@ -24,7 +24,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from rabbitry.errors import StorageError
-from rabbitry.sessions.store import SessionRecord, utcnow
+from rabbitry.sessions.store import SessionRecord
+from rabbitry.storage.clock import utcnow
 
 # KEYS: entry, index. ARGV: json, ttl ms, member, expiry ms (epoch), now ms (epoch).
 _PUT = """

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from rabbitry.bearer import same_secret
 from rabbitry.sessions.cache import SessionCache
-from rabbitry.sessions.store import SessionRecord, SessionStore, utcnow
+from rabbitry.sessions.store import SessionRecord, SessionStore
 from rabbitry.sessions.throttle import LoginThrottle
 from rabbitry.sessions.tokens import (
     new_session_id,
@@ -27,6 +27,7 @@ from rabbitry.sessions.tokens import (
     token_tenant,
 )
 from rabbitry.sessions.users import UserInfo, Users
+from rabbitry.storage.clock import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from rabbitry.config import Settings
 from rabbitry.errors import BrokerError, Conflict, StorageError
 from rabbitry.messaging import Declarer
 from rabbitry.sessions.models import Tenant
-from rabbitry.sessions.store import utcnow
 from rabbitry.sessions.tokens import TENANT_PATTERN
 from rabbitry.sessions.topology import tenant_topology
 from rabbitry.storage import Database
+from rabbitry.storage.clock import utcnow
 
 log = logging.getLogger(__name__)
 

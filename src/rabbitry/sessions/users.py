@@ -17,9 +17,9 @@ from sqlalchemy.exc import IntegrityError
 
 from rabbitry.errors import Conflict, NotFound, StorageError
 from rabbitry.sessions.models import Tenant, User
-from rabbitry.sessions.store import utcnow
 from rabbitry.sessions.tenants import check_tenant
 from rabbitry.storage import Database
+from rabbitry.storage.clock import utcnow
 
 MAX_USERNAME = 255
 MAX_PASSWORD = 1024  # argon2 takes any length; a bound keeps one request from costing more
