@@ -127,12 +127,19 @@ class Declarer:
     async def declare(self, topology: Topology) -> None:
         """Declare every exchange, then queue, then binding not declared yet."""
         async with self._lock:
-            self._wanted = self._wanted | topology
+            wanted, self._wanted = self._wanted, self._wanted | topology
             try:
                 async with asyncio.timeout(self._rpc_timeout):
                     await self._apply(topology)
             except TimeoutError as exc:
                 raise translate(exc, "declare topology") from exc
+            except RabbitryError:
+                # A refused declaration (PRECONDITION_FAILED) closes the channel: reopen it for
+                # the next call, and re-apply only what was wanted before after a reconnect.
+                self._wanted = wanted
+                with contextlib.suppress(Exception):
+                    await self._reopen()
+                raise
 
     async def _apply(self, topology: Topology) -> None:
         try:
