@@ -76,6 +76,8 @@ def create_app(
 
     app = FastAPI(title="Rabbitry", version=__version__, lifespan=lifespan)
     app.state.settings = settings  # route dependencies (credentials) read it, lifespan or not
+    # Parts' goodbyes the server runs before it drops its connections (see server.py).
+    app.state.before_shutdown = []
     _install_error_handlers(app)
 
     @app.get("/healthz")

@@ -105,6 +105,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
         await stack.enter_async_context(RevocationWatch(gateway, still_valid).running())
         state.chat = Chat(gateway, ChatHistory(state.database), authenticate)
+        state.before_shutdown.append(gateway.going_away)
         yield
 
 
