@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import signal
+import sys
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from fixtures.outbox import LatencyProxy, Topic, seed_rows
 from helpers import AMQP_URL, drain_ids, message
@@ -16,9 +18,42 @@ from rabbitry.outbox.filters import RequeueFilter
 from rabbitry.outbox.ledger import Ledger
 from rabbitry.outbox.models import PendingMessage
 from rabbitry.storage import Database
-from test_requeue_signals import environment, leased, requeue
+
+RABBITRY = Path(sys.executable).with_name("rabbitry")
 
 SKIPPED = 3
+
+
+def environment(db: Database, topic: Topic, amqp_url: str, tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITRY_")}
+    env.update(
+        RABBITRY_NAMESPACE=topic.namespace,
+        RABBITRY_AMQP_URL=amqp_url,
+        RABBITRY_DATABASE_URL=db.url,
+        RABBITRY_DATA_DIR=str(tmp),
+    )
+    return env
+
+
+async def requeue(env: dict[str, str], cwd: Path, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        str(RABBITRY),
+        "requeue",
+        *args,
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def leased(db: Database) -> int:
+    """Pending rows a run holds a lease on."""
+    async with db.session() as session:
+        statement = select(func.count()).where(
+            PendingMessage.processed.is_(False), PendingMessage.claim_token.is_not(None)
+        )
+        return int((await session.execute(statement)).scalar_one())
 
 
 async def test_a_run_that_sent_all_it_could_but_skipped_rows_another_run_holds_exits_3(
