@@ -24,7 +24,7 @@ import pytest
 
 from conftest import BrokerProbe, Endpoint
 from fixtures.sessions import ADMIN, REDIS_URL, SERVICE, delete_redis_keys, redis_keys
-from helpers import AMQP_URL, RABBITRY, eventually_true, free_port, scratch_database
+from helpers import AMQP_URL, RABBITRY, eventually_true, free_port, listed, scratch_database
 from rabbitry.sessions.tokens import token_hash
 from rabbitry.sessions.topology import TenantsLayout
 
@@ -203,9 +203,14 @@ async def revoked(procs: Processes, tenant: str, tokens: list[str], timeout: flo
 async def left_in(broker: BrokerProbe, queue: str) -> dict[str, tuple[int, int]]:
     """(ready, unacked) of ``queue``, its retry tiers and its dead-letter queue, where not empty:
     a request DISPATCH failed on waits in a tier, where the work queue's own count misses it."""
-    queues, _ = await broker.objects(queue)
-    counts = {q: await broker.counts(q) for q in queues}
-    return {q: c for q, c in counts.items() if c != (0, 0)}
+    rows = await asyncio.to_thread(
+        listed, "queues", "name", "messages_ready", "messages_unacknowledged"
+    )
+    return {
+        name: (int(ready), int(unacked))
+        for name, ready, unacked in rows
+        if name.startswith(queue) and (ready, unacked) != ("0", "0")
+    }
 
 
 async def retrying(broker: BrokerProbe, queue: str) -> bool:

@@ -83,9 +83,16 @@ class RemovalHandler:
             async with self._limit:
                 await self._client.revoke(self.tenant, session_id)
 
-        async with asyncio.TaskGroup() as group:
-            for session_id in ids:
-                group.create_task(one(session_id))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for session_id in ids:
+                    group.create_task(one(session_id))
+        except ExceptionGroup as errors:
+            # SESSION down fails every call alike: raise one, for the caller's Retry and reason.
+            failed = errors.subgroup(SessionServiceError)
+            if failed is None:
+                raise
+            raise _first(failed) from errors
 
 
 class DispatchService:
@@ -169,3 +176,9 @@ class DispatchService:
         self.workers[tenant] = worker
         self._tasks[tenant] = asyncio.create_task(worker.run(stopping), name=worker.name)
         log.info("dispatch: serving tenant %s (%s)", tenant, queue)
+
+
+def _first(group: BaseExceptionGroup[SessionServiceError]) -> SessionServiceError:
+    """The first leaf of a (possibly nested) group."""
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
