@@ -23,7 +23,7 @@ import pytest
 from helpers import RecordingFallback, at_least, eventually_true
 from rabbitry import (
     Binding,
-    BrokerError,
+    ConfigError,
     Exchange,
     ExchangeType,
     Fallback,
@@ -801,9 +801,9 @@ async def test_declaring_an_existing_name_with_other_properties_fails_and_the_or
     await core.declare(original)
     await core.declare(original)  # the same again: fine
 
-    with pytest.raises(BrokerError, match="PRECONDITION_FAILED"):
+    with pytest.raises(ConfigError, match="PRECONDITION_FAILED"):
         await core.declare(Topology.of(queues=[Queue(queue, arguments=(("x-message-ttl", 5),))]))
-    with pytest.raises(BrokerError, match="PRECONDITION_FAILED"):
+    with pytest.raises(ConfigError, match="PRECONDITION_FAILED"):
         await core.declare(Topology.of(exchanges=[Exchange(exchange, ExchangeType.DIRECT)]))
 
     # Still a topic exchange, still a queue without a TTL: the message routes and stays.

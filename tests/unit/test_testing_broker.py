@@ -21,7 +21,7 @@ from helpers import RecordingFallback, eventually_true
 from rabbitry import (
     AmqpSettings,
     Binding,
-    BrokerError,
+    ConfigError,
     Message,
     MessageError,
     NotFound,
@@ -466,7 +466,7 @@ def test_declaring_a_queue_again_with_other_arguments_fails_as_on_rabbitmq() -> 
     broker = MemoryBroker(Topology.of(queues=[Queue("jobs")]))
     broker.declare(Topology.of(queues=[Queue("jobs")]))  # the same again: fine
 
-    with pytest.raises(BrokerError, match="PRECONDITION_FAILED"):
+    with pytest.raises(ConfigError, match="PRECONDITION_FAILED"):
         broker.declare(Topology.of(queues=[Queue("jobs", arguments=(("x-message-ttl", 5),))]))
 
 
