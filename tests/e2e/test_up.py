@@ -77,7 +77,8 @@ def test_up_runs_the_workflow_worker_end_to_end(system: tuple[str, dict[str, str
         timeout=60,
         check=True,
     )
-    assert json.loads(out.stdout)["status"] == "published"
+    published = json.loads(out.stdout)
+    assert published["status"] == "published"
     history = wait_until(
         lambda: (
             httpx.get(
@@ -89,7 +90,13 @@ def test_up_runs_the_workflow_worker_end_to_end(system: tuple[str, dict[str, str
         ),
         what="the event in the store",
     )
-    assert history
+    (stored,) = history
+    assert {k: stored[k] for k in ("entity", "id", "version", "type", "user", "data")} == {
+        **event,
+        "version": 1,
+        "type": "insert",
+    }
+    assert stored["message_id"] == published["id"]
     metrics = httpx.get(f"{base}/metrics").text
     assert f'rabbitry_consumed_total{{queue="{namespace}.event-sourcing"}} 1.0' in metrics
 

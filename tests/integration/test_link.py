@@ -207,12 +207,15 @@ async def test_broker_side_kill_fails_pending_publishes(queue: str) -> None:
     await link.confirm_select()
     window = [Outgoing("", queue, b"x" * 256, PERSISTENT) for _ in range(2000)]
 
+    streaming = asyncio.Event()
+
     async def publish_forever() -> None:
         while True:
             await link.publish_many(window)
+            streaming.set()
 
     publisher = asyncio.create_task(publish_forever())
-    await asyncio.sleep(0.2)
+    await asyncio.wait_for(streaming.wait(), 30)  # confirmed once, and on to the next window
     assert await asyncio.to_thread(close_connections, name, "test", exact=True) == 1
 
     with pytest.raises(LinkClosed) as failed:

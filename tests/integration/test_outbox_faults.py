@@ -15,7 +15,7 @@ import aio_pika
 from sqlalchemy import select
 
 from fixtures.outbox import Topic, make_settings, seed_rows
-from helpers import AMQP_URL, drain_ids, message
+from helpers import AMQP_URL, drain_ids, eventually_true, message
 from rabbitry.config import Settings
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishResult, Route
@@ -27,6 +27,7 @@ from rabbitry.outbox.relay import RelayService
 from rabbitry.outbox.requeue import RequeueOptions, RowOutcome, requeue, without_circuit
 from rabbitry.outbox.store import Cursor, Outbox
 from rabbitry.storage import Database
+from rabbitry.storage.clock import utcnow
 
 if TYPE_CHECKING:
     from conftest import Endpoint
@@ -39,6 +40,17 @@ async def leases(db: Database) -> list[tuple[str | None, bool]]:
             select(OutboxMessageRecord.claim_token, OutboxMessageRecord.processed)
         )
         return [(token, processed) for token, processed in rows]
+
+
+async def lease_ends(db: Database) -> list[dt.datetime | None]:
+    """``claimed_until`` of every pending row, as stored (the ledger's own clock)."""
+    async with db.session() as session:
+        rows = await session.execute(
+            select(OutboxMessageRecord.claimed_until).where(
+                OutboxMessageRecord.processed.is_(False)
+            )
+        )
+        return [until for (until,) in rows]
 
 
 async def attempts(db: Database) -> Counter[int]:
@@ -214,13 +226,13 @@ async def test_a_run_reports_the_rows_another_run_holds(db: Database, topic: Top
 
 
 class PausedAfterFirstClaim(Outbox):
-    """A ledger whose first claim returns only after ``pause`` seconds (a process stopped
+    """An outbox whose first claim returns only once ``resume`` is set (a process stopped
     with SIGSTOP, a long GC pause): by then the lease has ended."""
 
-    def __init__(self, db: Database, pause: float) -> None:
+    def __init__(self, db: Database) -> None:
         super().__init__(db)
-        self.pause = pause
         self.claimed = asyncio.Event()
+        self.resume = asyncio.Event()
 
     async def claim(
         self, where: RequeueFilter, cursor: Cursor, **kwargs: object
@@ -228,7 +240,7 @@ class PausedAfterFirstClaim(Outbox):
         rows = await super().claim(where, cursor, **kwargs)  # type: ignore[arg-type]
         if not self.claimed.is_set():
             self.claimed.set()
-            await asyncio.sleep(self.pause)
+            await self.resume.wait()
         return rows
 
 
@@ -239,7 +251,7 @@ async def test_a_run_paused_past_its_lease_never_publishes_rows_another_run_took
     await seed_rows(db, [(topic.route(), m, "down") for m in rows])
     settings = make_settings(db, topic.namespace)
     lease = dt.timedelta(seconds=1)
-    paused = PausedAfterFirstClaim(db, pause=2.5)
+    paused = PausedAfterFirstClaim(db)
     async with (
         Publisher(without_circuit(settings.amqp)) as first_publisher,
         Publisher(without_circuit(settings.amqp)) as second_publisher,
@@ -253,8 +265,15 @@ async def test_a_run_paused_past_its_lease_never_publishes_rows_another_run_took
             )
         )
         await asyncio.wait_for(paused.claimed.wait(), timeout=10)
-        await asyncio.sleep(1.3)  # the first run's lease has ended; it is still "paused"
+
+        async def lease_ended() -> bool:
+            leased = [until for until in await lease_ends(db) if until is not None]
+            return bool(leased) and max(leased) < utcnow()
+
+        # The first run's lease ends while it is "paused" (the lease is what passes time here).
+        await eventually_true(lease_ended, what="the first run's lease to end")
         second = await requeue(Outbox(db), second_publisher, RequeueFilter())
+        paused.resume.set()  # the first run wakes up, after the second sent its rows
         report = await asyncio.wait_for(first, timeout=30)
     assert second.published == 40
     assert report.published == 0 and report.failed == 0

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event
 
 from fixtures.outbox import seed_rows
 from helpers import message
@@ -162,23 +163,32 @@ async def test_filters_by_origin(db: Database) -> None:
 
 
 async def test_requeue_query_uses_the_pending_index(db: Database) -> None:
-    """The claim query's plan reads the partial index, not the whole table."""
+    """The plan of the ledger's own claim statement (captured as it runs, with what it sets in
+    its transaction) reads the partial index, not the whole table."""
     await seed_rows(db, [(ROUTE, message(n), "down") for n in range(50)])
-    async with db.session() as session:
-        if db.is_sqlite:
-            plan = await session.execute(
-                text(
-                    "EXPLAIN QUERY PLAN SELECT id FROM outbox_messages WHERE processed = 0 "
-                    "ORDER BY created_at, id LIMIT 10"
-                )
-            )
-        else:
-            await session.execute(text("SET LOCAL enable_seqscan = off"))
-            plan = await session.execute(
-                text(
-                    "EXPLAIN SELECT id FROM outbox_messages WHERE processed = false "
-                    "ORDER BY created_at, id LIMIT 10"
-                )
-            )
+    ledger = Outbox(db)
+    cursor = await ledger.start(RequeueFilter())
+    assert cursor is not None
+    ran: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        ran.append((statement, parameters))
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        claimed = await ledger.claim(
+            RequeueFilter(), cursor, token="plan", limit=10, lease=dt.timedelta(seconds=30)
+        )
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", capture)
+    assert len(claimed) == 10
+    (claim_at,) = [i for i, (sql, _) in enumerate(ran) if sql.lstrip().upper().startswith("UPDATE")]
+    explain = "EXPLAIN QUERY PLAN " if db.is_sqlite else "EXPLAIN "
+    async with db.engine.begin() as conn:
+        for sql, parameters in ran[:claim_at]:  # what the claim set first (PostgreSQL's SET)
+            if not sql.lstrip().upper().startswith(("BEGIN", "SELECT")):
+                await conn.exec_driver_sql(sql, parameters)
+        sql, parameters = ran[claim_at]
+        plan = await conn.exec_driver_sql(explain + sql, parameters)
         lines = " ".join(str(r[-1]) for r in plan)
-    assert "ix_outbox_messages_pending" in lines
+    assert "ix_outbox_messages_pending" in lines, lines

@@ -237,9 +237,12 @@ async def test_a_client_certificate_from_the_settings_is_presented_to_a_broker_t
         declarer = await Declarer.connect(with_certificate.url, name=f"{namespace}-mtls")
         await declarer.close()
         without = tls.url(f"cafile={certificates.ca}")
-        with pytest.raises(LinkError):
+        # Refused, not timed out: with TLS 1.3 the terminator's alert comes after the
+        # handshake, and the link sees the connection closed; with TLS 1.2, a handshake error.
+        refusal = r"connection closed by the broker|CERTIFICATE_REQUIRED|HANDSHAKE_FAILURE"
+        with pytest.raises(LinkError, match=refusal):
             link = await Link.connect(without, name=f"{namespace}-no-cert", timeout=5)
-            await link.confirm_select()  # TLS 1.3 may report the refusal after the handshake
+            await link.confirm_select()
     assert tls.client_subjects[:2] == ["rabbitry-client", "rabbitry-client"]
 
 

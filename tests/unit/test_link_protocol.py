@@ -8,13 +8,15 @@ nothing written while the transport is paused, acks folded, heartbeats sent and 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from pamqp import base, commands, header
 from pamqp import body as pamqp_body
 from pamqp import frame as pamqp_frame
 
+from helpers import eventually_true
 from rabbitry.amqp import wire
 from rabbitry.amqp.link import Link, LinkClosed, Outgoing, PublishOutcome, Received
 from rabbitry.amqp.properties import Properties
@@ -212,15 +214,33 @@ async def test_close_sends_pending_acks_then_closes_cleanly(
     assert link.closed.result() is None
 
 
+def heartbeats_sent(transport: Transport, count: int) -> bool:
+    return transport.writes.count(wire.HEARTBEAT) >= count
+
+
+def holds(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return condition()
+
+    return check
+
+
 async def test_heartbeats_are_sent_when_idle_and_a_silent_broker_is_dropped() -> None:
     link, transport = await open_link(heartbeat=1)  # checked every 0.5 s
-    await asyncio.sleep(1.2)  # 0.5: the handshake was traffic; 1.0: idle, so a heartbeat
-    assert transport.writes == [wire.HEARTBEAT]
-    assert link.is_open
-    await asyncio.sleep(1.5)  # four silent checks from the broker by 2.5 s: dead
-    assert transport.closing
+    # Idle, it sends heartbeats; while the broker answers each with its own, it stays open,
+    # however many intervals go by (counted in heartbeats, not in seconds).
+    for count in range(1, 6):
+        sent = holds(functools.partial(heartbeats_sent, transport, count))
+        await eventually_true(sent, timeout=30, what="a heartbeat")
+        assert link.is_open and not transport.closing
+        link.data_received(wire.HEARTBEAT)
+    assert set(transport.writes) == {wire.HEARTBEAT}  # idle: nothing else was written
+    # The broker falls silent: after two silent intervals the link gives up on it.
+    dropped = holds(lambda: transport.closing)
+    await eventually_true(dropped, timeout=30, what="the silent broker to be dropped")
+    assert transport.writes.count(wire.HEARTBEAT) >= 5 + 3  # it kept trying meanwhile
     link.connection_lost(None)
-    with pytest.raises(LinkClosed, match="heartbeat"):
+    with pytest.raises(LinkClosed, match="missed heartbeats from the broker"):
         await link.closed
 
 

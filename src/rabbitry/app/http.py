@@ -80,6 +80,8 @@ def create_app(
     app = FastAPI(title="Rabbitry", version=__version__, lifespan=lifespan)
     app.state.settings = settings  # route dependencies (credentials) read it, lifespan or not
     app.add_middleware(BodyLimit, max_bytes=settings.http_max_body)
+    # Parts' goodbyes the server runs before it drops its connections (see server.py).
+    app.state.before_shutdown = []
     _install_error_handlers(app)
 
     @app.get("/healthz")

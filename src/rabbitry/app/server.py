@@ -8,8 +8,9 @@ import contextlib
 import logging
 import secrets
 import signal
+import socket
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import uvicorn
 from fastapi import APIRouter
@@ -110,6 +111,18 @@ async def _serve_http(
 class _Server(uvicorn.Server):
     """uvicorn re-raises SIGTERM after a graceful shutdown, so the process would report death
     by signal; Rabbitry drains its workers and exits 0 instead, as process managers expect."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn closes every open WebSocket with 1012 before the app's lifespan ends: let the
+        # parts close theirs first, with their own codes (the chat gateway's 1001).
+        state = getattr(self.config.app, "state", None)
+        hooks: list[Callable[[], Awaitable[None]]] = getattr(state, "before_shutdown", [])
+        for hook in hooks:
+            try:
+                await hook()
+            except Exception:
+                log.exception("a shutdown hook failed; shutting down anyway")
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

@@ -133,6 +133,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             authenticate,
             max_sockets_per_user=settings.chat_max_sockets_per_user,
         )
+        state.before_shutdown.append(gateway.going_away)
         yield
 
 

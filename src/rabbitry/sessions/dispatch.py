@@ -202,3 +202,9 @@ class DispatchService:
         self.workers[tenant] = worker
         self._tasks[tenant] = asyncio.create_task(worker.run(stopping), name=worker.name)
         log.info("dispatch: serving tenant %s (%s)", tenant, queue)
+
+
+def _first(group: BaseExceptionGroup[SessionServiceError]) -> SessionServiceError:
+    """The first leaf of a (possibly nested) group."""
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
