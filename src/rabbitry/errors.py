@@ -9,6 +9,9 @@ RabbitryError
 │       ├── PublishUnroutable   mandatory message returned: no queue bound for it
 │       └── PublishTimeout      no confirm within the bounded timeout
 ├── MessageError                a message that cannot be decoded or does not fit its schema
+├── RequestError                a request (``Publisher.request``) got no reply
+│   ├── RequestTimeout          none in time (also a TimeoutError)
+│   └── RequestFailed           the handler failed it: dead-lettered, with this reason
 ├── StorageError                the database failed (the outbox could not persist either)
 ├── NotFound                    a named thing (queue, entity, tenant) does not exist
 └── Conflict                    it exists already (a tenant, a username in its tenant)
@@ -51,6 +54,18 @@ class PublishTimeout(PublishFailed):
 
 class MessageError(RabbitryError):
     """A message is malformed: bad JSON, a missing ``rr_job``, a schema error."""
+
+
+class RequestError(RabbitryError):
+    """A request got no reply."""
+
+
+class RequestTimeout(RequestError, TimeoutError):
+    """No reply arrived within the request's timeout."""
+
+
+class RequestFailed(RequestError):
+    """The request's handler failed and the request was dead-lettered; ``str()`` says why."""
 
 
 class StorageError(RabbitryError):

@@ -23,6 +23,7 @@ from rabbitry.amqp.properties import Properties
 from rabbitry.errors import BrokerError
 
 __all__ = [
+    "REPLY_TO",
     "BaseLink",
     "LinkClosed",
     "LinkError",
@@ -33,6 +34,10 @@ __all__ = [
     "Skipped",
     "Unfit",
 ]
+
+
+REPLY_TO = "amq.rabbitmq.reply-to"
+"""RabbitMQ's direct reply-to pseudo-queue: consumed with ``no_ack``, named in ``reply_to``."""
 
 
 class LinkError(BrokerError):
@@ -152,9 +157,11 @@ class BaseLink(Protocol):
         *,
         consumer_tag: str | None = None,
         exclusive: bool = False,
+        no_ack: bool = False,
     ) -> str:
         """Start a consumer; returns its tag. ``on_delivery`` must not block; the owner
-        settles each delivery with :meth:`ack`, :meth:`nack` or :meth:`reject`."""
+        settles each delivery with :meth:`ack`, :meth:`nack` or :meth:`reject`, unless
+        ``no_ack`` (which :data:`REPLY_TO` requires): then the broker counts it settled."""
         ...
 
     async def cancel(self, consumer_tag: str) -> None:

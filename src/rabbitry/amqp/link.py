@@ -19,13 +19,13 @@ import logging
 import re
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pamqp import commands
 
 from rabbitry.amqp import wire
-from rabbitry.amqp.base import LinkClosed, LinkError, Received, Skipped, Unfit
+from rabbitry.amqp.base import REPLY_TO, LinkClosed, LinkError, Received, Skipped, Unfit
 from rabbitry.amqp.confirms import Confirms, Outgoing, PublishOutcome
 from rabbitry.amqp.properties import Properties, encode_properties
 from rabbitry.amqp.protocol import CHANNEL, AmqpProtocol
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 # wait for it.
 _EAGER_PIECES = 1024
 
+_REPLY_ADDRESS = REPLY_TO + "."  # what the broker rewrites a request's reply_to into
 # RabbitMQ names the exchange a refused publish went to in its reply text.
 _REFUSED_EXCHANGE = re.compile(r"exchange '(.*?)' in vhost")
 
@@ -166,8 +167,10 @@ class Link(AmqpProtocol):
             _, _, exchange, routing_key = fields
             # The broker echoes the property bytes it received: compare those, not decoded
             # fields, so look-alike messages are told apart (confirms.py).
-            if self._confirms is None or not self._confirms.returned(
-                exchange, routing_key, body, self._header[12:]
+            raw = self._header[12:]
+            if self._confirms is None or not (
+                self._confirms.returned(exchange, routing_key, body, raw)
+                or self._returned_request(exchange, routing_key, body, properties)
             ):
                 log.warning("unmatched basic.return from %r with key %r", exchange, routing_key)
             return
@@ -189,6 +192,16 @@ class Link(AmqpProtocol):
             log.exception("on_delivery for %s raised on delivery %d", consumer_tag, tag)
             self._acks.settled(tag)
             self._send(wire.encode_reject(CHANNEL, tag, requeue=not redelivered))
+
+    def _returned_request(
+        self, exchange: str, routing_key: str, body: bytes, properties: Properties
+    ) -> bool:
+        """A returned request sent with direct reply-to: the broker echoes the ``reply_to``
+        it rewrote to this channel's address, so match the bytes as they were published."""
+        if self._confirms is None or not (properties.reply_to or "").startswith(_REPLY_ADDRESS):
+            return False
+        published = encode_properties(replace(properties, reply_to=REPLY_TO))
+        return self._confirms.returned(exchange, routing_key, body, published)
 
     # --- publishing --------------------------------------------------------------------
 
@@ -309,11 +322,14 @@ class Link(AmqpProtocol):
         *,
         consumer_tag: str | None = None,
         exclusive: bool = False,
+        no_ack: bool = False,
     ) -> str:
         """Start a consumer; ``on_delivery`` runs inside ``data_received`` for each message.
 
         It must not block, and it settles each delivery with :meth:`ack`, :meth:`nack` or
         :meth:`reject`. If it raises, the error is logged and the delivery stays unsettled.
+        With ``no_ack`` (direct reply-to requires it) the broker counts each delivery settled
+        as it sends it, and the callback settles nothing.
         """
 
         def register(reply: commands.Basic.ConsumeOk) -> None:
@@ -321,7 +337,7 @@ class Link(AmqpProtocol):
             self._consumers[reply.consumer_tag or ""] = on_delivery
 
         method = commands.Basic.Consume(
-            queue=queue, consumer_tag=consumer_tag or "", exclusive=exclusive
+            queue=queue, consumer_tag=consumer_tag or "", exclusive=exclusive, no_ack=no_ack
         )
         reply = await self._call(method, register)
         return str(reply.consumer_tag)

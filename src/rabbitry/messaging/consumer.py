@@ -34,10 +34,12 @@ from typing import Any
 from rabbitry import metrics
 from rabbitry.amqp.base import BaseLink, LinkError, Outgoing, PublishOutcome, Received
 from rabbitry.amqp.fieldtable import Int64
-from rabbitry.amqp.properties import Properties
+from rabbitry.amqp.properties import Properties, properties_of
 from rabbitry.errors import BrokerError, MessageError
 from rabbitry.messaging import envelope
-from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.envelope import REASON_HEADER, Message
+from rabbitry.messaging.middleware import Middleware, wrap_handler
+from rabbitry.messaging.payloads import AnyHandler, Handler, adapt
 from rabbitry.messaging.retry import RetryPolicy
 from rabbitry.messaging.sender import Sender
 from rabbitry.messaging.settings import AmqpSettings
@@ -45,7 +47,6 @@ from rabbitry.messaging.topology import dlq_name, retry_queue_name
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Message], Awaitable[None]]
 BatchHandler = Callable[[Sequence[Message]], Awaitable[Sequence[BaseException | None]]]
 
 
@@ -71,21 +72,32 @@ class Subscription:
     """What to consume from one queue and how.
 
     ``handlers`` maps a message type (``rr_job``) to its handler; ``default`` takes the other
-    types (without one, an unknown type is dead-lettered). ``batch`` takes lists of up to
-    ``batch_size`` messages instead and returns one outcome per message (``None`` = done).
+    types (without one, an unknown type is dead-lettered). A handler takes the
+    :class:`Message`, or a payload it declares a type for (see
+    :mod:`rabbitry.messaging.payloads`); what it returns is the reply when the message asked
+    for one (``reply_to``). ``batch`` takes lists of up to ``batch_size`` messages
+    instead and returns one outcome per message (``None`` = done).
     ``prefetch``, ``concurrency`` and ``strict`` override the :class:`AmqpSettings` values.
     """
 
     queue: str
-    handlers: Mapping[str, Handler] = field(default_factory=dict)
-    default: Handler | None = None
+    handlers: Mapping[str, AnyHandler] = field(default_factory=dict)
+    default: AnyHandler | None = None
     batch: BatchHandler | None = None
     batch_size: int = 100
     prefetch: int | None = None
     concurrency: int | None = None
     strict: bool | None = None  # None: AmqpSettings.strict_rr_job
+    # The handlers as the consumer calls them (typed ones wrapped), resolved once, here, so a
+    # handler whose annotations cannot be read fails where it is declared.
+    resolved: Mapping[str, Handler] = field(init=False, repr=False, compare=False)
+    resolved_default: Handler | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        resolved = {job: adapt(handler) for job, handler in self.handlers.items()}
+        object.__setattr__(self, "resolved", resolved)
+        default = None if self.default is None else adapt(self.default)
+        object.__setattr__(self, "resolved_default", default)
         if self.prefetch is not None and not 1 <= self.prefetch <= 65535:
             raise ValueError("Subscription.prefetch must be between 1 and 65535")
         if self.concurrency is not None and self.concurrency < 1:
@@ -109,9 +121,16 @@ class Consumer:
         policy: RetryPolicy,
         *,
         sender: Sender | None = None,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self._settings = settings
         self._sub = subscription
+        # The chain is built once per handler: without middleware, the handler itself.
+        self._handlers = {
+            job: wrap_handler(handler, middleware) for job, handler in subscription.resolved.items()
+        }
+        default = subscription.resolved_default
+        self._default = None if default is None else wrap_handler(default, middleware)
         self._link = link
         self._policy = policy
         self._owns_sender = sender is None
@@ -170,13 +189,43 @@ class Consumer:
             handler = self._handler_for(message)
             started = time.perf_counter()
             try:
-                await handler(message)
+                result = await handler(message)
             finally:
                 self._handler_seconds.observe(time.perf_counter() - started)
         except Exception as exc:  # every failure is settled below, by policy
             await self._settle_failure(delivery, exc)
         else:
+            if delivery.properties.reply_to:  # a request: answer it before the ack
+                await self._reply(delivery, message, result)
             self._ack(delivery)
+
+    async def _reply(self, delivery: Received, request: Message | None, result: object) -> None:
+        """Send the handler's return value to the requester (direct reply-to or a queue).
+
+        The work is done, so a reply that cannot be sent does not run the handler again: the
+        requester's timeout tells it. A returned :class:`Message` goes as it is."""
+        if isinstance(result, Message):
+            reply = result
+        else:
+            assert request is not None
+            reply = Message(f"{request.type}.reply", result)
+        correlation = delivery.properties.correlation_id or _id(delivery)
+        try:
+            props, body = envelope.encode(reply)
+        except MessageError as exc:
+            log.error("reply to %s is not sendable: %s", _id(delivery), exc)
+            return
+        props["correlation_id"] = correlation
+        props["delivery_mode"] = 1  # a reply is worth nothing once its requester is gone
+        target = str(delivery.properties.reply_to)
+        try:
+            ((outcome, why),) = await self._sender.send(
+                [Outgoing("", target, body, properties_of(props), True)]
+            )
+        except BrokerError as exc:
+            outcome, why = None, str(exc)
+        if outcome is not PublishOutcome.ACKED:
+            log.warning("reply to %s not delivered (%s): %s", _id(delivery), outcome, why)
 
     async def _process_batch(self, deliveries: list[Received]) -> None:
         assert self._sub.batch is not None
@@ -206,7 +255,7 @@ class Consumer:
         return envelope.decode_received(delivery, strict=strict)
 
     def _handler_for(self, message: Message) -> Handler:
-        handler = self._sub.handlers.get(message.type, self._sub.default)
+        handler = self._handlers.get(message.type, self._default)
         if handler is None:
             raise Reject(f"no handler for message type {message.type!r}")
         return handler
@@ -247,6 +296,10 @@ class Consumer:
             log.warning("dead-lettering %s from %s: %s", _id(delivery), self._sub.queue, error)
             outcome = await self._forward(delivery, dlq_name(self._sub.queue), extra)
         if outcome is PublishOutcome.ACKED:
+            if delay is None and delivery.properties.reply_to:
+                # A request that will never be answered: its requester hears why at once.
+                failure = Message("rabbitry.request-failed", None, extra={REASON_HEADER: reason})
+                await self._reply(delivery, failure, failure)
             self._ack(delivery)
             counter = metrics.DEAD_LETTERED if delay is None else metrics.RETRIED
             counter.labels(self._queue_label).inc()

@@ -11,6 +11,7 @@ width, ``rr_headers`` as bytes, string or null, ``rr_auto_ack`` missing, unknown
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import hashlib
@@ -98,7 +99,19 @@ class Message:
 
 
 # One encoder for every body: json.dumps with options builds a new one per call (~0.7 µs).
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+def _jsonable(value: Any) -> Any:
+    """The encoder's ``default``: a pydantic model or a dataclass instance as plain JSON
+    values (called only for what JSON cannot encode, so plain payloads pay nothing)."""
+    if hasattr(value, "model_dump") and hasattr(type(value), "model_fields"):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        from pydantic_core import to_jsonable_python  # dates, UUIDs, models nested inside
+
+        return to_jsonable_python(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_jsonable)
 
 
 def content_id(job: str, timestamp: dt.datetime | int | None, body: bytes) -> str:
@@ -124,7 +137,9 @@ def new_id() -> str:
 
 
 def encode_body(payload: Json) -> bytes:
-    """Compact UTF-8 JSON, the form PHP's ``json_decode`` and RoadRunner expect."""
+    """Compact UTF-8 JSON, the form PHP's ``json_decode`` and RoadRunner expect.
+
+    A pydantic model or a dataclass instance (also nested) is encoded as its fields."""
     try:
         return _JSON.encode(payload).encode()
     except (TypeError, ValueError) as exc:

@@ -18,6 +18,8 @@ never silently lost. The connection, its circuit breaker and the broker's alarms
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from collections import Counter
@@ -29,9 +31,12 @@ from typing import Protocol, Self, overload
 from rabbitry import metrics
 from rabbitry.amqp.base import OpenLink, Outgoing, PublishOutcome
 from rabbitry.amqp.properties import properties_of
-from rabbitry.errors import BrokerError
-from rabbitry.messaging import envelope
+from rabbitry.errors import BrokerError, BrokerUnavailable
+from rabbitry.messaging import envelope, rpc
+from rabbitry.messaging.connection import opener
 from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.middleware import Middleware, wrap_publish
+from rabbitry.messaging.rpc import Requester
 from rabbitry.messaging.sender import Sender
 from rabbitry.messaging.settings import AmqpSettings
 from rabbitry.metrics import CounterChild
@@ -121,11 +126,25 @@ class Publisher:
         name: str = "rabbitry",
         open_link: OpenLink | None = None,
         clock: Callable[[], float] = time.monotonic,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self._settings = amqp or AmqpSettings()
         self._fallback = fallback
         self._target_counters: dict[str, tuple[CounterChild, CounterChild]] = {}
         self._sender = Sender(self._settings, f"{name}-publisher", open_link=open_link, clock=clock)
+        self._open_link = open_link or opener(self._settings)
+        self._name = name
+        self._requester: Requester | None = None
+        # The publish chains (with and without the fallback) end in the class's publish. With
+        # publish middleware the instance's publish enters them; without, publish is left as
+        # it is, so a publisher without middleware pays nothing for it, not even a call.
+        inner = type(self).publish
+        self._chains = {
+            use: wrap_publish(functools.partial(inner, self, use_fallback=use), middleware)
+            for use in (True, False)
+        }
+        if self._chains[True] is not None:
+            self.publish = self._chained  # type: ignore[method-assign]
 
     @property
     def fallback(self) -> Fallback | None:
@@ -142,7 +161,8 @@ class Publisher:
         """Publish one message; see the module docstring for the outcomes.
 
         Concurrent calls share writes and confirms (see :class:`Sender`); this path is kept
-        lean because services call it once per message.
+        lean because services call it once per message (publish middleware, when there is
+        some, replaces it on the instance: see ``__init__``).
         """
         outgoing = to_outgoing(message, route)
         published, confirmed = self._counters(_target(route))
@@ -158,6 +178,28 @@ class Publisher:
         (result,) = await self._settle([(message, route)], {0: reason}, unfit, use_fallback)
         return result
 
+    async def _chained(
+        self, message: Message, route: Route, *, use_fallback: bool = True
+    ) -> PublishResult:
+        """:meth:`publish` through the publish middleware."""
+        chain = self._chains[use_fallback]
+        assert chain is not None
+        return await chain(message, route)
+
+    async def request(self, message: Message, route: Route, *, timeout: float) -> Message:
+        """Send ``message`` as a request and return the reply: what the handler that
+        consumed it returned (see :mod:`rabbitry.messaging.rpc`). Raises
+        :class:`~rabbitry.errors.RequestTimeout` after ``timeout`` seconds without one, and
+        :class:`~rabbitry.errors.RequestFailed` when the handler rejected it; a request is
+        never stored in the fallback."""
+        if not self._settings.active:
+            raise BrokerUnavailable("the broker is switched off (rabbit_active=false)")
+        if self._requester is None:
+            self._requester = Requester(self._open_link, f"{self._name}-requests")
+        return await rpc.request(
+            self._requester, message, route.exchange, route.routing_key, timeout
+        )
+
     def _counters(self, target: str) -> tuple[CounterChild, CounterChild]:
         # A label lookup costs more than the increment; publishers reuse a few targets.
         counters = self._target_counters.get(target)
@@ -170,9 +212,13 @@ class Publisher:
     async def publish_many(
         self, items: Sequence[tuple[Message, Route]], *, use_fallback: bool = True
     ) -> list[PublishResult]:
-        """Publish many messages with one wait for their confirms."""
+        """Publish many messages with one wait for their confirms (with publish middleware,
+        each goes through it, and they are published concurrently)."""
         if not items:
             return []
+        chain = self._chains[use_fallback]
+        if chain is not None:
+            return list(await asyncio.gather(*(chain(m, r) for m, r in items)))
         outgoing = _Encoding(items)
         targets = Counter(_target(route) for _, route in items)
         for target, count in targets.items():
@@ -227,6 +273,8 @@ class Publisher:
         return results
 
     async def close(self) -> None:
+        if self._requester is not None:
+            await self._requester.close()
         await self._sender.close()
 
     async def __aenter__(self) -> Self:  # a subclass entered is that subclass

@@ -13,6 +13,7 @@ from rabbitry.amqp.base import BaseLink, LinkClosed, OpenLink
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.messaging.connection import opener, reconnecting
 from rabbitry.messaging.consumer import Consumer, Subscription
+from rabbitry.messaging.middleware import Middleware
 from rabbitry.messaging.retry import RetryPolicy
 from rabbitry.messaging.sender import Sender
 from rabbitry.messaging.settings import AmqpSettings
@@ -31,6 +32,7 @@ class Worker:
     :class:`~rabbitry.messaging.service.Service` (run it with ``serve(worker)``).
 
     ``name`` prefixes its connection names, as the broker's management UI shows them.
+    ``middleware`` runs around every handler call (see :mod:`rabbitry.messaging.middleware`).
     ``open_link`` and ``declare`` are the seams to the broker (by default RabbitMQ at
     ``amqp.url``); :mod:`rabbitry.testing`'s in-memory broker passes its own.
     """
@@ -43,6 +45,7 @@ class Worker:
         *,
         amqp: AmqpSettings | None = None,
         retry: RetryPolicy | None = None,
+        middleware: Sequence[Middleware] = (),
         open_link: OpenLink | None = None,
         declare: Declare | None = None,
     ) -> None:
@@ -51,6 +54,7 @@ class Worker:
         self._subscriptions = list(subscriptions)
         self._topology = topology
         self._policy = retry or RetryPolicy()
+        self._middleware = tuple(middleware)
         self._open_link = open_link or opener(self._settings)
         self._declare = declare or self._declare_on_broker
         self.connected = asyncio.Event()  # set while consuming; tests and health checks wait on it
@@ -70,6 +74,10 @@ class Worker:
     @property
     def retry(self) -> RetryPolicy:
         return self._policy
+
+    @property
+    def middleware(self) -> tuple[Middleware, ...]:
+        return self._middleware
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Consume until ``stopping``, then drain; reconnect when the broker drops us."""
@@ -94,7 +102,14 @@ class Worker:
                 # One link per subscription: basic.qos and flow control stay per queue.
                 link = await self._open_link(f"{self.name}-{subscription.queue}")
                 links.append(link)
-                consumer = Consumer(self._settings, subscription, link, self._policy, sender=sender)
+                consumer = Consumer(
+                    self._settings,
+                    subscription,
+                    link,
+                    self._policy,
+                    sender=sender,
+                    middleware=self._middleware,
+                )
                 await consumer.start()
                 consumers.append(consumer)
             self.connected.set()

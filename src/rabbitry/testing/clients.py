@@ -8,9 +8,11 @@ runs in production.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rabbitry.amqp.base import BaseLink
+from rabbitry.messaging.middleware import Middleware
 from rabbitry.messaging.publisher import Fallback, Publisher
 from rabbitry.messaging.settings import AmqpSettings
 from rabbitry.messaging.topology import Topology
@@ -22,19 +24,29 @@ if TYPE_CHECKING:
 
 
 def memory_publisher(
-    broker: MemoryBroker, amqp: AmqpSettings | None, *, fallback: Fallback | None, name: str
+    broker: MemoryBroker,
+    amqp: AmqpSettings | None,
+    *,
+    fallback: Fallback | None,
+    name: str,
+    middleware: Sequence[Middleware] = (),
 ) -> Publisher:
     """A :class:`~rabbitry.Publisher` whose connections go to ``broker``, its circuit breaker
     on the broker's virtual clock."""
     return Publisher(
-        amqp, fallback=fallback, name=name, open_link=broker._connect, clock=lambda: broker.time
+        amqp,
+        fallback=fallback,
+        name=name,
+        open_link=broker._connect,
+        clock=lambda: broker.time,
+        middleware=middleware,
     )
 
 
 class MemoryWorker:
-    """A copy of a :class:`~rabbitry.Worker` (same name, subscriptions, topology, settings and
-    retry policy) that declares on and consumes from a :class:`MemoryBroker`, and the links it
-    opened there."""
+    """A copy of a :class:`~rabbitry.Worker` (same name, subscriptions, topology, settings,
+    retry policy and middleware) that declares on and consumes from a :class:`MemoryBroker`,
+    and the links it opened there."""
 
     def __init__(self, broker: MemoryBroker, worker: Worker) -> None:
         self._broker = broker
@@ -45,6 +57,7 @@ class MemoryWorker:
             worker.topology,
             amqp=worker.amqp,
             retry=worker.retry,
+            middleware=worker.middleware,
             open_link=self._open_link,
             declare=self._declare,
         )

@@ -14,11 +14,12 @@ import itertools
 import logging
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from rabbitry.amqp import wire
 from rabbitry.amqp.base import (
+    REPLY_TO,
     BaseLink,
     LinkClosed,
     LinkError,
@@ -82,6 +83,8 @@ class MemoryLink(BaseLink):
         self._refused = False  # a publish of this link's was refused (and closed it)
         self._confirming_tasks: set[asyncio.Future[None]] = set()
         self._prefetch = 0
+        self.reply_address: str | None = None
+        self._reply_consumer: tuple[str, Callable[[Received], None]] | None = None
         self._tags = itertools.count(1)
         self._consumer_tags = itertools.count(1)
 
@@ -183,12 +186,22 @@ class MemoryLink(BaseLink):
                 outcomes.append(PublishOutcome.SKIPPED)  # dropped unread after the refused one
                 continue
             try:
+                if item.properties.reply_to == REPLY_TO:
+                    item, properties = self._addressed(item)
                 outcomes.append(self._broker._accept(item, properties))
             except LinkClosed as exc:  # a channel error: the broker closes the channel
                 self._refused = True
                 self.fail(exc)
                 outcomes.append(PublishOutcome.REFUSED)
         return outcomes
+
+    def _addressed(self, item: Outgoing) -> tuple[Outgoing, bytes]:
+        """A request's ``reply_to`` as RabbitMQ rewrites it: this channel's reply address."""
+        if self.reply_address is None:
+            raise LinkClosed("PRECONDITION_FAILED - fast reply consumer does not exist", 406)
+        properties = replace(item.properties, reply_to=self.reply_address)
+        rewritten = Outgoing(item.exchange, item.routing_key, item.body, properties, item.mandatory)
+        return rewritten, encode_properties(properties)
 
     def set_blocked(self, reason: str | None) -> None:
         """The broker blocks (an alarm) or unblocks this connection."""
@@ -215,8 +228,11 @@ class MemoryLink(BaseLink):
         *,
         consumer_tag: str | None = None,
         exclusive: bool = False,
+        no_ack: bool = False,
     ) -> str:
         self._check_open()
+        if queue == REPLY_TO:
+            return self._consume_replies(on_delivery, consumer_tag, no_ack)
         target = self._broker._queue(queue)
         if target is None:
             exc = LinkClosed(f"NOT_FOUND - no queue '{queue}' in vhost '/'", 404)
@@ -227,6 +243,32 @@ class MemoryLink(BaseLink):
         self.has_consumed = True
         self._broker._poke()
         return tag
+
+    def _consume_replies(
+        self, on_delivery: Callable[[Received], None], consumer_tag: str | None, no_ack: bool
+    ) -> str:
+        """Direct reply-to: a pseudo-queue per channel, consumed without acks; a request
+        published here with ``reply_to=amq.rabbitmq.reply-to`` carries this channel's address."""
+        if not no_ack:
+            exc = LinkClosed("PRECONDITION_FAILED - reply consumer cannot acknowledge", 406)
+            self.fail(exc)
+            raise exc
+        tag = consumer_tag or f"amq.ctag-{self.name}-{next(self._consumer_tags)}"
+        self.reply_address = f"{REPLY_TO}.{self.name}.{id(self):x}"
+        self._reply_consumer = (tag, on_delivery)
+        self._broker._reply_links[self.reply_address] = self
+        return tag
+
+    def deliver_reply(self, routing_key: str, body: bytes, properties: Properties) -> None:
+        """A message published to this channel's reply address, handed over unacked."""
+        if self._reply_consumer is None or not self.is_open:
+            return
+        tag, on_delivery = self._reply_consumer
+        delivery = Received(next(self._tags), False, "", routing_key, tag, properties, body)
+        try:
+            on_delivery(delivery)
+        except Exception:
+            log.exception("on_delivery for %s raised on a reply", tag)
 
     async def cancel(self, consumer_tag: str) -> None:
         self._check_open()
@@ -299,6 +341,7 @@ class MemoryLink(BaseLink):
 
     def _end(self, exc: LinkClosed | None) -> None:
         self.consumers.clear()
+        self._reply_consumer = None
         self._unblocked.set()  # held publishes see the link gone
         # Unsettled deliveries go back to their queues, marked redelivered, first tag first.
         for tag in sorted(self.unacked, reverse=True):
