@@ -6,7 +6,7 @@ Each case fetches one page of 50 rows, newest first:
   first page      no filter, page 1 (both ways are the same query)
   depth D         no filter, the page after D rows: keyset from the key of row D vs OFFSET D
   queue+pending   one queue's pending rows, the page after half of them
-Times are medians of ROUNDS rounds, through rabbitry.outbox.browse.list_messages (keyset) and
+Times are medians of ROUNDS rounds, through rabbitry.outbox.Outbox.page (keyset) and
 the same statement with OFFSET instead of the key. Prints ms per page and OFFSET/keyset.
 
 Usage: python bench/backoffice.py [--rows 1000000] [--rounds 7] [--pg DSN]
@@ -25,9 +25,9 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy import text
 
 from common import POSTGRES_ADMIN, fresh_database
-from rabbitry.outbox import browse
-from rabbitry.outbox.browse import LedgerQuery, PageKey, State
 from rabbitry.outbox.filters import RequeueFilter
+from rabbitry.outbox.message import OutboxQuery, PageKey, State
+from rabbitry.outbox.store import Outbox, page_statement
 from rabbitry.storage import Database
 
 LIMIT = 50
@@ -64,24 +64,24 @@ async def median_ms(action: Callable[[], Awaitable[int]], rounds: int) -> float:
     return statistics.median(times)
 
 
-async def key_at(db: Database, query: LedgerQuery, depth: int) -> PageKey:
-    statement = browse.page_statement(query, None, 0).limit(1).offset(depth - 1)
+async def key_at(db: Database, query: OutboxQuery, depth: int) -> PageKey:
+    statement = page_statement(query, None, 0).limit(1).offset(depth - 1)
     async with db.engine.connect() as conn:
         row = (await conn.execute(statement)).one()
     return PageKey(row.created_at, row.id)
 
 
 async def case(
-    db: Database, name: str, query: LedgerQuery, depth: int, rounds: int
+    db: Database, name: str, query: OutboxQuery, depth: int, rounds: int
 ) -> tuple[str, float, float]:
     key = await key_at(db, query, depth) if depth else None
 
     async def keyset() -> int:
-        page = await browse.list_messages(db, query, after=key, limit=LIMIT)
-        return len(page.entries)
+        page = await Outbox(db).page(query, after=key, limit=LIMIT)
+        return len(page.messages)
 
     async def offset() -> int:
-        statement = browse.page_statement(query, None, LIMIT - 1).offset(depth)
+        statement = page_statement(query, None, LIMIT - 1).offset(depth)
         async with db.engine.connect() as conn:
             return len((await conn.execute(statement)).all())
 
@@ -97,8 +97,8 @@ async def main(rows: int, rounds: int, admin_dsn: str) -> None:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             await conn.execute(text("VACUUM ANALYZE outbox_messages"))
         print(f"seeded {rows:,} rows in {time.perf_counter() - started:.1f} s")
-        everything = LedgerQuery()
-        pending_one = LedgerQuery(RequeueFilter(queue="queue-3"), State.PENDING)
+        everything = OutboxQuery()
+        pending_one = OutboxQuery(RequeueFilter(queue="queue-3"), State.PENDING)
         per_queue_pending = rows // QUEUES // 10
         cases = [
             ("first page", everything, 0),

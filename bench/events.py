@@ -35,7 +35,7 @@ from rabbitry.events.change import ChangeEvent, ChangeType
 from rabbitry.events.emitter import Emitter
 from rabbitry.events.store import EventStore, Incoming
 from rabbitry.events.topology import EventsLayout, events_topology, module_topology
-from rabbitry.events.workflow import Outcomes, WorkflowService
+from rabbitry.events.workflow import Outcomes, WorkflowWorker
 from rabbitry.messaging.consumer import Subscription
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher
@@ -72,7 +72,7 @@ class Clock:
         return self.done / (self.last - self.first)
 
 
-class TimedWorkflow(WorkflowService):
+class TimedWorkflow(WorkflowWorker):
     clock: Clock
 
     async def store_events(self, messages: Sequence[Message]) -> Outcomes:
@@ -105,7 +105,7 @@ async def analyze(database: Database) -> None:
         await session.execute(text("ANALYZE"))
 
 
-async def run_until(service: Worker | WorkflowService, clock: Clock) -> float:
+async def run_until(service: Worker | WorkflowWorker, clock: Clock) -> float:
     stopping = asyncio.Event()
     task = asyncio.create_task(service.run(stopping))
     await asyncio.wait_for(clock.finished.wait(), timeout=600)
@@ -199,7 +199,7 @@ async def main(n: int, rounds: int, kind: str) -> None:
             await database.upgrade()
             async with await Declarer.connect(AMQP_URL) as declarer:
                 await declarer.declare(topology)
-            # As WorkflowProcess does at start (`rabbitry worker workflow`, `rabbitry up`):
+            # As WorkflowService does at start (`rabbitry worker workflow`, `rabbitry up`):
             # what is loaded by now lives as long as the process; every case runs with it.
             gc.freeze()
             cases = {

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import aio_pika
 
 from common import AMQP_URL
-from rabbitry.amqp.link import Delivery, Link, Outcome, Outgoing
+from rabbitry.amqp.link import Link, Outgoing, PublishOutcome, Received
 from rabbitry.amqp.properties import Properties
 
 BODY = b'{"job":"probe","payload":"' + b"x" * 228 + b'"}'
@@ -44,7 +44,7 @@ async def link_publish(queue: str, count: int) -> Result:
     async def run() -> None:
         for _ in range(count // WINDOW):
             outcomes = await link.publish_many(window)
-            assert all(outcome is Outcome.ACKED for outcome in outcomes)
+            assert all(outcome is PublishOutcome.ACKED for outcome in outcomes)
 
     result = await _timed(count, run)
     await link.close()
@@ -56,7 +56,7 @@ async def link_consume(queue: str, count: int) -> Result:
     done = asyncio.Event()
     received = 0
 
-    def on_delivery(delivery: Delivery) -> None:
+    def on_delivery(delivery: Received) -> None:
         nonlocal received
         link.ack(delivery.delivery_tag)
         received += 1

@@ -32,9 +32,9 @@ from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, Route
 from rabbitry.messaging.topology import Queue, Topology
 from rabbitry.outbox.filters import RequeueFilter
-from rabbitry.outbox.ledger import Ledger
-from rabbitry.outbox.models import PendingMessage
+from rabbitry.outbox.models import OutboxMessageRecord
 from rabbitry.outbox.requeue import RequeueOptions, requeue
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 
@@ -79,7 +79,7 @@ class RssSampler:
 
 
 async def seed(db: Database, route: Route, rows: int) -> None:
-    ledger = Ledger(db)
+    ledger = Outbox(db)
     chunk: list[tuple[Route, Message, str]] = []
     for message in messages(rows):
         chunk.append((route, message, "bench"))
@@ -111,7 +111,7 @@ async def requeue_all(
         async with RssSampler() as memory:
             start = time.perf_counter()
             report = await requeue(
-                Ledger(db), publisher, RequeueFilter(), options=RequeueOptions(batch_size=batch)
+                Outbox(db), publisher, RequeueFilter(), options=RequeueOptions(batch_size=batch)
             )
             elapsed = time.perf_counter() - start
     if report.published != rows or report.failed:
@@ -132,7 +132,7 @@ async def main(rows: int, batch: int, rounds: int, admin_dsn: str) -> None:
         try:
             for round_ in range(1, rounds + 1):
                 async with db.engine.begin() as connection:
-                    await connection.execute(delete(PendingMessage))
+                    await connection.execute(delete(OutboxMessageRecord))
                 started = time.perf_counter()
                 await seed(db, route, rows)
                 seeded = time.perf_counter() - started
@@ -146,7 +146,7 @@ async def main(rows: int, batch: int, rounds: int, admin_dsn: str) -> None:
                     f"({rate / plain:.2f}x; RSS {memory.start:.0f} -> {memory.peak:.0f} MB)",
                     flush=True,
                 )
-                left = await Ledger(db).count(RequeueFilter())
+                left = await Outbox(db).count(RequeueFilter())
                 in_queue = await declarer.queue_size(queue)
                 if left or in_queue != rows + 1:  # + the warm-up message
                     raise SystemExit(f"requeue left {left} pending, {in_queue} in the queue")

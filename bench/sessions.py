@@ -36,8 +36,9 @@ from rabbitry.app.http import create_app
 from rabbitry.app.registry import lifespans, servers
 from rabbitry.config import Settings
 from rabbitry.sessions.manager import SessionManager
-from rabbitry.sessions.store import SessionRecord, utcnow
+from rabbitry.sessions.store import SessionRecord
 from rabbitry.sessions.tokens import new_session_id, new_token, token_hash
+from rabbitry.storage.clock import utcnow
 from rabbitry.web import AppState
 
 ADMIN = "bench-admin"

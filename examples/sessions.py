@@ -1,8 +1,8 @@
 """Remove a user and watch their session die: the sessions part over HTTP (docs/sessions.md).
 
 Run against `rabbitry up` (or USER and SESSION served apart):
-    RABBITRY_ADMIN_TOKEN=secret rabbitry up &
-    RABBITRY_ADMIN_TOKEN=secret python examples/sessions.py
+    RABBITRY_ADMIN_TOKEN=change-me-to-a-long-secret rabbitry up &
+    RABBITRY_ADMIN_TOKEN=change-me-to-a-long-secret python examples/sessions.py
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ import jsonschema
 from aio_pika.abc import AbstractIncomingMessage
 
 from rabbitry.amqp.declarer import Declarer
-from rabbitry.amqp.link import Link, Outcome, Outgoing
+from rabbitry.amqp.link import Link, Outgoing, PublishOutcome
 from rabbitry.amqp.properties import Properties
 from rabbitry.config import Settings
 from rabbitry.errors import StorageError
@@ -36,7 +36,7 @@ from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishResult, PublishStatus, Route
 from rabbitry.messaging.service import Service
 from rabbitry.messaging.topology import Queue, Topology, work_queue
-from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox.store import Outbox
 
 T = TypeVar("T")
 S = TypeVar("S", bound=Service)
@@ -168,7 +168,7 @@ class RecordingPublisher:
     """
 
     def __init__(
-        self, status: PublishStatus = PublishStatus.PUBLISHED, *, fallback: Ledger | None = None
+        self, status: PublishStatus = PublishStatus.PUBLISHED, *, fallback: Outbox | None = None
     ) -> None:
         self.status = status
         self.fallback = fallback
@@ -257,7 +257,7 @@ async def publish_json(settings: Settings, queue: str, *payloads: object) -> Non
         )
         items = [Outgoing("", queue, json.dumps(p).encode(), properties) for p in payloads]
         outcomes = await link.publish_many(items)
-        assert all(o is Outcome.ACKED for o in outcomes), outcomes
+        assert all(o is PublishOutcome.ACKED for o in outcomes), outcomes
     finally:
         await link.close()
 

@@ -29,6 +29,9 @@ from rabbitry.errors import (
     PublishTimeout,
     PublishUnroutable,
     RabbitryError,
+    RequestError,
+    RequestFailed,
+    RequestTimeout,
     StorageError,
 )
 
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
     from rabbitry.config import Settings, load_settings
     from rabbitry.messaging import (
         AmqpSettings,
+        AnyHandler,
         BatchHandler,
         Binding,
         Declarer,
@@ -44,7 +48,10 @@ if TYPE_CHECKING:
         Fallback,
         Handler,
         Message,
+        Middleware,
+        PayloadError,
         Publisher,
+        PublishNext,
         PublishResult,
         PublishStatus,
         Queue,
@@ -94,6 +101,10 @@ _LAZY = {
     "run_services": "rabbitry.messaging",
     "serve": "rabbitry.messaging",
     "work_queue": "rabbitry.messaging",
+    "AnyHandler": "rabbitry.messaging",
+    "Middleware": "rabbitry.messaging",
+    "PayloadError": "rabbitry.messaging",
+    "PublishNext": "rabbitry.messaging",
 }
 
 
@@ -113,6 +124,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AmqpSettings",
+    "AnyHandler",
     "BatchHandler",
     "Binding",
     "BrokerError",
@@ -125,9 +137,12 @@ __all__ = [
     "Handler",
     "Message",
     "MessageError",
+    "Middleware",
     "NotFound",
+    "PayloadError",
     "PublishFailed",
     "PublishNacked",
+    "PublishNext",
     "PublishResult",
     "PublishStatus",
     "PublishTimeout",
@@ -137,6 +152,9 @@ __all__ = [
     "QueueType",
     "RabbitryError",
     "Reject",
+    "RequestError",
+    "RequestFailed",
+    "RequestTimeout",
     "Retry",
     "RetryPolicy",
     "Route",

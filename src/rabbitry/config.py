@@ -14,12 +14,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rabbitry.errors import ConfigError
 from rabbitry.messaging.retry import RetryPolicy
 from rabbitry.messaging.settings import AmqpSettings, QueueType, validate_name
+
+MIN_ADMIN_TOKEN = 16  # characters
 
 
 class Environment(StrEnum):
@@ -83,6 +92,15 @@ class Settings(BaseSettings):
     rabbit_active: bool = True
     manual_processing_mode: ManualProcessingMode = ManualProcessingMode.RABBIT
     admin_token: SecretStr | None = None
+    # /metrics: true → the admin token only; false → anyone, without the tenants' series.
+    metrics_require_admin: bool = False
+    # Sizes bounded before they are read (docs/security.md): HTTP request bodies, WebSocket
+    # frames and the frames queued per socket, and the sockets one user may hold per gateway.
+    http_max_body: int = Field(default=1_048_576, ge=1024)
+    ws_max_size: int = Field(default=65_536, ge=1024)
+    ws_max_queue: int = Field(default=8, ge=1)
+    chat_max_sockets_per_user: int = Field(default=16, ge=1)
+    session_cache_max_entries: int = Field(default=100_000, ge=1)
     queue_type: QueueType = QueueType.CLASSIC
     data_dir: Path = Path("var")
     config_file: Path | None = None
@@ -112,7 +130,10 @@ class Settings(BaseSettings):
     session_url: str | None = None
     mongodb_database: str = "rabbitry"
     login_max_failures: int = Field(default=5, ge=1)
-    login_lockout: float = Field(default=60.0, gt=0)
+    login_lockout: float = Field(default=60.0, gt=0)  # the throttle's window, fixed
+    login_max_per_client: int = Field(default=50, ge=1)  # attempts per address per window
+    # argon2 checks running at once per process: more wait (each costs ~64 MiB and a core).
+    password_checks: int = Field(default=4, ge=1)
     tenant_poll_interval: float = Field(default=0.5, gt=0)
     dispatch_batch: bool = False
     # argon2id cost (RFC 9106's low-memory profile by default); tests lower it to stay fast.
@@ -126,6 +147,22 @@ class Settings(BaseSettings):
     @classmethod
     def _namespace(cls, value: str) -> str:
         return validate_name(value, "namespace")
+
+    @model_validator(mode="after")
+    def _admin_token(self) -> Settings:
+        # An empty token would let an empty login field into the back-office and sign its
+        # cookies with an empty key; a short one is guessable. Unset: one is generated.
+        if self.admin_token is None:
+            return self
+        given = self.admin_token.get_secret_value().strip()
+        if not given and self.env is Environment.PRODUCTION:
+            return self  # production_gaps() names it, with whatever else is missing
+        if len(given) < MIN_ADMIN_TOKEN:
+            raise ValueError(
+                f"RABBITRY_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN} characters "
+                "(unset it to have one generated)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _retry_delays(self) -> Settings:
@@ -218,6 +255,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         # Environment beats the file: pydantic-settings gives init kwargs priority, so only
         # pass file keys the environment does not set.
         settings = Settings(**{**_without_env(file_values), **overrides})
+    except ValidationError as exc:
+        # Each error's field and reason, never its input: the input may be a secret.
+        raise ConfigError(_described(exc)) from None
     except ValueError as exc:
         raise ConfigError(_first_line(str(exc))) from exc
     gaps = settings.production_gaps()
@@ -230,6 +270,15 @@ def _without_env(values: dict[str, Any]) -> dict[str, Any]:
     import os  # only the edge reads the environment, to let it win over the file
 
     return {k: v for k, v in values.items() if f"RABBITRY_{k.upper()}" not in os.environ}
+
+
+def _described(error: ValidationError) -> str:
+    parts = []
+    for found in error.errors(include_url=False, include_input=False)[:3]:
+        where = ".".join(str(part) for part in found.get("loc", ()))
+        reason = str(found.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{where}: {reason}" if where else reason)
+    return "; ".join(parts) or "invalid settings"
 
 
 def _first_line(text: str) -> str:

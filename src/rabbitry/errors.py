@@ -12,6 +12,9 @@ RabbitryError
 ├── Invalid                     a request's value is refused (a name, a time, a filter); also
 │                               a ValueError
 ├── Refused                     allowed to ask, but not this (a queue closed to manual sends)
+├── RequestError                a request (``Publisher.request``) got no reply
+│   ├── RequestTimeout          none in time (also a TimeoutError)
+│   └── RequestFailed           the handler failed it: dead-lettered, with this reason
 ├── StorageError                the database failed (the outbox could not persist either)
 ├── NotFound                    a named thing (queue, entity, tenant) does not exist
 └── Conflict                    it exists already (a tenant, a username in its tenant)
@@ -63,6 +66,18 @@ class Invalid(RabbitryError, ValueError):
 
 class Refused(RabbitryError):
     """The caller may not do this with that (a queue that takes no manual sends)."""
+
+
+class RequestError(RabbitryError):
+    """A request got no reply."""
+
+
+class RequestTimeout(RequestError, TimeoutError):
+    """No reply arrived within the request's timeout."""
+
+
+class RequestFailed(RequestError):
+    """The request's handler failed and the request was dead-lettered; ``str()`` says why."""
 
 
 class StorageError(RabbitryError):

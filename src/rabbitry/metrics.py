@@ -42,6 +42,11 @@ DEAD_LETTERED = Counter(
 HANDLER_SECONDS = Histogram(
     "rabbitry_handler_seconds", "Time spent in message handlers", ["queue"], registry=REGISTRY
 )
+INVALID_TENANTS = Gauge(
+    "rabbitry_invalid_tenants",
+    "Tenant rows whose name no tenant may have (stored by an older version): served by no one",
+    registry=REGISTRY,
+)
 BLOCKED = Gauge(
     "rabbitry_broker_blocked",
     "1 while the broker blocks this publishing connection (a memory or disk alarm)",

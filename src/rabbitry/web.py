@@ -26,7 +26,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar, cast
 
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from rabbitry.messaging.topology import Topology
+    from rabbitry.storage.listing import EntityPages
 
 T = TypeVar("T")
 
@@ -83,7 +84,12 @@ class AppState:
     publisher: Publisher | None = None  # set by the app's lifespan
     stopping: asyncio.Event | None = None  # set when the process stops (the lifespan's)
     user_tokens: UserTokens | None = None  # set by the sessions part, when served
+    # The parts' entity pages (their registry entries'), loaded when a back-office page asks.
+    entity_pages: Callable[[], Sequence[EntityPages]] = tuple
+    # Parts' goodbyes the server runs before it drops its connections (see app/server.py).
+    before_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _resources: dict[type, object] = field(default_factory=dict)
+    _pages: dict[str, EntityPages] | None = None
 
     @staticmethod
     def of(app: Any) -> AppState:
@@ -92,6 +98,12 @@ class AppState:
         if not isinstance(state, AppState):
             raise RuntimeError("the app has no Rabbitry state: build it with create_app")
         return state
+
+    def pages(self) -> Mapping[str, EntityPages]:
+        """The entity pages by kind (``/backoffice/entities/<kind>``), loaded once."""
+        if self._pages is None:
+            self._pages = {page.kind: page for page in self.entity_pages()}
+        return self._pages
 
     def put(self, kind: type[T], value: T) -> None:
         """Keep a part's per-process resource (its lifespan's), found by its type."""

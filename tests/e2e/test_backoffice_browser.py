@@ -28,16 +28,16 @@ from conftest import BrokerProbe
 from fixtures.outbox import seed_rows, set_created_at
 from helpers import AMQP_URL, RABBITRY, free_port, wait_until
 from rabbitry.amqp.declarer import Declarer
-from rabbitry.chat.history import StoredChatMessage
+from rabbitry.chat.models import StoredChatMessage
 from rabbitry.config import Settings
 from rabbitry.events.change import ChangeEvent, ChangeType
 from rabbitry.events.store import EventStore, Incoming
 from rabbitry.messaging import Binding, Exchange, ExchangeType, Queue, Topology
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Route
-from rabbitry.outbox import browse
-from rabbitry.outbox.browse import LedgerQuery
 from rabbitry.outbox.filters import Origin
+from rabbitry.outbox.message import OutboxQuery, State
+from rabbitry.outbox.store import Outbox
 from rabbitry.sessions.tenants import Tenants
 from rabbitry.sessions.topology import tenant_topology
 from rabbitry.sessions.users import Users, hasher
@@ -281,7 +281,7 @@ async def test_filters_show_the_rows_of_a_queue_state_and_date_range(
         ],
     )
     async with Database(Settings(database_url=backoffice.db_url).sql_url) as db:
-        await browse.delete_messages(db, [ids[2]])
+        await Outbox(db).delete([ids[2]])
     page = await logged_in(browser, backoffice)
     await page.click("text=Messages to enqueue")
     rows = page.locator("table.rows tbody tr[data-id]")
@@ -419,8 +419,8 @@ async def test_mode_rabbit_publishes_now_and_mode_db_stores_for_the_requeue_comm
         await expect(page.locator("#send-result")).to_contain_text("Stored for the requeue command")
     assert await broker.get_all(tenant_queue) == []
     async with Database(Settings(database_url=backoffice.db_url).sql_url) as db:
-        page_of = await browse.list_messages(db, LedgerQuery(state=browse.State.PENDING))
-    (row,) = page_of.entries
+        page_of = await Outbox(db).page(OutboxQuery(state=State.PENDING))
+    (row,) = page_of.messages
     assert (row.queue, row.origin, row.routing_key) == (
         "revoke-sessions",
         Origin.MANUAL.value,
@@ -445,8 +445,8 @@ async def test_a_post_without_the_csrf_token_is_refused(
     assert status == 403
     assert "rabbitry_backoffice" not in await page.evaluate("document.cookie")
     async with Database(Settings(database_url=backoffice.db_url).sql_url) as db:
-        entry = await browse.get_message(db, row_id)
-    assert entry is not None and entry.state is browse.State.PENDING
+        entry = await Outbox(db).get(row_id)
+    assert entry is not None and entry.state is State.PENDING
 
 
 async def test_markup_in_a_message_body_and_in_entity_data_shows_as_text(

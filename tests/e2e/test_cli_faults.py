@@ -19,12 +19,19 @@ from typing import TYPE_CHECKING
 import pytest
 
 from fixtures.outbox import seed_rows, set_created_at
-from helpers import DEAD_AMQP_URL, cli_environment, message, plain_queue
+from helpers import (
+    DEAD_AMQP_URL,
+    cli_environment,
+    eventually_true,
+    listed,
+    message,
+    plain_queue,
+)
 from rabbitry.config import Settings
 from rabbitry.messaging.publisher import Route
 from rabbitry.messaging.topology import Queue, Topology
 from rabbitry.outbox.filters import RequeueFilter
-from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 if TYPE_CHECKING:
@@ -231,7 +238,7 @@ async def test_a_10_mb_body_goes_through_publish_the_outbox_and_requeue_byte_for
     assert json.loads(stored.stdout)["status"] == "persisted"
     db = Database(database_url(settings))
     try:
-        (row,) = await Ledger(db).rows(RequeueFilter())
+        (row,) = await Outbox(db).rows(RequeueFilter())
         assert row.body.encode("utf-8") == body
     finally:
         await db.close()
@@ -279,7 +286,12 @@ async def test_consume_exits_1_when_its_connection_closes_before_count(
 ) -> None:
     queue = await plain_queue(declarer, settings, "cli-faults")
     reading = asyncio.create_task(rabbitry(settings, "consume", queue, "--count", "5"))
-    await asyncio.sleep(2.0)  # it is consuming, nothing there yet
+
+    async def consuming() -> bool:
+        rows = await asyncio.to_thread(listed, "queues", "name", "consumers")
+        return [queue, "1"] in rows
+
+    await eventually_true(consuming, timeout=60, what="the CLI to consume")  # nothing there yet
     await declarer.delete(Topology.of(queues=[Queue(queue)]))  # the broker cancels the consumer
     done = await asyncio.wait_for(reading, timeout=60)
     assert done.returncode == 1

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from fixtures.outbox import LatencyProxy, Topic, seed_rows
 from helpers import AMQP_URL, drain_ids, message
-from rabbitry.outbox.models import PendingMessage
+from rabbitry.outbox.models import OutboxMessageRecord
 from rabbitry.storage import Database
 
 RABBITRY = Path(sys.executable).with_name("rabbitry")
@@ -26,14 +26,14 @@ ROWS = 3000
 
 async def processed(db: Database) -> int:
     async with db.session() as session:
-        statement = select(func.count()).where(PendingMessage.processed.is_(True))
+        statement = select(func.count()).where(OutboxMessageRecord.processed.is_(True))
         return int((await session.execute(statement)).scalar_one())
 
 
 async def leased(db: Database) -> int:
     async with db.session() as session:
         statement = select(func.count()).where(
-            PendingMessage.processed.is_(False), PendingMessage.claim_token.is_not(None)
+            OutboxMessageRecord.processed.is_(False), OutboxMessageRecord.claim_token.is_not(None)
         )
         return int((await session.execute(statement)).scalar_one())
 

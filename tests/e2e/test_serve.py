@@ -22,7 +22,7 @@ def test_serve_events_answers_its_api_health_and_metrics_and_runs_no_worker(
         **os.environ,
         "RABBITRY_NAMESPACE": namespace,
         "RABBITRY_DATA_DIR": str(tmp_path / "var"),
-        "RABBITRY_ADMIN_TOKEN": "test-token",
+        "RABBITRY_ADMIN_TOKEN": "test-admin-token-16",
     }
     log_path = tmp_path / "serve.log"
     with log_path.open("w") as log:
@@ -37,7 +37,7 @@ def test_serve_events_answers_its_api_health_and_metrics_and_runs_no_worker(
         wait_until(lambda: httpx.get(f"{base}/healthz").status_code == 200, what="/healthz")
         assert "rabbitry_published" in httpx.get(f"{base}/metrics").text
         assert httpx.get(f"{base}/api/events/App%5COrder/1").status_code == 401
-        admin = {"Authorization": "Bearer test-token"}
+        admin = {"Authorization": "Bearer test-admin-token-16"}
         missing = httpx.get(f"{base}/api/events/App%5COrder/1", headers=admin)
         assert missing.status_code == 404
         assert missing.json() == {"error": "no events for App\\Order 1"}
@@ -73,3 +73,19 @@ def test_every_part_entry_names_unique_services_and_servers() -> None:
     assert {"workflow", "relay"} <= set(names)
     assert "events" in registry.servers()
     assert len(registry.all_routers()) >= 1
+
+
+def test_an_empty_or_short_admin_token_is_refused_at_start_with_exit_2(tmp_path: Path) -> None:
+    for token in ("", "short-token"):
+        env = {**os.environ, "RABBITRY_DATA_DIR": str(tmp_path), "RABBITRY_ADMIN_TOKEN": token}
+        done = subprocess.run(
+            [RABBITRY, "serve", "backoffice", "--port", "1"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert "RABBITRY_ADMIN_TOKEN must be at least 16 characters" in line
+        assert token not in line or not token

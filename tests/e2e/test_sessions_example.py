@@ -25,7 +25,7 @@ def test_the_sessions_example_removes_a_user_and_their_session_stops_working(
         **os.environ,
         "RABBITRY_NAMESPACE": namespace,
         "RABBITRY_DATA_DIR": str(tmp_path / "var"),
-        "RABBITRY_ADMIN_TOKEN": "example-admin",
+        "RABBITRY_ADMIN_TOKEN": "example-admin-token",
         "RABBITRY_USER_URL": f"http://127.0.0.1:{port}",
     }
     for name in ("RABBITRY_SESSION_URL", "RABBITRY_REDIS_URL", "RABBITRY_MONGODB_URL"):

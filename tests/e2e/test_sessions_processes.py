@@ -2,10 +2,11 @@
 ``worker dispatch``, plus ``worker relay`` for the outbox) on real RabbitMQ, PostgreSQL and
 Redis, once with the SQL store and once with the MongoDB store (over the wire, SecantusDB).
 
-3 tenants, 100 users each, 5 sessions each. A removed user's tokens answer 401 within 2 seconds,
-everyone else's keep working, and Redis holds no key of theirs; again with SESSION stopped for
-10 seconds during the removal, with DISPATCH's connections dropped by the broker, and with the
-broker unreachable from USER at the DELETE (the request waits in the outbox).
+3 tenants, 100 users each, 5 sessions each. A removed user's tokens answer 401, everyone else's
+keep working, and Redis holds no key of theirs; again with SESSION stopped while DISPATCH tries
+the removal, with DISPATCH's connections dropped by the broker, and with the broker unreachable
+from USER at the DELETE (the request waits in the outbox). Each waits for the outcome with a
+generous bound; how fast a revocation is, is measured by bench/sessions.py.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pytest
 
 from conftest import BrokerProbe, Endpoint
 from fixtures.sessions import ADMIN, REDIS_URL, SERVICE, delete_redis_keys, redis_keys
-from helpers import AMQP_URL, RABBITRY, free_port, scratch_database
+from helpers import AMQP_URL, RABBITRY, eventually_true, free_port, listed, scratch_database
 from rabbitry.sessions.tokens import token_hash
 from rabbitry.sessions.topology import TenantsLayout
 
@@ -101,7 +102,9 @@ async def system(
             "RABBITRY_SERVICE_TOKEN": SERVICE,
             "RABBITRY_PASSWORD_TIME_COST": "1",
             "RABBITRY_PASSWORD_MEMORY_KIB": "1024",
-            "RABBITRY_MAX_ATTEMPTS": "8",
+            # SESSION may stay down as long as a loaded machine takes to restart it: the
+            # retry budget (about 2 minutes at 4 s apart) must outlast that.
+            "RABBITRY_MAX_ATTEMPTS": "32",
             "RABBITRY_RETRY_BASE_DELAY": "0.5",
             "RABBITRY_RETRY_MAX_DELAY": "4",
             "RABBITRY_CIRCUIT_OPEN_SECONDS": "0.5",
@@ -190,13 +193,31 @@ async def remove(procs: Processes, tenant: str, user_id: int) -> dict[str, objec
     return dict(answer.json())
 
 
-async def revoked_within(procs: Processes, tenant: str, tokens: list[str], timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while set(await statuses(procs, [(tenant, t) for t in tokens])) != {401}:
-        if loop.time() > deadline:
-            raise AssertionError(f"tokens of a removed user still valid after {timeout}s")
-        await asyncio.sleep(0.05)
+async def revoked(procs: Processes, tenant: str, tokens: list[str], timeout: float = 90) -> None:
+    """Wait until every token answers 401 (the bound only catches a revocation that is lost)."""
+
+    async def all_401() -> bool:
+        return set(await statuses(procs, [(tenant, t) for t in tokens])) == {401}
+
+    await eventually_true(all_401, timeout=timeout, what="the removed user's tokens to be revoked")
+
+
+async def left_in(broker: BrokerProbe, queue: str) -> dict[str, tuple[int, int]]:
+    """(ready, unacked) of ``queue``, its retry tiers and its dead-letter queue, where not empty:
+    a request DISPATCH failed on waits in a tier, where the work queue's own count misses it."""
+    rows = await asyncio.to_thread(
+        listed, "queues", "name", "messages_ready", "messages_unacknowledged"
+    )
+    return {
+        name: (int(ready), int(unacked))
+        for name, ready, unacked in rows
+        if name.startswith(queue) and (ready, unacked) != ("0", "0")
+    }
+
+
+async def retrying(broker: BrokerProbe, queue: str) -> bool:
+    """DISPATCH tried the request and it failed: it waits in one of the queue's retry tiers."""
+    return any(q.startswith(f"{queue}.retry.") for q in await left_in(broker, queue))
 
 
 async def no_redis_key_of(namespace: str, tenant: str, user_id: int, tokens: list[str]) -> None:
@@ -206,6 +227,7 @@ async def no_redis_key_of(namespace: str, tenant: str, user_id: int, tokens: lis
         assert f"{namespace}:session:{tenant}:{token_hash(token)}" not in keys
 
 
+@pytest.mark.timeout(900)  # 1,500 logins and four faults, on a shared 2-core machine
 async def test_removing_users_revokes_their_sessions_across_processes_through_every_fault(
     system: tuple[Processes, Endpoint], namespace: str, broker: BrokerProbe
 ) -> None:
@@ -219,44 +241,49 @@ async def test_removing_users_revokes_their_sessions_across_processes_through_ev
         for s in [await statuses(procs, [(victims[0][0], t) for t in tokens[victims[0]]])]
     )
 
-    # 1. The plain case: all five tokens answer 401 within 2 seconds.
+    # 1. The plain case: all five tokens answer 401.
     tenant, user_id = victims[0]
     assert (await remove(procs, tenant, user_id))["request"] == "published"
-    await revoked_within(procs, tenant, tokens[victims[0]], timeout=2.0)
+    await revoked(procs, tenant, tokens[victims[0]])
     await no_redis_key_of(namespace, tenant, user_id, tokens[victims[0]])
 
-    # 2. SESSION stopped for 10 seconds during the removal: it completes once SESSION is back.
+    # 2. SESSION stopped while DISPATCH tries the removal: it completes once SESSION is back.
     tenant, user_id = victims[1]
+    layout = TenantsLayout(namespace)
     procs.stop("session")
     await remove(procs, tenant, user_id)
-    await asyncio.sleep(10)
+    await eventually_true(
+        lambda: retrying(broker, layout.tenant_queue(tenant)),
+        timeout=60,
+        what="DISPATCH to fail against the stopped SESSION and retry later",
+    )
     procs.serve("session")
     await healthy(procs.url("session"), "SESSION again")
-    await revoked_within(procs, tenant, tokens[victims[1]], timeout=30.0)
+    await revoked(procs, tenant, tokens[victims[1]])
     await no_redis_key_of(namespace, tenant, user_id, tokens[victims[1]])
-    layout = TenantsLayout(namespace)
     assert await broker.counts(layout.tenant_queue(tenant) + ".dlq") == (0, 0)
 
-    # 3. The broker unreachable from USER at the DELETE: the request waits in the outbox.
+    # 3. The broker unreachable from USER at the DELETE: the request waits in the outbox, and
+    # until the broker is back nothing can revoke the sessions.
     tenant, user_id = victims[2]
     await endpoint.close()
     assert (await remove(procs, tenant, user_id))["request"] == "persisted"
-    await asyncio.sleep(1.5)
     assert set(await statuses(procs, [(tenant, t) for t in tokens[victims[2]]])) == {200}
     await endpoint.open("forward")
-    await revoked_within(procs, tenant, tokens[victims[2]], timeout=40.0)
+    await revoked(procs, tenant, tokens[victims[2]])
     await no_redis_key_of(namespace, tenant, user_id, tokens[victims[2]])
 
-    # 4. The broker drops DISPATCH's connections: it resubscribes to every tenant's queue.
+    # 4. The broker drops DISPATCH's connections: it resubscribes to every tenant's queue (the
+    # request waits there, durable, until it has).
     assert await broker.close_connections(f"{namespace}-dispatch-") >= TENANTS
     tenant, user_id = victims[3]
-    await asyncio.sleep(1.0)
     await remove(procs, tenant, user_id)
-    await revoked_within(procs, tenant, tokens[victims[3]], timeout=20.0)
+    await revoked(procs, tenant, tokens[victims[3]])
 
     # Everyone else's sessions still work.
     others = [(key[0], tok) for key, toks in tokens.items() if key not in victims for tok in toks]
     assert len(others) == (TENANTS * USERS - len(victims)) * SESSIONS
     assert set(await statuses(procs, others)) == {200}
     for t in range(TENANTS):
-        assert await broker.counts(layout.tenant_queue(f"tenant-{t}")) == (0, 0)
+        # Nothing waiting, held, retrying or dead: the work queue and everything beside it.
+        assert await left_in(broker, layout.tenant_queue(f"tenant-{t}")) == {}

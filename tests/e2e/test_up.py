@@ -23,7 +23,7 @@ def system(tmp_path: Path, namespace: str) -> Iterator[tuple[str, dict[str, str]
         **os.environ,
         "RABBITRY_NAMESPACE": namespace,
         "RABBITRY_DATA_DIR": str(tmp_path / "var"),
-        "RABBITRY_ADMIN_TOKEN": "test-token",
+        "RABBITRY_ADMIN_TOKEN": "test-admin-token-16",
     }
     with (tmp_path / "up.log").open("w") as log:  # the process writes to its own copy
         proc = subprocess.Popen(
@@ -77,19 +77,26 @@ def test_up_runs_the_workflow_worker_end_to_end(system: tuple[str, dict[str, str
         timeout=60,
         check=True,
     )
-    assert json.loads(out.stdout)["status"] == "published"
+    published = json.loads(out.stdout)
+    assert published["status"] == "published"
     history = wait_until(
         lambda: (
             httpx.get(
                 f"{base}/api/events/App%5CModels%5CTask/7",
-                headers={"Authorization": "Bearer test-token"},
+                headers={"Authorization": "Bearer test-admin-token-16"},
             )
             .json()
             .get("events")
         ),
         what="the event in the store",
     )
-    assert history
+    (stored,) = history
+    assert {k: stored[k] for k in ("entity", "id", "version", "type", "user", "data")} == {
+        **event,
+        "version": 1,
+        "type": "insert",
+    }
+    assert stored["message_id"] == published["id"]
     metrics = httpx.get(f"{base}/metrics").text
     assert f'rabbitry_consumed_total{{queue="{namespace}.event-sourcing"}} 1.0' in metrics
 

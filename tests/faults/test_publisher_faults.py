@@ -25,8 +25,8 @@ from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
 from rabbitry.messaging.topology import work_queue
 from rabbitry.outbox.filters import RequeueFilter
-from rabbitry.outbox.ledger import Ledger
 from rabbitry.outbox.requeue import requeue, without_circuit
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ class Stream:
 
 
 @contextlib.asynccontextmanager
-async def publishing(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[Stream, Ledger]]:
+async def publishing(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[Stream, Outbox]]:
     """A stream into a quorum work queue on the cluster, with an outbox on PostgreSQL."""
     queue = f"{settings.namespace}.faults"
     topology = work_queue(queue, policy=settings.retry, queue_type=settings.queue_type)
@@ -96,7 +96,7 @@ async def publishing(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[
         database = Database(url)
         try:
             await database.upgrade()
-            ledger = Ledger(database)
+            ledger = Outbox(database)
             name = f"{settings.namespace}-app"
             async with Publisher(settings.amqp, fallback=ledger, name=name) as publisher:
                 yield Stream(publisher, Route("", queue)), ledger
@@ -106,7 +106,7 @@ async def publishing(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[
 
 async def settle(
     stream: Stream,
-    ledger: Ledger,
+    ledger: Outbox,
     settings: Settings,
     cluster: Cluster,
     figures: Figures,

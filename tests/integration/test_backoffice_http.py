@@ -12,17 +12,19 @@ import httpx
 from pydantic import SecretStr
 
 from conftest import BrokerProbe, Endpoint
+from rabbitry.app import registry as parts
 from rabbitry.app.http import create_app
 from rabbitry.backoffice import http as backoffice_http
 from rabbitry.config import RegistryEntry, Settings
 from rabbitry.messaging import Topology
-from rabbitry.outbox import browse, registry
-from rabbitry.outbox.browse import LedgerQuery, State
+from rabbitry.outbox import registry
+from rabbitry.outbox.message import OutboxQuery, State
+from rabbitry.outbox.store import Outbox
 from rabbitry.sessions.tenants import Tenants
 from rabbitry.sessions.users import Users, hasher
 from rabbitry.storage import Database
 
-TOKEN = "http-test-token"
+TOKEN = "http-test-admin-token"
 USER = "rabbitry.sessions.User"
 
 
@@ -55,6 +57,7 @@ async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         routers=[backoffice_http.router],
         lifespans=[backoffice_http.lifespan],
         topology=lambda s, t: Topology(),
+        entity_pages=parts.entity_pages,
     )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -102,8 +105,8 @@ async def test_with_the_broker_down_a_manual_send_is_kept_in_the_outbox(
     assert answer.status_code == 200
     assert "kept in the outbox" in answer.text
     async with Database(settings.sql_url) as db:
-        page = await browse.list_messages(db, LedgerQuery(state=State.PENDING))
-    (row,) = page.entries
+        page = await Outbox(db).page(OutboxQuery(state=State.PENDING))
+    (row,) = page.messages
     assert (row.queue, row.origin, row.routing_key) == (
         "revoke",
         "contingency",
@@ -134,7 +137,7 @@ async def test_only_a_queue_the_modal_offers_takes_the_record(
     assert refused.status_code == 403 and "does not allow" in refused.json()["error"]
     assert other.status_code == 404 and missing.status_code == 404
     async with Database(settings.sql_url) as db:
-        assert (await browse.list_messages(db, LedgerQuery())).entries == ()
+        assert (await Outbox(db).page(OutboxQuery())).messages == ()
 
 
 async def test_pages_need_a_login_and_bad_input_gets_a_4xx(

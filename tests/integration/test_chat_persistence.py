@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from helpers import Eventually
 from rabbitry.chat.history import ChatHistory
-from rabbitry.chat.persistence import PersistenceService
+from rabbitry.chat.persistence import PersistenceWorker
 from rabbitry.chat.protocol import MESSAGE_TYPE, ChatMessage, MessageIds, now
 from rabbitry.chat.topology import ChatLayout
 from rabbitry.config import Settings
@@ -29,7 +29,7 @@ IDS = MessageIds()
 @asynccontextmanager
 async def _workers(settings: Settings, database: Database, count: int) -> AsyncIterator[None]:
     stopping = asyncio.Event()
-    services = [PersistenceService(settings, database, batch_size=20) for _ in range(count)]
+    services = [PersistenceWorker(settings, database, batch_size=20) for _ in range(count)]
     tasks = [asyncio.create_task(s.run(stopping)) for s in services]
     try:
         for service in services:

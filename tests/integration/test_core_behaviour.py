@@ -17,11 +17,13 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import pika.exceptions  # type: ignore[import-untyped]  # pika ships no type hints
 import pytest
 
 from helpers import RecordingFallback, at_least, eventually_true
 from rabbitry import (
     Binding,
+    ConfigError,
     Exchange,
     ExchangeType,
     Fallback,
@@ -29,6 +31,7 @@ from rabbitry import (
     NotFound,
     Publisher,
     PublishStatus,
+    PublishUnroutable,
     Queue,
     Reject,
     Retry,
@@ -72,6 +75,7 @@ class Core(Protocol):
         self, subscriptions: Sequence[Subscription], topology: Topology
     ) -> AbstractAsyncContextManager[Worker]: ...
     async def settle(self, check: Callable[[], Awaitable[bool]], what: str) -> None: ...
+    async def elapse(self, seconds: float) -> None: ...
     async def take(self, queue: str) -> list[Letter]: ...
     async def counts(self, queue: str) -> tuple[int, int]: ...
     async def close_connections(self, name_part: str) -> int: ...
@@ -103,6 +107,9 @@ class RabbitCore:
     async def settle(self, check: Callable[[], Awaitable[bool]], what: str) -> None:
         await eventually_true(check, what=what)
 
+    async def elapse(self, seconds: float) -> None:
+        pass  # the broker's clock is the real one: settle() waits for what it brings
+
     async def take(self, queue: str) -> list[Letter]:
         return [
             Letter(r.exchange, r.routing_key, r.body, r.properties.message_id, r.headers)
@@ -121,7 +128,15 @@ class RabbitCore:
     async def publish_raw(
         self, exchange: str, key: str, body: bytes, headers: dict[str, Any] | None, **props: Any
     ) -> None:
-        await self.probe.publish(exchange, key, body, headers=headers, **props)
+        # pika's words for the two refusals, in Rabbitry's (as MemoryBroker.publish raises them)
+        try:
+            await self.probe.publish(exchange, key, body, headers=headers, **props)
+        except pika.exceptions.UnroutableError as exc:
+            raise PublishUnroutable(f"no queue bound to {exchange!r} for {key!r}") from exc
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == 404:
+                raise NotFound(exc.reply_text) from exc
+            raise
 
 
 @dataclass
@@ -150,6 +165,9 @@ class MemoryCore:
     async def settle(self, check: Callable[[], Awaitable[bool]], what: str) -> None:
         await self.broker.drain(retries=True)
         assert await check(), f"not so after the broker drained: {what}"
+
+    async def elapse(self, seconds: float) -> None:
+        await self.broker.advance(seconds)
 
     async def take(self, queue: str) -> list[Letter]:
         return [
@@ -729,3 +747,127 @@ async def test_a_batch_handler_returning_the_wrong_number_of_outcomes_fails_that
     assert dead.id == buggy.id
     assert dead.headers["x-rabbitry-attempt"] == core.settings.max_attempts
     assert dead.headers["x-rabbitry-reason"] == "batch handler must return one outcome per message"
+
+
+# --- the broker's own rules, where a double is most likely to drift ---------------------------
+
+
+async def test_topic_edge_cases_match_as_rabbitmq_matches_them(core: Core) -> None:
+    # Empty words are words: "orders..eu" has three, "." has two; "*" needs exactly one.
+    exchange = f"{core.settings.namespace}.edges"
+    patterns = {
+        "star": "*",
+        "tailvat": "#.vat",
+        "starstar": "*.*",
+        "midvat": "orders.#.vat",
+        "emptyword": "orders.*.eu",
+        "nothing": "",
+        "all": "#",
+    }
+    queues, topology = plain_queues(core, *patterns)
+    topology |= Topology.of(
+        exchanges=[Exchange(exchange, ExchangeType.TOPIC)],
+        bindings=[Binding(exchange, q, patterns[q.rsplit(".", 1)[1]]) for q in queues],
+    )
+    await core.declare(topology)
+    keys = ["", "a", "a.", ".", "vat", "x.vat", "vatx", "orders.vat", "orders.eu.vat.x"]
+    keys += ["orders..eu", "a.b.c"]
+    async with core.publisher() as publisher:
+        for key in keys:
+            result = await publisher.publish(Message(type="t", payload=key), Route(exchange, key))
+            assert result.ok, (key, result)
+
+    assert await routed(core, queues) == {
+        "star": ["a", "vat", "vatx"],
+        "tailvat": ["vat", "x.vat", "orders.vat"],
+        "starstar": ["a.", ".", "x.vat", "orders.vat"],
+        "midvat": ["orders.vat"],
+        "emptyword": ["orders..eu"],
+        "nothing": [""],
+        "all": keys,
+    }
+
+
+async def test_declaring_an_existing_name_with_other_properties_fails_and_the_original_stands(
+    core: Core,
+) -> None:
+    queue = f"{core.settings.namespace}.jobs"
+    exchange = f"{core.settings.namespace}.jobs-x"
+    original = Topology.of(
+        exchanges=[Exchange(exchange, ExchangeType.TOPIC)],
+        queues=[Queue(queue)],
+        bindings=[Binding(exchange, queue, "jobs.#")],
+    )
+    await core.declare(original)
+    await core.declare(original)  # the same again: fine
+
+    with pytest.raises(ConfigError, match="PRECONDITION_FAILED"):
+        await core.declare(Topology.of(queues=[Queue(queue, arguments=(("x-message-ttl", 5),))]))
+    with pytest.raises(ConfigError, match="PRECONDITION_FAILED"):
+        await core.declare(Topology.of(exchanges=[Exchange(exchange, ExchangeType.DIRECT)]))
+
+    # Still a topic exchange, still a queue without a TTL: the message routes and stays.
+    await publish(core, Route(exchange, "jobs.one.two"), Message(type="t", payload=1))
+    assert [x.routing_key for x in await core.take(queue)] == ["jobs.one.two"]
+
+
+async def test_a_message_that_expires_on_its_work_queue_is_dead_lettered_with_the_brokers_record(
+    core: Core,
+) -> None:
+    queue, topology = work(core)
+    await core.declare(topology)
+    await core.publish_raw("", queue, b"{}", {"rr_job": "t"}, expiration="200")
+    await core.elapse(0.2)
+
+    await core.settle(has(core, dlq_name(queue), 1), "the expired message in the DLQ")
+    (dead,) = await core.take(dlq_name(queue))
+    assert dead.headers["x-death"][0]["reason"] == "expired"
+    assert dead.headers["x-death"][0]["queue"] == queue
+    assert dead.headers["x-first-death-queue"] == queue
+    assert await core.counts(queue) == (0, 0)
+
+
+async def test_a_foreign_publish_nobody_takes_is_refused_and_a_missing_exchange_is_not_found(
+    core: Core,
+) -> None:
+    queue, topology = work(core)
+    await core.declare(topology)
+
+    with pytest.raises(PublishUnroutable):
+        await core.publish_raw("amq.direct", f"{core.settings.namespace}.nobody", b"{}", None)
+    with pytest.raises(NotFound, match=f"no exchange '{core.settings.namespace}.missing'"):
+        await core.publish_raw(f"{core.settings.namespace}.missing", "k", b"{}", None)
+    await core.publish_raw("", queue, b"{}", {"rr_job": "t"})  # and the next one goes through
+
+    assert [x.body for x in await core.take(queue)] == [b"{}"]
+
+
+async def test_a_subscription_holds_no_more_unacked_deliveries_than_its_prefetch(
+    core: Core,
+) -> None:
+    queue, topology = work(core)
+    release = asyncio.Event()
+    handled: list[Message] = []
+    in_flight = most = 0
+
+    async def slow(message: Message) -> None:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await release.wait()
+        in_flight -= 1
+        handled.append(message)
+
+    async def held() -> bool:
+        return in_flight == 2 and await core.counts(queue) == (3, 2)
+
+    subscription = Subscription(queue, default=slow, prefetch=2)
+    async with core.running([subscription], topology):
+        await publish(core, Route("", queue), *[Message(type="t", payload=n) for n in range(5)])
+        # The worker could take all five at once (concurrency 8): only the prefetch stops it.
+        await eventually_true(held, what="two deliveries in the handler, three ready")
+        release.set()
+        await core.settle(at_least(handled, 5), "every message handled")
+
+    assert most == 2
+    assert sorted(m.payload for m in handled) == [0, 1, 2, 3, 4]

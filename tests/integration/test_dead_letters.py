@@ -14,7 +14,7 @@ from rabbitry.messaging import Reject, Subscription, work_queue
 from rabbitry.messaging.deadletters import list_dead_letters, move_dead_letters
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, Route
-from rabbitry.messaging.topology import dlq_name
+from rabbitry.messaging.topology import Topology, dlq_name
 
 
 async def dead_letter(broker: BrokerProbe, queue: str, n: int, **headers: object) -> str:
@@ -126,12 +126,37 @@ async def test_a_dead_letter_whose_queue_is_gone_stays_in_the_dead_letter_queue(
     settings: Settings, declarer: Declarer, broker: BrokerProbe
 ) -> None:
     queue = f"{settings.namespace}.orders"
-    await declarer.declare(work_queue(queue, policy=settings.retry))
-    kept = await dead_letter(broker, queue, 1, **{"x-rabbitry-queue": f"{queue}-gone"})
+    topology = work_queue(queue, policy=settings.retry)
+    await declarer.declare(topology)
+    kept = await dead_letter(broker, queue, 1)
+    gone = [q for q in topology.queues if q.name == queue]
+    await declarer.delete(Topology.of(queues=gone))
     async with Publisher(settings.amqp, name=f"{settings.namespace}-move") as publisher:
         report = await move_dead_letters(declarer, publisher, dlq_name(queue))
     assert report.moved == [] and kept in report.failed
     assert await broker.counts(dlq_name(queue)) == (1, 0)
+
+
+async def test_a_dead_letter_goes_back_to_its_own_queue_whatever_its_headers_claim(
+    settings: Settings, declarer: Declarer, broker: BrokerProbe
+) -> None:
+    # A producer sets x-rabbitry-queue and x-first-death-queue on its message: moving it back
+    # must not deliver it into another tenant's queue.
+    mine = f"{settings.namespace}.tenant.a.session-removal"
+    theirs = f"{settings.namespace}.tenant.b.session-removal"
+    await declarer.declare(
+        work_queue(mine, policy=settings.retry) | work_queue(theirs, policy=settings.retry)
+    )
+    crafted = await dead_letter(
+        broker, mine, 1, **{"x-rabbitry-queue": theirs, "x-first-death-queue": theirs}
+    )
+    letters, _ = await list_dead_letters(declarer, dlq_name(mine))
+    assert [d.queue for d in letters] == [mine]
+    async with Publisher(settings.amqp, name=f"{settings.namespace}-move") as publisher:
+        report = await move_dead_letters(declarer, publisher, dlq_name(mine))
+    assert report.moved == [crafted]
+    assert await broker.counts(theirs) == (0, 0)
+    assert [r.properties.message_id for r in await broker.get_all(mine)] == [crafted]
 
 
 async def test_a_missing_dead_letter_queue_is_not_found(

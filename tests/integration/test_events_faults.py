@@ -29,9 +29,10 @@ from helpers import (
 from rabbitry.config import Settings
 from rabbitry.errors import MessageError
 from rabbitry.events.change import ChangeEvent, ChangeType
-from rabbitry.events.store import EventStore, Incoming, MessageLog
+from rabbitry.events.message_log import MessageLog
+from rabbitry.events.store import EventStore, Incoming
 from rabbitry.events.topology import EventsLayout
-from rabbitry.events.workflow import WorkflowService
+from rabbitry.events.workflow import WorkflowWorker
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, Route
 from rabbitry.messaging.topology import dlq_name
@@ -45,16 +46,16 @@ ENTITIES = 4
 @contextlib.asynccontextmanager
 async def workflow_workers(
     settings: Settings, url: str, count: int
-) -> AsyncIterator[list[WorkflowService]]:
+) -> AsyncIterator[list[WorkflowWorker]]:
     """``count`` workflow workers, each on a database connection pool of its own."""
     stopping = asyncio.Event()
     async with contextlib.AsyncExitStack() as stack:
-        services: list[WorkflowService] = []
+        services: list[WorkflowWorker] = []
         tasks: list[asyncio.Task[None]] = []
         for _ in range(count):
             database = Database(url)
             stack.push_async_callback(database.close)
-            services.append(WorkflowService(settings, database))
+            services.append(WorkflowWorker(settings, database))
         try:
             tasks = [asyncio.create_task(s.run(stopping)) for s in services]
             for service in services:

@@ -16,7 +16,7 @@ from helpers import AMQP_URL, eventually_true, running, take_all
 from rabbitry.config import Settings
 from rabbitry.events.store import EventStore
 from rabbitry.events.topology import EventsLayout
-from rabbitry.events.workflow import WorkflowService
+from rabbitry.events.workflow import WorkflowWorker
 from rabbitry.messaging.topology import dlq_name
 from rabbitry.storage.database import Database
 
@@ -88,7 +88,7 @@ async def test_roadrunner_events_are_stored_once_and_bad_ones_dead_lettered(
         roadrunner_job("delete", {"entity": ENTITY, "id": 1, "user": 7}),
     ]
     store = EventStore(events_db)
-    async with running(WorkflowService(events_settings, events_db)):
+    async with running(WorkflowWorker(events_settings, events_db)):
         # Straight to the queue through the default exchange, as an RR pipeline may do.
         await asyncio.to_thread(publish_with_pika, "", layout.event_sourcing_queue, jobs)
 
@@ -131,7 +131,7 @@ async def test_without_rr_id_the_amqp_message_id_identifies_a_redelivery(
     properties.headers.pop("rr_id")
     properties.message_id = "legacy-1"
     store = EventStore(events_db)
-    async with running(WorkflowService(events_settings, events_db)):
+    async with running(WorkflowWorker(events_settings, events_db)):
         marker = roadrunner_job("update", {**body, "data": {"a": 2}})
         await asyncio.to_thread(
             publish_with_pika,
@@ -157,7 +157,7 @@ async def test_a_message_without_rr_id_or_message_id_is_stored_once_when_redeliv
     properties, raw = roadrunner_job("insert", body)
     properties.headers.pop("rr_id")  # and pika sends no message_id unless told to
     store = EventStore(events_db)
-    async with running(WorkflowService(events_settings, events_db)):
+    async with running(WorkflowWorker(events_settings, events_db)):
         marker = roadrunner_job("update", {**body, "data": {"a": 2}})
         await asyncio.to_thread(
             publish_with_pika,

@@ -29,16 +29,17 @@ from helpers import AMQP_URL, DEAD_AMQP_URL, RecordingPublisher, eventually_true
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.events.change import RecordedEvent
-from rabbitry.events.delivery import Delivery
+from rabbitry.events.delivery import DeliveryMode, OutboxDelivery
 from rabbitry.events.emitter import Emitter, acting_as
 from rabbitry.events.orm import ChangeTracker
 from rabbitry.events.store import EventStore
 from rabbitry.events.topology import EventsLayout, events_topology
-from rabbitry.events.workflow import WorkflowService
+from rabbitry.events.workflow import WorkflowWorker
 from rabbitry.messaging.publisher import Publisher, PublishStatus
 from rabbitry.outbox.filters import Origin, RequeueFilter
-from rabbitry.outbox.ledger import Ledger, PendingRow
+from rabbitry.outbox.message import OutboxMessage
 from rabbitry.outbox.relay import RelayService
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage.database import Database
 
 
@@ -78,8 +79,8 @@ def tracked(engine: AsyncEngine, tracker: ChangeTracker) -> async_sessionmaker[A
     return async_sessionmaker(engine, sync_session_class=tracker.session_class)
 
 
-async def ledger_rows(ledger: Ledger) -> list[PendingRow]:
-    return await ledger.rows(RequeueFilter(), pending=None)
+async def ledger_rows(ledger: Outbox) -> list[OutboxMessage]:
+    return await ledger.rows(RequeueFilter(), state=None)
 
 
 def relay(settings: Settings, db: Database) -> RelayService:
@@ -89,8 +90,8 @@ def relay(settings: Settings, db: Database) -> RelayService:
 async def relayed(settings: Settings, db: Database, order_id: int, *, what: str) -> RecordedEvent:
     """Run the workflow worker and the relay until the one event of order ``order_id`` is
     stored and no ledger row is left pending; that event."""
-    store, ledger = EventStore(db), Ledger(db)
-    async with running(WorkflowService(settings, db)), running(relay(settings, db)):
+    store, ledger = EventStore(db), Outbox(db)
+    async with running(WorkflowWorker(settings, db)), running(relay(settings, db)):
 
         async def stored() -> bool:
             return len(await store.history(ORDER, order_id)) == 1
@@ -108,14 +109,16 @@ async def relayed(settings: Settings, db: Database, order_id: int, *, what: str)
 async def test_committed_changes_are_stored_and_their_rows_marked_processed(
     events_settings: Settings, events_db: Database, events_db_url: str
 ) -> None:
-    ledger, store = Ledger(events_db), EventStore(events_db)
+    ledger, store = Outbox(events_db), EventStore(events_db)
     async with (
         app_engine(events_db_url, events_db) as engine,
-        running(WorkflowService(events_settings, events_db)),
+        running(WorkflowWorker(events_settings, events_db)),
         Publisher(events_settings.amqp, fallback=ledger) as publisher,
     ):
-        tracker = ChangeTracker(Emitter(publisher, events_settings))
-        assert tracker.delivery_for(engine) is Delivery.OUTBOX  # the default here
+        tracker = ChangeTracker(
+            Emitter(publisher, events_settings), delivery=OutboxDelivery(ledger, publisher)
+        )
+        assert tracker.delivery_for(engine) is DeliveryMode.OUTBOX  # the outbox's database
         sessions = tracked(engine, tracker)
         with acting_as(3):
             async with sessions.begin() as session:
@@ -143,13 +146,15 @@ async def test_committed_changes_are_stored_and_their_rows_marked_processed(
 async def test_rolled_back_changes_leave_no_row_and_send_no_message(
     events_settings: Settings, events_db: Database, events_db_url: str
 ) -> None:
-    ledger, store = Ledger(events_db), EventStore(events_db)
+    ledger, store = Outbox(events_db), EventStore(events_db)
     async with (
         app_engine(events_db_url, events_db) as engine,
-        running(WorkflowService(events_settings, events_db)),
+        running(WorkflowWorker(events_settings, events_db)),
         Publisher(events_settings.amqp, fallback=ledger) as publisher,
     ):
-        tracker = ChangeTracker(Emitter(publisher, events_settings))
+        tracker = ChangeTracker(
+            Emitter(publisher, events_settings), delivery=OutboxDelivery(ledger, publisher)
+        )
         sessions = tracked(engine, tracker)
         async with sessions() as session:
             session.add(Order(id=1, total=1))
@@ -179,10 +184,14 @@ async def test_with_the_broker_unreachable_the_row_waits_and_the_relay_delivers_
     events_settings: Settings, events_db: Database, events_db_url: str
 ) -> None:
     offline = make_settings(namespace=events_settings.namespace, amqp_url=DEAD_AMQP_URL)
-    ledger = Ledger(events_db)
+    ledger = Outbox(events_db)
     async with app_engine(events_db_url, events_db) as engine:
         async with Publisher(offline.amqp, fallback=ledger) as publisher:
-            tracker = ChangeTracker(Emitter(publisher, offline), auto_publish=False)
+            tracker = ChangeTracker(
+                Emitter(publisher, offline),
+                auto_publish=False,
+                delivery=OutboxDelivery(ledger, publisher),
+            )
             async with tracked(engine, tracker).begin() as session:
                 session.add(Order(id=5, total=50))
             results = await tracker.flush()  # does not raise: the event is in the outbox
@@ -203,14 +212,16 @@ async def test_the_relay_never_sends_a_row_the_tracker_is_publishing(
 ) -> None:
     async with await Declarer.connect(AMQP_URL) as declarer:
         await declarer.declare(events_topology(events_settings))
-    ledger = Ledger(events_db)
+    ledger = Outbox(events_db)
     busy_relay = RelayService(events_settings, interval=0.02, db=events_db)
     async with (
         app_engine(events_db_url, events_db) as engine,
         running(busy_relay),
         Publisher(events_settings.amqp, fallback=ledger) as publisher,
     ):
-        tracker = ChangeTracker(Emitter(publisher, events_settings))
+        tracker = ChangeTracker(
+            Emitter(publisher, events_settings), delivery=OutboxDelivery(ledger, publisher)
+        )
         sessions = tracked(engine, tracker)
         for n in range(1, 21):
             async with sessions.begin() as session:
@@ -233,14 +244,14 @@ async def test_the_relay_never_sends_a_row_the_tracker_is_publishing(
 async def test_events_committed_by_a_process_cancelled_before_publishing_are_relayed(
     events_settings: Settings, events_db: Database, events_db_url: str
 ) -> None:
-    ledger = Ledger(events_db)
+    ledger = Outbox(events_db)
     dies = RecordingPublisher(fallback=ledger)
     dies.crash = asyncio.CancelledError()  # the process stops before anything is sent
     async with app_engine(events_db_url, events_db) as engine:
         tracker = ChangeTracker(
             Emitter(dies, events_settings),
             auto_publish=False,
-            lease=dt.timedelta(seconds=1),
+            delivery=OutboxDelivery(ledger, dies, lease=dt.timedelta(seconds=1)),
         )
         async with tracked(engine, tracker).begin() as session:
             session.add(Order(id=6, total=60))
@@ -265,9 +276,10 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from rabbitry.config import Settings
 from rabbitry.events.emitter import Emitter
+from rabbitry.events.delivery import OutboxDelivery
 from rabbitry.events.orm import ChangeTracker
 from rabbitry.messaging.publisher import Publisher
-from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage.database import Database
 
 class Base(DeclarativeBase):
@@ -282,8 +294,10 @@ class Order(Base):
 
 async def main(url, namespace, amqp_url):
     settings = Settings(namespace=namespace, amqp_url=amqp_url, database_url=url)
-    publisher = Publisher(settings.amqp, fallback=Ledger(Database(url)))
-    tracker = ChangeTracker(Emitter(publisher, settings), lease=dt.timedelta(seconds=1))
+    outbox = Outbox(Database(url))
+    publisher = Publisher(settings.amqp, fallback=outbox)
+    delivery = OutboxDelivery(outbox, publisher, lease=dt.timedelta(seconds=1))
+    tracker = ChangeTracker(Emitter(publisher, settings), delivery=delivery)
     sessions = async_sessionmaker(
         create_async_engine(url), sync_session_class=tracker.session_class
     )
@@ -298,7 +312,7 @@ asyncio.run(main(*sys.argv[1:]))
 async def test_events_of_a_process_killed_right_after_commit_are_relayed(
     events_settings: Settings, events_db: Database, events_db_url: str
 ) -> None:
-    ledger = Ledger(events_db)
+    ledger = Outbox(events_db)
     async with app_engine(events_db_url, events_db):
         app = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -324,15 +338,15 @@ async def test_events_of_a_process_killed_right_after_commit_are_relayed(
 async def test_memory_delivery_stays_available_for_a_database_without_the_ledger(
     events_settings: Settings, events_db: Database, tmp_path: Path
 ) -> None:
-    ledger, store = Ledger(events_db), EventStore(events_db)
+    ledger, store = Outbox(events_db), EventStore(events_db)
     own = make_settings(namespace=events_settings.namespace)
     async with (
         app_engine(f"sqlite+aiosqlite:///{tmp_path}/app-only.db") as engine,
-        running(WorkflowService(events_settings, events_db)),
+        running(WorkflowWorker(events_settings, events_db)),
         Publisher(own.amqp, fallback=ledger) as publisher,
     ):
-        tracker = ChangeTracker(Emitter(publisher, own))
-        assert tracker.delivery_for(engine) is Delivery.MEMORY
+        tracker = ChangeTracker(Emitter(publisher, own), delivery=OutboxDelivery(ledger, publisher))
+        assert tracker.delivery_for(engine) is DeliveryMode.MEMORY
         async with tracked(engine, tracker).begin() as session:
             session.add(Order(id=8, total=80))
         await tracker.aclose()

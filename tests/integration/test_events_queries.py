@@ -99,10 +99,12 @@ async def test_cli_refuses_bad_input_in_one_line_and_reports_unknown_entities(
 
 async def test_http_api_returns_history_state_and_json_errors(events_db: Database) -> None:
     await seed(events_db)
-    app = create_app(Settings(namespace="unused", admin_token="admin"), routers=all_routers())
+    app = create_app(
+        Settings(namespace="unused", admin_token="admin-token-for-tests"), routers=all_routers()
+    )
     AppState.of(app).database = events_db  # what the lifespan sets; no broker needed here
     transport = httpx.ASGITransport(app=app)
-    admin = {"Authorization": "Bearer admin"}
+    admin = {"Authorization": "Bearer admin-token-for-tests"}
     async with httpx.AsyncClient(
         transport=transport, base_url="http://rabbitry", headers=admin
     ) as client:

@@ -9,9 +9,9 @@ from pathlib import Path
 from helpers import AMQP_URL, delete_namespace, eventually_true, running, take_all
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings, load_settings
-from rabbitry.events.store import MessageLog
+from rabbitry.events.message_log import MessageLog
 from rabbitry.events.topology import EventsLayout, events_topology, module_topology
-from rabbitry.events.workflow import WorkflowService
+from rabbitry.events.workflow import WorkflowWorker
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
 from rabbitry.storage.database import Database
@@ -42,7 +42,7 @@ async def test_modules_hear_their_routing_keys_and_workflow_hears_everything(
     layout = EventsLayout(settings.namespace)
     topology = module_topology(settings, settings.modules) | events_topology(settings)
     try:
-        async with running(WorkflowService(settings, events_db)):
+        async with running(WorkflowWorker(settings, events_db)):
             url = settings.amqp_url.get_secret_value()
             async with await Declarer.connect(url) as declarer:
                 await declarer.declare(topology)
@@ -76,7 +76,7 @@ async def test_the_message_log_keeps_the_routing_key_a_message_was_published_wit
     events_settings: Settings, events_db: Database
 ) -> None:
     layout = EventsLayout(events_settings.namespace)
-    async with running(WorkflowService(events_settings, events_db)):
+    async with running(WorkflowWorker(events_settings, events_db)):
         # The type says what happened; the routing key is where it was sent: both are kept.
         message = Message("invoice.created", {"invoice": 12}, tenant="acme")
         async with Publisher(events_settings.amqp) as publisher:

@@ -8,7 +8,8 @@ import random
 import uuid
 
 from rabbitry.events.change import ChangeEvent, ChangeType
-from rabbitry.events.store import EventStore, Incoming, MessageLog
+from rabbitry.events.message_log import MessageLog
+from rabbitry.events.store import EventStore, Incoming
 from rabbitry.messaging.envelope import Message
 from rabbitry.storage.database import Database
 

@@ -10,7 +10,8 @@ import signal
 from helpers import RABBITRY, eventually_true
 from rabbitry.config import Settings
 from rabbitry.events.emitter import Emitter
-from rabbitry.events.store import EventStore, MessageLog
+from rabbitry.events.message_log import MessageLog
+from rabbitry.events.store import EventStore
 from rabbitry.events.topology import EventsLayout
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, Route

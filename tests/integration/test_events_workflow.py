@@ -16,17 +16,18 @@ from fixtures.events import make_settings
 from helpers import DEAD_AMQP_URL, eventually_true, running, take_all
 from rabbitry.config import Settings
 from rabbitry.events.change import ChangeEvent, ChangeType
+from rabbitry.events.delivery import OutboxDelivery
 from rabbitry.events.emitter import Emitter, acting_as
 from rabbitry.events.orm import ChangeTracker
 from rabbitry.events.store import EventStore
 from rabbitry.events.topology import EventsLayout
-from rabbitry.events.workflow import WorkflowService
+from rabbitry.events.workflow import WorkflowWorker
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
 from rabbitry.messaging.topology import dlq_name
 from rabbitry.outbox.filters import RequeueFilter
-from rabbitry.outbox.ledger import Ledger
 from rabbitry.outbox.relay import RelayService
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage.database import Database
 
 
@@ -53,8 +54,8 @@ async def test_emitted_changes_are_stored_in_order_with_versions(
 ) -> None:
     store = EventStore(events_db)
     async with (
-        running(WorkflowService(events_settings, events_db)),
-        Publisher(events_settings.amqp, fallback=Ledger(events_db)) as publisher,
+        running(WorkflowWorker(events_settings, events_db)),
+        Publisher(events_settings.amqp, fallback=Outbox(events_db)) as publisher,
     ):
         emitter = Emitter(publisher, events_settings)
         with acting_as(42):
@@ -87,10 +88,11 @@ async def test_orm_commits_reach_the_event_store_and_rollbacks_do_not(
     store = EventStore(events_db)
     try:
         async with (
-            running(WorkflowService(events_settings, events_db)),
-            Publisher(events_settings.amqp, fallback=Ledger(events_db)) as publisher,
+            running(WorkflowWorker(events_settings, events_db)),
+            Publisher(events_settings.amqp, fallback=Outbox(events_db)) as publisher,
         ):
-            tracker = ChangeTracker(Emitter(publisher, events_settings))
+            delivery = OutboxDelivery(Outbox(events_db), publisher)
+            tracker = ChangeTracker(Emitter(publisher, events_settings), delivery=delivery)
             sessions = async_sessionmaker(
                 engine, sync_session_class=tracker.session_class, expire_on_commit=False
             )
@@ -131,7 +133,7 @@ async def test_invalid_events_are_dead_lettered_with_their_reason(
     layout = EventsLayout(events_settings.namespace)
     route = Route(layout.events_exchange, "insert")
     async with (
-        running(WorkflowService(events_settings, events_db)),
+        running(WorkflowWorker(events_settings, events_db)),
         Publisher(events_settings.amqp) as publisher,
     ):
         await publisher.publish(Message("insert", {"entity": "e", "id": 1, "user": 1}), route)
@@ -166,7 +168,7 @@ async def test_a_redelivered_message_is_stored_once(
     marker = Message("update", {"entity": "e", "id": 1, "user": 1, "data": {"n": 2}})
     store = EventStore(events_db)
     async with (
-        running(WorkflowService(events_settings, events_db)),
+        running(WorkflowWorker(events_settings, events_db)),
         Publisher(events_settings.amqp) as publisher,
     ):
         for _ in range(3):
@@ -191,7 +193,7 @@ async def test_several_workflow_workers_keep_versions_gap_free(
     try:
         async with contextlib.AsyncExitStack() as stack:
             for db in [events_db, *extra]:
-                await stack.enter_async_context(running(WorkflowService(events_settings, db)))
+                await stack.enter_async_context(running(WorkflowWorker(events_settings, db)))
             publisher = await stack.enter_async_context(Publisher(events_settings.amqp))
             emitter = Emitter(publisher, events_settings)
             changes = [
@@ -219,7 +221,7 @@ async def test_without_a_broker_events_wait_in_the_outbox_and_are_stored_once_re
     offline = make_settings(
         namespace=events_settings.namespace, rabbit_active=False, database_url=None
     )
-    ledger = Ledger(events_db)
+    ledger = Outbox(events_db)
     async with Publisher(offline.amqp, fallback=ledger) as publisher:
         result = await Emitter(publisher, offline).insert("orders", 3, {"total": 1})
     assert result.status is PublishStatus.PERSISTED
@@ -227,7 +229,7 @@ async def test_without_a_broker_events_wait_in_the_outbox_and_are_stored_once_re
     assert row.type == "insert" and json.loads(row.body)["id"] == 3
     store = EventStore(events_db)
     async with (
-        running(WorkflowService(events_settings, events_db)),
+        running(WorkflowWorker(events_settings, events_db)),
         Publisher(events_settings.amqp) as publisher,
     ):
         report = await RelayService(events_settings, db=events_db).run_once(ledger, publisher)
@@ -249,10 +251,11 @@ async def test_orm_events_go_to_the_outbox_when_the_broker_is_unreachable(
     engine = create_async_engine(events_db_url)
     async with engine.begin() as conn:
         await conn.run_sync(AppBase.metadata.create_all)
-    ledger = Ledger(events_db)
+    ledger = Outbox(events_db)
     try:
         async with Publisher(unreachable.amqp, fallback=ledger) as publisher:
-            tracker = ChangeTracker(Emitter(publisher, unreachable))
+            delivery = OutboxDelivery(ledger, publisher)
+            tracker = ChangeTracker(Emitter(publisher, unreachable), delivery=delivery)
             sessions = async_sessionmaker(engine, sync_session_class=tracker.session_class)
             async with sessions.begin() as session:
                 session.add(Ticket(id=9, title="offline"))

@@ -19,7 +19,7 @@ from aio_pika.abc import AbstractChannel
 
 from helpers import AMQP_URL, close_connections
 from rabbitry.amqp.fieldtable import Int64
-from rabbitry.amqp.link import Delivery, Link, LinkClosed, Outcome, Outgoing
+from rabbitry.amqp.link import Link, LinkClosed, Outgoing, PublishOutcome, Received
 from rabbitry.amqp.properties import Properties
 
 PERSISTENT = Properties(content_type="application/octet-stream", delivery_mode=2)
@@ -61,11 +61,11 @@ async def _ready_count(channel: AbstractChannel, queue: str) -> int:
 
 def _collector(
     link: Link, expected: int
-) -> tuple[list[Delivery], asyncio.Event, Callable[..., None]]:
-    got: list[Delivery] = []
+) -> tuple[list[Received], asyncio.Event, Callable[..., None]]:
+    got: list[Received] = []
     done = asyncio.Event()
 
-    def on_delivery(delivery: Delivery) -> None:
+    def on_delivery(delivery: Received) -> None:
         got.append(delivery)
         link.ack(delivery.delivery_tag)
         if len(got) >= expected:
@@ -88,7 +88,7 @@ async def test_published_message_arrives_with_its_body_and_header_types(
         type="job",
         app_id="tests",
     )
-    assert await link.publish("", queue, b'{"hello":1}', properties) is Outcome.ACKED
+    assert await link.publish("", queue, b'{"hello":1}', properties) is PublishOutcome.ACKED
 
     consumer = await Link.connect(AMQP_URL, name=_name())
     raw = bytearray()
@@ -124,7 +124,7 @@ async def test_ten_thousand_published_in_one_call_are_all_acked_and_consumed(
 ) -> None:
     items = [Outgoing("", queue, b"%05d" % i + b"." * 251, PERSISTENT) for i in range(10_000)]
     outcomes = await link.publish_many(items)
-    assert outcomes == [Outcome.ACKED] * 10_000
+    assert outcomes == [PublishOutcome.ACKED] * 10_000
     assert await _ready_count(channel, queue) == 10_000
 
     got, done, on_delivery = _collector(link, 10_000)
@@ -137,7 +137,7 @@ async def test_ten_thousand_published_in_one_call_are_all_acked_and_consumed(
 
 async def test_unroutable_mandatory_message_is_returned(link: Link, queue: str) -> None:
     nowhere = _name()  # no queue has this name, so the default exchange cannot route it
-    assert await link.publish("", nowhere, b"lost", PERSISTENT) is Outcome.RETURNED
+    assert await link.publish("", nowhere, b"lost", PERSISTENT) is PublishOutcome.RETURNED
     batch = [
         Outgoing("", queue, b"kept", PERSISTENT),
         Outgoing("", nowhere, b"lost", PERSISTENT),
@@ -145,7 +145,12 @@ async def test_unroutable_mandatory_message_is_returned(link: Link, queue: str) 
         Outgoing("", queue, b"kept", PERSISTENT),
     ]
     outcomes = await link.publish_many(batch)
-    assert outcomes == [Outcome.ACKED, Outcome.RETURNED, Outcome.ACKED, Outcome.ACKED]
+    assert outcomes == [
+        PublishOutcome.ACKED,
+        PublishOutcome.RETURNED,
+        PublishOutcome.ACKED,
+        PublishOutcome.ACKED,
+    ]
 
 
 async def test_publishing_to_a_missing_exchange_closes_the_link_with_404(
@@ -202,12 +207,15 @@ async def test_broker_side_kill_fails_pending_publishes(queue: str) -> None:
     await link.confirm_select()
     window = [Outgoing("", queue, b"x" * 256, PERSISTENT) for _ in range(2000)]
 
+    streaming = asyncio.Event()
+
     async def publish_forever() -> None:
         while True:
             await link.publish_many(window)
+            streaming.set()
 
     publisher = asyncio.create_task(publish_forever())
-    await asyncio.sleep(0.2)
+    await asyncio.wait_for(streaming.wait(), 30)  # confirmed once, and on to the next window
     assert await asyncio.to_thread(close_connections, name, "test", exact=True) == 1
 
     with pytest.raises(LinkClosed) as failed:
@@ -233,6 +241,6 @@ async def test_heartbeats_keep_an_idle_link_alive(queue: str) -> None:
         await asyncio.sleep(3.5)  # the broker drops a peer silent for two intervals
         assert link.is_open
         await link.confirm_select()
-        assert await link.publish("", queue, b"still here", PERSISTENT) is Outcome.ACKED
+        assert await link.publish("", queue, b"still here", PERSISTENT) is PublishOutcome.ACKED
     finally:
         await link.close()

@@ -9,10 +9,10 @@ from fixtures.outbox import Topic, make_settings, seed_rows, set_created_at
 from helpers import take_all
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher
-from rabbitry.outbox import browse
-from rabbitry.outbox.browse import LedgerQuery, PageKey, State
 from rabbitry.outbox.filters import RequeueFilter, parse_filter
-from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox.message import OutboxQuery, PageKey, State
+from rabbitry.outbox.requeue import requeue_messages, selected
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 UTC = dt.UTC
@@ -38,8 +38,8 @@ async def test_keyset_pages_list_every_row_once_newest_first(db: Database, topic
     after: PageKey | None = None
     pages = 0
     while True:
-        page = await browse.list_messages(db, LedgerQuery(), after=after, limit=5)
-        seen += [entry.id for entry in page.entries]
+        page = await Outbox(db).page(OutboxQuery(), after=after, limit=5)
+        seen += [entry.id for entry in page.messages]
         pages += 1
         if page.older is None:
             break
@@ -51,37 +51,37 @@ async def test_keyset_pages_list_every_row_once_newest_first(db: Database, topic
 async def test_listing_filters_by_queue_state_and_dates(db: Database, topic: Topic) -> None:
     orders = await seed(db, topic, 6, queue="orders")
     await seed(db, topic, 4, queue="invoices")
-    await browse.delete_messages(db, orders[:1])
+    await Outbox(db).delete(orders[:1])
     where = parse_filter("orders", "2024-07-01 10:00:01", "2024-07-01 10:00:02", tz=UTC)
 
-    page = await browse.list_messages(db, LedgerQuery(where))
-    assert [e.id for e in page.entries] == sorted(orders[2:6], reverse=True)
-    assert {e.queue for e in page.entries} == {"orders"}
+    page = await Outbox(db).page(OutboxQuery(where))
+    assert [e.id for e in page.messages] == sorted(orders[2:6], reverse=True)
+    assert {e.queue for e in page.messages} == {"orders"}
 
-    deleted = await browse.list_messages(db, LedgerQuery(state=State.DELETED))
-    assert [e.id for e in deleted.entries] == orders[:1]
-    pending = await browse.list_messages(db, LedgerQuery(state=State.PENDING), limit=100)
-    assert len(pending.entries) == 9
+    deleted = await Outbox(db).page(OutboxQuery(state=State.DELETED))
+    assert [e.id for e in deleted.messages] == orders[:1]
+    pending = await Outbox(db).page(OutboxQuery(state=State.PENDING), limit=100)
+    assert len(pending.messages) == 9
 
 
 async def test_a_soft_deleted_row_stays_visible_as_deleted_and_is_never_requeued(
     db: Database, topic: Topic
 ) -> None:
     first, second = await seed(db, topic, 2)
-    assert await browse.delete_messages(db, [first, 999_999]) == [first]
-    assert await browse.delete_messages(db, [first]) == []  # once only
+    assert await Outbox(db).delete([first, 999_999]) == [first]
+    assert await Outbox(db).delete([first]) == []  # once only
 
-    entry = await browse.get_message(db, first)
+    entry = await Outbox(db).get(first)
     assert entry is not None and entry.state is State.DELETED and entry.deleted_at is not None
-    default = await browse.list_messages(db, LedgerQuery())
-    assert [e.id for e in default.entries] == [second]
+    default = await Outbox(db).page(OutboxQuery())
+    assert [e.id for e in default.messages] == [second]
 
     settings = make_settings(db, topic.namespace)
     async with Publisher(settings.amqp, name=f"{topic.namespace}-browse") as publisher:
-        report = await browse.requeue_messages(Ledger(db), publisher, RequeueFilter())
+        report = await requeue_messages(Outbox(db), publisher, RequeueFilter())
     assert (report.published, report.failed) == (1, 0)
     assert [m.message_id for m in await take_all(topic.queue)] == [
-        (await browse.get_message(db, second)).message_id  # type: ignore[union-attr]
+        (await Outbox(db).get(second)).message_id  # type: ignore[union-attr]
     ]
 
 
@@ -91,14 +91,14 @@ async def test_requeue_of_selected_rows_sends_those_only_and_records_when(
     ids = await seed(db, topic, 5)
     settings = make_settings(db, topic.namespace)
     async with Publisher(settings.amqp, name=f"{topic.namespace}-browse") as publisher:
-        ledger = Ledger(db)
-        first = await browse.requeue_messages(ledger, publisher, browse.selected(ids[:2]))
+        ledger = Outbox(db)
+        first = await requeue_messages(ledger, publisher, selected(ids[:2]))
         # A processed row selected again is an explicit re-send: it goes once more.
-        again = await browse.requeue_messages(ledger, publisher, browse.selected(ids[1:3]))
+        again = await requeue_messages(ledger, publisher, selected(ids[1:3]))
     assert (first.published, again.published) == (2, 2)
 
     sent = [str(m.message_id) for m in await take_all(topic.queue)]
-    entries = {i: await browse.get_message(db, i) for i in ids}
+    entries = {i: await Outbox(db).get(i) for i in ids}
     expected = [entries[i].message_id for i in (ids[0], ids[1], ids[1], ids[2])]  # type: ignore[union-attr]
     assert sorted(sent) == sorted(expected)
     for row_id in ids[:3]:
@@ -116,7 +116,7 @@ async def test_a_json_body_is_pretty_printed_and_other_text_left_as_it_is(
     (row_id,) = await seed_rows(
         db, [(topic.route("k"), Message(type="t", payload={"b": [1], "a": "<x>"}), "")]
     )
-    entry = await browse.get_message(db, row_id)
+    entry = await Outbox(db).get(row_id)
     assert entry is not None
     assert entry.pretty_body() == '{\n  "a": "<x>",\n  "b": [\n    1\n  ]\n}'
     assert entry.to_json()["state"] == "pending"

@@ -12,10 +12,11 @@ from typer.testing import CliRunner, Result
 
 from fixtures.outbox import Topic, pending_ids, seed_rows, set_created_at
 from helpers import AMQP_URL, drain_ids, message
+from rabbitry.cli import database, deadletters
 from rabbitry.messaging.publisher import Route
 from rabbitry.outbox.commands import register
 from rabbitry.outbox.filters import RequeueFilter
-from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 
@@ -31,6 +32,8 @@ def make_app() -> typer.Typer:
         ctx.obj = {"config_file": config}
 
     register(app)
+    database.register(app)
+    deadletters.register(app)
     return app
 
 
@@ -131,7 +134,7 @@ async def test_requeue_exits_1_when_a_row_fails(db: Database, topic: Topic, tmp_
     result = await invoke(config, "requeue")
     assert result.exit_code == 1, result.output
     assert "1 published, 1 failed" in result.stdout
-    rows = await Ledger(db).rows(RequeueFilter())
+    rows = await Outbox(db).rows(RequeueFilter())
     assert [r.attempts for r in rows] == [1]
 
 
@@ -143,5 +146,5 @@ async def test_requeue_refuses_when_rabbit_is_inactive(
     result = await invoke(config, "requeue")
     assert result.exit_code == 1
     assert "rabbit_active is false" in result.stderr
-    (row,) = await Ledger(db).rows(RequeueFilter())
+    (row,) = await Outbox(db).rows(RequeueFilter())
     assert row.attempts == 0

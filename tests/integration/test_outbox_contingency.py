@@ -11,19 +11,19 @@ from helpers import DEAD_AMQP_URL, close_connections, drain_ids, message
 from rabbitry.errors import StorageError
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
 from rabbitry.outbox.filters import RequeueFilter
-from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 
 async def test_broker_unreachable_stores_the_message(db: Database, outbox_ns: str) -> None:
     settings = make_settings(db, outbox_ns, amqp_url=DEAD_AMQP_URL)
     sent = message()
-    async with Publisher(settings.amqp, fallback=Ledger(db)) as publisher:
+    async with Publisher(settings.amqp, fallback=Outbox(db)) as publisher:
         result = await publisher.publish(sent, Route("ex", "rk", queue="notify_vkm"))
     assert result.status is PublishStatus.PERSISTED
     assert result.message_id == sent.id
     assert result.error and "connect" in result.error
-    (row,) = await Ledger(db).rows(RequeueFilter())
+    (row,) = await Outbox(db).rows(RequeueFilter())
     assert (row.message_id, row.queue, row.processed) == (sent.id, "notify_vkm", False)
     assert row.body.encode() == sent.body()
 
@@ -44,7 +44,7 @@ async def test_rabbit_active_false_stores_without_touching_the_broker(
         db, outbox_ns, amqp_url=f"amqp://guest:guest@127.0.0.1:{port}/", rabbit_active=False
     )
     try:
-        async with Publisher(settings.amqp, fallback=Ledger(db)) as publisher:
+        async with Publisher(settings.amqp, fallback=Outbox(db)) as publisher:
             results = await publisher.publish_many(
                 [(message(n), Route("ex", "rk")) for n in range(20)]
             )
@@ -54,7 +54,7 @@ async def test_rabbit_active_false_stores_without_touching_the_broker(
         await server.wait_closed()
     assert {r.status for r in results} == {PublishStatus.PERSISTED}
     assert connections == 0
-    assert await Ledger(db).count(RequeueFilter(queue="ex/rk")) == 20
+    assert await Outbox(db).count(RequeueFilter(queue="ex/rk")) == 20
 
 
 async def test_unroutable_message_is_stored(db: Database, topic: Topic) -> None:
@@ -66,7 +66,7 @@ async def test_unroutable_message_is_stored(db: Database, topic: Topic) -> None:
     try:
         channel = await connection.channel()
         await channel.declare_exchange(unbound, aio_pika.ExchangeType.DIRECT)
-        async with Publisher(settings.amqp, fallback=Ledger(db)) as publisher:
+        async with Publisher(settings.amqp, fallback=Outbox(db)) as publisher:
             ok = await publisher.publish(message(1), topic.route())
             lost = await publisher.publish(message(2), Route(unbound, "nowhere"))
         await channel.exchange_delete(unbound)
@@ -82,7 +82,7 @@ async def test_database_down_too_raises(outbox_ns: str) -> None:
     dead_db = Database("postgresql+asyncpg://postgres@127.0.0.1:1/nothing")
     settings = make_settings(dead_db, outbox_ns, amqp_url=DEAD_AMQP_URL)
     try:
-        async with Publisher(settings.amqp, fallback=Ledger(dead_db)) as publisher:
+        async with Publisher(settings.amqp, fallback=Outbox(dead_db)) as publisher:
             with pytest.raises(StorageError):
                 await publisher.publish(message(), Route("ex", "rk"))
     finally:
@@ -124,7 +124,7 @@ async def test_ten_thousand_publishes_with_the_connection_killed_midway(
 
     async with LatencyProxy(delay=0.05) as proxy:
         settings = make_settings(db, topic.namespace, amqp_url=proxy.url, circuit_open_seconds=0.3)
-        async with Publisher(settings.amqp, fallback=Ledger(db), name=name) as publisher:
+        async with Publisher(settings.amqp, fallback=Outbox(db), name=name) as publisher:
             kill = asyncio.create_task(killer())
             await asyncio.gather(*(caller(publisher) for _ in range(concurrency)))
             await kill

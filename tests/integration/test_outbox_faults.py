@@ -15,17 +15,19 @@ import aio_pika
 from sqlalchemy import select
 
 from fixtures.outbox import Topic, make_settings, seed_rows
-from helpers import AMQP_URL, drain_ids, message
+from helpers import AMQP_URL, drain_ids, eventually_true, message
 from rabbitry.config import Settings
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishResult, Route
 from rabbitry.outbox.exchanges import ExchangeCheck
 from rabbitry.outbox.filters import RequeueFilter
-from rabbitry.outbox.ledger import Cursor, Ledger, PendingRow
-from rabbitry.outbox.models import PendingMessage
+from rabbitry.outbox.message import OutboxMessage
+from rabbitry.outbox.models import OutboxMessageRecord
 from rabbitry.outbox.relay import RelayService
 from rabbitry.outbox.requeue import RequeueOptions, RowOutcome, requeue, without_circuit
+from rabbitry.outbox.store import Cursor, Outbox
 from rabbitry.storage import Database
+from rabbitry.storage.clock import utcnow
 
 if TYPE_CHECKING:
     from conftest import Endpoint
@@ -34,13 +36,26 @@ if TYPE_CHECKING:
 async def leases(db: Database) -> list[tuple[str | None, bool]]:
     """(claim_token, processed) of every row."""
     async with db.session() as session:
-        rows = await session.execute(select(PendingMessage.claim_token, PendingMessage.processed))
+        rows = await session.execute(
+            select(OutboxMessageRecord.claim_token, OutboxMessageRecord.processed)
+        )
         return [(token, processed) for token, processed in rows]
+
+
+async def lease_ends(db: Database) -> list[dt.datetime | None]:
+    """``claimed_until`` of every pending row, as stored (the ledger's own clock)."""
+    async with db.session() as session:
+        rows = await session.execute(
+            select(OutboxMessageRecord.claimed_until).where(
+                OutboxMessageRecord.processed.is_(False)
+            )
+        )
+        return [until for (until,) in rows]
 
 
 async def attempts(db: Database) -> Counter[int]:
     async with db.session() as session:
-        return Counter((await session.scalars(select(PendingMessage.attempts))).all())
+        return Counter((await session.scalars(select(OutboxMessageRecord.attempts))).all())
 
 
 async def declare_bound(exchange: str, queue: str) -> None:
@@ -97,7 +112,7 @@ async def test_an_exchange_deleted_during_a_run_fails_only_its_own_rows(
         db, [(topic.route() if m.id in healthy_ids else doomed, m, "down") for m in interleaved]
     )
     settings = make_settings(db, topic.namespace)
-    ledger = Ledger(db)
+    ledger = Outbox(db)
     exchanges = ExchangeCheck(settings)
     try:
         async with DeletingPublisher(settings, doomed.exchange, before_call=5) as publisher:
@@ -134,7 +149,7 @@ async def test_an_exchange_deleted_during_a_run_fails_only_its_own_rows(
 # --- 5. leases released on every path ---------------------------------------------------------
 
 
-class SlowClaims(Ledger):
+class SlowClaims(Outbox):
     """A ledger whose claims after the first take ``pause`` seconds to come back (a slow
     database): a run that stops meanwhile must still give those rows back."""
 
@@ -143,7 +158,7 @@ class SlowClaims(Ledger):
         self.pause = pause
         self.claims = 0
 
-    async def claim(self, *args: object, **kwargs: object) -> list[PendingRow]:
+    async def claim(self, *args: object, **kwargs: object) -> list[OutboxMessage]:
         rows = await super().claim(*args, **kwargs)  # type: ignore[arg-type]
         self.claims += 1
         if self.claims > 1:
@@ -183,7 +198,7 @@ async def test_a_relay_pass_that_stops_at_a_failed_batch_leaves_no_row_leased(
     assert [token for token, processed in await leases(db) if not processed] == [None] * 200
     # ... so a user's run right after sends them at once.
     async with Publisher(without_circuit(settings.amqp)) as publisher:
-        after = await requeue(Ledger(db), publisher, RequeueFilter())
+        after = await requeue(Outbox(db), publisher, RequeueFilter())
     assert after.published == 150
     assert Counter(await drain_ids(topic.queue)) == Counter(m.id for m in good)
 
@@ -192,7 +207,7 @@ async def test_a_run_reports_the_rows_another_run_holds(db: Database, topic: Top
     held = [message(f"held{n}") for n in range(30)]
     free = [message(f"free{n}") for n in range(20)]
     await seed_rows(db, [(topic.route(), m, "down") for m in held + free])
-    ledger = Ledger(db)
+    ledger = Outbox(db)
     cursor = await ledger.start(RequeueFilter())
     assert cursor is not None
     taken = await ledger.claim(
@@ -210,22 +225,22 @@ async def test_a_run_reports_the_rows_another_run_holds(db: Database, topic: Top
 # --- 7. a run that outlives its lease ---------------------------------------------------------
 
 
-class PausedAfterFirstClaim(Ledger):
-    """A ledger whose first claim returns only after ``pause`` seconds (a process stopped
+class PausedAfterFirstClaim(Outbox):
+    """An outbox whose first claim returns only once ``resume`` is set (a process stopped
     with SIGSTOP, a long GC pause): by then the lease has ended."""
 
-    def __init__(self, db: Database, pause: float) -> None:
+    def __init__(self, db: Database) -> None:
         super().__init__(db)
-        self.pause = pause
         self.claimed = asyncio.Event()
+        self.resume = asyncio.Event()
 
     async def claim(
         self, where: RequeueFilter, cursor: Cursor, **kwargs: object
-    ) -> list[PendingRow]:
+    ) -> list[OutboxMessage]:
         rows = await super().claim(where, cursor, **kwargs)  # type: ignore[arg-type]
         if not self.claimed.is_set():
             self.claimed.set()
-            await asyncio.sleep(self.pause)
+            await self.resume.wait()
         return rows
 
 
@@ -236,7 +251,7 @@ async def test_a_run_paused_past_its_lease_never_publishes_rows_another_run_took
     await seed_rows(db, [(topic.route(), m, "down") for m in rows])
     settings = make_settings(db, topic.namespace)
     lease = dt.timedelta(seconds=1)
-    paused = PausedAfterFirstClaim(db, pause=2.5)
+    paused = PausedAfterFirstClaim(db)
     async with (
         Publisher(without_circuit(settings.amqp)) as first_publisher,
         Publisher(without_circuit(settings.amqp)) as second_publisher,
@@ -250,8 +265,15 @@ async def test_a_run_paused_past_its_lease_never_publishes_rows_another_run_took
             )
         )
         await asyncio.wait_for(paused.claimed.wait(), timeout=10)
-        await asyncio.sleep(1.3)  # the first run's lease has ended; it is still "paused"
-        second = await requeue(Ledger(db), second_publisher, RequeueFilter())
+
+        async def lease_ended() -> bool:
+            leased = [until for until in await lease_ends(db) if until is not None]
+            return bool(leased) and max(leased) < utcnow()
+
+        # The first run's lease ends while it is "paused" (the lease is what passes time here).
+        await eventually_true(lease_ended, what="the first run's lease to end")
+        second = await requeue(Outbox(db), second_publisher, RequeueFilter())
+        paused.resume.set()  # the first run wakes up, after the second sent its rows
         report = await asyncio.wait_for(first, timeout=30)
     assert second.published == 40
     assert report.published == 0 and report.failed == 0
@@ -280,7 +302,7 @@ async def test_a_cut_connection_mid_run_fails_no_row_untried(
     try:
         async with Publisher(without_circuit(settings.amqp)) as publisher:
             report = await requeue(
-                Ledger(db),
+                Outbox(db),
                 publisher,
                 RequeueFilter(),
                 options=RequeueOptions(batch_size=100),
@@ -316,7 +338,7 @@ async def test_a_run_whose_broker_stays_away_stops_and_leaves_the_rest_untouched
     try:
         async with Publisher(without_circuit(settings.amqp)) as publisher:
             report = await requeue(
-                Ledger(db),
+                Outbox(db),
                 publisher,
                 RequeueFilter(),
                 options=RequeueOptions(batch_size=100, broker_wait=1.0),

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event
 
 from fixtures.outbox import seed_rows
 from helpers import message
@@ -16,8 +17,8 @@ from rabbitry.errors import StorageError
 from rabbitry.messaging.envelope import Message, encode_headers
 from rabbitry.messaging.publisher import Route
 from rabbitry.outbox.filters import Origin, RequeueFilter
-from rabbitry.outbox.ledger import Ledger
 from rabbitry.outbox.registry import sync
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 ROUTE = Route("ns.modules", "shipping.registered", queue="shipping_registered_publisher")
@@ -34,7 +35,7 @@ async def test_store_keeps_body_headers_and_id(db: Database) -> None:
         tenant="acme",
         extra={"x-custom": Int64(9), "x-bin": b"\xff\x00"},
     )
-    ledger = Ledger(db)
+    ledger = Outbox(db)
     await ledger.store([(ROUTE, original, "cannot connect to the broker")])
     (row,) = await ledger.rows(RequeueFilter())
     assert row.queue == "shipping_registered_publisher"
@@ -52,7 +53,7 @@ async def test_store_keeps_body_headers_and_id(db: Database) -> None:
 
 
 async def test_ad_hoc_publish_is_filed_under_exchange_and_key(db: Database) -> None:
-    ledger = Ledger(db)
+    ledger = Outbox(db)
     await ledger.store([(Route("ex", "rk"), message(), "down")])
     (row,) = await ledger.rows(RequeueFilter())
     assert row.queue == "ex/rk"
@@ -67,7 +68,7 @@ async def test_ad_hoc_publish_to_a_registry_route_gets_its_name(db: Database) ->
             RegistryEntry(name="twin_b", exchange="ex", routing_key="twin"),
         ],
     )
-    ledger = Ledger(db)
+    ledger = Outbox(db)
     await ledger.store(
         [
             (Route("ex", "vkm"), message(1), "down"),
@@ -85,22 +86,22 @@ async def test_ad_hoc_publish_to_a_registry_route_gets_its_name(db: Database) ->
 async def test_a_non_utf8_body_is_refused_loudly(db: Database) -> None:
     bad = Message(type="t", payload=None, raw_body=b"\xff\xfe")
     with pytest.raises(StorageError):
-        await Ledger(db).store([(ROUTE, bad, "down")])
-    assert await Ledger(db).count(RequeueFilter()) == 0
+        await Outbox(db).store([(ROUTE, bad, "down")])
+    assert await Outbox(db).count(RequeueFilter()) == 0
 
 
 async def test_database_down_raises_storage_error() -> None:
     dead = Database("postgresql+asyncpg://postgres@127.0.0.1:1/none")
     try:
         with pytest.raises(StorageError):
-            await Ledger(dead).store([(ROUTE, message(), "down")])
+            await Outbox(dead).store([(ROUTE, message(), "down")])
     finally:
         await dead.close()
 
 
 async def test_claims_never_overlap(db: Database) -> None:
     await seed_rows(db, [(ROUTE, message(n), "down") for n in range(300)])
-    first, second = Ledger(db), Ledger(db)
+    first, second = Outbox(db), Outbox(db)
     cursor = await first.start(RequeueFilter())
     assert cursor is not None
     a, b = await asyncio.gather(
@@ -116,7 +117,7 @@ async def test_claims_never_overlap(db: Database) -> None:
 
 async def test_settle_marks_published_and_failed(db: Database) -> None:
     ids = await seed_rows(db, [(ROUTE, message(n), "down") for n in range(3)])
-    ledger = Ledger(db)
+    ledger = Outbox(db)
     cursor = await ledger.start(RequeueFilter())
     assert cursor is not None
     rows = await ledger.claim(RequeueFilter(), cursor, token="t", limit=10, lease=LEASE)
@@ -143,7 +144,7 @@ async def test_settle_marks_published_and_failed(db: Database) -> None:
 
 async def test_expired_lease_is_taken_over(db: Database) -> None:
     await seed_rows(db, [(ROUTE, message(), "down")])
-    ledger = Ledger(db)
+    ledger = Outbox(db)
     cursor = await ledger.start(RequeueFilter())
     assert cursor is not None
     gone = dt.timedelta(seconds=-1)  # a run that crashed long ago
@@ -155,30 +156,39 @@ async def test_expired_lease_is_taken_over(db: Database) -> None:
 async def test_filters_by_origin(db: Database) -> None:
     await seed_rows(db, [(ROUTE, message(1), "down")])
     await seed_rows(db, [(ROUTE, message(2), "")], origin=Origin.MANUAL)
-    ledger = Ledger(db)
+    ledger = Outbox(db)
     assert await ledger.count(RequeueFilter(origin=Origin.MANUAL)) == 1
     assert await ledger.count(RequeueFilter(origin=Origin.CONTINGENCY)) == 1
     assert await ledger.count(RequeueFilter()) == 2
 
 
 async def test_requeue_query_uses_the_pending_index(db: Database) -> None:
-    """The claim query's plan reads the partial index, not the whole table."""
+    """The plan of the ledger's own claim statement (captured as it runs, with what it sets in
+    its transaction) reads the partial index, not the whole table."""
     await seed_rows(db, [(ROUTE, message(n), "down") for n in range(50)])
-    async with db.session() as session:
-        if db.is_sqlite:
-            plan = await session.execute(
-                text(
-                    "EXPLAIN QUERY PLAN SELECT id FROM outbox_messages WHERE processed = 0 "
-                    "ORDER BY created_at, id LIMIT 10"
-                )
-            )
-        else:
-            await session.execute(text("SET LOCAL enable_seqscan = off"))
-            plan = await session.execute(
-                text(
-                    "EXPLAIN SELECT id FROM outbox_messages WHERE processed = false "
-                    "ORDER BY created_at, id LIMIT 10"
-                )
-            )
+    ledger = Outbox(db)
+    cursor = await ledger.start(RequeueFilter())
+    assert cursor is not None
+    ran: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        ran.append((statement, parameters))
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        claimed = await ledger.claim(
+            RequeueFilter(), cursor, token="plan", limit=10, lease=dt.timedelta(seconds=30)
+        )
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", capture)
+    assert len(claimed) == 10
+    (claim_at,) = [i for i, (sql, _) in enumerate(ran) if sql.lstrip().upper().startswith("UPDATE")]
+    explain = "EXPLAIN QUERY PLAN " if db.is_sqlite else "EXPLAIN "
+    async with db.engine.begin() as conn:
+        for sql, parameters in ran[:claim_at]:  # what the claim set first (PostgreSQL's SET)
+            if not sql.lstrip().upper().startswith(("BEGIN", "SELECT")):
+                await conn.exec_driver_sql(sql, parameters)
+        sql, parameters = ran[claim_at]
+        plan = await conn.exec_driver_sql(explain + sql, parameters)
         lines = " ".join(str(r[-1]) for r in plan)
-    assert "ix_outbox_messages_pending" in lines
+    assert "ix_outbox_messages_pending" in lines, lines

@@ -11,10 +11,10 @@ from rabbitry.errors import NotFound
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus
 from rabbitry.outbox.filters import Origin, RequeueFilter
-from rabbitry.outbox.ledger import Ledger
 from rabbitry.outbox.manual import ManualInsertionRefused, send_manually
 from rabbitry.outbox.registry import sync
 from rabbitry.outbox.requeue import requeue
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 
@@ -44,20 +44,20 @@ async def test_mode_rabbit_publishes_now(db: Database, topic: Topic) -> None:
     await registry(db, topic)
     settings = make_settings(db, topic.namespace)
     sent = record()
-    async with Publisher(settings.amqp, fallback=Ledger(db)) as publisher:
+    async with Publisher(settings.amqp, fallback=Outbox(db)) as publisher:
         result = await send_manually(settings, db, publisher, "resend", sent)
     assert result.status is PublishStatus.PUBLISHED
     assert await drain_ids(topic.queue, idle=0.5) == [sent.id]
-    assert await Ledger(db).count(RequeueFilter(), pending=None) == 0
+    assert await Outbox(db).count(RequeueFilter(), state=None) == 0
 
 
 async def test_mode_rabbit_with_the_broker_down_falls_back(db: Database, topic: Topic) -> None:
     await registry(db, topic)
     settings = make_settings(db, topic.namespace, amqp_url=DEAD_AMQP_URL)
-    async with Publisher(settings.amqp, fallback=Ledger(db)) as publisher:
+    async with Publisher(settings.amqp, fallback=Outbox(db)) as publisher:
         result = await send_manually(settings, db, publisher, "resend", record())
     assert result.status is PublishStatus.PERSISTED
-    (row,) = await Ledger(db).rows(RequeueFilter(queue="resend"))
+    (row,) = await Outbox(db).rows(RequeueFilter(queue="resend"))
     assert row.origin == Origin.CONTINGENCY  # the relay will deliver it
 
 
@@ -65,14 +65,14 @@ async def test_mode_db_stores_for_the_requeue_command(db: Database, topic: Topic
     await registry(db, topic)
     settings = make_settings(db, topic.namespace, manual_processing_mode=ManualProcessingMode.DB)
     sent = record()
-    async with Publisher(settings.amqp, fallback=Ledger(db)) as publisher:
+    async with Publisher(settings.amqp, fallback=Outbox(db)) as publisher:
         result = await send_manually(settings, db, publisher, "resend", sent)
         assert result.status is PublishStatus.PERSISTED
         assert await drain_ids(topic.queue, idle=0.3) == []
-        (row,) = await Ledger(db).rows(RequeueFilter(queue="resend"))
+        (row,) = await Outbox(db).rows(RequeueFilter(queue="resend"))
         assert (row.origin, row.message_id, row.last_error) == ("manual", sent.id, None)
         assert (row.exchange, row.routing_key) == (topic.exchange, "resend.key")
-        report = await requeue(Ledger(db), publisher, RequeueFilter(queue="resend"))
+        report = await requeue(Outbox(db), publisher, RequeueFilter(queue="resend"))
     assert report.published == 1
     assert await drain_ids(topic.queue, idle=0.5) == [sent.id]
 
@@ -90,7 +90,7 @@ async def test_refusals(
 ) -> None:
     await registry(db, topic)
     settings = make_settings(db, topic.namespace)
-    async with Publisher(settings.amqp, fallback=Ledger(db)) as publisher:
+    async with Publisher(settings.amqp, fallback=Outbox(db)) as publisher:
         with pytest.raises(error, match=reason):
             await send_manually(settings, db, publisher, queue, record())
-    assert await Ledger(db).count(RequeueFilter(), pending=None) == 0
+    assert await Outbox(db).count(RequeueFilter(), state=None) == 0

@@ -17,6 +17,7 @@ from conftest import BrokerProbe
 from fixtures.outbox import Topic, seed_rows, set_created_at
 from helpers import AMQP_URL
 from rabbitry.amqp.declarer import Declarer
+from rabbitry.cli import database, deadletters
 from rabbitry.config import Settings
 from rabbitry.messaging import work_queue
 from rabbitry.messaging.envelope import Message
@@ -35,6 +36,8 @@ def make_app() -> typer.Typer:
         ctx.obj = {"config_file": config}
 
     register(app)
+    database.register(app)
+    deadletters.register(app)
     return app
 
 

@@ -21,7 +21,7 @@ from fixtures.outbox import Topic
 from rabbitry.amqp.fieldtable import Int64
 from rabbitry.messaging.envelope import Message, encode_headers
 from rabbitry.outbox.filters import RequeueFilter
-from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 # name -> (SQLAlchemy type class, length, nullable), as clients/php/src/Outbox.php writes them.
@@ -83,7 +83,7 @@ async def test_sqlite_stores_times_as_the_text_php_writes(tmp_path: Any) -> None
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'outbox.db'}")
     try:
         await db.upgrade()
-        await Ledger(db).store([(Topic("t", "", "q").route("q"), Message("t", {}), "down")])
+        await Outbox(db).store([(Topic("t", "", "q").route("q"), Message("t", {}), "down")])
         async with db.engine.connect() as connection:
             stored = (
                 await connection.execute(sa.text("SELECT created_at FROM outbox_messages"))
@@ -121,7 +121,7 @@ async def test_a_row_as_php_writes_it_is_the_message_php_built(db: Database) -> 
                 "last_error": "broker error: cannot connect",
             },
         )
-    ledger = Ledger(db)
+    ledger = Outbox(db)
     window = RequeueFilter(
         since=created.replace(tzinfo=dt.UTC),
         before=created.replace(tzinfo=dt.UTC) + dt.timedelta(seconds=1),

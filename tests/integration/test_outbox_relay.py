@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from fixtures.outbox import LatencyProxy, Topic, make_settings, seed_rows
 from helpers import drain_ids, eventually_true, message
 from rabbitry.messaging.publisher import Route
 from rabbitry.outbox.filters import Origin, RequeueFilter
-from rabbitry.outbox.ledger import Ledger
 from rabbitry.outbox.relay import RelayService
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 
@@ -18,7 +20,7 @@ async def test_relay_waits_for_the_broker_then_delivers(db: Database, topic: Top
     manual = message("manual")
     await seed_rows(db, [(topic.route(), m, "down") for m in contingency])
     await seed_rows(db, [(topic.route(), manual, "")], origin=Origin.MANUAL)
-    ledger = Ledger(db)
+    ledger = Outbox(db)
 
     async def tried() -> bool:
         return relay.passes >= 3
@@ -54,15 +56,22 @@ async def test_relay_waits_for_the_broker_then_delivers(db: Database, topic: Top
     assert relay.published == 3
 
 
-async def test_relay_is_idle_when_rabbit_is_not_active(db: Database, outbox_ns: str) -> None:
+async def test_relay_is_idle_when_rabbit_is_not_active(
+    db: Database, outbox_ns: str, caplog: pytest.LogCaptureFixture
+) -> None:
     await seed_rows(db, [(Route(f"{outbox_ns}.x", "k"), message("x"), "down")])
     settings = make_settings(db, outbox_ns, rabbit_active=False)
     relay = RelayService(settings, interval=0.05, db=db)
     stopping = asyncio.Event()
     task = asyncio.create_task(relay.run(stopping))
-    await asyncio.sleep(0.3)
+
+    async def said_idle() -> bool:
+        return any("relay idle" in r.getMessage() for r in caplog.records)
+
+    await eventually_true(said_idle, what="the relay to say it stays idle")
+    assert not task.done()  # idle, not gone: it waits to be stopped
     stopping.set()
     await asyncio.wait_for(task, timeout=5)
-    (row,) = await Ledger(db).rows(RequeueFilter())
+    (row,) = await Outbox(db).rows(RequeueFilter())
     assert row.attempts == 0
     assert relay.passes == 0

@@ -15,8 +15,8 @@ from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, Route
 from rabbitry.outbox.exchanges import ExchangeCheck
 from rabbitry.outbox.filters import Origin, RequeueFilter, parse_filter
-from rabbitry.outbox.ledger import Ledger
 from rabbitry.outbox.requeue import RequeueOptions, RowOutcome, requeue
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 UTC = dt.UTC
@@ -69,7 +69,7 @@ async def test_filters_pick_the_right_rows(
     settings = make_settings(db, topic.namespace)
     where = parse_filter(*(a.format(exchange=topic.exchange) for a in args), tz=UTC)
     async with Publisher(settings.amqp) as publisher:
-        report = await requeue(Ledger(db), publisher, where)
+        report = await requeue(Outbox(db), publisher, where)
     assert (report.published, report.failed) == (len(expected), 0)
     delivered = await drain_ids(topic.queue, idle=0.5)
     # Oldest first.
@@ -92,7 +92,7 @@ async def test_republished_message_keeps_id_body_and_headers(db: Database, topic
     await seed_rows(db, [(topic.route(), original, "down")])
     settings = make_settings(db, topic.namespace)
     async with Publisher(settings.amqp) as publisher:
-        report = await requeue(Ledger(db), publisher, RequeueFilter())
+        report = await requeue(Outbox(db), publisher, RequeueFilter())
     assert report.published == 1
     (delivered,) = await take_all(topic.queue)
     assert delivered.body == raw
@@ -121,7 +121,7 @@ async def test_a_failed_row_stays_pending_and_does_not_stop_the_others(
         settings = make_settings(db, topic.namespace)
         async with Publisher(settings.amqp) as publisher:
             report = await requeue(
-                Ledger(db),
+                Outbox(db),
                 publisher,
                 RequeueFilter(),
                 options=RequeueOptions(batch_size=2),
@@ -135,7 +135,7 @@ async def test_a_failed_row_stays_pending_and_does_not_stop_the_others(
     assert [o.row.message_id for o in seen if not o.published] == [lost.id]
     assert len(seen) == 6
     assert set(await drain_ids(topic.queue, idle=0.5)) == {m.id for m in good}
-    (row,) = await Ledger(db).rows(RequeueFilter())
+    (row,) = await Outbox(db).rows(RequeueFilter())
     assert row.message_id == lost.id
     assert row.attempts == 1
     assert row.last_error is not None and "unroutable" in row.last_error
@@ -145,9 +145,9 @@ async def test_broker_down_leaves_every_row_pending(db: Database, outbox_ns: str
     await seed_rows(db, [(Route("ex", "rk"), message(str(n)), "down") for n in range(3)])
     settings = make_settings(db, outbox_ns, amqp_url=DEAD_AMQP_URL)
     async with Publisher(settings.amqp) as publisher:
-        report = await requeue(Ledger(db), publisher, RequeueFilter())
+        report = await requeue(Outbox(db), publisher, RequeueFilter())
     assert (report.published, report.failed) == (0, 3)
-    rows = await Ledger(db).rows(RequeueFilter())
+    rows = await Outbox(db).rows(RequeueFilter())
     assert [r.attempts for r in rows] == [1, 1, 1]
     assert all(r.last_error and "connect" in r.last_error for r in rows)
 
@@ -158,7 +158,7 @@ async def test_streams_in_batches(db: Database, topic: Topic) -> None:
     settings = make_settings(db, topic.namespace)
     async with Publisher(settings.amqp) as publisher:
         report = await requeue(
-            Ledger(db),
+            Outbox(db),
             publisher,
             RequeueFilter(),
             options=RequeueOptions(batch_size=100),
@@ -166,7 +166,7 @@ async def test_streams_in_batches(db: Database, topic: Topic) -> None:
         )
     assert report.published == 250
     assert batches == [100, 100, 50]
-    assert await Ledger(db).count(RequeueFilter()) == 0
+    assert await Outbox(db).count(RequeueFilter()) == 0
 
 
 async def test_manual_rows_can_be_selected_by_origin(db: Database, topic: Topic) -> None:
@@ -175,7 +175,7 @@ async def test_manual_rows_can_be_selected_by_origin(db: Database, topic: Topic)
     await seed_rows(db, [(topic.route(), message("contingency"), "down")])
     settings = make_settings(db, topic.namespace)
     async with Publisher(settings.amqp) as publisher:
-        report = await requeue(Ledger(db), publisher, RequeueFilter(origin=Origin.MANUAL))
+        report = await requeue(Outbox(db), publisher, RequeueFilter(origin=Origin.MANUAL))
     assert report.published == 1
     assert await drain_ids(topic.queue, idle=0.5) == [manual.id]
 
@@ -190,7 +190,7 @@ async def test_two_concurrent_runs_never_publish_a_row_twice(db: Database, topic
         # Each run has its own engine and connection, like two processes.
         async with Database(db.url) as own_db, Publisher(settings.amqp, name=name) as publisher:
             report = await requeue(
-                Ledger(own_db), publisher, RequeueFilter(), options=RequeueOptions(batch_size=100)
+                Outbox(own_db), publisher, RequeueFilter(), options=RequeueOptions(batch_size=100)
             )
         assert report.failed == 0
         return report.published
@@ -201,7 +201,7 @@ async def test_two_concurrent_runs_never_publish_a_row_twice(db: Database, topic
     assert set(delivered) == {m.id for m in sent}
     assert first + second == total
     assert first > 0 and second > 0, f"one run did everything ({first}/{second})"
-    assert await Ledger(db).count(RequeueFilter()) == 0
+    assert await Outbox(db).count(RequeueFilter()) == 0
 
 
 async def test_a_row_for_a_deleted_exchange_fails_alone(db: Database, topic: Topic) -> None:
@@ -215,11 +215,11 @@ async def test_a_row_for_a_deleted_exchange_fails_alone(db: Database, topic: Top
     check = ExchangeCheck(settings)
     try:
         async with Publisher(settings.amqp) as publisher:
-            report = await requeue(Ledger(db), publisher, RequeueFilter(), exchanges=check)
+            report = await requeue(Outbox(db), publisher, RequeueFilter(), exchanges=check)
     finally:
         await check.close()
     assert (report.published, report.failed) == (4, 1)
     assert set(await drain_ids(topic.queue, idle=0.5)) == {m.id for m in good}
-    (row,) = await Ledger(db).rows(RequeueFilter())
+    (row,) = await Outbox(db).rows(RequeueFilter())
     assert row.message_id == ghost.id
     assert row.last_error == f"exchange '{topic.namespace}.deleted' does not exist"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from helpers import RecordingFallback
 from rabbitry.amqp.declarer import Declarer
-from rabbitry.amqp.link import Link, Outcome, Outgoing
+from rabbitry.amqp.link import Link, Outgoing, PublishOutcome
 from rabbitry.amqp.properties import Properties
 from rabbitry.config import Settings
 from rabbitry.messaging.envelope import Message
@@ -115,6 +115,6 @@ async def test_a_return_is_pinned_on_the_look_alike_the_broker_dropped(
         )
     finally:
         await link.close()
-    assert outcomes == [Outcome.ACKED, Outcome.RETURNED]
+    assert outcomes == [PublishOutcome.ACKED, PublishOutcome.RETURNED]
     (got,) = await broker.get_all(queue)
     assert got.headers["route"] == "yes"

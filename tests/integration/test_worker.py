@@ -197,6 +197,7 @@ async def test_worker_started_while_the_broker_is_down_consumes_once_it_is_up(
     declarer: Declarer,
     endpoint: Endpoint,
     eventually: Eventually,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     queue, topology = work(settings)
     handled = Handled()
@@ -212,7 +213,12 @@ async def test_worker_started_while_the_broker_is_down_consumes_once_it_is_up(
     stopping = asyncio.Event()
     task = asyncio.create_task(worker.run(stopping))
     try:
-        await asyncio.sleep(1.0)  # a few refused attempts: the worker keeps trying, no crash
+
+        async def refused_twice() -> bool:
+            return sum("broker unavailable" in r.getMessage() for r in caplog.records) >= 2
+
+        # Two refused attempts: the worker keeps trying, no crash.
+        await eventually(refused_twice, what="two refused connection attempts")
         assert not task.done()
         assert not worker.connected.is_set()
         await endpoint.open("forward")
@@ -363,23 +369,30 @@ async def test_sigterm_with_a_handler_slower_than_the_drain_timeout_gives_its_me
 
 
 class Crashing:
+    """Crashes once ``worker`` consumes, so that stopping the worker is something to see."""
+
     name = "crashing"
 
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
     async def run(self, stopping: asyncio.Event) -> None:
+        await self.worker.connected.wait()
         raise RuntimeError("boom")
 
 
 async def test_a_crashing_service_stops_the_worker_beside_it(
-    settings: Settings, declarer: Declarer, eventually: Eventually
+    settings: Settings, declarer: Declarer, broker: BrokerProbe
 ) -> None:
     queue, topology = work(settings)
     worker = Worker(
         f"{settings.namespace}-worker", [Subscription(queue)], topology, amqp=settings.amqp
     )
     stopping = asyncio.Event()
-    await asyncio.wait_for(run_services([worker, Crashing()], stopping), 30)
+    await asyncio.wait_for(run_services([worker, Crashing(worker)], stopping), 30)
     assert stopping.is_set()
-    assert not worker.connected.is_set()
+    assert not worker.connected.is_set()  # it had connected: the crash waited for that
+    assert await broker.close_connections(worker.name) == 0  # nothing of it left open
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

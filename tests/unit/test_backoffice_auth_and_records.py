@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from rabbitry.backoffice.auth import Session, Signer
-from rabbitry.backoffice.records import Record, RecordError, message_for, routing_key
-from rabbitry.outbox.browse import PageKey
+from rabbitry.backoffice.records import RecordError, message_for, routing_key
+from rabbitry.outbox.message import PageKey
 from rabbitry.outbox.registry import QueueInfo
+from rabbitry.storage.listing import Record
 
 
 def entry(**fields: object) -> QueueInfo:

@@ -219,12 +219,12 @@ def test_secrets_are_masked_in_repr_and_str(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("RABBITRY_DATABASE_URL", "postgresql://app:db-s3cret@db/app")
     monkeypatch.setenv("RABBITRY_REDIS_URL", "redis://:redis-s3cret@cache:6379/0")
     monkeypatch.setenv("RABBITRY_MONGODB_URL", "mongodb://app:mongo-s3cret@mongo/app")
-    monkeypatch.setenv("RABBITRY_ADMIN_TOKEN", "token-s3cret")
+    monkeypatch.setenv("RABBITRY_ADMIN_TOKEN", "token-s3cret-0123456")
     settings = load_settings()
     for text in (repr(settings), str(settings)):
         assert "s3cret" not in text
         assert "**********" in text
-    assert settings.admin_token == SecretStr("token-s3cret")
+    assert settings.admin_token == SecretStr("token-s3cret-0123456")
     assert "db-s3cret" in settings.sql_url  # the unmasked value is there for the engine only
 
 

@@ -255,13 +255,14 @@ def test_the_images_are_tagged_with_the_package_version() -> None:
 
 
 def _environment(values: dict[str, Any]) -> dict[str, Any]:
-    """RABBITRY_* values as Settings fields; ${VAR} placeholders get a stand-in value."""
+    """RABBITRY_* values as Settings fields; ${VAR} placeholders get a stand-in value (as long
+    as a real admin token must be)."""
     fields: dict[str, Any] = {}
     for name, value in values.items():
         assert name.startswith("RABBITRY_"), name
         key = name.removeprefix("RABBITRY_").lower()
         assert key in Settings.model_fields, f"{name} is no setting"
-        fields[key] = re.sub(r"\$\{[^}]+\}", "stand-in", str(value))
+        fields[key] = re.sub(r"\$\{[^}]+\}", "stand-in-of-the-operators-value", str(value))
     return fields
 
 

@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
+from rabbitry.amqp.base import Received
 from rabbitry.amqp.fieldtable import Int64, decode_table, encode_table, encode_value
+from rabbitry.amqp.properties import Properties
 from rabbitry.errors import MessageError
 from rabbitry.messaging import envelope
 from rabbitry.messaging.envelope import Message
@@ -487,6 +489,31 @@ def test_correlation_header_wins_over_the_property() -> None:
     message = deliver(*e1_fields(), s_field("x-correlation-id", "hdr"), correlation_id="prop")
     assert message.correlation_id == "hdr"
     assert deliver(*e1_fields(), correlation_id="prop").correlation_id == "prop"
+
+
+def test_a_received_delivery_decodes_with_its_properties_and_where_it_came_from() -> None:
+    properties = Properties(
+        headers={"rr_job": "t"},
+        message_id="m-1",
+        correlation_id="c-1",
+        timestamp=dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+    )
+    delivery = Received(7, True, "orders", "order.created", "ctag", properties, b'{"n":1}')
+    message = envelope.decode_received(delivery, strict=True)
+    assert (message.type, message.id, message.payload) == ("t", "m-1", {"n": 1})
+    assert message.correlation_id == "c-1"
+    assert message.timestamp == properties.timestamp
+    assert (message.exchange, message.routing_key, message.redelivered) == (
+        "orders",
+        "order.created",
+        True,
+    )
+
+
+def test_a_delivery_whose_properties_did_not_decode_is_a_message_error() -> None:
+    delivery = Received(1, False, "", "q", "ctag", Properties(), b"{}", "message_id is not UTF-8")
+    with pytest.raises(MessageError, match="undecodable delivery: message_id is not UTF-8"):
+        envelope.decode_received(delivery, strict=False)
 
 
 # --- round trip -----------------------------------------------------------------------------

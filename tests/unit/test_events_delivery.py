@@ -25,14 +25,15 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from helpers import RecordingPublisher
 from rabbitry.config import Settings
 from rabbitry.errors import ConfigError
-from rabbitry.events.delivery import Delivery, same_database
+from rabbitry.events.delivery import DeliveryMode, MemoryDelivery, OutboxDelivery, same_database
 from rabbitry.events.emitter import Emitter, acting_as
 from rabbitry.events.orm import ChangeTracker
 from rabbitry.messaging.envelope import encode_headers
 from rabbitry.messaging.publisher import PublishStatus, Route
 from rabbitry.outbox.codec import headers_to_json
 from rabbitry.outbox.filters import Origin, RequeueFilter
-from rabbitry.outbox.ledger import Ledger, PendingRow
+from rabbitry.outbox.message import OutboxMessage
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage.database import Database
 
 
@@ -58,18 +59,22 @@ async def database(tmp_path: Path) -> AsyncIterator[Database]:
 
 
 @pytest.fixture
-def ledger(database: Database) -> Ledger:
-    return Ledger(database)
+def ledger(database: Database) -> Outbox:
+    return Outbox(database)
 
 
 @pytest.fixture
-def publisher(ledger: Ledger) -> RecordingPublisher:
+def publisher(ledger: Outbox) -> RecordingPublisher:
     return RecordingPublisher(fallback=ledger)
 
 
 @pytest.fixture
-async def tracker(publisher: RecordingPublisher) -> AsyncIterator[ChangeTracker]:
-    tracker = ChangeTracker(Emitter(publisher, Settings(namespace="unit")), auto_publish=False)
+async def tracker(ledger: Outbox, publisher: RecordingPublisher) -> AsyncIterator[ChangeTracker]:
+    tracker = ChangeTracker(
+        Emitter(publisher, Settings(namespace="unit")),
+        auto_publish=False,
+        delivery=OutboxDelivery(ledger, publisher),
+    )
     yield tracker
     publisher.status, publisher.crash = PublishStatus.PUBLISHED, None
     await tracker.aclose()
@@ -87,30 +92,32 @@ async def sessions(
     await engine.dispose()
 
 
-async def all_rows(ledger: Ledger) -> list[PendingRow]:
-    return await ledger.rows(RequeueFilter(), pending=None)
+async def all_rows(ledger: Outbox) -> list[OutboxMessage]:
+    return await ledger.rows(RequeueFilter(), state=None)
 
 
-async def test_the_outbox_is_the_default_on_the_ledgers_database_and_memory_elsewhere(
+async def test_outbox_delivery_applies_on_the_outboxs_database_and_memory_elsewhere(
     tmp_path: Path,
     tracker: ChangeTracker,
     sessions: async_sessionmaker[AsyncSession],
     database: Database,
+    publisher: RecordingPublisher,
 ) -> None:
-    assert tracker.delivery_for(sessions.kw["bind"]) is Delivery.OUTBOX
-    assert tracker.delivery_for(database.engine) is Delivery.OUTBOX
+    assert tracker.delivery_for(sessions.kw["bind"]) is DeliveryMode.OUTBOX
+    assert tracker.delivery_for(database.engine) is DeliveryMode.OUTBOX
     other = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'other.db'}")
-    assert tracker.delivery_for(other) is Delivery.MEMORY
+    assert tracker.delivery_for(other) is DeliveryMode.MEMORY
+    everywhere = OutboxDelivery(Outbox(database), publisher, everywhere=True)
+    assert everywhere.mode_for(other.sync_engine) is DeliveryMode.OUTBOX
     await other.dispose()
-    emitter = Emitter(RecordingPublisher(), Settings(namespace="unit"))  # no ledger anywhere
-    assert ChangeTracker(emitter).delivery_for(database.engine) is Delivery.MEMORY
-    with pytest.raises(ConfigError, match="outbox ledger"):
-        ChangeTracker(emitter, delivery=Delivery.OUTBOX)
-    memory = ChangeTracker(
-        Emitter(RecordingPublisher(fallback=Ledger(database)), Settings(namespace="unit")),
-        delivery=Delivery.MEMORY,
-    )
-    assert memory.delivery_for(database.engine) is Delivery.MEMORY
+    # The publisher's fallback is the outbox, but the tracker guesses nothing from it: memory
+    # unless it is given the outbox delivery.
+    emitter = Emitter(publisher, Settings(namespace="unit"))
+    assert ChangeTracker(emitter).delivery_for(database.engine) is DeliveryMode.MEMORY
+    memory = ChangeTracker(emitter, delivery=MemoryDelivery())
+    assert memory.delivery_for(database.engine) is DeliveryMode.MEMORY
+    with pytest.raises(ConfigError, match="no outbox rows"):
+        MemoryDelivery().stage(None, [])  # type: ignore[arg-type]
 
 
 def test_same_database_ignores_drivers_users_and_loopback_spellings(tmp_path: Path) -> None:
@@ -130,7 +137,7 @@ async def test_rows_are_written_in_the_transaction_and_marked_processed_once_pub
     sessions: async_sessionmaker[AsyncSession],
     tracker: ChangeTracker,
     publisher: RecordingPublisher,
-    ledger: Ledger,
+    ledger: Outbox,
 ) -> None:
     with acting_as(7):
         async with sessions.begin() as session:
@@ -177,7 +184,7 @@ async def test_a_rollback_leaves_no_row_and_publishes_nothing(
     sessions: async_sessionmaker[AsyncSession],
     tracker: ChangeTracker,
     publisher: RecordingPublisher,
-    ledger: Ledger,
+    ledger: Outbox,
 ) -> None:
     async with sessions() as session:
         session.add(Parcel(id=1, label="ghost"))
@@ -205,7 +212,7 @@ async def test_a_rolled_back_savepoint_takes_only_its_own_rows_with_it(
     sessions: async_sessionmaker[AsyncSession],
     tracker: ChangeTracker,
     publisher: RecordingPublisher,
-    ledger: Ledger,
+    ledger: Outbox,
 ) -> None:
     async with sessions.begin() as session:
         session.add(Parcel(id=1, label="kept"))
@@ -230,7 +237,7 @@ async def test_unconfirmed_rows_stay_pending_for_the_relay(
     sessions: async_sessionmaker[AsyncSession],
     tracker: ChangeTracker,
     publisher: RecordingPublisher,
-    ledger: Ledger,
+    ledger: Outbox,
 ) -> None:
     publisher.status = PublishStatus.FAILED
     async with sessions.begin() as session:
@@ -251,7 +258,7 @@ async def test_a_crash_after_commit_leaves_the_row_pending_behind_a_lease(
     sessions: async_sessionmaker[AsyncSession],
     tracker: ChangeTracker,
     publisher: RecordingPublisher,
-    ledger: Ledger,
+    ledger: Outbox,
     database: Database,
 ) -> None:
     publisher.crash = crash

@@ -10,11 +10,11 @@ from pamqp import commands
 from pamqp import frame as pamqp_frame
 
 from rabbitry.amqp import handshake, wire
-from rabbitry.amqp.confirms import Confirms, Outcome, Outgoing
+from rabbitry.amqp.confirms import Confirms, Outgoing, PublishOutcome
 from rabbitry.amqp.properties import Properties, encode_properties
 from rabbitry.amqp.settles import AckFolder
 
-ACKED, NACKED, RETURNED = Outcome.ACKED, Outcome.NACKED, Outcome.RETURNED
+ACKED, NACKED, RETURNED = PublishOutcome.ACKED, PublishOutcome.NACKED, PublishOutcome.RETURNED
 NO_PROPERTIES = encode_properties(Properties())  # a return's property list, as received
 
 

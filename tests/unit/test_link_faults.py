@@ -21,7 +21,15 @@ from pamqp import frame as pamqp_frame
 from rabbitry.amqp import wire
 from rabbitry.amqp.confirms import Confirms
 from rabbitry.amqp.fieldtable import Int64, encode_table
-from rabbitry.amqp.link import Delivery, Link, LinkClosed, LinkError, Outcome, Outgoing, Unfit
+from rabbitry.amqp.link import (
+    Link,
+    LinkClosed,
+    LinkError,
+    Outgoing,
+    PublishOutcome,
+    Received,
+    Unfit,
+)
 from rabbitry.amqp.properties import (
     UNDECODABLE_HEADERS,
     Properties,
@@ -66,8 +74,8 @@ def delivery_frames(
     return b"".join(struct.pack(">BHI", kind, 1, len(p)) + p + b"\xce" for kind, p in frames)
 
 
-async def consuming(link: Link, transport: Transport) -> list[Delivery]:
-    got: list[Delivery] = []
+async def consuming(link: Link, transport: Transport) -> list[Received]:
+    got: list[Received] = []
     started = asyncio.ensure_future(link.consume("q", got.append))
     await turns()
     transport.writes.clear()
@@ -154,7 +162,7 @@ async def test_a_delivery_whose_callback_raises_is_given_back_not_left_unsettled
 ) -> None:
     link, transport = opened
 
-    def explode(_: Delivery) -> None:
+    def explode(_: Received) -> None:
         raise RuntimeError("bug")
 
     started = asyncio.ensure_future(link.consume("q", explode))
@@ -228,7 +236,7 @@ async def test_headers_larger_than_frame_max_are_refused_before_anything_is_writ
     fine = link.publish("", "q", b"body", PROPS)
     await turns()
     feed(link, 1, commands.Basic.Ack(1))
-    assert await fine is Outcome.ACKED  # the refused ones took no delivery tag
+    assert await fine is PublishOutcome.ACKED  # the refused ones took no delivery tag
 
 
 def test_a_header_number_out_of_range_is_a_value_error_naming_its_key() -> None:
@@ -249,8 +257,8 @@ async def test_a_return_goes_to_the_look_alike_whose_headers_it_carries() -> Non
     items = [Outgoing("h", "", b"same", routed), Outgoing("h", "", b"same", dropped)]
     confirms.add(items, future, False)
     assert confirms.returned("h", "", b"same", encode_properties(dropped))
-    confirms.settle(2, multiple=True, outcome=Outcome.ACKED)
-    assert future.result() == [Outcome.ACKED, Outcome.RETURNED]
+    confirms.settle(2, multiple=True, outcome=PublishOutcome.ACKED)
+    assert future.result() == [PublishOutcome.ACKED, PublishOutcome.RETURNED]
 
 
 # --- 6. one bad publish fails alone -------------------------------------------------------------
@@ -268,11 +276,11 @@ async def test_a_refused_publish_fails_alone_and_those_after_it_may_be_sent_agai
     await turns()
     text = "NOT_FOUND - no exchange 'missing' in vhost '/'"
     feed(link, 1, commands.Channel.Close(404, text, 60, 40))
-    assert await first is Outcome.ACKED  # handled before the refusal: routed
+    assert await first is PublishOutcome.ACKED  # handled before the refusal: routed
     with pytest.raises(LinkClosed) as caught:
         await refused
     assert caught.value.reply_code == 404
-    assert await batch == [Outcome.SKIPPED, Outcome.SKIPPED]  # dropped unread
+    assert await batch == [PublishOutcome.SKIPPED, PublishOutcome.SKIPPED]  # dropped unread
 
 
 # --- 8. cancelling connect() closes the half-open connection -----------------------------------
@@ -482,13 +490,17 @@ async def test_a_message_whose_headers_cannot_be_written_fails_alone_in_a_batch(
     ]
     feed(link, 1, commands.Basic.Ack(2, multiple=True))
     verdicts = await sending
-    assert [outcome for outcome, _ in verdicts] == [Outcome.ACKED, Outcome.UNFIT, Outcome.ACKED]
+    assert [outcome for outcome, _ in verdicts] == [
+        PublishOutcome.ACKED,
+        PublishOutcome.UNFIT,
+        PublishOutcome.ACKED,
+    ]
     assert "'rr_delay'" in verdicts[1][1]
     link.connection_lost(None)
 
 
-def _returning(link: Link) -> Callable[[], Awaitable[Link]]:
-    async def opened() -> Link:
+def _returning(link: Link) -> Callable[[str], Awaitable[Link]]:
+    async def opened(name: str) -> Link:
         return link
 
     return opened

@@ -8,15 +8,17 @@ nothing written while the transport is paused, acks folded, heartbeats sent and 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from pamqp import base, commands, header
 from pamqp import body as pamqp_body
 from pamqp import frame as pamqp_frame
 
+from helpers import eventually_true
 from rabbitry.amqp import wire
-from rabbitry.amqp.link import Delivery, Link, LinkClosed, Outcome, Outgoing
+from rabbitry.amqp.link import Link, LinkClosed, Outgoing, PublishOutcome, Received
 from rabbitry.amqp.properties import Properties
 from scripted_broker import Transport, feed, open_link, turns
 
@@ -62,7 +64,10 @@ async def test_publishes_of_one_turn_leave_in_one_write(opened: tuple[Link, Tran
     feed(link, 1, commands.Basic.Ack(60, multiple=True), commands.Basic.Nack(61))
     feed(link, 1, commands.Basic.Ack(100, multiple=True))
     outcomes = [f.result() for f in futures]
-    assert outcomes == [Outcome.ACKED] * 60 + [Outcome.NACKED] + [Outcome.ACKED] * 39
+    assert (
+        outcomes
+        == [PublishOutcome.ACKED] * 60 + [PublishOutcome.NACKED] + [PublishOutcome.ACKED] * 39
+    )
 
 
 async def test_publish_many_writes_once_and_resolves_once(
@@ -74,7 +79,7 @@ async def test_publish_many_writes_once_and_resolves_once(
     assert len(transport.writes) == 1
     assert len(transport.frames()) == 3000
     feed(link, 1, commands.Basic.Ack(1000, multiple=True))
-    assert await batch == [Outcome.ACKED] * 1000
+    assert await batch == [PublishOutcome.ACKED] * 1000
 
 
 async def test_nothing_is_written_while_the_transport_is_paused(
@@ -94,15 +99,15 @@ async def test_nothing_is_written_while_the_transport_is_paused(
     bodies = [f.value for f in transport.frames() if isinstance(f, pamqp_body.ContentBody)]
     assert bodies == [b"one", b"two"]
     feed(link, 1, commands.Basic.Ack(2, multiple=True))
-    assert await single is Outcome.ACKED
-    assert await batch == [Outcome.ACKED]
+    assert await single is PublishOutcome.ACKED
+    assert await batch == [PublishOutcome.ACKED]
 
 
 async def test_acks_of_one_read_fold_into_one_frame(opened: tuple[Link, Transport]) -> None:
     link, transport = opened
-    got: list[Delivery] = []
+    got: list[Received] = []
 
-    def on_delivery(delivery: Delivery) -> None:
+    def on_delivery(delivery: Received) -> None:
         got.append(delivery)
         link.ack(delivery.delivery_tag)
 
@@ -118,7 +123,7 @@ async def test_acks_of_one_read_fold_into_one_frame(opened: tuple[Link, Transpor
 
 async def test_deliveries_split_anywhere_and_over_frames_are_reassembled() -> None:
     link, transport = await open_link(frame_max=4096)
-    got: list[Delivery] = []
+    got: list[Received] = []
     consume = asyncio.ensure_future(link.consume("q", got.append))
     await reply(link, transport, commands.Basic.ConsumeOk("ctag"))
     await consume
@@ -135,7 +140,7 @@ async def test_a_raising_callback_does_not_take_the_link_down(
 ) -> None:
     link, transport = opened
 
-    def on_delivery(delivery: Delivery) -> None:
+    def on_delivery(delivery: Received) -> None:
         raise RuntimeError("handler bug")
 
     consume = asyncio.ensure_future(link.consume("q", on_delivery))
@@ -192,7 +197,7 @@ async def test_close_sends_pending_acks_then_closes_cleanly(
     opened: tuple[Link, Transport],
 ) -> None:
     link, transport = opened
-    got: list[Delivery] = []
+    got: list[Received] = []
     consume = asyncio.ensure_future(link.consume("q", got.append))
     await reply(link, transport, commands.Basic.ConsumeOk("ctag"))
     await consume
@@ -209,13 +214,67 @@ async def test_close_sends_pending_acks_then_closes_cleanly(
     assert link.closed.result() is None
 
 
+def heartbeats_sent(transport: Transport, count: int) -> bool:
+    return transport.writes.count(wire.HEARTBEAT) >= count
+
+
+def holds(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return condition()
+
+    return check
+
+
 async def test_heartbeats_are_sent_when_idle_and_a_silent_broker_is_dropped() -> None:
     link, transport = await open_link(heartbeat=1)  # checked every 0.5 s
-    await asyncio.sleep(1.2)  # 0.5: the handshake was traffic; 1.0: idle, so a heartbeat
-    assert transport.writes == [wire.HEARTBEAT]
-    assert link.is_open
-    await asyncio.sleep(1.5)  # four silent checks from the broker by 2.5 s: dead
-    assert transport.closing
+    # Idle, it sends heartbeats; while the broker answers each with its own, it stays open,
+    # however many intervals go by (counted in heartbeats, not in seconds).
+    for count in range(1, 6):
+        sent = holds(functools.partial(heartbeats_sent, transport, count))
+        await eventually_true(sent, timeout=30, what="a heartbeat")
+        assert link.is_open and not transport.closing
+        link.data_received(wire.HEARTBEAT)
+    assert set(transport.writes) == {wire.HEARTBEAT}  # idle: nothing else was written
+    # The broker falls silent: after two silent intervals the link gives up on it.
+    dropped = holds(lambda: transport.closing)
+    await eventually_true(dropped, timeout=30, what="the silent broker to be dropped")
+    assert transport.writes.count(wire.HEARTBEAT) >= 5 + 3  # it kept trying meanwhile
     link.connection_lost(None)
-    with pytest.raises(LinkClosed, match="heartbeat"):
+    with pytest.raises(LinkClosed, match="missed heartbeats from the broker"):
         await link.closed
+
+
+# --- control methods ---------------------------------------------------------------------------
+
+
+async def test_the_broker_asking_for_flow_is_answered_and_the_link_stays_open(
+    opened: tuple[Link, Transport],
+) -> None:
+    link, transport = opened
+    feed(link, 1, commands.Channel.Flow(active=False))
+    await turns(1)
+    (answer,) = transport.frames()
+    assert isinstance(answer, commands.Channel.FlowOk) and answer.active is False
+    assert link.is_open
+
+
+async def test_a_control_method_the_link_has_no_use_for_is_ignored(
+    opened: tuple[Link, Transport],
+) -> None:
+    link, transport = opened
+    feed(link, 1, commands.Basic.RecoverOk())
+    await turns(1)
+    assert transport.frames() == []
+    assert link.is_open
+
+
+async def test_a_reply_to_no_call_is_a_frame_error_that_closes_the_link(
+    opened: tuple[Link, Transport],
+) -> None:
+    link, transport = opened
+    feed(link, 1, commands.Basic.QosOk())
+    (close,) = transport.frames()
+    assert isinstance(close, commands.Connection.Close) and close.reply_code == 501
+    assert "unexpected Basic.QosOk" in close.reply_text
+    assert not link.is_open
+    assert link.error is not None and link.error.reply_code == 501

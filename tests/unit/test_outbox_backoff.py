@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from rabbitry.outbox.ledger import MAX_BACKOFF, backoff
+from rabbitry.outbox.store import MAX_BACKOFF, backoff
 
 
 def test_backoff_doubles_then_caps() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -80,10 +82,21 @@ def test_dates_are_read_in_the_given_zone_and_stored_as_utc() -> None:
     assert result.since is not None and result.since.tzinfo == UTC
 
 
-def test_local_zone_by_default() -> None:
-    result = parse_filter("", "2024-07-01 12:00:00")
-    expected = dt.datetime(2024, 7, 1, 12).astimezone().astimezone(UTC)
-    assert result.since == expected
+@pytest.fixture
+def sao_paulo(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process's local zone is UTC-3 (no DST since 2019), whatever the machine's is."""
+    monkeypatch.setenv("TZ", "America/Sao_Paulo")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_local_zone_by_default(sao_paulo: None) -> None:
+    result = parse_filter("", "2024-07-01 12:00:00", "2024-07-01 23:59:59")
+    # On a UTC machine "local" and UTC agree: only another zone shows which one was used.
+    assert result.since == at("2024-07-01 15:00:00")
+    assert result.before == at("2024-07-02 03:00:00")  # TO is inclusive to the second
 
 
 def test_queue_too_long() -> None:

@@ -41,6 +41,22 @@ def test_package_data_names_only_files_that_exist() -> None:
         assert list(PACKAGE.glob(pattern)), f"package-data {pattern!r} matches no file"
 
 
+def test_every_parts_migrations_and_the_alembic_environment_ship_as_package_data() -> None:
+    # Outside any Python package (Alembic loads them by path), they ship only as package data:
+    # a revision left out would leave an installed Rabbitry unable to migrate.
+    patterns = PYPROJECT["tool"]["setuptools"]["package-data"]["rabbitry"]
+    shipped = {path for pattern in patterns for path in PACKAGE.glob(pattern)}
+    needed = [*PACKAGE.glob("*/migrations/*.py"), *PACKAGE.glob("storage/alembic/*")]
+    assert {p.parent.parent.name for p in PACKAGE.glob("*/migrations/*.py")} == {
+        "outbox",
+        "events",
+        "sessions",
+        "chat",
+    }
+    missing = [str(p.relative_to(PACKAGE)) for p in needed if p.is_file() and p not in shipped]
+    assert not missing, f"not in package-data: {missing}"
+
+
 def test_every_runtime_dependency_is_imported_by_the_package() -> None:
     source = "\n".join(p.read_text("utf-8") for p in PACKAGE.rglob("*.py"))
     for requirement in PYPROJECT["project"]["dependencies"]:

@@ -17,11 +17,11 @@ import pytest
 
 import rabbitry
 import rabbitry.testing
-from helpers import RecordingFallback
+from helpers import RecordingFallback, eventually_true
 from rabbitry import (
     AmqpSettings,
     Binding,
-    BrokerError,
+    ConfigError,
     Message,
     MessageError,
     NotFound,
@@ -42,6 +42,17 @@ from rabbitry import (
 from rabbitry.testing import MemoryBroker, topic_matches
 
 QUEUE = "shop.emails"
+
+
+def holds(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    """``condition`` as an async check for ``eventually_true``."""
+
+    async def check() -> bool:
+        return condition()
+
+    return check
+
+
 POLICY = RetryPolicy(max_attempts=4, base_delay=1.0)  # waits 1 s, 2 s, 4 s, then dead letter
 TOPOLOGY = work_queue(QUEUE, policy=POLICY)
 
@@ -297,6 +308,26 @@ async def test_during_an_alarm_a_publisher_fails_fast_to_its_fallback_and_recove
     assert [message.payload for _, message, _ in kept.items] == [2]
 
 
+async def test_a_publish_whose_confirm_an_alarm_holds_past_the_publish_timeout_is_persisted() -> (
+    None
+):
+    broker = MemoryBroker(TOPOLOGY)
+    kept = RecordingFallback()
+    route = Route("", QUEUE)
+    async with broker.publisher(AmqpSettings(publish_timeout=0.2), fallback=kept) as publisher:
+        assert (await publisher.publish(Message(type="email", payload=1), route)).ok
+        sending = asyncio.ensure_future(publisher.publish(Message(type="email", payload=2), route))
+        await asyncio.sleep(0)  # written; the alarm starts before the broker reads it
+        with broker.alarm():
+            held = await asyncio.wait_for(sending, 10)
+
+    # As on RabbitMQ: the publisher gives the connection up and the message goes to its outbox.
+    assert held.status is PublishStatus.PERSISTED
+    assert held.error is not None and held.error.startswith("no confirm within 0.2s"), held.error
+    assert [message.payload for _, message, _ in kept.items] == [2]
+    assert [m.body for m in broker.get_all(QUEUE)] == [b"1"]
+
+
 async def test_a_retry_copy_held_by_an_alarm_goes_out_when_it_clears_and_only_then_the_ack() -> (
     None
 ):
@@ -340,8 +371,7 @@ async def test_a_subscription_holds_no_more_unacked_deliveries_than_its_prefetch
 
     async with broker.running(worker(slow, prefetch=2)):
         await send(broker, *range(5))
-        await asyncio.sleep(0.01)
-        assert broker.counts(QUEUE) == (3, 2)
+        await eventually_true(holds(lambda: broker.counts(QUEUE) == (3, 2)), what="two held")
         release.set()
         await broker.drain()
 
@@ -436,7 +466,7 @@ def test_declaring_a_queue_again_with_other_arguments_fails_as_on_rabbitmq() -> 
     broker = MemoryBroker(Topology.of(queues=[Queue("jobs")]))
     broker.declare(Topology.of(queues=[Queue("jobs")]))  # the same again: fine
 
-    with pytest.raises(BrokerError, match="PRECONDITION_FAILED"):
+    with pytest.raises(ConfigError, match="PRECONDITION_FAILED"):
         broker.declare(Topology.of(queues=[Queue("jobs", arguments=(("x-message-ttl", 5),))]))
 
 

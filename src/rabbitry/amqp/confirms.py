@@ -29,7 +29,7 @@ from typing import Any
 from rabbitry.amqp.properties import EMPTY, Properties, encode_properties
 
 
-class Outcome(enum.Enum):
+class PublishOutcome(enum.Enum):
     """What the broker did with one published message."""
 
     ACKED = "acked"
@@ -43,7 +43,7 @@ class Outcome(enum.Enum):
     """Published after a refused message on the same channel: the broker dropped it unread,
     so it reached no queue and may be published again."""
     UNFIT = "unfit"
-    """Never sent: it cannot be encoded as it is (see :class:`~rabbitry.amqp.link.Unfit`)."""
+    """Never sent: it cannot be encoded as it is (see :class:`~rabbitry.amqp.base.Unfit`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +73,10 @@ class _Window:
         self.encoded = encoded  # each message's properties as written, to match returns
         self.future = future
         self.single = single
-        self.outcomes: list[Outcome | None] = [None] * len(messages)
+        self.outcomes: list[PublishOutcome | None] = [None] * len(messages)
         self.unsettled = len(messages)
 
-    def fill(self, low: int, high: int, outcome: Outcome) -> None:
+    def fill(self, low: int, high: int, outcome: PublishOutcome) -> None:
         """Give ``outcome`` to every still-unsettled tag in ``[low, high]``."""
         count = len(self.outcomes)
         start = max(low - self.first, 0)
@@ -122,14 +122,14 @@ class Confirms:
         """Track ``messages``, just published in this order, under one future.
 
         ``encoded`` holds each one's properties as written (encoded here when not given).
-        The future gets an :class:`Outcome` when ``single`` is true, else a list of them.
+        The future gets an :class:`PublishOutcome` when ``single`` is true, else a list of them.
         """
         if encoded is None:
             encoded = [encode_properties(message.properties) for message in messages]
         self._windows.append(_Window(self.next_tag, messages, encoded, future, single))
         self.next_tag += len(messages)
 
-    def settle(self, tag: int, multiple: bool, outcome: Outcome) -> None:
+    def settle(self, tag: int, multiple: bool, outcome: PublishOutcome) -> None:
         """Apply a ``basic.ack``/``basic.nack`` from the broker."""
         windows = self._windows
         for window in windows:
@@ -167,7 +167,7 @@ class Confirms:
                 ):
                     tag = window.first + index
                     self._returned_upto = tag
-                    window.fill(tag, tag, Outcome.RETURNED)
+                    window.fill(tag, tag, PublishOutcome.RETURNED)
                     return True
         return False
 
@@ -198,19 +198,19 @@ class Confirms:
                 if outcome is None:
                     tag = window.first + index
                     outcomes[index] = (
-                        Outcome.ACKED
+                        PublishOutcome.ACKED
                         if tag < culprit
-                        else Outcome.REFUSED
+                        else PublishOutcome.REFUSED
                         if tag == culprit
-                        else Outcome.SKIPPED
+                        else PublishOutcome.SKIPPED
                     )
             window.unsettled = 0
             future = window.future
             if future.done():
                 continue
-            if window.single and outcomes[0] is Outcome.REFUSED:
+            if window.single and outcomes[0] is PublishOutcome.REFUSED:
                 future.set_exception(error)
-            elif window.single and outcomes[0] is Outcome.SKIPPED:
+            elif window.single and outcomes[0] is PublishOutcome.SKIPPED:
                 future.set_exception(skipped)
             else:
                 window.resolve()

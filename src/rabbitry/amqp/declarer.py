@@ -109,30 +109,46 @@ class Declarer:
                     )
                     await connection.connect(timeout=limit)
                     break
-                except Exception:
+                except BaseException as exc:
+                    # After a failed or cancelled connect, aio-pika's robust connection goes on
+                    # trying in the background (a cancel included): closed here, or it
+                    # outlives its caller and hangs the event loop's shutdown (a requeue
+                    # stopped by a second signal did).
                     if connection is not None:
                         with contextlib.suppress(Exception):
                             await connection.close()
                     connection = None
-                    if attempt == len(urls) - 1:
+                    if not isinstance(exc, Exception) or attempt == len(urls) - 1:
                         raise
             assert connection is not None
             channel = await asyncio.wait_for(
                 connection.channel(publisher_confirms=False), rpc_timeout or timeout
             )
-        except Exception as exc:
-            raise translate(exc, "connect") from exc
+        except BaseException as exc:
+            if connection is not None:  # connected, and the channel failed or was cancelled
+                with contextlib.suppress(Exception):
+                    await connection.close()
+            if isinstance(exc, Exception):
+                raise translate(exc, "connect") from exc
+            raise
         return cls(connection, channel, rpc_timeout or 10.0)
 
     async def declare(self, topology: Topology) -> None:
         """Declare every exchange, then queue, then binding not declared yet."""
         async with self._lock:
-            self._wanted = self._wanted | topology
+            wanted, self._wanted = self._wanted, self._wanted | topology
             try:
                 async with asyncio.timeout(self._rpc_timeout):
                     await self._apply(topology)
             except TimeoutError as exc:
                 raise translate(exc, "declare topology") from exc
+            except RabbitryError:
+                # A refused declaration (PRECONDITION_FAILED) closes the channel: reopen it for
+                # the next call, and re-apply only what was wanted before after a reconnect.
+                self._wanted = wanted
+                with contextlib.suppress(Exception):
+                    await self._reopen()
+                raise
 
     async def _apply(self, topology: Topology) -> None:
         try:

@@ -19,25 +19,26 @@ import logging
 import re
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from pamqp import base, commands
+from pamqp import commands
 
 from rabbitry.amqp import wire
-from rabbitry.amqp.confirms import Confirms, Outcome, Outgoing
+from rabbitry.amqp.base import REPLY_TO, LinkClosed, LinkError, Received, Skipped, Unfit
+from rabbitry.amqp.confirms import Confirms, Outgoing, PublishOutcome
 from rabbitry.amqp.properties import Properties, encode_properties
-from rabbitry.amqp.protocol import CHANNEL, AmqpProtocol, LinkClosed, LinkError
+from rabbitry.amqp.protocol import CHANNEL, AmqpProtocol
 from rabbitry.amqp.settles import AckFolder
 from rabbitry.amqp.url import Endpoint
 
 __all__ = [
-    "Delivery",
     "Link",
     "LinkClosed",
     "LinkError",
-    "Outcome",
     "Outgoing",
+    "PublishOutcome",
+    "Received",
     "Skipped",
     "Unfit",
 ]
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 # wait for it.
 _EAGER_PIECES = 1024
 
+_REPLY_ADDRESS = REPLY_TO + "."  # what the broker rewrites a request's reply_to into
 # RabbitMQ names the exchange a refused publish went to in its reply text.
 _REFUSED_EXCHANGE = re.compile(r"exchange '(.*?)' in vhost")
 
@@ -58,46 +60,12 @@ _REFUSED_EXCHANGE = re.compile(r"exchange '(.*?)' in vhost")
 _ENCODING_ERRORS = (ValueError, TypeError, OverflowError, struct.error)
 
 
-class Skipped(LinkClosed):
-    """A single publish made after one the broker refused on the same channel: the broker
-    dropped it unread, so it reached no queue and may be published again."""
-
-
-class Unfit(LinkError):
-    """Messages that cannot be sent as they are; nothing of the call was written.
-
-    ``reasons`` maps each one's index in the call to why (properties too large for the
-    broker's frame size, a short string over 255 bytes, a header value out of range).
-    """
-
-    def __init__(self, reasons: dict[int, str]) -> None:
-        first = next(iter(reasons.values()))
-        super().__init__(f"cannot be sent: {first}")
-        self.reasons = reasons
-
-
-@dataclass(slots=True)
-class Delivery:
-    """One message handed to a consumer's ``on_delivery`` callback."""
-
-    delivery_tag: int
-    redelivered: bool
-    exchange: str
-    routing_key: str
-    consumer_tag: str
-    properties: Properties
-    body: bytes
-    error: str | None = None
-    """Why the delivery did not decode (a property that is not UTF-8, ...): ``properties``
-    then holds what could be read, re-encoding to the publisher's bytes, and the owner should
-    dead-letter it rather than handle it."""
-
-
 class Link(AmqpProtocol):
-    """One AMQP connection and its channel 1: confirmed publishing and consuming.
+    """One AMQP connection and its channel 1: confirmed publishing and consuming; the
+    :class:`~rabbitry.amqp.base.BaseLink` protocol over the wire.
 
     Create with :meth:`connect`; see :class:`~rabbitry.amqp.protocol.AmqpProtocol` for
-    ``connect``, ``close``, ``is_open``, ``closed``, ``blocked`` and ``on_blocked``.
+    ``connect``, ``close``, ``abort``, ``is_open``, ``closed``, ``blocked`` and ``on_blocked``.
     """
 
     on_cancel: Callable[[str], None] | None
@@ -114,7 +82,7 @@ class Link(AmqpProtocol):
     ) -> None:
         super().__init__(endpoint, name, heartbeat, loop)
         self._confirms: Confirms | None = None
-        self._consumers: dict[str, Callable[[Delivery], None]] = {}
+        self._consumers: dict[str, Callable[[Received], None]] = {}
         self._acks = AckFolder(CHANNEL)
         # The method that announced the content being assembled, and whether it is a return.
         self._method: tuple[Any, ...] | None = None
@@ -155,7 +123,9 @@ class Link(AmqpProtocol):
         elif method == wire.BASIC_ACK or method == wire.BASIC_NACK:
             tag, multiple, _ = wire.parse_confirm(payload)
             if self._confirms is not None:
-                outcome = Outcome.ACKED if method == wire.BASIC_ACK else Outcome.NACKED
+                outcome = (
+                    PublishOutcome.ACKED if method == wire.BASIC_ACK else PublishOutcome.NACKED
+                )
                 self._confirms.settle(tag, multiple, outcome)
         elif method == wire.BASIC_RETURN:
             self._method = wire.parse_return(payload)
@@ -163,24 +133,26 @@ class Link(AmqpProtocol):
         else:
             super()._on_method(channel, payload)
 
-    def _on_control(self, channel: int, method: base.Frame) -> None:
-        if isinstance(method, commands.Basic.Cancel):
-            # The broker cancels a consumer whose queue was deleted (consumer_cancel_notify).
-            # Closing the whole link hands the problem to the owner's reconnect path, which
-            # declares the queue again and resumes; a silently idle consumer would not.
-            tag = method.consumer_tag or ""
-            self._consumers.pop(tag, None)
-            if self.on_cancel is not None:
-                log.warning("broker cancelled consumer %s", tag)
-                self.on_cancel(tag)
-                return
-            log.warning("broker cancelled consumer %s: closing the link", tag)
-            self._flush()
-            reason = "consumer cancelled by the broker (its queue was deleted?)"
-            close = commands.Connection.Close(200, reason, 0, 0)
-            self._terminate(LinkClosed(reason), wire.method_frame(0, close), wait_close_ok=True)
-        else:
-            super()._on_control(channel, method)
+    def _control_handlers(self) -> dict[int, Callable[[int, Any], None]]:
+        handlers = super()._control_handlers()
+        handlers[commands.Basic.Cancel.index] = self._basic_cancel
+        return handlers
+
+    def _basic_cancel(self, channel: int, method: commands.Basic.Cancel) -> None:
+        # The broker cancels a consumer whose queue was deleted (consumer_cancel_notify).
+        # Closing the whole link hands the problem to the owner's reconnect path, which
+        # declares the queue again and resumes; a silently idle consumer would not.
+        tag = method.consumer_tag or ""
+        self._consumers.pop(tag, None)
+        if self.on_cancel is not None:
+            log.warning("broker cancelled consumer %s", tag)
+            self.on_cancel(tag)
+            return
+        log.warning("broker cancelled consumer %s: closing the link", tag)
+        self._flush()
+        reason = "consumer cancelled by the broker (its queue was deleted?)"
+        close = commands.Connection.Close(200, reason, 0, 0)
+        self._terminate(LinkClosed(reason), wire.method_frame(0, close), wait_close_ok=True)
 
     def _on_message(self, body: bytes) -> None:
         fields, properties, error = self._method, self._properties, self._content_error
@@ -195,8 +167,10 @@ class Link(AmqpProtocol):
             _, _, exchange, routing_key = fields
             # The broker echoes the property bytes it received: compare those, not decoded
             # fields, so look-alike messages are told apart (confirms.py).
-            if self._confirms is None or not self._confirms.returned(
-                exchange, routing_key, body, self._header[12:]
+            raw = self._header[12:]
+            if self._confirms is None or not (
+                self._confirms.returned(exchange, routing_key, body, raw)
+                or self._returned_request(exchange, routing_key, body, properties)
             ):
                 log.warning("unmatched basic.return from %r with key %r", exchange, routing_key)
             return
@@ -206,7 +180,7 @@ class Link(AmqpProtocol):
             self._acks.settled(tag)
             self._send(wire.encode_reject(CHANNEL, tag, requeue=True))
             return
-        delivery = Delivery(
+        delivery = Received(
             tag, redelivered, exchange, routing_key, consumer_tag, properties, body, error or None
         )
         try:
@@ -218,6 +192,16 @@ class Link(AmqpProtocol):
             log.exception("on_delivery for %s raised on delivery %d", consumer_tag, tag)
             self._acks.settled(tag)
             self._send(wire.encode_reject(CHANNEL, tag, requeue=not redelivered))
+
+    def _returned_request(
+        self, exchange: str, routing_key: str, body: bytes, properties: Properties
+    ) -> bool:
+        """A returned request sent with direct reply-to: the broker echoes the ``reply_to``
+        it rewrote to this channel's address, so match the bytes as they were published."""
+        if self._confirms is None or not (properties.reply_to or "").startswith(_REPLY_ADDRESS):
+            return False
+        published = encode_properties(replace(properties, reply_to=REPLY_TO))
+        return self._confirms.returned(exchange, routing_key, body, published)
 
     # --- publishing --------------------------------------------------------------------
 
@@ -244,8 +228,8 @@ class Link(AmqpProtocol):
         properties: Properties,
         *,
         mandatory: bool = True,
-    ) -> asyncio.Future[Outcome]:
-        """Publish one message; the future gets the broker's :class:`Outcome`.
+    ) -> asyncio.Future[PublishOutcome]:
+        """Publish one message; the future gets the broker's :class:`PublishOutcome`.
 
         Writes are coalesced with the rest of this loop turn's; while the transport is paused
         they wait in memory until it resumes.
@@ -264,7 +248,7 @@ class Link(AmqpProtocol):
             )
         except _ENCODING_ERRORS as exc:
             raise Unfit({0: str(exc)}) from None
-        future: asyncio.Future[Outcome] = self._loop.create_future()
+        future: asyncio.Future[PublishOutcome] = self._loop.create_future()
         outgoing = Outgoing(exchange, routing_key, body, properties, mandatory)
         confirms.add((outgoing,), future, True, (encoded,))
         out = self._out
@@ -275,7 +259,7 @@ class Link(AmqpProtocol):
             self._schedule_flush()
         return future
 
-    async def publish_many(self, items: Sequence[Outgoing]) -> list[Outcome]:
+    async def publish_many(self, items: Sequence[Outgoing]) -> list[PublishOutcome]:
         """Publish ``items`` in one write and wait for all confirms; outcomes in item order.
 
         Waits first while the transport is paused, and otherwise writes before it first
@@ -289,7 +273,7 @@ class Link(AmqpProtocol):
         await self._drain()
         confirms = self._publishing()
         frames = self._encode_all(items)
-        future: asyncio.Future[list[Outcome]] = self._loop.create_future()
+        future: asyncio.Future[list[PublishOutcome]] = self._loop.create_future()
         confirms.add(tuple(items), future, False, frames.encoded)
         self._out += frames.pieces
         self._flush()
@@ -334,15 +318,18 @@ class Link(AmqpProtocol):
     async def consume(
         self,
         queue: str,
-        on_delivery: Callable[[Delivery], None],
+        on_delivery: Callable[[Received], None],
         *,
         consumer_tag: str | None = None,
         exclusive: bool = False,
+        no_ack: bool = False,
     ) -> str:
         """Start a consumer; ``on_delivery`` runs inside ``data_received`` for each message.
 
         It must not block, and it settles each delivery with :meth:`ack`, :meth:`nack` or
         :meth:`reject`. If it raises, the error is logged and the delivery stays unsettled.
+        With ``no_ack`` (direct reply-to requires it) the broker counts each delivery settled
+        as it sends it, and the callback settles nothing.
         """
 
         def register(reply: commands.Basic.ConsumeOk) -> None:
@@ -350,7 +337,7 @@ class Link(AmqpProtocol):
             self._consumers[reply.consumer_tag or ""] = on_delivery
 
         method = commands.Basic.Consume(
-            queue=queue, consumer_tag=consumer_tag or "", exclusive=exclusive
+            queue=queue, consumer_tag=consumer_tag or "", exclusive=exclusive, no_ack=no_ack
         )
         reply = await self._call(method, register)
         return str(reply.consumer_tag)

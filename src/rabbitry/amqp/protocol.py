@@ -6,7 +6,8 @@ one loop turn into one ``transport.write`` (holding them while the transport is 
 synchronous replies to their calls, and turns every way of dying (the broker's Connection.Close
 or Channel.Close, a lost socket, silence) into one :class:`LinkClosed`. What a channel carries,
 publishes and deliveries, is the subclass's: it overrides :meth:`AmqpProtocol._on_method`,
-:meth:`AmqpProtocol._on_message` and the ``_on_failed``/``_flush_tail`` hooks.
+:meth:`AmqpProtocol._on_message`, :meth:`AmqpProtocol._control_handlers` (the table of what to
+do with each control method) and the ``_on_failed``/``_flush_tail`` hooks.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from typing import Any, Self
 from pamqp import base, commands
 
 from rabbitry.amqp import handshake, wire
+from rabbitry.amqp.base import LinkClosed, LinkError
 from rabbitry.amqp.properties import Properties
 from rabbitry.amqp.url import DEFAULT_HEARTBEAT, Endpoint
-from rabbitry.errors import BrokerError
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +50,6 @@ _REPLIES = frozenset(
         commands.Queue.UnbindOk.index,
     }
 )
-
-
-class LinkError(BrokerError):
-    """A :class:`Link` could not do what was asked."""
-
-
-class LinkClosed(LinkError):
-    """The link is closed: by the broker (``reply_code`` and ``reply_text`` are its words, e.g.
-    404 for a missing exchange, 320 for an operator's kill), by connection loss (code 0), or by
-    :meth:`Link.close` (200)."""
-
-    def __init__(self, reply_text: str = "link closed", reply_code: int = 0) -> None:
-        super().__init__(f"{reply_code} {reply_text}" if reply_code else reply_text)
-        self.reply_code = reply_code
-        self.reply_text = reply_text
 
 
 class AmqpProtocol(asyncio.Protocol):
@@ -116,6 +102,7 @@ class AmqpProtocol(asyncio.Protocol):
         self._chunks: list[bytes] = []
         self._header = b""  # the content header's payload as received
         self._content_error = ""  # why the content being assembled did not decode, if it did not
+        self._handlers = self._control_handlers()
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -374,62 +361,85 @@ class AmqpProtocol(asyncio.Protocol):
         raise wire.FrameError("content frames without a delivering method")
 
     def _on_control(self, channel: int, method: base.Frame) -> None:
-        index = method.index
-        if index in _REPLIES:
-            if not self._rpc:
-                raise wire.FrameError(f"unexpected {method.name}")
-            future, hook = self._rpc.popleft()
-            if hook is not None:
-                hook(method)
-            if not future.done():
-                future.set_result(method)
-        elif isinstance(method, commands.Connection.Start):
-            self._on_start(method)
-        elif isinstance(method, commands.Connection.Tune):
-            self._on_tune(method)
-        elif isinstance(method, commands.Connection.OpenOk):
-            self._send(wire.method_frame(CHANNEL, commands.Channel.Open()))
-        elif isinstance(method, commands.Channel.OpenOk):
-            if not self._opened.done():
-                self._opened.set_result(None)
-        elif isinstance(method, commands.Connection.Close):
-            error = LinkClosed(method.reply_text, method.reply_code or 0)
-            close_ok = wire.method_frame(0, commands.Connection.CloseOk())
-            if self._closing:
-                # Both sides closed at once: the broker still waits for our CloseOk.
-                self._answer_while_closing(close_ok)
-                if self._transport is not None:
-                    self._transport.close()
-            else:
-                self._terminate(error, close_ok)
-        elif isinstance(method, commands.Channel.Close):
-            # One channel is all a Link has, so the connection goes with it.
-            error = LinkClosed(method.reply_text, method.reply_code or 0)
-            channel_close_ok = wire.method_frame(channel, commands.Channel.CloseOk())
-            if self._closing:
-                self._answer_while_closing(channel_close_ok)
-                return
-            self._on_channel_close(method)
-            close = commands.Connection.Close(200, "channel closed", 0, 0)
-            farewell = (channel_close_ok, wire.method_frame(0, close))
-            self._terminate(error, *farewell, wait_close_ok=True)
-        elif isinstance(method, commands.Connection.CloseOk):
+        handler = self._handlers.get(method.index)
+        if handler is None:
+            log.debug("ignoring %s on channel %d", method.name, channel)
+        else:
+            handler(channel, method)
+
+    def _control_handlers(self) -> dict[int, Callable[[int, Any], None]]:
+        """What to do with each control method, by pamqp's method index: built once per link;
+        a subclass adds the methods of its channel."""
+        handlers: dict[int, Callable[[int, Any], None]] = dict.fromkeys(_REPLIES, self._reply)
+        handlers[commands.Connection.Start.index] = self._connection_start
+        handlers[commands.Connection.Tune.index] = self._connection_tune
+        handlers[commands.Connection.OpenOk.index] = self._connection_open_ok
+        handlers[commands.Channel.OpenOk.index] = self._channel_open_ok
+        handlers[commands.Connection.Close.index] = self._connection_close
+        handlers[commands.Channel.Close.index] = self._channel_close
+        handlers[commands.Connection.CloseOk.index] = self._connection_close_ok
+        handlers[commands.Channel.Flow.index] = self._channel_flow
+        handlers[commands.Connection.Blocked.index] = self._connection_blocked
+        handlers[commands.Connection.Unblocked.index] = self._connection_unblocked
+        return handlers
+
+    def _reply(self, channel: int, method: base.Frame) -> None:
+        if not self._rpc:
+            raise wire.FrameError(f"unexpected {method.name}")
+        future, hook = self._rpc.popleft()
+        if hook is not None:
+            hook(method)
+        if not future.done():
+            future.set_result(method)
+
+    def _connection_open_ok(self, channel: int, method: commands.Connection.OpenOk) -> None:
+        self._send(wire.method_frame(CHANNEL, commands.Channel.Open()))
+
+    def _channel_open_ok(self, channel: int, method: commands.Channel.OpenOk) -> None:
+        if not self._opened.done():
+            self._opened.set_result(None)
+
+    def _connection_close(self, channel: int, method: commands.Connection.Close) -> None:
+        error = LinkClosed(method.reply_text, method.reply_code or 0)
+        close_ok = wire.method_frame(0, commands.Connection.CloseOk())
+        if self._closing:
+            # Both sides closed at once: the broker still waits for our CloseOk.
+            self._answer_while_closing(close_ok)
             if self._transport is not None:
                 self._transport.close()
-        elif isinstance(method, commands.Channel.Flow):
-            self._send(wire.method_frame(channel, commands.Channel.FlowOk(method.active)))
-        elif isinstance(method, commands.Connection.Blocked):
-            self._blocked = method.reason or "blocked by the broker"
-            log.warning("%s: the broker blocked the connection: %s", self._name, self._blocked)
-            if self.on_blocked is not None:
-                self.on_blocked(self._blocked)
-        elif isinstance(method, commands.Connection.Unblocked):
-            self._blocked = None
-            log.info("%s: the broker unblocked the connection", self._name)
-            if self.on_blocked is not None:
-                self.on_blocked(None)
         else:
-            log.debug("ignoring %s on channel %d", method.name, channel)
+            self._terminate(error, close_ok)
+
+    def _channel_close(self, channel: int, method: commands.Channel.Close) -> None:
+        # One channel is all a Link has, so the connection goes with it.
+        error = LinkClosed(method.reply_text, method.reply_code or 0)
+        channel_close_ok = wire.method_frame(channel, commands.Channel.CloseOk())
+        if self._closing:
+            self._answer_while_closing(channel_close_ok)
+            return
+        self._on_channel_close(method)
+        close = commands.Connection.Close(200, "channel closed", 0, 0)
+        farewell = (channel_close_ok, wire.method_frame(0, close))
+        self._terminate(error, *farewell, wait_close_ok=True)
+
+    def _connection_close_ok(self, channel: int, method: commands.Connection.CloseOk) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def _channel_flow(self, channel: int, method: commands.Channel.Flow) -> None:
+        self._send(wire.method_frame(channel, commands.Channel.FlowOk(method.active)))
+
+    def _connection_blocked(self, channel: int, method: commands.Connection.Blocked) -> None:
+        self._blocked = method.reason or "blocked by the broker"
+        log.warning("%s: the broker blocked the connection: %s", self._name, self._blocked)
+        if self.on_blocked is not None:
+            self.on_blocked(self._blocked)
+
+    def _connection_unblocked(self, channel: int, method: commands.Connection.Unblocked) -> None:
+        self._blocked = None
+        log.info("%s: the broker unblocked the connection", self._name)
+        if self.on_blocked is not None:
+            self.on_blocked(None)
 
     def _on_channel_close(self, method: commands.Channel.Close) -> None:
         """Hook: the broker is closing the channel (before anything pending is failed)."""
@@ -439,13 +449,13 @@ class AmqpProtocol(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.write(frame)
 
-    def _on_start(self, start: commands.Connection.Start) -> None:
+    def _connection_start(self, channel: int, start: commands.Connection.Start) -> None:
         try:
             self._send(handshake.start_ok(start, self._endpoint, self._name))
         except ValueError as exc:
             self._terminate(LinkClosed(str(exc)))
 
-    def _on_tune(self, tune: commands.Connection.Tune) -> None:
+    def _connection_tune(self, channel: int, tune: commands.Connection.Tune) -> None:
         frames, self._frame_max, self._heartbeat = handshake.tune_ok(
             tune, self._endpoint, self._heartbeat
         )

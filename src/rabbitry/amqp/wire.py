@@ -49,8 +49,9 @@ class FrameError(ValueError):
     """The peer sent bytes that are not a well-formed AMQP 0-9-1 frame."""
 
 
-class Unfit(ValueError):
-    """A message that cannot be framed for this connection (nothing of it was written)."""
+class HeaderTooLarge(ValueError):
+    """A message whose content header does not fit in one frame of this connection (nothing
+    of it was written)."""
 
 
 # --- control methods (pamqp) -------------------------------------------------------------
@@ -123,7 +124,7 @@ def encode_publish(
     header_size = 12 + len(properties)
     if header_size > chunk:
         # The content header cannot be split: the broker would close the connection (501).
-        raise Unfit(
+        raise HeaderTooLarge(
             f"its properties and headers take {header_size} bytes; the broker's frame_max"
             f" allows {chunk}"
         )

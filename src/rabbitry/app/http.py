@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -27,15 +27,26 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rabbitry import metrics
 from rabbitry._version import __version__
 from rabbitry.app.asyncapi import asyncapi_document
+from rabbitry.app.limits import BodyLimit
 from rabbitry.app.operations import declare_system
 from rabbitry.app.registry import Lifespan, build_service, system_topology
+from rabbitry.app.registry import entity_pages as registry_entity_pages
 from rabbitry.app.resources import open_publisher
 from rabbitry.config import Settings
 from rabbitry.errors import BrokerError, RabbitryError
 from rabbitry.messaging.sender import BLOCKED
 from rabbitry.messaging.service import run_services
 from rabbitry.storage import open_database
-from rabbitry.web import AppState, SystemTopology, app_state, status_of
+from rabbitry.storage.listing import EntityPages
+from rabbitry.web import (
+    AppState,
+    SystemTopology,
+    app_state,
+    bearer_token,
+    is_admin,
+    status_of,
+    unauthorized,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +58,13 @@ def create_app(
     workers: Sequence[str] = (),
     lifespans: Sequence[Lifespan] = (),
     topology: SystemTopology = system_topology,
+    entity_pages: Callable[[], Sequence[EntityPages]] = registry_entity_pages,
 ) -> FastAPI:
     """Build the app serving ``routers``; ``workers`` are service names run by the lifespan,
     ``lifespans`` the per-process resources of the parts served (entered in order),
-    ``topology`` the system's broker objects (the back-office dashboard lists its queues)."""
-    state = AppState(settings, topology=topology)
+    ``topology`` the system's broker objects (the back-office dashboard lists its queues),
+    ``entity_pages`` the parts' lists the back-office shows."""
+    state = AppState(settings, topology=topology, entity_pages=entity_pages)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -80,8 +93,10 @@ def create_app(
                 with contextlib.suppress(Exception):
                     await runner
 
+    workers_run = bool(workers)
     app = FastAPI(title="Rabbitry", version=__version__, lifespan=lifespan)
     app.state.rabbitry = state  # route dependencies (credentials) read it, lifespan or not
+    app.add_middleware(BodyLimit, max_bytes=settings.http_max_body)
     _install_error_handlers(app)
 
     @app.get("/healthz")
@@ -97,22 +112,40 @@ def create_app(
                 await session.execute(text("select 1"))
             database = "ok"
         except RabbitryError as exc:
-            database = f"error: {exc}"
+            # This route is public: the driver's text (host names, users, SQL) goes to the
+            # log, not to whoever asks.
+            log.warning("healthz: the database does not answer: %s", exc)
+            database = "unavailable"
+        # Under `up`, a crashed service stops the others: then the process is not healthy,
+        # whatever its database says.
+        stopped = workers_run and state.stopping is not None and state.stopping.is_set()
+        services = "stopped" if stopped else "ok"
         # A broker alarm does not make the process unhealthy (publishes go to the outbox
         # meanwhile), but an operator looking here should see it.
         blocked = state.publisher.blocked if state.publisher is not None else None
+        healthy = database == "ok" and services == "ok"
         body = {
-            "status": "ok" if database == "ok" else "degraded",
+            "status": "ok" if healthy else "degraded",
             "database": database,
+            "workers": services,
             "rabbit_active": settings.rabbit_active,
             "broker_blocked": f"{BLOCKED}: {blocked}" if blocked else None,
             "namespace": settings.namespace,
         }
-        return JSONResponse(body, status_code=200 if database == "ok" else 503)
+        return JSONResponse(body, status_code=200 if healthy else 503)
 
     @app.get("/metrics")
-    async def prometheus() -> Response:
-        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    async def prometheus(request: Request) -> Response:
+        """Prometheus exposition. With the admin token, every series; without it (allowed
+        unless ``metrics_require_admin``), none that names a tenant."""
+        token = bearer_token(request)
+        admin = token is not None and is_admin(request, token)
+        if settings.metrics_require_admin and not admin:
+            raise unauthorized("/metrics needs the admin token")
+        exposition = generate_latest(metrics.REGISTRY)
+        if not admin:
+            exposition = without_tenants(exposition, settings.namespace)
+        return Response(exposition, media_type=CONTENT_TYPE_LATEST)
 
     described: list[dict[str, Any]] = []
 
@@ -127,6 +160,14 @@ def create_app(
     for router in routers:
         app.include_router(router)
     return app
+
+
+def without_tenants(exposition: bytes, namespace: str) -> bytes:
+    """The exposition without the samples whose labels name a tenant (its queues, retry and
+    dead-letter queues, its DISPATCH connection): what anyone may read."""
+    marks = (f'"{namespace}.tenant.'.encode(), f'"{namespace}-dispatch-'.encode())
+    lines = exposition.split(b"\n")
+    return b"\n".join(line for line in lines if not any(mark in line for mark in marks))
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -11,7 +11,7 @@ from rabbitry.app.registry import system_topology
 from rabbitry.config import Settings
 from rabbitry.messaging import Declarer, Message, Publisher, PublishResult, Route
 from rabbitry.messaging.reader import read_queue
-from rabbitry.outbox.fallback import OnDemandLedger
+from rabbitry.outbox.fallback import OnDemandOutbox
 
 
 async def publish_one(
@@ -20,7 +20,7 @@ async def publish_one(
     """Publish ``message``; the outbox stores it if the broker cannot take it. The database
     is opened only then: it is the fallback, not a precondition."""
     async with (
-        OnDemandLedger(settings.sql_url) as outbox,
+        OnDemandOutbox(settings.sql_url) as outbox,
         Publisher(settings.amqp, fallback=outbox, name=settings.namespace) as publisher,
     ):
         return await publisher.publish(message, Route(exchange, routing_key))

@@ -2,9 +2,10 @@
 
 A part is one package (``rabbitry.outbox``, ``rabbitry.events``, …) plus one :class:`Part` entry
 in :data:`PARTS`, naming its services (the workers ``rabbitry worker NAME`` runs), its HTTP
-servers (``rabbitry serve NAME``: routers), its CLI commands, its broker topology and the hooks
-a process serving it calls. ``rabbitry up``, ``serve``, ``worker`` and ``topology declare`` are
-all built from this table, so adding a part touches nothing else.
+servers (``rabbitry serve NAME``: routers), its CLI commands, its broker topology, its database
+migrations, its back-office entity pages and the hooks a process serving it calls. ``rabbitry
+up``, ``serve``, ``worker``, ``topology declare`` and ``db upgrade`` are all built from this
+table, so adding a part touches nothing else.
 
 An entry names what it points at (``Ref("rabbitry.outbox.relay:RelayService")``) rather than
 importing it: the table is read by every ``rabbitry`` command, and importing every part would
@@ -19,6 +20,7 @@ import importlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
 from rabbitry.errors import ConfigError
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
     from rabbitry.messaging.catalog import Catalog
     from rabbitry.messaging.service import Service
     from rabbitry.messaging.topology import Topology
+    from rabbitry.storage.listing import EntityPages
+    from rabbitry.storage.migrations import Migrations
     from rabbitry.web import Process
 
 T = TypeVar("T")
@@ -102,6 +106,10 @@ class Part:
     prepare: Ref[Prepare] | None = None
     # What its messages look like and where they go (`rabbitry topology asyncapi`).
     catalog: Ref[Callable[[Settings], Catalog]] | None = None
+    migrations: Ref[Path] | None = None
+    """The part's Alembic version location (its tables' revisions), if it has tables."""
+    entity_pages: Sequence[Ref[Callable[[], EntityPages]]] = ()
+    """The part's lists on the back-office's entity pages (rows an operator may send with ▶)."""
 
 
 def _broker_on(settings: Settings) -> bool:
@@ -109,7 +117,7 @@ def _broker_on(settings: Settings) -> bool:
     return settings.rabbit_active
 
 
-PARTS: tuple[Part, ...] = (
+_DOMAIN: tuple[Part, ...] = (
     Part(
         name="outbox",
         summary="contingency outbox: requeue command, queue registry, relay",
@@ -129,21 +137,19 @@ PARTS: tuple[Part, ...] = (
             groups={
                 "queues": "The queue registry: which queues exist, what they are for, who may "
                 "send to them.",
-                "db": "The SQL database.",
                 "outbox": "The outbox's stored messages: list them with filters, show one, "
                 "soft-delete.",
-                "dead-letters": "Dead-letter queues: list what died and why, move messages back "
-                "to their queue.",
             },
         ),
         catalog=Ref("rabbitry.outbox.catalog:catalog"),
+        migrations=Ref("rabbitry.outbox:MIGRATIONS"),
     ),
     Part(
         name="events",
         summary="event sourcing: module routing, change events, the workflow module",
         services={
             "workflow": ServiceSpec(
-                Ref("rabbitry.events.workflow:WorkflowProcess"),
+                Ref("rabbitry.events.workflow:WorkflowService"),
                 summary="stores change events, logs module messages",
             )
         },
@@ -155,6 +161,8 @@ PARTS: tuple[Part, ...] = (
         topology=Ref("rabbitry.events.topology:topology"),
         prepare=Ref("rabbitry.web:with_admin_token"),
         catalog=Ref("rabbitry.events.catalog:catalog"),
+        migrations=Ref("rabbitry.events:MIGRATIONS"),
+        entity_pages=(Ref("rabbitry.events.entity_pages:EventSourcedPages"),),
     ),
     Part(
         name="sessions",
@@ -175,13 +183,18 @@ PARTS: tuple[Part, ...] = (
         lifespan=Ref("rabbitry.sessions.http:lifespan"),
         prepare=Ref("rabbitry.sessions.http:prepare"),
         catalog=Ref("rabbitry.sessions.catalog:catalog"),
+        migrations=Ref("rabbitry.sessions:MIGRATIONS"),
+        entity_pages=(
+            Ref("rabbitry.sessions.entity_pages:TenantPages"),
+            Ref("rabbitry.sessions.entity_pages:UserPages"),
+        ),
     ),
     Part(
         name="chat",
         summary="WebSocket chat across gateway instances",
         services={
             "chat-persist": ServiceSpec(
-                Ref("rabbitry.chat.persistence:PersistenceProcess"),
+                Ref("rabbitry.chat.persistence:PersistenceService"),
                 in_up=_broker_on,
                 summary="stores chat messages once each",
             )
@@ -190,7 +203,13 @@ PARTS: tuple[Part, ...] = (
         topology=Ref("rabbitry.chat.topology:topology"),
         lifespan=Ref("rabbitry.chat.http:lifespan"),
         catalog=Ref("rabbitry.chat.catalog:catalog"),
+        migrations=Ref("rabbitry.chat:MIGRATIONS"),
+        entity_pages=(Ref("rabbitry.chat.entity_pages:RoomPages"),),
     ),
+)
+
+PARTS: tuple[Part, ...] = (
+    *_DOMAIN,
     Part(
         name="backoffice",
         summary="back-office pages: messages to enqueue, entity lists with ▶, dead letters",
@@ -282,3 +301,19 @@ def system_topology(settings: Settings, tenants: Iterable[str] = ()) -> Topology
         if part.topology is not None:
             result |= part.topology.load()(settings)
     return result
+
+
+def migrations(parts: Iterable[Part] = PARTS) -> Migrations:
+    """The parts' migrations, with the tables they declare (for autogenerate): what ``rabbitry
+    db upgrade`` applies."""
+    from rabbitry.storage.base import Base
+    from rabbitry.storage.migrations import Migrations
+
+    return Migrations(
+        [part.migrations.load() for part in parts if part.migrations is not None], Base.metadata
+    )
+
+
+def entity_pages(parts: Iterable[Part] = PARTS) -> list[EntityPages]:
+    """Every part's entity pages, in the registry's order: what the back-office lists."""
+    return [pages.load()() for part in parts for pages in part.entity_pages]

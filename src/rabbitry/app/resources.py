@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from rabbitry.config import Settings
 from rabbitry.messaging.publisher import Publisher
-from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database, open_database
 
 
@@ -16,9 +16,9 @@ from rabbitry.storage import Database, open_database
 async def open_publisher(
     settings: Settings, database: Database, *, name: str | None = None
 ) -> AsyncIterator[Publisher]:
-    """A publisher whose fallback is the outbox ledger in ``database``."""
+    """A publisher whose fallback is the outbox in ``database``."""
     async with Publisher(
-        settings.amqp, fallback=Ledger(database), name=name or settings.namespace
+        settings.amqp, fallback=Outbox(database), name=name or settings.namespace
     ) as publisher:
         yield publisher
 

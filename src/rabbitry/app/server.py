@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -22,7 +23,7 @@ from rabbitry.app.http import create_app
 from rabbitry.config import Settings
 from rabbitry.errors import ConfigError
 from rabbitry.messaging.service import serve
-from rabbitry.web import Process
+from rabbitry.web import AppState, Process
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class HttpServer:
     name = "http"
 
     def __init__(self, config: uvicorn.Config) -> None:
-        self._server = uvicorn.Server(config)
+        self._server = _Uvicorn(config)
 
     async def run(self, stopping: asyncio.Event) -> None:
         watch = asyncio.create_task(self._stop_on(stopping))
@@ -86,6 +87,18 @@ class HttpServer:
         self._server.should_exit = True
 
 
+class _Uvicorn(uvicorn.Server):
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn closes every open WebSocket with 1012 before the app's lifespan ends: let the
+        # parts close theirs first, with their own codes (the chat gateway's 1001).
+        for hook in AppState.of(self.config.app).before_shutdown:
+            try:
+                await hook()
+            except Exception:
+                log.exception("a shutdown hook failed; shutting down anyway")
+        await super().shutdown(sockets)
+
+
 async def _serve_http(
     settings: Settings,
     *,
@@ -96,7 +109,16 @@ async def _serve_http(
     lifespans: Sequence[registry.Lifespan] = (),
 ) -> None:
     app = create_app(settings, routers=routers, workers=workers, lifespans=lifespans)
-    config = uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        lifespan="on",
+        # uvicorn's defaults are 16 MiB frames, 32 queued per socket, read before any check.
+        ws_max_size=settings.ws_max_size,
+        ws_max_queue=settings.ws_max_queue,
+    )
     print(
         f"rabbitry: serving on http://{host}:{port} with workers: {', '.join(workers) or 'none'}",
         file=sys.stderr,

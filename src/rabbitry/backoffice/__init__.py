@@ -2,6 +2,6 @@
 pages rendered with Jinja2 and driven by htmx, under ``/backoffice/``.
 
 Every page action calls one library function of the part that owns the data (the outbox's
-ledger browser and requeue, the registry, the dead-letter helpers, the event store), the same
+store and requeue, the registry, the dead-letter helpers, the event store), the same
 functions the CLI calls. See ``docs/backoffice.md``.
 """

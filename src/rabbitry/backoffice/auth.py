@@ -7,7 +7,9 @@ every session. It is ``HttpOnly`` (no script reads it) and ``SameSite=Strict`` (
 page sends it). The CSRF token is an HMAC of the session id under the same key, carried in a
 hidden field of every form and in the ``X-CSRF-Token`` header of every htmx request; a POST
 without it is refused (403) whatever its cookie says. Logging in starts a new session id, so a
-session planted before login is worthless after it.
+session planted before login is worthless after it. Logging out puts the session id on this
+process's :class:`Revoked` list until the cookie would have expired anyway, so a copy of the
+cookie is worthless after it too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import hmac
 import json
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 COOKIE = "rabbitry_backoffice"
@@ -45,12 +48,16 @@ class Signer:
     """Signs and checks session cookies and CSRF tokens. Pure: no I/O."""
 
     def __init__(self, admin_token: str) -> None:
+        if not admin_token.strip():  # an empty key signs nothing; an empty field is no login
+            raise ValueError("the back-office needs a non-empty admin token")
         self._admin = admin_token
         self._key = hmac.new(b"rabbitry-backoffice-v1", admin_token.encode(), "sha256").digest()
 
     def credential_ok(self, given: str) -> bool:
         """Whether ``given`` is the admin token (constant time)."""
-        return hmac.compare_digest(given.encode("utf-8"), self._admin.encode("utf-8"))
+        return bool(given) and hmac.compare_digest(
+            given.encode("utf-8"), self._admin.encode("utf-8")
+        )
 
     def dump(self, session: Session) -> str:
         body = json.dumps({"sid": session.sid, "auth": session.auth, "exp": session.expires})
@@ -80,3 +87,32 @@ class Signer:
     def _mac(self, purpose: str, value: str) -> str:
         digest = hmac.new(self._key, f"{purpose}:{value}".encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+class Revoked:
+    """Session ids logged out before their cookie expired, each kept until then; at most
+    ``cap`` of them (the ones expiring first go first). Pure: no I/O."""
+
+    def __init__(self, cap: int = 100_000) -> None:
+        self._cap = cap
+        self._until: OrderedDict[str, int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def add(self, session: Session, now: float | None = None) -> None:
+        self._expire(now or time.time())
+        self._until[session.sid] = session.expires
+        if len(self._until) > self._cap:
+            self._until.popitem(last=False)
+
+    def __contains__(self, sid: object) -> bool:
+        return sid in self._until
+
+    def _expire(self, now: float) -> None:
+        # Every cookie lives LIFETIME: insertion order is expiry order.
+        while self._until:
+            sid, until = next(iter(self._until.items()))
+            if until > now:
+                return
+            del self._until[sid]

@@ -1,7 +1,7 @@
-"""The entity pages (the lists of tenants, users, rooms and entities) and their ▶ action.
+"""The entity pages (each part's lists: tenants, users, rooms, entities…) and their ▶ action.
 
 ▶ opens a modal listing the registry queues whose classname is the row's and that allow manual
-insertion, and no others (:func:`rabbitry.outbox.registry.manual_queues`). Choosing one sends
+insertion, and no others (:func:`rabbitry.outbox.manual_queues`). Choosing one sends
 the row's record through :func:`rabbitry.outbox.manual.send_manually`: with
 ``manual_processing_mode=rabbit`` it is published now (the outbox keeps it if the broker cannot
 take it), with ``db`` it is stored with origin ``manual`` for the requeue command. The modal
@@ -10,29 +10,36 @@ says which happened.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from rabbitry.backoffice.entities import SOURCES, Source
 from rabbitry.backoffice.records import message_for
 from rabbitry.backoffice.web import Action, Operator, PageError, PageRoute
 from rabbitry.config import ManualProcessingMode
 from rabbitry.errors import BrokerError, NotFound, StorageError
 from rabbitry.messaging.publisher import PublishStatus
-from rabbitry.outbox import registry
-from rabbitry.outbox.manual import send_manually
+from rabbitry.outbox import get_queue, manual_queues, send_manually
+from rabbitry.storage.listing import EntityPages
+from rabbitry.web import app_state
 
 router = APIRouter(route_class=PageRoute)
 PAGE = 50
 
 
-def _source(kind: str) -> Source | None:
-    return SOURCES.get(kind)
+def _pages(request: Request) -> Mapping[str, EntityPages]:
+    """The parts' entity pages, by kind (their registry entries', on the app's state)."""
+    return app_state(request).pages()
+
+
+def _source(request: Request, kind: str) -> EntityPages | None:
+    return _pages(request).get(kind)
 
 
 @router.get("/entities/{kind}")
 async def entities(request: Request, ctx: Operator, kind: str) -> Response:
-    source = _source(kind)
+    source = _source(request, kind)
     if source is None:
         return ctx.render("missing.html", status=404, what=f"entity page {kind!r}")
     params = request.query_params
@@ -43,7 +50,7 @@ async def entities(request: Request, ctx: Operator, kind: str) -> Response:
     return ctx.render(
         "entities.html",
         source=source,
-        sources=SOURCES,
+        sources=_pages(request),
         listing=listing,
         search=search,
         tenant=tenant,
@@ -54,11 +61,11 @@ async def entities(request: Request, ctx: Operator, kind: str) -> Response:
 @router.get("/send")
 async def send_dialog(request: Request, ctx: Operator) -> Response:
     kind, key = request.query_params.get("kind", ""), request.query_params.get("key", "")
-    source = _source(kind)
+    source = _source(request, kind)
     record = await source.record(ctx.database, key) if source is not None else None
     if record is None:
         return ctx.render("missing.html", status=404, what=f"{kind} {key!r}")
-    queues = await registry.manual_queues(ctx.database, record.classname)
+    queues = await manual_queues(ctx.database, record.classname)
     fragment = bool(request.headers.get("hx-request"))
     return ctx.render(
         "_send.html" if fragment else "send.html", record=record, queues=queues, result=None
@@ -69,11 +76,11 @@ async def send_dialog(request: Request, ctx: Operator) -> Response:
 async def send(request: Request, got: Action) -> Response:
     ctx = got.ctx
     kind, key, queue = got.first("kind"), got.first("key"), got.first("queue")
-    source = _source(kind)
+    source = _source(request, kind)
     record = await source.record(ctx.database, key) if source is not None else None
     if record is None:
         raise NotFound(f"no {kind} {key!r}")
-    entry = await registry.get_queue(ctx.database, queue)
+    entry = await get_queue(ctx.database, queue)
     if entry is None or entry.classname != record.classname:
         # Only what the modal offered: a queue of this classname.
         raise NotFound(f"queue {queue!r} takes no {record.classname}")
@@ -99,7 +106,7 @@ async def send(request: Request, got: Action) -> Response:
         outcome = "outboxed"
     else:
         outcome = "failed"
-    queues = await registry.manual_queues(ctx.database, record.classname)
+    queues = await manual_queues(ctx.database, record.classname)
     fragment = bool(request.headers.get("hx-request"))
     return ctx.render(
         "_send.html" if fragment else "send.html",

@@ -2,7 +2,8 @@
 
 ``router`` is what the registry of parts serves (``rabbitry serve backoffice``, and ``rabbitry
 up``). The dashboard lists the whole system's queues from the app's state
-(:attr:`rabbitry.web.AppState.topology`), so the back-office never imports the app.
+(:attr:`rabbitry.web.AppState.topology`), and the entity pages are the parts' registry entries'
+(:attr:`rabbitry.web.AppState.entity_pages`), so the back-office never imports the app.
 ``lifespan`` keeps the requeue runs and the dashboard's broker connection of the process, and
 stops and closes them when it stops.
 """

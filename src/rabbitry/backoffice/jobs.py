@@ -1,6 +1,6 @@
 """Requeue runs started from the back-office, with the progress the page polls.
 
-A run is :func:`rabbitry.outbox.browse.requeue_messages` (the code of ``rabbitry requeue``) in a
+A run is :func:`rabbitry.outbox.requeue_messages` (the code of ``rabbitry requeue``) in a
 task of the serving process; its progress callback counts outcomes as each batch is recorded.
 Runs live in the process that started them (a page polls the same process it posted to) and
 are forgotten, oldest first, past :data:`KEEP`.
@@ -19,11 +19,14 @@ from dataclasses import dataclass, field
 from rabbitry.config import Settings
 from rabbitry.errors import RabbitryError
 from rabbitry.messaging.publisher import Publisher
-from rabbitry.outbox import browse
-from rabbitry.outbox.exchanges import ExchangeCheck
-from rabbitry.outbox.filters import RequeueFilter
-from rabbitry.outbox.ledger import Ledger
-from rabbitry.outbox.requeue import RowOutcome
+from rabbitry.outbox import (
+    ExchangeCheck,
+    Outbox,
+    RequeueFilter,
+    RowOutcome,
+    requeue_messages,
+    without_circuit,
+)
 from rabbitry.storage import Database
 
 log = logging.getLogger(__name__)
@@ -64,19 +67,17 @@ class Jobs:
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
 
-    async def start(
-        self, settings: Settings, db: Database, publisher: Publisher, where: RequeueFilter
-    ) -> Job:
+    async def start(self, settings: Settings, db: Database, where: RequeueFilter) -> Job:
         """Count what ``where`` takes, then requeue it in the background."""
         if where.ids is not None:
             total = len(where.ids)
         else:
-            total = await browse.pending_count(db, where)
+            total = await Outbox(db).count(where)
         job = Job(secrets.token_hex(8), where.describe(), total, dt.datetime.now(dt.UTC))
         self._jobs[job.id] = job
         while len(self._jobs) > KEEP:
             self._jobs.popitem(last=False)
-        job.task = asyncio.create_task(_run(job, settings, db, publisher, where))
+        job.task = asyncio.create_task(_run(job, settings, db, where))
         return job
 
     async def close(self) -> None:
@@ -86,9 +87,7 @@ class Jobs:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _run(
-    job: Job, settings: Settings, db: Database, publisher: Publisher, where: RequeueFilter
-) -> None:
+async def _run(job: Job, settings: Settings, db: Database, where: RequeueFilter) -> None:
     def progress(outcomes: Sequence[RowOutcome]) -> None:
         for outcome in outcomes:
             if outcome.error is None:
@@ -100,9 +99,14 @@ async def _run(
 
     exchanges = ExchangeCheck(settings)
     try:
-        await browse.requeue_messages(
-            Ledger(db), publisher, where, exchanges=exchanges, progress=progress
-        )
+        # A publisher of its own, without the circuit breaker (as `rabbitry requeue`): the
+        # app's would fail every row as "circuit open" for a while after one blip.
+        async with Publisher(
+            without_circuit(settings.amqp), name=f"{settings.namespace}-backoffice-requeue"
+        ) as publisher:
+            await requeue_messages(
+                Outbox(db), publisher, where, exchanges=exchanges, progress=progress
+            )
     except (RabbitryError, ValueError) as exc:
         job.error = str(exc)
     except Exception as exc:  # a page waits on this job: say it died rather than spin forever

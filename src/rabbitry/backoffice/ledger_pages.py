@@ -1,7 +1,7 @@
-"""Settings > Messages to enqueue: the outbox ledger, its filters, requeue and soft delete.
+"""Settings > Messages to enqueue: the outbox messages, their filters, requeue and soft delete.
 
-Every action is one function of :mod:`rabbitry.outbox.browse` (``rabbitry outbox list|show|
-delete``'s too); requeuing is :func:`~rabbitry.outbox.browse.requeue_messages`, the code of
+Every action is one method of :class:`rabbitry.outbox.Outbox` (``rabbitry outbox list|show|
+delete``'s too); requeuing is :func:`~rabbitry.outbox.requeue_messages`, the code of
 ``rabbitry requeue``, run as a job whose progress the page polls.
 """
 
@@ -9,15 +9,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response
 
 from rabbitry.backoffice.jobs import Jobs
 from rabbitry.backoffice.web import Action, Operator, PageRoute, error, first
 from rabbitry.errors import Conflict, Invalid
-from rabbitry.outbox import browse, registry
-from rabbitry.outbox.browse import LedgerQuery, PageKey, State
-from rabbitry.outbox.filters import RequeueFilter, parse_filter
+from rabbitry.outbox import (
+    MAX_SELECTED,
+    Outbox,
+    OutboxQuery,
+    Page,
+    PageKey,
+    RequeueFilter,
+    State,
+    list_queues,
+    parse_filter,
+    selected,
+)
+from rabbitry.storage.listing import INT64_MAX
 from rabbitry.web import resource
 
 router = APIRouter(route_class=PageRoute)
@@ -37,14 +47,14 @@ def _filters(values: Any) -> dict[str, str]:
     return {name: str(values.get(name) or "").strip() for name in ("queue", "state", "from", "to")}
 
 
-def _query(filters: dict[str, str]) -> LedgerQuery:
+def _query(filters: dict[str, str]) -> OutboxQuery:
     """The page's filters as a listing query; raises :class:`Invalid`."""
     where = parse_filter(filters["queue"], _date(filters["from"]), _date(filters["to"]))
     try:
         state = State(filters["state"]) if filters["state"] else None
     except ValueError as exc:
         raise Invalid(str(exc)) from None
-    return LedgerQuery(where, state)
+    return OutboxQuery(where, state)
 
 
 @router.get("/messages")
@@ -52,16 +62,16 @@ async def messages(request: Request, ctx: Operator) -> Response:
     filters = _filters(request.query_params)
     after = request.query_params.get("after") or ""
     problem = None
-    page = browse.Page((), None)
+    page = Page((), None)
     pending = 0
     try:
         query = _query(filters)
         key = PageKey.parse(after) if after else None
-        page = await browse.list_messages(ctx.database, query, after=key, limit=PAGE)
-        pending = await browse.pending_count(ctx.database, query.where)
+        page = await Outbox(ctx.database).page(query, after=key, limit=PAGE)
+        pending = await Outbox(ctx.database).count(query.where)
     except ValueError as exc:  # the filters and the page key: said back on the page
         problem = str(exc)
-    queues = await registry.list_queues(ctx.database)
+    queues = await list_queues(ctx.database)
     return ctx.render(
         "messages.html",
         status=400 if problem else 200,
@@ -76,8 +86,8 @@ async def messages(request: Request, ctx: Operator) -> Response:
 
 
 @router.get("/messages/{row_id}")
-async def message(ctx: Operator, row_id: int) -> Response:
-    entry = await browse.get_message(ctx.database, row_id)
+async def message(ctx: Operator, row_id: Annotated[int, Path(ge=1, le=INT64_MAX)]) -> Response:
+    entry = await Outbox(ctx.database).get(row_id)
     if entry is None:
         return ctx.render("missing.html", status=404, what=f"stored message #{row_id}")
     return ctx.render("message.html", entry=entry)
@@ -85,8 +95,8 @@ async def message(ctx: Operator, row_id: int) -> Response:
 
 def _ids(form: dict[str, list[str]]) -> list[int]:
     ids = [int(v) for v in form.get("ids", []) if v.isdigit() and len(v) < 19]
-    if len(ids) > browse.MAX_SELECTED:
-        raise Invalid(f"select at most {browse.MAX_SELECTED} rows")
+    if len(ids) > MAX_SELECTED:
+        raise Invalid(f"select at most {MAX_SELECTED} rows")
     return ids
 
 
@@ -98,8 +108,8 @@ async def requeue(got: Action, jobs: JobsDep) -> Response:
     if got.first("scope") == "matching":
         where: RequeueFilter = _query(_filters({k: first(form, k) for k in form})).where
     else:
-        where = browse.selected(_ids(form))
-    job = await jobs.start(ctx.settings, ctx.database, ctx.publisher, where)
+        where = selected(_ids(form))
+    job = await jobs.start(ctx.settings, ctx.database, where)
     return ctx.redirect(f"/jobs/{job.id}")
 
 
@@ -109,7 +119,7 @@ async def delete(got: Action) -> Response:
     ids = _ids(got.form)
     if not ids:
         raise Invalid("no row selected")
-    deleted = await browse.delete_messages(ctx.database, ids)
+    deleted = await Outbox(ctx.database).delete(ids)
     back = got.first("back")
     if back.startswith("/messages"):  # only back to a page of ours
         return ctx.redirect(back)

@@ -18,8 +18,8 @@ from rabbitry.config import Settings
 from rabbitry.errors import NotFound, RabbitryError
 from rabbitry.messaging import Declarer, Topology, dlq_name
 from rabbitry.messaging.deadletters import is_dead_letter_queue
-from rabbitry.outbox.ledger import Ledger
-from rabbitry.sessions.tenants import Tenants
+from rabbitry.outbox import Outbox
+from rabbitry.sessions import Tenants
 from rabbitry.storage import Database
 from rabbitry.web import SystemTopology
 
@@ -40,6 +40,8 @@ class Overview:
     queues: list[QueueFigures] = field(default_factory=list)
     pending: dict[str, int] = field(default_factory=dict)
     broker_error: str | None = None
+    # Tenant rows an older version stored with a name no tenant may have: served by no one.
+    invalid_tenants: list[str] = field(default_factory=list)
 
     @property
     def pending_total(self) -> int:
@@ -99,9 +101,13 @@ async def overview(
     """The dashboard's figures; without ``topology`` (an app serving no system) no queue."""
     result = Overview()
     try:
-        result.pending = await Ledger(db).pending_by_queue()
+        result.pending = await Outbox(db).pending_by_queue()
     except RabbitryError as exc:
         log.warning("cannot count pending rows: %s", exc)
+    try:
+        result.invalid_tenants = [t.name for t in await Tenants(db).invalid()]
+    except RabbitryError as exc:
+        log.warning("cannot list tenants: %s", exc)
     system = topology(settings, await tenant_names(db)) if topology else Topology()
     declared = {q.name for q in system.queues}
     if not settings.rabbit_active:

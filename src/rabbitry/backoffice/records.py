@@ -12,14 +12,13 @@ the tenant's own queue and nothing else).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from rabbitry.errors import Invalid, MessageError
-from rabbitry.events.change import SYSTEM_USER, ChangeEvent, ChangeType
+from rabbitry.events import SYSTEM_USER, ChangeEvent, ChangeType
 from rabbitry.messaging.envelope import Message
-from rabbitry.outbox.registry import QueueInfo
+from rabbitry.outbox import QueueInfo
+from rabbitry.storage.listing import Record
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
@@ -28,19 +27,6 @@ MANUAL_HEADER = "x-rabbitry-manual"
 
 class RecordError(Invalid):
     """This record cannot go to this queue; the message says why, for the operator."""
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One row of an entity page, as it is sent: its classname, key and fields."""
-
-    kind: str
-    classname: str
-    key: str
-    fields: Mapping[str, Any]
-    entity_id: int | None = None  # what a change event of it names as "id"
-    change_data: Mapping[str, Any] = field(default_factory=dict)  # its "data"
-    tenant: str | None = None
 
 
 def routing_key(template: str, record: Record) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
@@ -12,14 +14,15 @@ from rabbitry.backoffice.web import (
     Posted,
     context,
     login_form,
-    posted,
     static_file,
 )
-from rabbitry.events.change import parse_time
-from rabbitry.events.store import EventStore
-from rabbitry.outbox import registry
-from rabbitry.outbox.ledger import Ledger
-from rabbitry.web import resource
+from rabbitry.events import EventStore, parse_time
+from rabbitry.outbox import Outbox, list_queues
+from rabbitry.sessions import MemoryLoginThrottle
+from rabbitry.storage.listing import int64
+from rabbitry.web import AppState, app_state, resource
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(route_class=PageRoute)
 
@@ -27,6 +30,20 @@ router = APIRouter(route_class=PageRoute)
 @router.get("/static/{name}")
 async def static(name: str) -> Response:
     return static_file(name)
+
+
+def throttle_of(state: AppState) -> MemoryLoginThrottle:
+    """The process's back-office login throttle: attempts per client address per window."""
+    throttle = state.find(MemoryLoginThrottle)
+    if throttle is None:
+        settings = state.settings
+        throttle = MemoryLoginThrottle(
+            max_failures=settings.login_max_failures,
+            lockout=settings.login_lockout,
+            per_client=settings.login_max_failures,
+        )
+        state.put(MemoryLoginThrottle, throttle)
+    return throttle
 
 
 @router.get("/login")
@@ -38,21 +55,20 @@ async def login_page(request: Request) -> Response:
 
 
 @router.post("/login")
-async def login(got: Posted = Depends(login_form)) -> Response:
+async def login(request: Request, got: Posted = Depends(login_form)) -> Response:
     ctx = got.ctx
+    client = request.client.host if request.client is not None else ""
+    throttle = throttle_of(app_state(request))
+    if not await throttle.attempt("backoffice", client, client):
+        log.warning("back-office: login from %s refused: too many attempts", client)
+        return ctx.render("login.html", status=429, problem="too many attempts: wait a minute")
     if not ctx.signer.credential_ok(got.first("token")):
+        log.warning("back-office: failed login from %s", client)  # never the secret tried
         return ctx.render("login.html", status=401, problem="wrong admin token")
+    await throttle.succeeded("backoffice", client, client)
     ctx.session = ctx.session.logged_in()
     ctx.fresh = True
     return ctx.redirect("/")
-
-
-@router.post("/logout")
-async def logout(got: Posted = Depends(posted)) -> Response:
-    ctx = got.ctx
-    ctx.session = type(ctx.session).anonymous()
-    ctx.fresh = True
-    return ctx.redirect("/login")
 
 
 @router.get("/")
@@ -63,8 +79,8 @@ async def dashboard(ctx: Operator, broker: Broker = Depends(resource(Broker))) -
 
 @router.get("/queues")
 async def queues(ctx: Operator) -> Response:
-    entries = await registry.list_queues(ctx.database)
-    pending = await Ledger(ctx.database).pending_by_queue()
+    entries = await list_queues(ctx.database)
+    pending = await Outbox(ctx.database).pending_by_queue()
     return ctx.render("queues.html", entries=entries, pending=pending)
 
 
@@ -77,7 +93,9 @@ async def events(request: Request, ctx: Operator) -> Response:
     history, state, problem = [], None, None
     if entity and raw_id:
         try:
-            entity_id = int(raw_id)
+            entity_id = int64(raw_id)
+            if entity_id is None:
+                raise ValueError(f"an entity id is an integer of 64 bits, not {raw_id[:30]!r}")
             when = parse_time(at) if at else None
         except ValueError as exc:  # int() and parse_time: a form value to say back, on the page
             problem = str(exc)

@@ -25,12 +25,20 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.routing import APIRoute
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from rabbitry.backoffice.auth import COOKIE, CSRF_FIELD, CSRF_HEADER, LIFETIME, Session, Signer
+from rabbitry.backoffice.auth import (
+    COOKIE,
+    CSRF_FIELD,
+    CSRF_HEADER,
+    LIFETIME,
+    Revoked,
+    Session,
+    Signer,
+)
 from rabbitry.config import Settings
 from rabbitry.errors import RabbitryError
 from rabbitry.messaging.publisher import Publisher
 from rabbitry.storage import Database
-from rabbitry.web import AppState, get_database, get_publisher, status_of
+from rabbitry.web import AppState, app_state, get_database, get_publisher, status_of
 
 PREFIX = "/backoffice"
 MAX_FORM = 1_000_000  # bytes
@@ -117,6 +125,7 @@ class Ctx:
             prefix=PREFIX,
             path=self.request.url.path,
             query=query_string,
+            entity_pages=app_state(self.request).pages().values(),
             **values,
         )
         return self.finish(HTMLResponse(page, status_code=status))
@@ -189,6 +198,16 @@ class PageRoute(APIRoute):
         return answer
 
 
+def revoked_of(request: Request) -> Revoked:
+    """The sessions logged out in this process (their cookies refused from then on)."""
+    state = app_state(request)
+    revoked = state.find(Revoked)
+    if revoked is None:
+        revoked = Revoked()
+        state.put(Revoked, revoked)
+    return revoked
+
+
 def context(request: Request) -> Ctx:
     """The request's context, with its session (a new anonymous one when it has none)."""
     token = AppState.of(request.app).settings.admin_token
@@ -196,6 +215,8 @@ def context(request: Request) -> Ctx:
         raise RuntimeError("the back-office needs settings.admin_token")
     signer = Signer(token.get_secret_value())
     session = signer.load(request.cookies.get(COOKIE))
+    if session is not None and session.sid in revoked_of(request):
+        session = None
     if session is None:
         return Ctx(request, Session.anonymous(), signer, fresh=True)
     return Ctx(request, session, signer, fresh=False)

@@ -10,7 +10,7 @@ from rabbitry.chat.topology import ChatLayout
 from rabbitry.config import Settings
 from rabbitry.messaging.catalog import Catalog, Destination, MessageKind
 from rabbitry.messaging.topology import Binding, Queue, Topology
-from rabbitry.sessions.topology import TenantsLayout
+from rabbitry.sessions import TenantsLayout
 
 _TEXT = {"type": "string"}
 

@@ -62,6 +62,8 @@ class ConnectedClient:
         self.closed_reason: str | None = None
         """Why the server closed this client, once it did."""
         self._code = 1000
+        self.finished = asyncio.Event()
+        """Set once the pump has stopped: the close frame is sent, or the socket was gone."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -124,6 +126,12 @@ class ConnectedClient:
 
     async def pump(self) -> None:
         """Write queued frames to the socket until :meth:`disconnect` or a send fails."""
+        try:
+            await self._pump()
+        finally:
+            self.finished.set()
+
+    async def _pump(self) -> None:
         while (frame := await self._queue.get()) is not None:
             try:
                 await self._send(frame)

@@ -90,6 +90,19 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await task
 
+    async def going_away(self, timeout: float = 5.0) -> None:
+        """Close every socket with 1001 and wait (at most ``timeout`` seconds) until each close
+        is sent: the HTTP server calls it before it drops the connections itself (with 1012,
+        which would tell clients nothing of why)."""
+        clients = [c for room in list(self.manager.rooms.values()) for c in list(room.clients)]
+        for client in clients:
+            client.disconnect(GOING_AWAY, "the gateway is shutting down")
+        waits = [asyncio.ensure_future(c.finished.wait()) for c in clients]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=timeout)
+            for wait in pending:
+                wait.cancel()
+
     async def send(self, client: ConnectedClient, text: str) -> PublishResult:
         """Publish ``text`` from ``client`` to its room and to the history."""
         member = client.member

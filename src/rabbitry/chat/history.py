@@ -1,4 +1,4 @@
-"""The chat history: its table and the store the persistence workers write and the API reads.
+"""The chat history: the store the persistence workers write and the API reads.
 
 Each message is stored once by its id, however often it is delivered (competing workers,
 redeliveries after a crash): inserts skip ids already present. Ids are time-ordered (see
@@ -8,36 +8,19 @@ redeliveries after a crash): inserts skip ids already present. Ids are time-orde
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from typing import cast
 
-from sqlalchemy import Index, String, Table, Text, select
+from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Mapped, mapped_column
 
+from rabbitry.chat.models import StoredChatMessage
 from rabbitry.chat.protocol import ChatMessage
-from rabbitry.events.models import UTCDateTime
-from rabbitry.storage.base import Base
+from rabbitry.storage.clock import utcnow
 from rabbitry.storage.database import Database
 
 MAX_PAGE = 200
-
-
-class StoredChatMessage(Base):
-    """One chat message as the history keeps it."""
-
-    __tablename__ = "chat_message"
-    __table_args__ = (Index("ix_chat_message_tenant_room_id", "tenant", "room", "id"),)
-
-    id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    tenant: Mapped[str] = mapped_column(String(63))
-    room: Mapped[str] = mapped_column(String(64))
-    sender: Mapped[str] = mapped_column(String(255))
-    text: Mapped[str] = mapped_column(Text)
-    sent_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    stored_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 _TABLE = cast(Table, StoredChatMessage.__table__)
@@ -53,7 +36,7 @@ class ChatHistory:
         """Insert ``messages``, skipping ids already stored; one transaction."""
         if not messages:
             return
-        now = dt.datetime.now(dt.UTC)
+        now = utcnow()
         rows = {
             m.id: {
                 "id": m.id,

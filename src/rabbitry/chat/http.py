@@ -16,7 +16,9 @@ its revocation watch.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +26,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any
+from urllib.parse import unquote_plus
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, WebSocket
 from fastapi.responses import HTMLResponse
@@ -43,20 +46,35 @@ from rabbitry.chat.protocol import (
 from rabbitry.chat.revocations import RevocationWatch
 from rabbitry.errors import Invalid, RabbitryError
 from rabbitry.messaging.publisher import PublishStatus
-from rabbitry.messaging.settings import validate_name
-from rabbitry.sessions import Principal, SessionManager, open_manager
+from rabbitry.sessions import Principal, SessionManager, check_tenant, open_manager
+from rabbitry.storage.clock import utcnow
 from rabbitry.web import AppState, bearer_token, resource
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["chat"])
 
 POLICY_VIOLATION = 1008
+SESSION_EXPIRED = 4002  # an application close code, beside the manager's REVOKED (4001)
 RATE = 10.0  # messages a second per client, on average
 BURST = 20
 
 Authenticate = Callable[[str, str], Awaitable[Principal | None]]
 
-_TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s\"]*")
+# A query parameter: its key (stopping at '=', '&', space or quote) and its value.
+_QUERY_PARAM = re.compile(r"(?P<key>[^?&=\s\"']+)=(?P<value>[^&\s\"']*)")
+
+
+def redact_tokens(text: str) -> str:
+    """``text`` with the value of every ``token`` query parameter masked, however its key is
+    spelt (``token``, ``%74oken``, ``TOKEN``: what the server would decode to ``token``)."""
+
+    def mask(match: re.Match[str]) -> str:
+        key = match.group("key")
+        if unquote_plus(key).rsplit("?", 1)[-1].lower() == "token":
+            return f"{key}=***"
+        return match.group(0)
+
+    return _QUERY_PARAM.sub(mask, text)
 
 
 class _RedactTokens(logging.Filter):
@@ -64,11 +82,9 @@ class _RedactTokens(logging.Filter):
     travels: mask it, so no log line holds a usable credential."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(
-            isinstance(arg, str) and "token=" in arg for arg in record.args
-        ):
+        if isinstance(record.args, tuple):
             record.args = tuple(
-                _TOKEN_IN_QUERY.sub(r"\1***", arg) if isinstance(arg, str) else arg
+                redact_tokens(arg) if isinstance(arg, str) and "=" in arg else arg
                 for arg in record.args
             )
         return True
@@ -81,6 +97,7 @@ class Chat:
     gateway: Gateway
     history: ChatHistory
     authenticate: Authenticate
+    max_sockets_per_user: int = 16
 
 
 @asynccontextmanager
@@ -105,8 +122,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async def still_valid(tenant: str, token: str) -> bool:
             return await authenticate(tenant, token) is not None
 
-        await stack.enter_async_context(RevocationWatch(gateway, still_valid).running())
-        state.put(Chat, Chat(gateway, ChatHistory(state.database), authenticate))
+        manager = sessions
+
+        async def forget(tenant: str, user_id: int, session_id: str) -> int:
+            return await manager.forget_sessions(tenant, user_id, [session_id])
+
+        watch = RevocationWatch(gateway, still_valid, forget)
+        await stack.enter_async_context(watch.running())
+        chat = Chat(
+            gateway,
+            ChatHistory(state.database),
+            authenticate,
+            max_sockets_per_user=settings.chat_max_sockets_per_user,
+        )
+        state.put(Chat, chat)
+        state.before_shutdown.append(gateway.going_away)
         yield
 
 
@@ -124,7 +154,7 @@ async def chat_socket(
 ) -> None:
     try:
         check_room(room)
-        validate_name(tenant, "tenant")
+        check_tenant(tenant)
         if since is not None:
             check_id(since, "since")
     except Invalid as exc:
@@ -135,6 +165,10 @@ async def chat_socket(
         await websocket.close(POLICY_VIOLATION, "not authenticated")
         return
     member = Member(tenant, str(principal.user_id), principal.username, principal.session_id)
+    most = chat.max_sockets_per_user
+    if chat.gateway.manager.sockets_of(member.tenant, member.user_id) >= most:
+        await websocket.close(POLICY_VIOLATION, f"at most {most} sockets per user")
+        return
     client = ConnectedClient(member, room, websocket.send_text, websocket.close, token=token)
     gateway = chat.gateway
     if since is not None:
@@ -143,6 +177,11 @@ async def chat_socket(
     # place, so a message sent right after by anyone, on any instance, reaches it.
     await gateway.manager.join(client)
     pump: asyncio.Task[None] | None = None
+    # The socket lives no longer than the session it was opened with.
+    lifetime = (principal.expires_at - utcnow()).total_seconds()
+    expiry = asyncio.get_running_loop().call_later(
+        max(0.0, lifetime), client.disconnect, SESSION_EXPIRED, "session expired"
+    )
     try:
         await websocket.accept()
         pump = asyncio.create_task(client.pump())
@@ -154,6 +193,7 @@ async def chat_socket(
         with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
             await reader
     finally:
+        expiry.cancel()
         gateway.manager.leave(client)
         client.disconnect(1000, "")
         if pump is not None:
@@ -202,7 +242,7 @@ async def room_messages(
 ) -> dict[str, Any]:
     """A page of the room's history, newest first; ``next_before`` continues it."""
     check_room(room)
-    validate_name(tenant, "tenant")
+    check_tenant(tenant)
     if before is not None:
         check_id(before, "before")
     token = bearer_token(request)
@@ -218,8 +258,31 @@ async def room_messages(
     }
 
 
+_PAGE = resources.files("rabbitry.chat").joinpath("static/chat.html").read_text("utf-8")
+
+
+def _inline_hash(page: str, tag: str) -> str:
+    body = page.split(f"<{tag}>", 1)[1].split(f"</{tag}>", 1)[0]
+    digest = hashlib.sha256(body.encode("utf-8")).digest()
+    return f"'sha256-{base64.b64encode(digest).decode()}'"
+
+
+# The back-office's rules: only this page's own script and style run (by their hashes, so an
+# injected one could not), it talks to its own origin only, and no site may frame it.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        f"default-src 'none'; script-src {_inline_hash(_PAGE, 'script')}; "
+        f"style-src {_inline_hash(_PAGE, 'style')}; connect-src 'self'; "
+        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+
+
 @router.get("/chat/", response_class=HTMLResponse, include_in_schema=False)
 async def chat_page() -> HTMLResponse:
     """The chat page: log in, pick a room, talk (static: it renders nothing from the user)."""
-    page = resources.files("rabbitry.chat").joinpath("static/chat.html").read_text("utf-8")
-    return HTMLResponse(page)
+    return HTMLResponse(_PAGE, headers=PAGE_HEADERS)

@@ -115,6 +115,10 @@ class Manager:
             client.disconnect(REVOKED, reason)
         return len(clients)
 
+    def sockets_of(self, tenant: str, user_id: str) -> int:
+        """How many sockets this user holds on this instance."""
+        return len(self._members.get((tenant, user_id), ()))
+
     def all_clients(self) -> list[ConnectedClient]:
         return [client for room in self.rooms.values() for client in room.clients]
 

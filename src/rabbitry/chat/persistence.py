@@ -28,7 +28,7 @@ BATCH_SIZE = 200
 Outcomes = list[BaseException | None]
 
 
-class PersistenceService:
+class PersistenceWorker:
     """Stores chat messages from the history queue in ``database``."""
 
     name = "chat-persist"
@@ -78,7 +78,7 @@ class PersistenceService:
         return outcomes
 
 
-class PersistenceProcess:
+class PersistenceService:
     """The worker with a database of its own: ``rabbitry worker chat-persist`` and ``up``."""
 
     name = "chat-persist"
@@ -88,4 +88,4 @@ class PersistenceProcess:
 
     async def run(self, stopping: asyncio.Event) -> None:
         async with open_database(self._settings.sql_url) as database:
-            await PersistenceService(self._settings, database).run(stopping)
+            await PersistenceWorker(self._settings, database).run(stopping)

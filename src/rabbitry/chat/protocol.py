@@ -122,7 +122,7 @@ def parse_client_frame(raw: str) -> str:
         raise FrameError(f"frame too large: at most {MAX_FRAME_BYTES} bytes")
     try:
         data = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # deep nesting: "[[[[…" of 8 KB
         raise FrameError('frames are JSON objects: {"text": "..."}') from None
     if not isinstance(data, dict) or set(data) != {"text"}:
         raise FrameError('frames are JSON objects: {"text": "..."}')

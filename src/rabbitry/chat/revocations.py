@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any
 
 from rabbitry.chat.gateway import Gateway
 from rabbitry.chat.manager import REVOKED
@@ -22,21 +23,26 @@ from rabbitry.errors import RabbitryError
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.inbox import Inbox
 from rabbitry.messaging.topology import Exchange, ExchangeType
-from rabbitry.sessions.topology import TenantsLayout
+from rabbitry.sessions import TenantsLayout
 
 log = logging.getLogger(__name__)
 
 # True while the (tenant, token) pair still stands for a live session.
 StillValid = Callable[[str, str], Awaitable[bool]]
+# Evicts (tenant, user id, session id) from this process's session cache.
+Forget = Callable[[str, int, str], Awaitable[object]]
 
 
 class RevocationWatch:
     """Closes ``gateway``'s sockets of revoked sessions; ``async with watch.running():``."""
 
-    def __init__(self, gateway: Gateway, still_valid: StillValid) -> None:
+    def __init__(
+        self, gateway: Gateway, still_valid: StillValid, forget: Forget | None = None
+    ) -> None:
         settings = gateway.settings
         self._gateway = gateway
         self._still_valid = still_valid
+        self._forget = forget
         self._checks: set[asyncio.Task[int]] = set()
         self.inbox = Inbox(
             settings.amqp,
@@ -61,6 +67,10 @@ class RevocationWatch:
         if not isinstance(tenant, str) or user_id is None or not isinstance(session_id, str):
             log.warning("ignoring a malformed revocation notice %s", message.id)
             return
+        if self._forget is not None and isinstance(user_id, int):
+            # This process's own cache (no Redis) would let the token open new sockets until
+            # its entry expires: the notice evicts it too.
+            self._track(self._evict(self._forget, tenant, user_id, session_id))
         closed = self._gateway.manager.disconnect_member(
             tenant, str(user_id), "session revoked", session_id=session_id
         )
@@ -69,9 +79,21 @@ class RevocationWatch:
 
     def _on_connected(self, generation: int) -> None:
         if generation > 1:  # notices sent while we were away are lost: check every socket
-            task = asyncio.create_task(self.recheck())
-            self._checks.add(task)
-            task.add_done_callback(self._checks.discard)
+            self._track(self.recheck())
+
+    def _track(self, work: Coroutine[Any, Any, int]) -> None:
+        task = asyncio.create_task(work)
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    @staticmethod
+    async def _evict(forget: Forget, tenant: str, user_id: int, session_id: str) -> int:
+        try:
+            await forget(tenant, user_id, session_id)
+        except RabbitryError as exc:
+            log.warning("cannot evict a revoked session from the cache: %s", exc)
+            return 0
+        return 1
 
     async def recheck(self) -> int:
         """Authenticate every open socket again; close those whose session is gone."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -51,6 +52,22 @@ def root(
 messaging.register(app)
 system.register(app)
 
+# The CLI's own command groups that need the broker client or SQLAlchemy load when they run too.
+_OWN = [
+    LazyCommand(
+        "dead-letters",
+        "Dead-letter queues: list what died and why, move messages back to their queue.",
+        lambda: importlib.import_module("rabbitry.cli.deadletters").register,
+        group=True,
+    ),
+    LazyCommand(
+        "db",
+        "The SQL database.",
+        lambda: importlib.import_module("rabbitry.cli.database").register,
+        group=True,
+    ),
+]
+
 
 def _lazy(commands: Commands) -> list[LazyCommand]:
     def register() -> Register:
@@ -66,7 +83,8 @@ def _lazy(commands: Commands) -> list[LazyCommand]:
 def command() -> TyperGroup:
     """The root command: the CLI's own commands, and every part's, loaded when they run."""
     group = typer.main.get_group(app)
-    add_lazy(group, [c for part in PARTS if part.commands for c in _lazy(part.commands)])
+    parts = [c for part in PARTS if part.commands for c in _lazy(part.commands)]
+    add_lazy(group, [*_OWN, *parts])
     return group
 
 

@@ -2,7 +2,7 @@
 
 .. code-block:: python
 
-    async with Publisher(settings.amqp, fallback=Ledger(database)) as publisher:
+    async with Publisher(settings.amqp, fallback=Outbox(database)) as publisher:
         emitter = Emitter(publisher, settings)
         with acting_as(42):
             await emitter.insert("App\\Models\\Order", 7, {"total": 10})

@@ -12,37 +12,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, TypeDecorator, UniqueConstraint
-from sqlalchemy.engine import Dialect
+from sqlalchemy import JSON, BigInteger, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from rabbitry.storage.base import Base
-
-# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit sequence.
-Sequence = BigInteger().with_variant(Integer(), "sqlite")
-
-
-class UTCDateTime(TypeDecorator[dt.datetime]):
-    """An aware UTC datetime on every backend (SQLite stores naive text and loses the zone)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        value = value.astimezone(dt.UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        assert isinstance(value, dt.datetime)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=dt.UTC)
-        return value.astimezone(dt.UTC)
+from rabbitry.storage.columns import BigId, UTCDateTime
 
 
 class StoredEvent(Base):
@@ -54,7 +28,7 @@ class StoredEvent(Base):
         UniqueConstraint("message_id"),
     )
 
-    sequence: Mapped[int] = mapped_column(Sequence, primary_key=True, autoincrement=True)
+    sequence: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     entity: Mapped[str] = mapped_column(String(255))
     entity_id: Mapped[int] = mapped_column(BigInteger)
     version: Mapped[int] = mapped_column(Integer)
@@ -73,7 +47,7 @@ class MessageLogEntry(Base):
     __tablename__ = "module_message_log"
     __table_args__ = (UniqueConstraint("message_id"),)
 
-    sequence: Mapped[int] = mapped_column(Sequence, primary_key=True, autoincrement=True)
+    sequence: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     message_id: Mapped[str] = mapped_column(String(255))
     type: Mapped[str] = mapped_column(String(255))
     tenant: Mapped[str | None] = mapped_column(String(255), nullable=True)

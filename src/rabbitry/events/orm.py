@@ -17,12 +17,12 @@ discards them. Bulk ``update()``/``delete()`` statements, which ORM audit hooks 
 are covered through ``do_orm_execute``: the affected rows are read in the same transaction just
 before the statement runs (and, for an update, again just after it, to report what changed).
 
-How committed events reach the broker is :mod:`rabbitry.events.delivery`'s business. When the
-session's database is the outbox ledger's (the default mode, ``Delivery.AUTO``), each flush
-also writes its events as outbox rows in the session's own transaction, so a crash after
-COMMIT loses nothing: rows not confirmed are sent by the outbox relay. On any other database
-the events wait in memory from commit until they are published, and a crash in between loses
-them.
+How committed events reach the broker is the tracker's delivery strategy's business
+(:mod:`rabbitry.events.delivery`), given to it: with ``delivery=OutboxDelivery(outbox,
+publisher)`` each flush on the outbox's database also writes its events as outbox rows in the
+session's own transaction, so a crash after COMMIT loses nothing: rows not confirmed are sent by
+the outbox relay. On any other database, and by default (``MemoryDelivery``), the events wait in
+memory from commit until they are published, and a crash in between loses them.
 
 Publishing happens on the running event loop right after commit; :meth:`ChangeTracker.flush`
 waits for it (and publishes anything still pending).
@@ -50,17 +50,10 @@ from sqlalchemy.orm.session import SessionTransaction
 
 from rabbitry.errors import ConfigError, RabbitryError
 from rabbitry.events.change import ChangeEvent, ChangeType, Json
-from rabbitry.events.delivery import (
-    DEFAULT_LEASE,
-    Delivery,
-    OutboxDelivery,
-    Staged,
-    same_database,
-)
+from rabbitry.events.delivery import DeliveryMode, DeliveryStrategy, MemoryDelivery, Staged
 from rabbitry.events.emitter import Emitter, current_user, entity_name
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import PublishResult, Route
-from rabbitry.outbox.ledger import Ledger
 from rabbitry.storage.base import Base as RabbitryBase
 
 log = logging.getLogger(__name__)
@@ -83,12 +76,10 @@ class ChangeTracker:
     class with a single integer primary key, except Rabbitry's own tables.
     ``auto_publish``: publish on the running loop right after commit (else only on
     :meth:`flush`).
-    ``delivery``: ``AUTO`` (default) writes the events as outbox rows in the session's own
-    transaction when the session's database is the outbox ledger's, and holds them in memory
-    otherwise; ``OUTBOX`` always writes rows (the session's database must be the ledger's);
-    ``MEMORY`` never does. ``ledger``: the outbox ledger; by default the emitter's publisher's
-    fallback, when it is one. ``lease``: how long the relay leaves a row written here alone
-    (the time a dead process's events wait before the relay sends them).
+    ``delivery``: how committed events reach the broker: an
+    :class:`~rabbitry.events.delivery.OutboxDelivery` writes them as outbox rows in the
+    session's own transaction (on the outbox's database); the default,
+    :class:`~rabbitry.events.delivery.MemoryDelivery`, holds them in memory until published.
     """
 
     def __init__(
@@ -97,27 +88,12 @@ class ChangeTracker:
         *,
         entities: Iterable[type] | None = None,
         auto_publish: bool = True,
-        delivery: Delivery = Delivery.AUTO,
-        ledger: Ledger | None = None,
-        lease: dt.timedelta = DEFAULT_LEASE,
+        delivery: DeliveryStrategy | None = None,
     ) -> None:
         self._emitter = emitter
         self._entities = None if entities is None else tuple(entities)
         self._auto = auto_publish
-        self._delivery = Delivery(delivery)
-        if ledger is None:
-            fallback = getattr(emitter.publisher, "fallback", None)
-            ledger = fallback if isinstance(fallback, Ledger) else None
-        if self._delivery is Delivery.OUTBOX and ledger is None:
-            raise ConfigError(
-                "delivery=outbox needs the outbox ledger: pass ledger=, or an emitter whose "
-                "publisher has the ledger as its fallback"
-            )
-        self._outbox = (
-            None
-            if ledger is None or self._delivery is Delivery.MEMORY
-            else OutboxDelivery(ledger, emitter.publisher, lease=lease)
-        )
+        self._delivery: DeliveryStrategy = delivery or MemoryDelivery()
         # Memory delivery: built into messages at commit, so that a retried publish repeats
         # the same message ids (and commit time stays the event's time).
         self._queue: list[tuple[Message, Route]] = []
@@ -129,7 +105,7 @@ class ChangeTracker:
         self._closed = False
         self._session_class: type[Session] | None = None
         self._known: dict[type, bool] = {}
-        self._modes: weakref.WeakKeyDictionary[Engine, Delivery] = weakref.WeakKeyDictionary()
+        self._modes: weakref.WeakKeyDictionary[Engine, DeliveryMode] = weakref.WeakKeyDictionary()
         if self._entities is not None:
             for cls in self._entities:
                 if _integer_pk(orm_inspect(cls)) is None:
@@ -154,26 +130,15 @@ class ChangeTracker:
         event.listen(target, "after_soft_rollback", self._after_rollback)
         event.listen(target, "after_commit", self._after_commit)
 
-    def delivery_for(self, bind: Any) -> Delivery:
+    def delivery_for(self, bind: Any) -> DeliveryMode:
         """How events of a session on ``bind`` (an engine, async or not, or a connection) are
-        delivered: ``OUTBOX`` or ``MEMORY``."""
+        delivered: ``OUTBOX`` or ``MEMORY`` (the strategy's answer, asked once per engine)."""
         engine: Engine = getattr(bind, "sync_engine", None) or bind.engine
         mode = self._modes.get(engine)
         if mode is None:
-            mode = Delivery.MEMORY
-            if self._outbox is not None:
-                url = engine.url.render_as_string(hide_password=True)
-                same = same_database(engine.url, self._outbox.ledger.db.engine.url)
-                if same or self._delivery is Delivery.OUTBOX:
-                    mode = Delivery.OUTBOX
-                if not same and self._delivery is Delivery.OUTBOX:
-                    log.warning(
-                        "delivery=outbox on %s, which does not look like the "
-                        "outbox ledger's database",
-                        url,
-                    )
-                log.info("change events of %s: %s delivery", url, mode)
-            self._modes[engine] = mode
+            mode = self._modes[engine] = self._delivery.mode_for(engine)
+            url = engine.url.render_as_string(hide_password=True)
+            log.info("change events of %s: %s delivery", url, mode)
         return mode
 
     @property
@@ -192,10 +157,9 @@ class ChangeTracker:
             results: list[PublishResult] = []
             staged, self._staged = self._staged, []
             if staged:
-                assert self._outbox is not None
                 # Handed over before publishing: whatever happens now, the rows are in the
                 # outbox and the relay takes what is not marked processed.
-                results = await self._outbox.publish(staged)
+                results = await self._delivery.publish(staged)
             batch = list(self._queue)
             if not batch:
                 return results
@@ -241,17 +205,16 @@ class ChangeTracker:
             bind = binds.get(cls)
             if bind is None:
                 bind = binds[cls] = session.get_bind(cls)
-            if self.delivery_for(bind) is Delivery.OUTBOX:
+            if self.delivery_for(bind) is DeliveryMode.OUTBOX:
                 outboxed.setdefault(bind, []).append(change)
             else:
                 memory.append((change, tags))
         if memory:
             session.info.setdefault(_PENDING, []).extend(memory)
         for bind, group in outboxed.items():
-            assert self._outbox is not None
             # The session's own connection: the rows commit or roll back with the changes.
             connection = session.connection(bind_arguments={"bind": bind})
-            staged = self._outbox.stage(connection, [self._emitter.message(c) for c in group])
+            staged = self._delivery.stage(connection, [self._emitter.message(c) for c in group])
             session.info.setdefault(_STAGED, []).extend((row, tags) for row in staged)
 
     def _after_flush(self, session: Session, _context: UOWTransaction) -> None:

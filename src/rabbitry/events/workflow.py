@@ -23,8 +23,9 @@ from rabbitry.config import Settings
 from rabbitry.errors import MessageError, StorageError
 from rabbitry.events.batcher import Batcher
 from rabbitry.events.change import parse_change
+from rabbitry.events.message_log import MessageLog
 from rabbitry.events.portable import check_json, check_text
-from rabbitry.events.store import EventStore, Incoming, MessageLog, check_message_id
+from rabbitry.events.store import EventStore, Incoming, check_message_id
 from rabbitry.events.topology import WORKFLOW_MODULE, EventsLayout, topology
 from rabbitry.messaging.consumer import Subscription
 from rabbitry.messaging.envelope import Message
@@ -39,7 +40,7 @@ BATCH_SIZE = 250
 MAX_NAME_LENGTH = 255  # the message log's text columns
 
 
-class WorkflowService:
+class WorkflowWorker:
     """The workflow module's worker on ``database``: a :class:`~rabbitry.messaging.Service`."""
 
     name = "workflow"
@@ -150,7 +151,7 @@ def check_loggable(message: Message) -> None:
     check_json({k: list(v) for k, v in message.headers.items()}, "rr_headers")
 
 
-class WorkflowProcess:
+class WorkflowService:
     """The workflow module with a database of its own: what ``rabbitry worker workflow`` and
     ``rabbitry up`` run. Opens (and migrates) the database, runs the worker, closes it."""
 
@@ -161,7 +162,7 @@ class WorkflowProcess:
 
     async def run(self, stopping: asyncio.Event) -> None:
         async with open_database(self._settings.sql_url) as database:
-            service = WorkflowService(self._settings, database)
+            service = WorkflowWorker(self._settings, database)
             # Everything loaded so far (modules, the ORM's and the settings' classes) lives as
             # long as the process: keep it out of the collector's full passes, which otherwise
             # scan it over and over while thousands of messages wait in the prefetch window

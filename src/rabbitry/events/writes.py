@@ -22,6 +22,7 @@ import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
+from sqlalchemy import text
 from sqlalchemy.exc import (
     DataError,
     DBAPIError,
@@ -29,8 +30,10 @@ from sqlalchemy.exc import (
     OperationalError,
     StatementError,
 )
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from rabbitry.errors import MessageError, StorageError
+from rabbitry.storage.database import Database
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -141,3 +144,16 @@ async def split_refused(
     middle = len(items) // 2
     left = await split_refused(items[:middle], store)
     return left + await split_refused(items[middle:], store)
+
+
+_BEGIN_IMMEDIATE = text("BEGIN IMMEDIATE")
+
+
+async def in_session(database: Database, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """``work`` in one ORM session's transaction."""
+    async with database.sessions.begin() as session:
+        if database.is_sqlite:
+            # Take the write lock up front: a read transaction that later writes gets
+            # SQLITE_BUSY at once, without the busy timeout, if another wrote meanwhile.
+            await session.execute(_BEGIN_IMMEDIATE)
+        return await work(session)

@@ -7,8 +7,10 @@ web framework, ORM or CLI code.
 from __future__ import annotations
 
 from rabbitry.amqp.declarer import Declarer
-from rabbitry.messaging.consumer import BatchHandler, Handler, Reject, Retry, Subscription
+from rabbitry.messaging.consumer import BatchHandler, Reject, Retry, Subscription
 from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.middleware import Middleware, PublishNext
+from rabbitry.messaging.payloads import AnyHandler, Handler, PayloadError
 from rabbitry.messaging.publisher import Fallback, Publisher, PublishResult, PublishStatus, Route
 from rabbitry.messaging.retry import RetryPolicy
 from rabbitry.messaging.service import Service, run_services, serve
@@ -27,6 +29,7 @@ from rabbitry.messaging.worker import Worker
 
 __all__ = [
     "AmqpSettings",
+    "AnyHandler",
     "BatchHandler",
     "Binding",
     "Declarer",
@@ -35,6 +38,9 @@ __all__ = [
     "Fallback",
     "Handler",
     "Message",
+    "Middleware",
+    "PayloadError",
+    "PublishNext",
     "PublishResult",
     "PublishStatus",
     "Publisher",

@@ -32,12 +32,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rabbitry import metrics
+from rabbitry.amqp.base import BaseLink, LinkError, Outgoing, PublishOutcome, Received
 from rabbitry.amqp.fieldtable import Int64
-from rabbitry.amqp.link import Delivery, Link, LinkError, Outcome, Outgoing
-from rabbitry.amqp.properties import Properties
+from rabbitry.amqp.properties import Properties, properties_of
 from rabbitry.errors import BrokerError, MessageError
 from rabbitry.messaging import envelope
-from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.envelope import REASON_HEADER, Message
+from rabbitry.messaging.middleware import Middleware, wrap_handler
+from rabbitry.messaging.payloads import AnyHandler, Handler, adapt
 from rabbitry.messaging.retry import RetryPolicy
 from rabbitry.messaging.sender import Sender
 from rabbitry.messaging.settings import AmqpSettings
@@ -45,7 +47,6 @@ from rabbitry.messaging.topology import dlq_name, retry_queue_name
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Message], Awaitable[None]]
 BatchHandler = Callable[[Sequence[Message]], Awaitable[Sequence[BaseException | None]]]
 
 
@@ -71,21 +72,32 @@ class Subscription:
     """What to consume from one queue and how.
 
     ``handlers`` maps a message type (``rr_job``) to its handler; ``default`` takes the other
-    types (without one, an unknown type is dead-lettered). ``batch`` takes lists of up to
-    ``batch_size`` messages instead and returns one outcome per message (``None`` = done).
+    types (without one, an unknown type is dead-lettered). A handler takes the
+    :class:`Message`, or a payload it declares a type for (see
+    :mod:`rabbitry.messaging.payloads`); what it returns is the reply when the message asked
+    for one (``reply_to``). ``batch`` takes lists of up to ``batch_size`` messages
+    instead and returns one outcome per message (``None`` = done).
     ``prefetch``, ``concurrency`` and ``strict`` override the :class:`AmqpSettings` values.
     """
 
     queue: str
-    handlers: Mapping[str, Handler] = field(default_factory=dict)
-    default: Handler | None = None
+    handlers: Mapping[str, AnyHandler] = field(default_factory=dict)
+    default: AnyHandler | None = None
     batch: BatchHandler | None = None
     batch_size: int = 100
     prefetch: int | None = None
     concurrency: int | None = None
     strict: bool | None = None  # None: AmqpSettings.strict_rr_job
+    # The handlers as the consumer calls them (typed ones wrapped), resolved once, here, so a
+    # handler whose annotations cannot be read fails where it is declared.
+    resolved: Mapping[str, Handler] = field(init=False, repr=False, compare=False)
+    resolved_default: Handler | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        resolved = {job: adapt(handler) for job, handler in self.handlers.items()}
+        object.__setattr__(self, "resolved", resolved)
+        default = None if self.default is None else adapt(self.default)
+        object.__setattr__(self, "resolved_default", default)
         if self.prefetch is not None and not 1 <= self.prefetch <= 65535:
             raise ValueError("Subscription.prefetch must be between 1 and 65535")
         if self.concurrency is not None and self.concurrency < 1:
@@ -95,7 +107,7 @@ class Subscription:
 
 
 class Consumer:
-    """Runs one :class:`Subscription` on one :class:`Link` until stopped or the link dies.
+    """Runs one :class:`Subscription` on one link until stopped or the link dies.
 
     ``sender`` carries the retry and dead-letter copies (a worker shares one among its
     consumers); without one the consumer opens its own and closes it when it stops.
@@ -105,18 +117,25 @@ class Consumer:
         self,
         settings: AmqpSettings,
         subscription: Subscription,
-        link: Link,
+        link: BaseLink,
         policy: RetryPolicy,
         *,
         sender: Sender | None = None,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self._settings = settings
         self._sub = subscription
+        # The chain is built once per handler: without middleware, the handler itself.
+        self._handlers = {
+            job: wrap_handler(handler, middleware) for job, handler in subscription.resolved.items()
+        }
+        default = subscription.resolved_default
+        self._default = None if default is None else wrap_handler(default, middleware)
         self._link = link
         self._policy = policy
         self._owns_sender = sender is None
         self._sender = sender or Sender(settings, f"rabbitry-{subscription.queue}-forward")
-        self._pending: deque[Delivery] = deque()
+        self._pending: deque[Received] = deque()
         self._ready = asyncio.Event()
         self._tag: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -139,11 +158,11 @@ class Consumer:
         loop_body = self._batch_loop if self._sub.batch else self._loop
         self._tasks = [asyncio.create_task(loop_body()) for _ in range(workers)]
 
-    def _on_delivery(self, delivery: Delivery) -> None:
+    def _on_delivery(self, delivery: Received) -> None:
         self._pending.append(delivery)
         self._ready.set()
 
-    async def _next(self) -> Delivery | None:
+    async def _next(self) -> Received | None:
         while not self._pending:
             if self._stopping:
                 return None
@@ -163,25 +182,55 @@ class Consumer:
                 batch.append(self._pending.popleft())
             await self._process_batch(batch)
 
-    async def _process(self, delivery: Delivery) -> None:
+    async def _process(self, delivery: Received) -> None:
         self._consumed.inc()
         try:
             message = self._decode(delivery)
             handler = self._handler_for(message)
             started = time.perf_counter()
             try:
-                await handler(message)
+                result = await handler(message)
             finally:
                 self._handler_seconds.observe(time.perf_counter() - started)
         except Exception as exc:  # every failure is settled below, by policy
             await self._settle_failure(delivery, exc)
         else:
+            if delivery.properties.reply_to:  # a request: answer it before the ack
+                await self._reply(delivery, message, result)
             self._ack(delivery)
 
-    async def _process_batch(self, deliveries: list[Delivery]) -> None:
+    async def _reply(self, delivery: Received, request: Message | None, result: object) -> None:
+        """Send the handler's return value to the requester (direct reply-to or a queue).
+
+        The work is done, so a reply that cannot be sent does not run the handler again: the
+        requester's timeout tells it. A returned :class:`Message` goes as it is."""
+        if isinstance(result, Message):
+            reply = result
+        else:
+            assert request is not None
+            reply = Message(f"{request.type}.reply", result)
+        correlation = delivery.properties.correlation_id or _id(delivery)
+        try:
+            props, body = envelope.encode(reply)
+        except MessageError as exc:
+            log.error("reply to %s is not sendable: %s", _id(delivery), exc)
+            return
+        props["correlation_id"] = correlation
+        props["delivery_mode"] = 1  # a reply is worth nothing once its requester is gone
+        target = str(delivery.properties.reply_to)
+        try:
+            ((outcome, why),) = await self._sender.send(
+                [Outgoing("", target, body, properties_of(props), True)]
+            )
+        except BrokerError as exc:
+            outcome, why = None, str(exc)
+        if outcome is not PublishOutcome.ACKED:
+            log.warning("reply to %s not delivered (%s): %s", _id(delivery), outcome, why)
+
+    async def _process_batch(self, deliveries: list[Received]) -> None:
         assert self._sub.batch is not None
         self._consumed.inc(len(deliveries))
-        decoded: list[tuple[Delivery, Message]] = []
+        decoded: list[tuple[Received, Message]] = []
         for delivery in deliveries:
             try:
                 decoded.append((delivery, self._decode(delivery)))
@@ -201,35 +250,23 @@ class Consumer:
             else:
                 await self._settle_failure(delivery, outcome)
 
-    def _decode(self, delivery: Delivery) -> Message:
-        if delivery.error is not None:
-            raise MessageError(f"undecodable delivery: {delivery.error}")
-        props = delivery.properties
-        return envelope.decode(
-            delivery.body,
-            props.headers,
-            message_id=props.message_id,
-            timestamp=props.timestamp,
-            correlation_id=props.correlation_id,
-            exchange=delivery.exchange,
-            routing_key=delivery.routing_key,
-            redelivered=delivery.redelivered,
-            strict=self._settings.strict_rr_job if self._sub.strict is None else self._sub.strict,
-        )
+    def _decode(self, delivery: Received) -> Message:
+        strict = self._settings.strict_rr_job if self._sub.strict is None else self._sub.strict
+        return envelope.decode_received(delivery, strict=strict)
 
     def _handler_for(self, message: Message) -> Handler:
-        handler = self._sub.handlers.get(message.type, self._sub.default)
+        handler = self._handlers.get(message.type, self._default)
         if handler is None:
             raise Reject(f"no handler for message type {message.type!r}")
         return handler
 
-    def _ack(self, delivery: Delivery) -> None:
+    def _ack(self, delivery: Received) -> None:
         if not self._link.is_open:
             return  # the broker requeues every unacked delivery of a lost channel
         self._link.ack(delivery.delivery_tag)
         self._acked.inc()
 
-    async def _settle_failure(self, delivery: Delivery, exc: BaseException) -> None:
+    async def _settle_failure(self, delivery: Received, exc: BaseException) -> None:
         attempt = _attempt(delivery) + 1
         if isinstance(exc, MessageError | Reject):
             delay = None
@@ -238,13 +275,13 @@ class Consumer:
             delay = self._policy.next_delay_ms(attempt, requested)
         reason = exc.reason if isinstance(exc, Retry | Reject) else str(exc)
         error = f"{type(exc).__name__}: {reason}"[:1000]
-        outcome: Outcome | None = None
+        outcome: PublishOutcome | None = None
         if delay is not None:
             target = retry_queue_name(self._sub.queue, delay)
             extra = {envelope.ATTEMPT_HEADER: Int64(attempt), envelope.ERROR_HEADER: error}
             log.info("retry %d of %s in %d ms: %s", attempt, _id(delivery), delay, error)
             outcome = await self._forward(delivery, target, extra)
-            if outcome is Outcome.RETURNED:
+            if outcome is PublishOutcome.RETURNED:
                 # The retry queue is missing (deleted, or a tier never declared): running the
                 # handler again at once would spin; dead-letter it, saying why.
                 reason = f"retry queue {target} is missing; the retry was: {reason}"
@@ -258,7 +295,11 @@ class Consumer:
             }
             log.warning("dead-lettering %s from %s: %s", _id(delivery), self._sub.queue, error)
             outcome = await self._forward(delivery, dlq_name(self._sub.queue), extra)
-        if outcome is Outcome.ACKED:
+        if outcome is PublishOutcome.ACKED:
+            if delay is None and delivery.properties.reply_to:
+                # A request that will never be answered: its requester hears why at once.
+                failure = Message("rabbitry.request-failed", None, extra={REASON_HEADER: reason})
+                await self._reply(delivery, failure, failure)
             self._ack(delivery)
             counter = metrics.DEAD_LETTERED if delay is None else metrics.RETRIED
             counter.labels(self._queue_label).inc()
@@ -266,8 +307,8 @@ class Consumer:
             await self._give_back(delivery)
 
     async def _forward(
-        self, delivery: Delivery, queue: str, extra: Mapping[str, Any]
-    ) -> Outcome | None:
+        self, delivery: Received, queue: str, extra: Mapping[str, Any]
+    ) -> PublishOutcome | None:
         """Publish a copy to ``queue`` via the default exchange: the broker's outcome, or
         ``None`` when it could not be sent (no connection, blocked too long, no confirm)."""
         props = delivery.properties
@@ -295,11 +336,11 @@ class Consumer:
         except BrokerError as exc:
             log.warning("could not forward %s to %s: %s", _id(delivery), queue, exc)
             return None
-        if outcome is not Outcome.ACKED:
+        if outcome is not PublishOutcome.ACKED:
             log.error("forward of %s to %s failed: %s", _id(delivery), queue, why)
         return outcome
 
-    async def _give_back(self, delivery: Delivery) -> None:
+    async def _give_back(self, delivery: Received) -> None:
         """Requeue a delivery whose copy was not confirmed, after a pause (not a hot loop)."""
         if not self._stopping:
             await asyncio.sleep(self._policy.base_delay)
@@ -356,12 +397,12 @@ class Consumer:
             self._chore(self._sender.close())
 
 
-def _attempt(delivery: Delivery) -> int:
+def _attempt(delivery: Received) -> int:
     value = (delivery.properties.headers or {}).get(envelope.ATTEMPT_HEADER, 0)
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _id(delivery: Delivery) -> str:
+def _id(delivery: Received) -> str:
     headers = delivery.properties.headers or {}
     rr_id = headers.get("rr_id")
     return str(rr_id or delivery.properties.message_id or f"delivery {delivery.delivery_tag}")

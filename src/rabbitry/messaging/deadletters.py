@@ -6,9 +6,10 @@ in order. Nothing is removed by looking.
 
 Moving publishes a copy to the queue the message died in and acks the dead letter only once the
 broker confirmed that copy; a copy that is not confirmed (the queue is gone, the broker nacks)
-leaves the dead letter where it was. The queue is the one named in ``x-rabbitry-queue`` (set by
-the Rabbitry consumer that dead-lettered it), else ``x-first-death-queue`` (set by the broker
-when it dead-lettered it itself), else ``Q`` from the name ``Q.dlq``. The copy is the message
+leaves the dead letter where it was. The queue is ``Q`` of the name ``Q.dlq``: only the queue's
+own consumer or the broker dead-letters into it. Headers never choose it: ``x-rabbitry-queue``
+travels with the message, so a producer could set it and have its message "moved back" into
+another tenant's queue. The copy is the message
 without its dead-letter headers and with its attempt count reset, so it gets the whole retry
 policy again; its id, body bytes and other headers are the original ones.
 """
@@ -104,11 +105,9 @@ def dead_letter_queue(name: str) -> str:
 
 
 def origin_queue(headers: Mapping[str, Any], dlq: str) -> str:
-    """The queue a dead letter of ``dlq`` died in (see the module docstring)."""
-    for name in (envelope.ORIGIN_QUEUE_HEADER, "x-first-death-queue"):
-        value = _text(headers.get(name))
-        if value:
-            return value
+    """The queue a dead letter of ``dlq`` died in: ``Q`` of ``Q.dlq``, whatever the message's
+    headers claim (see the module docstring); ``""`` for a queue not named as a DLQ."""
+    del headers  # producer-controlled: never trusted for where a message goes
     return dlq[: -len(DLQ_SUFFIX)] if is_dead_letter_queue(dlq) else ""
 
 

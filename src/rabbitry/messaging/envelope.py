@@ -11,6 +11,7 @@ width, ``rr_headers`` as bytes, string or null, ``rr_auto_ack`` missing, unknown
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import hashlib
@@ -21,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from rabbitry.amqp.base import Received
 from rabbitry.amqp.fieldtable import EncodedTable, Int64, encode_fields
 from rabbitry.errors import MessageError
 
@@ -97,7 +99,19 @@ class Message:
 
 
 # One encoder for every body: json.dumps with options builds a new one per call (~0.7 µs).
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+def _jsonable(value: Any) -> Any:
+    """The encoder's ``default``: a pydantic model or a dataclass instance as plain JSON
+    values (called only for what JSON cannot encode, so plain payloads pay nothing)."""
+    if hasattr(value, "model_dump") and hasattr(type(value), "model_fields"):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        from pydantic_core import to_jsonable_python  # dates, UUIDs, models nested inside
+
+        return to_jsonable_python(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_jsonable)
 
 
 def content_id(job: str, timestamp: dt.datetime | int | None, body: bytes) -> str:
@@ -123,7 +137,9 @@ def new_id() -> str:
 
 
 def encode_body(payload: Json) -> bytes:
-    """Compact UTF-8 JSON, the form PHP's ``json_decode`` and RoadRunner expect."""
+    """Compact UTF-8 JSON, the form PHP's ``json_decode`` and RoadRunner expect.
+
+    A pydantic model or a dataclass instance (also nested) is encoded as its fields."""
     try:
         return _JSON.encode(payload).encode()
     except (TypeError, ValueError) as exc:
@@ -266,6 +282,26 @@ def decode(
         exchange=exchange,
         routing_key=routing_key,
         redelivered=redelivered,
+    )
+
+
+def decode_received(delivery: Received, *, strict: bool) -> Message:
+    """The :class:`Message` a consumer received: :func:`decode` of its body and properties,
+    with where it came from. Raises :class:`MessageError` as :func:`decode` does, and when
+    the delivery's properties did not decode (``delivery.error``)."""
+    if delivery.error is not None:
+        raise MessageError(f"undecodable delivery: {delivery.error}")
+    props = delivery.properties
+    return decode(
+        delivery.body,
+        props.headers,
+        message_id=props.message_id,
+        timestamp=props.timestamp,
+        correlation_id=props.correlation_id,
+        exchange=delivery.exchange,
+        routing_key=delivery.routing_key,
+        redelivered=delivery.redelivered,
+        strict=strict,
     )
 
 

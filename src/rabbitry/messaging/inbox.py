@@ -21,9 +21,11 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from rabbitry.amqp.link import Delivery, Link, LinkClosed
-from rabbitry.errors import BrokerError, MessageError
+from rabbitry.amqp.base import LinkClosed, Received
+from rabbitry.amqp.link import Link
+from rabbitry.errors import MessageError
 from rabbitry.messaging import envelope
+from rabbitry.messaging.connection import reconnecting
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.settings import AmqpSettings
 from rabbitry.messaging.topology import Exchange
@@ -114,18 +116,13 @@ class Inbox:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Keep the queue up until ``stopping``; reconnect (with backoff) when it is lost."""
-        backoff = 0.25
-        while not stopping.is_set():
-            try:
-                await self._session(stopping)
-                backoff = 0.25
-            except (BrokerError, OSError, TimeoutError) as exc:
-                log.warning(
-                    "%s: broker connection lost (%s); again in %.2fs", self.name, exc, backoff
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), timeout=backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+        await reconnecting(
+            self.name,
+            lambda: self._session(stopping),
+            stopping,
+            first_pause=0.25,
+            max_pause=MAX_BACKOFF,
+        )
 
     async def _session(self, stopping: asyncio.Event) -> None:
         link = await Link.connect(
@@ -182,22 +179,13 @@ class Inbox:
         self._progress.set()
         self._progress = asyncio.Event()
 
-    def _on_delivery(self, delivery: Delivery) -> None:
+    def _on_delivery(self, delivery: Received) -> None:
         link = self._link
         if link is not None and link.is_open:
             link.ack(delivery.delivery_tag)
         self.delivered += 1
-        props = delivery.properties
         try:
-            message = envelope.decode(
-                delivery.body,
-                props.headers,
-                message_id=props.message_id,
-                timestamp=props.timestamp,
-                routing_key=delivery.routing_key,
-                exchange=delivery.exchange,
-                strict=False,
-            )
+            message = envelope.decode_received(delivery, strict=False)
         except MessageError as exc:
             log.warning("%s: dropping an undecodable delivery: %s", self.name, exc)
             return

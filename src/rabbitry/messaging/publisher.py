@@ -18,6 +18,8 @@ never silently lost. The connection, its circuit breaker and the broker's alarms
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from collections import Counter
@@ -27,11 +29,14 @@ from enum import StrEnum
 from typing import Protocol, Self, overload
 
 from rabbitry import metrics
-from rabbitry.amqp.link import Link, Outcome, Outgoing
+from rabbitry.amqp.base import OpenLink, Outgoing, PublishOutcome
 from rabbitry.amqp.properties import properties_of
-from rabbitry.errors import BrokerError
-from rabbitry.messaging import envelope
+from rabbitry.errors import BrokerError, BrokerUnavailable
+from rabbitry.messaging import envelope, rpc
+from rabbitry.messaging.connection import opener
 from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.middleware import Middleware, wrap_publish
+from rabbitry.messaging.rpc import Requester
 from rabbitry.messaging.sender import Sender
 from rabbitry.messaging.settings import AmqpSettings
 from rabbitry.metrics import CounterChild
@@ -107,7 +112,11 @@ class _Encoding(Sequence[Outgoing]):
 
 
 class Publisher:
-    """Publishes :class:`Message` objects. One connection, opened lazily, reused, reopened."""
+    """Publishes :class:`Message` objects. One connection, opened lazily, reused, reopened.
+
+    ``open_link`` opens that connection (by default to ``amqp.url``) and ``clock`` is its
+    circuit breaker's: :mod:`rabbitry.testing`'s in-memory broker passes its own.
+    """
 
     def __init__(
         self,
@@ -115,20 +124,27 @@ class Publisher:
         *,
         fallback: Fallback | None = None,
         name: str = "rabbitry",
+        open_link: OpenLink | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self._settings = amqp or AmqpSettings()
         self._fallback = fallback
-        self._name = name
-        # The circuit breaker's clock; rabbitry.testing's broker substitutes its virtual one.
-        self._clock: Callable[[], float] = time.monotonic
         self._target_counters: dict[str, tuple[CounterChild, CounterChild]] = {}
-        # Both seams are looked up at each use, so a subclass or a test may replace them.
-        self._sender = Sender(
-            self._settings,
-            f"{name}-publisher",
-            open_link=lambda: self._open_link(),
-            clock=lambda: self._clock(),
-        )
+        self._sender = Sender(self._settings, f"{name}-publisher", open_link=open_link, clock=clock)
+        self._open_link = open_link or opener(self._settings)
+        self._name = name
+        self._requester: Requester | None = None
+        # The publish chains (with and without the fallback) end in the class's publish. With
+        # publish middleware the instance's publish enters them; without, publish is left as
+        # it is, so a publisher without middleware pays nothing for it, not even a call.
+        inner = type(self).publish
+        self._chains = {
+            use: wrap_publish(functools.partial(inner, self, use_fallback=use), middleware)
+            for use in (True, False)
+        }
+        if self._chains[True] is not None:
+            self.publish = self._chained  # type: ignore[method-assign]
 
     @property
     def fallback(self) -> Fallback | None:
@@ -145,7 +161,8 @@ class Publisher:
         """Publish one message; see the module docstring for the outcomes.
 
         Concurrent calls share writes and confirms (see :class:`Sender`); this path is kept
-        lean because services call it once per message.
+        lean because services call it once per message (publish middleware, when there is
+        some, replaces it on the instance: see ``__init__``).
         """
         outgoing = to_outgoing(message, route)
         published, confirmed = self._counters(_target(route))
@@ -154,12 +171,34 @@ class Publisher:
             ((outcome, reason),) = await self._sender.send((outgoing,))
         except BrokerError as exc:
             outcome, reason = None, str(exc)
-        if outcome is Outcome.ACKED:
+        if outcome is PublishOutcome.ACKED:
             confirmed.inc()
             return PublishResult(message.id, PublishStatus.PUBLISHED)
-        unfit = {0} if outcome is Outcome.UNFIT else set()
+        unfit = {0} if outcome is PublishOutcome.UNFIT else set()
         (result,) = await self._settle([(message, route)], {0: reason}, unfit, use_fallback)
         return result
+
+    async def _chained(
+        self, message: Message, route: Route, *, use_fallback: bool = True
+    ) -> PublishResult:
+        """:meth:`publish` through the publish middleware."""
+        chain = self._chains[use_fallback]
+        assert chain is not None
+        return await chain(message, route)
+
+    async def request(self, message: Message, route: Route, *, timeout: float) -> Message:
+        """Send ``message`` as a request and return the reply: what the handler that
+        consumed it returned (see :mod:`rabbitry.messaging.rpc`). Raises
+        :class:`~rabbitry.errors.RequestTimeout` after ``timeout`` seconds without one, and
+        :class:`~rabbitry.errors.RequestFailed` when the handler rejected it; a request is
+        never stored in the fallback."""
+        if not self._settings.active:
+            raise BrokerUnavailable("the broker is switched off (rabbit_active=false)")
+        if self._requester is None:
+            self._requester = Requester(self._open_link, f"{self._name}-requests")
+        return await rpc.request(
+            self._requester, message, route.exchange, route.routing_key, timeout
+        )
 
     def _counters(self, target: str) -> tuple[CounterChild, CounterChild]:
         # A label lookup costs more than the increment; publishers reuse a few targets.
@@ -173,9 +212,13 @@ class Publisher:
     async def publish_many(
         self, items: Sequence[tuple[Message, Route]], *, use_fallback: bool = True
     ) -> list[PublishResult]:
-        """Publish many messages with one wait for their confirms."""
+        """Publish many messages with one wait for their confirms (with publish middleware,
+        each goes through it, and they are published concurrently)."""
         if not items:
             return []
+        chain = self._chains[use_fallback]
+        if chain is not None:
+            return list(await asyncio.gather(*(chain(m, r) for m, r in items)))
         outgoing = _Encoding(items)
         targets = Counter(_target(route) for _, route in items)
         for target, count in targets.items():
@@ -188,9 +231,9 @@ class Publisher:
             failures = dict.fromkeys(range(len(items)), str(exc))
         else:
             for index, (outcome, reason) in enumerate(verdicts):
-                if outcome is not Outcome.ACKED:
+                if outcome is not PublishOutcome.ACKED:
                     failures[index] = reason
-                    if outcome is Outcome.UNFIT:
+                    if outcome is PublishOutcome.UNFIT:
                         unfit.add(index)
         if not failures:  # the common case: every message confirmed
             for target, count in targets.items():
@@ -229,18 +272,9 @@ class Publisher:
             log.warning("%d message(s) stored in the outbox: %s", len(to_store), to_store[0][2])
         return results
 
-    async def _open_link(self) -> Link:
-        """A new link in confirm mode: the seam to the broker (``rabbitry.testing`` swaps it)."""
-        link = await Link.connect(
-            self._settings.url,
-            name=f"{self._name}-publisher",
-            timeout=self._settings.connect_timeout,
-            rpc_timeout=self._settings.rpc_timeout,
-        )
-        await link.confirm_select()
-        return link
-
     async def close(self) -> None:
+        if self._requester is not None:
+            await self._requester.close()
         await self._sender.close()
 
     async def __aenter__(self) -> Self:  # a subclass entered is that subclass

@@ -26,12 +26,21 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, overload
 
 from rabbitry import metrics
-from rabbitry.amqp.link import Link, LinkClosed, Outcome, Outgoing, Skipped, Unfit
+from rabbitry.amqp.base import (
+    BaseLink,
+    LinkClosed,
+    OpenLink,
+    Outgoing,
+    PublishOutcome,
+    Skipped,
+    Unfit,
+)
 from rabbitry.errors import BrokerError, BrokerUnavailable, PublishFailed
+from rabbitry.messaging.connection import opener
 from rabbitry.messaging.settings import AmqpSettings
 
 log = logging.getLogger(__name__)
@@ -44,16 +53,16 @@ before they fail over. A publish the broker read before the alarm is confirmed i
 milliseconds (tens on a quorum queue); one it has not read never will be until the alarm
 clears."""
 
-Verdict = tuple[Outcome, str]
+Verdict = tuple[PublishOutcome, str]
 """What became of one message: the broker's outcome, and why when it is not ``ACKED``."""
 
 # Reply codes that blame the message, not the broker: access refused, not found, precondition.
 _CALLER_ERRORS = frozenset({403, 404, 406})
 
-_ACKED: Verdict = (Outcome.ACKED, "")
+_ACKED: Verdict = (PublishOutcome.ACKED, "")
 _REASONS = {
-    Outcome.NACKED: "broker nacked the message",
-    Outcome.RETURNED: "unroutable: no queue is bound for this exchange and routing key",
+    PublishOutcome.NACKED: "broker nacked the message",
+    PublishOutcome.RETURNED: "unroutable: no queue is bound for this exchange and routing key",
 }
 # A refused publish takes down what follows it on the channel; each round sends those again.
 _ROUNDS = 4
@@ -64,8 +73,8 @@ _PART = 100
 class Sender:
     """Sends :class:`Outgoing` messages on one connection it owns and waits for confirms.
 
-    ``open_link`` opens a connection in confirm mode (by default :meth:`Link.connect` to the
-    settings' URL, named ``name``); ``clock`` is the circuit breaker's.
+    ``open_link`` opens its connections, named ``name`` (by default to the settings' URL), and
+    the sender puts each in confirm mode; ``clock`` is the circuit breaker's.
     """
 
     def __init__(
@@ -73,20 +82,20 @@ class Sender:
         settings: AmqpSettings,
         name: str,
         *,
-        open_link: Callable[[], Awaitable[Link]] | None = None,
+        open_link: OpenLink | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self._settings = settings
-        self._open_link = open_link or self._connect
+        self._open_link = open_link or opener(settings)
         self._clock = clock
-        self._link: Link | None = None
+        self._link: BaseLink | None = None
         self._lock = asyncio.Lock()
         self._circuit_until = 0.0
         self._blocked: str | None = None
         self._unblocked = asyncio.Event()
         self._unblocked.set()
-        self._inflight: deque[tuple[float, asyncio.Future[Outcome], Link]] = deque()
+        self._inflight: deque[tuple[float, asyncio.Future[PublishOutcome], BaseLink]] = deque()
         self._watchdog: asyncio.TimerHandle | None = None
         self._impatient = 0  # sends in progress that would rather fail over than wait
         self._alarm = ""  # the reason of the alarm that opened the circuit, while it is open
@@ -127,7 +136,7 @@ class Sender:
                 verdict = await self._publish_one(link, item)
             except (TimeoutError, LinkClosed) as exc:
                 raise await self._failed(link, exc) from exc
-            if verdict[0] is not Outcome.SKIPPED:
+            if verdict[0] is not PublishOutcome.SKIPPED:
                 return [verdict]
             await self._drop(link)  # dropped behind another's refused publish: send it again
         verdicts: list[Verdict] = [_ACKED] * len(items)
@@ -138,7 +147,7 @@ class Sender:
             link = await self._connected(wait_unblocked)
             again: list[int] = []
             for index, verdict in await self._publish(link, items, todo, verdicts):
-                if verdict[0] is Outcome.SKIPPED:
+                if verdict[0] is PublishOutcome.SKIPPED:
                     again.append(index)
                 elif verdict is not _ACKED:
                     verdicts[index] = verdict
@@ -147,11 +156,11 @@ class Sender:
             todo = again
         for index in todo:
             reason = "dropped by the broker after refused publishes; not sent again"
-            verdicts[index] = (Outcome.SKIPPED, reason)
+            verdicts[index] = (PublishOutcome.SKIPPED, reason)
         return verdicts
 
     async def _publish(
-        self, link: Link, items: Sequence[Outgoing], todo: list[int], verdicts: list[Verdict]
+        self, link: BaseLink, items: Sequence[Outgoing], todo: list[int], verdicts: list[Verdict]
     ) -> list[tuple[int, Verdict]]:
         """Send ``items[i]`` for each ``i`` in ``todo``: (i, verdict) for each one sent;
         those that cannot be encoded get their verdict in ``verdicts`` and are not sent."""
@@ -163,7 +172,7 @@ class Sender:
         except (TimeoutError, LinkClosed) as exc:
             raise await self._failed(link, exc) from exc
 
-    async def _failed(self, link: Link, exc: TimeoutError | LinkClosed) -> BrokerError:
+    async def _failed(self, link: BaseLink, exc: TimeoutError | LinkClosed) -> BrokerError:
         """What a send that failed with ``exc`` raises; the link is dropped either way."""
         if isinstance(exc, _Blocked):
             await self._trip(link, str(exc))
@@ -184,7 +193,7 @@ class Sender:
         return BrokerUnavailable(f"connection lost while publishing: {exc}")
 
     async def _publish_parts(
-        self, link: Link, items: Sequence[Outgoing], todo: list[int], verdicts: list[Verdict]
+        self, link: BaseLink, items: Sequence[Outgoing], todo: list[int], verdicts: list[Verdict]
     ) -> list[tuple[int, Verdict]]:
         # In parts of _PART messages, one call each, started in order: a call encodes its part
         # (the items are encoded as they are read) and writes it before the next starts, so
@@ -202,7 +211,7 @@ class Sender:
                     outcomes = await call
                 except Unfit as exc:
                     for position, reason in exc.reasons.items():
-                        verdicts[positions[position]] = (Outcome.UNFIT, reason)
+                        verdicts[positions[position]] = (PublishOutcome.UNFIT, reason)
                     fit = [p for p in range(len(positions)) if p not in exc.reasons]
                     positions = [positions[p] for p in fit]
                     outcomes = await link.publish_many([part[p] for p in fit])
@@ -215,7 +224,7 @@ class Sender:
                 call.add_done_callback(_retrieved)
         return sent
 
-    async def _publish_one(self, link: Link, item: Outgoing) -> Verdict:
+    async def _publish_one(self, link: BaseLink, item: Outgoing) -> Verdict:
         try:
             # Single sends from concurrent callers share one write per loop turn.
             future = link.publish(
@@ -226,22 +235,22 @@ class Sender:
                 mandatory=item.mandatory,
             )
         except Unfit as exc:
-            return (Outcome.UNFIT, exc.reasons[0])
+            return (PublishOutcome.UNFIT, exc.reasons[0])
         self._watch(link, future)
         try:
             return self._verdict(link, await future)
         except _NoConfirm:
             raise
         except Skipped:
-            return (Outcome.SKIPPED, "")
+            return (PublishOutcome.SKIPPED, "")
         except LinkClosed as exc:
             if exc.reply_code not in _CALLER_ERRORS:
                 raise
             # This message was refused: it fails alone, the broker is fine.
             await self._drop(link)
-            return (Outcome.REFUSED, f"refused by the broker: {exc}")
+            return (PublishOutcome.REFUSED, f"refused by the broker: {exc}")
 
-    def _watch(self, link: Link, future: asyncio.Future[Outcome]) -> None:
+    def _watch(self, link: BaseLink, future: asyncio.Future[PublishOutcome]) -> None:
         """Bound the wait for ``future``'s confirm by the publish timeout.
 
         One timer per sender for every single publish in flight, instead of one
@@ -276,14 +285,14 @@ class Sender:
             self._watchdog = loop.call_at(inflight[0][0], self._check_inflight)
 
     @staticmethod
-    def _verdict(link: Link, outcome: Outcome) -> Verdict:
-        if outcome is Outcome.ACKED:
+    def _verdict(link: BaseLink, outcome: PublishOutcome) -> Verdict:
+        if outcome is PublishOutcome.ACKED:
             return _ACKED
-        if outcome is Outcome.REFUSED:
+        if outcome is PublishOutcome.REFUSED:
             return (outcome, f"refused by the broker: {link.error}")
         return (outcome, _REASONS.get(outcome, ""))
 
-    async def _connected(self, wait_unblocked: bool) -> Link:
+    async def _connected(self, wait_unblocked: bool) -> BaseLink:
         if not self._settings.active:
             raise BrokerUnavailable("rabbit_active is false: messages are stored, not sent")
         link = self._link
@@ -305,7 +314,7 @@ class Sender:
             timeout = self._settings.publish_timeout
             raise BrokerUnavailable(f"{BLOCKED} for over {timeout:g}s: {reason}") from None
 
-    async def _reconnect(self) -> Link:
+    async def _reconnect(self) -> BaseLink:
         if self._clock() < self._circuit_until:
             if self._alarm:
                 raise BrokerUnavailable(f"{BLOCKED}: {self._alarm} (circuit open)")
@@ -316,7 +325,7 @@ class Sender:
             if self._clock() < self._circuit_until:
                 raise BrokerUnavailable("broker marked unavailable (circuit open)")
             try:
-                link = await self._open_link()
+                link = await self._open_confirming()
             except (OSError, LinkClosed, TimeoutError, BrokerError) as exc:
                 self._circuit_until = self._clock() + self._settings.circuit_open_seconds
                 raise BrokerUnavailable(f"cannot connect to the broker: {exc}") from exc
@@ -326,24 +335,23 @@ class Sender:
             self._link = link
             return link
 
-    async def _connect(self) -> Link:
-        link = await Link.connect(
-            self._settings.url,
-            name=self.name,
-            timeout=self._settings.connect_timeout,
-            rpc_timeout=self._settings.rpc_timeout,
-        )
-        await link.confirm_select()
+    async def _open_confirming(self) -> BaseLink:
+        link = await self._open_link(self.name)
+        try:
+            await link.confirm_select()
+        except BaseException:
+            await _close_quietly(link)
+            raise
         return link
 
-    def _on_blocked(self, link: Link, reason: str | None) -> None:
+    def _on_blocked(self, link: BaseLink, reason: str | None) -> None:
         if link is self._link:
             self._set_blocked(reason)
             if reason is not None:
                 grace = min(BLOCKED_GRACE, self._settings.publish_timeout)
                 asyncio.get_running_loop().call_later(grace, self._give_up_blocked, link)
 
-    def _give_up_blocked(self, link: Link) -> None:
+    def _give_up_blocked(self, link: BaseLink) -> None:
         """The grace after a block is over: drop the connection if sends that would rather
         fail over still wait on it (patient ones wait for the alarm to clear)."""
         reason = link.blocked
@@ -362,12 +370,12 @@ class Sender:
         else:
             self._unblocked.clear()
 
-    async def _trip(self, link: Link, reason: str) -> None:
+    async def _trip(self, link: BaseLink, reason: str) -> None:
         log.warning("%s: connection dropped: %s", self.name, reason)
         self._circuit_until = self._clock() + self._settings.circuit_open_seconds
         await self._drop(link)
 
-    async def _drop(self, link: Link) -> None:
+    async def _drop(self, link: BaseLink) -> None:
         if self._link is link:
             self._link = None
             self._set_blocked(None)  # a new connection starts unblocked
@@ -426,7 +434,7 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-async def _close_quietly(link: Link) -> None:
+async def _close_quietly(link: BaseLink) -> None:
     try:
         await asyncio.wait_for(link.close(), timeout=3)
     except (OSError, LinkClosed, TimeoutError, BrokerError):

@@ -1,4 +1,4 @@
-"""Broker topology as data: frozen, hashable exchange, queue and binding specs.
+"""Rabbitry's topology conventions: work queues with their retry tiers and dead-letter queue.
 
 Names of dead-letter and retry queues are computed from their work queue, never typed: for a
 durable work queue ``Q`` there is ``Q.dlq`` and one ``Q.retry.<ms>`` per retry delay tier. A
@@ -12,6 +12,10 @@ cannot take it (no quorum, a node down) stays in the retry queue until it can, w
 RabbitMQ's default for quorum queues, at most once, drops it. They also carry an explicit
 delivery limit (:data:`DELIVERY_LIMIT`), so a message that kills its consumer every time
 ends in ``Q.dlq``; the dead-letter queue has none, so reading dead letters never drops one.
+
+Names from users are checked here too. The specs themselves (:class:`Exchange`,
+:class:`Queue`, :class:`Binding`, :class:`Topology`) are :mod:`rabbitry.amqp.spec`'s,
+re-exported.
 """
 
 from __future__ import annotations

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
+from rabbitry.amqp.base import BaseLink, LinkClosed, OpenLink
 from rabbitry.amqp.declarer import Declarer
-from rabbitry.amqp.link import Link, LinkClosed
-from rabbitry.errors import BrokerError
+from rabbitry.messaging.connection import opener, reconnecting
 from rabbitry.messaging.consumer import Consumer, Subscription
+from rabbitry.messaging.middleware import Middleware
 from rabbitry.messaging.retry import RetryPolicy
 from rabbitry.messaging.sender import Sender
 from rabbitry.messaging.settings import AmqpSettings
@@ -22,12 +23,18 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 10.0
 
+Declare = Callable[[Topology], Awaitable[None]]
+"""Declares a topology on the broker (idempotent)."""
+
 
 class Worker:
     """Consumes ``subscriptions`` after declaring ``topology``; a
     :class:`~rabbitry.messaging.service.Service` (run it with ``serve(worker)``).
 
     ``name`` prefixes its connection names, as the broker's management UI shows them.
+    ``middleware`` runs around every handler call (see :mod:`rabbitry.messaging.middleware`).
+    ``open_link`` and ``declare`` are the seams to the broker (by default RabbitMQ at
+    ``amqp.url``); :mod:`rabbitry.testing`'s in-memory broker passes its own.
     """
 
     def __init__(
@@ -38,12 +45,18 @@ class Worker:
         *,
         amqp: AmqpSettings | None = None,
         retry: RetryPolicy | None = None,
+        middleware: Sequence[Middleware] = (),
+        open_link: OpenLink | None = None,
+        declare: Declare | None = None,
     ) -> None:
         self.name = name
         self._settings = amqp or AmqpSettings()
         self._subscriptions = list(subscriptions)
         self._topology = topology
         self._policy = retry or RetryPolicy()
+        self._middleware = tuple(middleware)
+        self._open_link = open_link or opener(self._settings)
+        self._declare = declare or self._declare_on_broker
         self.connected = asyncio.Event()  # set while consuming; tests and health checks wait on it
 
     @property
@@ -62,35 +75,41 @@ class Worker:
     def retry(self) -> RetryPolicy:
         return self._policy
 
+    @property
+    def middleware(self) -> tuple[Middleware, ...]:
+        return self._middleware
+
     async def run(self, stopping: asyncio.Event) -> None:
-        backoff = 0.5
-        while not stopping.is_set():
-            try:
-                await self._session(stopping)
-                backoff = 0.5
-            except (BrokerError, LinkClosed, OSError, TimeoutError) as exc:
-                self.connected.clear()
-                log.warning(
-                    "%s: broker unavailable (%s); retrying in %.1fs", self.name, exc, backoff
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), timeout=backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+        """Consume until ``stopping``, then drain; reconnect when the broker drops us."""
+        await reconnecting(
+            self.name,
+            lambda: self._session(stopping),
+            stopping,
+            first_pause=0.5,
+            max_pause=MAX_BACKOFF,
+        )
 
     async def _session(self, stopping: asyncio.Event) -> None:
         """One connection's lifetime: returns on stop, raises when the broker drops us."""
-        await self._declare()
-        links: list[Link] = []
+        await self._declare(self._topology)
+        links: list[BaseLink] = []
         consumers: list[Consumer] = []
         # Retry and dead-letter copies go over a connection of their own, never one consumed
         # from: a broker alarm blocks a connection that publishes, and its acks with it.
-        sender = Sender(self._settings, f"{self.name}-forward", open_link=self._open_sender)
+        sender = Sender(self._settings, f"{self.name}-forward", open_link=self._open_link)
         try:
             for subscription in self._subscriptions:
                 # One link per subscription: basic.qos and flow control stay per queue.
                 link = await self._open_link(f"{self.name}-{subscription.queue}")
                 links.append(link)
-                consumer = Consumer(self._settings, subscription, link, self._policy, sender=sender)
+                consumer = Consumer(
+                    self._settings,
+                    subscription,
+                    link,
+                    self._policy,
+                    sender=sender,
+                    middleware=self._middleware,
+                )
                 await consumer.start()
                 consumers.append(consumer)
             self.connected.set()
@@ -114,28 +133,15 @@ class Worker:
                     await asyncio.wait_for(link.close(), timeout=3)
             await sender.close()
 
-    # The two seams to the broker; rabbitry.testing's in-memory broker overrides both.
-
-    async def _declare(self) -> None:
+    async def _declare_on_broker(self, topology: Topology) -> None:
         amqp = self._settings
         declarer = await Declarer.connect(
             amqp.url, name=self.name, timeout=amqp.connect_timeout, rpc_timeout=amqp.rpc_timeout
         )
         async with declarer:
-            await declarer.declare(self._topology)
-
-    async def _open_link(self, name: str) -> Link:
-        amqp = self._settings
-        return await Link.connect(
-            amqp.url, name=name, timeout=amqp.connect_timeout, rpc_timeout=amqp.rpc_timeout
-        )
-
-    async def _open_sender(self) -> Link:
-        link = await self._open_link(f"{self.name}-forward")
-        await link.confirm_select()
-        return link
+            await declarer.declare(topology)
 
 
-async def _wait_closed(link: Link) -> None:
+async def _wait_closed(link: BaseLink) -> None:
     with contextlib.suppress(BaseException):
         await asyncio.shield(link.closed)

@@ -1,4 +1,4 @@
-"""AMQP header tables <-> JSON, losslessly, for the ledger's ``headers`` column. Pure, no I/O.
+"""AMQP header tables <-> JSON, losslessly, for the outbox's ``headers`` column. Pure, no I/O.
 
 A header table holds values JSON has no type for (byte arrays, timestamps, decimals). They are
 stored as one-key objects tagged with ``$``: ``{"$bytes": "<utf-8 text>"}`` (``rr_headers`` stays

@@ -1,5 +1,5 @@
-"""``rabbitry requeue`` (:mod:`.requeue_commands`), ``rabbitry queues sync|list`` and
-``rabbitry db upgrade``.
+"""``rabbitry requeue`` (:mod:`.requeue_commands`), ``rabbitry outbox list|show|delete``
+(:mod:`.message_commands`) and ``rabbitry queues sync|list``.
 
 ``requeue`` re-sends what the outbox stored::
 
@@ -20,15 +20,14 @@ from rich.table import Table
 from rabbitry.config import Settings
 from rabbitry.console import fail, run, settings
 from rabbitry.errors import StorageError
-from rabbitry.outbox import deadletter_commands, ledger_commands, registry, requeue_commands
-from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox import message_commands, registry, requeue_commands
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 queues_app = typer.Typer(
     help="The queue registry: which queues exist, what they are for, who may send to them.",
     no_args_is_help=True,
 )
-db_app = typer.Typer(help="The SQL database.", no_args_is_help=True)
 
 
 def _schema_hint(exc: StorageError) -> StorageError:
@@ -39,9 +38,7 @@ def _schema_hint(exc: StorageError) -> StorageError:
 def register(app: typer.Typer) -> None:
     app.command("requeue")(requeue_commands.requeue_command)
     app.add_typer(queues_app, name="queues")
-    app.add_typer(db_app, name="db")
-    ledger_commands.register(app)
-    deadletter_commands.register(app)
+    message_commands.register(app)
 
 
 # --- queues -------------------------------------------------------------------------------
@@ -116,31 +113,7 @@ async def _list(
         await db.upgrade()
         try:
             rows = await registry.list_queues(db, include_inactive=not active_only)
-            pending = await Ledger(db).pending_by_queue()
+            pending = await Outbox(db).pending_by_queue()
         except StorageError as exc:
             raise _schema_hint(exc) from exc
     return rows, pending
-
-
-# --- db -----------------------------------------------------------------------------------
-
-
-@db_app.command("upgrade")
-def db_upgrade(
-    ctx: typer.Context,
-    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
-) -> None:
-    """Apply the database migrations (also done by `rabbitry up`)."""
-    config = settings(ctx)
-    run(_upgrade(config, revision))
-    print(f"database migrated to {revision}")
-
-
-async def _upgrade(config: Settings, revision: str) -> None:
-    async with Database(config.sql_url) as db:
-        try:
-            await db.upgrade(revision)
-        except StorageError:
-            raise
-        except Exception as exc:  # Alembic and the drivers raise their own types
-            raise StorageError(f"migration failed: {type(exc).__name__}: {exc}") from exc

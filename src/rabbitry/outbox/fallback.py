@@ -3,7 +3,7 @@
 A one-shot publish (``rabbitry publish``, a script) usually never needs the database: the
 broker takes the message. Opening and migrating the database first would make the broker's
 fallback a precondition of every publish, and a database outage would stop publishes the
-broker could take. :class:`OnDemandLedger` opens (and migrates) the database the first time the
+broker could take. :class:`OnDemandOutbox` opens (and migrates) the database the first time the
 publisher hands it a message; if that fails, the error is a :class:`StorageError` like any
 other failure to store, which the publisher lets reach the caller.
 """
@@ -16,11 +16,11 @@ from rabbitry.errors import StorageError
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Route
 from rabbitry.outbox.filters import Origin
-from rabbitry.outbox.ledger import Ledger
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 
-class OnDemandLedger:
+class OnDemandOutbox:
     """A :class:`~rabbitry.messaging.publisher.Fallback` over the database at ``url``, opened
     on first use. Use ``async with`` (or :meth:`close`) to dispose of it."""
 
@@ -35,7 +35,7 @@ class OnDemandLedger:
         return self._db is not None
 
     async def store(self, items: Sequence[tuple[Route, Message, str]]) -> None:
-        await Ledger(await self._database(), origin=self._origin).store(items)
+        await Outbox(await self._database(), origin=self._origin).store(items)
 
     async def _database(self) -> Database:
         if self._db is None:
@@ -56,7 +56,7 @@ class OnDemandLedger:
         if database is not None:
             await database.close()
 
-    async def __aenter__(self) -> OnDemandLedger:
+    async def __aenter__(self) -> OnDemandOutbox:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -20,7 +20,7 @@ MAX_QUEUE_LENGTH = 255
 
 
 class Origin(StrEnum):
-    """Why a message is in the ledger."""
+    """Why a message is in the outbox."""
 
     CONTINGENCY = "contingency"  # the broker could not take it (or rabbit_active=false)
     MANUAL = "manual"  # a user sent it by hand with manual_processing_mode=db

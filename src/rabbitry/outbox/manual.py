@@ -17,8 +17,8 @@ from rabbitry.errors import NotFound, Refused
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishResult, PublishStatus, Route
 from rabbitry.outbox.filters import Origin
-from rabbitry.outbox.ledger import Ledger
 from rabbitry.outbox.registry import get_queue
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 
@@ -53,7 +53,7 @@ async def send_manually(
     key = entry.routing_key if routing_key is None else routing_key
     route = Route(entry.exchange, key, queue=entry.name)
     if settings.manual_processing_mode is ManualProcessingMode.DB:
-        await Ledger(db).add([(route, message, "")], origin=Origin.MANUAL)
+        await Outbox(db).add([(route, message, "")], origin=Origin.MANUAL)
         return PublishResult(
             message.id, PublishStatus.PERSISTED, "stored for the requeue command (mode db)"
         )

@@ -1,4 +1,4 @@
-"""The outbox's tables: the queue registry and the pending-message ledger.
+"""The outbox's tables: the queue registry and the outbox messages (``outbox_messages``).
 
 Times are stored as naive UTC (``timestamp without time zone`` on PostgreSQL, ISO text on
 SQLite) so that comparisons behave the same on both; :class:`UTCDateTime` hands out aware UTC.
@@ -9,56 +9,17 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
-    DateTime,
-    Dialect,
-    Index,
-    Integer,
-    String,
-    Text,
-    TypeDecorator,
-    false,
-    text,
-)
+from sqlalchemy import JSON, Boolean, Index, Integer, String, Text, false, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from rabbitry.outbox.filters import Origin
 from rabbitry.storage.base import Base
+from rabbitry.storage.clock import utcnow
+from rabbitry.storage.columns import BigId, UTCDateTime
 
 NAME_LENGTH = 255
-
-
-class UTCDateTime(TypeDecorator[dt.datetime]):
-    """Aware UTC datetimes in, aware UTC datetimes out; naive UTC in the database."""
-
-    impl = DateTime(timezone=False)
-    cache_ok = True
-
-    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        return value.astimezone(dt.UTC).replace(tzinfo=None)
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        if isinstance(value, str):  # raw SQLite text, e.g. from a textual query
-            value = dt.datetime.fromisoformat(value)
-        assert isinstance(value, dt.datetime)
-        return value.replace(tzinfo=dt.UTC)
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-# SQLite only makes INTEGER PRIMARY KEY an auto-increment rowid alias, not BIGINT.
-BigId = BigInteger().with_variant(Integer(), "sqlite")
+# `timestamp without time zone`: what these tables have always had (other clients write them).
+NaiveUTC = UTCDateTime(timezone=False)
 
 
 class QueueRecord(Base):
@@ -79,11 +40,11 @@ class QueueRecord(Base):
     payload: Mapped[str] = mapped_column(String(16), default="record")
     # An entry removed from the file stays (its pending messages still point at it), inactive.
     active: Mapped[bool] = mapped_column(Boolean, default=True)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(NaiveUTC, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(NaiveUTC, default=utcnow)
 
 
-class PendingMessage(Base):
+class OutboxMessageRecord(Base):
     """A message the broker has not confirmed yet (contingency) or a user parked (manual)."""
 
     __tablename__ = "outbox_messages"
@@ -98,23 +59,23 @@ class PendingMessage(Base):
     # The AMQP header table (rr_* and the rest), JSON with tagged bytes/dates (outbox.codec).
     headers: Mapped[dict[str, Any]] = mapped_column(JSON)
     message_id: Mapped[str] = mapped_column(String(NAME_LENGTH), index=True)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(NaiveUTC, default=utcnow)
     processed: Mapped[bool] = mapped_column(Boolean, default=False)
-    processed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    processed_at: Mapped[dt.datetime | None] = mapped_column(NaiveUTC, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     origin: Mapped[str] = mapped_column(String(16), default=Origin.CONTINGENCY.value)
     # A requeue run leases the rows it is publishing, so that a concurrent run skips them.
     claim_token: Mapped[str | None] = mapped_column(String(36), nullable=True)
-    claimed_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    claimed_until: Mapped[dt.datetime | None] = mapped_column(NaiveUTC, nullable=True)
     # Soft delete (back-office, `rabbitry outbox delete`): the row also leaves the pending set
     # (processed is set), so no requeue run or relay sends it, and stays for the record.
-    deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    # When an operator's requeue (back-office, outbox.browse) last got the broker's confirm.
-    requeued_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(NaiveUTC, nullable=True)
+    # When an operator's requeue (back-office, requeue_messages) last got the broker's confirm.
+    requeued_at: Mapped[dt.datetime | None] = mapped_column(NaiveUTC, nullable=True)
 
     __table_args__ = (
-        # The listings (outbox.browse): newest first over every row, keyset-paginated.
+        # The listings (Outbox.page): newest first over every row, keyset-paginated.
         Index("ix_outbox_messages_created", "created_at", "id"),
         Index("ix_outbox_messages_queue_created", "queue", "created_at", "id"),
         # The requeue query: pending rows, oldest first, optionally of one queue. Partial
@@ -138,4 +99,4 @@ class PendingMessage(Base):
 
 
 # Matches the partial indexes' predicate, so that both databases use them.
-PENDING_CLAUSE = PendingMessage.processed == false()
+PENDING_CLAUSE = OutboxMessageRecord.processed == false()

@@ -8,17 +8,15 @@ of messages sent to it keeps its description.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from rabbitry.config import RegistryEntry
-from rabbitry.errors import StorageError
-from rabbitry.outbox.models import QueueRecord, utcnow
+from rabbitry.outbox.models import QueueRecord
 from rabbitry.storage import Database
+from rabbitry.storage.clock import utcnow
 
 _FIELDS = (
     "description",
@@ -29,17 +27,6 @@ _FIELDS = (
     "message_type",
     "payload",
 )
-
-
-@contextlib.asynccontextmanager
-async def _session(db: Database) -> AsyncIterator[AsyncSession]:
-    # Database.session() translates SQLAlchemy's errors; an unreachable server can also
-    # surface as a bare OSError from the driver.
-    try:
-        async with db.session() as session:
-            yield session
-    except (OSError, TimeoutError) as exc:
-        raise StorageError(f"database unreachable: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +86,7 @@ async def sync(db: Database, entries: Sequence[RegistryEntry]) -> SyncReport:
     deactivated: list[str] = []
     unchanged: list[str] = []
     now = utcnow()
-    async with _session(db) as session:
+    async with db.session() as session:
         records = {r.name: r for r in (await session.scalars(select(QueueRecord))).all()}
         for name, entry in wanted.items():
             record = records.get(name)
@@ -139,12 +126,12 @@ async def list_queues(db: Database, *, include_inactive: bool = True) -> list[Qu
     statement = select(QueueRecord).order_by(QueueRecord.name)
     if not include_inactive:
         statement = statement.where(QueueRecord.active.is_(True))
-    async with _session(db) as session:
+    async with db.session() as session:
         return [QueueInfo.of(r) for r in (await session.scalars(statement)).all()]
 
 
 async def get_queue(db: Database, name: str) -> QueueInfo | None:
-    async with _session(db) as session:
+    async with db.session() as session:
         record = await session.scalar(select(QueueRecord).where(QueueRecord.name == name))
         return QueueInfo.of(record) if record is not None else None
 
@@ -160,5 +147,5 @@ async def manual_queues(db: Database, classname: str) -> list[QueueInfo]:
         )
         .order_by(QueueRecord.name)
     )
-    async with _session(db) as session:
+    async with db.session() as session:
         return [QueueInfo.of(r) for r in (await session.scalars(statement)).all()]

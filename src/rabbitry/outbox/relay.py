@@ -20,8 +20,8 @@ from rabbitry.errors import RabbitryError
 from rabbitry.messaging.publisher import Publisher
 from rabbitry.outbox.exchanges import ExchangeCheck
 from rabbitry.outbox.filters import Origin, RequeueFilter
-from rabbitry.outbox.ledger import Ledger
 from rabbitry.outbox.requeue import RequeueOptions, RequeueReport, requeue, without_circuit
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 log = logging.getLogger(__name__)
@@ -65,16 +65,16 @@ class RelayService:
             )
             exchanges = ExchangeCheck(self.settings)
             stack.push_async_callback(exchanges.close)
-            ledger = Ledger(db)
+            outbox = Outbox(db)
             while not stopping.is_set():
                 exchanges.forget()
-                await self.run_once(ledger, publisher, stopping, exchanges)
+                await self.run_once(outbox, publisher, stopping, exchanges)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), timeout=self.interval)
 
     async def run_once(
         self,
-        ledger: Ledger,
+        outbox: Outbox,
         publisher: Publisher,
         stopping: asyncio.Event | None = None,
         exchanges: ExchangeCheck | None = None,
@@ -83,7 +83,7 @@ class RelayService:
         self.passes += 1
         try:
             report = await requeue(
-                ledger,
+                outbox,
                 publisher,
                 RequeueFilter(origin=Origin.CONTINGENCY),
                 options=self.options,

@@ -1,13 +1,14 @@
-"""Re-publish pending ledger rows (``rabbitry requeue``), streaming.
+"""Re-publish pending outbox messages (``rabbitry requeue``), streaming.
 
 A run takes the rows matching its filter that exist when it starts, oldest first, one batch at
-a time: lease the batch (:meth:`Ledger.claim`), re-check the lease right before publishing
-(a batch claimed more than half a lease ago is renewed in the database first,
-:func:`~rabbitry.outbox.leases.renew`: a row another run took over while this one was paused
-is not published again), publish with confirms and *no* fallback, then mark each row processed
-only if the broker confirmed it, or pending again with ``attempts + 1`` and ``last_error``. A
-failed row never stops the others. Leasing, publishing and marking overlap (three batches at
-most in memory, whatever the number of rows); the progress callback sees each batch's outcomes
+a time: lease the batch (:meth:`~rabbitry.outbox.store.Outbox.claim`), re-check the lease right
+before publishing (a batch claimed more than half a lease ago is renewed in the database first,
+:meth:`~rabbitry.outbox.store.Outbox.renew`: a row another run took over while this one was
+paused is not published again), publish with confirms and *no* fallback, then mark each row
+processed only if the broker confirmed it, or pending again with ``attempts + 1`` and
+``last_error``. A failed row never stops the others. Leasing, publishing and marking overlap
+(three batches at most in memory, whatever the number of rows); the progress callback sees each
+batch's outcomes
 once they are recorded.
 
 What is not the rows' fault is not held against them:
@@ -24,12 +25,17 @@ What is not the rows' fault is not held against them:
 
 A run stops early when ``stopping`` is set (``rabbitry requeue`` sets it on SIGTERM/SIGINT):
 the batch being published is finished and marked, the batches leased ahead are given back
-(:func:`~rabbitry.outbox.leases.release`), and the report says why it stopped.
+(:meth:`~rabbitry.outbox.store.Outbox.release`), and the report says why it stopped.
 
 The re-published message is the stored one: same message id, body bytes and headers, so a
 consumer can drop a copy it already handled. Delivery is at-least-once: a run killed (SIGKILL)
 between the broker's confirm and the database update leaves the batch in flight pending,
 leased until its lease ends; that batch, at most, is sent again.
+
+An operator's requeue (the back-office, :func:`requeue_messages`) is the same run, for
+everything pending that matches a filter or for selected rows (a selected row that was
+processed already is made pending again first: an explicit re-send); rows it got confirmed get
+``requeued_at``.
 """
 
 from __future__ import annotations
@@ -47,14 +53,15 @@ from rabbitry.errors import MessageError, StorageError
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus
 from rabbitry.messaging.settings import AmqpSettings
-from rabbitry.outbox import leases
 from rabbitry.outbox.exchanges import ExchangeCheck
 from rabbitry.outbox.filters import RequeueFilter
-from rabbitry.outbox.ledger import Cursor, Ledger, PendingRow
+from rabbitry.outbox.message import OutboxMessage
+from rabbitry.outbox.store import Cursor, Outbox
 
 log = logging.getLogger(__name__)
 
 MAX_DISTINCT_ERRORS = 20
+MAX_SELECTED = 10_000
 TAKEN_OVER = "taken over by another run after this run's lease ended"
 # A batch older than this share of its lease is re-checked in the database before publishing.
 RENEW_AFTER = 0.5
@@ -79,7 +86,7 @@ class RequeueOptions:
 
 @dataclass(frozen=True, slots=True)
 class RowOutcome:
-    row: PendingRow
+    row: OutboxMessage
     error: str | None = None
     # False for a row failed without a publish (its exchange is missing, it is corrupt).
     tried: bool = True
@@ -124,7 +131,7 @@ Progress = Callable[[Sequence[RowOutcome]], None]
 
 
 async def requeue(
-    ledger: Ledger,
+    outbox: Outbox,
     publisher: Publisher,
     where: RequeueFilter,
     *,
@@ -143,10 +150,10 @@ async def requeue(
     Raises :class:`StorageError` if the database fails (rows leased so far are released when
     possible, else their lease expires).
     """
-    cursor = await ledger.start(where)
+    cursor = await outbox.start(where)
     if cursor is None:
         return RequeueReport()
-    run = _Run(ledger, publisher, where, options, progress, stopping, exchanges)
+    run = _Run(outbox, publisher, where, options, progress, stopping, exchanges)
     return await run.go(cursor)
 
 
@@ -155,7 +162,7 @@ class _Leased:
     """A batch as claimed, and when (both clocks: the monotonic one stops while the machine
     sleeps, the wall clock can jump)."""
 
-    rows: list[PendingRow]
+    rows: list[OutboxMessage]
     monotonic: float
     wall: float
 
@@ -173,7 +180,7 @@ class _Run:
 
     def __init__(
         self,
-        ledger: Ledger,
+        outbox: Outbox,
         publisher: Publisher,
         where: RequeueFilter,
         options: RequeueOptions,
@@ -181,7 +188,7 @@ class _Run:
         stopping: asyncio.Event | None,
         exchanges: ExchangeCheck | None,
     ) -> None:
-        self.ledger = ledger
+        self.outbox = outbox
         self.publisher = publisher
         self.where = where
         self.options = options
@@ -225,7 +232,7 @@ class _Run:
                 # Published rows: record them, or a later run publishes them again.
                 await asyncio.gather(settling, return_exceptions=True)
             with contextlib.suppress(StorageError):
-                await leases.release(self.ledger, self.token)
+                await self.outbox.release(self.token)
         with contextlib.suppress(StorageError):
             await self._count_the_rest(cursor.max_id)
         return self.report
@@ -233,13 +240,9 @@ class _Run:
     async def _count_the_rest(self, max_id: int) -> None:
         """Rows another run holds (skipped), and, if this run stopped early, the rows it left
         untouched: those after the last batch it recorded, not held by another run."""
-        self.report.skipped = await leases.held_elsewhere(
-            self.ledger, self.where, max_id, self.token
-        )
+        self.report.skipped = await self.outbox.held_elsewhere(self.where, max_id, self.token)
         if self.report.stopped is not None:
-            self.report.left = await leases.untouched(
-                self.ledger, self.where, max_id, self.recorded_upto
-            )
+            self.report.left = await self.outbox.untouched(self.where, max_id, self.recorded_upto)
 
     async def _claim_ahead(self, cursor: Cursor, batches: asyncio.Queue[Batch]) -> None:
         try:
@@ -248,7 +251,7 @@ class _Run:
                 # however long the claim then takes to come back (or the process is paused).
                 started = (time.monotonic(), time.time())
                 claim = asyncio.ensure_future(
-                    self.ledger.claim(
+                    self.outbox.claim(
                         self.where,
                         cursor,
                         token=self.token,
@@ -297,7 +300,7 @@ class _Run:
                 )
                 return None
 
-    async def _still_ours(self, batch: list[PendingRow], leased: _Leased) -> list[PendingRow]:
+    async def _still_ours(self, batch: list[OutboxMessage], leased: _Leased) -> list[OutboxMessage]:
         """The rows of ``batch`` this run may publish: all of them while its lease is young;
         else only those the database says are still leased to it (renewed)."""
         if leased.age() < self.options.lease.total_seconds() * RENEW_AFTER:
@@ -305,9 +308,7 @@ class _Run:
             # throughput, measured); a lease this young cannot have been taken over, with
             # clocks that differ by less than the remaining half of the lease.
             return batch
-        held = await leases.renew(
-            self.ledger, self.token, [r.id for r in batch], self.options.lease
-        )
+        held = await self.outbox.renew(self.token, [r.id for r in batch], self.options.lease)
         if len(held) < len(batch):
             log.warning("requeue: %d row(s) %s", len(batch) - len(held), TAKEN_OVER)
         return [r for r in batch if r.id in held]
@@ -329,7 +330,7 @@ class _Run:
         return False
 
     async def _settle(self, outcomes: Sequence[RowOutcome]) -> None:
-        await self.ledger.settle(
+        await self.outbox.settle(
             self.token,
             published=[o.row.id for o in outcomes if o.error is None],
             failed=[(o.row.id, o.row.attempts, o.error) for o in outcomes if o.error],
@@ -345,10 +346,10 @@ def _wholly_failed(outcomes: Sequence[RowOutcome]) -> bool:
 
 
 async def _publish(
-    publisher: Publisher, rows: Sequence[PendingRow], exchanges: ExchangeCheck | None
+    publisher: Publisher, rows: Sequence[OutboxMessage], exchanges: ExchangeCheck | None
 ) -> list[RowOutcome]:
     outcomes: dict[int, RowOutcome] = {}
-    groups: dict[str, list[tuple[PendingRow, Message]]] = {}
+    groups: dict[str, list[tuple[OutboxMessage, Message]]] = {}
     missing = await exchanges.missing({r.exchange for r in rows}) if exchanges else set()
     for row in rows:
         error: str | None
@@ -399,3 +400,46 @@ def _count(report: RequeueReport, outcomes: Sequence[RowOutcome]) -> None:
     report.failed += failed
     if failed:
         log.warning("requeue: %d of %d row(s) failed in this batch", failed, len(outcomes))
+
+
+async def requeue_messages(
+    outbox: Outbox,
+    publisher: Publisher,
+    where: RequeueFilter,
+    *,
+    exchanges: ExchangeCheck | None = None,
+    progress: Progress | None = None,
+    options: RequeueOptions = RequeueOptions(),
+) -> RequeueReport:
+    """Requeue what ``where`` selects, as ``rabbitry requeue`` does (:func:`requeue`).
+
+    With ``where.ids`` (selected rows, at most :data:`MAX_SELECTED`), processed rows among
+    them are made pending again first; deleted rows are never sent. Rows the broker confirmed
+    get ``requeued_at``.
+    """
+    if where.ids is not None:
+        if len(where.ids) > MAX_SELECTED:
+            raise ValueError(f"select at most {MAX_SELECTED} rows")
+        await outbox.reopen(sorted(where.ids))
+    stamping: list[asyncio.Task[None]] = []
+
+    def recorded(outcomes: Sequence[RowOutcome]) -> None:
+        published = [o.row.id for o in outcomes if o.published]
+        if published:
+            stamping.append(asyncio.create_task(outbox.mark_requeued(published)))
+        if progress is not None:
+            progress(outcomes)
+
+    try:
+        return await requeue(
+            outbox, publisher, where, options=options, progress=recorded, exchanges=exchanges
+        )
+    finally:
+        await asyncio.gather(*stamping)
+
+
+def selected(ids: Sequence[int]) -> RequeueFilter:
+    """The filter of "requeue these rows"."""
+    if not ids:
+        raise ValueError("no row selected")
+    return RequeueFilter(ids=frozenset(ids))

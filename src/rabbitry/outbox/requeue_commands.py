@@ -34,7 +34,6 @@ from rabbitry.messaging.publisher import Publisher
 from rabbitry.outbox import registry
 from rabbitry.outbox.exchanges import ExchangeCheck
 from rabbitry.outbox.filters import FilterError, RequeueFilter, parse_filter
-from rabbitry.outbox.ledger import Ledger
 from rabbitry.outbox.requeue import (
     RequeueOptions,
     RequeueReport,
@@ -42,6 +41,7 @@ from rabbitry.outbox.requeue import (
     requeue,
     without_circuit,
 )
+from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 FAILED = 1
@@ -49,7 +49,7 @@ SKIPPED = 3
 
 
 @dataclass(slots=True)
-class Outcome:
+class RunResult:
     report: RequeueReport | None  # None: stopped at once by a second signal
     signal: signal.Signals | None = None
 
@@ -133,7 +133,7 @@ async def _main(
     verbose: bool,
     zone: dt.tzinfo | None,
     options: RequeueOptions,
-) -> Outcome:
+) -> RunResult:
     stopping = asyncio.Event()
     caught: list[signal.Signals] = []
     work = asyncio.ensure_future(_requeue(config, where, verbose, zone, options, stopping))
@@ -151,7 +151,7 @@ async def _main(
             if not caught:
                 raise
             report = None
-    return Outcome(report, caught[0] if caught else None)
+    return RunResult(report, caught[0] if caught else None)
 
 
 @contextlib.contextmanager
@@ -186,10 +186,10 @@ async def _requeue(
         Publisher(without_circuit(config.amqp), name=f"{config.namespace}-requeue") as pub,
     ):
         await db.upgrade()  # a fresh database gets its tables, as with every other command
-        ledger = Ledger(db)
-        total = await ledger.count(where)
+        outbox = Outbox(db)
+        total = await outbox.count(where)
         if total == 0 and where.queue:
-            note = await _nothing_pending(db, ledger, where)
+            note = await _nothing_pending(db, outbox, where)
             if note:
                 print(f"note: {note}", file=sys.stderr)  # one line, never wrapped
         out = Console(highlight=False, soft_wrap=True)
@@ -213,7 +213,7 @@ async def _requeue(
 
             try:
                 return await requeue(
-                    ledger,
+                    outbox,
                     pub,
                     where,
                     options=options,
@@ -225,11 +225,11 @@ async def _requeue(
                 await exchanges.close()
 
 
-async def _nothing_pending(db: Database, ledger: Ledger, where: RequeueFilter) -> str | None:
+async def _nothing_pending(db: Database, outbox: Outbox, where: RequeueFilter) -> str | None:
     """Why a run for ``where.queue`` found nothing, when that may surprise the user."""
     assert where.queue is not None
     if where.since is not None or where.before is not None:
-        outside = await ledger.count(RequeueFilter(queue=where.queue, origin=where.origin))
+        outside = await outbox.count(RequeueFilter(queue=where.queue, origin=where.origin))
         if outside:
             return (
                 f"{where.queue!r} has no pending rows between FROM and TO, "

@@ -26,9 +26,26 @@ sockets of that session. Notices are not kept for absent listeners: after a reco
 ``authenticate`` again for every open socket (see :mod:`rabbitry.sessions.notices`).
 """
 
+from pathlib import Path
+
 from rabbitry.sessions.backends import open_manager
 from rabbitry.sessions.manager import Principal, SessionManager
 from rabbitry.sessions.notices import REVOKED
+from rabbitry.sessions.tenants import Tenants, check_tenant
+from rabbitry.sessions.throttle import MemoryLoginThrottle
 from rabbitry.sessions.topology import TenantsLayout
 
-__all__ = ["REVOKED", "Principal", "SessionManager", "TenantsLayout", "open_manager"]
+MIGRATIONS = Path(__file__).with_name("migrations")
+"""This part's Alembic revisions (a version location)."""
+
+__all__ = [
+    "MIGRATIONS",
+    "REVOKED",
+    "MemoryLoginThrottle",
+    "Principal",
+    "SessionManager",
+    "Tenants",
+    "TenantsLayout",
+    "check_tenant",
+    "open_manager",
+]

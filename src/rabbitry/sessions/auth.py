@@ -18,6 +18,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Path, Request
 
 from rabbitry.sessions.manager import Principal, SessionManager
+from rabbitry.sessions.tokens import TENANT_PATTERN
 from rabbitry.web import (
     bearer_token,
     get_settings,
@@ -28,7 +29,6 @@ from rabbitry.web import (
     unauthorized,
 )
 
-TENANT_PATTERN = r"^[a-z0-9-]{1,63}$"
 TenantPath = Annotated[str, Path(pattern=TENANT_PATTERN, description="a tenant name")]
 
 manager_of = resource(SessionManager)

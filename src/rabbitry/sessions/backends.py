@@ -38,7 +38,11 @@ def open_store(settings: Settings, database: Database) -> SessionStore:
 
 
 def users_of(settings: Settings, database: Database) -> Users:
-    return Users(database, hasher(settings.password_time_cost, settings.password_memory_kib))
+    return Users(
+        database,
+        hasher(settings.password_time_cost, settings.password_memory_kib),
+        concurrent_checks=settings.password_checks,
+    )
 
 
 @asynccontextmanager
@@ -53,9 +57,13 @@ async def open_manager(
         cache: SessionCache
         throttle: LoginThrottle
         if settings.redis_url is None:
-            cache = MemorySessionCache(ttl=settings.session_cache_ttl)
+            cache = MemorySessionCache(
+                ttl=settings.session_cache_ttl, max_entries=settings.session_cache_max_entries
+            )
             throttle = MemoryLoginThrottle(
-                max_failures=settings.login_max_failures, lockout=settings.login_lockout
+                max_failures=settings.login_max_failures,
+                lockout=settings.login_lockout,
+                per_client=settings.login_max_per_client,
             )
         else:
             redis = Redis.from_url(
@@ -72,6 +80,7 @@ async def open_manager(
                 namespace=settings.namespace,
                 max_failures=settings.login_max_failures,
                 lockout=settings.login_lockout,
+                per_client=settings.login_max_per_client,
             )
         listener = None if publisher is None else RevocationNotices(publisher, settings.namespace)
         yield SessionManager(

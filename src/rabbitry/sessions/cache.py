@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -23,7 +24,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from rabbitry.errors import StorageError
-from rabbitry.sessions.store import SessionRecord, utcnow
+from rabbitry.sessions.store import SessionRecord
+from rabbitry.storage.clock import utcnow
 
 # KEYS: entry, index. ARGV: json, ttl ms, member, expiry ms (epoch), now ms (epoch).
 _PUT = """
@@ -127,12 +129,19 @@ class RedisSessionCache:
 
 
 class MemorySessionCache:
-    """The same cache in this process's memory (``RABBITRY_REDIS_URL`` unset)."""
+    """The same cache in this process's memory (``RABBITRY_REDIS_URL`` unset), holding at most
+    ``max_entries`` sessions: expired ones leave on every write, and past the cap the entry
+    written longest ago goes (a cache miss reads the store again; nothing is lost)."""
 
-    def __init__(self, *, ttl: float) -> None:
+    def __init__(self, *, ttl: float, max_entries: int = 100_000) -> None:
         self._ttl = ttl
-        self._entries: dict[tuple[str, str], tuple[SessionRecord, float]] = {}
+        self._cap = max_entries
+        # In write order, which is expiry order but for sessions expiring before the TTL.
+        self._entries: OrderedDict[tuple[str, str], tuple[SessionRecord, float]] = OrderedDict()
         self._index: dict[tuple[str, int], set[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     async def get(self, tenant: str, token_hash: str) -> SessionRecord | None:
         found = self._entries.get((tenant, token_hash))
@@ -145,9 +154,17 @@ class MemorySessionCache:
         return record
 
     async def put(self, record: SessionRecord) -> None:
-        until = time.monotonic() + _ttl_ms(record, self._ttl) / 1000
-        self._entries[(record.tenant, record.token_hash)] = (record, until)
+        now = time.monotonic()
+        until = now + _ttl_ms(record, self._ttl) / 1000
+        key = (record.tenant, record.token_hash)
+        self._entries[key] = (record, until)
+        self._entries.move_to_end(key)
         self._index.setdefault((record.tenant, record.user_id), set()).add(record.token_hash)
+        while self._entries:
+            oldest, oldest_until = next(iter(self._entries.values()))
+            if oldest_until > now and len(self._entries) <= self._cap:
+                break
+            self._drop(oldest)
 
     async def evict(self, records: Sequence[SessionRecord]) -> None:
         for record in records:

@@ -15,6 +15,10 @@ declares the tenant's queue before consuming: a tenant is served within about a 
 restart and no extra message flow. A full re-read every ``FULL_SCAN_EVERY`` polls catches a
 tenant whose insert committed out of id order.
 
+**Bad tenant rows.** A row whose name is not a valid tenant name (an older version let some in)
+is logged once, counted in ``rabbitry_invalid_tenants`` and skipped: one tenant's data never
+stops DISPATCH, nor, under ``rabbitry up``, the services beside it.
+
 **Broker loss.** Each worker reconnects with backoff and declares and subscribes again by itself
 (the Worker's own loop), so all tenants resume after the broker drops the connections.
 """
@@ -26,6 +30,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
+from rabbitry import metrics
 from rabbitry.config import Settings
 from rabbitry.errors import ConfigError, RabbitryError
 from rabbitry.messaging.consumer import Reject, Retry, Subscription
@@ -83,9 +88,20 @@ class RemovalHandler:
             async with self._limit:
                 await self._client.revoke(self.tenant, session_id)
 
-        async with asyncio.TaskGroup() as group:
-            for session_id in ids:
-                group.create_task(one(session_id))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for session_id in ids:
+                    group.create_task(one(session_id))
+        except ExceptionGroup as group_error:
+            # Concurrent deletes fail together (SESSION down): report the real failure, not
+            # "ExceptionGroup", so the retry and the dead letter say why.
+            failed, rest = group_error.split(SessionServiceError)
+            if failed is None or rest is not None:
+                raise
+            first = failed.exceptions[0]
+            raise SessionServiceError(
+                f"{len(failed.exceptions)} of {len(ids)} deletes failed: {first}"
+            ) from first
 
 
 class DispatchService:
@@ -105,6 +121,7 @@ class DispatchService:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._last_id = 0
         self._polls = 0
+        self._skipped: set[str] = set()
 
     async def run(self, stopping: asyncio.Event) -> None:
         settings = self.settings
@@ -128,7 +145,10 @@ class DispatchService:
                         handler = RemovalHandler(
                             tenant, store, client, batch=settings.dispatch_batch
                         )
-                        self._start(tenant, handler, stopping)
+                        try:
+                            self._start(tenant, handler, stopping)
+                        except ValueError as exc:  # a name the broker's names refuse
+                            self._skip(tenant, str(exc))
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stopping.wait(), settings.tenant_poll_interval)
             finally:
@@ -148,13 +168,26 @@ class DispatchService:
                 names.append(name)
         try:
             found = await tenants.since(after)
+            if after == 0:
+                for bad in await tenants.invalid():
+                    self._skip(bad.name, "not a valid tenant name")
         except RabbitryError as exc:
             log.warning("dispatch: cannot read tenants (%s); trying again", exc)
             found = []
         if found:
             self._last_id = max(self._last_id, found[-1].id)
         names += [t.name for t in found]
-        return [name for name in dict.fromkeys(names) if name not in self._tasks]
+        return [
+            name
+            for name in dict.fromkeys(names)
+            if name not in self._tasks and name not in self._skipped
+        ]
+
+    def _skip(self, tenant: str, why: str) -> None:
+        if tenant not in self._skipped:
+            self._skipped.add(tenant)
+            metrics.INVALID_TENANTS.set(len(self._skipped))
+            log.error("dispatch: skipping tenant row %r: %s", tenant[:70], why)
 
     def _start(self, tenant: str, handler: RemovalHandler, stopping: asyncio.Event) -> None:
         settings = self.settings
@@ -169,3 +202,9 @@ class DispatchService:
         self.workers[tenant] = worker
         self._tasks[tenant] = asyncio.create_task(worker.run(stopping), name=worker.name)
         log.info("dispatch: serving tenant %s (%s)", tenant, queue)
+
+
+def _first(group: BaseExceptionGroup[SessionServiceError]) -> SessionServiceError:
+    """The first leaf of a (possibly nested) group."""
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Path
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, SecretStr
 
@@ -32,6 +32,7 @@ from rabbitry.sessions.backends import open_manager
 from rabbitry.sessions.manager import LoginStatus, SessionManager
 from rabbitry.sessions.removal import UserRemoval
 from rabbitry.sessions.tenants import Tenants, declare_tenant
+from rabbitry.sessions.tokens import TENANT_PATTERN
 from rabbitry.sessions.users import MAX_PASSWORD, MAX_USERNAME
 from rabbitry.web import (
     AdminDep,
@@ -51,7 +52,7 @@ SessionIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 
 
 class TenantIn(BaseModel):
-    name: str = Field(pattern=r"^[a-z0-9-]{1,63}$")
+    name: str = Field(pattern=TENANT_PATTERN)
 
 
 class Credentials(BaseModel):
@@ -131,6 +132,9 @@ async def remove_user(
 ) -> dict[str, Any]:
     """Remove the user and enqueue the removal of their sessions; does not wait for it."""
     receipt = await UserRemoval(settings, manager.users, publisher).remove(tenant, user_id)
+    # The user row is gone, so no cache miss authenticates their tokens any more; evicting
+    # what this process can reach makes the cache hits stop at once too.
+    await manager.forget_user(tenant, user_id)
     return receipt.to_json()
 
 
@@ -139,9 +143,10 @@ async def remove_user(
 
 @session_router.post("/{tenant}/sessions", status_code=201, response_model=None)
 async def login(
-    tenant: TenantPath, body: Credentials, manager: Manager, settings: SettingsDep
+    request: Request, tenant: TenantPath, body: Credentials, manager: Manager, settings: SettingsDep
 ) -> Any:
-    result = await manager.login(tenant, body.username, body.password)
+    client = request.client.host if request.client is not None else ""
+    result = await manager.login(tenant, body.username, body.password, client=client)
     if result.status is LoginStatus.THROTTLED:
         lockout = settings.login_lockout
         return JSONResponse(

@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from rabbitry.sessions.cache import SessionCache
-from rabbitry.sessions.store import SessionRecord, SessionStore, utcnow
+from rabbitry.sessions.store import SessionRecord, SessionStore
 from rabbitry.sessions.throttle import LoginThrottle
 from rabbitry.sessions.tokens import (
     new_session_id,
@@ -27,6 +27,7 @@ from rabbitry.sessions.tokens import (
     token_tenant,
 )
 from rabbitry.sessions.users import UserInfo, Users
+from rabbitry.storage.clock import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +86,19 @@ class SessionManager:
         self._ttl = dt.timedelta(seconds=ttl)
         self._listener = listener
 
-    async def login(self, tenant: str, username: str, password: str) -> LoginResult:
-        """A new session and its token, or why not."""
-        if await self._throttle.blocked(tenant, username):
+    async def login(
+        self, tenant: str, username: str, password: str, *, client: str = ""
+    ) -> LoginResult:
+        """A new session and its token, or why not; ``client`` is the caller's address (the
+        throttle limits attempts per address too)."""
+        # The attempt is counted before the password is checked: concurrent guesses cannot
+        # all get through before the first failure is recorded.
+        if not await self._throttle.attempt(tenant, username, client):
             return LoginResult(LoginStatus.THROTTLED)
         user = await self.users.verify(tenant, username, password)
         if user is None:
-            await self._throttle.failed(tenant, username)
             return LoginResult(LoginStatus.REFUSED)
-        await self._throttle.succeeded(tenant, username)
+        await self._throttle.succeeded(tenant, username, client)
         token = new_token(tenant)
         record = _new_record(user, token, self._ttl)
         await self.store.add(record)
@@ -116,8 +121,12 @@ class SessionManager:
             record = await self.store.by_token(tenant, hashed)
             if record is None:
                 return None
+            # A removed user's sessions stay in the store until DISPATCH reaches them (later,
+            # or much later with the broker down): they must not authenticate meanwhile.
+            if await self.users.get(tenant, record.user_id) is None:
+                return None
             await self.cache.put(record)
-            if await self._gone(record):
+            if await self._gone(record) or await self.users.get(tenant, record.user_id) is None:
                 await self.cache.evict([record])
                 return None
         if not hmac.compare_digest(record.token_hash.encode(), hashed.encode()) or record.expired(
@@ -151,6 +160,25 @@ class SessionManager:
             except Exception:  # a notice must never undo or fail a done revocation
                 log.exception("could not announce %d revoked session(s)", len(removed))
         return removed
+
+    async def forget_user(self, tenant: str, user_id: int) -> int:
+        """Evict a removed user's sessions from the cache now (their removal from the store is
+        DISPATCH's work): how many were evicted. Cache misses then find the user gone."""
+        records = await self.store.of_user(tenant, user_id)
+        await self.cache.evict(records)
+        return len(records)
+
+    async def forget_sessions(self, tenant: str, user_id: int, session_ids: Sequence[str]) -> int:
+        """Evict these sessions of a user from this manager's cache (a revocation another
+        process did: its notice names the sessions, not their tokens); how many were cached."""
+        wanted = set(session_ids)
+        found = []
+        for hashed in await self.cache.cached_for(tenant, user_id):
+            record = await self.cache.get(tenant, hashed)
+            if record is not None and record.id in wanted:
+                found.append(record)
+        await self.cache.evict(found)
+        return len(found)
 
     async def _gone(self, record: SessionRecord) -> bool:
         return await self.store.get(record.tenant, record.id) is None

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from rabbitry.events.models import UTCDateTime
 from rabbitry.storage.base import Base
-
-Sequence = BigInteger().with_variant(Integer(), "sqlite")
+from rabbitry.storage.columns import BigId, UTCDateTime
 
 
 class Tenant(Base):
     __tablename__ = "tenants"
     __table_args__ = (UniqueConstraint("name"), {"sqlite_autoincrement": True})
 
-    id: Mapped[int] = mapped_column(Sequence, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(63))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
@@ -31,7 +29,7 @@ class User(Base):
     __tablename__ = "tenant_users"
     __table_args__ = (UniqueConstraint("tenant", "username"), {"sqlite_autoincrement": True})
 
-    id: Mapped[int] = mapped_column(Sequence, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     tenant: Mapped[str] = mapped_column(String(63), ForeignKey("tenants.name", ondelete="CASCADE"))
     username: Mapped[str] = mapped_column(String(255))
     password_hash: Mapped[str] = mapped_column(String(255))

@@ -21,7 +21,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
 from rabbitry.errors import StorageError
-from rabbitry.sessions.store import SessionRecord, utcnow
+from rabbitry.sessions.store import SessionRecord
+from rabbitry.storage.clock import utcnow
 
 Document = dict[str, Any]
 

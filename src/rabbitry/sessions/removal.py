@@ -18,8 +18,7 @@ from typing import Any
 
 from rabbitry.config import Settings
 from rabbitry.errors import MessageError
-from rabbitry.events.change import SYSTEM_USER, ChangeEvent, ChangeType
-from rabbitry.events.emitter import Emitter
+from rabbitry.events import SYSTEM_USER, ChangeEvent, ChangeType, Emitter
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
 from rabbitry.sessions.tenants import check_tenant

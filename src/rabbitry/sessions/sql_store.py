@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from sqlalchemy import Executable, delete, select
 
 from rabbitry.sessions.models import StoredSession
-from rabbitry.sessions.store import SessionRecord, utcnow
+from rabbitry.sessions.store import SessionRecord
 from rabbitry.storage import Database
+from rabbitry.storage.clock import utcnow
 
 # Sweep a tenant's expired rows on one login in this many: cheap (the expiry index), and often
 # enough that the table holds roughly the live sessions.

@@ -66,10 +66,6 @@ class SessionRecord:
         }
 
 
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 class SessionStore(Protocol):
     """Session documents of every tenant. Errors surface as :class:`StorageError`."""
 

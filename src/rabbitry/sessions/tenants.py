@@ -1,5 +1,9 @@
 """Tenants (USER): names checked once here, because they become parts of queue names,
-collection names and cache keys. ``[a-z0-9-]{1,63}``, no other characters, no exceptions.
+collection names and cache keys. ``[a-z0-9][a-z0-9-]{0,62}`` (:data:`TENANT_PATTERN`), no other
+characters, no exceptions: the API, the store and the broker names all use this one pattern.
+
+A row an older version let in (``-x``) is not fatal to anyone: :meth:`Tenants.since` hands back
+only valid names and :meth:`Tenants.invalid` lists the others, for an operator to see.
 """
 
 from __future__ import annotations
@@ -15,19 +19,28 @@ from rabbitry.config import Settings
 from rabbitry.errors import BrokerError, Conflict, Invalid, StorageError
 from rabbitry.messaging import Declarer
 from rabbitry.sessions.models import Tenant
-from rabbitry.sessions.store import utcnow
+from rabbitry.sessions.tokens import TENANT_PATTERN
 from rabbitry.sessions.topology import tenant_topology
 from rabbitry.storage import Database
+from rabbitry.storage.clock import utcnow
 
 log = logging.getLogger(__name__)
 
-_TENANT = re.compile(r"^[a-z0-9-]{1,63}$")
+_TENANT = re.compile(TENANT_PATTERN)
+
+
+def is_tenant(name: str) -> bool:
+    """Whether ``name`` is a valid tenant name."""
+    return _TENANT.fullmatch(name) is not None
 
 
 def check_tenant(name: str) -> str:
     """``name`` if it is a valid tenant name, else :class:`Invalid` saying what is allowed."""
-    if not _TENANT.fullmatch(name):
-        raise Invalid(f"invalid tenant name {name[:70]!r}: 1-63 lower-case letters, digits or '-'")
+    if not is_tenant(name):
+        raise Invalid(
+            f"invalid tenant name {name[:70]!r}: 1-63 lower-case letters, digits or '-', "
+            "starting with a letter or digit"
+        )
     return name
 
 
@@ -64,7 +77,15 @@ class Tenants:
 
     async def since(self, after_id: int = 0) -> list[TenantInfo]:
         """Tenants created after the one with id ``after_id``, in creation order: what DISPATCH
-        polls to pick up new tenants (an index range scan, cheap at any poll rate)."""
+        polls to pick up new tenants (an index range scan, cheap at any poll rate). Rows whose
+        name is not a valid tenant name are left out (:meth:`invalid` lists them)."""
+        return [t for t in await self._after(after_id) if is_tenant(t.name)]
+
+    async def invalid(self) -> list[TenantInfo]:
+        """Rows an older version stored with a name no tenant may have: served by nobody."""
+        return [t for t in await self._after(0) if not is_tenant(t.name)]
+
+    async def _after(self, after_id: int) -> list[TenantInfo]:
         query = select(Tenant.id, Tenant.name).where(Tenant.id > after_id).order_by(Tenant.id)
         async with self._db.session() as session:
             rows = (await session.execute(query)).all()

@@ -13,7 +13,11 @@ import re
 import secrets
 
 TOKEN_BYTES = 32  # 256 bits
-_TOKEN = re.compile(r"^(?P<tenant>[a-z0-9-]{1,63})\.(?P<secret>[A-Za-z0-9_-]{43})$")
+# A tenant name, as everywhere (API, store, broker names): a letter or digit, then up to 62
+# letters, digits or '-'. It starts with neither '-' nor '_' because broker names built from it
+# must (rabbitry.messaging.settings.NAME_PATTERN).
+TENANT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+_TOKEN = re.compile(r"^(?P<tenant>[a-z0-9][a-z0-9-]{0,62})\.(?P<secret>[A-Za-z0-9_-]{43})$")
 
 
 def new_token(tenant: str) -> str:

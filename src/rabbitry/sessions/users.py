@@ -17,9 +17,9 @@ from sqlalchemy.exc import IntegrityError
 
 from rabbitry.errors import Conflict, Invalid, NotFound, StorageError
 from rabbitry.sessions.models import Tenant, User
-from rabbitry.sessions.store import utcnow
 from rabbitry.sessions.tenants import check_tenant
 from rabbitry.storage import Database
+from rabbitry.storage.clock import utcnow
 
 MAX_USERNAME = 255
 MAX_PASSWORD = 1024  # argon2 takes any length; a bound keeps one request from costing more
@@ -40,9 +40,18 @@ def hasher(time_cost: int = 3, memory_kib: int = 65536) -> PasswordHasher:
 class Users:
     """The users table, per tenant."""
 
-    def __init__(self, database: Database, passwords: PasswordHasher | None = None) -> None:
+    def __init__(
+        self,
+        database: Database,
+        passwords: PasswordHasher | None = None,
+        *,
+        concurrent_checks: int = 4,
+    ) -> None:
         self._db = database
         self._hasher = passwords or hasher()
+        # Each check takes memory_cost of RAM and a core for tens of ms: a flood of logins
+        # queues here instead of exhausting the machine.
+        self._checks = asyncio.Semaphore(concurrent_checks)
         # Verified when the username is unknown, so both failures cost one argon2 verify.
         self._decoy = self._hasher.hash("rabbitry decoy password")
 
@@ -79,7 +88,8 @@ class Users:
                 )
             ).first()
         stored = self._decoy if row is None else row.password_hash
-        ok = await asyncio.to_thread(self._check, stored, password[:MAX_PASSWORD])
+        async with self._checks:
+            ok = await asyncio.to_thread(self._check, stored, password[:MAX_PASSWORD])
         if row is None or not ok:
             return None
         if self._hasher.check_needs_rehash(stored):

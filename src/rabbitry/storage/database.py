@@ -13,14 +13,15 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -28,11 +29,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from rabbitry.errors import StorageError
-
-if TYPE_CHECKING:
-    from alembic.config import Config
-
-MIGRATIONS = Path(__file__).with_name("migrations")
+from rabbitry.storage.migrations import Migrations
 
 # The advisory lock key of Rabbitry's migrations on PostgreSQL: any fixed bigint, the same in
 # every process of every version ("rabbitry" in ASCII).
@@ -64,25 +61,35 @@ class Database:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """A session in a transaction, committed on success; database errors become
+        """An ORM session in a transaction, committed on success; database errors become
         :class:`StorageError`."""
-        try:
+        with database_errors():
             async with self.sessions.begin() as session:
                 yield session
-        except (SQLAlchemyError, OSError) as exc:  # drivers raise bare OSError when unreachable
-            raise StorageError(f"database error: {type(exc).__name__}: {exc}") from exc
 
-    async def upgrade(self, revision: str = "head") -> None:
-        """Apply Alembic migrations up to ``revision``.
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection]:
+        """A Core connection in a transaction (no unit of work, no identity map: what a query
+        over many rows wants), committed on success; database errors become
+        :class:`StorageError`."""
+        with database_errors():
+            async with self.engine.begin() as connection:
+                yield connection
+
+    async def upgrade(
+        self, revision: str = "heads", *, migrations: Migrations | None = None
+    ) -> None:
+        """Apply the ``migrations`` (every installed part's by default) up to ``revision``.
 
         Raises :class:`StorageError` with the driver's one-line reason (an unreachable server,
         a missing database, a failed migration), never the driver's own exception.
         """
         from alembic import command  # imported here: it is slow, and only migrations need it
 
+        config = (migrations or Migrations.installed()).config(self.url)
         try:
             async with self._migration_lock():
-                await asyncio.to_thread(command.upgrade, alembic_config(self.url), revision)
+                await asyncio.to_thread(command.upgrade, config, revision)
         except StorageError:
             raise
         except Exception as exc:  # Alembic and every driver raise their own types
@@ -122,6 +129,18 @@ class Database:
         await self.close()
 
 
+@contextmanager
+def database_errors() -> Iterator[None]:
+    """Turns what SQLAlchemy and the drivers raise into :class:`StorageError`: the one place
+    that does."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise StorageError(f"database error: {type(exc).__name__}: {exc}") from exc
+    except OSError as exc:  # a refused or dropped connection (TimeoutError too), from the driver
+        raise StorageError(f"database unreachable: {exc}") from exc
+
+
 @asynccontextmanager
 async def open_database(url: str, *, upgrade: bool = True) -> AsyncIterator[Database]:
     """The database at ``url``, migrated to the latest revision unless ``upgrade`` is false."""
@@ -139,15 +158,6 @@ def _reason(exc: BaseException) -> str:
     cause = getattr(exc, "orig", None) or exc
     lines = str(cause).strip().splitlines()
     return lines[0] if lines else type(cause).__name__
-
-
-def alembic_config(url: str) -> Config:
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    return config
 
 
 @asynccontextmanager

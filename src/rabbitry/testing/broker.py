@@ -12,18 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from rabbitry.amqp.link import LinkClosed, LinkError, Outcome, Outgoing
+from rabbitry.amqp.base import REPLY_TO, LinkClosed, LinkError, Outgoing, PublishOutcome
 from rabbitry.amqp.properties import Properties, decode_properties, encode_properties
 from rabbitry.errors import BrokerUnavailable, NotFound, PublishUnroutable
+from rabbitry.messaging.middleware import Middleware
 from rabbitry.messaging.publisher import Fallback, Publisher
 from rabbitry.messaging.settings import AmqpSettings
 from rabbitry.messaging.topology import Topology
 from rabbitry.messaging.worker import Worker
-from rabbitry.testing.clients import MemoryPublisher, MemoryWorker
+from rabbitry.testing.clients import MemoryWorker, memory_publisher
 from rabbitry.testing.link import MemoryLink, Unacked
 from rabbitry.testing.queues import Held, MemoryQueue, QueuedMessage
 from rabbitry.testing.vhost import VirtualHost
@@ -31,6 +32,7 @@ from rabbitry.testing.vhost import VirtualHost
 # A message that expires into a queue that expires it again, forever, is a topology bug; this
 # many expiries in one drain() or advance() call stop it with an error instead of a hang.
 MAX_EXPIRIES = 100_000
+REPLY_PREFIX = REPLY_TO + "."
 
 
 class MemoryBroker(VirtualHost):
@@ -39,6 +41,7 @@ class MemoryBroker(VirtualHost):
     def __init__(self, topology: Topology | None = None) -> None:
         super().__init__()
         self._links: list[MemoryLink] = []
+        self._reply_links: dict[str, MemoryLink] = {}  # direct reply-to address -> its channel
         self._workers: list[MemoryWorker] = []  # started by running(): drain() waits on them
         self._down = False
         self._alarm: str | None = None
@@ -65,9 +68,10 @@ class MemoryBroker(VirtualHost):
         *,
         fallback: Fallback | None = None,
         name: str = "rabbitry",
+        middleware: Sequence[Middleware] = (),
     ) -> Publisher:
         """A real :class:`~rabbitry.Publisher` (same arguments) connected to this broker."""
-        return MemoryPublisher(self, amqp, fallback=fallback, name=name)
+        return memory_publisher(self, amqp, fallback=fallback, name=name, middleware=middleware)
 
     @contextlib.asynccontextmanager
     async def running(self, worker: Worker, *, timeout: float = 10.0) -> AsyncIterator[Worker]:
@@ -77,10 +81,10 @@ class MemoryBroker(VirtualHost):
         self.declare(worker.topology)
         memory = MemoryWorker(self, worker)
         stopping = asyncio.Event()
-        task = asyncio.create_task(memory.run(stopping))
+        task = asyncio.create_task(memory.worker.run(stopping))
         self._workers.append(memory)
         try:
-            started = asyncio.ensure_future(memory.connected.wait())
+            started = asyncio.ensure_future(memory.worker.connected.wait())
             done, _ = await asyncio.wait(
                 [started, task], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
@@ -90,7 +94,7 @@ class MemoryBroker(VirtualHost):
                 raise RuntimeError(f"worker {worker.name} returned before it consumed")
             if started not in done:
                 raise TimeoutError(f"worker {worker.name} did not consume within {timeout:g}s")
-            yield memory
+            yield memory.worker
         finally:
             self._workers.remove(memory)
             stopping.set()
@@ -115,7 +119,7 @@ class MemoryBroker(VirtualHost):
             outcome = self._accept(Outgoing(exchange, routing_key, body), encode_properties(props))
         except LinkClosed as exc:
             raise NotFound(exc.reply_text) from exc
-        if outcome is Outcome.RETURNED:
+        if outcome is PublishOutcome.RETURNED:
             raise PublishUnroutable(f"no queue bound to {exchange!r} for {routing_key!r}")
         await asyncio.sleep(0)
 
@@ -205,19 +209,31 @@ class MemoryBroker(VirtualHost):
         if self._down:
             raise BrokerUnavailable(f"connect {name}-declarer: the in-memory broker is down")
 
-    def _accept(self, item: Outgoing, encoded: bytes) -> Outcome:
+    def _accept(self, item: Outgoing, encoded: bytes) -> PublishOutcome:
         """Route one publish whose properties came encoded as on the wire."""
         if item.exchange and item.exchange not in self._exchanges:
             raise LinkClosed(f"NOT_FOUND - no exchange '{item.exchange}' in vhost '/'", 404)
         # Decoded from the wire encoding: consumers get exactly what RabbitMQ would hand
         # them (integers of any width as int, whole-second timestamps, bytes as bytes).
         properties = decode_properties(encoded)
+        if not item.exchange and item.routing_key.startswith(REPLY_PREFIX):
+            return self._reply(item, properties)
         message = QueuedMessage(item.exchange, item.routing_key, bytes(item.body), properties)
         queues = self._route(item.exchange, item.routing_key)
         for queue in queues:
             queue.put(message, self._now)
         self._poke()
-        return Outcome.RETURNED if not queues and item.mandatory else Outcome.ACKED
+        return PublishOutcome.RETURNED if not queues and item.mandatory else PublishOutcome.ACKED
+
+    def _reply(self, item: Outgoing, properties: Properties) -> PublishOutcome:
+        """Direct reply-to: straight to the requesting channel, never through a queue;
+        returned when that channel is gone, as RabbitMQ does with ``mandatory``."""
+        link = self._reply_links.get(item.routing_key)
+        if link is None or not link.is_open:
+            return PublishOutcome.RETURNED if item.mandatory else PublishOutcome.ACKED
+        body = bytes(item.body)
+        asyncio.get_running_loop().call_soon(link.deliver_reply, item.routing_key, body, properties)
+        return PublishOutcome.ACKED
 
     def _give_back(self, held: Unacked, *, requeue: bool) -> None:
         if self._queues.get(held.queue.name) is not held.queue:
@@ -232,6 +248,8 @@ class MemoryBroker(VirtualHost):
     def _forget(self, link: MemoryLink) -> None:
         if link in self._links:
             self._links.remove(link)
+        if link.reply_address is not None:
+            self._reply_links.pop(link.reply_address, None)
         self._poke()
 
     def _queue(self, name: str) -> MemoryQueue | None:

@@ -1,75 +1,81 @@
-"""The real Publisher and Worker, connected to the in-memory broker instead of RabbitMQ.
+"""The real Publisher and Worker, wired to the in-memory broker instead of RabbitMQ.
 
-Each overrides only the seams that open connections (``_open_link``, ``_declare``) and the
-circuit breaker's clock: everything else, including how a failure is retried, dead-lettered or
-sent to the fallback, is the code that runs in production.
+Each takes the broker's seams through its constructor (``open_link``, the circuit breaker's
+``clock``, a worker's ``declare``), as it takes RabbitMQ's by default: everything else,
+including how a failure is retried, dead-lettered or sent to the fallback, is the code that
+runs in production.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from rabbitry.amqp.link import Link
+from rabbitry.amqp.base import BaseLink
+from rabbitry.messaging.middleware import Middleware
 from rabbitry.messaging.publisher import Fallback, Publisher
 from rabbitry.messaging.settings import AmqpSettings
+from rabbitry.messaging.topology import Topology
 from rabbitry.messaging.worker import Worker
 
 if TYPE_CHECKING:
     from rabbitry.testing.broker import MemoryBroker
     from rabbitry.testing.link import MemoryLink
 
-# MemoryLink has the part of Link that Publisher, Worker and Consumer use; the behaviour suite
-# runs them on both, so a new use of Link shows up there as a failure, not as silent drift.
+
+def memory_publisher(
+    broker: MemoryBroker,
+    amqp: AmqpSettings | None,
+    *,
+    fallback: Fallback | None,
+    name: str,
+    middleware: Sequence[Middleware] = (),
+) -> Publisher:
+    """A :class:`~rabbitry.Publisher` whose connections go to ``broker``, its circuit breaker
+    on the broker's virtual clock."""
+    return Publisher(
+        amqp,
+        fallback=fallback,
+        name=name,
+        open_link=broker._connect,
+        clock=lambda: broker.time,
+        middleware=middleware,
+    )
 
 
-class MemoryPublisher(Publisher):
-    """A :class:`~rabbitry.Publisher` whose connections go to a :class:`MemoryBroker`."""
-
-    def __init__(
-        self,
-        broker: MemoryBroker,
-        amqp: AmqpSettings | None = None,
-        *,
-        fallback: Fallback | None = None,
-        name: str = "rabbitry",
-    ) -> None:
-        super().__init__(amqp, fallback=fallback, name=name)
-        self._broker = broker
-        self._clock = lambda: broker.time
-
-    async def _open_link(self) -> Link:
-        link = await self._broker._connect(f"{self._name}-publisher")
-        await link.confirm_select()
-        return cast(Link, link)
-
-
-class MemoryWorker(Worker):
-    """A copy of a :class:`~rabbitry.Worker` (same name, subscriptions, topology, settings and
-    retry policy) that declares on and consumes from a :class:`MemoryBroker`."""
+class MemoryWorker:
+    """A copy of a :class:`~rabbitry.Worker` (same name, subscriptions, topology, settings,
+    retry policy and middleware) that declares on and consumes from a :class:`MemoryBroker`,
+    and the links it opened there."""
 
     def __init__(self, broker: MemoryBroker, worker: Worker) -> None:
-        super().__init__(
+        self._broker = broker
+        self._links: list[MemoryLink] = []
+        self.worker = Worker(
             worker.name,
             worker.subscriptions,
             worker.topology,
             amqp=worker.amqp,
             retry=worker.retry,
+            middleware=worker.middleware,
+            open_link=self._open_link,
+            declare=self._declare,
         )
-        self._broker = broker
-        self._links: list[MemoryLink] = []
 
     @property
     def consuming(self) -> bool:
         """Connected, no link cut, no consumer cancelled (``connected`` clears only turns later)."""
         links = [link for link in self._links if link.has_consumed]
-        return self.connected.is_set() and all(link.is_open and link.consumers for link in links)
+        return self.worker.connected.is_set() and all(
+            link.is_open and link.consumers for link in links
+        )
 
-    async def _declare(self) -> None:  # the first step of each (re)connection
+    async def _declare(self, topology: Topology) -> None:  # the first step of each (re)connection
         self._links = []
-        await self._broker._connect_declarer(self.name)
-        self._broker.declare(self.topology)
+        await self._broker._connect_declarer(self.worker.name)
+        self._broker.declare(topology)
 
-    async def _open_link(self, name: str) -> Link:
+    async def _open_link(self, name: str) -> BaseLink:
         link = await self._broker._connect(name)
         self._links.append(link)
-        return cast(Link, link)
+        return link

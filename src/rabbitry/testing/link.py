@@ -1,9 +1,9 @@
-"""A connection to the in-memory broker with the surface of :class:`rabbitry.amqp.link.Link`.
+"""A connection to the in-memory broker: the :class:`~rabbitry.amqp.base.BaseLink` protocol.
 
 The real :class:`~rabbitry.Publisher`, :class:`~rabbitry.Worker` and their consumers run on it
 unchanged, so what they decide (confirms, retries, dead letters, the circuit breaker) is the
 production code's, not a copy. Only what a broker would do lives on this side: the broker's
-replies (``Outcome``), channel errors (:class:`LinkClosed` with RabbitMQ's reply codes and
+replies (``PublishOutcome``), channel errors (:class:`LinkClosed` with RabbitMQ's reply codes and
 texts), deliveries to ``on_delivery`` and the settling of their tags.
 """
 
@@ -14,11 +14,21 @@ import itertools
 import logging
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from rabbitry.amqp import wire
-from rabbitry.amqp.link import Delivery, LinkClosed, LinkError, Outcome, Outgoing, Skipped, Unfit
+from rabbitry.amqp.base import (
+    REPLY_TO,
+    BaseLink,
+    LinkClosed,
+    LinkError,
+    Outgoing,
+    PublishOutcome,
+    Received,
+    Skipped,
+    Unfit,
+)
 from rabbitry.amqp.properties import Properties, encode_properties
 from rabbitry.amqp.protocol import CHANNEL
 from rabbitry.testing.queues import MemoryQueue, QueuedMessage
@@ -36,7 +46,7 @@ class MemoryConsumer:
     link: MemoryLink
     tag: str
     queue: MemoryQueue
-    on_delivery: Callable[[Delivery], None]
+    on_delivery: Callable[[Received], None]
     prefetch: int  # 0: unlimited, as basic.qos 0
     unacked: int = 0
 
@@ -53,15 +63,8 @@ class Unacked:
     expires_at: float | None = field(default=None)
 
 
-class MemoryLink:
+class MemoryLink(BaseLink):
     """One connection and channel of the in-memory broker; made by the broker only."""
-
-    on_cancel: Callable[[str], None] | None
-    """As on Link: called with the consumer tag when the broker cancels a consumer (its queue
-    was deleted); unset, the link closes instead."""
-    on_blocked: Callable[[str | None], None] | None
-    """As on Link: called with the alarm's reason when the broker blocks this connection, and
-    with ``None`` when it unblocks it."""
 
     def __init__(self, broker: MemoryBroker, name: str) -> None:
         self.name = name
@@ -77,8 +80,11 @@ class MemoryLink:
         self._unblocked = asyncio.Event()
         self._unblocked.set()
         self._confirming = False
+        self._refused = False  # a publish of this link's was refused (and closed it)
         self._confirming_tasks: set[asyncio.Future[None]] = set()
         self._prefetch = 0
+        self.reply_address: str | None = None
+        self._reply_consumer: tuple[str, Callable[[Received], None]] | None = None
         self._tags = itertools.count(1)
         self._consumer_tags = itertools.count(1)
 
@@ -128,25 +134,30 @@ class MemoryLink:
         properties: Properties,
         *,
         mandatory: bool = True,
-    ) -> asyncio.Future[Outcome]:
+    ) -> asyncio.Future[PublishOutcome]:
         self._publishing()  # as Link: a closed link refuses at once, a channel error comes later
         (encoded,) = _encoded([Outgoing(exchange, routing_key, body, properties, mandatory)])
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[PublishOutcome] = asyncio.get_running_loop().create_future()
         task = asyncio.ensure_future(self._confirm_one(encoded, future))
         self._confirming_tasks.add(task)
         task.add_done_callback(self._confirming_tasks.discard)
         return future
 
     async def _confirm_one(
-        self, item: tuple[Outgoing, bytes], future: asyncio.Future[Outcome]
+        self, item: tuple[Outgoing, bytes], future: asyncio.Future[PublishOutcome]
     ) -> None:
-        (outcome,) = await self._route([item])
+        try:
+            (outcome,) = await self._route([item])
+        except LinkClosed as exc:
+            if not future.done():
+                future.set_exception(exc)
+            return
         if future.done():
             return
-        if outcome is Outcome.REFUSED:
+        if outcome is PublishOutcome.REFUSED:
             assert self._error is not None
             future.set_exception(self._error)
-        elif outcome is Outcome.SKIPPED:
+        elif outcome is PublishOutcome.SKIPPED:
             refusal = self._error
             code = 0 if refusal is None else refusal.reply_code
             text = f"not published: dropped by the broker after a refused publish ({refusal})"
@@ -154,28 +165,43 @@ class MemoryLink:
         else:
             future.set_result(outcome)
 
-    async def publish_many(self, items: Sequence[Outgoing]) -> list[Outcome]:
+    async def publish_many(self, items: Sequence[Outgoing]) -> list[PublishOutcome]:
         if not items:
             return []
         self._publishing()
         return await self._route(_encoded(items))
 
-    async def _route(self, items: Sequence[tuple[Outgoing, bytes]]) -> list[Outcome]:
+    async def _route(self, items: Sequence[tuple[Outgoing, bytes]]) -> list[PublishOutcome]:
         # While an alarm blocks this connection the broker reads nothing from it: no routing,
         # no confirm, until it clears (or the link goes).
         await asyncio.sleep(0)  # a confirm takes at least a turn of the loop
         await self._unblocked.wait()
-        outcomes: list[Outcome] = []
+        if self.closed.done() and not self._refused:
+            # Gone before the broker read these (cut, given up on, closed): as on Link, they
+            # fail with the reason; only a refused publish leaves the ones after it skipped.
+            raise self._error or LinkClosed("closed by the client", 200)
+        outcomes: list[PublishOutcome] = []
         for item, properties in items:
             if self._error is not None:
-                outcomes.append(Outcome.SKIPPED)  # dropped unread after the refused one
+                outcomes.append(PublishOutcome.SKIPPED)  # dropped unread after the refused one
                 continue
             try:
+                if item.properties.reply_to == REPLY_TO:
+                    item, properties = self._addressed(item)
                 outcomes.append(self._broker._accept(item, properties))
             except LinkClosed as exc:  # a channel error: the broker closes the channel
+                self._refused = True
                 self.fail(exc)
-                outcomes.append(Outcome.REFUSED)
+                outcomes.append(PublishOutcome.REFUSED)
         return outcomes
+
+    def _addressed(self, item: Outgoing) -> tuple[Outgoing, bytes]:
+        """A request's ``reply_to`` as RabbitMQ rewrites it: this channel's reply address."""
+        if self.reply_address is None:
+            raise LinkClosed("PRECONDITION_FAILED - fast reply consumer does not exist", 406)
+        properties = replace(item.properties, reply_to=self.reply_address)
+        rewritten = Outgoing(item.exchange, item.routing_key, item.body, properties, item.mandatory)
+        return rewritten, encode_properties(properties)
 
     def set_blocked(self, reason: str | None) -> None:
         """The broker blocks (an alarm) or unblocks this connection."""
@@ -198,12 +224,15 @@ class MemoryLink:
     async def consume(
         self,
         queue: str,
-        on_delivery: Callable[[Delivery], None],
+        on_delivery: Callable[[Received], None],
         *,
         consumer_tag: str | None = None,
         exclusive: bool = False,
+        no_ack: bool = False,
     ) -> str:
         self._check_open()
+        if queue == REPLY_TO:
+            return self._consume_replies(on_delivery, consumer_tag, no_ack)
         target = self._broker._queue(queue)
         if target is None:
             exc = LinkClosed(f"NOT_FOUND - no queue '{queue}' in vhost '/'", 404)
@@ -214,6 +243,32 @@ class MemoryLink:
         self.has_consumed = True
         self._broker._poke()
         return tag
+
+    def _consume_replies(
+        self, on_delivery: Callable[[Received], None], consumer_tag: str | None, no_ack: bool
+    ) -> str:
+        """Direct reply-to: a pseudo-queue per channel, consumed without acks; a request
+        published here with ``reply_to=amq.rabbitmq.reply-to`` carries this channel's address."""
+        if not no_ack:
+            exc = LinkClosed("PRECONDITION_FAILED - reply consumer cannot acknowledge", 406)
+            self.fail(exc)
+            raise exc
+        tag = consumer_tag or f"amq.ctag-{self.name}-{next(self._consumer_tags)}"
+        self.reply_address = f"{REPLY_TO}.{self.name}.{id(self):x}"
+        self._reply_consumer = (tag, on_delivery)
+        self._broker._reply_links[self.reply_address] = self
+        return tag
+
+    def deliver_reply(self, routing_key: str, body: bytes, properties: Properties) -> None:
+        """A message published to this channel's reply address, handed over unacked."""
+        if self._reply_consumer is None or not self.is_open:
+            return
+        tag, on_delivery = self._reply_consumer
+        delivery = Received(next(self._tags), False, "", routing_key, tag, properties, body)
+        try:
+            on_delivery(delivery)
+        except Exception:
+            log.exception("on_delivery for %s raised on a reply", tag)
 
     async def cancel(self, consumer_tag: str) -> None:
         self._check_open()
@@ -233,17 +288,8 @@ class MemoryLink:
         tag = next(self._tags)
         self.unacked[tag] = Unacked(consumer.queue, message, consumer, expires)
         consumer.unacked += 1
-        delivery = Delivery(
-            tag,
-            message.redelivered,
-            message.exchange,
-            message.routing_key,
-            consumer.tag,
-            message.properties,
-            message.body,
-        )
         try:
-            consumer.on_delivery(delivery)
+            consumer.on_delivery(message.delivered(tag, consumer.tag))
         except Exception:  # as Link does: the delivery stays unsettled
             log.exception("on_delivery for %s raised; delivery %d unsettled", consumer.tag, tag)
 
@@ -295,6 +341,7 @@ class MemoryLink:
 
     def _end(self, exc: LinkClosed | None) -> None:
         self.consumers.clear()
+        self._reply_consumer = None
         self._unblocked.set()  # held publishes see the link gone
         # Unsettled deliveries go back to their queues, marked redelivered, first tag first.
         for tag in sorted(self.unacked, reverse=True):

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from rabbitry.amqp.base import Received
 from rabbitry.amqp.properties import Properties
 from rabbitry.messaging import envelope
 from rabbitry.messaging.envelope import Message
@@ -41,17 +42,18 @@ class QueuedMessage:
 
     def message(self, *, strict: bool = False) -> Message:
         """Decode it as a consumer would (raises :class:`~rabbitry.MessageError` if malformed)."""
-        props = self.properties
-        return envelope.decode(
+        return envelope.decode_received(self.delivered(0, ""), strict=strict)
+
+    def delivered(self, delivery_tag: int, consumer_tag: str) -> Received:
+        """What a consumer receives of it, with the broker's tags."""
+        return Received(
+            delivery_tag,
+            self.redelivered,
+            self.exchange,
+            self.routing_key,
+            consumer_tag,
+            self.properties,
             self.body,
-            props.headers,
-            message_id=props.message_id,
-            timestamp=props.timestamp,
-            correlation_id=props.correlation_id,
-            exchange=self.exchange,
-            routing_key=self.routing_key,
-            redelivered=self.redelivered,
-            strict=strict,
         )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from rabbitry.errors import BrokerError, NotFound
+from rabbitry.errors import BrokerError, ConfigError, NotFound
 from rabbitry.messaging.topology import Binding, Exchange, ExchangeType, Queue, Topology
 from rabbitry.testing.queues import MemoryQueue, QueuedMessage, dead_lettered
 from rabbitry.testing.routing import binding_matches
@@ -43,11 +43,12 @@ class VirtualHost:
             if exchange.type is ExchangeType.HEADERS:
                 raise ValueError("the in-memory broker does not route headers exchanges")
             if self._exchanges.setdefault(exchange.name, exchange) != exchange:
-                raise BrokerError(f"declare exchange {exchange.name}: PRECONDITION_FAILED")
+                # A ConfigError, as Declarer raises it: the deployment disagrees with the broker.
+                raise ConfigError(f"declare exchange {exchange.name}: PRECONDITION_FAILED")
         for queue in sorted(topology.queues, key=lambda q: q.name):
             held = self._queues.setdefault(queue.name, MemoryQueue(queue))
             if _shape(held.spec) != _shape(queue):
-                raise BrokerError(f"declare queue {queue.name}: PRECONDITION_FAILED")
+                raise ConfigError(f"declare queue {queue.name}: PRECONDITION_FAILED")
         for binding in sorted(topology.bindings, key=_binding_key):
             self.bind(binding)
 

@@ -22,9 +22,9 @@ from rich.table import Table
 
 from rabbitry.config import Settings
 from rabbitry.console import fail, run, settings
-from rabbitry.outbox import browse
-from rabbitry.outbox.browse import LedgerEntry, LedgerQuery, Page, PageKey, State
 from rabbitry.outbox.filters import FilterError, parse_filter
+from rabbitry.outbox.message import OutboxMessage, OutboxQuery, Page, PageKey, State
+from rabbitry.outbox.store import MAX_PAGE, Outbox
 from rabbitry.storage import Database
 
 NOT_FOUND = 1
@@ -55,7 +55,7 @@ def list_command(
     after: Annotated[
         str | None, typer.Option(help="Page key printed at the end of the previous page.")
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, max=browse.MAX_PAGE, help="Rows per page.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_PAGE, help="Rows per page.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
     utc: Annotated[bool, typer.Option("--utc", help="Dates in UTC, not local time.")] = False,
 ) -> None:
@@ -66,9 +66,9 @@ def list_command(
         key = PageKey.parse(after) if after else None
     except (FilterError, ValueError) as exc:
         fail(str(exc))
-    page = run(_list(settings(ctx), LedgerQuery(where, state), key, limit))
+    page = run(_list(settings(ctx), OutboxQuery(where, state), key, limit))
     if as_json:
-        for entry in page.entries:
+        for entry in page.messages:
             print(json.dumps(_summary(entry), ensure_ascii=False))
     else:
         _table(page, zone)
@@ -107,25 +107,25 @@ def delete_command(
         fail(f"not found or deleted already: {', '.join(f'#{i}' for i in missed)}", NOT_FOUND)
 
 
-async def _list(config: Settings, query: LedgerQuery, key: PageKey | None, limit: int) -> Page:
+async def _list(config: Settings, query: OutboxQuery, key: PageKey | None, limit: int) -> Page:
     async with Database(config.sql_url) as db:
         await db.upgrade()
-        return await browse.list_messages(db, query, after=key, limit=limit)
+        return await Outbox(db).page(query, after=key, limit=limit)
 
 
-async def _get(config: Settings, row_id: int) -> LedgerEntry | None:
+async def _get(config: Settings, row_id: int) -> OutboxMessage | None:
     async with Database(config.sql_url) as db:
         await db.upgrade()
-        return await browse.get_message(db, row_id)
+        return await Outbox(db).get(row_id)
 
 
 async def _delete(config: Settings, row_ids: list[int]) -> list[int]:
     async with Database(config.sql_url) as db:
         await db.upgrade()
-        return await browse.delete_messages(db, row_ids)
+        return await Outbox(db).delete(row_ids)
 
 
-def _summary(entry: LedgerEntry) -> dict[str, object]:
+def _summary(entry: OutboxMessage) -> dict[str, object]:
     record = entry.to_json()
     record.pop("headers")
     return record
@@ -140,7 +140,7 @@ def _table(page: Page, zone: dt.tzinfo | None) -> None:
         table.add_column(column, no_wrap=column in ("id", "created", "processed", "requeued"))
     table.add_column("attempts", justify="right")
     table.add_column("last error")
-    for e in page.entries:
+    for e in page.messages:
         table.add_row(
             str(e.id),
             e.queue,
@@ -157,5 +157,5 @@ def _table(page: Page, zone: dt.tzinfo | None) -> None:
     if not console.is_terminal:  # a pipe or a file: no 80-column wrapping
         console = Console(highlight=False, width=250)
     console.print(table)
-    if not page.entries:
+    if not page.messages:
         print("(no stored message matches)")

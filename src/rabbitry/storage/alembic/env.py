@@ -1,4 +1,9 @@
-"""Alembic environment: runs migrations with the async engine Rabbitry uses."""
+"""Alembic environment: runs the parts' migrations with the async engine Rabbitry uses.
+
+It names no part: the caller's :class:`~rabbitry.storage.migrations.Migrations` gives the version
+locations and, for autogenerate, the metadata (``rabbitry.app.registry.migrations()`` gives the
+registry's parts' own).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-# The one place storage names the parts: autogenerate compares every part's models.
-import rabbitry.chat.history
-import rabbitry.events.models
-import rabbitry.outbox.models
-import rabbitry.sessions.models  # noqa: F401  (each registers its tables on Base.metadata)
-from rabbitry.storage.base import Base
-
-target_metadata = Base.metadata
+target_metadata = context.config.attributes.get("metadata")
 
 
 def _run(connection: Connection) -> None:

@@ -1,0 +1,26 @@
+"""The chat part's table: every chat message, stored once by its id."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from rabbitry.storage.base import Base
+from rabbitry.storage.columns import UTCDateTime
+
+
+class StoredChatMessage(Base):
+    """One chat message as the history keeps it."""
+
+    __tablename__ = "chat_message"
+    __table_args__ = (Index("ix_chat_message_tenant_room_id", "tenant", "room", "id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(63))
+    room: Mapped[str] = mapped_column(String(64))
+    sender: Mapped[str] = mapped_column(String(255))
+    text: Mapped[str] = mapped_column(Text)
+    sent_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    stored_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

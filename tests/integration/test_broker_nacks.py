@@ -1,0 +1,188 @@
+"""RabbitMQ itself refuses a publish (``basic.nack``), or never confirms it: nothing is counted
+published, nothing is lost.
+
+A queue with ``x-max-length=0`` and ``x-overflow=reject-publish`` is always full, so the broker
+nacks every message routed to it: a real nack from a real broker, not a scripted one. Each
+client that publishes is checked against it: ``publish``, ``publish_many``, the outbox fallback,
+the requeue command's engine and the relay. A confirm that never comes (the network path dies
+silently) is the other half: the row stays pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from fixtures.outbox import make_settings, seed_rows
+from helpers import AMQP_URL, RecordingFallback, drain_ids, message
+from rabbitry import Message, Publisher, PublishStatus, Queue, Route, Topology
+from rabbitry.amqp.declarer import Declarer
+from rabbitry.outbox.filters import RequeueFilter
+from rabbitry.outbox.relay import RelayService
+from rabbitry.outbox.requeue import RequeueOptions, requeue, without_circuit
+from rabbitry.outbox.store import Outbox
+from rabbitry.storage import Database
+
+if TYPE_CHECKING:
+    from conftest import Endpoint
+    from rabbitry.config import Settings
+
+NACKED = "broker nacked the message"
+# A user's run would wait up to 30 s for a broker it thinks went away; here the broker is up
+# and says no, so the run must not wait at all to report it.
+NO_WAIT = RequeueOptions(broker_wait=0)
+
+
+def full_queue(name: str) -> Queue:
+    """A queue the broker refuses every message for: always full, and full means nack."""
+    return Queue(name, arguments=(("x-max-length", 0), ("x-overflow", "reject-publish")))
+
+
+async def declare(namespace: str) -> tuple[str, str]:
+    """(full queue, open queue) in ``namespace``, on the default exchange."""
+    full, ok = f"{namespace}.full", f"{namespace}.open"
+    async with await Declarer.connect(AMQP_URL, name=f"{namespace}-nacks") as declarer:
+        await declarer.declare(Topology.of(queues=[full_queue(full), Queue(ok)]))
+    return full, ok
+
+
+# --- the publisher ---------------------------------------------------------------------------
+
+
+async def test_a_nacked_publish_goes_to_the_fallback_and_is_not_counted_published(
+    settings: Settings, broker: object
+) -> None:
+    full, _ = await declare(settings.namespace)
+    fallback = RecordingFallback()
+    sent = Message(type="t", payload=1)
+
+    async with Publisher(settings.amqp, fallback=fallback) as publisher:
+        result = await publisher.publish(sent, Route("", full))
+
+    assert result.status is PublishStatus.PERSISTED
+    assert result.error is not None and NACKED in result.error
+    assert [(r.routing_key, m.id) for r, m, _ in fallback.items] == [(full, sent.id)]
+
+
+async def test_without_a_fallback_a_nacked_publish_is_reported_failed(
+    settings: Settings, broker: object
+) -> None:
+    full, _ = await declare(settings.namespace)
+
+    async with Publisher(settings.amqp) as publisher:
+        result = await publisher.publish(Message(type="t", payload=1), Route("", full))
+        # The channel is still good: a nack is one message's fate, not the connection's.
+        assert (await publisher.publish(Message(type="t", payload=2), Route("", full))).status is (
+            PublishStatus.FAILED
+        )
+
+    assert result.status is PublishStatus.FAILED
+    assert result.error is not None and NACKED in result.error
+
+
+async def test_publish_many_tells_each_nacked_message_from_each_confirmed_one(
+    settings: Settings, broker: object
+) -> None:
+    full, ok = await declare(settings.namespace)
+    fallback = RecordingFallback()
+    items = [(Message(type="t", payload=n), Route("", full if n % 2 else ok)) for n in range(10)]
+
+    async with Publisher(settings.amqp, fallback=fallback) as publisher:
+        results = await publisher.publish_many(items)
+
+    assert [r.status for r in results] == [
+        PublishStatus.PERSISTED if n % 2 else PublishStatus.PUBLISHED for n in range(10)
+    ]
+    assert [r.message_id for r in results] == [m.id for m, _ in items]
+    assert [m.payload for _, m, _ in fallback.items] == [1, 3, 5, 7, 9]
+    assert sorted(await drain_ids(ok, idle=0.3)) == sorted(
+        m.id for m, _ in items if m.payload % 2 == 0
+    )
+
+
+# --- the outbox ------------------------------------------------------------------------------
+
+
+async def test_a_nacked_message_is_stored_in_the_outbox_as_pending(
+    db: Database, outbox_ns: str
+) -> None:
+    full, _ = await declare(outbox_ns)
+    settings = make_settings(db, outbox_ns)
+    sent = message("nacked")
+
+    async with Publisher(settings.amqp, fallback=Outbox(db)) as publisher:
+        result = await publisher.publish(sent, Route("", full, queue="notify_vkm"))
+
+    assert result.status is PublishStatus.PERSISTED
+    (row,) = await Outbox(db).rows(RequeueFilter())
+    assert (row.message_id, row.queue, row.processed) == (sent.id, "notify_vkm", False)
+    assert row.last_error is not None and NACKED in row.last_error
+
+
+async def test_requeue_leaves_a_nacked_row_pending_and_marks_only_the_confirmed_ones(
+    db: Database, outbox_ns: str
+) -> None:
+    full, ok = await declare(outbox_ns)
+    settings = make_settings(db, outbox_ns)
+    refused, taken = message("refused"), message("taken")
+    await seed_rows(db, [(Route("", full), refused, "down"), (Route("", ok), taken, "down")])
+    ledger = Outbox(db)
+
+    async with Publisher(without_circuit(settings.amqp)) as publisher:
+        report = await requeue(ledger, publisher, RequeueFilter(), options=NO_WAIT)
+
+    assert (report.published, report.failed) == (1, 1)
+    assert not report.ok  # the command's exit code is non-zero
+    (row,) = await ledger.rows(RequeueFilter())
+    assert (row.message_id, row.processed, row.attempts) == (refused.id, False, 1)
+    assert row.last_error is not None and NACKED in row.last_error
+    assert await drain_ids(ok, idle=0.3) == [taken.id]
+
+
+async def test_requeue_leaves_a_row_pending_when_its_confirm_never_comes(
+    db: Database, outbox_ns: str, endpoint: Endpoint
+) -> None:
+    _, ok = await declare(outbox_ns)
+    await endpoint.open("forward")
+    settings = make_settings(db, outbox_ns, amqp_url=endpoint.url, publish_timeout=1.0)
+    first, stuck = message("first"), message("stuck")
+    ledger = Outbox(db)
+
+    async with Publisher(without_circuit(settings.amqp)) as publisher:
+        # Connected and confirmed once: the path then dies silently (no FIN, no RST).
+        assert (await publisher.publish(first, Route("", ok))).ok
+        await seed_rows(db, [(Route("", ok), stuck, "down")])
+        endpoint.freeze()
+        try:
+            report = await asyncio.wait_for(
+                requeue(ledger, publisher, RequeueFilter(), options=NO_WAIT), 60
+            )
+        finally:
+            endpoint.thaw()
+
+    assert (report.published, report.failed) == (0, 1)
+    (row,) = await ledger.rows(RequeueFilter())
+    assert (row.message_id, row.processed) == (stuck.id, False)
+    assert row.last_error is not None and "no confirm within" in row.last_error
+
+
+async def test_the_relay_leaves_nacked_rows_pending_and_counts_their_attempt(
+    db: Database, outbox_ns: str
+) -> None:
+    full, _ = await declare(outbox_ns)
+    settings = make_settings(db, outbox_ns)
+    refused = [message(f"refused{n}") for n in range(3)]
+    await seed_rows(db, [(Route("", full), m, "down") for m in refused])
+    ledger = Outbox(db)
+    relay = RelayService(settings, db=db)
+
+    async with Publisher(without_circuit(settings.amqp)) as publisher:
+        report = await relay.run_once(ledger, publisher)
+
+    assert report is not None
+    assert (report.published, report.failed) == (0, 3)
+    assert relay.published == 0
+    rows = await ledger.rows(RequeueFilter())
+    assert sorted(r.message_id for r in rows) == sorted(m.id for m in refused)
+    assert {(r.processed, r.attempts) for r in rows} == {(False, 1)}
+    assert all(r.last_error is not None and NACKED in r.last_error for r in rows)

@@ -1,0 +1,179 @@
+"""A user's removal, end to end in one process over real HTTP: the ``delete`` change event USER
+emits, and DISPATCH removing every session through SESSION, one call per session or (with
+``RABBITRY_DISPATCH_BATCH``) in batches.
+
+USER, SESSION and DISPATCH run in one app served by uvicorn on a local port, because DISPATCH
+calls SESSION over HTTP (``RABBITRY_SESSION_URL``); a pass-through ASGI wrapper records the
+requests SESSION answers, so the test sees which form DISPATCH used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from conftest import BrokerProbe
+from fixtures.sessions import admin, bearer, delete_redis_keys, sessions_settings_for
+from helpers import eventually_true, free_port
+from rabbitry.app.http import create_app
+from rabbitry.app.registry import lifespans, servers
+from rabbitry.config import Settings
+
+SESSIONS = 7
+
+
+@dataclass
+class Recorder:
+    """An ASGI app in front of Rabbitry's: records (method, path) of every HTTP request."""
+
+    app: ASGIApp
+    requests: list[tuple[str, str]] = field(default_factory=list)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.requests.append((scope["method"], scope["path"]))
+        await self.app(scope, receive, send)
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the test runner keeps its own signal handlers
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Recorder]]:
+    """USER + SESSION routers and the DISPATCH worker, on a real port."""
+    names = ["user", "session"]
+    app = create_app(
+        settings,
+        routers=[r for name in names for r in servers()[name]],
+        workers=("dispatch",),
+        lifespans=lifespans("user"),
+    )
+    recorder = Recorder(app)
+    port = int(str(settings.session_url).rsplit(":", 1)[1])
+    server = _Server(uvicorn.Config(recorder, port=port, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    try:
+        for _ in range(600):
+            if server.started or task.done():
+                break
+            await asyncio.sleep(0.05)
+        assert server.started, "the server did not start"
+        async with httpx.AsyncClient(base_url=str(settings.session_url), timeout=30) as client:
+            yield client, recorder
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=60)
+
+
+@pytest.fixture(params=[False, True], ids=["one-by-one", "batch"])
+async def removal_settings(
+    request: pytest.FixtureRequest, namespace: str, tmp_path: Path, broker: BrokerProbe
+) -> AsyncIterator[Settings]:
+    settings = sessions_settings_for(
+        namespace,
+        f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}",
+        None,
+        session_url=f"http://127.0.0.1:{free_port()}",
+        dispatch_batch=request.param,
+    )
+    try:
+        yield settings
+    finally:
+        await delete_redis_keys(namespace)
+
+
+async def user_with_sessions(client: httpx.AsyncClient, tenant: str, name: str) -> list[str]:
+    made = await client.post(
+        f"/api/tenants/{tenant}/users", json={"username": name, "password": "pw"}, headers=admin()
+    )
+    assert made.status_code == 201, made.text
+    tokens = []
+    for _ in range(SESSIONS):
+        login = await client.post(
+            f"/api/tenants/{tenant}/sessions", json={"username": name, "password": "pw"}
+        )
+        assert login.status_code == 201, login.text
+        tokens.append(login.json()["token"])
+    return tokens
+
+
+async def test_dispatch_removes_every_session_of_a_removed_user_in_the_configured_form(
+    removal_settings: Settings, broker: BrokerProbe
+) -> None:
+    async with serving(removal_settings) as (client, recorder):
+        assert (
+            await client.post("/api/tenants", json={"name": "acme"}, headers=admin())
+        ).status_code == 201
+        ann = await user_with_sessions(client, "acme", "ann")
+        bob = await user_with_sessions(client, "acme", "bob")
+        ann_id = (await client.get("/api/tenants/acme/sessions/me", headers=bearer(ann[0]))).json()[
+            "user_id"
+        ]
+        removed = await client.delete(f"/api/tenants/acme/users/{ann_id}", headers=admin())
+        assert removed.status_code == 202, removed.text
+
+        async def all_revoked() -> bool:
+            for token in ann:
+                me = await client.get("/api/tenants/acme/sessions/me", headers=bearer(token))
+                if me.status_code != 401:
+                    return False
+            return True
+
+        await eventually_true(all_revoked, timeout=60, what="every session of ann revoked")
+        for token in bob:
+            me = await client.get("/api/tenants/acme/sessions/me", headers=bearer(token))
+            assert me.status_code == 200
+
+    batches = [
+        r for r in recorder.requests if r == ("POST", "/api/tenants/acme/sessions/revocations")
+    ]
+    singles = [
+        r
+        for r in recorder.requests
+        if r[0] == "DELETE" and r[1].startswith("/api/tenants/acme/sessions/")
+    ]
+    if removal_settings.dispatch_batch:
+        assert (len(batches), singles) == (1, [])
+    else:
+        assert (batches, len(singles)) == ([], SESSIONS)
+
+
+async def test_removing_a_user_emits_one_delete_change_event_saying_who_and_where(
+    removal_settings: Settings, broker: BrokerProbe
+) -> None:
+    queue = f"{removal_settings.namespace}.event-sourcing"
+    async with serving(removal_settings) as (client, _):
+        assert (
+            await client.post("/api/tenants", json={"name": "acme"}, headers=admin())
+        ).status_code == 201
+        made = await client.post(
+            "/api/tenants/acme/users", json={"username": "ann", "password": "pw"}, headers=admin()
+        )
+        user_id = made.json()["id"]
+        await broker.get_all(queue)  # whatever the creation emitted: not this test's subject
+        first = await client.delete(f"/api/tenants/acme/users/{user_id}", headers=admin())
+        again = await client.delete(f"/api/tenants/acme/users/{user_id}", headers=admin())
+
+    assert (first.status_code, first.json()["removed"]) == (202, True)
+    assert (again.status_code, again.json()["removed"]) == (202, False)
+    (event,) = await broker.get_all(queue)  # the second DELETE removed nobody: no event
+    assert event.headers["rr_job"] == "delete"
+    assert json.loads(event.body) == {
+        "entity": "rabbitry.sessions.User",
+        "id": user_id,
+        "user": "system",
+        "data": {"tenant": "acme", "username": "ann", "removed_by": "admin"},
+    }
