@@ -14,6 +14,8 @@ from rabbitry.backoffice.web import (
     Posted,
     context,
     login_form,
+    posted,
+    revoked_of,
     static_file,
 )
 from rabbitry.events import EventStore, parse_time
@@ -69,6 +71,15 @@ async def login(request: Request, got: Posted = Depends(login_form)) -> Response
     ctx.session = ctx.session.logged_in()
     ctx.fresh = True
     return ctx.redirect("/")
+
+
+@router.post("/logout")
+async def logout(request: Request, got: Posted = Depends(posted)) -> Response:
+    ctx = got.ctx
+    revoked_of(request).add(ctx.session)  # the old cookie is worthless from now on
+    ctx.session = type(ctx.session).anonymous()
+    ctx.fresh = True
+    return ctx.redirect("/login")
 
 
 @router.get("/")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from rabbitry.errors import MessageError
+from rabbitry.errors import Invalid, MessageError
 from rabbitry.messaging.envelope import Message, decode
 from rabbitry.messaging.publisher import Route
 from rabbitry.outbox.codec import headers_from_json
@@ -43,13 +43,16 @@ class PageKey:
 
     @classmethod
     def parse(cls, token: str) -> PageKey:
-        """The key of :meth:`token`; raises ``ValueError`` for anything else."""
+        """The key of :meth:`token`; raises :class:`Invalid` for anything else."""
         when, sep, row_id = token.partition("_")
         if not sep or len(when) != 22 or not row_id.isascii() or not row_id.isdigit():
-            raise ValueError(f"not a page key: {token[:80]!r}")
+            raise Invalid(f"not a page key: {token[:80]!r}")
         if len(row_id) > 19 or int(row_id) > 2**63 - 1:  # a BIGINT: past it, OverflowError
-            raise ValueError(f"not a page key: {token[:80]!r}")
-        created = dt.datetime.strptime(when, "%Y%m%dT%H%M%S.%f").replace(tzinfo=dt.UTC)
+            raise Invalid(f"not a page key: {token[:80]!r}")
+        try:
+            created = dt.datetime.strptime(when, "%Y%m%dT%H%M%S.%f").replace(tzinfo=dt.UTC)
+        except ValueError:
+            raise Invalid(f"not a page key: {token[:80]!r}") from None
         return cls(created, int(row_id))
 
 

@@ -49,7 +49,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from rabbitry.errors import MessageError, StorageError
+from rabbitry.errors import Invalid, MessageError, StorageError
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus
 from rabbitry.messaging.settings import AmqpSettings
@@ -419,7 +419,7 @@ async def requeue_messages(
     """
     if where.ids is not None:
         if len(where.ids) > MAX_SELECTED:
-            raise ValueError(f"select at most {MAX_SELECTED} rows")
+            raise Invalid(f"select at most {MAX_SELECTED} rows")
         await outbox.reopen(sorted(where.ids))
     stamping: list[asyncio.Task[None]] = []
 
@@ -441,5 +441,5 @@ async def requeue_messages(
 def selected(ids: Sequence[int]) -> RequeueFilter:
     """The filter of "requeue these rows"."""
     if not ids:
-        raise ValueError("no row selected")
+        raise Invalid("no row selected")
     return RequeueFilter(ids=frozenset(ids))
