@@ -23,6 +23,7 @@ from rabbitry.errors import (
     PublishTimeout,
     PublishUnroutable,
     RabbitryError,
+    ServiceCrashed,
     StorageError,
 )
 from rabbitry.messaging import (
@@ -85,6 +86,7 @@ __all__ = [
     "RetryPolicy",
     "Route",
     "Service",
+    "ServiceCrashed",
     "Settings",
     "StorageError",
     "Subscription",

@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from helpers import Eventually, Handled, publish, work
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
+from rabbitry.errors import ServiceCrashed
 from rabbitry.messaging.consumer import Subscription
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
@@ -377,7 +378,8 @@ async def test_a_crashing_service_stops_the_worker_beside_it(
         f"{settings.namespace}-worker", [Subscription(queue)], topology, amqp=settings.amqp
     )
     stopping = asyncio.Event()
-    await asyncio.wait_for(run_services([worker, Crashing()], stopping), 30)
+    with pytest.raises(ServiceCrashed, match="service crashing crashed: boom"):
+        await asyncio.wait_for(run_services([worker, Crashing()], stopping), 30)
     assert stopping.is_set()
     assert not worker.connected.is_set()
 
