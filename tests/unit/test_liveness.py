@@ -59,3 +59,17 @@ async def test_not_live_while_stopping() -> None:
     health = Health([Consumer()], stopping)
     stopping.set()
     assert health.live() == (False, {"status": "stopping"})
+
+
+async def test_a_process_without_services_is_live_until_it_stops() -> None:
+    stopping = asyncio.Event()
+    health = Health([], stopping)
+    told = asyncio.Event()
+    runner = asyncio.create_task(run_services([], stopping))
+    health.watch(runner, told.set)
+    await asyncio.sleep(0)  # let the runner start: it must not end on its own
+    assert not runner.done()
+    assert health.live() == (True, {"status": "live", "services": []})
+    stopping.set()
+    await asyncio.wait_for(runner, 10)
+    assert not told.is_set()

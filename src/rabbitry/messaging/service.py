@@ -38,6 +38,9 @@ async def run_services(services: Sequence[Service], stopping: asyncio.Event) -> 
     """Run services side by side until ``stopping``; a crashed one stops the others, and once
     they have drained :class:`~rabbitry.errors.ServiceCrashed` is raised: a process must not
     go on looking alive with its services gone."""
+    if not services:  # nothing to run (an HTTP server alone): wait as the services would
+        await stopping.wait()
+        return
     tasks = [asyncio.create_task(s.run(stopping), name=s.name) for s in services]
     crashed: list[tuple[str, BaseException]] = []
     try:
