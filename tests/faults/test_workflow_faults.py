@@ -216,3 +216,53 @@ async def test_a_connection_closed_by_the_broker_stores_every_event_once(
             figures,
             "rabbitmqctl close_connection",
         )
+
+
+async def test_a_whole_cluster_restart_stores_every_event_once(
+    faults: Cluster,
+    cluster_settings: Settings,
+    tmp_path: Path,
+    eventually: Eventually,
+    figures: Figures,
+) -> None:
+    async with storing(cluster_settings, tmp_path) as (events, ledger, database):
+        async with events.running():
+            await eventually(at_least(database, BEFORE), timeout=90, what="the first events")
+            await faults.stop(1, 2, 3)
+            stored = len(events.persisted)
+
+            async def outbox_taking_over() -> bool:
+                return len(events.persisted) > stored
+
+            await eventually(outbox_taking_over, timeout=30, what="the outbox taking over")
+            await faults.start(1, 2, 3)
+            mark = len(await stored_ids(database))
+            await eventually(
+                at_least(database, mark + AFTER), timeout=180, what="events after the restart"
+            )
+        await settle(
+            events, ledger, database, cluster_settings, eventually, figures, "stop and start"
+        )
+
+
+async def test_a_memory_alarm_stores_every_event_once(
+    faults: Cluster,
+    cluster_settings: Settings,
+    tmp_path: Path,
+    eventually: Eventually,
+    figures: Figures,
+) -> None:
+    async with storing(cluster_settings, tmp_path) as (events, ledger, database):
+        async with events.running():
+            await eventually(at_least(database, BEFORE), timeout=90, what="the first events")
+            async with faults.memory_alarm():
+
+                async def outbox_taking_over() -> bool:
+                    return len(events.persisted) >= 20
+
+                await eventually(outbox_taking_over, timeout=30, what="the outbox taking over")
+            mark = len(await stored_ids(database))
+            await eventually(at_least(database, mark + AFTER), timeout=90, what="events again")
+        await settle(
+            events, ledger, database, cluster_settings, eventually, figures, "memory alarm"
+        )
