@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from faults.conftest import Cluster, Figures
+from fixtures.outbox import LatencyProxy
 from helpers import running, scratch_database
 from rabbitry.config import Settings
 from rabbitry.events.models import StoredEvent
@@ -103,21 +104,25 @@ def at_least(database: Database, count: int) -> Callable[[], Awaitable[bool]]:
 
 @contextlib.asynccontextmanager
 async def storing(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, proxy: LatencyProxy | None = None
 ) -> AsyncIterator[tuple[Events, Ledger, Database]]:
     """The workflow worker on the cluster, storing into an event store on PostgreSQL, and a
-    stream of change events whose outbox is the same database."""
+    stream of change events whose outbox is the same database. With a ``proxy`` (to
+    PostgreSQL), the worker reaches the database through it, and nothing else does."""
     async with scratch_database("postgresql", tmp_path) as url:
         database = Database(url)
+        through = Database(url.replace(":5432/", f":{proxy.port}/")) if proxy else database
         try:
             await database.upgrade()
             ledger = Ledger(database)
             async with (
-                running(WorkflowService(settings, database)),
+                running(WorkflowService(settings, through)),
                 Publisher(settings.amqp, fallback=ledger, name=f"{settings.namespace}-app") as p,
             ):
                 yield Events(p, EventsLayout(settings.namespace)), ledger, database
         finally:
+            if through is not database:
+                await through.close()
             await database.close()
 
 
@@ -266,3 +271,40 @@ async def test_a_memory_alarm_stores_every_event_once(
         await settle(
             events, ledger, database, cluster_settings, eventually, figures, "memory alarm"
         )
+
+
+async def test_postgresql_gone_for_ten_seconds_stores_every_event_once(
+    faults: Cluster,
+    cluster_settings: Settings,
+    tmp_path: Path,
+    eventually: Eventually,
+    figures: Figures,
+) -> None:
+    # PostgreSQL serves everyone's tests: the worker reaches it through a proxy that this test
+    # cuts (every connection hung up, new ones refused), instead of stopping the server.
+    # The default retry policy (5 attempts, 1 s doubling) is what must outlast the outage.
+    defaults = Settings()
+    patient = cluster_settings.model_copy(
+        update={
+            "max_attempts": defaults.max_attempts,
+            "retry_base_delay": defaults.retry_base_delay,
+            "retry_max_delay": defaults.retry_max_delay,
+        }
+    )
+    async with (
+        LatencyProxy(0.0, upstream=("127.0.0.1", 5432)) as proxy,
+        storing(patient, tmp_path, proxy) as (events, ledger, database),
+    ):
+        async with events.running():
+            await eventually(at_least(database, BEFORE), timeout=90, what="the first events")
+            await proxy.cut()
+            await asyncio.sleep(10)  # the outage itself, not a synchronisation
+            proxy.refusing = False
+            mark = len(await stored_ids(database))
+            await eventually(at_least(database, mark + AFTER), timeout=120, what="events again")
+        await settle(
+            events, ledger, database, patient, eventually, figures, "PostgreSQL gone for 10 s"
+        )
+        layout = EventsLayout(patient.namespace)
+        dead = await faults.read_ids(f"{layout.event_sourcing_queue}.dlq")
+        assert dead == []
