@@ -26,6 +26,7 @@ from rabbitry.errors import (
     RequestError,
     RequestFailed,
     RequestTimeout,
+    ServiceCrashed,
     StorageError,
 )
 from rabbitry.messaging import (
@@ -99,6 +100,7 @@ __all__ = [
     "RetryPolicy",
     "Route",
     "Service",
+    "ServiceCrashed",
     "Settings",
     "StorageError",
     "Subscription",

@@ -1,8 +1,9 @@
 """The FastAPI app that ``rabbitry up`` and ``rabbitry serve NAME`` run.
 
 Its lifespan owns the process's resources: the database (migrated on start), the publisher
-(with the outbox as fallback), and the services, which it stops and drains on shutdown. Every
-app answers ``/healthz``, ``/metrics`` and ``/asyncapi.json``, whatever routers it serves.
+(with the outbox as fallback), and the services, which it stops and drains on shutdown; a
+service that crashes stops the process (see :mod:`.health`). Every app answers ``/livez``,
+``/readyz``, ``/healthz``, ``/metrics`` and ``/asyncapi.json``, whatever routers it serves.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rabbitry import metrics
 from rabbitry._version import __version__
 from rabbitry.app.asyncapi import asyncapi_document
+from rabbitry.app.health import Health
 from rabbitry.app.limits import BodyLimit
 from rabbitry.app.operations import declare_system
 from rabbitry.app.registry import Lifespan, build_service
@@ -44,9 +46,13 @@ def create_app(
     routers: Sequence[APIRouter] = (),
     workers: Sequence[str] = (),
     lifespans: Sequence[Lifespan] = (),
+    on_crash: Callable[[], None] = lambda: None,
+    declare: bool = True,
 ) -> FastAPI:
     """Build the app serving ``routers``; ``workers`` are service names run by the lifespan,
-    ``lifespans`` the per-process resources of the parts served (entered in order)."""
+    ``lifespans`` the per-process resources of the parts served (entered in order).
+    ``on_crash`` is called when a service crashed (the server stops the process on it);
+    ``declare`` declares the whole system's topology at start (workers declare their own)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -57,7 +63,7 @@ def create_app(
             app.state.settings = settings
             app.state.database = database
             app.state.publisher = publisher
-            if settings.rabbit_active:
+            if settings.rabbit_active and declare:
                 try:
                     await declare_system(settings, [])
                 except BrokerError as exc:
@@ -66,6 +72,8 @@ def create_app(
             services = [build_service(name, settings) for name in workers]
             runner = asyncio.create_task(run_services(services, stopping))
             app.state.stopping = stopping
+            app.state.health = Health(services, stopping)
+            app.state.health.watch(runner, on_crash)
             try:
                 async with contextlib.AsyncExitStack() as parts:
                     for part_lifespan in lifespans:
@@ -82,7 +90,22 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=settings.http_max_body)
     # Parts' goodbyes the server runs before it drops its connections (see server.py).
     app.state.before_shutdown = []
+    app.state.health = Health([], asyncio.Event())
     _install_error_handlers(app)
+
+    @app.get("/livez")
+    async def livez(request: Request) -> JSONResponse:
+        """200 while the process runs its services; 503 once one crashed (the process is
+        exiting) or it is stopping."""
+        live, body = request.app.state.health.live()
+        return JSONResponse(body, status_code=200 if live else 503)
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        """200 while live, every broker link consuming and the database answering."""
+        database = getattr(request.app.state, "database", None)
+        ready, body = await request.app.state.health.ready(database)
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:

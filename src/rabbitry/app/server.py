@@ -19,15 +19,22 @@ from pydantic import SecretStr
 from rabbitry.app import registry
 from rabbitry.app.http import create_app
 from rabbitry.config import Settings
-from rabbitry.errors import ConfigError
+from rabbitry.errors import ConfigError, ServiceCrashed
 from rabbitry.messaging.service import serve
 
 log = logging.getLogger(__name__)
 
 
-async def run_workers(settings: Settings, names: Sequence[str]) -> None:
-    """Run the named services until SIGTERM/SIGINT, then drain them."""
-    await serve(*(registry.build_service(name, settings) for name in names))
+async def run_workers(
+    settings: Settings, names: Sequence[str], *, host: str = "127.0.0.1", port: int | None = None
+) -> None:
+    """Run the named services until SIGTERM/SIGINT, then drain them; with a ``port``, behind
+    an HTTP server answering only /livez, /readyz, /healthz and /metrics. A crashed service
+    stops the others and raises :class:`~rabbitry.errors.ServiceCrashed` (exit code 1)."""
+    if port is None:
+        await serve(*(registry.build_service(name, settings) for name in names))
+        return
+    await _serve_http(settings, host=host, port=port, routers=(), workers=names, declare=False)
 
 
 async def run_up(settings: Settings, *, host: str, port: int) -> None:
@@ -88,9 +95,26 @@ async def _serve_http(
     routers: Sequence[APIRouter],
     workers: Sequence[str],
     lifespans: Sequence[registry.Lifespan] = (),
+    declare: bool = True,
 ) -> None:
-    settings = with_admin_token(settings)
-    app = create_app(settings, routers=routers, workers=workers, lifespans=lifespans)
+    if routers:  # the admin routes need it; a worker's health server has none
+        settings = with_admin_token(settings)
+    servers: list[_Server] = []
+
+    def stop_serving() -> None:
+        # A crashed service stops the process: uvicorn shuts down (the lifespan drains the
+        # other services) and the process exits 1 below, never lingering as a zombie.
+        for server in servers:
+            server.should_exit = True
+
+    app = create_app(
+        settings,
+        routers=routers,
+        workers=workers,
+        lifespans=lifespans,
+        on_crash=stop_serving,
+        declare=declare,
+    )
     config = uvicorn.Config(
         app,
         host=host,
@@ -105,7 +129,14 @@ async def _serve_http(
         f"rabbitry: serving on http://{host}:{port} with workers: {', '.join(workers) or 'none'}",
         file=sys.stderr,
     )
-    await _Server(config).serve()
+    server = _Server(config)
+    servers.append(server)
+    await server.serve()
+    if app.state.health.crashed is not None:
+        raise ServiceCrashed(app.state.health.crashed)
+    if not server.started:
+        # uvicorn logged why (the lifespan failed, or the port is taken) and returned.
+        raise ServiceCrashed("the process did not start (the reason is logged above)")
 
 
 class _Server(uvicorn.Server):
