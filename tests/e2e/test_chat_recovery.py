@@ -22,7 +22,8 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from fixtures.chat import ChatSystem, bindings, chat_system, socket_url
 from helpers import close_connections, eventually_true
-from rabbitry.chat.history import ChatHistory, StoredChatMessage
+from rabbitry.chat.history import ChatHistory
+from rabbitry.chat.models import StoredChatMessage
 from rabbitry.chat.protocol import ChatMessage, MessageIds
 from rabbitry.chat.topology import ChatLayout
 from rabbitry.config import Settings
