@@ -252,7 +252,7 @@ async def test_a_stopping_gateway_closes_its_sockets_gradually_with_the_reconnec
     )
     assert done and pending  # not all at once: a stampede onto the other instances
     await asyncio.wait_for(asyncio.gather(*pending), 30)
-    assert {s.close_code for s in sockets} == {1012}
+    assert {s.close_code for s in sockets} == {1001}
     await asyncio.wait_for(asyncio.to_thread(process.wait), 60)
     assert process.returncode == 0
 

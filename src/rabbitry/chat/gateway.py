@@ -10,7 +10,7 @@ what was routed while the instance had no queue reaches every open socket once a
 (:meth:`Gateway.catch_up`).
 
 On SIGTERM (:meth:`Gateway.drain`) the gateway turns not ready, refuses new sockets, and closes
-its open ones a few at a time over a few seconds with code 1012 ("service restart"): clients
+its open ones a few at a time over a few seconds with code 1001 ("going away"): clients
 reconnect, through the load balancer, to the other instances with ``?since=``, without all of
 them landing there in the same instant.
 
@@ -249,7 +249,7 @@ class Gateway:
 
     async def drain(self) -> int:
         """Scale in: turn not ready, refuse new sockets, then close the open ones in a few
-        batches spread over ``drain_seconds`` with :data:`RECONNECT`; returns how many."""
+        batches spread over ``drain_seconds`` with :data:`GOING_AWAY`; returns how many."""
         self.draining = True
         clients = self.manager.all_clients()
         random.shuffle(clients)
@@ -257,7 +257,7 @@ class Gateway:
         pause = self._drain_seconds / batches
         for index in range(batches):
             for client in clients[index::batches]:
-                client.disconnect(RECONNECT, "the gateway is scaling in: reconnect")
+                client.disconnect(GOING_AWAY, "the gateway is shutting down")
             if index < batches - 1:
                 await asyncio.sleep(pause)  # spread: no stampede onto the other instances
         return len(clients)
