@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 import websockets
 from sqlalchemy import select
@@ -244,7 +245,22 @@ async def test_a_stopping_gateway_closes_its_sockets_gradually_with_the_reconnec
     sockets = [
         await websockets.connect(socket_url(second, f"r{i}", TENANT, ann)) for i in range(10)
     ]
-    process = system.terminate("gateway1")
+    async with httpx.AsyncClient(base_url=second, timeout=10) as http:
+        ready = await http.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["services"]["chat-gateway"] == "consuming"
+        process = system.terminate("gateway1")
+
+        async def turned_not_ready() -> bool:
+            answer = await http.get("/readyz")
+            return answer.status_code == 503 and (
+                answer.json().get("services", {}).get("chat-gateway") == "draining"
+            )
+
+        # Readiness turns false first: the load balancer stops sending clients here while
+        # the sockets are still being closed.
+        await eventually_true(turned_not_ready, what="/readyz to say draining")
+        assert not all(s.close_code for s in sockets)
     done, pending = await asyncio.wait(
         [asyncio.create_task(s.wait_closed()) for s in sockets],
         timeout=30,

@@ -4,9 +4,11 @@ stop (the logic of :mod:`rabbitry.app.health`, with services standing in for wor
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from rabbitry.app.health import Health
 from rabbitry.messaging.service import run_services
+from rabbitry.storage import open_database
 
 
 class Consumer:
@@ -73,3 +75,21 @@ async def test_a_process_without_services_is_live_until_it_stops() -> None:
     stopping.set()
     await asyncio.wait_for(runner, 10)
     assert not told.is_set()
+
+
+async def test_a_reported_link_counts_in_readiness_and_draining_is_not_ready(
+    tmp_path: Path,
+) -> None:
+    health = Health([], asyncio.Event())
+    state = "connecting"
+    health.report("chat-gateway", lambda: state)
+    async with open_database(f"sqlite+aiosqlite:///{tmp_path / 'ready.db'}") as database:
+        assert await health.ready(database) == (
+            False,
+            {"status": "not ready", "database": "ok", "services": {"chat-gateway": "connecting"}},
+        )
+        state = "consuming"
+        assert (await health.ready(database))[0]
+        state = "draining"
+        ready, body = await health.ready(database)
+        assert not ready and body["services"] == {"chat-gateway": "draining"}

@@ -35,6 +35,13 @@ class Health:
         self._services = list(services)
         self._stopping = stopping
         self.crashed: str | None = None
+        self._reports: dict[str, Callable[[], str]] = {}
+
+    def report(self, name: str, state: Callable[[], str]) -> None:
+        """Count ``name`` in ``/readyz``: ``state()`` says ``consuming`` (ready), or
+        ``connecting`` / ``draining`` (not ready). A part's lifespan resource that holds a broker
+        link of its own (the chat gateway's queue) reports it here."""
+        self._reports[name] = state
 
     def watch(self, runner: asyncio.Task[None], on_crash: Callable[[], None]) -> None:
         """Follow the task running the services: when it fails, record why and call
@@ -63,13 +70,17 @@ class Health:
         if not live:
             return False, body
         links = {s.name: _link(s) for s in self._services}
+        links.update((name, state()) for name, state in self._reports.items())
         db = await _database(database)
-        ready = db == "ok" and all(state != "connecting" for state in links.values())
+        ready = db == "ok" and all(state in _READY for state in links.values())
         return ready, {
             "status": "ready" if ready else "not ready",
             "database": db,
             "services": links,
         }
+
+
+_READY = frozenset({"consuming", "running"})
 
 
 def _link(service: Service) -> str:

@@ -234,6 +234,14 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await task
 
+    def readiness(self) -> str:
+        """What ``/readyz`` reports of this gateway: ``draining`` from SIGTERM on (first, so
+        load balancers stop sending clients before the sockets close), else whether its queue
+        is consuming."""
+        if self.draining:
+            return "draining"
+        return "consuming" if self.inbox.connected.is_set() else "connecting"
+
     async def going_away(self, timeout: float = 5.0) -> None:
         """Close every socket with 1001 and wait (at most ``timeout`` seconds) until each close
         is sent: the HTTP server calls it before it drops the connections itself (with 1012,

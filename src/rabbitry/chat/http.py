@@ -142,6 +142,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # SIGTERM: scale in gradually (1012, over a few seconds), then whatever is left
         # goes with 1001, before the server drops the connections itself.
         state.before_shutdown.append(gateway.drain)
+        health = getattr(state, "health", None)
+        if health is not None:  # the app's /readyz counts the gateway's own queue
+            health.report("chat-gateway", gateway.readiness)
         state.before_shutdown.append(gateway.going_away)
         yield
 
