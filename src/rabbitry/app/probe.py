@@ -1,5 +1,5 @@
 """The readings behind ``rabbitry status``: every broker node alone, the registry's queues by
-passive declare, the outbox ledger and the tenants table.
+passive declare, the outbox and the tenants table.
 
 Only what AMQP and the database tell: no management plugin is assumed (many deployments do not
 enable it). A passive declare gives a queue's depth and consumer count; the processes a part runs
@@ -21,10 +21,8 @@ from rabbitry.errors import NotFound, RabbitryError
 from rabbitry.messaging import Declarer, Topology, dlq_name
 from rabbitry.messaging.deadletters import is_dead_letter_queue
 from rabbitry.messaging.nodes import node_urls
-from rabbitry.outbox.filters import RequeueFilter
-from rabbitry.outbox.ledger import Ledger
-from rabbitry.sessions.tenants import Tenants
-from rabbitry.sessions.topology import TenantsLayout
+from rabbitry.outbox import Outbox, RequeueFilter
+from rabbitry.sessions import Tenants, TenantsLayout
 from rabbitry.storage import Database
 
 log = logging.getLogger(__name__)
@@ -33,7 +31,7 @@ log = logging.getLogger(__name__)
 async def read_status(settings: Settings) -> Readings:
     """Take every reading ``rabbitry status`` reports."""
     nodes = await asyncio.gather(
-        *(_node(settings, where, url) for where, url in node_urls(settings.amqp_url))
+        *(_node(settings, where, url) for where, url in node_urls(settings.amqp.url))
     )
     tenants: list[str] = []
     pending: dict[str, int] = {}
@@ -44,9 +42,9 @@ async def read_status(settings: Settings) -> Readings:
         try:
             tenants = [t.name for t in await Tenants(db).since(0)]
             invalid = [t.name for t in await Tenants(db).invalid()]
-            ledger = Ledger(db)
-            pending = await ledger.pending_by_queue()
-            first = await ledger.rows(RequeueFilter(), limit=1)
+            outbox = Outbox(db)
+            pending = await outbox.pending_by_queue()
+            first = await outbox.rows(RequeueFilter(), limit=1)
             oldest = first[0].created_at if first else None
         except (RabbitryError, SQLAlchemyError, OSError) as exc:
             database_error = str(exc).splitlines()[0]
@@ -89,7 +87,7 @@ async def _queues(settings: Settings, topology: Topology, tenants: list[str]) ->
     work = sorted(n for n in names if not is_dead_letter_queue(n) and ".retry." not in n)
     result = []
     async with await Declarer.connect(
-        settings.amqp_url, timeout=settings.connect_timeout, name=f"{settings.namespace}-status"
+        settings.amqp.url, timeout=settings.connect_timeout, name=f"{settings.namespace}-status"
     ) as declarer:
         for name in work:
             messages, consumers = await _status(declarer, name)
