@@ -64,7 +64,7 @@ async def ignore(_: aio_pika.abc.AbstractIncomingMessage) -> None:
 
 
 def queue(document: dict[str, Any], name: str) -> dict[str, Any]:
-    found = [q for q in document["queues"] if q["name"] == name]
+    found: list[dict[str, Any]] = [q for q in document["queues"] if q["name"] == name]
     assert len(found) == 1, document["queues"]
     return found[0]
 
@@ -204,3 +204,19 @@ async def test_watch_refreshes_until_interrupted(system: Settings, db: Database)
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_the_terminal_view_shows_what_needs_attention(
+    system: Settings, db: Database, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "rabbitry.yaml", system)
+    argv = ["--config", str(config), "status"]
+    healthy = await asyncio.to_thread(CliRunner().invoke, app, argv)
+    assert healthy.exit_code == 0, healthy.output
+    assert "all well" in healthy.stdout
+    await seed_rows(db, [(Route("x", "k", queue="shipping"), message("a"), "broker down")])
+    result = await asyncio.to_thread(CliRunner().invoke, app, argv)
+    assert result.exit_code == 1, result.output
+    for text in ("needs attention", "1 message(s) pending", "127.0.0.1:5672", "oldest pending"):
+        assert text in result.stdout
+    assert f"{system.namespace}.module.workflow" in result.stdout

@@ -114,13 +114,9 @@ def _view(document: dict[str, Any]) -> RenderableType:
         nodes.add_row(node["where"], "yes" if node["reachable"] else f"no: {node['error']}")
 
     queues = Table(title="queues", expand=True)
-    for column, justify in (
-        ("queue", "left"),
-        ("ready", "right"),
-        ("consumers", "right"),
-        ("dead letters", "right"),
-    ):
-        queues.add_column(column, justify=justify)  # type: ignore[arg-type]
+    queues.add_column("queue")
+    for column in ("ready", "consumers", "dead letters"):
+        queues.add_column(column, justify="right")
     for queue in document["queues"]:
         queues.add_row(
             queue["name"],
