@@ -26,9 +26,9 @@ from rabbitry.cli.app import app
 from rabbitry.config import Settings
 from rabbitry.messaging.publisher import Route
 from rabbitry.sessions.models import Tenant
-from rabbitry.sessions.store import utcnow
 from rabbitry.sessions.tenants import Tenants
 from rabbitry.storage import Database
+from rabbitry.storage.clock import utcnow
 
 
 @pytest.fixture
