@@ -11,7 +11,7 @@ import typer
 from typer._click.exceptions import ClickException
 
 from rabbitry.app.registry import PARTS
-from rabbitry.cli import database, deadletters, messaging, system
+from rabbitry.cli import database, deadletters, messaging, status, system
 
 app = typer.Typer(
     name="rabbitry",
@@ -50,6 +50,7 @@ messaging.register(app)
 deadletters.register(app)
 database.register(app)
 system.register(app)
+status.register(app)
 
 for _part in PARTS:
     if _part.commands is not None:
