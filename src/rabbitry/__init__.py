@@ -32,6 +32,7 @@ from rabbitry.errors import (
     RequestError,
     RequestFailed,
     RequestTimeout,
+    ServiceCrashed,
     StorageError,
 )
 
@@ -159,6 +160,7 @@ __all__ = [
     "RetryPolicy",
     "Route",
     "Service",
+    "ServiceCrashed",
     "Settings",
     "StorageError",
     "Subscription",

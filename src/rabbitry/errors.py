@@ -17,7 +17,8 @@ RabbitryError
 │   └── RequestFailed           the handler failed it: dead-lettered, with this reason
 ├── StorageError                the database failed (the outbox could not persist either)
 ├── NotFound                    a named thing (queue, entity, tenant) does not exist
-└── Conflict                    it exists already (a tenant, a username in its tenant)
+├── Conflict                    it exists already (a tenant, a username in its tenant)
+└── ServiceCrashed              a service of the process failed; the others were stopped
 """
 
 from __future__ import annotations
@@ -90,3 +91,7 @@ class NotFound(RabbitryError):
 
 class Conflict(RabbitryError):
     """The thing to create exists already."""
+
+
+class ServiceCrashed(RabbitryError):
+    """A service stopped with an error; the process stopped the others and exits non-zero."""

@@ -74,6 +74,12 @@ class UserTokens(Protocol):
         """Whether ``token`` is a live session token (of whatever tenant)."""
 
 
+class Readiness(Protocol):
+    """What a part sees of the process's health: it reports a link of its own to ``/readyz``."""
+
+    def report(self, name: str, state: Callable[[], str]) -> None: ...
+
+
 @dataclass(slots=True)
 class AppState:
     """The app's per-process state, typed: what its routes and part lifespans share."""
@@ -86,8 +92,10 @@ class AppState:
     user_tokens: UserTokens | None = None  # set by the sessions part, when served
     # The parts' entity pages (their registry entries'), loaded when a back-office page asks.
     entity_pages: Callable[[], Sequence[EntityPages]] = tuple
+    # The process's health (/livez, /readyz): a part reports its own links to it.
+    health: Readiness | None = None
     # Parts' goodbyes the server runs before it drops its connections (see app/server.py).
-    before_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    before_shutdown: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
     _resources: dict[type, object] = field(default_factory=dict)
     _pages: dict[str, EntityPages] | None = None
 

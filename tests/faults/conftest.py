@@ -199,6 +199,7 @@ class Figures:
 
     rows: list[tuple[str, int, int, int, int, int, int]] = field(default_factory=list)
     latencies: list[tuple[str, float]] = field(default_factory=list)
+    counts: list[tuple[str, int]] = field(default_factory=list)
 
     def add(
         self,
@@ -215,6 +216,9 @@ class Figures:
     def latency(self, what: str, seconds: float) -> None:
         self.latencies.append((what, seconds))
 
+    def count(self, what: str, n: int) -> None:
+        self.counts.append((what, n))
+
     def lines(self) -> list[str]:
         out = [
             "| fault | sent | confirmed | stored in the outbox | arrived | duplicates | lost |",
@@ -222,6 +226,7 @@ class Figures:
         ]
         out += ["| " + " | ".join(map(str, row)) + " |" for row in self.rows]
         out += [f"{what}: {seconds:.2f} s" for what, seconds in self.latencies]
+        out += [f"{what}: {n}" for what, n in self.counts]
         return out
 
 
@@ -236,7 +241,7 @@ def figures(request: pytest.FixtureRequest) -> Figures:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     found = terminalreporter.config.stash.get(_FIGURES, None)
-    if found is not None and (found.rows or found.latencies):
+    if found is not None and (found.rows or found.latencies or found.counts):
         terminalreporter.section("fault figures")
         for line in found.lines():
             terminalreporter.write_line(line)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from helpers import Eventually
 from rabbitry.chat.history import ChatHistory
 from rabbitry.chat.persistence import PersistenceWorker
-from rabbitry.chat.protocol import MESSAGE_TYPE, ChatMessage, MessageIds, now
+from rabbitry.chat.protocol import MESSAGE_TYPE, ChatMessage, MessageIds, floor_id, now
 from rabbitry.chat.topology import ChatLayout
 from rabbitry.config import Settings
 from rabbitry.messaging.envelope import Message
@@ -69,11 +69,11 @@ async def test_competing_workers_store_every_message_once_even_when_it_arrives_t
     assert page[0] == chats[-1]
     older = await history.page("acme", "lobby", limit=50, before=page[49].id)
     assert [m.text for m in older] == [f"m{i}" for i in range(149, 99, -1)]
-    assert [m.text for m in await history.after("acme", "lobby", chats[196].id)] == [
-        "m197",
-        "m198",
-        "m199",
-    ]
+    # Recovery follows the store's order: whatever was stored after m196, each once, and
+    # among them what came after it (competing workers may have stored older ones later).
+    after = [m.text for m in await history.after("acme", "lobby", chats[196].id)]
+    assert {"m197", "m198", "m199"} <= set(after) and len(after) == len(set(after))
+    assert "m196" not in after
 
 
 async def test_a_message_that_is_not_a_chat_message_is_dead_lettered_with_its_reason(
@@ -106,3 +106,29 @@ async def test_a_message_that_is_not_a_chat_message_is_dead_lettered_with_its_re
 
 async def _empty(broker: BrokerProbe, queue: str) -> bool:
     return await broker.counts(queue) == (0, 0)
+
+
+async def test_recovery_follows_the_stores_order_so_a_gateway_clock_behind_hides_nothing(
+    db: Database,
+) -> None:
+    history = ChatHistory(db)
+    ahead, behind = MessageIds(), MessageIds()
+    seen = ChatMessage(ahead.new(2_000_000_000_000), "acme", "lobby", "ann", "seen", now())
+    await history.store([seen])
+    # Stored after the client's last message, stamped by a gateway whose clock is a minute
+    # behind: its id sorts before ``seen``, its place in the store after it.
+    late = ChatMessage(
+        behind.new(2_000_000_000_000 - 60_000), "acme", "lobby", "bob", "late", now()
+    )
+    later = ChatMessage(ahead.new(2_000_000_000_001), "acme", "lobby", "ann", "later", now())
+    await history.store([later, late])  # one batch: within it, id order
+    await history.store([late])  # a redelivery changes nothing
+    assert [m.text for m in await history.after("acme", "lobby", seen.id)] == ["late", "later"]
+    assert [m.text for m in await history.after("acme", "lobby", late.id)] == ["later"]
+    assert await history.after("acme", "lobby", later.id) == []
+    # A ``since`` the store does not have (yet): id order, as before the store kept one.
+    assert [m.text for m in await history.after("acme", "lobby", floor_id(0))] == [
+        "late",
+        "seen",
+        "later",
+    ]

@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from helpers import Eventually, Handled, publish, work
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
+from rabbitry.errors import ServiceCrashed
 from rabbitry.messaging.consumer import Subscription
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
@@ -389,7 +390,8 @@ async def test_a_crashing_service_stops_the_worker_beside_it(
         f"{settings.namespace}-worker", [Subscription(queue)], topology, amqp=settings.amqp
     )
     stopping = asyncio.Event()
-    await asyncio.wait_for(run_services([worker, Crashing(worker)], stopping), 30)
+    with pytest.raises(ServiceCrashed, match="service crashing crashed: boom"):
+        await asyncio.wait_for(run_services([worker, Crashing(worker)], stopping), 30)
     assert stopping.is_set()
     assert not worker.connected.is_set()  # it had connected: the crash waited for that
     assert await broker.close_connections(worker.name) == 0  # nothing of it left open

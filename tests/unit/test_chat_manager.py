@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from rabbitry.chat.client import TOO_SLOW, ConnectedClient, Member
@@ -21,6 +22,8 @@ class RecordingBinder:
     def __init__(self) -> None:
         self.wanted: set[str] = set()
         self.calls: list[tuple[str, str]] = []
+        self.refuse = False  # True: bindings never come (the broker is away)
+        self.dropped = asyncio.Event()
 
     def want(self, key: str) -> None:
         self.wanted.add(key)
@@ -29,9 +32,10 @@ class RecordingBinder:
     def drop(self, key: str) -> None:
         self.wanted.discard(key)
         self.calls.append(("drop", key))
+        self.dropped.set()
 
     async def bound(self, key: str, timeout: float) -> bool:
-        return key in self.wanted
+        return key in self.wanted and not self.refuse
 
 
 class Sink:
@@ -132,22 +136,94 @@ async def test_a_client_that_cannot_keep_up_is_disconnected_and_its_room_goes_on
     await pumps[1]
 
 
+async def _pages(*pages: list[ChatMessage]) -> AsyncIterator[list[ChatMessage]]:
+    for page in pages:
+        yield page
+
+
+def _message(text: str) -> ChatMessage:
+    return ChatMessage(IDS.new(), "acme", "lobby", "bob", text, dt.datetime.now(dt.UTC))
+
+
 async def test_catching_up_sends_missed_messages_in_order_then_held_live_ones_each_once() -> None:
     client, sink = _client("ann", "lobby")
     pump = asyncio.create_task(client.pump())
     client.hold()
-    missed = [
-        ChatMessage(IDS.new(), "acme", "lobby", "bob", f"old{i}", dt.datetime.now(dt.UTC))
-        for i in range(3)
-    ]
-    live = ChatMessage(IDS.new(), "acme", "lobby", "bob", "live", dt.datetime.now(dt.UTC))
+    missed = [_message(f"old{i}") for i in range(3)]
+    live = _message("live")
     client.offer(missed[2], "ignored while held")  # also arrived live while catching up
     client.offer(live, "ignored while held")
-    assert client.catch_up(missed) == 4
+    assert await client.replay(_pages(missed[:2], missed[1:])) == 4
     await _drain()
     assert [f["text"] for f in sink.frames] == ["old0", "old1", "old2", "live"]
+    assert not client.holding
+    client.offer(_message("after"), '{"text": "after"}')  # live again, straight to the queue
+    await _drain()
+    assert [f["text"] for f in sink.frames][-1] == "after"
     client.disconnect(1000, "")
     await pump
+
+
+async def test_a_gap_of_thirty_thousand_messages_goes_through_the_bounded_queue_in_order() -> None:
+    client, sink = _client("ann", "lobby", queue_size=256)
+    client.hold()
+    missed = [_message(f"m{i}") for i in range(30_000)]
+    pages = [missed[i : i + 500] for i in range(0, len(missed), 500)]
+    replay = asyncio.create_task(client.replay(_pages(*pages)))
+    await _drain()
+    # Back-pressure: with nobody writing to the socket the replay waits at a full queue,
+    # and that is no reason to close the client as too slow.
+    assert not replay.done() and client.closed_reason is None
+    live = [_message(f"live{i}") for i in range(50)]
+    for message in live:
+        assert client.offer(message, "held")
+    pump = asyncio.create_task(client.pump())
+    assert await replay == 30_050
+    await _drain()
+    assert [f["text"] for f in sink.frames] == [m.text for m in missed + live]
+    client.disconnect(1000, "")
+    await pump
+
+
+async def test_a_replay_stops_when_its_client_goes_away() -> None:
+    client, sink = _client("ann", "lobby", queue_size=4)
+    client.hold()
+    replay = asyncio.create_task(client.replay(_pages([_message(f"m{i}") for i in range(100)])))
+    await _drain()
+    client.disconnect(1000, "bye")
+    pump = asyncio.create_task(client.pump())
+    assert await asyncio.wait_for(replay, 5) < 100
+    await pump
+    assert sink.closed == (1000, "bye")
+
+
+async def test_a_join_whose_binding_does_not_come_is_refused_and_leaves_no_trace() -> None:
+    binder = RecordingBinder()
+    binder.refuse = True
+    manager = Manager(ChatLayout("ns"), binder)
+    ann, _ = _client("ann", "lobby")
+    assert await manager.join(ann) is False
+    assert manager.rooms == {} and manager.clients() == 0
+    assert binder.calls == [("want", "acme.lobby"), ("drop", "acme.lobby")]
+    assert manager.disconnect_member("acme", "ann", "revoked") == 0
+
+
+async def test_a_room_left_and_joined_again_within_the_grace_period_keeps_its_binding() -> None:
+    binder = RecordingBinder()
+    manager = Manager(ChatLayout("ns"), binder, unbind_grace=0.05)
+    ann, _ = _client("ann", "lobby")
+    await manager.join(ann)
+    for _ in range(5):  # a page reloading: leave, join again
+        manager.leave(ann)
+        assert manager.lingering == {"acme.lobby"}
+        ann, _ = _client("ann", "lobby")
+        assert await manager.join(ann) is True
+    assert binder.calls == [("want", "acme.lobby")]
+    manager.leave(ann)
+    await asyncio.wait_for(binder.dropped.wait(), 5)
+    assert not manager.lingering
+    assert binder.calls == [("want", "acme.lobby"), ("drop", "acme.lobby")]
+    assert binder.wanted == set()
 
 
 async def test_revoking_a_session_closes_only_that_sessions_sockets() -> None:

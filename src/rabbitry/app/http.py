@@ -1,8 +1,9 @@
 """The FastAPI app that ``rabbitry up`` and ``rabbitry serve NAME`` run.
 
 Its lifespan owns the process's resources: the database (migrated on start), the publisher
-(with the outbox as fallback), and the services, which it stops and drains on shutdown; they
-live on the app's typed state (:class:`rabbitry.web.AppState`). Every app answers ``/healthz``,
+(with the outbox as fallback), and the services, which it stops and drains on shutdown; a
+service that crashes stops the process (see :mod:`.health`). They live on the app's typed state
+(:class:`rabbitry.web.AppState`). Every app answers ``/livez``, ``/readyz``, ``/healthz``,
 ``/metrics`` and ``/asyncapi.json``, whatever routers it serves, and answers an error of the
 :mod:`rabbitry.errors` tree that a route lets go with ``{"error": ...}`` and its status
 (:func:`rabbitry.web.status_of`).
@@ -15,7 +16,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rabbitry import metrics
 from rabbitry._version import __version__
 from rabbitry.app.asyncapi import asyncapi_document
+from rabbitry.app.health import Health
 from rabbitry.app.limits import BodyLimit
 from rabbitry.app.operations import declare_system
 from rabbitry.app.registry import Lifespan, build_service, system_topology
@@ -59,12 +61,17 @@ def create_app(
     lifespans: Sequence[Lifespan] = (),
     topology: SystemTopology = system_topology,
     entity_pages: Callable[[], Sequence[EntityPages]] = registry_entity_pages,
+    on_crash: Callable[[], None] = lambda: None,
+    declare: bool = True,
 ) -> FastAPI:
     """Build the app serving ``routers``; ``workers`` are service names run by the lifespan,
     ``lifespans`` the per-process resources of the parts served (entered in order),
     ``topology`` the system's broker objects (the back-office dashboard lists its queues),
-    ``entity_pages`` the parts' lists the back-office shows."""
+    ``entity_pages`` the parts' lists the back-office shows. ``on_crash`` is called when a
+    service crashed (the server stops the process on it); ``declare`` declares the whole
+    system's topology at start (workers declare their own)."""
     state = AppState(settings, topology=topology, entity_pages=entity_pages)
+    state.health = Health([], asyncio.Event())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -74,7 +81,7 @@ def create_app(
         ):
             state.database = database
             state.publisher = publisher
-            if settings.rabbit_active:
+            if settings.rabbit_active and declare:
                 try:
                     await declare_system(settings, [])
                 except BrokerError as exc:
@@ -83,6 +90,9 @@ def create_app(
             services = [build_service(name, settings) for name in workers]
             runner = asyncio.create_task(run_services(services, stopping))
             state.stopping = stopping
+            health = Health(services, stopping)
+            health.watch(runner, on_crash)
+            state.health = health
             try:
                 async with contextlib.AsyncExitStack() as parts:
                     for part_lifespan in lifespans:
@@ -98,6 +108,20 @@ def create_app(
     app.state.rabbitry = state  # route dependencies (credentials) read it, lifespan or not
     app.add_middleware(BodyLimit, max_bytes=settings.http_max_body)
     _install_error_handlers(app)
+
+    @app.get("/livez")
+    async def livez(request: Request) -> JSONResponse:
+        """200 while the process runs its services; 503 once one crashed (the process is
+        exiting) or it is stopping."""
+        live, body = _health(request).live()
+        return JSONResponse(body, status_code=200 if live else 503)
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        """200 while live, every broker link consuming and the database answering."""
+        state = app_state(request)
+        ready, body = await health_of(state).ready(state.database)
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:
@@ -160,6 +184,15 @@ def create_app(
     for router in routers:
         app.include_router(router)
     return app
+
+
+def health_of(state: AppState) -> Health:
+    """The process's health (``create_app`` puts one on the state; its lifespan a live one)."""
+    return cast(Health, state.health)
+
+
+def _health(request: Request) -> Health:
+    return health_of(app_state(request))
 
 
 def without_tenants(exposition: bytes, namespace: str) -> bytes:

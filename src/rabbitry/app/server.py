@@ -19,18 +19,25 @@ import uvicorn
 from fastapi import APIRouter
 
 from rabbitry.app import registry
-from rabbitry.app.http import create_app
+from rabbitry.app.http import create_app, health_of
 from rabbitry.config import Settings
-from rabbitry.errors import ConfigError
+from rabbitry.errors import ConfigError, ServiceCrashed
 from rabbitry.messaging.service import serve
 from rabbitry.web import AppState, Process
 
 log = logging.getLogger(__name__)
 
 
-async def run_workers(settings: Settings, names: Sequence[str]) -> None:
-    """Run the named services until SIGTERM/SIGINT, then drain them."""
-    await serve(*(registry.build_service(name, settings) for name in names))
+async def run_workers(
+    settings: Settings, names: Sequence[str], *, host: str = "127.0.0.1", port: int | None = None
+) -> None:
+    """Run the named services until SIGTERM/SIGINT, then drain them; with a ``port``, behind
+    an HTTP server answering only /livez, /readyz, /healthz and /metrics. A crashed service
+    stops the others and raises :class:`~rabbitry.errors.ServiceCrashed` (exit code 1)."""
+    if port is None:
+        await serve(*(registry.build_service(name, settings) for name in names))
+        return
+    await _serve_http(settings, host=host, port=port, routers=(), workers=names, declare=False)
 
 
 async def run_up(settings: Settings, *, host: str, port: int) -> None:
@@ -82,6 +89,15 @@ class HttpServer:
         finally:
             watch.cancel()
 
+    @property
+    def started(self) -> bool:
+        """Whether uvicorn got as far as serving (its lifespan started, its port bound)."""
+        return self._server.started
+
+    def stop(self) -> None:
+        """Finish the requests in flight and shut down (a crashed service's way out)."""
+        self._server.should_exit = True
+
     async def _stop_on(self, stopping: asyncio.Event) -> None:
         await stopping.wait()
         self._server.should_exit = True
@@ -107,8 +123,24 @@ async def _serve_http(
     routers: Sequence[APIRouter],
     workers: Sequence[str],
     lifespans: Sequence[registry.Lifespan] = (),
+    declare: bool = True,
 ) -> None:
-    app = create_app(settings, routers=routers, workers=workers, lifespans=lifespans)
+    servers: list[HttpServer] = []
+
+    def stop_serving() -> None:
+        # A crashed service stops the process: uvicorn shuts down (the lifespan drains the
+        # other services) and the process exits 1 below, never lingering as a zombie.
+        for server in servers:
+            server.stop()
+
+    app = create_app(
+        settings,
+        routers=routers,
+        workers=workers,
+        lifespans=lifespans,
+        on_crash=stop_serving,
+        declare=declare,
+    )
     config = uvicorn.Config(
         app,
         host=host,
@@ -123,4 +155,12 @@ async def _serve_http(
         f"rabbitry: serving on http://{host}:{port} with workers: {', '.join(workers) or 'none'}",
         file=sys.stderr,
     )
-    await serve(HttpServer(config))
+    server = HttpServer(config)
+    servers.append(server)
+    await serve(server)
+    crashed = health_of(AppState.of(app)).crashed
+    if crashed is not None:
+        raise ServiceCrashed(crashed)
+    if not server.started:
+        # uvicorn logged why (the lifespan failed, or the port is taken) and returned.
+        raise ServiceCrashed("the process did not start (the reason is logged above)")

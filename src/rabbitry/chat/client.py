@@ -5,15 +5,17 @@ a client whose queue is full cannot keep up, so it is disconnected (close code 1
 later") instead of slowing its room down. Its own task, :meth:`ConnectedClient.pump`, writes
 the queue to the socket.
 
-While a reconnecting client catches up (``?since=``), live frames are held back and sent after
-the missed ones, each message once: :meth:`hold`, then :meth:`catch_up`.
+While a client catches up (``?since=``, or its gateway's queue came back after a loss), live
+messages are held back and sent after the missed ones, each message once: :meth:`hold`, then
+:meth:`replay`. The replay waits for room in the send queue (the pump's pace), so a gap of any
+size goes through the bounded queue page by page instead of overflowing it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from rabbitry.chat.protocol import ChatMessage, encode_frame
@@ -21,6 +23,7 @@ from rabbitry.chat.protocol import ChatMessage, encode_frame
 log = logging.getLogger(__name__)
 
 SEND_QUEUE = 256
+HELD = 4096  # live messages a catching-up client may have waiting behind its replay
 TOO_SLOW = 1013  # "Try Again Later": the server would not wait for this client
 
 
@@ -75,7 +78,7 @@ class ConnectedClient:
             return False
         if self._held is not None:
             self._held.append(message)
-            if len(self._held) <= self._queue.maxsize:
+            if len(self._held) <= HELD:
                 return True
         else:
             try:
@@ -86,24 +89,63 @@ class ConnectedClient:
         self.disconnect(TOO_SLOW, "too slow: the send queue is full")
         return False
 
-    def hold(self) -> None:
-        """Hold live messages back until :meth:`catch_up`."""
-        self._held = []
+    @property
+    def holding(self) -> bool:
+        """True while live messages are held back behind a replay."""
+        return self._held is not None
 
-    def catch_up(self, missed: Sequence[ChatMessage]) -> int:
-        """Queue ``missed`` in order, then the held live messages not among them; returns how
-        many were queued."""
-        held, self._held = self._held or [], None
-        sent = set()
+    @property
+    def first_held(self) -> str | None:
+        """The id of the first live message held back, if any."""
+        return self._held[0].id if self._held else None
+
+    def hold(self) -> None:
+        """Hold live messages back until :meth:`replay` has sent what was missed."""
+        if self._held is None:
+            self._held = []
+
+    async def replay(
+        self,
+        pages: AsyncIterable[Sequence[ChatMessage]],
+        tail: Iterable[ChatMessage] = (),
+    ) -> int:
+        """Queue every message of ``pages``, then of ``tail``, then the held live ones, each
+        id once and waiting for room in the send queue; then live messages flow again.
+        Returns how many were queued (fewer if the client went away meanwhile)."""
+        sent: set[str] = set()
         queued = 0
-        for message in [*missed, *held]:
-            if message.id in sent:
-                continue
-            sent.add(message.id)
-            if not self.offer(message, encode_frame(message.frame())):
-                break
-            queued += 1
-        return queued
+        try:
+            async for page in pages:
+                for message in page:
+                    if message.id in sent:
+                        continue
+                    if not await self._replay_one(message, sent):
+                        return queued
+                    queued += 1
+            for message in tail:
+                if message.id not in sent:
+                    if not await self._replay_one(message, sent):
+                        return queued
+                    queued += 1
+            # Held messages arrive while this drains them; the last check and the switch
+            # back to live delivery happen with no await between them, so none slips by.
+            while self._held:
+                message = self._held.pop(0)
+                if message.id in sent:
+                    continue
+                if not await self._replay_one(message, sent):
+                    return queued
+                queued += 1
+            return queued
+        finally:
+            self._held = None
+
+    async def _replay_one(self, message: ChatMessage, sent: set[str]) -> bool:
+        if self.closed_reason is not None:
+            return False
+        sent.add(message.id)
+        await self._queue.put(encode_frame(message.frame()))
+        return self.closed_reason is None
 
     def disconnect(self, code: int, reason: str) -> None:
         """Close the socket soon (from the pump task), with ``code`` and ``reason``."""

@@ -4,7 +4,15 @@ At start the instance declares its own exclusive, auto-delete queue (an
 :class:`~rabbitry.messaging.inbox.Inbox`) and consumes it; nothing reaches it until a room has
 a client here. The :class:`~rabbitry.chat.manager.Manager` binds and unbinds room keys on it as
 rooms come and go. When the broker connection drops, the inbox declares a new queue and binds
-every room that still has clients; the sockets stay open meanwhile.
+every room that still has clients; the sockets stay open meanwhile. Once the new queue is bound,
+each room catches its sockets up from the history, from the last message the room delivered:
+what was routed while the instance had no queue reaches every open socket once and in order
+(:meth:`Gateway.catch_up`).
+
+On SIGTERM (:meth:`Gateway.drain`) the gateway turns not ready, refuses new sockets, and closes
+its open ones a few at a time over a few seconds with code 1001 ("going away"): clients
+reconnect, through the load balancer, to the other instances with ``?since=``, without all of
+them landing there in the same instant.
 
 A client's message is published to the dispatch exchange (the room's key) and to the
 persistence exchange, through the process's publisher: what the broker cannot take goes to the
@@ -16,14 +24,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from rabbitry.chat.client import ConnectedClient
 from rabbitry.chat.history import ChatHistory
 from rabbitry.chat.manager import Manager
-from rabbitry.chat.protocol import MESSAGE_TYPE, ChatMessage, MessageIds, now
+from rabbitry.chat.protocol import MESSAGE_TYPE, ChatMessage, MessageIds, encode_frame, now
+from rabbitry.chat.room import VirtualRoom
 from rabbitry.chat.topology import ChatLayout, topology
 from rabbitry.config import Settings
 from rabbitry.errors import BrokerError
@@ -36,6 +46,11 @@ from rabbitry.messaging.topology import Exchange, ExchangeType
 log = logging.getLogger(__name__)
 
 GOING_AWAY = 1001
+RECONNECT = 1012  # "Service Restart": reconnect (elsewhere), with ?since=
+PAGE = 500  # history rows a catch-up reads at a time
+CATCH_UP_ROOMS = 8  # rooms catching up at once after a reconnect (database connections)
+SEAM_WAIT = 5.0  # how long a catch-up waits for the history to reach the live messages
+STRAGGLERS = 1.0  # when a catch-up looks again for messages the workers stored late
 
 
 class Gateway:
@@ -47,7 +62,10 @@ class Gateway:
         publisher: Publisher,
         *,
         instance: str | None = None,
+        history: ChatHistory | None = None,
         bind_timeout: float = 5.0,
+        unbind_grace: float = 2.0,
+        drain_seconds: float = 3.0,
     ) -> None:
         self.settings = settings
         self.layout = ChatLayout(settings.namespace)
@@ -57,13 +75,133 @@ class Gateway:
             name=self.layout.gateway_queue_prefix(self.instance),
             exchange=Exchange(self.layout.dispatch_exchange, ExchangeType.DIRECT),
             on_message=self._on_message,
+            on_connected=self._on_connected,
         )
-        self.manager = Manager(self.layout, self.inbox, bind_timeout=bind_timeout)
+        self.manager = Manager(
+            self.layout, self.inbox, bind_timeout=bind_timeout, unbind_grace=unbind_grace
+        )
+        self.history = history
         self._publisher = publisher
         self._ids = MessageIds()
+        self._drain_seconds = drain_seconds
+        self._catching_up: asyncio.Task[None] | None = None
+        self._held: list[tuple[VirtualRoom, list[ConnectedClient]]] = []
+        self._held_for = 1
+        self.draining = False
+        """True from SIGTERM on: not ready, new sockets are refused."""
+        self.caught_up = 0
+        """Messages sent to open sockets by catch-ups after reconnects."""
 
     def _on_message(self, message: Message) -> None:
+        if self.history is not None and self.inbox.generation >= 2:
+            self._hold_all(self.inbox.generation)
         self.manager.dispatch(message)
+
+    def _hold_all(self, generation: int) -> list[tuple[VirtualRoom, list[ConnectedClient]]]:
+        """Hold every open socket's live messages, once per connection of the inbox, from its
+        first delivery on (the new queue delivers while the rest of the rooms still bind), so
+        each live message sorts after what the catch-up sends."""
+        if self._held_for != generation:
+            # (A socket already holding is replaying its own ``since`` and is left to it.)
+            self._held = [
+                (room, [client for client in room.clients if not client.holding])
+                for room in self.manager.rooms.values()
+            ]
+            for _, clients in self._held:
+                for client in clients:
+                    client.hold()
+            self._held_for = generation
+        return self._held
+
+    def _on_connected(self, generation: int) -> None:
+        if generation < 2 or self.history is None:
+            return  # the first queue: nothing was missed
+        rooms = self._hold_all(generation)
+        previous = self._catching_up
+        self._catching_up = asyncio.create_task(self._catch_up_all(rooms, previous))
+
+    async def _catch_up_all(
+        self,
+        rooms: Sequence[tuple[VirtualRoom, list[ConnectedClient]]],
+        previous: asyncio.Task[None] | None,
+    ) -> None:
+        if previous is not None:
+            with contextlib.suppress(Exception):
+                await previous
+        limit = asyncio.Semaphore(CATCH_UP_ROOMS)
+
+        async def one(room: VirtualRoom, clients: list[ConnectedClient]) -> None:
+            async with limit:
+                try:
+                    await self.catch_up(room, clients)
+                except Exception:
+                    # The client is told: it reconnects with ?since= and recovers that way.
+                    log.exception("catching up room %s failed", room.key)
+                    for client in clients:
+                        client.disconnect(RECONNECT, "resync: reconnect with since")
+
+        await asyncio.gather(*(one(room, clients) for room, clients in rooms if clients))
+
+    async def catch_up(self, room: VirtualRoom, clients: Sequence[ConnectedClient]) -> int:
+        """Send ``clients`` (held) what the history has after the room's last delivered
+        message, then their held live messages; returns how many messages were missed."""
+        assert self.history is not None
+        since = room.last_id
+        # The store's order is not quite the delivery order (competing workers): skip what
+        # the room delivered before the loss, even if it was stored after ``since``.
+        delivered = {m.id for m in room.recent}
+        missed = [m for m in await self._missed(room, since, clients) if m.id not in delivered]
+        seam = next((c.first_held for c in clients if c.first_held is not None), None)
+        if missed and room.last_id == since:  # (a live delivery meanwhile moved it on)
+            room.last_id = missed[-1].id
+        await asyncio.gather(*(client.replay(_once(missed)) for client in clients))
+        # Competing persistence workers may store a missed message after the seam's: look
+        # once more, a moment later, and send what turned up late rather than never.
+        await asyncio.sleep(STRAGGLERS)
+        known = delivered | {m.id for m in missed} | {m.id for m in room.recent}
+        late = [
+            m
+            for m in await self._all_after(room, since)
+            if m.id not in known and (seam is None or m.id < seam)
+        ]
+        for message in late:
+            frame = encode_frame(message.frame())
+            for client in clients:
+                client.offer(message, frame)
+        missed += late
+        self.caught_up += len(missed) * len(clients)
+        if missed:
+            log.warning(
+                "room %s: %d message(s) routed while the queue was away, sent to %d socket(s)",
+                room.key,
+                len(missed),
+                len(clients),
+            )
+        return len(missed)
+
+    async def _missed(
+        self, room: VirtualRoom, since: str, clients: Sequence[ConnectedClient]
+    ) -> list[ChatMessage]:
+        # Whatever was routed before the new queue's binding went to the history too; the
+        # first live message held after the binding marks the seam. Wait (bounded) until the
+        # history has it, so what the workers were still storing is not skipped.
+        assert self.history is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SEAM_WAIT
+        while True:
+            missed = await self._all_after(room, since)
+            seam = next((c.first_held for c in clients if c.first_held is not None), None)
+            if seam is None or loop.time() > deadline or any(m.id == seam for m in missed):
+                return missed
+            await asyncio.sleep(0.05)  # polling the database: the workers give no signal
+
+    async def _all_after(self, room: VirtualRoom, since: str) -> list[ChatMessage]:
+        assert self.history is not None
+        found: list[ChatMessage] = []
+        while page := await self.history.after(room.tenant, room.room, since, limit=PAGE):
+            found.extend(page)
+            since = page[-1].id
+        return found
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:
@@ -83,12 +221,26 @@ class Gateway:
         try:
             yield self
         finally:
+            self.draining = True
             for room in list(self.manager.rooms.values()):
                 for client in list(room.clients):
                     client.disconnect(GOING_AWAY, "the gateway is shutting down")
+            if self._catching_up is not None:
+                self._catching_up.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._catching_up
+            self.manager.flush()
             stopping.set()
             with contextlib.suppress(Exception):
                 await task
+
+    def readiness(self) -> str:
+        """What ``/readyz`` reports of this gateway: ``draining`` from SIGTERM on (first, so
+        load balancers stop sending clients before the sockets close), else whether its queue
+        is consuming."""
+        if self.draining:
+            return "draining"
+        return "consuming" if self.inbox.connected.is_set() else "connecting"
 
     async def going_away(self, timeout: float = 5.0) -> None:
         """Close every socket with 1001 and wait (at most ``timeout`` seconds) until each close
@@ -102,6 +254,21 @@ class Gateway:
             _, pending = await asyncio.wait(waits, timeout=timeout)
             for wait in pending:
                 wait.cancel()
+
+    async def drain(self) -> int:
+        """Scale in: turn not ready, refuse new sockets, then close the open ones in a few
+        batches spread over ``drain_seconds`` with :data:`GOING_AWAY`; returns how many."""
+        self.draining = True
+        clients = self.manager.all_clients()
+        random.shuffle(clients)
+        batches = max(1, min(10, len(clients)))
+        pause = self._drain_seconds / batches
+        for index in range(batches):
+            for client in clients[index::batches]:
+                client.disconnect(GOING_AWAY, "the gateway is shutting down")
+            if index < batches - 1:
+                await asyncio.sleep(pause)  # spread: no stampede onto the other instances
+        return len(clients)
 
     async def send(self, client: ConnectedClient, text: str) -> PublishResult:
         """Publish ``text`` from ``client`` to its room and to the history."""
@@ -123,18 +290,30 @@ class Gateway:
         return results[0] if not results[0].ok else results[1]
 
     async def recover(self, client: ConnectedClient, since: str, history: ChatHistory) -> int:
-        """Send ``client`` (held since before it joined) what it missed after ``since``, then
-        its held live messages; returns how many frames were queued.
+        """Send ``client`` (held since before it joined) what it missed after ``since``, page
+        by page at the pace of its socket, then its held live messages; returns how many
+        frames were queued.
 
         The database has what the persistence workers stored; the room's recent messages on
         this instance cover those still on their way there.
         """
-        missed = {m.id: m for m in await history.after(client.member.tenant, client.room, since)}
+
+        async def pages() -> AsyncIterator[list[ChatMessage]]:
+            after = since
+            while page := await history.after(client.member.tenant, client.room, after, limit=PAGE):
+                yield page
+                after = page[-1].id
+
         room = self.manager.rooms.get(self.manager.key_of(client))
-        if room is not None:
-            missed.update((m.id, m) for m in room.recent if m.id > since)
-        return client.catch_up([missed[key] for key in sorted(missed)])
+        recent = (
+            sorted((m for m in room.recent if m.id > since), key=lambda m: m.id) if room else []
+        )
+        return await client.replay(pages(), recent)
 
     def revoke(self, tenant: str, user_id: str) -> int:
         """Close every socket of a user whose sessions were revoked; returns how many."""
         return self.manager.disconnect_member(tenant, user_id, "session revoked")
+
+
+async def _once(messages: list[ChatMessage]) -> AsyncIterator[list[ChatMessage]]:
+    yield messages

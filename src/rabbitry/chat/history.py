@@ -4,6 +4,12 @@ Each message is stored once by its id, however often it is delivered (competing 
 redeliveries after a crash): inserts skip ids already present. Ids are time-ordered (see
 :mod:`rabbitry.chat.protocol`), so pages and recovery order by id: ``page`` walks back from
 ``before``, newest first; ``after`` walks forward from the last id a client saw.
+
+Recovery (``after``) follows the order the store assigns instead: each stored message gets the
+next ``seq``, and on PostgreSQL the writers take one transaction lock in turn, so ``seq`` order
+is commit order. A message stored after the one a client saw last comes after it, whatever the
+clock of the gateway that stamped its id: a gateway whose clock runs behind cannot hide its
+messages from ``since``.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -24,6 +30,8 @@ MAX_PAGE = 200
 
 
 _TABLE = cast(Table, StoredChatMessage.__table__)
+# One key for the writers' turn on PostgreSQL (any constant: it names no table).
+_ORDER_LOCK = 0x63686174  # "chat"
 
 
 class ChatHistory:
@@ -47,11 +55,35 @@ class ChatHistory:
                 "sent_at": m.sent_at,
                 "stored_at": now,
             }
-            for m in messages
+            for m in sorted(messages, key=lambda m: m.id)
         }
+        # Row k takes (the highest seq it sees) + 1 + k: distinct and growing whether the
+        # rows go in one statement (one snapshot) or one by one (each sees those before);
+        # a skipped repeat leaves a gap, which is harmless.
+        for offset, row in enumerate(rows.values()):
+            row["offset"] = offset
+        top = select(func.coalesce(func.max(StoredChatMessage.seq), 0) + 1).scalar_subquery()
         insert = pg_insert if not self._database.is_sqlite else sqlite_insert
-        statement = insert(_TABLE).on_conflict_do_nothing(index_elements=["id"])
+        statement = (
+            insert(_TABLE)
+            .values(
+                id=bindparam("id"),
+                tenant=bindparam("tenant"),
+                room=bindparam("room"),
+                sender=bindparam("sender"),
+                text=bindparam("text"),
+                sent_at=bindparam("sent_at"),
+                stored_at=bindparam("stored_at"),
+                seq=top + bindparam("offset"),
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
         async with self._database.session() as session:
+            if not self._database.is_sqlite:
+                # Writers in turn, so that seq order is commit order: a reader paging by seq
+                # never passes a seq whose transaction has yet to commit. (SQLite has one
+                # writer at a time anyway.)
+                await session.execute(text(f"SELECT pg_advisory_xact_lock({_ORDER_LOCK})"))
             await session.execute(statement, list(rows.values()))
 
     async def page(
@@ -69,18 +101,27 @@ class ChatHistory:
     async def after(
         self, tenant: str, room: str, since: str, *, limit: int = 1000
     ) -> list[ChatMessage]:
-        """Up to ``limit`` messages newer than ``since``, oldest first."""
-        query = (
-            select(StoredChatMessage)
-            .where(
-                StoredChatMessage.tenant == tenant,
-                StoredChatMessage.room == room,
-                StoredChatMessage.id > since,
+        """Up to ``limit`` messages stored after ``since``, in the store's order. When
+        ``since`` is not stored (yet), messages with a later id, in id order."""
+        where = (StoredChatMessage.tenant == tenant, StoredChatMessage.room == room)
+        async with self._database.session() as session:
+            anchor = await session.scalar(
+                select(StoredChatMessage.seq).where(*where, StoredChatMessage.id == since)
             )
-            .order_by(StoredChatMessage.id)
-            .limit(limit)
-        )
-        return await self._fetch(query)
+            if anchor is not None:
+                query = (
+                    select(StoredChatMessage)
+                    .where(*where, StoredChatMessage.seq > anchor)
+                    .order_by(StoredChatMessage.seq)
+                )
+            else:
+                query = (
+                    select(StoredChatMessage)
+                    .where(*where, StoredChatMessage.id > since)
+                    .order_by(StoredChatMessage.id)
+                )
+            rows = (await session.scalars(query.limit(limit))).all()
+        return [_message(row) for row in rows]
 
     async def _fetch(self, query: object) -> list[ChatMessage]:
         async with self._database.session() as session:

@@ -3,7 +3,9 @@
 ``WS /chat/ws/{room}?tenant=T&token=TOKEN[&since=ID]`` — the token is a session token of the
 sessions part; a bad room, tenant, ``since`` or token is refused before the upgrade completes
 (HTTP 403). Then the client sends ``{"text": ...}`` frames and receives every message of the
-room, its own included; with ``since`` it first receives what it missed after that id.
+room, its own included; with ``since`` it first receives what it missed after that id. If the
+room's binding cannot be made (the broker is away), the socket is closed right after it opens
+with code 1013 ("try again later"); a gateway that is scaling in closes with 1012.
 
 ``GET /api/chat/rooms/{room}/messages?tenant=T[&limit=N][&before=ID]`` with
 ``Authorization: Bearer TOKEN`` → ``{"room", "messages": [...newest first], "next_before"}``;
@@ -33,7 +35,7 @@ from fastapi.responses import HTMLResponse
 from starlette.websockets import WebSocketDisconnect
 
 from rabbitry.chat.client import ConnectedClient, Member
-from rabbitry.chat.gateway import Gateway
+from rabbitry.chat.gateway import RECONNECT, Gateway
 from rabbitry.chat.history import MAX_PAGE, ChatHistory
 from rabbitry.chat.protocol import (
     FrameError,
@@ -55,6 +57,7 @@ router = APIRouter(tags=["chat"])
 
 POLICY_VIOLATION = 1008
 SESSION_EXPIRED = 4002  # an application close code, beside the manager's REVOKED (4001)
+TRY_AGAIN = 1013
 RATE = 10.0  # messages a second per client, on average
 BURST = 20
 
@@ -117,7 +120,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 open_manager(settings, state.database, publisher=state.publisher)
             )
         authenticate: Authenticate = sessions.authenticate
-        gateway = await stack.enter_async_context(Gateway(settings, state.publisher).running())
+        history = ChatHistory(state.database)
+        gateway = await stack.enter_async_context(
+            Gateway(settings, state.publisher, history=history).running()
+        )
 
         async def still_valid(tenant: str, token: str) -> bool:
             return await authenticate(tenant, token) is not None
@@ -131,11 +137,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await stack.enter_async_context(watch.running())
         chat = Chat(
             gateway,
-            ChatHistory(state.database),
+            history,
             authenticate,
             max_sockets_per_user=settings.chat_max_sockets_per_user,
         )
         state.put(Chat, chat)
+        # SIGTERM: scale in gradually (1012, over a few seconds), then whatever is left
+        # goes with 1001, before the server drops the connections itself.
+        state.before_shutdown.append(gateway.drain)
+        if state.health is not None:  # the app's /readyz counts the gateway's own queue
+            state.health.report("chat-gateway", gateway.readiness)
         state.before_shutdown.append(gateway.going_away)
         yield
 
@@ -152,6 +163,13 @@ async def chat_socket(
     token: str = "",
     since: str | None = None,
 ) -> None:
+    gateway = chat.gateway
+    if gateway.draining:
+        # Scaling in: opened and closed at once with the code that sends the client to
+        # another instance (a refused upgrade would look like a bad token to it).
+        await websocket.accept()
+        await websocket.close(RECONNECT, "the gateway is scaling in: reconnect")
+        return
     try:
         check_room(room)
         check_tenant(tenant)
@@ -170,23 +188,29 @@ async def chat_socket(
         await websocket.close(POLICY_VIOLATION, f"at most {most} sockets per user")
         return
     client = ConnectedClient(member, room, websocket.send_text, websocket.close, token=token)
-    gateway = chat.gateway
     if since is not None:
         client.hold()
     # Join before accepting: once the client sees its socket open, the room's binding is in
     # place, so a message sent right after by anyone, on any instance, reaches it.
-    await gateway.manager.join(client)
+    if not await gateway.manager.join(client):
+        await websocket.accept()
+        await websocket.close(TRY_AGAIN, "the room is not available now: try again")
+        return
     pump: asyncio.Task[None] | None = None
     # The socket lives no longer than the session it was opened with.
     lifetime = (principal.expires_at - utcnow()).total_seconds()
     expiry = asyncio.get_running_loop().call_later(
         max(0.0, lifetime), client.disconnect, SESSION_EXPIRED, "session expired"
     )
+    recovery: asyncio.Task[int] | None = None
     try:
         await websocket.accept()
         pump = asyncio.create_task(client.pump())
         if since is not None:
-            await gateway.recover(client, since, chat.history)
+            # Alongside the reader: a long gap replays at the socket's pace while the client
+            # may already talk.
+            recovery = asyncio.create_task(gateway.recover(client, since, chat.history))
+            recovery.add_done_callback(lambda task: _recovered(task, client))
         reader = asyncio.create_task(_read(websocket, client, gateway))
         await asyncio.wait([reader, pump], return_when=asyncio.FIRST_COMPLETED)
         reader.cancel()
@@ -196,9 +220,19 @@ async def chat_socket(
         expiry.cancel()
         gateway.manager.leave(client)
         client.disconnect(1000, "")
+        if recovery is not None:
+            recovery.cancel()
+            with contextlib.suppress(BaseException):
+                await recovery
         if pump is not None:
             with contextlib.suppress(Exception):
                 await pump
+
+
+def _recovered(task: asyncio.Task[int], client: ConnectedClient) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("recovery for %s failed: %s", client.member.username, task.exception())
+        client.disconnect(TRY_AGAIN, "recovery failed: reconnect with since")
 
 
 async def _read(websocket: WebSocket, client: ConnectedClient, gateway: Gateway) -> None:

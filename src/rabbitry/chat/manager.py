@@ -5,7 +5,9 @@ The life cycle of a room on one instance:
 * a client joins a room this instance does not have yet: the Manager creates the VirtualRoom
   and has the instance's queue bound with the room's routing key;
 * a client joins a room that exists here: it is only added, nothing else happens;
-* the room's last client leaves: the room is dropped and the binding removed;
+* the room's last client leaves: the room is dropped, and its binding removed after a short
+  grace period (``unbind_grace``): a user who reconnects alone to a room, as a page reload
+  does, costs no unbind and bind each time;
 * a message arrives from the queue: the Manager finds its room and hands it over; the room
   sends it to every socket, the sender's included.
 
@@ -17,12 +19,13 @@ one room, no binding is left stale and none is missing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from typing import Protocol
 
 from rabbitry.chat.client import ConnectedClient
-from rabbitry.chat.protocol import ChatMessage
+from rabbitry.chat.protocol import ChatMessage, floor_id
 from rabbitry.chat.room import VirtualRoom
 from rabbitry.chat.topology import ChatLayout
 from rabbitry.errors import MessageError
@@ -46,10 +49,19 @@ class Binder(Protocol):
 class Manager:
     """The rooms of this instance, by routing key."""
 
-    def __init__(self, layout: ChatLayout, binder: Binder, *, bind_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        layout: ChatLayout,
+        binder: Binder,
+        *,
+        bind_timeout: float = 5.0,
+        unbind_grace: float = 0.0,
+    ) -> None:
         self._layout = layout
         self._binder = binder
         self._bind_timeout = bind_timeout
+        self._unbind_grace = unbind_grace
+        self._lingering: dict[str, asyncio.TimerHandle] = {}
         self.rooms: dict[str, VirtualRoom] = {}
         self._members: defaultdict[tuple[str, str], set[ConnectedClient]] = defaultdict(set)
         self.stale = 0
@@ -59,16 +71,26 @@ class Manager:
         return self._layout.room_key(client.member.tenant, client.room)
 
     async def join(self, client: ConnectedClient) -> bool:
-        """Put ``client`` in its room; True once the room's binding is in place (False: the
-        broker is away, and the binding follows when it is back)."""
+        """Put ``client`` in its room; True once the room's binding is in place. False: the
+        binding did not come within ``bind_timeout`` (the broker is away), and the client is
+        taken out again: a socket is never accepted without its binding."""
         key = self.key_of(client)
         room = self.rooms.get(key)
         if room is None:
-            room = self.rooms[key] = VirtualRoom(client.member.tenant, client.room, key)
-            self._binder.want(key)
+            room = self.rooms[key] = VirtualRoom(
+                client.member.tenant, client.room, key, start=floor_id()
+            )
+            lingering = self._lingering.pop(key, None)
+            if lingering is not None:
+                lingering.cancel()  # still wanted, most likely still bound
+            else:
+                self._binder.want(key)
         room.add(client)
         self._members[(client.member.tenant, client.member.user_id)].add(client)
-        return await self._binder.bound(key, self._bind_timeout)
+        if await self._binder.bound(key, self._bind_timeout):
+            return True
+        self.leave(client)
+        return False
 
     def leave(self, client: ConnectedClient) -> None:
         """Take ``client`` out of its room; the room's last client drops the room."""
@@ -83,7 +105,26 @@ class Manager:
         room.remove(client)
         if not room:
             del self.rooms[key]
-            self._binder.drop(key)
+            if self._unbind_grace > 0:
+                loop = asyncio.get_running_loop()
+                self._lingering[key] = loop.call_later(self._unbind_grace, self._drop, key)
+            else:
+                self._binder.drop(key)
+
+    def _drop(self, key: str) -> None:
+        self._lingering.pop(key, None)
+        self._binder.drop(key)
+
+    @property
+    def lingering(self) -> frozenset[str]:
+        """Keys of rooms gone from this instance whose binding waits out the grace period."""
+        return frozenset(self._lingering)
+
+    def flush(self) -> None:
+        """Drop every lingering binding now (shutting down)."""
+        for key, handle in list(self._lingering.items()):
+            handle.cancel()
+            self._drop(key)
 
     def dispatch(self, message: Message) -> int:
         """Hand a message from the instance's queue to its room; returns the sockets reached."""

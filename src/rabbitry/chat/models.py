@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Index, String, Text
+from sqlalchemy import BigInteger, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from rabbitry.storage.base import Base
@@ -15,7 +15,11 @@ class StoredChatMessage(Base):
     """One chat message as the history keeps it."""
 
     __tablename__ = "chat_message"
-    __table_args__ = (Index("ix_chat_message_tenant_room_id", "tenant", "room", "id"),)
+    __table_args__ = (
+        Index("ix_chat_message_tenant_room_id", "tenant", "room", "id"),
+        Index("ix_chat_message_seq", "seq", unique=True),
+        Index("ix_chat_message_tenant_room_seq", "tenant", "room", "seq"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(63))
@@ -24,3 +28,5 @@ class StoredChatMessage(Base):
     text: Mapped[str] = mapped_column(Text)
     sent_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     stored_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """The store's order, which ``since`` recovery follows (none on rows stored before it)."""

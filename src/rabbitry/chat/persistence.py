@@ -85,7 +85,14 @@ class PersistenceService:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._service: PersistenceWorker | None = None
+
+    @property
+    def consuming(self) -> bool:
+        """Whether the worker is consuming (what ``/readyz`` reports)."""
+        return self._service is not None and self._service.connected.is_set()
 
     async def run(self, stopping: asyncio.Event) -> None:
         async with open_database(self._settings.sql_url) as database:
-            await PersistenceWorker(self._settings, database).run(stopping)
+            self._service = PersistenceWorker(self._settings, database)
+            await self._service.run(stopping)

@@ -69,6 +69,14 @@ class MessageIds:
         return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
+def floor_id(now_ms: int | None = None) -> str:
+    """The smallest id of the millisecond ``now_ms`` (default: now): every message stamped at
+    or after it sorts after it."""
+    ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    text = f"{ms << 80:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
     """One message of one room of one tenant."""

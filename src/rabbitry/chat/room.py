@@ -18,13 +18,16 @@ RECENT = 200
 class VirtualRoom:
     """The connected clients of ``room`` of ``tenant`` on this instance."""
 
-    def __init__(self, tenant: str, room: str, key: str) -> None:
+    def __init__(self, tenant: str, room: str, key: str, *, start: str = "") -> None:
         self.tenant = tenant
         self.room = room
         self.key = key
         """The routing key of the room on the dispatch exchange."""
         self.clients: set[ConnectedClient] = set()
         self.recent: deque[ChatMessage] = deque(maxlen=RECENT)
+        self.last_id = start
+        """The id of the last message this room delivered (at first, an id no earlier than
+        the room's creation): where a catch-up after a lost queue starts."""
 
     def __len__(self) -> int:
         return len(self.clients)
@@ -39,5 +42,6 @@ class VirtualRoom:
         """Offer ``message`` to every client; returns how many took it (a slow one is
         disconnected by its own full queue, the others never wait for it)."""
         self.recent.append(message)
+        self.last_id = message.id
         frame = encode_frame(message.frame())
         return sum(client.offer(message, frame) for client in list(self.clients))

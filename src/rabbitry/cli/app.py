@@ -13,7 +13,7 @@ from typer._click.exceptions import ClickException
 from typer.core import TyperGroup
 
 from rabbitry.app.registry import PARTS, Commands
-from rabbitry.cli import messaging, system
+from rabbitry.cli import messaging, status, system
 from rabbitry.cli.lazy import LazyCommand, Register, add_lazy
 
 app = typer.Typer(
@@ -51,6 +51,7 @@ def root(
 
 messaging.register(app)
 system.register(app)
+status.register(app)
 
 # The CLI's own command groups that need the broker client or SQLAlchemy load when they run too.
 _OWN = [

@@ -56,10 +56,20 @@ def serve(
 def worker(
     ctx: typer.Context,
     names: Annotated[list[str], typer.Argument(metavar="NAME...", help=f"Any of: {_WORKERS}.")],
+    port: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=65535, help="Serve /livez, /readyz, /healthz and /metrics on this port."
+        ),
+    ] = None,
+    host: HostOption = HOST,
 ) -> None:
-    """Run one or more workers without HTTP (scale them out by starting more processes).
+    """Run one or more workers (scale them out by starting more processes).
 
-    Example: rabbitry worker workflow relay
+    Without --port there is no HTTP; with it, the health endpoints and metrics. A worker that
+    crashes stops the process with exit code 1.
+
+    Example: rabbitry worker workflow relay --port 9101
     """
     known = registry.services()
     for name in names:
@@ -67,4 +77,4 @@ def worker(
             fail(f"unknown worker {name!r}: choose from {_WORKERS}")
     from rabbitry.app.server import run_workers
 
-    run(run_workers(settings(ctx), names))
+    run(run_workers(settings(ctx), names, host=host, port=port))

@@ -159,10 +159,16 @@ class WorkflowService:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._service: WorkflowWorker | None = None
+
+    @property
+    def consuming(self) -> bool:
+        """Whether the worker is consuming (what ``/readyz`` reports)."""
+        return self._service is not None and self._service.connected.is_set()
 
     async def run(self, stopping: asyncio.Event) -> None:
         async with open_database(self._settings.sql_url) as database:
-            service = WorkflowWorker(self._settings, database)
+            service = self._service = WorkflowWorker(self._settings, database)
             # Everything loaded so far (modules, the ORM's and the settings' classes) lives as
             # long as the process: keep it out of the collector's full passes, which otherwise
             # scan it over and over while thousands of messages wait in the prefetch window

@@ -12,6 +12,11 @@ last word, and nothing but that task touches the broker. When the connection dro
 and its bindings are gone; the Inbox connects again, declares a *new* queue (a new name: the
 broker may keep the old one until it notices the dead connection), binds every wanted key and
 consumes again.
+
+Binding is done in bounded windows: each window's replies must come within the link's RPC
+timeout, so a gateway with ten thousand rooms rebinds window by window instead of sending every
+bind at once and timing out on the last ones (which aborted the link and started the whole set
+again). Keys a caller is waiting on (:meth:`bound`: a socket waiting to open) go first.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from collections.abc import Callable
 
 from rabbitry.amqp.base import LinkClosed, Received
 from rabbitry.amqp.link import Link
-from rabbitry.errors import MessageError
+from rabbitry.errors import BrokerError, MessageError
 from rabbitry.messaging import envelope
 from rabbitry.messaging.connection import reconnecting
 from rabbitry.messaging.envelope import Message
@@ -33,6 +38,9 @@ from rabbitry.messaging.topology import Exchange
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 5.0
+FIRST_WINDOW = 64
+MAX_WINDOW = 4096
+MIN_WINDOW = 16
 
 
 class Inbox:
@@ -64,10 +72,14 @@ class Inbox:
         self._on_message = on_message
         self._on_connected = on_connected
         self._prefetch = prefetch
-        self._wanted: set[str] = set()
+        # Insertion-ordered: after a reconnect the rooms rebind oldest first.
+        self._wanted: dict[str, None] = {}
         self._bound: set[str] = set()
+        # Futures of the callers of bound(), by key: woken one key at a time (a gateway
+        # rebinding ten thousand rooms must not wake ten thousand waiters per window).
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._window = FIRST_WINDOW
         self._changed = asyncio.Event()
-        self._progress = asyncio.Event()
         self._link: Link | None = None
         self._generation = 0
         self.queue: str | None = None
@@ -82,14 +94,20 @@ class Inbox:
     def want(self, key: str) -> None:
         """Bind ``key`` (soon: await :meth:`bound` to know when)."""
         if key not in self._wanted:
-            self._wanted.add(key)
+            self._wanted[key] = None
             self._changed.set()
 
     def drop(self, key: str) -> None:
         """Unbind ``key`` (soon)."""
         if key in self._wanted:
-            self._wanted.discard(key)
+            del self._wanted[key]
             self._changed.set()
+            self._wake(key)
+
+    @property
+    def generation(self) -> int:
+        """How many connections the inbox has opened (a reconnect adds one)."""
+        return self._generation
 
     @property
     def wanted(self) -> frozenset[str]:
@@ -104,13 +122,25 @@ class Inbox:
         """Wait until ``key`` is bound; False if it was dropped or ``timeout`` passed first."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while key in self._wanted and key not in self._bound:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), remaining)
+        while key in self._wanted and key not in self._bound and loop.time() < deadline:
+            waiter = loop.create_future()
+            self._waiters.setdefault(key, []).append(waiter)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(deadline):
+                        await waiter
+            finally:
+                waiters = self._waiters.get(key, [])
+                if waiter in waiters:
+                    waiters.remove(waiter)
+                    if not waiters:
+                        del self._waiters[key]
         return key in self._bound
+
+    def _wake(self, key: str) -> None:
+        for waiter in self._waiters.pop(key, ()):
+            if not waiter.done():
+                waiter.set_result(None)
 
     # --- the broker side ------------------------------------------------------------------
 
@@ -126,7 +156,10 @@ class Inbox:
 
     async def _session(self, stopping: asyncio.Event) -> None:
         link = await Link.connect(
-            self._settings.url, name=self.name, timeout=self._settings.connect_timeout
+            self._settings.url,
+            name=self.name,
+            timeout=self._settings.connect_timeout,
+            rpc_timeout=self._settings.rpc_timeout,
         )
         try:
             self._generation += 1
@@ -155,29 +188,48 @@ class Inbox:
             self.connected.clear()
             self._bound.clear()
             self._link = self.queue = None
-            self._notify()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(link.close(), timeout=2)
 
     async def _reconcile(self, link: Link, queue: str) -> None:
-        """Bind what is wanted and not bound, unbind the reverse, until both sets agree."""
+        """Bind what is wanted and not bound, unbind the reverse, until both sets agree; a
+        bounded window of calls at a time, sized so its replies come well within the link's
+        RPC timeout."""
+        loop = asyncio.get_running_loop()
+        budget = self._settings.rpc_timeout / 4
         while True:
             self._changed.clear()
-            missing = self._wanted - self._bound
-            extra = self._bound - self._wanted
+            missing = [key for key in self._wanted if key not in self._bound]
+            extra = [key for key in self._bound if key not in self._wanted]
             if not missing and not extra:
                 return
-            # One write, replies in order: a few hundred rooms rebind in one round trip.
-            await asyncio.gather(
-                *(link.bind_queue(queue, self._exchange.name, key) for key in missing),
-                *(link.unbind_queue(queue, self._exchange.name, key) for key in extra),
-            )
-            self._bound = (self._bound | missing) - extra
-            self._notify()
-
-    def _notify(self) -> None:
-        self._progress.set()
-        self._progress = asyncio.Event()
+            # Sockets waiting to open go first: joins are served while thousands rebind.
+            missing.sort(key=lambda key: key not in self._waiters)
+            window = self._window
+            binds, unbinds = missing[:window], extra[: max(0, window - len(missing))]
+            started = loop.time()
+            # One write, replies in order: a window of keys costs one round trip.
+            try:
+                await asyncio.gather(
+                    *(link.bind_queue(queue, self._exchange.name, key) for key in binds),
+                    *(link.unbind_queue(queue, self._exchange.name, key) for key in unbinds),
+                )
+            except BrokerError:
+                if loop.time() - started >= self._settings.rpc_timeout:
+                    # The window's last reply came too late and aborted the link: the next
+                    # connection starts with a smaller one, so the rebind converges.
+                    self._window = max(window // 4, MIN_WINDOW)
+                raise
+            self._bound.update(binds)
+            self._bound.difference_update(unbinds)
+            for key in binds:
+                self._wake(key)
+            elapsed = loop.time() - started
+            if len(binds) + len(unbinds) >= window:
+                if elapsed < budget / 2:
+                    self._window = min(window * 2, MAX_WINDOW)
+                elif elapsed > budget:
+                    self._window = max(window // 2, MIN_WINDOW)
 
     def _on_delivery(self, delivery: Received) -> None:
         link = self._link

@@ -14,6 +14,8 @@ import signal
 from collections.abc import Sequence
 from typing import Protocol
 
+from rabbitry.errors import ServiceCrashed
+
 log = logging.getLogger(__name__)
 
 
@@ -33,17 +35,27 @@ def install_signal_handlers(stopping: asyncio.Event) -> None:
 
 
 async def run_services(services: Sequence[Service], stopping: asyncio.Event) -> None:
-    """Run services side by side until ``stopping``; a crashed one stops the others."""
+    """Run services side by side until ``stopping``; a crashed one stops the others, and once
+    they have drained :class:`~rabbitry.errors.ServiceCrashed` is raised: a process must not
+    go on looking alive with its services gone."""
+    if not services:  # nothing to run (an HTTP server alone): wait as the services would
+        await stopping.wait()
+        return
     tasks = [asyncio.create_task(s.run(stopping), name=s.name) for s in services]
+    crashed: list[tuple[str, BaseException]] = []
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
-            if task.exception() is not None:
-                log.error("service %s crashed: %r", task.get_name(), task.exception())
+            if (exc := task.exception()) is not None:
+                log.error("service %s crashed: %r", task.get_name(), exc)
+                crashed.append((task.get_name(), exc))
                 stopping.set()
         await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         stopping.set()
+    if crashed:
+        name, exc = crashed[0]
+        raise ServiceCrashed(f"service {name} crashed: {exc}") from exc
 
 
 async def serve(*services: Service) -> None:

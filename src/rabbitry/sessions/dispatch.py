@@ -123,6 +123,11 @@ class DispatchService:
         self._polls = 0
         self._skipped: set[str] = set()
 
+    @property
+    def consuming(self) -> bool:
+        """Whether every tenant's worker is consuming (what ``/readyz`` reports)."""
+        return all(worker.connected.is_set() for worker in self.workers.values())
+
     async def run(self, stopping: asyncio.Event) -> None:
         settings = self.settings
         assert settings.service_token is not None
