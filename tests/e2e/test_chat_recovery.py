@@ -17,14 +17,12 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 import websockets
-from sqlalchemy import select
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection, serve
 
 from fixtures.chat import ChatSystem, bindings, chat_system, socket_url
 from helpers import close_connections, eventually_true
 from rabbitry.chat.history import ChatHistory
-from rabbitry.chat.models import StoredChatMessage
 from rabbitry.chat.protocol import ChatMessage, MessageIds
 from rabbitry.chat.topology import ChatLayout
 from rabbitry.config import Settings
@@ -173,29 +171,14 @@ async def test_a_client_that_missed_three_hundred_messages_gets_them_all_then_li
             assert sorted(got) == sorted(texts + live)  # each once
             assert socket.close_code is None  # never "too slow"
 
-        async def all_stored() -> bool:
-            return len(_history(system, bob)) == 311
-
-        await eventually_true(all_stored, timeout=60, what="the live messages in the history")
-        # Fifteen sockets sent at once: the order is the one the store assigned (the live
-        # messages the history had when the replay reached them included).
-        places = await _places(system, [f["id"] for f in reader.frames])
-        assert places == sorted(places)
+        # Fifteen sockets sent at once and competing workers stored them out of send order:
+        # the client still gets one order, the ids' (the store's pages, with the room's recent
+        # live messages merged in).
+        ids = [f["id"] for f in reader.frames]
+        assert ids == sorted(ids)
     finally:
         for socket in bobs:
             await socket.close()
-
-
-async def _places(system: ChatSystem, ids: list[str]) -> list[int]:
-    """Each message's place in the store's order."""
-    settings = Settings(namespace=system.namespace, data_dir=system.directory / "var")
-    query = select(StoredChatMessage.id, StoredChatMessage.seq).where(StoredChatMessage.id.in_(ids))
-    async with (
-        open_database(settings.sql_url, upgrade=False) as database,
-        database.session() as session,
-    ):
-        seq = {id_: place for id_, place in (await session.execute(query)).all()}
-    return [int(seq[id_] or 0) for id_ in ids]
 
 
 def _history(system: ChatSystem, token: str) -> list[dict[str, Any]]:

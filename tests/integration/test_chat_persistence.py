@@ -108,27 +108,25 @@ async def _empty(broker: BrokerProbe, queue: str) -> bool:
     return await broker.counts(queue) == (0, 0)
 
 
-async def test_recovery_follows_the_stores_order_so_a_gateway_clock_behind_hides_nothing(
+async def test_recovery_after_an_id_finds_what_was_sent_after_it_whatever_the_commit_order(
     db: Database,
 ) -> None:
     history = ChatHistory(db)
-    ahead, behind = MessageIds(), MessageIds()
-    seen = ChatMessage(ahead.new(2_000_000_000_000), "acme", "lobby", "ann", "seen", now())
-    await history.store([seen])
-    # Stored after the client's last message, stamped by a gateway whose clock is a minute
-    # behind: its id sorts before ``seen``, its place in the store after it.
-    late = ChatMessage(
-        behind.new(2_000_000_000_000 - 60_000), "acme", "lobby", "bob", "late", now()
+    ids = MessageIds()
+    seen, first, second = (
+        ChatMessage(ids.new(2_000_000_000_000 + n), "acme", "lobby", "ann", text, now())
+        for n, text in enumerate(["seen", "first", "second"])
     )
-    later = ChatMessage(ahead.new(2_000_000_000_001), "acme", "lobby", "ann", "later", now())
-    await history.store([later, late])  # one batch: within it, id order
-    await history.store([late])  # a redelivery changes nothing
-    assert [m.text for m in await history.after("acme", "lobby", seen.id)] == ["late", "later"]
-    assert [m.text for m in await history.after("acme", "lobby", late.id)] == ["later"]
-    assert await history.after("acme", "lobby", later.id) == []
-    # A ``since`` the store does not have (yet): id order, as before the store kept one.
+    # Competing persistence workers: the message sent after ``seen`` is committed before it.
+    await history.store([first])
+    await history.store([seen])
+    await history.store([second])
+    await history.store([first])  # a redelivery changes nothing
+    assert [m.text for m in await history.after("acme", "lobby", seen.id)] == ["first", "second"]
+    assert [m.text for m in await history.after("acme", "lobby", first.id)] == ["second"]
+    assert await history.after("acme", "lobby", second.id) == []
     assert [m.text for m in await history.after("acme", "lobby", floor_id(0))] == [
-        "late",
         "seen",
-        "later",
+        "first",
+        "second",
     ]

@@ -298,16 +298,22 @@ class Gateway:
         this instance cover those still on their way there.
         """
 
-        async def pages() -> AsyncIterator[list[ChatMessage]]:
-            after = since
-            while page := await history.after(client.member.tenant, client.room, after, limit=PAGE):
-                yield page
-                after = page[-1].id
-
         room = self.manager.rooms.get(self.manager.key_of(client))
         recent = (
             sorted((m for m in room.recent if m.id > since), key=lambda m: m.id) if room else []
         )
+
+        async def pages() -> AsyncIterator[list[ChatMessage]]:
+            # Each page of the store, with the room's recent messages that sort within it
+            # (stored late or not yet): the client gets one id order; ``recent`` keeps the rest.
+            after = since
+            while page := await history.after(client.member.tenant, client.room, after, limit=PAGE):
+                last = page[-1].id
+                within = [m for m in recent if m.id <= last]
+                recent[:] = [m for m in recent if m.id > last]
+                yield sorted({m.id: m for m in [*page, *within]}.values(), key=lambda m: m.id)
+                after = last
+
         return await client.replay(pages(), recent)
 
     def revoke(self, tenant: str, user_id: str) -> int:

@@ -101,27 +101,22 @@ class ChatHistory:
     async def after(
         self, tenant: str, room: str, since: str, *, limit: int = 1000
     ) -> list[ChatMessage]:
-        """Up to ``limit`` messages stored after ``since``, in the store's order. When
-        ``since`` is not stored (yet), messages with a later id, in id order."""
-        where = (StoredChatMessage.tenant == tenant, StoredChatMessage.room == room)
-        async with self._database.session() as session:
-            anchor = await session.scalar(
-                select(StoredChatMessage.seq).where(*where, StoredChatMessage.id == since)
+        """Up to ``limit`` messages with an id later than ``since``, in id order.
+
+        Id order, not ``seq`` (commit) order: competing persistence workers commit out of send
+        order, so a message sent after ``since`` may be committed before it, and a reader
+        anchored on ``since``'s commit position would never see it."""
+        query = (
+            select(StoredChatMessage)
+            .where(
+                StoredChatMessage.tenant == tenant,
+                StoredChatMessage.room == room,
+                StoredChatMessage.id > since,
             )
-            if anchor is not None:
-                query = (
-                    select(StoredChatMessage)
-                    .where(*where, StoredChatMessage.seq > anchor)
-                    .order_by(StoredChatMessage.seq)
-                )
-            else:
-                query = (
-                    select(StoredChatMessage)
-                    .where(*where, StoredChatMessage.id > since)
-                    .order_by(StoredChatMessage.id)
-                )
-            rows = (await session.scalars(query.limit(limit))).all()
-        return [_message(row) for row in rows]
+            .order_by(StoredChatMessage.id)
+            .limit(limit)
+        )
+        return await self._fetch(query)
 
     async def _fetch(self, query: object) -> list[ChatMessage]:
         async with self._database.session() as session:
