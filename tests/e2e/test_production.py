@@ -21,7 +21,7 @@ def test_a_production_process_without_postgresql_token_or_redis_refuses_to_start
     settings: Settings, command: list[str]
 ) -> None:
     port = ["--port", str(free_port())] if command[0] != "worker" else []
-    env = cli_environment(settings, RABBITRY_ENV="production", RABBITRY_ADMIN_TOKEN="t0ken-42")
+    env = cli_environment(settings, RABBITRY_ENV="production", RABBITRY_ADMIN_TOKEN="t0ken-42-not-a-real-secret")
     done = subprocess.run(
         [RABBITRY, *command, *port], env=env, capture_output=True, text=True, timeout=60
     )
@@ -30,5 +30,5 @@ def test_a_production_process_without_postgresql_token_or_redis_refuses_to_start
     assert line.startswith("rabbitry: error: RABBITRY_ENV=production: set ")
     assert "RABBITRY_DATABASE_URL" in line and "RABBITRY_REDIS_URL" in line
     assert "RABBITRY_ADMIN_TOKEN" not in line  # it is set, and never printed
-    assert "t0ken-42" not in done.stderr + done.stdout
+    assert "t0ken-42-not-a-real-secret" not in done.stderr + done.stdout
     assert not settings.data_dir.exists() or not any(settings.data_dir.iterdir())
