@@ -21,7 +21,9 @@ def test_a_production_process_without_postgresql_token_or_redis_refuses_to_start
     settings: Settings, command: list[str]
 ) -> None:
     port = ["--port", str(free_port())] if command[0] != "worker" else []
-    env = cli_environment(settings, RABBITRY_ENV="production", RABBITRY_ADMIN_TOKEN="t0ken-42-not-a-real-secret")
+    env = cli_environment(
+        settings, RABBITRY_ENV="production", RABBITRY_ADMIN_TOKEN="t0ken-42-not-a-real-secret"
+    )
     done = subprocess.run(
         [RABBITRY, *command, *port], env=env, capture_output=True, text=True, timeout=60
     )
