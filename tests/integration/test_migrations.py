@@ -25,6 +25,7 @@ CHAIN = [
     ("0003_chat", "chat"),
     ("0004_sessions", "sessions"),
     ("0005_backoffice", "outbox"),
+    ("0006_chat_order", "chat"),
 ]
 
 
