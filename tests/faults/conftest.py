@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -35,8 +36,10 @@ from rabbitry.messaging.topology import Exchange, Queue, Topology
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "cluster"
 NODES = (1, 2, 3)
-BASE_PORT = 5680
-CLUSTER_URL = "amqp://guest:guest@127.0.0.1:5681,127.0.0.1:5682,127.0.0.1:5683/"
+# RABBITRY_CLUSTER_PORT moves the cluster (scripts/cluster reads it too), so that two checkouts
+# can each run the fault suite on their own cluster.
+BASE_PORT = int(os.environ.get("RABBITRY_CLUSTER_PORT", "5680"))
+CLUSTER_URL = "amqp://guest:guest@" + ",".join(f"127.0.0.1:{BASE_PORT + n}" for n in NODES) + "/"
 # Starting the cluster from nothing takes about 40 s on two busy cores; a restart after the
 # whole cluster stopped, about 20 s.
 SCRIPT_TIMEOUT = 240
