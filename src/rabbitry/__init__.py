@@ -14,8 +14,7 @@ not pay for the broker client and pydantic-settings it does not use (0.3 s of im
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rabbitry._version import __version__
 from rabbitry.errors import (
@@ -35,6 +34,7 @@ from rabbitry.errors import (
     ServiceCrashed,
     StorageError,
 )
+from rabbitry.exports import lazy_exports
 
 if TYPE_CHECKING:
     from rabbitry.config import Settings, load_settings
@@ -109,17 +109,11 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'rabbitry' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # once loaded, a plain attribute
-    return value
+__getattr__ = lazy_exports(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:
-    # The public names, loaded or not, and no helper of this module (importlib, Any).
+    # The public names, loaded or not, and no helper of this module (lazy_exports).
     return sorted({*__all__, *(name for name in globals() if name.startswith("_"))})
 
 

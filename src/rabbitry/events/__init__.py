@@ -10,9 +10,10 @@ the CLI's argument checks do) does not load the database code behind these names
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from rabbitry.exports import lazy_exports
 
 if TYPE_CHECKING:
     from rabbitry.events.change import (
@@ -41,11 +42,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 __all__ = [
