@@ -5,55 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 import signal
-import sys
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from fixtures.outbox import LatencyProxy, Topic, seed_rows
+from fixtures.outbox import (
+    LatencyProxy,
+    Topic,
+    leased,
+    requeue_environment,
+    seed_rows,
+    start_requeue,
+)
 from helpers import AMQP_URL, drain_ids, message
 from rabbitry.outbox.filters import RequeueFilter
 from rabbitry.outbox.models import OutboxMessageRecord
 from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
-RABBITRY = Path(sys.executable).with_name("rabbitry")
-
 SKIPPED = 3
-
-
-def environment(db: Database, topic: Topic, amqp_url: str, tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITRY_")}
-    env.update(
-        RABBITRY_NAMESPACE=topic.namespace,
-        RABBITRY_AMQP_URL=amqp_url,
-        RABBITRY_DATABASE_URL=db.url,
-        RABBITRY_DATA_DIR=str(tmp),
-    )
-    return env
-
-
-async def requeue(env: dict[str, str], cwd: Path, *args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        str(RABBITRY),
-        "requeue",
-        *args,
-        env=env,
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def leased(db: Database) -> int:
-    """Pending rows a run holds a lease on."""
-    async with db.session() as session:
-        statement = select(func.count()).where(
-            OutboxMessageRecord.processed.is_(False), OutboxMessageRecord.claim_token.is_not(None)
-        )
-        return int((await session.execute(statement)).scalar_one())
 
 
 async def test_a_run_that_sent_all_it_could_but_skipped_rows_another_run_holds_exits_3(
@@ -70,7 +41,7 @@ async def test_a_run_that_sent_all_it_could_but_skipped_rows_another_run_holds_e
     )
     assert {r.message_id for r in taken} == {m.id for m in held}
 
-    process = await requeue(environment(db, topic, AMQP_URL, tmp_path), tmp_path)
+    process = await start_requeue(requeue_environment(db, topic, AMQP_URL, tmp_path), tmp_path)
     out, err = await asyncio.wait_for(process.communicate(), timeout=120)
 
     assert process.returncode == SKIPPED, (out.decode(), err.decode())
@@ -86,8 +57,8 @@ async def test_a_second_signal_stops_the_run_at_once_and_marks_nothing_it_did_no
     # A slow path to the broker (0.3 s each way): a batch in flight takes a while to confirm,
     # so the first signal's "finish the batch" is still under way when the second comes.
     async with LatencyProxy(delay=0.3) as proxy:
-        env = environment(db, topic, proxy.url, tmp_path)
-        process = await requeue(env, tmp_path, "--batch-size", "50")
+        env = requeue_environment(db, topic, proxy.url, tmp_path)
+        process = await start_requeue(env, tmp_path, "--batch-size", "50")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 60
         while await leased(db) == 0:  # a batch is claimed: the run is under way

@@ -6,21 +6,25 @@ No row stays leased, and a later run sends the rest without a single duplicate."
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from fixtures.outbox import LatencyProxy, Topic, seed_rows
+from fixtures.outbox import (
+    LatencyProxy,
+    Topic,
+    leased,
+    requeue_environment,
+    seed_rows,
+    start_requeue,
+)
 from helpers import AMQP_URL, drain_ids, message
 from rabbitry.outbox.models import OutboxMessageRecord
 from rabbitry.storage import Database
 
-RABBITRY = Path(sys.executable).with_name("rabbitry")
 ROWS = 3000
 
 
@@ -28,37 +32,6 @@ async def processed(db: Database) -> int:
     async with db.session() as session:
         statement = select(func.count()).where(OutboxMessageRecord.processed.is_(True))
         return int((await session.execute(statement)).scalar_one())
-
-
-async def leased(db: Database) -> int:
-    async with db.session() as session:
-        statement = select(func.count()).where(
-            OutboxMessageRecord.processed.is_(False), OutboxMessageRecord.claim_token.is_not(None)
-        )
-        return int((await session.execute(statement)).scalar_one())
-
-
-def environment(db: Database, topic: Topic, amqp_url: str, tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITRY_")}
-    env.update(
-        RABBITRY_NAMESPACE=topic.namespace,
-        RABBITRY_AMQP_URL=amqp_url,
-        RABBITRY_DATABASE_URL=db.url,
-        RABBITRY_DATA_DIR=str(tmp),
-    )
-    return env
-
-
-async def requeue(env: dict[str, str], cwd: Path, *args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        str(RABBITRY),
-        "requeue",
-        *args,
-        env=env,
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -70,8 +43,8 @@ async def test_a_signalled_requeue_finishes_its_batch_releases_the_rest_and_says
     # A slow path to the broker: each batch takes a confirm round trip of ~60 ms, so the run
     # is surely in the middle when the signal comes.
     async with LatencyProxy(delay=0.03) as proxy:
-        env = environment(db, topic, proxy.url, tmp_path)
-        process = await requeue(env, tmp_path, "--batch-size", "50")
+        env = requeue_environment(db, topic, proxy.url, tmp_path)
+        process = await start_requeue(env, tmp_path, "--batch-size", "50")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 60
         while await processed(db) < 200:
@@ -90,8 +63,8 @@ async def test_a_signalled_requeue_finishes_its_batch_releases_the_rest_and_says
     assert "Traceback" not in err.decode()
     assert await leased(db) == 0  # nothing waits for a lease to end
 
-    env = environment(db, topic, AMQP_URL, tmp_path)
-    rest = await requeue(env, tmp_path)
+    env = requeue_environment(db, topic, AMQP_URL, tmp_path)
+    rest = await start_requeue(env, tmp_path)
     out, err = await asyncio.wait_for(rest.communicate(), timeout=120)
     assert rest.returncode == 0, err.decode()
     assert f"requeue: {ROWS - done} published, 0 failed" in out.decode()
