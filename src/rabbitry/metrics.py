@@ -6,7 +6,11 @@ Counters live in one registry per process; `/metrics` of every HTTP process expo
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -39,6 +43,14 @@ DEAD_LETTERED = Counter(
     ["queue"],
     registry=REGISTRY,
 )
+RELAYED = Counter(
+    "rabbitry_relayed", "Outbox rows the relay re-published to the broker", registry=REGISTRY
+)
+RELAY_FAILED = Counter(
+    "rabbitry_relay_failed",
+    "Outbox rows the relay tried to re-publish and the broker did not take",
+    registry=REGISTRY,
+)
 HANDLER_SECONDS = Histogram(
     "rabbitry_handler_seconds", "Time spent in message handlers", ["queue"], registry=REGISTRY
 )
@@ -53,3 +65,25 @@ BLOCKED = Gauge(
     ["connection"],
     registry=REGISTRY,
 )
+
+
+class GatewayGauges(Collector):
+    """A chat gateway's open sockets and rooms, read when ``/metrics`` is scraped (the
+    back-office's dashboard charts them); registered for the gateway's lifetime."""
+
+    def __init__(self, instance: str, sockets: Callable[[], int], rooms: Callable[[], int]):
+        self._instance = instance
+        self._sockets = sockets
+        self._rooms = rooms
+
+    def collect(self) -> Iterator[Metric]:
+        sockets = GaugeMetricFamily(
+            "rabbitry_chat_sockets", "Open WebSockets of a chat gateway", labels=["gateway"]
+        )
+        sockets.add_metric([self._instance], self._sockets())
+        rooms = GaugeMetricFamily(
+            "rabbitry_chat_rooms", "Rooms with a client on a chat gateway", labels=["gateway"]
+        )
+        rooms.add_metric([self._instance], self._rooms())
+        yield sockets
+        yield rooms
