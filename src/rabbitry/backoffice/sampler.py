@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 Sample = tuple[str, Mapping[str, str], float]
 SCRAPE_TIMEOUT = 3.0
+MAX_POINTS = 720  # per series, whatever the window and interval: the document stays small
 
 
 class Sampler:
@@ -59,7 +60,8 @@ class Sampler:
         self._state = state
         self._broker = broker
         self.interval = settings.dashboard_interval
-        self.series = Series(max(2, round(settings.dashboard_window / self.interval)))
+        points = round(settings.dashboard_window / self.interval)
+        self.series = Series(min(MAX_POINTS, max(2, points)))
 
     async def run(self) -> None:
         async with httpx.AsyncClient(timeout=SCRAPE_TIMEOUT) as http:
