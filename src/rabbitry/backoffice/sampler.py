@@ -39,8 +39,7 @@ from rabbitry.backoffice.series import (
 )
 from rabbitry.errors import RabbitryError
 from rabbitry.events import EventsLayout
-from rabbitry.outbox import Outbox, RequeueFilter
-from rabbitry.outbox.filters import Origin
+from rabbitry.outbox import Origin, Outbox, RequeueFilter
 from rabbitry.sessions import TenantsLayout
 from rabbitry.storage import Database
 from rabbitry.web import AppState
@@ -114,9 +113,7 @@ class Sampler:
 async def _pending(database: Database, problems: list[str]) -> dict[str, int]:
     outbox = Outbox(database)
     try:
-        return {
-            origin.value: await outbox.count(RequeueFilter(origin=origin)) for origin in Origin
-        }
+        return {origin.value: await outbox.count(RequeueFilter(origin=origin)) for origin in Origin}
     except RabbitryError as exc:
         problems.append(f"outbox: {exc}")
         return {}

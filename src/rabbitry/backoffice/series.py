@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 MAX_SERIES = 12  # lines per chart: more is unreadable, and the document stays small
@@ -42,7 +43,9 @@ class Reading:
     problems: tuple[str, ...] = ()  # what could not be read this time, one line each
 
 
-def counter_totals(samples: Iterable[tuple[str, Mapping[str, str], float]]) -> dict[CounterKey, float]:
+def counter_totals(
+    samples: Iterable[tuple[str, Mapping[str, str], float]],
+) -> dict[CounterKey, float]:
     """Rabbitry's counters from Prometheus samples (name, labels, value), summed over the
     processes they came from, keyed as the dashboard charts them."""
     wanted = {
@@ -63,7 +66,9 @@ def counter_totals(samples: Iterable[tuple[str, Mapping[str, str], float]]) -> d
     return totals
 
 
-def gateway_gauges(samples: Iterable[tuple[str, Mapping[str, str], float]]) -> dict[str, tuple[int, int]]:
+def gateway_gauges(
+    samples: Iterable[tuple[str, Mapping[str, str], float]],
+) -> dict[str, tuple[int, int]]:
     """Each chat gateway's (sockets, rooms) from Prometheus samples."""
     sockets: dict[str, int] = {}
     rooms: dict[str, int] = {}
@@ -111,7 +116,9 @@ class Series:
                 {
                     q: [_field(r.queues.get(q), "dead_letters") for r in readings]
                     for q in queue_names
-                    if any(r.queues.get(q) and r.queues[q].dead_letters is not None for r in readings)
+                    if any(
+                        r.queues.get(q) and r.queues[q].dead_letters is not None for r in readings
+                    )
                 }
             ),
             "published": _busiest(_rates(readings, "published")),
@@ -126,7 +133,10 @@ class Series:
                 "failed/s": _rates(readings, "relay_failed").get("", []),
             },
             "tenant_lag": _busiest(
-                {t: [r.tenants.get(t) for r in readings] for t in _names(r.tenants for r in readings)}
+                {
+                    t: [r.tenants.get(t) for r in readings]
+                    for t in _names(r.tenants for r in readings)
+                }
             ),
             "event_store_lag": {"waiting": [r.event_store for r in readings]},
             "gateways": {
@@ -163,7 +173,7 @@ def _rates(readings: list[Reading], metric: str) -> dict[str, list[float | None]
     result: dict[str, list[float | None]] = {}
     for label in labels:
         values: list[float | None] = [None]
-        for before, after in zip(readings, readings[1:], strict=False):
+        for before, after in pairwise(readings):
             a = before.counters.get((metric, label))
             b = after.counters.get((metric, label))
             span = after.at - before.at
