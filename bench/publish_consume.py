@@ -38,7 +38,6 @@ from ceiling import (
     probe_consume,
     probe_publish,
 )
-
 from rabbitry import Message, Publisher, Queue, Route, Subscription, Topology, Worker
 from rabbitry.amqp.declarer import Declarer  # the bench's own queue, outside the measured cases
 
@@ -135,9 +134,9 @@ async def main(count: int, rounds: int) -> None:
             await declarer.delete(topology)
     print(f"\n{count:,} messages x {rounds} rounds, RoadRunner format, medians:")
     print(f"  {'case':58s} {'msg/s':>9s} {'vs ceiling':>11s} {'vs aio-pika':>12s}")
-    for kind, cases in figures.items():
-        ceiling, aio_pika = (cases[name] for name in list(cases)[:2])
-        for name, values in cases.items():
+    for kind, rates in figures.items():
+        ceiling, aio_pika = (rates[name] for name in list(rates)[:2])
+        for name, values in rates.items():
             to_ceiling = [v / c for v, c in zip(values, ceiling, strict=True)]
             to_aio_pika = [v / a for v, a in zip(values, aio_pika, strict=True)]
             print(

@@ -68,22 +68,32 @@ BLOCKED = Gauge(
 
 
 class GatewayGauges(Collector):
-    """A chat gateway's open sockets and rooms, read when ``/metrics`` is scraped (the
-    back-office's dashboard charts them); registered for the gateway's lifetime."""
+    """The chat gateways' open sockets and rooms, read when ``/metrics`` is scraped (the
+    back-office's dashboard charts them). A gateway adds itself for its lifetime; one process
+    may run several (tests do), so there is one collector and a gateway is a label."""
 
-    def __init__(self, instance: str, sockets: Callable[[], int], rooms: Callable[[], int]):
-        self._instance = instance
-        self._sockets = sockets
-        self._rooms = rooms
+    def __init__(self) -> None:
+        self._gateways: dict[str, tuple[Callable[[], int], Callable[[], int]]] = {}
+
+    def add(self, instance: str, sockets: Callable[[], int], rooms: Callable[[], int]) -> None:
+        self._gateways[instance] = (sockets, rooms)
+
+    def discard(self, instance: str) -> None:
+        self._gateways.pop(instance, None)
 
     def collect(self) -> Iterator[Metric]:
         sockets = GaugeMetricFamily(
             "rabbitry_chat_sockets", "Open WebSockets of a chat gateway", labels=["gateway"]
         )
-        sockets.add_metric([self._instance], self._sockets())
         rooms = GaugeMetricFamily(
             "rabbitry_chat_rooms", "Rooms with a client on a chat gateway", labels=["gateway"]
         )
-        rooms.add_metric([self._instance], self._rooms())
+        for instance, (count_sockets, count_rooms) in list(self._gateways.items()):
+            sockets.add_metric([instance], count_sockets())
+            rooms.add_metric([instance], count_rooms())
         yield sockets
         yield rooms
+
+
+GATEWAYS = GatewayGauges()
+REGISTRY.register(GATEWAYS)

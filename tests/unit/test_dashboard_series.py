@@ -80,3 +80,20 @@ def test_the_latest_reading_gives_the_gateways_and_problems() -> None:
 def test_a_series_needs_room_for_a_rate() -> None:
     with pytest.raises(ValueError):
         Series(1)
+
+
+def test_every_gateway_of_a_process_is_a_label_of_the_chat_gauges() -> None:
+    from prometheus_client import generate_latest
+
+    from rabbitry.metrics import GATEWAYS, REGISTRY
+
+    GATEWAYS.add("test-gw-a", lambda: 3, lambda: 2)
+    GATEWAYS.add("test-gw-b", lambda: 1, lambda: 1)
+    try:
+        exposition = generate_latest(REGISTRY).decode()
+        assert 'rabbitry_chat_sockets{gateway="test-gw-a"} 3.0' in exposition
+        assert 'rabbitry_chat_rooms{gateway="test-gw-b"} 1.0' in exposition
+    finally:
+        GATEWAYS.discard("test-gw-a")
+        GATEWAYS.discard("test-gw-b")
+    assert "test-gw-a" not in generate_latest(REGISTRY).decode()
