@@ -1,187 +1,148 @@
-"""Publish and consume throughput: Rabbitry against plain aio-pika, in one run, one broker.
+"""Publish and consume throughput through the public API, as users call it, beside plain
+aio-pika and the broker's own ceiling, in one run, on one broker: the README's claim.
 
-Cases (256-byte JSON bodies, persistent, classic queues):
-  (a) aio-pika publish, confirms pipelined in gathered windows of 1000
-  (b) Rabbitry Publisher.publish_many, windows of 1000 (envelope encoding included)
-  (c) aio-pika consume, manual ack, prefetch 1000
-  (d) Rabbitry Consumer (handler per message, ack after it), prefetch 1000
+Every case sends the same RoadRunner-format messages (seven ``rr_*`` headers, ``message_id``,
+``timestamp``, a 256-byte JSON body), persistent, on a fresh durable classic queue:
 
-Rounds are interleaved and the median is reported, because run-to-run spread on a shared
-2-core machine is 10-20 %. Usage: python bench/publish_consume.py [--messages N] [--rounds R]
+  publish: ceiling (the socket probe of ``bench/ceiling.py``) | aio-pika 10.2 (confirms
+           pipelined in gathered windows of 1000) | ``rabbitry.Publisher.publish_many``
+           (windows of 1000) | ``rabbitry.Publisher.publish``, 1000 concurrent calls a window
+  consume: ceiling (one ``multiple`` ack per read) | aio-pika 10.2 (manual ack, prefetch 1000)
+           | ``rabbitry.Worker`` with one ``Subscription`` (prefetch 1000), run as users run it
+
+Rabbitry is reached only through ``from rabbitry import ...``: what users get, not the
+internal ``Consumer`` (``bench/ceiling.py`` measures that one). Rounds are interleaved; ratios
+are taken within each round (to that round's ceiling and aio-pika), then their median, because
+the load of a shared 2-core machine drifts between rounds more than within one.
+
+Usage: python bench/publish_consume.py [--messages 20000] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-import aio_pika
-
-from common import AMQP_URL, PAYLOAD, body
-from rabbitry.amqp.declarer import Declarer
-from rabbitry.amqp.link import Link
-from rabbitry.config import Settings
-from rabbitry.messaging.consumer import Consumer, Subscription
-from rabbitry.messaging.envelope import Message
-from rabbitry.messaging.publisher import Publisher, Route
-from rabbitry.messaging.retry import RetryPolicy
-from rabbitry.messaging.topology import Queue, Topology
-
-WINDOW = 1000
-
-
-async def aio_pika_publish(queue: str, n: int) -> float:
-    connection = await aio_pika.connect(AMQP_URL)
-    channel = await connection.channel(publisher_confirms=True)
-    exchange = channel.default_exchange
-    payload = body()
-    start = time.perf_counter()
-    for offset in range(0, n, WINDOW):
-        await asyncio.gather(
-            *(
-                exchange.publish(
-                    aio_pika.Message(
-                        payload,
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        content_type="application/json",
-                        message_id=str(uuid.uuid4()),
-                        headers={"rr_job": "bench"},
-                    ),
-                    routing_key=queue,
-                    mandatory=True,
-                )
-                for _ in range(min(WINDOW, n - offset))
-            )
-        )
-    elapsed = time.perf_counter() - start
-    await connection.close()
-    return n / elapsed
-
-
-async def rabbitry_publish(queue: str, n: int) -> float:
-    settings = Settings()
-    route = Route("", queue)
-    async with Publisher(settings.amqp) as publisher:
-        await publisher.publish(Message(type="warm-up", payload={}), route)  # connect first
-        start = time.perf_counter()
-        for offset in range(0, n, WINDOW):
-            batch = [
-                (Message(type="bench", payload=PAYLOAD), route)
-                for _ in range(min(WINDOW, n - offset))
-            ]
-            results = await publisher.publish_many(batch)
-            if not all(r.ok for r in results):
-                raise SystemExit(f"rabbitry publish failed: {results[0]}")
-        elapsed = time.perf_counter() - start
-    return n / elapsed
-
-
-async def aio_pika_consume(queue: str, n: int) -> float:
-    connection = await aio_pika.connect(AMQP_URL)
-    channel = await connection.channel()
-    await channel.set_qos(prefetch_count=1000)
-    q = await channel.get_queue(queue)
-    done = asyncio.Event()
-    seen = 0
-    start = 0.0
-
-    async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        nonlocal seen, start
-        if seen == 0:
-            start = time.perf_counter()
-        json.loads(message.body)
-        await message.ack()
-        seen += 1
-        if seen == n:
-            done.set()
-
-    await q.consume(on_message)
-    await done.wait()
-    elapsed = time.perf_counter() - start
-    await connection.close()
-    return n / elapsed
-
-
-async def rabbitry_consume(queue: str, n: int) -> float:
-    settings = Settings(prefetch=1000)
-    link = await Link.connect(AMQP_URL, name="bench-consumer")
-    await link.confirm_select()
-    done = asyncio.Event()
-    seen = 0
-    start = 0.0
-
-    async def handler(message: Message) -> None:
-        nonlocal seen, start
-        if seen == 0:
-            start = time.perf_counter()
-        seen += 1
-        if seen == n:
-            done.set()
-
-    consumer = Consumer(
-        settings.amqp, Subscription(queue, default=handler, strict=False), link, RetryPolicy()
-    )
-    await consumer.start()
-    await done.wait()
-    elapsed = time.perf_counter() - start
-    await consumer.stop(timeout=5)
-    await link.close()
-    return n / elapsed
-
-
-async def fill(queue: str, n: int) -> None:
-    """Fill a queue for a consume case with Rabbitry-format messages."""
-    settings = Settings()
-    route = Route("", queue)
-    async with Publisher(settings.amqp) as publisher:
-        for offset in range(0, n, WINDOW):
-            batch = [(Message(type="bench", payload=PAYLOAD), route)] * min(WINDOW, n - offset)
-            await publisher.publish_many(batch)
-
+from ceiling import (
+    SETTINGS,
+    URL,
+    WINDOW,
+    aio_pika_consume,
+    aio_pika_publish,
+    fill,
+    message,
+    probe_consume,
+    probe_publish,
+)
+from rabbitry import Message, Publisher, Queue, Route, Subscription, Topology, Worker
+from rabbitry.amqp.declarer import Declarer  # the bench's own queue, outside the measured cases
 
 Case = Callable[[str, int], Awaitable[float]]
 
 
-async def main(n: int, rounds: int) -> None:
-    queue = f"bench.{uuid.uuid4().hex[:8]}"
+async def publisher_publish_many(queue: str, count: int) -> float:
+    route = Route("", queue)
+    async with Publisher(SETTINGS, name="bench") as publisher:
+        await publisher.publish(message(), route)  # connect before the clock starts
+        start = time.perf_counter()
+        for offset in range(0, count, WINDOW):
+            batch = [(message(n), route) for n in range(offset, min(offset + WINDOW, count))]
+            results = await publisher.publish_many(batch)
+            if not all(r.ok for r in results):
+                raise SystemExit(f"publish failed: {results[0]}")
+        elapsed = time.perf_counter() - start
+    return count / elapsed
+
+
+async def publisher_publish(queue: str, count: int) -> float:
+    route = Route("", queue)
+    async with Publisher(SETTINGS, name="bench") as publisher:
+        await publisher.publish(message(), route)
+        start = time.perf_counter()
+        for offset in range(0, count, WINDOW):
+            window = range(offset, min(offset + WINDOW, count))
+            results = await asyncio.gather(*(publisher.publish(message(n), route) for n in window))
+            if not all(r.ok for r in results):
+                raise SystemExit(f"publish failed: {results[0]}")
+        elapsed = time.perf_counter() - start
+    return count / elapsed
+
+
+async def worker_consume(queue: str, count: int) -> float:
+    done, stopping = asyncio.Event(), asyncio.Event()
+    seen, start = 0, 0.0
+
+    async def handler(_: Message) -> None:
+        nonlocal seen, start
+        if not seen:
+            start = time.perf_counter()
+        seen += 1
+        if seen == count:
+            done.set()
+
+    worker = Worker(
+        "bench",
+        [Subscription(queue, default=handler, strict=False)],
+        Topology.of(queues=[Queue(queue)]),
+        amqp=SETTINGS,
+    )
+    running = asyncio.create_task(worker.run(stopping))
+    await done.wait()
+    elapsed = time.perf_counter() - start
+    stopping.set()
+    await running
+    return count / elapsed
+
+
+PUBLISH: dict[str, Case] = {
+    "ceiling (socket probe)": probe_publish,
+    "aio-pika 10.2, gathered windows of 1000": aio_pika_publish,
+    "Rabbitry Publisher.publish_many, windows of 1000": publisher_publish_many,
+    "Rabbitry Publisher.publish, 1000 concurrent": publisher_publish,
+}
+CONSUME: dict[str, Case] = {
+    "ceiling (one multiple ack per read)": probe_consume,
+    "aio-pika 10.2, manual ack, prefetch 1000": aio_pika_consume,
+    "Rabbitry Worker, prefetch 1000": worker_consume,
+}
+
+
+async def main(count: int, rounds: int) -> None:
+    queue = f"bench.api.{uuid.uuid4().hex[:8]}"
     topology = Topology.of(queues=[Queue(queue)])
-    cases: dict[str, Case] = {
-        "a aio-pika publish (pipelined confirms)": aio_pika_publish,
-        "b Rabbitry publish_many": rabbitry_publish,
-        "c aio-pika consume (prefetch 1000)": aio_pika_consume,
-        "d Rabbitry consumer (prefetch 1000)": rabbitry_consume,
+    figures: dict[str, dict[str, list[float]]] = {
+        "publish": {name: [] for name in PUBLISH},
+        "consume": {name: [] for name in CONSUME},
     }
-    figures: dict[str, list[float]] = {name: [] for name in cases}
-    async with await Declarer.connect(AMQP_URL) as declarer:
+    async with await Declarer.connect(URL, name="bench") as declarer:
         await declarer.declare(topology)
         try:
             for round_ in range(rounds):
-                for name, case in cases.items():
-                    await declarer.purge(queue)
-                    if "consume" in name:
-                        await fill(queue, n)
-                    rate = await case(queue, n)
-                    figures[name].append(rate)
-                    print(f"round {round_ + 1} {name}: {rate:,.0f} msg/s", flush=True)
+                for kind, cases in (("publish", PUBLISH), ("consume", CONSUME)):
+                    for name, case in cases.items():
+                        await declarer.purge(queue)
+                        if kind == "consume":
+                            await fill(queue, count)
+                        figures[kind][name].append(await case(queue, count))
+                        rate = figures[kind][name][-1]
+                        print(f"round {round_ + 1} {kind} {name}: {rate:,.0f}/s", flush=True)
         finally:
             await declarer.delete(topology)
-    median = {name: statistics.median(values) for name, values in figures.items()}
-    print(f"\n{n:,} messages x {rounds} rounds, median msg/s:")
-    for name, value in median.items():
-        print(f"  {name:45s} {value:>10,.0f}")
-    publish_ratio = (
-        median["b Rabbitry publish_many"] / median["a aio-pika publish (pipelined confirms)"]
-    )
-    consume_ratio = (
-        median["d Rabbitry consumer (prefetch 1000)"] / median["c aio-pika consume (prefetch 1000)"]
-    )
-    print(f"  publish ratio Rabbitry / aio-pika: {publish_ratio:.2f}x")
-    print(f"  consume ratio Rabbitry / aio-pika: {consume_ratio:.2f}x")
+    print(f"\n{count:,} messages x {rounds} rounds, RoadRunner format, medians:")
+    print(f"  {'case':58s} {'msg/s':>9s} {'vs ceiling':>11s} {'vs aio-pika':>12s}")
+    for kind, rates in figures.items():
+        ceiling, aio_pika = (rates[name] for name in list(rates)[:2])
+        for name, values in rates.items():
+            to_ceiling = [v / c for v, c in zip(values, ceiling, strict=True)]
+            to_aio_pika = [v / a for v, a in zip(values, aio_pika, strict=True)]
+            print(
+                f"  {kind + ': ' + name:58s} {statistics.median(values):>9,.0f}"
+                f" {statistics.median(to_ceiling):>10.2f}x {statistics.median(to_aio_pika):>11.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -140,6 +140,13 @@ class Settings(BaseSettings):
     password_time_cost: int = Field(default=3, ge=1)
     password_memory_kib: int = Field(default=65536, ge=8)
 
+    # The back-office dashboard: a reading every interval, the last window's kept in memory;
+    # the /metrics of the system's other processes (gateways, workers, relay), to chart their
+    # counters beside this process's own (`rabbitry up` needs none: every part is here).
+    dashboard_interval: float = Field(default=5.0, gt=0)
+    dashboard_window: float = Field(default=600.0, gt=0)
+    dashboard_metrics_urls: list[str] = Field(default_factory=list)
+
     modules: list[ModuleConfig] = Field(default_factory=list)
     queues: list[RegistryEntry] = Field(default_factory=list)
 

@@ -6,7 +6,11 @@ Counters live in one registry per process; `/metrics` of every HTTP process expo
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -39,6 +43,14 @@ DEAD_LETTERED = Counter(
     ["queue"],
     registry=REGISTRY,
 )
+RELAYED = Counter(
+    "rabbitry_relayed", "Outbox rows the relay re-published to the broker", registry=REGISTRY
+)
+RELAY_FAILED = Counter(
+    "rabbitry_relay_failed",
+    "Outbox rows the relay tried to re-publish and the broker did not take",
+    registry=REGISTRY,
+)
 HANDLER_SECONDS = Histogram(
     "rabbitry_handler_seconds", "Time spent in message handlers", ["queue"], registry=REGISTRY
 )
@@ -53,3 +65,35 @@ BLOCKED = Gauge(
     ["connection"],
     registry=REGISTRY,
 )
+
+
+class GatewayGauges(Collector):
+    """The chat gateways' open sockets and rooms, read when ``/metrics`` is scraped (the
+    back-office's dashboard charts them). A gateway adds itself for its lifetime; one process
+    may run several (tests do), so there is one collector and a gateway is a label."""
+
+    def __init__(self) -> None:
+        self._gateways: dict[str, tuple[Callable[[], int], Callable[[], int]]] = {}
+
+    def add(self, instance: str, sockets: Callable[[], int], rooms: Callable[[], int]) -> None:
+        self._gateways[instance] = (sockets, rooms)
+
+    def discard(self, instance: str) -> None:
+        self._gateways.pop(instance, None)
+
+    def collect(self) -> Iterator[Metric]:
+        sockets = GaugeMetricFamily(
+            "rabbitry_chat_sockets", "Open WebSockets of a chat gateway", labels=["gateway"]
+        )
+        rooms = GaugeMetricFamily(
+            "rabbitry_chat_rooms", "Rooms with a client on a chat gateway", labels=["gateway"]
+        )
+        for instance, (count_sockets, count_rooms) in list(self._gateways.items()):
+            sockets.add_metric([instance], count_sockets())
+            rooms.add_metric([instance], count_rooms())
+        yield sockets
+        yield rooms
+
+
+GATEWAYS = GatewayGauges()
+REGISTRY.register(GATEWAYS)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from rabbitry.backoffice.overview import Broker, overview
+from rabbitry.backoffice.sampler import Sampler
 from rabbitry.backoffice.web import (
     Operator,
     PageRoute,
     Posted,
     context,
+    error,
     login_form,
     posted,
     revoked_of,
@@ -86,6 +88,18 @@ async def logout(request: Request, got: Posted = Depends(posted)) -> Response:
 async def dashboard(ctx: Operator, broker: Broker = Depends(resource(Broker))) -> Response:
     figures = await overview(ctx.settings, ctx.database, broker, ctx.app.topology)
     return ctx.render("dashboard.html", overview=figures)
+
+
+@router.get("/dashboard.json")
+async def dashboard_series(
+    request: Request, sampler: Sampler = Depends(resource(Sampler))
+) -> Response:
+    """The charts' data: the sampler's last minutes (bounded by ``dashboard_window``). A poll
+    without a session gets a JSON 401 (the page goes to the login), not the login page."""
+    ctx = context(request)
+    if not ctx.session.auth:
+        return error(401, "log in to the back-office")
+    return ctx.finish(JSONResponse(sampler.series.document(sampler.interval)))
 
 
 @router.get("/queues")

@@ -48,6 +48,7 @@ from rabbitry.chat.protocol import (
 from rabbitry.chat.revocations import RevocationWatch
 from rabbitry.errors import Invalid, RabbitryError
 from rabbitry.messaging.publisher import PublishStatus
+from rabbitry.metrics import GATEWAYS
 from rabbitry.sessions import Principal, SessionManager, check_tenant, open_manager
 from rabbitry.storage.clock import utcnow
 from rabbitry.web import AppState, bearer_token, resource
@@ -142,6 +143,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             max_sockets_per_user=settings.chat_max_sockets_per_user,
         )
         state.put(Chat, chat)
+        GATEWAYS.add(
+            gateway.instance,
+            lambda: gateway.manager.clients(),
+            lambda: len(gateway.manager.rooms),
+        )
+        stack.callback(GATEWAYS.discard, gateway.instance)
         # SIGTERM: scale in gradually (1012, over a few seconds), then whatever is left
         # goes with 1001, before the server drops the connections itself.
         state.before_shutdown.append(gateway.drain)

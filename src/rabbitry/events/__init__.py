@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     )
     from rabbitry.events.emitter import Emitter
     from rabbitry.events.store import EventStore
+    from rabbitry.events.topology import EventsLayout
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 """This part's Alembic revisions (a version location)."""
@@ -39,6 +40,7 @@ _EXPORTS = {
     "parse_time": "rabbitry.events.change",
     "Emitter": "rabbitry.events.emitter",
     "EventStore": "rabbitry.events.store",
+    "EventsLayout": "rabbitry.events.topology",
 }
 
 
@@ -53,6 +55,7 @@ __all__ = [
     "Emitter",
     "EntityState",
     "EventStore",
+    "EventsLayout",
     "RecordedEvent",
     "parse_time",
 ]

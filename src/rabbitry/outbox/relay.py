@@ -18,6 +18,7 @@ import logging
 from rabbitry.config import Settings
 from rabbitry.errors import RabbitryError
 from rabbitry.messaging.publisher import Publisher
+from rabbitry.metrics import RELAY_FAILED, RELAYED
 from rabbitry.outbox.exchanges import ExchangeCheck
 from rabbitry.outbox.filters import Origin, RequeueFilter
 from rabbitry.outbox.requeue import RequeueOptions, RequeueReport, requeue, without_circuit
@@ -94,6 +95,9 @@ class RelayService:
             log.warning("relay pass failed: %s", exc)
             return None
         self.published += report.published
+        # The dashboard charts these: what the relay is doing, beside what waits for it.
+        RELAYED.inc(report.published)
+        RELAY_FAILED.inc(report.failed)
         if report.published or report.failed:
             log.info("relay: %s", report.summary())
         return report
