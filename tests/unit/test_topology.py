@@ -243,7 +243,7 @@ def test_layout_names_live_under_the_namespace() -> None:
     assert events.modules_exchange == "acme-prod.modules"
     assert events.module_queue("billing") == "acme-prod.module.billing"
     assert events.events_exchange == "acme-prod.events"
-    assert events.event_sourcing_queue == "acme-prod.event-sourcing"
+    assert events.event_sourcing_queue == "acme-prod.event-sourcing.p0"
     assert tenants.tenants_exchange == "acme-prod.tenants"
     assert tenants.tenant_queue("t1") == "acme-prod.tenant.t1.session-removal"
     assert tenants.tenant_routing_key("t1") == "t1.session-removal"
@@ -327,7 +327,7 @@ def test_system_topology_declares_every_rabbitry_object() -> None:
     work = {
         "ns1.module.workflow",
         "ns1.module.billing",
-        "ns1.event-sourcing",
+        "ns1.event-sourcing.p0",
         "ns1.tenant.t1.session-removal",
         "ns1.tenant.t2.session-removal",
         "ns1.chat.history",
@@ -340,7 +340,7 @@ def test_system_topology_declares_every_rabbitry_object() -> None:
         Binding("ns1.modules", "ns1.module.workflow", "#"),
         Binding("ns1.modules", "ns1.module.billing", "invoice.*"),
         Binding("ns1.modules", "ns1.module.billing", "refund.#"),
-        Binding("ns1.events", "ns1.event-sourcing", "#"),
+        Binding("ns1.events", "ns1.event-sourcing.p0", "#"),
         Binding("ns1.tenants", "ns1.tenant.t1.session-removal", "t1.session-removal"),
         Binding("ns1.tenants", "ns1.tenant.t2.session-removal", "t2.session-removal"),
         Binding("ns1.chat.persistence", "ns1.chat.history", ""),
