@@ -28,6 +28,7 @@ from rabbitry.config import Settings
 from rabbitry.errors import MessageError, StorageError
 from rabbitry.events.batcher import Batcher
 from rabbitry.events.change import parse_change
+from rabbitry.events.legacy import drain_legacy
 from rabbitry.events.message_log import MessageLog
 from rabbitry.events.portable import check_json, check_text
 from rabbitry.events.store import EventStore, Incoming, check_message_id
@@ -104,6 +105,10 @@ class WorkflowWorker:
         return self.worker.connected
 
     async def run(self, stopping: asyncio.Event) -> None:
+        # The old single queue first, so that its events are stored before younger ones.
+        await drain_legacy(
+            self._settings, lambda q: self.event_subscription(q, exclusive=True), stopping
+        )
         await self.worker.run(stopping)
 
     async def store_events(self, messages: Sequence[Message]) -> Outcomes:
