@@ -446,4 +446,8 @@ def _binding_key(binding: Binding) -> tuple[str, str, str]:
 
 def _arguments(arguments: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     # aio-pika chooses integer widths itself; RabbitMQ accepts any integer type for x-args.
-    return {name: (int(value) if isinstance(value, int) else value) for name, value in arguments}
+    # A bool stays a bool (RabbitMQ refuses x-single-active-consumer as a number).
+    return {
+        name: (int(value) if isinstance(value, int) and not isinstance(value, bool) else value)
+        for name, value in arguments
+    }
