@@ -261,7 +261,9 @@ async def test_login_takes_the_admin_token_and_nothing_else(
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
 
     page = await logged_in(browser, backoffice)
-    await expect(page.locator("#queues")).to_contain_text(f"{backoffice.namespace}.event-sourcing.p0")
+    await expect(page.locator("#queues")).to_contain_text(
+        f"{backoffice.namespace}.event-sourcing.p0"
+    )
     await shot(page, shots, "dashboard")
     await page.click("text=Log out")
     await page.goto(backoffice.url("/"))

@@ -370,3 +370,29 @@ def test_system_topology_refuses_an_invalid_tenant() -> None:
 def test_system_topology_is_deterministic() -> None:
     settings = Settings(namespace="ns5")
     assert system_topology(settings, ["t1"]) == system_topology(settings, ["t1"])
+
+
+def test_event_partitions_each_have_one_active_consumer_and_share_the_buckets() -> None:
+    from rabbitry.events.topology import (
+        BUCKETS,
+        bucket,
+        events_topology,
+        partition_keys,
+        routing_key,
+    )
+
+    settings = Settings(namespace="ns1", events_partitions=3)
+    topology = events_topology(settings)
+    queues = queues_by_name(topology)
+    for p in range(3):
+        assert queues[f"ns1.event-sourcing.p{p}"].argument_map()["x-single-active-consumer"] is True
+    bound = [b.routing_key for b in topology.bindings if b.exchange == "ns1.events"]
+    # Every bucket goes to exactly one partition; keys without one to the first.
+    assert sorted(bound) == sorted(["*", *(f"*.b{b}" for b in range(BUCKETS))])
+    assert "*" in partition_keys(0, 3) and "*" not in partition_keys(1, 3)
+    assert partition_keys(0, 1) == ["#"]
+    # The bucket is CRC-32 of "<entity>#<id>" (what a PHP publisher computes with crc32()).
+    entity = "App\\Models\\Order"
+    assert bucket(entity, 7) == 1385377901 % BUCKETS  # crc32(b"App\\Models\\Order#7")
+    assert routing_key("update", entity, 7, partitioned=False) == "update"
+    assert routing_key("update", entity, 7, partitioned=True) == f"update.b{1385377901 % 64}"
