@@ -11,6 +11,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, text
@@ -47,7 +48,7 @@ async def postgresql(tmp_path: Path) -> AsyncIterator[tuple[str, Database]]:
 
 
 @contextlib.asynccontextmanager
-async def namespace(**overrides: object) -> AsyncIterator[Settings]:
+async def namespace(**overrides: Any) -> AsyncIterator[Settings]:
     settings = make_settings(**overrides)
     try:
         yield settings

@@ -27,13 +27,12 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from rabbitry.amqp.declarer import Declarer
-from rabbitry.amqp.spec import Binding, Topology
 from rabbitry.config import Settings
 from rabbitry.errors import BrokerError, NotFound
 from rabbitry.events.topology import EventsLayout, topology
+from rabbitry.messaging import Declarer
 from rabbitry.messaging.consumer import Subscription
-from rabbitry.messaging.topology import retry_queue_name
+from rabbitry.messaging.topology import Binding, Topology, retry_queue_name
 from rabbitry.messaging.worker import Worker
 
 log = logging.getLogger(__name__)

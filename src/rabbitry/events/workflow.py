@@ -90,9 +90,7 @@ class WorkflowWorker:
         # .batcher): the next batch is decoded and validated while the previous one is in the
         # database, instead of after it. A batch that fails for any reason but its own events
         # is written again before the next (see .batcher: the retry queues would reorder).
-        events: Batcher[Message] = Batcher(
-            self.store_events, max_size=self._batch_size, hold=_hold
-        )
+        events: Batcher[Message] = Batcher(self.store_events, max_size=self._batch_size, hold=_hold)
 
         async def store(message: Message) -> None:
             await events.submit(message)  # raises the message's outcome, if not stored
