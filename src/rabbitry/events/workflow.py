@@ -101,6 +101,7 @@ class WorkflowWorker:
             prefetch=self._prefetch,
             concurrency=self._prefetch,
             exclusive=exclusive,
+            keep_order=True,
         )
 
     @property

@@ -80,6 +80,9 @@ class Subscription:
     ``prefetch``, ``concurrency`` and ``strict`` override the :class:`AmqpSettings` values.
     ``exclusive`` asks the broker for the queue to itself (``basic.consume`` exclusive): it
     refuses while another consumer has the queue, and the worker tries again after a pause.
+    ``keep_order``, for a single-active-consumer queue: on stop, no ``basic.cancel`` and no
+    requeue; what was started is finished and acked, the rest goes back when the link closes,
+    and only then does the broker make another consumer active.
     """
 
     queue: str
@@ -91,6 +94,10 @@ class Subscription:
     concurrency: int | None = None
     strict: bool | None = None  # None: AmqpSettings.strict_rr_job
     exclusive: bool = False
+    # On a single-active-consumer queue: a stop never cancels the consumer, which would make a
+    # standby one active while this one still stores what it holds (and it would overtake it);
+    # it finishes what it started and hands the rest back by closing the link, after its acks.
+    keep_order: bool = False
     # The handlers as the consumer calls them (typed ones wrapped), resolved once, here, so a
     # handler whose annotations cannot be read fails where it is declared.
     resolved: Mapping[str, Handler] = field(init=False, repr=False, compare=False)
@@ -168,6 +175,8 @@ class Consumer:
         self._ready.set()
 
     async def _next(self) -> Received | None:
+        if self._stopping and self._sub.keep_order:
+            return None  # the rest goes back to the queue with the link, in order
         while not self._pending:
             if self._stopping:
                 return None
@@ -372,12 +381,13 @@ class Consumer:
     async def stop(self, timeout: float) -> None:
         """Stop taking work, finish what is in flight (up to ``timeout``), give back the rest."""
         self._stopping = True
-        if self._tag is not None and self._link.is_open and not self._cancelled:
+        keep = self._sub.keep_order
+        if self._tag is not None and self._link.is_open and not self._cancelled and not keep:
             with contextlib.suppress(LinkError):  # closed, or no reply in time: it is gone
                 await self._link.cancel(self._tag)
         # Prefetched deliveries no worker has started go back to the queue at once, in the
         # order they came (a quorum queue delivers what was given back in that order).
-        while self._pending:
+        while self._pending and not keep:
             delivery = self._pending.popleft()
             if self._link.is_open:
                 self._link.nack(delivery.delivery_tag, requeue=True)
