@@ -9,7 +9,11 @@ Cases (N change events waiting in a queue, spread over 1,000 entities):
       of up to 250, the next batch decoded while the previous one is stored)
 State rebuild: EventStore.state() for entities with 100, 1,000 and 10,000 events.
 
+Every case reads the same K event-sourcing queues (``--partitions K``, the workflow worker's
+RABBITRY_EVENTS_PARTITIONS; the events are routed by entity bucket when K > 1).
+
 Usage: python bench/events.py [--events N] [--rounds R] [--database postgresql|sqlite]
+                              [--partitions K]
 PostgreSQL (default) gets a database of its own, dropped at the end.
 """
 
@@ -23,7 +27,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from sqlalchemy import text
@@ -122,9 +126,19 @@ async def plain_consumer(settings: Settings, database: Database, n: int) -> floa
         clock.start()
         clock.add(1)
 
-    queue = EventsLayout(settings.namespace).event_sourcing_queue
-    worker = Worker("bench", [Subscription(queue, default=handle)], Topology(), amqp=settings.amqp)
+    worker = Worker("bench", subscriptions(settings, handle), Topology(), amqp=settings.amqp)
     return await run_until(worker, clock)
+
+
+def subscriptions(
+    settings: Settings, handle: Callable[[Message], Awaitable[None]]
+) -> list[Subscription]:
+    """The same handler on every partition's queue."""
+    layout = EventsLayout(settings.namespace)
+    return [
+        Subscription(layout.partition_queue(p), default=handle)
+        for p in range(settings.events_partitions)
+    ]
 
 
 async def per_message_store(settings: Settings, database: Database, n: int) -> float:
@@ -139,8 +153,7 @@ async def per_message_store(settings: Settings, database: Database, n: int) -> f
         await store.append([Incoming(change, message.id, message.timestamp)])
         clock.add(1)
 
-    queue = EventsLayout(settings.namespace).event_sourcing_queue
-    worker = Worker("bench", [Subscription(queue, default=handle)], Topology(), amqp=settings.amqp)
+    worker = Worker("bench", subscriptions(settings, handle), Topology(), amqp=settings.amqp)
     return await run_until(worker, clock)
 
 
@@ -187,9 +200,13 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-async def main(n: int, rounds: int, kind: str) -> None:
+async def main(n: int, rounds: int, kind: str, partitions: int) -> None:
     settings = Settings(
-        namespace=f"bench{uuid.uuid4().hex[:8]}", amqp_url=AMQP_URL, prefetch=1000, concurrency=64
+        namespace=f"bench{uuid.uuid4().hex[:8]}",
+        amqp_url=AMQP_URL,
+        prefetch=1000,
+        concurrency=64,
+        events_partitions=partitions,
     )
     topology = events_topology(settings) | module_topology(settings, [])
     with tempfile.TemporaryDirectory() as tmp:
@@ -219,7 +236,10 @@ async def main(n: int, rounds: int, kind: str) -> None:
                 await declarer.delete(topology)
             await drop()
     base = statistics.median(rates["(a) plain consumer, no-op handler"])
-    print(f"\nevents stored per second ({kind}, {n} events, median of {rounds} rounds)")
+    print(
+        f"\nevents stored per second ({kind}, {n} events, {partitions} partition(s),"
+        f" median of {rounds} rounds)"
+    )
     print(f"{'case':58} {'msg/s':>9} {'vs (a)':>7}")
     for name, values in rates.items():
         rate = statistics.median(values)
@@ -244,5 +264,6 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--database", choices=["postgresql", "sqlite"], default="postgresql")
+    parser.add_argument("--partitions", type=int, default=1)
     args = parser.parse_args()
-    asyncio.run(main(args.events, args.rounds, args.database))
+    asyncio.run(main(args.events, args.rounds, args.database, args.partitions))

@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     chat_max_sockets_per_user: int = Field(default=16, ge=1)
     session_cache_max_entries: int = Field(default=100_000, ge=1)
     queue_type: QueueType = QueueType.CLASSIC
+    # Event-sourcing queues, each with one active consumer (see rabbitry.events.topology).
+    events_partitions: int = Field(default=1, ge=1, le=64)
     data_dir: Path = Path("var")
     config_file: Path | None = None
 

@@ -261,7 +261,9 @@ async def test_login_takes_the_admin_token_and_nothing_else(
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
 
     page = await logged_in(browser, backoffice)
-    await expect(page.locator("#queues")).to_contain_text(f"{backoffice.namespace}.event-sourcing")
+    await expect(page.locator("#queues")).to_contain_text(
+        f"{backoffice.namespace}.event-sourcing.p0"
+    )
     await shot(page, shots, "dashboard")
     await page.click("text=Log out")
     await page.goto(backoffice.url("/"))
@@ -402,7 +404,7 @@ async def test_mode_rabbit_publishes_now_and_mode_db_stores_for_the_requeue_comm
 
     await page.click("button[data-queue=user-change]")
     await expect(page.locator("#send-result")).to_contain_text("Published to user-change")
-    (change,) = await broker.get_all(f"{settings.namespace}.event-sourcing")
+    (change,) = await broker.get_all(f"{settings.namespace}.event-sourcing.p0")
     assert json.loads(change.body) == {
         "entity": "rabbitry.sessions.User",
         "id": bob,
@@ -478,7 +480,7 @@ async def test_dead_letters_are_listed_and_moved_back_from_the_page(
     backoffice: Backoffice, browser: Browser, settings: Settings, broker: BrokerProbe,
     shots: Path,
 ) -> None:  # fmt: skip
-    queue = f"{settings.namespace}.event-sourcing"  # declared by the server at start
+    queue = f"{settings.namespace}.event-sourcing.p0"  # declared by the server at start
     for n in range(2):
         await broker.publish(
             "",

@@ -47,7 +47,7 @@ def test_serve_events_answers_its_api_health_and_metrics_and_runs_no_worker(
         assert list(schema_validator("asyncapi-3.0.0.json").iter_errors(described)) == []
         assert "servers" not in described  # it answers anyone: no broker hosts
         queues = {c["address"] for c in described["channels"].values()}
-        assert f"{namespace}.event-sourcing" in queues
+        assert f"{namespace}.event-sourcing.p0" in queues
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=40)

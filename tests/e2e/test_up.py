@@ -98,7 +98,7 @@ def test_up_runs_the_workflow_worker_end_to_end(system: tuple[str, dict[str, str
     }
     assert stored["message_id"] == published["id"]
     metrics = httpx.get(f"{base}/metrics").text
-    assert f'rabbitry_consumed_total{{queue="{namespace}.event-sourcing"}} 1.0' in metrics
+    assert f'rabbitry_consumed_total{{queue="{namespace}.event-sourcing.p0"}} 1.0' in metrics
 
 
 def test_up_stops_cleanly_on_sigterm(tmp_path: Path, namespace: str) -> None:

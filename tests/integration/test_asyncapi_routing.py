@@ -103,5 +103,5 @@ async def test_each_message_reaches_the_queues_the_document_lists_and_no_other(
     assert (f"{ns}.module.billing", "events.module-message") in observed
     assert (f"{ns}.module.mailer", "outbox.customer-created") in observed
     assert (f"{ns}.tenant.acme.session-removal", "outbox.revoke") in observed
-    assert (f"{ns}.event-sourcing", "events.update") in observed
+    assert (f"{ns}.event-sourcing.p0", "events.update") in observed
     assert (f"{ns}.chat.history", "chat.message") in observed

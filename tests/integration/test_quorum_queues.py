@@ -90,11 +90,11 @@ async def test_the_whole_system_topology_is_declared_as_quorum_queues_and_again_
     assert set(types.values()) == {"quorum"}
     # Every part is in it: work queues, their dead-letter queues and retry tiers, tenants'.
     names = set(types)
-    assert f"{quorum.namespace}.event-sourcing" in names
+    assert f"{quorum.namespace}.event-sourcing.p0" in names
     assert f"{quorum.namespace}.chat.history" in names
     assert f"{quorum.namespace}.tenant.acme.session-removal" in names
-    assert dlq_name(f"{quorum.namespace}.event-sourcing") in names
-    assert retry_queue_name(f"{quorum.namespace}.event-sourcing", 200) in names
+    assert dlq_name(f"{quorum.namespace}.event-sourcing.p0") in names
+    assert retry_queue_name(f"{quorum.namespace}.event-sourcing.p0", 200) in names
 
 
 async def test_a_failed_message_goes_round_a_quorum_retry_tier_and_is_handled_once(

@@ -154,7 +154,7 @@ async def test_dispatch_removes_every_session_of_a_removed_user_in_the_configure
 async def test_removing_a_user_emits_one_delete_change_event_saying_who_and_where(
     removal_settings: Settings, broker: BrokerProbe
 ) -> None:
-    queue = f"{removal_settings.namespace}.event-sourcing"
+    queue = f"{removal_settings.namespace}.event-sourcing.p0"
     async with serving(removal_settings) as (client, _):
         assert (
             await client.post("/api/tenants", json={"name": "acme"}, headers=admin())

@@ -193,9 +193,9 @@ def test_each_queue_lists_the_messages_the_broker_can_route_to_it() -> None:
     config = settings(modules=[ModuleConfig(name="billing", routing_keys=["invoice.*"])])
     document = asyncapi_document(config)
     changes = {"insert", "update", "delete"}
-    assert reaching(document, "shop.event-sourcing") == changes
-    assert reaching(document, "shop.event-sourcing.dlq") == changes
-    assert reaching(document, "shop.event-sourcing.retry.1000") == changes
+    assert reaching(document, "shop.event-sourcing.p0") == changes
+    assert reaching(document, "shop.event-sourcing.p0.dlq") == changes
+    assert reaching(document, "shop.event-sourcing.p0.retry.1000") == changes
     assert reaching(document, "shop.module.workflow") == {"events.module-message"}
     assert reaching(document, "shop.module.billing") == {"events.module-message"}
     assert reaching(document, tenant_queue_template("shop")) == {"session-removal"}
@@ -251,7 +251,7 @@ def test_senders_and_the_processes_that_read_a_queue_are_operations() -> None:
         if o["action"] == "receive"
     }
     assert received == {
-        "shop.event-sourcing",
+        "shop.event-sourcing.p0",
         "shop.module.workflow",
         tenant_queue_template("shop"),
         "shop.chat.history",

@@ -4,6 +4,7 @@ submission order, one batch at a time; each caller gets its own item's outcome."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 
 import pytest
@@ -87,3 +88,49 @@ def test_max_size_must_be_positive() -> None:
 
     with pytest.raises(ValueError):
         Batcher(write, max_size=0)
+
+
+async def test_a_held_batch_is_written_again_before_any_later_one() -> None:
+    written: list[list[int]] = []
+    failures = iter([RuntimeError("database down"), RuntimeError("still down")])
+
+    async def write(items: Sequence[int]) -> list[BaseException | None]:
+        written.append(list(items))
+        failure = next(failures, None) if items[0] == 1 else None
+        return [failure] * len(items)
+
+    batcher = Batcher(write, max_size=2, hold=lambda exc: isinstance(exc, RuntimeError))
+    await asyncio.gather(*(batcher.submit(i) for i in range(1, 5)))
+    # The first batch three times (two failures), and only then the second.
+    assert written == [[1, 2], [1, 2], [1, 2], [3, 4]]
+
+
+async def test_an_outcome_that_is_not_held_is_its_items_own() -> None:
+    async def write(items: Sequence[int]) -> list[BaseException | None]:
+        return [ValueError("bad") if i == 2 else None for i in items]
+
+    batcher = Batcher(write, max_size=10, hold=lambda exc: isinstance(exc, RuntimeError))
+    results = await asyncio.gather(
+        *(batcher.submit(i) for i in range(1, 4)), return_exceptions=True
+    )
+    assert [type(r).__name__ for r in results] == ["NoneType", "ValueError", "NoneType"]
+
+
+async def test_a_held_batch_whose_callers_gave_up_is_not_written_again() -> None:
+    attempts = 0
+    tried = asyncio.Event()
+
+    async def write(items: Sequence[int]) -> list[BaseException | None]:
+        nonlocal attempts
+        attempts += 1
+        tried.set()
+        return [RuntimeError("down")] * len(items)
+
+    batcher = Batcher(write, max_size=10, hold=lambda exc: True)
+    waiting = asyncio.create_task(batcher.submit(1))
+    await tried.wait()
+    waiting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+    await asyncio.sleep(0.5)  # longer than the first pauses: no attempt after the cancel
+    assert attempts <= 2

@@ -243,7 +243,7 @@ def test_layout_names_live_under_the_namespace() -> None:
     assert events.modules_exchange == "acme-prod.modules"
     assert events.module_queue("billing") == "acme-prod.module.billing"
     assert events.events_exchange == "acme-prod.events"
-    assert events.event_sourcing_queue == "acme-prod.event-sourcing"
+    assert events.event_sourcing_queue == "acme-prod.event-sourcing.p0"
     assert tenants.tenants_exchange == "acme-prod.tenants"
     assert tenants.tenant_queue("t1") == "acme-prod.tenant.t1.session-removal"
     assert tenants.tenant_routing_key("t1") == "t1.session-removal"
@@ -327,7 +327,7 @@ def test_system_topology_declares_every_rabbitry_object() -> None:
     work = {
         "ns1.module.workflow",
         "ns1.module.billing",
-        "ns1.event-sourcing",
+        "ns1.event-sourcing.p0",
         "ns1.tenant.t1.session-removal",
         "ns1.tenant.t2.session-removal",
         "ns1.chat.history",
@@ -340,7 +340,7 @@ def test_system_topology_declares_every_rabbitry_object() -> None:
         Binding("ns1.modules", "ns1.module.workflow", "#"),
         Binding("ns1.modules", "ns1.module.billing", "invoice.*"),
         Binding("ns1.modules", "ns1.module.billing", "refund.#"),
-        Binding("ns1.events", "ns1.event-sourcing", "#"),
+        Binding("ns1.events", "ns1.event-sourcing.p0", "#"),
         Binding("ns1.tenants", "ns1.tenant.t1.session-removal", "t1.session-removal"),
         Binding("ns1.tenants", "ns1.tenant.t2.session-removal", "t2.session-removal"),
         Binding("ns1.chat.persistence", "ns1.chat.history", ""),
@@ -370,3 +370,29 @@ def test_system_topology_refuses_an_invalid_tenant() -> None:
 def test_system_topology_is_deterministic() -> None:
     settings = Settings(namespace="ns5")
     assert system_topology(settings, ["t1"]) == system_topology(settings, ["t1"])
+
+
+def test_event_partitions_each_have_one_active_consumer_and_share_the_buckets() -> None:
+    from rabbitry.events.topology import (
+        BUCKETS,
+        bucket,
+        events_topology,
+        partition_keys,
+        routing_key,
+    )
+
+    settings = Settings(namespace="ns1", events_partitions=3)
+    topology = events_topology(settings)
+    queues = queues_by_name(topology)
+    for p in range(3):
+        assert queues[f"ns1.event-sourcing.p{p}"].argument_map()["x-single-active-consumer"] is True
+    bound = [b.routing_key for b in topology.bindings if b.exchange == "ns1.events"]
+    # Every bucket goes to exactly one partition; keys without one to the first.
+    assert sorted(bound) == sorted(["*", *(f"*.b{b}" for b in range(BUCKETS))])
+    assert "*" in partition_keys(0, 3) and "*" not in partition_keys(1, 3)
+    assert partition_keys(0, 1) == ["#"]
+    # The bucket is CRC-32 of "<entity>#<id>" (what a PHP publisher computes with crc32()).
+    entity = "App\\Models\\Order"
+    assert bucket(entity, 7) == 1385377901 % BUCKETS  # crc32(b"App\\Models\\Order#7")
+    assert routing_key("update", entity, 7, partitioned=False) == "update"
+    assert routing_key("update", entity, 7, partitioned=True) == f"update.b{1385377901 % 64}"

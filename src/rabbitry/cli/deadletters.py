@@ -2,9 +2,9 @@
 
 ::
 
-    rabbitry dead-letters list rabbitry.event-sourcing          # or ...event-sourcing.dlq
-    rabbitry dead-letters move rabbitry.event-sourcing 5f0c... 9a1e...
-    rabbitry dead-letters move rabbitry.event-sourcing --all
+    rabbitry dead-letters list rabbitry.event-sourcing.p0       # or ...event-sourcing.p0.dlq
+    rabbitry dead-letters move rabbitry.event-sourcing.p0 5f0c... 9a1e...
+    rabbitry dead-letters move rabbitry.event-sourcing.p0 --all
 """
 
 from __future__ import annotations

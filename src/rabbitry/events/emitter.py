@@ -9,9 +9,11 @@
             await emitter.update(Order, 7, {"total": 12})   # a class: its "module.Class" path
             await emitter.delete(Order, 7)
 
-Events go to ``<ns>.events`` (routing key = the change type) and from there to the
-``<ns>.event-sourcing`` queue. With a fallback (the outbox) a broker failure persists the event
-instead; without one it raises :class:`PublishFailed`. Nothing is dropped quietly.
+Events go to ``<ns>.events`` (routing key = the change type, with the entity's bucket when the
+events are partitioned: :func:`~rabbitry.events.topology.routing_key`) and from there to the
+event-sourcing queue of the entity's partition. With a fallback (the outbox) a broker failure
+persists the event instead; without one it raises :class:`PublishFailed`. Nothing is dropped
+quietly.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Protocol
 from rabbitry.config import Settings
 from rabbitry.errors import PublishFailed
 from rabbitry.events.change import SYSTEM_USER, ChangeEvent, ChangeType, Json, User
-from rabbitry.events.topology import EventsLayout
+from rabbitry.events.topology import EventsLayout, routing_key
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import PublishResult, PublishStatus, Route
 
@@ -75,6 +77,7 @@ class Emitter:
     def __init__(self, publisher: EventPublisher, settings: Settings) -> None:
         self._publisher = publisher
         self._exchange = EventsLayout(settings.namespace).events_exchange
+        self._partitioned = settings.events_partitions > 1
 
     @property
     def publisher(self) -> EventPublisher:
@@ -84,7 +87,8 @@ class Emitter:
     def message(self, change: ChangeEvent) -> tuple[Message, Route]:
         """The message and route that carry ``change``."""
         message = Message(type=str(change.type), payload=change.payload(), pipeline=PIPELINE)
-        return message, Route(self._exchange, str(change.type))
+        key = routing_key(str(change.type), change.entity, change.id, partitioned=self._partitioned)
+        return message, Route(self._exchange, key)
 
     async def emit(self, changes: Sequence[ChangeEvent]) -> list[PublishResult]:
         """Publish ``changes`` in order, in one pipelined batch.

@@ -1,16 +1,21 @@
 """The workflow module: stores every change event, and logs every module message.
 
-It consumes two queues: ``<ns>.event-sourcing``, whose change events it validates and appends
-to the event store, and its own module queue ``<ns>.module.workflow``, bound ``#`` on
-``<ns>.modules``, so that it hears every message any module sends. Both are stored in
-batches: one transaction per batch, not per message (change events by group commit: the next
-batch is decoded while the previous one is being stored, see :mod:`.batcher`).
+It consumes the event-sourcing queues (``<ns>.event-sourcing.p<k>``, one per partition), whose
+change events it validates and appends to the event store, and its own module queue
+``<ns>.module.workflow``, bound ``#`` on ``<ns>.modules``, so that it hears every message any
+module sends. Both are stored in batches: one transaction per batch, not per message (change
+events by group commit, one writer per partition: the next batch is decoded while the
+previous one is being stored, see :mod:`.batcher`).
 
-An invalid change event, or one the database refuses, is dead-lettered at once with its reason
-(``x-rabbitry-reason``) and never holds up the valid ones of its batch, which are stored in
-arrival order; a database failure sends the batch to the retry queues, so nothing is acked
-before it is stored.
-Run several workflow workers at once to scale: the store keeps versions gap-free regardless.
+Each entity's events are stored in the order they were published (docs/events.md says where
+that ends): each partition queue has a single active consumer, so one worker at a time stores
+a partition, in queue order, and the others stand by; a batch the database fails is written
+again in place before any later one (nothing goes through the retry queues, which would let
+later events overtake it), and nothing is acked before it is stored. An invalid change event,
+or one the database refuses, is dead-lettered at once with its reason (``x-rabbitry-reason``)
+and never holds up the valid ones of its batch, which are stored in arrival order.
+Before it consumes the partitions, a worker drains the single queue of earlier versions, if
+there is one (:mod:`.legacy`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from rabbitry.config import Settings
 from rabbitry.errors import MessageError, StorageError
 from rabbitry.events.batcher import Batcher
 from rabbitry.events.change import parse_change
+from rabbitry.events.legacy import drain_legacy
 from rabbitry.events.message_log import MessageLog
 from rabbitry.events.portable import check_json, check_text
 from rabbitry.events.store import EventStore, Incoming, check_message_id
@@ -51,21 +57,18 @@ class WorkflowWorker:
         self.store = EventStore(database)
         self.log = MessageLog(database)
         layout = EventsLayout(settings.namespace)
+        self._settings = settings
+        self._batch_size = batch_size
         # Two batches in flight: one being stored while the next arrives.
-        prefetch = max(settings.prefetch, 2 * batch_size)
-        # Change events are handed over one by one and stored in batches by one writer (group
-        # commit, see .batcher): the next batch is decoded and validated while the previous
-        # one is in the database, instead of after it.
-        self._events = Batcher(self.store_events, max_size=batch_size)
+        self._prefetch = prefetch = max(settings.prefetch, 2 * batch_size)
+        partitions = [
+            self.event_subscription(layout.partition_queue(p))
+            for p in range(settings.events_partitions)
+        ]
         self.worker = Worker(
             self.name,
             [
-                Subscription(
-                    layout.event_sourcing_queue,
-                    default=self._store_one,
-                    prefetch=prefetch,
-                    concurrency=prefetch,
-                ),
+                *partitions,
                 # It hears everything, so it logs messages without rr_job too (as RoadRunner's
                 # "deduced_by_rr") instead of dead-lettering them.
                 Subscription(
@@ -81,16 +84,37 @@ class WorkflowWorker:
             retry=settings.retry,
         )
 
+    def event_subscription(self, queue: str, *, exclusive: bool = False) -> Subscription:
+        """Store the change events of ``queue``, in queue order, with a writer of its own."""
+        # Handed over one by one and stored in batches by one writer (group commit, see
+        # .batcher): the next batch is decoded and validated while the previous one is in the
+        # database, instead of after it. A batch that fails for any reason but its own events
+        # is written again before the next (see .batcher: the retry queues would reorder).
+        events: Batcher[Message] = Batcher(self.store_events, max_size=self._batch_size, hold=_hold)
+
+        async def store(message: Message) -> None:
+            await events.submit(message)  # raises the message's outcome, if not stored
+
+        return Subscription(
+            queue,
+            default=store,
+            prefetch=self._prefetch,
+            concurrency=self._prefetch,
+            exclusive=exclusive,
+            keep_order=True,
+        )
+
     @property
     def connected(self) -> asyncio.Event:
         """Set while the worker is consuming."""
         return self.worker.connected
 
     async def run(self, stopping: asyncio.Event) -> None:
+        # The old single queue first, so that its events are stored before younger ones.
+        await drain_legacy(
+            self._settings, lambda q: self.event_subscription(q, exclusive=True), stopping
+        )
         await self.worker.run(stopping)
-
-    async def _store_one(self, message: Message) -> None:
-        await self._events.submit(message)  # raises the message's outcome, if not stored
 
     async def store_events(self, messages: Sequence[Message]) -> Outcomes:
         """Validate and store a batch of change events; one outcome per message.
@@ -137,6 +161,12 @@ class WorkflowWorker:
         for index, result in zip(valid, logged, strict=True):
             outcomes[index] = result
         return outcomes
+
+
+def _hold(outcome: BaseException) -> bool:
+    """Whether a batch with this outcome is written again in place: anything but an event
+    refused on its own (invalid, or a value the database cannot keep), which is dead-lettered."""
+    return not isinstance(outcome, MessageError)
 
 
 def check_loggable(message: Message) -> None:

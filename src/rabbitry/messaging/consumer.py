@@ -78,6 +78,11 @@ class Subscription:
     for one (``reply_to``). ``batch`` takes lists of up to ``batch_size`` messages
     instead and returns one outcome per message (``None`` = done).
     ``prefetch``, ``concurrency`` and ``strict`` override the :class:`AmqpSettings` values.
+    ``exclusive`` asks the broker for the queue to itself (``basic.consume`` exclusive): it
+    refuses while another consumer has the queue, and the worker tries again after a pause.
+    ``keep_order``, for a single-active-consumer queue: on stop, no ``basic.cancel`` and no
+    requeue; what was started is finished and acked, the rest goes back when the link closes,
+    and only then does the broker make another consumer active.
     """
 
     queue: str
@@ -88,6 +93,11 @@ class Subscription:
     prefetch: int | None = None
     concurrency: int | None = None
     strict: bool | None = None  # None: AmqpSettings.strict_rr_job
+    exclusive: bool = False
+    # On a single-active-consumer queue: a stop never cancels the consumer, which would make a
+    # standby one active while this one still stores what it holds (and it would overtake it);
+    # it finishes what it started and hands the rest back by closing the link, after its acks.
+    keep_order: bool = False
     # The handlers as the consumer calls them (typed ones wrapped), resolved once, here, so a
     # handler whose annotations cannot be read fails where it is declared.
     resolved: Mapping[str, Handler] = field(init=False, repr=False, compare=False)
@@ -153,7 +163,9 @@ class Consumer:
         # The link stays open when the broker cancels us, so work in flight can still be acked.
         self._link.on_cancel = self._on_broker_cancel
         await self._link.qos(prefetch)  # before basic.consume: qos applies to later consumers
-        self._tag = await self._link.consume(self._sub.queue, self._on_delivery)
+        self._tag = await self._link.consume(
+            self._sub.queue, self._on_delivery, exclusive=self._sub.exclusive
+        )
         workers = 1 if self._sub.batch else (self._sub.concurrency or self._settings.concurrency)
         loop_body = self._batch_loop if self._sub.batch else self._loop
         self._tasks = [asyncio.create_task(loop_body()) for _ in range(workers)]
@@ -163,6 +175,8 @@ class Consumer:
         self._ready.set()
 
     async def _next(self) -> Received | None:
+        if self._stopping and self._sub.keep_order:
+            return None  # the rest goes back to the queue with the link, in order
         while not self._pending:
             if self._stopping:
                 return None
@@ -367,12 +381,14 @@ class Consumer:
     async def stop(self, timeout: float) -> None:
         """Stop taking work, finish what is in flight (up to ``timeout``), give back the rest."""
         self._stopping = True
-        if self._tag is not None and self._link.is_open and not self._cancelled:
+        keep = self._sub.keep_order
+        if self._tag is not None and self._link.is_open and not self._cancelled and not keep:
             with contextlib.suppress(LinkError):  # closed, or no reply in time: it is gone
                 await self._link.cancel(self._tag)
-        # Prefetched deliveries no worker has started go back to the queue at once.
-        while self._pending:
-            delivery = self._pending.pop()
+        # Prefetched deliveries no worker has started go back to the queue at once, in the
+        # order they came (a quorum queue delivers what was given back in that order).
+        while self._pending and not keep:
+            delivery = self._pending.popleft()
             if self._link.is_open:
                 self._link.nack(delivery.delivery_tag, requeue=True)
         self._ready.set()

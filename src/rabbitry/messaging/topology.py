@@ -82,6 +82,7 @@ def work_queue(
     queue_type: QueueType = QueueType.CLASSIC,
     bindings: Iterable[tuple[str, str]] = (),
     delivery_limit: int = DELIVERY_LIMIT,
+    single_active: bool = False,
 ) -> Topology:
     """A durable work queue with its dead-letter queue and retry tiers.
 
@@ -89,17 +90,18 @@ def work_queue(
     (``basic.nack`` without requeue, an overflow) lands there too, never dropped.
     ``bindings`` are (exchange, routing key) pairs that feed the work queue;
     ``delivery_limit`` applies to quorum work and retry queues (see the module docstring).
+    ``single_active``: one consumer at a time gets the work queue's messages, in queue order
+    (``x-single-active-consumer``); the others stand by and one takes over when it goes.
     """
     if delivery_limit < 1:
         raise ValueError("delivery_limit must be at least 1")
-    main = Queue(
-        name,
-        arguments=_typed(
-            {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq_name(name)},
-            queue_type,
-            delivery_limit=delivery_limit,
-        ),
-    )
+    arguments: dict[str, Any] = {
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": dlq_name(name),
+    }
+    if single_active:
+        arguments["x-single-active-consumer"] = True
+    main = Queue(name, arguments=_typed(arguments, queue_type, delivery_limit=delivery_limit))
     dead = Queue(dlq_name(name), arguments=_typed({}, queue_type))
     retries = [
         Queue(

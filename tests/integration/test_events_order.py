@@ -1,0 +1,235 @@
+"""Each entity's change events are stored in the order they were published: with two
+``rabbitry worker workflow`` processes (black box), with partitions, while the database fails
+a batch that later batches would overtake, and while a worker moves over from the single
+event-sourcing queue of earlier versions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+
+from fixtures.events import make_settings
+from helpers import RABBITRY, delete_namespace, eventually_true, running, scratch_database
+from rabbitry.amqp.declarer import Declarer
+from rabbitry.config import Settings
+from rabbitry.errors import NotFound
+from rabbitry.events.change import ChangeEvent, ChangeType
+from rabbitry.events.emitter import Emitter
+from rabbitry.events.models import StoredEvent
+from rabbitry.events.store import EventStore
+from rabbitry.events.topology import EventsLayout
+from rabbitry.events.workflow import WorkflowWorker
+from rabbitry.messaging.publisher import Publisher
+from rabbitry.messaging.topology import Exchange, ExchangeType, Topology, work_queue
+from rabbitry.storage.database import Database
+
+ENTITY = "App\\Models\\Ordered"
+ENTITIES = 50
+EVENTS = 40  # per entity: an insert, then updates with n = 1, 2, ...
+
+
+@contextlib.asynccontextmanager
+async def postgresql(tmp_path: Path) -> AsyncIterator[tuple[str, Database]]:
+    async with scratch_database("postgresql", tmp_path) as url:
+        database = Database(url)
+        try:
+            await database.upgrade()
+            yield url, database
+        finally:
+            await database.close()
+
+
+@contextlib.asynccontextmanager
+async def namespace(**overrides: Any) -> AsyncIterator[Settings]:
+    settings = make_settings(**overrides)
+    try:
+        yield settings
+    finally:
+        await delete_namespace(settings.namespace)
+
+
+async def publish_rounds(settings: Settings, rounds: range, entities: range) -> int:
+    """Round ``n`` publishes event ``n`` of every entity, in one pipelined batch; rounds go
+    one after the other, so each entity's events are published in order. How many were sent."""
+    sent = 0
+    async with Publisher(settings.amqp) as publisher:
+        emitter = Emitter(publisher, settings)
+        for n in rounds:
+            kind = ChangeType.INSERT if n == 0 else ChangeType.UPDATE
+            await emitter.emit([ChangeEvent(kind, ENTITY, e, 1, {"n": n}) for e in entities])
+            sent += len(entities)
+    return sent
+
+
+async def stored(database: Database) -> list[tuple[int, int, int]]:
+    """(entity id, n, version) of every stored event, in the order they were stored."""
+    async with database.session() as session:
+        rows = await session.execute(
+            select(StoredEvent.entity_id, StoredEvent.data, StoredEvent.version).order_by(
+                StoredEvent.sequence
+            )
+        )
+        return [(entity_id, data["n"], version) for entity_id, data, version in rows]
+
+
+async def wait_stored(database: Database, count: int, timeout: float = 120) -> None:
+    async def done() -> bool:
+        return len(await stored(database)) >= count
+
+    await eventually_true(done, timeout=timeout, what=f"{count} stored events")
+
+
+async def assert_in_publish_order(database: Database, entities: range, events: int) -> None:
+    """Every entity's events stored once each, in publish order (the store's sequence), and
+    its current state is its last update."""
+    rows = await stored(database)
+    by_entity: dict[int, list[tuple[int, int]]] = {e: [] for e in entities}
+    for entity_id, n, version in rows:
+        by_entity[entity_id].append((n, version))
+    out_of_order = [e for e, got in by_entity.items() if [n for n, _ in got] != list(range(events))]
+    assert out_of_order == [], f"{len(out_of_order)} entities stored out of publish order"
+    assert all([v for _, v in got] == list(range(1, events + 1)) for got in by_entity.values())
+    store = EventStore(database)
+    for entity_id in (entities[0], entities[-1]):
+        state = await store.state(ENTITY, entity_id)
+        assert state is not None and state.data == {"n": events - 1}
+
+
+@contextlib.asynccontextmanager
+async def worker_process(
+    settings: Settings, database_url: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``rabbitry worker workflow`` on the test's namespace, entered once it consumes."""
+    env = {
+        **os.environ,
+        "RABBITRY_NAMESPACE": settings.namespace,
+        "RABBITRY_AMQP_URL": settings.amqp_url.get_secret_value(),
+        "RABBITRY_DATABASE_URL": database_url,
+        "RABBITRY_EVENTS_PARTITIONS": str(settings.events_partitions),
+        "RABBITRY_RETRY_BASE_DELAY": str(settings.retry_base_delay),
+        "RABBITRY_RETRY_MAX_DELAY": str(settings.retry_max_delay),
+        "RABBITRY_MAX_ATTEMPTS": str(settings.max_attempts),
+    }
+    process = await asyncio.create_subprocess_exec(
+        RABBITRY, "-v", "worker", "workflow", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stderr is not None
+    drain: asyncio.Task[None] | None = None
+    try:
+        async with asyncio.timeout(60):
+            while b"workflow: consuming" not in (line := await process.stderr.readline()):
+                assert line, "the worker exited before consuming"
+        drain = asyncio.create_task(_discard(process.stderr))  # a full pipe would block it
+        yield process
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), timeout=30)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if drain is not None:
+            drain.cancel()
+
+
+async def _discard(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass
+
+
+@pytest.mark.parametrize("partitions", [1, 4])
+async def test_two_worker_processes_store_each_entity_in_publish_order(
+    tmp_path: Path, partitions: int
+) -> None:
+    async with (
+        postgresql(tmp_path) as (url, database),
+        namespace(events_partitions=partitions) as settings,
+        worker_process(settings, url) as first,
+        worker_process(settings, url),
+    ):
+        half = EVENTS // 2
+        sent = await publish_rounds(settings, range(half), range(ENTITIES))
+        await wait_stored(database, sent // 2)
+        # The worker that started first is the active one: it stops mid-stream (it finishes
+        # what it holds), and the other takes over where it left off.
+        first.send_signal(signal.SIGTERM)
+        sent += await publish_rounds(settings, range(half, EVENTS), range(ENTITIES))
+        assert await asyncio.wait_for(first.wait(), timeout=60) == 0
+        await wait_stored(database, sent)
+        await assert_in_publish_order(database, range(ENTITIES), EVENTS)
+        assert len(await stored(database)) == ENTITIES * EVENTS
+
+
+async def test_a_batch_the_database_fails_is_stored_before_the_batches_after_it(
+    tmp_path: Path,
+) -> None:
+    async with postgresql(tmp_path) as (_, database), namespace() as settings:
+        # The database fails every transaction that stores an event of entity 7, three times
+        # (a sequence counts the attempts: it is not rolled back with them).
+        async with database.engine.begin() as conn:
+            await conn.execute(text("CREATE SEQUENCE failures"))
+            await conn.execute(
+                text(
+                    "CREATE FUNCTION refuse_entity_7() RETURNS trigger LANGUAGE plpgsql AS $$"
+                    " BEGIN IF NEW.entity_id = 7 AND nextval('failures') <= 3 THEN"
+                    " RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$"
+                )
+            )
+            await conn.execute(
+                text(
+                    "CREATE TRIGGER refuse_entity_7 BEFORE INSERT ON event_store"
+                    " FOR EACH ROW EXECUTE FUNCTION refuse_entity_7()"
+                )
+            )
+        async with running(WorkflowWorker(settings, database, batch_size=50)):
+            sent = await publish_rounds(settings, range(EVENTS), range(ENTITIES))
+            await wait_stored(database, sent)
+        async with database.engine.connect() as conn:
+            attempts = (await conn.execute(text("SELECT last_value FROM failures"))).scalar_one()
+        assert attempts > 3, "the failure was not injected"
+        await assert_in_publish_order(database, range(ENTITIES), EVENTS)
+
+
+async def test_a_worker_drains_the_queue_of_earlier_versions_before_the_partitions(
+    tmp_path: Path,
+) -> None:
+    async with postgresql(tmp_path) as (_, database), namespace() as settings:
+        layout = EventsLayout(settings.namespace)
+        legacy = layout.legacy_queue
+        # The topology of earlier versions: one queue, no single active consumer, hearing all.
+        old = Topology.of(exchanges=[Exchange(layout.events_exchange, ExchangeType.TOPIC)]) | (
+            work_queue(legacy, policy=settings.retry, bindings=[(layout.events_exchange, "#")])
+        )
+        declarer = await Declarer.connect(settings.amqp_url.get_secret_value())
+        async with declarer:
+            await declarer.declare(old)
+            entities = range(1, 11)
+            sent = await publish_rounds(settings, range(EVENTS // 2), entities)
+            assert (await declarer.queue_status(legacy)).messages == sent
+            # Two workers of this version start together, while the rest is published: one
+            # drains the old queue, the other waits for it to be gone.
+            workers = [WorkflowWorker(settings, database) for _ in range(2)]
+            stopping = asyncio.Event()
+            tasks = [asyncio.create_task(w.run(stopping)) for w in workers]
+            try:
+                sent += await publish_rounds(settings, range(EVENTS // 2, EVENTS), entities)
+                for worker in workers:
+                    await asyncio.wait_for(worker.connected.wait(), timeout=60)
+                await wait_stored(database, sent)
+            finally:
+                stopping.set()
+                await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+            await assert_in_publish_order(database, entities, EVENTS)
+            for queue in [legacy, *(f"{legacy}.retry.{ms}" for ms in settings.retry.tiers_ms())]:
+                with pytest.raises(NotFound):
+                    await declarer.queue_status(queue)
+            assert (await declarer.queue_status(f"{legacy}.dlq")).messages == 0
