@@ -91,7 +91,12 @@ class Sampler:
             lag = queues.get(layout.tenant_queue(tenant))
             if lag is not None and lag.depth is not None:
                 tenants[tenant] = lag.depth
-        store = queues.get(EventsLayout(settings.namespace).event_sourcing_queue)
+        # The event store's lag: what waits in all its partitions.
+        events = EventsLayout(settings.namespace)
+        partitions = [
+            queues.get(events.partition_queue(p)) for p in range(settings.events_partitions)
+        ]
+        depths = [q.depth for q in partitions if q is not None and q.depth is not None]
         samples = list(_own_samples())
         for url in settings.dashboard_metrics_urls:
             try:
@@ -102,7 +107,7 @@ class Sampler:
             at=time.time(),
             queues=queues,
             tenants=tenants,
-            event_store=None if store is None else store.depth,
+            event_store=sum(depths) if depths else None,
             pending=await _pending(database, problems),
             counters=counter_totals(samples),
             gateways=gateway_gauges(samples),
