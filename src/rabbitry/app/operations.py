@@ -9,7 +9,7 @@ from typing import Any
 
 from rabbitry.app.registry import system_topology
 from rabbitry.config import Settings
-from rabbitry.messaging import Declarer, Message, Publisher, PublishResult, Route
+from rabbitry.messaging import Declarer, Message, Publisher, PublishResult, Route, Tracing
 from rabbitry.messaging.reader import read_queue
 from rabbitry.outbox.fallback import OnDemandOutbox
 
@@ -21,7 +21,9 @@ async def publish_one(
     is opened only then: it is the fallback, not a precondition."""
     async with (
         OnDemandOutbox(settings.sql_url) as outbox,
-        Publisher(settings.amqp, fallback=outbox, name=settings.namespace) as publisher,
+        Publisher(
+            settings.amqp, fallback=outbox, name=settings.namespace, middleware=[Tracing()]
+        ) as publisher,
     ):
         return await publisher.publish(message, Route(exchange, routing_key))
 
