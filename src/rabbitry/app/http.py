@@ -105,7 +105,11 @@ def create_app(
                     await runner
 
     workers_run = bool(workers)
-    app = FastAPI(title="Rabbitry", version=__version__, lifespan=lifespan)
+    # Requests are traced by TraceRequests, on every FastAPI this package accepts; FastAPI's
+    # own spans (newer versions have them) would trace each request a second time.
+    app = FastAPI(
+        title="Rabbitry", version=__version__, lifespan=lifespan, telemetry={"tracing": False}
+    )
     app.state.rabbitry = state  # route dependencies (credentials) read it, lifespan or not
     app.add_middleware(BodyLimit, max_bytes=settings.http_max_body)
     app.add_middleware(TraceRequests)  # added last: outermost, so a 413 is traced too
