@@ -55,7 +55,12 @@ from rabbitry.messaging.topology import Topology
 from rabbitry.messaging.worker import Worker
 
 # The parts' fixtures (databases on SQLite and PostgreSQL, topics, events settings).
-pytest_plugins = ("fixtures.outbox", "fixtures.events", "fixtures.sessions")
+pytest_plugins = (
+    "fixtures.outbox",
+    "fixtures.events",
+    "fixtures.sessions",
+    "fixtures.tracing",
+)
 
 
 # --- names and settings ----------------------------------------------------------------------

@@ -18,12 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from opentelemetry.util._once import Once
 
 from conftest import BrokerProbe
 from fixtures.sessions import admin, bearer, delete_redis_keys, sessions_settings_for
@@ -33,23 +30,6 @@ from rabbitry.app.registry import lifespans, servers
 from rabbitry.config import Settings
 
 SESSIONS = 2
-
-
-@pytest.fixture
-def exporter() -> Iterator[InMemorySpanExporter]:
-    """The SDK as the global tracer provider for this test, and the API's proxy again after
-    it. The API lets a provider be set once per process; resetting its two globals is what
-    OpenTelemetry's own test utilities do (``reset_trace_globals``)."""
-    spans = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(spans))
-    trace.set_tracer_provider(provider)
-    try:
-        yield spans
-    finally:
-        provider.shutdown()
-        trace._TRACER_PROVIDER = None
-        trace._TRACER_PROVIDER_SET_ONCE = Once()
 
 
 class _Server(uvicorn.Server):
@@ -113,8 +93,9 @@ def span_id(span: ReadableSpan) -> int:
 
 
 async def test_one_trace_spans_a_removal_from_the_http_request_to_the_stored_event(
-    removal_settings: Settings, exporter: InMemorySpanExporter
+    removal_settings: Settings, global_spans: InMemorySpanExporter
 ) -> None:
+    exporter = global_spans
     ns = removal_settings.namespace
     async with serving(removal_settings) as client:
         made = await client.post("/api/tenants", json={"name": "acme"}, headers=admin())

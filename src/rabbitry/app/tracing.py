@@ -40,7 +40,9 @@ class TraceRequests:
         if scope.get("query_string"):
             attributes["url.query"] = scope["query_string"].decode("latin-1")
         if (server := scope.get("server")) is not None:
-            attributes["server.address"], attributes["server.port"] = server[0], server[1]
+            attributes["server.address"] = server[0]
+            if server[1] is not None:  # None on a Unix socket
+                attributes["server.port"] = server[1]
         if (client := scope.get("client")) is not None:
             attributes["client.address"] = client[0]
         if agent := headers.get("user-agent"):
