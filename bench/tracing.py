@@ -23,7 +23,6 @@ from collections.abc import Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.trace import NoOpTracerProvider
 
 from common import AMQP_URL, PAYLOAD
 from rabbitry import (
@@ -70,7 +69,7 @@ def chains(provider: TracerProvider) -> dict[str, list[Middleware]]:
     return {
         "0 no middleware": [],
         "1 pass-through middleware": [PassThrough()],
-        "2 Tracing, no SDK": [Tracing(NoOpTracerProvider())],
+        "2 Tracing, no SDK": [Tracing()],  # the global provider, unset: as in the system
         "3 Tracing, SDK": [Tracing(provider)],
     }
 
