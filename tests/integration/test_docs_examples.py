@@ -1,5 +1,6 @@
-"""The Python examples of docs/outbox.md, docs/message-format.md and docs/observability.md, run as a reader would: each
-page's blocks in order, as one script, in a directory of its own, against the test broker."""
+"""The Python examples of docs/outbox.md, docs/message-format.md and docs/observability.md,
+run as a reader would: each page's blocks in order, as one script, in a directory of its own,
+against the test broker."""
 
 from __future__ import annotations
 

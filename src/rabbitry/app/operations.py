@@ -9,8 +9,9 @@ from typing import Any
 
 from rabbitry.app.registry import system_topology
 from rabbitry.config import Settings
-from rabbitry.messaging import Declarer, Message, Publisher, PublishResult, Route, Tracing
+from rabbitry.messaging import Declarer, Message, Publisher, PublishResult, Route
 from rabbitry.messaging.reader import read_queue
+from rabbitry.messaging.tracing import tracing_middleware
 from rabbitry.outbox.fallback import OnDemandOutbox
 
 
@@ -22,7 +23,7 @@ async def publish_one(
     async with (
         OnDemandOutbox(settings.sql_url) as outbox,
         Publisher(
-            settings.amqp, fallback=outbox, name=settings.namespace, middleware=[Tracing()]
+            settings.amqp, fallback=outbox, name=settings.namespace, middleware=tracing_middleware()
         ) as publisher,
     ):
         return await publisher.publish(message, Route(exchange, routing_key))

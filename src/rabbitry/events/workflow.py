@@ -29,7 +29,7 @@ from rabbitry.events.store import EventStore, Incoming, check_message_id
 from rabbitry.events.topology import WORKFLOW_MODULE, EventsLayout, topology
 from rabbitry.messaging.consumer import Subscription
 from rabbitry.messaging.envelope import Message
-from rabbitry.messaging.tracing import Tracing
+from rabbitry.messaging.tracing import tracing_middleware
 from rabbitry.messaging.worker import Worker
 from rabbitry.storage import Database, open_database
 
@@ -81,7 +81,7 @@ class WorkflowWorker:
             amqp=settings.amqp,
             retry=settings.retry,
             # Each stored event's span lasts until its batch is committed.
-            middleware=[Tracing()],
+            middleware=tracing_middleware(),
         )
 
     @property

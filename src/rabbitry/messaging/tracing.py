@@ -239,6 +239,15 @@ class Tracing(Middleware):
                 span.add_event("dead-lettered", {"rabbitry.reason": reason[:1000]})
 
 
+def tracing_middleware() -> tuple[Middleware, ...]:
+    """``(Tracing(),)`` when a tracer provider is set up now, else ``()``: what the runnable
+    system gives its publishers and workers, once, at start (after
+    :mod:`rabbitry.app.telemetry` ran). Untraced, a publisher then keeps its batched
+    ``publish_many`` (any publish middleware sends each message on its own: about half the
+    throughput, measured in bench/tracing.py)."""
+    return (Tracing(),) if active_tracer() is not None else ()
+
+
 @dataclasses.dataclass(slots=True)
 class Forward:
     """The trace headers of a retry or dead-letter copy; ``confirmed`` once the broker took
@@ -255,4 +264,5 @@ __all__ = [
     "active_tracer",
     "carrying",
     "context_of",
+    "tracing_middleware",
 ]
