@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from conftest import BrokerProbe, WorkerRunner
-from helpers import eventually_true
+from helpers import RecordingFallback, eventually_true
 from rabbitry import (
     Declarer,
     Message,
@@ -261,6 +261,44 @@ async def test_without_a_tracer_provider_nothing_is_added_to_the_messages(
     (received,) = await broker.get_all(queue)
     assert "traceparent" not in received.headers
     assert "tracestate" not in received.headers
+
+
+async def test_a_message_stored_in_the_outbox_continues_its_trace_when_sent_later(
+    settings: Settings, run_worker: WorkerRunner, broker: BrokerProbe, traces: Traces
+) -> None:
+    queue = f"{settings.namespace}.orders"
+    tracing = Tracing(traces.provider)
+    fallback = RecordingFallback()
+    switched_off = settings.model_copy(update={"rabbit_active": False})
+    async with Publisher(switched_off.amqp, fallback=fallback, middleware=[tracing]) as pub:
+        result = await pub.publish(Message("order.placed", {}), Route("", queue))
+    assert result.status == "persisted"
+    (first,) = traces.named(f"publish {queue}")
+    assert (first.attributes or {})["rabbitry.publish.status"] == "persisted"
+    assert [e.name for e in first.events] == ["stored in the outbox"]
+    ((route, stored, _),) = fallback.items
+    assert stored.traceparent is not None and f"{span_id(first):016x}" in stored.traceparent
+
+    done = asyncio.Event()
+
+    async def handle(message: Message) -> None:
+        done.set()
+
+    topology = work_queue(queue, policy=settings.retry)
+    async with (
+        run_worker([Subscription(queue, {"order.placed": handle})], topology, middleware=[tracing]),
+        Publisher(settings.amqp, middleware=[tracing]) as relay,  # as the relay sends it later
+    ):
+        assert (await relay.publish(stored, route)).ok
+        await asyncio.wait_for(done.wait(), timeout=30)
+        await eventually_true(
+            lambda: _has(traces, f"process {queue}"), timeout=30, what="the process span"
+        )
+    first, again = sorted(traces.named(f"publish {queue}"), key=lambda s: s.start_time or 0)
+    (process,) = traces.named(f"process {queue}")
+    assert parent_of(again) == span_id(first)
+    assert parent_of(process) == span_id(again)
+    assert {trace_id(first), trace_id(again), trace_id(process)} == {trace_id(first)}
 
 
 async def _has(traces: Traces, name: str) -> bool:
