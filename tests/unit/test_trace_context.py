@@ -93,6 +93,10 @@ def test_tracestate_travels_beside_traceparent() -> None:
     with tracer.start_as_current_span("again", context=context_of(received)):
         forwarded = carrying(Message("t", {}))
     assert forwarded.extra == {"tracestate": "shop=1"}
+    with tracer.start_as_current_span("a trace of its own"):
+        republished = carrying(received)
+    assert republished.traceparent != REMOTE
+    assert "tracestate" not in republished.extra  # it belonged to the old traceparent
 
 
 def small_app() -> FastAPI:

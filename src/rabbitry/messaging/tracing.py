@@ -91,7 +91,11 @@ def carrying(message: Message, context: Context | None = None) -> Message:
     traceparent = carrier.pop(TRACEPARENT_HEADER, None)
     if traceparent is None:
         return message
-    extra = {**message.extra, **carrier} if carrier else message.extra
+    extra = message.extra
+    if carrier or "tracestate" in extra:
+        # A tracestate belongs to its traceparent: one left from a message received earlier
+        # must not ride along with the new context.
+        extra = {k: v for k, v in extra.items() if k != "tracestate"} | carrier
     return dataclasses.replace(message, traceparent=traceparent, extra=extra)
 
 
