@@ -49,12 +49,18 @@ from helpers import Eventually as Eventually  # the eventually fixture's type, f
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import ManualProcessingMode, Settings
 from rabbitry.messaging.consumer import Subscription
+from rabbitry.messaging.middleware import Middleware
 from rabbitry.messaging.settings import QueueType
 from rabbitry.messaging.topology import Topology
 from rabbitry.messaging.worker import Worker
 
 # The parts' fixtures (databases on SQLite and PostgreSQL, topics, events settings).
-pytest_plugins = ("fixtures.outbox", "fixtures.events", "fixtures.sessions")
+pytest_plugins = (
+    "fixtures.outbox",
+    "fixtures.events",
+    "fixtures.sessions",
+    "fixtures.tracing",
+)
 
 
 # --- names and settings ----------------------------------------------------------------------
@@ -366,7 +372,8 @@ def run_worker(settings: Settings) -> WorkerRunner:
     """``async with run_worker(subscriptions, topology) as worker:`` — a Worker running in the
     test's loop, entered once it consumes (``worker.connected``), stopped and drained on exit.
     Keyword ``settings=`` and ``name=`` override the defaults (the test's settings, and
-    ``<namespace>-worker``, which is also the prefix of its connection names)."""
+    ``<namespace>-worker``, which is also the prefix of its connection names); ``middleware=``
+    is the worker's."""
 
     @asynccontextmanager
     async def start(
@@ -375,6 +382,7 @@ def run_worker(settings: Settings) -> WorkerRunner:
         *,
         settings: Settings = settings,
         name: str | None = None,
+        middleware: Sequence[Middleware] = (),
     ) -> AsyncIterator[Worker]:
         stopping = asyncio.Event()
         worker = Worker(
@@ -383,6 +391,7 @@ def run_worker(settings: Settings) -> WorkerRunner:
             topology,
             amqp=settings.amqp,
             retry=settings.retry,
+            middleware=middleware,
         )
         task = asyncio.create_task(worker.run(stopping))
         try:

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
         Service,
         Subscription,
         Topology,
+        Tracing,
         Worker,
         dlq_name,
         retry_queue_name,
@@ -106,6 +107,7 @@ _LAZY = {
     "Middleware": "rabbitry.messaging",
     "PayloadError": "rabbitry.messaging",
     "PublishNext": "rabbitry.messaging",
+    "Tracing": "rabbitry.messaging",
 }
 
 
@@ -159,6 +161,7 @@ __all__ = [
     "StorageError",
     "Subscription",
     "Topology",
+    "Tracing",
     "Worker",
     "__version__",
     "dlq_name",

@@ -1,5 +1,6 @@
-"""The Python examples of docs/outbox.md and docs/message-format.md, run as a reader would: each
-page's blocks in order, as one script, in a directory of its own, against the test broker."""
+"""The Python examples of docs/outbox.md, docs/message-format.md and docs/observability.md,
+run as a reader would: each page's blocks in order, as one script, in a directory of its own,
+against the test broker."""
 
 from __future__ import annotations
 
@@ -54,3 +55,13 @@ def test_the_message_format_page_decodes_and_publishes_as_it_says(
     # No pipeline exchange "amqp.default" on the test broker: refused, with the broker's words.
     assert "failed" in done.stdout.splitlines()[-1], done.stdout
     assert "amqp.default" in done.stdout.splitlines()[-1], done.stdout
+
+
+@pytest.mark.usefixtures("_broker_cleanup")
+def test_the_traces_page_shows_a_publish_and_its_process_span(
+    tmp_path: Path, settings: Settings
+) -> None:
+    done = run(page_script("observability.md"), tmp_path, settings)
+    assert done.returncode == 0, done.stderr
+    queue = f"{settings.namespace}.traced-orders"
+    assert done.stdout.splitlines() == [f"publish {queue} PRODUCER", f"process {queue} CONSUMER"]

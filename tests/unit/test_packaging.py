@@ -21,6 +21,7 @@ IMPORT_NAMES = {
     "argon2-cffi": "argon2",
     "prometheus-client": "prometheus_client",
     "pyyaml": "yaml",
+    "opentelemetry-api": "opentelemetry",
 }
 
 

@@ -34,6 +34,7 @@ from rabbitry.app.operations import declare_system
 from rabbitry.app.registry import Lifespan, build_service, system_topology
 from rabbitry.app.registry import entity_pages as registry_entity_pages
 from rabbitry.app.resources import open_publisher
+from rabbitry.app.tracing import TraceRequests
 from rabbitry.config import Settings
 from rabbitry.errors import BrokerError, RabbitryError
 from rabbitry.messaging.sender import BLOCKED
@@ -104,9 +105,14 @@ def create_app(
                     await runner
 
     workers_run = bool(workers)
-    app = FastAPI(title="Rabbitry", version=__version__, lifespan=lifespan)
+    # Requests are traced by TraceRequests, on every FastAPI this package accepts; FastAPI's
+    # own spans (newer versions have them) would trace each request a second time.
+    app = FastAPI(
+        title="Rabbitry", version=__version__, lifespan=lifespan, telemetry={"tracing": False}
+    )
     app.state.rabbitry = state  # route dependencies (credentials) read it, lifespan or not
     app.add_middleware(BodyLimit, max_bytes=settings.http_max_body)
+    app.add_middleware(TraceRequests)  # added last: outermost, so a 413 is traced too
     _install_error_handlers(app)
 
     @app.get("/livez")

@@ -11,6 +11,7 @@ from rabbitry.app.registry import system_topology
 from rabbitry.config import Settings
 from rabbitry.messaging import Declarer, Message, Publisher, PublishResult, Route
 from rabbitry.messaging.reader import read_queue
+from rabbitry.messaging.tracing import tracing_middleware
 from rabbitry.outbox.fallback import OnDemandOutbox
 
 
@@ -21,7 +22,9 @@ async def publish_one(
     is opened only then: it is the fallback, not a precondition."""
     async with (
         OnDemandOutbox(settings.sql_url) as outbox,
-        Publisher(settings.amqp, fallback=outbox, name=settings.namespace) as publisher,
+        Publisher(
+            settings.amqp, fallback=outbox, name=settings.namespace, middleware=tracing_middleware()
+        ) as publisher,
     ):
         return await publisher.publish(message, Route(exchange, routing_key))
 

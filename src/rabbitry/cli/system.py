@@ -3,12 +3,15 @@ the registry of parts. The server is imported by the command that runs it (not f
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
 import typer
 
 from rabbitry.app import registry
 from rabbitry.console import fail, run, settings
+from rabbitry.errors import ConfigError
 
 HOST = "127.0.0.1"
 
@@ -33,7 +36,8 @@ def up(ctx: typer.Context, port: PortOption = 8000, host: HostOption = HOST) -> 
     """
     from rabbitry.app.server import run_up
 
-    run(run_up(settings(ctx), host=host, port=port))
+    config = settings(ctx)
+    _traced("rabbitry", lambda: run_up(config, host=host, port=port))
 
 
 def serve(
@@ -50,7 +54,8 @@ def serve(
         fail(f"unknown server {name!r}: choose from {_SERVERS}")
     from rabbitry.app.server import run_part_server
 
-    run(run_part_server(settings(ctx), name, host=host, port=port))
+    config = settings(ctx)
+    _traced(f"rabbitry-{name}", lambda: run_part_server(config, name, host=host, port=port))
 
 
 def worker(
@@ -77,4 +82,22 @@ def worker(
             fail(f"unknown worker {name!r}: choose from {_WORKERS}")
     from rabbitry.app.server import run_workers
 
-    run(run_workers(settings(ctx), names, host=host, port=port))
+    config = settings(ctx)
+    service = f"rabbitry-{'-'.join(names)}"
+    _traced(service, lambda: run_workers(config, names, host=host, port=port))
+
+
+def _traced(service: str, process: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``process`` with trace export set up as the OTEL_* variables ask (see
+    docs/observability.md), flushing the spans still buffered when it ends."""
+    from rabbitry.app.telemetry import configure_tracing
+
+    try:
+        shutdown = configure_tracing(os.environ, service)
+    except ConfigError as exc:
+        fail(str(exc))
+    try:
+        run(process())
+    finally:
+        if shutdown is not None:
+            shutdown()

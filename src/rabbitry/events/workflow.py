@@ -35,6 +35,7 @@ from rabbitry.events.store import EventStore, Incoming, check_message_id
 from rabbitry.events.topology import WORKFLOW_MODULE, EventsLayout, topology
 from rabbitry.messaging.consumer import Subscription
 from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.tracing import tracing_middleware
 from rabbitry.messaging.worker import Worker
 from rabbitry.storage import Database, open_database
 
@@ -82,6 +83,8 @@ class WorkflowWorker:
             topology(settings),
             amqp=settings.amqp,
             retry=settings.retry,
+            # Each stored event's span lasts until its batch is committed.
+            middleware=tracing_middleware(),
         )
 
     def event_subscription(self, queue: str, *, exclusive: bool = False) -> Subscription:

@@ -25,6 +25,7 @@ from rabbitry.messaging.topology import (
     retry_queue_name,
     work_queue,
 )
+from rabbitry.messaging.tracing import Tracing
 from rabbitry.messaging.worker import Worker
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "Service",
     "Subscription",
     "Topology",
+    "Tracing",
     "Worker",
     "dlq_name",
     "retry_queue_name",

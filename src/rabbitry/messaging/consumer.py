@@ -44,6 +44,7 @@ from rabbitry.messaging.retry import RetryPolicy
 from rabbitry.messaging.sender import Sender
 from rabbitry.messaging.settings import AmqpSettings
 from rabbitry.messaging.topology import dlq_name, retry_queue_name
+from rabbitry.messaging.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,8 @@ class Consumer:
         }
         default = subscription.resolved_default
         self._default = None if default is None else wrap_handler(default, middleware)
+        # With tracing, the retry and dead-letter copies are spans too (see _forward).
+        self._tracing = next((m for m in middleware if isinstance(m, Tracing)), None)
         self._link = link
         self._policy = policy
         self._owns_sender = sender is None
@@ -266,7 +269,7 @@ class Consumer:
 
     def _decode(self, delivery: Received) -> Message:
         strict = self._settings.strict_rr_job if self._sub.strict is None else self._sub.strict
-        return envelope.decode_received(delivery, strict=strict)
+        return envelope.decode_received(delivery, strict=strict, queue=self._sub.queue)
 
     def _handler_for(self, message: Message) -> Handler:
         handler = self._handlers.get(message.type, self._default)
@@ -294,7 +297,7 @@ class Consumer:
             target = retry_queue_name(self._sub.queue, delay)
             extra = {envelope.ATTEMPT_HEADER: Int64(attempt), envelope.ERROR_HEADER: error}
             log.info("retry %d of %s in %d ms: %s", attempt, _id(delivery), delay, error)
-            outcome = await self._forward(delivery, target, extra)
+            outcome = await self._copy(delivery, target, extra, attempt, error, dead_letter=False)
             if outcome is PublishOutcome.RETURNED:
                 # The retry queue is missing (deleted, or a tier never declared): running the
                 # handler again at once would spin; dead-letter it, saying why.
@@ -308,7 +311,8 @@ class Consumer:
                 envelope.ATTEMPT_HEADER: Int64(attempt),
             }
             log.warning("dead-lettering %s from %s: %s", _id(delivery), self._sub.queue, error)
-            outcome = await self._forward(delivery, dlq_name(self._sub.queue), extra)
+            target = dlq_name(self._sub.queue)
+            outcome = await self._copy(delivery, target, extra, attempt, reason, dead_letter=True)
         if outcome is PublishOutcome.ACKED:
             if delay is None and delivery.properties.reply_to:
                 # A request that will never be answered: its requester hears why at once.
@@ -319,6 +323,31 @@ class Consumer:
             counter.labels(self._queue_label).inc()
         else:
             await self._give_back(delivery)
+
+    async def _copy(
+        self,
+        delivery: Received,
+        target: str,
+        extra: Mapping[str, Any],
+        attempt: int,
+        reason: str,
+        *,
+        dead_letter: bool,
+    ) -> PublishOutcome | None:
+        """:meth:`_forward`, in a span of its own when the worker traces."""
+        if self._tracing is None:
+            return await self._forward(delivery, target, extra)
+        with self._tracing.forwarding(
+            delivery.properties.headers,
+            self._sub.queue,
+            target,
+            dead_letter=dead_letter,
+            attempt=attempt,
+            reason=reason,
+        ) as forward:
+            outcome = await self._forward(delivery, target, {**extra, **forward.headers})
+            forward.confirmed = outcome is PublishOutcome.ACKED
+        return outcome
 
     async def _forward(
         self, delivery: Received, queue: str, extra: Mapping[str, Any]

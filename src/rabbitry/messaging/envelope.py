@@ -90,6 +90,7 @@ class Message:
     exchange: str = ""
     routing_key: str = ""
     redelivered: bool = False
+    queue: str = ""  # the queue it was consumed from (its consumer knows it)
 
     def body(self) -> bytes:
         """The body bytes: the original ones when known, else compact UTF-8 JSON."""
@@ -242,6 +243,7 @@ def decode(
     exchange: str = "",
     routing_key: str = "",
     redelivered: bool = False,
+    queue: str = "",
 ) -> Message:
     """Build a :class:`Message` from what the broker delivered.
 
@@ -282,10 +284,11 @@ def decode(
         exchange=exchange,
         routing_key=routing_key,
         redelivered=redelivered,
+        queue=queue,
     )
 
 
-def decode_received(delivery: Received, *, strict: bool) -> Message:
+def decode_received(delivery: Received, *, strict: bool, queue: str = "") -> Message:
     """The :class:`Message` a consumer received: :func:`decode` of its body and properties,
     with where it came from. Raises :class:`MessageError` as :func:`decode` does, and when
     the delivery's properties did not decode (``delivery.error``)."""
@@ -302,6 +305,7 @@ def decode_received(delivery: Received, *, strict: bool) -> Message:
         routing_key=delivery.routing_key,
         redelivered=delivery.redelivered,
         strict=strict,
+        queue=queue,
     )
 
 

@@ -18,6 +18,7 @@ import logging
 from rabbitry.config import Settings
 from rabbitry.errors import RabbitryError
 from rabbitry.messaging.publisher import Publisher
+from rabbitry.messaging.tracing import tracing_middleware
 from rabbitry.metrics import RELAY_FAILED, RELAYED
 from rabbitry.outbox.exchanges import ExchangeCheck
 from rabbitry.outbox.filters import Origin, RequeueFilter
@@ -61,7 +62,10 @@ class RelayService:
                 db = await stack.enter_async_context(Database(self.settings.sql_url))
             publisher = await stack.enter_async_context(
                 Publisher(
-                    without_circuit(self.settings.amqp), name=f"{self.settings.namespace}-relay"
+                    without_circuit(self.settings.amqp),
+                    name=f"{self.settings.namespace}-relay",
+                    # Traced, a stored message's send joins the trace it was published in.
+                    middleware=tracing_middleware(),
                 )
             )
             exchanges = ExchangeCheck(self.settings)

@@ -35,6 +35,7 @@ from rabbitry.config import Settings
 from rabbitry.errors import ConfigError, RabbitryError
 from rabbitry.messaging.consumer import Reject, Retry, Subscription
 from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.tracing import tracing_middleware
 from rabbitry.messaging.worker import Worker
 from rabbitry.sessions.backends import open_store
 from rabbitry.sessions.client import SessionClient, SessionServiceError
@@ -203,6 +204,7 @@ class DispatchService:
             tenant_topology(settings, [tenant]),
             amqp=settings.amqp,
             retry=settings.retry,
+            middleware=tracing_middleware(),
         )
         self.workers[tenant] = worker
         self._tasks[tenant] = asyncio.create_task(worker.run(stopping), name=worker.name)
