@@ -129,7 +129,7 @@ async def test_one_trace_spans_a_removal_from_the_http_request_to_the_stored_eve
             return (
                 names.count("DELETE /api/tenants/{tenant}/sessions/{session_id}") == 2 * SESSIONS
                 and f"process {removal_queue}" in names
-                and f"process {ns}.event-sourcing" in names
+                and f"process {ns}.event-sourcing.p0" in names
             )
 
         await eventually_true(complete, timeout=60, what="the removal's spans")
@@ -200,7 +200,7 @@ async def test_one_trace_spans_a_removal_from_the_http_request_to_the_stored_eve
         ] == "/api/tenants/{tenant}/sessions/{session_id}"
 
     # The workflow stores the change event in a child of the event's publish.
-    store = one(f"process {ns}.event-sourcing", SpanKind.CONSUMER)
+    store = one(f"process {ns}.event-sourcing.p0", SpanKind.CONSUMER)
     assert parent(store) is event_publish
     assert (store.attributes or {})["rabbitry.message.type"] == "delete"
     assert store.status.status_code is StatusCode.UNSET
