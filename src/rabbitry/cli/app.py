@@ -14,7 +14,7 @@ from typer.core import TyperGroup
 
 from rabbitry import extras
 from rabbitry.app.registry import PARTS, Commands
-from rabbitry.cli import messaging, status, system
+from rabbitry.cli import messaging, run, status, system
 from rabbitry.cli.lazy import LazyCommand, Register, add_lazy
 from rabbitry.console import USAGE_ERROR
 
@@ -52,6 +52,7 @@ def root(
 
 
 messaging.register(app)
+run.register(app)
 system.register(app)
 status.register(app)
 
