@@ -79,7 +79,9 @@ def run_app(
 def _child_argv(ctx: typer.Context, app: str, app_dir: Path) -> list[str]:
     """The command each restart runs: this one, without --reload, with the root's options."""
     root = ctx.find_root().obj if isinstance(ctx.find_root().obj, dict) else {}
-    argv = [sys.executable, "-m", "rabbitry"]
+    # -B: no bytecode written for the user's modules, so that an edit within the same second
+    # that keeps a file's size cannot be served stale from its .pyc (mtime has 1 s resolution).
+    argv = [sys.executable, "-B", "-m", "rabbitry"]
     if root.get("config_file") is not None:
         argv += ["--config", str(Path(root["config_file"]).resolve())]
     argv += ["-v"] * int(root.get("verbose", 0))
