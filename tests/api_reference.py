@@ -129,7 +129,9 @@ def _member(owner: str, name: str, value: Any) -> list[str]:
         doc = inspect.cleandoc(value.__doc__ or "")
     else:
         prefix = "async " if inspect.iscoroutinefunction(value) else ""
-        params = re.sub(r"^\((self|cls)(, |\))", lambda m: "(" if m[2] == ", " else "()", signature(value))
+        params = re.sub(
+            r"^\((self|cls)(, |\))", lambda m: "(" if m[2] == ", " else "()", signature(value)
+        )
         head = f"`{prefix}{owner}.{name}{params}`"
         doc = own_doc(value)
     return [f"- {head}" + (f": {_indent(doc)}" if doc else ""), ""]

@@ -24,6 +24,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
+PIP = (sys.executable, "-m", "pip")
 
 
 def build_wheel(into: Path) -> Path:
@@ -36,8 +37,16 @@ def build_wheel(into: Path) -> Path:
         ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
     )
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
-        + ["--wheel-dir", str(into), str(source)],
+        [
+            *PIP,
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(into),
+            str(source),
+        ],
         check=True,
         timeout=300,
     )

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_name
 
-from helpers import AMQP_URL, EXAMPLES
 import rabbitry
+from helpers import AMQP_URL, EXAMPLES
 from rabbitry import extras
-from wheelhouse import wheelhouse
+from wheelhouse import PIP, wheelhouse
 
 pytestmark = pytest.mark.slow
 
@@ -59,11 +59,11 @@ def fresh_venv(where: Path, requirement: str, house: Path) -> Path:
     """A new virtual environment at ``where`` with ``requirement`` installed from ``house``."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True)
     python = where / "bin" / "python"
+    source = ["--find-links", str(house), requirement]
     subprocess.run(
         # This environment's pip installs into the new one (it has none of its own). No .pyc
         # compiled up front: only the modules the test imports are, when it imports them.
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-compile"]
-        + ["--no-index", "--find-links", str(house), requirement],
+        [*PIP, "--python", str(python), "install", "-q", "--no-compile", "--no-index", *source],
         check=True,
         env=pip_env(),
         timeout=300,
@@ -84,21 +84,19 @@ def venvs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
 
 
 def installed(venv: Path) -> set[str]:
-    script = "import importlib.metadata as m; print('\\n'.join(d.metadata['Name'] for d in m.distributions()))"
+    script = "import importlib.metadata as m\nfor d in m.distributions(): print(d.metadata['Name'])"
     out = subprocess.run(
         [str(venv / "bin" / "python"), "-c", script], capture_output=True, text=True, check=True
     )
     return {canonicalize_name(name) for name in out.stdout.split()}
 
 
-def run_in(venv: Path, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(venv / "bin" / args[0]), *args[1:]],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        **kwargs,  # type: ignore[call-overload]
-    )
+def run_in(
+    venv: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``args[0]`` of the venv's bin/ run with the rest of ``args``."""
+    command = [str(venv / "bin" / args[0]), *args[1:]]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_the_library_install_pulls_in_no_system_package_and_no_dev_tool(
@@ -141,7 +139,8 @@ async def main() -> list[int]:
     async with broker.running(worker):
         async with broker.publisher() as publisher:
             for n in (1, -1, 2):
-                await publisher.publish(Message(type="n", payload={"n": n}), Route("", "app.numbers"))
+                message = Message(type="n", payload={"n": n})
+                await publisher.publish(message, Route("", "app.numbers"))
         await broker.drain()
     return [len(public), handled, broker.counts(rabbitry.dlq_name("app.numbers"))[0]]
 

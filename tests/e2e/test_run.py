@@ -85,7 +85,9 @@ async def test_run_serves_the_docs_worker_until_sigterm(
             return await asyncio.to_thread(consumers, queue) == 1
 
         await eventually(consuming, timeout=60, what="the worker consuming its queue")
-        await publish(queue, {"to": "ana@example.com"}, {"to": "nobody"}, type_="App\\Jobs\\SendEmail")
+        await publish(
+            queue, {"to": "ana@example.com"}, {"to": "nobody"}, type_="App\\Jobs\\SendEmail"
+        )
 
         async def dead_lettered() -> bool:
             return (await broker.counts(f"{queue}.dlq"))[0] == 1

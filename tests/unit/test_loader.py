@@ -47,7 +47,9 @@ def worker(name: str) -> Worker:
     async def handle(message: object) -> None:
         pass
 
-    return Worker(name, [Subscription(name, handlers={"t": handle})], work_queue(name, policy=RetryPolicy()))
+    return Worker(
+        name, [Subscription(name, handlers={"t": handle})], work_queue(name, policy=RetryPolicy())
+    )
 
 
 def test_a_module_and_an_attribute_name_a_spec() -> None:

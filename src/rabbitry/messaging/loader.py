@@ -83,4 +83,3 @@ def _is_service(value: object) -> bool:
     # A structural check, as the Service protocol is: a name, and run as a coroutine function.
     run = getattr(value, "run", None)
     return isinstance(getattr(value, "name", None), str) and callable(run)
-
