@@ -165,13 +165,12 @@ def test_the_library_command_runs_what_it_can_and_names_the_extra_for_the_rest(
     library = venvs["library"]
     helped = run_in(library, "rabbitry", "--help")
     assert helped.returncode == 0 and " run " in helped.stdout, helped.stderr
-    # One command of the system's own, one of a part's (each process takes seconds here).
-    for command in (["up"], ["requeue"]):
-        done = run_in(library, "rabbitry", *command)
-        assert done.returncode == 2, (command, done.stderr)
-        (line,) = done.stderr.splitlines()
-        assert line.startswith("rabbitry: error: this command needs rabbitry[system]"), line
-        assert line.endswith(": pip install 'rabbitry[system]'"), line
+    # One command of the system (each process takes seconds in a fresh environment).
+    done = run_in(library, "rabbitry", "up")
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("rabbitry: error: this command needs rabbitry[system]"), line
+    assert line.endswith(": pip install 'rabbitry[system]'"), line
     reload = run_in(
         library, "rabbitry", "run", "worker:worker", "--app-dir", str(EXAMPLES), "--reload"
     )
@@ -205,10 +204,8 @@ def test_the_library_command_runs_what_it_can_and_names_the_extra_for_the_rest(
     )
 
 
-def test_the_system_install_starts_the_system_commands(venvs: dict[str, Path]) -> None:
+def test_the_system_install_imports_the_system(venvs: dict[str, Path]) -> None:
     system = venvs["system"]
-    done = run_in(system, "rabbitry", "up", "--help")
-    assert done.returncode == 0 and "Usage: rabbitry up" in done.stdout, done.stderr
     imported = run_in(
         system, "python", "-c", "import rabbitry.app.server, rabbitry.backoffice.web; print('ok')"
     )
