@@ -17,4 +17,6 @@ async def send_email(message: rabbitry.Message) -> None:
 topology = rabbitry.work_queue(QUEUE, policy=policy)  # QUEUE, QUEUE.dlq, the retry queues
 emails = rabbitry.Subscription(QUEUE, handlers={"App\\Jobs\\SendEmail": send_email})
 worker = rabbitry.Worker("emails", [emails], topology, amqp=amqp, retry=policy)
-asyncio.run(rabbitry.serve(worker))  # until SIGTERM or Ctrl-C, then drains
+
+if __name__ == "__main__":  # or: rabbitry run worker:worker (--reload restarts it on edits)
+    asyncio.run(rabbitry.serve(worker))  # until SIGTERM or Ctrl-C, then drains

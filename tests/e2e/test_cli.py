@@ -88,7 +88,7 @@ async def test_help_of_every_command_exits_0(settings: Settings) -> None:
 
 def test_the_core_commands_are_there() -> None:
     paths = {" ".join(p) for p in command_paths()}
-    assert {"publish", "consume", "topology declare", "status"} <= paths
+    assert {"publish", "consume", "run", "topology declare", "status"} <= paths
 
 
 # --- topology declare ------------------------------------------------------------------------

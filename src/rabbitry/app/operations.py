@@ -3,30 +3,46 @@ read a queue as JSON records, declare the whole system's topology."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from rabbitry import extras
 from rabbitry.app.registry import system_topology
 from rabbitry.config import Settings
-from rabbitry.messaging import Declarer, Message, Publisher, PublishResult, Route
+from rabbitry.messaging import Declarer, Message, Publisher, PublishResult, PublishStatus, Route
 from rabbitry.messaging.reader import read_queue
 from rabbitry.messaging.tracing import tracing_middleware
-from rabbitry.outbox.fallback import OnDemandOutbox
 
 
 async def publish_one(
     settings: Settings, message: Message, exchange: str, routing_key: str
 ) -> PublishResult:
     """Publish ``message``; the outbox stores it if the broker cannot take it. The database
-    is opened only then: it is the fallback, not a precondition."""
+    is opened only then: it is the fallback, not a precondition.
+
+    The library alone (no ``[system]`` extra) has no outbox: a message the broker does not
+    take fails, and its error says it was not stored."""
+    route = Route(exchange, routing_key)
+    if not extras.installed("system"):
+        async with Publisher(
+            settings.amqp, name=settings.namespace, middleware=tracing_middleware()
+        ) as publisher:
+            result = await publisher.publish(message, route)
+        if result.status is PublishStatus.FAILED:
+            stored = f"not stored: the outbox comes with the system ({extras.hint('system')})"
+            result = dataclasses.replace(result, error=f"{result.error}; {stored}")
+        return result
+    from rabbitry.outbox.fallback import OnDemandOutbox
+
     async with (
         OnDemandOutbox(settings.sql_url) as outbox,
         Publisher(
             settings.amqp, fallback=outbox, name=settings.namespace, middleware=tracing_middleware()
         ) as publisher,
     ):
-        return await publisher.publish(message, Route(exchange, routing_key))
+        return await publisher.publish(message, route)
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,11 @@ import typer
 from typer._click.exceptions import ClickException
 from typer.core import TyperGroup
 
+from rabbitry import extras
 from rabbitry.app.registry import PARTS, Commands
-from rabbitry.cli import messaging, status, system
+from rabbitry.cli import messaging, run, status, system
 from rabbitry.cli.lazy import LazyCommand, Register, add_lazy
+from rabbitry.console import USAGE_ERROR
 
 app = typer.Typer(
     name="rabbitry",
@@ -50,6 +52,7 @@ def root(
 
 
 messaging.register(app)
+run.register(app)
 system.register(app)
 status.register(app)
 
@@ -90,9 +93,21 @@ def command() -> TyperGroup:
 
 
 def main() -> None:
-    """Run the CLI; usage errors become one line on stderr and exit code 2."""
+    """Run the CLI; usage errors become one line on stderr and exit code 2, and so does a
+    command that needs an extra this install lacks (``pip install rabbitry`` is the library
+    alone: ``rabbitry up`` needs ``rabbitry[system]``)."""
     try:
         code = command().main(standalone_mode=False)
+    except ModuleNotFoundError as exc:
+        extra = extras.extra_of(exc)
+        if extra is None:
+            raise
+        print(
+            f"rabbitry: error: this command needs rabbitry[{extra}], which is not installed "
+            f"(no module {exc.name!r}): {extras.hint(extra)}",
+            file=sys.stderr,
+        )
+        sys.exit(USAGE_ERROR)
     except ClickException as exc:
         message = exc.format_message().strip()
         if message:  # with no arguments at all, the help has been printed already

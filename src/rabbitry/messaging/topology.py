@@ -47,10 +47,12 @@ __all__ = [
 
 
 def dlq_name(queue: str) -> str:
+    """The dead-letter queue of work queue ``queue`` (``shop.emails.dlq``)."""
     return f"{queue}.dlq"
 
 
 def retry_queue_name(queue: str, delay_ms: int) -> str:
+    """The retry queue where ``queue``'s messages wait ``delay_ms`` (``shop.emails.retry.1000``)."""
     return f"{queue}.retry.{delay_ms}"
 
 
