@@ -108,8 +108,8 @@ def publish(
     if result.refused:
         hint = _namespace_hint(exchange, config.namespace)
         print(
-            f"rabbitry: the broker refused the message ({result.error}); it is stored in the "
-            f"outbox as refused, and the relay tries it again less and less often.{hint}",
+            f"rabbitry: {result.error}; stored in the outbox as refused (the relay tries it "
+            f"less and less often; `rabbitry requeue` once the exchange or binding exists).{hint}",
             file=sys.stderr,
         )
         raise typer.Exit(REFUSED_EXIT)
@@ -125,7 +125,7 @@ def _namespace_hint(exchange: str, namespace: str) -> str:
     prefix, dot, rest = exchange.partition(".")
     if not dot or not rest or prefix == namespace:
         return ""
-    return f" This namespace ({namespace}) names its exchanges {namespace}.*: {namespace}.{rest}?"
+    return f" Namespace {namespace}'s exchanges are {namespace}.*: did you mean {namespace}.{rest}?"
 
 
 def _body_bytes(body: str | None, body_file: str | None) -> tuple[bytes, str]:
