@@ -14,7 +14,7 @@ from typer.core import TyperGroup
 
 from rabbitry.app.registry import PARTS, Commands
 from rabbitry.cli import messaging, status, system
-from rabbitry.cli.lazy import LazyCommand, Register, add_lazy
+from rabbitry.cli.lazy import LazyCommand, Register, add_lazy, unwrap_help
 
 app = typer.Typer(
     name="rabbitry",
@@ -86,6 +86,7 @@ def command() -> TyperGroup:
     group = typer.main.get_group(app)
     parts = [c for part in PARTS if part.commands for c in _lazy(part.commands)]
     add_lazy(group, [*_OWN, *parts])
+    unwrap_help(group)
     return group
 
 
