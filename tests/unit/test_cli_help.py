@@ -4,6 +4,7 @@ help of every command, the parts' lazily loaded ones included, rendered at 80 co
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,7 +52,7 @@ def test_help_at_80_columns_breaks_lines_only_where_they_are_full(
     start = next(i for i, line in enumerate(lines) if line.strip().startswith("Usage:")) + 1
     end = next((i for i, line in enumerate(lines) if line.startswith("╭")), len(lines))
     prose = [line.rstrip() for line in lines[start:end]]
-    for line, following in zip(prose, prose[1:], strict=False):
+    for line, following in itertools.pairwise(prose):
         if not line.strip() or not following.strip() or following.startswith("  "):
             continue  # a paragraph's end, or an indented \b block (exit codes)
         next_word = following.split()[0]
