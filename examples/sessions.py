@@ -22,12 +22,12 @@ import httpx
 USER = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8000"  # tenants, users
 SESSION = sys.argv[2] if len(sys.argv) > 2 else USER  # login, sessions/me
 kept = Path(os.environ.get("RABBITRY_DATA_DIR", "var")) / "admin-token"
-token = os.environ.get("RABBITRY_ADMIN_TOKEN") or (
+admin_token = os.environ.get("RABBITRY_ADMIN_TOKEN") or (
     kept.read_text().strip() if kept.exists() else ""
 )
-if not token:
+if not admin_token:
     raise SystemExit(f"set RABBITRY_ADMIN_TOKEN (no {kept}: start `rabbitry up` here first)")
-admin = {"Authorization": f"Bearer {token}"}
+admin = {"Authorization": f"Bearer {admin_token}"}
 
 with httpx.Client(timeout=10) as http:
     tenant = http.post(f"{USER}/api/tenants", json={"name": "acme"}, headers=admin)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -258,8 +259,9 @@ async def test_tenants_and_users_are_listed_a_page_at_a_time(
             await make_tenant(client, name, users=0)
         ids = await make_tenant(client, "t-d", users=5)
 
-        async def walk(path: str, key: str, limit: int) -> list[list[object]]:
-            pages, after = [], 0
+        async def walk(path: str, key: str, limit: int) -> list[list[dict[str, Any]]]:
+            pages: list[list[dict[str, Any]]] = []
+            after = 0
             while True:
                 got = await client.get(
                     path, params={"limit": limit, "after": after}, headers=admin()
