@@ -114,11 +114,11 @@ def cli_environment(settings: Settings, **overrides: str) -> dict[str, str]:
     return env
 
 
-def run_example(name: str, env: dict[str, str]) -> list[str]:
-    """Run ``examples/<name>`` as a reader of the docs would, with ``env``; the lines it
-    printed. A failure (non-zero exit) fails the test."""
+def run_example(name: str, env: dict[str, str], *args: str) -> list[str]:
+    """Run ``examples/<name>`` as a reader of the docs would, with ``env`` and ``args``; the
+    lines it printed. A failure (non-zero exit) fails the test."""
     done = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)],
+        [sys.executable, str(EXAMPLES / name), *args],
         env=env,
         capture_output=True,
         text=True,

@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from rabbitry.errors import ConfigError
 from rabbitry.messaging.retry import RetryPolicy
 from rabbitry.messaging.settings import AmqpSettings, QueueType, validate_name
+from rabbitry.messaging.topology import check_name
 
 MIN_ADMIN_TOKEN = 16  # characters
 
@@ -151,6 +152,16 @@ class Settings(BaseSettings):
 
     modules: list[ModuleConfig] = Field(default_factory=list)
     queues: list[RegistryEntry] = Field(default_factory=list)
+    # Work queues of your own services (rabbitry.work_queue) watched beside the system's own:
+    # `rabbitry dead-letters list`, `rabbitry status` and the dashboard show their dead
+    # letters too. RABBITRY_WORK_QUEUES='["shop.orders"]', or work_queues: in rabbitry.yaml.
+    work_queues: list[str] = Field(default_factory=list, max_length=1000)
+
+    @field_validator("work_queues")
+    @classmethod
+    def _work_queues(cls, value: list[str]) -> list[str]:
+        # A queue's own name: its dead-letter queue is derived (dlq_name), never configured.
+        return [check_name(name.removesuffix(".dlq"), "work queue") for name in value]
 
     @field_validator("namespace")
     @classmethod

@@ -23,11 +23,14 @@ alone) answers 401.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import os
 import secrets
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar, cast
 
 from fastapi import Depends, HTTPException
@@ -239,15 +242,66 @@ async def require_admin(connection: HTTPConnection) -> None:
 AdminDep = Annotated[None, Depends(require_admin)]
 
 
+ADMIN_TOKEN_FILE = "admin-token"
+"""Where, under ``data_dir``, a generated admin token is kept (mode 0600)."""
+
+
 def with_admin_token(settings: Settings, _: Process | None = None) -> Settings:
-    """The settings with an admin token: when none is configured, one is generated and the
-    operator told once (the :data:`~rabbitry.app.registry.Prepare` hook of every part whose
-    routes take the admin token)."""
+    """The settings with an admin token: when none is configured, the one kept in
+    ``<data_dir>/admin-token``, or one generated now, kept there and told to the operator once
+    (the :data:`~rabbitry.app.registry.Prepare` hook of every part whose routes take the admin
+    token). Kept, it survives a restart: the back-office's logins are signed with a key
+    derived from it, and a new token at every start would log everybody out. Production
+    refuses to start without ``RABBITRY_ADMIN_TOKEN`` before this runs."""
     if settings.admin_token is not None:
         return settings
-    token = secrets.token_urlsafe(24)
-    print(
-        f"rabbitry: generated admin token (set RABBITRY_ADMIN_TOKEN to fix it): {token}",
-        file=sys.stderr,
-    )
+    path = settings.data_dir / ADMIN_TOKEN_FILE
+    token = _read_token(path)
+    if token is not None:
+        print(
+            f"rabbitry: admin token from {path} (set RABBITRY_ADMIN_TOKEN to fix it)",
+            file=sys.stderr,
+        )
+    else:
+        token = secrets.token_urlsafe(24)
+        kept = _keep_token(path, token)
+        token = (_read_token(path) or token) if kept else token  # another process's, if it won
+        where = f"kept in {path}" if kept else f"not kept: cannot write {path}"
+        print(
+            f"rabbitry: generated admin token ({where}; set RABBITRY_ADMIN_TOKEN to fix it): "
+            f"{token}",
+            file=sys.stderr,
+        )
     return settings.model_copy(update={"admin_token": SecretStr(token)})
+
+
+def _read_token(path: Path) -> str | None:
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    # What _keep_token writes; anything else (empty, edited, truncated) is replaced.
+    return token if len(token) >= 16 and token.isprintable() and " " not in token else None
+
+
+def _keep_token(path: Path, token: str) -> bool:
+    """Write ``token`` to ``path`` (0600) unless a valid one is there; whether ``path`` holds
+    a token now. Two processes starting together (``serve user`` beside ``serve backoffice``)
+    end with the same one: the file appears whole or not at all (a hard link of a finished
+    temporary file), and the loser reads the winner's."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(token + "\n")
+        if _read_token(path) is None:
+            path.unlink(missing_ok=True)  # an invalid one: replaced
+        with contextlib.suppress(FileExistsError):  # another process kept its token first
+            os.link(temporary, path)
+        return True
+    except OSError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):  # not there, or its directory could not be made
+            temporary.unlink(missing_ok=True)

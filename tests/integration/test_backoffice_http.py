@@ -17,6 +17,8 @@ from rabbitry.app.http import create_app
 from rabbitry.backoffice import http as backoffice_http
 from rabbitry.config import RegistryEntry, Settings
 from rabbitry.messaging import Topology
+from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.publisher import Publisher, Route
 from rabbitry.outbox import registry
 from rabbitry.outbox.message import OutboxQuery, State
 from rabbitry.outbox.store import Outbox
@@ -167,3 +169,31 @@ async def test_pages_need_a_login_and_bad_input_gets_a_4xx(
         assert (await client.get("/backoffice/static/../web.py")).status_code == 404
         page = await client.get("/backoffice/messages")
         assert "script-src 'self'" in page.headers["content-security-policy"]
+
+
+async def test_the_messages_pages_flag_a_row_the_broker_refused(settings: Settings) -> None:
+    await seed(settings)
+    missing = Route(f"{settings.namespace}.missing", "k")
+    async with (
+        Database(settings.sql_url) as db,
+        Publisher(settings.amqp, fallback=Outbox(db)) as publisher,
+    ):
+        refused = await publisher.publish(Message("refused.job", {}), missing)
+        await Outbox(db).store([(missing, Message("outage.job", {}), "no confirm within 5s")])
+        rows = {r.type: r for r in (await Outbox(db).page(OutboxQuery())).messages}
+    assert refused.refused
+    async with client_for(settings) as client:
+        await log_in(client)
+        listing = (await client.get("/backoffice/messages")).text
+        flagged = (await client.get(f"/backoffice/messages/{rows['refused.job'].id}")).text
+        plain = (await client.get(f"/backoffice/messages/{rows['outage.job'].id}")).text
+
+    def row_of(row_id: int) -> str:
+        found = re.search(rf'<tr [^>]*data-id="{row_id}">(.*?)</tr>', listing, flags=re.S)
+        assert found, f"row {row_id} not listed"
+        return found.group(1)
+
+    assert 'class="badge refused"' in row_of(rows["refused.job"].id)
+    assert 'class="badge refused"' not in row_of(rows["outage.job"].id)
+    assert "The broker refused this message" in flagged and "Relay tries again" in flagged
+    assert "The broker refused this message" not in plain

@@ -3,18 +3,27 @@ the broker confirmed the copy (one, selected, all), with the retry count reset."
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
+import subprocess
+from pathlib import Path
 
 from conftest import BrokerProbe, WorkerRunner
-from helpers import Eventually
+from helpers import RABBITRY, Eventually, cli_environment
 from rabbitry.amqp.declarer import Declarer
+from rabbitry.app.operations import declare_system
+from rabbitry.app.probe import dead_letter_depths
+from rabbitry.backoffice.overview import Broker, overview
 from rabbitry.config import Settings
 from rabbitry.errors import NotFound
+from rabbitry.events.topology import EventsLayout
 from rabbitry.messaging import Reject, Subscription, work_queue
 from rabbitry.messaging.deadletters import list_dead_letters, move_dead_letters
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, Route
 from rabbitry.messaging.topology import Topology, dlq_name
+from rabbitry.storage import Database
 
 
 async def dead_letter(broker: BrokerProbe, queue: str, n: int, **headers: object) -> str:
@@ -168,3 +177,54 @@ async def test_a_missing_dead_letter_queue_is_not_found(
         pass
     else:
         raise AssertionError("a missing queue was listed")
+
+
+async def test_the_dead_letter_queues_holding_messages_are_found_the_users_own_included(
+    settings: Settings, declarer: Declarer, broker: BrokerProbe, tmp_path: Path
+) -> None:
+    # The system's queues, and a library user's own work queue (shop.orders, namespaced).
+    await declare_system(settings, [])
+    own = f"{settings.namespace}.shop.orders"
+    await declarer.declare(work_queue(own, policy=settings.retry))
+    system = EventsLayout(settings.namespace).event_sourcing_queue
+    for n in range(2):
+        await dead_letter(broker, own, n)
+    await dead_letter(broker, system, 9)
+    watching = settings.model_copy(update={"work_queues": [own]})
+
+    assert await dead_letter_depths(watching) == [(dlq_name(own), 2), (dlq_name(system), 1)]
+    # Only names it is told: AMQP lists no queues.
+    assert await dead_letter_depths(settings) == [(dlq_name(system), 1)]
+
+    # The dashboard's figures (and its dead-letter page's) show the user's queue too.
+    async with Database(f"sqlite+aiosqlite:///{tmp_path / 'bo.db'}") as db:
+        await db.upgrade()
+        broker_link = Broker(watching)
+        try:
+            figures = await overview(watching, db, broker_link, None)
+        finally:
+            await broker_link.forget()
+    (shown,) = [q for q in figures.queues if q.name == own]
+    assert (shown.dead_letters, shown.has_dlq) == (2, True)
+    assert figures.dead_letter_total == 2
+
+
+async def test_dead_letters_list_without_a_queue_prints_the_queues_that_hold_some(
+    settings: Settings, declarer: Declarer, broker: BrokerProbe
+) -> None:
+    own = f"{settings.namespace}.shop.orders"
+    await declarer.declare(work_queue(own, policy=settings.retry))
+    await dead_letter(broker, own, 1)
+    env = cli_environment(settings, RABBITRY_WORK_QUEUES=json.dumps([own]))
+    run = functools.partial(
+        subprocess.run, env=env, cwd=settings.data_dir, capture_output=True, text=True, timeout=120
+    )
+    table = await asyncio.to_thread(run, [RABBITRY, "dead-letters", "list"])
+    assert table.returncode == 0, table.stderr
+    assert (
+        f"{dlq_name(own)} " in table.stdout and f"dead-letters list {dlq_name(own)}" in table.stdout
+    )
+    lines = await asyncio.to_thread(run, [RABBITRY, "dead-letters", "list", "--json"])
+    assert [json.loads(line) for line in lines.stdout.splitlines()] == [
+        {"queue": dlq_name(own), "dead_letters": 1}
+    ]

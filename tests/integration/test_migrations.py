@@ -26,6 +26,7 @@ CHAIN = [
     ("0004_sessions", "sessions"),
     ("0005_backoffice", "outbox"),
     ("0006_chat_order", "chat"),
+    ("0007_outbox_failure", "outbox"),
 ]
 
 

@@ -16,7 +16,7 @@ from rabbitry.config import RegistryEntry
 from rabbitry.errors import StorageError
 from rabbitry.messaging.envelope import Message, encode_headers
 from rabbitry.messaging.publisher import Route
-from rabbitry.outbox.filters import Origin, RequeueFilter
+from rabbitry.outbox.filters import Failure, Origin, RequeueFilter
 from rabbitry.outbox.registry import sync
 from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
@@ -121,13 +121,14 @@ async def test_settle_marks_published_and_failed(db: Database) -> None:
     cursor = await ledger.start(RequeueFilter())
     assert cursor is not None
     rows = await ledger.claim(RequeueFilter(), cursor, token="t", limit=10, lease=LEASE)
-    await ledger.settle("t", published=[ids[0]], failed=[(ids[1], 0, "unroutable")])
+    await ledger.settle("t", published=[ids[0]], failed=[(ids[1], 0, "down", Failure.UNAVAILABLE)])
     await ledger.release("t", ids)
     done, failed, untouched = [await ledger.get(i) for i in ids]
     assert len(rows) == 3
     assert done is not None and done.processed and done.processed_at is not None
     assert failed is not None and not failed.processed
-    assert (failed.attempts, failed.last_error) == (1, "unroutable")
+    assert (failed.attempts, failed.last_error, failed.failure) == (1, "down", "unavailable")
+    assert failed.next_attempt_at is not None
     assert untouched is not None and not untouched.processed and untouched.attempts == 0
     assert await ledger.count(RequeueFilter()) == 2
     # The relay leaves the failed row alone for its back-off; a user's run retries it at once.

@@ -223,3 +223,5 @@ async def test_a_row_for_a_deleted_exchange_fails_alone(db: Database, topic: Top
     (row,) = await Outbox(db).rows(RequeueFilter())
     assert row.message_id == ghost.id
     assert row.last_error == f"exchange '{topic.namespace}.deleted' does not exist"
+    # Stored as an outage ("down"), failed as a refusal: the relay now backs off for longer.
+    assert (row.failure, row.refused) == ("refused", True)

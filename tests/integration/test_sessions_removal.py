@@ -168,7 +168,8 @@ async def test_removing_a_user_emits_one_delete_change_event_saying_who_and_wher
         again = await client.delete(f"/api/tenants/acme/users/{user_id}", headers=admin())
 
     assert (first.status_code, first.json()["removed"]) == (202, True)
-    assert (again.status_code, again.json()["removed"]) == (202, False)
+    assert again.status_code == 404
+    assert again.json() == {"error": f"no user {user_id} in tenant 'acme'"}
     (event,) = await broker.get_all(queue)  # the second DELETE removed nobody: no event
     assert event.headers["rr_job"] == "delete"
     assert json.loads(event.body) == {

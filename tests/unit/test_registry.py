@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import stat
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +21,7 @@ from rabbitry.app.registry import Ref
 from rabbitry.cli.app import command
 from rabbitry.cli.lazy import LazyCommand
 from rabbitry.config import Settings
-from rabbitry.web import Process
+from rabbitry.web import Process, with_admin_token
 
 
 def test_every_reference_of_every_part_loads() -> None:
@@ -90,20 +92,54 @@ def test_serving_chat_alone_generates_no_admin_token(capsys: pytest.CaptureFixtu
 
 @pytest.mark.parametrize("server", ["events", "user", "session", "backoffice"])
 def test_a_server_with_admin_routes_gets_a_token_told_once(
-    server: str, capsys: pytest.CaptureFixture[str]
+    server: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    settings = registry.prepare(Settings(), Process("serve", "http://127.0.0.1:1"), server)
+    fresh = Settings(data_dir=tmp_path)
+    settings = registry.prepare(fresh, Process("serve", "http://127.0.0.1:1"), server)
     assert settings.admin_token is not None
     told = capsys.readouterr().err.splitlines()
     assert told == [
-        "rabbitry: generated admin token (set RABBITRY_ADMIN_TOKEN to fix it): "
-        + settings.admin_token.get_secret_value()
+        f"rabbitry: generated admin token (kept in {tmp_path / 'admin-token'}; set "
+        "RABBITRY_ADMIN_TOKEN to fix it): " + settings.admin_token.get_secret_value()
     ]
     assert settings.service_token is None and settings.session_url is None
 
 
-def test_up_wires_dispatch_to_its_own_session_routes(capsys: pytest.CaptureFixture[str]) -> None:
-    settings = registry.prepare(Settings(), Process("up", "http://127.0.0.1:8123"))
+def test_a_generated_admin_token_survives_a_restart_in_a_file_only_its_owner_reads(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    fresh = Settings(data_dir=tmp_path / "var")
+    first = registry.prepare(fresh, Process("serve", "http://127.0.0.1:1"), "backoffice")
+    kept = tmp_path / "var" / "admin-token"
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    capsys.readouterr()
+    again = registry.prepare(fresh, Process("up", "http://127.0.0.1:2"))
+    assert again.admin_token == first.admin_token
+    (told,) = capsys.readouterr().err.splitlines()
+    assert told == f"rabbitry: admin token from {kept} (set RABBITRY_ADMIN_TOKEN to fix it)"
+    assert first.admin_token is not None
+    assert first.admin_token.get_secret_value() not in told  # printed once, when generated
+
+
+def test_a_broken_token_file_is_replaced_and_an_unwritable_one_is_not_fatal(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "admin-token").write_text("short\n")
+    replaced = with_admin_token(Settings(data_dir=tmp_path))
+    assert replaced.admin_token is not None
+    token = replaced.admin_token.get_secret_value()
+    assert (tmp_path / "admin-token").read_text() == token + "\n"
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # data_dir under a file: cannot be created
+    unkept = with_admin_token(Settings(data_dir=blocked / "var"))
+    assert unkept.admin_token is not None and len(unkept.admin_token.get_secret_value()) >= 16
+    assert "not kept: cannot write" in capsys.readouterr().err
+
+
+def test_up_wires_dispatch_to_its_own_session_routes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    settings = registry.prepare(Settings(data_dir=tmp_path), Process("up", "http://127.0.0.1:8123"))
     assert settings.session_url == "http://127.0.0.1:8123"
     assert settings.service_token is not None
     assert settings.admin_token is not None

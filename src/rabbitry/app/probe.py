@@ -82,9 +82,7 @@ async def _node(settings: Settings, where: str, url: str) -> NodeReading:
 async def _queues(settings: Settings, topology: Topology, tenants: list[str]) -> list[QueueReading]:
     layout = TenantsLayout(settings.namespace)
     owner = {layout.tenant_queue(t): t for t in tenants}
-    declared = {q.name for q in topology.queues}
-    names = {q.name for q in topology.queues if q.durable and not q.exclusive}
-    work = sorted(n for n in names if not is_dead_letter_queue(n) and ".retry." not in n)
+    work, declared = watched_queues(settings, topology)
     result = []
     async with await Declarer.connect(
         settings.amqp.url, timeout=settings.connect_timeout, name=f"{settings.namespace}-status"
@@ -95,6 +93,38 @@ async def _queues(settings: Settings, topology: Topology, tenants: list[str]) ->
             dead = (await _status(declarer, dlq))[0] if dlq in declared else None
             result.append(QueueReading(name, messages, consumers, dead, owner.get(name)))
     return result
+
+
+def watched_queues(settings: Settings, topology: Topology) -> tuple[list[str], set[str]]:
+    """The work queues to watch, by name: the system's durable shared ones, and the user's own
+    (``settings.work_queues``); and the names of the queues that exist by design (a work queue
+    whose dead-letter queue is among them has one)."""
+    declared = {q.name for q in topology.queues} | {dlq_name(q) for q in settings.work_queues}
+    names = {q.name for q in topology.queues if q.durable and not q.exclusive}
+    names |= set(settings.work_queues)
+    work = sorted(n for n in names if not is_dead_letter_queue(n) and ".retry." not in n)
+    return work, declared
+
+
+async def dead_letter_depths(settings: Settings) -> list[tuple[str, int]]:
+    """The dead-letter queues of the system (its tenants' too) and of ``work_queues`` that
+    hold messages, with how many, fullest first. Only passive declares: a queue name it is
+    not told (neither the system's nor configured) it cannot see, as AMQP lists no queues."""
+    async with Database(settings.sql_url) as db:
+        try:
+            tenants = [t.name for t in await Tenants(db).since(0)]
+        except (RabbitryError, SQLAlchemyError, OSError) as exc:
+            log.warning("cannot list tenants, their queues are left out: %s", exc)
+            tenants = []
+    work, declared = watched_queues(settings, system_topology(settings, tenants))
+    found = []
+    async with await Declarer.connect(
+        settings.amqp.url, timeout=settings.connect_timeout, name=f"{settings.namespace}-status"
+    ) as declarer:
+        for dlq in (dlq_name(name) for name in work):
+            if dlq in declared and (messages := (await _status(declarer, dlq))[0]):
+                found.append((dlq, messages))
+    return sorted(found, key=lambda item: (-item[1], item[0]))
 
 
 async def _status(declarer: Declarer, name: str) -> tuple[int | None, int | None]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from rabbitry.config import Settings
@@ -89,9 +90,10 @@ async def tenant_names(db: Database) -> list[str]:
         return []
 
 
-def work_queues(topology: Topology) -> list[str]:
-    """Durable, shared queues that are not dead-letter or retry queues, by name."""
-    names = {q.name for q in topology.queues if q.durable and not q.exclusive}
+def work_queues(topology: Topology, own: Iterable[str] = ()) -> list[str]:
+    """Durable, shared queues that are not dead-letter or retry queues, by name, and ``own``
+    (the user's ``work_queues``)."""
+    names = {q.name for q in topology.queues if q.durable and not q.exclusive} | set(own)
     return sorted(n for n in names if not is_dead_letter_queue(n) and ".retry." not in n)
 
 
@@ -109,13 +111,14 @@ async def overview(
     except RabbitryError as exc:
         log.warning("cannot list tenants: %s", exc)
     system = topology(settings, await tenant_names(db)) if topology else Topology()
-    declared = {q.name for q in system.queues}
+    # The user's own work queues (settings.work_queues) come with a dead-letter queue.
+    declared = {q.name for q in system.queues} | {dlq_name(q) for q in settings.work_queues}
     if not settings.rabbit_active:
         result.broker_error = "rabbit_active is false: the broker is switched off"
         return result
     try:
         declarer = await broker.declarer()
-        for name in work_queues(system):
+        for name in work_queues(system, settings.work_queues):
             main = await _status(declarer, name)
             dlq = dlq_name(name)
             dead = await _status(declarer, dlq) if dlq in declared else None

@@ -15,7 +15,7 @@ from typer.core import TyperGroup
 from rabbitry import extras
 from rabbitry.app.registry import PARTS, Commands
 from rabbitry.cli import messaging, run, status, system
-from rabbitry.cli.lazy import LazyCommand, Register, add_lazy
+from rabbitry.cli.lazy import LazyCommand, Register, add_lazy, unwrap_help
 from rabbitry.console import USAGE_ERROR
 
 app = typer.Typer(
@@ -89,6 +89,7 @@ def command() -> TyperGroup:
     group = typer.main.get_group(app)
     parts = [c for part in PARTS if part.commands for c in _lazy(part.commands)]
     add_lazy(group, [*_OWN, *parts])
+    unwrap_help(group)
     return group
 
 

@@ -2,6 +2,7 @@
 
 ::
 
+    rabbitry dead-letters list                                  # the queues holding some
     rabbitry dead-letters list rabbitry.event-sourcing.p0       # or ...event-sourcing.p0.dlq
     rabbitry dead-letters move rabbitry.event-sourcing.p0 5f0c... 9a1e...
     rabbitry dead-letters move rabbitry.event-sourcing.p0 --all
@@ -51,11 +52,26 @@ def _queue(name: str) -> str:
 @dead_letters_app.command("list")
 def list_command(
     ctx: typer.Context,
-    queue: QueueArg,
+    queue: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[QUEUE]",
+            help="A work queue Q (its Q.dlq is read) or Q.dlq; none: every dead-letter queue "
+            "that holds messages.",
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many.")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
 ) -> None:
-    """List dead letters with their reason; looking leaves them in the queue."""
+    """List dead letters with their reason; looking leaves them in the queue.
+
+    Without QUEUE, list the dead-letter queues that hold messages, with how many: the system's
+    (its tenants' too) and those of your own work queues named in RABBITRY_WORK_QUEUES (a JSON
+    list, or work_queues in rabbitry.yaml), since the broker lists no queues over AMQP.
+    """
+    if queue is None:
+        _list_queues(settings(ctx), as_json)
+        return
     dlq = _queue(queue)
     letters, total = run(_list(settings(ctx), dlq, limit))
     if as_json:
@@ -99,6 +115,29 @@ def move_command(
     print(f"dead-letters: {report.summary()}")
     if report.failed or report.not_found:
         raise typer.Exit(1)
+
+
+def _list_queues(config: Settings, as_json: bool) -> None:
+    from rabbitry.app.probe import dead_letter_depths
+
+    depths = run(dead_letter_depths(config))
+    if as_json:
+        for dlq, messages in depths:
+            print(json.dumps({"queue": dlq, "dead_letters": messages}))
+        return
+    if not depths:
+        print("no dead letters (in the system's queues and RABBITRY_WORK_QUEUES')")
+        return
+    table = Table(title="dead-letter queues holding messages")
+    table.add_column("queue")
+    table.add_column("dead letters", justify="right")
+    for dlq, messages in depths:
+        table.add_row(dlq, str(messages))
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=250)
+    console.print(table, markup=False)
+    print(f"see one: rabbitry dead-letters list {depths[0][0]}")
 
 
 async def _list(config: Settings, dlq: str, limit: int) -> tuple[list[DeadLetter], int]:

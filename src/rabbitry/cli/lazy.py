@@ -8,6 +8,7 @@ its commands the same way (``pip._internal.commands.commands_dict``).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -34,7 +35,7 @@ class LazyCommand(TyperCommand):
         found = typer.main.get_group(scratch).commands.get(self.name or "")
         if found is None:
             raise RuntimeError(f"{self.name!r} is not among the commands its register adds")
-        return found
+        return unwrap_help(found)
 
     def make_context(
         self,
@@ -46,6 +47,22 @@ class LazyCommand(TyperCommand):
         # The group hands the stand-in its arguments here; the real command takes over, and
         # runs with the context it makes (the group invokes ``context.command``).
         return self.load().make_context(info_name, args, parent=parent, **extra)
+
+
+def unwrap_help(command: click.Command) -> click.Command:
+    """Join the lines of each paragraph of ``command``'s help (and its sub-commands'), so that
+    the terminal wraps them at its own width: Typer keeps a docstring's line breaks after the
+    first paragraph, and at 80 columns every source line then ends mid-sentence. A paragraph
+    that starts with ``\\b`` (a table, a list of exit codes) keeps its lines."""
+    if command.help:
+        paragraphs = inspect.cleandoc(command.help).split("\n\n")
+        command.help = "\n\n".join(
+            p if p.startswith("\b") else " ".join(p.split("\n")) for p in paragraphs
+        )
+    for sub in getattr(command, "commands", {}).values():
+        if not isinstance(sub, LazyCommand):
+            unwrap_help(sub)
+    return command
 
 
 def add_lazy(group: TyperGroup, commands: Iterable[LazyCommand]) -> None:

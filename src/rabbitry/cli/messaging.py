@@ -52,11 +52,20 @@ def publish(
 ) -> None:
     """Publish one message in Rabbitry's format; print its id and outcome as JSON.
 
-    The outcome is "published" (the broker confirmed it) or "persisted" (the broker could not
-    take it, so the outbox stored it for `rabbitry requeue`). The database is opened only
-    then: with the broker up, publishing needs no database. The body must be UTF-8 JSON that
-    a PHP consumer can decode (no NaN or Infinity, at most 512 levels deep); its bytes are
-    sent as given.
+    The outcome is "published" (the broker confirmed it) or "persisted" (the outbox stored it
+    for the relay and `rabbitry requeue`). The database is opened only then: with the broker
+    up, publishing needs no database. "refused" is true when the broker refused the message
+    (no such exchange, or no queue bound for the routing key) rather than being unreachable:
+    waiting will not help, the topology must change. The body must be UTF-8 JSON that a PHP
+    consumer can decode (no NaN or Infinity, at most 512 levels deep); its bytes are sent as
+    given.
+
+    \b
+    Exit codes:
+      0  published, or stored because the broker was unreachable
+      1  not sent and not stored (the message cannot be sent as it is)
+      2  bad arguments
+      3  refused by the broker, stored in the outbox and flagged refused
 
     Example: rabbitry publish -e rabbitry.modules -k billing.invoice -t invoice.created '{"id": 7}'
     """
@@ -90,12 +99,33 @@ def publish(
         pipeline=pipeline,
         raw_body=raw,
     )
-    result = run(publish_one(settings(ctx), message, exchange, routing_key))
-    print(
-        json.dumps({"id": result.message_id, "status": result.status.value, "error": result.error})
-    )
-    if not result.ok and result.status.value == "failed":
+    config = settings(ctx)
+    result = run(publish_one(config, message, exchange, routing_key))
+    outcome = {"id": result.message_id, "status": result.status.value, "error": result.error}
+    print(json.dumps({**outcome, "refused": result.refused}))
+    if result.status.value == "failed":
         raise typer.Exit(1)
+    if result.refused:
+        hint = _namespace_hint(exchange, config.namespace)
+        print(
+            f"rabbitry: {result.error}; stored in the outbox as refused (the relay tries it "
+            f"less and less often; `rabbitry requeue` once the exchange or binding exists).{hint}",
+            file=sys.stderr,
+        )
+        raise typer.Exit(REFUSED_EXIT)
+
+
+REFUSED_EXIT = 3
+"""``rabbitry publish``'s exit code for a message the broker refused (stored, flagged)."""
+
+
+def _namespace_hint(exchange: str, namespace: str) -> str:
+    """A pointer to this namespace's exchange of the same name, for an exchange named in
+    another namespace (the quickstart's ``rabbitry.events`` under ``RABBITRY_NAMESPACE``)."""
+    prefix, dot, rest = exchange.partition(".")
+    if not dot or not rest or prefix == namespace:
+        return ""
+    return f" Namespace {namespace}'s exchanges are {namespace}.*: did you mean {namespace}.{rest}?"
 
 
 def _body_bytes(body: str | None, body_file: str | None) -> tuple[bytes, str]:

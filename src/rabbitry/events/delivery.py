@@ -36,7 +36,7 @@ from rabbitry.errors import ConfigError, RabbitryError, StorageError
 from rabbitry.events.emitter import EventPublisher
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import PublishResult, PublishStatus, Route
-from rabbitry.outbox import Outbox
+from rabbitry.outbox import Failure, Outbox
 from rabbitry.storage.clock import utcnow
 
 log = logging.getLogger(__name__)
@@ -162,9 +162,10 @@ class OutboxDelivery:
             results = [PublishResult(m.id, PublishStatus.FAILED, str(exc)) for m, _ in items]
         published = [s.row_id for s, r in zip(staged, results, strict=True) if r.ok]
         failed = [
-            (s.row_id, 0, r.error or "not confirmed by the broker")
+            (s.row_id, 0, error, Failure.of(error))
             for s, r in zip(staged, results, strict=True)
             if not r.ok
+            for error in (r.error or "not confirmed by the broker",)
         ]
         try:
             await self.outbox.settle(self._token, published, failed)

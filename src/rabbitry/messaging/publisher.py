@@ -11,6 +11,10 @@ A message handed to :meth:`Publisher.publish` ends in exactly one of three state
   never be sent as it is (headers larger than the broker's frame size, a property over 255
   bytes): storing it would only fail again later.
 
+A result's ``refused`` tells the broker *refusing* a message (no such exchange, unroutable,
+access refused: :func:`~rabbitry.messaging.sender.is_refusal`) from the broker being
+unavailable: waiting does not help the former, someone must change the topology.
+
 If the fallback itself fails, :class:`~rabbitry.errors.StorageError` propagates: a message is
 never silently lost. The connection, its circuit breaker and the broker's alarms are
 :class:`~rabbitry.messaging.sender.Sender`'s.
@@ -37,7 +41,7 @@ from rabbitry.messaging.connection import opener
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.middleware import Middleware, wrap_publish
 from rabbitry.messaging.rpc import Requester
-from rabbitry.messaging.sender import Sender
+from rabbitry.messaging.sender import Sender, is_refusal
 from rabbitry.messaging.settings import AmqpSettings
 from rabbitry.metrics import CounterChild
 
@@ -68,6 +72,12 @@ class PublishResult:
     @property
     def ok(self) -> bool:
         return self.status is PublishStatus.PUBLISHED
+
+    @property
+    def refused(self) -> bool:
+        """Whether the broker refused the message (no such exchange, unroutable, access
+        refused) rather than being unavailable: stored or not, it will not go as it is."""
+        return self.error is not None and is_refusal(self.error)
 
 
 class Fallback(Protocol):

@@ -47,6 +47,21 @@ log = logging.getLogger(__name__)
 
 BLOCKED = "blocked by the broker (memory/disk alarm)"
 
+REFUSED = "refused by the broker"
+"""How the reason of a message the broker refused begins (no such exchange, access refused,
+a precondition): the broker is fine, the message is not, and sending it again as it is fails
+again until someone changes the topology or the permissions."""
+UNROUTABLE = "unroutable"
+"""How the reason of a mandatory message no queue took begins (``basic.return``)."""
+
+
+def is_refusal(reason: str) -> bool:
+    """Whether a failure's ``reason`` is the broker refusing the message (:data:`REFUSED`,
+    :data:`UNROUTABLE`) rather than the broker being unavailable (down, blocked, slow,
+    nacking): only the latter goes away by waiting."""
+    return reason.startswith((REFUSED, UNROUTABLE))
+
+
 BLOCKED_GRACE = 0.5
 """Seconds the sends in flight when the broker blocks the connection may still be confirmed
 before they fail over. A publish the broker read before the alarm is confirmed in a few
@@ -62,7 +77,7 @@ _CALLER_ERRORS = frozenset({403, 404, 406})
 _ACKED: Verdict = (PublishOutcome.ACKED, "")
 _REASONS = {
     PublishOutcome.NACKED: "broker nacked the message",
-    PublishOutcome.RETURNED: "unroutable: no queue is bound for this exchange and routing key",
+    PublishOutcome.RETURNED: f"{UNROUTABLE}: no queue is bound for this exchange and routing key",
 }
 # A refused publish takes down what follows it on the channel; each round sends those again.
 _ROUNDS = 4
@@ -188,7 +203,7 @@ class Sender:
             # The broker is fine; a message was wrong. The channel is gone, so reconnect
             # next time, but don't make other callers wait.
             await self._drop(link)
-            return PublishFailed(f"refused by the broker: {exc}")
+            return PublishFailed(f"{REFUSED}: {exc}")
         await self._trip(link, str(exc))
         return BrokerUnavailable(f"connection lost while publishing: {exc}")
 
@@ -248,7 +263,7 @@ class Sender:
                 raise
             # This message was refused: it fails alone, the broker is fine.
             await self._drop(link)
-            return (PublishOutcome.REFUSED, f"refused by the broker: {exc}")
+            return (PublishOutcome.REFUSED, f"{REFUSED}: {exc}")
 
     def _watch(self, link: BaseLink, future: asyncio.Future[PublishOutcome]) -> None:
         """Bound the wait for ``future``'s confirm by the publish timeout.
@@ -289,7 +304,7 @@ class Sender:
         if outcome is PublishOutcome.ACKED:
             return _ACKED
         if outcome is PublishOutcome.REFUSED:
-            return (outcome, f"refused by the broker: {link.error}")
+            return (outcome, f"{REFUSED}: {link.error}")
         return (outcome, _REASONS.get(outcome, ""))
 
     async def _connected(self, wait_unblocked: bool) -> BaseLink:

@@ -18,7 +18,7 @@ from rabbitry.exports import lazy_exports
 if TYPE_CHECKING:
     from rabbitry.outbox.exchanges import ExchangeCheck
     from rabbitry.outbox.fallback import OnDemandOutbox
-    from rabbitry.outbox.filters import FilterError, Origin, RequeueFilter, parse_filter
+    from rabbitry.outbox.filters import Failure, FilterError, Origin, RequeueFilter, parse_filter
     from rabbitry.outbox.manual import ManualInsertionRefused, send_manually
     from rabbitry.outbox.message import OutboxMessage, OutboxQuery, Page, PageKey, State
     from rabbitry.outbox.registry import QueueInfo, get_queue, list_queues, manual_queues
@@ -41,6 +41,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 _EXPORTS = {
     "ExchangeCheck": "rabbitry.outbox.exchanges",
     "OnDemandOutbox": "rabbitry.outbox.fallback",
+    "Failure": "rabbitry.outbox.filters",
     "FilterError": "rabbitry.outbox.filters",
     "Origin": "rabbitry.outbox.filters",
     "RequeueFilter": "rabbitry.outbox.filters",
@@ -78,6 +79,7 @@ __all__ = [
     "MAX_SELECTED",
     "MIGRATIONS",
     "ExchangeCheck",
+    "Failure",
     "FilterError",
     "ManualInsertionRefused",
     "OnDemandOutbox",

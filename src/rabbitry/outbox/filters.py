@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from rabbitry.errors import Invalid
+from rabbitry.messaging.sender import is_refusal
 
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 DATE_HINT = "YYYY-MM-DD HH:MM:SS"
@@ -24,6 +25,17 @@ class Origin(StrEnum):
 
     CONTINGENCY = "contingency"  # the broker could not take it (or rabbit_active=false)
     MANUAL = "manual"  # a user sent it by hand with manual_processing_mode=db
+
+
+class Failure(StrEnum):
+    """Why the broker did not take a stored message, last time it was tried."""
+
+    REFUSED = "refused"  # no such exchange, unroutable, access refused: waiting won't help
+    UNAVAILABLE = "unavailable"  # down, blocked, slow, nacking: an outage
+
+    @classmethod
+    def of(cls, reason: str) -> Failure:
+        return cls.REFUSED if is_refusal(reason) else cls.UNAVAILABLE
 
 
 class FilterError(Invalid):

@@ -18,7 +18,7 @@ from rabbitry.errors import Invalid, MessageError
 from rabbitry.messaging.envelope import Message, decode
 from rabbitry.messaging.publisher import Route
 from rabbitry.outbox.codec import headers_from_json
-from rabbitry.outbox.filters import Origin, RequeueFilter
+from rabbitry.outbox.filters import Failure, Origin, RequeueFilter
 
 
 class State(StrEnum):
@@ -84,12 +84,20 @@ class OutboxMessage:
     origin: str = Origin.CONTINGENCY.value
     deleted_at: dt.datetime | None = None
     requeued_at: dt.datetime | None = None
+    failure: str | None = None
+    next_attempt_at: dt.datetime | None = None
 
     @property
     def state(self) -> State:
         if self.deleted_at is not None:
             return State.DELETED
         return State.PROCESSED if self.processed else State.PENDING
+
+    @property
+    def refused(self) -> bool:
+        """Pending because the broker refused it (no such exchange, unroutable), not because
+        it was unavailable: someone must fix the topology (or delete the row)."""
+        return self.state is State.PENDING and self.failure == Failure.REFUSED
 
     @property
     def type(self) -> str:
@@ -146,6 +154,9 @@ class OutboxMessage:
             "deleted_at": when(self.deleted_at),
             "attempts": self.attempts,
             "last_error": self.last_error,
+            "failure": self.failure,
+            "refused": self.refused,
+            "next_attempt_at": when(self.next_attempt_at),
             "body": self.body,
             "headers": self.headers,
         }

@@ -145,7 +145,7 @@ def _table(page: Page, zone: dt.tzinfo | None) -> None:
             str(e.id),
             e.queue,
             e.type,
-            str(e.state),
+            f"{e.state} (refused)" if e.refused else str(e.state),
             e.origin,
             when(e.created_at),
             when(e.processed_at),

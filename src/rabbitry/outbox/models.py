@@ -73,6 +73,12 @@ class OutboxMessageRecord(Base):
     deleted_at: Mapped[dt.datetime | None] = mapped_column(NaiveUTC, nullable=True)
     # When an operator's requeue (back-office, requeue_messages) last got the broker's confirm.
     requeued_at: Mapped[dt.datetime | None] = mapped_column(NaiveUTC, nullable=True)
+    # What kind of failure last_error is (filters.Failure): "refused" (the broker refused the
+    # message: no such exchange, unroutable; waiting does not help) or "unavailable" (the
+    # broker was down, blocked or slow). None for a row parked by hand, or an old row.
+    failure: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # The relay leaves a failed row alone until then (per-row back-off, store.backoff).
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(NaiveUTC, nullable=True)
 
     __table_args__ = (
         # The listings (Outbox.page): newest first over every row, keyset-paginated.

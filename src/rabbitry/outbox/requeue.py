@@ -54,7 +54,7 @@ from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus
 from rabbitry.messaging.settings import AmqpSettings
 from rabbitry.outbox.exchanges import ExchangeCheck
-from rabbitry.outbox.filters import RequeueFilter
+from rabbitry.outbox.filters import Failure, RequeueFilter
 from rabbitry.outbox.message import OutboxMessage
 from rabbitry.outbox.store import Cursor, Outbox
 
@@ -94,6 +94,12 @@ class RowOutcome:
     @property
     def published(self) -> bool:
         return self.error is None
+
+    @property
+    def failure(self) -> Failure:
+        """The kind of failure: a row failed without a publish (no such exchange, corrupt)
+        will not go as it is, whatever the broker's state."""
+        return Failure.REFUSED if not self.tried else Failure.of(self.error or "")
 
 
 @dataclass(slots=True)
@@ -333,7 +339,7 @@ class _Run:
         await self.outbox.settle(
             self.token,
             published=[o.row.id for o in outcomes if o.error is None],
-            failed=[(o.row.id, o.row.attempts, o.error) for o in outcomes if o.error],
+            failed=[(o.row.id, o.row.attempts, o.error, o.failure) for o in outcomes if o.error],
         )
         _count(self.report, outcomes)
         if self.progress is not None:

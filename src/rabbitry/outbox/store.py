@@ -18,7 +18,10 @@ requeue run, the relay, the change tracker, the back-office and ``rabbitry outbo
   laptop lid) finds the rows another run took over missing from the answer and does not
   publish them: no duplicate.
 * :meth:`Outbox.settle` marks the published rows processed and the failed ones pending again,
-  with ``attempts + 1``, ``last_error`` and a back-off before the relay tries them again.
+  with ``attempts + 1``, ``last_error``, its kind (``failure``: refused or unavailable) and a
+  back-off (``next_attempt_at``) before the relay tries them again. A refusal (no such
+  exchange, unroutable) backs off far longer than an outage: waiting does not cure it, and a
+  row retried every few seconds forever only fills the log.
 * :meth:`Outbox.stage` writes rows on a caller's own connection, inside its transaction, leased
   to the caller until it settles them (the SQLAlchemy change tracker's outbox delivery).
 * :meth:`Outbox.page` lists messages newest first, keyset-paginated: a page is "the next
@@ -58,7 +61,7 @@ from rabbitry.errors import MessageError, StorageError
 from rabbitry.messaging.envelope import Message, encode_headers
 from rabbitry.messaging.publisher import Route
 from rabbitry.outbox.codec import headers_to_json
-from rabbitry.outbox.filters import Origin, RequeueFilter
+from rabbitry.outbox.filters import Failure, Origin, RequeueFilter
 from rabbitry.outbox.message import OutboxMessage, OutboxQuery, Page, PageKey, State
 from rabbitry.outbox.models import PENDING_CLAUSE, OutboxMessageRecord, QueueRecord
 from rabbitry.storage import Database
@@ -68,6 +71,10 @@ TABLE: Table = OutboxMessageRecord.__table__  # type: ignore[assignment]  # decl
 # Longest back-off the relay waits before retrying a row that failed; a user's requeue run
 # ignores back-off and tries every pending row at once.
 MAX_BACKOFF = dt.timedelta(seconds=60)
+# The same for a row the broker refused: it waits for someone to fix the topology, and an
+# hour is as long as a fixed exchange waits for the relay (`rabbitry requeue` does not wait).
+REFUSED_FIRST_BACKOFF = dt.timedelta(seconds=30)
+MAX_REFUSED_BACKOFF = dt.timedelta(hours=1)
 MAX_PAGE = 500
 
 _COLUMNS = tuple(TABLE.c[name] for name in OutboxMessage.__dataclass_fields__)
@@ -136,10 +143,13 @@ class Cursor:
 _NO_SORT = text("SET LOCAL enable_sort = off")  # a constant statement: nothing interpolated
 
 
-def backoff(attempts: int) -> dt.timedelta:
-    """How long the relay leaves a row alone after its ``attempts``-th failure."""
-    seconds = 2.0 ** min(max(attempts, 1), 16)
-    return min(dt.timedelta(seconds=seconds), MAX_BACKOFF)
+def backoff(attempts: int, failure: Failure = Failure.UNAVAILABLE) -> dt.timedelta:
+    """How long the relay leaves a row alone after its ``attempts``-th failure: doubling, from
+    2 s up to a minute after an outage, from 30 s up to an hour after a refusal."""
+    steps = min(max(attempts, 1), 16) - 1
+    if failure is Failure.REFUSED:
+        return min(REFUSED_FIRST_BACKOFF * (1 << steps), MAX_REFUSED_BACKOFF)
+    return min(dt.timedelta(seconds=2.0 * 2**steps), MAX_BACKOFF)
 
 
 class Outbox:
@@ -217,6 +227,7 @@ class Outbox:
     def _values(
         self, route: Route, message: Message, reason: str, origin: Origin, now: dt.datetime
     ) -> dict[str, Any]:
+        failure = Failure.of(reason) if reason else None
         return {
             "queue": route.queue or "",
             "exchange": route.exchange,
@@ -229,6 +240,10 @@ class Outbox:
             "attempts": 0,
             # Why the broker did not take it (none for a row a user parked by hand).
             "last_error": reason or None,
+            "failure": failure.value if failure else None,
+            # A refused message waits out its first back-off before the relay tries it: the
+            # broker just said no, and only a change of its topology will make it say yes.
+            "next_attempt_at": now + backoff(1, failure) if failure is Failure.REFUSED else None,
             "origin": origin.value,
         }
 
@@ -338,14 +353,12 @@ class Outbox:
         rows that failed recently.
         """
         now = utcnow()
-        available = (
-            or_(TABLE.c.claimed_until.is_(None), TABLE.c.claimed_until <= now)
-            if respect_backoff
-            else or_(TABLE.c.claim_token.is_(None), TABLE.c.claimed_until <= now)
-        )
+        available = [or_(TABLE.c.claim_token.is_(None), TABLE.c.claimed_until <= now)]
+        if respect_backoff:
+            available.append(or_(TABLE.c.next_attempt_at.is_(None), TABLE.c.next_attempt_at <= now))
         candidates = (
             select(TABLE.c.id)
-            .where(available, TABLE.c.id <= cursor.max_id, *conditions(where))
+            .where(*available, TABLE.c.id <= cursor.max_id, *conditions(where))
             .order_by(TABLE.c.created_at, TABLE.c.id)
             .limit(limit)
         )
@@ -392,11 +405,11 @@ class Outbox:
         self,
         token: str,
         published: Sequence[int],
-        failed: Sequence[tuple[int, int, str]],
+        failed: Sequence[tuple[int, int, str, Failure]],
     ) -> None:
         """Record a batch's outcome: ``published`` row ids are processed now; ``failed`` are
-        (row id, attempts so far, error) and stay pending. Only rows still leased with
-        ``token`` are touched."""
+        (row id, attempts so far, error, its kind) and stay pending, with a back-off to match
+        (:func:`backoff`). Only rows still leased with ``token`` are touched."""
         now = utcnow()
         async with self.db.connection() as conn:
             if published:
@@ -409,6 +422,7 @@ class Outbox:
                         attempts=TABLE.c.attempts + 1,
                         claim_token=None,
                         claimed_until=None,
+                        next_attempt_at=None,
                     )
                 )
             if failed:
@@ -418,16 +432,19 @@ class Outbox:
                     .values(
                         attempts=TABLE.c.attempts + 1,
                         last_error=bindparam("error"),
+                        failure=bindparam("failure"),
                         claim_token=None,
-                        claimed_until=bindparam("retry_at"),
+                        claimed_until=None,
+                        next_attempt_at=bindparam("retry_at"),
                     ),
                     [
                         {
                             "row_id": row_id,
                             "error": error[:2000],
-                            "retry_at": now + backoff(attempts + 1),
+                            "failure": kind.value,
+                            "retry_at": now + backoff(attempts + 1, kind),
                         }
-                        for row_id, attempts, error in failed
+                        for row_id, attempts, error, kind in failed
                     ],
                 )
 

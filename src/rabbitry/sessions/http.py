@@ -1,7 +1,9 @@
 """HTTP routers of the sessions part: ``user`` (USER) and ``session`` (SESSION) servers.
 
 USER (admin token): ``POST /api/tenants`` {name} → 201 · ``POST /api/tenants/{t}/users``
-{username, password} → 201 {id} · ``DELETE /api/tenants/{t}/users/{id}`` → 202.
+{username, password} → 201 {id} · ``DELETE /api/tenants/{t}/users/{id}`` → 202 (404: no
+such user) · ``GET /api/tenants`` and ``GET /api/tenants/{t}/users`` → one page
+``{items, next}`` (``?limit=`` up to 500, ``?after=`` the previous page's ``next``).
 
 SESSION: ``POST /api/tenants/{t}/sessions`` {username, password} → 201 {session_id, token} (no
 credential; 401 for a wrong password or an unknown user alike, 429 when throttled) ·
@@ -21,7 +23,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Path, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, SecretStr
 
@@ -49,6 +51,11 @@ session_router = APIRouter(prefix="/api/tenants", tags=["sessions"])
 
 UserIdPath = Annotated[int, Path(ge=1, le=2**63 - 1)]
 SessionIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
+MAX_PAGE = 500
+PageLimit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Items per page.")]
+PageAfter = Annotated[
+    int, Query(ge=0, le=2**63 - 1, description="The previous page's next (0: from the start).")
+]
 
 
 class TenantIn(BaseModel):
@@ -112,6 +119,35 @@ async def create_tenant(
     return {"name": tenant.name, "queue_declared": declared}
 
 
+@user_router.get("")
+async def list_tenants(
+    database: DatabaseDep, _: AdminDep, limit: PageLimit = 100, after: PageAfter = 0
+) -> dict[str, Any]:
+    """One page of tenants, by id; ``next`` is the ``after`` of the next page (null: last)."""
+    found = await Tenants(database).page(after, limit + 1)
+    return {
+        "tenants": [{"id": t.id, "name": t.name} for t in found[:limit]],
+        "next": found[limit - 1].id if len(found) > limit else None,
+    }
+
+
+@user_router.get("/{tenant}/users")
+async def list_users(
+    tenant: TenantPath,
+    manager: Manager,
+    _: AdminDep,
+    __: TenantExists,
+    limit: PageLimit = 100,
+    after: PageAfter = 0,
+) -> dict[str, Any]:
+    """One page of the tenant's users, by id (never a password hash)."""
+    found = await manager.users.page(tenant, after, limit + 1)
+    return {
+        "users": [{"id": u.id, "username": u.username} for u in found[:limit]],
+        "next": found[limit - 1].id if len(found) > limit else None,
+    }
+
+
 @user_router.post("/{tenant}/users", status_code=201)
 async def create_user(
     tenant: TenantPath, body: Credentials, manager: Manager, _: AdminDep
@@ -130,11 +166,16 @@ async def remove_user(
     _: AdminDep,
     __: TenantExists,
 ) -> dict[str, Any]:
-    """Remove the user and enqueue the removal of their sessions; does not wait for it."""
+    """Remove the user and enqueue the removal of their sessions; does not wait for it. 404
+    when there is no such user."""
     receipt = await UserRemoval(settings, manager.users, publisher).remove(tenant, user_id)
     # The user row is gone, so no cache miss authenticates their tokens any more; evicting
     # what this process can reach makes the cache hits stop at once too.
     await manager.forget_user(tenant, user_id)
+    if not receipt.removed:
+        # The removal of their sessions was requested all the same: a DELETE repeated after
+        # one that removed the user but could not request that (a 5xx) still finishes it.
+        raise NotFound(f"no user {user_id} in tenant {tenant!r}")
     return receipt.to_json()
 
 

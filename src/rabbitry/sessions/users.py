@@ -118,6 +118,18 @@ class Users:
             ).first()
         return None if row is None else UserInfo(int(row.id), tenant, str(row.username))
 
+    async def page(self, tenant: str, after_id: int, limit: int) -> list[UserInfo]:
+        """Up to ``limit`` users of ``tenant`` after id ``after_id``, by id."""
+        query = (
+            select(User.id, User.username)
+            .where(User.tenant == tenant, User.id > after_id)
+            .order_by(User.id)
+            .limit(limit)
+        )
+        async with self._db.session() as session:
+            rows = (await session.execute(query)).all()
+        return [UserInfo(int(row.id), tenant, str(row.username)) for row in rows]
+
     async def remove(self, tenant: str, user_id: int) -> UserInfo | None:
         """Delete the user of ``tenant``; the removed user, or ``None`` if there was none."""
         async with self._db.session() as session:
