@@ -32,7 +32,14 @@ from contextlib import asynccontextmanager
 from rabbitry.chat.client import ConnectedClient
 from rabbitry.chat.history import ChatHistory
 from rabbitry.chat.manager import Manager
-from rabbitry.chat.protocol import MESSAGE_TYPE, ChatMessage, MessageIds, encode_frame, now
+from rabbitry.chat.protocol import (
+    MESSAGE_TYPE,
+    ChatMessage,
+    MessageIds,
+    encode_frame,
+    is_stamped,
+    now,
+)
 from rabbitry.chat.room import VirtualRoom
 from rabbitry.chat.topology import ChatLayout, topology
 from rabbitry.config import Settings
@@ -87,6 +94,7 @@ class Gateway:
         self._catching_up: asyncio.Task[None] | None = None
         self._held: list[tuple[VirtualRoom, list[ConnectedClient]]] = []
         self._held_for = 1
+        self._live: set[str] = set()
         self.draining = False
         """True from SIGTERM on: not ready, new sockets are refused."""
         self.caught_up = 0
@@ -95,6 +103,8 @@ class Gateway:
     def _on_message(self, message: Message) -> None:
         if self.history is not None and self.inbox.generation >= 2:
             self._hold_all(self.inbox.generation)
+            if self._catching_up is not None and not self._catching_up.done():
+                self._live.add(message.id)  # live, so no straggler of the catch-up
         self.manager.dispatch(message)
 
     def _hold_all(self, generation: int) -> list[tuple[VirtualRoom, list[ConnectedClient]]]:
@@ -118,6 +128,8 @@ class Gateway:
             return  # the first queue: nothing was missed
         rooms = self._hold_all(generation)
         previous = self._catching_up
+        if previous is None or previous.done():
+            self._live = set()
         self._catching_up = asyncio.create_task(self._catch_up_all(rooms, previous))
 
     async def _catch_up_all(
@@ -147,23 +159,21 @@ class Gateway:
         message, then their held live messages; returns how many messages were missed."""
         assert self.history is not None
         since = room.last_id
-        # The store's order is not quite the delivery order (competing workers): skip what
-        # the room delivered before the loss, even if it was stored after ``since``.
+        # The store's order is not quite the delivery order (competing workers), and its
+        # window before ``since`` holds what the room delivered: skip what it delivered.
         delivered = {m.id for m in room.recent}
-        missed = [m for m in await self._missed(room, since, clients) if m.id not in delivered]
-        seam = next((c.first_held for c in clients if c.first_held is not None), None)
+        position = await stored_position(self.history, room.tenant, room.room, since)
+        missed = [
+            m for m in await self._missed(room, since, position, clients) if m.id not in delivered
+        ]
         if missed and room.last_id == since:  # (a live delivery meanwhile moved it on)
             room.last_id = missed[-1].id
         await asyncio.gather(*(client.replay(_once(missed)) for client in clients))
         # Competing persistence workers may store a missed message after the seam's: look
         # once more, a moment later, and send what turned up late rather than never.
         await asyncio.sleep(STRAGGLERS)
-        known = delivered | {m.id for m in missed} | {m.id for m in room.recent}
-        late = [
-            m
-            for m in await self._all_after(room, since)
-            if m.id not in known and (seam is None or m.id < seam)
-        ]
+        known = delivered | {m.id for m in missed} | self._live
+        late = [m for m in await self._all_since(room, since, position) if m.id not in known]
         for message in late:
             frame = encode_frame(message.frame())
             for client in clients:
@@ -180,27 +190,31 @@ class Gateway:
         return len(missed)
 
     async def _missed(
-        self, room: VirtualRoom, since: str, clients: Sequence[ConnectedClient]
+        self,
+        room: VirtualRoom,
+        since: str,
+        position: int | None,
+        clients: Sequence[ConnectedClient],
     ) -> list[ChatMessage]:
         # Whatever was routed before the new queue's binding went to the history too; the
         # first live message held after the binding marks the seam. Wait (bounded) until the
         # history has it, so what the workers were still storing is not skipped.
-        assert self.history is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SEAM_WAIT
         while True:
-            missed = await self._all_after(room, since)
+            missed = await self._all_since(room, since, position)
             seam = next((c.first_held for c in clients if c.first_held is not None), None)
             if seam is None or loop.time() > deadline or any(m.id == seam for m in missed):
                 return missed
             await asyncio.sleep(0.05)  # polling the database: the workers give no signal
 
-    async def _all_after(self, room: VirtualRoom, since: str) -> list[ChatMessage]:
+    async def _all_since(
+        self, room: VirtualRoom, since: str, position: int | None
+    ) -> list[ChatMessage]:
         assert self.history is not None
         found: list[ChatMessage] = []
-        while page := await self.history.after(room.tenant, room.room, since, limit=PAGE):
+        async for page in self.history.since(room.tenant, room.room, since, position, page=PAGE):
             found.extend(page)
-            since = page[-1].id
         return found
 
     @asynccontextmanager
@@ -291,30 +305,29 @@ class Gateway:
 
     async def recover(self, client: ConnectedClient, since: str, history: ChatHistory) -> int:
         """Send ``client`` (held since before it joined) what it missed after ``since``, page
-        by page at the pace of its socket, then its held live messages; returns how many
-        frames were queued.
+        by page in the store's order at the pace of its socket, then its held live messages;
+        returns how many frames were queued.
 
         The database has what the persistence workers stored; the room's recent messages on
-        this instance cover those still on their way there.
+        this instance cover those still on their way there, in the order this instance
+        delivered them. What this instance delivered up to ``since`` the client has seen.
         """
-
         room = self.manager.rooms.get(self.manager.key_of(client))
-        recent = (
-            sorted((m for m in room.recent if m.id > since), key=lambda m: m.id) if room else []
-        )
+        recent = list(room.recent) if room is not None else []
+        ids = [m.id for m in recent]
+        if since in ids:
+            at = ids.index(since) + 1
+            seen, tail = set(ids[:at]), recent[at:]
+        else:
+            seen, tail = set(), [m for m in recent if m.id > since]
+        tenant = client.member.tenant
+        position = await stored_position(history, tenant, client.room, since)
 
         async def pages() -> AsyncIterator[list[ChatMessage]]:
-            # Each page of the store, with the room's recent messages that sort within it
-            # (stored late or not yet): the client gets one id order; ``recent`` keeps the rest.
-            after = since
-            while page := await history.after(client.member.tenant, client.room, after, limit=PAGE):
-                last = page[-1].id
-                within = [m for m in recent if m.id <= last]
-                recent[:] = [m for m in recent if m.id > last]
-                yield sorted({m.id: m for m in [*page, *within]}.values(), key=lambda m: m.id)
-                after = last
+            async for page in history.since(tenant, client.room, since, position, page=PAGE):
+                yield [m for m in page if m.id not in seen]
 
-        return await client.replay(pages(), recent)
+        return await client.replay(pages(), tail)
 
     def revoke(self, tenant: str, user_id: str) -> int:
         """Close every socket of a user whose sessions were revoked; returns how many."""
@@ -323,3 +336,21 @@ class Gateway:
 
 async def _once(messages: list[ChatMessage]) -> AsyncIterator[list[ChatMessage]]:
     yield messages
+
+
+async def stored_position(history: ChatHistory, tenant: str, room: str, since: str) -> int | None:
+    """``since``'s place in the store, waiting (at most :data:`SEAM_WAIT`) for the workers to
+    store it: recovery is anchored there. None if it does not come, or if ``since`` is no
+    message's id (a room's start): recovery then goes by ids."""
+    if not is_stamped(since):
+        return None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SEAM_WAIT
+    while (position := await history.position(tenant, room, since)) is None:
+        if loop.time() > deadline:
+            log.warning(
+                "recovery in %s.%s: %s is not stored yet; going by ids", tenant, room, since
+            )
+            return None
+        await asyncio.sleep(0.05)  # polling the database: the workers give no signal
+    return position
