@@ -28,6 +28,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from rabbitry.chat.client import ConnectedClient
 from rabbitry.chat.history import ChatHistory
@@ -58,6 +59,21 @@ PAGE = 500  # history rows a catch-up reads at a time
 CATCH_UP_ROOMS = 8  # rooms catching up at once after a reconnect (database connections)
 SEAM_WAIT = 5.0  # how long a catch-up waits for the history to reach the live messages
 STRAGGLERS = 1.0  # when a catch-up looks again for messages the workers stored late
+
+
+Seen = tuple[int | None, str | None]  # where what a room delivered starts: position, id
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A room whose sockets wait for their catch-up after the queue came back."""
+
+    room: VirtualRoom
+    clients: list[ConnectedClient]
+    since: str
+    """The room's last delivery before the loss."""
+    delivered: frozenset[str]
+    """What the room delivered up to ``since`` (its recent messages)."""
 
 
 class Gateway:
@@ -92,9 +108,10 @@ class Gateway:
         self._ids = MessageIds()
         self._drain_seconds = drain_seconds
         self._catching_up: asyncio.Task[None] | None = None
-        self._held: list[tuple[VirtualRoom, list[ConnectedClient]]] = []
+        self._held: list[Held] = []
         self._held_for = 1
-        self._live: set[str] = set()
+        self._live: set[str] = set()  # ids delivered live since the last reconnect
+        self._recording = False  # (from the new queue's first delivery to the catch-up's end)
         self.draining = False
         """True from SIGTERM on: not ready, new sockets are refused."""
         self.caught_up = 0
@@ -103,24 +120,34 @@ class Gateway:
     def _on_message(self, message: Message) -> None:
         if self.history is not None and self.inbox.generation >= 2:
             self._hold_all(self.inbox.generation)
-            if self._catching_up is not None and not self._catching_up.done():
+            if self._recording:
                 self._live.add(message.id)  # live, so no straggler of the catch-up
         self.manager.dispatch(message)
 
-    def _hold_all(self, generation: int) -> list[tuple[VirtualRoom, list[ConnectedClient]]]:
+    def _hold_all(self, generation: int) -> list[Held]:
         """Hold every open socket's live messages, once per connection of the inbox, from its
         first delivery on (the new queue delivers while the rest of the rooms still bind), so
         each live message sorts after what the catch-up sends."""
         if self._held_for != generation:
             # (A socket already holding is replaying its own ``since`` and is left to it.)
+            # Each room's last delivery before the loss, and what it delivered up to there:
+            # taken before the new queue's first delivery moves them on.
             self._held = [
-                (room, [client for client in room.clients if not client.holding])
+                Held(
+                    room,
+                    [client for client in room.clients if not client.holding],
+                    room.last_id,
+                    frozenset(m.id for m in room.recent),
+                )
                 for room in self.manager.rooms.values()
             ]
-            for _, clients in self._held:
+            for held in self._held:
+                clients = held.clients
                 for client in clients:
                     client.hold()
             self._held_for = generation
+            if not self._recording:
+                self._live, self._recording = set(), True
         return self._held
 
     def _on_connected(self, generation: int) -> None:
@@ -128,13 +155,11 @@ class Gateway:
             return  # the first queue: nothing was missed
         rooms = self._hold_all(generation)
         previous = self._catching_up
-        if previous is None or previous.done():
-            self._live = set()
         self._catching_up = asyncio.create_task(self._catch_up_all(rooms, previous))
 
     async def _catch_up_all(
         self,
-        rooms: Sequence[tuple[VirtualRoom, list[ConnectedClient]]],
+        rooms: Sequence[Held],
         previous: asyncio.Task[None] | None,
     ) -> None:
         if previous is not None:
@@ -142,38 +167,56 @@ class Gateway:
                 await previous
         limit = asyncio.Semaphore(CATCH_UP_ROOMS)
 
-        async def one(room: VirtualRoom, clients: list[ConnectedClient]) -> None:
+        async def one(held: Held) -> None:
             async with limit:
                 try:
-                    await self.catch_up(room, clients)
+                    await self.catch_up(held)
                 except Exception:
                     # The client is told: it reconnects with ?since= and recovers that way.
-                    log.exception("catching up room %s failed", room.key)
-                    for client in clients:
+                    log.exception("catching up room %s failed", held.room.key)
+                    for client in held.clients:
                         client.disconnect(RECONNECT, "resync: reconnect with since")
 
-        await asyncio.gather(*(one(room, clients) for room, clients in rooms if clients))
+        try:
+            await asyncio.gather(*(one(held) for held in rooms if held.clients))
+        finally:
+            if self._catching_up is asyncio.current_task():  # (not while a newer one waits)
+                self._recording = False
 
-    async def catch_up(self, room: VirtualRoom, clients: Sequence[ConnectedClient]) -> int:
-        """Send ``clients`` (held) what the history has after the room's last delivered
-        message, then their held live messages; returns how many messages were missed."""
+    async def catch_up(self, held: Held) -> int:
+        """Send the held clients what the history has after the room's last delivery before
+        the loss, then their held live messages; returns how many messages were missed."""
         assert self.history is not None
-        since = room.last_id
+        room, clients, since = held.room, held.clients, held.since
         # The store's order is not quite the delivery order (competing workers), and its
         # window before ``since`` holds what the room delivered: skip what it delivered.
-        delivered = {m.id for m in room.recent}
+        delivered = set(held.delivered)
         position = await stored_position(self.history, room.tenant, room.room, since)
+        # What the room delivered before its last 200 is behind it: the window below
+        # ``since`` reaches no further back than those 200.
+        seen_from = await self.history.lowest(room.tenant, room.room, list(delivered))
+        oldest = min(delivered, default=None)
         missed = [
-            m for m in await self._missed(room, since, position, clients) if m.id not in delivered
+            m
+            for m in await self._missed(room, since, position, (seen_from, oldest), clients)
+            if m.id not in delivered
         ]
+        seam = next((c.first_held for c in clients if c.first_held is not None), None)
         if missed and room.last_id == since:  # (a live delivery meanwhile moved it on)
             room.last_id = missed[-1].id
         await asyncio.gather(*(client.replay(_once(missed)) for client in clients))
         # Competing persistence workers may store a missed message after the seam's: look
         # once more, a moment later, and send what turned up late rather than never.
         await asyncio.sleep(STRAGGLERS)
-        known = delivered | {m.id for m in missed} | self._live
-        late = [m for m in await self._all_since(room, since, position) if m.id not in known]
+        known = delivered | {m.id for m in missed} | {m.id for m in room.recent} | self._live
+        # A late one was sent before the seam; one sent after it comes live, maybe stored
+        # before this gateway's queue delivers it (the gateways' clocks are the guide here:
+        # one running behind may cost a repeat, never a loss).
+        late = [
+            m
+            for m in await self._all_since(room, since, position, (seen_from, oldest))
+            if m.id not in known and (seam is None or m.id < seam)
+        ]
         for message in late:
             frame = encode_frame(message.frame())
             for client in clients:
@@ -194,6 +237,7 @@ class Gateway:
         room: VirtualRoom,
         since: str,
         position: int | None,
+        seen: Seen,
         clients: Sequence[ConnectedClient],
     ) -> list[ChatMessage]:
         # Whatever was routed before the new queue's binding went to the history too; the
@@ -202,18 +246,21 @@ class Gateway:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SEAM_WAIT
         while True:
-            missed = await self._all_since(room, since, position)
+            missed = await self._all_since(room, since, position, seen)
             seam = next((c.first_held for c in clients if c.first_held is not None), None)
             if seam is None or loop.time() > deadline or any(m.id == seam for m in missed):
                 return missed
             await asyncio.sleep(0.05)  # polling the database: the workers give no signal
 
     async def _all_since(
-        self, room: VirtualRoom, since: str, position: int | None
+        self, room: VirtualRoom, since: str, position: int | None, seen: Seen
     ) -> list[ChatMessage]:
         assert self.history is not None
         found: list[ChatMessage] = []
-        async for page in self.history.since(room.tenant, room.room, since, position, page=PAGE):
+        seen_from, oldest = seen
+        async for page in self.history.since(
+            room.tenant, room.room, since, position, page=PAGE, seen_from=seen_from, oldest=oldest
+        ):
             found.extend(page)
         return found
 
@@ -322,9 +369,13 @@ class Gateway:
             seen, tail = set(), [m for m in recent if m.id > since]
         tenant = client.member.tenant
         position = await stored_position(history, tenant, client.room, since)
+        seen_from = await history.lowest(tenant, client.room, list(seen))
+        oldest = min(seen, default=None)
 
         async def pages() -> AsyncIterator[list[ChatMessage]]:
-            async for page in history.since(tenant, client.room, since, position, page=PAGE):
+            async for page in history.since(
+                tenant, client.room, since, position, page=PAGE, seen_from=seen_from, oldest=oldest
+            ):
                 yield [m for m in page if m.id not in seen]
 
         return await client.replay(pages(), tail)

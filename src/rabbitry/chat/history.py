@@ -123,6 +123,18 @@ class ChatHistory:
         async with self._database.session() as session:
             return cast(int | None, await session.scalar(query))
 
+    async def lowest(self, tenant: str, room: str, ids: Sequence[str]) -> int | None:
+        """The lowest position among the stored ``ids`` of the room (None: none stored)."""
+        if not ids:
+            return None
+        query = select(func.min(StoredChatMessage.seq)).where(
+            StoredChatMessage.tenant == tenant,
+            StoredChatMessage.room == room,
+            StoredChatMessage.id.in_(list(ids)),
+        )
+        async with self._database.session() as session:
+            return cast(int | None, await session.scalar(query))
+
     async def since(
         self,
         tenant: str,
@@ -132,6 +144,8 @@ class ChatHistory:
         *,
         page: int = 500,
         reorder: int = REORDER,
+        seen_from: int | None = None,
+        oldest: str | None = None,
     ) -> AsyncIterator[list[ChatMessage]]:
         """What a client that saw ``since`` (stored at ``position``) may have missed, page by
         page in store order, each message once (``since`` itself left out).
@@ -139,9 +153,16 @@ class ChatHistory:
         ``position`` None (``since`` is not stored): the messages stamped after ``since``,
         in id order, as the gateways' clocks tell it. A page is read when the previous one is
         taken, so a gap of any size goes at its reader's pace; rows committed meanwhile are
-        read too (a later commit always sorts later)."""
+        read too (a later commit always sorts later).
+
+        ``seen_from``, ``oldest``: the reader has seen every message stored from ``seen_from``
+        to ``position`` and sent no earlier than ``oldest`` (it knows which: a room's recent
+        deliveries), so the window need not reach below ``seen_from``, and what the window
+        holds that was stamped before ``oldest`` was delivered before those."""
         room_rows = (StoredChatMessage.tenant == tenant, StoredChatMessage.room == room)
         floor = None if position is None else position - reorder
+        if position is not None and floor is not None and seen_from is not None:
+            floor = max(floor, min(seen_from, position) - 1)
         # First the rows stamped after ``since`` but committed before the window (or never
         # given a position): few, unless a batch of ``since``'s was retried much later.
         early = select(StoredChatMessage).where(*room_rows, StoredChatMessage.id > since)
@@ -159,11 +180,13 @@ class ChatHistory:
             return
         # Then everything committed from the window on, in commit order.
         cursor = floor
+        window = select(StoredChatMessage).where(*room_rows)
+        if oldest is not None:
+            window = window.where(
+                or_(StoredChatMessage.seq >= position, StoredChatMessage.id >= oldest)
+            )
         while stored := await self._rows(
-            select(StoredChatMessage)
-            .where(*room_rows, StoredChatMessage.seq > cursor)
-            .order_by(StoredChatMessage.seq)
-            .limit(page)
+            window.where(StoredChatMessage.seq > cursor).order_by(StoredChatMessage.seq).limit(page)
         ):
             cursor = cast(int, stored[-1].seq)
             if found := [_message(row) for row in stored if row.id != since]:
