@@ -251,14 +251,14 @@ async def run_rabbitry(
 
 def _time_routing(gateway: Gateway, tally: Tally) -> None:
     """Note when each message first comes out of an instance's queue (send -> broker -> here)."""
-    on_message = gateway.inbox._on_message  # type: ignore[attr-defined]
+    on_message = gateway.inbox._on_message
 
     def stamped(message: Any) -> None:
         if message.id not in tally.routed:
             tally.routed[message.id] = time.perf_counter() - tally.sent_at[message.id]
         on_message(message)
 
-    gateway.inbox._on_message = stamped  # type: ignore[attr-defined]
+    gateway.inbox._on_message = stamped
 
 
 async def _queue_depth(queue: str) -> int:

@@ -177,19 +177,11 @@ async def test_a_client_that_missed_three_hundred_messages_gets_them_all_then_li
         # Fifteen sockets sent at once and competing workers stored them out of send order:
         # the client gets the missed ones in one order, the store's.
         missed = [f["id"] for f in reader.frames if f["text"].startswith("missed")]
-        positions = await _positions(system, "gap", missed)
+        positions = await system.positions(TENANT, "gap", missed)
         assert positions == sorted(positions)
     finally:
         for socket in bobs:
             await socket.close()
-
-
-async def _positions(system: ChatSystem, room: str, ids: list[str]) -> list[int | None]:
-    """Where the history stored each of ``ids`` (its order for ``since`` recovery)."""
-    settings = Settings(namespace=system.namespace, data_dir=system.directory / "var")
-    async with open_database(settings.sql_url) as database:
-        history = ChatHistory(database)
-        return [await history.position(TENANT, room, id_) for id_ in ids]
 
 
 @pytest.fixture
@@ -244,8 +236,8 @@ async def test_a_gateway_whose_clock_runs_behind_cannot_hide_its_messages_from_s
                 assert sorted(reader.texts()[:-1]) == sorted(sent)
                 assert reader.texts()[-1] == f"live via {base}"
                 ids = [f["id"] for f in reader.frames[:-1]]
-                positions = await _positions(system, "skew", ids)
-                assert positions == sorted(positions)  # type: ignore[type-var]
+                positions = await system.positions(TENANT, "skew", ids)
+                assert positions == sorted(positions)
             sent.append(f"live via {base}")
 
 
