@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import random
 import statistics
 import subprocess
@@ -43,14 +44,14 @@ import socketio  # type: ignore[import-untyped]
 
 from rabbitry.chat.client import ConnectedClient, Member
 from rabbitry.chat.gateway import Gateway
+from rabbitry.chat.topology import ChatLayout
 from rabbitry.config import Settings
 from rabbitry.messaging.publisher import Publisher
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 INSTANCES = 4
-CLIENTS = 1000
-ROOMS = 200
 TENANT = "bench"
+LAYOUTS = ("random", "spanning", "local")
 
 
 @dataclass
@@ -59,25 +60,37 @@ class Layout:
 
     seats: list[tuple[int, int]]
     sends: list[int]  # the client sending each message
+    rooms: int
 
     @classmethod
-    def draw(cls, messages: int, seed: int) -> Layout:
+    def draw(cls, messages: int, seed: int, clients: int, rooms: int, kind: str) -> Layout:
         rng = random.Random(seed)
-        rooms = [i % ROOMS for i in range(CLIENTS)]  # exactly 5 per room
-        rng.shuffle(rooms)
-        seats = [(room, rng.randrange(INSTANCES)) for room in rooms]
-        return cls(seats, [rng.randrange(CLIENTS) for _ in range(messages)])
+        room_of = [i % rooms for i in range(clients)]  # the same number in each room
+        rng.shuffle(room_of)
+        seats: list[tuple[int, int]] = []
+        placed = [0] * rooms
+        for room in room_of:
+            if kind == "spanning":  # member k of a room on instance k mod 4
+                instance = placed[room] % INSTANCES
+            elif kind == "local":  # the whole room on one instance
+                instance = room % INSTANCES
+            else:
+                instance = rng.randrange(INSTANCES)
+            placed[room] += 1
+            seats.append((room, instance))
+        return cls(seats, [rng.randrange(clients) for _ in range(messages)], rooms)
 
     def members(self, room: int) -> list[int]:
         return [c for c, (r, _) in enumerate(self.seats) if r == room]
 
     def expected_receipts(self) -> int:
-        return sum(len(self.members(self.seats[c][0])) for c in self.sends)
+        sizes = {room: len(self.members(room)) for room in range(self.rooms)}
+        return sum(sizes[self.seats[c][0]] for c in self.sends)
 
     def hosting(self) -> float:
         """Instances hosting the room, averaged over the messages sent."""
         per_room = {
-            room: len({self.seats[c][1] for c in self.members(room)}) for room in range(ROOMS)
+            room: len({self.seats[c][1] for c in self.members(room)}) for room in range(self.rooms)
         }
         return statistics.fmean(per_room[self.seats[c][0]] for c in self.sends)
 
@@ -90,6 +103,8 @@ class Tally:
     first: float = 0.0
     last: float = 0.0
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    confirmed: list[float] = field(default_factory=list)  # send -> publish confirmed
+    routed: dict[str, float] = field(default_factory=dict)  # send -> first queue delivery
 
     def received(self, message_id: str) -> None:
         now = time.perf_counter()
@@ -108,6 +123,12 @@ class Result:
     p99_ms: float
     broker_deliveries: int
     messages: int
+    tally: Tally | None = None
+
+    @property
+    def missing(self) -> str:
+        expected = self.tally.expected if self.tally else self.receipts
+        return f"; {expected - self.receipts:,} never arrived" if expected > self.receipts else ""
 
     @property
     def rate(self) -> float:
@@ -118,7 +139,7 @@ class Result:
             f"  {self.name:<16} {self.rate:>10,.0f} deliveries/s   p50 {self.p50_ms:7.1f} ms"
             f"   p99 {self.p99_ms:7.1f} ms   broker deliveries/message"
             f" {self.broker_deliveries / self.messages:.2f}   ({self.receipts:,} in"
-            f" {self.seconds:.2f} s)"
+            f" {self.seconds:.2f} s{self.missing})"
         )
 
 
@@ -132,10 +153,13 @@ def _result(name: str, tally: Tally, broker_deliveries: int, messages: int) -> R
         1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
         broker_deliveries,
         messages,
+        tally,
     )
 
 
-async def _drive(sends: Sequence[int], in_flight: int, send: Any, tally: Tally) -> None:
+async def _drive(
+    sends: Sequence[int], in_flight: int, send: Any, tally: Tally, rate: float | None = None
+) -> None:
     gate = asyncio.Semaphore(in_flight)
 
     async def one(client: int) -> None:
@@ -143,14 +167,28 @@ async def _drive(sends: Sequence[int], in_flight: int, send: Any, tally: Tally) 
             await send(client)
 
     tally.first = time.perf_counter()
-    await asyncio.gather(*(one(c) for c in sends))
-    await asyncio.wait_for(tally.done.wait(), timeout=120)
+    if rate is None:  # saturated: ``in_flight`` sends going all the time
+        await asyncio.gather(*(one(c) for c in sends))
+    else:  # paced: the n-th send starts at n / rate seconds, whatever the others do
+        tasks = []
+        for n, client in enumerate(sends):
+            delay = tally.first + n / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(send(client)))
+        await asyncio.gather(*tasks)
+    # What has not arrived a minute after the last send is reported as missing (python-socketio
+    # falls that far behind with rooms spanning the instances), not waited for.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(tally.done.wait(), timeout=60)
 
 
 # --- (a) Rabbitry --------------------------------------------------------------------------
 
 
-async def run_rabbitry(layout: Layout, in_flight: int, directory: Path) -> Result:
+async def run_rabbitry(
+    layout: Layout, in_flight: int, directory: Path, rate: float | None = None
+) -> Result:
     namespace = "b" + uuid.uuid4().hex[:10]
     settings = Settings(namespace=namespace, amqp_url=AMQP_URL, data_dir=directory)
     tally = Tally(layout.expected_receipts())
@@ -185,21 +223,53 @@ async def run_rabbitry(layout: Layout, in_flight: int, directory: Path) -> Resul
             # Manager.join returned once each room was bound: every binding is in place.
             for gateway in gateways:
                 _time_sends(gateway, tally)
+                _time_routing(gateway, tally)
             counter = iter(range(10**9))
 
             async def send(number: int) -> None:
                 gateway = gateways[layout.seats[number][1]]
+                started = time.perf_counter()
                 result = await gateway.send(clients[number], f"message {next(counter)}")
+                tally.confirmed.append(time.perf_counter() - started)
                 assert result.ok, result
 
-            await _drive(layout.sends, in_flight, send, tally)
+            history = ChatLayout(namespace).history_queue
+            before = await _queue_depth(history)
+            await _drive(layout.sends, in_flight, send, tally, rate)
+            # The copies the broker routed: one per hosting instance's queue (delivered), one
+            # to the history queue (left there: no writer runs, to keep its work out of the
+            # measurement).
             deliveries = sum(g.inbox.delivered for g in gateways)
+            deliveries += await _queue_depth(history) - before
             for client in clients:
                 client.disconnect(1000, "")
             await asyncio.gather(*pumps)
     finally:
         await _delete_prefix(namespace)
     return _result("rabbitry", tally, deliveries, len(layout.sends))
+
+
+def _time_routing(gateway: Gateway, tally: Tally) -> None:
+    """Note when each message first comes out of an instance's queue (send -> broker -> here)."""
+    on_message = gateway.inbox._on_message
+
+    def stamped(message: Any) -> None:
+        if message.id not in tally.routed:
+            tally.routed[message.id] = time.perf_counter() - tally.sent_at[message.id]
+        on_message(message)
+
+    gateway.inbox._on_message = stamped
+
+
+async def _queue_depth(queue: str) -> int:
+    for _ in range(50):  # the broker's counts lag a little behind: wait until they settle
+        rows = await asyncio.to_thread(_rabbitmqctl, "list_queues", "name", "messages")
+        depth = next((int(r[1]) for r in rows if r[0] == queue), 0)
+        await asyncio.sleep(0.2)
+        rows = await asyncio.to_thread(_rabbitmqctl, "list_queues", "name", "messages")
+        if next((int(r[1]) for r in rows if r[0] == queue), 0) == depth:
+            return depth
+    return depth
 
 
 def _time_sends(gateway: Gateway, tally: Tally) -> None:
@@ -219,7 +289,7 @@ def _time_sends(gateway: Gateway, tally: Tally) -> None:
 # --- (b) python-socketio's AsyncAioPikaManager ---------------------------------------------
 
 
-async def run_socketio(layout: Layout, in_flight: int) -> Result:
+async def run_socketio(layout: Layout, in_flight: int, rate: float | None = None) -> Result:
     channel = "b" + uuid.uuid4().hex[:10] + ".socketio"
     tally = Tally(layout.expected_receipts())
     handled = [0] * INSTANCES
@@ -259,7 +329,7 @@ async def run_socketio(layout: Layout, in_flight: int) -> Result:
         await servers[instance].emit("message", data, room=f"room{room}")
 
     try:
-        await _drive(layout.sends, in_flight, send, tally)
+        await _drive(layout.sends, in_flight, send, tally, rate)
     finally:
         for server in servers:
             manager = server.manager
@@ -329,24 +399,42 @@ async def main() -> None:
     parser.add_argument("--messages", type=int, default=4000)
     parser.add_argument("--in-flight", type=int, default=100)
     parser.add_argument("--seed", type=int, default=9)
+    parser.add_argument("--layout", choices=LAYOUTS, default="random")
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--rooms", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=None, help="messages a second (paced)")
     args = parser.parse_args()
-    layout = Layout.draw(args.messages, args.seed)
+    if args.clients < args.rooms or args.rooms < 1:
+        parser.error("--clients must be at least --rooms, and --rooms at least 1")
+    layout = Layout.draw(args.messages, args.seed, args.clients, args.rooms, args.layout)
+    pace = f"paced at {args.rate:g}/s" if args.rate else f"{args.in_flight} in flight"
     print(
-        f"{INSTANCES} instances, {CLIENTS:,} clients in {ROOMS} rooms, {args.messages:,} messages"
-        f" ({layout.expected_receipts():,} socket deliveries), {args.in_flight} in flight;"
-        f" a room is on {layout.hosting():.2f} instances on average"
+        f"{INSTANCES} instances, {args.clients:,} clients in {args.rooms} rooms ({args.layout}),"
+        f" {args.messages:,} messages ({layout.expected_receipts():,} socket deliveries), {pace};"
+        f" a room is on {layout.hosting():.2f} instances on average;"
+        f" load average {os.getloadavg()[0]:.1f}"
     )
     with tempfile.TemporaryDirectory() as directory:
-        rabbitry = await run_rabbitry(layout, args.in_flight, Path(directory))
-    baseline = await run_socketio(layout, args.in_flight)
+        rabbitry = await run_rabbitry(layout, args.in_flight, Path(directory), args.rate)
+        tally = rabbitry.tally
+    baseline = await run_socketio(layout, args.in_flight, args.rate)
     for result in (rabbitry, baseline):
         result.show()
+    assert tally is not None
+    confirmed = sorted(tally.confirmed)
+    routed = sorted(tally.routed.values())
+    print(
+        f"  rabbitry, where the time goes (p50): send -> both publishes confirmed"
+        f" {1000 * confirmed[len(confirmed) // 2]:.1f} ms; send -> first queue delivery"
+        f" {1000 * routed[len(routed) // 2]:.1f} ms; send -> socket write {rabbitry.p50_ms:.1f} ms"
+    )
     print(
         f"  ratio: {rabbitry.rate / baseline.rate:.2f}x the deliveries per second;"
         f" p50 {baseline.p50_ms / rabbitry.p50_ms:.2f}x lower;"
         f" broker deliveries per message {rabbitry.broker_deliveries / rabbitry.messages:.2f}"
         f" vs {baseline.broker_deliveries / baseline.messages:.2f}"
-        f" (instances hosting the room: {layout.hosting():.2f}; all instances: {INSTANCES})"
+        f" (instances hosting the room: {layout.hosting():.2f}, + 1 for the history;"
+        f" all instances: {INSTANCES})"
     )
 
 

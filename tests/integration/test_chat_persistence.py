@@ -7,7 +7,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from helpers import Eventually
 from rabbitry.chat.history import ChatHistory
@@ -71,7 +71,8 @@ async def test_competing_workers_store_every_message_once_even_when_it_arrives_t
     assert [m.text for m in older] == [f"m{i}" for i in range(149, 99, -1)]
     # Recovery follows the store's order: whatever was stored after m196, each once, and
     # among them what came after it (competing workers may have stored older ones later).
-    after = [m.text for m in await history.after("acme", "lobby", chats[196].id)]
+    position = await history.position("acme", "lobby", chats[196].id)
+    after = [m.text for m in await _since(history, chats[196].id, position)]
     assert {"m197", "m198", "m199"} <= set(after) and len(after) == len(set(after))
     assert "m196" not in after
 
@@ -108,6 +109,59 @@ async def _empty(broker: BrokerProbe, queue: str) -> bool:
     return await broker.counts(queue) == (0, 0)
 
 
+async def _since(
+    history: ChatHistory, since: str, position: int | None, **kwargs: Any
+) -> list[ChatMessage]:
+    return [
+        m async for page in history.since("acme", "lobby", since, position, **kwargs) for m in page
+    ]
+
+
+async def test_recovery_follows_the_store_order_so_a_gateway_clock_behind_hides_nothing(
+    db: Database,
+) -> None:
+    history = ChatHistory(db)
+    ids = MessageIds()
+    base = 2_000_000_000_000
+    early = ChatMessage(ids.new(base), "acme", "lobby", "ann", "early", now())
+    seen = ChatMessage(ids.new(base + 10), "acme", "lobby", "ann", "seen", now())
+    # Sent after ``seen`` through a gateway whose clock is an hour behind: its id sorts first.
+    behind = ChatMessage(
+        MessageIds().new(base - 3_600_000), "acme", "lobby", "bob", "behind", now()
+    )
+    later = ChatMessage(ids.new(base + 20), "acme", "lobby", "ann", "later", now())
+    for message in (early, seen, behind, later):
+        await history.store([message])
+    position = await history.position("acme", "lobby", seen.id)
+    assert position is not None
+    assert await history.position("acme", "lobby", "0" * 8 + "-0000-7000-8000-" + "0" * 12) is None
+    # By ids alone ``behind`` would be hidden; the store's order has it after ``seen``.
+    assert [m.text for m in await _since(history, seen.id, None)] == ["later"]
+    assert [m.text for m in await _since(history, seen.id, position, reorder=0)] == [
+        "behind",
+        "later",
+    ]
+    # The window below ``since`` brings what the client may already have (it drops ids it
+    # saw): ``early`` here; never ``seen`` itself.
+    assert [m.text for m in await _since(history, seen.id, position)] == [
+        "early",
+        "behind",
+        "later",
+    ]
+    # Paged: the same rows, one page at a time.
+    assert [m.text for m in await _since(history, seen.id, position, page=1)] == [
+        "early",
+        "behind",
+        "later",
+    ]
+    assert (
+        await _since(
+            history, later.id, await history.position("acme", "lobby", later.id), reorder=0
+        )
+        == []
+    )
+
+
 async def test_recovery_after_an_id_finds_what_was_sent_after_it_whatever_the_commit_order(
     db: Database,
 ) -> None:
@@ -122,11 +176,81 @@ async def test_recovery_after_an_id_finds_what_was_sent_after_it_whatever_the_co
     await history.store([seen])
     await history.store([second])
     await history.store([first])  # a redelivery changes nothing
-    assert [m.text for m in await history.after("acme", "lobby", seen.id)] == ["first", "second"]
-    assert [m.text for m in await history.after("acme", "lobby", first.id)] == ["second"]
-    assert await history.after("acme", "lobby", second.id) == []
-    assert [m.text for m in await history.after("acme", "lobby", floor_id(0))] == [
+    position = await history.position("acme", "lobby", seen.id)
+    assert position is not None
+    # Committed before ``seen``: the ids stamped after ``since`` bring it back even with no
+    # window below ``since`` (the window is for a message both stamped early and committed
+    # early), and so does the window.
+    assert [m.text for m in await _since(history, seen.id, position, reorder=0)] == [
+        "first",
+        "second",
+    ]
+    assert [m.text for m in await _since(history, seen.id, position)] == ["first", "second"]
+    assert [m.text for m in await _since(history, seen.id, position + 1_000_000)] == [
+        "first",
+        "second",
+    ]  # (a batch of ``seen``'s retried long after: the ids still bring ``first``)
+    assert [m.text for m in await _since(history, seen.id, None)] == ["first", "second"]
+    assert [m.text for m in await _since(history, floor_id(0), None)] == [
         "seen",
         "first",
         "second",
     ]
+
+
+async def test_two_competing_workers_committing_out_of_send_order_hide_nothing_from_since(
+    settings: Settings, db: Database, eventually: Eventually
+) -> None:
+    layout = ChatLayout(settings.namespace)
+    history = ChatHistory(db)
+    chats = [_chat("lobby", f"m{i}") for i in range(12)]
+    route = Route(layout.persistence_exchange, "")
+    stopping = asyncio.Event()
+    slow, fast = (PersistenceWorker(settings, db, batch_size=6) for _ in range(2))
+    # The first worker takes m0-m5 (``since`` is m3) and is held before it commits, while the
+    # second takes what follows and commits first: the store's order is not the send order.
+    holding, release = asyncio.Event(), asyncio.Event()
+    store = slow.history.store
+
+    async def held_store(messages: Any) -> None:
+        holding.set()
+        await release.wait()
+        await store(messages)
+
+    slow.history.store = held_store  # type: ignore[method-assign]
+    tasks = [asyncio.create_task(slow.run(stopping))]
+    try:
+        async with Publisher(settings.amqp) as publisher:
+            await asyncio.wait_for(slow.connected.wait(), 20)
+            items = [(Message(MESSAGE_TYPE, c.payload(), id=c.id), route) for c in chats]
+            assert all(r.ok for r in await publisher.publish_many(items[:6]))
+            await asyncio.wait_for(holding.wait(), 20)
+            tasks.append(asyncio.create_task(fast.run(stopping)))
+            await asyncio.wait_for(fast.connected.wait(), 20)
+            assert all(r.ok for r in await publisher.publish_many(items[6:]))
+
+            async def fast_committed() -> bool:
+                return bool(await history.page("acme", "lobby"))
+
+            await eventually(fast_committed, what="the second worker's commit")
+            release.set()
+
+            async def all_stored() -> bool:
+                return len(await history.page("acme", "lobby", limit=50)) == len(chats)
+
+            await eventually(all_stored, what="every message stored")
+    finally:
+        release.set()
+        stopping.set()
+        await asyncio.gather(*tasks)
+    since = chats[3]
+    position = await history.position("acme", "lobby", since.id)
+    assert position is not None
+    positions = {m.id: await history.position("acme", "lobby", m.id) for m in chats}
+    overtaken = [m.text for m in chats[4:] if positions[m.id] < position]  # type: ignore[operator]
+    assert overtaken  # sent after ``since``, committed before it
+    recovered = await _since(history, since.id, position)
+    texts = [m.text for m in recovered]
+    assert {m.text for m in chats[4:]} <= set(texts)  # nothing lost
+    assert len(texts) == len(set(texts)) and since.text not in texts  # each once
+    assert [positions[m.id] for m in recovered] == sorted(positions[m.id] for m in recovered)  # type: ignore[type-var]

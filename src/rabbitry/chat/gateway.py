@@ -28,11 +28,19 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from rabbitry.chat.client import ConnectedClient
 from rabbitry.chat.history import ChatHistory
 from rabbitry.chat.manager import Manager
-from rabbitry.chat.protocol import MESSAGE_TYPE, ChatMessage, MessageIds, encode_frame, now
+from rabbitry.chat.protocol import (
+    MESSAGE_TYPE,
+    ChatMessage,
+    MessageIds,
+    encode_frame,
+    is_stamped,
+    now,
+)
 from rabbitry.chat.room import VirtualRoom
 from rabbitry.chat.topology import ChatLayout, topology
 from rabbitry.config import Settings
@@ -51,6 +59,21 @@ PAGE = 500  # history rows a catch-up reads at a time
 CATCH_UP_ROOMS = 8  # rooms catching up at once after a reconnect (database connections)
 SEAM_WAIT = 5.0  # how long a catch-up waits for the history to reach the live messages
 STRAGGLERS = 1.0  # when a catch-up looks again for messages the workers stored late
+
+
+Seen = tuple[int | None, str | None]  # where what a room delivered starts: position, id
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A room whose sockets wait for their catch-up after the queue came back."""
+
+    room: VirtualRoom
+    clients: list[ConnectedClient]
+    since: str
+    """The room's last delivery before the loss."""
+    delivered: frozenset[str]
+    """What the room delivered up to ``since`` (its recent messages)."""
 
 
 class Gateway:
@@ -85,8 +108,10 @@ class Gateway:
         self._ids = MessageIds()
         self._drain_seconds = drain_seconds
         self._catching_up: asyncio.Task[None] | None = None
-        self._held: list[tuple[VirtualRoom, list[ConnectedClient]]] = []
+        self._held: list[Held] = []
         self._held_for = 1
+        self._live: set[str] = set()  # ids delivered live since the last reconnect
+        self._recording = False  # (from the new queue's first delivery to the catch-up's end)
         self.draining = False
         """True from SIGTERM on: not ready, new sockets are refused."""
         self.caught_up = 0
@@ -95,22 +120,34 @@ class Gateway:
     def _on_message(self, message: Message) -> None:
         if self.history is not None and self.inbox.generation >= 2:
             self._hold_all(self.inbox.generation)
+            if self._recording:
+                self._live.add(message.id)  # live, so no straggler of the catch-up
         self.manager.dispatch(message)
 
-    def _hold_all(self, generation: int) -> list[tuple[VirtualRoom, list[ConnectedClient]]]:
+    def _hold_all(self, generation: int) -> list[Held]:
         """Hold every open socket's live messages, once per connection of the inbox, from its
         first delivery on (the new queue delivers while the rest of the rooms still bind), so
         each live message sorts after what the catch-up sends."""
         if self._held_for != generation:
             # (A socket already holding is replaying its own ``since`` and is left to it.)
+            # Each room's last delivery before the loss, and what it delivered up to there:
+            # taken before the new queue's first delivery moves them on.
             self._held = [
-                (room, [client for client in room.clients if not client.holding])
+                Held(
+                    room,
+                    [client for client in room.clients if not client.holding],
+                    room.last_id,
+                    frozenset(m.id for m in room.recent),
+                )
                 for room in self.manager.rooms.values()
             ]
-            for _, clients in self._held:
+            for held in self._held:
+                clients = held.clients
                 for client in clients:
                     client.hold()
             self._held_for = generation
+            if not self._recording:
+                self._live, self._recording = set(), True
         return self._held
 
     def _on_connected(self, generation: int) -> None:
@@ -122,7 +159,7 @@ class Gateway:
 
     async def _catch_up_all(
         self,
-        rooms: Sequence[tuple[VirtualRoom, list[ConnectedClient]]],
+        rooms: Sequence[Held],
         previous: asyncio.Task[None] | None,
     ) -> None:
         if previous is not None:
@@ -130,27 +167,40 @@ class Gateway:
                 await previous
         limit = asyncio.Semaphore(CATCH_UP_ROOMS)
 
-        async def one(room: VirtualRoom, clients: list[ConnectedClient]) -> None:
+        async def one(held: Held) -> None:
             async with limit:
                 try:
-                    await self.catch_up(room, clients)
+                    await self.catch_up(held)
                 except Exception:
                     # The client is told: it reconnects with ?since= and recovers that way.
-                    log.exception("catching up room %s failed", room.key)
-                    for client in clients:
+                    log.exception("catching up room %s failed", held.room.key)
+                    for client in held.clients:
                         client.disconnect(RECONNECT, "resync: reconnect with since")
 
-        await asyncio.gather(*(one(room, clients) for room, clients in rooms if clients))
+        try:
+            await asyncio.gather(*(one(held) for held in rooms if held.clients))
+        finally:
+            if self._catching_up is asyncio.current_task():  # (not while a newer one waits)
+                self._recording = False
 
-    async def catch_up(self, room: VirtualRoom, clients: Sequence[ConnectedClient]) -> int:
-        """Send ``clients`` (held) what the history has after the room's last delivered
-        message, then their held live messages; returns how many messages were missed."""
+    async def catch_up(self, held: Held) -> int:
+        """Send the held clients what the history has after the room's last delivery before
+        the loss, then their held live messages; returns how many messages were missed."""
         assert self.history is not None
-        since = room.last_id
-        # The store's order is not quite the delivery order (competing workers): skip what
-        # the room delivered before the loss, even if it was stored after ``since``.
-        delivered = {m.id for m in room.recent}
-        missed = [m for m in await self._missed(room, since, clients) if m.id not in delivered]
+        room, clients, since = held.room, held.clients, held.since
+        # The store's order is not quite the delivery order (competing workers), and its
+        # window before ``since`` holds what the room delivered: skip what it delivered.
+        delivered = set(held.delivered)
+        position = await stored_position(self.history, room.tenant, room.room, since)
+        # What the room delivered before its last 200 is behind it: the window below
+        # ``since`` reaches no further back than those 200.
+        seen_from = await self.history.lowest(room.tenant, room.room, list(delivered))
+        oldest = min(delivered, default=None)
+        missed = [
+            m
+            for m in await self._missed(room, since, position, (seen_from, oldest), clients)
+            if m.id not in delivered
+        ]
         seam = next((c.first_held for c in clients if c.first_held is not None), None)
         if missed and room.last_id == since:  # (a live delivery meanwhile moved it on)
             room.last_id = missed[-1].id
@@ -158,10 +208,13 @@ class Gateway:
         # Competing persistence workers may store a missed message after the seam's: look
         # once more, a moment later, and send what turned up late rather than never.
         await asyncio.sleep(STRAGGLERS)
-        known = delivered | {m.id for m in missed} | {m.id for m in room.recent}
+        known = delivered | {m.id for m in missed} | {m.id for m in room.recent} | self._live
+        # A late one was sent before the seam; one sent after it comes live, maybe stored
+        # before this gateway's queue delivers it (the gateways' clocks are the guide here:
+        # one running behind may cost a repeat, never a loss).
         late = [
             m
-            for m in await self._all_after(room, since)
+            for m in await self._all_since(room, since, position, (seen_from, oldest))
             if m.id not in known and (seam is None or m.id < seam)
         ]
         for message in late:
@@ -180,27 +233,35 @@ class Gateway:
         return len(missed)
 
     async def _missed(
-        self, room: VirtualRoom, since: str, clients: Sequence[ConnectedClient]
+        self,
+        room: VirtualRoom,
+        since: str,
+        position: int | None,
+        seen: Seen,
+        clients: Sequence[ConnectedClient],
     ) -> list[ChatMessage]:
         # Whatever was routed before the new queue's binding went to the history too; the
         # first live message held after the binding marks the seam. Wait (bounded) until the
         # history has it, so what the workers were still storing is not skipped.
-        assert self.history is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SEAM_WAIT
         while True:
-            missed = await self._all_after(room, since)
+            missed = await self._all_since(room, since, position, seen)
             seam = next((c.first_held for c in clients if c.first_held is not None), None)
             if seam is None or loop.time() > deadline or any(m.id == seam for m in missed):
                 return missed
             await asyncio.sleep(0.05)  # polling the database: the workers give no signal
 
-    async def _all_after(self, room: VirtualRoom, since: str) -> list[ChatMessage]:
+    async def _all_since(
+        self, room: VirtualRoom, since: str, position: int | None, seen: Seen
+    ) -> list[ChatMessage]:
         assert self.history is not None
         found: list[ChatMessage] = []
-        while page := await self.history.after(room.tenant, room.room, since, limit=PAGE):
+        seen_from, oldest = seen
+        async for page in self.history.since(
+            room.tenant, room.room, since, position, page=PAGE, seen_from=seen_from, oldest=oldest
+        ):
             found.extend(page)
-            since = page[-1].id
         return found
 
     @asynccontextmanager
@@ -291,30 +352,33 @@ class Gateway:
 
     async def recover(self, client: ConnectedClient, since: str, history: ChatHistory) -> int:
         """Send ``client`` (held since before it joined) what it missed after ``since``, page
-        by page at the pace of its socket, then its held live messages; returns how many
-        frames were queued.
+        by page in the store's order at the pace of its socket, then its held live messages;
+        returns how many frames were queued.
 
         The database has what the persistence workers stored; the room's recent messages on
-        this instance cover those still on their way there.
+        this instance cover those still on their way there, in the order this instance
+        delivered them. What this instance delivered up to ``since`` the client has seen.
         """
-
         room = self.manager.rooms.get(self.manager.key_of(client))
-        recent = (
-            sorted((m for m in room.recent if m.id > since), key=lambda m: m.id) if room else []
-        )
+        recent = list(room.recent) if room is not None else []
+        ids = [m.id for m in recent]
+        if since in ids:
+            at = ids.index(since) + 1
+            seen, tail = set(ids[:at]), recent[at:]
+        else:
+            seen, tail = set(), [m for m in recent if m.id > since]
+        tenant = client.member.tenant
+        position = await stored_position(history, tenant, client.room, since)
+        seen_from = await history.lowest(tenant, client.room, list(seen))
+        oldest = min(seen, default=None)
 
         async def pages() -> AsyncIterator[list[ChatMessage]]:
-            # Each page of the store, with the room's recent messages that sort within it
-            # (stored late or not yet): the client gets one id order; ``recent`` keeps the rest.
-            after = since
-            while page := await history.after(client.member.tenant, client.room, after, limit=PAGE):
-                last = page[-1].id
-                within = [m for m in recent if m.id <= last]
-                recent[:] = [m for m in recent if m.id > last]
-                yield sorted({m.id: m for m in [*page, *within]}.values(), key=lambda m: m.id)
-                after = last
+            async for page in history.since(
+                tenant, client.room, since, position, page=PAGE, seen_from=seen_from, oldest=oldest
+            ):
+                yield [m for m in page if m.id not in seen]
 
-        return await client.replay(pages(), recent)
+        return await client.replay(pages(), tail)
 
     def revoke(self, tenant: str, user_id: str) -> int:
         """Close every socket of a user whose sessions were revoked; returns how many."""
@@ -323,3 +387,21 @@ class Gateway:
 
 async def _once(messages: list[ChatMessage]) -> AsyncIterator[list[ChatMessage]]:
     yield messages
+
+
+async def stored_position(history: ChatHistory, tenant: str, room: str, since: str) -> int | None:
+    """``since``'s place in the store, waiting (at most :data:`SEAM_WAIT`) for the workers to
+    store it: recovery is anchored there. None if it does not come, or if ``since`` is no
+    message's id (a room's start): recovery then goes by ids."""
+    if not is_stamped(since):
+        return None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SEAM_WAIT
+    while (position := await history.position(tenant, room, since)) is None:
+        if loop.time() > deadline:
+            log.warning(
+                "recovery in %s.%s: %s is not stored yet; going by ids", tenant, room, since
+            )
+            return None
+        await asyncio.sleep(0.05)  # polling the database: the workers give no signal
+    return position

@@ -1,23 +1,33 @@
 """The chat history: the store the persistence workers write and the API reads.
 
 Each message is stored once by its id, however often it is delivered (competing workers,
-redeliveries after a crash): inserts skip ids already present. Ids are time-ordered (see
-:mod:`rabbitry.chat.protocol`), so pages and recovery order by id: ``page`` walks back from
-``before``, newest first; ``after`` walks forward from the last id a client saw.
+redeliveries after a crash): inserts skip ids already present. Ids are time-ordered by the
+clock of the gateway that stamped them (see :mod:`rabbitry.chat.protocol`): ``page`` walks back
+from ``before`` by id, newest first, which is what a person scrolling back expects.
 
-Recovery (``after``) follows the order the store assigns instead: each stored message gets the
-next ``seq``, and on PostgreSQL the writers take one transaction lock in turn, so ``seq`` order
-is commit order. A message stored after the one a client saw last comes after it, whatever the
-clock of the gateway that stamped its id: a gateway whose clock runs behind cannot hide its
-messages from ``since``.
+Recovery (``since``) follows the order the store assigns instead. Each stored message gets the
+next ``seq``; on PostgreSQL the writers take one transaction lock in turn, so ``seq`` order is
+commit order, and a later commit always gets a higher ``seq``. :meth:`ChatHistory.since` reads
+
+* every row whose ``seq`` is above ``seq(since) - REORDER``: what was committed after the
+  message the client saw last, whatever the clock of the gateway that stamped it (a gateway
+  whose clock runs behind cannot hide its messages), and what was committed a little before it
+  (competing workers commit out of send order: a message sent after ``since`` may be committed
+  before it, by at most the batches in flight in the other workers);
+* and every row stamped after ``since`` that was committed earlier still (a batch of ``since``'s
+  retried through the retry queues, or rows stored before ``seq`` existed);
+
+each once, in store order. The window below ``since`` holds messages the client may already
+have: a client drops ids it has seen (the page and docs/chat.md's client do), and a gateway
+drops those it knows the client saw.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import cast
 
-from sqlalchemy import Table, bindparam, func, select, text
+from sqlalchemy import Table, bindparam, func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -27,6 +37,10 @@ from rabbitry.storage.clock import utcnow
 from rabbitry.storage.database import Database
 
 MAX_PAGE = 200
+# Rows (of all rooms) a message sent after ``since`` may be committed ahead of it: a message
+# waits in one worker's prefetch (twice its batch, 2 x 200) while the other workers commit
+# theirs, so (workers - 1) x 400 rows; 2,000 covers six workers at the defaults.
+REORDER = 2000
 
 
 _TABLE = cast(Table, StoredChatMessage.__table__)
@@ -98,30 +112,92 @@ class ChatHistory:
         query = query.order_by(StoredChatMessage.id.desc()).limit(min(limit, MAX_PAGE))
         return await self._fetch(query)
 
-    async def after(
-        self, tenant: str, room: str, since: str, *, limit: int = 1000
-    ) -> list[ChatMessage]:
-        """Up to ``limit`` messages with an id later than ``since``, in id order.
-
-        Id order, not ``seq`` (commit) order: competing persistence workers commit out of send
-        order, so a message sent after ``since`` may be committed before it, and a reader
-        anchored on ``since``'s commit position would never see it."""
-        query = (
-            select(StoredChatMessage)
-            .where(
-                StoredChatMessage.tenant == tenant,
-                StoredChatMessage.room == room,
-                StoredChatMessage.id > since,
-            )
-            .order_by(StoredChatMessage.id)
-            .limit(limit)
+    async def position(self, tenant: str, room: str, message_id: str) -> int | None:
+        """The store's position (``seq``) of a message of the room; None until it is stored
+        (or if it was stored before positions existed)."""
+        query = select(StoredChatMessage.seq).where(
+            StoredChatMessage.id == message_id,
+            StoredChatMessage.tenant == tenant,
+            StoredChatMessage.room == room,
         )
-        return await self._fetch(query)
+        async with self._database.session() as session:
+            return cast(int | None, await session.scalar(query))
+
+    async def lowest(self, tenant: str, room: str, ids: Sequence[str]) -> int | None:
+        """The lowest position among the stored ``ids`` of the room (None: none stored)."""
+        if not ids:
+            return None
+        query = select(func.min(StoredChatMessage.seq)).where(
+            StoredChatMessage.tenant == tenant,
+            StoredChatMessage.room == room,
+            StoredChatMessage.id.in_(list(ids)),
+        )
+        async with self._database.session() as session:
+            return cast(int | None, await session.scalar(query))
+
+    async def since(
+        self,
+        tenant: str,
+        room: str,
+        since: str,
+        position: int | None,
+        *,
+        page: int = 500,
+        reorder: int = REORDER,
+        seen_from: int | None = None,
+        oldest: str | None = None,
+    ) -> AsyncIterator[list[ChatMessage]]:
+        """What a client that saw ``since`` (stored at ``position``) may have missed, page by
+        page in store order, each message once (``since`` itself left out).
+
+        ``position`` None (``since`` is not stored): the messages stamped after ``since``,
+        in id order, as the gateways' clocks tell it. A page is read when the previous one is
+        taken, so a gap of any size goes at its reader's pace; rows committed meanwhile are
+        read too (a later commit always sorts later).
+
+        ``seen_from``, ``oldest``: the reader has seen every message stored from ``seen_from``
+        to ``position`` and sent no earlier than ``oldest`` (it knows which: a room's recent
+        deliveries), so the window need not reach below ``seen_from``, and what the window
+        holds that was stamped before ``oldest`` was delivered before those."""
+        room_rows = (StoredChatMessage.tenant == tenant, StoredChatMessage.room == room)
+        floor = None if position is None else position - reorder
+        if position is not None and floor is not None and seen_from is not None:
+            floor = max(floor, min(seen_from, position) - 1)
+        # First the rows stamped after ``since`` but committed before the window (or never
+        # given a position): few, unless a batch of ``since``'s was retried much later.
+        early = select(StoredChatMessage).where(*room_rows, StoredChatMessage.id > since)
+        if floor is not None:
+            early = early.where(
+                or_(StoredChatMessage.seq.is_(None), StoredChatMessage.seq <= floor)
+            )
+        after = since
+        while rows := await self._fetch(
+            early.where(StoredChatMessage.id > after).order_by(StoredChatMessage.id).limit(page)
+        ):
+            yield rows
+            after = rows[-1].id
+        if floor is None:
+            return
+        # Then everything committed from the window on, in commit order.
+        cursor = floor
+        window = select(StoredChatMessage).where(*room_rows)
+        if oldest is not None:
+            window = window.where(
+                or_(StoredChatMessage.seq >= position, StoredChatMessage.id >= oldest)
+            )
+        while stored := await self._rows(
+            window.where(StoredChatMessage.seq > cursor).order_by(StoredChatMessage.seq).limit(page)
+        ):
+            cursor = cast(int, stored[-1].seq)
+            if found := [_message(row) for row in stored if row.id != since]:
+                yield found
 
     async def _fetch(self, query: object) -> list[ChatMessage]:
+        return [_message(row) for row in await self._rows(query)]
+
+    async def _rows(self, query: object) -> Sequence[StoredChatMessage]:
         async with self._database.session() as session:
-            rows = (await session.scalars(query)).all()  # type: ignore[call-overload]
-        return [_message(row) for row in rows]
+            return (await session.scalars(query)).all()  # type: ignore[call-overload,no-any-return]
 
 
 def _message(row: StoredChatMessage) -> ChatMessage:

@@ -77,6 +77,11 @@ def floor_id(now_ms: int | None = None) -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
+def is_stamped(value: str) -> bool:
+    """Whether ``value`` is an id :class:`MessageIds` made (a :func:`floor_id` is not)."""
+    return bool(ID_PATTERN.fullmatch(value)) and value[14] == "7"
+
+
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
     """One message of one room of one tenant."""
