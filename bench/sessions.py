@@ -41,7 +41,7 @@ from rabbitry.sessions.tokens import new_session_id, new_token, token_hash
 from rabbitry.storage.clock import utcnow
 from rabbitry.web import AppState
 
-ADMIN = "bench-admin"
+ADMIN = "bench-admin-token-for-this-run"
 
 
 def free_port() -> int:

@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from rabbitry.sessions.cache import SessionCache
+from rabbitry.sessions.coalescer import RevocationCoalescer
 from rabbitry.sessions.store import SessionRecord, SessionStore
 from rabbitry.sessions.throttle import LoginThrottle
 from rabbitry.sessions.tokens import (
@@ -85,6 +86,7 @@ class SessionManager:
         self._throttle = throttle
         self._ttl = dt.timedelta(seconds=ttl)
         self._listener = listener
+        self._singles = RevocationCoalescer(self.revoke)
 
     async def login(
         self, tenant: str, username: str, password: str, *, client: str = ""
@@ -160,6 +162,11 @@ class SessionManager:
             except Exception:  # a notice must never undo or fail a done revocation
                 log.exception("could not announce %d revoked session(s)", len(removed))
         return removed
+
+    async def revoke_one(self, tenant: str, session_id: str) -> bool:
+        """Revoke one session of ``tenant``: whether it still existed. Concurrent calls of a
+        tenant share one :meth:`revoke` (one store round-trip for all of them)."""
+        return await self._singles.revoke_one(tenant, session_id)
 
     async def forget_user(self, tenant: str, user_id: int) -> int:
         """Evict a removed user's sessions from the cache now (their removal from the store is
