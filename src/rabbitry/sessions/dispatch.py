@@ -3,12 +3,11 @@
 For each tenant, a :class:`~rabbitry.messaging.worker.Worker` consumes the tenant's queue
 ``<ns>.tenant.<t>.session-removal`` (step 4). A removal request reads the user's sessions from
 the tenant's collection (step 5), asks SESSION over HTTP, with the service token, to remove each
-one (step 6, in batches whenever SESSION offers the batch call: :mod:`.client`; SESSION does
-step 7), reads again, and returns (the ack, step 8) only once none is left. SESSION down or
-failing: the handler raises :class:`Retry`, so the request waits in the queue's retry tiers
-with exponential backoff and is dead-lettered with the reason once the policy's attempts are
-spent. A redelivered request is harmless: removing a removed session is a no-op, and a user with
-no sessions left is acked at once.
+one (step 6; SESSION does step 7), reads again, and returns (the ack, step 8) only once none is
+left. SESSION down or failing: the handler raises :class:`Retry`, so the request waits in the
+queue's retry tiers with exponential backoff and is dead-lettered with the reason once the
+policy's attempts are spent. A redelivered request is harmless: removing a removed session is a
+no-op, and a user with no sessions left is acked at once.
 
 **New tenants.** Every ``tenant_poll_interval`` (0.5 s) the service reads the tenants created
 since the last one it saw (an index range on the tenant id) and starts a worker for each, which
