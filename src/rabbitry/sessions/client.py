@@ -140,9 +140,13 @@ class SessionClient:
                     return
                 tried += 1
                 try:
-                    removed += await self.revoke(tenant, session_id)
+                    # Not `removed += await ...`: that reads `removed` before the await and
+                    # loses what the other workers added meanwhile.
+                    count = await self.revoke(tenant, session_id)
                 except SessionServiceError as exc:
                     failures.append(exc)
+                else:
+                    removed += count
 
         await asyncio.gather(*(work() for _ in range(min(self._concurrency, len(session_ids)))))
         if failures:

@@ -151,10 +151,10 @@ class SessionManager:
     async def revoke(self, tenant: str, session_ids: Sequence[str]) -> list[SessionRecord]:
         """Remove these sessions of ``tenant`` from the cache and the store; the ones
         that still existed. Revoking a revoked session is a no-op."""
-        # Evict before the delete too: if the cache is unreachable this fails while the store
-        # still holds the sessions, so the caller's retry finds them (and their hashes) again.
-        await self.cache.evict(await self.store.get_many(tenant, session_ids))
-        removed = await self.store.remove(tenant, session_ids)
+        # Evict before the delete commits too: if the cache is unreachable the delete is undone,
+        # so the caller's retry finds the sessions (and their hashes) again. One store
+        # round-trip, not a read and then a delete.
+        removed = await self.store.remove(tenant, session_ids, before_commit=self.cache.evict)
         await self.cache.evict(removed)
         if removed and self._listener is not None:
             try:
