@@ -8,12 +8,13 @@ delivery of the request is left out: it is the same in every case). Cases, in on
 
   direct             SessionManager.revoke of the 1,000 in one call, no HTTP: the floor
   seed, naive        one DELETE per session, serially, a new connection each; SESSION as the
-                     seed had it (each DELETE revoked alone, two Redis commands a session)
+                     seed had it (each DELETE revoked alone: a store read, two Redis pipelines
+                     of two commands a session, a store delete)
   seed, per session  the seed's DISPATCH: 16 DELETEs at a time on pooled connections; the
                      seed's SESSION
   per session        DISPATCH's client now (16 in flight per process, pooled), told not to use
                      the batch call; SESSION now (concurrent DELETEs of a tenant share one store
-                     round-trip, Redis evicts a user in two commands)
+                     transaction, Redis evicts a user in two commands)
   seed, batch        POST /sessions/revocations, 500 ids a call, against the seed's SESSION
   batch, found       the client now, finding the batch call by itself (what DISPATCH does)
 
@@ -95,13 +96,21 @@ async def session_server(settings: Settings) -> AsyncIterator[tuple[SessionManag
 
 @contextlib.contextmanager
 def seed_session(manager: SessionManager) -> Iterator[None]:
-    """SESSION as the seed had it, for the baselines: each DELETE revoked alone (the route's
-    old body), and Redis evicting with two commands a session (the cache's old body)."""
+    """SESSION as the seed had it, for the baselines (the seed's code, patched on this
+    instance): each DELETE revoked alone; a revocation reads the sessions, evicts them, deletes
+    them in a second transaction, evicts again; Redis evicts with two commands a session."""
+    store, cache = manager.store, manager.cache
+
+    async def revoke(tenant: str, session_ids: Sequence[str]) -> list[SessionRecord]:
+        await cache.evict(await store.get_many(tenant, session_ids))
+        removed = await store.remove(tenant, session_ids)
+        await cache.evict(removed)
+        if removed and manager._listener is not None:
+            await manager._listener.revoked(removed)
+        return removed
 
     async def alone(tenant: str, session_id: str) -> bool:
-        return bool(await manager.revoke(tenant, [session_id]))
-
-    cache = manager.cache
+        return bool(await revoke(tenant, [session_id]))
 
     async def evict_each(records: Sequence[SessionRecord]) -> None:
         assert isinstance(cache, RedisSessionCache)
@@ -112,17 +121,19 @@ def seed_session(manager: SessionManager) -> Iterator[None]:
                     pipe.zrem(cache.index_key(r.tenant, r.user_id), r.token_hash)
                 await pipe.execute()
 
-    patched: dict[str, Any] = {"revoke_one": alone}
+    patches: list[tuple[object, str, object]] = [
+        (manager, "revoke", revoke),
+        (manager, "revoke_one", alone),
+    ]
     if isinstance(cache, RedisSessionCache):
-        patched["evict"] = evict_each
-    targets = {"revoke_one": manager, "evict": cache}
-    for name, value in patched.items():
-        setattr(targets[name], name, value)
+        patches.append((cache, "evict", evict_each))
+    for target, name, value in patches:
+        setattr(target, name, value)
     try:
         yield
     finally:
-        for name in patched:
-            delattr(targets[name], name)  # the class's method shows through again
+        for target, name, _ in patches:
+            delattr(target, name)  # the class's method shows through again
 
 
 def naive_transport() -> httpx.AsyncBaseTransport:
