@@ -138,7 +138,11 @@ class Settings(BaseSettings):
     # argon2 checks running at once per process: more wait (each costs ~64 MiB and a core).
     password_checks: int = Field(default=4, ge=1)
     tenant_poll_interval: float = Field(default=0.5, gt=0)
-    dispatch_batch: bool = False
+    # DISPATCH → SESSION: unset, the batch call whenever SESSION offers it (learnt on first
+    # use); true, always the batch call; false, one DELETE per session. Requests in flight
+    # per DISPATCH process, whatever the number of tenants:
+    dispatch_batch: bool | None = None
+    dispatch_concurrency: int = Field(default=16, ge=1, le=1024)
     # argon2id cost (RFC 9106's low-memory profile by default); tests lower it to stay fast.
     password_time_cost: int = Field(default=3, ge=1)
     password_memory_kib: int = Field(default=65536, ge=8)

@@ -216,7 +216,7 @@ async def test_dispatch_reports_session_being_unreachable_not_an_exception_group
 
         for _ in range(3):
             await store.add(session_record("acme", 7))
-        client = SessionClient(f"http://127.0.0.1:{_closed_port()}", "t", timeout=2)
+        client = SessionClient(f"http://127.0.0.1:{_closed_port()}", "t", timeout=2, batch=False)
         try:
             handler = RemovalHandler("acme", store, client)
             with pytest.raises(Retry) as caught:

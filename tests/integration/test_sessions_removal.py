@@ -1,6 +1,6 @@
 """A user's removal, end to end in one process over real HTTP: the ``delete`` change event USER
-emits, and DISPATCH removing every session through SESSION, one call per session or (with
-``RABBITRY_DISPATCH_BATCH``) in batches.
+emits, and DISPATCH removing every session through SESSION: in batches, the call SESSION offers
+(unset ``RABBITRY_DISPATCH_BATCH``, or ``true``), or one call per session (``false``).
 
 USER, SESSION and DISPATCH run in one app served by uvicorn on a local port, because DISPATCH
 calls SESSION over HTTP (``RABBITRY_SESSION_URL``); a pass-through ASGI wrapper records the
@@ -78,7 +78,7 @@ async def serving(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, 
         await asyncio.wait_for(task, timeout=60)
 
 
-@pytest.fixture(params=[False, True], ids=["one-by-one", "batch"])
+@pytest.fixture(params=[None, False, True], ids=["discovered", "one-by-one", "batch"])
 async def removal_settings(
     request: pytest.FixtureRequest, namespace: str, tmp_path: Path, broker: BrokerProbe
 ) -> AsyncIterator[Settings]:
@@ -145,7 +145,7 @@ async def test_dispatch_removes_every_session_of_a_removed_user_in_the_configure
         for r in recorder.requests
         if r[0] == "DELETE" and r[1].startswith("/api/tenants/acme/sessions/")
     ]
-    if removal_settings.dispatch_batch:
+    if removal_settings.dispatch_batch is not False:
         assert (len(batches), singles) == (1, [])
     else:
         assert (batches, len(singles)) == ([], SESSIONS)

@@ -108,11 +108,17 @@ class RedisSessionCache:
     async def evict(self, records: Sequence[SessionRecord]) -> None:
         if not records:
             return
+        # One DEL for every entry and one ZREM per user's index, not two commands a session:
+        # a user with 1,000 sessions is evicted in two commands.
+        members: dict[str, list[str]] = {}
+        for record in records:
+            index = self.index_key(record.tenant, record.user_id)
+            members.setdefault(index, []).append(record.token_hash)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                for record in records:
-                    pipe.delete(self.entry_key(record.tenant, record.token_hash))
-                    pipe.zrem(self.index_key(record.tenant, record.user_id), record.token_hash)
+                pipe.delete(*(self.entry_key(r.tenant, r.token_hash) for r in records))
+                for index, hashes in members.items():
+                    pipe.zrem(index, *hashes)
                 await pipe.execute()
         except RedisError as exc:
             raise StorageError(f"Redis: cannot evict sessions: {exc}") from exc

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
 
 from rabbitry import metrics
 from rabbitry.config import Settings
@@ -49,21 +48,15 @@ log = logging.getLogger(__name__)
 
 FULL_SCAN_EVERY = 60
 MAX_ROUNDS = 3  # list-and-delete rounds before a request goes back for a later retry
-CONCURRENT_DELETES = 16
-BATCH_SIZE = 500
 
 
 class RemovalHandler:
     """Handles the removal requests of one tenant's queue."""
 
-    def __init__(
-        self, tenant: str, store: SessionStore, client: SessionClient, *, batch: bool = False
-    ) -> None:
+    def __init__(self, tenant: str, store: SessionStore, client: SessionClient) -> None:
         self.tenant = tenant
         self._store = store
         self._client = client
-        self._batch = batch
-        self._limit = asyncio.Semaphore(CONCURRENT_DELETES)
 
     async def __call__(self, message: Message) -> None:
         request = RemovalRequest.parse(message)
@@ -74,35 +67,12 @@ class RemovalHandler:
             if not sessions:
                 return
             try:
-                await self._remove([s.id for s in sessions])
+                # The batch call when SESSION offers it, else one DELETE per session; the
+                # client bounds the requests in flight for the whole process.
+                await self._client.revoke_all(self.tenant, [s.id for s in sessions])
             except SessionServiceError as exc:
                 raise Retry(reason=str(exc)) from exc
         raise Retry(reason=f"user {request.user_id} still has sessions after {MAX_ROUNDS} rounds")
-
-    async def _remove(self, ids: Sequence[str]) -> None:
-        if self._batch:
-            for start in range(0, len(ids), BATCH_SIZE):
-                await self._client.revoke_many(self.tenant, ids[start : start + BATCH_SIZE])
-            return
-
-        async def one(session_id: str) -> None:
-            async with self._limit:
-                await self._client.revoke(self.tenant, session_id)
-
-        try:
-            async with asyncio.TaskGroup() as group:
-                for session_id in ids:
-                    group.create_task(one(session_id))
-        except ExceptionGroup as group_error:
-            # Concurrent deletes fail together (SESSION down): report the real failure, not
-            # "ExceptionGroup", so the retry and the dead letter say why.
-            failed, rest = group_error.split(SessionServiceError)
-            if failed is None or rest is not None:
-                raise
-            first = failed.exceptions[0]
-            raise SessionServiceError(
-                f"{len(failed.exceptions)} of {len(ids)} deletes failed: {first}"
-            ) from first
 
 
 class DispatchService:
@@ -142,15 +112,15 @@ class DispatchService:
                 settings.session_url or "http://127.0.0.1:8000",
                 settings.service_token.get_secret_value(),
                 timeout=settings.publish_timeout,
+                concurrency=settings.dispatch_concurrency,
+                batch=settings.dispatch_batch,
             )
             stack.push_async_callback(client.close)
             tenants = Tenants(db)
             try:
                 while not stopping.is_set():
                     for tenant in await self._poll(tenants):
-                        handler = RemovalHandler(
-                            tenant, store, client, batch=settings.dispatch_batch
-                        )
+                        handler = RemovalHandler(tenant, store, client)
                         try:
                             self._start(tenant, handler, stopping)
                         except ValueError as exc:  # a name the broker's names refuse
@@ -209,9 +179,3 @@ class DispatchService:
         self.workers[tenant] = worker
         self._tasks[tenant] = asyncio.create_task(worker.run(stopping), name=worker.name)
         log.info("dispatch: serving tenant %s (%s)", tenant, queue)
-
-
-def _first(group: BaseExceptionGroup[SessionServiceError]) -> SessionServiceError:
-    """The first leaf of a (possibly nested) group."""
-    first = group.exceptions[0]
-    return _first(first) if isinstance(first, BaseExceptionGroup) else first

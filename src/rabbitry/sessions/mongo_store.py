@@ -21,7 +21,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
 from rabbitry.errors import StorageError
-from rabbitry.sessions.store import SessionRecord
+from rabbitry.sessions.store import BeforeCommit, SessionRecord
 from rabbitry.storage.clock import utcnow
 
 Document = dict[str, Any]
@@ -91,20 +91,25 @@ class MongoSessionStore:
             documents = await self._collection(tenant).find(query).to_list()
         return [_record(tenant, d) for d in documents]
 
-    async def remove(self, tenant: str, session_ids: Sequence[str]) -> list[SessionRecord]:
+    async def remove(
+        self, tenant: str, session_ids: Sequence[str], *, before_commit: BeforeCommit | None = None
+    ) -> list[SessionRecord]:
         if not session_ids:
             return []
         collection = self._collection(tenant)
         ids = list(dict.fromkeys(session_ids))
         async with _translated("remove sessions"):
-            if len(ids) == 1:
+            if len(ids) == 1 and before_commit is None:
                 found = await collection.find_one_and_delete({"_id": ids[0]})
                 return [] if found is None else [_record(tenant, found)]
             documents = await collection.find({"_id": {"$in": ids}}).to_list()
             if not documents:
                 return []
+            records = [_record(tenant, d) for d in documents]
+            if before_commit is not None:  # no transaction here: before the delete instead
+                await before_commit(records)
             await collection.delete_many({"_id": {"$in": [d["_id"] for d in documents]}})
-        return [_record(tenant, d) for d in documents]
+        return records
 
     async def close(self) -> None:
         await self._client.close()

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from sqlalchemy import Executable, delete, select
 
 from rabbitry.sessions.models import StoredSession
-from rabbitry.sessions.store import SessionRecord
+from rabbitry.sessions.store import BeforeCommit, SessionRecord
 from rabbitry.storage import Database
 from rabbitry.storage.clock import utcnow
 
@@ -71,15 +71,23 @@ class SqlSessionStore:
         )
         return await self._records(query)
 
-    async def remove(self, tenant: str, session_ids: Sequence[str]) -> list[SessionRecord]:
+    async def remove(
+        self, tenant: str, session_ids: Sequence[str], *, before_commit: BeforeCommit | None = None
+    ) -> list[SessionRecord]:
         if not session_ids:
             return []
         ids = list(dict.fromkeys(session_ids))
-        return await self._records(
+        statement = (
             delete(StoredSession)
             .where(StoredSession.tenant == tenant, StoredSession.id.in_(ids))
             .returning(StoredSession)
         )
+        # One transaction: the rows are deleted (and locked), handed over, then committed.
+        async with self._db.session() as session:
+            records = [_record(row) for row in (await session.scalars(statement)).all()]
+            if before_commit is not None and records:
+                await before_commit(records)
+        return records
 
     async def close(self) -> None:
         return None  # the database belongs to the caller

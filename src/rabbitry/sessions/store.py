@@ -11,7 +11,7 @@ store has swept it yet.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -66,6 +66,10 @@ class SessionRecord:
         }
 
 
+BeforeCommit = Callable[[Sequence["SessionRecord"]], Awaitable[None]]
+"""What :meth:`SessionStore.remove` runs on the found sessions before deleting them for good."""
+
+
 class SessionStore(Protocol):
     """Session documents of every tenant. Errors surface as :class:`StorageError`."""
 
@@ -87,8 +91,12 @@ class SessionStore(Protocol):
     async def get_many(self, tenant: str, session_ids: Sequence[str]) -> list[SessionRecord]:
         """These sessions of ``tenant``, expired ones included (to evict them from a cache)."""
 
-    async def remove(self, tenant: str, session_ids: Sequence[str]) -> list[SessionRecord]:
-        """Delete these sessions of ``tenant``; returns the ones that existed (idempotent)."""
+    async def remove(
+        self, tenant: str, session_ids: Sequence[str], *, before_commit: BeforeCommit | None = None
+    ) -> list[SessionRecord]:
+        """Delete these sessions of ``tenant``; returns the ones that existed (idempotent).
+        ``before_commit`` is given them while the delete can still be undone: if it raises,
+        nothing is deleted."""
 
     async def close(self) -> None:
         """Release connections the store opened itself."""
