@@ -225,6 +225,24 @@ class Declarer:
                 await (await self._channel.get_underlay_channel()).exchange_delete(exchange.name)
                 self._declared.discard(exchange)
 
+    async def delete_if_idle(self, name: str) -> bool:
+        """Delete queue ``name`` only if it holds no message and has no consumer (the broker
+        checks both in the same step); False if it was not deleted for either reason. A
+        missing queue counts as deleted."""
+        async with self._lock:
+            try:
+                async with asyncio.timeout(self._rpc_timeout):
+                    underlay = await self._channel.get_underlay_channel()
+                    await underlay.queue_delete(name, if_unused=True, if_empty=True)
+            except aiormq.exceptions.ChannelPreconditionFailed:
+                await self._reopen()
+                return False
+            except Exception as exc:
+                await self._reopen()
+                raise translate(exc, f"delete {name}") from exc
+            self._declared = {d for d in self._declared if getattr(d, "name", None) != name}
+            return True
+
     async def purge(self, name: str) -> None:
         """Drop every ready message of queue ``name``."""
         try:

@@ -82,8 +82,13 @@ def work_queue(
     queue_type: QueueType = QueueType.CLASSIC,
     bindings: Iterable[tuple[str, str]] = (),
     delivery_limit: int = DELIVERY_LIMIT,
+    single_active_consumer: bool = False,
 ) -> Topology:
     """A durable work queue with its dead-letter queue and retry tiers.
+
+    With ``single_active_consumer`` the broker delivers to one of the work queue's consumers
+    at a time and hands over to another when that one goes (``x-single-active-consumer``):
+    replicas of a service can all consume it while one works.
 
     The work queue dead-letters into ``Q.dlq``, so whatever the broker itself rejects
     (``basic.nack`` without requeue, an overflow) lands there too, never dropped.
@@ -92,10 +97,16 @@ def work_queue(
     """
     if delivery_limit < 1:
         raise ValueError("delivery_limit must be at least 1")
+    arguments: dict[str, Any] = {
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": dlq_name(name),
+    }
+    if single_active_consumer:
+        arguments["x-single-active-consumer"] = True
     main = Queue(
         name,
         arguments=_typed(
-            {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq_name(name)},
+            arguments,
             queue_type,
             delivery_limit=delivery_limit,
         ),
