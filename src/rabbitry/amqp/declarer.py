@@ -443,5 +443,9 @@ def _binding_key(binding: Binding) -> tuple[str, str, str]:
 
 
 def _arguments(arguments: Iterable[tuple[str, Any]]) -> dict[str, Any]:
-    # aio-pika chooses integer widths itself; RabbitMQ accepts any integer type for x-args.
-    return {name: (int(value) if isinstance(value, int) else value) for name, value in arguments}
+    # aio-pika chooses integer widths itself; RabbitMQ accepts any integer type for x-args,
+    # but a flag only as a boolean (x-single-active-consumer refuses 1).
+    return {
+        name: (int(value) if isinstance(value, int) and not isinstance(value, bool) else value)
+        for name, value in arguments
+    }
