@@ -54,3 +54,15 @@ def test_the_message_format_page_decodes_and_publishes_as_it_says(
     # No pipeline exchange "amqp.default" on the test broker: refused, with the broker's words.
     assert "failed" in done.stdout.splitlines()[-1], done.stdout
     assert "amqp.default" in done.stdout.splitlines()[-1], done.stdout
+
+
+@pytest.mark.usefixtures("_broker_cleanup")
+def test_the_library_page_adds_and_removes_subscriptions_of_a_running_worker(
+    tmp_path: Path, settings: Settings
+) -> None:
+    text = (ROOT / "docs" / "library.md").read_text(encoding="utf-8")
+    part = text[text.index("## Subscriptions at run time") : text.index("## Typed payloads")]
+    (script,) = re.findall(r"```python\n(.*?)```", part, flags=re.S)
+    done = run(script, tmp_path, settings)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["invoicing globex"]
