@@ -13,6 +13,9 @@ For (b) and (c): the time from the DELETE to the moment the store holds none of 
 SESSION, USER and DISPATCH run in this process on one uvicorn server (as `rabbitry up` does),
 so the HTTP hop is real. Usage: python bench/sessions.py [--sessions 1000] [--rounds 3]
 [--pg DSN] [--redis URL]. A PostgreSQL database is created for the run and dropped afterwards.
+
+``--scale [--tenants 2000] [--old-src ../main/src --old-tenants 200]`` measures DISPATCH at
+scale instead (bench/sessions_scale.py).
 """
 
 from __future__ import annotations
@@ -144,7 +147,17 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    # DISPATCH at scale (bench/sessions_scale.py): its own section of the run.
+    parser.add_argument("--scale", action="store_true", help="measure DISPATCH at scale only")
+    parser.add_argument("--tenants", type=int, default=2000)
+    parser.add_argument("--old-tenants", type=int, default=200)
+    parser.add_argument("--old-src", default=None, help="the previous version's src directory")
     args = parser.parse_args()
+    if args.scale:
+        from sessions_scale import scale
+
+        await scale(args.tenants, args.old_tenants, args.old_src)
+        return
     from secantus import SecantusDBServer  # type: ignore[import-untyped]
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,26 +1,29 @@
 """DISPATCH (``rabbitry worker dispatch``): steps 4-8 of a removal, for every tenant.
 
-For each tenant, a :class:`~rabbitry.messaging.worker.Worker` consumes the tenant's queue
-``<ns>.tenant.<t>.session-removal`` (step 4). A removal request reads the user's sessions from
-the tenant's collection (step 5), asks SESSION over HTTP, with the service token, to remove each
-one (step 6; SESSION does step 7), reads again, and returns (the ack, step 8) only once none is
-left. SESSION down or failing: the handler raises :class:`Retry`, so the request waits in the
-queue's retry tiers with exponential backoff and is dead-lettered with the reason once the
-policy's attempts are spent. A redelivered request is harmless: removing a removed session is a
-no-op, and a user with no sessions left is acked at once.
+One :class:`~rabbitry.messaging.worker.Worker`, so one consumer connection per process,
+consumes every tenant's queue ``<ns>.tenant.<t>.removals`` (step 4), a consumer per queue added
+while it runs. A removal request reads the user's sessions from the tenant's collection (step
+5), asks SESSION over HTTP, with the service token, to remove each one (step 6; SESSION does
+step 7), reads again, and returns (the ack, step 8) only once none is left. SESSION down or
+failing: the handler raises :class:`Retry`, so the request waits in the queue's retry tiers with
+exponential backoff and is dead-lettered with the reason once the policy's attempts are spent.
+A redelivered request is harmless: removing a removed session is a no-op, and a user with no
+sessions left is acked at once.
 
-**New tenants.** Every ``tenant_poll_interval`` (0.5 s) the service reads the tenants created
-since the last one it saw (an index range on the tenant id) and starts a worker for each, which
-declares the tenant's queue before consuming: a tenant is served within about a second, with no
-restart and no extra message flow. A full re-read every ``FULL_SCAN_EVERY`` polls catches a
-tenant whose insert committed out of id order.
+**Replicas.** Tenant queues have ``x-single-active-consumer``: every replica consumes every
+queue and the broker delivers to one of them, handing over to another when it goes.
 
-**Bad tenant rows.** A row whose name is not a valid tenant name (an older version let some in)
-is logged once, counted in ``rabbitry_invalid_tenants`` and skipped: one tenant's data never
-stops DISPATCH, nor, under ``rabbitry up``, the services beside it.
+**New tenants.** USER publishes a ``tenant.created`` notice when it creates one; each replica
+hears it on a queue of its own and subscribes at once. Every ``tenant_reconcile_interval`` (30 s)
+it also reads the tenants table and serves whatever it missed (the notice is a hint).
 
-**Broker loss.** Each worker reconnects with backoff and declares and subscribes again by itself
-(the Worker's own loop), so all tenants resume after the broker drops the connections.
+**Bad tenant rows.** A row whose name is not a valid tenant name (an older version let some in),
+or whose queue the broker refuses, is logged once, counted in ``rabbitry_invalid_tenants`` and
+skipped: one tenant's data never stops DISPATCH, nor, under ``rabbitry up``, the services beside
+it.
+
+**Old queues.** Tenants' queues from before single-active-consumer are emptied into the new ones
+and deleted in the background (:mod:`rabbitry.sessions.legacy`).
 """
 
 from __future__ import annotations
