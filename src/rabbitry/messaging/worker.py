@@ -243,17 +243,17 @@ class Worker:
                 wanted = self._wanted.get(queue)
                 if wanted is None or id(wanted.topology) in done or not _has(wanted.topology):
                     continue
+                group = [q for q, w in self._wanted.items() if w.topology is wanted.topology]
                 try:
                     await declare(wanted.topology)
                 except ConfigError as exc:
                     # One queue the broker has with other arguments must not stop the rest.
-                    log.error("%s: dropping %s: %s", self.name, queue, exc)
-                    for other in [
-                        q for q, w in self._wanted.items() if w.topology is wanted.topology
-                    ]:
+                    log.error("%s: dropping %s: %s", self.name, ", ".join(group), exc)
+                    for other in group:
                         del self._wanted[other]
-                    continue
                 done.add(id(wanted.topology))
+                # Progress is kept: a connection lost half-way does not start over from nothing.
+                self._undeclared.difference_update(group)
         self._undeclared.clear()
 
     @contextlib.asynccontextmanager
@@ -289,14 +289,20 @@ class Worker:
         for prefetch, consumers in groups.items():
             await link.qos(prefetch)
             results = await asyncio.gather(*(c.start() for c in consumers), return_exceptions=True)
+            failed: tuple[Consumer, BaseException] | None = None
             for consumer, result in zip(consumers, results, strict=True):
                 if isinstance(result, BaseException):
-                    if not isinstance(result, Exception):
-                        raise result
-                    raise LinkClosed(f"consume {consumer.subscription.queue}: {result}")
+                    failed = failed or (consumer, result)
+                    continue
+                # Registered even if a sibling failed: the connection's end abandons them all.
                 self._consumers[consumer.subscription.queue] = consumer
                 assert consumer.tag is not None
                 self._by_tag[consumer.tag] = consumer
+            if failed is not None:
+                consumer, error = failed
+                if not isinstance(error, Exception):
+                    raise error
+                raise LinkClosed(f"consume {consumer.subscription.queue}: {error}")
 
     def _forget(self, consumer: Consumer) -> None:
         if consumer.tag is not None:
