@@ -21,6 +21,7 @@ shared broker's file descriptors. Retry tiers are cut to one (``max_attempts=2``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import subprocess
@@ -214,7 +215,8 @@ async def one_design(label: str, tenants: int, src: str | None, tmp: str) -> dic
             figures["resubscribe all s"] = max(back) - dropped
         finally:
             for replica in replicas:
-                replica.process.terminate()
+                with contextlib.suppress(ProcessLookupError):  # it died already
+                    replica.process.terminate()
                 await replica.process.wait()
             await cleanup(namespace)
     return figures

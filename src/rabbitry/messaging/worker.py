@@ -193,10 +193,11 @@ class Worker:
         # use), never the one consumed from: a broker alarm blocks a connection that
         # publishes, and its acks with it.
         sender = Sender(self._settings, f"{self.name}-forward", open_link=self._open_link)
-        reached = False
+        declared = reached = False
         try:
             async with self._lock:
                 await self._declare_wanted()
+                declared = True
                 link = await self._open_link(self.name)
                 link.on_cancel = self._on_broker_cancel
                 self._link, self._sender = link, sender
@@ -226,8 +227,8 @@ class Worker:
             self._link = None
             self._consumers.clear()
             self._by_tag.clear()
-            if not reached:
-                self._undeclared = set(self._wanted)  # a queue may be missing: declare all
+            if declared and not reached:
+                self._undeclared = set(self._wanted)  # a consume failed: a queue may be missing
             if link is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(link.close(), timeout=3)
@@ -239,7 +240,9 @@ class Worker:
         async with self._declaring() as declare:
             await declare(self._topology)
             done: set[int] = set()
-            for queue in sorted(self._undeclared):
+            # In the order they were subscribed: what a caller subscribed last (a queue that
+            # expires when unused, say) is declared last, just before the consumes.
+            for queue in [q for q in self._wanted if q in self._undeclared]:
                 wanted = self._wanted.get(queue)
                 if wanted is None or id(wanted.topology) in done or not _has(wanted.topology):
                     continue

@@ -181,9 +181,10 @@ class DispatchService:
                 handlers={CREATED: self._on_created},
                 concurrency=1,
             )
-            await self.worker.subscribe([notices], notice_topology(settings, self.replica))
             tenants = Tenants(db)
             await self._reconcile(tenants)  # before connecting: one declaration round for all
+            # Subscribed last, so declared last, right before the consumes: it expires unused.
+            await self.worker.subscribe([notices], notice_topology(settings, self.replica))
             worker = asyncio.create_task(self.worker.run(stopping), name=self.worker.name)
             retiring = asyncio.create_task(self._retire_legacy(stopping))
             try:

@@ -64,9 +64,10 @@ class TenantsLayout:
         return f"{validate_name(tenant, 'tenant')}.session-removal"
 
 
-NOTICE_QUEUE_EXPIRES_MS = 60_000
-"""A replica's notice queue outlives its connection by this much (``x-expires``): kept across
-a reconnect, deleted by the broker once the replica is gone."""
+NOTICE_QUEUE_EXPIRES_MS = 600_000
+"""A replica's notice queue outlives its last consumer by this much (``x-expires``): kept across
+a reconnect (and the declaration of thousands of tenants before the first consume), deleted by
+the broker once the replica is gone."""
 
 
 def tenant_topology(settings: Settings, tenants: Iterable[str]) -> Topology:
