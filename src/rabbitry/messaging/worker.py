@@ -42,6 +42,10 @@ from rabbitry.messaging.topology import Topology
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 10.0
+# basic.consume calls in flight at once. Each waits at most the RPC timeout for its reply, and
+# a broker answers them one after another: 2,000 sent together missed a 10 s timeout on a
+# loaded broker (each was timed from its send), where windows of 100 go through.
+CONSUME_WINDOW = 100
 
 Declare = Callable[[Topology], Awaitable[None]]
 """Declares a topology on the broker (idempotent)."""
@@ -289,23 +293,28 @@ class Worker:
                 on_cancelled=self._on_consumer_cancelled,
             )
             groups.setdefault(consumer.prefetch, []).append(consumer)
-        for prefetch, consumers in groups.items():
+        for prefetch, group in groups.items():
             await link.qos(prefetch)
-            results = await asyncio.gather(*(c.start() for c in consumers), return_exceptions=True)
-            failed: tuple[Consumer, BaseException] | None = None
-            for consumer, result in zip(consumers, results, strict=True):
-                if isinstance(result, BaseException):
-                    failed = failed or (consumer, result)
-                    continue
-                # Registered even if a sibling failed: the connection's end abandons them all.
-                self._consumers[consumer.subscription.queue] = consumer
-                assert consumer.tag is not None
-                self._by_tag[consumer.tag] = consumer
-            if failed is not None:
-                consumer, error = failed
-                if not isinstance(error, Exception):
-                    raise error
-                raise LinkClosed(f"consume {consumer.subscription.queue}: {error}")
+            for start in range(0, len(group), CONSUME_WINDOW):
+                await self._start(group[start : start + CONSUME_WINDOW])
+
+    async def _start(self, consumers: Sequence[Consumer]) -> None:
+        """Start ``consumers``, their ``basic.consume`` calls pipelined."""
+        results = await asyncio.gather(*(c.start() for c in consumers), return_exceptions=True)
+        failed: tuple[Consumer, BaseException] | None = None
+        for consumer, result in zip(consumers, results, strict=True):
+            if isinstance(result, BaseException):
+                failed = failed or (consumer, result)
+                continue
+            # Registered even if a sibling failed: the connection's end abandons them all.
+            self._consumers[consumer.subscription.queue] = consumer
+            assert consumer.tag is not None
+            self._by_tag[consumer.tag] = consumer
+        if failed is not None:
+            consumer, error = failed
+            if not isinstance(error, Exception):
+                raise error
+            raise LinkClosed(f"consume {consumer.subscription.queue}: {error}")
 
     def _forget(self, consumer: Consumer) -> None:
         if consumer.tag is not None:
