@@ -29,10 +29,11 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rabbitry.config import Settings
+from rabbitry.messaging import Declarer
 
 ADMIN = "bench-admin-token-000000000000000000"
 _NAME = re.compile(r'\{"connection_name","([^"]*)"\}')
@@ -91,16 +92,29 @@ class Replica:
     name: str
     process: asyncio.subprocess.Process
     started: float
+    times: list[float] = field(default_factory=list)  # of each ``consuming`` line
+    reader: asyncio.Task[None] | None = None
 
-    async def consuming(self, timeout: float) -> float:
-        """The unix time of the next ``consuming`` line."""
+    def read(self) -> None:
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
         assert self.process.stdout is not None
-        while True:
-            line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
-            if not line:
-                raise RuntimeError(f"replica {self.name} exited")
+        while line := await self.process.stdout.readline():
             if line.startswith(b"consuming "):
-                return float(line.split()[1])
+                self.times.append(float(line.split()[1]))
+
+    async def consuming(self, after: float, timeout: float) -> float:
+        """The unix time of the first ``consuming`` line printed for a start after ``after``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            later = [t for t in self.times if t > after]
+            if later:
+                return later[0]
+            if self.reader is not None and self.reader.done():
+                raise RuntimeError(f"replica {self.name} exited")
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"replica {self.name} did not consume in {timeout}s")
 
     def rss_mib(self) -> float:
         status = Path(f"/proc/{self.process.pid}/status").read_text()
@@ -122,7 +136,9 @@ async def start_replica(namespace: str, db_path: str, name: str, src: str | None
         stdout=subprocess.PIPE,
         env=env,
     )
-    return Replica(name, process, time.time())
+    replica = Replica(name, process, time.time())
+    replica.read()
+    return replica
 
 
 def connections(prefix: str) -> list[tuple[str, str]]:
@@ -159,15 +175,13 @@ async def steady(prefix: str) -> list[tuple[str, str]]:
     return found
 
 
-async def consumers_of(settings: Settings, queue: str) -> int:
+async def consumers_of(probe: Declarer, queue: str) -> int:
     from rabbitry.errors import NotFound
-    from rabbitry.messaging import Declarer
 
-    async with await Declarer.connect(settings.amqp.url, name=f"{settings.namespace}-probe") as d:
-        try:
-            return (await d.queue_status(queue)).consumers
-        except NotFound:
-            return 0
+    try:
+        return (await probe.queue_status(queue)).consumers
+    except NotFound:
+        return 0
 
 
 async def one_design(label: str, tenants: int, src: str | None, tmp: str) -> dict[str, float]:
@@ -188,13 +202,14 @@ async def one_design(label: str, tenants: int, src: str | None, tmp: str) -> dic
             for name in ("r1", "r2"):
                 replica = await start_replica(namespace, db_path, name, src)
                 replicas.append(replica)
-                ready = await replica.consuming(timeout=900)
+                ready = await replica.consuming(0, timeout=900)
                 figures[f"startup {name} s"] = ready - replica.started
             found = await steady(f"{namespace}-dispatch")
             figures["connections per replica"] = len(found) / 2
             figures["RSS per replica MiB"] = sum(r.rss_mib() for r in replicas) / 2
 
-            # A new tenant, as USER creates it.
+            # A new tenant, as USER creates it; one probe connection, opened before.
+            probe = await Declarer.connect(settings.amqp.url, name=f"{namespace}-probe")
             created = time.monotonic()
             await store.create("newcomer")
             await declare_tenant(settings, "newcomer")
@@ -203,15 +218,16 @@ async def one_design(label: str, tenants: int, src: str | None, tmp: str) -> dic
                 if src
                 else f"{namespace}.tenant.newcomer.removals"
             )
-            while await consumers_of(settings, queue) < 2:  # noqa: ASYNC110  # polls the broker
+            while await consumers_of(probe, queue) < 2:  # noqa: ASYNC110  # polls the broker
                 await asyncio.sleep(0.02)
             figures["new tenant served s"] = time.monotonic() - created
+            await probe.close()
 
             # The broker drops every connection of both replicas at once.
             found = connections(f"{namespace}-dispatch")
             dropped = time.time()
             close([pid for _, pid in found])
-            back = [await r.consuming(timeout=900) for r in replicas]
+            back = [await r.consuming(dropped, timeout=900) for r in replicas]
             figures["resubscribe all s"] = max(back) - dropped
         finally:
             for replica in replicas:
