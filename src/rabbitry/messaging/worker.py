@@ -42,6 +42,7 @@ from rabbitry.messaging.topology import Topology
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 10.0
+NOT_FOUND = 404  # the broker's reply code for a queue that does not exist
 # basic.consume calls in flight at once. Each waits at most the RPC timeout for its reply, and
 # a broker answers them one after another: 2,000 sent together missed a 10 s timeout on a
 # loaded broker (each was timed from its send), where windows of 100 go through.
@@ -95,6 +96,7 @@ class Worker:
         self._by_tag: dict[str, Consumer] = {}
         self._lock = asyncio.Lock()  # one change of the consumers at a time
         self._undeclared: set[str] = set()  # queues whose topology awaits a declaration
+        self._missing = False  # a basic.consume found no queue
         self._chores: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()  # set while consuming; tests and health checks wait on it
 
@@ -197,18 +199,15 @@ class Worker:
         # use), never the one consumed from: a broker alarm blocks a connection that
         # publishes, and its acks with it.
         sender = Sender(self._settings, f"{self.name}-forward", open_link=self._open_link)
-        declared = reached = False
         try:
             async with self._lock:
                 await self._declare_wanted()
-                declared = True
                 link = await self._open_link(self.name)
                 link.on_cancel = self._on_broker_cancel
                 self._link, self._sender = link, sender
                 await self._consume(link, list(self._wanted.values()))
                 if not link.is_open:
                     raise link.error or LinkClosed("connection lost")
-                reached = True
             self.connected.set()
             log.info("%s: consuming %d queue(s) on one connection", self.name, len(self._wanted))
             stop_task = asyncio.ensure_future(stopping.wait())
@@ -231,8 +230,11 @@ class Worker:
             self._link = None
             self._consumers.clear()
             self._by_tag.clear()
-            if declared and not reached:
-                self._undeclared = set(self._wanted)  # a consume failed: a queue may be missing
+            if self._missing:
+                # A queue went missing while we were away: declare them all, not just it (the
+                # broker names only the first; a restart may have lost more).
+                self._undeclared = set(self._wanted)
+                self._missing = False
             if link is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(link.close(), timeout=3)
@@ -314,7 +316,10 @@ class Worker:
             consumer, error = failed
             if not isinstance(error, Exception):
                 raise error
-            raise LinkClosed(f"consume {consumer.subscription.queue}: {error}")
+            code = error.reply_code if isinstance(error, LinkClosed) else 0
+            if code == NOT_FOUND:
+                self._missing = True  # declare everything on the next connection
+            raise LinkClosed(f"consume {consumer.subscription.queue}: {error}", code)
 
     def _forget(self, consumer: Consumer) -> None:
         if consumer.tag is not None:
