@@ -25,6 +25,9 @@ of the same path. Every case checks that the store and Redis hold none of the se
 Usage: python bench/sessions.py revocations [--sessions 1000] [--rounds 3]
 [--stores sqlite,postgresql,mongodb] [--pg DSN] [--redis URL]. A PostgreSQL database is created
 for the run and dropped afterwards; the run's Redis keys and broker objects are deleted.
+
+``scale``: DISPATCH at scale (bench/sessions_scale.py): 2,000 tenants, 2 replicas.
+Usage: python bench/sessions.py scale [--tenants 2000] [--old-src DIR --old-tenants 200].
 """
 
 from __future__ import annotations
@@ -300,6 +303,19 @@ def revocation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(section=revocations)
 
 
+def scale_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tenants", type=int, default=2000)
+    parser.add_argument("--old-tenants", type=int, default=200)
+    parser.add_argument("--old-src", default=None, help="the previous version's src directory")
+    parser.set_defaults(section=scale_section)
+
+
+async def scale_section(args: argparse.Namespace) -> None:
+    from sessions_scale import scale  # DISPATCH at scale: its own module
+
+    await scale(args.tenants, args.old_tenants, args.old_src)
+
+
 # --- the command line ------------------------------------------------------------------------
 
 
@@ -307,6 +323,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sections = parser.add_subparsers(required=True, metavar="SECTION")
     revocation_arguments(sections.add_parser("revocations", help="revocations per second"))
+    scale_arguments(
+        sections.add_parser("scale", help="DISPATCH at scale: 2,000 tenants, 2 replicas")
+    )
     args = parser.parse_args()
     asyncio.run(args.section(args))
 

@@ -41,6 +41,7 @@ from helpers import (
     AMQP_URL,
     broker_objects,
     close_connections,
+    connections,
     delete_namespace,
     eventually_true,
     listed,
@@ -246,6 +247,10 @@ class BrokerProbe:
         """Have the broker close every connection whose name contains ``name_part``
         (CONNECTION_FORCED, as ``rabbitmqctl close_all_connections`` does, but only ours)."""
         return await asyncio.to_thread(close_connections, name_part, reason)
+
+    async def connections(self, name_part: str) -> list[tuple[str, str]]:
+        """(name, pid) of every connection whose name contains ``name_part``, sorted."""
+        return await asyncio.to_thread(connections, name_part)
 
     async def objects(self, prefix: str) -> tuple[list[str], list[str]]:
         """(queues, exchanges) whose names start with ``prefix``."""

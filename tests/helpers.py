@@ -325,6 +325,17 @@ def listed(kind: str, *columns: str) -> list[list[str]]:
 _CONNECTION_NAME = re.compile(r'\{"connection_name","([^"]*)"\}')
 
 
+def connections(name_part: str) -> list[tuple[str, str]]:
+    """(name, pid) of every broker connection whose name contains ``name_part``."""
+    found = []
+    for row in listed("connections", "pid", "client_properties"):
+        named = _CONNECTION_NAME.search(row[-1])
+        name = named.group(1) if named else ""
+        if name_part in name:
+            found.append((name, row[0]))
+    return sorted(found)
+
+
 def close_connections(name_part: str, reason: str = "test", *, exact: bool = False) -> int:
     """Have the broker close (CONNECTION_FORCED) every connection whose name contains
     ``name_part`` (or is it, with ``exact``), all at once; returns how many. Only the test's

@@ -137,7 +137,9 @@ class Settings(BaseSettings):
     login_max_per_client: int = Field(default=50, ge=1)  # attempts per address per window
     # argon2 checks running at once per process: more wait (each costs ~64 MiB and a core).
     password_checks: int = Field(default=4, ge=1)
-    tenant_poll_interval: float = Field(default=0.5, gt=0)
+    # DISPATCH hears of new tenants from USER's notice at once; this re-read of the tenants
+    # table is the safety net (a notice lost to a broker outage, a tenant inserted by hand).
+    tenant_reconcile_interval: float = Field(default=30.0, gt=0)
     # DISPATCH → SESSION: unset, the batch call whenever SESSION offers it (learnt on first
     # use); true, always the batch call; false, one DELETE per session. Requests in flight
     # per DISPATCH process, whatever the number of tenants:

@@ -276,7 +276,7 @@ async def test_removing_users_revokes_their_sessions_across_processes_through_ev
 
     # 4. The broker drops DISPATCH's connections: it resubscribes to every tenant's queue (the
     # request waits there, durable, until it has).
-    assert await broker.close_connections(f"{namespace}-dispatch-") >= TENANTS
+    assert await broker.close_connections(f"{namespace}-dispatch-") >= 1  # one for all tenants
     tenant, user_id = victims[3]
     await remove(procs, tenant, user_id)
     await revoked(procs, tenant, tokens[victims[3]])

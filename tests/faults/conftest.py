@@ -101,8 +101,9 @@ class Cluster:
     async def ctl(self, node: int, *args: str) -> str:
         return await self.script("ctl", str(node), *args)
 
-    async def connections(self, name_part: str) -> list[tuple[str, int]]:
-        """(pid, node) of every connection whose name contains ``name_part``."""
+    async def connections(self, name_part: str, *, exact: bool = False) -> list[tuple[str, int]]:
+        """(pid, node) of every connection whose name contains ``name_part`` (or is it, with
+        ``exact``)."""
         node = next(n for n in NODES if n not in self.down and n not in self.frozen)
         out = await self.ctl(
             node, "list_connections", "--no-table-headers", "pid", "name", "client_properties"
@@ -112,13 +113,14 @@ class Cluster:
             pid, name, properties = [*line.split("\t"), "", ""][:3]
             named = _CONNECTION_NAME.search(properties)
             port = _SERVER_PORT.search(name)
-            if named and name_part in named.group(1) and port:
+            matches = named.group(1) == name_part if exact and named else False
+            if named and (matches or (not exact and name_part in named.group(1))) and port:
                 found.append((pid, int(port.group(1)) - BASE_PORT))
         return found
 
-    async def close_connections(self, name_part: str) -> int:
+    async def close_connections(self, name_part: str, *, exact: bool = False) -> int:
         """``rabbitmqctl close_connection`` for each connection ``name_part`` names."""
-        found = await self.connections(name_part)
+        found = await self.connections(name_part, exact=exact)
         for pid, _ in found:
             await self.ctl(self.live_node(), "close_connection", pid, "closed by the fault test")
         return len(found)

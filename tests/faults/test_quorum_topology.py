@@ -96,7 +96,7 @@ async def test_a_worker_whose_node_crashes_consumes_on_a_surviving_one(
     async with run_worker([subscription], topology, settings=cluster_settings, name=name):
         await publish_json(cluster_settings, queue, *range(50))
         await eventually(at_least(handled, 50), timeout=30, what="the first 50")
-        consuming = await faults.connections(f"{name}-{queue}")
+        consuming = await faults.connections(name, exact=True)  # the worker's one connection
         assert len(consuming) == 1
         await faults.kill(consuming[0][1])
 
@@ -114,7 +114,7 @@ async def test_a_worker_whose_node_crashes_consumes_on_a_surviving_one(
             return len(set(handled)) == 100  # a redelivery may repeat one
 
         await eventually(all_hundred, timeout=90, what="the next 50")
-        (after,) = await faults.connections(f"{name}-{queue}")
+        (after,) = await faults.connections(name, exact=True)
         assert after[1] != consuming[0][1]
     assert set(handled) == set(range(100))
 

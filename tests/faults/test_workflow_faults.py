@@ -184,8 +184,7 @@ async def test_a_crash_of_the_workflow_workers_node_stores_every_event_once(
     async with storing(cluster_settings, tmp_path) as (events, ledger, database):
         async with events.running():
             await eventually(at_least(database, BEFORE), timeout=90, what="the first events")
-            layout = EventsLayout(cluster_settings.namespace)
-            consuming = await faults.connections(f"workflow-{layout.event_sourcing_queue}")
+            consuming = await faults.connections("workflow", exact=True)  # its one connection
             assert len(consuming) == 1
             await faults.kill(consuming[0][1])
             mark = len(await stored_ids(database))
@@ -207,8 +206,8 @@ async def test_a_connection_closed_by_the_broker_stores_every_event_once(
     async with storing(cluster_settings, tmp_path) as (events, ledger, database):
         async with events.running():
             await eventually(at_least(database, BEFORE), timeout=90, what="the first events")
-            layout = EventsLayout(cluster_settings.namespace)
-            closed = await faults.close_connections(f"workflow-{layout.event_sourcing_queue}")
+            # The workflow worker consumes its queues over one connection, named after it.
+            closed = await faults.close_connections("workflow", exact=True)
             assert closed == 1
             mark = len(await stored_ids(database))
             await eventually(at_least(database, mark + AFTER), timeout=90, what="events again")

@@ -208,3 +208,15 @@ def test_the_traces_page_shows_a_publish_and_its_process_span(
     assert done.returncode == 0, done.stderr
     queue = f"{settings.namespace}.traced-orders"
     assert done.stdout.splitlines() == [f"publish {queue} PRODUCER", f"process {queue} CONSUMER"]
+
+
+@pytest.mark.usefixtures("_broker_cleanup")
+def test_the_library_page_adds_and_removes_subscriptions_of_a_running_worker(
+    tmp_path: Path, settings: Settings
+) -> None:
+    text = (ROOT / "docs" / "library.md").read_text(encoding="utf-8")
+    part = text[text.index("## Subscriptions at run time") : text.index("## Typed payloads")]
+    (script,) = re.findall(r"```python\n(.*?)```", part, flags=re.S)
+    done = run(script, tmp_path, settings)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["invoicing globex"]

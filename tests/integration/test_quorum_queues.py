@@ -92,7 +92,7 @@ async def test_the_whole_system_topology_is_declared_as_quorum_queues_and_again_
     names = set(types)
     assert f"{quorum.namespace}.event-sourcing.p0" in names
     assert f"{quorum.namespace}.chat.history" in names
-    assert f"{quorum.namespace}.tenant.acme.session-removal" in names
+    assert f"{quorum.namespace}.tenant.acme.removals" in names
     assert dlq_name(f"{quorum.namespace}.event-sourcing.p0") in names
     assert retry_queue_name(f"{quorum.namespace}.event-sourcing.p0", 200) in names
 

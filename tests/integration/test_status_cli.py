@@ -114,7 +114,7 @@ async def test_a_tenant_without_a_dispatch_consumer_needs_attention_until_one_co
     config = write_config(tmp_path / "rabbitry.yaml", system)
     result, document = await status(config)
     assert result.exit_code == 1, result.output
-    tenant_queue = f"{system.namespace}.tenant.acme.session-removal"
+    tenant_queue = f"{system.namespace}.tenant.acme.removals"
     assert document["tenants_without_consumer"] == ["acme"]
     assert queue(document, tenant_queue)["consumers"] == 0
     assert document["attention"] == [f"tenant acme has no DISPATCH consumer on {tenant_queue}"]

@@ -122,7 +122,7 @@ async def test_one_trace_spans_a_removal_from_the_http_request_to_the_stored_eve
         ]
         assert request.context is not None
         trace_id = request.context.trace_id
-        removal_queue = f"{ns}.tenant.acme.session-removal"
+        removal_queue = f"{ns}.tenant.acme.removals"
 
         async def complete() -> bool:
             names = [s.name for s in in_trace(exporter, trace_id)]

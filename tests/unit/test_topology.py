@@ -245,7 +245,7 @@ def test_layout_names_live_under_the_namespace() -> None:
     assert events.events_exchange == "acme-prod.events"
     assert events.event_sourcing_queue == "acme-prod.event-sourcing.p0"
     assert tenants.tenants_exchange == "acme-prod.tenants"
-    assert tenants.tenant_queue("t1") == "acme-prod.tenant.t1.session-removal"
+    assert tenants.tenant_queue("t1") == "acme-prod.tenant.t1.removals"
     assert tenants.tenant_routing_key("t1") == "t1.session-removal"
     assert chat.dispatch_exchange == "acme-prod.chat.dispatch"
     assert chat.persistence_exchange == "acme-prod.chat.persistence"
@@ -320,6 +320,7 @@ def test_system_topology_declares_every_rabbitry_object() -> None:
         ("ns1.modules", ExchangeType.TOPIC),
         ("ns1.events", ExchangeType.TOPIC),
         ("ns1.tenants", ExchangeType.DIRECT),
+        ("ns1.tenants.created", ExchangeType.FANOUT),
         ("ns1.chat.dispatch", ExchangeType.DIRECT),
         ("ns1.chat.persistence", ExchangeType.FANOUT),
         ("ns1.sessions.revoked", ExchangeType.FANOUT),
@@ -328,8 +329,8 @@ def test_system_topology_declares_every_rabbitry_object() -> None:
         "ns1.module.workflow",
         "ns1.module.billing",
         "ns1.event-sourcing.p0",
-        "ns1.tenant.t1.session-removal",
-        "ns1.tenant.t2.session-removal",
+        "ns1.tenant.t1.removals",
+        "ns1.tenant.t2.removals",
         "ns1.chat.history",
     }
     expected = set()
@@ -341,8 +342,8 @@ def test_system_topology_declares_every_rabbitry_object() -> None:
         Binding("ns1.modules", "ns1.module.billing", "invoice.*"),
         Binding("ns1.modules", "ns1.module.billing", "refund.#"),
         Binding("ns1.events", "ns1.event-sourcing.p0", "#"),
-        Binding("ns1.tenants", "ns1.tenant.t1.session-removal", "t1.session-removal"),
-        Binding("ns1.tenants", "ns1.tenant.t2.session-removal", "t2.session-removal"),
+        Binding("ns1.tenants", "ns1.tenant.t1.removals", "t1.session-removal"),
+        Binding("ns1.tenants", "ns1.tenant.t2.removals", "t2.session-removal"),
         Binding("ns1.chat.persistence", "ns1.chat.history", ""),
     }
 

@@ -226,24 +226,24 @@ class Declarer:
                 self._declared.discard(exchange)
 
     async def delete_idle_queue(self, name: str) -> bool:
-        """Delete queue ``name`` if it holds no message and has no consumer: whether it is gone
-        (or was already); ``False`` when it was in use or not empty."""
-        try:
-            async with asyncio.timeout(self._rpc_timeout):
-                underlay = await self._channel.get_underlay_channel()
-                await underlay.queue_delete(name, if_unused=True, if_empty=True)
-        except aiormq.exceptions.ChannelPreconditionFailed:
-            await self._reopen()
-            return False
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            await self._reopen()
-        except Exception as exc:
-            await self._reopen()
-            raise translate(exc, f"delete {name}") from exc
-        self._declared = {
-            o for o in self._declared if not (isinstance(o, Queue) and o.name == name)
-        }
-        return True
+        """Delete queue ``name`` only if it holds no message and has no consumer (the broker
+        checks both in the same step); False if it was not deleted for either reason. A
+        missing queue counts as deleted."""
+        async with self._lock:
+            try:
+                async with asyncio.timeout(self._rpc_timeout):
+                    underlay = await self._channel.get_underlay_channel()
+                    await underlay.queue_delete(name, if_unused=True, if_empty=True)
+            except aiormq.exceptions.ChannelPreconditionFailed:
+                await self._reopen()
+                return False
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                await self._reopen()
+            except Exception as exc:
+                await self._reopen()
+                raise translate(exc, f"delete {name}") from exc
+            self._declared = {d for d in self._declared if getattr(d, "name", None) != name}
+            return True
 
     async def purge(self, name: str) -> None:
         """Drop every ready message of queue ``name``."""
@@ -445,8 +445,8 @@ def _binding_key(binding: Binding) -> tuple[str, str, str]:
 
 
 def _arguments(arguments: Iterable[tuple[str, Any]]) -> dict[str, Any]:
-    # aio-pika chooses integer widths itself; RabbitMQ accepts any integer type for x-args.
-    # A bool stays a bool (RabbitMQ refuses x-single-active-consumer as a number).
+    # aio-pika chooses integer widths itself; RabbitMQ accepts any integer type for x-args,
+    # but a flag only as a boolean (x-single-active-consumer refuses 1).
     return {
         name: (int(value) if isinstance(value, int) and not isinstance(value, bool) else value)
         for name, value in arguments

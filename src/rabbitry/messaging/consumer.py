@@ -122,6 +122,11 @@ class Consumer:
 
     ``sender`` carries the retry and dead-letter copies (a worker shares one among its
     consumers); without one the consumer opens its own and closes it when it stops.
+
+    ``on_cancelled`` makes the link a shared one: the owner routes the broker's
+    ``basic.cancel`` to :meth:`cancelled_by_broker` and sets ``basic.qos`` itself, and once the
+    cancelled consumer has drained it calls ``on_cancelled(consumer)`` instead of closing the
+    link, which its siblings still use.
     """
 
     def __init__(
@@ -133,8 +138,10 @@ class Consumer:
         *,
         sender: Sender | None = None,
         middleware: Sequence[Middleware] = (),
+        on_cancelled: Callable[[Consumer], None] | None = None,
     ) -> None:
         self._settings = settings
+        self._on_cancelled = on_cancelled
         self._sub = subscription
         # The chain is built once per handler: without middleware, the handler itself.
         self._handlers = {
@@ -161,11 +168,24 @@ class Consumer:
         self._acked = metrics.ACKED.labels(subscription.queue)
         self._handler_seconds = metrics.HANDLER_SECONDS.labels(subscription.queue)
 
+    @property
+    def subscription(self) -> Subscription:
+        return self._sub
+
+    @property
+    def prefetch(self) -> int:
+        return self._sub.prefetch or self._settings.prefetch
+
+    @property
+    def tag(self) -> str | None:
+        """The broker's consumer tag, once started."""
+        return self._tag
+
     async def start(self) -> None:
-        prefetch = self._sub.prefetch or self._settings.prefetch
-        # The link stays open when the broker cancels us, so work in flight can still be acked.
-        self._link.on_cancel = self._on_broker_cancel
-        await self._link.qos(prefetch)  # before basic.consume: qos applies to later consumers
+        if self._on_cancelled is None:
+            # The link stays open when the broker cancels us, so work in flight can be acked.
+            self._link.on_cancel = self.cancelled_by_broker
+            await self._link.qos(self.prefetch)  # before basic.consume: applies to later ones
         self._tag = await self._link.consume(
             self._sub.queue, self._on_delivery, exclusive=self._sub.exclusive
         )
@@ -390,9 +410,10 @@ class Consumer:
         if self._link.is_open:
             self._link.nack(delivery.delivery_tag, requeue=True)
 
-    def _on_broker_cancel(self, tag: str) -> None:
-        """The broker cancelled us (the queue was deleted): finish what is in flight, so
-        its acks go out, then close the link so the owner reconnects and declares again."""
+    def cancelled_by_broker(self, tag: str) -> None:
+        """The broker cancelled us (the queue was deleted): finish what is in flight, so its
+        acks go out, then close the link so the owner reconnects and declares again, or, on a
+        shared link, tell the owner (``on_cancelled``)."""
         if tag != self._tag or self._stopping:
             return
         self._cancelled = True
@@ -400,7 +421,10 @@ class Consumer:
 
     async def _wind_down(self) -> None:
         await self.stop(self._settings.drain_timeout)
-        await self._link.close()
+        if self._on_cancelled is not None:
+            self._on_cancelled(self)
+        else:
+            await self._link.close()
 
     def _chore(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)

@@ -88,6 +88,10 @@ def work_queue(
 ) -> Topology:
     """A durable work queue with its dead-letter queue and retry tiers.
 
+    With ``single_active_consumer`` the broker delivers to one of the work queue's consumers
+    at a time and hands over to another when that one goes (``x-single-active-consumer``):
+    replicas of a service can all consume it while one works.
+
     The work queue dead-letters into ``Q.dlq``, so whatever the broker itself rejects
     (``basic.nack`` without requeue, an overflow) lands there too, never dropped.
     ``bindings`` are (exchange, routing key) pairs that feed the work queue;

@@ -1,5 +1,23 @@
 """Run consumers as a daemon: connect, declare, consume; reconnect when the broker drops us;
 on stop (SIGTERM/SIGINT), stop taking work, drain in-flight handlers and exit.
+
+A worker consumes every queue over **one connection**, a consumer per queue, so a process
+serving thousands of queues holds one consumer connection, not thousands. Subscriptions can be
+added (:meth:`Worker.subscribe`) and removed (:meth:`Worker.unsubscribe`) while it runs.
+
+What may go wrong, and what happens:
+
+* the broker cancels one consumer (``basic.cancel``: its queue was deleted): that consumer
+  drains, its queue is declared again and consumed again; the connection and every other
+  consumer carry on;
+* the connection drops: every consumer is given up (the broker requeues their unacked
+  deliveries), and after a jittered pause the next connection consumes everything again. It
+  consumes at once, without declaring the queues a previous connection had declared (they are
+  durable): after a broker outage thousands of queues are back in as many pipelined
+  ``basic.consume`` calls, not in thousands of declarations. If a queue went missing
+  meanwhile, its ``basic.consume`` fails, and the connection after that declares everything;
+* a subscription's topology is refused (it exists with other arguments): that subscription is
+  dropped, with an error in the log; the others are served.
 """
 
 from __future__ import annotations
@@ -7,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
-from rabbitry.amqp.base import BaseLink, LinkClosed, OpenLink
+from rabbitry.amqp.base import BaseLink, LinkClosed, LinkError, OpenLink
 from rabbitry.amqp.declarer import Declarer
+from rabbitry.errors import BrokerError, ConfigError
 from rabbitry.messaging.connection import opener, reconnecting
 from rabbitry.messaging.consumer import Consumer, Subscription
 from rabbitry.messaging.middleware import Middleware
@@ -22,9 +42,20 @@ from rabbitry.messaging.topology import Topology
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 10.0
+NOT_FOUND = 404  # the broker's reply code for a queue that does not exist
+# basic.consume calls in flight at once. Each waits at most the RPC timeout for its reply, and
+# a broker answers them one after another: 2,000 sent together missed a 10 s timeout on a
+# loaded broker (each was timed from its send), where windows of 100 go through.
+CONSUME_WINDOW = 100
 
 Declare = Callable[[Topology], Awaitable[None]]
 """Declares a topology on the broker (idempotent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Wanted:
+    subscription: Subscription
+    topology: Topology  # what its queue needs declared (shared by a subscribe() call's group)
 
 
 class Worker:
@@ -51,17 +82,27 @@ class Worker:
     ) -> None:
         self.name = name
         self._settings = amqp or AmqpSettings()
-        self._subscriptions = list(subscriptions)
         self._topology = topology
         self._policy = retry or RetryPolicy()
         self._middleware = tuple(middleware)
         self._open_link = open_link or opener(self._settings)
-        self._declare = declare or self._declare_on_broker
+        self._declare = declare
+        self._wanted: dict[str, _Wanted] = {}
+        for subscription in subscriptions:
+            self._want(subscription, Topology())  # declared with ``topology``, each session
+        self._link: BaseLink | None = None
+        self._sender: Sender | None = None
+        self._consumers: dict[str, Consumer] = {}  # by queue, on the current connection
+        self._by_tag: dict[str, Consumer] = {}
+        self._lock = asyncio.Lock()  # one change of the consumers at a time
+        self._undeclared: set[str] = set()  # queues whose topology awaits a declaration
+        self._missing = False  # a basic.consume found no queue
+        self._chores: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()  # set while consuming; tests and health checks wait on it
 
     @property
     def subscriptions(self) -> tuple[Subscription, ...]:
-        return tuple(self._subscriptions)
+        return tuple(w.subscription for w in self._wanted.values())
 
     @property
     def topology(self) -> Topology:
@@ -79,67 +120,253 @@ class Worker:
     def middleware(self) -> tuple[Middleware, ...]:
         return self._middleware
 
+    def subscribed(self, queue: str) -> bool:
+        """Whether ``queue`` is among the subscriptions (consumed whenever connected)."""
+        return queue in self._wanted
+
+    def consuming(self, queue: str) -> bool:
+        """Whether ``queue`` has a consumer on the current connection."""
+        return queue in self._consumers
+
+    async def subscribe(
+        self, subscriptions: Sequence[Subscription], topology: Topology | None = None
+    ) -> None:
+        """Add ``subscriptions`` while running (or before): declare ``topology`` (what their
+        queues need), then consume. Returns once they consume on the current connection, or
+        at once when there is none (the next one will). The broker refusing the topology
+        raises :class:`~rabbitry.errors.ConfigError` and adds nothing; a connection lost
+        meanwhile is the reconnect loop's to mend, with these subscriptions in."""
+        topology = topology or Topology()
+        queues = [s.queue for s in subscriptions]
+        async with self._lock:
+            if len(set(queues)) != len(queues) or any(q in self._wanted for q in queues):
+                raise ValueError(f"{self.name}: a queue is subscribed already: {queues}")
+            link = self._link
+            if link is None or not link.is_open:
+                for subscription in subscriptions:
+                    self._want(subscription, topology)
+                self._undeclared.update(queues)
+                return
+            try:
+                async with self._declaring() as declare:
+                    await declare(topology)
+            except BrokerError as exc:
+                # The next connection declares them, with everything else.
+                log.warning("%s: could not declare for %s: %s", self.name, queues, exc)
+                for subscription in subscriptions:
+                    self._want(subscription, topology)
+                self._undeclared.update(queues)
+                link.abort(LinkClosed(f"declaring failed: {exc}"))
+                return
+            for subscription in subscriptions:
+                self._want(subscription, topology)
+            try:
+                await self._consume(link, [self._wanted[q] for q in queues])
+            except LinkError as exc:
+                log.warning("%s: connection lost while subscribing (%s)", self.name, exc)
+
+    async def unsubscribe(self, queue: str) -> None:
+        """Stop consuming ``queue``: cancel its consumer and let its handlers finish (up to the
+        drain timeout). Unknown queues are ignored."""
+        async with self._lock:
+            self._wanted.pop(queue, None)
+            consumer = self._consumers.pop(queue, None)
+        if consumer is not None:
+            self._forget(consumer)
+            await consumer.stop(self._settings.drain_timeout)
+
     async def run(self, stopping: asyncio.Event) -> None:
         """Consume until ``stopping``, then drain; reconnect when the broker drops us."""
-        await reconnecting(
-            self.name,
-            lambda: self._session(stopping),
-            stopping,
-            first_pause=0.5,
-            max_pause=MAX_BACKOFF,
-        )
+        try:
+            await reconnecting(
+                self.name,
+                lambda: self._session(stopping),
+                stopping,
+                first_pause=0.5,
+                max_pause=MAX_BACKOFF,
+            )
+        finally:
+            for chore in list(self._chores):
+                chore.cancel()
+
+    def _want(self, subscription: Subscription, topology: Topology) -> None:
+        self._wanted[subscription.queue] = _Wanted(subscription, topology)
 
     async def _session(self, stopping: asyncio.Event) -> None:
         """One connection's lifetime: returns on stop, raises when the broker drops us."""
-        await self._declare(self._topology)
-        links: list[BaseLink] = []
-        consumers: list[Consumer] = []
-        # Retry and dead-letter copies go over a connection of their own, never one consumed
-        # from: a broker alarm blocks a connection that publishes, and its acks with it.
+        link: BaseLink | None = None
+        # Retry and dead-letter copies go over a connection of their own (opened on first
+        # use), never the one consumed from: a broker alarm blocks a connection that
+        # publishes, and its acks with it.
         sender = Sender(self._settings, f"{self.name}-forward", open_link=self._open_link)
         try:
-            for subscription in self._subscriptions:
-                # One link per subscription: basic.qos and flow control stay per queue.
-                link = await self._open_link(f"{self.name}-{subscription.queue}")
-                links.append(link)
-                consumer = Consumer(
-                    self._settings,
-                    subscription,
-                    link,
-                    self._policy,
-                    sender=sender,
-                    middleware=self._middleware,
-                )
-                await consumer.start()
-                consumers.append(consumer)
+            async with self._lock:
+                await self._declare_wanted()
+                link = await self._open_link(self.name)
+                link.on_cancel = self._on_broker_cancel
+                self._link, self._sender = link, sender
+                await self._consume(link, list(self._wanted.values()))
+                if not link.is_open:
+                    raise link.error or LinkClosed("connection lost")
             self.connected.set()
-            log.info("%s: consuming %s", self.name, ", ".join(s.queue for s in self._subscriptions))
+            log.info("%s: consuming %d queue(s) on one connection", self.name, len(self._wanted))
             stop_task = asyncio.ensure_future(stopping.wait())
-            lost = [asyncio.ensure_future(_wait_closed(link)) for link in links]
-            done, _ = await asyncio.wait([stop_task, *lost], return_when=asyncio.FIRST_COMPLETED)
-            for task in [stop_task, *lost]:
-                task.cancel()
+            lost = asyncio.ensure_future(_wait_closed(link))
+            done, _ = await asyncio.wait([stop_task, lost], return_when=asyncio.FIRST_COMPLETED)
+            stop_task.cancel()
+            lost.cancel()
+            async with self._lock:
+                consumers = list(self._consumers.values())
+                self._link = None
             if stop_task in done:
                 log.info("%s: stopping; draining in-flight messages", self.name)
                 await asyncio.gather(*(c.stop(self._settings.drain_timeout) for c in consumers))
                 return
             for consumer in consumers:
                 consumer.abandon()
-            raise LinkClosed("connection lost")
+            raise link.error or LinkClosed("connection lost")
         finally:
             self.connected.clear()
-            for link in links:
+            self._link = None
+            self._consumers.clear()
+            self._by_tag.clear()
+            if self._missing:
+                # A queue went missing while we were away: declare them all, not just it (the
+                # broker names only the first; a restart may have lost more).
+                self._undeclared = set(self._wanted)
+                self._missing = False
+            if link is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(link.close(), timeout=3)
             await sender.close()
 
-    async def _declare_on_broker(self, topology: Topology) -> None:
+    async def _declare_wanted(self) -> None:
+        """The worker's topology, then each subscription's that no connection before declared
+        (a group's topology once, however many queues share it)."""
+        async with self._declaring() as declare:
+            await declare(self._topology)
+            done: set[int] = set()
+            # In the order they were subscribed: what a caller subscribed last (a queue that
+            # expires when unused, say) is declared last, just before the consumes.
+            for queue in [q for q in self._wanted if q in self._undeclared]:
+                wanted = self._wanted.get(queue)
+                if wanted is None or id(wanted.topology) in done or not _has(wanted.topology):
+                    continue
+                group = [q for q, w in self._wanted.items() if w.topology is wanted.topology]
+                try:
+                    await declare(wanted.topology)
+                except ConfigError as exc:
+                    # One queue the broker has with other arguments must not stop the rest.
+                    log.error("%s: dropping %s: %s", self.name, ", ".join(group), exc)
+                    for other in group:
+                        del self._wanted[other]
+                done.add(id(wanted.topology))
+                # Progress is kept: a connection lost half-way does not start over from nothing.
+                self._undeclared.difference_update(group)
+        self._undeclared.clear()
+
+    @contextlib.asynccontextmanager
+    async def _declaring(self) -> AsyncIterator[Declare]:
+        """A declare function for a round of declarations: on RabbitMQ, one declarer
+        connection for the round, closed after it."""
+        if self._declare is not None:
+            yield self._declare
+            return
         amqp = self._settings
         declarer = await Declarer.connect(
             amqp.url, name=self.name, timeout=amqp.connect_timeout, rpc_timeout=amqp.rpc_timeout
         )
         async with declarer:
-            await declarer.declare(topology)
+            yield declarer.declare
+
+    async def _consume(self, link: BaseLink, wanted: Sequence[_Wanted]) -> None:
+        """Start a consumer for each of ``wanted`` on ``link``. ``basic.qos`` applies to the
+        consumers started after it, so they go in groups of one prefetch, each group's
+        ``basic.consume`` calls pipelined (one round trip for thousands, not thousands)."""
+        groups: dict[int, list[Consumer]] = {}
+        for item in wanted:
+            consumer = Consumer(
+                self._settings,
+                item.subscription,
+                link,
+                self._policy,
+                sender=self._sender,
+                middleware=self._middleware,
+                on_cancelled=self._on_consumer_cancelled,
+            )
+            groups.setdefault(consumer.prefetch, []).append(consumer)
+        for prefetch, group in groups.items():
+            await link.qos(prefetch)
+            for start in range(0, len(group), CONSUME_WINDOW):
+                await self._start(group[start : start + CONSUME_WINDOW])
+
+    async def _start(self, consumers: Sequence[Consumer]) -> None:
+        """Start ``consumers``, their ``basic.consume`` calls pipelined."""
+        results = await asyncio.gather(*(c.start() for c in consumers), return_exceptions=True)
+        failed: tuple[Consumer, BaseException] | None = None
+        for consumer, result in zip(consumers, results, strict=True):
+            if isinstance(result, BaseException):
+                failed = failed or (consumer, result)
+                continue
+            # Registered even if a sibling failed: the connection's end abandons them all.
+            self._consumers[consumer.subscription.queue] = consumer
+            assert consumer.tag is not None
+            self._by_tag[consumer.tag] = consumer
+        if failed is not None:
+            consumer, error = failed
+            if not isinstance(error, Exception):
+                raise error
+            code = error.reply_code if isinstance(error, LinkClosed) else 0
+            if code == NOT_FOUND:
+                self._missing = True  # declare everything on the next connection
+            raise LinkClosed(f"consume {consumer.subscription.queue}: {error}", code)
+
+    def _forget(self, consumer: Consumer) -> None:
+        if consumer.tag is not None:
+            self._by_tag.pop(consumer.tag, None)
+
+    def _on_broker_cancel(self, tag: str) -> None:
+        consumer = self._by_tag.get(tag)
+        if consumer is not None:
+            consumer.cancelled_by_broker(tag)
+
+    def _on_consumer_cancelled(self, consumer: Consumer) -> None:
+        """A consumer the broker cancelled has drained: declare its queue and consume again."""
+        self._forget(consumer)
+        task = asyncio.ensure_future(self._resubscribe(consumer))
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    async def _resubscribe(self, cancelled: Consumer) -> None:
+        queue = cancelled.subscription.queue
+        async with self._lock:
+            link = self._link
+            if self._consumers.get(queue) is not cancelled:
+                return  # unsubscribed, or the connection went and took it
+            del self._consumers[queue]
+            wanted = self._wanted.get(queue)
+            if wanted is None or link is None or not link.is_open:
+                return
+            log.warning(
+                "%s: the broker cancelled the consumer of %s; declaring it", self.name, queue
+            )
+            try:
+                async with self._declaring() as declare:
+                    await declare(self._topology | wanted.topology)
+                await self._consume(link, [wanted])
+            except ConfigError as exc:
+                log.error("%s: dropping %s: %s", self.name, queue, exc)
+                self._wanted.pop(queue, None)
+            except BrokerError as exc:
+                # Cannot declare or consume now: the next connection will, with all the rest.
+                log.warning(
+                    "%s: could not consume %s again (%s); reconnecting", self.name, queue, exc
+                )
+                link.abort(LinkClosed(f"resubscribing {queue} failed: {exc}"))
+
+
+def _has(topology: Topology) -> bool:
+    return bool(topology.exchanges or topology.queues or topology.bindings)
 
 
 async def _wait_closed(link: BaseLink) -> None:

@@ -17,7 +17,7 @@ _USER_ID = {"type": "integer", "format": "int64", "description": "The user's id.
 
 def tenant_queue_template(namespace: str) -> str:
     """The name of every tenant's removal queue, ``{tenant}`` standing for the tenant."""
-    return f"{namespace}.tenant.{{tenant}}.session-removal"
+    return f"{namespace}.tenant.{{tenant}}.removals"
 
 
 def catalog(settings: Settings) -> Catalog:
@@ -63,6 +63,7 @@ def catalog(settings: Settings) -> Catalog:
             policy=settings.retry,
             queue_type=settings.queue_type,
             bindings=[(layout.tenants_exchange, key)],
+            single_active=True,
         ),
         parameters={"tenant": "A tenant's name (1-63 lower-case letters, digits or '-')."},
         consumers={

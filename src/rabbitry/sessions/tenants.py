@@ -18,15 +18,19 @@ from sqlalchemy.exc import IntegrityError
 from rabbitry.config import Settings
 from rabbitry.errors import BrokerError, Conflict, Invalid, StorageError
 from rabbitry.messaging import Declarer
+from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
 from rabbitry.sessions.models import Tenant
 from rabbitry.sessions.tokens import TENANT_PATTERN
-from rabbitry.sessions.topology import tenant_topology
+from rabbitry.sessions.topology import TenantsLayout, tenant_topology
 from rabbitry.storage import Database
 from rabbitry.storage.clock import utcnow
 
 log = logging.getLogger(__name__)
 
 _TENANT = re.compile(TENANT_PATTERN)
+
+CREATED = "tenant.created"  # rr_job of the notice USER publishes for each new tenant
 
 
 def is_tenant(name: str) -> bool:
@@ -106,9 +110,10 @@ class Tenants:
 
 
 async def declare_tenant(settings: Settings, name: str) -> bool:
-    """Declare the tenant's removal queue (with its retry tiers and dead-letter queue); False
-    if the broker is unreachable. Not fatal: DISPATCH declares it too when it subscribes, and
-    a request published before that waits in the outbox."""
+    """Declare the tenant's removal queue (with its retry tiers and dead-letter queue), then
+    announce the tenant to DISPATCH (:func:`announce_tenant`); False if the broker is
+    unreachable. Not fatal: DISPATCH declares it too when it subscribes, its reconciliation
+    finds the tenant in the table, and a request published before that waits in the outbox."""
     if not settings.rabbit_active:
         return False
     amqp = settings.amqp
@@ -120,4 +125,26 @@ async def declare_tenant(settings: Settings, name: str) -> bool:
     except BrokerError as exc:
         log.warning("tenant %s: queue not declared yet (%s)", name, exc)
         return False
+    await announce_tenant(settings, name)
     return True
+
+
+def created_notice(name: str) -> Message:
+    return Message(type=CREATED, payload={"tenant": name}, tenant=name)
+
+
+async def announce_tenant(settings: Settings, name: str) -> bool:
+    """Publish a ``tenant.created`` notice on ``<ns>.tenants.created``, so every DISPATCH
+    replica consumes the tenant's queue at once. A hint: without it (broker trouble, nobody
+    bound) DISPATCH's reconciliation against the table finds the tenant within
+    ``tenant_reconcile_interval``. True if the broker confirmed it to a queue."""
+    route = Route(TenantsLayout(settings.namespace).created_exchange, "")
+    try:
+        async with Publisher(settings.amqp, name=f"{settings.namespace}-user") as publisher:
+            result = await publisher.publish(created_notice(name), route, use_fallback=False)
+    except BrokerError as exc:
+        log.info("tenant %s: not announced (%s)", name, exc)
+        return False
+    if result.status is not PublishStatus.PUBLISHED:
+        log.info("tenant %s: not announced (%s)", name, result.error)
+    return result.status is PublishStatus.PUBLISHED

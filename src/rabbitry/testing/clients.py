@@ -70,12 +70,11 @@ class MemoryWorker:
             link.is_open and link.consumers for link in links
         )
 
-    async def _declare(self, topology: Topology) -> None:  # the first step of each (re)connection
-        self._links = []
+    async def _declare(self, topology: Topology) -> None:
         await self._broker._connect_declarer(self.worker.name)
         self._broker.declare(topology)
 
-    async def _open_link(self, name: str) -> BaseLink:
+    async def _open_link(self, name: str) -> BaseLink:  # one link a (re)connection
         link = await self._broker._connect(name)
-        self._links.append(link)
+        self._links = [link]
         return link
