@@ -391,7 +391,7 @@ async def test_mode_rabbit_publishes_now_and_mode_db_stores_for_the_requeue_comm
 ) -> None:
     bob = await seed_people(backoffice)
     await declarer.declare(tenant_topology(settings, ["acme"]))
-    tenant_queue = f"{settings.namespace}.tenant.acme.session-removal"
+    tenant_queue = f"{settings.namespace}.tenant.acme.removals"
 
     page = await logged_in(browser, backoffice)
     await page.goto(backoffice.url("/entities/users"))

@@ -40,7 +40,7 @@ def test_the_cli_prints_the_document_as_json_and_yaml(settings: Settings) -> Non
     assert document["servers"]["broker"]["host"] == "mq.internal:5672"
     addresses = {channel["address"] for channel in document["channels"].values()}
     ns = settings.namespace
-    assert {f"{ns}.tenant.acme.session-removal", f"{ns}.event-sourcing.p0"} <= addresses
+    assert {f"{ns}.tenant.acme.removals", f"{ns}.event-sourcing.p0"} <= addresses
 
 
 def test_a_bad_tenant_is_a_one_line_usage_error(settings: Settings) -> None:

@@ -102,6 +102,6 @@ async def test_each_message_reaches_the_queues_the_document_lists_and_no_other(
     # The sample keys exercise every module's bindings, and the parts' own queues.
     assert (f"{ns}.module.billing", "events.module-message") in observed
     assert (f"{ns}.module.mailer", "outbox.customer-created") in observed
-    assert (f"{ns}.tenant.acme.session-removal", "outbox.revoke") in observed
+    assert (f"{ns}.tenant.acme.removals", "outbox.revoke") in observed
     assert (f"{ns}.event-sourcing.p0", "events.update") in observed
     assert (f"{ns}.chat.history", "chat.message") in observed

@@ -151,8 +151,8 @@ async def test_a_dead_letter_goes_back_to_its_own_queue_whatever_its_headers_cla
 ) -> None:
     # A producer sets x-rabbitry-queue and x-first-death-queue on its message: moving it back
     # must not deliver it into another tenant's queue.
-    mine = f"{settings.namespace}.tenant.a.session-removal"
-    theirs = f"{settings.namespace}.tenant.b.session-removal"
+    mine = f"{settings.namespace}.tenant.a.removals"
+    theirs = f"{settings.namespace}.tenant.b.removals"
     await declarer.declare(
         work_queue(mine, policy=settings.retry) | work_queue(theirs, policy=settings.retry)
     )

@@ -155,7 +155,7 @@ async def test_metrics_keep_tenant_names_from_anyone_without_the_admin_token(
     settings: Settings,
 ) -> None:
     settings = settings.model_copy(update={"admin_token": SecretStr(TOKEN)})
-    queue = f"{settings.namespace}.tenant.acme-secret.session-removal"
+    queue = f"{settings.namespace}.tenant.acme-secret.removals"
     metrics.CONSUMED.labels(queue).inc()
     metrics.CONSUMED.labels(f"{settings.namespace}.module.workflow").inc()
     app = create_app(settings)

@@ -81,14 +81,14 @@ async def test_the_memory_throttle_forgets_attempts_once_the_window_has_passed()
 
 def test_each_tenant_has_its_own_durable_queue_on_the_tenants_exchange() -> None:
     layout = TenantsLayout("ns")
-    assert layout.tenant_queue("acme") == "ns.tenant.acme.session-removal"
+    assert layout.tenant_queue("acme") == "ns.tenant.acme.removals"
     assert layout.tenant_routing_key("acme") == "acme.session-removal"
     topology = tenant_topology(Settings(namespace="ns"), ["acme", "globex"])
     bound = {(b.exchange, b.queue, b.routing_key) for b in topology.bindings}
     assert bound >= {
-        ("ns.tenants", "ns.tenant.acme.session-removal", "acme.session-removal"),
-        ("ns.tenants", "ns.tenant.globex.session-removal", "globex.session-removal"),
+        ("ns.tenants", "ns.tenant.acme.removals", "acme.session-removal"),
+        ("ns.tenants", "ns.tenant.globex.removals", "globex.session-removal"),
     }
     queues = {q.name: q for q in topology.queues}
-    assert queues["ns.tenant.acme.session-removal"].durable
-    assert "ns.tenant.acme.session-removal.dlq" in queues
+    assert queues["ns.tenant.acme.removals"].durable
+    assert "ns.tenant.acme.removals.dlq" in queues

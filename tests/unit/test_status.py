@@ -35,8 +35,8 @@ def test_a_healthy_reading_needs_nothing() -> None:
         ),
         (Readings(UP, [QueueReading("ns.q", 0, 2, 4)]), ["4 dead letter(s) in ns.q.dlq"]),
         (
-            Readings(UP, [QueueReading("ns.tenant.a.session-removal", 0, 0, 0, tenant="a")]),
-            ["tenant a has no DISPATCH consumer on ns.tenant.a.session-removal"],
+            Readings(UP, [QueueReading("ns.tenant.a.removals", 0, 0, 0, tenant="a")]),
+            ["tenant a has no DISPATCH consumer on ns.tenant.a.removals"],
         ),
         (Readings(UP, pending={"a": 2, "b": 1}), ["3 message(s) pending in the outbox"]),
         (
@@ -56,7 +56,7 @@ def test_a_tenant_with_a_consumer_and_a_work_queue_without_one_are_fine() -> Non
     readings = Readings(
         UP,
         [
-            QueueReading("ns.tenant.a.session-removal", 0, 1, 0, tenant="a"),
+            QueueReading("ns.tenant.a.removals", 0, 1, 0, tenant="a"),
             QueueReading("ns.chat.history", 5, 0, 0),  # a part this deployment does not run
         ],
     )
