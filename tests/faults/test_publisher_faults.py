@@ -12,22 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from faults.conftest import CLUSTER_URL, Cluster, Figures
-from helpers import scratch_database
+from faults.tally import Tally, count, migrated_database, relay_outbox
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
 from rabbitry.messaging.topology import work_queue
-from rabbitry.outbox.filters import RequeueFilter
-from rabbitry.outbox.requeue import requeue, without_circuit
 from rabbitry.outbox.store import Outbox
-from rabbitry.storage import Database
 
 if TYPE_CHECKING:
     from conftest import Eventually
@@ -43,46 +40,23 @@ class Stream:
 
     publisher: Publisher
     route: Route
-    sent: list[str] = field(default_factory=list)
-    published: set[str] = field(default_factory=set)
-    persisted: set[str] = field(default_factory=set)
-    failed: list[str] = field(default_factory=list)
-    stored_at: list[float] = field(default_factory=list)  # monotonic time of each store
+    tally: Tally = field(default_factory=Tally)
 
     async def _publish(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
-            message = Message(type="fault.test", payload={"n": len(self.sent)})
-            self.sent.append(message.id)
-            result = await self.publisher.publish(message, self.route)
-            if result.status is PublishStatus.PUBLISHED:
-                self.published.add(message.id)
-            elif result.status is PublishStatus.PERSISTED:
-                self.persisted.add(message.id)
-                self.stored_at.append(time.monotonic())
-            else:
-                self.failed.append(f"{message.id}: {result.error}")
+            message = Message(type="fault.test", payload={"n": len(self.tally.sent)})
+            self.tally.sent.append(message.id)
+            self.tally.record(message.id, await self.publisher.publish(message, self.route))
 
     @contextlib.asynccontextmanager
-    async def running(self, concurrency: int = 4) -> AsyncIterator[Stream]:
+    async def running(self, concurrency: int = 4) -> AsyncIterator[Tally]:
         stopping = asyncio.Event()
         tasks = [asyncio.create_task(self._publish(stopping)) for _ in range(concurrency)]
         try:
-            yield self
+            yield self.tally
         finally:
             stopping.set()
             await asyncio.gather(*tasks)
-
-    def confirmed(self, count: int) -> Callable[[], Awaitable[bool]]:
-        async def check() -> bool:
-            return len(self.published) >= count
-
-        return check
-
-    def stored(self, count: int) -> Callable[[], Awaitable[bool]]:
-        async def check() -> bool:
-            return len(self.persisted) >= count
-
-        return check
 
 
 @contextlib.asynccontextmanager
@@ -92,16 +66,11 @@ async def publishing(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[
     topology = work_queue(queue, policy=settings.retry, queue_type=settings.queue_type)
     async with await Declarer.connect(CLUSTER_URL, name=f"{settings.namespace}-test") as declarer:
         await declarer.declare(topology)
-    async with scratch_database("postgresql", tmp_path) as url:
-        database = Database(url)
-        try:
-            await database.upgrade()
-            ledger = Outbox(database)
-            name = f"{settings.namespace}-app"
-            async with Publisher(settings.amqp, fallback=ledger, name=name) as publisher:
-                yield Stream(publisher, Route("", queue)), ledger
-        finally:
-            await database.close()
+    async with migrated_database(tmp_path) as database:
+        ledger = Outbox(database)
+        name = f"{settings.namespace}-app"
+        async with Publisher(settings.amqp, fallback=ledger, name=name) as publisher:
+            yield Stream(publisher, Route("", queue)), ledger
 
 
 async def settle(
@@ -113,20 +82,14 @@ async def settle(
     case: str,
 ) -> None:
     """Relay the outbox to the cluster, read the queue back, count, and check nothing is lost."""
-    assert stream.failed == []
-    assert len(stream.published) + len(stream.persisted) == len(stream.sent)
-    assert not stream.published & stream.persisted
-    async with Publisher(without_circuit(settings.amqp), name=f"{settings.namespace}-relay") as p:
-        report = await requeue(ledger, p, RequeueFilter())
-    assert report.failed == 0, report.summary()
-    assert report.published == len(stream.persisted)
+    tally = stream.tally
+    tally.check_outcomes()
+    report = await relay_outbox(ledger, settings)
+    assert report.published == len(tally.persisted)
     ids = await cluster.read_ids(stream.route.routing_key)
-    lost = set(stream.sent) - set(ids)
+    count(figures, case, tally, ids)
     duplicates = len(ids) - len(set(ids))
-    figures.add(case, len(stream.sent), len(stream.published), len(stream.persisted), ids, lost)
-    assert not lost, f"{len(lost)} of {len(stream.sent)} lost"
-    assert set(ids) == set(stream.sent)  # nothing that was not sent
-    assert duplicates <= len(stream.persisted)  # only a stored message may arrive twice
+    assert duplicates <= len(tally.persisted)  # only a stored message may arrive twice
 
 
 async def test_a_crash_of_the_node_the_publisher_uses_loses_nothing(
@@ -137,14 +100,14 @@ async def test_a_crash_of_the_node_the_publisher_uses_loses_nothing(
     figures: Figures,
 ) -> None:
     async with publishing(cluster_settings, tmp_path) as (stream, ledger):
-        async with stream.running():
-            await eventually(stream.confirmed(BEFORE), timeout=60, what="the first confirms")
+        async with stream.running() as tally:
+            await eventually(tally.confirmed(BEFORE), timeout=60, what="the first confirms")
             connections = await faults.connections(f"{cluster_settings.namespace}-app-publisher")
             assert len(connections) == 1
             await faults.kill(connections[0][1])
-            mark = len(stream.published)
+            mark = len(tally.published)
             await eventually(
-                stream.confirmed(mark + AFTER), timeout=90, what="confirms from another node"
+                tally.confirmed(mark + AFTER), timeout=90, what="confirms from another node"
             )
         await settle(
             stream, ledger, cluster_settings, faults, figures, "kill -9 the publisher's node"
@@ -159,15 +122,15 @@ async def test_a_whole_cluster_restart_loses_nothing(
     figures: Figures,
 ) -> None:
     async with publishing(cluster_settings, tmp_path) as (stream, ledger):
-        async with stream.running():
-            await eventually(stream.confirmed(BEFORE), timeout=60, what="the first confirms")
+        async with stream.running() as tally:
+            await eventually(tally.confirmed(BEFORE), timeout=60, what="the first confirms")
             await faults.stop(1, 2, 3)
-            stored = len(stream.persisted)
-            await eventually(stream.stored(stored + 1), timeout=30, what="the outbox taking over")
+            stored = len(tally.persisted)
+            await eventually(tally.stored(stored + 1), timeout=30, what="the outbox taking over")
             await faults.start(1, 2, 3)
-            mark = len(stream.published)
+            mark = len(tally.published)
             await eventually(
-                stream.confirmed(mark + AFTER), timeout=120, what="confirms after the restart"
+                tally.confirmed(mark + AFTER), timeout=120, what="confirms after the restart"
             )
         await settle(
             stream, ledger, cluster_settings, faults, figures, "stop and start the cluster"
@@ -182,12 +145,12 @@ async def test_connections_closed_by_the_broker_lose_nothing(
     figures: Figures,
 ) -> None:
     async with publishing(cluster_settings, tmp_path) as (stream, ledger):
-        async with stream.running():
-            await eventually(stream.confirmed(BEFORE), timeout=60, what="the first confirms")
+        async with stream.running() as tally:
+            await eventually(tally.confirmed(BEFORE), timeout=60, what="the first confirms")
             closed = await faults.close_connections(f"{cluster_settings.namespace}-app-publisher")
             assert closed == 1
-            mark = len(stream.published)
-            await eventually(stream.confirmed(mark + AFTER), timeout=60, what="confirms again")
+            mark = len(tally.published)
+            await eventually(tally.confirmed(mark + AFTER), timeout=60, what="confirms again")
         await settle(
             stream, ledger, cluster_settings, faults, figures, "rabbitmqctl close_connection"
         )
@@ -203,17 +166,17 @@ async def test_a_memory_alarm_sends_publishes_to_the_outbox_at_once_and_loses_no
     # A timeout this long would show: the alarm's publishes would wait it out.
     patient = cluster_settings.model_copy(update={"publish_timeout": 60.0})
     async with publishing(patient, tmp_path) as (stream, ledger):
-        async with stream.running():
-            await eventually(stream.confirmed(BEFORE), timeout=60, what="the first confirms")
+        async with stream.running() as tally:
+            await eventually(tally.confirmed(BEFORE), timeout=60, what="the first confirms")
             async with faults.memory_alarm():
                 started = time.monotonic()
                 # The publishes in flight when the block arrives, and every one after it.
-                await eventually(stream.stored(20), timeout=20, what="the outbox taking over")
-                figures.latency("memory alarm: first publish stored", stream.stored_at[0] - started)
-                mark = len(stream.persisted)
-                await eventually(stream.stored(mark + 20), timeout=20, what="more stored")
-            mark = len(stream.published)
-            await eventually(stream.confirmed(mark + AFTER), timeout=60, what="confirms again")
+                await eventually(tally.stored(20), timeout=20, what="the outbox taking over")
+                figures.latency("memory alarm: first publish stored", tally.stored_at[0] - started)
+                mark = len(tally.persisted)
+                await eventually(tally.stored(mark + 20), timeout=20, what="more stored")
+            mark = len(tally.published)
+            await eventually(tally.confirmed(mark + AFTER), timeout=60, what="confirms again")
         await settle(stream, ledger, patient, faults, figures, "memory alarm")
 
 
@@ -235,8 +198,8 @@ async def test_the_first_publish_on_a_fresh_connection_during_an_alarm_is_stored
             figures.latency("memory alarm: fresh connection stored", time.monotonic() - started)
         assert result.status is PublishStatus.PERSISTED
         assert result.error is not None and "memory/disk alarm" in result.error
-        stream.sent.append(result.message_id)
-        stream.persisted.add(result.message_id)
+        stream.tally.sent.append(result.message_id)
+        stream.tally.record(result.message_id, result)
         await settle(
             stream, ledger, patient, faults, figures, "alarm, first publish on a new connection"
         )

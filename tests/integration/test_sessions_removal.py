@@ -9,73 +9,25 @@ requests SESSION answers, so the test sees which form DISPATCH used.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from conftest import BrokerProbe
-from fixtures.sessions import admin, bearer, delete_redis_keys, sessions_settings_for
+from fixtures.sessions import (
+    admin,
+    bearer,
+    delete_redis_keys,
+    serving,
+    sessions_settings_for,
+)
 from helpers import eventually_true, free_port
-from rabbitry.app.http import create_app
-from rabbitry.app.registry import lifespans, servers
 from rabbitry.config import Settings
 
 SESSIONS = 7
-
-
-@dataclass
-class Recorder:
-    """An ASGI app in front of Rabbitry's: records (method, path) of every HTTP request."""
-
-    app: ASGIApp
-    requests: list[tuple[str, str]] = field(default_factory=list)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            self.requests.append((scope["method"], scope["path"]))
-        await self.app(scope, receive, send)
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # the test runner keeps its own signal handlers
-
-
-@asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Recorder]]:
-    """USER + SESSION routers and the DISPATCH worker, on a real port."""
-    names = ["user", "session"]
-    app = create_app(
-        settings,
-        routers=[r for name in names for r in servers()[name]],
-        workers=("dispatch",),
-        lifespans=lifespans("user"),
-    )
-    recorder = Recorder(app)
-    port = int(str(settings.session_url).rsplit(":", 1)[1])
-    server = _Server(uvicorn.Config(recorder, port=port, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(600):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.05)
-        assert server.started, "the server did not start"
-        async with httpx.AsyncClient(base_url=str(settings.session_url), timeout=30) as client:
-            yield client, recorder
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=60)
 
 
 @pytest.fixture(params=[None, False, True], ids=["discovered", "one-by-one", "batch"])

@@ -1,0 +1,101 @@
+"""What the fault cases share: the tally of each publish call's outcome, the outbox on a scratch
+PostgreSQL database, the relay of what the outbox kept, and the count of what arrived.
+
+A case streams messages through a fault, then calls :func:`relay_outbox` (everything the
+outbox kept goes to the cluster once it is whole) and reads back what arrived; :func:`count`
+records the figures and checks the promise: every message sent arrived, 0 lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from faults.conftest import Figures
+from helpers import scratch_database
+from rabbitry.config import Settings
+from rabbitry.messaging.publisher import Publisher, PublishResult, PublishStatus
+from rabbitry.outbox.filters import RequeueFilter
+from rabbitry.outbox.requeue import RequeueReport, requeue, without_circuit
+from rabbitry.outbox.store import Outbox
+from rabbitry.storage import Database
+
+
+@dataclass
+class Tally:
+    """Each publish call's outcome: confirmed by the broker, stored in the outbox, or failed
+    (which the promise forbids: a case asserts ``failed == []``)."""
+
+    sent: list[str] = field(default_factory=list)
+    published: set[str] = field(default_factory=set)
+    persisted: set[str] = field(default_factory=set)
+    failed: list[str] = field(default_factory=list)
+    stored_at: list[float] = field(default_factory=list)  # monotonic time of each store
+
+    def record(self, message_id: str, result: PublishResult) -> None:
+        if result.status is PublishStatus.PUBLISHED:
+            self.published.add(message_id)
+        elif result.status is PublishStatus.PERSISTED:
+            self.persisted.add(message_id)
+            self.stored_at.append(time.monotonic())
+        else:
+            self.failed.append(f"{message_id}: {result.error}")
+
+    def check_outcomes(self) -> None:
+        """Every call ended confirmed or stored, never both, never neither."""
+        assert self.failed == []
+        assert len(self.published) + len(self.persisted) == len(self.sent)
+        assert not self.published & self.persisted
+
+    def confirmed(self, count: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return len(self.published) >= count
+
+        return check
+
+    def stored(self, count: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return len(self.persisted) >= count
+
+        return check
+
+
+@contextlib.asynccontextmanager
+async def migrated_database(tmp_path: Path) -> AsyncIterator[Database]:
+    """A scratch PostgreSQL database with every part's tables, dropped afterwards."""
+    async with scratch_database("postgresql", tmp_path) as url:
+        database = Database(url)
+        try:
+            await database.upgrade()
+            yield database
+        finally:
+            await database.close()
+
+
+async def relay_outbox(ledger: Outbox, settings: Settings) -> RequeueReport:
+    """Send everything the outbox kept (the cluster is whole again); none may fail."""
+    name = f"{settings.namespace}-relay"
+    async with Publisher(without_circuit(settings.amqp), name=name) as publisher:
+        report = await requeue(ledger, publisher, RequeueFilter())
+    assert report.failed == 0, report.summary()
+    return report
+
+
+def count(
+    figures: Figures,
+    case: str,
+    tally: Tally,
+    arrived: list[str],
+    *,
+    stored: int | None = None,
+) -> None:
+    """Record the case's figures, then check that nothing sent was lost and nothing arrived
+    that was not sent. ``stored`` is what the outbox kept (the tally's own count if None)."""
+    lost = set(tally.sent) - set(arrived)
+    kept = len(tally.persisted) if stored is None else stored
+    figures.add(case, len(tally.sent), len(tally.published), kept, arrived, lost)
+    assert not lost, f"{len(lost)} of {len(tally.sent)} lost"
+    assert set(arrived) == set(tally.sent)  # nothing that was not sent
