@@ -59,7 +59,7 @@ async def append_postgresql(
     # Each round trip also waits for the event loop's turn, busy with the consumer.
     lock_keys = ",".join(str(key) for key in sorted({_lock_key(k) for k in keys}))
     begin = f"BEGIN; SELECT pg_advisory_xact_lock(k) FROM unnest('{{{lock_keys}}}'::bigint[]) t(k)"
-    async with database.engine.connect() as conn:
+    async with database.writer_engine.connect() as conn:  # unpinged: a failure is retried
         driver: Any = (await conn.get_raw_connection()).driver_connection  # asyncpg's
         try:
             await driver.execute(begin)
