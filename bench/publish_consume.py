@@ -30,46 +30,18 @@ from collections.abc import Awaitable, Callable
 from ceiling import (
     SETTINGS,
     URL,
-    WINDOW,
     aio_pika_consume,
     aio_pika_publish,
     fill,
-    message,
     probe_consume,
     probe_publish,
+    rabbitry_publish_concurrent,
+    rabbitry_publish_many,
 )
-from rabbitry import Message, Publisher, Queue, Route, Subscription, Topology, Worker
+from rabbitry import Message, Queue, Subscription, Topology, Worker
 from rabbitry.amqp.declarer import Declarer  # the bench's own queue, outside the measured cases
 
 Case = Callable[[str, int], Awaitable[float]]
-
-
-async def publisher_publish_many(queue: str, count: int) -> float:
-    route = Route("", queue)
-    async with Publisher(SETTINGS, name="bench") as publisher:
-        await publisher.publish(message(), route)  # connect before the clock starts
-        start = time.perf_counter()
-        for offset in range(0, count, WINDOW):
-            batch = [(message(n), route) for n in range(offset, min(offset + WINDOW, count))]
-            results = await publisher.publish_many(batch)
-            if not all(r.ok for r in results):
-                raise SystemExit(f"publish failed: {results[0]}")
-        elapsed = time.perf_counter() - start
-    return count / elapsed
-
-
-async def publisher_publish(queue: str, count: int) -> float:
-    route = Route("", queue)
-    async with Publisher(SETTINGS, name="bench") as publisher:
-        await publisher.publish(message(), route)
-        start = time.perf_counter()
-        for offset in range(0, count, WINDOW):
-            window = range(offset, min(offset + WINDOW, count))
-            results = await asyncio.gather(*(publisher.publish(message(n), route) for n in window))
-            if not all(r.ok for r in results):
-                raise SystemExit(f"publish failed: {results[0]}")
-        elapsed = time.perf_counter() - start
-    return count / elapsed
 
 
 async def worker_consume(queue: str, count: int) -> float:
@@ -101,8 +73,8 @@ async def worker_consume(queue: str, count: int) -> float:
 PUBLISH: dict[str, Case] = {
     "ceiling (socket probe)": probe_publish,
     "aio-pika 10.2, gathered windows of 1000": aio_pika_publish,
-    "Rabbitry Publisher.publish_many, windows of 1000": publisher_publish_many,
-    "Rabbitry Publisher.publish, 1000 concurrent": publisher_publish,
+    "Rabbitry Publisher.publish_many, windows of 1000": rabbitry_publish_many,
+    "Rabbitry Publisher.publish, 1000 concurrent": rabbitry_publish_concurrent,
 }
 CONSUME: dict[str, Case] = {
     "ceiling (one multiple ack per read)": probe_consume,
