@@ -148,6 +148,30 @@ class Cluster:
         if self.alarmed:
             await self._clear_alarm()
 
+    async def settled(self, timeout: float = 90.0) -> None:
+        """Wait until every node takes a quorum queue: after a restart the nodes answer on
+        their ports some seconds before the quorum queues' Raft system is back, and a declare
+        in between fails with INTERNAL_ERROR."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for node in NODES:
+            while True:
+                try:
+                    connection = await aio_pika.connect(node_url(node), timeout=10)
+                    async with connection:
+                        channel = await connection.channel()
+                        probe = await channel.declare_queue(
+                            f"fault-settled-{node}",
+                            durable=True,
+                            arguments={"x-queue-type": "quorum"},
+                        )
+                        await probe.delete(if_unused=False, if_empty=False)
+                    break
+                except (TimeoutError, aio_pika.exceptions.AMQPError, OSError) as exc:
+                    if loop.time() > deadline:
+                        raise AssertionError(f"node {node} takes no quorum queue: {exc!r}") from exc
+                    await asyncio.sleep(1.0)
+
     def live_node(self) -> int:
         """A node neither down nor frozen."""
         return next(n for n in NODES if n not in self.down and n not in self.frozen)
@@ -267,6 +291,7 @@ def cluster() -> Iterator[Cluster]:
 @pytest.fixture
 async def faults(cluster: Cluster, namespace: str) -> AsyncIterator[Cluster]:
     """The cluster for one test, mended after it (pass or fail) and cleared of its namespace."""
+    await cluster.settled()  # the test before may have restarted it
     try:
         yield cluster
     finally:
