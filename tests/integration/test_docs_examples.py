@@ -72,6 +72,7 @@ RUN_HERE = {
     ("docs/library.md", 1),  # Messages
     ("docs/library.md", 2),  # Topology
     ("docs/library.md", 3),  # Publishing
+    ("docs/library.md", 8),  # Subscriptions at run time
     ("docs/observability.md", 0),
 }
 RUN_ELSEWHERE = {

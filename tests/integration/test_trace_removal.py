@@ -72,6 +72,9 @@ async def removal_settings(
         f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}",
         None,
         session_url=f"http://127.0.0.1:{free_port()}",
+        # The seed's path, one DELETE per session, so that the trace shows each call and its
+        # answer (DISPATCH would otherwise find SESSION's batch call and make one).
+        dispatch_batch=False,
     )
     try:
         yield settings
