@@ -1,5 +1,6 @@
 """What the fault cases share: the tally of each publish call's outcome, the outbox on a scratch
-PostgreSQL database, the relay of what the outbox kept, and the count of what arrived.
+PostgreSQL database, the relay of what the outbox kept, the count of what arrived, and the ids
+the event store holds.
 
 A case streams messages through a fault, then calls :func:`relay_outbox` (everything the
 outbox kept goes to the cluster once it is whole) and reads back what arrived; :func:`count`
@@ -14,9 +15,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy import select
+
 from faults.conftest import Figures
 from helpers import scratch_database
 from rabbitry.config import Settings
+from rabbitry.events.models import StoredEvent
 from rabbitry.messaging.publisher import Publisher, PublishResult, PublishStatus
 from rabbitry.outbox.filters import RequeueFilter
 from rabbitry.outbox.requeue import RequeueReport, requeue, without_circuit
@@ -99,3 +103,17 @@ def count(
     figures.add(case, len(tally.sent), len(tally.published), kept, arrived, lost)
     assert not lost, f"{len(lost)} of {len(tally.sent)} lost"
     assert set(arrived) == set(tally.sent)  # nothing that was not sent
+
+
+async def stored_ids(database: Database) -> list[str]:
+    """The message ids of the stored events, in the order they were stored."""
+    async with database.session() as session:
+        rows = await session.execute(select(StoredEvent.message_id).order_by(StoredEvent.sequence))
+        return list(rows.scalars())
+
+
+def at_least(database: Database, count: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return len(await stored_ids(database)) >= count
+
+    return check

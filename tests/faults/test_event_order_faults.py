@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from faults.conftest import Cluster, Figures
-from faults.test_workflow_faults import at_least, stored_ids
+from faults.tally import at_least, stored_ids
 from helpers import running, scratch_database
 from rabbitry.config import Settings
 from rabbitry.events.topology import EventsLayout

@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
-
 from faults.conftest import Cluster, Figures
-from faults.tally import Tally, count, migrated_database, relay_outbox
+from faults.tally import Tally, at_least, count, migrated_database, relay_outbox, stored_ids
 from fixtures.outbox import LatencyProxy
 from helpers import running
 from rabbitry.config import Settings
-from rabbitry.events.models import StoredEvent
 from rabbitry.events.topology import EventsLayout
 from rabbitry.events.workflow import WorkflowWorker
 from rabbitry.messaging.envelope import Message
@@ -79,20 +76,6 @@ class Events:
         finally:
             stopping.set()
             await asyncio.gather(*tasks)
-
-
-async def stored_ids(database: Database) -> list[str]:
-    """The message ids of the stored events, in the order they were stored."""
-    async with database.session() as session:
-        rows = await session.execute(select(StoredEvent.message_id).order_by(StoredEvent.sequence))
-        return list(rows.scalars())
-
-
-def at_least(database: Database, count: int) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        return len(await stored_ids(database)) >= count
-
-    return check
 
 
 @contextlib.asynccontextmanager
