@@ -27,6 +27,7 @@ CHAIN = [
     ("0005_backoffice", "outbox"),
     ("0006_chat_order", "chat"),
     ("0007_outbox_failure", "outbox"),
+    ("0008_backoffice_logouts", "outbox"),
 ]
 
 

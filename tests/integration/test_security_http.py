@@ -9,6 +9,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import cast
 
 import httpx
@@ -17,13 +18,14 @@ from fastapi import FastAPI
 from pydantic import SecretStr, ValidationError
 
 from conftest import BrokerProbe, Endpoint
-from helpers import Eventually
+from helpers import Eventually, scratch_database
 from rabbitry import metrics
 from rabbitry.app.http import create_app
 from rabbitry.app.registry import all_routers
 from rabbitry.backoffice import http as backoffice_http
-from rabbitry.backoffice.auth import Signer
+from rabbitry.backoffice.auth import COOKIE, Session, Signer
 from rabbitry.backoffice.jobs import Jobs
+from rabbitry.backoffice.logouts import Logouts
 from rabbitry.chat.http import redact_tokens
 from rabbitry.config import Settings
 from rabbitry.messaging import Topology, work_queue
@@ -97,11 +99,45 @@ async def test_logging_out_makes_a_copy_of_the_session_cookie_worthless(
         assert page.status_code == 200
         stolen = dict(client.cookies)
         out = await client.post("/backoffice/logout", data={"csrf_token": csrf_of(page.text)})
-        assert out.status_code == 303
+        assert out.status_code == 303, out.text
         client.cookies.clear()
         client.cookies.update(stolen)
         replay = await client.get("/backoffice/")
         assert replay.status_code == 303 and replay.headers["location"].endswith("/login")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+async def test_a_logout_on_one_back_office_process_is_honoured_by_the_others(
+    settings: Settings, kind: str, tmp_path: Path
+) -> None:
+    async with scratch_database(kind, tmp_path) as url:
+        settings = settings.model_copy(update={"database_url": SecretStr(url)})
+        async with Database(settings.sql_url) as database:
+            await database.upgrade()
+        await _logout_across_replicas(settings)
+
+
+async def _logout_across_replicas(settings: Settings) -> None:
+    # Two apps with their own state on one database: two replicas behind a load balancer.
+    async with backoffice(settings) as (_, first), backoffice(settings) as (_, second):
+        assert (await try_login(first, TOKEN)).status_code == 303
+        page = await first.get("/backoffice/")
+        stolen = dict(first.cookies)
+        second.cookies.update(stolen)
+        assert (await second.get("/backoffice/")).status_code == 200  # the cookie is good there
+        out = await first.post("/backoffice/logout", data={"csrf_token": csrf_of(page.text)})
+        assert out.status_code == 303
+        replay = await second.get("/backoffice/")
+        assert replay.status_code == 303 and replay.headers["location"].endswith("/login")
+        # A fresh login on the same replica is a new session, not caught by the old logout.
+        second.cookies.clear()
+        assert (await try_login(second, TOKEN)).status_code == 303
+        assert (await second.get("/backoffice/")).status_code == 200
+    session = Signer(TOKEN).load(stolen[COOKIE])
+    assert session is not None
+    async with Database(settings.sql_url) as database:
+        assert await Logouts(database).holds(session.sid)  # a new process learns it too
+        assert not await Logouts(database).holds(Session.anonymous().sid)
 
 
 async def test_forty_digit_ids_in_back_office_urls_get_a_4xx_not_a_500(

@@ -7,9 +7,9 @@ every session. It is ``HttpOnly`` (no script reads it) and ``SameSite=Strict`` (
 page sends it). The CSRF token is an HMAC of the session id under the same key, carried in a
 hidden field of every form and in the ``X-CSRF-Token`` header of every htmx request; a POST
 without it is refused (403) whatever its cookie says. Logging in starts a new session id, so a
-session planted before login is worthless after it. Logging out puts the session id on this
-process's :class:`Revoked` list until the cookie would have expired anyway, so a copy of the
-cookie is worthless after it too.
+session planted before login is worthless after it. Logging out records the session in the
+database until the cookie would have expired anyway (:mod:`rabbitry.backoffice.logouts`), so a
+copy of the cookie is worthless after it, on every back-office process.
 """
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ class Signer:
 
 class Revoked:
     """Session ids logged out before their cookie expired, each kept until then; at most
-    ``cap`` of them (the ones expiring first go first). Pure: no I/O."""
+    ``cap`` of them (the ones expiring first go first). Pure: no I/O. A process's memory of
+    the logouts it has seen; the database holds them all (``Logouts``)."""
 
     def __init__(self, cap: int = 100_000) -> None:
         self._cap = cap

@@ -16,8 +16,8 @@ from rabbitry.backoffice.web import (
     context,
     error,
     login_form,
+    logouts_of,
     posted,
-    revoked_of,
     static_file,
 )
 from rabbitry.events import EventStore, parse_time
@@ -52,7 +52,7 @@ def throttle_of(state: AppState) -> MemoryLoginThrottle:
 
 @router.get("/login")
 async def login_page(request: Request) -> Response:
-    ctx = context(request)
+    ctx = await context(request)
     if ctx.session.auth:
         return ctx.redirect("/")
     return ctx.render("login.html", problem=None)
@@ -78,7 +78,7 @@ async def login(request: Request, got: Posted = Depends(login_form)) -> Response
 @router.post("/logout")
 async def logout(request: Request, got: Posted = Depends(posted)) -> Response:
     ctx = got.ctx
-    revoked_of(request).add(ctx.session)  # the old cookie is worthless from now on
+    await logouts_of(request).add(ctx.session)  # a copy of the cookie is worthless now, everywhere
     ctx.session = type(ctx.session).anonymous()
     ctx.fresh = True
     return ctx.redirect("/login")
@@ -96,7 +96,7 @@ async def dashboard_series(
 ) -> Response:
     """The charts' data: the sampler's last minutes (bounded by ``dashboard_window``). A poll
     without a session gets a JSON 401 (the page goes to the login), not the login page."""
-    ctx = context(request)
+    ctx = await context(request)
     if not ctx.session.auth:
         return error(401, "log in to the back-office")
     return ctx.finish(JSONResponse(sampler.series.document(sampler.interval)))

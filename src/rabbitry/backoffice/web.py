@@ -30,10 +30,10 @@ from rabbitry.backoffice.auth import (
     CSRF_FIELD,
     CSRF_HEADER,
     LIFETIME,
-    Revoked,
     Session,
     Signer,
 )
+from rabbitry.backoffice.logouts import Logouts
 from rabbitry.config import Settings
 from rabbitry.errors import RabbitryError
 from rabbitry.messaging.publisher import Publisher
@@ -198,24 +198,26 @@ class PageRoute(APIRoute):
         return answer
 
 
-def revoked_of(request: Request) -> Revoked:
-    """The sessions logged out in this process (their cookies refused from then on)."""
+def logouts_of(request: Request) -> Logouts:
+    """The logouts of every back-office process on the app's database (this process
+    remembers the ones it has seen)."""
     state = app_state(request)
-    revoked = state.find(Revoked)
-    if revoked is None:
-        revoked = Revoked()
-        state.put(Revoked, revoked)
-    return revoked
+    logouts = state.find(Logouts)
+    if logouts is None:
+        logouts = Logouts(get_database(request))
+        state.put(Logouts, logouts)
+    return logouts
 
 
-def context(request: Request) -> Ctx:
-    """The request's context, with its session (a new anonymous one when it has none)."""
+async def context(request: Request) -> Ctx:
+    """The request's context, with its session (a new anonymous one when it has none, or when
+    its session was logged out, by this process or another)."""
     token = AppState.of(request.app).settings.admin_token
     if token is None:  # `rabbitry serve`/`up` always set one; an app built by hand may not
         raise RuntimeError("the back-office needs settings.admin_token")
     signer = Signer(token.get_secret_value())
     session = signer.load(request.cookies.get(COOKIE))
-    if session is not None and session.sid in revoked_of(request):
+    if session is not None and await logouts_of(request).holds(session.sid):
         session = None
     if session is None:
         return Ctx(request, Session.anonymous(), signer, fresh=True)
@@ -224,7 +226,7 @@ def context(request: Request) -> Ctx:
 
 async def operator(request: Request) -> Ctx:
     """The logged-in operator's context; raises :class:`LoginRequired` for anyone else."""
-    ctx = context(request)
+    ctx = await context(request)
     if not ctx.session.auth:
         raise LoginRequired(ctx)
     return ctx
@@ -243,7 +245,7 @@ class Posted:
 
 async def login_form(request: Request) -> Posted:
     """A form's context and fields, once its CSRF token checked out (logged in or not)."""
-    ctx = context(request)
+    ctx = await context(request)
     body = await request.body()
     if len(body) > MAX_FORM:
         raise PageError(413, "form too large")
