@@ -261,6 +261,43 @@ async def test_publish_middleware_changes_what_is_sent_by_publish_and_publish_ma
     assert [h["x-stamp"] for h in letters] == ["yes"] * 3
 
 
+class Refuse(Middleware):
+    """Answers for messages of type "refused" itself, without sending them."""
+
+    async def publish(
+        self, message: Message, route: Route, call_next: PublishNext
+    ) -> PublishResult:
+        if message.type == "refused":
+            return PublishResult(message.id, PublishStatus.FAILED, "refused by a middleware")
+        return await call_next(message, route)
+
+
+async def test_publish_many_through_middleware_still_sends_one_batch(side: Side) -> None:
+    queue, topology = work(side)
+    async with side.running(side.worker([], topology)):  # declares the queue, consumes nothing
+        pass
+    async with side.publisher(middleware=[Stamp(), Refuse()]) as publisher:
+        sends: list[int] = []
+        send = publisher._sender.send  # the one write-and-confirm step, spied
+
+        async def counting(outgoing: Sequence[Any]) -> Any:
+            sends.append(len(outgoing))
+            return await send(outgoing)
+
+        publisher._sender.send = counting  # type: ignore[method-assign,assignment]
+        kinds = ["a", "refused", "b", "c", "refused", "d"]
+        results = await publisher.publish_many([(Message(k, {}), Route("", queue)) for k in kinds])
+        # Every chain answered by a middleware: nothing to send, and no wait for a batch.
+        alone = await publisher.publish_many([(Message("refused", {}), Route("", queue))] * 2)
+    assert [r.status for r in results] == [
+        PublishStatus.FAILED if k == "refused" else PublishStatus.PUBLISHED for k in kinds
+    ]
+    assert [r.status for r in alone] == [PublishStatus.FAILED] * 2
+    assert sends == [4]  # the four that reached the end, in one batch
+    letters = await side.take(queue)
+    assert [h["x-stamp"] for h in letters] == ["yes"] * 4
+
+
 # --- request/reply ---------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ all leaves the handler and the publish path exactly as they were.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
@@ -47,7 +48,8 @@ class Middleware:
     ) -> PublishResult:
         """Around one :meth:`Publisher.publish` (and each message of ``publish_many``), before
         the message is encoded: it may return another message (a header added) to
-        ``call_next``."""
+        ``call_next``. In ``publish_many``, ``call_next`` returns once the whole batch was
+        sent: the messages still go out as one batch, with one wait for their confirms."""
         return await call_next(message, route)
 
 
@@ -67,3 +69,64 @@ def wrap_publish(publish: PublishNext, middleware: Sequence[Middleware]) -> Publ
     for layer in reversed(layers):
         publish = functools.partial(layer.publish, call_next=publish)
     return publish
+
+
+class Gathering:
+    """Where the publish chains of one ``publish_many`` end: each message goes through the
+    middleware on its own (a middleware sees one message at a time), and the chains' ends meet
+    here, so that what reaches the end is sent as one batch, one write and one wait for the
+    confirms, as ``publish_many`` sends without middleware. The batch goes once every chain has
+    either reached the end or finished without it (a middleware that answered by itself, or
+    raised)."""
+
+    def __init__(
+        self,
+        size: int,
+        send: Callable[[list[tuple[Message, Route]]], Awaitable[list[PublishResult]]],
+    ) -> None:
+        self._pending = size  # chains that have neither reached the end nor finished
+        self._settled: set[int] = set()
+        self._items: list[tuple[Message, Route]] = []
+        self._waiters: list[asyncio.Future[PublishResult]] = []
+        self._send = send
+
+    def chain(self, slot: int, middleware: Sequence[Middleware]) -> PublishNext:
+        """The publish chain of the message at ``slot``, ending here."""
+        chain = wrap_publish(functools.partial(self._reach, slot), middleware)
+        assert chain is not None, "a Gathering is only for publish middleware"
+        return chain
+
+    async def finished(self, slot: int) -> None:
+        """The chain of ``slot`` returned or raised; if it never reached the end, the batch
+        no longer waits for it (and this call sends it when it was the last one)."""
+        if slot not in self._settled:
+            self._settled.add(slot)
+            self._pending -= 1
+            if self._pending == 0:
+                await self._flush()
+
+    async def _reach(self, slot: int, message: Message, route: Route) -> PublishResult:
+        waiter: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
+        self._items.append((message, route))
+        self._waiters.append(waiter)
+        self._settled.add(slot)
+        self._pending -= 1
+        if self._pending == 0:
+            await self._flush()
+        return await waiter
+
+    async def _flush(self) -> None:
+        if not self._items:
+            return
+        try:
+            results = await self._send(self._items)
+        except BaseException as exc:
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for waiter, result in zip(self._waiters, results, strict=True):
+            if not waiter.done():
+                waiter.set_result(result)

@@ -39,7 +39,7 @@ from rabbitry.errors import BrokerError, BrokerUnavailable
 from rabbitry.messaging import envelope, rpc
 from rabbitry.messaging.connection import opener
 from rabbitry.messaging.envelope import Message
-from rabbitry.messaging.middleware import Middleware, wrap_publish
+from rabbitry.messaging.middleware import Gathering, Middleware, wrap_publish
 from rabbitry.messaging.rpc import Requester
 from rabbitry.messaging.sender import Sender, is_refusal
 from rabbitry.messaging.settings import AmqpSettings
@@ -145,6 +145,7 @@ class Publisher:
         self._open_link = open_link or opener(self._settings)
         self._name = name
         self._requester: Requester | None = None
+        self._middleware = tuple(middleware)
         # The publish chains (with and without the fallback) end in the class's publish. With
         # publish middleware the instance's publish enters them; without, publish is left as
         # it is, so a publisher without middleware pays nothing for it, not even a call.
@@ -223,12 +224,29 @@ class Publisher:
         self, items: Sequence[tuple[Message, Route]], *, use_fallback: bool = True
     ) -> list[PublishResult]:
         """Publish many messages with one wait for their confirms (with publish middleware,
-        each goes through it, and they are published concurrently)."""
+        each goes through it on its own, and what comes out is sent as one batch)."""
         if not items:
             return []
-        chain = self._chains[use_fallback]
-        if chain is not None:
-            return list(await asyncio.gather(*(chain(m, r) for m, r in items)))
+        if self._chains[use_fallback] is not None:
+            return await self._gathered(items, use_fallback)
+        return await self._batch(items, use_fallback)
+
+    async def _gathered(
+        self, items: Sequence[tuple[Message, Route]], use_fallback: bool
+    ) -> list[PublishResult]:
+        gathering = Gathering(len(items), functools.partial(self._batch, use_fallback=use_fallback))
+
+        async def one(slot: int, message: Message, route: Route) -> PublishResult:
+            try:
+                return await gathering.chain(slot, self._middleware)(message, route)
+            finally:
+                await gathering.finished(slot)
+
+        return list(await asyncio.gather(*(one(n, m, r) for n, (m, r) in enumerate(items))))
+
+    async def _batch(
+        self, items: Sequence[tuple[Message, Route]], use_fallback: bool
+    ) -> list[PublishResult]:
         outgoing = _Encoding(items)
         targets = Counter(_target(route) for _, route in items)
         for target, count in targets.items():
