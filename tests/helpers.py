@@ -17,14 +17,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence, Sized
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence, Sized
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aio_pika
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints
 import httpx
 import jsonschema
+import uvicorn
 from aio_pika.abc import AbstractIncomingMessage
 
 from rabbitry.amqp.declarer import Declarer
@@ -149,6 +150,39 @@ async def running(service: S) -> AsyncIterator[S]:
     finally:
         stopping.set()
         await asyncio.wait_for(task, timeout=30)
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the test runner keeps its own signal handlers
+
+
+@contextlib.asynccontextmanager
+async def serving_on(
+    app: Any,
+    port: int,
+    *,
+    lifespan: Literal["on", "off"] = "on",
+    start: float = 30,
+    stop: float = 60,
+) -> AsyncIterator[None]:
+    """Serve the ASGI ``app`` on 127.0.0.1:``port`` in the test's loop (its lifespan run unless
+    ``lifespan="off"``), entered once it listens; stopped, and waited for, on exit."""
+    server = _Server(uvicorn.Config(app, port=port, log_level="warning", lifespan=lifespan))
+    task = asyncio.create_task(server.serve())
+    try:
+        for _ in range(int(start / 0.05)):  # uvicorn sets a flag, it has no event to wait on
+            if server.started or task.done():
+                break
+            await asyncio.sleep(0.05)
+        if task.done():
+            task.result()  # raises what the server died of
+        assert server.started, "the server did not start"
+        yield
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=stop)
 
 
 # --- messages, handlers, publishers, work queues ---------------------------------------------

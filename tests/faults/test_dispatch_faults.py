@@ -10,21 +10,19 @@ request whose publish the kill refused); DISPATCH runs as its own service, one r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
-import uvicorn
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from faults.conftest import BASE_PORT, CLUSTER_URL, Cluster, Figures
 from fixtures.sessions import REDIS_URL, admin, bearer, delete_redis_keys, sessions_settings_for
-from helpers import eventually_true, free_port
+from helpers import eventually_true, free_port, serving_on
 from rabbitry.app.http import create_app
 from rabbitry.app.registry import lifespans, servers
 from rabbitry.config import Settings
@@ -42,12 +40,6 @@ _NAME = re.compile(r'\{"connection_name","([^"]*)"\}')
 _PORT = re.compile(r"-> [^\t]*:(\d+)$")
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # the test runner keeps its own signal handlers
-
-
 @asynccontextmanager
 async def user_and_session(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(
@@ -57,19 +49,11 @@ async def user_and_session(settings: Settings) -> AsyncIterator[httpx.AsyncClien
         lifespans=lifespans("user"),
     )
     port = int(str(settings.session_url).rsplit(":", 1)[1])
-    server = _Server(uvicorn.Config(app, port=port, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(1200):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.05)
-        assert server.started, "the server did not start"
-        async with httpx.AsyncClient(base_url=str(settings.session_url), timeout=60) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=90)
+    async with (
+        serving_on(app, port, start=60, stop=90),
+        httpx.AsyncClient(base_url=str(settings.session_url), timeout=60) as client,
+    ):
+        yield client
 
 
 async def consumer_node(cluster: Cluster, name: str) -> int:

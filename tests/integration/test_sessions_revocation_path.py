@@ -14,19 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import APIRouter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from conftest import BrokerProbe
 from fixtures.sessions import SERVICE, session_record
-from helpers import free_port
+from helpers import free_port, serving_on
 from rabbitry.app.http import create_app
 from rabbitry.app.registry import lifespans, servers
 from rabbitry.config import Settings
@@ -252,27 +251,11 @@ async def _answer(send: Send, status: int, body: object) -> None:
     await send({"type": "http.response.body", "body": json.dumps(body).encode()})
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # the test runner keeps its own signal handlers
-
-
 @asynccontextmanager
 async def serving(app: ASGIApp) -> AsyncIterator[str]:
     port = free_port()
-    server = _Server(uvicorn.Config(app, port=port, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(600):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.05)
-        assert server.started, "the server did not start"
+    async with serving_on(app, port, lifespan="off"):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=60)
 
 
 async def test_one_client_bounds_every_tenants_requests_and_reuses_its_connections() -> None:

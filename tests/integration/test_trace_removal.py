@@ -9,33 +9,24 @@ because DISPATCH calls SESSION over real HTTP, against the real RabbitMQ.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from conftest import BrokerProbe
 from fixtures.sessions import admin, bearer, delete_redis_keys, sessions_settings_for
-from helpers import eventually_true, free_port
+from helpers import eventually_true, free_port, serving_on
 from rabbitry.app.http import create_app
 from rabbitry.app.registry import lifespans, servers
 from rabbitry.config import Settings
 
 SESSIONS = 2
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # the test runner keeps its own signal handlers
 
 
 @asynccontextmanager
@@ -48,19 +39,11 @@ async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         lifespans=lifespans("user"),
     )
     port = int(str(settings.session_url).rsplit(":", 1)[1])
-    server = _Server(uvicorn.Config(app, port=port, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(600):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.05)
-        assert server.started, "the server did not start"
-        async with httpx.AsyncClient(base_url=str(settings.session_url), timeout=30) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=60)
+    async with (
+        serving_on(app, port),
+        httpx.AsyncClient(base_url=str(settings.session_url), timeout=30) as client,
+    ):
+        yield client
 
 
 @pytest.fixture
