@@ -63,6 +63,7 @@ CATCH_UP_ROOMS = 8  # rooms catching up at once after a reconnect (database conn
 SEAM_WAIT = 5.0  # how long a catch-up waits for the history to reach the live messages
 STRAGGLERS = 1.0  # when a catch-up looks again for messages the workers stored late
 ORIGIN = "chat_origin"  # header: the gateway instance that published a message
+UNSHOWN = 10_000  # own messages remembered as not shown here, until the queue brings them
 
 
 Seen = tuple[int | None, str | None]  # where what a room delivered starts: position, id
@@ -121,6 +122,7 @@ class Gateway:
         self.caught_up = 0
         """Messages sent to open sockets by catch-ups after reconnects."""
         self._origin = (self.instance,)
+        self._unshown: dict[str, None] = {}  # own messages left to the queue (in order)
         self.echoes = 0
         """Deliveries of this instance's own messages, dropped (its rooms had them already)."""
 
@@ -130,6 +132,9 @@ class Gateway:
             if self._recording:
                 self._live.add(message.id)  # live, so no straggler of the catch-up
         if message.headers.get(ORIGIN) == self._origin:
+            if self._unshown.pop(message.id, False) is None:
+                self.manager.dispatch(message)  # not shown when it was sent: shown now
+                return
             # Our own message: its room here had it from submit() already.
             self.echoes += 1
             return
@@ -137,7 +142,19 @@ class Gateway:
 
     def _deliver_local(self, key: str, chat: ChatMessage) -> None:
         """Hand a message this instance published to its room here (if the room still has
-        clients), as a delivery from the queue would."""
+        clients), as a delivery from the queue would; but not while the queue is away or
+        not yet caught up after a loss (the catch-up orders what was missed before what
+        comes live): then the message comes the way the others' do."""
+        inbox = self.inbox
+        if not inbox.connected.is_set() or (
+            self.history is not None
+            and inbox.generation >= 2
+            and self._held_for != inbox.generation
+        ):
+            self._unshown[chat.id] = None
+            while len(self._unshown) > UNSHOWN:  # (those the broker never routed back)
+                del self._unshown[next(iter(self._unshown))]
+            return
         if self._recording:
             self._live.add(chat.id)
         room = self.manager.rooms.get(key)
