@@ -54,7 +54,8 @@ from rabbitry.chat.gateway import Gateway
 from rabbitry.chat.http import SEND_WINDOW
 from rabbitry.chat.topology import ChatLayout
 from rabbitry.config import Settings
-from rabbitry.messaging.publisher import Publisher
+from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.publisher import Publisher, Route
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 INSTANCES = 4
@@ -272,6 +273,11 @@ async def run_rabbitry(
                     Gateway(settings, publisher, instance=f"i{index}").running()
                 )
                 await asyncio.wait_for(gateway.inbox.connected.wait(), 20)
+                # The publisher connects on its first message: not inside the measurement,
+                # where thousands of first sends would wait on one connect.
+                layout_names = ChatLayout(namespace)
+                warm = Message(type="bench.warmup", payload={})
+                assert (await publisher.publish(warm, Route("", layout_names.history_queue))).ok
                 gateways.append(gateway)
             clients: list[ConnectedClient] = []
             pumps = []
