@@ -121,7 +121,6 @@ class Gateway:
         """True from SIGTERM on: not ready, new sockets are refused."""
         self.caught_up = 0
         """Messages sent to open sockets by catch-ups after reconnects."""
-        self._origin = (self.instance,)
         self._unshown: dict[str, None] = {}  # own messages left to the queue (in order)
         self.echoes = 0
         """Deliveries of this instance's own messages, dropped (its rooms had them already)."""
@@ -131,7 +130,7 @@ class Gateway:
             self._hold_all(self.inbox.generation)
             if self._recording:
                 self._live.add(message.id)  # live, so no straggler of the catch-up
-        if message.headers.get(ORIGIN) == self._origin:
+        if message.extra.get(ORIGIN) == self.instance:
             if self._unshown.pop(message.id, False) is None:
                 self.manager.dispatch(message)  # not shown when it was sent: shown now
                 return
@@ -392,7 +391,7 @@ class Gateway:
             payload=chat.payload(),
             id=chat.id,
             tenant=member.tenant,
-            headers={ORIGIN: self._origin},
+            extra={ORIGIN: self.instance},  # (an AMQP header: no JSON to encode for it)
         )
         key = self.manager.key_of(client)
         publish = self._publisher.publish
