@@ -277,7 +277,8 @@ async def run_rabbitry(
                 # where thousands of first sends would wait on one connect.
                 layout_names = ChatLayout(namespace)
                 warm = Message(type="bench.warmup", payload={})
-                assert (await publisher.publish(warm, Route("", layout_names.history_queue))).ok
+                warmed = await publisher.publish(warm, Route("", layout_names.history_queue))
+                assert warmed.ok, warmed
                 gateways.append(gateway)
             clients: list[ConnectedClient] = []
             pumps = []
