@@ -3,7 +3,9 @@ of python-socketio's ``AsyncAioPikaManager``, in one run, on one broker.
 
 Both sides get the same 4 gateway instances (each with connections of its own), the same 1,000
 clients in the same 200 rooms (5 per room, rooms and instances drawn with one seed), and the
-same messages, sent by random clients with the same number in flight:
+same messages, sent by random clients; saturated, each client sends its messages back to back
+with up to ``--window`` of them unanswered (Rabbitry's socket reader allows 8, python-socketio
+runs each frame's handler as a task of its own); paced (``--rate``), one message every 1/rate s:
 
   (a) Rabbitry: each instance is a :class:`~rabbitry.chat.gateway.Gateway` (its exclusive queue
       bound with the keys of the rooms it hosts); a message is published to the dispatch
@@ -18,13 +20,18 @@ where the frame would be written), so what differs is the design between the ins
 Reported: socket deliveries per second (first send to last receipt), p50/p99 latency from send
 to receipt, and broker deliveries per published message next to the instances hosting a room.
 
-Usage: python bench/chat.py [--messages N] [--in-flight K] [--seed S]
+Reported beside them: latency on the sender's instance and on the others, the process's CPU
+and the broker's, so a run on a loaded machine shows whether it waited or worked.
+
+Usage: python bench/chat.py [--layout random|spanning|local] [--clients C] [--rooms R]
+       [--messages N] [--window W | --rate M] [--seed S]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import os
 import random
@@ -33,7 +40,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,9 +51,11 @@ import socketio  # type: ignore[import-untyped]
 
 from rabbitry.chat.client import ConnectedClient, Member
 from rabbitry.chat.gateway import Gateway
+from rabbitry.chat.http import SEND_WINDOW
 from rabbitry.chat.topology import ChatLayout
 from rabbitry.config import Settings
-from rabbitry.messaging.publisher import Publisher
+from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.publisher import Publisher, Route
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 INSTANCES = 4
@@ -87,6 +96,13 @@ class Layout:
         sizes = {room: len(self.members(room)) for room in range(self.rooms)}
         return sum(sizes[self.seats[c][0]] for c in self.sends)
 
+    def copies(self) -> int:
+        """The copies the broker routes to instances: one per instance hosting the room."""
+        per_room = {
+            room: len({self.seats[c][1] for c in self.members(room)}) for room in range(self.rooms)
+        }
+        return sum(per_room[self.seats[c][0]] for c in self.sends)
+
     def hosting(self) -> float:
         """Instances hosting the room, averaged over the messages sent."""
         per_room = {
@@ -105,10 +121,19 @@ class Tally:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     confirmed: list[float] = field(default_factory=list)  # send -> publish confirmed
     routed: dict[str, float] = field(default_factory=dict)  # send -> first queue delivery
+    origin: dict[str, int] = field(default_factory=dict)  # the sender's instance
+    local: list[float] = field(default_factory=list)  # receipts on the sender's instance
+    remote: list[float] = field(default_factory=list)  # receipts on the other instances
+    cpu: float = 0.0  # this process's CPU seconds while it sent and received
+    settled: float = 0.0  # when the last copy the broker routed to an instance was consumed
+    broker_cpu: float = 0.0  # the broker's, meanwhile
 
-    def received(self, message_id: str) -> None:
+    def received(self, message_id: str, instance: int) -> None:
         now = time.perf_counter()
-        self.latencies.append(now - self.sent_at[message_id])
+        latency = now - self.sent_at[message_id]
+        self.latencies.append(latency)
+        near = self.origin.get(message_id) == instance
+        (self.local if near else self.remote).append(latency)
         self.last = now
         if len(self.latencies) >= self.expected:
             self.done.set()
@@ -158,36 +183,81 @@ def _result(name: str, tally: Tally, broker_deliveries: int, messages: int) -> R
 
 
 async def _drive(
-    sends: Sequence[int], in_flight: int, send: Any, tally: Tally, rate: float | None = None
+    layout: Layout,
+    window: int,
+    send: Any,
+    tally: Tally,
+    rate: float | None,
+    settled: Callable[[], bool],
 ) -> None:
-    gate = asyncio.Semaphore(in_flight)
-
-    async def one(client: int) -> None:
-        async with gate:
-            await send(client)
-
+    """Send every message of ``layout``; ``send(client)`` starts one at once and returns what
+    to await for its outcome (the server's answer to that socket's frame). Then wait for
+    the last socket write, and for ``settled()``: every copy the broker routed to an
+    instance consumed (python-socketio's are often still queued at the last write)."""
+    cpu, broker = time.process_time(), _broker_cpu()
     tally.first = time.perf_counter()
-    if rate is None:  # saturated: ``in_flight`` sends going all the time
-        await asyncio.gather(*(one(c) for c in sends))
+    if rate is None:
+        # Saturated: every client sends its messages back to back, with up to ``window`` of
+        # them unanswered, as Rabbitry's socket reader lets a client do (SEND_WINDOW), the
+        # same clients for both designs.
+        own: dict[int, list[int]] = {}
+        for client in layout.sends:
+            own.setdefault(client, []).append(client)
+
+        async def one_client(messages: list[int]) -> None:
+            sending: collections.deque[Any] = collections.deque()
+            for client in messages:
+                sending.append(send(client))
+                while sending and (sending[0].done() or len(sending) >= window):
+                    await sending.popleft()
+            for outcome in sending:
+                await outcome
+
+        await asyncio.gather(*(one_client(m) for m in own.values()))
     else:  # paced: the n-th send starts at n / rate seconds, whatever the others do
-        tasks = []
-        for n, client in enumerate(sends):
+        outcomes = []
+        for n, client in enumerate(layout.sends):
             delay = tally.first + n / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(send(client)))
-        await asyncio.gather(*tasks)
+            outcomes.append(send(client))
+        await asyncio.gather(*outcomes)
     # What has not arrived a minute after the last send is reported as missing (python-socketio
     # falls that far behind with rooms spanning the instances), not waited for.
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(tally.done.wait(), timeout=60)
+    deadline = time.perf_counter() + 60
+    while not settled() and time.perf_counter() < deadline:  # noqa: ASYNC110 (counters: no event)
+        await asyncio.sleep(0.01)
+    tally.settled = time.perf_counter()
+    tally.cpu = time.process_time() - cpu
+    tally.broker_cpu = _broker_cpu() - broker
+
+
+BROKER_PID: list[int] = []
+
+
+def _broker_cpu() -> float:
+    """CPU seconds the broker (on 5672) has used so far: the other engineers' load on it is
+    in there too."""
+    if not BROKER_PID:
+        out = subprocess.run(
+            ["rabbitmqctl", "-q", "eval", "os:getpid()."],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        BROKER_PID.append(int(out.strip().strip('"')))
+    fields = Path(f"/proc/{BROKER_PID[0]}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- (a) Rabbitry --------------------------------------------------------------------------
 
 
 async def run_rabbitry(
-    layout: Layout, in_flight: int, directory: Path, rate: float | None = None
+    layout: Layout, window: int, directory: Path, rate: float | None = None
 ) -> Result:
     namespace = "b" + uuid.uuid4().hex[:10]
     settings = Settings(namespace=namespace, amqp_url=AMQP_URL, data_dir=directory)
@@ -203,14 +273,20 @@ async def run_rabbitry(
                     Gateway(settings, publisher, instance=f"i{index}").running()
                 )
                 await asyncio.wait_for(gateway.inbox.connected.wait(), 20)
+                # The publisher connects on its first message: not inside the measurement,
+                # where thousands of first sends would wait on one connect.
+                layout_names = ChatLayout(namespace)
+                warm = Message(type="bench.warmup", payload={})
+                warmed = await publisher.publish(warm, Route("", layout_names.history_queue))
+                assert warmed.ok, warmed
                 gateways.append(gateway)
             clients: list[ConnectedClient] = []
             pumps = []
             for number, (room, instance) in enumerate(layout.seats):
 
-                async def record(frame: str) -> None:
+                async def record(frame: str, instance: int = instance) -> None:
                     # The id is the first field of every frame: no JSON parse on the clock.
-                    tally.received(frame[7:43])
+                    tally.received(frame[7:43], instance)
 
                 async def close(code: int, reason: str) -> None:
                     return None
@@ -221,21 +297,31 @@ async def run_rabbitry(
                 clients.append(client)
                 pumps.append(asyncio.create_task(client.pump()))
             # Manager.join returned once each room was bound: every binding is in place.
-            for gateway in gateways:
-                _time_sends(gateway, tally)
+            for index, gateway in enumerate(gateways):
+                _time_sends(gateway, tally, index)
                 _time_routing(gateway, tally)
             counter = iter(range(10**9))
 
-            async def send(number: int) -> None:
+            def send(number: int) -> asyncio.Future[Any]:
                 gateway = gateways[layout.seats[number][1]]
                 started = time.perf_counter()
-                result = await gateway.send(clients[number], f"message {next(counter)}")
-                tally.confirmed.append(time.perf_counter() - started)
-                assert result.ok, result
+                outcome = gateway.submit(clients[number], f"message {next(counter)}")
+
+                def confirmed(future: asyncio.Future[Any]) -> None:
+                    tally.confirmed.append(time.perf_counter() - started)
+                    assert future.result().ok, future.result()
+
+                outcome.add_done_callback(confirmed)
+                return outcome
 
             history = ChatLayout(namespace).history_queue
             before = await _queue_depth(history)
-            await _drive(layout.sends, in_flight, send, tally, rate)
+            copies = layout.copies()
+
+            def settled() -> bool:
+                return sum(g.inbox.delivered for g in gateways) >= copies
+
+            await _drive(layout, window, send, tally, rate, settled)
             # The copies the broker routed: one per hosting instance's queue (delivered), one
             # to the history queue (left there: no writer runs, to keep its work out of the
             # measurement).
@@ -250,7 +336,8 @@ async def run_rabbitry(
 
 
 def _time_routing(gateway: Gateway, tally: Tally) -> None:
-    """Note when each message first comes out of an instance's queue (send -> broker -> here)."""
+    """Note when each message first comes out of an instance's queue (send -> broker -> here;
+    the sender's own instance drops its copy, but it is counted here first)."""
     on_message = gateway.inbox._on_message
 
     def stamped(message: Any) -> None:
@@ -272,15 +359,16 @@ async def _queue_depth(queue: str) -> int:
     return depth
 
 
-def _time_sends(gateway: Gateway, tally: Tally) -> None:
+def _time_sends(gateway: Gateway, tally: Tally, instance: int) -> None:
     """Note the send time of every message as the gateway makes its id (the first thing
-    ``Gateway.send`` does, before publishing)."""
+    ``Gateway.submit`` does, before publishing)."""
     ids = gateway._ids
     make = ids.new
 
     def stamped(now_ms: int | None = None) -> str:
         message_id = make(now_ms)
         tally.sent_at[message_id] = time.perf_counter()
+        tally.origin[message_id] = instance
         return message_id
 
     ids.new = stamped  # type: ignore[method-assign]
@@ -289,7 +377,7 @@ def _time_sends(gateway: Gateway, tally: Tally) -> None:
 # --- (b) python-socketio's AsyncAioPikaManager ---------------------------------------------
 
 
-async def run_socketio(layout: Layout, in_flight: int, rate: float | None = None) -> Result:
+async def run_socketio(layout: Layout, window: int, rate: float | None = None) -> Result:
     channel = "b" + uuid.uuid4().hex[:10] + ".socketio"
     tally = Tally(layout.expected_receipts())
     handled = [0] * INSTANCES
@@ -298,8 +386,9 @@ async def run_socketio(layout: Layout, in_flight: int, rate: float | None = None
         manager = socketio.AsyncAioPikaManager(AMQP_URL, channel=channel)
         server = socketio.AsyncServer(client_manager=manager, async_mode="asgi")
 
-        async def deliver(eio_sid: str, pkt: Any) -> None:
-            tally.received(pkt.data.split('"id":"', 1)[1][:36])  # compact JSON: no spaces
+        async def deliver(eio_sid: str, pkt: Any, index: int = index) -> None:
+            # compact JSON: no spaces
+            tally.received(pkt.data.split('"id":"', 1)[1][:36], index)
 
         server._send_eio_packet = deliver
         original = manager._handle_emit
@@ -321,15 +410,28 @@ async def run_socketio(layout: Layout, in_flight: int, rate: float | None = None
     await _wait_bound(channel, INSTANCES)
     counter = iter(range(10**9))
 
-    async def send(number: int) -> None:
+    def send(number: int) -> asyncio.Future[Any]:
+        # A task per frame, as python-socketio runs its event handlers (async_handlers).
         room, instance = layout.seats[number]
         message_id = str(uuid.uuid4())
         tally.sent_at[message_id] = time.perf_counter()
+        tally.origin[message_id] = instance
         data = {"id": message_id, "room": f"room{room}", "text": f"message {next(counter)}"}
-        await servers[instance].emit("message", data, room=f"room{room}")
+        emitting: asyncio.Future[Any] = asyncio.ensure_future(
+            servers[instance].emit("message", data, room=f"room{room}")
+        )
+        return emitting
 
     try:
-        await _drive(layout.sends, in_flight, send, tally, rate)
+        # Each instance's queue gets every message; its own copy is skipped unhandled.
+        await _drive(
+            layout,
+            window,
+            send,
+            tally,
+            rate,
+            lambda: sum(handled) >= (INSTANCES - 1) * len(layout.sends),
+        )
     finally:
         for server in servers:
             manager = server.manager
@@ -394,10 +496,32 @@ async def _delete_socketio(channel: str) -> None:
     await _delete_names([r[1] for r in rows if r[0] == channel], [channel])
 
 
+def _p50_ms(values: Sequence[float]) -> str:
+    return f"{1000 * sorted(values)[len(values) // 2]:.1f} ms" if values else "-"
+
+
+def _where(result: Result) -> str:
+    tally = result.tally
+    assert tally is not None
+    until = tally.settled - tally.first
+    busy = f"process CPU {tally.cpu / until:.0%}"
+    return (
+        f"{result.receipts / until:,.0f} deliveries/s until every broker copy was consumed"
+        f" ({until:.2f} s); p50 on the sender's instance {_p50_ms(tally.local)}, on the others"
+        f" {_p50_ms(tally.remote)}; {busy} of one core, broker CPU"
+        f" {tally.broker_cpu / until:.0%} (all its users)"
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=4000)
-    parser.add_argument("--in-flight", type=int, default=100)
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=SEND_WINDOW,
+        help="saturated: a client's messages unanswered at once (both designs)",
+    )
     parser.add_argument("--seed", type=int, default=9)
     parser.add_argument("--layout", choices=LAYOUTS, default="random")
     parser.add_argument("--clients", type=int, default=1000)
@@ -407,7 +531,7 @@ async def main() -> None:
     if args.clients < args.rooms or args.rooms < 1:
         parser.error("--clients must be at least --rooms, and --rooms at least 1")
     layout = Layout.draw(args.messages, args.seed, args.clients, args.rooms, args.layout)
-    pace = f"paced at {args.rate:g}/s" if args.rate else f"{args.in_flight} in flight"
+    pace = f"paced at {args.rate:g}/s" if args.rate else f"saturated, window {args.window}"
     print(
         f"{INSTANCES} instances, {args.clients:,} clients in {args.rooms} rooms ({args.layout}),"
         f" {args.messages:,} messages ({layout.expected_receipts():,} socket deliveries), {pace};"
@@ -415,26 +539,29 @@ async def main() -> None:
         f" load average {os.getloadavg()[0]:.1f}"
     )
     with tempfile.TemporaryDirectory() as directory:
-        rabbitry = await run_rabbitry(layout, args.in_flight, Path(directory), args.rate)
+        rabbitry = await run_rabbitry(layout, args.window, Path(directory), args.rate)
         tally = rabbitry.tally
-    baseline = await run_socketio(layout, args.in_flight, args.rate)
+    baseline = await run_socketio(layout, args.window, args.rate)
     for result in (rabbitry, baseline):
         result.show()
     assert tally is not None
-    confirmed = sorted(tally.confirmed)
-    routed = sorted(tally.routed.values())
     print(
         f"  rabbitry, where the time goes (p50): send -> both publishes confirmed"
-        f" {1000 * confirmed[len(confirmed) // 2]:.1f} ms; send -> first queue delivery"
-        f" {1000 * routed[len(routed) // 2]:.1f} ms; send -> socket write {rabbitry.p50_ms:.1f} ms"
+        f" {_p50_ms(tally.confirmed)}; send -> the broker's first copy out of a queue"
+        f" {_p50_ms(list(tally.routed.values()))}; send -> socket write {rabbitry.p50_ms:.1f} ms"
     )
+    for result in (rabbitry, baseline):
+        print(f"  {result.name}: {_where(result)}")
+    assert baseline.tally is not None
+    settled = (baseline.tally.settled - baseline.tally.first) / (tally.settled - tally.first)
     print(
-        f"  ratio: {rabbitry.rate / baseline.rate:.2f}x the deliveries per second;"
+        f"  ratio: {rabbitry.rate / baseline.rate:.2f}x the deliveries per second"
+        f" ({settled:.2f}x counting until the broker's copies are consumed);"
         f" p50 {baseline.p50_ms / rabbitry.p50_ms:.2f}x lower;"
         f" broker deliveries per message {rabbitry.broker_deliveries / rabbitry.messages:.2f}"
         f" vs {baseline.broker_deliveries / baseline.messages:.2f}"
         f" (instances hosting the room: {layout.hosting():.2f}, + 1 for the history;"
-        f" all instances: {INSTANCES})"
+        f" all instances: {INSTANCES}); load average now {os.getloadavg()[0]:.1f}"
     )
 
 

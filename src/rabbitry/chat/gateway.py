@@ -16,7 +16,10 @@ them landing there in the same instant.
 
 A client's message is published to the dispatch exchange (the room's key) and to the
 persistence exchange, through the process's publisher: what the broker cannot take goes to the
-outbox, never lost.
+outbox, never lost. This instance's own sockets get it as soon as the dispatch copy is
+confirmed (or stored in the outbox), not through the broker: the copy the broker routes back
+to this instance's queue carries the instance in a header and is dropped unread
+(:meth:`Gateway.submit`).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from rabbitry.errors import BrokerError
 from rabbitry.messaging import Declarer
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.inbox import Inbox
-from rabbitry.messaging.publisher import Publisher, PublishResult, Route
+from rabbitry.messaging.publisher import Publisher, PublishResult, PublishStatus, Route
 from rabbitry.messaging.topology import Exchange, ExchangeType
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,8 @@ PAGE = 500  # history rows a catch-up reads at a time
 CATCH_UP_ROOMS = 8  # rooms catching up at once after a reconnect (database connections)
 SEAM_WAIT = 5.0  # how long a catch-up waits for the history to reach the live messages
 STRAGGLERS = 1.0  # when a catch-up looks again for messages the workers stored late
+ORIGIN = "chat_origin"  # header: the gateway instance that published a message
+UNSHOWN = 10_000  # own messages remembered as not shown here, until the queue brings them
 
 
 Seen = tuple[int | None, str | None]  # where what a room delivered starts: position, id
@@ -116,13 +121,44 @@ class Gateway:
         """True from SIGTERM on: not ready, new sockets are refused."""
         self.caught_up = 0
         """Messages sent to open sockets by catch-ups after reconnects."""
+        self._unshown: dict[str, None] = {}  # own messages left to the queue (in order)
+        self.echoes = 0
+        """Deliveries of this instance's own messages, dropped (its rooms had them already)."""
 
     def _on_message(self, message: Message) -> None:
         if self.history is not None and self.inbox.generation >= 2:
             self._hold_all(self.inbox.generation)
             if self._recording:
                 self._live.add(message.id)  # live, so no straggler of the catch-up
+        if message.extra.get(ORIGIN) == self.instance:
+            if self._unshown.pop(message.id, False) is None:
+                self.manager.dispatch(message)  # not shown when it was sent: shown now
+                return
+            # Our own message: its room here had it from submit() already.
+            self.echoes += 1
+            return
         self.manager.dispatch(message)
+
+    def _deliver_local(self, key: str, chat: ChatMessage) -> None:
+        """Hand a message this instance published to its room here (if the room still has
+        clients), as a delivery from the queue would; but not while the queue is away or
+        not yet caught up after a loss (the catch-up orders what was missed before what
+        comes live): then the message comes the way the others' do."""
+        inbox = self.inbox
+        if not inbox.connected.is_set() or (
+            self.history is not None
+            and inbox.generation >= 2
+            and self._held_for != inbox.generation
+        ):
+            self._unshown[chat.id] = None
+            while len(self._unshown) > UNSHOWN:  # (those the broker never routed back)
+                del self._unshown[next(iter(self._unshown))]
+            return
+        if self._recording:
+            self._live.add(chat.id)
+        room = self.manager.rooms.get(key)
+        if room is not None:
+            room.deliver(chat)
 
     def _hold_all(self, generation: int) -> list[Held]:
         """Hold every open socket's live messages, once per connection of the inbox, from its
@@ -331,8 +367,16 @@ class Gateway:
                 await asyncio.sleep(pause)  # spread: no stampede onto the other instances
         return len(clients)
 
-    async def send(self, client: ConnectedClient, text: str) -> PublishResult:
-        """Publish ``text`` from ``client`` to its room and to the history."""
+    def submit(self, client: ConnectedClient, text: str) -> asyncio.Future[PublishResult]:
+        """Publish ``text`` from ``client`` to its room and to the history; the future gives
+        the outcome (the dispatch copy's if it failed, else the history copy's).
+
+        Both copies are handed to the publisher before this returns, so messages submitted one
+        after the other are published, and shown, in that order: a socket may have several
+        in flight without waiting for each one's confirms. This instance's sockets in the room
+        get the message once the broker confirmed the dispatch copy (or the outbox stored it):
+        never a message that was not sent, and no broker round trip back to this instance.
+        """
         member = client.member
         chat = ChatMessage(
             id=self._ids.new(),
@@ -343,12 +387,42 @@ class Gateway:
             sent_at=now(),
         )
         message = Message(
-            type=MESSAGE_TYPE, payload=chat.payload(), id=chat.id, tenant=member.tenant
+            type=MESSAGE_TYPE,
+            payload=chat.payload(),
+            id=chat.id,
+            tenant=member.tenant,
+            extra={ORIGIN: self.instance},  # (an AMQP header: no JSON to encode for it)
         )
-        dispatch = Route(self.layout.dispatch_exchange, self.manager.key_of(client))
-        persistence = Route(self.layout.persistence_exchange, "")
-        results = await self._publisher.publish_many([(message, dispatch), (message, persistence)])
-        return results[0] if not results[0].ok else results[1]
+        key = self.manager.key_of(client)
+        publish = self._publisher.publish
+        dispatched = asyncio.ensure_future(
+            publish(message, Route(self.layout.dispatch_exchange, key))
+        )
+        stored = asyncio.ensure_future(
+            publish(message, Route(self.layout.persistence_exchange, ""))
+        )
+        return asyncio.ensure_future(self._settle(key, chat, dispatched, stored))
+
+    async def _settle(
+        self,
+        key: str,
+        chat: ChatMessage,
+        dispatched: asyncio.Future[PublishResult],
+        stored: asyncio.Future[PublishResult],
+    ) -> PublishResult:
+        try:
+            result = await dispatched
+        except BaseException:
+            stored.add_done_callback(_retrieved)
+            raise
+        if result.status is not PublishStatus.FAILED:
+            self._deliver_local(key, chat)
+        persisted = await stored
+        return result if not result.ok else persisted
+
+    async def send(self, client: ConnectedClient, text: str) -> PublishResult:
+        """Publish ``text`` from ``client`` and wait for the outcome (see :meth:`submit`)."""
+        return await self.submit(client, text)
 
     async def recover(self, client: ConnectedClient, since: str, history: ChatHistory) -> int:
         """Send ``client`` (held since before it joined) what it missed after ``since``, page
@@ -383,6 +457,11 @@ class Gateway:
     def revoke(self, tenant: str, user_id: str) -> int:
         """Close every socket of a user whose sessions were revoked; returns how many."""
         return self.manager.disconnect_member(tenant, user_id, "session revoked")
+
+
+def _retrieved(future: asyncio.Future[PublishResult]) -> None:
+    if not future.cancelled():
+        future.exception()  # (the dispatch copy's failure is the one reported)
 
 
 async def _once(messages: list[ChatMessage]) -> AsyncIterator[list[ChatMessage]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import hashlib
 import logging
@@ -47,7 +48,7 @@ from rabbitry.chat.protocol import (
 )
 from rabbitry.chat.revocations import RevocationWatch
 from rabbitry.errors import Invalid, RabbitryError
-from rabbitry.messaging.publisher import PublishStatus
+from rabbitry.messaging.publisher import PublishResult, PublishStatus
 from rabbitry.metrics import GATEWAYS
 from rabbitry.sessions import Principal, SessionManager, check_tenant, open_manager
 from rabbitry.storage.clock import utcnow
@@ -61,6 +62,7 @@ SESSION_EXPIRED = 4002  # an application close code, beside the manager's REVOKE
 TRY_AGAIN = 1013
 RATE = 10.0  # messages a second per client, on average
 BURST = 20
+SEND_WINDOW = 8  # a socket's messages waiting for their confirms at once
 
 Authenticate = Callable[[str, str], Awaitable[Principal | None]]
 
@@ -243,33 +245,54 @@ def _recovered(task: asyncio.Task[int], client: ConnectedClient) -> None:
 
 
 async def _read(websocket: WebSocket, client: ConnectedClient, gateway: Gateway) -> None:
-    """Read the client's frames until it goes; publish each valid message, answer the rest."""
+    """Read the client's frames until it goes; publish each valid message, answer the rest.
+
+    Up to :data:`SEND_WINDOW` of the client's messages wait for their confirms at once (in
+    order: the gateway publishes them as they are read); the next frame is read while they
+    do, so a socket's pace is not one durable confirm per message."""
     limit = RateLimit(RATE, BURST)
     loop = asyncio.get_running_loop()
-    while True:
-        event = await websocket.receive()
-        if event["type"] == "websocket.disconnect":
-            return
-        raw = event.get("text")
-        if raw is None:
-            client.send_now(error_frame("text frames only"))
-            continue
-        try:
-            text = parse_client_frame(raw)
-        except FrameError as exc:
-            client.send_now(error_frame(str(exc)))
-            continue
-        if not limit.allow(loop.time()):
-            client.send_now(error_frame(f"rate limit: at most {RATE:g} messages a second"))
-            continue
-        try:
-            result = await gateway.send(client, text)
-        except RabbitryError:  # the broker refused it and the outbox could not store it either
-            log.exception("a chat message of %s was lost to the client", client.member.username)
-            client.send_now(error_frame("message not sent: try again"))
-            continue
-        if result.status is PublishStatus.FAILED:
-            client.send_now(error_frame("message not sent: the broker is unavailable"))
+    sending: collections.deque[asyncio.Future[PublishResult]] = collections.deque()
+    try:
+        while True:
+            event = await websocket.receive()
+            if event["type"] == "websocket.disconnect":
+                return
+            raw = event.get("text")
+            if raw is None:
+                client.send_now(error_frame("text frames only"))
+                continue
+            try:
+                text = parse_client_frame(raw)
+            except FrameError as exc:
+                client.send_now(error_frame(str(exc)))
+                continue
+            if not limit.allow(loop.time()):
+                client.send_now(error_frame(f"rate limit: at most {RATE:g} messages a second"))
+                continue
+            sending.append(gateway.submit(client, text))
+            while sending and (sending[0].done() or len(sending) >= SEND_WINDOW):
+                await _sent(sending.popleft(), client)
+    finally:
+        for future in sending:  # the client is gone: the messages still go, unanswered
+            future.add_done_callback(_unanswered)
+
+
+async def _sent(future: asyncio.Future[PublishResult], client: ConnectedClient) -> None:
+    """Tell the client if its message was not sent."""
+    try:
+        result = await future
+    except RabbitryError:  # the broker refused it and the outbox could not store it either
+        log.exception("a chat message of %s was lost to the client", client.member.username)
+        client.send_now(error_frame("message not sent: try again"))
+        return
+    if result.status is PublishStatus.FAILED:
+        client.send_now(error_frame("message not sent: the broker is unavailable"))
+
+
+def _unanswered(future: asyncio.Future[PublishResult]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("a chat message was not sent: %s", future.exception())
 
 
 @router.get("/api/chat/rooms/{room}/messages")
