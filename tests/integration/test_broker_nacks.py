@@ -17,6 +17,7 @@ from fixtures.outbox import make_settings, seed_rows
 from helpers import AMQP_URL, RecordingFallback, drain_ids, message
 from rabbitry import Message, Publisher, PublishStatus, Queue, Route, Topology
 from rabbitry.amqp.declarer import Declarer
+from rabbitry.messaging.sender import RETIRE_AFTER
 from rabbitry.outbox.filters import RequeueFilter
 from rabbitry.outbox.relay import RelayService
 from rabbitry.outbox.requeue import RequeueOptions, requeue, without_circuit
@@ -24,7 +25,7 @@ from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 if TYPE_CHECKING:
-    from conftest import Endpoint
+    from conftest import BrokerProbe, Endpoint
     from rabbitry.config import Settings
 
 NACKED = "broker nacked the message"
@@ -71,7 +72,7 @@ async def test_without_a_fallback_a_nacked_publish_is_reported_failed(
 
     async with Publisher(settings.amqp) as publisher:
         result = await publisher.publish(Message(type="t", payload=1), Route("", full))
-        # The channel is still good: a nack is one message's fate, not the connection's.
+        # A nack is one message's fate: the next publish is tried (and nacked) too.
         assert (await publisher.publish(Message(type="t", payload=2), Route("", full))).status is (
             PublishStatus.FAILED
         )
@@ -98,6 +99,39 @@ async def test_publish_many_tells_each_nacked_message_from_each_confirmed_one(
     assert sorted(await drain_ids(ok, idle=0.3)) == sorted(
         m.id for m, _ in items if m.payload % 2 == 0
     )
+
+
+async def test_after_a_nack_the_publishes_go_on_a_new_connection_and_those_in_flight_finish(
+    settings: Settings, broker: BrokerProbe
+) -> None:
+    # A channel of RabbitMQ 3.10 that met a quorum queue without a leader nacks that queue for
+    # good (tests/faults/test_relay_faults.py); only a new channel sees the new leader.
+    full, ok = await declare(settings.namespace)
+    now = [0.0]
+    name = f"{settings.namespace}-renewed"
+
+    async with Publisher(settings.amqp, name=name, clock=lambda: now[0]) as publisher:
+        assert (await publisher.publish(Message(type="t", payload=0), Route("", ok))).ok
+        ((_, first),) = await broker.connections(name)
+        # Younger than RETIRE_AFTER: a queue that nacks for good does not churn connections.
+        assert not (await publisher.publish(Message(type="t", payload=1), Route("", full))).ok
+        assert [pid for _, pid in await broker.connections(name)] == [first]
+
+        now[0] += RETIRE_AFTER
+        results = await asyncio.gather(
+            publisher.publish(Message(type="t", payload=2), Route("", full)),
+            *(publisher.publish(Message(type="t", payload=n), Route("", ok)) for n in range(3, 23)),
+        )
+        # The publishes sharing the nacked connection were confirmed on it, not failed over.
+        assert [r.status for r in results] == [PublishStatus.FAILED] + [
+            PublishStatus.PUBLISHED
+        ] * 20
+        assert (await publisher.publish(Message(type="t", payload=23), Route("", ok))).ok
+        pids = [pid for _, pid in await broker.connections(name)]
+        assert len(set(pids) - {first}) == 1, pids  # the one after the nack is a new one
+
+    assert await broker.connections(name) == []  # the replaced one is closed with the publisher
+    assert len(await drain_ids(ok, idle=0.3)) == 22
 
 
 # --- the outbox ------------------------------------------------------------------------------
