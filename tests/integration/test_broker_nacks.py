@@ -11,13 +11,17 @@ silently) is the other half: the row stays pending.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
+
+import pytest
 
 from fixtures.outbox import make_settings, seed_rows
 from helpers import AMQP_URL, RecordingFallback, drain_ids, message
 from rabbitry import Message, Publisher, PublishStatus, Queue, Route, Topology
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.messaging.sender import RETIRE_AFTER
+from rabbitry.outbox.exchanges import ExchangeCheck
 from rabbitry.outbox.filters import RequeueFilter
 from rabbitry.outbox.relay import RelayService
 from rabbitry.outbox.requeue import RequeueOptions, requeue, without_circuit
@@ -25,7 +29,7 @@ from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 if TYPE_CHECKING:
-    from conftest import BrokerProbe, Endpoint
+    from conftest import BrokerProbe, Endpoint, Eventually
     from rabbitry.config import Settings
 
 NACKED = "broker nacked the message"
@@ -171,6 +175,77 @@ async def test_requeue_leaves_a_nacked_row_pending_and_marks_only_the_confirmed_
     assert (row.message_id, row.processed, row.attempts) == (refused.id, False, 1)
     assert row.last_error is not None and NACKED in row.last_error
     assert await drain_ids(ok, idle=0.3) == [taken.id]
+
+
+async def test_a_requeue_waits_out_nacks_and_sends_every_row_once_the_queue_takes_them(
+    db: Database, outbox_ns: str, caplog: pytest.LogCaptureFixture, eventually: Eventually
+) -> None:
+    # A quorum queue without a leader nacks for seconds (tests/faults/test_relay_faults.py);
+    # here a queue full to its limit nacks until it is emptied.
+    limited = f"{outbox_ns}.limited"
+    queue = Queue(limited, arguments=(("x-max-length", 3), ("x-overflow", "reject-publish")))
+    async with await Declarer.connect(AMQP_URL, name=f"{outbox_ns}-nacks") as declarer:
+        await declarer.declare(Topology.of(queues=[queue]))
+        async with Publisher(make_settings(db, outbox_ns).amqp) as publisher:
+            for n in range(3):  # full
+                assert (await publisher.publish(message(f"old{n}"), Route("", limited))).ok
+        rows = [message(f"row{n}") for n in range(3)]
+        await seed_rows(db, [(Route("", limited), m, "down") for m in rows])
+        settings = make_settings(db, outbox_ns)
+        check = ExchangeCheck(settings)
+        caplog.set_level(logging.WARNING, logger="rabbitry.outbox.requeue")
+
+        async def waiting() -> bool:
+            return any("again in" in r.getMessage() for r in caplog.records)
+
+        try:
+            async with Publisher(without_circuit(settings.amqp)) as publisher:
+                run = asyncio.ensure_future(
+                    requeue(
+                        Outbox(db),
+                        publisher,
+                        RequeueFilter(),
+                        options=RequeueOptions(broker_wait=60),
+                        exchanges=check,
+                    )
+                )
+                await eventually(waiting, timeout=30, what="the run waiting out the nacks")
+                await declarer.purge(limited)
+                report = await asyncio.wait_for(run, 60)
+        finally:
+            await check.close()
+
+    assert (report.published, report.failed) == (3, 0)
+    assert await Outbox(db).count(RequeueFilter()) == 0
+    assert sorted(await drain_ids(limited, idle=0.3)) == sorted(m.id for m in rows)
+    (line, *_) = [r.getMessage() for r in caplog.records if "again in" in r.getMessage()]
+    assert f"3 row(s) failed ({NACKED})" in line
+
+
+async def test_a_requeue_records_the_nacked_rows_failed_once_its_wait_is_spent(
+    db: Database, outbox_ns: str
+) -> None:
+    full, _ = await declare(outbox_ns)
+    refused = message("refused")
+    await seed_rows(db, [(Route("", full), refused, "down")])
+    settings = make_settings(db, outbox_ns)
+    check = ExchangeCheck(settings)
+    try:
+        async with Publisher(without_circuit(settings.amqp)) as publisher:
+            report = await requeue(
+                Outbox(db),
+                publisher,
+                RequeueFilter(),
+                options=RequeueOptions(broker_wait=1.0),
+                exchanges=check,
+            )
+    finally:
+        await check.close()
+
+    assert (report.published, report.failed, report.stopped) == (0, 1, None)
+    (row,) = await Outbox(db).rows(RequeueFilter())
+    assert (row.message_id, row.attempts) == (refused.id, 1)
+    assert row.last_error is not None and NACKED in row.last_error
 
 
 async def test_requeue_leaves_a_row_pending_when_its_confirm_never_comes(
