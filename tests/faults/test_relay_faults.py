@@ -19,33 +19,27 @@ the requeue recorded the rest of its rows failed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
 from faults.conftest import CLUSTER_URL, Cluster, Figures
-from faults.tally import Tally, count, migrated_database
+from faults.tally import Tally, add_rows, count, feeding, migrated_database, relaying
 from fixtures.outbox import Topic, requeue_environment, start_requeue
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
-from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Route
 from rabbitry.messaging.topology import work_queue
-from rabbitry.outbox.filters import Origin
 from rabbitry.outbox.models import OutboxMessageRecord
-from rabbitry.outbox.relay import RelayService
 from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
 if TYPE_CHECKING:
     from conftest import Eventually
 
-FEED = 20  # rows added to the outbox at a time, every FEED_PAUSE seconds
-FEED_PAUSE = 0.1
 STEP = 300  # rows relayed between one fault and the next
 REQUEUE_ROWS = 20_000
 
@@ -78,75 +72,6 @@ async def declare_queue(settings: Settings) -> Route:
     async with await Declarer.connect(CLUSTER_URL, name=f"{settings.namespace}-test") as declarer:
         await declarer.declare(topology)
     return Route("", queue)
-
-
-async def add_rows(ledger: Outbox, route: Route, tally: Tally, n: int) -> None:
-    """``n`` contingency rows, as a publisher's fallback stores them."""
-    messages = [Message(type="fault.relay", payload={"n": len(tally.sent) + i}) for i in range(n)]
-    await ledger.add([(route, m, "broker was down") for m in messages], origin=Origin.CONTINGENCY)
-    tally.sent.extend(m.id for m in messages)
-    tally.persisted.update(m.id for m in messages)
-
-
-@contextlib.asynccontextmanager
-async def feeding(ledger: Outbox, route: Route, tally: Tally) -> AsyncIterator[None]:
-    """Rows keep coming into the outbox until the block ends."""
-    stopping = asyncio.Event()
-
-    async def feed() -> None:
-        while not stopping.is_set():
-            await add_rows(ledger, route, tally, FEED)
-            await asyncio.sleep(FEED_PAUSE)
-
-    task = asyncio.create_task(feed())
-    try:
-        yield
-    finally:
-        stopping.set()
-        await task
-
-
-@contextlib.asynccontextmanager
-async def relaying(settings: Settings, database: Database) -> AsyncIterator[RelayService]:
-    """The relay as ``rabbitry up`` runs it (a shorter interval and batch)."""
-    relay = RelayService(settings, interval=0.2, batch_size=100, db=database)
-    stopping = asyncio.Event()
-    task = asyncio.create_task(relay.run(stopping))
-    try:
-        yield relay
-    finally:
-        stopping.set()
-        await asyncio.wait_for(task, timeout=60)
-
-
-async def leader(cluster: Cluster, queue: str) -> int:
-    """The node that leads ``queue``."""
-    out = await cluster.ctl(
-        cluster.live_node(), "list_queues", "--no-table-headers", "name", "leader"
-    )
-    for line in out.splitlines():
-        name, _, node = line.partition("\t")
-        if name == queue:
-            return int(node.split("@")[0][-1])  # PREFIXn@localhost (scripts/cluster)
-    raise AssertionError(f"no queue {queue}: {out}")
-
-
-async def lead_from(cluster: Cluster, queue: str, node: int, eventually: Eventually) -> None:
-    """Move ``queue``'s leadership to ``node`` (Ra's leadership transfer)."""
-    if await leader(cluster, queue) == node:
-        return
-    await cluster.ctl(
-        node,
-        "eval",
-        f'{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"/">>, queue, <<"{queue}">>)),'
-        " {Ra, Leader} = amqqueue:get_pid(Q),"
-        " ra:transfer_leadership({Ra, Leader}, {Ra, node()}).",
-    )
-
-    async def moved() -> bool:
-        return await leader(cluster, queue) == node
-
-    await eventually(moved, timeout=30, what=f"node {node} leading {queue}")
 
 
 async def check_marks(
@@ -185,7 +110,7 @@ async def test_the_relay_sends_every_row_through_an_alarm_a_crash_and_a_restart(
             connections = await faults.connections(f"{cluster_settings.namespace}-relay")
             assert connections, "the relay is not connected"
             node = connections[0][1]
-            await lead_from(faults, route.routing_key, node, eventually)
+            await faults.lead(route.routing_key, node)
             mark = len(await processed_ids(database))
             await faults.kill(node)
             killed = time.monotonic()
@@ -246,7 +171,7 @@ async def test_a_requeue_whose_node_is_killed_resumes_on_another_and_completes(
             connections = await faults.connections(f"{namespace}-requeue")
             assert connections, "the requeue is not connected"
             node = connections[0][1]
-            await lead_from(faults, route.routing_key, node, eventually)
+            await faults.lead(route.routing_key, node)
             await faults.kill(node)
             done_at_kill = len(await processed_ids(database))
             out, err = await asyncio.wait_for(process.communicate(), timeout=300)
