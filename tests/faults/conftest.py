@@ -172,6 +172,36 @@ class Cluster:
                         raise AssertionError(f"node {node} takes no quorum queue: {exc!r}") from exc
                     await asyncio.sleep(1.0)
 
+    async def leader(self, queue: str) -> int:
+        """The node that leads the quorum queue ``queue``."""
+        out = await self.ctl(
+            self.live_node(), "list_queues", "--no-table-headers", "name", "leader"
+        )
+        for line in out.splitlines():
+            name, _, node = line.partition("\t")
+            if name == queue:
+                return int(node.split("@")[0][-1])  # PREFIXn@localhost
+        raise AssertionError(f"no queue {queue} on the cluster")
+
+    async def lead(self, queue: str, node: int, timeout: float = 30.0) -> None:
+        """Make ``node`` lead the quorum queue ``queue`` (Ra's leadership transfer), so that a
+        case can kill the node a client is on *and* the queue's leader."""
+        if await self.leader(queue) == node:
+            return
+        await self.ctl(
+            node,
+            "eval",
+            f'{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"/">>, queue, <<"{queue}">>)),'
+            " {Ra, Leader} = amqqueue:get_pid(Q),"
+            " ra:transfer_leadership({Ra, Leader}, {Ra, node()}).",
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while await self.leader(queue) != node:
+            if loop.time() > deadline:
+                raise AssertionError(f"node {node} does not lead {queue} after {timeout:g}s")
+            await asyncio.sleep(0.5)
+
     def live_node(self) -> int:
         """A node neither down nor frozen."""
         return next(n for n in NODES if n not in self.down and n not in self.frozen)

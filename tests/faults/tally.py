@@ -1,6 +1,6 @@
 """What the fault cases share: the tally of each publish call's outcome, the outbox on a scratch
-PostgreSQL database, the relay of what the outbox kept, the count of what arrived, and the ids
-the event store holds.
+PostgreSQL database, rows fed into it and the relay running beside a case, the relay of what the
+outbox kept, the count of what arrived, and the ids the event store holds.
 
 A case streams messages through a fault, then calls :func:`relay_outbox` (everything the
 outbox kept goes to the cluster once it is whole) and reads back what arrived; :func:`count`
@@ -9,6 +9,7 @@ records the figures and checks the promise: every message sent arrived, 0 lost.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,8 +22,10 @@ from faults.conftest import Figures
 from helpers import scratch_database
 from rabbitry.config import Settings
 from rabbitry.events.models import StoredEvent
-from rabbitry.messaging.publisher import Publisher, PublishResult, PublishStatus
-from rabbitry.outbox.filters import RequeueFilter
+from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.publisher import Publisher, PublishResult, PublishStatus, Route
+from rabbitry.outbox.filters import Origin, RequeueFilter
+from rabbitry.outbox.relay import RelayService
 from rabbitry.outbox.requeue import RequeueReport, requeue, without_circuit
 from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
@@ -77,6 +80,48 @@ async def migrated_database(tmp_path: Path) -> AsyncIterator[Database]:
             yield database
         finally:
             await database.close()
+
+
+async def add_rows(ledger: Outbox, route: Route, tally: Tally, n: int) -> None:
+    """``n`` contingency rows, as a publisher's fallback stores them."""
+    messages = [Message(type="fault.relay", payload={"n": len(tally.sent) + i}) for i in range(n)]
+    await ledger.add([(route, m, "broker was down") for m in messages], origin=Origin.CONTINGENCY)
+    tally.sent.extend(m.id for m in messages)
+    tally.persisted.update(m.id for m in messages)
+
+
+@contextlib.asynccontextmanager
+async def feeding(
+    ledger: Outbox, route: Route, tally: Tally, *, rows: int = 20, pause: float = 0.1
+) -> AsyncIterator[None]:
+    """``rows`` rows come into the outbox every ``pause`` seconds until the block ends."""
+    stopping = asyncio.Event()
+
+    async def feed() -> None:
+        while not stopping.is_set():
+            await add_rows(ledger, route, tally, rows)
+            await asyncio.sleep(pause)
+
+    task = asyncio.create_task(feed())
+    try:
+        yield
+    finally:
+        stopping.set()
+        await task
+
+
+@contextlib.asynccontextmanager
+async def relaying(settings: Settings, database: Database) -> AsyncIterator[RelayService]:
+    """The relay as ``rabbitry up`` runs it (every 0.2 s, 100 rows a batch), until the block
+    ends."""
+    relay = RelayService(settings, interval=0.2, batch_size=100, db=database)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(relay.run(stopping))
+    try:
+        yield relay
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, timeout=60)
 
 
 async def relay_outbox(ledger: Outbox, settings: Settings) -> RequeueReport:

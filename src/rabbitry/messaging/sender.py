@@ -18,6 +18,13 @@ the caller's fallback once; a message it had read but not yet confirmed when the
 is both routed and stored: at least once, with the same message id, which consumers dedupe. A
 publish the broker refuses (no such exchange) fails alone: the messages it took down with the
 channel are sent again on a new connection, so nothing is stored or sent twice.
+
+A connection whose publish was nacked is replaced for the sends after it (once it is
+:data:`RETIRE_AFTER` seconds old), and closed once those in flight on it had their time: a
+channel of RabbitMQ 3.10 that first published to a quorum queue while the queue's leader was
+down nacks every later publish to that queue for as long as the channel lives, though a new
+leader took over seconds later (its client of the queue keeps asking the dead node). Only a new
+channel sees the new leader.
 """
 
 from __future__ import annotations
@@ -68,6 +75,11 @@ before they fail over. A publish the broker read before the alarm is confirmed i
 milliseconds (tens on a quorum queue); one it has not read never will be until the alarm
 clears."""
 
+RETIRE_AFTER = 1.0
+"""Seconds a connection must have been open before a nack replaces it: enough for a queue that
+nacks for good (full, with ``x-overflow: reject-publish``) to cost at most one new connection a
+second, short enough that a channel stuck on a dead leader is left a second after it is."""
+
 Verdict = tuple[PublishOutcome, str]
 """What became of one message: the broker's outcome, and why when it is not ``ACKED``."""
 
@@ -114,6 +126,8 @@ class Sender:
         self._watchdog: asyncio.TimerHandle | None = None
         self._impatient = 0  # sends in progress that would rather fail over than wait
         self._alarm = ""  # the reason of the alarm that opened the circuit, while it is open
+        self._opened_at = 0.0  # when the current link was opened (by ``clock``)
+        self._retiring: set[asyncio.Task[None]] = set()  # links replaced after a nack, closing
 
     @property
     def blocked(self) -> str | None:
@@ -151,6 +165,8 @@ class Sender:
                 verdict = await self._publish_one(link, item)
             except (TimeoutError, LinkClosed) as exc:
                 raise await self._failed(link, exc) from exc
+            if verdict[0] is PublishOutcome.NACKED:
+                self._nacked(link)
             if verdict[0] is not PublishOutcome.SKIPPED:
                 return [verdict]
             await self._drop(link)  # dropped behind another's refused publish: send it again
@@ -161,13 +177,17 @@ class Sender:
                 return verdicts
             link = await self._connected(wait_unblocked)
             again: list[int] = []
+            nacked = False
             for index, verdict in await self._publish(link, items, todo, verdicts):
                 if verdict[0] is PublishOutcome.SKIPPED:
                     again.append(index)
                 elif verdict is not _ACKED:
                     verdicts[index] = verdict
+                    nacked = nacked or verdict[0] is PublishOutcome.NACKED
             if again or not link.is_open:
                 await self._drop(link)  # the channel is gone; the next round opens another
+            elif nacked:
+                self._nacked(link)
             todo = again
         for index in todo:
             reason = "dropped by the broker after refused publishes; not sent again"
@@ -348,6 +368,7 @@ class Sender:
             self._set_blocked(None)
             link.on_blocked = lambda reason: self._on_blocked(link, reason)
             self._link = link
+            self._opened_at = self._clock()
             return link
 
     async def _open_confirming(self) -> BaseLink:
@@ -390,6 +411,28 @@ class Sender:
         self._circuit_until = self._clock() + self._settings.circuit_open_seconds
         await self._drop(link)
 
+    def _nacked(self, link: BaseLink) -> None:
+        """The broker nacked a publish on ``link``: the sends after this one go on a new
+        connection (see the module docstring), unless ``link`` is younger than
+        :data:`RETIRE_AFTER`. The sends in flight on it keep it until the publish timeout."""
+        if link is not self._link or self._clock() - self._opened_at < RETIRE_AFTER:
+            return
+        log.warning(
+            "%s: the broker nacked a publish; the next sends go on a new connection", self.name
+        )
+        self._link = None
+        self._set_blocked(None)
+        task = asyncio.ensure_future(self._close_later(link))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _close_later(self, link: BaseLink) -> None:
+        try:
+            # Every publish on it is confirmed, nacked or timed out (failing the link) by then.
+            await asyncio.sleep(self._settings.publish_timeout)
+        finally:
+            await _close_quietly(link)
+
     async def _drop(self, link: BaseLink) -> None:
         if self._link is link:
             self._link = None
@@ -402,6 +445,10 @@ class Sender:
             self._watchdog = None
         link, self._link = self._link, None
         alarm, self._alarm = self._alarm, ""
+        retiring = list(self._retiring)
+        for task in retiring:
+            task.cancel()  # closes its link now
+        await asyncio.gather(*retiring, return_exceptions=True)
         if link is not None:
             await _close_quietly(link)
         if link is not None or alarm:

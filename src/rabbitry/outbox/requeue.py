@@ -19,8 +19,14 @@ What is not the rows' fault is not held against them:
 * when a whole batch fails, the run asks whether the broker is reachable before recording
   anything. If it is not, the batch is given back untouched and the run waits for the broker
   (``broker_wait``), then tries the batch again; if the broker stays away it stops, leaving the
-  rest untouched, and its report says so. If it is, the batch is tried once more, and that
-  outcome is recorded;
+  rest untouched, and its report says so;
+* rows that failed while the broker answers, for a reason waiting cures (nacked, blocked by an
+  alarm, not confirmed in time: :attr:`~rabbitry.outbox.filters.Failure.UNAVAILABLE`), are
+  tried once more at once (the publisher may just have replaced its connection), then again
+  after growing pauses, from the same ``broker_wait`` budget, each pause logged (on stderr for
+  the command). A quorum queue whose leader was lost nacks publishes until another node leads
+  it, a few seconds; a run waits that out and sends everything, rather than record the rest as
+  failed. What still fails when the budget is spent is recorded;
 * rows leased by another run are skipped and counted (``skipped``).
 
 A run stops early when ``stopping`` is set (``rabbitry requeue`` sets it on SIGTERM/SIGINT):
@@ -66,6 +72,9 @@ TAKEN_OVER = "taken over by another run after this run's lease ended"
 # A batch older than this share of its lease is re-checked in the database before publishing.
 RENEW_AFTER = 0.5
 STOP_ASKED = "asked to stop"
+# The pauses before rows that failed while the broker answers are tried again: doubling.
+FIRST_PAUSE = 0.5
+MAX_PAUSE = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +88,8 @@ class RequeueOptions:
     lease: dt.timedelta = dt.timedelta(seconds=120)
     respect_backoff: bool = False
     stop_on_failed_batch: bool = False
-    # How long a run waits, in all, for a broker that went away before it stops and leaves
-    # the remaining rows untouched.
+    # How long a run waits, in all, for a broker that went away (before it stops and leaves
+    # the remaining rows untouched) or that nacks (before it records those rows failed).
     broker_wait: float = 30.0
 
 
@@ -88,7 +97,8 @@ class RequeueOptions:
 class RowOutcome:
     row: OutboxMessage
     error: str | None = None
-    # False for a row failed without a publish (its exchange is missing, it is corrupt).
+    # False for a row failed without a publish (its exchange is missing, it is corrupt), or
+    # whose publish went nowhere (its exchange was deleted).
     tried: bool = True
 
     @property
@@ -223,6 +233,8 @@ class _Run:
                     await settling
                 settling = asyncio.create_task(self._settle(outcomes))
                 self.recorded_upto = (batch[-1].created_at, batch[-1].id)
+                if self.report.stopped is not None:  # the broker went away after a part of it
+                    break
                 if self.options.stop_on_failed_batch and _wholly_failed(outcomes):
                     self.report.stopped = "a whole batch failed"
                     break
@@ -283,28 +295,65 @@ class _Run:
         await batches.put(None)
 
     async def _publish_batch(self, leased: _Leased) -> list[RowOutcome] | None:
-        """Publish the rows of ``leased`` this run still holds; ``None`` when the broker is
-        unreachable and the run stops (the batch untouched)."""
-        batch = leased.rows
+        """Publish the rows of ``leased`` this run still holds, trying those that fail for a
+        reason waiting cures again (see the module docstring); ``None`` when the broker is
+        unreachable and the run stops with none of them published (the batch untouched)."""
+        done: dict[int, RowOutcome] = {}
+        todo = leased.rows
+        pause = FIRST_PAUSE
+        retried = False
         while True:
-            batch = await self._still_ours(batch, leased)
-            if not batch:
-                return []
-            outcomes = await _publish(self.publisher, batch, self.exchanges)
-            if not _wholly_failed(outcomes) or self.exchanges is None:
-                return outcomes
-            if await self.exchanges.reachable():
-                # The broker answers: the failure was the messages', or a connection that has
-                # just been replaced. One more try tells; its outcome is recorded as it is.
-                return await _publish(self.publisher, batch, self.exchanges)
-            if not await self._wait_for_broker():
+            todo = await self._still_ours(todo, leased)
+            if not todo:
+                break
+            outcomes = await _publish(self.publisher, todo, self.exchanges)
+            done.update((o.row.id, o) for o in outcomes)
+            todo = [o.row for o in outcomes if _curable(o)]
+            if not todo or self.exchanges is None:
+                break
+            if _wholly_failed(outcomes) and not await self.exchanges.reachable():
+                if await self._wait_for_broker():
+                    continue
                 self.report.stopped = (
                     STOP_ASKED
                     if self.stopping.is_set()
                     else f"the broker is unreachable ({outcomes[0].error}); "
                     f"waited {self.waited:g}s for it"
                 )
-                return None
+                if not any(o.published for o in done.values()):
+                    return None
+                break  # record what this batch got published, and the rest as failed
+            if not retried:
+                # The broker answers: the failure was the messages', or a connection that has
+                # just been replaced. One more try at once tells.
+                retried = True
+                continue
+            if not await self._wait_out(todo, outcomes, pause):
+                break
+            pause = min(pause * 2, MAX_PAUSE)
+        return [done[row.id] for row in leased.rows if row.id in done]
+
+    async def _wait_out(
+        self, todo: Sequence[OutboxMessage], outcomes: Sequence[RowOutcome], pause: float
+    ) -> bool:
+        """Pause before ``todo`` (rows that failed while the broker answers) are tried again;
+        False when the ``broker_wait`` budget is spent or the run is asked to stop."""
+        pause = min(pause, self.options.broker_wait - self.waited)
+        if pause <= 0 or self.stopping.is_set():
+            return False
+        reason = next(o.error for o in outcomes if o.error is not None and _curable(o))
+        log.warning(
+            "requeue: %d row(s) failed (%s); again in %gs (waited %gs of %gs)",
+            len(todo),
+            reason,
+            pause,
+            self.waited,
+            self.options.broker_wait,
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), timeout=pause)
+        self.waited += pause
+        return not self.stopping.is_set()
 
     async def _still_ours(self, batch: list[OutboxMessage], leased: _Leased) -> list[OutboxMessage]:
         """The rows of ``batch`` this run may publish: all of them while its lease is young;
@@ -346,6 +395,12 @@ class _Run:
             self.progress(outcomes)
 
 
+def _curable(outcome: RowOutcome) -> bool:
+    """Whether ``outcome`` failed in a way that waiting cures (nacked, blocked, no confirm,
+    connection lost), not one that refuses the row as it is."""
+    return outcome.error is not None and outcome.failure is Failure.UNAVAILABLE
+
+
 def _wholly_failed(outcomes: Sequence[RowOutcome]) -> bool:
     """Every row failed, and some were sent: the broker may be down."""
     return all(o.error is not None for o in outcomes) and any(o.tried for o in outcomes)
@@ -380,7 +435,8 @@ async def _publish(
             error = None
             if result.status is not PublishStatus.PUBLISHED:
                 error = _no_exchange(exchange) if gone else result.error or "failed"
-            outcomes[row.id] = RowOutcome(row, error)
+            # A publish to an exchange that is gone went nowhere: refused, as if never tried.
+            outcomes[row.id] = RowOutcome(row, error, tried=not gone)
     return [outcomes[row.id] for row in rows]
 
 

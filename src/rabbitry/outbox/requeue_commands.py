@@ -8,7 +8,8 @@ summary. What it adds is an operator's process around the run:
   ``128 + signal`` (143, 130). A second signal stops it at once (the batch in flight may then
   be sent again by a later run).
 * Its publisher has no circuit breaker, and it waits up to ``--wait`` seconds for a broker that
-  went away mid-run before it stops, leaving the remaining rows untouched.
+  went away mid-run before it stops, leaving the remaining rows untouched, or that nacks (a
+  quorum queue electing a leader) before it records those rows failed; each wait is logged.
 * Exit codes: 0 all published; 1 some failed (or the run stopped early); 2 bad arguments; 3
   nothing failed but rows were skipped because another run holds them.
 """
@@ -83,7 +84,7 @@ def requeue_command(
             "--wait",
             min=0,
             max=3600,
-            help="Seconds to wait for a broker that goes away mid-run before stopping.",
+            help="Seconds to wait, in all, for a broker that goes away or nacks mid-run.",
         ),
     ] = 30.0,
 ) -> None:
