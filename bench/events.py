@@ -7,6 +7,12 @@ Cases (N change events waiting in a queue, spread over 1,000 entities):
       each; timed on N/10 events, it is that much slower)
   (c) the workflow worker: validation, then group commit (one writer, one transaction per batch
       of up to 250, the next batch decoded while the previous one is stored)
+  (d) the database ceiling (PostgreSQL only): the same events written with raw asyncpg, no
+      broker, in batches of the same size with the workflow writer's statements (BEGIN with
+      the advisory locks, the INSERT that reads the heads, COMMIT), the columns built before
+      the clock starts: how far the database alone goes on this machine, so that (c)/(d) says
+      what share of it the worker reaches. Timed with one connection (one batch in the
+      database at a time) and with K+1 connections (K+1 batches at once, disjoint entities).
 State rebuild: EventStore.state() for entities with 100, 1,000 and 10,000 events.
 
 Every case reads the same K event-sourcing queues (``--partitions K``, the workflow worker's
@@ -29,7 +35,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints
 from sqlalchemy import text
 
 from common import AMQP_URL, create_database
@@ -37,9 +45,10 @@ from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.events.change import ChangeEvent, ChangeType
 from rabbitry.events.emitter import Emitter
+from rabbitry.events.postgresql_writer import _INSERT_FROM_HEADS, _columns, _lock_key, _numbered
 from rabbitry.events.store import EventStore, Incoming
 from rabbitry.events.topology import EventsLayout, events_topology, module_topology
-from rabbitry.events.workflow import Outcomes, WorkflowWorker
+from rabbitry.events.workflow import BATCH_SIZE, Outcomes, WorkflowWorker
 from rabbitry.messaging.consumer import Subscription
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher
@@ -164,6 +173,47 @@ async def workflow_batches(settings: Settings, database: Database, n: int) -> fl
     return await run_until(service, service.clock)
 
 
+async def database_ceiling(url: str, n: int, connections: int) -> float:
+    """Case (d): the workflow writer's three round trips per batch of BATCH_SIZE, straight on
+    asyncpg, ``connections`` batches in the database at once (each connection its own entities),
+    nothing else in the process. Events stored per second."""
+    events = [
+        Incoming(change, str(uuid.uuid4()), _now()) for change in changes(n, uuid.uuid4().hex[:8])
+    ]
+    lanes: list[list[Incoming]] = [[] for _ in range(connections)]
+    for event in events:  # an entity's events all go the same way, in order
+        lanes[event.change.id % connections].append(event)
+    work: list[list[tuple[str, tuple[list[Any], ...]]]] = []
+    for lane in lanes:  # the statements' text and arguments, built before the clock starts
+        batches = []
+        for start in range(0, len(lane), BATCH_SIZE):
+            batch = lane[start : start + BATCH_SIZE]
+            keys = sorted({_lock_key((e.change.entity, e.change.id)) for e in batch})
+            begin = (
+                "BEGIN; SELECT pg_advisory_xact_lock(k) FROM unnest"
+                f"('{{{','.join(map(str, keys))}}}'::bigint[]) t(k)"
+            )
+            stored = [r for r in _numbered(batch, {}, set(), _now()) if r is not None]
+            batches.append((begin, _columns(stored)))
+        work.append(batches)
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+    conns = [await asyncpg.connect(dsn) for _ in range(connections)]
+
+    async def write(conn: Any, batches: list[tuple[str, tuple[list[Any], ...]]]) -> None:
+        for begin, columns in batches:
+            await conn.execute(begin)
+            await conn.fetch(_INSERT_FROM_HEADS, *columns, _now())
+            await conn.execute("COMMIT")
+
+    try:
+        begin = time.perf_counter()
+        await asyncio.gather(*(write(c, b) for c, b in zip(conns, work, strict=True)))
+        return n / (time.perf_counter() - begin)
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
 async def rebuild_times(database: Database, rounds: int) -> dict[int, float]:
     store = EventStore(database)
     times: dict[int, float] = {}
@@ -196,6 +246,10 @@ async def rebuild_times(database: Database, rounds: int) -> dict[int, float]:
     return times
 
 
+def _ceiling(connections: int) -> str:
+    return f"(d) database alone, raw asyncpg, {connections} connection(s)"
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -225,10 +279,16 @@ async def main(n: int, rounds: int, kind: str, partitions: int) -> None:
                 "(c) workflow worker, group commit (<= 250 per transaction)": workflow_batches,
             }
             rates: dict[str, list[float]] = {name: [] for name in cases}
+            ceilings = [1, partitions + 1] if kind == "postgresql" else []
+            for connections in ceilings:
+                rates[_ceiling(connections)] = []
             for _ in range(rounds):
                 for name, case in cases.items():
                     await analyze(database)
                     rates[name].append(await case(settings, database, n))
+                for connections in ceilings:
+                    await analyze(database)
+                    rates[_ceiling(connections)].append(await database_ceiling(url, n, connections))
             rebuild = await rebuild_times(database, max(rounds, 5))
         finally:
             await database.close()
@@ -252,6 +312,14 @@ async def main(n: int, rounds: int, kind: str, partitions: int) -> None:
     workflow = rates["(c) workflow worker, group commit (<= 250 per transaction)"]
     ratios = [c / a for a, c in zip(plain, workflow, strict=True)]
     print("(c)/(a) per round: " + ", ".join(f"{r:.2f}x" for r in ratios))
+    if kind == "postgresql":
+        alone = statistics.median(rates[_ceiling(1)])
+        most = max(statistics.median(rates[_ceiling(c)]) for c in (1, partitions + 1))
+        print(
+            f"database ceiling (d) vs plain consumer (a): {alone / base:.2f}x with one batch at"
+            f" a time, {most / base:.2f}x at best; the worker (c) reaches {batched / alone:.2f}x"
+            f" of (d) with one connection, {batched / most:.2f}x of the best"
+        )
     print(f"\nstate rebuild ({kind}, median of {max(rounds, 5)})")
     print(f"{'events':>8} {'ms':>9} {'us/event':>9} {'vs 100':>7}")
     for size, seconds in rebuild.items():
