@@ -5,8 +5,10 @@ Cases (N change events waiting in a queue, spread over 1,000 entities):
   (a) plain Rabbitry consumer: Worker + Subscription, a handler per message that does nothing
   (b) the same consumer with a handler per message that appends its event (one transaction
       each; timed on N/10 events, it is that much slower)
-  (c) the workflow worker: validation, then group commit (one writer, one transaction per batch
-      of up to 250, the next batch decoded while the previous one is stored)
+  (c) the workflow worker: validation, then group commit (one transaction per batch of up to
+      250, up to IN_FLIGHT batches of disjoint entities in the database at once per partition,
+      the next batch decoded while the previous ones are stored)
+  (c1) the same worker with one batch at a time (in_flight=1, as before IN_FLIGHT)
   (d) the database ceiling (PostgreSQL only): the same events written with raw asyncpg, no
       broker, in batches of the same size with the workflow writer's statements (BEGIN with
       the advisory locks, the INSERT that reads the heads, COMMIT), the columns built before
@@ -48,7 +50,7 @@ from rabbitry.events.emitter import Emitter
 from rabbitry.events.postgresql_writer import _INSERT_FROM_HEADS, _columns, _lock_key, _numbered
 from rabbitry.events.store import EventStore, Incoming
 from rabbitry.events.topology import EventsLayout, events_topology, module_topology
-from rabbitry.events.workflow import BATCH_SIZE, Outcomes, WorkflowWorker
+from rabbitry.events.workflow import BATCH_SIZE, IN_FLIGHT, Outcomes, WorkflowWorker
 from rabbitry.messaging.consumer import Subscription
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher
@@ -167,8 +169,16 @@ async def per_message_store(settings: Settings, database: Database, n: int) -> f
 
 
 async def workflow_batches(settings: Settings, database: Database, n: int) -> float:
+    return await _workflow(settings, database, n, IN_FLIGHT)
+
+
+async def workflow_one_batch(settings: Settings, database: Database, n: int) -> float:
+    return await _workflow(settings, database, n, 1)
+
+
+async def _workflow(settings: Settings, database: Database, n: int, in_flight: int) -> float:
     await fill(settings, changes(n, uuid.uuid4().hex[:8]))
-    service = TimedWorkflow(settings, database)
+    service = TimedWorkflow(settings, database, in_flight=in_flight)
     service.clock = Clock(n)
     return await run_until(service, service.clock)
 
@@ -277,6 +287,7 @@ async def main(n: int, rounds: int, kind: str, partitions: int) -> None:
                 "(a) plain consumer, no-op handler": plain_consumer,
                 "(b) handler per message, one transaction each": per_message_store,
                 "(c) workflow worker, group commit (<= 250 per transaction)": workflow_batches,
+                "(c1) the same, one batch in the database at a time": workflow_one_batch,
             }
             rates: dict[str, list[float]] = {name: [] for name in cases}
             ceilings = [1, partitions + 1] if kind == "postgresql" else []
@@ -312,6 +323,13 @@ async def main(n: int, rounds: int, kind: str, partitions: int) -> None:
     workflow = rates["(c) workflow worker, group commit (<= 250 per transaction)"]
     ratios = [c / a for a, c in zip(plain, workflow, strict=True)]
     print("(c)/(a) per round: " + ", ".join(f"{r:.2f}x" for r in ratios))
+    serial = rates["(c1) the same, one batch in the database at a time"]
+    print(
+        f"{IN_FLIGHT} batches at once vs one (c)/(c1): {batched / statistics.median(serial):.2f}x"
+        " (per round: "
+        + ", ".join(f"{c / s:.2f}x" for s, c in zip(serial, workflow, strict=True))
+        + ")"
+    )
     if kind == "postgresql":
         alone = statistics.median(rates[_ceiling(1)])
         most = max(statistics.median(rates[_ceiling(c)]) for c in (1, partitions + 1))
