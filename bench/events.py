@@ -216,9 +216,9 @@ async def database_ceiling(url: str, n: int, connections: int) -> float:
             await conn.execute("COMMIT")
 
     try:
-        begin = time.perf_counter()
+        started = time.perf_counter()
         await asyncio.gather(*(write(c, b) for c, b in zip(conns, work, strict=True)))
-        return n / (time.perf_counter() - begin)
+        return n / (time.perf_counter() - started)
     finally:
         for conn in conns:
             await conn.close()

@@ -31,6 +31,7 @@ their deliveries back), the batch is not written again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -109,7 +110,7 @@ class Batcher(Generic[T]):
             self._busy |= keys
             writer = asyncio.create_task(self._write_one(batch))
             self._writers.add(writer)
-            writer.add_done_callback(lambda task, keys=keys: self._ended(task, keys))
+            writer.add_done_callback(functools.partial(self._ended, keys))
 
     def _take(self) -> list[_Entry[T]]:
         """The next batch: the oldest waiting items whose keys no batch being written holds."""
@@ -124,7 +125,7 @@ class Batcher(Generic[T]):
         self._queue = left
         return batch
 
-    def _ended(self, writer: asyncio.Task[None], keys: set[Hashable]) -> None:
+    def _ended(self, keys: set[Hashable], writer: asyncio.Task[None]) -> None:
         self._writers.discard(writer)
         self._busy -= keys
         if writer.cancelled():  # the writers are being torn down: fail what waits, never leave it
