@@ -10,11 +10,14 @@ Cases (N change events waiting in a queue, spread over 1,000 entities):
       the next batch decoded while the previous ones are stored)
   (c1) the same worker with one batch at a time (in_flight=1, as before IN_FLIGHT)
   (d) the database ceiling (PostgreSQL only): the same events written with raw asyncpg, no
-      broker, in batches of the same size with the workflow writer's statements (BEGIN with
-      the advisory locks, the INSERT that reads the heads, COMMIT), the columns built before
-      the clock starts: how far the database alone goes on this machine, so that (c)/(d) says
-      what share of it the worker reaches. Timed with one connection (one batch in the
-      database at a time) and with K+1 connections (K+1 batches at once, disjoint entities).
+      broker, in batches of the same size with the workflow writer's statement (one call of
+      event_store_append(): the advisory locks, the INSERT that reads the heads, its commit),
+      the columns built before the clock starts: how far the database alone goes on this
+      machine, so that (c)/(d) says what share of it the worker reaches. Timed with one
+      connection (one batch in the database at a time) and with K+1 connections (K+1 batches
+      at once, disjoint entities).
+  (d3) the same with the three round trips the writer used before (BEGIN with the locks, the
+      INSERT, COMMIT), one connection.
 State rebuild: EventStore.state() for entities with 100, 1,000 and 10,000 events.
 
 Every case reads the same K event-sourcing queues (``--partitions K``, the workflow worker's
@@ -47,7 +50,12 @@ from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.events.change import ChangeEvent, ChangeType
 from rabbitry.events.emitter import Emitter
-from rabbitry.events.postgresql_writer import _INSERT_FROM_HEADS, _columns, _lock_key, _numbered
+from rabbitry.events.postgresql_writer import (
+    _APPEND_CALL,
+    _columns,
+    _lock_key,
+    _numbered,
+)
 from rabbitry.events.store import EventStore, Incoming
 from rabbitry.events.topology import EventsLayout, events_topology, module_topology
 from rabbitry.events.workflow import BATCH_SIZE, IN_FLIGHT, Outcomes, WorkflowWorker
@@ -60,6 +68,18 @@ from rabbitry.storage.database import Database
 
 ENTITIES = 1000
 HISTORY_SIZES = (100, 1_000, 10_000)
+# (d3): the insert the writer sent between BEGIN (with the locks) and COMMIT before it became
+# one call of event_store_append(), which holds the same statement.
+INSERT_FROM_HEADS = (
+    "INSERT INTO event_store"
+    ' (entity, entity_id, version, type, "user", data, message_id, occurred_at, recorded_at)'
+    " SELECT e, i, v + coalesce((SELECT max(s.version) FROM event_store AS s"
+    " WHERE s.entity = e AND s.entity_id = i), 0), t, u, CAST(d AS json), m, o, $9"
+    " FROM unnest($1::varchar[], $2::bigint[], $3::int[], $4::varchar[], $5::varchar[],"
+    " $6::text[], $7::varchar[], $8::timestamptz[])"
+    " WITH ORDINALITY AS x(e, i, v, t, u, d, m, o, n) ORDER BY n"
+    " ON CONFLICT (message_id) DO NOTHING RETURNING message_id, sequence, version"
+)
 
 
 class Clock:
@@ -183,36 +203,40 @@ async def _workflow(settings: Settings, database: Database, n: int, in_flight: i
     return await run_until(service, service.clock)
 
 
-async def database_ceiling(url: str, n: int, connections: int) -> float:
-    """Case (d): the workflow writer's three round trips per batch of BATCH_SIZE, straight on
-    asyncpg, ``connections`` batches in the database at once (each connection its own entities),
-    nothing else in the process. Events stored per second."""
+async def database_ceiling(url: str, n: int, connections: int, *, one_call: bool) -> float:
+    """Case (d): the workflow writer's statements per batch of BATCH_SIZE straight on asyncpg,
+    ``connections`` batches in the database at once (each connection its own entities),
+    nothing else in the process; events stored per second. ``one_call``: the writer's one
+    round trip (event_store_append()); else its three of before (BEGIN with the locks, the
+    INSERT reading the heads, COMMIT)."""
     events = [
         Incoming(change, str(uuid.uuid4()), _now()) for change in changes(n, uuid.uuid4().hex[:8])
     ]
     lanes: list[list[Incoming]] = [[] for _ in range(connections)]
     for event in events:  # an entity's events all go the same way, in order
         lanes[event.change.id % connections].append(event)
-    work: list[list[tuple[str, tuple[list[Any], ...]]]] = []
-    for lane in lanes:  # the statements' text and arguments, built before the clock starts
+    work: list[list[tuple[list[int], tuple[list[Any], ...]]]] = []
+    for lane in lanes:  # the statements' arguments, built before the clock starts
         batches = []
         for start in range(0, len(lane), BATCH_SIZE):
             batch = lane[start : start + BATCH_SIZE]
             keys = sorted({_lock_key((e.change.entity, e.change.id)) for e in batch})
-            begin = (
-                "BEGIN; SELECT pg_advisory_xact_lock(k) FROM unnest"
-                f"('{{{','.join(map(str, keys))}}}'::bigint[]) t(k)"
-            )
             stored = [r for r in _numbered(batch, {}, set(), _now()) if r is not None]
-            batches.append((begin, _columns(stored)))
+            batches.append((keys, _columns(stored)))
         work.append(batches)
     dsn = url.replace("postgresql+asyncpg://", "postgresql://")
     conns = [await asyncpg.connect(dsn) for _ in range(connections)]
 
-    async def write(conn: Any, batches: list[tuple[str, tuple[list[Any], ...]]]) -> None:
-        for begin, columns in batches:
-            await conn.execute(begin)
-            await conn.fetch(_INSERT_FROM_HEADS, *columns, _now())
+    async def write(conn: Any, batches: list[tuple[list[int], tuple[list[Any], ...]]]) -> None:
+        for keys, columns in batches:
+            if one_call:
+                await conn.fetch(_APPEND_CALL, *columns, _now(), keys)
+                continue
+            await conn.execute(
+                "BEGIN; SELECT pg_advisory_xact_lock(k) FROM unnest"
+                f"('{{{','.join(map(str, keys))}}}'::bigint[]) t(k)"
+            )
+            await conn.fetch(INSERT_FROM_HEADS, *columns, _now())
             await conn.execute("COMMIT")
 
     try:
@@ -256,8 +280,10 @@ async def rebuild_times(database: Database, rounds: int) -> dict[int, float]:
     return times
 
 
-def _ceiling(connections: int) -> str:
-    return f"(d) database alone, raw asyncpg, {connections} connection(s)"
+def _ceiling(connections: int, one_call: bool) -> str:
+    if one_call:
+        return f"(d) database alone, one call a batch, {connections} connection(s)"
+    return f"(d3) database alone, 3 round trips a batch, {connections} connection(s)"
 
 
 def _now() -> dt.datetime:
@@ -290,16 +316,21 @@ async def main(n: int, rounds: int, kind: str, partitions: int) -> None:
                 "(c1) the same, one batch in the database at a time": workflow_one_batch,
             }
             rates: dict[str, list[float]] = {name: [] for name in cases}
-            ceilings = [1, partitions + 1] if kind == "postgresql" else []
-            for connections in ceilings:
-                rates[_ceiling(connections)] = []
+            # (connections, one call per batch)
+            ceilings = [(1, True), (partitions + 1, True), (1, False)]
+            if kind != "postgresql":
+                ceilings = []
+            for connections, one_call in ceilings:
+                rates[_ceiling(connections, one_call)] = []
             for _ in range(rounds):
                 for name, case in cases.items():
                     await analyze(database)
                     rates[name].append(await case(settings, database, n))
-                for connections in ceilings:
+                for connections, one_call in ceilings:
                     await analyze(database)
-                    rates[_ceiling(connections)].append(await database_ceiling(url, n, connections))
+                    rates[_ceiling(connections, one_call)].append(
+                        await database_ceiling(url, n, connections, one_call=one_call)
+                    )
             rebuild = await rebuild_times(database, max(rounds, 5))
         finally:
             await database.close()
@@ -331,8 +362,8 @@ async def main(n: int, rounds: int, kind: str, partitions: int) -> None:
         + ")"
     )
     if kind == "postgresql":
-        alone = statistics.median(rates[_ceiling(1)])
-        most = max(statistics.median(rates[_ceiling(c)]) for c in (1, partitions + 1))
+        alone = statistics.median(rates[_ceiling(1, True)])
+        most = max(statistics.median(rates[_ceiling(c, True)]) for c in (1, partitions + 1))
         print(
             f"database ceiling (d) vs plain consumer (a): {alone / base:.2f}x with one batch at"
             f" a time, {most / base:.2f}x at best; the worker (c) reaches {batched / alone:.2f}x"
