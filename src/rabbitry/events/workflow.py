@@ -68,9 +68,10 @@ class WorkflowWorker:
         layout = EventsLayout(settings.namespace)
         self._settings = settings
         self._batch_size = batch_size
-        self._in_flight = in_flight
+        # SQLite writes one transaction at a time: a second batch would only wait for its lock.
+        self._in_flight = 1 if database.is_sqlite else in_flight
         # A batch in the database per writer, and one more arriving.
-        self._prefetch = prefetch = max(settings.prefetch, (in_flight + 1) * batch_size)
+        self._prefetch = prefetch = max(settings.prefetch, (self._in_flight + 1) * batch_size)
         partitions = [
             self.event_subscription(layout.partition_queue(p))
             for p in range(settings.events_partitions)
