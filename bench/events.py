@@ -9,6 +9,8 @@ Cases (N change events waiting in a queue, spread over 1,000 entities):
       250, up to IN_FLIGHT batches of disjoint entities in the database at once per partition,
       the next batch decoded while the previous ones are stored)
   (c1) the same worker with one batch at a time (in_flight=1, as before IN_FLIGHT)
+  (c0) the worker as it was before both (PostgreSQL only): one batch at a time, each in three
+      round trips (BEGIN with the locks, INSERT_FROM_HEADS, COMMIT; patched in here)
   (d) the database ceiling (PostgreSQL only): the same events written with raw asyncpg, no
       broker, in batches of the same size with the workflow writer's statement (one call of
       event_store_append(): the advisory locks, the INSERT that reads the heads, its commit),
@@ -48,13 +50,16 @@ from sqlalchemy import text
 from common import AMQP_URL, create_database
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
-from rabbitry.events.change import ChangeEvent, ChangeType
+from rabbitry.events import store as store_module
+from rabbitry.events.change import ChangeEvent, ChangeType, RecordedEvent
 from rabbitry.events.emitter import Emitter
 from rabbitry.events.postgresql_writer import (
     _APPEND_CALL,
     _columns,
+    _fill_in,
     _lock_key,
     _numbered,
+    append_postgresql,
 )
 from rabbitry.events.store import EventStore, Incoming
 from rabbitry.events.topology import EventsLayout, events_topology, module_topology
@@ -203,6 +208,41 @@ async def _workflow(settings: Settings, database: Database, n: int, in_flight: i
     return await run_until(service, service.clock)
 
 
+async def three_round_trips(
+    database: Database, events: Sequence[Incoming]
+) -> list[RecordedEvent | None]:
+    """The PostgreSQL append as it was before event_store_append(), for (c0): BEGIN with the
+    locks, the insert reading the heads, COMMIT. A batch holding a repeat (none here) takes
+    today's way."""
+    recorded_at = _now()
+    results = _numbered(events, {}, set(), recorded_at)
+    stored = [r for r in results if r is not None]
+    keys = sorted({_lock_key((e.entity, e.id)) for e in stored})
+    async with database.writer_engine.connect() as conn:
+        driver: Any = (await conn.get_raw_connection()).driver_connection
+        await driver.execute(
+            "BEGIN; SELECT pg_advisory_xact_lock(k) FROM unnest"
+            f"('{{{','.join(map(str, keys))}}}'::bigint[]) t(k)"
+        )
+        rows = await driver.fetch(INSERT_FROM_HEADS, *_columns(stored), recorded_at)
+        if len(rows) != len(stored):
+            await driver.execute("ROLLBACK")
+            return await append_postgresql(database, events)
+        await driver.execute("COMMIT")
+    _fill_in(stored, rows)
+    return results
+
+
+async def workflow_as_before(settings: Settings, database: Database, n: int) -> float:
+    names = vars(store_module)  # EventStore.append calls the writer by its module-level name
+    original = names["append_postgresql"]
+    names["append_postgresql"] = three_round_trips
+    try:
+        return await _workflow(settings, database, n, 1)
+    finally:
+        names["append_postgresql"] = original
+
+
 async def database_ceiling(url: str, n: int, connections: int, *, one_call: bool) -> float:
     """Case (d): the workflow writer's statements per batch of BATCH_SIZE straight on asyncpg,
     ``connections`` batches in the database at once (each connection its own entities),
@@ -315,6 +355,10 @@ async def main(n: int, rounds: int, kind: str, partitions: int) -> None:
                 "(c) workflow worker, group commit (<= 250 per transaction)": workflow_batches,
                 "(c1) the same, one batch in the database at a time": workflow_one_batch,
             }
+            if kind == "postgresql":
+                cases["(c0) as before: one batch at a time, 3 round trips each"] = (
+                    workflow_as_before
+                )
             rates: dict[str, list[float]] = {name: [] for name in cases}
             # (connections, one call per batch)
             ceilings = [(1, True), (partitions + 1, True), (1, False)]
@@ -362,6 +406,13 @@ async def main(n: int, rounds: int, kind: str, partitions: int) -> None:
         + ")"
     )
     if kind == "postgresql":
+        before = rates["(c0) as before: one batch at a time, 3 round trips each"]
+        print(
+            f"this change vs before (c)/(c0): {batched / statistics.median(before):.2f}x"
+            " (per round: "
+            + ", ".join(f"{c / b:.2f}x" for b, c in zip(before, workflow, strict=True))
+            + ")"
+        )
         alone = statistics.median(rates[_ceiling(1, True)])
         most = max(statistics.median(rates[_ceiling(c, True)]) for c in (1, partitions + 1))
         print(
