@@ -44,8 +44,10 @@ Outcomes = list[BaseException | None]
 # Messages per transaction: enough to amortise the commit and the round trips (measured best
 # around 250 on PostgreSQL, see docs/performance.md), few enough to keep a retry cheap.
 BATCH_SIZE = 250
-# Batches in the database at once per partition (no two with the same entity, see .batcher):
-# while one waits for its round trips, the next is already being written.
+# Batches in the database at once with one partition (no two with the same entity, see
+# .batcher): while one waits for its round trip, the next is already being written (measured
+# 1.24-1.35x one at a time, docs/performance.md). With partitions, each has one: K writers
+# already keep the database busy, and two each, in smaller batches, measured slower (0.78x).
 IN_FLIGHT = 2
 MAX_NAME_LENGTH = 255  # the message log's text columns
 
@@ -61,13 +63,15 @@ class WorkflowWorker:
         database: Database,
         *,
         batch_size: int = BATCH_SIZE,
-        in_flight: int = IN_FLIGHT,
+        in_flight: int | None = None,
     ) -> None:
         self.store = EventStore(database)
         self.log = MessageLog(database)
         layout = EventsLayout(settings.namespace)
         self._settings = settings
         self._batch_size = batch_size
+        if in_flight is None:
+            in_flight = IN_FLIGHT if settings.events_partitions == 1 else 1
         # SQLite writes one transaction at a time: a second batch would only wait for its lock.
         self._in_flight = 1 if database.is_sqlite else in_flight
         # A batch in the database per writer, and one more arriving.
