@@ -5,8 +5,21 @@ Cases (N change events waiting in a queue, spread over 1,000 entities):
   (a) plain Rabbitry consumer: Worker + Subscription, a handler per message that does nothing
   (b) the same consumer with a handler per message that appends its event (one transaction
       each; timed on N/10 events, it is that much slower)
-  (c) the workflow worker: validation, then group commit (one writer, one transaction per batch
-      of up to 250, the next batch decoded while the previous one is stored)
+  (c) the workflow worker: validation, then group commit (one transaction per batch of up to
+      250, with one partition up to IN_FLIGHT batches of disjoint entities in the database at
+      once, with K one per partition; the next batch decoded while the previous ones are stored)
+  (c1) the same worker with one batch at a time (in_flight=1, as before IN_FLIGHT)
+  (c0) the worker as it was before both (PostgreSQL only): one batch at a time, each in three
+      round trips (BEGIN with the locks, INSERT_FROM_HEADS, COMMIT; patched in here)
+  (d) the database ceiling (PostgreSQL only): the same events written with raw asyncpg, no
+      broker, in batches of the same size with the workflow writer's statement (one call of
+      event_store_append(): the advisory locks, the INSERT that reads the heads, its commit),
+      the columns built before the clock starts: how far the database alone goes on this
+      machine, so that (c)/(d) says what share of it the worker reaches. Timed with one
+      connection (one batch in the database at a time) and with K+1 connections (K+1 batches
+      at once, disjoint entities).
+  (d3) the same with the three round trips the writer used before (BEGIN with the locks, the
+      INSERT, COMMIT), one connection.
 State rebuild: EventStore.state() for entities with 100, 1,000 and 10,000 events.
 
 Every case reads the same K event-sourcing queues (``--partitions K``, the workflow worker's
@@ -29,17 +42,28 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints
 from sqlalchemy import text
 
 from common import AMQP_URL, create_database
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
-from rabbitry.events.change import ChangeEvent, ChangeType
+from rabbitry.events import store as store_module
+from rabbitry.events.change import ChangeEvent, ChangeType, RecordedEvent
 from rabbitry.events.emitter import Emitter
+from rabbitry.events.postgresql_writer import (
+    _APPEND_CALL,
+    _columns,
+    _fill_in,
+    _lock_key,
+    _numbered,
+    append_postgresql,
+)
 from rabbitry.events.store import EventStore, Incoming
 from rabbitry.events.topology import EventsLayout, events_topology, module_topology
-from rabbitry.events.workflow import Outcomes, WorkflowWorker
+from rabbitry.events.workflow import BATCH_SIZE, Outcomes, WorkflowWorker
 from rabbitry.messaging.consumer import Subscription
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher
@@ -49,6 +73,18 @@ from rabbitry.storage.database import Database
 
 ENTITIES = 1000
 HISTORY_SIZES = (100, 1_000, 10_000)
+# (d3): the insert the writer sent between BEGIN (with the locks) and COMMIT before it became
+# one call of event_store_append(), which holds the same statement.
+INSERT_FROM_HEADS = (
+    "INSERT INTO event_store"
+    ' (entity, entity_id, version, type, "user", data, message_id, occurred_at, recorded_at)'
+    " SELECT e, i, v + coalesce((SELECT max(s.version) FROM event_store AS s"
+    " WHERE s.entity = e AND s.entity_id = i), 0), t, u, CAST(d AS json), m, o, $9"
+    " FROM unnest($1::varchar[], $2::bigint[], $3::int[], $4::varchar[], $5::varchar[],"
+    " $6::text[], $7::varchar[], $8::timestamptz[])"
+    " WITH ORDINALITY AS x(e, i, v, t, u, d, m, o, n) ORDER BY n"
+    " ON CONFLICT (message_id) DO NOTHING RETURNING message_id, sequence, version"
+)
 
 
 class Clock:
@@ -158,10 +194,98 @@ async def per_message_store(settings: Settings, database: Database, n: int) -> f
 
 
 async def workflow_batches(settings: Settings, database: Database, n: int) -> float:
+    return await _workflow(settings, database, n, None)
+
+
+async def workflow_one_batch(settings: Settings, database: Database, n: int) -> float:
+    return await _workflow(settings, database, n, 1)
+
+
+async def _workflow(settings: Settings, database: Database, n: int, in_flight: int | None) -> float:
     await fill(settings, changes(n, uuid.uuid4().hex[:8]))
-    service = TimedWorkflow(settings, database)
+    service = TimedWorkflow(settings, database, in_flight=in_flight)
     service.clock = Clock(n)
     return await run_until(service, service.clock)
+
+
+async def three_round_trips(
+    database: Database, events: Sequence[Incoming]
+) -> list[RecordedEvent | None]:
+    """The PostgreSQL append as it was before event_store_append(), for (c0): BEGIN with the
+    locks, the insert reading the heads, COMMIT. A batch holding a repeat (none here) takes
+    today's way."""
+    recorded_at = _now()
+    results = _numbered(events, {}, set(), recorded_at)
+    stored = [r for r in results if r is not None]
+    keys = sorted({_lock_key((e.entity, e.id)) for e in stored})
+    async with database.writer_engine.connect() as conn:
+        driver: Any = (await conn.get_raw_connection()).driver_connection
+        await driver.execute(
+            "BEGIN; SELECT pg_advisory_xact_lock(k) FROM unnest"
+            f"('{{{','.join(map(str, keys))}}}'::bigint[]) t(k)"
+        )
+        rows = await driver.fetch(INSERT_FROM_HEADS, *_columns(stored), recorded_at)
+        if len(rows) != len(stored):
+            await driver.execute("ROLLBACK")
+            return await append_postgresql(database, events)
+        await driver.execute("COMMIT")
+    _fill_in(stored, rows)
+    return results
+
+
+async def workflow_as_before(settings: Settings, database: Database, n: int) -> float:
+    names = vars(store_module)  # EventStore.append calls the writer by its module-level name
+    original = names["append_postgresql"]
+    names["append_postgresql"] = three_round_trips
+    try:
+        return await _workflow(settings, database, n, 1)
+    finally:
+        names["append_postgresql"] = original
+
+
+async def database_ceiling(url: str, n: int, connections: int, *, one_call: bool) -> float:
+    """Case (d): the workflow writer's statements per batch of BATCH_SIZE straight on asyncpg,
+    ``connections`` batches in the database at once (each connection its own entities),
+    nothing else in the process; events stored per second. ``one_call``: the writer's one
+    round trip (event_store_append()); else its three of before (BEGIN with the locks, the
+    INSERT reading the heads, COMMIT)."""
+    events = [
+        Incoming(change, str(uuid.uuid4()), _now()) for change in changes(n, uuid.uuid4().hex[:8])
+    ]
+    lanes: list[list[Incoming]] = [[] for _ in range(connections)]
+    for event in events:  # an entity's events all go the same way, in order
+        lanes[event.change.id % connections].append(event)
+    work: list[list[tuple[list[int], tuple[list[Any], ...]]]] = []
+    for lane in lanes:  # the statements' arguments, built before the clock starts
+        batches = []
+        for start in range(0, len(lane), BATCH_SIZE):
+            batch = lane[start : start + BATCH_SIZE]
+            keys = sorted({_lock_key((e.change.entity, e.change.id)) for e in batch})
+            stored = [r for r in _numbered(batch, {}, set(), _now()) if r is not None]
+            batches.append((keys, _columns(stored)))
+        work.append(batches)
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+    conns = [await asyncpg.connect(dsn) for _ in range(connections)]
+
+    async def write(conn: Any, batches: list[tuple[list[int], tuple[list[Any], ...]]]) -> None:
+        for keys, columns in batches:
+            if one_call:
+                await conn.fetch(_APPEND_CALL, *columns, _now(), keys)
+                continue
+            await conn.execute(
+                "BEGIN; SELECT pg_advisory_xact_lock(k) FROM unnest"
+                f"('{{{','.join(map(str, keys))}}}'::bigint[]) t(k)"
+            )
+            await conn.fetch(INSERT_FROM_HEADS, *columns, _now())
+            await conn.execute("COMMIT")
+
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(write(c, b) for c, b in zip(conns, work, strict=True)))
+        return n / (time.perf_counter() - started)
+    finally:
+        for conn in conns:
+            await conn.close()
 
 
 async def rebuild_times(database: Database, rounds: int) -> dict[int, float]:
@@ -196,6 +320,12 @@ async def rebuild_times(database: Database, rounds: int) -> dict[int, float]:
     return times
 
 
+def _ceiling(connections: int, one_call: bool) -> str:
+    if one_call:
+        return f"(d) database alone, one call a batch, {connections} connection(s)"
+    return f"(d3) database alone, 3 round trips a batch, {connections} connection(s)"
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -223,12 +353,28 @@ async def main(n: int, rounds: int, kind: str, partitions: int) -> None:
                 "(a) plain consumer, no-op handler": plain_consumer,
                 "(b) handler per message, one transaction each": per_message_store,
                 "(c) workflow worker, group commit (<= 250 per transaction)": workflow_batches,
+                "(c1) the same, one batch in the database at a time": workflow_one_batch,
             }
+            if kind == "postgresql":
+                cases["(c0) as before: one batch at a time, 3 round trips each"] = (
+                    workflow_as_before
+                )
             rates: dict[str, list[float]] = {name: [] for name in cases}
+            # (connections, one call per batch)
+            ceilings = [(1, True), (partitions + 1, True), (1, False)]
+            if kind != "postgresql":
+                ceilings = []
+            for connections, one_call in ceilings:
+                rates[_ceiling(connections, one_call)] = []
             for _ in range(rounds):
                 for name, case in cases.items():
                     await analyze(database)
                     rates[name].append(await case(settings, database, n))
+                for connections, one_call in ceilings:
+                    await analyze(database)
+                    rates[_ceiling(connections, one_call)].append(
+                        await database_ceiling(url, n, connections, one_call=one_call)
+                    )
             rebuild = await rebuild_times(database, max(rounds, 5))
         finally:
             await database.close()
@@ -252,6 +398,28 @@ async def main(n: int, rounds: int, kind: str, partitions: int) -> None:
     workflow = rates["(c) workflow worker, group commit (<= 250 per transaction)"]
     ratios = [c / a for a, c in zip(plain, workflow, strict=True)]
     print("(c)/(a) per round: " + ", ".join(f"{r:.2f}x" for r in ratios))
+    serial = rates["(c1) the same, one batch in the database at a time"]
+    print(
+        f"(c) vs one batch at a time (c)/(c1): {batched / statistics.median(serial):.2f}x"
+        " (per round: "
+        + ", ".join(f"{c / s:.2f}x" for s, c in zip(serial, workflow, strict=True))
+        + ")"
+    )
+    if kind == "postgresql":
+        before = rates["(c0) as before: one batch at a time, 3 round trips each"]
+        print(
+            f"this change vs before (c)/(c0): {batched / statistics.median(before):.2f}x"
+            " (per round: "
+            + ", ".join(f"{c / b:.2f}x" for b, c in zip(before, workflow, strict=True))
+            + ")"
+        )
+        alone = statistics.median(rates[_ceiling(1, True)])
+        most = max(statistics.median(rates[_ceiling(c, True)]) for c in (1, partitions + 1))
+        print(
+            f"database ceiling (d) vs plain consumer (a): {alone / base:.2f}x with one batch at"
+            f" a time, {most / base:.2f}x at best; the worker (c) reaches {batched / alone:.2f}x"
+            f" of (d) with one connection, {batched / most:.2f}x of the best"
+        )
     print(f"\nstate rebuild ({kind}, median of {max(rounds, 5)})")
     print(f"{'events':>8} {'ms':>9} {'us/event':>9} {'vs 100':>7}")
     for size, seconds in rebuild.items():

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ async def namespace(**overrides: Any) -> AsyncIterator[Settings]:
         await delete_namespace(settings.namespace)
 
 
-async def publish_rounds(settings: Settings, rounds: range, entities: range) -> int:
+async def publish_rounds(settings: Settings, rounds: range, entities: Sequence[int]) -> int:
     """Round ``n`` publishes event ``n`` of every entity, in one pipelined batch; rounds go
     one after the other, so each entity's events are published in order. How many were sent."""
     sent = 0
@@ -169,34 +169,69 @@ async def test_two_worker_processes_store_each_entity_in_publish_order(
         assert len(await stored(database)) == ENTITIES * EVENTS
 
 
+async def fail_entity_7(database: Database, times: int) -> None:
+    """The database fails every transaction that stores an event of entity 7, ``times``
+    times (a sequence counts the attempts: it is not rolled back with them)."""
+    async with database.engine.begin() as conn:
+        await conn.execute(text("CREATE SEQUENCE failures"))
+        await conn.execute(
+            text(
+                "CREATE FUNCTION refuse_entity_7() RETURNS trigger LANGUAGE plpgsql AS $$"
+                f" BEGIN IF NEW.entity_id = 7 AND nextval('failures') <= {int(times)} THEN"
+                " RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$"
+            )
+        )
+        await conn.execute(
+            text(
+                "CREATE TRIGGER refuse_entity_7 BEFORE INSERT ON event_store"
+                " FOR EACH ROW EXECUTE FUNCTION refuse_entity_7()"
+            )
+        )
+
+
+async def failures(database: Database) -> int:
+    """How many times entity 7's events were tried (see :func:`fail_entity_7`)."""
+    async with database.engine.connect() as conn:
+        return int((await conn.execute(text("SELECT last_value FROM failures"))).scalar_one())
+
+
 async def test_a_batch_the_database_fails_is_stored_before_the_batches_after_it(
     tmp_path: Path,
 ) -> None:
     async with postgresql(tmp_path) as (_, database), namespace() as settings:
-        # The database fails every transaction that stores an event of entity 7, three times
-        # (a sequence counts the attempts: it is not rolled back with them).
-        async with database.engine.begin() as conn:
-            await conn.execute(text("CREATE SEQUENCE failures"))
-            await conn.execute(
-                text(
-                    "CREATE FUNCTION refuse_entity_7() RETURNS trigger LANGUAGE plpgsql AS $$"
-                    " BEGIN IF NEW.entity_id = 7 AND nextval('failures') <= 3 THEN"
-                    " RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$"
-                )
-            )
-            await conn.execute(
-                text(
-                    "CREATE TRIGGER refuse_entity_7 BEFORE INSERT ON event_store"
-                    " FOR EACH ROW EXECUTE FUNCTION refuse_entity_7()"
-                )
-            )
+        await fail_entity_7(database, times=3)
         async with running(WorkflowWorker(settings, database, batch_size=50)):
             sent = await publish_rounds(settings, range(EVENTS), range(ENTITIES))
             await wait_stored(database, sent)
-        async with database.engine.connect() as conn:
-            attempts = (await conn.execute(text("SELECT last_value FROM failures"))).scalar_one()
-        assert attempts > 3, "the failure was not injected"
+        assert await failures(database) > 3, "the failure was not injected"
         await assert_in_publish_order(database, range(ENTITIES), EVENTS)
+
+
+async def test_while_a_failed_batch_is_written_again_other_entities_batches_are_stored(
+    tmp_path: Path,
+) -> None:
+    # Two batches in the database at once: entity 7's first batch fails five times (written
+    # again in place, ~3 s of pauses); meanwhile the other batches store the other entities,
+    # and entity 7's later events wait for its first one.
+    others = [e for e in range(ENTITIES) if e != 7]
+    async with postgresql(tmp_path) as (_, database), namespace() as settings:
+        await fail_entity_7(database, times=5)
+        async with running(WorkflowWorker(settings, database, batch_size=50, in_flight=2)):
+            sent = await publish_rounds(settings, range(1), [7])
+
+            async def tried() -> bool:
+                return await failures(database) >= 1
+
+            await eventually_true(tried, timeout=30, what="entity 7's first attempt")
+            sent += await publish_rounds(settings, range(EVENTS), others)
+            sent += await publish_rounds(settings, range(1, EVENTS), [7])
+            await wait_stored(database, sent)
+        assert await failures(database) > 5, "the failure was not injected"
+        await assert_in_publish_order(database, range(ENTITIES), EVENTS)
+        rows = await stored(database)
+        first_of_7 = rows.index((7, 0, 1))
+        overtaking = [row for row in rows[:first_of_7] if row[1] > 0]
+        assert overtaking, "no other entity was stored while entity 7's batch was held"
 
 
 async def test_a_worker_drains_the_queue_of_earlier_versions_before_the_partitions(

@@ -28,6 +28,7 @@ CHAIN = [
     ("0006_chat_order", "chat"),
     ("0007_outbox_failure", "outbox"),
     ("0008_backoffice_logouts", "outbox"),
+    ("0009_events_append", "events"),
 ]
 
 

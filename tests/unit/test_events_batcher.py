@@ -134,3 +134,95 @@ async def test_a_held_batch_whose_callers_gave_up_is_not_written_again() -> None
         await waiting
     await asyncio.sleep(0.5)  # longer than the first pauses: no attempt after the cancel
     assert attempts <= 2
+
+
+class KeyedRecorder:
+    """Records which keys are being written at once; item = (key, n)."""
+
+    def __init__(self, delay: float = 0.01, held: set[int] | None = None) -> None:
+        self.delay = delay
+        self.held = held or set()  # keys whose batches fail (held) on their first attempt
+        self.failed: set[int] = set()
+        self.writing: list[set[int]] = []
+        self.most_at_once = 0
+        self.order: list[tuple[int, int]] = []  # what was written, in commit order
+
+    async def write(self, items: Sequence[tuple[int, int]]) -> list[BaseException | None]:
+        keys = {key for key, _ in items}
+        assert all(not keys & other for other in self.writing), "a key in two batches at once"
+        self.writing.append(keys)
+        self.most_at_once = max(self.most_at_once, len(self.writing))
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.writing.remove(keys)
+        failing = (keys & self.held) - self.failed
+        if failing:
+            self.failed |= failing
+            return [StorageError("injected")] * len(items)
+        self.order.extend(items)
+        return [None] * len(items)
+
+
+def by_key(order: list[tuple[int, int]]) -> dict[int, list[int]]:
+    result: dict[int, list[int]] = {}
+    for key, n in order:
+        result.setdefault(key, []).append(n)
+    return result
+
+
+async def test_batches_of_other_keys_are_written_at_once_and_each_key_keeps_its_order() -> None:
+    recorder = KeyedRecorder()
+    batcher: Batcher[tuple[int, int]] = Batcher(
+        recorder.write, max_size=8, key=lambda item: item[0], in_flight=2
+    )
+    submitted: list[asyncio.Future[None]] = []
+    for n in range(10):
+        await asyncio.sleep(0.001 if n % 3 == 0 else 0)
+        for key in range(40):
+            submitted.append(asyncio.ensure_future(batcher.submit((key, n))))
+    await asyncio.gather(*submitted)
+    assert recorder.most_at_once == 2
+    assert by_key(recorder.order) == {key: list(range(10)) for key in range(40)}
+
+
+async def test_without_a_key_one_batch_at_a_time_whatever_in_flight_allows() -> None:
+    recorder = Recorder(delay=0.005)
+    batcher = Batcher(recorder.write, max_size=5, in_flight=3)
+    submitted: list[asyncio.Future[None]] = []
+    for i in range(40):
+        await asyncio.sleep(0.001 if i % 3 == 0 else 0)
+        submitted.append(asyncio.ensure_future(batcher.submit(i)))
+    await asyncio.gather(*submitted)
+    assert recorder.most_at_once == 1
+    assert [i for batch in recorder.batches for i in batch] == list(range(40))
+
+
+async def test_a_held_batch_is_written_again_before_later_items_of_its_keys_only() -> None:
+    # Key 1's first batch fails (held); key 2's batches go on meanwhile, and key 1's later
+    # items wait for its batch to be stored.
+    recorder = KeyedRecorder(held={1})
+    batcher: Batcher[tuple[int, int]] = Batcher(
+        recorder.write, max_size=4, hold=lambda exc: True, key=lambda item: item[0], in_flight=2
+    )
+    submitted = [asyncio.ensure_future(batcher.submit((1, 0)))]
+    await asyncio.sleep(0.001)  # key 1's first batch, alone, is in the writer
+    submitted.append(asyncio.ensure_future(batcher.submit((2, 0))))
+    for n in range(1, 20):
+        await asyncio.sleep(0.002)
+        for key in (1, 2):
+            submitted.append(asyncio.ensure_future(batcher.submit((key, n))))
+    await asyncio.gather(*submitted)
+    assert recorder.failed == {1}
+    assert by_key(recorder.order) == {1: list(range(20)), 2: list(range(20))}
+    # Key 2 was stored past where key 1 stood while key 1's batch waited out its pause.
+    first_of_1 = recorder.order.index((1, 0))
+    assert any(key == 2 and n > 0 for key, n in recorder.order[:first_of_1])
+
+
+def test_in_flight_must_be_positive() -> None:
+    async def write(items: Sequence[int]) -> list[BaseException | None]:
+        return [None] * len(items)
+
+    with pytest.raises(ValueError):
+        Batcher(write, max_size=1, in_flight=0)

@@ -1,4 +1,4 @@
-"""Group commit: messages handed over one at a time, written in batches, one batch at a time.
+"""Group commit: messages handed over one at a time, written in batches, a few batches at once.
 
 The workflow worker stores change events in batches (one transaction per batch), but a batch
 consumer decodes, validates and stores strictly in turn: while a batch is in the database, the
@@ -9,16 +9,21 @@ is in the database the consumer goes on decoding and submitting the next message
 size follows the load by itself: one message when idle, hundreds when the database is the
 bottleneck.
 
-Order is kept: submissions join the queue in the order the handler calls were made (a
-consumer starts its handler calls in delivery order, and :meth:`submit` queues before it first
-yields), and batches are written one after the other. So the events of one entity are stored
-in arrival order, as with a batch consumer.
+Order is kept per key (an entity, for the workflow worker): submissions join the queue in the
+order the handler calls were made (a consumer starts its handler calls in delivery order, and
+:meth:`submit` queues before it first yields). Up to ``in_flight`` batches are written at once,
+but no two of them share a key: an item whose key is in a batch being written waits for a
+later batch, and so do the items of that key behind it, in their order. So the events of one
+entity are stored in arrival order, as with one batch at a time, while a second batch is
+already in the database (measured in ``bench/events.py``, see docs/performance.md).
 
 A batch that fails in a way worth waiting out (``hold``: the database is down, say) is written
-again, in place, backing off, before any later batch: handing it to the broker's retry queues
-instead would let the later batches commit first, and its events would be stored after
-events published after them. Meanwhile the later submissions wait, the consumer's prefetch
-window fills, and the broker stops delivering: the queue holds the rest, in order. When every
+again, in place, backing off, and its keys stay taken until it is through: no later item of its
+keys is written before it. Handing it to the broker's retry queues instead would let later
+batches commit first, and its events would be stored after events published after them.
+Meanwhile the later submissions of its keys wait (those of other keys go on in the other
+batches), the consumer's prefetch window fills, and the broker stops delivering: the queue
+holds the rest, in order. When every
 caller of a held batch has given up (a worker stopping or losing its link: the broker gives
 their deliveries back), the batch is not written again.
 """
@@ -26,8 +31,10 @@ their deliveries back), the batch is not written again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -35,62 +42,114 @@ log = logging.getLogger(__name__)
 
 Write = Callable[[Sequence[T]], Awaitable[Sequence[BaseException | None]]]
 Hold = Callable[[BaseException], bool]
+Key = Callable[[T], Hashable]
 
 FIRST_PAUSE = 0.1
 MAX_PAUSE = 5.0
 
 
-class Batcher(Generic[T]):
-    """Feeds ``write`` batches of what :meth:`submit` was given, one batch at a time."""
+@dataclass(slots=True)
+class _Entry(Generic[T]):
+    item: T
+    key: Hashable
+    future: asyncio.Future[None]
 
-    def __init__(self, write: Write[T], *, max_size: int, hold: Hold | None = None) -> None:
+
+def _one_key(_: object) -> None:
+    return None
+
+
+class Batcher(Generic[T]):
+    """Feeds ``write`` batches of what :meth:`submit` was given: up to ``in_flight`` batches
+    at once, no two of them with an item of the same ``key`` (without ``key``, every item has
+    the same one: one batch at a time)."""
+
+    def __init__(
+        self,
+        write: Write[T],
+        *,
+        max_size: int,
+        hold: Hold | None = None,
+        key: Key[T] | None = None,
+        in_flight: int = 1,
+    ) -> None:
         if max_size < 1:
             raise ValueError("max_size must be at least 1")
+        if in_flight < 1:
+            raise ValueError("in_flight must be at least 1")
         self._write = write
         self._max_size = max_size
         self._hold = hold
-        self._queue: list[tuple[T, asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._key: Key[T] = key or _one_key
+        self._in_flight = in_flight
+        self._queue: list[_Entry[T]] = []
+        self._busy: set[Hashable] = set()  # the keys of the batches being written
+        self._writers: set[asyncio.Task[None]] = set()
+        self._scheduled = False
 
     async def submit(self, item: T) -> None:
         """Queue ``item``; return once its batch is written, or raise its outcome."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, future))  # before any await: keeps the callers' order
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._drain())
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        # Before any await: keeps the callers' order.
+        self._queue.append(_Entry(item, self._key(item), future))
+        if not self._scheduled and len(self._writers) < self._in_flight:
+            # One turn of the loop first, so that the calls made in this turn share a batch.
+            self._scheduled = True
+            loop.call_soon(self._start)
         await future
 
-    async def _drain(self) -> None:
-        try:
-            # One turn of the loop first, so that the calls made in this turn share a batch.
-            await asyncio.sleep(0)
-            while self._queue:
-                batch = self._queue[: self._max_size]
-                del self._queue[: self._max_size]
-                await self._write_one(batch)
-        finally:
-            self._writer = None
-            if self._queue:  # cancelled with work left: fail it, never leave it waiting
-                for _, future in self._queue:
-                    if not future.done():
-                        future.cancel()
-                self._queue.clear()
+    def _start(self) -> None:
+        """Start writing as many batches as there are free places for (and items to take)."""
+        self._scheduled = False
+        while len(self._writers) < self._in_flight and self._queue:
+            batch = self._take()
+            if not batch:
+                return  # every waiting item's key is being written: the next end starts it
+            keys = {entry.key for entry in batch}
+            self._busy |= keys
+            writer = asyncio.create_task(self._write_one(batch))
+            self._writers.add(writer)
+            writer.add_done_callback(functools.partial(self._ended, keys))
 
-    async def _write_one(self, batch: list[tuple[T, asyncio.Future[None]]]) -> None:
-        if all(future.done() for _, future in batch):
+    def _take(self) -> list[_Entry[T]]:
+        """The next batch: the oldest waiting items whose keys no batch being written holds."""
+        batch: list[_Entry[T]] = []
+        left: list[_Entry[T]] = []
+        for index, entry in enumerate(self._queue):
+            if len(batch) == self._max_size:
+                left.extend(self._queue[index:])
+                break
+            # Every later item of a busy key is skipped too, so each key keeps its order.
+            (left if entry.key in self._busy else batch).append(entry)
+        self._queue = left
+        return batch
+
+    def _ended(self, keys: set[Hashable], writer: asyncio.Task[None]) -> None:
+        self._writers.discard(writer)
+        self._busy -= keys
+        if writer.cancelled():  # the writers are being torn down: fail what waits, never leave it
+            for entry in self._queue:
+                entry.future.cancel()
+            self._queue.clear()
+            return
+        self._start()
+
+    async def _write_one(self, batch: list[_Entry[T]]) -> None:
+        if all(entry.future.done() for entry in batch):
             return  # every caller gave up: their deliveries went back to the broker
         try:
             attempt = 0
             while True:
                 outcomes = await self._attempt(batch)
                 held = next((o for o in outcomes if o is not None and self._held(o)), None)
-                if held is None or all(future.done() for _, future in batch):
+                if held is None or all(entry.future.done() for entry in batch):
                     break
                 attempt += 1
                 pause = min(FIRST_PAUSE * 2 ** min(attempt - 1, 16), MAX_PAUSE)
                 log.warning(
                     "a batch of %d failed (attempt %d), written again in %.1fs before any "
-                    "later one: %s",
+                    "later one of its keys: %s",
                     len(batch),
                     attempt,
                     pause,
@@ -98,22 +157,20 @@ class Batcher(Generic[T]):
                 )
                 await asyncio.sleep(pause)
         except asyncio.CancelledError:
-            for _, future in batch:
-                future.cancel()
+            for entry in batch:
+                entry.future.cancel()
             raise
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
-            if future.done():  # its caller gave up (cancelled while draining)
+        for entry, outcome in zip(batch, outcomes, strict=True):
+            if entry.future.done():  # its caller gave up (cancelled while draining)
                 continue
             if outcome is None:
-                future.set_result(None)
+                entry.future.set_result(None)
             else:
-                future.set_exception(outcome)
+                entry.future.set_exception(outcome)
 
-    async def _attempt(
-        self, batch: list[tuple[T, asyncio.Future[None]]]
-    ) -> Sequence[BaseException | None]:
+    async def _attempt(self, batch: list[_Entry[T]]) -> Sequence[BaseException | None]:
         try:
-            outcomes = await self._write([i for i, _ in batch])
+            outcomes = await self._write([entry.item for entry in batch])
             if len(outcomes) != len(batch):
                 raise RuntimeError("the batch writer must return one outcome per item")
         except asyncio.CancelledError:

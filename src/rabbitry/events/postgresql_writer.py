@@ -1,10 +1,13 @@
-"""Appending change events on PostgreSQL: two statements on the driver's own connection.
+"""Appending change events on PostgreSQL: one call on the driver's own connection.
 
-Each batch first takes a transaction-scoped advisory lock per (entity, id), in one global order,
-so writers of the same entity queue up instead of colliding; then one ``INSERT … SELECT`` from
-one array parameter per column (``unnest``) of the new events, numbered in arrival order from
-their heads, which it reads itself. A batch with a message stored before takes one lookup of
-the heads and of the stored message ids first (see :func:`append_postgresql`).
+A batch is one call of ``event_store_append()`` (migration ``0009_events_append``) outside a
+transaction, so in one of its own: it takes a transaction-scoped advisory lock per (entity, id),
+in one global order, so that writers of the same entity queue up instead of colliding; then one
+``INSERT … SELECT`` from one array parameter per column (``unnest``) of the new events,
+numbered in arrival order from their heads, which it reads itself; the commit ends the call.
+One round trip, where BEGIN, the insert and COMMIT took three. A batch with a message stored
+before is written again the longer way: the locks, one lookup of the heads and of the stored
+message ids, then the insert (see :func:`append_postgresql`).
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from rabbitry.events.incoming import Incoming
 from rabbitry.events.writes import Refused, classify
 from rabbitry.storage.database import Database
 
-# The whole PostgreSQL append after the locks: one round trip, one plan, whatever the batch.
-# The statement snapshot is taken after the locks were granted (a separate, earlier
-# statement), so the heads it reads include every event committed by a writer it waited for.
-# PostgreSQL, once the batch's locks are held: the head version of each (entity, id) (kind 0),
+# The longer way, for a batch with a message stored before. The statements' snapshots are
+# taken after the locks were granted (a separate, earlier statement), so the heads they read
+# include every event committed by a writer they waited for.
+# Once the batch's locks are held: the head version of each (entity, id) (kind 0),
 # and the message ids stored before (kind 1), in one round trip; each max() is answered from
 # the end of the unique index, so the cost does not grow with the entities' histories, nor
 # with the table.
@@ -47,45 +50,58 @@ _INSERT_POSTGRESQL = (
     " WITH ORDINALITY AS x(e, i, v, t, u, d, m, o, n) ORDER BY n"
     " RETURNING message_id, sequence, version"
 )
-# The same insert without the lookup before it (one round trip fewer): each event's version is
-# its place among its entity's events in the batch plus the entity's head, read here (a
-# statement does not see its own rows, so each max() is the head before the batch). A message
-# stored before is left out (ON CONFLICT) and the caller, seeing fewer rows than events, rolls
-# back and takes the lookup path: numbered around it, the versions would have a gap.
-_INSERT_FROM_HEADS = (
-    "INSERT INTO event_store"
-    ' (entity, entity_id, version, type, "user", data, message_id, occurred_at, recorded_at)'
-    " SELECT e, i, v + coalesce((SELECT max(s.version) FROM event_store AS s"
-    " WHERE s.entity = e AND s.entity_id = i), 0), t, u, CAST(d AS json), m, o, $9"
-    " FROM unnest($1::varchar[], $2::bigint[], $3::int[], $4::varchar[], $5::varchar[],"
-    " $6::text[], $7::varchar[], $8::timestamptz[])"
-    " WITH ORDINALITY AS x(e, i, v, t, u, d, m, o, n) ORDER BY n"
-    " ON CONFLICT (message_id) DO NOTHING RETURNING message_id, sequence, version"
-)
+# The usual way: the locks and an insert that reads the heads itself (a statement does not see
+# its own rows, so each max() is the head before the batch), in one call outside a transaction
+# (migration 0009_events_append): one round trip, the commit included.
+_APPEND_CALL = "SELECT * FROM event_store_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+# What event_store_append() fails with (nothing kept) when a message was stored before.
+_STORED_BEFORE = "RR001"
 
 
 async def append_postgresql(
     database: Database, events: Sequence[Incoming]
 ) -> list[RecordedEvent | None]:
     """One batch on PostgreSQL, on the driver's own connection (checked out of the engine's
-    pool): three round trips (BEGIN with the locks, the insert that reads the heads itself,
-    COMMIT), a third of the time the same work takes through an ORM session.
+    pool): one round trip, a call of ``event_store_append()`` that takes the locks and inserts
+    the events, numbered from the heads it reads, in a transaction of its own.
 
     A batch holding a message stored before (a redelivery) is written again the longer way,
     four round trips: the heads and the stored ids looked up first, so that the new events
     are numbered without a gap where the repeated one was."""
-    results = await _append(database, events, lookup=False)
+    results = await _append_at_once(database, events)
     if results is None:
-        results = await _append(database, events, lookup=True)
-    assert results is not None  # the lookup path never gives up
+        results = await _append_after_lookup(database, events)
     return results
 
 
-async def _append(
-    database: Database, events: Sequence[Incoming], *, lookup: bool
+async def _append_at_once(
+    database: Database, events: Sequence[Incoming]
 ) -> list[RecordedEvent | None] | None:
-    """The batch in one transaction; ``None`` (rolled back) when, without ``lookup``, one of
-    its messages turned out to be stored before."""
+    """The batch in one call; ``None`` (nothing kept) when one of its messages turned out to
+    be stored before."""
+    recorded_at = dt.datetime.now(dt.UTC)
+    # Numbered from 0 here (repeats within the batch left out); the call adds the heads.
+    results = _numbered(events, {}, set(), recorded_at)
+    stored = [r for r in results if r is not None]
+    locks = sorted({_lock_key((e.entity, e.id)) for e in stored})
+    async with database.writer_engine.connect() as conn:  # unpinged: a failure is retried
+        driver: Any = (await conn.get_raw_connection()).driver_connection  # asyncpg's
+        try:
+            rows = await driver.fetch(_APPEND_CALL, *_columns(stored), recorded_at, locks)
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) == _STORED_BEFORE:
+                return None
+            if classify(exc) == "transient":
+                await conn.invalidate()  # a dead connection must not go back to the pool
+            raise
+    _fill_in(stored, rows)
+    return results
+
+
+async def _append_after_lookup(
+    database: Database, events: Sequence[Incoming]
+) -> list[RecordedEvent | None]:
+    """The batch in one transaction, numbered around the messages stored before."""
     keys = sorted({(e.change.entity, e.change.id) for e in events})
     # BEGIN and the locks in one round trip (a simple query may hold several statements; the
     # lock keys are integers computed here, so the text holds nothing from the messages).
@@ -98,28 +114,19 @@ async def _append(
             await driver.execute(begin)
             try:
                 recorded_at = dt.datetime.now(dt.UTC)
-                if lookup:
-                    found = await driver.fetch(
-                        _LOOKUP_POSTGRESQL,
-                        [entity for entity, _ in keys],
-                        [entity_id for _, entity_id in keys],
-                        list({e.message_id for e in events}),
-                    )
-                    heads = {(r[1], r[2]): r[3] or 0 for r in found if r[0] == 0}
-                    seen = {r[1] for r in found if r[0] == 1}
-                    results = _numbered(events, heads, seen, recorded_at)
-                else:
-                    # Numbered from 0 here (repeats within the batch left out); the insert
-                    # adds each entity's head, read by the same statement.
-                    results = _numbered(events, {}, set(), recorded_at)
+                found = await driver.fetch(
+                    _LOOKUP_POSTGRESQL,
+                    [entity for entity, _ in keys],
+                    [entity_id for _, entity_id in keys],
+                    list({e.message_id for e in events}),
+                )
+                heads = {(r[1], r[2]): r[3] or 0 for r in found if r[0] == 0}
+                seen = {r[1] for r in found if r[0] == 1}
+                results = _numbered(events, heads, seen, recorded_at)
                 stored = [r for r in results if r is not None]
                 rows = []
                 if stored:
-                    insert = _INSERT_POSTGRESQL if lookup else _INSERT_FROM_HEADS
-                    rows = await driver.fetch(insert, *_columns(stored), recorded_at)
-                if len(rows) != len(stored):  # a message stored before: number around it
-                    await driver.execute("ROLLBACK")
-                    return None
+                    rows = await driver.fetch(_INSERT_POSTGRESQL, *_columns(stored), recorded_at)
             except BaseException:
                 if not driver.is_closed():
                     with contextlib.suppress(Exception):  # the first error is the one to tell
@@ -130,13 +137,18 @@ async def _append(
             if classify(exc) == "transient":
                 await conn.invalidate()  # a dead connection must not go back to the pool
             raise
+    _fill_in(stored, rows)
+    return results
+
+
+def _fill_in(stored: Sequence[RecordedEvent], rows: Sequence[Any]) -> None:
+    """Each stored event's sequence and version, from the rows its insert returned."""
     numbered = {row[0]: (row[1], row[2]) for row in rows}  # RETURNING promises no order
     for event in stored:
         # Ours alone until returned: filling in the fields is cheaper than replace() per event.
         sequence, version = numbered[event.message_id]
         object.__setattr__(event, "sequence", sequence)
         object.__setattr__(event, "version", version)
-    return results
 
 
 def _numbered(

@@ -10,9 +10,10 @@ batch back and it is tried again, seeing the winner's rows. So the store never h
 duplicate version, or a message twice.
 
 Each dialect has its writer, in a module of its own: on PostgreSQL
-(:mod:`rabbitry.events.postgresql_writer`) a batch is two statements on the driver's own
-connection (three when it holds a redelivery); SQLite (:mod:`rabbitry.events.sqlite_writer`),
-with one writer at a time, does the same reads and the insert through SQLAlchemy.
+(:mod:`rabbitry.events.postgresql_writer`) a batch is one call of a function on the driver's
+own connection (a transaction of four round trips when it holds a redelivery); SQLite
+(:mod:`rabbitry.events.sqlite_writer`), with one writer at a time, does the same reads and the
+insert through SQLAlchemy.
 
 Conflicts and transient failures are run again, a value the database refuses is not
 (:mod:`rabbitry.events.writes`): :meth:`EventStore.append_each` splits the batch until only the
