@@ -55,6 +55,18 @@ class LinkClosed(LinkError):
         self.reply_text = reply_text
 
 
+class Interrupted(LinkClosed):
+    """A run of pipelined calls cut short (see :meth:`~rabbitry.amqp.protocol.AmqpProtocol.
+    call_all`): the first ``done`` calls were answered, in order, and none after them was.
+    ``refused`` is True when the broker closed the channel over call number ``done`` itself
+    (its Channel.Close names that method), not over a lost connection or a timeout."""
+
+    def __init__(self, cause: LinkClosed, done: int, refused: bool) -> None:
+        super().__init__(cause.reply_text, cause.reply_code)
+        self.done = done
+        self.refused = refused
+
+
 class Skipped(LinkClosed):
     """A single publish made after one the broker refused on the same channel: the broker
     dropped it unread, so it reached no queue and may be published again."""

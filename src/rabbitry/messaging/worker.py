@@ -27,10 +27,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from rabbitry.amqp.base import BaseLink, LinkClosed, LinkError, OpenLink
-from rabbitry.amqp.declarer import Declarer
-from rabbitry.errors import BrokerError, ConfigError
+from rabbitry.amqp.pipeline import Pipeline
+from rabbitry.errors import BrokerError, ConfigError, RabbitryError
 from rabbitry.messaging.connection import opener, reconnecting
 from rabbitry.messaging.consumer import Consumer, Subscription
 from rabbitry.messaging.middleware import Middleware
@@ -148,8 +149,8 @@ class Worker:
                 self._undeclared.update(queues)
                 return
             try:
-                async with self._declaring() as declare:
-                    await declare(topology)
+                async with self._declaring() as declaring:
+                    await declaring.declare(topology)
             except BrokerError as exc:
                 # The next connection declares them, with everything else.
                 log.warning("%s: could not declare for %s: %s", self.name, queues, exc)
@@ -242,42 +243,60 @@ class Worker:
 
     async def _declare_wanted(self) -> None:
         """The worker's topology, then each subscription's that no connection before declared
-        (a group's topology once, however many queues share it)."""
-        async with self._declaring() as declare:
-            await declare(self._topology)
-            done: set[int] = set()
-            # In the order they were subscribed: what a caller subscribed last (a queue that
-            # expires when unused, say) is declared last, just before the consumes.
-            for queue in [q for q in self._wanted if q in self._undeclared]:
-                wanted = self._wanted.get(queue)
-                if wanted is None or id(wanted.topology) in done or not _has(wanted.topology):
-                    continue
-                group = [q for q, w in self._wanted.items() if w.topology is wanted.topology]
-                try:
-                    await declare(wanted.topology)
-                except ConfigError as exc:
-                    # One queue the broker has with other arguments must not stop the rest.
-                    log.error("%s: dropping %s: %s", self.name, ", ".join(group), exc)
-                    for other in group:
-                        del self._wanted[other]
-                done.add(id(wanted.topology))
-                # Progress is kept: a connection lost half-way does not start over from nothing.
-                self._undeclared.difference_update(group)
+        (a group's topology once, however many queues share it), in one pipelined round."""
+        queues_of: dict[int, list[str]] = {}
+        topologies: dict[int, Topology] = {}
+        # In the order they were subscribed: what a caller subscribed last (a queue that
+        # expires when unused, say) is declared last, just before the consumes.
+        for queue, wanted in self._wanted.items():
+            if queue in self._undeclared and _has(wanted.topology):
+                topologies.setdefault(id(wanted.topology), wanted.topology)
+                queues_of.setdefault(id(wanted.topology), [])
+        for queue, wanted in self._wanted.items():  # every queue of a group, declared or not
+            if id(wanted.topology) in queues_of:
+                queues_of[id(wanted.topology)].append(queue)
+        groups: list[tuple[Topology, list[str]]] = [(self._topology, [])]
+        groups += [(topologies[k], queues_of[k]) for k in topologies]
+
+        def declared(index: int) -> None:
+            # Progress is kept: a connection lost half-way does not start over from nothing.
+            self._undeclared.difference_update(groups[index][1])
+
+        async with self._declaring() as declaring:
+            refused = await declaring.declare_groups([t for t, _ in groups], declared)
+        if 0 in refused:
+            raise refused[0]
+        later: RabbitryError | None = None
+        for index, error in refused.items():
+            queues = groups[index][1]
+            if isinstance(error, ConfigError):
+                # One queue the broker has with other arguments must not stop the rest.
+                log.error("%s: dropping %s: %s", self.name, ", ".join(queues), error)
+                for queue in queues:
+                    self._wanted.pop(queue, None)
+                self._undeclared.difference_update(queues)
+            else:
+                later = later or error  # may pass (a missing exchange): the next connection
+        if later is not None:
+            raise later
         self._undeclared.clear()
 
     @contextlib.asynccontextmanager
-    async def _declaring(self) -> AsyncIterator[Declare]:
-        """A declare function for a round of declarations: on RabbitMQ, one declarer
-        connection for the round, closed after it."""
+    async def _declaring(self) -> AsyncIterator[_Round]:
+        """A round of declarations: on RabbitMQ, a pipelined declarer on a connection of its
+        own for the round, closed after it; else the ``declare`` seam, one group at a time."""
         if self._declare is not None:
-            yield self._declare
+            yield _OneByOne(self._declare)
             return
         amqp = self._settings
-        declarer = await Declarer.connect(
-            amqp.url, name=self.name, timeout=amqp.connect_timeout, rpc_timeout=amqp.rpc_timeout
-        )
-        async with declarer:
-            yield declarer.declare
+        async with Pipeline(
+            amqp.url,
+            name=self.name,
+            timeout=amqp.connect_timeout,
+            rpc_timeout=amqp.rpc_timeout,
+            window=amqp.pipeline_window,
+        ) as pipeline:
+            yield pipeline
 
     async def _consume(self, link: BaseLink, wanted: Sequence[_Wanted]) -> None:
         """Start a consumer for each of ``wanted`` on ``link``. ``basic.qos`` applies to the
@@ -351,8 +370,8 @@ class Worker:
                 "%s: the broker cancelled the consumer of %s; declaring it", self.name, queue
             )
             try:
-                async with self._declaring() as declare:
-                    await declare(self._topology | wanted.topology)
+                async with self._declaring() as declaring:
+                    await declaring.declare(self._topology | wanted.topology)
                 await self._consume(link, [wanted])
             except ConfigError as exc:
                 log.error("%s: dropping %s: %s", self.name, queue, exc)
@@ -363,6 +382,41 @@ class Worker:
                     "%s: could not consume %s again (%s); reconnecting", self.name, queue, exc
                 )
                 link.abort(LinkClosed(f"resubscribing {queue} failed: {exc}"))
+
+
+class _Round(Protocol):
+    """A round of declarations (:class:`~rabbitry.amqp.pipeline.Pipeline` on RabbitMQ)."""
+
+    async def declare(self, topology: Topology) -> None: ...
+
+    async def declare_groups(
+        self, groups: Sequence[Topology], on_done: Callable[[int], None] | None = None
+    ) -> dict[int, RabbitryError]: ...
+
+
+class _OneByOne:
+    """A round through a :data:`Declare` seam: one group at a time; a group it refuses
+    (:class:`ConfigError`) is reported and the rest declared, any other error raised."""
+
+    def __init__(self, declare: Declare) -> None:
+        self._declare = declare
+
+    async def declare(self, topology: Topology) -> None:
+        await self._declare(topology)
+
+    async def declare_groups(
+        self, groups: Sequence[Topology], on_done: Callable[[int], None] | None = None
+    ) -> dict[int, RabbitryError]:
+        refused: dict[int, RabbitryError] = {}
+        for index, group in enumerate(groups):
+            try:
+                await self._declare(group)
+            except ConfigError as exc:
+                refused[index] = exc
+                continue
+            if on_done is not None:
+                on_done(index)
+        return refused
 
 
 def _has(topology: Topology) -> bool:
