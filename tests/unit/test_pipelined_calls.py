@@ -79,7 +79,7 @@ async def test_a_broker_silent_for_the_rpc_timeout_closes_the_link() -> None:
     run = asyncio.ensure_future(link.call_all([declare("q0"), declare("q1")], window=10))
     await turns()
     feed(link, 1, ok("q0"))
-    with pytest.raises(Interrupted, match="no reply to Queue.Declare within 0.2s") as caught:
+    with pytest.raises(Interrupted, match=r"no reply to Queue\.Declare within 0\.2s") as caught:
         await run
     assert (caught.value.done, caught.value.refused) == (1, False)
     assert transport.aborted
