@@ -198,7 +198,7 @@ class Pipeline:
                 self._url, name=self._name, timeout=self._timeout, rpc_timeout=self._rpc_timeout
             )
         except LinkError as exc:
-            raise BrokerUnavailable(f"declaring topology: {exc}") from exc
+            raise BrokerUnavailable(f"declaring topology: broker unreachable: {exc}") from exc
         return self._link
 
     async def close(self) -> None:
