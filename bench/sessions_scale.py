@@ -7,7 +7,8 @@ each design the run measures:
     and RSS per replica (``VmRSS``);
   * startup: from the process start to consuming every tenant (declaring them all first);
   * a new tenant: from its row in the tenants table (USER then declares its queue and, in the
-    new design, announces it) until both replicas consume its queue;
+    new design, announces it) until both replicas consume its queue, and of that the time USER
+    took to declare and announce it;
   * resubscribe: the broker closes every connection of both replicas at once
     (``rabbitmqctl close_connection``, these connections only); the time until both consume
     every tenant again.
@@ -213,6 +214,8 @@ async def one_design(label: str, tenants: int, src: str | None, tmp: str) -> dic
             created = time.monotonic()
             await store.create("newcomer")
             await declare_tenant(settings, "newcomer")
+            # USER's part (an aio-pika connection: declare, announce, close) apart from DISPATCH's.
+            figures["of which USER's declare s"] = time.monotonic() - created
             queue = (
                 f"{namespace}.tenant.newcomer.session-removal"
                 if src
