@@ -549,7 +549,12 @@ class AmqpProtocol(asyncio.Protocol):
             self._abort(LinkClosed(reason))
             raise LinkClosed(reason) from None
 
-    async def call_all(self, methods: Sequence[base.Frame], window: int) -> list[Any]:
+    async def call_all(
+        self,
+        methods: Sequence[base.Frame],
+        window: int,
+        hooks: Sequence[Callable[[Any], None] | None] = (),
+    ) -> list[Any]:
         """Send ``methods`` pipelined, at most ``window`` unanswered at a time, and return
         their replies in order (the broker answers a channel's calls in the order it got them).
 
@@ -561,7 +566,8 @@ class AmqpProtocol(asyncio.Protocol):
         a stuck one is given up on. A method that cannot be encoded raises
         :class:`LinkError` before anything is sent. A run cut short raises
         :class:`Interrupted`, saying how many calls were answered and whether the broker
-        refused the next one (a channel error, which also closes this link).
+        refused the next one (a channel error, which also closes this link). ``hooks``, one
+        per method if given, run on each reply as it is read, before what follows it.
         """
         if window < 1:
             raise ValueError("window must be at least 1")
@@ -581,7 +587,7 @@ class AmqpProtocol(asyncio.Protocol):
                 while sent < len(frames) and len(in_flight) < window:
                     self._check_open()
                     future: asyncio.Future[Any] = loop.create_future()
-                    self._rpc.append((future, None))
+                    self._rpc.append((future, hooks[sent] if hooks else None))
                     self._out.append(frames[sent])
                     in_flight.append((future, loop.time() + timeout))
                     sent += 1
@@ -606,7 +612,7 @@ class AmqpProtocol(asyncio.Protocol):
                 and index < len(methods)
                 and self._closed_over == methods[index].index
             )
-            raise Interrupted(exc, index, refused) from None
+            raise Interrupted(exc, index, refused, replies) from None
         return replies
 
 

@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from rabbitry.amqp.base import BaseLink, LinkClosed, LinkError, OpenLink
+from rabbitry.amqp.base import BaseLink, Interrupted, LinkClosed, LinkError, OpenLink
 from rabbitry.amqp.pipeline import Pipeline
 from rabbitry.errors import BrokerError, ConfigError, RabbitryError
 from rabbitry.messaging.connection import opener, reconnecting
@@ -44,10 +44,6 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 10.0
 NOT_FOUND = 404  # the broker's reply code for a queue that does not exist
-# basic.consume calls in flight at once. Each waits at most the RPC timeout for its reply, and
-# a broker answers them one after another: 2,000 sent together missed a 10 s timeout on a
-# loaded broker (each was timed from its send), where windows of 100 go through.
-CONSUME_WINDOW = 100
 
 Declare = Callable[[Topology], Awaitable[None]]
 """Declares a topology on the broker (idempotent)."""
@@ -301,7 +297,7 @@ class Worker:
     async def _consume(self, link: BaseLink, wanted: Sequence[_Wanted]) -> None:
         """Start a consumer for each of ``wanted`` on ``link``. ``basic.qos`` applies to the
         consumers started after it, so they go in groups of one prefetch, each group's
-        ``basic.consume`` calls pipelined (one round trip for thousands, not thousands)."""
+        ``basic.consume`` calls pipelined (a few round trips for thousands, not thousands)."""
         groups: dict[int, list[Consumer]] = {}
         for item in wanted:
             consumer = Consumer(
@@ -316,29 +312,26 @@ class Worker:
             groups.setdefault(consumer.prefetch, []).append(consumer)
         for prefetch, group in groups.items():
             await link.qos(prefetch)
-            for start in range(0, len(group), CONSUME_WINDOW):
-                await self._start(group[start : start + CONSUME_WINDOW])
+            await self._start(link, group)
 
-    async def _start(self, consumers: Sequence[Consumer]) -> None:
-        """Start ``consumers``, their ``basic.consume`` calls pipelined."""
-        results = await asyncio.gather(*(c.start() for c in consumers), return_exceptions=True)
-        failed: tuple[Consumer, BaseException] | None = None
-        for consumer, result in zip(consumers, results, strict=True):
-            if isinstance(result, BaseException):
-                failed = failed or (consumer, result)
-                continue
-            # Registered even if a sibling failed: the connection's end abandons them all.
+    async def _start(self, link: BaseLink, consumers: Sequence[Consumer]) -> None:
+        """Start ``consumers``, their ``basic.consume`` calls pipelined in a sliding window."""
+        requests = [consumer.request for consumer in consumers]
+        failed: Interrupted | None = None
+        try:
+            tags = await link.consume_all(requests, self._settings.pipeline_window)
+        except Interrupted as exc:
+            tags, failed = [str(tag) for tag in exc.replies], exc
+        for consumer, tag in zip(consumers, tags, strict=False):
+            # Registered even if a later one failed: the connection's end abandons them all.
+            consumer.started(tag)
             self._consumers[consumer.subscription.queue] = consumer
-            assert consumer.tag is not None
-            self._by_tag[consumer.tag] = consumer
+            self._by_tag[tag] = consumer
         if failed is not None:
-            consumer, error = failed
-            if not isinstance(error, Exception):
-                raise error
-            code = error.reply_code if isinstance(error, LinkClosed) else 0
-            if code == NOT_FOUND:
+            queue = consumers[len(tags)].subscription.queue
+            if failed.reply_code == NOT_FOUND:
                 self._missing = True  # declare everything on the next connection
-            raise LinkClosed(f"consume {consumer.subscription.queue}: {error}", code)
+            raise LinkClosed(f"consume {queue}: {failed.reply_text}", failed.reply_code)
 
     def _forget(self, consumer: Consumer) -> None:
         if consumer.tag is not None:
