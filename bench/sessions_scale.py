@@ -7,10 +7,14 @@ each design the run measures:
     and RSS per replica (``VmRSS``);
   * startup: from the process start to consuming every tenant (declaring them all first);
   * a new tenant: from its row in the tenants table (USER then declares its queue and, in the
-    new design, announces it) until both replicas consume its queue;
+    new design, announces it) until both replicas consume its queue, and of that the time USER
+    took to declare and announce it;
   * resubscribe: the broker closes every connection of both replicas at once
     (``rabbitmqctl close_connection``, these connections only); the time until both consume
     every tenant again.
+``BENCH_LOG=1`` sends each replica's log (INFO, stamped with the unix time and the replica's
+name) to stderr, with a line whenever its event loop stalls more than ``STALL``, and stamps the
+new tenant's creation: which replica heard the notice late, and whether it was busy then.
 Today's design (one Worker, so one connection, per tenant; a 0.5 s poll of the tenants table)
 runs from ``--old-src`` (a checkout of the previous version's ``src``), with fewer tenants
 (``--old-tenants``, 200 by default): 2,000 of its connections per replica would exhaust the
@@ -36,6 +40,7 @@ from rabbitry.config import Settings
 from rabbitry.messaging import Declarer
 
 ADMIN = "bench-admin-token-000000000000000000"
+STALL = 0.3  # with BENCH_LOG, a replica reports an event loop that slept this much too long
 _NAME = re.compile(r'\{"connection_name","([^"]*)"\}')
 
 
@@ -61,6 +66,11 @@ async def replica(namespace: str, db_path: str, name: str) -> None:
     from rabbitry.sessions.dispatch import DispatchService
 
     settings = settings_for(namespace, db_path)
+    trace = bool(os.environ.get("BENCH_LOG"))
+    if trace:  # each replica's log on stderr, stamped, to tell which replica was late and why
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format=f"%(created).3f {name} %(name)s %(message)s")
     try:
         service = DispatchService(settings, replica=name)
     except TypeError:  # today's design takes no replica name
@@ -73,7 +83,11 @@ async def replica(namespace: str, db_path: str, name: str) -> None:
         if now and not was:
             print(f"consuming {time.time():.4f} {_serving(service)}", flush=True)
         was = now
+        before = time.monotonic()
         await asyncio.sleep(0.02)
+        if trace and time.monotonic() - before > STALL:
+            lag = time.monotonic() - before
+            print(f"{time.time():.3f} {name} event loop stalled {lag:.2f}s", file=sys.stderr)
     task.result()
 
 
@@ -211,8 +225,12 @@ async def one_design(label: str, tenants: int, src: str | None, tmp: str) -> dic
             # A new tenant, as USER creates it; one probe connection, opened before.
             probe = await Declarer.connect(settings.amqp.url, name=f"{namespace}-probe")
             created = time.monotonic()
+            if os.environ.get("BENCH_LOG"):
+                print(f"{time.time():.3f} bench: creating the new tenant", file=sys.stderr)
             await store.create("newcomer")
             await declare_tenant(settings, "newcomer")
+            # USER's part (an aio-pika connection: declare, announce, close) apart from DISPATCH's.
+            figures["of which USER's declare s"] = time.monotonic() - created
             queue = (
                 f"{namespace}.tenant.newcomer.session-removal"
                 if src

@@ -4,6 +4,7 @@ connection; after the broker drops the connection every subscription is consumed
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import pytest
@@ -16,6 +17,7 @@ from rabbitry.messaging.consumer import Subscription
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
 from rabbitry.messaging.topology import Queue, Topology
+from rabbitry.messaging.worker import Worker
 
 if TYPE_CHECKING:
     from conftest import BrokerProbe, WorkerRunner
@@ -182,3 +184,36 @@ async def test_a_queue_cannot_be_subscribed_twice(
     async with run_worker([Subscription(queue, default=Handled())], topology) as worker:
         with pytest.raises(ValueError, match="subscribed already"):
             await worker.subscribe([Subscription(queue, default=Handled())], topology)
+
+
+async def test_subscriptions_made_before_it_runs_are_declared_in_one_round_minus_a_refused_one(
+    settings: Settings,
+    declarer: Declarer,
+    eventually: Eventually,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # DISPATCH's start: thousands of tenants subscribed before the worker connects, declared
+    # pipelined in one round. A queue the broker has with other arguments is dropped, naming
+    # it; the groups declared after it in the same window are declared and consumed.
+    added = queues(settings, 12)
+    clash = added[6][0]
+    await declarer.declare(Topology.of(queues=[Queue(clash, arguments=(("x-max-length", 5),))]))
+    handled = Handled()
+    worker = Worker(f"{settings.namespace}-worker", [], Topology(), amqp=settings.amqp)
+    for queue, topology in added:
+        await worker.subscribe([Subscription(queue, default=handled)], topology)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(worker.run(stopping))
+    try:
+        await asyncio.wait_for(worker.connected.wait(), 20)
+        assert not worker.subscribed(clash)
+        assert f"dropping {clash}" in caplog.text
+        assert f"queue {clash}: 406" in caplog.text
+        messages = {queue: Message(type="t", payload=queue) for queue, _ in added}
+        del messages[clash]
+        for queue, message in messages.items():
+            await publish(settings, queue, message)
+        await eventually(handled.include(*(m.id for m in messages.values())), what="the rest")
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, 30)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from rabbitry.amqp.confirms import Outgoing, PublishOutcome
 from rabbitry.amqp.properties import Properties
@@ -55,6 +55,21 @@ class LinkClosed(LinkError):
         self.reply_text = reply_text
 
 
+class Interrupted(LinkClosed):
+    """A run of pipelined calls cut short (see :meth:`~rabbitry.amqp.protocol.AmqpProtocol.
+    call_all`): the first ``done`` calls were answered, in order, and none after them was.
+    ``refused`` is True when the broker closed the channel over call number ``done`` itself
+    (its Channel.Close names that method), not over a lost connection or a timeout."""
+
+    def __init__(
+        self, cause: LinkClosed, done: int, refused: bool, replies: Sequence[Any] = ()
+    ) -> None:
+        super().__init__(cause.reply_text, cause.reply_code)
+        self.done = done
+        self.refused = refused
+        self.replies = list(replies)  # of the ``done`` calls answered
+
+
 class Skipped(LinkClosed):
     """A single publish made after one the broker refused on the same channel: the broker
     dropped it unread, so it reached no queue and may be published again."""
@@ -88,6 +103,16 @@ class Received:
     """Why the delivery did not decode (a property that is not UTF-8, ...): ``properties``
     then holds what could be read, re-encoding to the publisher's bytes, and the owner should
     dead-letter it rather than handle it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumeRequest:
+    """One consumer for :meth:`BaseLink.consume_all`: ``queue``, the callback and whether it
+    asks for the queue to itself (see :meth:`BaseLink.consume`)."""
+
+    queue: str
+    on_delivery: Callable[[Received], None]
+    exclusive: bool = False
 
 
 class BaseLink(Protocol):
@@ -148,6 +173,12 @@ class BaseLink(Protocol):
 
     async def qos(self, prefetch_count: int) -> None:
         """Limit unacked deliveries per consumer started after this call."""
+        ...
+
+    async def consume_all(self, requests: Sequence[ConsumeRequest], window: int) -> list[str]:
+        """Start a consumer for each request, at most ``window`` ``basic.consume`` calls
+        unanswered at a time; their consumer tags, in order. A run cut short raises
+        :class:`Interrupted`, whose ``replies`` are the tags of the consumers started."""
         ...
 
     async def consume(

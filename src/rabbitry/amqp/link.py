@@ -25,7 +25,16 @@ from typing import Any
 from pamqp import commands
 
 from rabbitry.amqp import wire
-from rabbitry.amqp.base import REPLY_TO, LinkClosed, LinkError, Received, Skipped, Unfit
+from rabbitry.amqp.base import (
+    REPLY_TO,
+    ConsumeRequest,
+    Interrupted,
+    LinkClosed,
+    LinkError,
+    Received,
+    Skipped,
+    Unfit,
+)
 from rabbitry.amqp.confirms import Confirms, Outgoing, PublishOutcome
 from rabbitry.amqp.properties import Properties, encode_properties
 from rabbitry.amqp.protocol import CHANNEL, AmqpProtocol
@@ -331,16 +340,33 @@ class Link(AmqpProtocol):
         With ``no_ack`` (direct reply-to requires it) the broker counts each delivery settled
         as it sends it, and the callback settles nothing.
         """
+        method = commands.Basic.Consume(
+            queue=queue, consumer_tag=consumer_tag or "", exclusive=exclusive, no_ack=no_ack
+        )
+        reply = await self._call(method, self._registrar(on_delivery))
+        return str(reply.consumer_tag)
 
+    async def consume_all(self, requests: Sequence[ConsumeRequest], window: int) -> list[str]:
+        """Start a consumer for each request, their ``basic.consume`` calls pipelined
+        (:meth:`call_all`): thousands of consumers in a few round trips. Their tags, in order;
+        :class:`Interrupted` carries the tags of those started when the run is cut short."""
+        methods = [commands.Basic.Consume(queue=r.queue, exclusive=r.exclusive) for r in requests]
+        hooks = [self._registrar(r.on_delivery) for r in requests]
+        try:
+            replies = await self.call_all(methods, window, hooks)
+        except Interrupted as exc:
+            tags = [str(reply.consumer_tag) for reply in exc.replies]
+            raise Interrupted(exc, exc.done, exc.refused, tags) from None
+        return [str(reply.consumer_tag) for reply in replies]
+
+    def _registrar(
+        self, on_delivery: Callable[[Received], None]
+    ) -> Callable[[commands.Basic.ConsumeOk], None]:
         def register(reply: commands.Basic.ConsumeOk) -> None:
             # Runs before the deliveries that may follow in the same read.
             self._consumers[reply.consumer_tag or ""] = on_delivery
 
-        method = commands.Basic.Consume(
-            queue=queue, consumer_tag=consumer_tag or "", exclusive=exclusive, no_ack=no_ack
-        )
-        reply = await self._call(method, register)
-        return str(reply.consumer_tag)
+        return register
 
     async def cancel(self, consumer_tag: str) -> None:
         """Stop a consumer; deliveries already on the wire still reach its callback."""

@@ -17,13 +17,13 @@ import logging
 import ssl
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Self
 
 from pamqp import base, commands
 
 from rabbitry.amqp import handshake, wire
-from rabbitry.amqp.base import LinkClosed, LinkError
+from rabbitry.amqp.base import Interrupted, LinkClosed, LinkError
 from rabbitry.amqp.properties import Properties
 from rabbitry.amqp.url import DEFAULT_HEARTBEAT, Endpoint
 
@@ -95,6 +95,7 @@ class AmqpProtocol(asyncio.Protocol):
         self._received = self._sent = False
         self._silent_ticks = 0
         self._rpc: deque[tuple[asyncio.Future[Any], Callable[[Any], None] | None]] = deque()
+        self._closed_over: int | None = None  # the method index a broker's Channel.Close names
         # The content frames being assembled: body size announced and the parts so far.
         self._properties: Properties | None = None
         self._body_size = 0
@@ -417,6 +418,7 @@ class AmqpProtocol(asyncio.Protocol):
         if self._closing:
             self._answer_while_closing(channel_close_ok)
             return
+        self._closed_over = ((method.class_id or 0) << 16) | (method.method_id or 0)
         self._on_channel_close(method)
         close = commands.Connection.Close(200, "channel closed", 0, 0)
         farewell = (channel_close_ok, wire.method_frame(0, close))
@@ -546,6 +548,72 @@ class AmqpProtocol(asyncio.Protocol):
             log.warning("%s: %s; closing the link", self._name, reason)
             self._abort(LinkClosed(reason))
             raise LinkClosed(reason) from None
+
+    async def call_all(
+        self,
+        methods: Sequence[base.Frame],
+        window: int,
+        hooks: Sequence[Callable[[Any], None] | None] = (),
+    ) -> list[Any]:
+        """Send ``methods`` pipelined, at most ``window`` unanswered at a time, and return
+        their replies in order (the broker answers a channel's calls in the order it got them).
+
+        One round trip for a window, not one per call: 2,000 tenants' queues, bindings and
+        consumers declared one call at a time spent ~0.8 ms each waiting on the round trip on a
+        quiet machine, ten times that on a loaded one. The RPC timeout bounds the broker's
+        silence, not a window: each reply is awaited at most the RPC timeout from the later of
+        its send and the reply before it, so a slow but working broker finishes a long run and
+        a stuck one is given up on. A method that cannot be encoded raises
+        :class:`LinkError` before anything is sent. A run cut short raises
+        :class:`Interrupted`, saying how many calls were answered and whether the broker
+        refused the next one (a channel error, which also closes this link). ``hooks``, one
+        per method if given, run on each reply as it is read, before what follows it.
+        """
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self._check_open()
+        frames = []
+        for method in methods:
+            try:
+                frames.append(wire.method_frame(CHANNEL, method))
+            except (TypeError, ValueError, struct.error) as exc:
+                raise LinkError(f"cannot send {method.name}: {exc}") from None
+        loop, timeout = self._loop, self._rpc_timeout
+        replies: list[Any] = []
+        in_flight: deque[tuple[asyncio.Future[Any], float]] = deque()
+        sent = 0
+        try:
+            while len(replies) < len(frames):
+                while sent < len(frames) and len(in_flight) < window:
+                    self._check_open()
+                    future: asyncio.Future[Any] = loop.create_future()
+                    self._rpc.append((future, hooks[sent] if hooks else None))
+                    self._out.append(frames[sent])
+                    in_flight.append((future, loop.time() + timeout))
+                    sent += 1
+                self._schedule_flush()
+                future, deadline = in_flight.popleft()
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        replies.append(await asyncio.shield(future))
+                except TimeoutError:
+                    reason = f"no reply to {methods[len(replies)].name} within {timeout:g}s"
+                    log.warning("%s: %s; closing the link", self._name, reason)
+                    self._abort(LinkClosed(reason))
+                    raise LinkClosed(reason) from None
+                if in_flight:
+                    # The next reply's clock starts no earlier than this one's arrival.
+                    head, due = in_flight[0]
+                    in_flight[0] = (head, max(due, loop.time() + timeout))
+        except LinkClosed as exc:
+            index = len(replies)
+            refused = (
+                exc.reply_code not in (0, 200)
+                and index < len(methods)
+                and self._closed_over == methods[index].index
+            )
+            raise Interrupted(exc, index, refused, replies) from None
+        return replies
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:

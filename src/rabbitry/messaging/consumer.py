@@ -32,7 +32,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rabbitry import metrics
-from rabbitry.amqp.base import BaseLink, LinkError, Outgoing, PublishOutcome, Received
+from rabbitry.amqp.base import (
+    BaseLink,
+    ConsumeRequest,
+    LinkError,
+    Outgoing,
+    PublishOutcome,
+    Received,
+)
 from rabbitry.amqp.fieldtable import Int64
 from rabbitry.amqp.properties import Properties, properties_of
 from rabbitry.errors import BrokerError, MessageError
@@ -186,9 +193,21 @@ class Consumer:
             # The link stays open when the broker cancels us, so work in flight can be acked.
             self._link.on_cancel = self.cancelled_by_broker
             await self._link.qos(self.prefetch)  # before basic.consume: applies to later ones
-        self._tag = await self._link.consume(
-            self._sub.queue, self._on_delivery, exclusive=self._sub.exclusive
+        self.started(
+            await self._link.consume(
+                self._sub.queue, self._on_delivery, exclusive=self._sub.exclusive
+            )
         )
+
+    @property
+    def request(self) -> ConsumeRequest:
+        """What starts this consumer, for an owner that starts many at once
+        (:meth:`~rabbitry.amqp.base.BaseLink.consume_all`), then calls :meth:`started`."""
+        return ConsumeRequest(self._sub.queue, self._on_delivery, self._sub.exclusive)
+
+    def started(self, tag: str) -> None:
+        """The broker started this consumer as ``tag``: run its handlers."""
+        self._tag = tag
         workers = 1 if self._sub.batch else (self._sub.concurrency or self._settings.concurrency)
         loop_body = self._batch_loop if self._sub.batch else self._loop
         self._tasks = [asyncio.create_task(loop_body()) for _ in range(workers)]

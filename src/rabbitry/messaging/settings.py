@@ -49,6 +49,9 @@ class AmqpSettings:
     ``active=False`` never contacts the broker: publishes go straight to the fallback.
     ``rpc_timeout`` bounds each call that waits for the broker's reply (qos, consume, cancel,
     declarations, close), so shutdown completes even when the broker stopped reading.
+    ``pipeline_window`` is how many declarations a worker sends before waiting for the first
+    reply (they go back to back, pipelined, and each reply is awaited at most ``rpc_timeout``
+    after the one before it).
     ``strict_rr_job`` dead-letters a consumed message without ``rr_job`` instead of handing it
     to the default handler as RoadRunner's ``deduced_by_rr``.
     """
@@ -64,6 +67,7 @@ class AmqpSettings:
     strict_rr_job: bool = True
     queue_type: QueueType = QueueType.CLASSIC
     rpc_timeout: float = 10.0
+    pipeline_window: int = 100
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
@@ -73,6 +77,8 @@ class AmqpSettings:
             raise ValueError("prefetch must be between 1 and 65535")
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if self.pipeline_window < 1:
+            raise ValueError("pipeline_window must be at least 1")
         for name in ("connect_timeout", "publish_timeout", "drain_timeout", "rpc_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

@@ -27,10 +27,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from rabbitry.amqp.base import BaseLink, LinkClosed, LinkError, OpenLink
-from rabbitry.amqp.declarer import Declarer
-from rabbitry.errors import BrokerError, ConfigError
+from rabbitry.amqp.base import BaseLink, Interrupted, LinkClosed, LinkError, OpenLink
+from rabbitry.amqp.pipeline import Pipeline
+from rabbitry.errors import BrokerError, ConfigError, RabbitryError
 from rabbitry.messaging.connection import opener, reconnecting
 from rabbitry.messaging.consumer import Consumer, Subscription
 from rabbitry.messaging.middleware import Middleware
@@ -43,10 +44,6 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 10.0
 NOT_FOUND = 404  # the broker's reply code for a queue that does not exist
-# basic.consume calls in flight at once. Each waits at most the RPC timeout for its reply, and
-# a broker answers them one after another: 2,000 sent together missed a 10 s timeout on a
-# loaded broker (each was timed from its send), where windows of 100 go through.
-CONSUME_WINDOW = 100
 
 Declare = Callable[[Topology], Awaitable[None]]
 """Declares a topology on the broker (idempotent)."""
@@ -148,8 +145,8 @@ class Worker:
                 self._undeclared.update(queues)
                 return
             try:
-                async with self._declaring() as declare:
-                    await declare(topology)
+                async with self._declaring() as declaring:
+                    await declaring.declare(topology)
             except BrokerError as exc:
                 # The next connection declares them, with everything else.
                 log.warning("%s: could not declare for %s: %s", self.name, queues, exc)
@@ -242,47 +239,65 @@ class Worker:
 
     async def _declare_wanted(self) -> None:
         """The worker's topology, then each subscription's that no connection before declared
-        (a group's topology once, however many queues share it)."""
-        async with self._declaring() as declare:
-            await declare(self._topology)
-            done: set[int] = set()
-            # In the order they were subscribed: what a caller subscribed last (a queue that
-            # expires when unused, say) is declared last, just before the consumes.
-            for queue in [q for q in self._wanted if q in self._undeclared]:
-                wanted = self._wanted.get(queue)
-                if wanted is None or id(wanted.topology) in done or not _has(wanted.topology):
-                    continue
-                group = [q for q, w in self._wanted.items() if w.topology is wanted.topology]
-                try:
-                    await declare(wanted.topology)
-                except ConfigError as exc:
-                    # One queue the broker has with other arguments must not stop the rest.
-                    log.error("%s: dropping %s: %s", self.name, ", ".join(group), exc)
-                    for other in group:
-                        del self._wanted[other]
-                done.add(id(wanted.topology))
-                # Progress is kept: a connection lost half-way does not start over from nothing.
-                self._undeclared.difference_update(group)
+        (a group's topology once, however many queues share it), in one pipelined round."""
+        queues_of: dict[int, list[str]] = {}
+        topologies: dict[int, Topology] = {}
+        # In the order they were subscribed: what a caller subscribed last (a queue that
+        # expires when unused, say) is declared last, just before the consumes.
+        for queue, wanted in self._wanted.items():
+            if queue in self._undeclared and _has(wanted.topology):
+                topologies.setdefault(id(wanted.topology), wanted.topology)
+                queues_of.setdefault(id(wanted.topology), [])
+        for queue, wanted in self._wanted.items():  # every queue of a group, declared or not
+            if id(wanted.topology) in queues_of:
+                queues_of[id(wanted.topology)].append(queue)
+        groups: list[tuple[Topology, list[str]]] = [(self._topology, [])]
+        groups += [(topologies[k], queues_of[k]) for k in topologies]
+
+        def declared(index: int) -> None:
+            # Progress is kept: a connection lost half-way does not start over from nothing.
+            self._undeclared.difference_update(groups[index][1])
+
+        async with self._declaring() as declaring:
+            refused = await declaring.declare_groups([t for t, _ in groups], declared)
+        if 0 in refused:
+            raise refused[0]
+        later: RabbitryError | None = None
+        for index, error in refused.items():
+            queues = groups[index][1]
+            if isinstance(error, ConfigError):
+                # One queue the broker has with other arguments must not stop the rest.
+                log.error("%s: dropping %s: %s", self.name, ", ".join(queues), error)
+                for queue in queues:
+                    self._wanted.pop(queue, None)
+                self._undeclared.difference_update(queues)
+            else:
+                later = later or error  # may pass (a missing exchange): the next connection
+        if later is not None:
+            raise later
         self._undeclared.clear()
 
     @contextlib.asynccontextmanager
-    async def _declaring(self) -> AsyncIterator[Declare]:
-        """A declare function for a round of declarations: on RabbitMQ, one declarer
-        connection for the round, closed after it."""
+    async def _declaring(self) -> AsyncIterator[_Round]:
+        """A round of declarations: on RabbitMQ, a pipelined declarer on a connection of its
+        own for the round, closed after it; else the ``declare`` seam, one group at a time."""
         if self._declare is not None:
-            yield self._declare
+            yield _OneByOne(self._declare)
             return
         amqp = self._settings
-        declarer = await Declarer.connect(
-            amqp.url, name=self.name, timeout=amqp.connect_timeout, rpc_timeout=amqp.rpc_timeout
-        )
-        async with declarer:
-            yield declarer.declare
+        async with Pipeline(
+            amqp.url,
+            name=self.name,
+            timeout=amqp.connect_timeout,
+            rpc_timeout=amqp.rpc_timeout,
+            window=amqp.pipeline_window,
+        ) as pipeline:
+            yield pipeline
 
     async def _consume(self, link: BaseLink, wanted: Sequence[_Wanted]) -> None:
         """Start a consumer for each of ``wanted`` on ``link``. ``basic.qos`` applies to the
         consumers started after it, so they go in groups of one prefetch, each group's
-        ``basic.consume`` calls pipelined (one round trip for thousands, not thousands)."""
+        ``basic.consume`` calls pipelined (a few round trips for thousands, not thousands)."""
         groups: dict[int, list[Consumer]] = {}
         for item in wanted:
             consumer = Consumer(
@@ -297,29 +312,26 @@ class Worker:
             groups.setdefault(consumer.prefetch, []).append(consumer)
         for prefetch, group in groups.items():
             await link.qos(prefetch)
-            for start in range(0, len(group), CONSUME_WINDOW):
-                await self._start(group[start : start + CONSUME_WINDOW])
+            await self._start(link, group)
 
-    async def _start(self, consumers: Sequence[Consumer]) -> None:
-        """Start ``consumers``, their ``basic.consume`` calls pipelined."""
-        results = await asyncio.gather(*(c.start() for c in consumers), return_exceptions=True)
-        failed: tuple[Consumer, BaseException] | None = None
-        for consumer, result in zip(consumers, results, strict=True):
-            if isinstance(result, BaseException):
-                failed = failed or (consumer, result)
-                continue
-            # Registered even if a sibling failed: the connection's end abandons them all.
+    async def _start(self, link: BaseLink, consumers: Sequence[Consumer]) -> None:
+        """Start ``consumers``, their ``basic.consume`` calls pipelined in a sliding window."""
+        requests = [consumer.request for consumer in consumers]
+        failed: Interrupted | None = None
+        try:
+            tags = await link.consume_all(requests, self._settings.pipeline_window)
+        except Interrupted as exc:
+            tags, failed = [str(tag) for tag in exc.replies], exc
+        for consumer, tag in zip(consumers, tags, strict=False):
+            # Registered even if a later one failed: the connection's end abandons them all.
+            consumer.started(tag)
             self._consumers[consumer.subscription.queue] = consumer
-            assert consumer.tag is not None
-            self._by_tag[consumer.tag] = consumer
+            self._by_tag[tag] = consumer
         if failed is not None:
-            consumer, error = failed
-            if not isinstance(error, Exception):
-                raise error
-            code = error.reply_code if isinstance(error, LinkClosed) else 0
-            if code == NOT_FOUND:
+            queue = consumers[len(tags)].subscription.queue
+            if failed.reply_code == NOT_FOUND:
                 self._missing = True  # declare everything on the next connection
-            raise LinkClosed(f"consume {consumer.subscription.queue}: {error}", code)
+            raise LinkClosed(f"consume {queue}: {failed.reply_text}", failed.reply_code)
 
     def _forget(self, consumer: Consumer) -> None:
         if consumer.tag is not None:
@@ -351,8 +363,8 @@ class Worker:
                 "%s: the broker cancelled the consumer of %s; declaring it", self.name, queue
             )
             try:
-                async with self._declaring() as declare:
-                    await declare(self._topology | wanted.topology)
+                async with self._declaring() as declaring:
+                    await declaring.declare(self._topology | wanted.topology)
                 await self._consume(link, [wanted])
             except ConfigError as exc:
                 log.error("%s: dropping %s: %s", self.name, queue, exc)
@@ -363,6 +375,41 @@ class Worker:
                     "%s: could not consume %s again (%s); reconnecting", self.name, queue, exc
                 )
                 link.abort(LinkClosed(f"resubscribing {queue} failed: {exc}"))
+
+
+class _Round(Protocol):
+    """A round of declarations (:class:`~rabbitry.amqp.pipeline.Pipeline` on RabbitMQ)."""
+
+    async def declare(self, topology: Topology) -> None: ...
+
+    async def declare_groups(
+        self, groups: Sequence[Topology], on_done: Callable[[int], None] | None = None
+    ) -> dict[int, RabbitryError]: ...
+
+
+class _OneByOne:
+    """A round through a :data:`Declare` seam: one group at a time; a group it refuses
+    (:class:`ConfigError`) is reported and the rest declared, any other error raised."""
+
+    def __init__(self, declare: Declare) -> None:
+        self._declare = declare
+
+    async def declare(self, topology: Topology) -> None:
+        await self._declare(topology)
+
+    async def declare_groups(
+        self, groups: Sequence[Topology], on_done: Callable[[int], None] | None = None
+    ) -> dict[int, RabbitryError]:
+        refused: dict[int, RabbitryError] = {}
+        for index, group in enumerate(groups):
+            try:
+                await self._declare(group)
+            except ConfigError as exc:
+                refused[index] = exc
+                continue
+            if on_done is not None:
+                on_done(index)
+        return refused
 
 
 def _has(topology: Topology) -> bool:

@@ -176,6 +176,7 @@ class DispatchService:
         tenant = message.payload.get("tenant") if isinstance(message.payload, dict) else None
         if not isinstance(tenant, str) or not is_tenant(tenant):
             raise Reject(f"not a tenant-created notice: {message.payload!r}"[:200])
+        log.info("dispatch: tenant %s announced; subscribing", tenant)
         await self._serve([tenant])
 
     async def _reconcile(self, tenants: Tenants) -> None:

@@ -21,6 +21,8 @@ from rabbitry.amqp import wire
 from rabbitry.amqp.base import (
     REPLY_TO,
     BaseLink,
+    ConsumeRequest,
+    Interrupted,
     LinkClosed,
     LinkError,
     Outgoing,
@@ -220,6 +222,18 @@ class MemoryLink(BaseLink):
     async def qos(self, prefetch_count: int) -> None:
         self._check_open()
         self._prefetch = prefetch_count
+
+    async def consume_all(self, requests: Sequence[ConsumeRequest], window: int) -> list[str]:
+        tags: list[str] = []
+        for request in requests:
+            try:
+                tag = await self.consume(
+                    request.queue, request.on_delivery, exclusive=request.exclusive
+                )
+            except LinkClosed as exc:
+                raise Interrupted(exc, len(tags), exc.reply_code == 404, tags) from None
+            tags.append(tag)
+        return tags
 
     async def consume(
         self,
