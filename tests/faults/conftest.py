@@ -252,11 +252,27 @@ class Cluster:
                 await declarer.delete(mine)
 
 
+CHAT_COLUMNS = (
+    "fault",
+    "sent",
+    "confirmed",
+    "through the outbox",
+    "stored in the history",
+    "deliveries due",
+    "shown",
+    "repeats dropped by the client",
+    "missing",
+    "out of sender order",
+    "sockets closed",
+)
+
+
 @dataclass
 class Figures:
     """The fault cases' counts and latencies, printed as a table after the run."""
 
     rows: list[tuple[str, int, int, int, int, int, int]] = field(default_factory=list)
+    chat: list[tuple[str, ...]] = field(default_factory=list)
     latencies: list[tuple[str, float]] = field(default_factory=list)
     counts: list[tuple[str, int]] = field(default_factory=list)
 
@@ -272,6 +288,11 @@ class Figures:
         duplicates = len(arrived) - len(set(arrived))
         self.rows.append((case, sent, confirmed, stored, len(arrived), duplicates, len(lost)))
 
+    def add_chat(self, case: str, *counts: object) -> None:
+        """One row of the chat table (its columns: :data:`CHAT_COLUMNS`)."""
+        assert len(counts) == len(CHAT_COLUMNS) - 1
+        self.chat.append((case, *map(str, counts)))
+
     def latency(self, what: str, seconds: float) -> None:
         self.latencies.append((what, seconds))
 
@@ -279,11 +300,17 @@ class Figures:
         self.counts.append((what, n))
 
     def lines(self) -> list[str]:
-        out = [
-            "| fault | sent | confirmed | stored in the outbox | arrived | duplicates | lost |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        out += ["| " + " | ".join(map(str, row)) + " |" for row in self.rows]
+        out: list[str] = []
+        if self.rows:
+            out += [
+                "| fault | sent | confirmed | stored in the outbox | arrived | duplicates | lost |",
+                "|---|---:|---:|---:|---:|---:|---:|",
+            ]
+            out += ["| " + " | ".join(map(str, row)) + " |" for row in self.rows]
+        if self.chat:
+            out += ["| " + " | ".join(CHAT_COLUMNS) + " |"]
+            out += ["|---" + "|---:" * (len(CHAT_COLUMNS) - 1) + "|"]
+            out += ["| " + " | ".join(row) + " |" for row in self.chat]
         out += [f"{what}: {seconds:.2f} s" for what, seconds in self.latencies]
         out += [f"{what}: {n}" for what, n in self.counts]
         return out
@@ -300,7 +327,7 @@ def figures(request: pytest.FixtureRequest) -> Figures:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     found = terminalreporter.config.stash.get(_FIGURES, None)
-    if found is not None and (found.rows or found.latencies or found.counts):
+    if found is not None and (found.rows or found.chat or found.latencies or found.counts):
         terminalreporter.section("fault figures")
         for line in found.lines():
             terminalreporter.write_line(line)
