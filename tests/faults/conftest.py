@@ -262,7 +262,7 @@ CHAT_COLUMNS = (
     "shown",
     "repeats dropped by the client",
     "missing",
-    "out of sender order",
+    "out of sender order (not relayed)",
     "sockets closed",
 )
 
