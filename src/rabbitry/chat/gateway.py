@@ -6,8 +6,10 @@ a client here. The :class:`~rabbitry.chat.manager.Manager` binds and unbinds roo
 rooms come and go. When the broker connection drops, the inbox declares a new queue and binds
 every room that still has clients; the sockets stay open meanwhile. Once the new queue is bound,
 each room catches its sockets up from the history, from the last message the room delivered:
-what was routed while the instance had no queue reaches every open socket once and in order
-(:meth:`Gateway.catch_up`).
+what was routed while the instance had no queue reaches every open socket once, each sender's
+messages in the order sent (:meth:`Gateway.catch_up`). For a minute afterwards the gateway
+reads what the history stores late (a history copy the broker nacked while its queue elected a
+leader goes through the outbox) and sends it to the rooms that have not delivered it.
 
 On SIGTERM (:meth:`Gateway.drain`) the gateway turns not ready, refuses new sockets, and closes
 its open ones a few at a time over a few seconds with code 1001 ("going away"): clients
