@@ -9,7 +9,8 @@
 * ``cluster_settings`` — the test's settings on the cluster URL (all three hosts) with quorum
   queues.
 * ``figures`` — where a case records its counts (sent, confirmed, stored, arrived, duplicates,
-  lost) and latencies; the table is printed at the end of the run (docs/reliability.md).
+  lost; the chat cases their own columns, :data:`CHAT_COLUMNS`) and latencies; the tables are
+  printed at the end of the run (docs/reliability.md).
 
 The machine's own broker on 5672 is never touched here: alarms and kills stay on the cluster.
 """

@@ -144,7 +144,6 @@ class Chat:
     cluster: Cluster
     database: Database
     clients: list[Client] = field(default_factory=list)
-    probe: Client | None = None
 
     @property
     def namespace(self) -> str:
