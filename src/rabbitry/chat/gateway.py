@@ -282,15 +282,18 @@ class Gateway:
         seen: Seen,
         clients: Sequence[ConnectedClient],
     ) -> None:
-        # Whatever was routed before the new queue's binding went to the history too; the
-        # first live message held after the binding marks the seam. Wait (bounded) until the
-        # history has it, so what the workers were still storing is not skipped.
+        # Whatever was routed before the new queue's binding went to the history too, each
+        # sender's ahead of its first live message held after the binding (one publisher's
+        # messages reach the history queue in order). Wait (bounded) until the history has
+        # every sender's, so what the workers were still storing is not skipped: the first
+        # held message alone may be a sender's whose history copies are quick, while another
+        # sender's lag (its own messages shown here at once, without the broker).
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CATCH_UP_WAIT
         while True:
             missed = await self._all_since(room, since, position, seen)
-            seam = next((c.first_held for c in clients if c.first_held is not None), None)
-            if seam is None or any(m.id == seam for m in missed):
+            seams = set().union(*(c.seams for c in clients))
+            if seams <= {m.id for m in missed}:
                 return
             if loop.time() > deadline:
                 log.warning("room %s: the history is behind; late messages follow", room.key)
