@@ -9,7 +9,8 @@
 * ``cluster_settings`` — the test's settings on the cluster URL (all three hosts) with quorum
   queues.
 * ``figures`` — where a case records its counts (sent, confirmed, stored, arrived, duplicates,
-  lost) and latencies; the table is printed at the end of the run (docs/reliability.md).
+  lost; the chat cases their own columns, :data:`CHAT_COLUMNS`) and latencies; the tables are
+  printed at the end of the run (docs/reliability.md).
 
 The machine's own broker on 5672 is never touched here: alarms and kills stay on the cluster.
 """
@@ -252,11 +253,27 @@ class Cluster:
                 await declarer.delete(mine)
 
 
+CHAT_COLUMNS = (
+    "fault",
+    "sent",
+    "confirmed",
+    "through the outbox",
+    "stored in the history",
+    "deliveries due",
+    "shown",
+    "repeats dropped by the client",
+    "missing",
+    "out of sender order (not relayed)",
+    "sockets closed",
+)
+
+
 @dataclass
 class Figures:
     """The fault cases' counts and latencies, printed as a table after the run."""
 
     rows: list[tuple[str, int, int, int, int, int, int]] = field(default_factory=list)
+    chat: list[tuple[str, ...]] = field(default_factory=list)
     latencies: list[tuple[str, float]] = field(default_factory=list)
     counts: list[tuple[str, int]] = field(default_factory=list)
 
@@ -272,6 +289,11 @@ class Figures:
         duplicates = len(arrived) - len(set(arrived))
         self.rows.append((case, sent, confirmed, stored, len(arrived), duplicates, len(lost)))
 
+    def add_chat(self, case: str, *counts: object) -> None:
+        """One row of the chat table (its columns: :data:`CHAT_COLUMNS`)."""
+        assert len(counts) == len(CHAT_COLUMNS) - 1
+        self.chat.append((case, *map(str, counts)))
+
     def latency(self, what: str, seconds: float) -> None:
         self.latencies.append((what, seconds))
 
@@ -279,11 +301,17 @@ class Figures:
         self.counts.append((what, n))
 
     def lines(self) -> list[str]:
-        out = [
-            "| fault | sent | confirmed | stored in the outbox | arrived | duplicates | lost |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        out += ["| " + " | ".join(map(str, row)) + " |" for row in self.rows]
+        out: list[str] = []
+        if self.rows:
+            out += [
+                "| fault | sent | confirmed | stored in the outbox | arrived | duplicates | lost |",
+                "|---|---:|---:|---:|---:|---:|---:|",
+            ]
+            out += ["| " + " | ".join(map(str, row)) + " |" for row in self.rows]
+        if self.chat:
+            out += ["| " + " | ".join(CHAT_COLUMNS) + " |"]
+            out += ["|---" + "|---:" * (len(CHAT_COLUMNS) - 1) + "|"]
+            out += ["| " + " | ".join(row) + " |" for row in self.chat]
         out += [f"{what}: {seconds:.2f} s" for what, seconds in self.latencies]
         out += [f"{what}: {n}" for what, n in self.counts]
         return out
@@ -300,7 +328,7 @@ def figures(request: pytest.FixtureRequest) -> Figures:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     found = terminalreporter.config.stash.get(_FIGURES, None)
-    if found is not None and (found.rows or found.latencies or found.counts):
+    if found is not None and (found.rows or found.chat or found.latencies or found.counts):
         terminalreporter.section("fault figures")
         for line in found.lines():
             terminalreporter.write_line(line)

@@ -240,3 +240,18 @@ async def test_revoking_a_session_closes_only_that_sessions_sockets() -> None:
     pump = asyncio.create_task(first.pump())
     await pump
     assert first_sink.closed == (REVOKED, "revoked")
+
+
+async def test_a_message_that_reaches_a_room_twice_goes_to_its_sockets_once() -> None:
+    # (a catch-up from the history and then the broker, or a publish both routed and relayed
+    # from the outbox)
+    manager = Manager(ChatLayout("ns"), RecordingBinder())
+    client, sink = _client("ann", "lobby")
+    pump = asyncio.create_task(client.pump())
+    await manager.join(client)
+    first, second = _delivery("lobby", "one"), _delivery("lobby", "two")
+    assert [manager.dispatch(m) for m in (first, second, first)] == [1, 1, 0]
+    await _drain()
+    assert [f["text"] for f in sink.frames] == ["one", "two"]
+    client.disconnect(1000, "bye")
+    await pump

@@ -16,6 +16,7 @@ from rabbitry.chat.protocol import (
     RateLimit,
     check_id,
     check_room,
+    in_sender_order,
     parse_client_frame,
 )
 from rabbitry.chat.topology import ChatLayout
@@ -118,3 +119,15 @@ def test_the_rate_limit_allows_a_burst_then_the_average_rate() -> None:
     assert limit.allow(0.4) is False
     assert limit.allow(0.5) is True  # half a second at 2/s refilled one token
     assert [limit.allow(10.0) for _ in range(4)] == [True, True, True, False]  # capped at burst
+
+
+def test_a_catch_up_keeps_the_stores_order_between_senders_and_each_senders_own_order() -> None:
+    ids = MessageIds()
+    at = dt.datetime.now(dt.UTC)
+    a1, b1, a2, b2, a3 = (
+        ChatMessage(ids.new(), "acme", "r", sender, sender, at) for sender in "ababa"
+    )
+    # Competing workers stored a2 before a1, and b2 before b1.
+    stored = [a2, b2, a1, a3, b1]
+    assert in_sender_order(stored) == [a1, b1, a2, a3, b2]
+    assert in_sender_order([]) == []

@@ -99,6 +99,15 @@ class ConnectedClient:
         """The id of the first live message held back, if any."""
         return self._held[0].id if self._held else None
 
+    @property
+    def seams(self) -> set[str]:
+        """The ids of the first live message held back from each sender: a sender's messages
+        routed before these went to the history ahead of them."""
+        first: dict[str, str] = {}
+        for message in self._held or ():
+            first.setdefault(message.sender, message.id)
+        return set(first.values())
+
     def hold(self) -> None:
         """Hold live messages back until :meth:`replay` has sent what was missed."""
         if self._held is None:

@@ -6,8 +6,10 @@ a client here. The :class:`~rabbitry.chat.manager.Manager` binds and unbinds roo
 rooms come and go. When the broker connection drops, the inbox declares a new queue and binds
 every room that still has clients; the sockets stay open meanwhile. Once the new queue is bound,
 each room catches its sockets up from the history, from the last message the room delivered:
-what was routed while the instance had no queue reaches every open socket once and in order
-(:meth:`Gateway.catch_up`).
+what was routed while the instance had no queue reaches every open socket once, each sender's
+messages in the order sent (:meth:`Gateway.catch_up`). For a minute afterwards the gateway
+reads what the history stores late (a history copy the broker nacked while its queue elected a
+leader goes through the outbox) and sends it to the rooms that have not delivered it.
 
 On SIGTERM (:meth:`Gateway.drain`) the gateway turns not ready, refuses new sockets, and closes
 its open ones a few at a time over a few seconds with code 1001 ("going away"): clients
@@ -34,13 +36,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from rabbitry.chat.client import ConnectedClient
-from rabbitry.chat.history import ChatHistory
+from rabbitry.chat.history import REORDER, ChatHistory
 from rabbitry.chat.manager import Manager
 from rabbitry.chat.protocol import (
     MESSAGE_TYPE,
     ChatMessage,
     MessageIds,
-    encode_frame,
+    in_sender_order,
     is_stamped,
     now,
 )
@@ -60,13 +62,28 @@ GOING_AWAY = 1001
 RECONNECT = 1012  # "Service Restart": reconnect (elsewhere), with ?since=
 PAGE = 500  # history rows a catch-up reads at a time
 CATCH_UP_ROOMS = 8  # rooms catching up at once after a reconnect (database connections)
-SEAM_WAIT = 5.0  # how long a catch-up waits for the history to reach the live messages
+SEAM_WAIT = 5.0  # how long a recovery (``since``) waits for the history to store ``since``
+# How long a catch-up holds live messages back waiting for the history to reach them: after a
+# node's crash the history queue elects a new leader and its workers reconnect (seconds).
+CATCH_UP_WAIT = 15.0
 STRAGGLERS = 1.0  # when a catch-up looks again for messages the workers stored late
+LATE_WATCH = 60.0  # how long after a catch-up the history is read for late messages
+LATE_POLL = 1.0
 ORIGIN = "chat_origin"  # header: the gateway instance that published a message
 UNSHOWN = 10_000  # own messages remembered as not shown here, until the queue brings them
 
 
 Seen = tuple[int | None, str | None]  # where what a room delivered starts: position, id
+
+
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """Where a room's catch-up started: its last delivery before the loss, and its place in
+    the store (None: not stored)."""
+
+    room: VirtualRoom
+    since: str
+    position: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +132,7 @@ class Gateway:
         self._catching_up: asyncio.Task[None] | None = None
         self._held: list[Held] = []
         self._held_for = 1
-        self._live: set[str] = set()  # ids delivered live since the last reconnect
-        self._recording = False  # (from the new queue's first delivery to the catch-up's end)
+        self._watches: set[asyncio.Task[None]] = set()
         self.draining = False
         """True from SIGTERM on: not ready, new sockets are refused."""
         self.caught_up = 0
@@ -128,8 +144,6 @@ class Gateway:
     def _on_message(self, message: Message) -> None:
         if self.history is not None and self.inbox.generation >= 2:
             self._hold_all(self.inbox.generation)
-            if self._recording:
-                self._live.add(message.id)  # live, so no straggler of the catch-up
         if message.extra.get(ORIGIN) == self.instance:
             if self._unshown.pop(message.id, False) is None:
                 self.manager.dispatch(message)  # not shown when it was sent: shown now
@@ -154,8 +168,6 @@ class Gateway:
             while len(self._unshown) > UNSHOWN:  # (those the broker never routed back)
                 del self._unshown[next(iter(self._unshown))]
             return
-        if self._recording:
-            self._live.add(chat.id)
         room = self.manager.rooms.get(key)
         if room is not None:
             room.deliver(chat)
@@ -165,7 +177,8 @@ class Gateway:
         first delivery on (the new queue delivers while the rest of the rooms still bind), so
         each live message sorts after what the catch-up sends."""
         if self._held_for != generation:
-            # (A socket already holding is replaying its own ``since`` and is left to it.)
+            # (A socket already holding is replaying its own ``since``, or an earlier catch-up:
+            # it is left to that, and the watch for late messages covers what it misses.)
             # Each room's last delivery before the loss, and what it delivered up to there:
             # taken before the new queue's first delivery moves them on.
             self._held = [
@@ -178,12 +191,9 @@ class Gateway:
                 for room in self.manager.rooms.values()
             ]
             for held in self._held:
-                clients = held.clients
-                for client in clients:
+                for client in held.clients:
                     client.hold()
             self._held_for = generation
-            if not self._recording:
-                self._live, self._recording = set(), True
         return self._held
 
     def _on_connected(self, generation: int) -> None:
@@ -198,30 +208,34 @@ class Gateway:
         rooms: Sequence[Held],
         previous: asyncio.Task[None] | None,
     ) -> None:
+        assert self.history is not None
         if previous is not None:
             with contextlib.suppress(Exception):
                 await previous
         limit = asyncio.Semaphore(CATCH_UP_ROOMS)
+        anchors: dict[str, Anchor] = {}
+        start = max(0, await self.history.top() - REORDER)
 
         async def one(held: Held) -> None:
             async with limit:
                 try:
-                    await self.catch_up(held)
+                    await self.catch_up(held, anchors)
                 except Exception:
                     # The client is told: it reconnects with ?since= and recovers that way.
                     log.exception("catching up room %s failed", held.room.key)
                     for client in held.clients:
                         client.disconnect(RECONNECT, "resync: reconnect with since")
 
-        try:
-            await asyncio.gather(*(one(held) for held in rooms if held.clients))
-        finally:
-            if self._catching_up is asyncio.current_task():  # (not while a newer one waits)
-                self._recording = False
+        await asyncio.gather(*(one(held) for held in rooms if held.clients))
+        if anchors:
+            watch = asyncio.create_task(self._watch_late(anchors, start))
+            self._watches.add(watch)
+            watch.add_done_callback(self._watches.discard)
 
-    async def catch_up(self, held: Held) -> int:
+    async def catch_up(self, held: Held, anchors: dict[str, Anchor] | None = None) -> int:
         """Send the held clients what the history has after the room's last delivery before
-        the loss, then their held live messages; returns how many messages were missed."""
+        the loss and the room has not delivered, each sender's in the order sent; then their
+        held live messages. Returns how many messages were missed."""
         assert self.history is not None
         room, clients, since = held.room, held.clients, held.since
         # The store's order is not quite the delivery order (competing workers), and its
@@ -231,33 +245,25 @@ class Gateway:
         # What the room delivered before its last 200 is behind it: the window below
         # ``since`` reaches no further back than those 200.
         seen_from = await self.history.lowest(room.tenant, room.room, list(delivered))
-        oldest = min(delivered, default=None)
+        seen: Seen = (seen_from, min(delivered, default=None))
+        if anchors is not None:
+            anchors[room.key] = Anchor(room, since, position)
+        await self._seam(room, since, position, seen, clients)
+        # Competing persistence workers may still be committing a batch with a missed message
+        # stored after the seam's: look once more, a moment later, before the held live
+        # messages go (sent after them, a missed message would be out of its sender's order).
+        await asyncio.sleep(STRAGGLERS)
         missed = [
             m
-            for m in await self._missed(room, since, position, (seen_from, oldest), clients)
-            if m.id not in delivered
+            for m in await self._all_since(room, since, position, seen)
+            # (held live messages, delivered by the room, follow in the order they came)
+            if m.id not in delivered and room.remember(m.id)
         ]
-        seam = next((c.first_held for c in clients if c.first_held is not None), None)
+        # The store's order, each sender's messages in the order they were sent.
+        missed = in_sender_order(missed)
         if missed and room.last_id == since:  # (a live delivery meanwhile moved it on)
             room.last_id = missed[-1].id
         await asyncio.gather(*(client.replay(_once(missed)) for client in clients))
-        # Competing persistence workers may store a missed message after the seam's: look
-        # once more, a moment later, and send what turned up late rather than never.
-        await asyncio.sleep(STRAGGLERS)
-        known = delivered | {m.id for m in missed} | {m.id for m in room.recent} | self._live
-        # A late one was sent before the seam; one sent after it comes live, maybe stored
-        # before this gateway's queue delivers it (the gateways' clocks are the guide here:
-        # one running behind may cost a repeat, never a loss).
-        late = [
-            m
-            for m in await self._all_since(room, since, position, (seen_from, oldest))
-            if m.id not in known and (seam is None or m.id < seam)
-        ]
-        for message in late:
-            frame = encode_frame(message.frame())
-            for client in clients:
-                client.offer(message, frame)
-        missed += late
         self.caught_up += len(missed) * len(clients)
         if missed:
             log.warning(
@@ -268,24 +274,30 @@ class Gateway:
             )
         return len(missed)
 
-    async def _missed(
+    async def _seam(
         self,
         room: VirtualRoom,
         since: str,
         position: int | None,
         seen: Seen,
         clients: Sequence[ConnectedClient],
-    ) -> list[ChatMessage]:
-        # Whatever was routed before the new queue's binding went to the history too; the
-        # first live message held after the binding marks the seam. Wait (bounded) until the
-        # history has it, so what the workers were still storing is not skipped.
+    ) -> None:
+        # Whatever was routed before the new queue's binding went to the history too, each
+        # sender's ahead of its first live message held after the binding (one publisher's
+        # messages reach the history queue in order). Wait (bounded) until the history has
+        # every sender's, so what the workers were still storing is not skipped: the first
+        # held message alone may be a sender's whose history copies are quick, while another
+        # sender's lag (its own messages shown here at once, without the broker).
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + SEAM_WAIT
+        deadline = loop.time() + CATCH_UP_WAIT
         while True:
             missed = await self._all_since(room, since, position, seen)
-            seam = next((c.first_held for c in clients if c.first_held is not None), None)
-            if seam is None or loop.time() > deadline or any(m.id == seam for m in missed):
-                return missed
+            seams = set().union(*(c.seams for c in clients))
+            if seams <= {m.id for m in missed}:
+                return
+            if loop.time() > deadline:
+                log.warning("room %s: the history is behind; late messages follow", room.key)
+                return
             await asyncio.sleep(0.05)  # polling the database: the workers give no signal
 
     async def _all_since(
@@ -299,6 +311,41 @@ class Gateway:
         ):
             found.extend(page)
         return found
+
+    async def _watch_late(self, anchors: dict[str, Anchor], cursor: int) -> None:
+        """For :data:`LATE_WATCH` seconds after a catch-up, deliver what the history stores
+        late to the rooms that were caught up and have not delivered it: a message whose
+        history copy went through the outbox (its queue's leader was lost, the broker
+        nacked it) while its live copy was routed before this instance's queue was bound
+        reaches its sockets that way, late rather than never."""
+        assert self.history is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LATE_WATCH
+        late = 0
+        try:
+            while loop.time() < deadline:
+                await asyncio.sleep(LATE_POLL)
+                while True:
+                    cursor, found = await self.history.stored_after(cursor, page=PAGE)
+                    for position, message in found:
+                        key = self.layout.room_key(message.tenant, message.room)
+                        anchor = anchors.get(key)
+                        if anchor is None or self.manager.rooms.get(key) is not anchor.room:
+                            continue
+                        after = anchor.position is None or position > anchor.position
+                        if (
+                            after
+                            and message.id != anchor.since
+                            and not anchor.room.seen(message.id)
+                        ):
+                            anchor.room.deliver(message)
+                            late += 1
+                    if len(found) < PAGE:
+                        break
+        except Exception:  # the database is away: clients still recover with ?since=
+            log.exception("watching the history for late messages failed")
+        if late:
+            log.warning("%d message(s) stored late in the history, sent after their catch-up", late)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:
@@ -322,10 +369,11 @@ class Gateway:
             for room in list(self.manager.rooms.values()):
                 for client in list(room.clients):
                     client.disconnect(GOING_AWAY, "the gateway is shutting down")
-            if self._catching_up is not None:
-                self._catching_up.cancel()
+            tasks = [*self._watches, *([self._catching_up] if self._catching_up else [])]
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(BaseException):
-                    await self._catching_up
+                    await task
             self.manager.flush()
             stopping.set()
             with contextlib.suppress(Exception):

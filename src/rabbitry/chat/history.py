@@ -135,6 +135,27 @@ class ChatHistory:
         async with self._database.session() as session:
             return cast(int | None, await session.scalar(query))
 
+    async def top(self) -> int:
+        """The highest position the store has given (0 when empty)."""
+        query = select(func.coalesce(func.max(StoredChatMessage.seq), 0))
+        async with self._database.session() as session:
+            return int(await session.scalar(query) or 0)
+
+    async def stored_after(
+        self, cursor: int, *, page: int = 500
+    ) -> tuple[int, list[tuple[int, ChatMessage]]]:
+        """Up to ``page`` messages of every room stored after position ``cursor``, in store
+        order, each with its position; and the position to read on from."""
+        query = (
+            select(StoredChatMessage)
+            .where(StoredChatMessage.seq > cursor)
+            .order_by(StoredChatMessage.seq)
+            .limit(page)
+        )
+        rows = await self._rows(query)
+        found = [(cast(int, row.seq), _message(row)) for row in rows]
+        return (found[-1][0] if found else cursor), found
+
     async def since(
         self,
         tenant: str,

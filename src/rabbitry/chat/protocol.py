@@ -14,6 +14,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +128,18 @@ class ChatMessage:
         except ValueError as exc:
             raise MessageError(str(exc)) from exc
         return cls(sent_at=sent_at, **fields)
+
+
+def in_sender_order(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+    """``messages`` with each sender's own in id order, in the slots the sender's messages
+    held: the order between senders is kept (the store's), and one sender's messages, which
+    one gateway stamped one after the other, come in the order they were sent (competing
+    persistence workers store them a little out of it)."""
+    mine: dict[str, list[ChatMessage]] = {}
+    for message in messages:
+        mine.setdefault(message.sender, []).append(message)
+    queues = {sender: iter(sorted(ms, key=lambda m: m.id)) for sender, ms in mine.items()}
+    return [next(queues[message.sender]) for message in messages]
 
 
 def parse_client_frame(raw: str) -> str:

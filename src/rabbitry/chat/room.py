@@ -13,6 +13,10 @@ from rabbitry.chat.client import ConnectedClient
 from rabbitry.chat.protocol import ChatMessage, encode_frame
 
 RECENT = 200
+# Ids a room remembers delivering: a message that reaches it twice (a catch-up from the history
+# and then the broker, or a publish both routed and relayed from the outbox) goes out once.
+# 5,000 is minutes of a busy room.
+SEEN = 5000
 
 
 class VirtualRoom:
@@ -28,6 +32,8 @@ class VirtualRoom:
         self.last_id = start
         """The id of the last message this room delivered (at first, an id no earlier than
         the room's creation): where a catch-up after a lost queue starts."""
+        self._seen: set[str] = set()
+        self._seen_order: deque[str] = deque()
 
     def __len__(self) -> int:
         return len(self.clients)
@@ -38,9 +44,26 @@ class VirtualRoom:
     def remove(self, client: ConnectedClient) -> None:
         self.clients.discard(client)
 
+    def seen(self, message_id: str) -> bool:
+        """Whether the room delivered (or caught its clients up with) this id lately."""
+        return message_id in self._seen
+
+    def remember(self, message_id: str) -> bool:
+        """Note ``message_id`` as delivered; False if it already was."""
+        if message_id in self._seen:
+            return False
+        self._seen.add(message_id)
+        self._seen_order.append(message_id)
+        if len(self._seen_order) > SEEN:
+            self._seen.discard(self._seen_order.popleft())
+        return True
+
     def deliver(self, message: ChatMessage) -> int:
         """Offer ``message`` to every client; returns how many took it (a slow one is
-        disconnected by its own full queue, the others never wait for it)."""
+        disconnected by its own full queue, the others never wait for it). A message the room
+        delivered already goes to nobody."""
+        if not self.remember(message.id):
+            return 0
         self.recent.append(message)
         self.last_id = message.id
         frame = encode_frame(message.frame())
