@@ -11,7 +11,8 @@ import dataclasses
 from fixtures.chat import join, running_gateway, wait_until
 from rabbitry.chat.gateway import Gateway
 from rabbitry.config import Settings
-from rabbitry.messaging.publisher import Publisher, PublishStatus
+from rabbitry.messaging.envelope import Message
+from rabbitry.messaging.publisher import Publisher, PublishResult, PublishStatus, Route
 
 
 async def test_a_burst_from_one_socket_reaches_every_socket_of_both_instances_once_in_order(
@@ -61,3 +62,37 @@ async def test_a_message_the_broker_did_not_take_is_not_shown_on_the_senders_ins
             assert result.status is PublishStatus.FAILED
             await asyncio.sleep(0.5)
             assert ann.socket.texts() == bob.socket.texts() == far.socket.texts() == []
+
+
+class SlowFirst(Publisher):
+    """A real publisher whose first dispatch copy's outcome comes back last, as an outbox
+    write or a late confirm can."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.slowed = False
+
+    async def publish(
+        self, message: Message, route: Route, *, use_fallback: bool = True
+    ) -> PublishResult:
+        result = await super().publish(message, route, use_fallback=use_fallback)
+        if not self.slowed and route.routing_key:  # (the history copy's key is empty)
+            self.slowed = True
+            await asyncio.sleep(0.5)
+        return result
+
+
+async def test_a_senders_messages_show_in_its_order_when_an_outcome_comes_back_late(
+    settings: Settings,
+) -> None:
+    async with SlowFirst(settings.amqp, name=f"{settings.namespace}-slow") as publisher:
+        gateway = Gateway(settings, publisher, instance="slow")
+        async with gateway.running():
+            await asyncio.wait_for(gateway.inbox.connected.wait(), 20)
+            ann = await join(gateway, "lobby", "ann")
+            bob = await join(gateway, "lobby", "bob")
+            texts = [f"m{n}" for n in range(5)]
+            results = await asyncio.gather(*[gateway.submit(ann.client, t) for t in texts])
+            assert all(r.ok for r in results) and publisher.slowed
+            await wait_until(lambda: len(bob.socket.texts()) >= 5)
+            assert ann.socket.texts() == bob.socket.texts() == texts

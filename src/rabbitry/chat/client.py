@@ -67,6 +67,10 @@ class ConnectedClient:
         self._code = 1000
         self.finished = asyncio.Event()
         """Set once the pump has stopped: the close frame is sent, or the socket was gone."""
+        self.last_settled: asyncio.Future[None] | None = None
+        """Done once this socket's last message sent was shown here (or failed): the next
+        one waits for it, so a sender's own messages show in the order it sent them even when
+        their confirms (or the outbox's writes) come back in another."""
 
     @property
     def key(self) -> tuple[str, str]:

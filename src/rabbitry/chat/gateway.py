@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import uuid
@@ -449,7 +450,17 @@ class Gateway:
         stored = asyncio.ensure_future(
             publish(message, Route(self.layout.persistence_exchange, ""))
         )
-        return asyncio.ensure_future(self._settle(key, chat, dispatched, stored))
+        before, client.last_settled = (
+            client.last_settled,
+            asyncio.get_running_loop().create_future(),
+        )
+        settled = client.last_settled
+        settling = asyncio.ensure_future(
+            self._settle(key, chat, dispatched, stored, before, settled)
+        )
+        # (Also when it is cancelled before it starts: the next message must not wait for ever.)
+        settling.add_done_callback(functools.partial(_settle_once, settled))
+        return settling
 
     async def _settle(
         self,
@@ -457,14 +468,23 @@ class Gateway:
         chat: ChatMessage,
         dispatched: asyncio.Future[PublishResult],
         stored: asyncio.Future[PublishResult],
+        before: asyncio.Future[None] | None,
+        settled: asyncio.Future[None],
     ) -> PublishResult:
         try:
-            result = await dispatched
-        except BaseException:
-            stored.add_done_callback(_retrieved)
-            raise
-        if result.status is not PublishStatus.FAILED:
-            self._deliver_local(key, chat)
+            try:
+                result = await dispatched
+            except BaseException:
+                stored.add_done_callback(_retrieved)
+                raise
+            if before is not None:
+                # The sender's previous message first: a confirm (or an outbox write, when the
+                # broker did not take it) may come back before the one of a message sent earlier.
+                await asyncio.shield(before)
+            if result.status is not PublishStatus.FAILED:
+                self._deliver_local(key, chat)
+        finally:
+            _settle_once(settled)
         persisted = await stored
         return result if not result.ok else persisted
 
@@ -532,3 +552,8 @@ async def stored_position(history: ChatHistory, tenant: str, room: str, since: s
             return None
         await asyncio.sleep(0.05)  # polling the database: the workers give no signal
     return position
+
+
+def _settle_once(settled: asyncio.Future[None], *_: object) -> None:
+    if not settled.done():
+        settled.set_result(None)
