@@ -180,6 +180,10 @@ def test_bad_arguments_exit_2(tmp_path: Path) -> None:
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_watch_refreshes_until_interrupted(system: Settings, db: Database) -> None:
     env = cli_environment(system, RABBITRY_DATABASE_URL=db.url)
     process = await asyncio.create_subprocess_exec(
@@ -192,6 +196,9 @@ async def test_watch_refreshes_until_interrupted(system: Settings, db: Database)
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        # Ctrl-C's default action, as in a terminal: a suite started in the background (nohup,
+        # `&`) hands its children SIGINT ignored, and Python then installs no handler for it.
+        preexec_fn=_default_sigint,
     )
     try:
         assert process.stdout is not None
