@@ -21,7 +21,14 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from faults.conftest import BASE_PORT, CLUSTER_URL, Cluster, Figures
-from fixtures.sessions import REDIS_URL, admin, bearer, delete_redis_keys, sessions_settings_for
+from fixtures.sessions import (
+    REDIS_URL,
+    admin,
+    bearer,
+    delete_redis_keys,
+    sessions_settings_for,
+    user_with_sessions,
+)
 from helpers import eventually_true, free_port, serving_on
 from rabbitry.app.http import create_app
 from rabbitry.app.registry import lifespans, servers
@@ -98,7 +105,7 @@ async def run_case(cluster: Cluster, settings: Settings, redis: Redis, figures: 
             made = await client.post("/api/tenants", json={"name": tenant}, headers=admin())
             assert made.status_code == 201, made.text
             for n in range(REMOVED + BYSTANDERS):
-                user, tokens = await user_with_sessions(client, tenant, f"u{n}")
+                user, tokens = await user_with_sessions(client, tenant, f"u{n}", SESSIONS)
                 (removed if n < REMOVED else kept)[(tenant, user)] = tokens
         for tokens in kept.values():  # cached in Redis by their first use
             for token in tokens:
@@ -157,23 +164,6 @@ async def run_case(cluster: Cluster, settings: Settings, redis: Redis, figures: 
 
 def me(token: str) -> str:
     return f"/api/tenants/{token.split('.')[0]}/sessions/me"  # a token starts with its tenant
-
-
-async def user_with_sessions(
-    client: httpx.AsyncClient, tenant: str, name: str
-) -> tuple[int, list[str]]:
-    made = await client.post(
-        f"/api/tenants/{tenant}/users", json={"username": name, "password": "pw"}, headers=admin()
-    )
-    assert made.status_code == 201, made.text
-    tokens = []
-    for _ in range(SESSIONS):
-        login = await client.post(
-            f"/api/tenants/{tenant}/sessions", json={"username": name, "password": "pw"}
-        )
-        assert login.status_code == 201, login.text
-        tokens.append(login.json()["token"])
-    return int(made.json()["id"]), tokens
 
 
 async def cached(

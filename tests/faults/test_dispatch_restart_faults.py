@@ -20,7 +20,14 @@ from sqlalchemy import func, select
 
 from faults.conftest import CLUSTER_URL, Cluster, Figures
 from faults.tally import Tally, count, migrated_database
-from fixtures.sessions import admin, bearer, delete_redis_keys, serving, sessions_settings_for
+from fixtures.sessions import (
+    admin,
+    bearer,
+    delete_redis_keys,
+    serving,
+    sessions_settings_for,
+    user_with_sessions,
+)
 from helpers import free_port
 from rabbitry.config import Settings
 from rabbitry.messaging.settings import QueueType
@@ -48,19 +55,8 @@ class User:
         return f"{self.tenant}/{self.id}"
 
 
-async def user_with_sessions(client: httpx.AsyncClient, tenant: str, name: str) -> User:
-    made = await client.post(
-        f"/api/tenants/{tenant}/users", json={"username": name, "password": "pw"}, headers=admin()
-    )
-    assert made.status_code == 201, made.text
-    tokens = []
-    for _ in range(SESSIONS):
-        login = await client.post(
-            f"/api/tenants/{tenant}/sessions", json={"username": name, "password": "pw"}
-        )
-        assert login.status_code == 201, login.text
-        tokens.append(login.json()["token"])
-    return User(tenant, int(made.json()["id"]), tokens)
+async def user_of(client: httpx.AsyncClient, tenant: str, name: str) -> User:
+    return User(tenant, *await user_with_sessions(client, tenant, name, SESSIONS))
 
 
 async def answers(client: httpx.AsyncClient, users: list[User]) -> set[int]:
@@ -118,9 +114,9 @@ async def test_removals_complete_through_closed_connections_and_a_cluster_restar
                     made = await client.post("/api/tenants", json={"name": tenant}, headers=admin())
                     assert made.status_code == 201, made.text
                     for i in range(REMOVED):
-                        removed.append(await user_with_sessions(client, tenant, f"r{i}"))
+                        removed.append(await user_of(client, tenant, f"r{i}"))
                     for i in range(BYSTANDERS):
-                        kept.append(await user_with_sessions(client, tenant, f"k{i}"))
+                        kept.append(await user_of(client, tenant, f"k{i}"))
                 assert await sessions_left(store, kept) == len(kept) * SESSIONS
 
                 thirds = len(removed) // 3

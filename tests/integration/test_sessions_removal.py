@@ -13,7 +13,6 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from conftest import BrokerProbe
@@ -23,6 +22,7 @@ from fixtures.sessions import (
     delete_redis_keys,
     serving,
     sessions_settings_for,
+    user_with_sessions,
 )
 from helpers import eventually_true, free_port
 from rabbitry.config import Settings
@@ -47,21 +47,6 @@ async def removal_settings(
         await delete_redis_keys(namespace)
 
 
-async def user_with_sessions(client: httpx.AsyncClient, tenant: str, name: str) -> list[str]:
-    made = await client.post(
-        f"/api/tenants/{tenant}/users", json={"username": name, "password": "pw"}, headers=admin()
-    )
-    assert made.status_code == 201, made.text
-    tokens = []
-    for _ in range(SESSIONS):
-        login = await client.post(
-            f"/api/tenants/{tenant}/sessions", json={"username": name, "password": "pw"}
-        )
-        assert login.status_code == 201, login.text
-        tokens.append(login.json()["token"])
-    return tokens
-
-
 async def test_dispatch_removes_every_session_of_a_removed_user_in_the_configured_form(
     removal_settings: Settings, broker: BrokerProbe
 ) -> None:
@@ -69,8 +54,8 @@ async def test_dispatch_removes_every_session_of_a_removed_user_in_the_configure
         assert (
             await client.post("/api/tenants", json={"name": "acme"}, headers=admin())
         ).status_code == 201
-        ann = await user_with_sessions(client, "acme", "ann")
-        bob = await user_with_sessions(client, "acme", "bob")
+        _, ann = await user_with_sessions(client, "acme", "ann", SESSIONS)
+        _, bob = await user_with_sessions(client, "acme", "bob", SESSIONS)
         ann_id = (await client.get("/api/tenants/acme/sessions/me", headers=bearer(ann[0]))).json()[
             "user_id"
         ]
