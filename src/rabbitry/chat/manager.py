@@ -34,6 +34,7 @@ from rabbitry.messaging.envelope import Message
 log = logging.getLogger(__name__)
 
 REVOKED = 4001  # an application close code: the user's sessions were revoked
+KEYS = 10_000  # room keys remembered (tenant, room) -> key; then the cache starts over
 
 
 class Binder(Protocol):
@@ -64,11 +65,19 @@ class Manager:
         self._lingering: dict[str, asyncio.TimerHandle] = {}
         self.rooms: dict[str, VirtualRoom] = {}
         self._members: defaultdict[tuple[str, str], set[ConnectedClient]] = defaultdict(set)
+        self._keys: dict[tuple[str, str], str] = {}
         self.stale = 0
         """Deliveries for a room this instance no longer has (in flight while it unbound)."""
 
     def key_of(self, client: ConnectedClient) -> str:
-        return self._layout.room_key(client.member.tenant, client.room)
+        # Every message submitted asks: a key is formatted (and its parts checked) once.
+        pair = client.key
+        key = self._keys.get(pair)
+        if key is None:
+            if len(self._keys) >= KEYS:
+                self._keys.clear()
+            key = self._keys[pair] = self._layout.room_key(*pair)
+        return key
 
     async def join(self, client: ConnectedClient) -> bool:
         """Put ``client`` in its room; True once the room's binding is in place. False: the

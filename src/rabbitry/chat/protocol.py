@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
+import random
 import re
 import time
 from collections.abc import Sequence
@@ -64,7 +64,9 @@ class MessageIds:
         else:
             self._counter = 0
         self._last_ms = ms
-        rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+        # Not a secret, only unique: the random module's generator (seeded from the OS, and
+        # again in a forked child) instead of a system call per message.
+        rand = random.getrandbits(62)
         value = (ms << 80) | (0x7 << 76) | (self._counter << 64) | (0b10 << 62) | rand
         text = f"{value:032x}"
         return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"

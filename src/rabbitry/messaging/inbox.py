@@ -24,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from rabbitry.amqp.base import LinkClosed, Received
 from rabbitry.amqp.link import Link
@@ -54,6 +55,10 @@ class Inbox:
     Deliveries are acked as they arrive (the queue dies with the process anyway). ``name`` is
     the connection name and the queue's prefix: ``<name>.<n>``, ``n`` counting connections.
     A :class:`~rabbitry.messaging.service.Service`: run it with ``run(stopping)``.
+
+    ``skip(message_id, headers)``, if given, sees each delivery's message id and AMQP headers
+    first: True drops it (acked) before its body is decoded, for deliveries the owner can
+    tell apart by a header alone (the gateway's own messages, routed back to it).
     """
 
     def __init__(
@@ -65,6 +70,7 @@ class Inbox:
         on_message: Callable[[Message], None],
         on_connected: Callable[[int], None] | None = None,
         prefetch: int = 1000,
+        skip: Callable[[str | None, Mapping[str, Any]], bool] | None = None,
     ) -> None:
         self.name = name
         self._settings = amqp
@@ -72,6 +78,7 @@ class Inbox:
         self._on_message = on_message
         self._on_connected = on_connected
         self._prefetch = prefetch
+        self._skip = skip
         # Insertion-ordered: after a reconnect the rooms rebind oldest first.
         self._wanted: dict[str, None] = {}
         self._bound: set[str] = set()
@@ -236,6 +243,11 @@ class Inbox:
         if link is not None and link.is_open:
             link.ack(delivery.delivery_tag)
         self.delivered += 1
+        skip = self._skip
+        if skip is not None and delivery.error is None:
+            properties = delivery.properties
+            if skip(properties.message_id, properties.headers or {}):
+                return  # (acked above: the owner has no use for it, and no body decoded)
         try:
             message = envelope.decode_received(delivery, strict=False)
         except MessageError as exc:
