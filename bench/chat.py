@@ -353,7 +353,7 @@ def _time_routing(gateway: Gateway, tally: Tally) -> None:
     def stamped_echo(message_id: str | None, headers: Any) -> bool:
         if message_id is not None and message_id not in tally.routed:
             tally.routed[message_id] = time.perf_counter() - tally.sent_at[message_id]
-        return skip(message_id, headers)
+        return bool(skip(message_id, headers))
 
     gateway.inbox._skip = stamped_echo
 
