@@ -23,8 +23,11 @@ to receipt, and broker deliveries per published message next to the instances ho
 Reported beside them: latency on the sender's instance and on the others, the process's CPU
 and the broker's, so a run on a loaded machine shows whether it waited or worked.
 
+With ``--lines``, Rabbitry's clients ask for several messages per frame (``lines=1``): a
+recipient's pump writes what waits in its queue at once, one message a line.
+
 Usage: python bench/chat.py [--layout random|spanning|local] [--clients C] [--rooms R]
-       [--messages N] [--window W | --rate M] [--seed S]
+       [--messages N] [--window W | --rate M] [--seed S] [--lines]
 """
 
 from __future__ import annotations
@@ -257,7 +260,11 @@ def _broker_cpu() -> float:
 
 
 async def run_rabbitry(
-    layout: Layout, window: int, directory: Path, rate: float | None = None
+    layout: Layout,
+    window: int,
+    directory: Path,
+    rate: float | None = None,
+    lines: bool = False,
 ) -> Result:
     namespace = "b" + uuid.uuid4().hex[:10]
     settings = Settings(namespace=namespace, amqp_url=AMQP_URL, data_dir=directory)
@@ -285,14 +292,23 @@ async def run_rabbitry(
             for number, (room, instance) in enumerate(layout.seats):
 
                 async def record(frame: str, instance: int = instance) -> None:
-                    # The id is the first field of every frame: no JSON parse on the clock.
-                    tally.received(frame[7:43], instance)
+                    # The id is the first field of every message: no JSON parse on the clock.
+                    # (With --lines a frame may carry several, one a line: each counts once.)
+                    if lines:
+                        for line in frame.split("\n"):
+                            tally.received(line[7:43], instance)
+                    else:
+                        tally.received(frame[7:43], instance)
 
                 async def close(code: int, reason: str) -> None:
                     return None
 
                 member = Member(TENANT, str(number), f"user{number}", f"s{number}")
-                client = ConnectedClient(member, f"room{room}", record, close, queue_size=10_000)
+                # (lines only when asked: a before/after run may use code without it)
+                options: dict[str, Any] = {"lines": True} if lines else {}
+                client = ConnectedClient(
+                    member, f"room{room}", record, close, queue_size=10_000, **options
+                )
                 await gateways[instance].manager.join(client)
                 clients.append(client)
                 pumps.append(asyncio.create_task(client.pump()))
@@ -545,11 +561,17 @@ async def main() -> None:
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--rooms", type=int, default=200)
     parser.add_argument("--rate", type=float, default=None, help="messages a second (paced)")
+    parser.add_argument(
+        "--lines",
+        action="store_true",
+        help="Rabbitry's clients ask for lines=1 (what waits in a socket's queue in one frame)",
+    )
     args = parser.parse_args()
     if args.clients < args.rooms or args.rooms < 1:
         parser.error("--clients must be at least --rooms, and --rooms at least 1")
     layout = Layout.draw(args.messages, args.seed, args.clients, args.rooms, args.layout)
     pace = f"paced at {args.rate:g}/s" if args.rate else f"saturated, window {args.window}"
+    pace += "; Rabbitry's clients with lines=1" if args.lines else ""
     print(
         f"{INSTANCES} instances, {args.clients:,} clients in {args.rooms} rooms ({args.layout}),"
         f" {args.messages:,} messages ({layout.expected_receipts():,} socket deliveries), {pace};"
@@ -557,7 +579,9 @@ async def main() -> None:
         f" load average {os.getloadavg()[0]:.1f}"
     )
     with tempfile.TemporaryDirectory() as directory:
-        rabbitry = await run_rabbitry(layout, args.window, Path(directory), args.rate)
+        rabbitry = await run_rabbitry(
+            layout, args.window, Path(directory), args.rate, lines=args.lines
+        )
         tally = rabbitry.tally
     baseline = await run_socketio(layout, args.window, args.rate)
     for result in (rabbitry, baseline):

@@ -59,6 +59,30 @@ async def test_a_client_sending_faster_than_ten_a_second_gets_its_burst_of_twent
     assert f"{RATE:g}" == "10" and BURST == 20  # the numbers docs/chat.md gives
 
 
+async def test_a_client_asking_for_lines_gets_each_message_once_in_order_and_others_one_a_frame(
+    system: ChatSystem,
+) -> None:
+    system.create_user(TENANT, "liner")
+    token = system.login(TENANT, "liner")
+    url = socket_url(system.api, "lined", TENANT, token)
+    texts = [f"l{i}" for i in range(BURST)]
+    async with (
+        websockets.connect(url + "&lines=1") as lined,
+        websockets.connect(url) as plain,
+    ):
+        for text in texts:  # back to back: the lined socket's queue may hold several at once
+            await lined.send(json.dumps({"text": text}))
+        # (frames() parses each frame as one JSON object: a client without lines gets no more)
+        one_a_frame = [f["text"] for f in await frames(plain, BURST)]
+        got: list[str] = []
+        async with asyncio.timeout(60):
+            while len(got) < BURST:
+                raw = await lined.recv()
+                assert isinstance(raw, str)  # text frames
+                got += [json.loads(line)["text"] for line in raw.split("\n")]
+    assert got == texts == one_a_frame
+
+
 async def test_the_history_api_refuses_without_a_valid_token_or_with_bad_input(
     system: ChatSystem,
 ) -> None:

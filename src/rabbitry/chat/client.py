@@ -23,6 +23,7 @@ from rabbitry.chat.protocol import ChatMessage, encode_frame
 log = logging.getLogger(__name__)
 
 SEND_QUEUE = 256
+LINES = 32  # messages a client that asked for lines may get in one frame, at most
 HELD = 4096  # live messages a catching-up client may have waiting behind its replay
 TOO_SLOW = 1013  # "Try Again Later": the server would not wait for this client
 
@@ -53,6 +54,7 @@ class ConnectedClient:
         *,
         token: str = "",
         queue_size: int = SEND_QUEUE,
+        lines: bool = False,
     ) -> None:
         self.member = member
         self.room = room
@@ -60,6 +62,9 @@ class ConnectedClient:
         """The session token the socket was opened with (re-checked after a reconnect)."""
         self._send = send
         self._close = close
+        self.lines = lines
+        """The client asked for several messages per frame, one JSON object a line, when
+        more than one waits in its queue: one socket write for them all."""
         self._queue: asyncio.Queue[str | None] = asyncio.Queue(queue_size)
         self._held: list[ChatMessage] | None = None
         self.closed_reason: str | None = None
@@ -160,6 +165,18 @@ class ConnectedClient:
         await self._queue.put(encode_frame(message.frame()))
         return self.closed_reason is None
 
+    def _more(self, first: str) -> tuple[str, bool]:
+        """``first`` and what else waits in the queue (up to :data:`LINES`), one a line (a
+        JSON text has no raw newline); True if the close came up behind them."""
+        frames = [first]
+        queue = self._queue
+        while not queue.empty() and len(frames) < LINES:
+            frame = queue.get_nowait()
+            if frame is None:
+                return "\n".join(frames), True
+            frames.append(frame)
+        return "\n".join(frames), False
+
     def disconnect(self, code: int, reason: str) -> None:
         """Close the socket soon (from the pump task), with ``code`` and ``reason``."""
         if self.closed_reason is not None:
@@ -187,7 +204,11 @@ class ConnectedClient:
             self.finished.set()
 
     async def _pump(self) -> None:
-        while (frame := await self._queue.get()) is not None:
+        queue = self._queue
+        closing = False
+        while not closing and (frame := await queue.get()) is not None:
+            if self.lines and not queue.empty():
+                frame, closing = self._more(frame)
             try:
                 await self._send(frame)
             except Exception as exc:  # the socket went away: the reader sees it too

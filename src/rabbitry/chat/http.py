@@ -1,9 +1,10 @@
 """HTTP and WebSocket: ``WS /chat/ws/{room}``, ``GET /api/chat/rooms/{room}/messages``, ``/chat/``.
 
-``WS /chat/ws/{room}?tenant=T&token=TOKEN[&since=ID]`` — the token is a session token of the
-sessions part; a bad room, tenant, ``since`` or token is refused before the upgrade completes
-(HTTP 403). Then the client sends ``{"text": ...}`` frames and receives every message of the
-room, its own included; with ``since`` it first receives what it missed after that id. If the
+``WS /chat/ws/{room}?tenant=T&token=TOKEN[&since=ID][&lines=1]`` — the token is a session token
+of the sessions part; a bad room, tenant, ``since`` or token is refused before the upgrade
+completes (HTTP 403). Then the client sends ``{"text": ...}`` frames and receives every message
+of the room, its own included; with ``since`` it first receives what it missed after that id.
+With ``lines=1`` a frame may carry several messages, one JSON object a line. If the
 room's binding cannot be made (the broker is away), the socket is closed right after it opens
 with code 1013 ("try again later"); a gateway that is scaling in closes with 1012.
 
@@ -171,6 +172,7 @@ async def chat_socket(
     tenant: str = "",
     token: str = "",
     since: str | None = None,
+    lines: bool = False,
 ) -> None:
     gateway = chat.gateway
     if gateway.draining:
@@ -196,7 +198,9 @@ async def chat_socket(
     if chat.gateway.manager.sockets_of(member.tenant, member.user_id) >= most:
         await websocket.close(POLICY_VIOLATION, f"at most {most} sockets per user")
         return
-    client = ConnectedClient(member, room, websocket.send_text, websocket.close, token=token)
+    client = ConnectedClient(
+        member, room, websocket.send_text, websocket.close, token=token, lines=lines
+    )
     if since is not None:
         client.hold()
     # Join before accepting: once the client sees its socket open, the room's binding is in
