@@ -163,7 +163,11 @@ class Consumer:
         self._owns_sender = sender is None
         self._sender = sender or Sender(settings, f"rabbitry-{subscription.queue}-forward")
         self._pending: deque[Received] = deque()
-        self._ready = asyncio.Event()
+        # The handler loops waiting for a delivery, each on a future of its own: a delivery
+        # wakes one of them. An Event woke all of them for each read from the socket, and all
+        # but a few went back to sleep (with a prefetch-sized pool, as the workflow worker
+        # has, that was more wake-ups than deliveries).
+        self._idle: deque[asyncio.Future[None]] = deque()
         self._tag: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -214,7 +218,16 @@ class Consumer:
 
     def _on_delivery(self, delivery: Received) -> None:
         self._pending.append(delivery)
-        self._ready.set()
+        self._wake(1)
+
+    def _wake(self, count: int | None) -> None:
+        """Wake ``count`` waiting handler loops (``None``: all of them)."""
+        while self._idle and (count is None or count > 0):
+            waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                if count is not None:
+                    count -= 1
 
     async def _next(self) -> Received | None:
         if self._stopping and self._sub.keep_order:
@@ -222,8 +235,14 @@ class Consumer:
         while not self._pending:
             if self._stopping:
                 return None
-            self._ready.clear()
-            await self._ready.wait()
+            waiter = asyncio.get_running_loop().create_future()
+            self._idle.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake(1)  # woken for a delivery it will not take: pass it on
+                raise
         return self._pending.popleft()
 
     async def _loop(self) -> None:
@@ -463,7 +482,7 @@ class Consumer:
             delivery = self._pending.popleft()
             if self._link.is_open:
                 self._link.nack(delivery.delivery_tag, requeue=True)
-        self._ready.set()
+        self._wake(None)
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=timeout)
             for task in late:
@@ -478,7 +497,7 @@ class Consumer:
         """The link died: in-flight work cannot be settled; the broker requeues it."""
         self._stopping = True
         self._pending.clear()
-        self._ready.set()
+        self._wake(None)
         for task in self._tasks:
             task.cancel()
         if self._owns_sender:
