@@ -56,7 +56,7 @@ class ChangeEvent:
         if self.data is None:
             if self.type is not ChangeType.DELETE:
                 raise MessageError(f"'data' is required for {self.type}")
-        elif not isinstance(self.data, Mapping):
+        elif type(self.data) is not dict and not isinstance(self.data, Mapping):
             raise MessageError(f"'data' must be a JSON object, got {_kind(self.data)}")
         else:
             check_json(self.data, "'data'")
@@ -74,7 +74,7 @@ def parse_change(message_type: str, payload: Json) -> ChangeEvent:
 
     Unknown extra keys are tolerated, the way RoadRunner tolerates unknown headers.
     """
-    if not isinstance(payload, Mapping):
+    if type(payload) is not dict and not isinstance(payload, Mapping):  # dict: no ABC check
         raise MessageError(f"change event body must be a JSON object, got {_kind(payload)}")
     for key in ("entity", "id", "user"):
         if key not in payload:
