@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import gc
 import statistics
 import tempfile
 import time
@@ -63,7 +62,7 @@ from rabbitry.events.postgresql_writer import (
 )
 from rabbitry.events.store import EventStore, Incoming
 from rabbitry.events.topology import EventsLayout, events_topology, module_topology
-from rabbitry.events.workflow import BATCH_SIZE, Outcomes, WorkflowWorker
+from rabbitry.events.workflow import BATCH_SIZE, Outcomes, WorkflowWorker, tune_collector
 from rabbitry.messaging.consumer import Subscription
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher
@@ -95,21 +94,30 @@ class Clock:
         self.done = 0
         self.first = 0.0
         self.last = 0.0
+        self.cpu_first = 0.0
+        self.cpu_last = 0.0
         self.finished = asyncio.Event()
 
     def start(self) -> None:
         if not self.first:
             self.first = time.perf_counter()
+            self.cpu_first = time.process_time()
 
     def add(self, count: int) -> None:
         self.done += count
-        if self.done >= self.expected:
+        if self.done >= self.expected and not self.last:
             self.last = time.perf_counter()
+            self.cpu_last = time.process_time()
             self.finished.set()
 
     @property
     def rate(self) -> float:
         return self.done / (self.last - self.first)
+
+    @property
+    def cpu_us(self) -> float:
+        """CPU time of this process (all its threads) per item, in µs, while it worked."""
+        return (self.cpu_last - self.cpu_first) / self.done * 1e6
 
 
 class TimedWorkflow(WorkflowWorker):
@@ -145,12 +153,19 @@ async def analyze(database: Database) -> None:
         await session.execute(text("ANALYZE"))
 
 
+# CPU µs per event of this process in the case that ran last (its consumer or worker, which
+# share the process with nothing else while the clock runs): unlike events/s, it holds on a
+# loaded machine.
+CPU_US: list[float] = []
+
+
 async def run_until(service: Worker | WorkflowWorker, clock: Clock) -> float:
     stopping = asyncio.Event()
     task = asyncio.create_task(service.run(stopping))
     await asyncio.wait_for(clock.finished.wait(), timeout=600)
     stopping.set()
     await task
+    CPU_US.append(clock.cpu_us)
     return clock.rate
 
 
@@ -330,7 +345,11 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-async def main(n: int, rounds: int, kind: str, partitions: int) -> None:
+def _label(name: str) -> str:
+    return name[1 : name.index(")")]
+
+
+async def main(n: int, rounds: int, kind: str, partitions: int, only: set[str]) -> None:
     settings = Settings(
         namespace=f"bench{uuid.uuid4().hex[:8]}",
         amqp_url=AMQP_URL,
@@ -339,6 +358,7 @@ async def main(n: int, rounds: int, kind: str, partitions: int) -> None:
         events_partitions=partitions,
     )
     topology = events_topology(settings) | module_topology(settings, [])
+    rebuild: dict[int, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         url, drop = await create_database(kind, Path(tmp))
         database = Database(url)
@@ -348,7 +368,7 @@ async def main(n: int, rounds: int, kind: str, partitions: int) -> None:
                 await declarer.declare(topology)
             # As WorkflowService does at start (`rabbitry worker workflow`, `rabbitry up`):
             # what is loaded by now lives as long as the process; every case runs with it.
-            gc.freeze()
+            tune_collector()
             cases = {
                 "(a) plain consumer, no-op handler": plain_consumer,
                 "(b) handler per message, one transaction each": per_message_store,
@@ -359,72 +379,97 @@ async def main(n: int, rounds: int, kind: str, partitions: int) -> None:
                 cases["(c0) as before: one batch at a time, 3 round trips each"] = (
                     workflow_as_before
                 )
+            cases = {name: case for name, case in cases.items() if not only or _label(name) in only}
             rates: dict[str, list[float]] = {name: [] for name in cases}
+            cpu: dict[str, list[float]] = {name: [] for name in cases}
             # (connections, one call per batch)
             ceilings = [(1, True), (partitions + 1, True), (1, False)]
             if kind != "postgresql":
                 ceilings = []
+            ceilings = [
+                (c, one) for c, one in ceilings if not only or _label(_ceiling(c, one)) in only
+            ]
             for connections, one_call in ceilings:
                 rates[_ceiling(connections, one_call)] = []
             for _ in range(rounds):
                 for name, case in cases.items():
                     await analyze(database)
                     rates[name].append(await case(settings, database, n))
+                    cpu[name].append(CPU_US[-1])
                 for connections, one_call in ceilings:
                     await analyze(database)
                     rates[_ceiling(connections, one_call)].append(
                         await database_ceiling(url, n, connections, one_call=one_call)
                     )
-            rebuild = await rebuild_times(database, max(rounds, 5))
+            if not only or "rebuild" in only:
+                rebuild = await rebuild_times(database, max(rounds, 5))
         finally:
             await database.close()
             async with await Declarer.connect(AMQP_URL) as declarer:
                 await declarer.delete(topology)
             await drop()
-    base = statistics.median(rates["(a) plain consumer, no-op handler"])
+    report(kind, n, partitions, rounds, rates, cpu)
+    if rebuild:
+        print(f"\nstate rebuild ({kind}, median of {max(rounds, 5)})")
+        print(f"{'events':>8} {'ms':>9} {'us/event':>9} {'vs 100':>7}")
+        for size, seconds in rebuild.items():
+            ratio = seconds / rebuild[HISTORY_SIZES[0]]
+            print(f"{size:8,} {seconds * 1000:9.1f} {seconds / size * 1e6:9.1f} {ratio:6.1f}x")
+
+
+def report(
+    kind: str,
+    n: int,
+    partitions: int,
+    rounds: int,
+    rates: dict[str, list[float]],
+    cpu: dict[str, list[float]],
+) -> None:
+    by_label = {_label(name): values for name, values in rates.items()}
+    base = statistics.median(by_label["a"]) if "a" in by_label else None
     print(
         f"\nevents stored per second ({kind}, {n} events, {partitions} partition(s),"
-        f" median of {rounds} rounds)"
+        f" median of {rounds} rounds; CPU: this process's, per event)"
     )
-    print(f"{'case':58} {'msg/s':>9} {'vs (a)':>7}")
+    print(f"{'case':58} {'msg/s':>9} {'vs (a)':>7} {'CPU us':>7} {'vs (a)':>7}")
+    cpu_of = {_label(name): values for name, values in cpu.items()}
+    base_cpu = statistics.median(cpu_of["a"]) if "a" in cpu_of else None
     for name, values in rates.items():
         rate = statistics.median(values)
-        print(f"{name:58} {rate:9,.0f} {rate / base:6.2f}x")
-    per_message = statistics.median(rates["(b) handler per message, one transaction each"])
-    batched = statistics.median(rates["(c) workflow worker, group commit (<= 250 per transaction)"])
-    print(f"batching gain (c)/(b): {batched / per_message:.2f}x")
-    print(f"workflow worker vs plain consumer (c)/(a): {batched / base:.2f}x (aim: 0.70x)")
-    plain = rates["(a) plain consumer, no-op handler"]
-    workflow = rates["(c) workflow worker, group commit (<= 250 per transaction)"]
-    ratios = [c / a for a, c in zip(plain, workflow, strict=True)]
-    print("(c)/(a) per round: " + ", ".join(f"{r:.2f}x" for r in ratios))
-    serial = rates["(c1) the same, one batch in the database at a time"]
-    print(
-        f"(c) vs one batch at a time (c)/(c1): {batched / statistics.median(serial):.2f}x"
-        " (per round: "
-        + ", ".join(f"{c / s:.2f}x" for s, c in zip(serial, workflow, strict=True))
-        + ")"
-    )
-    if kind == "postgresql":
-        before = rates["(c0) as before: one batch at a time, 3 round trips each"]
-        print(
-            f"this change vs before (c)/(c0): {batched / statistics.median(before):.2f}x"
-            " (per round: "
-            + ", ".join(f"{c / b:.2f}x" for b, c in zip(before, workflow, strict=True))
-            + ")"
-        )
+        line = f"{name:58} {rate:9,.0f}"
+        line += f" {rate / base:6.2f}x" if base else " " * 8
+        if name in cpu:
+            us = statistics.median(cpu[name])
+            line += f" {us:7.1f}" + (f" {us / base_cpu:6.2f}x" if base_cpu else "")
+        print(line)
+
+    def versus(top: str, bottom: str, what: str) -> None:
+        if top in by_label and bottom in by_label:
+            t, b = by_label[top], by_label[bottom]
+            print(
+                f"{what} ({top})/({bottom}): {statistics.median(t) / statistics.median(b):.2f}x"
+                " (per round: "
+                + ", ".join(f"{x / y:.2f}x" for x, y in zip(t, b, strict=True))
+                + ")"
+            )
+
+    versus("c", "b", "batching gain")
+    versus("c", "a", "workflow worker vs plain consumer (aim: 0.70x)")
+    versus("c", "c1", "two batches at once vs one at a time")
+    versus("c", "c0", "now vs before the one-call append")
+    if base and "c" in by_label and _label(_ceiling(1, True)) in by_label:
+        batched = statistics.median(by_label["c"])
         alone = statistics.median(rates[_ceiling(1, True)])
-        most = max(statistics.median(rates[_ceiling(c, True)]) for c in (1, partitions + 1))
+        most = max(
+            statistics.median(rates[_ceiling(c, True)])
+            for c in (1, partitions + 1)
+            if _ceiling(c, True) in rates
+        )
         print(
             f"database ceiling (d) vs plain consumer (a): {alone / base:.2f}x with one batch at"
             f" a time, {most / base:.2f}x at best; the worker (c) reaches {batched / alone:.2f}x"
             f" of (d) with one connection, {batched / most:.2f}x of the best"
         )
-    print(f"\nstate rebuild ({kind}, median of {max(rounds, 5)})")
-    print(f"{'events':>8} {'ms':>9} {'us/event':>9} {'vs 100':>7}")
-    for size, seconds in rebuild.items():
-        ratio = seconds / rebuild[HISTORY_SIZES[0]]
-        print(f"{size:8,} {seconds * 1000:9.1f} {seconds / size * 1e6:9.1f} {ratio:6.1f}x")
 
 
 if __name__ == "__main__":
@@ -433,5 +478,11 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--database", choices=["postgresql", "sqlite"], default="postgresql")
     parser.add_argument("--partitions", type=int, default=1)
+    parser.add_argument(
+        "--cases",
+        default="",
+        help="comma-separated cases to run (a,b,c,c1,c0,d,d3,rebuild); default: all",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.events, args.rounds, args.database, args.partitions))
+    only = {c.strip() for c in args.cases.split(",") if c.strip()}
+    asyncio.run(main(args.events, args.rounds, args.database, args.partitions, only))
