@@ -53,8 +53,8 @@ MAX_NAME_LENGTH = 255  # the message log's text columns
 # Allocations between two young collections (Python's default is 700). The worker keeps
 # thousands of young objects alive at once (a prefetch window of messages, each with its
 # handler's frame, future and decoded body), so at the default every collection scans them
-# again: measured 6-8 µs of CPU per stored event at 700, against 41 with 50,000 instead of 47
-# (bench/events.py, docs/performance.md). Garbage cycles wait longer, a few MB at most.
+# again: the worker's CPU per stored event measured 47-51 µs at 700, 41-42 at 50,000
+# (bench/events.py, docs/performance.md). Garbage cycles wait longer: a few MB at most.
 YOUNG_COLLECTION = 50_000
 
 
