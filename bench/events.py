@@ -25,8 +25,11 @@ State rebuild: EventStore.state() for entities with 100, 1,000 and 10,000 events
 Every case reads the same K event-sourcing queues (``--partitions K``, the workflow worker's
 RABBITRY_EVENTS_PARTITIONS; the events are routed by entity bucket when K > 1).
 
+Each consumer case also prints the CPU time of this process per event while it ran (its
+consumer or worker is all that runs in it then): unlike events/s, that holds on a loaded machine.
+
 Usage: python bench/events.py [--events N] [--rounds R] [--database postgresql|sqlite]
-                              [--partitions K]
+                              [--partitions K] [--cases a,c,...]
 PostgreSQL (default) gets a database of its own, dropped at the end.
 """
 
