@@ -345,6 +345,38 @@ async def test_a_batch_handler_gets_batches_and_each_outcome_is_settled_on_its_o
     assert await broker.counts(queue) == (0, 0)
 
 
+async def test_batch_calls_with_concurrency_run_at_once_and_start_in_delivery_order(
+    settings: Settings,
+    declarer: Declarer,
+    run_worker: WorkerRunner,
+    eventually: Eventually,
+) -> None:
+    queue, topology = work(settings)
+    messages = [Message(type="job", payload={"n": n}) for n in range(60)]
+    started: list[int] = []  # the messages' numbers, as each call began with them
+    running = 0
+    most_at_once = 0
+    done: list[int] = []
+
+    async def handle(batch: Sequence[Message]) -> list[BaseException | None]:
+        nonlocal running, most_at_once
+        started.extend(m.payload["n"] for m in batch)
+        running += 1
+        most_at_once = max(most_at_once, running)
+        await asyncio.sleep(0.05)  # long enough that the next calls start meanwhile
+        running -= 1
+        done.extend(m.payload["n"] for m in batch)
+        return [None] * len(batch)
+
+    await declarer.declare(topology)
+    await publish(settings, queue, *messages)
+    subscription = Subscription(queue, batch=handle, batch_size=5, concurrency=3, prefetch=60)
+    async with run_worker([subscription], topology):
+        await eventually(at_least(done, 60), what="every message handled")
+    assert started == list(range(60))  # each call took the oldest deliveries waiting
+    assert most_at_once == 3
+
+
 async def test_a_batch_handler_returning_the_wrong_number_of_outcomes_fails_that_batch_only(
     settings: Settings,
     declarer: Declarer,

@@ -55,6 +55,23 @@ async def test_each_caller_gets_its_own_outcome() -> None:
     assert str(results[3]) == "bad 3"
 
 
+async def test_a_list_submitted_at_once_keeps_its_order_among_single_items_with_each_outcome() -> (
+    None
+):
+    recorder = Recorder(fail={4})
+    batcher = Batcher(recorder.write, max_size=3)
+    first = asyncio.ensure_future(batcher.submit(0))
+    listed = asyncio.ensure_future(batcher.submit_all([1, 2, 3, 4, 5]))
+    last = asyncio.ensure_future(batcher.submit(6))
+    await first
+    outcomes = await listed
+    await last
+    assert [i for batch in recorder.batches for i in batch] == list(range(7))
+    assert max(map(len, recorder.batches)) <= 3  # the list is cut into the writer's batches
+    assert [None if o is None else str(o) for o in outcomes] == [None, None, None, "bad 4", None]
+    assert await batcher.submit_all([]) == []
+
+
 async def test_a_writer_that_fails_as_a_whole_fails_every_item_of_its_batch_only() -> None:
     calls = 0
 

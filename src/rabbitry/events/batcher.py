@@ -99,6 +99,28 @@ class Batcher(Generic[T]):
             loop.call_soon(self._start)
         await future
 
+    async def submit_all(self, items: Sequence[T]) -> list[BaseException | None]:
+        """Queue ``items``, in their order, as :meth:`submit` would one by one; return once
+        each is written or failed, with one outcome per item (``None``: written). One caller
+        waiting for many items costs one wake-up, where a caller per item costs one each."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[None]] = []
+        for item in items:  # before any await: keeps the callers' order
+            future: asyncio.Future[None] = loop.create_future()
+            self._queue.append(_Entry(item, self._key(item), future))
+            futures.append(future)
+        if futures and not self._scheduled and len(self._writers) < self._in_flight:
+            self._scheduled = True
+            loop.call_soon(self._start)
+        outcomes: list[BaseException | None] = await asyncio.gather(
+            *futures, return_exceptions=True
+        )
+        if any(isinstance(o, asyncio.CancelledError) for o in outcomes):
+            # The writers were torn down (see _ended): as submit() would, never an outcome to
+            # settle a message with.
+            raise asyncio.CancelledError
+        return outcomes
+
     def _start(self) -> None:
         """Start writing as many batches as there are free places for (and items to take)."""
         self._scheduled = False

@@ -49,6 +49,8 @@ BATCH_SIZE = 250
 # 1.24-1.35x one at a time, docs/performance.md). With partitions, each has one: K writers
 # already keep the database busy, and two each, in smaller batches, measured slower (0.78x).
 IN_FLIGHT = 2
+# The smallest hand-over of change events the worker plans for (see event_subscription).
+HANDOVER = 50
 MAX_NAME_LENGTH = 255  # the message log's text columns
 # Allocations between two young collections (Python's default is 700). The worker keeps
 # thousands of young objects alive at once (a prefetch window of messages, each with its
@@ -82,6 +84,7 @@ class WorkflowWorker:
         self._in_flight = 1 if database.is_sqlite else in_flight
         # A batch in the database per writer, and one more arriving.
         self._prefetch = prefetch = max(settings.prefetch, (self._in_flight + 1) * batch_size)
+        self._middleware = tracing_middleware()
         partitions = [
             self.event_subscription(layout.partition_queue(p))
             for p in range(settings.events_partitions)
@@ -104,7 +107,7 @@ class WorkflowWorker:
             amqp=settings.amqp,
             retry=settings.retry,
             # Each stored event's span lasts until its batch is committed.
-            middleware=tracing_middleware(),
+            middleware=self._middleware,
         )
 
     def event_subscription(self, queue: str, *, exclusive: bool = False) -> Subscription:
@@ -122,14 +125,36 @@ class WorkflowWorker:
             in_flight=self._in_flight,
         )
 
-        async def store(message: Message) -> None:
-            await events.submit(message)  # raises the message's outcome, if not stored
+        if self._middleware:
+            # Traced: a handler call per message, so that each event has its span (until its
+            # batch is committed); the middleware wraps handlers, not batch calls.
+            async def store(message: Message) -> None:
+                await events.submit(message)  # raises the message's outcome, if not stored
+
+            return Subscription(
+                queue,
+                default=store,
+                prefetch=self._prefetch,
+                concurrency=self._prefetch,
+                exclusive=exclusive,
+                keep_order=True,
+            )
+
+        # Untraced: the consumer hands over what has arrived, in delivery order, a list at a
+        # time (Batcher.submit_all), and its calls wait for whole lists: one wake-up per list
+        # instead of one per message (measured 44-46 µs of CPU per event to 33-36,
+        # docs/performance.md). The Batcher still cuts its own batches, by entity.
+        async def store_all(messages: Sequence[Message]) -> Outcomes:
+            return await events.submit_all(messages)
 
         return Subscription(
             queue,
-            default=store,
+            batch=store_all,
+            batch_size=self._batch_size,
             prefetch=self._prefetch,
-            concurrency=self._prefetch,
+            # Enough calls at once that the prefetch window is never short of one, with
+            # hand-overs as small as HANDOVER messages.
+            concurrency=max(1, self._prefetch // HANDOVER),
             exclusive=exclusive,
             keep_order=True,
         )

@@ -84,7 +84,9 @@ class Subscription:
     :class:`Message`, or a payload it declares a type for (see
     :mod:`rabbitry.messaging.payloads`); what it returns is the reply when the message asked
     for one (``reply_to``). ``batch`` takes lists of up to ``batch_size`` messages
-    instead and returns one outcome per message (``None`` = done).
+    instead and returns one outcome per message (``None`` = done); with ``concurrency`` set,
+    that many batch calls run at once (default one), each started with the oldest deliveries
+    waiting, in delivery order.
     ``prefetch``, ``concurrency`` and ``strict`` override the :class:`AmqpSettings` values.
     ``exclusive`` asks the broker for the queue to itself (``basic.consume`` exclusive): it
     refuses while another consumer has the queue, and the worker tries again after a pause.
@@ -212,7 +214,10 @@ class Consumer:
     def started(self, tag: str) -> None:
         """The broker started this consumer as ``tag``: run its handlers."""
         self._tag = tag
-        workers = 1 if self._sub.batch else (self._sub.concurrency or self._settings.concurrency)
+        if self._sub.batch:
+            workers = self._sub.concurrency or 1
+        else:
+            workers = self._sub.concurrency or self._settings.concurrency
         loop_body = self._batch_loop if self._sub.batch else self._loop
         self._tasks = [asyncio.create_task(loop_body()) for _ in range(workers)]
 
