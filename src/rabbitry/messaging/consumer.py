@@ -86,7 +86,7 @@ class Subscription:
     for one (``reply_to``). ``batch`` takes lists of up to ``batch_size`` messages
     instead and returns one outcome per message (``None`` = done); with ``concurrency`` set,
     that many batch calls run at once (default one), each started with the oldest deliveries
-    waiting, in delivery order.
+    waiting: the calls see the deliveries in order up to each call's first ``await``.
     ``prefetch``, ``concurrency`` and ``strict`` override the :class:`AmqpSettings` values.
     ``exclusive`` asks the broker for the queue to itself (``basic.consume`` exclusive): it
     refuses while another consumer has the queue, and the worker tries again after a pause.
@@ -311,17 +311,24 @@ class Consumer:
         assert self._sub.batch is not None
         self._consumed.inc(len(deliveries))
         decoded: list[tuple[Received, Message]] = []
+        malformed: list[tuple[Received, MessageError]] = []
         for delivery in deliveries:
             try:
                 decoded.append((delivery, self._decode(delivery)))
             except MessageError as exc:
-                await self._settle_failure(delivery, exc)
+                malformed.append((delivery, exc))
+        # No await before the handler starts: with several batch calls at once, a call that
+        # yielded here would let a later one hand over later deliveries first.
+        outcomes: Sequence[BaseException | None] = []
+        if decoded:
+            try:
+                outcomes = await self._sub.batch([m for _, m in decoded])
+            except Exception as exc:
+                outcomes = [exc] * len(decoded)
+        for delivery, error in malformed:
+            await self._settle_failure(delivery, error)
         if not decoded:
             return
-        try:
-            outcomes = await self._sub.batch([m for _, m in decoded])
-        except Exception as exc:
-            outcomes = [exc] * len(decoded)
         if len(outcomes) != (n := len(decoded)):  # a buggy handler fails its batch, not the loop
             outcomes = [RuntimeError("batch handler must return one outcome per message")] * n
         for (delivery, _), outcome in zip(decoded, outcomes, strict=True):
