@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from fixtures.chat import Participant, join, running_gateway, wait_until
 from helpers import Eventually
+from rabbitry.chat.client import Member
 from rabbitry.chat.history import ChatHistory
 from rabbitry.chat.persistence import PersistenceWorker
 from rabbitry.chat.protocol import MESSAGE_TYPE, ChatMessage, MessageIds, floor_id, now
@@ -254,3 +256,27 @@ async def test_two_competing_workers_committing_out_of_send_order_hide_nothing_f
     assert {m.text for m in chats[4:]} <= set(texts)  # nothing lost
     assert len(texts) == len(set(texts)) and since.text not in texts  # each once
     assert [positions[m.id] for m in recovered] == sorted(positions[m.id] for m in recovered)  # type: ignore[type-var]
+
+
+async def test_a_recovery_sends_each_senders_messages_in_order_while_the_history_lacks_earlier_ones(
+    settings: Settings, db: Database
+) -> None:
+    # A persistence batch failed (the database was away) and waits in the retry queues while
+    # the sender's later messages are stored: the room here delivered them all, in order.
+    history = ChatHistory(db)
+    async with running_gateway(settings, history=history) as gateway:
+        ann = await join(gateway, "lobby", "ann")
+        room = gateway.manager.rooms[gateway.manager.key_of(ann.client)]
+        first, *retried, a4, a5 = [_chat("lobby", f"a{n}") for n in range(6)]
+        for message in (first, *retried, a4, a5):
+            room.deliver(message)
+        await history.store([first])
+        await history.store([a4, a5])
+        back = Participant(gateway, Member("acme", "bob", "bob", "s-bob"), "lobby")
+        back.client.hold()
+        await gateway.manager.join(back.client)
+        assert await gateway.recover(back.client, first.id, history) == 5
+        await wait_until(lambda: len(back.socket.texts()) == 5)
+        assert back.socket.texts() == ["a1", "a2", "a3", "a4", "a5"]
+        await back.leave()
+        await ann.leave()

@@ -43,6 +43,7 @@ from rabbitry.chat.protocol import (
     MESSAGE_TYPE,
     ChatMessage,
     MessageIds,
+    SenderSeam,
     in_sender_order,
     is_stamped,
     now,
@@ -555,8 +556,8 @@ class Gateway:
 
     async def recover(self, client: ConnectedClient, since: str, history: ChatHistory) -> int:
         """Send ``client`` (held since before it joined) what it missed after ``since``, page
-        by page in the store's order at the pace of its socket, then its held live messages;
-        returns how many frames were queued.
+        by page in the store's order at the pace of its socket (each sender's messages in the
+        order sent), then its held live messages; returns how many frames were queued.
 
         The database has what the persistence workers stored; the room's recent messages on
         this instance cover those still on their way there, in the order this instance
@@ -575,11 +576,15 @@ class Gateway:
         seen_from = await history.lowest(tenant, client.room, list(seen))
         oldest = min(seen, default=None)
 
+        # The history may lack a sender's earlier messages (a batch retried while later
+        # ones were stored) that the room delivered here: those go before the sender's later.
+        seam = SenderSeam(tail)
+
         async def pages() -> AsyncIterator[list[ChatMessage]]:
             async for page in history.since(
                 tenant, client.room, since, position, page=PAGE, seen_from=seen_from, oldest=oldest
             ):
-                yield [m for m in page if m.id not in seen]
+                yield seam.merge([m for m in page if m.id not in seen])
 
         return await client.replay(pages(), tail)
 

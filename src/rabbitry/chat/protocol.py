@@ -14,7 +14,8 @@ import json
 import random
 import re
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,6 +143,37 @@ def in_sender_order(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
         mine.setdefault(message.sender, []).append(message)
     queues = {sender: iter(sorted(ms, key=lambda m: m.id)) for sender, ms in mine.items()}
     return [next(queues[message.sender]) for message in messages]
+
+
+class SenderSeam:
+    """Merges what a room here delivered after a client's ``since`` (its recent messages, in
+    the order delivered: each sender's in the order sent) into the history's pages of a
+    recovery, so that no sender's message comes after a later one of the same sender.
+
+    The history may not have a sender's earlier messages yet while it has its later ones: a
+    persistence batch that failed (the database away) is retried through the retry queues
+    while later batches are stored. Sent page by page, then the room's recent messages, the
+    earlier ones would come last. :meth:`merge` puts a sender's recent messages before the
+    first later message of that sender a page holds; what is left of them follows the pages,
+    as before (the caller sends each id once)."""
+
+    def __init__(self, recent: Iterable[ChatMessage]) -> None:
+        self._waiting: dict[str, deque[ChatMessage]] = {}
+        for message in recent:
+            self._waiting.setdefault(message.sender, deque()).append(message)
+
+    def merge(self, page: Sequence[ChatMessage]) -> list[ChatMessage]:
+        """``page`` (each sender's messages in the order sent), with the recent messages of
+        each of its senders stamped before each of theirs in front of it."""
+        merged: list[ChatMessage] = []
+        for message in in_sender_order(page):
+            waiting = self._waiting.get(message.sender)
+            while waiting and waiting[0].id <= message.id:
+                earlier = waiting.popleft()
+                if earlier.id != message.id:
+                    merged.append(earlier)
+            merged.append(message)
+        return merged
 
 
 def parse_client_frame(raw: str) -> str:
