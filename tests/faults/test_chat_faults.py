@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import random
 import re
@@ -41,8 +42,11 @@ from sqlalchemy import select
 
 from faults.conftest import CLUSTER_URL, Cluster, Figures
 from fixtures.chat import ChatSystem
+from fixtures.outbox import LatencyProxy
 from helpers import eventually_true, scratch_database
 from rabbitry.chat.models import StoredChatMessage
+from rabbitry.chat.topology import ChatLayout
+from rabbitry.messaging.topology import dlq_name
 from rabbitry.outbox.models import OutboxMessageRecord
 from rabbitry.storage import Database
 
@@ -62,10 +66,12 @@ class Client:
     """One user in one room through one gateway, as docs/chat.md's client: ``frames`` is every
     message frame the sockets received, ``shown`` each id once."""
 
-    def __init__(self, name: str, room: str, url: str) -> None:
+    def __init__(self, name: str, room: str, url: str, *, talks: bool = True) -> None:
         self.name = name
         self.room = room
         self.url = url
+        self.talks = talks
+        """False for a client that only reads (a probe, or one that steps out)."""
         self.frames: list[dict[str, Any]] = []
         self.shown: list[dict[str, Any]] = []
         self.errors: list[str] = []
@@ -74,6 +80,8 @@ class Client:
         self._socket: websockets.ClientConnection | None = None
         self._open = asyncio.Event()
         self._leaving = False
+        self._present = asyncio.Event()  # cleared while the user stepped out
+        self._present.set()
         self._task = asyncio.create_task(self._follow())
 
     async def opened(self, timeout: float = 30.0) -> None:
@@ -83,6 +91,7 @@ class Client:
         last: str | None = None
         seen: set[str] = set()
         while not self._leaving:
+            await self._present.wait()
             query = f"&{urlencode({'since': last})}" if last else ""
             try:
                 async with websockets.connect(self.url + query) as socket:
@@ -98,17 +107,17 @@ class Client:
                                 seen.add(frame["id"])
                                 self.shown.append(frame)
                                 last = frame["id"]
-                    if not self._leaving:
+                    if not self._leaving and self._present.is_set():
                         self.closes.append(socket.close_code)
             except websockets.ConnectionClosed as closed:
-                if not self._leaving:
+                if not self._leaving and self._present.is_set():
                     self.closes.append(closed.rcvd.code if closed.rcvd else None)
             except OSError:
                 self.closes.append(None)
             finally:
                 self._open.clear()
                 self._socket = None
-            if not self._leaving:
+            if not self._leaving and self._present.is_set():
                 await asyncio.sleep(random.uniform(0.5, 2.0))
 
     async def talk(self, stop: asyncio.Event) -> None:
@@ -127,8 +136,19 @@ class Client:
                 await socket.send(json.dumps({"text": text}))
                 self.sent.append(text)
 
+    async def step_out(self) -> None:
+        """Close the socket (as a user who closes the page) and stay away until
+        :meth:`come_back`, which reconnects with ``since=`` the last message shown."""
+        self._present.clear()
+        if self._socket is not None:
+            await self._socket.close()
+
+    def come_back(self) -> None:
+        self._present.set()
+
     async def leave(self) -> None:
         self._leaving = True
+        self._present.set()
         if self._socket is not None:
             await self._socket.close()
         self._task.cancel()
@@ -143,6 +163,10 @@ class Chat:
     system: ChatSystem
     cluster: Cluster
     database: Database
+    proxy: LatencyProxy | None = None
+    """Where the chat processes reach PostgreSQL, when the case cuts it (the test does not)."""
+    back: dt.datetime | None = None
+    """When the database came back for them (the PostgreSQL case)."""
     clients: list[Client] = field(default_factory=list)
 
     @property
@@ -175,6 +199,36 @@ class Chat:
             rows = await session.execute(select(StoredChatMessage.text, StoredChatMessage.id))
             return {text: id_ for text, id_ in rows}
 
+    async def to_the_outbox(self) -> list[float]:
+        """Seconds from each message's send (the gateway's clock) to its first outbox row
+        (the same process's clock)."""
+        async with self.database.session() as session:
+            rows = await session.execute(
+                select(
+                    StoredChatMessage.id, StoredChatMessage.sent_at, OutboxMessageRecord.created_at
+                ).join(StoredChatMessage, StoredChatMessage.id == OutboxMessageRecord.message_id)
+            )
+            first: dict[str, float] = {}
+            for id_, sent_at, created_at in rows:
+                seconds = (
+                    created_at.replace(tzinfo=None) - sent_at.replace(tzinfo=None)
+                ).total_seconds()
+                first[id_] = min(first.get(id_, seconds), seconds)
+        return sorted(first.values())
+
+    async def held_back(self, back: dt.datetime) -> int:
+        """Messages sent before ``back`` and stored in the history after it."""
+        async with self.database.session() as session:
+            rows = await session.execute(
+                select(StoredChatMessage.sent_at, StoredChatMessage.stored_at)
+            )
+            naive = back.replace(tzinfo=None)
+            return sum(
+                1
+                for sent_at, stored_at in rows
+                if sent_at.replace(tzinfo=None) < naive < stored_at.replace(tzinfo=None)
+            )
+
     async def outbox(self) -> tuple[set[str], int]:
         """The ids of messages with a route in the outbox, and how many rows are pending."""
         async with self.database.session() as session:
@@ -187,13 +241,15 @@ class Chat:
 
 @contextlib.asynccontextmanager
 async def chat_on_the_cluster(
-    cluster: Cluster, namespace: str, tmp_path: Path
+    cluster: Cluster, namespace: str, tmp_path: Path, proxy: LatencyProxy | None = None
 ) -> AsyncIterator[Chat]:
+    """The system on the cluster; with a ``proxy`` (to PostgreSQL), its processes reach the
+    database through it, and only the test's own reads go straight to PostgreSQL."""
     async with scratch_database("postgresql", tmp_path) as url:
         env = {
             "RABBITRY_AMQP_URL": CLUSTER_URL,
             "RABBITRY_QUEUE_TYPE": "quorum",
-            "RABBITRY_DATABASE_URL": url,
+            "RABBITRY_DATABASE_URL": url.replace(":5432/", f":{proxy.port}/") if proxy else url,
         }
         system = ChatSystem(tmp_path, env=env)
         system.namespace = namespace
@@ -202,7 +258,7 @@ async def chat_on_the_cluster(
             await asyncio.to_thread(system.start)
             database = Database(url)
             try:
-                yield Chat(system, cluster, database)
+                yield Chat(system, cluster, database, proxy)
             finally:
                 await database.close()
         finally:
@@ -228,7 +284,15 @@ async def connect(chat: Chat) -> None:
         token = await asyncio.to_thread(system.login, TENANT, name)
         base = bases[gateway].replace("http://", "ws://")
         url = f"{base}/chat/ws/{name}?{urlencode({'tenant': TENANT, 'token': token})}"
-        chat.clients.append(Client(name, name, url))
+        chat.clients.append(Client(name, name, url, talks=False))
+    # A reader in each room (gateway 1) that a case may step out and back with ``since=``.
+    for room in range(ROOMS):
+        name = f"away{room}"
+        await asyncio.to_thread(system.create_user, TENANT, name)
+        token = await asyncio.to_thread(system.login, TENANT, name)
+        base = bases[1].replace("http://", "ws://")
+        url = f"{base}/chat/ws/r{room}?{urlencode({'tenant': TENANT, 'token': token})}"
+        chat.clients.append(Client(name, f"r{room}", url, talks=False))
     for client in chat.clients:
         await client.opened()
 
@@ -238,7 +302,8 @@ Fault = Callable[[Chat], Awaitable[None]]
 
 async def run_case(chat: Chat, figures: Figures, case: str, fault: Fault) -> None:
     await connect(chat)
-    talkers = [c for c in chat.clients if not c.room.startswith("probe")]
+    talkers = [c for c in chat.clients if c.talks]
+    readers = [c for c in chat.clients if c.name.startswith("away")]
     stop = asyncio.Event()
     talking = [asyncio.create_task(c.talk(stop)) for c in talkers]
     try:
@@ -263,7 +328,7 @@ async def run_case(chat: Chat, figures: Figures, case: str, fault: Fault) -> Non
         return len((await chat.stored()).keys() & set(texts)) == len(texts)
 
     async def all_shown() -> bool:
-        return all(_missing(c, talkers) == [] for c in talkers)
+        return all(_missing(c, talkers) == [] for c in [*talkers, *readers])
 
     arrival = time.monotonic()
     with contextlib.suppress(AssertionError):  # counted and asserted below
@@ -277,17 +342,19 @@ async def run_case(chat: Chat, figures: Figures, case: str, fault: Fault) -> Non
     through_outbox, _ = await chat.outbox()
     ids = {stored[t] for t in texts if t in stored}
     outboxed = len(ids & through_outbox)
-    due = sum(len(texts_of_room(c.room, talkers)) for c in talkers)
-    shown = sum(len(c.shown) for c in talkers)
-    repeats = sum(len(c.frames) - len(c.shown) for c in talkers)
-    missing = {c.name: _missing(c, talkers) for c in talkers}
+    # The readers count with the talkers: each is due every message of its room.
+    listeners = [*talkers, *readers]
+    due = sum(len(texts_of_room(c.room, talkers)) for c in listeners)
+    shown = sum(len(c.shown) for c in listeners)
+    repeats = sum(len(c.frames) - len(c.shown) for c in listeners)
+    missing = {c.name: _missing(c, talkers) for c in listeners}
     # A message whose dispatch copy went through the outbox is relayed seconds later, after
     # its sender's next ones: out of order everywhere, by the outbox's design (counted); any
     # other message shown out of its sender's order is a defect.
     relayed_texts = {t for t in texts if stored.get(t) in through_outbox}
-    late = {c.name: _out_of_order(c) for c in talkers}
+    late = {c.name: _out_of_order(c) for c in listeners}
     disordered = {n: [t for t in d if t not in relayed_texts] for n, d in late.items()}
-    closes = {c.name: c.closes for c in talkers if c.closes}
+    closes = {c.name: c.closes for c in listeners if c.closes}
     errors = {c.name: c.errors for c in chat.clients if c.errors}
     figures.add_chat(
         case,
@@ -302,9 +369,22 @@ async def run_case(chat: Chat, figures: Figures, case: str, fault: Fault) -> Non
         f"{sum(map(len, late.values()))} ({sum(map(len, disordered.values()))} not relayed)",
         sum(map(len, closes.values())),
     )
+    if outboxed:
+        seconds = await chat.to_the_outbox()
+        figures.latency(
+            f"chat, {case}: from a send to the outbox, median", seconds[len(seconds) // 2]
+        )
+        figures.latency(f"chat, {case}: from a send to the outbox, the slowest", seconds[-1])
+    if chat.back is not None:
+        late_in_history = await chat.held_back(chat.back)
+        figures.count(f"chat, {case}: sent before it, stored in the history after", late_in_history)
+        assert late_in_history > 0, "the outage kept no history write back: the case tested nothing"
+    dead = await chat.cluster.read_ids(dlq_name(ChatLayout(chat.namespace).history_queue))
     for client in chat.clients:
         await client.leave()
+    assert dead == [], f"{len(dead)} history copies dead-lettered"
     assert errors == {}
+    assert repeats == 0  # (a room sends each id once; the client would drop a repeat)
     assert set(stored) >= set(texts), f"{len(set(texts) - set(stored))} not in the history"
     assert len(stored) == len(set(stored.values()))  # (each stored once: ids are the key)
     assert {n: m for n, m in missing.items() if m} == {}
@@ -363,6 +443,31 @@ async def restart_cluster(chat: Chat) -> None:
     await chat.echoed(1)
 
 
+async def postgresql_gone(chat: Chat) -> None:
+    """PostgreSQL gone for 10 s for the chat processes: the proxy they reach it through hangs
+    up every connection and refuses new ones (the shared server is not stopped). A reader in
+    each room steps out as it goes and comes back with ``since=`` once it is back."""
+    assert chat.proxy is not None
+    away = [c for c in chat.clients if c.name.startswith("away")]
+    await asyncio.gather(*(c.step_out() for c in away))
+    await chat.proxy.cut()
+    await asyncio.sleep(10.0)  # the outage itself, not a synchronisation
+    chat.proxy.refusing = False
+    chat.back = dt.datetime.now(dt.UTC)
+    for client in away:
+        client.come_back()
+    await chat.echoed(0)
+    await chat.echoed(1)
+
+
+async def memory_alarm(chat: Chat) -> None:
+    """A memory alarm of 4 s on the cluster: every connection that publishes is blocked."""
+    async with chat.cluster.memory_alarm():
+        await asyncio.sleep(4.0)  # the alarm itself, not a synchronisation
+    await chat.echoed(0)
+    await chat.echoed(1)
+
+
 # Where sender order is counted (the figures' "out of order" column) but not yet asserted: after
 # a whole-cluster restart, one run of two showed ~180 deliveries after a later message of their
 # sender that had not gone through the outbox. Cause not found yet (docs/reliability.md, "Chat").
@@ -372,12 +477,22 @@ CASES = {
     "`rabbitmqctl close_connection` on a gateway's connection": close_gateway_connection,
     "kill -9 the node a gateway is connected to": kill_gateway_node,
     "stop and start the whole cluster": restart_cluster,
+    "PostgreSQL gone for 10 s": postgresql_gone,
+    "a memory alarm of 4 s": memory_alarm,
 }
+THROUGH_A_PROXY = {"PostgreSQL gone for 10 s"}  # (the chat processes' database)
 
 
 @pytest.mark.parametrize("case", list(CASES))
 async def test_open_sockets_get_every_message_once_and_in_order_through_a_fault(
     case: str, faults: Cluster, namespace: str, tmp_path: Path, figures: Figures
 ) -> None:
-    async with chat_on_the_cluster(faults, namespace, tmp_path) as chat:
+    async with contextlib.AsyncExitStack() as stack:
+        proxy = None
+        if case in THROUGH_A_PROXY:
+            proxy = LatencyProxy(0.0, upstream=("127.0.0.1", 5432))
+            await stack.enter_async_context(proxy)
+        chat = await stack.enter_async_context(
+            chat_on_the_cluster(faults, namespace, tmp_path, proxy)
+        )
         await run_case(chat, figures, case, CASES[case])
