@@ -40,7 +40,7 @@ from rabbitry.amqp.settles import AckFolder
 from rabbitry.messaging.consumer import Consumer, Subscription
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.retry import RetryPolicy
-from rabbitry.messaging.sender import Sender
+from rabbitry.messaging.sender import RETIRE_AFTER, Sender
 from rabbitry.messaging.settings import AmqpSettings
 from scripted_broker import Transport, feed, open_link, turns
 
@@ -497,6 +497,52 @@ async def test_a_message_whose_headers_cannot_be_written_fails_alone_in_a_batch(
     ]
     assert "'rr_delay'" in verdicts[1][1]
     link.connection_lost(None)
+
+
+async def test_after_a_nack_the_new_connection_waits_for_the_sends_in_flight_on_the_old() -> None:
+    # The broker routes what two connections carry in no order between them: a send after
+    # the nack must not reach the broker before an earlier one still unconfirmed on the
+    # replaced connection (its channel may be stalled, asking a node that is down).
+    old, old_wire = await open_link()
+    new, new_wire = await open_link()
+    links = iter([old, new])
+
+    async def opened(name: str) -> Link:
+        return next(links)
+
+    now = [0.0]
+    sender = Sender(AmqpSettings(url="amqp://unused/"), "t", open_link=opened, clock=lambda: now[0])
+    first = asyncio.ensure_future(sender.send([Outgoing("", "q", b"m0", PROPS)]))
+    await turns(4)
+    second = asyncio.ensure_future(sender.send([Outgoing("", "q", b"m1", PROPS)]))
+    await turns(4)
+    assert _bodies(old_wire) == [b"m0", b"m1"]
+    now[0] += RETIRE_AFTER
+    feed(old, 1, commands.Basic.Nack(1))
+    assert [outcome for outcome, _ in await first] == [PublishOutcome.NACKED]
+    later = [
+        asyncio.ensure_future(sender.send([Outgoing("", "q", body, PROPS)]))
+        for body in (b"m2", b"m3")
+    ]
+    await turns(10)
+    assert _bodies(new_wire) == []  # m1 is not confirmed yet
+    feed(old, 1, commands.Basic.Ack(2))
+    assert [outcome for outcome, _ in await second] == [PublishOutcome.ACKED]
+    await turns(10)
+    assert _bodies(new_wire) == [b"m2", b"m3"]
+    third = asyncio.ensure_future(sender.send([Outgoing("", "q", b"m4", PROPS)]))
+    await turns(4)
+    assert _bodies(new_wire) == [b"m4"]  # (read once above) the new connection is the one now
+    feed(new, 1, commands.Basic.Ack(3, multiple=True))
+    for sending in (*later, third):
+        assert [outcome for outcome, _ in await sending] == [PublishOutcome.ACKED]
+    old.connection_lost(None)
+    new.connection_lost(None)
+    await sender.close()
+
+
+def _bodies(transport: Transport) -> list[bytes]:
+    return [f.value for f in transport.frames() if isinstance(f, pamqp_body.ContentBody)]
 
 
 def _returning(link: Link) -> Callable[[str], Awaitable[Link]]:

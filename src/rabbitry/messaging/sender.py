@@ -24,12 +24,17 @@ A connection whose publish was nacked is replaced for the sends after it (once i
 channel of RabbitMQ 3.10 that first published to a quorum queue while the queue's leader was
 down nacks every later publish to that queue for as long as the channel lives, though a new
 leader took over seconds later (its client of the queue keeps asking the dead node). Only a new
-channel sees the new leader.
+channel sees the new leader. The sends after the nack go out on the new connection only once
+every publish in flight on the old one is confirmed, nacked or failed: that channel may be
+stalled (asking a node that is down), and the broker routes what two connections carry in no
+order between them, so a later message would reach its queues before an earlier one. One
+sender's messages are routed in the order they were sent (a chat room's, for one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -128,6 +133,10 @@ class Sender:
         self._alarm = ""  # the reason of the alarm that opened the circuit, while it is open
         self._opened_at = 0.0  # when the current link was opened (by ``clock``)
         self._retiring: set[asyncio.Task[None]] = set()  # links replaced after a nack, closing
+        # Publishes in flight on a link replaced after a nack: the next link waits for them.
+        self._settling: list[asyncio.Future[Any]] = []
+        self._calls: set[tuple[BaseLink, asyncio.Future[Any]]] = set()  # batch parts in flight
+        self._queued = 0  # sends waiting for a link behind the lock: later ones queue too
 
     @property
     def blocked(self) -> str | None:
@@ -158,7 +167,13 @@ class Sender:
 
     async def _send(self, items: Sequence[Outgoing], wait_unblocked: bool) -> list[Verdict]:
         link = self._link
-        if len(items) == 1 and link is not None and link.is_open and self._blocked is None:
+        if (
+            len(items) == 1
+            and link is not None
+            and link.is_open
+            and self._blocked is None
+            and not self._queued
+        ):
             # The common case, kept short: services publish one message per call.
             (item,) = items
             try:
@@ -239,6 +254,9 @@ class Sender:
             for positions in (todo[i : i + _PART] for i in range(0, len(todo), _PART))
         ]
         calls = [asyncio.ensure_future(link.publish_many(part)) for _, part in parts]
+        for call in calls:
+            self._calls.add((link, call))
+            call.add_done_callback(functools.partial(_forget, self._calls, link))
         sent: list[tuple[int, Verdict]] = []
         try:
             for (positions, part), call in zip(parts, calls, strict=True):
@@ -331,8 +349,13 @@ class Sender:
         if not self._settings.active:
             raise BrokerUnavailable("rabbit_active is false: messages are stored, not sent")
         link = self._link
-        if link is None or not link.is_open:
-            link = await self._reconnect()
+        if link is None or not link.is_open or self._queued:
+            # (Also when others wait for a link: a later send must not overtake them.)
+            self._queued += 1
+            try:
+                link = await self._reconnect()
+            finally:
+                self._queued -= 1
         if self._blocked is not None:
             if wait_unblocked:
                 await self._wait_unblocked()
@@ -359,6 +382,11 @@ class Sender:
                 return self._link
             if self._clock() < self._circuit_until:
                 raise BrokerUnavailable("broker marked unavailable (circuit open)")
+            if self._settling:
+                # What the replaced link carries goes first (bounded by the publish timeout,
+                # after which its watchdog fails it).
+                settling, self._settling = self._settling, []
+                await asyncio.wait(settling)
             try:
                 link = await self._open_confirming()
             except (OSError, LinkClosed, TimeoutError, BrokerError) as exc:
@@ -422,6 +450,10 @@ class Sender:
         )
         self._link = None
         self._set_blocked(None)
+        self._settling = [
+            *(future for _, future, on in self._inflight if on is link and not future.done()),
+            *(call for on, call in self._calls if on is link and not call.done()),
+        ]
         task = asyncio.ensure_future(self._close_later(link))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
@@ -488,6 +520,12 @@ class _NoConfirm(LinkClosed):
 
 class _Blocked(LinkClosed):
     """The broker blocked the connection (an alarm) with sends in flight that fail over."""
+
+
+def _forget(
+    calls: set[tuple[BaseLink, asyncio.Future[Any]]], link: BaseLink, call: asyncio.Future[Any]
+) -> None:
+    calls.discard((link, call))
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:
