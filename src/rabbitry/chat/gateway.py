@@ -556,8 +556,9 @@ class Gateway:
 
     async def recover(self, client: ConnectedClient, since: str, history: ChatHistory) -> int:
         """Send ``client`` (held since before it joined) what it missed after ``since``, page
-        by page in the store's order at the pace of its socket (each sender's messages in the
-        order sent), then its held live messages; returns how many frames were queued.
+        by page in the store's order at the pace of its socket (a sender's messages the room
+        delivered here before its later ones from the store), then its held live messages;
+        returns how many frames were queued.
 
         The database has what the persistence workers stored; the room's recent messages on
         this instance cover those still on their way there, in the order this instance

@@ -163,10 +163,10 @@ class SenderSeam:
             self._waiting.setdefault(message.sender, deque()).append(message)
 
     def merge(self, page: Sequence[ChatMessage]) -> list[ChatMessage]:
-        """``page`` (each sender's messages in the order sent), with the recent messages of
-        each of its senders stamped before each of theirs in front of it."""
+        """``page`` in the store's order, with the recent messages of each of its senders
+        stamped before each of theirs in front of it."""
         merged: list[ChatMessage] = []
-        for message in in_sender_order(page):
+        for message in page:
             waiting = self._waiting.get(message.sender)
             while waiting and waiting[0].id <= message.id:
                 earlier = waiting.popleft()
