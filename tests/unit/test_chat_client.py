@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from rabbitry.chat.client import LINES, ConnectedClient, Member
 from rabbitry.chat.protocol import ChatMessage, encode_frame
@@ -63,3 +65,44 @@ async def test_a_client_with_lines_gets_what_waits_in_one_frame_up_to_the_limit(
     texts = [json.loads(line)["text"] for frame in sent for line in frame.split("\n")]
     assert texts == [f"m{n}\nwith a newline" for n in range(count)]
     assert closed == [1000]
+
+
+async def _empty() -> AsyncIterator[list[ChatMessage]]:
+    nothing: list[list[ChatMessage]] = []
+    for page in nothing:
+        yield page
+
+
+async def test_held_messages_are_replayed_each_senders_in_the_order_sent() -> None:
+    # A gateway's own message that waited for its copy back from the new queue reaches the
+    # held list after its sender's next one (held at its confirm): the replay puts it first,
+    # and leaves the other senders' messages where they came.
+    sent: list[str] = []
+    four = asyncio.Event()
+
+    async def send(frame: str) -> None:
+        sent.append(frame)
+        if len(sent) == 4:
+            four.set()
+
+    async def close(code: int, reason: str) -> None:
+        pass
+
+    client = ConnectedClient(Member("acme", "1", "ann", "s1"), "lobby", send, close)
+    client.hold()
+    bob = replace(_message(5), sender="bob", text="from bob")
+    for message in (_message(2), bob, _message(1), _message(3)):
+        assert client.offer(message, encode_frame(message.frame()))
+    assert client.seams == {_message(2).id, bob.id}
+    pump = asyncio.create_task(client.pump())
+    assert await client.replay(_empty()) == 4
+    assert not client.holding
+    await asyncio.wait_for(four.wait(), 5)
+    client.disconnect(1000, "")
+    await pump
+    assert [json.loads(frame)["text"] for frame in sent] == [
+        "m1\nwith a newline",
+        "from bob",
+        "m2\nwith a newline",
+        "m3\nwith a newline",
+    ]

@@ -18,7 +18,7 @@ import logging
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from rabbitry.chat.protocol import ChatMessage, encode_frame
+from rabbitry.chat.protocol import ChatMessage, encode_frame, in_sender_order
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +148,16 @@ class ConnectedClient:
             # Held messages arrive while this drains them; the last check and the switch
             # back to live delivery happen with no await between them, so none slips by.
             while self._held:
-                message = self._held.pop(0)
-                if message.id in sent:
-                    continue
-                if not await self._replay_one(message, sent):
-                    return queued
-                queued += 1
+                # Each sender's in the order sent: a gateway's own message that waited for
+                # its copy back from the new queue is held after its sender's next one, which
+                # was held at its confirm (the cluster restart fault case showed such pairs).
+                held, self._held = in_sender_order(self._held), []
+                for message in held:
+                    if message.id in sent:
+                        continue
+                    if not await self._replay_one(message, sent):
+                        return queued
+                    queued += 1
             return queued
         finally:
             self._held = None
