@@ -55,6 +55,7 @@ from rabbitry.config import Settings
 from rabbitry.events import store as store_module
 from rabbitry.events.change import ChangeEvent, ChangeType, RecordedEvent
 from rabbitry.events.emitter import Emitter
+from rabbitry.events.incoming import Row, incoming_of
 from rabbitry.events.postgresql_writer import (
     _APPEND_CALL,
     _columns,
@@ -252,13 +253,18 @@ async def three_round_trips(
 
 
 async def workflow_as_before(settings: Settings, database: Database, n: int) -> float:
-    names = vars(store_module)  # EventStore.append calls the writer by its module-level name
-    original = names["append_postgresql"]
-    names["append_postgresql"] = three_round_trips
+    names = vars(store_module)  # EventStore calls the writer by its module-level name
+    original = names["append_rows_postgresql"]
+
+    async def rows_in_three(database: Database, rows: Sequence[Row]) -> list[None]:
+        await three_round_trips(database, [incoming_of(row) for row in rows])
+        return [None] * len(rows)
+
+    names["append_rows_postgresql"] = rows_in_three
     try:
         return await _workflow(settings, database, n, 1)
     finally:
-        names["append_postgresql"] = original
+        names["append_rows_postgresql"] = original
 
 
 async def database_ceiling(url: str, n: int, connections: int, *, one_call: bool) -> float:

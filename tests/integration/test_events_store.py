@@ -8,6 +8,7 @@ import random
 import uuid
 
 from rabbitry.events.change import ChangeEvent, ChangeType
+from rabbitry.events.incoming import parse_row
 from rabbitry.events.message_log import MessageLog
 from rabbitry.events.store import EventStore, Incoming
 from rabbitry.messaging.envelope import Message
@@ -67,6 +68,25 @@ async def test_a_redelivered_message_is_stored_once(events_db: Database) -> None
     )
     assert [r is None for r in again] == [True, False, True]
     assert [e.version for e in await store.history("orders", 5)] == [1, 2]
+
+
+async def test_rows_from_bodies_are_stored_like_models(events_db: Database) -> None:
+    # The workflow worker's way (parse_row, append_rows): the same versions, dedupe and values.
+    store = EventStore(events_db)
+    body = {"entity": "orders", "id": 5, "user": 2, "data": {"a": 1, "s": "é"}}
+    first = parse_row("insert", body, "m-1", T0)
+    assert await store.append_rows([first, first]) == [None, None]  # a repeat within the batch
+    # A batch holding a message stored before: numbered around it, without a gap.
+    later = parse_row("delete", {"entity": "orders", "id": 5, "user": "system"}, "m-2", T0)
+    other = parse_row("update", {**body, "id": 6, "data": {"b": None}}, "m-3", T0)
+    assert await store.append_rows([first, later, other]) == [None, None, None]
+    history = await store.history("orders", 5)
+    assert [(e.version, e.type, e.user, e.data, e.message_id) for e in history] == [
+        (1, "insert", 2, {"a": 1, "s": "é"}, "m-1"),
+        (2, "delete", "system", None, "m-2"),
+    ]
+    assert history[0].occurred_at == T0
+    assert [(e.version, e.data) for e in await store.history("orders", 6)] == [(1, {"b": None})]
 
 
 async def test_concurrent_writers_never_leave_a_gap_or_a_duplicate(events_db_url: str) -> None:

@@ -53,13 +53,7 @@ class ChangeEvent:
         _check_entity(self.entity)
         _check_int(self.id, "id")
         _check_user(self.user)
-        if self.data is None:
-            if self.type is not ChangeType.DELETE:
-                raise MessageError(f"'data' is required for {self.type}")
-        elif type(self.data) is not dict and not isinstance(self.data, Mapping):
-            raise MessageError(f"'data' must be a JSON object, got {_kind(self.data)}")
-        else:
-            check_json(self.data, "'data'")
+        _check_data(self.type, self.data)
 
     def payload(self) -> dict[str, Json]:
         """The message body; a delete without data leaves ``data`` out."""
@@ -86,6 +80,26 @@ def parse_change(message_type: str, payload: Json) -> ChangeEvent:
         user=payload["user"],
         data=payload.get("data"),
     )
+
+
+def parse_fields(message_type: str, payload: Json) -> tuple[str, str, int, str, Json]:
+    """:func:`parse_change`'s checks, in its order and with its reasons, without the model:
+    the type, entity, id, user (as the store writes it: text) and data (``None`` or an
+    object) of a received change event. What the workflow worker stores from (one object
+    less per event)."""
+    if type(payload) is not dict and not isinstance(payload, Mapping):  # dict: no ABC check
+        raise MessageError(f"change event body must be a JSON object, got {_kind(payload)}")
+    for key in ("entity", "id", "user"):
+        if key not in payload:
+            raise MessageError(f"change event is missing {key!r}")
+    kind = _change_type(message_type)
+    entity, entity_id, user = payload["entity"], payload["id"], payload["user"]
+    _check_entity(entity)
+    _check_int(entity_id, "id")
+    _check_user(user)
+    data = payload.get("data")
+    _check_data(kind, data)
+    return kind.value, entity, entity_id, str(user), data
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +258,16 @@ def _check_user(value: object) -> None:
         raise MessageError(
             f"'user' must be a user id (integer) or \"system\", got {_kind(value)}"
         ) from None
+
+
+def _check_data(kind: ChangeType, data: object) -> None:
+    if data is None:
+        if kind is not ChangeType.DELETE:
+            raise MessageError(f"'data' is required for {kind}")
+    elif type(data) is not dict and not isinstance(data, Mapping):
+        raise MessageError(f"'data' must be a JSON object, got {_kind(data)}")
+    else:
+        check_json(data, "'data'")
 
 
 def _kind(value: object) -> str:

@@ -29,14 +29,20 @@ from sqlalchemy import select
 
 from rabbitry.errors import MessageError
 from rabbitry.events.change import ChangeType, EntityState, RecordedEvent, fold, user_from_text
-from rabbitry.events.incoming import MAX_MESSAGE_ID_LENGTH, Incoming, check_message_id
+from rabbitry.events.incoming import (
+    MAX_MESSAGE_ID_LENGTH,
+    Incoming,
+    Row,
+    check_message_id,
+    incoming_of,
+)
 from rabbitry.events.models import StoredEvent
-from rabbitry.events.postgresql_writer import append_postgresql
+from rabbitry.events.postgresql_writer import append_postgresql, append_rows_postgresql
 from rabbitry.events.sqlite_writer import append_sqlite
 from rabbitry.events.writes import in_session, split_refused, with_retry
 from rabbitry.storage.database import Database
 
-__all__ = ["MAX_MESSAGE_ID_LENGTH", "EventStore", "Incoming", "check_message_id"]
+__all__ = ["MAX_MESSAGE_ID_LENGTH", "EventStore", "Incoming", "Row", "check_message_id"]
 
 
 class EventStore:
@@ -67,6 +73,25 @@ class EventStore:
         :class:`MessageError` as its result instead of failing the others (see
         :func:`split_refused`); the others are stored in their order."""
         return await split_refused(events, self.append)
+
+    async def append_rows(self, rows: Sequence[Row]) -> list[None]:
+        """Like :meth:`append`, for rows built straight from the bodies
+        (:func:`~rabbitry.events.incoming.parse_row`), with no model per event: the same
+        order, dedupe and retries; one ``None`` per row (stored, or stored before)."""
+        if not rows:
+            return []
+        if self._db.engine.dialect.name == "postgresql":
+            return await with_retry(
+                self._max_attempts, lambda: append_rows_postgresql(self._db, rows)
+            )
+        events = [incoming_of(row) for row in rows]  # SQLite writes models, one at a time
+        await self.append(events)
+        return [None] * len(rows)
+
+    async def append_rows_each(self, rows: Sequence[Row]) -> list[MessageError | None]:
+        """:meth:`append_rows`, with a row the database refuses split out as in
+        :meth:`append_each`."""
+        return await split_refused(rows, self.append_rows)
 
     async def history(self, entity: str, entity_id: int) -> list[RecordedEvent]:
         """Every event of one entity, oldest (version 1) first."""

@@ -27,11 +27,11 @@ from collections.abc import Hashable, Mapping, Sequence
 from rabbitry.config import Settings
 from rabbitry.errors import MessageError, StorageError
 from rabbitry.events.batcher import Batcher
-from rabbitry.events.change import parse_change
+from rabbitry.events.incoming import Row, parse_row
 from rabbitry.events.legacy import drain_legacy
 from rabbitry.events.message_log import MessageLog
 from rabbitry.events.portable import check_json, check_text
-from rabbitry.events.store import EventStore, Incoming, check_message_id
+from rabbitry.events.store import EventStore, check_message_id
 from rabbitry.events.topology import WORKFLOW_MODULE, EventsLayout, topology
 from rabbitry.messaging.consumer import Subscription
 from rabbitry.messaging.envelope import Message
@@ -178,22 +178,24 @@ class WorkflowWorker:
         others are stored, in arrival order. Only a failing database sends them to retry.
         """
         outcomes: Outcomes = [None] * len(messages)
-        valid: list[tuple[int, Incoming]] = []
+        # Straight from each body to the columns the store writes (no model per event).
+        valid: list[int] = []
+        rows: list[Row] = []
         for index, message in enumerate(messages):
             try:
-                change = parse_change(message.type, message.payload)
                 # message.id is rr_id, else the AMQP message_id: what makes a redelivery a repeat.
-                valid.append((index, Incoming(change, message.id, message.timestamp)))
+                rows.append(parse_row(message.type, message.payload, message.id, message.timestamp))
+                valid.append(index)
             except MessageError as exc:
                 outcomes[index] = exc  # dead-lettered with this reason
         try:
-            stored = await self.store.append_each([incoming for _, incoming in valid])
+            stored = await self.store.append_rows_each(rows)
         except StorageError as exc:
-            for index, _ in valid:
+            for index in valid:
                 outcomes[index] = exc  # retried later through the retry queues
             return outcomes
-        for (index, _), result in zip(valid, stored, strict=True):
-            if isinstance(result, MessageError):
+        for index, result in zip(valid, stored, strict=True):
+            if result is not None:
                 outcomes[index] = result
         return outcomes
 
