@@ -51,8 +51,12 @@ RELAY_FAILED = Counter(
     "Outbox rows the relay tried to re-publish and the broker did not take",
     registry=REGISTRY,
 )
+# A batch subscription (the workflow worker's event queues) observes each batch call once.
 HANDLER_SECONDS = Histogram(
-    "rabbitry_handler_seconds", "Time spent in message handlers", ["queue"], registry=REGISTRY
+    "rabbitry_handler_seconds",
+    "Time spent in message handlers (one observation per call; a batch call is one)",
+    ["queue"],
+    registry=REGISTRY,
 )
 INVALID_TENANTS = Gauge(
     "rabbitry_invalid_tenants",

@@ -14,6 +14,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from fixtures.events import make_settings
 from helpers import DEAD_AMQP_URL, eventually_true, running, take_all
+from rabbitry import metrics
 from rabbitry.config import Settings
 from rabbitry.events.change import ChangeEvent, ChangeType
 from rabbitry.events.delivery import OutboxDelivery
@@ -157,6 +158,37 @@ async def test_invalid_events_are_dead_lettered_with_their_reason(
     store = EventStore(events_db)
     assert await store.history("e", 1) == []
     assert [e.version for e in await store.history("e", 2)] == [1]
+
+
+async def test_the_event_queue_records_handler_seconds(
+    events_settings: Settings, events_db: Database
+) -> None:
+    # Batch calls (untraced event queues) observe rabbitry_handler_seconds once per call.
+    layout = EventsLayout(events_settings.namespace)
+    queue = layout.partition_queue(0)
+
+    def calls() -> float:
+        labels = {"queue": queue}
+        return metrics.REGISTRY.get_sample_value("rabbitry_handler_seconds_count", labels) or 0
+
+    async with (
+        running(WorkflowWorker(events_settings, events_db)),
+        Publisher(events_settings.amqp) as publisher,
+    ):
+        route = Route(layout.events_exchange, "insert")
+        for i in range(3):
+            await publisher.publish(
+                Message("insert", {"entity": "m", "id": i, "user": 1, "data": {}}), route
+            )
+        store = EventStore(events_db)
+
+        async def all_stored() -> bool:
+            return await stored_count(store, "m", range(3)) == 3
+
+        await eventually_true(all_stored, what="three stored events")
+    assert 1 <= calls() <= 3
+    seconds = metrics.REGISTRY.get_sample_value("rabbitry_handler_seconds_sum", {"queue": queue})
+    assert seconds is not None and seconds > 0
 
 
 async def test_a_redelivered_message_is_stored_once(
