@@ -54,6 +54,11 @@ _INSERT_POSTGRESQL = (
 # its own rows, so each max() is the head before the batch), in one call outside a transaction
 # (migration 0009_events_append): one round trip, the commit included.
 _APPEND_CALL = "SELECT * FROM event_store_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+# The same call for rows, whose numbers are not needed: one value back instead of a row per
+# event for the driver to decode.
+_APPEND_ROWS_CALL = (
+    "SELECT count(*) FROM event_store_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+)
 # What event_store_append() fails with (nothing kept) when a message was stored before.
 _STORED_BEFORE = "RR001"
 
@@ -110,9 +115,8 @@ async def _rows_at_once(database: Database, rows: Sequence[Row]) -> bool:
     async with database.writer_engine.connect() as conn:  # unpinged: a failure is retried
         driver: Any = (await conn.get_raw_connection()).driver_connection  # asyncpg's
         try:
-            # The rows it returns (sequence and version) are not needed here.
-            await driver.fetch(
-                _APPEND_CALL,
+            await driver.fetchval(
+                _APPEND_ROWS_CALL,
                 entities,
                 ids,
                 versions,
