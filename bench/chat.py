@@ -52,6 +52,7 @@ from typing import Any
 import aio_pika
 import socketio  # type: ignore[import-untyped]
 
+from common import AMQP_URL, broker_cpu
 from rabbitry.chat.client import ConnectedClient, Member
 from rabbitry.chat.gateway import Gateway
 from rabbitry.chat.http import SEND_WINDOW
@@ -60,7 +61,6 @@ from rabbitry.config import Settings
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, Route
 
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 INSTANCES = 4
 TENANT = "bench"
 LAYOUTS = ("random", "spanning", "local")
@@ -197,7 +197,7 @@ async def _drive(
     to await for its outcome (the server's answer to that socket's frame). Then wait for
     the last socket write, and for ``settled()``: every copy the broker routed to an
     instance consumed (python-socketio's are often still queued at the last write)."""
-    cpu, broker = time.process_time(), _broker_cpu()
+    cpu, broker = time.process_time(), broker_cpu()
     tally.first = time.perf_counter()
     if rate is None:
         # Saturated: every client sends its messages back to back, with up to ``window`` of
@@ -234,26 +234,7 @@ async def _drive(
         await asyncio.sleep(0.01)
     tally.settled = time.perf_counter()
     tally.cpu = time.process_time() - cpu
-    tally.broker_cpu = _broker_cpu() - broker
-
-
-BROKER_PID: list[int] = []
-
-
-def _broker_cpu() -> float:
-    """CPU seconds the broker (on 5672) has used so far: the other engineers' load on it is
-    in there too."""
-    if not BROKER_PID:
-        out = subprocess.run(
-            ["rabbitmqctl", "-q", "eval", "os:getpid()."],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        ).stdout
-        BROKER_PID.append(int(out.strip().strip('"')))
-    fields = Path(f"/proc/{BROKER_PID[0]}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tally.broker_cpu = broker_cpu() - broker
 
 
 # --- (a) Rabbitry --------------------------------------------------------------------------

@@ -6,6 +6,8 @@ The scripts run as ``python bench/<name>.py``, which puts this folder on ``sys.p
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -30,6 +32,55 @@ def body() -> bytes:
 
 
 Drop = Callable[[], Awaitable[None]]
+
+_BROKER_PID: list[int] = []
+
+
+def _ticks(pid: int | str) -> int:
+    """User and system clock ticks process ``pid`` has used so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def broker_cpu() -> float:
+    """CPU seconds the broker on 5672 has used so far (anyone else's load on it included)."""
+    if not _BROKER_PID:
+        out = subprocess.run(
+            ["rabbitmqctl", "-q", "eval", "os:getpid()."],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        _BROKER_PID.append(int(out.strip().strip('"')))
+    return _ticks(_BROKER_PID[0]) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu() -> float:
+    """CPU seconds every PostgreSQL process alive now has used so far (backends that ended
+    meanwhile are not counted: read it around a span its connections outlive)."""
+    ticks = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                comm = Path(entry.path, "comm").read_text().strip()
+            except OSError:
+                continue
+            if comm.startswith("postgres"):
+                ticks += _ticks(entry.name)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, all) CPU seconds of every core since boot, from /proc/stat: their difference over a
+    span says how much of the machine was in use."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle) / tick, sum(fields) / tick
 
 
 async def create_database(

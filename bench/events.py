@@ -27,6 +27,8 @@ RABBITRY_EVENTS_PARTITIONS; the events are routed by entity bucket when K > 1).
 
 Each consumer case also prints the CPU time of this process per event while it ran (its
 consumer or worker is all that runs in it then): unlike events/s, that holds on a loaded machine.
+And, while it ran, the broker's and PostgreSQL's CPU per event and how busy the whole machine
+was (of all its cores): where the three share the cores, that says which bound a case met.
 
 Usage: python bench/events.py [--events N] [--rounds R] [--database postgresql|sqlite]
                               [--partitions K] [--cases a,c,...]
@@ -38,18 +40,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import os
 import statistics
 import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints
 from sqlalchemy import text
 
-from common import AMQP_URL, create_database
+from common import AMQP_URL, broker_cpu, create_database, machine_cpu, postgres_cpu
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.events import store as store_module
@@ -100,10 +104,13 @@ class Clock:
         self.last = 0.0
         self.cpu_first = 0.0
         self.cpu_last = 0.0
+        self.others_first = Others.now()
+        self.others_last = self.others_first
         self.finished = asyncio.Event()
 
     def start(self) -> None:
         if not self.first:
+            self.others_first = Others.now()
             self.first = time.perf_counter()
             self.cpu_first = time.process_time()
 
@@ -112,6 +119,7 @@ class Clock:
         if self.done >= self.expected and not self.last:
             self.last = time.perf_counter()
             self.cpu_last = time.process_time()
+            self.others_last = Others.now()
             self.finished.set()
 
     @property
@@ -122,6 +130,29 @@ class Clock:
     def cpu_us(self) -> float:
         """CPU time of this process (all its threads) per item, in µs, while it worked."""
         return (self.cpu_last - self.cpu_first) / self.done * 1e6
+
+
+@dataclass(frozen=True)
+class Others:
+    """CPU seconds so far of the broker, of PostgreSQL, and of the machine (busy, all)."""
+
+    broker: float
+    postgres: float
+    busy: float
+    all: float
+
+    @classmethod
+    def now(cls) -> Others:
+        return cls(broker_cpu(), postgres_cpu(), *machine_cpu())
+
+    def since(self, first: Others, done: int) -> tuple[float, float, float]:
+        """The broker's and PostgreSQL's µs per item, and the share of the machine in use."""
+        busy = (self.busy - first.busy) / max(self.all - first.all, 1e-9)
+        return (
+            (self.broker - first.broker) / done * 1e6,
+            (self.postgres - first.postgres) / done * 1e6,
+            busy,
+        )
 
 
 class TimedWorkflow(WorkflowWorker):
@@ -161,6 +192,8 @@ async def analyze(database: Database) -> None:
 # share the process with nothing else while the clock runs): unlike events/s, it holds on a
 # loaded machine.
 CPU_US: list[float] = []
+# The broker's and PostgreSQL's CPU µs per event and the machine's busy share, for the same case.
+OTHERS: list[tuple[float, float, float]] = []
 
 
 async def run_until(service: Worker | WorkflowWorker, clock: Clock) -> float:
@@ -170,6 +203,7 @@ async def run_until(service: Worker | WorkflowWorker, clock: Clock) -> float:
     stopping.set()
     await task
     CPU_US.append(clock.cpu_us)
+    OTHERS.append(clock.others_last.since(clock.others_first, clock.done))
     return clock.rate
 
 
@@ -391,6 +425,7 @@ async def main(n: int, rounds: int, kind: str, partitions: int, only: set[str]) 
             cases = {name: case for name, case in cases.items() if not only or _label(name) in only}
             rates: dict[str, list[float]] = {name: [] for name in cases}
             cpu: dict[str, list[float]] = {name: [] for name in cases}
+            others: dict[str, list[tuple[float, float, float]]] = {name: [] for name in cases}
             # (connections, one call per batch)
             ceilings = [(1, True), (partitions + 1, True), (1, False)]
             if kind != "postgresql":
@@ -405,6 +440,7 @@ async def main(n: int, rounds: int, kind: str, partitions: int, only: set[str]) 
                     await analyze(database)
                     rates[name].append(await case(settings, database, n))
                     cpu[name].append(CPU_US[-1])
+                    others[name].append(OTHERS[-1])
                 for connections, one_call in ceilings:
                     await analyze(database)
                     rates[_ceiling(connections, one_call)].append(
@@ -417,7 +453,7 @@ async def main(n: int, rounds: int, kind: str, partitions: int, only: set[str]) 
             async with await Declarer.connect(AMQP_URL) as declarer:
                 await declarer.delete(topology)
             await drop()
-    report(kind, n, partitions, rounds, rates, cpu)
+    report(kind, n, partitions, rounds, rates, cpu, others)
     if rebuild:
         print(f"\nstate rebuild ({kind}, median of {max(rounds, 5)})")
         print(f"{'events':>8} {'ms':>9} {'us/event':>9} {'vs 100':>7}")
@@ -433,14 +469,19 @@ def report(
     rounds: int,
     rates: dict[str, list[float]],
     cpu: dict[str, list[float]],
+    others: dict[str, list[tuple[float, float, float]]],
 ) -> None:
     by_label = {_label(name): values for name, values in rates.items()}
     base = statistics.median(by_label["a"]) if "a" in by_label else None
     print(
         f"\nevents stored per second ({kind}, {n} events, {partitions} partition(s),"
-        f" median of {rounds} rounds; CPU: this process's, per event)"
+        f" median of {rounds} rounds; CPU: this process's, the broker's and PostgreSQL's"
+        f" per event, and the machine's share of its {os.cpu_count()} cores in use)"
     )
-    print(f"{'case':58} {'msg/s':>9} {'vs (a)':>7} {'CPU us':>7} {'vs (a)':>7}")
+    print(
+        f"{'case':58} {'msg/s':>9} {'vs (a)':>7} {'CPU us':>7} {'vs (a)':>7}"
+        f" {'broker':>7} {'pg':>6} {'busy':>5}"
+    )
     cpu_of = {_label(name): values for name, values in cpu.items()}
     base_cpu = statistics.median(cpu_of["a"]) if "a" in cpu_of else None
     for name, values in rates.items():
@@ -449,7 +490,10 @@ def report(
         line += f" {rate / base:6.2f}x" if base else " " * 8
         if name in cpu:
             us = statistics.median(cpu[name])
-            line += f" {us:7.1f}" + (f" {us / base_cpu:6.2f}x" if base_cpu else "")
+            line += f" {us:7.1f}" + (f" {us / base_cpu:6.2f}x" if base_cpu else " " * 8)
+        if others.get(name):
+            broker, pg, busy = (statistics.median(x) for x in zip(*others[name], strict=True))
+            line += f" {broker:7.1f} {pg:6.1f} {busy:5.0%}"
         print(line)
 
     def versus(top: str, bottom: str, what: str) -> None:
