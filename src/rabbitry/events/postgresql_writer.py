@@ -16,7 +16,8 @@ import contextlib
 import datetime as dt
 import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rabbitry.events.change import RecordedEvent
@@ -112,29 +113,46 @@ async def _rows_at_once(database: Database, rows: Sequence[Row]) -> bool:
         return True
     entities, ids, kinds, users, data, message_ids, occurred = zip(*stored, strict=True)
     locks = sorted(_lock_key(key) for key in heads)
-    async with database.writer_engine.connect() as conn:  # unpinged: a failure is retried
-        driver: Any = (await conn.get_raw_connection()).driver_connection  # asyncpg's
+    async with _append_call(database) as call:
+        await call.driver.fetchval(
+            _APPEND_ROWS_CALL,
+            entities,
+            ids,
+            versions,
+            kinds,
+            users,
+            data,
+            message_ids,
+            occurred,
+            recorded_at,
+            locks,
+        )
+    return not call.stored_before
+
+
+@dataclass
+class _Call:
+    driver: Any  # asyncpg's connection
+    stored_before: bool = False
+
+
+@contextlib.asynccontextmanager
+async def _append_call(database: Database) -> AsyncIterator[_Call]:
+    """A writer connection for one call of ``event_store_append()``, unpinged (a failure is
+    retried). ``stored_before`` once the call failed with RR001 (nothing kept: the batch
+    holds a message stored before); a transient failure invalidates the connection, so a dead
+    one does not go back to the pool."""
+    async with database.writer_engine.connect() as conn:
+        call = _Call((await conn.get_raw_connection()).driver_connection)
         try:
-            await driver.fetchval(
-                _APPEND_ROWS_CALL,
-                entities,
-                ids,
-                versions,
-                kinds,
-                users,
-                data,
-                message_ids,
-                occurred,
-                recorded_at,
-                locks,
-            )
+            yield call
         except Exception as exc:
             if getattr(exc, "sqlstate", None) == _STORED_BEFORE:
-                return False
+                call.stored_before = True
+                return
             if classify(exc) == "transient":
-                await conn.invalidate()  # a dead connection must not go back to the pool
+                await conn.invalidate()
             raise
-    return True
 
 
 async def _append_at_once(
@@ -147,16 +165,10 @@ async def _append_at_once(
     results = _numbered(events, {}, set(), recorded_at)
     stored = [r for r in results if r is not None]
     locks = sorted({_lock_key((e.entity, e.id)) for e in stored})
-    async with database.writer_engine.connect() as conn:  # unpinged: a failure is retried
-        driver: Any = (await conn.get_raw_connection()).driver_connection  # asyncpg's
-        try:
-            rows = await driver.fetch(_APPEND_CALL, *_columns(stored), recorded_at, locks)
-        except Exception as exc:
-            if getattr(exc, "sqlstate", None) == _STORED_BEFORE:
-                return None
-            if classify(exc) == "transient":
-                await conn.invalidate()  # a dead connection must not go back to the pool
-            raise
+    async with _append_call(database) as call:
+        rows = await call.driver.fetch(_APPEND_CALL, *_columns(stored), recorded_at, locks)
+    if call.stored_before:
+        return None
     _fill_in(stored, rows)
     return results
 
