@@ -22,7 +22,8 @@ the outbox (a route the broker did not confirm, relayed later), stored in the hi
 deliveries due (each message to each client of its room), shown, repeats the clients dropped,
 missing, shown after a later message of their sender (and how many of those were not relayed
 from the outbox: a relayed message comes after its sender's later ones by design), sockets
-closed.
+closed. ``RABBITRY_FAULTS_DUMP=FILE`` appends every socket's frames to FILE, a JSON object a
+line, to study a disorder.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import os
 import random
 import re
 import time
@@ -361,6 +363,16 @@ async def run_case(chat: Chat, figures: Figures, case: str, fault: Fault) -> Non
     late = {c.name: _out_of_order(c) for c in listeners}
     disordered = {n: [t for t in d if t not in relayed_texts] for n, d in late.items()}
     closes = {c.name: c.closes for c in listeners if c.closes}
+    if os.environ.get("RABBITRY_FAULTS_DUMP"):  # every socket's frames, to study a disorder
+        _dump(
+            os.environ["RABBITRY_FAULTS_DUMP"],
+            [
+                {"case": case, "client": c.name, "room": c.room, "url": c.url}
+                | {"frames": [[f["id"], f["text"]] for f in c.frames]}
+                | {"relayed": sorted(relayed_texts), "late": disordered[c.name]}
+                for c in listeners
+            ],
+        )
     errors = {c.name: c.errors for c in chat.clients if c.errors}
     figures.add_chat(
         case,
@@ -400,6 +412,12 @@ async def run_case(chat: Chat, figures: Figures, case: str, fault: Fault) -> Non
     for client in talkers:
         assert {f["text"] for f in client.shown} <= set(texts_of_room(client.room, talkers))
     assert closes == {}
+
+
+def _dump(path: str, rows: list[dict[str, Any]]) -> None:
+    """Append ``rows`` to ``path``, a JSON object a line (RABBITRY_FAULTS_DUMP)."""
+    with open(path, "a") as dump:
+        dump.writelines(json.dumps(row) + "\n" for row in rows)
 
 
 def texts_of_room(room: str, clients: list[Client]) -> list[str]:
