@@ -16,6 +16,7 @@ policy again; its id, body bytes and other headers are the original ones.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
@@ -35,6 +36,7 @@ _QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 MOVE_BATCH = 200
 # How many messages one look or one move may hold unacked at once.
 MAX_SCAN = 10_000
+GIVE_BACK = 2.0  # seconds a list waits for the broker to count what it gave back
 _DEAD_HEADERS = frozenset(
     {
         envelope.REASON_HEADER,
@@ -172,7 +174,21 @@ async def list_dead_letters(
             if taken is None:
                 break
             found.append(describe(taken, queue))
+    if found:
+        await _given_back(declarer, queue, status.messages)
     return found, status.messages
+
+
+async def _given_back(declarer: Declarer, queue: str, count: int) -> None:
+    """Wait (at most :data:`GIVE_BACK` seconds) until ``queue`` counts ``count`` ready messages
+    again. The broker requeues what a closed channel held after it answers the close, so a
+    move right after a list (the back-office's button) would otherwise find fewer there."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + GIVE_BACK
+    while loop.time() < deadline:
+        if (await declarer.queue_status(queue)).messages >= count:
+            return
+        await asyncio.sleep(0.02)  # polling: the broker sends nothing when it has requeued
 
 
 async def move_dead_letters(
