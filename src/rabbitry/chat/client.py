@@ -14,8 +14,9 @@ size goes through the bounded queue page by page instead of overflowing it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from rabbitry.chat.protocol import ChatMessage, encode_frame, in_sender_order
@@ -133,26 +134,8 @@ class ConnectedClient:
         sent: set[str] = set()
         queued = 0
         try:
-            async for page in pages:
-                for message in page:
-                    if message.id in sent:
-                        continue
-                    if not await self._replay_one(message, sent):
-                        return queued
-                    queued += 1
-            for message in tail:
-                if message.id not in sent:
-                    if not await self._replay_one(message, sent):
-                        return queued
-                    queued += 1
-            # Held messages arrive while this drains them; the last check and the switch
-            # back to live delivery happen with no await between them, so none slips by.
-            while self._held:
-                # Each sender's in the order sent: a gateway's own message that waited for
-                # its copy back from the new queue is held after its sender's next one, which
-                # was held at its confirm (the cluster restart fault case showed such pairs).
-                held, self._held = in_sender_order(self._held), []
-                for message in held:
+            async with contextlib.aclosing(self._replayed(pages, tail)) as messages:
+                async for message in messages:
                     if message.id in sent:
                         continue
                     if not await self._replay_one(message, sent):
@@ -161,6 +144,26 @@ class ConnectedClient:
             return queued
         finally:
             self._held = None
+
+    async def _replayed(
+        self, pages: AsyncIterable[Sequence[ChatMessage]], tail: Iterable[ChatMessage]
+    ) -> AsyncGenerator[ChatMessage]:
+        """What a replay sends, in its order: the pages, the tail, then the held live ones."""
+        async for page in pages:
+            for message in page:
+                yield message
+        for message in tail:
+            yield message
+        # Held messages arrive while the replay drains them; the last check here and the
+        # switch back to live delivery (replay's ``finally``) happen with no await between
+        # them, so none slips by.
+        while self._held:
+            # Each sender's in the order sent: a gateway's own message that waited for its
+            # copy back from the new queue is held after its sender's next one, which was
+            # held at its confirm (the cluster restart fault case showed such pairs).
+            held, self._held = in_sender_order(self._held), []
+            for message in held:
+                yield message
 
     async def _replay_one(self, message: ChatMessage, sent: set[str]) -> bool:
         if self.closed_reason is not None:
