@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from fixtures.chat import Participant, join, running_gateway, wait_until
+from fixtures.chat import Participant, join, persistence_workers, running_gateway, wait_until
 from helpers import Eventually
 from rabbitry.chat.client import Member
 from rabbitry.chat.history import ChatHistory
 from rabbitry.chat.persistence import PersistenceWorker
-from rabbitry.chat.protocol import MESSAGE_TYPE, ChatMessage, MessageIds, floor_id, now
+from rabbitry.chat.protocol import MARK_TYPE, MESSAGE_TYPE, ChatMessage, MessageIds, floor_id, now
 from rabbitry.chat.topology import ChatLayout
 from rabbitry.config import Settings
 from rabbitry.messaging.envelope import Message
@@ -28,20 +26,6 @@ if TYPE_CHECKING:
 IDS = MessageIds()
 
 
-@asynccontextmanager
-async def _workers(settings: Settings, database: Database, count: int) -> AsyncIterator[None]:
-    stopping = asyncio.Event()
-    services = [PersistenceWorker(settings, database, batch_size=20) for _ in range(count)]
-    tasks = [asyncio.create_task(s.run(stopping)) for s in services]
-    try:
-        for service in services:
-            await asyncio.wait_for(service.connected.wait(), 20)
-        yield
-    finally:
-        stopping.set()
-        await asyncio.gather(*tasks)
-
-
 def _chat(room: str, text: str) -> ChatMessage:
     return ChatMessage(IDS.new(), "acme", room, "ann", text, now())
 
@@ -52,7 +36,7 @@ async def test_competing_workers_store_every_message_once_even_when_it_arrives_t
     layout = ChatLayout(settings.namespace)
     chats = [_chat("lobby", f"m{i}") for i in range(200)]
     history = ChatHistory(db)
-    async with _workers(settings, db, 3), Publisher(settings.amqp) as publisher:
+    async with persistence_workers(settings, db, 3), Publisher(settings.amqp) as publisher:
         route = Route(layout.persistence_exchange, "")
         items = [(Message(MESSAGE_TYPE, c.payload(), id=c.id), route) for c in chats]
         # Every message twice, as a redelivery after a worker's crash would bring it.
@@ -84,27 +68,36 @@ async def test_a_message_that_is_not_a_chat_message_is_dead_lettered_with_its_re
 ) -> None:
     layout = ChatLayout(settings.namespace)
     good = _chat("lobby", "fine")
-    async with _workers(settings, db, 1), Publisher(settings.amqp) as publisher:
+    mark = IDS.new()
+    async with persistence_workers(settings, db, 1), Publisher(settings.amqp) as publisher:
         route = Route(layout.persistence_exchange, "")
         await publisher.publish_many(
             [
                 (Message("chat.message", {"id": "nope"}), route),
                 (Message("something.else", good.payload()), route),
+                (Message(MARK_TYPE, {"mark": "not-an-id"}), route),
                 (Message(MESSAGE_TYPE, good.payload(), id=good.id), route),
+                (Message(MARK_TYPE, {"mark": mark}), route),
             ]
         )
 
-        async def two_dead() -> bool:
+        async def three_dead() -> bool:
             ready, _ = await broker.counts(dlq_name(layout.history_queue))
-            return ready == 2
+            return ready == 3
 
-        await eventually(two_dead, what="two dead letters")
+        await eventually(three_dead, what="three dead letters")
     dead = await broker.get_all(dlq_name(layout.history_queue))
     reasons = sorted(d.headers["x-rabbitry-reason"] for d in dead)
-    assert "not a chat message" in reasons[0] and "not a chat message" in reasons[1]
+    assert "not a chat mark" in reasons[0]
+    assert "not a chat message" in reasons[1] and "not a chat message" in reasons[2]
     bodies = sorted(json.dumps(json.loads(d.body), sort_keys=True) for d in dead)
-    assert bodies == sorted(json.dumps(b, sort_keys=True) for b in ({"id": "nope"}, good.payload()))
-    assert [m.text for m in await ChatHistory(db).page("acme", "lobby")] == ["fine"]
+    expected = ({"id": "nope"}, good.payload(), {"mark": "not-an-id"})
+    assert bodies == sorted(json.dumps(b, sort_keys=True) for b in expected)
+    history = ChatHistory(db)
+    assert [m.text for m in await history.page("acme", "lobby")] == ["fine"]
+    # The good mark was stored with the batch (a gateway's catch-up waits for it).
+    assert await history.marked(mark)
+    assert not await history.marked(IDS.new())
 
 
 async def _empty(broker: BrokerProbe, queue: str) -> bool:
@@ -214,10 +207,10 @@ async def test_two_competing_workers_committing_out_of_send_order_hide_nothing_f
     holding, release = asyncio.Event(), asyncio.Event()
     store = slow.history.store
 
-    async def held_store(messages: Any) -> None:
+    async def held_store(messages: Any, marks: Any = ()) -> None:
         holding.set()
         await release.wait()
-        await store(messages)
+        await store(messages, marks)
 
     slow.history.store = held_store  # type: ignore[method-assign]
     tasks = [asyncio.create_task(slow.run(stopping))]

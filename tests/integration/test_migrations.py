@@ -29,6 +29,7 @@ CHAIN = [
     ("0007_outbox_failure", "outbox"),
     ("0008_backoffice_logouts", "outbox"),
     ("0009_events_append", "events"),
+    ("0010_chat_mark", "chat"),
 ]
 
 

@@ -40,6 +40,7 @@ from rabbitry.chat.client import ConnectedClient
 from rabbitry.chat.history import REORDER, ChatHistory
 from rabbitry.chat.manager import Manager
 from rabbitry.chat.protocol import (
+    MARK_TYPE,
     MESSAGE_TYPE,
     ChatMessage,
     MessageIds,
@@ -69,6 +70,9 @@ SEAM_WAIT = 5.0  # how long a recovery (``since``) waits for the history to stor
 # node's crash the history queue elects a new leader and its workers reconnect (seconds).
 CATCH_UP_WAIT = 15.0
 STRAGGLERS = 1.0  # when a catch-up looks again for messages the workers stored late
+# How long a catch-up waits for its mark to pass the history queue: after a cluster restart
+# the persistence workers reconnect up to 10 s after the broker is back (their backoff).
+MARK_WAIT = 30.0
 LATE_WATCH = 60.0  # how long after a catch-up the history is read for late messages
 LATE_POLL = 1.0
 ORIGIN = "chat_origin"  # header: the gateway instance that published a message
@@ -246,6 +250,8 @@ class Gateway:
         limit = asyncio.Semaphore(CATCH_UP_ROOMS)
         anchors: dict[str, Anchor] = {}
         start = max(0, await self.history.top() - REORDER)
+        if any(held.clients for held in rooms):
+            await self._history_passed()
 
         async def one(held: Held) -> None:
             async with limit:
@@ -262,6 +268,39 @@ class Gateway:
             watch = asyncio.create_task(self._watch_late(anchors, start))
             self._watches.add(watch)
             watch.add_done_callback(self._watches.discard)
+
+    async def _history_passed(self) -> bool:
+        """Publish a mark through the history queue and wait (at most :data:`MARK_WAIT`) until
+        a persistence worker stored it; False if it did not come.
+
+        A message whose dispatch copy went to this instance's lost queue has its history copy
+        in the history queue, and it may wait there long after the catch-up looks (after a
+        cluster restart the workers come back later than the gateways); the live messages
+        the catch-up holds back cover only the senders that sent again since. The mark goes
+        in after the new queue is bound, so whatever was routed before is ahead of it (the
+        queue is first in, first out); once it is stored, what is left is in the other
+        workers' batches still committing, which :data:`STRAGGLERS` covers."""
+        assert self.history is not None
+        mark = self._ids.new()
+        message = Message(type=MARK_TYPE, payload={"mark": mark}, id=mark)
+        route = Route(self.layout.persistence_exchange, "")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MARK_WAIT
+        published = False
+        while loop.time() < deadline:
+            if not published:
+                # Not through the outbox: a mark relayed later says nothing of the queue now.
+                result = await self._publisher.publish(message, route, use_fallback=False)
+                published = result.ok
+            if published and await self.history.marked(mark):
+                return True
+            await asyncio.sleep(0.05 if published else 0.5)  # (the workers give no signal)
+        log.warning(
+            "the history queue did not pass this gateway's mark in %.0f s: messages routed "
+            "while its queue was away and stored later follow late",
+            MARK_WAIT,
+        )
+        return False
 
     async def catch_up(self, held: Held, anchors: dict[str, Anchor] | None = None) -> int:
         """Send the held clients what the history has after the room's last delivery before

@@ -24,14 +24,15 @@ drops those it knows the client saw.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from typing import cast
 
-from sqlalchemy import Table, bindparam, func, or_, select, text
+from sqlalchemy import Table, bindparam, delete, func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from rabbitry.chat.models import StoredChatMessage
+from rabbitry.chat.models import StoredChatMark, StoredChatMessage
 from rabbitry.chat.protocol import ChatMessage
 from rabbitry.storage.clock import utcnow
 from rabbitry.storage.database import Database
@@ -44,6 +45,9 @@ REORDER = 2000
 
 
 _TABLE = cast(Table, StoredChatMessage.__table__)
+_MARKS = cast(Table, StoredChatMark.__table__)
+# Marks are read within a minute of being stored; older ones go when the next are stored.
+MARK_KEPT = dt.timedelta(hours=1)
 # One key for the writers' turn on PostgreSQL (any constant: it names no table).
 _ORDER_LOCK = 0x63686174  # "chat"
 
@@ -54,9 +58,10 @@ class ChatHistory:
     def __init__(self, database: Database) -> None:
         self._database = database
 
-    async def store(self, messages: Sequence[ChatMessage]) -> None:
-        """Insert ``messages``, skipping ids already stored; one transaction."""
-        if not messages:
+    async def store(self, messages: Sequence[ChatMessage], marks: Sequence[str] = ()) -> None:
+        """Insert ``messages``, skipping ids already stored, and ``marks`` (see
+        :meth:`marked`); one transaction."""
+        if not messages and not marks:
             return
         now = utcnow()
         rows = {
@@ -93,12 +98,31 @@ class ChatHistory:
             .on_conflict_do_nothing(index_elements=["id"])
         )
         async with self._database.session() as session:
-            if not self._database.is_sqlite:
-                # Writers in turn, so that seq order is commit order: a reader paging by seq
-                # never passes a seq whose transaction has yet to commit. (SQLite has one
-                # writer at a time anyway.)
-                await session.execute(text(f"SELECT pg_advisory_xact_lock({_ORDER_LOCK})"))
-            await session.execute(statement, list(rows.values()))
+            if rows:
+                if not self._database.is_sqlite:
+                    # Writers in turn, so that seq order is commit order: a reader paging by
+                    # seq never passes a seq whose transaction has yet to commit. (SQLite has
+                    # one writer at a time anyway.)
+                    await session.execute(text(f"SELECT pg_advisory_xact_lock({_ORDER_LOCK})"))
+                await session.execute(statement, list(rows.values()))
+            if marks:
+                # In the batch's transaction: a mark is seen once what came before it in this
+                # worker's batch is committed.
+                await session.execute(
+                    insert(_MARKS)
+                    .values(id=bindparam("id"), stored_at=now)
+                    .on_conflict_do_nothing(index_elements=["id"]),
+                    [{"id": mark} for mark in dict.fromkeys(marks)],
+                )
+                await session.execute(delete(_MARKS).where(_MARKS.c.stored_at < now - MARK_KEPT))
+
+    async def marked(self, mark: str) -> bool:
+        """Whether a persistence worker stored ``mark``: a gateway publishes one through the
+        history queue after its own queue came back, and once it is stored, everything routed
+        to the history before it has reached a worker (the queue is first in, first out)."""
+        query = select(_MARKS.c.id).where(_MARKS.c.id == mark)
+        async with self._database.session() as session:
+            return await session.scalar(query) is not None
 
     async def page(
         self, tenant: str, room: str, *, limit: int = 50, before: str | None = None

@@ -1,4 +1,5 @@
-"""The chat part's table: every chat message, stored once by its id."""
+"""The chat part's tables: every chat message, stored once by its id; and the marks gateways
+pass through the history queue."""
 
 from __future__ import annotations
 
@@ -30,3 +31,14 @@ class StoredChatMessage(Base):
     stored_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     """The store's order, which ``since`` recovery follows (none on rows stored before it)."""
+
+
+class StoredChatMark(Base):
+    """A mark a gateway published through the history queue after a reconnect, stored by the
+    persistence worker that took it: once it is here, everything routed to the history before
+    it has been delivered to a worker (the queue is FIFO)."""
+
+    __tablename__ = "chat_mark"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    stored_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

@@ -5,7 +5,8 @@ Every message a gateway accepts is published twice: to the dispatch exchange (th
 ``rabbitry worker chat-persist`` processes share. Each stores its batch in one transaction and
 acks only after the commit; the history skips ids it has, so a redelivery is stored once. A
 message that is not a chat message is dead-lettered with its reason; a database failure sends
-the batch through the retry queues.
+the batch through the retry queues. A gateway's mark (``chat.mark``, after its queue came
+back) is stored in the same transaction as the batch it came in.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 from collections.abc import Sequence
 
 from rabbitry.chat.history import ChatHistory
-from rabbitry.chat.protocol import MESSAGE_TYPE, ChatMessage
+from rabbitry.chat.protocol import MARK_TYPE, MESSAGE_TYPE, ChatMessage, check_mark
 from rabbitry.chat.topology import ChatLayout, topology
 from rabbitry.config import Settings
 from rabbitry.errors import MessageError, StorageError
@@ -63,17 +64,21 @@ class PersistenceWorker:
         """Store a batch; one outcome per message (``None``: stored)."""
         outcomes: Outcomes = [None] * len(messages)
         valid: list[tuple[int, ChatMessage]] = []
+        marks: list[tuple[int, str]] = []
         for index, message in enumerate(messages):
             try:
+                if message.type == MARK_TYPE:
+                    marks.append((index, check_mark(message.payload)))
+                    continue
                 if message.type != MESSAGE_TYPE:
                     raise MessageError(f"not a chat message: type {message.type!r}")
                 valid.append((index, ChatMessage.from_payload(message.payload)))
             except MessageError as exc:
                 outcomes[index] = exc  # dead-lettered with this reason
         try:
-            await self.history.store([chat for _, chat in valid])
+            await self.history.store([chat for _, chat in valid], [mark for _, mark in marks])
         except StorageError as exc:
-            for index, _ in valid:
+            for index in (*(i for i, _ in valid), *(i for i, _ in marks)):
                 outcomes[index] = exc  # retried through the retry queues
         return outcomes
 

@@ -26,6 +26,7 @@ ROOM_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 MESSAGE_TYPE = "chat.message"
+MARK_TYPE = "chat.mark"  # a gateway's mark through the history queue (see ChatHistory.marked)
 MAX_TEXT_CHARS = 2000
 MAX_FRAME_BYTES = 8192
 SENDER_MAX_CHARS = 64
@@ -33,6 +34,14 @@ SENDER_MAX_CHARS = 64
 
 class FrameError(ValueError):
     """A client frame that breaks the protocol; its text is the error sent back."""
+
+
+def check_mark(payload: object) -> str:
+    """The id a gateway's mark carries (``{"mark": "<uuid>"}``), or :class:`MessageError`."""
+    mark = payload.get("mark") if isinstance(payload, dict) else None
+    if not isinstance(mark, str) or not ID_PATTERN.fullmatch(mark):
+        raise MessageError('not a chat mark: expected {"mark": a lower-case UUID}')
+    return mark
 
 
 def check_room(room: str) -> str:
