@@ -406,8 +406,7 @@ async def run_case(chat: Chat, figures: Figures, case: str, fault: Fault) -> Non
     assert set(stored) >= set(texts), f"{len(set(texts) - set(stored))} not in the history"
     assert len(stored) == len(set(stored.values()))  # (each stored once: ids are the key)
     assert {n: m for n, m in missing.items() if m} == {}
-    if case not in ORDER_OPEN:
-        assert {n: d for n, d in disordered.items() if d} == {}
+    assert {n: d for n, d in disordered.items() if d} == {}
     # Every shown message was sent, to that room.
     for client in talkers:
         assert {f["text"] for f in client.shown} <= set(texts_of_room(client.room, talkers))
@@ -491,12 +490,6 @@ async def memory_alarm(chat: Chat) -> None:
     await chat.echoed(0)
     await chat.echoed(1)
 
-
-# Where sender order is counted (the figures' "out of order" column) but not yet asserted: after
-# a whole-cluster restart, deliveries still come after a later message of their sender without
-# having gone through the outbox now and then (180 on 2026-12-03; 75 in one of five runs on
-# 2026-12-04, with the publisher's nack fix in): see docs/reliability.md, "Chat".
-ORDER_OPEN = {"stop and start the whole cluster"}
 
 CASES = {
     "`rabbitmqctl close_connection` on a gateway's connection": close_gateway_connection,

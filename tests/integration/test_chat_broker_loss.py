@@ -24,7 +24,7 @@ from fixtures.chat import (
     wait_until,
 )
 from helpers import Eventually
-from rabbitry.chat.gateway import STRAGGLERS
+from rabbitry.chat.catchup import STRAGGLERS
 from rabbitry.chat.history import ChatHistory
 from rabbitry.chat.protocol import MESSAGE_TYPE, ChatMessage, MessageIds, now
 from rabbitry.chat.topology import ChatLayout

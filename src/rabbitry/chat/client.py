@@ -27,6 +27,7 @@ SEND_QUEUE = 256
 LINES = 32  # messages a client that asked for lines may get in one frame, at most
 HELD = 4096  # live messages a catching-up client may have waiting behind its replay
 TOO_SLOW = 1013  # "Try Again Later": the server would not wait for this client
+RECONNECT = 1012  # "Service Restart": reconnect (elsewhere), with ?since=
 
 
 @dataclass(frozen=True, slots=True)

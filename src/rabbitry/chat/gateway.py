@@ -7,9 +7,7 @@ rooms come and go. When the broker connection drops, the inbox declares a new qu
 every room that still has clients; the sockets stay open meanwhile. Once the new queue is bound,
 each room catches its sockets up from the history, from the last message the room delivered:
 what was routed while the instance had no queue reaches every open socket once, each sender's
-messages in the order sent (:meth:`Gateway.catch_up`). For a minute afterwards the gateway
-reads what the history stores late (a history copy the broker nacked while its queue elected a
-leader goes through the outbox) and sends it to the rooms that have not delivered it.
+messages in the order sent (:class:`~rabbitry.chat.catchup.CatchUp`).
 
 On SIGTERM (:meth:`Gateway.drain`) the gateway turns not ready, refuses new sockets, and closes
 its open ones a few at a time over a few seconds with code 1001 ("going away"): clients
@@ -36,20 +34,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from rabbitry.chat.catchup import PAGE, CatchUp, Held, stored_position
 from rabbitry.chat.client import ConnectedClient
-from rabbitry.chat.history import REORDER, ChatHistory
+from rabbitry.chat.history import ChatHistory
 from rabbitry.chat.manager import Manager
 from rabbitry.chat.protocol import (
-    MARK_TYPE,
     MESSAGE_TYPE,
     ChatMessage,
     MessageIds,
     SenderSeam,
-    in_sender_order,
-    is_stamped,
     now,
 )
-from rabbitry.chat.room import VirtualRoom
 from rabbitry.chat.topology import ChatLayout, topology
 from rabbitry.config import Settings
 from rabbitry.errors import BrokerError
@@ -62,46 +57,8 @@ from rabbitry.messaging.topology import Exchange, ExchangeType
 log = logging.getLogger(__name__)
 
 GOING_AWAY = 1001
-RECONNECT = 1012  # "Service Restart": reconnect (elsewhere), with ?since=
-PAGE = 500  # history rows a catch-up reads at a time
-CATCH_UP_ROOMS = 8  # rooms catching up at once after a reconnect (database connections)
-SEAM_WAIT = 5.0  # how long a recovery (``since``) waits for the history to store ``since``
-# How long a catch-up holds live messages back waiting for the history to reach them: after a
-# node's crash the history queue elects a new leader and its workers reconnect (seconds).
-CATCH_UP_WAIT = 15.0
-STRAGGLERS = 1.0  # when a catch-up looks again for messages the workers stored late
-# How long a catch-up waits for its mark to pass the history queue: after a cluster restart
-# the persistence workers reconnect up to 10 s after the broker is back (their backoff).
-MARK_WAIT = 30.0
-LATE_WATCH = 60.0  # how long after a catch-up the history is read for late messages
-LATE_POLL = 1.0
 ORIGIN = "chat_origin"  # header: the gateway instance that published a message
 UNSHOWN = 10_000  # own messages remembered as not shown here, until the queue brings them
-
-
-Seen = tuple[int | None, str | None]  # where what a room delivered starts: position, id
-
-
-@dataclass(frozen=True, slots=True)
-class Anchor:
-    """Where a room's catch-up started: its last delivery before the loss, and its place in
-    the store (None: not stored)."""
-
-    room: VirtualRoom
-    since: str
-    position: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Held:
-    """A room whose sockets wait for their catch-up after the queue came back."""
-
-    room: VirtualRoom
-    clients: list[ConnectedClient]
-    since: str
-    """The room's last delivery before the loss."""
-    delivered: frozenset[str]
-    """What the room delivered up to ``since`` (its recent messages)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,20 +105,27 @@ class Gateway:
         self.history = history
         self._publisher = publisher
         self._ids = MessageIds()
+        self._catch_up = (
+            CatchUp(history, publisher, self.layout, self.manager, self._ids)
+            if history is not None
+            else None
+        )
         self._drain_seconds = drain_seconds
         self._catching_up: asyncio.Task[None] | None = None
         self._held: list[Held] = []
         self._held_for = 1
-        self._watches: set[asyncio.Task[None]] = set()
         self.draining = False
         """True from SIGTERM on: not ready, new sockets are refused."""
-        self.caught_up = 0
-        """Messages sent to open sockets by catch-ups after reconnects."""
         self._unshown: dict[str, None] = {}  # own messages left to the queue (in order)
         self._pending: list[Submitted] = []  # submitted this turn, published at its end
         self._publishing: set[asyncio.Task[None]] = set()
         self.echoes = 0
         """Deliveries of this instance's own messages, dropped (its rooms had them already)."""
+
+    @property
+    def caught_up(self) -> int:
+        """Messages sent to open sockets by catch-ups after reconnects."""
+        return self._catch_up.caught_up if self._catch_up is not None else 0
 
     def _is_echo(self, message_id: str | None, headers: Mapping[str, Any]) -> bool:
         """Whether a delivery is the copy of a message this instance published and showed
@@ -239,183 +203,13 @@ class Gateway:
         self._catching_up = asyncio.create_task(self._catch_up_all(rooms, previous))
 
     async def _catch_up_all(
-        self,
-        rooms: Sequence[Held],
-        previous: asyncio.Task[None] | None,
+        self, rooms: Sequence[Held], previous: asyncio.Task[None] | None
     ) -> None:
-        assert self.history is not None
         if previous is not None:
             with contextlib.suppress(Exception):
                 await previous
-        limit = asyncio.Semaphore(CATCH_UP_ROOMS)
-        anchors: dict[str, Anchor] = {}
-        start = max(0, await self.history.top() - REORDER)
-        if any(held.clients for held in rooms):
-            await self._history_passed()
-
-        async def one(held: Held) -> None:
-            async with limit:
-                try:
-                    await self.catch_up(held, anchors)
-                except Exception:
-                    # The client is told: it reconnects with ?since= and recovers that way.
-                    log.exception("catching up room %s failed", held.room.key)
-                    for client in held.clients:
-                        client.disconnect(RECONNECT, "resync: reconnect with since")
-
-        await asyncio.gather(*(one(held) for held in rooms if held.clients))
-        if anchors:
-            watch = asyncio.create_task(self._watch_late(anchors, start))
-            self._watches.add(watch)
-            watch.add_done_callback(self._watches.discard)
-
-    async def _history_passed(self) -> bool:
-        """Publish a mark through the history queue and wait (at most :data:`MARK_WAIT`) until
-        a persistence worker stored it; False if it did not come.
-
-        A message whose dispatch copy went to this instance's lost queue has its history copy
-        in the history queue, and it may wait there long after the catch-up looks (after a
-        cluster restart the workers come back later than the gateways); the live messages
-        the catch-up holds back cover only the senders that sent again since. The mark goes
-        in after the new queue is bound, so whatever was routed before is ahead of it (the
-        queue is first in, first out); once it is stored, what is left is in the other
-        workers' batches still committing, which :data:`STRAGGLERS` covers."""
-        assert self.history is not None
-        mark = self._ids.new()
-        message = Message(type=MARK_TYPE, payload={"mark": mark}, id=mark)
-        route = Route(self.layout.persistence_exchange, "")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + MARK_WAIT
-        published = False
-        while loop.time() < deadline:
-            if not published:
-                # Not through the outbox: a mark relayed later says nothing of the queue now.
-                result = await self._publisher.publish(message, route, use_fallback=False)
-                published = result.ok
-            if published and await self.history.marked(mark):
-                return True
-            await asyncio.sleep(0.05 if published else 0.5)  # (the workers give no signal)
-        log.warning(
-            "the history queue did not pass this gateway's mark in %.0f s: messages routed "
-            "while its queue was away and stored later follow late",
-            MARK_WAIT,
-        )
-        return False
-
-    async def catch_up(self, held: Held, anchors: dict[str, Anchor] | None = None) -> int:
-        """Send the held clients what the history has after the room's last delivery before
-        the loss and the room has not delivered, each sender's in the order sent; then their
-        held live messages. Returns how many messages were missed."""
-        assert self.history is not None
-        room, clients, since = held.room, held.clients, held.since
-        # The store's order is not quite the delivery order (competing workers), and its
-        # window before ``since`` holds what the room delivered: skip what it delivered.
-        delivered = set(held.delivered)
-        position = await stored_position(self.history, room.tenant, room.room, since)
-        # What the room delivered before its last 200 is behind it: the window below
-        # ``since`` reaches no further back than those 200.
-        seen_from = await self.history.lowest(room.tenant, room.room, list(delivered))
-        seen: Seen = (seen_from, min(delivered, default=None))
-        if anchors is not None:
-            anchors[room.key] = Anchor(room, since, position)
-        await self._seam(room, since, position, seen, clients)
-        # Competing persistence workers may still be committing a batch with a missed message
-        # stored after the seam's: look once more, a moment later, before the held live
-        # messages go (sent after them, a missed message would be out of its sender's order).
-        await asyncio.sleep(STRAGGLERS)
-        missed = [
-            m
-            for m in await self._all_since(room, since, position, seen)
-            # (held live messages, delivered by the room, follow in the order they came)
-            if m.id not in delivered and room.remember(m.id)
-        ]
-        # The store's order, each sender's messages in the order they were sent.
-        missed = in_sender_order(missed)
-        if missed and room.last_id == since:  # (a live delivery meanwhile moved it on)
-            room.last_id = missed[-1].id
-        await asyncio.gather(*(client.replay(_once(missed)) for client in clients))
-        self.caught_up += len(missed) * len(clients)
-        if missed:
-            log.warning(
-                "room %s: %d message(s) routed while the queue was away, sent to %d socket(s)",
-                room.key,
-                len(missed),
-                len(clients),
-            )
-        return len(missed)
-
-    async def _seam(
-        self,
-        room: VirtualRoom,
-        since: str,
-        position: int | None,
-        seen: Seen,
-        clients: Sequence[ConnectedClient],
-    ) -> None:
-        # Whatever was routed before the new queue's binding went to the history too, each
-        # sender's ahead of its first live message held after the binding (one publisher's
-        # messages reach the history queue in order). Wait (bounded) until the history has
-        # every sender's, so what the workers were still storing is not skipped: the first
-        # held message alone may be a sender's whose history copies are quick, while another
-        # sender's lag (its own messages shown here at once, without the broker).
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + CATCH_UP_WAIT
-        while True:
-            missed = await self._all_since(room, since, position, seen)
-            seams = set().union(*(c.seams for c in clients))
-            if seams <= {m.id for m in missed}:
-                return
-            if loop.time() > deadline:
-                log.warning("room %s: the history is behind; late messages follow", room.key)
-                return
-            await asyncio.sleep(0.05)  # polling the database: the workers give no signal
-
-    async def _all_since(
-        self, room: VirtualRoom, since: str, position: int | None, seen: Seen
-    ) -> list[ChatMessage]:
-        assert self.history is not None
-        found: list[ChatMessage] = []
-        seen_from, oldest = seen
-        async for page in self.history.since(
-            room.tenant, room.room, since, position, page=PAGE, seen_from=seen_from, oldest=oldest
-        ):
-            found.extend(page)
-        return found
-
-    async def _watch_late(self, anchors: dict[str, Anchor], cursor: int) -> None:
-        """For :data:`LATE_WATCH` seconds after a catch-up, deliver what the history stores
-        late to the rooms that were caught up and have not delivered it: a message whose
-        history copy went through the outbox (its queue's leader was lost, the broker
-        nacked it) while its live copy was routed before this instance's queue was bound
-        reaches its sockets that way, late rather than never."""
-        assert self.history is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + LATE_WATCH
-        late = 0
-        try:
-            while loop.time() < deadline:
-                await asyncio.sleep(LATE_POLL)
-                while True:
-                    cursor, found = await self.history.stored_after(cursor, page=PAGE)
-                    for position, message in found:
-                        key = self.layout.room_key(message.tenant, message.room)
-                        anchor = anchors.get(key)
-                        if anchor is None or self.manager.rooms.get(key) is not anchor.room:
-                            continue
-                        after = anchor.position is None or position > anchor.position
-                        if (
-                            after
-                            and message.id != anchor.since
-                            and not anchor.room.seen(message.id)
-                        ):
-                            anchor.room.deliver(message)
-                            late += 1
-                    if len(found) < PAGE:
-                        break
-        except Exception:  # the database is away: clients still recover with ?since=
-            log.exception("watching the history for late messages failed")
-        if late:
-            log.warning("%d message(s) stored late in the history, sent after their catch-up", late)
+        assert self._catch_up is not None
+        await self._catch_up.rooms(rooms)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:
@@ -439,11 +233,12 @@ class Gateway:
             for room in list(self.manager.rooms.values()):
                 for client in list(room.clients):
                     client.disconnect(GOING_AWAY, "the gateway is shutting down")
-            tasks = [*self._watches, *([self._catching_up] if self._catching_up else [])]
-            for task in tasks:
-                task.cancel()
+            if self._catching_up is not None:
+                self._catching_up.cancel()
                 with contextlib.suppress(BaseException):
-                    await task
+                    await self._catching_up
+            if self._catch_up is not None:
+                await self._catch_up.close()
             self.manager.flush()
             stopping.set()
             with contextlib.suppress(Exception):
@@ -636,28 +431,6 @@ class Gateway:
 def _retrieved(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()  # (the dispatch copy's failure is the one reported)
-
-
-async def _once(messages: list[ChatMessage]) -> AsyncIterator[list[ChatMessage]]:
-    yield messages
-
-
-async def stored_position(history: ChatHistory, tenant: str, room: str, since: str) -> int | None:
-    """``since``'s place in the store, waiting (at most :data:`SEAM_WAIT`) for the workers to
-    store it: recovery is anchored there. None if it does not come, or if ``since`` is no
-    message's id (a room's start): recovery then goes by ids."""
-    if not is_stamped(since):
-        return None
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + SEAM_WAIT
-    while (position := await history.position(tenant, room, since)) is None:
-        if loop.time() > deadline:
-            log.warning(
-                "recovery in %s.%s: %s is not stored yet; going by ids", tenant, room, since
-            )
-            return None
-        await asyncio.sleep(0.05)  # polling the database: the workers give no signal
-    return position
 
 
 def _fail(batch: Sequence[Submitted], exc: BaseException) -> None:

@@ -36,8 +36,8 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, 
 from fastapi.responses import HTMLResponse
 from starlette.websockets import WebSocketDisconnect
 
-from rabbitry.chat.client import ConnectedClient, Member
-from rabbitry.chat.gateway import RECONNECT, Gateway
+from rabbitry.chat.client import RECONNECT, ConnectedClient, Member
+from rabbitry.chat.gateway import Gateway
 from rabbitry.chat.history import MAX_PAGE, ChatHistory
 from rabbitry.chat.protocol import (
     FrameError,
