@@ -7,10 +7,14 @@ import asyncio
 import json
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import func, select
+
 from fixtures.chat import Participant, join, persistence_workers, running_gateway, wait_until
 from helpers import Eventually
 from rabbitry.chat.client import Member
 from rabbitry.chat.history import ChatHistory
+from rabbitry.chat.marks import Marks
+from rabbitry.chat.models import StoredChatMark
 from rabbitry.chat.persistence import PersistenceWorker
 from rabbitry.chat.protocol import MARK_TYPE, MESSAGE_TYPE, ChatMessage, MessageIds, floor_id, now
 from rabbitry.chat.topology import ChatLayout
@@ -273,3 +277,67 @@ async def test_a_recovery_sends_each_senders_messages_in_order_while_the_history
         assert back.socket.texts() == ["a1", "a2", "a3", "a4", "a5"]
         await back.leave()
         await ann.leave()
+
+
+async def test_a_recovery_waits_for_what_the_history_queue_still_holds_from_before_the_join(
+    settings: Settings, db: Database, eventually: Eventually
+) -> None:
+    # The room had no client on this gateway: what was sent after ``since`` reached only the
+    # history queue, whose workers are slow (here: not running yet). The recovery must not
+    # read the store before the queue passed what was routed before the join.
+    layout = ChatLayout(settings.namespace)
+    history = ChatHistory(db)
+    route = Route(layout.persistence_exchange, "")
+    since, *after = [_chat("lobby", f"m{n}") for n in range(4)]
+    async with (
+        running_gateway(settings, history=history) as gateway,
+        Publisher(settings.amqp) as publisher,
+    ):
+        async with persistence_workers(settings, db, 1):
+            assert (await publisher.publish(_message(since), route)).ok
+
+            async def since_stored() -> bool:
+                return await history.position("acme", "lobby", since.id) is not None
+
+            await eventually(since_stored, what="since in the history")
+        assert all(
+            r.ok for r in await publisher.publish_many([(_message(m), route) for m in after])
+        )
+        back = Participant(gateway, Member("acme", "bob", "bob", "s-bob"), "lobby")
+        back.client.hold()
+        await gateway.manager.join(back.client)
+        recovery = asyncio.create_task(gateway.recover(back.client, since.id, history))
+        await asyncio.sleep(1.0)
+        assert not recovery.done()  # waiting for the history queue
+        async with persistence_workers(settings, db, 1):
+            assert await recovery == 3
+        await wait_until(lambda: len(back.socket.texts()) == 3)
+        assert back.socket.texts() == ["m1", "m2", "m3"]
+        await back.leave()
+
+
+def _message(chat: ChatMessage) -> Message:
+    return Message(MESSAGE_TYPE, chat.payload(), id=chat.id, tenant=chat.tenant)
+
+
+async def test_recoveries_waiting_at_the_same_time_share_their_marks(
+    settings: Settings, db: Database
+) -> None:
+    history = ChatHistory(db)
+    async with (
+        persistence_workers(settings, db, 1),
+        Publisher(settings.amqp) as publisher,
+    ):
+        marks = Marks(history, publisher, ChatLayout(settings.namespace), MessageIds())
+        assert await marks.passed()  # one alone
+        assert all(await asyncio.gather(*(marks.passed() for _ in range(50))))
+        # Then 50 more, in three waves while marks are in flight.
+        waves = []
+        for _ in range(3):
+            waves += [asyncio.ensure_future(marks.passed()) for _ in range(50 // 3)]
+            await asyncio.sleep(0.01)
+        assert all(await asyncio.gather(*waves))
+    async with db.session() as session:
+        stored = await session.scalar(select(func.count()).select_from(StoredChatMark))
+    # The first, one for the 50 together, and at most one a wave (one in flight, one queued).
+    assert stored is not None and 2 <= stored <= 5

@@ -6,10 +6,10 @@ their live messages back, and each room is caught up from the history, from the 
 the room delivered before the loss: what it missed goes to every open socket once, each
 sender's messages in the order sent, then the held live ones (:meth:`CatchUp.room`).
 
-The history may not have them yet. So the catch-up first publishes a mark through the history
-queue and waits until a persistence worker stored it (the queue is first in, first out), then
-until the history holds each sender's first held live message, and looks once more a moment
-later for what other workers were still committing. For a minute afterwards it reads what the
+The history may not have them yet. So the catch-up first waits until the history queue passed
+a mark published after the rebind (:mod:`rabbitry.chat.marks`), then until the history holds
+each sender's first held live message, and looks once more a moment later for what other
+workers were still committing. For a minute afterwards it reads what the
 history stores late (a history copy the broker nacked while its queue elected a leader goes
 through the outbox) and sends it to the rooms that have not delivered it: late, not never.
 
@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from rabbitry.chat.client import RECONNECT, ConnectedClient
 from rabbitry.chat.history import REORDER, ChatHistory
 from rabbitry.chat.manager import Manager
-from rabbitry.chat.protocol import MARK_TYPE, ChatMessage, MessageIds, in_sender_order, is_stamped
+from rabbitry.chat.marks import Marks
+from rabbitry.chat.protocol import ChatMessage, in_sender_order, is_stamped
 from rabbitry.chat.room import VirtualRoom
 from rabbitry.chat.topology import ChatLayout
-from rabbitry.messaging.envelope import Message
-from rabbitry.messaging.publisher import Publisher, Route
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +41,6 @@ SEAM_WAIT = 5.0  # how long a recovery (``since``) waits for the history to stor
 # node's crash the history queue elects a new leader and its workers reconnect (seconds).
 CATCH_UP_WAIT = 15.0
 STRAGGLERS = 1.0  # when a catch-up looks again for messages the workers stored late
-# How long a catch-up waits for its mark to pass the history queue: after a cluster restart
-# the persistence workers reconnect up to 10 s after the broker is back (their backoff).
-MARK_WAIT = 30.0
 LATE_WATCH = 60.0  # how long after a catch-up the history is read for late messages
 LATE_POLL = 1.0
 
@@ -74,22 +70,20 @@ class Held:
 
 
 class CatchUp:
-    """The catch-ups of one gateway: ``history`` read, marks published with ``publisher``,
-    rooms found in ``manager``."""
+    """The catch-ups of one gateway: ``history`` read once it passed one of ``marks``, rooms
+    found in ``manager``."""
 
     def __init__(
         self,
         history: ChatHistory,
-        publisher: Publisher,
+        marks: Marks,
         layout: ChatLayout,
         manager: Manager,
-        ids: MessageIds,
     ) -> None:
         self.history = history
         self.layout = layout
         self.manager = manager
-        self._publisher = publisher
-        self._ids = ids
+        self._marks = marks
         self._watches: set[asyncio.Task[None]] = set()
         self.caught_up = 0
         """Messages sent to open sockets by catch-ups."""
@@ -101,7 +95,7 @@ class CatchUp:
         anchors: dict[str, Anchor] = {}
         start = max(0, await self.history.top() - REORDER)
         if any(held.clients for held in rooms):
-            await self._history_passed()
+            await self._marks.passed()
 
         async def one(held: Held) -> None:
             async with limit:
@@ -118,38 +112,6 @@ class CatchUp:
             watch = asyncio.create_task(self._watch_late(anchors, start))
             self._watches.add(watch)
             watch.add_done_callback(self._watches.discard)
-
-    async def _history_passed(self) -> bool:
-        """Publish a mark through the history queue and wait (at most :data:`MARK_WAIT`) until
-        a persistence worker stored it; False if it did not come.
-
-        A message whose dispatch copy went to this instance's lost queue has its history copy
-        in the history queue, and it may wait there long after the catch-up looks (after a
-        cluster restart the workers come back later than the gateways); the live messages
-        the catch-up holds back cover only the senders that sent again since. The mark goes
-        in after the new queue is bound, so whatever was routed before is ahead of it (the
-        queue is first in, first out); once it is stored, what is left is in the other
-        workers' batches still committing, which :data:`STRAGGLERS` covers."""
-        mark = self._ids.new()
-        message = Message(type=MARK_TYPE, payload={"mark": mark}, id=mark)
-        route = Route(self.layout.persistence_exchange, "")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + MARK_WAIT
-        published = False
-        while loop.time() < deadline:
-            if not published:
-                # Not through the outbox: a mark relayed later says nothing of the queue now.
-                result = await self._publisher.publish(message, route, use_fallback=False)
-                published = result.ok
-            if published and await self.history.marked(mark):
-                return True
-            await asyncio.sleep(0.05 if published else 0.5)  # (the workers give no signal)
-        log.warning(
-            "the history queue did not pass this gateway's mark in %.0f s: messages routed "
-            "while its queue was away and stored later follow late",
-            MARK_WAIT,
-        )
-        return False
 
     async def room(self, held: Held, anchors: dict[str, Anchor] | None = None) -> int:
         """Send the held clients what the history has after the room's last delivery before
@@ -237,7 +199,7 @@ class CatchUp:
         reaches its sockets that way, late rather than never."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LATE_WATCH
-        late = 0
+        late: list[str] = []
         try:
             while loop.time() < deadline:
                 await asyncio.sleep(LATE_POLL)
@@ -255,13 +217,18 @@ class CatchUp:
                             and not anchor.room.seen(message.id)
                         ):
                             anchor.room.deliver(message)
-                            late += 1
+                            late.append(message.id)
                     if len(found) < PAGE:
                         break
         except Exception:  # the database is away: clients still recover with ?since=
             log.exception("watching the history for late messages failed")
         if late:
-            log.warning("%d message(s) stored late in the history, sent after their catch-up", late)
+            log.warning(
+                "%d message(s) stored late in the history, sent after their catch-up: %s%s",
+                len(late),
+                ", ".join(late[:5]),
+                ", …" if len(late) > 5 else "",
+            )
 
     async def close(self) -> None:
         """Stop watching for late messages."""

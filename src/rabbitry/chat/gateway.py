@@ -34,10 +34,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from rabbitry.chat.catchup import PAGE, CatchUp, Held, stored_position
+from rabbitry.chat.catchup import PAGE, SEAM_WAIT, CatchUp, Held, stored_position
 from rabbitry.chat.client import ConnectedClient
 from rabbitry.chat.history import ChatHistory
 from rabbitry.chat.manager import Manager
+from rabbitry.chat.marks import Marks
 from rabbitry.chat.protocol import (
     MESSAGE_TYPE,
     ChatMessage,
@@ -105,9 +106,12 @@ class Gateway:
         self.history = history
         self._publisher = publisher
         self._ids = MessageIds()
+        self._marks = (
+            Marks(history, publisher, self.layout, self._ids) if history is not None else None
+        )
         self._catch_up = (
-            CatchUp(history, publisher, self.layout, self.manager, self._ids)
-            if history is not None
+            CatchUp(history, self._marks, self.layout, self.manager)
+            if history is not None and self._marks is not None
             else None
         )
         self._drain_seconds = drain_seconds
@@ -394,9 +398,11 @@ class Gateway:
         delivered here before its later ones from the store), then its held live messages;
         returns how many frames were queued.
 
-        The database has what the persistence workers stored; the room's recent messages on
-        this instance cover those still on their way there, in the order this instance
-        delivered them. What this instance delivered up to ``since`` the client has seen.
+        The database has what the persistence workers stored, once the history queue passed
+        a mark published after the client's join (what was routed before the room's binding
+        here reached only the history); the room's recent messages on this instance cover
+        those still on their way there, in the order this instance delivered them. What this
+        instance delivered up to ``since`` the client has seen.
         """
         room = self.manager.rooms.get(self.manager.key_of(client))
         recent = list(room.recent) if room is not None else []
@@ -407,6 +413,10 @@ class Gateway:
         else:
             seen, tail = set(), [m for m in recent if m.id > since]
         tenant = client.member.tenant
+        if self._marks is not None:
+            # What was routed before the room's binding here (the client joined before this)
+            # is in the history, or on its way there: wait (bounded) until it is stored.
+            await self._marks.passed(SEAM_WAIT)
         position = await stored_position(history, tenant, client.room, since)
         seen_from = await history.lowest(tenant, client.room, list(seen))
         oldest = min(seen, default=None)
