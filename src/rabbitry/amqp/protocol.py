@@ -1,13 +1,15 @@
 """The connection under :class:`~rabbitry.amqp.link.Link`: an asyncio.Protocol speaking
 AMQP 0-9-1 frames on channel 0 and one channel.
 
-It opens and closes the connection, sends and checks heartbeats, coalesces every frame queued in
-one loop turn into one ``transport.write`` (holding them while the transport is paused), matches
-synchronous replies to their calls, and turns every way of dying (the broker's Connection.Close
-or Channel.Close, a lost socket, silence) into one :class:`LinkClosed`. What a channel carries,
-publishes and deliveries, is the subclass's: it overrides :meth:`AmqpProtocol._on_method`,
-:meth:`AmqpProtocol._on_message`, :meth:`AmqpProtocol._control_handlers` (the table of what to
-do with each control method) and the ``_on_failed``/``_flush_tail`` hooks.
+It opens and closes the connection (a cluster's hosts in turn: :mod:`rabbitry.amqp.failover`),
+sends and checks heartbeats, writes through its :class:`~rabbitry.amqp.writer.FrameWriter` base
+(every frame queued in one loop turn in one ``transport.write``, held while the transport is
+paused), matches synchronous replies to their calls, and turns every way of dying (the broker's
+Connection.Close or Channel.Close, a lost socket, silence) into one :class:`LinkClosed`. What a
+channel carries, publishes and deliveries, is the subclass's: it overrides
+:meth:`AmqpProtocol._on_method`, :meth:`AmqpProtocol._on_message`,
+:meth:`AmqpProtocol._control_handlers` (the table of what to do with each control method) and
+the ``_on_failed``/``_flush_tail`` hooks.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from pamqp import base, commands
 
 from rabbitry.amqp import handshake, wire
 from rabbitry.amqp.base import Interrupted, LinkClosed, LinkError
+from rabbitry.amqp.failover import first_to_open
 from rabbitry.amqp.properties import Properties
 from rabbitry.amqp.url import DEFAULT_HEARTBEAT, Endpoint
+from rabbitry.amqp.writer import FrameWriter
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +39,6 @@ log = logging.getLogger(__name__)
 _UNDECODABLE = (ValueError, OverflowError, OSError, TypeError, RecursionError)
 
 CHANNEL = 1
-# Refusals that another node of the same cluster would repeat: access refused (credentials),
-# not allowed (the vhost). Anything else (a node shutting down, a timeout) tries the next host.
-_EVERY_NODE_REFUSES = frozenset({403, 530})
 _REPLIES = frozenset(
     {
         commands.Confirm.SelectOk.index,
@@ -52,7 +53,7 @@ _REPLIES = frozenset(
 )
 
 
-class AmqpProtocol(asyncio.Protocol):
+class AmqpProtocol(FrameWriter):
     """One AMQP connection with its channel 1 open. Create with :meth:`connect`."""
 
     closed: asyncio.Future[None]
@@ -70,19 +71,14 @@ class AmqpProtocol(asyncio.Protocol):
         heartbeat: int,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
+        super().__init__(loop)
         self._endpoint = endpoint
         self._name = name
         self._heartbeat = heartbeat
-        self._loop = loop
         self._rpc_timeout = 10.0
         self.on_blocked = None
         self._blocked: str | None = None
-        self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
-        self._out: list[bytes] = []
-        self._flush_scheduled = False
-        self._paused = False
-        self._drained: asyncio.Future[None] | None = None
         self._frame_max = 131072
         self._opened: asyncio.Future[None] = loop.create_future()
         self.closed = loop.create_future()
@@ -92,7 +88,7 @@ class AmqpProtocol(asyncio.Protocol):
         self._clean_close = False
         self._abort_timer: asyncio.TimerHandle | None = None
         self._heartbeat_timer: asyncio.TimerHandle | None = None
-        self._received = self._sent = False
+        self._received = False
         self._silent_ticks = 0
         self._rpc: deque[tuple[asyncio.Future[Any], Callable[[Any], None] | None]] = deque()
         self._closed_over: int | None = None  # the method index a broker's Channel.Close names
@@ -133,24 +129,14 @@ class AmqpProtocol(asyncio.Protocol):
         except ValueError as exc:
             raise LinkError(str(exc)) from None
         timeout = endpoint.connection_timeout or timeout
-        failures: list[str] = []
-        candidates = endpoint.candidates()
-        for candidate in candidates:
+
+        async def open_one(candidate: Endpoint) -> Self:
             link = cls(candidate, name, heartbeat, asyncio.get_running_loop())
             link._rpc_timeout = rpc_timeout or timeout
-            try:
-                await link._open(context, timeout)
-            except LinkClosed as exc:
-                if exc.reply_code in _EVERY_NODE_REFUSES or len(candidates) == 1:
-                    raise  # the cluster's users and vhosts are the same on every node
-                failures.append(f"{candidate.where}: {exc}")
-            except LinkError as exc:
-                if len(candidates) == 1:
-                    raise
-                failures.append(str(exc))
-            else:
-                return link
-        raise LinkError(f"no broker host answered: {'; '.join(failures)}")
+            await link._open(context, timeout)
+            return link
+
+        return await first_to_open(endpoint.candidates(), open_one)
 
     async def _open(self, context: ssl.SSLContext | None, timeout: float) -> None:
         """Connect to this link's (single-host) endpoint within ``timeout`` seconds."""
@@ -294,16 +280,6 @@ class AmqpProtocol(asyncio.Protocol):
         self._transport = None
         self._terminate(LinkClosed(reason))
         self._finish()
-
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-        self._drained = None
-        self._flush()
 
     def data_received(self, data: bytes) -> None:
         self._received = True
@@ -482,41 +458,6 @@ class AmqpProtocol(asyncio.Protocol):
             self._transport.write(wire.HEARTBEAT)
         self._sent = False
         self._heartbeat_timer = self._loop.call_later(self._heartbeat / 2, self._tick)
-
-    # --- writing -----------------------------------------------------------------------
-
-    def _send(self, frame: bytes) -> None:
-        self._out.append(frame)
-        self._schedule_flush()
-
-    def _schedule_flush(self) -> None:
-        """Write what is queued at the end of this loop turn, together with what follows."""
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        transport = self._transport
-        if self._paused or transport is None or transport.is_closing():
-            return  # resume_writing flushes
-        tail = self._flush_tail()
-        if tail is not None:
-            self._out.append(tail)
-        if self._out:
-            transport.write(b"".join(self._out))
-            self._out.clear()
-            self._sent = True
-
-    async def _drain(self) -> None:
-        if self._paused:
-            if self._drained is None:
-                self._drained = self._loop.create_future()
-            await asyncio.shield(self._drained)
-
-    def _flush_tail(self) -> bytes | None:
-        """Hook: a frame that must follow everything else queued this turn."""
-        return None
 
     def _check_open(self) -> None:
         if self._error is not None:
