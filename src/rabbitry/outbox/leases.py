@@ -27,7 +27,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, func, or_, select, text, tuple_, update
+from sqlalchemy import ColumnElement, bindparam, func, or_, select, text, tuple_, update
 
 from rabbitry.outbox.backoff import backoff
 from rabbitry.outbox.filters import Failure, RequeueFilter
@@ -195,19 +195,13 @@ class Leases:
         """How many pending rows matching ``where`` (up to ``max_id``, where a run started) are
         leased by another token right now."""
         now = utcnow()
-        statement = (
-            select(func.count())
-            .select_from(TABLE)
-            .where(
-                TABLE.c.id <= max_id,
-                TABLE.c.claim_token.is_not(None),
-                TABLE.c.claim_token != token,
-                TABLE.c.claimed_until > now,
-                *conditions(where),
-            )
+        return await self._count(
+            TABLE.c.id <= max_id,
+            TABLE.c.claim_token.is_not(None),
+            TABLE.c.claim_token != token,
+            TABLE.c.claimed_until > now,
+            *conditions(where),
         )
-        async with self.db.connection() as conn:
-            return int((await conn.execute(statement)).scalar_one())
 
     async def untouched(
         self, where: RequeueFilter, max_id: int, after: tuple[dt.datetime, int] | None
@@ -216,16 +210,17 @@ class Leases:
         run's position, as (created_at, id)) and are not leased by anyone: what a run that
         stopped there left for the next one."""
         now = utcnow()
-        statement = (
-            select(func.count())
-            .select_from(TABLE)
-            .where(
-                TABLE.c.id <= max_id,
-                or_(TABLE.c.claim_token.is_(None), TABLE.c.claimed_until <= now),
-                *conditions(where),
-            )
-        )
+        clauses = [
+            TABLE.c.id <= max_id,
+            or_(TABLE.c.claim_token.is_(None), TABLE.c.claimed_until <= now),
+            *conditions(where),
+        ]
         if after is not None:
-            statement = statement.where(tuple_(TABLE.c.created_at, TABLE.c.id) > tuple_(*after))
+            clauses.append(tuple_(TABLE.c.created_at, TABLE.c.id) > tuple_(*after))
+        return await self._count(*clauses)
+
+    async def _count(self, *clauses: ColumnElement[bool]) -> int:
+        """How many rows match every one of ``clauses``."""
+        statement = select(func.count()).select_from(TABLE).where(*clauses)
         async with self.db.connection() as conn:
             return int((await conn.execute(statement)).scalar_one())

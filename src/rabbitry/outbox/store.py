@@ -188,9 +188,7 @@ class Outbox(Leases):
     async def count(self, where: RequeueFilter, *, state: State | None = State.PENDING) -> int:
         """How many rows in ``state`` match ``where`` (for pending ones, the partial indexes
         answer it)."""
-        statement = select(func.count()).select_from(TABLE).where(*conditions(where, state))
-        async with self.db.connection() as conn:
-            return int((await conn.execute(statement)).scalar_one())
+        return await self._count(*conditions(where, state))
 
     async def pending_by_queue(self) -> dict[str, int]:
         """How many rows wait, per ``queue`` value."""
