@@ -1,4 +1,4 @@
-"""Pipelined calls (``AmqpProtocol.call_all``) against a scripted broker, and the pure half of
+"""Pipelined calls (``RpcProtocol.call_all``) against a scripted broker, and the pure half of
 ``rabbitry.amqp.pipeline``: the declaring order, the methods, the errors naming an object."""
 
 from __future__ import annotations

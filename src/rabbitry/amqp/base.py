@@ -56,10 +56,11 @@ class LinkClosed(LinkError):
 
 
 class Interrupted(LinkClosed):
-    """A run of pipelined calls cut short (see :meth:`~rabbitry.amqp.protocol.AmqpProtocol.
-    call_all`): the first ``done`` calls were answered, in order, and none after them was.
-    ``refused`` is True when the broker closed the channel over call number ``done`` itself
-    (its Channel.Close names that method), not over a lost connection or a timeout."""
+    """A run of pipelined calls cut short (see
+    :meth:`~rabbitry.amqp.calls.RpcProtocol.call_all`): the first ``done`` calls were answered,
+    in order, and none after them was. ``refused`` is True when the broker closed the channel
+    over call number ``done`` itself (its Channel.Close names that method), not over a lost
+    connection or a timeout."""
 
     def __init__(
         self, cause: LinkClosed, done: int, refused: bool, replies: Sequence[Any] = ()

@@ -35,9 +35,10 @@ from rabbitry.amqp.base import (
     Skipped,
     Unfit,
 )
+from rabbitry.amqp.calls import RpcProtocol
 from rabbitry.amqp.confirms import Confirms, Outgoing, PublishOutcome
 from rabbitry.amqp.properties import Properties, encode_properties
-from rabbitry.amqp.protocol import CHANNEL, AmqpProtocol
+from rabbitry.amqp.protocol import CHANNEL
 from rabbitry.amqp.settles import AckFolder
 from rabbitry.amqp.url import Endpoint
 
@@ -69,12 +70,13 @@ _REFUSED_EXCHANGE = re.compile(r"exchange '(.*?)' in vhost")
 _ENCODING_ERRORS = (ValueError, TypeError, OverflowError, struct.error)
 
 
-class Link(AmqpProtocol):
+class Link(RpcProtocol):
     """One AMQP connection and its channel 1: confirmed publishing and consuming; the
     :class:`~rabbitry.amqp.base.BaseLink` protocol over the wire.
 
     Create with :meth:`connect`; see :class:`~rabbitry.amqp.protocol.AmqpProtocol` for
-    ``connect``, ``close``, ``abort``, ``is_open``, ``closed``, ``blocked`` and ``on_blocked``.
+    ``connect``, ``close``, ``abort``, ``is_open``, ``closed``, ``blocked`` and ``on_blocked``,
+    and :class:`~rabbitry.amqp.calls.RpcProtocol` for ``call_all``.
     """
 
     on_cancel: Callable[[str], None] | None

@@ -4,7 +4,7 @@ A DISPATCH replica serving 2,000 tenants declares 8,000 queues and bindings when
 One call at a time (aio-pika's channel waits for each reply before the next call) that was a
 round trip each: 6 s on a quiet machine for objects that all existed, minutes on a loaded one.
 :class:`Pipeline` sends them back to back on one :class:`~rabbitry.amqp.link.Link`, a window
-of calls in flight (:meth:`~rabbitry.amqp.protocol.AmqpProtocol.call_all`), and collects the
+of calls in flight (:meth:`~rabbitry.amqp.calls.RpcProtocol.call_all`), and collects the
 replies, which the broker sends in call order.
 
 A refusal (406 PRECONDITION_FAILED: the queue exists with other arguments) closes the channel

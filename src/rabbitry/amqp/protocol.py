@@ -1,13 +1,15 @@
 """The connection under :class:`~rabbitry.amqp.link.Link`: an asyncio.Protocol speaking
 AMQP 0-9-1 frames on channel 0 and one channel.
 
-It opens and closes the connection, sends and checks heartbeats, coalesces every frame queued in
-one loop turn into one ``transport.write`` (holding them while the transport is paused), matches
-synchronous replies to their calls, and turns every way of dying (the broker's Connection.Close
-or Channel.Close, a lost socket, silence) into one :class:`LinkClosed`. What a channel carries,
-publishes and deliveries, is the subclass's: it overrides :meth:`AmqpProtocol._on_method`,
+It opens and closes the connection (a cluster's hosts in turn: :mod:`rabbitry.amqp.failover`),
+sends and checks heartbeats, writes through its :class:`~rabbitry.amqp.writer.FrameWriter` base
+(every frame queued in one loop turn in one ``transport.write``, held while the transport is
+paused), and turns every way of dying (the broker's Connection.Close or Channel.Close, a lost
+socket, silence) into one :class:`LinkClosed`. What a channel carries is the subclasses':
+calls that wait for replies (:class:`~rabbitry.amqp.calls.RpcProtocol`), then publishes and
+deliveries (:class:`~rabbitry.amqp.link.Link`); they override :meth:`AmqpProtocol._on_method`,
 :meth:`AmqpProtocol._on_message`, :meth:`AmqpProtocol._control_handlers` (the table of what to
-do with each control method) and the ``_on_failed``/``_flush_tail`` hooks.
+do with each control method) and the ``_fail_pending``/``_on_failed``/``_flush_tail`` hooks.
 """
 
 from __future__ import annotations
@@ -15,17 +17,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import struct
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Self
 
 from pamqp import base, commands
 
 from rabbitry.amqp import handshake, wire
-from rabbitry.amqp.base import Interrupted, LinkClosed, LinkError
+from rabbitry.amqp.base import LinkClosed, LinkError
+from rabbitry.amqp.failover import first_to_open
 from rabbitry.amqp.properties import Properties
 from rabbitry.amqp.url import DEFAULT_HEARTBEAT, Endpoint
+from rabbitry.amqp.writer import FrameWriter
 
 log = logging.getLogger(__name__)
 
@@ -35,24 +37,9 @@ log = logging.getLogger(__name__)
 _UNDECODABLE = (ValueError, OverflowError, OSError, TypeError, RecursionError)
 
 CHANNEL = 1
-# Refusals that another node of the same cluster would repeat: access refused (credentials),
-# not allowed (the vhost). Anything else (a node shutting down, a timeout) tries the next host.
-_EVERY_NODE_REFUSES = frozenset({403, 530})
-_REPLIES = frozenset(
-    {
-        commands.Confirm.SelectOk.index,
-        commands.Basic.QosOk.index,
-        commands.Basic.ConsumeOk.index,
-        commands.Basic.CancelOk.index,
-        commands.Exchange.DeclareOk.index,
-        commands.Queue.DeclareOk.index,
-        commands.Queue.BindOk.index,
-        commands.Queue.UnbindOk.index,
-    }
-)
 
 
-class AmqpProtocol(asyncio.Protocol):
+class AmqpProtocol(FrameWriter):
     """One AMQP connection with its channel 1 open. Create with :meth:`connect`."""
 
     closed: asyncio.Future[None]
@@ -70,31 +57,25 @@ class AmqpProtocol(asyncio.Protocol):
         heartbeat: int,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
+        super().__init__(loop)
         self._endpoint = endpoint
         self._name = name
         self._heartbeat = heartbeat
-        self._loop = loop
         self._rpc_timeout = 10.0
         self.on_blocked = None
         self._blocked: str | None = None
-        self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
-        self._out: list[bytes] = []
-        self._flush_scheduled = False
-        self._paused = False
-        self._drained: asyncio.Future[None] | None = None
         self._frame_max = 131072
         self._opened: asyncio.Future[None] = loop.create_future()
         self.closed = loop.create_future()
-        self.closed.add_done_callback(_consume_exception)
+        self.closed.add_done_callback(consume_exception)
         self._error: LinkClosed | None = None
         self._closing = False
         self._clean_close = False
         self._abort_timer: asyncio.TimerHandle | None = None
         self._heartbeat_timer: asyncio.TimerHandle | None = None
-        self._received = self._sent = False
+        self._received = False
         self._silent_ticks = 0
-        self._rpc: deque[tuple[asyncio.Future[Any], Callable[[Any], None] | None]] = deque()
         self._closed_over: int | None = None  # the method index a broker's Channel.Close names
         # The content frames being assembled: body size announced and the parts so far.
         self._properties: Properties | None = None
@@ -133,24 +114,14 @@ class AmqpProtocol(asyncio.Protocol):
         except ValueError as exc:
             raise LinkError(str(exc)) from None
         timeout = endpoint.connection_timeout or timeout
-        failures: list[str] = []
-        candidates = endpoint.candidates()
-        for candidate in candidates:
+
+        async def open_one(candidate: Endpoint) -> Self:
             link = cls(candidate, name, heartbeat, asyncio.get_running_loop())
             link._rpc_timeout = rpc_timeout or timeout
-            try:
-                await link._open(context, timeout)
-            except LinkClosed as exc:
-                if exc.reply_code in _EVERY_NODE_REFUSES or len(candidates) == 1:
-                    raise  # the cluster's users and vhosts are the same on every node
-                failures.append(f"{candidate.where}: {exc}")
-            except LinkError as exc:
-                if len(candidates) == 1:
-                    raise
-                failures.append(str(exc))
-            else:
-                return link
-        raise LinkError(f"no broker host answered: {'; '.join(failures)}")
+            await link._open(context, timeout)
+            return link
+
+        return await first_to_open(endpoint.candidates(), open_one)
 
     async def _open(self, context: ssl.SSLContext | None, timeout: float) -> None:
         """Connect to this link's (single-host) endpoint within ``timeout`` seconds."""
@@ -256,15 +227,10 @@ class AmqpProtocol(asyncio.Protocol):
             transport.close()
 
     def _fail_pending(self, exc: LinkClosed) -> None:
-        while self._rpc:
-            future, _ = self._rpc.popleft()
-            if not future.done():
-                future.set_exception(exc)
-                future.add_done_callback(_consume_exception)  # its caller may have given up
         for waiter in (self._opened, self._drained):
             if waiter is not None and not waiter.done():
                 waiter.set_exception(exc)
-                waiter.add_done_callback(_consume_exception)
+                waiter.add_done_callback(consume_exception)
         self._out.clear()
         self._on_failed(exc)
 
@@ -294,16 +260,6 @@ class AmqpProtocol(asyncio.Protocol):
         self._transport = None
         self._terminate(LinkClosed(reason))
         self._finish()
-
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-        self._drained = None
-        self._flush()
 
     def data_received(self, data: bytes) -> None:
         self._received = True
@@ -371,7 +327,7 @@ class AmqpProtocol(asyncio.Protocol):
     def _control_handlers(self) -> dict[int, Callable[[int, Any], None]]:
         """What to do with each control method, by pamqp's method index: built once per link;
         a subclass adds the methods of its channel."""
-        handlers: dict[int, Callable[[int, Any], None]] = dict.fromkeys(_REPLIES, self._reply)
+        handlers: dict[int, Callable[[int, Any], None]] = {}
         handlers[commands.Connection.Start.index] = self._connection_start
         handlers[commands.Connection.Tune.index] = self._connection_tune
         handlers[commands.Connection.OpenOk.index] = self._connection_open_ok
@@ -383,15 +339,6 @@ class AmqpProtocol(asyncio.Protocol):
         handlers[commands.Connection.Blocked.index] = self._connection_blocked
         handlers[commands.Connection.Unblocked.index] = self._connection_unblocked
         return handlers
-
-    def _reply(self, channel: int, method: base.Frame) -> None:
-        if not self._rpc:
-            raise wire.FrameError(f"unexpected {method.name}")
-        future, hook = self._rpc.popleft()
-        if hook is not None:
-            hook(method)
-        if not future.done():
-            future.set_result(method)
 
     def _connection_open_ok(self, channel: int, method: commands.Connection.OpenOk) -> None:
         self._send(wire.method_frame(CHANNEL, commands.Channel.Open()))
@@ -483,140 +430,14 @@ class AmqpProtocol(asyncio.Protocol):
         self._sent = False
         self._heartbeat_timer = self._loop.call_later(self._heartbeat / 2, self._tick)
 
-    # --- writing -----------------------------------------------------------------------
-
-    def _send(self, frame: bytes) -> None:
-        self._out.append(frame)
-        self._schedule_flush()
-
-    def _schedule_flush(self) -> None:
-        """Write what is queued at the end of this loop turn, together with what follows."""
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        transport = self._transport
-        if self._paused or transport is None or transport.is_closing():
-            return  # resume_writing flushes
-        tail = self._flush_tail()
-        if tail is not None:
-            self._out.append(tail)
-        if self._out:
-            transport.write(b"".join(self._out))
-            self._out.clear()
-            self._sent = True
-
-    async def _drain(self) -> None:
-        if self._paused:
-            if self._drained is None:
-                self._drained = self._loop.create_future()
-            await asyncio.shield(self._drained)
-
-    def _flush_tail(self) -> bytes | None:
-        """Hook: a frame that must follow everything else queued this turn."""
-        return None
-
     def _check_open(self) -> None:
         if self._error is not None:
             raise self._error
         if not self._opened.done():
             raise LinkError("the link is not connected yet")
 
-    async def _call(self, method: base.Frame, hook: Callable[[Any], None] | None = None) -> Any:
-        """Send ``method`` and wait, at most the RPC timeout, for its reply.
 
-        Replies come in call order, so a reply that is late would answer the next call: a
-        timeout closes the link rather than let the queue of calls fall out of step.
-        """
-        self._check_open()
-        # Marshal first: a method that cannot be encoded (qos(70000)) fails alone, before a
-        # future joins the queue of calls waiting for replies.
-        try:
-            frame = wire.method_frame(CHANNEL, method)
-        except (TypeError, ValueError, struct.error) as exc:
-            raise LinkError(f"cannot send {method.name}: {exc}") from None
-        future: asyncio.Future[Any] = self._loop.create_future()
-        self._rpc.append((future, hook))
-        self._send(frame)
-        try:
-            async with asyncio.timeout(self._rpc_timeout):
-                return await asyncio.shield(future)
-        except TimeoutError:
-            reason = f"no reply to {method.name} within {self._rpc_timeout:g}s"
-            log.warning("%s: %s; closing the link", self._name, reason)
-            self._abort(LinkClosed(reason))
-            raise LinkClosed(reason) from None
-
-    async def call_all(
-        self,
-        methods: Sequence[base.Frame],
-        window: int,
-        hooks: Sequence[Callable[[Any], None] | None] = (),
-    ) -> list[Any]:
-        """Send ``methods`` pipelined, at most ``window`` unanswered at a time, and return
-        their replies in order (the broker answers a channel's calls in the order it got them).
-
-        One round trip for a window, not one per call: 2,000 tenants' queues, bindings and
-        consumers declared one call at a time spent ~0.8 ms each waiting on the round trip on a
-        quiet machine, ten times that on a loaded one. The RPC timeout bounds the broker's
-        silence, not a window: each reply is awaited at most the RPC timeout from the later of
-        its send and the reply before it, so a slow but working broker finishes a long run and
-        a stuck one is given up on. A method that cannot be encoded raises
-        :class:`LinkError` before anything is sent. A run cut short raises
-        :class:`Interrupted`, saying how many calls were answered and whether the broker
-        refused the next one (a channel error, which also closes this link). ``hooks``, one
-        per method if given, run on each reply as it is read, before what follows it.
-        """
-        if window < 1:
-            raise ValueError("window must be at least 1")
-        self._check_open()
-        frames = []
-        for method in methods:
-            try:
-                frames.append(wire.method_frame(CHANNEL, method))
-            except (TypeError, ValueError, struct.error) as exc:
-                raise LinkError(f"cannot send {method.name}: {exc}") from None
-        loop, timeout = self._loop, self._rpc_timeout
-        replies: list[Any] = []
-        in_flight: deque[tuple[asyncio.Future[Any], float]] = deque()
-        sent = 0
-        try:
-            while len(replies) < len(frames):
-                while sent < len(frames) and len(in_flight) < window:
-                    self._check_open()
-                    future: asyncio.Future[Any] = loop.create_future()
-                    self._rpc.append((future, hooks[sent] if hooks else None))
-                    self._out.append(frames[sent])
-                    in_flight.append((future, loop.time() + timeout))
-                    sent += 1
-                self._schedule_flush()
-                future, deadline = in_flight.popleft()
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        replies.append(await asyncio.shield(future))
-                except TimeoutError:
-                    reason = f"no reply to {methods[len(replies)].name} within {timeout:g}s"
-                    log.warning("%s: %s; closing the link", self._name, reason)
-                    self._abort(LinkClosed(reason))
-                    raise LinkClosed(reason) from None
-                if in_flight:
-                    # The next reply's clock starts no earlier than this one's arrival.
-                    head, due = in_flight[0]
-                    in_flight[0] = (head, max(due, loop.time() + timeout))
-        except LinkClosed as exc:
-            index = len(replies)
-            refused = (
-                exc.reply_code not in (0, 200)
-                and index < len(methods)
-                and self._closed_over == methods[index].index
-            )
-            raise Interrupted(exc, index, refused, replies) from None
-        return replies
-
-
-def _consume_exception(future: asyncio.Future[Any]) -> None:
+def consume_exception(future: asyncio.Future[Any]) -> None:
     # Nobody may await ``closed``; reading the exception keeps asyncio from logging it.
     if not future.cancelled():
         future.exception()

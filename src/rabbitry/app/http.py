@@ -37,8 +37,8 @@ from rabbitry.app.resources import open_publisher
 from rabbitry.app.tracing import TraceRequests
 from rabbitry.config import Settings
 from rabbitry.errors import BrokerError, RabbitryError
-from rabbitry.messaging.sender import BLOCKED
 from rabbitry.messaging.service import run_services
+from rabbitry.messaging.verdicts import BLOCKED
 from rabbitry.storage import open_database
 from rabbitry.storage.listing import EntityPages
 from rabbitry.web import (

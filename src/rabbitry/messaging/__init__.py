@@ -7,7 +7,6 @@ web framework, ORM or CLI code.
 from __future__ import annotations
 
 from rabbitry.amqp.declarer import Declarer
-from rabbitry.messaging.consumer import BatchHandler, Reject, Retry, Subscription
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.middleware import Middleware, PublishNext
 from rabbitry.messaging.payloads import AnyHandler, Handler, PayloadError
@@ -15,6 +14,8 @@ from rabbitry.messaging.publisher import Fallback, Publisher, PublishResult, Pub
 from rabbitry.messaging.retry import RetryPolicy
 from rabbitry.messaging.service import Service, run_services, serve
 from rabbitry.messaging.settings import AmqpSettings, QueueType
+from rabbitry.messaging.settlement import Reject, Retry
+from rabbitry.messaging.subscription import BatchHandler, Subscription
 from rabbitry.messaging.topology import (
     Binding,
     Exchange,

@@ -27,8 +27,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from rabbitry import metrics
@@ -41,89 +40,26 @@ from rabbitry.amqp.base import (
     Received,
 )
 from rabbitry.amqp.fieldtable import Int64
-from rabbitry.amqp.properties import Properties, properties_of
+from rabbitry.amqp.properties import properties_of
 from rabbitry.errors import BrokerError, MessageError
 from rabbitry.messaging import envelope
 from rabbitry.messaging.envelope import REASON_HEADER, Message
 from rabbitry.messaging.middleware import Middleware, wrap_handler
-from rabbitry.messaging.payloads import AnyHandler, Handler, adapt
+from rabbitry.messaging.payloads import Handler
 from rabbitry.messaging.retry import RetryPolicy
 from rabbitry.messaging.sender import Sender
 from rabbitry.messaging.settings import AmqpSettings
+from rabbitry.messaging.settlement import Reject as Reject
+from rabbitry.messaging.settlement import Retry as Retry
+from rabbitry.messaging.settlement import copy_properties, failed
+from rabbitry.messaging.subscription import Subscription as Subscription
 from rabbitry.messaging.topology import dlq_name, retry_queue_name
 from rabbitry.messaging.tracing import Tracing
 
+# The `X as X` imports re-export what callers (the parts, tests, the bench) import from here,
+# though it lives in the modules this one was split into.
+
 log = logging.getLogger(__name__)
-
-BatchHandler = Callable[[Sequence[Message]], Awaitable[Sequence[BaseException | None]]]
-
-
-class Retry(Exception):
-    """Raised by a handler: try this message again later (after ``delay`` seconds if given)."""
-
-    def __init__(self, delay: float | None = None, reason: str = "") -> None:
-        super().__init__(reason or "retry requested")
-        self.delay = delay
-        self.reason = reason or "retry requested"
-
-
-class Reject(Exception):
-    """Raised by a handler: this message can never succeed; dead-letter it with ``reason``."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class Subscription:
-    """What to consume from one queue and how.
-
-    ``handlers`` maps a message type (``rr_job``) to its handler; ``default`` takes the other
-    types (without one, an unknown type is dead-lettered). A handler takes the
-    :class:`Message`, or a payload it declares a type for (see
-    :mod:`rabbitry.messaging.payloads`); what it returns is the reply when the message asked
-    for one (``reply_to``). ``batch`` takes lists of up to ``batch_size`` messages
-    instead and returns one outcome per message (``None`` = done); with ``concurrency`` set,
-    that many batch calls run at once (default one), each started with the oldest deliveries
-    waiting: the calls see the deliveries in order up to each call's first ``await``.
-    ``prefetch``, ``concurrency`` and ``strict`` override the :class:`AmqpSettings` values.
-    ``exclusive`` asks the broker for the queue to itself (``basic.consume`` exclusive): it
-    refuses while another consumer has the queue, and the worker tries again after a pause.
-    ``keep_order``, for a single-active-consumer queue: on stop, no ``basic.cancel`` and no
-    requeue; what was started is finished and acked, the rest goes back when the link closes,
-    and only then does the broker make another consumer active.
-    """
-
-    queue: str
-    handlers: Mapping[str, AnyHandler] = field(default_factory=dict)
-    default: AnyHandler | None = None
-    batch: BatchHandler | None = None
-    batch_size: int = 100
-    prefetch: int | None = None
-    concurrency: int | None = None
-    strict: bool | None = None  # None: AmqpSettings.strict_rr_job
-    exclusive: bool = False
-    # On a single-active-consumer queue: a stop never cancels the consumer, which would make a
-    # standby one active while this one still stores what it holds (and it would overtake it);
-    # it finishes what it started and hands the rest back by closing the link, after its acks.
-    keep_order: bool = False
-    # The handlers as the consumer calls them (typed ones wrapped), resolved once, here, so a
-    # handler whose annotations cannot be read fails where it is declared.
-    resolved: Mapping[str, Handler] = field(init=False, repr=False, compare=False)
-    resolved_default: Handler | None = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        resolved = {job: adapt(handler) for job, handler in self.handlers.items()}
-        object.__setattr__(self, "resolved", resolved)
-        default = None if self.default is None else adapt(self.default)
-        object.__setattr__(self, "resolved_default", default)
-        if self.prefetch is not None and not 1 <= self.prefetch <= 65535:
-            raise ValueError("Subscription.prefetch must be between 1 and 65535")
-        if self.concurrency is not None and self.concurrency < 1:
-            raise ValueError("Subscription.concurrency must be at least 1")
-        if self.batch_size < 1:
-            raise ValueError("Subscription.batch_size must be at least 1")
 
 
 class Consumer:
@@ -358,14 +294,9 @@ class Consumer:
         self._acked.inc()
 
     async def _settle_failure(self, delivery: Received, exc: BaseException) -> None:
-        attempt = _attempt(delivery) + 1
-        if isinstance(exc, MessageError | Reject):
-            delay = None
-        else:
-            requested = exc.delay if isinstance(exc, Retry) else None
-            delay = self._policy.next_delay_ms(attempt, requested)
-        reason = exc.reason if isinstance(exc, Retry | Reject) else str(exc)
-        error = f"{type(exc).__name__}: {reason}"[:1000]
+        decision = failed(delivery, exc, self._policy)
+        attempt, error = decision.attempt, decision.error
+        delay, reason = decision.delay, decision.reason  # a missing retry queue changes both
         outcome: PublishOutcome | None = None
         if delay is not None:
             target = retry_queue_name(self._sub.queue, delay)
@@ -428,22 +359,7 @@ class Consumer:
     ) -> PublishOutcome | None:
         """Publish a copy to ``queue`` via the default exchange: the broker's outcome, or
         ``None`` when it could not be sent (no connection, blocked too long, no confirm)."""
-        props = delivery.properties
-        headers = {**dict(props.headers or {}), **extra}
-        copy = Properties(
-            content_type=props.content_type,
-            content_encoding=props.content_encoding,
-            headers=headers,
-            delivery_mode=2,
-            priority=props.priority,
-            correlation_id=props.correlation_id,
-            reply_to=props.reply_to,
-            expiration=props.expiration,
-            message_id=props.message_id,
-            timestamp=props.timestamp,
-            type=props.type,
-            app_id=props.app_id,
-        )
+        copy = copy_properties(delivery.properties, extra)
         try:
             # An alarm blocks the sender, not this consumer: hold the delivery until it
             # clears (up to the publish timeout) rather than run the handler again.
@@ -518,11 +434,6 @@ class Consumer:
             task.cancel()
         if self._owns_sender:
             self._chore(self._sender.close())
-
-
-def _attempt(delivery: Received) -> int:
-    value = (delivery.properties.headers or {}).get(envelope.ATTEMPT_HEADER, 0)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _id(delivery: Received) -> str:

@@ -12,7 +12,7 @@ A message handed to :meth:`Publisher.publish` ends in exactly one of three state
   bytes): storing it would only fail again later.
 
 A result's ``refused`` tells the broker *refusing* a message (no such exchange, unroutable,
-access refused: :func:`~rabbitry.messaging.sender.is_refusal`) from the broker being
+access refused: :func:`~rabbitry.messaging.verdicts.is_refusal`) from the broker being
 unavailable: waiting does not help the former, someone must change the topology.
 
 If the fallback itself fails, :class:`~rabbitry.errors.StorageError` propagates: a message is
@@ -41,8 +41,9 @@ from rabbitry.messaging.connection import opener
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.middleware import Gathering, Middleware, wrap_publish
 from rabbitry.messaging.rpc import Requester
-from rabbitry.messaging.sender import Sender, is_refusal
+from rabbitry.messaging.sender import Sender
 from rabbitry.messaging.settings import AmqpSettings
+from rabbitry.messaging.verdicts import is_refusal
 from rabbitry.metrics import CounterChild
 
 log = logging.getLogger(__name__)

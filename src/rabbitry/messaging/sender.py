@@ -6,8 +6,9 @@ apart).
 The connection opens lazily and reopens after a failure. After a failure a circuit breaker
 fails sends at once for ``circuit_open_seconds`` rather than make every caller wait for the
 broker's timeout. While the broker blocks the connection (a memory or disk alarm) a send
-fails at once with :data:`BLOCKED` in its reason, or, for a caller that would rather wait (a
-consumer holding a delivery), waits up to the publish timeout for the alarm to clear.
+fails at once with :data:`~rabbitry.messaging.verdicts.BLOCKED` in its reason, or, for a
+caller that would rather wait (a consumer holding a delivery), waits up to the publish timeout
+for the alarm to clear.
 
 The sends already on the wire when the block arrives (the first publish on a fresh connection
 is one: RabbitMQ blocks a connection when it publishes) do not wait out the publish timeout
@@ -37,9 +38,8 @@ import asyncio
 import functools
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, overload
+from typing import Any
 
 from rabbitry import metrics
 from rabbitry.amqp.base import (
@@ -53,26 +53,19 @@ from rabbitry.amqp.base import (
 )
 from rabbitry.errors import BrokerError, BrokerUnavailable, PublishFailed
 from rabbitry.messaging.connection import opener
+from rabbitry.messaging.parts import parts as in_parts
 from rabbitry.messaging.settings import AmqpSettings
+from rabbitry.messaging.verdicts import (
+    ACKED,
+    BLOCKED,
+    CALLER_ERRORS,
+    REFUSED,
+    Verdict,
+)
+from rabbitry.messaging.verdicts import verdict as verdict_of
+from rabbitry.messaging.watchdog import ConfirmWatchdog, NoConfirm
 
 log = logging.getLogger(__name__)
-
-BLOCKED = "blocked by the broker (memory/disk alarm)"
-
-REFUSED = "refused by the broker"
-"""How the reason of a message the broker refused begins (no such exchange, access refused,
-a precondition): the broker is fine, the message is not, and sending it again as it is fails
-again until someone changes the topology or the permissions."""
-UNROUTABLE = "unroutable"
-"""How the reason of a mandatory message no queue took begins (``basic.return``)."""
-
-
-def is_refusal(reason: str) -> bool:
-    """Whether a failure's ``reason`` is the broker refusing the message (:data:`REFUSED`,
-    :data:`UNROUTABLE`) rather than the broker being unavailable (down, blocked, slow,
-    nacking): only the latter goes away by waiting."""
-    return reason.startswith((REFUSED, UNROUTABLE))
-
 
 BLOCKED_GRACE = 0.5
 """Seconds the sends in flight when the broker blocks the connection may still be confirmed
@@ -85,21 +78,8 @@ RETIRE_AFTER = 1.0
 nacks for good (full, with ``x-overflow: reject-publish``) to cost at most one new connection a
 second, short enough that a channel stuck on a dead leader is left a second after it is."""
 
-Verdict = tuple[PublishOutcome, str]
-"""What became of one message: the broker's outcome, and why when it is not ``ACKED``."""
-
-# Reply codes that blame the message, not the broker: access refused, not found, precondition.
-_CALLER_ERRORS = frozenset({403, 404, 406})
-
-_ACKED: Verdict = (PublishOutcome.ACKED, "")
-_REASONS = {
-    PublishOutcome.NACKED: "broker nacked the message",
-    PublishOutcome.RETURNED: f"{UNROUTABLE}: no queue is bound for this exchange and routing key",
-}
 # A refused publish takes down what follows it on the channel; each round sends those again.
 _ROUNDS = 4
-# Messages per write when sending many (see _publish_parts).
-_PART = 100
 
 
 class Sender:
@@ -127,8 +107,7 @@ class Sender:
         self._blocked: str | None = None
         self._unblocked = asyncio.Event()
         self._unblocked.set()
-        self._inflight: deque[tuple[float, asyncio.Future[PublishOutcome], BaseLink]] = deque()
-        self._watchdog: asyncio.TimerHandle | None = None
+        self._confirms = ConfirmWatchdog(settings.publish_timeout)
         self._impatient = 0  # sends in progress that would rather fail over than wait
         self._alarm = ""  # the reason of the alarm that opened the circuit, while it is open
         self._opened_at = 0.0  # when the current link was opened (by ``clock``)
@@ -185,7 +164,7 @@ class Sender:
             if verdict[0] is not PublishOutcome.SKIPPED:
                 return [verdict]
             await self._drop(link)  # dropped behind another's refused publish: send it again
-        verdicts: list[Verdict] = [_ACKED] * len(items)
+        verdicts: list[Verdict] = [ACKED] * len(items)
         todo = list(range(len(items)))
         for _ in range(_ROUNDS):
             if not todo:
@@ -196,7 +175,7 @@ class Sender:
             for index, verdict in await self._publish(link, items, todo, verdicts):
                 if verdict[0] is PublishOutcome.SKIPPED:
                     again.append(index)
-                elif verdict is not _ACKED:
+                elif verdict is not ACKED:
                     verdicts[index] = verdict
                     nacked = nacked or verdict[0] is PublishOutcome.NACKED
             if again or not link.is_open:
@@ -227,14 +206,14 @@ class Sender:
         if isinstance(exc, _Blocked):
             await self._trip(link, str(exc))
             return BrokerUnavailable(str(exc))
-        if isinstance(exc, TimeoutError | _NoConfirm):
+        if isinstance(exc, TimeoutError | NoConfirm):
             # A broker that does not confirm in time is treated as down: drop the link so
             # the next send reconnects, and let the circuit breaker spare the callers.
             blocked = f" ({BLOCKED}: {self._blocked})" if self._blocked else ""
             await self._trip(link, f"no confirm within the publish timeout{blocked}")
             timeout = self._settings.publish_timeout
             return BrokerUnavailable(f"no confirm within {timeout:g}s{blocked}")
-        if exc.reply_code in _CALLER_ERRORS:
+        if exc.reply_code in CALLER_ERRORS:
             # The broker is fine; a message was wrong. The channel is gone, so reconnect
             # next time, but don't make other callers wait.
             await self._drop(link)
@@ -245,14 +224,11 @@ class Sender:
     async def _publish_parts(
         self, link: BaseLink, items: Sequence[Outgoing], todo: list[int], verdicts: list[Verdict]
     ) -> list[tuple[int, Verdict]]:
-        # In parts of _PART messages, one call each, started in order: a call encodes its part
-        # (the items are encoded as they are read) and writes it before the next starts, so
-        # the broker works on one part while the next is encoded, rather than waiting for the
-        # whole batch and then making us wait for it.
-        parts = [
-            (positions, _Part(items, positions))
-            for positions in (todo[i : i + _PART] for i in range(0, len(todo), _PART))
-        ]
+        # In parts (of messaging.parts.SIZE messages), one call each, started in order: a call
+        # encodes its part (the items are encoded as they are read) and writes it before the
+        # next starts, so the broker works on one part while the next is encoded, rather than
+        # waiting for the whole batch and then making us wait for it.
+        parts = in_parts(items, todo)
         calls = [asyncio.ensure_future(link.publish_many(part)) for _, part in parts]
         for call in calls:
             self._calls.add((link, call))
@@ -268,7 +244,7 @@ class Sender:
                     fit = [p for p in range(len(positions)) if p not in exc.reasons]
                     positions = [positions[p] for p in fit]
                     outcomes = await link.publish_many([part[p] for p in fit])
-                verdicts_of = [self._verdict(link, outcome) for outcome in outcomes]
+                verdicts_of = [verdict_of(link, outcome) for outcome in outcomes]
                 sent += zip(positions, verdicts_of, strict=True)
         finally:
             for call in calls:
@@ -289,61 +265,19 @@ class Sender:
             )
         except Unfit as exc:
             return (PublishOutcome.UNFIT, exc.reasons[0])
-        self._watch(link, future)
+        self._confirms.watch(link, future)
         try:
-            return self._verdict(link, await future)
-        except _NoConfirm:
+            return verdict_of(link, await future)
+        except NoConfirm:
             raise
         except Skipped:
             return (PublishOutcome.SKIPPED, "")
         except LinkClosed as exc:
-            if exc.reply_code not in _CALLER_ERRORS:
+            if exc.reply_code not in CALLER_ERRORS:
                 raise
             # This message was refused: it fails alone, the broker is fine.
             await self._drop(link)
             return (PublishOutcome.REFUSED, f"{REFUSED}: {exc}")
-
-    def _watch(self, link: BaseLink, future: asyncio.Future[PublishOutcome]) -> None:
-        """Bound the wait for ``future``'s confirm by the publish timeout.
-
-        One timer per sender for every single publish in flight, instead of one
-        ``asyncio.timeout`` each (a timer, a task lookup and a cancel path per message): the
-        oldest unconfirmed publish decides, and when it is late the link is given up, which
-        fails every publish waiting on it.
-        """
-        inflight = self._inflight
-        while inflight and inflight[0][1].done():
-            inflight.popleft()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._settings.publish_timeout
-        inflight.append((deadline, future, link))
-        if self._watchdog is None:
-            self._watchdog = loop.call_at(deadline, self._check_inflight)
-
-    def _check_inflight(self) -> None:
-        self._watchdog = None
-        inflight = self._inflight
-        while inflight and inflight[0][1].done():
-            inflight.popleft()
-        if not inflight:
-            return
-        deadline, _, link = inflight[0]
-        loop = asyncio.get_running_loop()
-        if deadline > loop.time():
-            self._watchdog = loop.call_at(deadline, self._check_inflight)
-            return
-        inflight.popleft()
-        link.abort(_NoConfirm(f"no confirm within {self._settings.publish_timeout:g}s"))
-        if inflight:
-            self._watchdog = loop.call_at(inflight[0][0], self._check_inflight)
-
-    @staticmethod
-    def _verdict(link: BaseLink, outcome: PublishOutcome) -> Verdict:
-        if outcome is PublishOutcome.ACKED:
-            return _ACKED
-        if outcome is PublishOutcome.REFUSED:
-            return (outcome, f"{REFUSED}: {link.error}")
-        return (outcome, _REASONS.get(outcome, ""))
 
     async def _connected(self, wait_unblocked: bool) -> BaseLink:
         if not self._settings.active:
@@ -451,7 +385,7 @@ class Sender:
         self._link = None
         self._set_blocked(None)
         self._settling = [
-            *(future for _, future, on in self._inflight if on is link and not future.done()),
+            *self._confirms.unconfirmed_on(link),
             *(call for on, call in self._calls if on is link and not call.done()),
         ]
         task = asyncio.ensure_future(self._close_later(link))
@@ -472,9 +406,7 @@ class Sender:
         await _close_quietly(link)
 
     async def close(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        self._confirms.cancel()
         link, self._link = self._link, None
         alarm, self._alarm = self._alarm, ""
         retiring = list(self._retiring)
@@ -485,37 +417,6 @@ class Sender:
             await _close_quietly(link)
         if link is not None or alarm:
             self._set_blocked(None)
-
-
-class _Part(Sequence[Outgoing]):
-    """``items[i]`` for each ``i`` in ``positions``, each read (so encoded) once, when first
-    asked for: by the call that writes this part, not before."""
-
-    def __init__(self, items: Sequence[Outgoing], positions: list[int]) -> None:
-        self._items = items
-        self._positions = positions
-        self._read: list[Outgoing | None] = [None] * len(positions)
-
-    def __len__(self) -> int:
-        return len(self._positions)
-
-    @overload
-    def __getitem__(self, index: int) -> Outgoing: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[Outgoing]: ...
-
-    def __getitem__(self, index: int | slice) -> Outgoing | Sequence[Outgoing]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        item = self._read[index]
-        if item is None:
-            item = self._read[index] = self._items[self._positions[index]]
-        return item
-
-
-class _NoConfirm(LinkClosed):
-    """The broker did not confirm a publish within the publish timeout."""
 
 
 class _Blocked(LinkClosed):

@@ -23,11 +23,10 @@ if TYPE_CHECKING:
     from rabbitry.outbox.message import OutboxMessage, OutboxQuery, Page, PageKey, State
     from rabbitry.outbox.registry import QueueInfo, get_queue, list_queues, manual_queues
     from rabbitry.outbox.relay import RelayService
+    from rabbitry.outbox.report import RequeueReport, RowOutcome
     from rabbitry.outbox.requeue import (
         MAX_SELECTED,
         RequeueOptions,
-        RequeueReport,
-        RowOutcome,
         requeue,
         requeue_messages,
         selected,
@@ -60,8 +59,8 @@ _EXPORTS = {
     "RelayService": "rabbitry.outbox.relay",
     "MAX_SELECTED": "rabbitry.outbox.requeue",
     "RequeueOptions": "rabbitry.outbox.requeue",
-    "RequeueReport": "rabbitry.outbox.requeue",
-    "RowOutcome": "rabbitry.outbox.requeue",
+    "RequeueReport": "rabbitry.outbox.report",
+    "RowOutcome": "rabbitry.outbox.report",
     "requeue": "rabbitry.outbox.requeue",
     "requeue_messages": "rabbitry.outbox.requeue",
     "selected": "rabbitry.outbox.requeue",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from rabbitry.errors import Invalid
-from rabbitry.messaging.sender import is_refusal
+from rabbitry.messaging.verdicts import is_refusal
 
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 DATE_HINT = "YYYY-MM-DD HH:MM:SS"

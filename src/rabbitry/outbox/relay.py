@@ -22,7 +22,8 @@ from rabbitry.messaging.tracing import tracing_middleware
 from rabbitry.metrics import RELAY_FAILED, RELAYED
 from rabbitry.outbox.exchanges import ExchangeCheck
 from rabbitry.outbox.filters import Origin, RequeueFilter
-from rabbitry.outbox.requeue import RequeueOptions, RequeueReport, requeue, without_circuit
+from rabbitry.outbox.report import RequeueReport
+from rabbitry.outbox.requeue import RequeueOptions, requeue, without_circuit
 from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 

@@ -52,21 +52,27 @@ import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
-from rabbitry.errors import Invalid, MessageError, StorageError
-from rabbitry.messaging.envelope import Message
-from rabbitry.messaging.publisher import Publisher, PublishStatus
+from rabbitry.errors import Invalid, StorageError
+from rabbitry.messaging.publisher import Publisher
 from rabbitry.messaging.settings import AmqpSettings
 from rabbitry.outbox.exchanges import ExchangeCheck
-from rabbitry.outbox.filters import Failure, RequeueFilter
+from rabbitry.outbox.filters import RequeueFilter
+from rabbitry.outbox.leases import Cursor
 from rabbitry.outbox.message import OutboxMessage
-from rabbitry.outbox.store import Cursor, Outbox
+from rabbitry.outbox.report import Progress, curable, tally, wholly_failed
+from rabbitry.outbox.report import RequeueReport as RequeueReport
+from rabbitry.outbox.report import RowOutcome as RowOutcome
+from rabbitry.outbox.republish import publish_rows
+from rabbitry.outbox.store import Outbox
+
+# The `X as X` imports re-export what callers (tests, the bench) import from here, though it
+# lives in the modules this one was split into.
 
 log = logging.getLogger(__name__)
 
-MAX_DISTINCT_ERRORS = 20
 MAX_SELECTED = 10_000
 TAKEN_OVER = "taken over by another run after this run's lease ended"
 # A batch older than this share of its lease is re-checked in the database before publishing.
@@ -91,59 +97,6 @@ class RequeueOptions:
     # How long a run waits, in all, for a broker that went away (before it stops and leaves
     # the remaining rows untouched) or that nacks (before it records those rows failed).
     broker_wait: float = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class RowOutcome:
-    row: OutboxMessage
-    error: str | None = None
-    # False for a row failed without a publish (its exchange is missing, it is corrupt), or
-    # whose publish went nowhere (its exchange was deleted).
-    tried: bool = True
-
-    @property
-    def published(self) -> bool:
-        return self.error is None
-
-    @property
-    def failure(self) -> Failure:
-        """The kind of failure: a row failed without a publish (no such exchange, corrupt)
-        will not go as it is, whatever the broker's state."""
-        return Failure.REFUSED if not self.tried else Failure.of(self.error or "")
-
-
-@dataclass(slots=True)
-class RequeueReport:
-    published: int = 0
-    failed: int = 0
-    # Rows another run holds (leased when this one reached them, or taken over later).
-    skipped: int = 0
-    # Rows of this run left pending and untouched because it stopped before them.
-    left: int = 0
-    # Why the run ended before its last row (None: it did not).
-    stopped: str | None = None
-    errors: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.failed == 0
-
-    @property
-    def stopped_early(self) -> bool:
-        return self.stopped is not None
-
-    def summary(self) -> str:
-        text = f"{self.published} published, {self.failed} failed"
-        if self.skipped:
-            text += f", {self.skipped} skipped (held by another run, which sends them)"
-        if self.stopped is not None:
-            text += f"; stopped early: {self.stopped}"
-            if self.left:
-                text += f"; {self.left} row(s) left pending, untouched"
-        return text
-
-
-Progress = Callable[[Sequence[RowOutcome]], None]
 
 
 async def requeue(
@@ -235,7 +188,7 @@ class _Run:
                 self.recorded_upto = (batch[-1].created_at, batch[-1].id)
                 if self.report.stopped is not None:  # the broker went away after a part of it
                     break
-                if self.options.stop_on_failed_batch and _wholly_failed(outcomes):
+                if self.options.stop_on_failed_batch and wholly_failed(outcomes):
                     self.report.stopped = "a whole batch failed"
                     break
                 if self.stopping.is_set():
@@ -306,12 +259,12 @@ class _Run:
             todo = await self._still_ours(todo, leased)
             if not todo:
                 break
-            outcomes = await _publish(self.publisher, todo, self.exchanges)
+            outcomes = await publish_rows(self.publisher, todo, self.exchanges)
             done.update((o.row.id, o) for o in outcomes)
-            todo = [o.row for o in outcomes if _curable(o)]
+            todo = [o.row for o in outcomes if curable(o)]
             if not todo or self.exchanges is None:
                 break
-            if _wholly_failed(outcomes) and not await self.exchanges.reachable():
+            if wholly_failed(outcomes) and not await self.exchanges.reachable():
                 if await self._wait_for_broker():
                     continue
                 self.report.stopped = (
@@ -341,7 +294,7 @@ class _Run:
         pause = min(pause, self.options.broker_wait - self.waited)
         if pause <= 0 or self.stopping.is_set():
             return False
-        reason = next(o.error for o in outcomes if o.error is not None and _curable(o))
+        reason = next(o.error for o in outcomes if o.error is not None and curable(o))
         log.warning(
             "requeue: %d row(s) failed (%s); again in %gs (waited %gs of %gs)",
             len(todo),
@@ -390,78 +343,16 @@ class _Run:
             published=[o.row.id for o in outcomes if o.error is None],
             failed=[(o.row.id, o.row.attempts, o.error, o.failure) for o in outcomes if o.error],
         )
-        _count(self.report, outcomes)
+        failed = tally(self.report, outcomes)
+        if failed:
+            log.warning("requeue: %d of %d row(s) failed in this batch", failed, len(outcomes))
         if self.progress is not None:
             self.progress(outcomes)
-
-
-def _curable(outcome: RowOutcome) -> bool:
-    """Whether ``outcome`` failed in a way that waiting cures (nacked, blocked, no confirm,
-    connection lost), not one that refuses the row as it is."""
-    return outcome.error is not None and outcome.failure is Failure.UNAVAILABLE
-
-
-def _wholly_failed(outcomes: Sequence[RowOutcome]) -> bool:
-    """Every row failed, and some were sent: the broker may be down."""
-    return all(o.error is not None for o in outcomes) and any(o.tried for o in outcomes)
-
-
-async def _publish(
-    publisher: Publisher, rows: Sequence[OutboxMessage], exchanges: ExchangeCheck | None
-) -> list[RowOutcome]:
-    outcomes: dict[int, RowOutcome] = {}
-    groups: dict[str, list[tuple[OutboxMessage, Message]]] = {}
-    missing = await exchanges.missing({r.exchange for r in rows}) if exchanges else set()
-    for row in rows:
-        error: str | None
-        if row.exchange in missing:
-            outcomes[row.id] = RowOutcome(row, _no_exchange(row.exchange), tried=False)
-            continue
-        try:
-            groups.setdefault(row.exchange, []).append((row, row.message()))
-        except MessageError as exc:
-            error = f"cannot rebuild the stored message: {exc}"
-            outcomes[row.id] = RowOutcome(row, error, tried=False)
-    # One publish per exchange: publishing to a missing exchange closes the channel, and
-    # whatever else was in flight on it would fail (or, confirmed a moment before, be
-    # reported failed and sent again by a later run).
-    for exchange, group in groups.items():
-        results = await publisher.publish_many(
-            [(message, row.route()) for row, message in group], use_fallback=False
-        )
-        failed = any(r.status is not PublishStatus.PUBLISHED for r in results)
-        gone = failed and exchanges is not None and await exchanges.recheck(exchange) is False
-        for (row, _), result in zip(group, results, strict=True):
-            error = None
-            if result.status is not PublishStatus.PUBLISHED:
-                error = _no_exchange(exchange) if gone else result.error or "failed"
-            # A publish to an exchange that is gone went nowhere: refused, as if never tried.
-            outcomes[row.id] = RowOutcome(row, error, tried=not gone)
-    return [outcomes[row.id] for row in rows]
-
-
-def _no_exchange(name: str) -> str:
-    return f"exchange {name!r} does not exist"
 
 
 def without_circuit(amqp: AmqpSettings) -> AmqpSettings:
     """The settings of a run's publisher: no circuit breaker (see :func:`requeue`)."""
     return replace(amqp, circuit_open_seconds=0.0)
-
-
-def _count(report: RequeueReport, outcomes: Sequence[RowOutcome]) -> None:
-    failed = 0
-    for outcome in outcomes:
-        if outcome.error is None:
-            report.published += 1
-            continue
-        failed += 1
-        # Errors are counted by text; a few distinct ones are enough to tell the user why.
-        if outcome.error in report.errors or len(report.errors) < MAX_DISTINCT_ERRORS:
-            report.errors[outcome.error] = report.errors.get(outcome.error, 0) + 1
-    report.failed += failed
-    if failed:
-        log.warning("requeue: %d of %d row(s) failed in this batch", failed, len(outcomes))
 
 
 async def requeue_messages(

@@ -35,13 +35,8 @@ from rabbitry.messaging.publisher import Publisher
 from rabbitry.outbox import registry
 from rabbitry.outbox.exchanges import ExchangeCheck
 from rabbitry.outbox.filters import FilterError, RequeueFilter, parse_filter
-from rabbitry.outbox.requeue import (
-    RequeueOptions,
-    RequeueReport,
-    RowOutcome,
-    requeue,
-    without_circuit,
-)
+from rabbitry.outbox.report import RequeueReport, RowOutcome
+from rabbitry.outbox.requeue import RequeueOptions, requeue, without_circuit
 from rabbitry.outbox.store import Outbox
 from rabbitry.storage import Database
 
