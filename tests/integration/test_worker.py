@@ -14,6 +14,8 @@ import asyncio
 import os
 import signal
 import sys
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -137,6 +139,59 @@ async def test_a_message_whose_handler_was_cut_off_by_a_dropped_connection_comes
 
     assert calls == [message.id, message.id]
     assert await broker.counts(queue) == (0, 0)
+
+
+async def test_an_idempotent_batch_cut_off_by_a_dropped_connection_is_finished_all_the_same(
+    settings: Settings,
+    broker: BrokerProbe,
+    run_worker: WorkerRunner,
+    eventually: Eventually,
+) -> None:
+    # A store keyed by message id: what was delivered is stored at once, not left for the
+    # broker to give back (a quorum queue may do so after later messages). The broker still
+    # delivers it again, unacked; the second call finds it done.
+    queue, topology = work(settings)
+    holding, release = asyncio.Event(), asyncio.Event()
+    calls: list[list[str]] = []
+    stored: list[str] = []
+    cancelled: list[list[str]] = []
+
+    async def store(messages: Sequence[Message]) -> list[BaseException | None]:
+        ids = [m.id for m in messages]
+        calls.append(ids)
+        try:
+            if len(calls) == 1:
+                holding.set()
+                await release.wait()  # busy while the connection goes
+        except asyncio.CancelledError:
+            cancelled.append(ids)
+            raise
+        stored.extend(i for i in ids if i not in stored)
+        return [None] * len(messages)
+
+    messages = [Message(type="t", payload={"n": n}) for n in range(5)]
+    subscription = Subscription(queue, batch=store, batch_size=2, prefetch=10, idempotent=True)
+    async with run_worker([subscription], topology) as worker:
+        await publish(settings, queue, *messages)
+        await asyncio.wait_for(holding.wait(), 15)
+
+        async def all_delivered() -> bool:
+            return await broker.counts(queue) == (0, 5)
+
+        await eventually(all_delivered, what="the five delivered, none acked")
+        assert await broker.close_connections(worker.name) >= 1
+        await asyncio.sleep(0.2)
+        release.set()
+
+        async def all_stored_and_settled() -> bool:
+            return len(stored) == 5 and await broker.counts(queue) == (0, 0)
+
+        await eventually(all_stored_and_settled, what="every message stored and acked")
+    assert cancelled == []
+    # Each twice: the held call and the rest of what was delivered ran on after the
+    # connection was lost, and the broker delivered all five again to the new connection.
+    assert Counter(i for ids in calls for i in ids) == {m.id: 2 for m in messages}
+    assert sorted(stored) == sorted(m.id for m in messages)
 
 
 async def test_worker_declares_its_topology_again_when_it_reconnects(

@@ -46,6 +46,9 @@ class PersistenceWorker:
                     batch=self.store,
                     batch_size=batch_size,
                     prefetch=max(settings.prefetch, 2 * batch_size),
+                    # (The history skips ids it has.) A lost connection's deliveries are
+                    # stored at once: a catch-up's mark must not pass them (chat/marks.py).
+                    idempotent=True,
                 )
             ],
             topology(settings),

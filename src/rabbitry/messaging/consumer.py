@@ -426,14 +426,28 @@ class Consumer:
             await self._sender.close()
 
     def abandon(self) -> None:
-        """The link died: in-flight work cannot be settled; the broker requeues it."""
+        """The link died: in-flight work cannot be settled; the broker requeues it. An
+        idempotent subscription's work is finished first (see :class:`Subscription`)."""
         self._stopping = True
-        self._pending.clear()
         self._wake(None)
+        if self._sub.idempotent and not self._sub.keep_order:
+            # What was delivered, started or not, is done now (its acks are lost), so it does
+            # not wait for the broker to give it back behind later messages.
+            self._chore(self._finish())
+            return
+        self._pending.clear()
         for task in self._tasks:
             task.cancel()
         if self._owns_sender:
             self._chore(self._sender.close())
+
+    async def _finish(self) -> None:
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=self._settings.drain_timeout)
+            for task in late:
+                task.cancel()
+        if self._owns_sender:
+            await self._sender.close()
 
 
 def _id(delivery: Received) -> str:

@@ -32,6 +32,11 @@ class Subscription:
     ``keep_order``, for a single-active-consumer queue: on stop, no ``basic.cancel`` and no
     requeue; what was started is finished and acked, the rest goes back when the link closes,
     and only then does the broker make another consumer active.
+    ``idempotent``: running the handler twice on a message does what running it once does (a
+    store keyed by message id). When the connection is lost, what was delivered is then
+    finished rather than dropped: its acks are lost and the broker delivers it again, which
+    does nothing; left to the broker, a quorum queue may give it back only after messages
+    published later (after a cluster restart, seconds later).
     """
 
     queue: str
@@ -47,6 +52,7 @@ class Subscription:
     # standby one active while this one still stores what it holds (and it would overtake it);
     # it finishes what it started and hands the rest back by closing the link, after its acks.
     keep_order: bool = False
+    idempotent: bool = False
     # The handlers as the consumer calls them (typed ones wrapped), resolved once, here, so a
     # handler whose annotations cannot be read fails where it is declared.
     resolved: Mapping[str, Handler] = field(init=False, repr=False, compare=False)
