@@ -207,6 +207,14 @@ class Chat:
             rows = await session.execute(select(StoredChatMessage.text, StoredChatMessage.id))
             return {text: id_ for text, id_ in rows}
 
+    async def when_stored(self) -> dict[str, tuple[int | None, str]]:
+        """The history: text -> (position, when stored), for a dump."""
+        async with self.database.session() as session:
+            rows = await session.execute(
+                select(StoredChatMessage.text, StoredChatMessage.seq, StoredChatMessage.stored_at)
+            )
+            return {text: (seq, at.isoformat()) for text, seq, at in rows}
+
     async def to_the_outbox(self) -> list[float]:
         """Seconds from each message's send (the gateway's clock) to its first outbox row
         (the same process's clock)."""
@@ -371,7 +379,8 @@ async def run_case(chat: Chat, figures: Figures, case: str, fault: Fault) -> Non
                 | {"frames": [[f["id"], f["text"]] for f in c.frames]}
                 | {"relayed": sorted(relayed_texts), "late": disordered[c.name]}
                 for c in listeners
-            ],
+            ]
+            + [{"case": case, "history": await chat.when_stored()}],
         )
     errors = {c.name: c.errors for c in chat.clients if c.errors}
     figures.add_chat(

@@ -19,6 +19,7 @@ from rabbitry.chat.persistence import PersistenceWorker
 from rabbitry.chat.protocol import MARK_TYPE, MESSAGE_TYPE, ChatMessage, MessageIds, floor_id, now
 from rabbitry.chat.topology import ChatLayout
 from rabbitry.config import Settings
+from rabbitry.messaging import Declarer
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, Route
 from rabbitry.messaging.topology import dlq_name
@@ -100,8 +101,8 @@ async def test_a_message_that_is_not_a_chat_message_is_dead_lettered_with_its_re
     history = ChatHistory(db)
     assert [m.text for m in await history.page("acme", "lobby")] == ["fine"]
     # The good mark was stored with the batch (a gateway's catch-up waits for it).
-    assert await history.marked(mark)
-    assert not await history.marked(IDS.new())
+    stored = await history.marks([mark, IDS.new()])
+    assert list(stored) == [mark] and len(stored[mark]) == 32  # (the worker's id)
 
 
 async def _empty(broker: BrokerProbe, queue: str) -> bool:
@@ -211,10 +212,10 @@ async def test_two_competing_workers_committing_out_of_send_order_hide_nothing_f
     holding, release = asyncio.Event(), asyncio.Event()
     store = slow.history.store
 
-    async def held_store(messages: Any, marks: Any = ()) -> None:
+    async def held_store(messages: Any, marks: Any = (), worker: str = "") -> None:
         holding.set()
         await release.wait()
-        await store(messages, marks)
+        await store(messages, marks, worker)
 
     slow.history.store = held_store  # type: ignore[method-assign]
     tasks = [asyncio.create_task(slow.run(stopping))]
@@ -341,3 +342,65 @@ async def test_recoveries_waiting_at_the_same_time_share_their_marks(
         stored = await session.scalar(select(func.count()).select_from(StoredChatMark))
     # The first, one for the 50 together, and at most one a wave (one in flight, one queued).
     assert stored is not None and 2 <= stored <= 5
+
+
+async def test_a_round_of_marks_waits_for_every_worker_so_none_still_holds_an_earlier_message(
+    settings: Settings, db: Database, eventually: Eventually
+) -> None:
+    # Worker A took every message (its prefetch is full) and is slow to store them; worker B
+    # is quick and gets every mark. A mark stored by B alone says nothing of A's messages: the
+    # round goes on until A too stored one.
+    layout = ChatLayout(settings.namespace)
+    history = ChatHistory(db)
+    route = Route(layout.persistence_exchange, "")
+    chats = [_chat("lobby", f"m{n}") for n in range(settings.prefetch)]
+    stopping = asyncio.Event()
+    slow, quick = (PersistenceWorker(settings, db, batch_size=20) for _ in range(2))
+    holding, release = asyncio.Event(), asyncio.Event()
+    store = slow.history.store
+
+    async def held_store(messages: Any, marks: Any = (), worker: str = "") -> None:
+        if messages:
+            holding.set()
+            await release.wait()
+        await store(messages, marks, worker)
+
+    slow.history.store = held_store  # type: ignore[method-assign]
+    tasks = [asyncio.create_task(slow.run(stopping))]
+    try:
+        async with (
+            Publisher(settings.amqp) as publisher,
+            await Declarer.connect(settings.amqp.url) as declarer,
+        ):
+
+            async def workers() -> int:
+                return (await declarer.queue_status(layout.history_queue)).consumers
+
+            await asyncio.wait_for(slow.connected.wait(), 20)
+            items = [(_message(m), route) for m in chats]
+            assert all(r.ok for r in await publisher.publish_many(items))
+            await asyncio.wait_for(holding.wait(), 20)
+            tasks.append(asyncio.create_task(quick.run(stopping)))
+            await asyncio.wait_for(quick.connected.wait(), 20)
+            marks = Marks(history, publisher, layout, MessageIds(), workers)
+            passed = asyncio.create_task(marks.passed())
+            await asyncio.sleep(1.5)
+            assert not passed.done()  # B stored marks; A holds every message
+            stored_by = set((await _all_marks(db)).values())
+            assert stored_by == {quick.id}
+            release.set()
+            assert await passed
+            # Every message routed before the round is stored once it passed.
+            for chat in chats:
+                assert await history.position("acme", "lobby", chat.id) is not None
+            assert set((await _all_marks(db)).values()) == {quick.id, slow.id}
+    finally:
+        release.set()
+        stopping.set()
+        await asyncio.gather(*tasks)
+
+
+async def _all_marks(db: Database) -> dict[str, str]:
+    async with db.session() as session:
+        rows = await session.execute(select(StoredChatMark.id, StoredChatMark.worker))
+        return {mark: worker for mark, worker in rows}

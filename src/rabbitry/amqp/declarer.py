@@ -268,8 +268,9 @@ class Declarer:
     async def queue_status(self, name: str) -> QueueStatus:
         """Ready messages and consumers of ``name`` (a passive declare); NotFound if missing."""
         try:
-            underlay = await self._channel.get_underlay_channel()
-            result = await underlay.queue_declare(name, passive=True)
+            async with asyncio.timeout(self._rpc_timeout):
+                underlay = await self._channel.get_underlay_channel()
+                result = await underlay.queue_declare(name, passive=True)
         except Exception as exc:
             await self._reopen()
             raise translate(exc, f"queue {name}") from exc

@@ -147,9 +147,11 @@ class CatchUp:
         self.caught_up += len(missed) * len(clients)
         if missed:
             log.warning(
-                "room %s: %d message(s) routed while the queue was away, sent to %d socket(s)",
+                "room %s: %d message(s) routed while the queue was away (after %s), sent to %d "
+                "socket(s)",
                 room.key,
                 len(missed),
+                since,
                 len(clients),
             )
         return len(missed)
@@ -199,10 +201,10 @@ class CatchUp:
         reaches its sockets that way, late rather than never."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LATE_WATCH
-        late: list[str] = []
         try:
             while loop.time() < deadline:
                 await asyncio.sleep(LATE_POLL)
+                late: list[str] = []
                 while True:
                     cursor, found = await self.history.stored_after(cursor, page=PAGE)
                     for position, message in found:
@@ -220,15 +222,15 @@ class CatchUp:
                             late.append(message.id)
                     if len(found) < PAGE:
                         break
+                if late:  # (as they come: an operator sees when, not a minute later)
+                    log.warning(
+                        "%d message(s) stored late in the history, sent after their catch-up: %s%s",
+                        len(late),
+                        ", ".join(late[:5]),
+                        ", …" if len(late) > 5 else "",
+                    )
         except Exception:  # the database is away: clients still recover with ?since=
             log.exception("watching the history for late messages failed")
-        if late:
-            log.warning(
-                "%d message(s) stored late in the history, sent after their catch-up: %s%s",
-                len(late),
-                ", ".join(late[:5]),
-                ", …" if len(late) > 5 else "",
-            )
 
     async def close(self) -> None:
         """Stop watching for late messages."""

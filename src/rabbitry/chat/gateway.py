@@ -106,8 +106,11 @@ class Gateway:
         self.history = history
         self._publisher = publisher
         self._ids = MessageIds()
+        self._declarer: Declarer | None = None  # (counts the history's workers, see marks)
         self._marks = (
-            Marks(history, publisher, self.layout, self._ids) if history is not None else None
+            Marks(history, publisher, self.layout, self._ids, self._history_workers)
+            if history is not None
+            else None
         )
         self._catch_up = (
             CatchUp(history, self._marks, self.layout, self.manager)
@@ -125,6 +128,15 @@ class Gateway:
         self._publishing: set[asyncio.Task[None]] = set()
         self.echoes = 0
         """Deliveries of this instance's own messages, dropped (its rooms had them already)."""
+
+    async def _history_workers(self) -> int:
+        """The consumers of the history queue: the persistence workers a mark round reaches."""
+        if self._declarer is None:
+            amqp = self.settings.amqp
+            self._declarer = await Declarer.connect(
+                amqp.url, timeout=amqp.connect_timeout, name=f"{self.inbox.name}-marks"
+            )
+        return (await self._declarer.queue_status(self.layout.history_queue)).consumers
 
     @property
     def caught_up(self) -> int:
@@ -243,6 +255,9 @@ class Gateway:
                     await self._catching_up
             if self._catch_up is not None:
                 await self._catch_up.close()
+            if self._declarer is not None:
+                with contextlib.suppress(Exception):
+                    await self._declarer.close()
             self.manager.flush()
             stopping.set()
             with contextlib.suppress(Exception):

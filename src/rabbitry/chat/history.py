@@ -58,9 +58,11 @@ class ChatHistory:
     def __init__(self, database: Database) -> None:
         self._database = database
 
-    async def store(self, messages: Sequence[ChatMessage], marks: Sequence[str] = ()) -> None:
-        """Insert ``messages``, skipping ids already stored, and ``marks`` (see
-        :meth:`marked`); one transaction."""
+    async def store(
+        self, messages: Sequence[ChatMessage], marks: Sequence[str] = (), worker: str = ""
+    ) -> None:
+        """Insert ``messages``, skipping ids already stored, and ``marks`` as stored by
+        ``worker`` (see :meth:`marks`); one transaction."""
         if not messages and not marks:
             return
         now = utcnow()
@@ -110,19 +112,22 @@ class ChatHistory:
                 # worker's batch is committed.
                 await session.execute(
                     insert(_MARKS)
-                    .values(id=bindparam("id"), stored_at=now)
+                    .values(id=bindparam("id"), worker=worker, stored_at=now)
                     .on_conflict_do_nothing(index_elements=["id"]),
                     [{"id": mark} for mark in dict.fromkeys(marks)],
                 )
                 await session.execute(delete(_MARKS).where(_MARKS.c.stored_at < now - MARK_KEPT))
 
-    async def marked(self, mark: str) -> bool:
-        """Whether a persistence worker stored ``mark``: a gateway publishes one through the
-        history queue after its own queue came back, and once it is stored, everything routed
-        to the history before it has reached a worker (the queue is first in, first out)."""
-        query = select(_MARKS.c.id).where(_MARKS.c.id == mark)
+    async def marks(self, ids: Sequence[str]) -> dict[str, str]:
+        """Which of the marks ``ids`` a persistence worker stored, and which worker: a gateway
+        publishes them through the history queue after its own queue came back, and once a
+        worker stored one, everything routed to the history before it that this worker took
+        is stored too (the queue is first in, first out; a worker stores in order)."""
+        if not ids:
+            return {}
+        query = select(_MARKS.c.id, _MARKS.c.worker).where(_MARKS.c.id.in_(list(ids)))
         async with self._database.session() as session:
-            return await session.scalar(query) is not None
+            return {mark: worker for mark, worker in await session.execute(query)}
 
     async def page(
         self, tenant: str, room: str, *, limit: int = 50, before: str | None = None

@@ -41,4 +41,6 @@ class StoredChatMark(Base):
     __tablename__ = "chat_mark"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    worker: Mapped[str] = mapped_column(String(64))
+    """The persistence worker that stored it (a random id per worker process)."""
     stored_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

@@ -12,6 +12,7 @@ back) is stored in the same transaction as the batch it came in.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Sequence
 
 from rabbitry.chat.history import ChatHistory
@@ -38,6 +39,8 @@ class PersistenceWorker:
         self, settings: Settings, database: Database, *, batch_size: int = BATCH_SIZE
     ) -> None:
         self.history = ChatHistory(database)
+        self.id = uuid.uuid4().hex
+        """This worker's id in the marks it stores (see :mod:`rabbitry.chat.marks`)."""
         self.worker = Worker(
             self.name,
             [
@@ -79,7 +82,9 @@ class PersistenceWorker:
             except MessageError as exc:
                 outcomes[index] = exc  # dead-lettered with this reason
         try:
-            await self.history.store([chat for _, chat in valid], [mark for _, mark in marks])
+            await self.history.store(
+                [chat for _, chat in valid], [mark for _, mark in marks], self.id
+            )
         except StorageError as exc:
             for index in (*(i for i, _ in valid), *(i for i, _ in marks)):
                 outcomes[index] = exc  # retried through the retry queues

@@ -19,6 +19,7 @@ def upgrade() -> None:
     op.create_table(
         "chat_mark",
         sa.Column("id", sa.String(36), nullable=False),
+        sa.Column("worker", sa.String(64), nullable=False),
         sa.Column("stored_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_chat_mark"),
     )
