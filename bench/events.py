@@ -290,7 +290,7 @@ async def workflow_as_before(settings: Settings, database: Database, n: int) -> 
     names = vars(store_module)  # EventStore calls the writer by its module-level name
     original = names["append_rows_postgresql"]
 
-    async def rows_in_three(database: Database, rows: Sequence[Row]) -> list[None]:
+    async def rows_in_three(database: Database, rows: Sequence[Row], _: Any = None) -> list[None]:
         await three_round_trips(database, [incoming_of(row) for row in rows])
         return [None] * len(rows)
 

@@ -8,7 +8,7 @@ import random
 import uuid
 
 from rabbitry.events.change import ChangeEvent, ChangeType
-from rabbitry.events.incoming import parse_row
+from rabbitry.events.incoming import Row, parse_row
 from rabbitry.events.message_log import MessageLog
 from rabbitry.events.store import EventStore, Incoming
 from rabbitry.messaging.envelope import Message
@@ -87,6 +87,79 @@ async def test_rows_from_bodies_are_stored_like_models(events_db: Database) -> N
     ]
     assert history[0].occurred_at == T0
     assert [(e.version, e.data) for e in await store.history("orders", 6)] == [(1, {"b": None})]
+
+
+async def test_rows_after_another_writer_stored_the_entity_are_numbered_after_it(
+    events_db: Database,
+) -> None:
+    # On PostgreSQL a store remembers the heads its rows left; another writer's events since
+    # make that head stale: the batch numbered from it fails on the version constraint and is
+    # written again from the stored head, without a gap.
+    worker = EventStore(events_db)
+
+    def row(i: int) -> Row:
+        body = {"entity": "orders", "id": 7, "user": 1, "data": {"n": i}}
+        return parse_row("update", body, f"r{i}", T0)
+
+    await worker.append_rows([row(1), row(2)])
+    await EventStore(events_db).append(
+        [incoming("update", "orders", 7, {"n": f"m{i}"}, message_id=f"m{i}") for i in range(3)]
+    )
+    await worker.append_rows([row(3), row(4)])
+    await worker.append_rows([row(5)])  # from the head the retry read
+    history = await worker.history("orders", 7)
+    assert [(e.version, e.message_id) for e in history] == [
+        (1, "r1"),
+        (2, "r2"),
+        (3, "m0"),
+        (4, "m1"),
+        (5, "m2"),
+        (6, "r3"),
+        (7, "r4"),
+        (8, "r5"),
+    ]
+
+
+async def test_concurrent_row_writers_never_leave_a_gap_or_a_duplicate(
+    events_db_url: str,
+) -> None:
+    # As below, with the workflow worker's rows: each store's remembered heads go stale as the
+    # others write the same entities, and every message comes twice, to two of them.
+    bodies = [
+        (
+            "update",
+            {"entity": "stock", "id": random.randint(1, 3), "user": 1, "data": {"n": i}},
+            f"m{i}",
+        )
+        for i in range(240)
+    ]
+    first = Database(events_db_url)
+    await first.upgrade()
+    others = [Database(events_db_url) for _ in range(3)]
+    databases = [first, *others]
+    try:
+
+        async def worker(index: int) -> None:
+            store = EventStore(databases[index])
+            mine = [
+                parse_row(kind, body, message_id, T0)
+                for i, (kind, body, message_id) in enumerate(bodies)
+                if i % 4 == index or (i + 1) % 4 == index
+            ]
+            for start in range(0, len(mine), 10):
+                await store.append_rows(mine[start : start + 10])
+
+        await asyncio.gather(*(worker(i) for i in range(4)))
+        store = EventStore(first)
+        stored = []
+        for entity_id in (1, 2, 3):
+            history = await store.history("stock", entity_id)
+            assert [e.version for e in history] == list(range(1, len(history) + 1))
+            stored += [e.message_id for e in history]
+        assert sorted(stored) == sorted(message_id for _, _, message_id in bodies)
+    finally:
+        for db in databases:
+            await db.close()
 
 
 async def test_concurrent_writers_never_leave_a_gap_or_a_duplicate(events_db_url: str) -> None:

@@ -1,0 +1,69 @@
+"""The workflow worker's append on PostgreSQL: event_store_append_rows().
+
+Revision ID: 0011_events_append_rows
+Revises: 0010_chat_mark
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+revision = "0011_events_append_rows"
+down_revision = "0010_chat_mark"
+branch_labels = None
+depends_on = None
+
+# What the workflow worker calls for a batch of rows (rabbitry.events.postgresql_writer), in
+# place of event_store_append() (which stays, for the appends that want each event's numbers
+# back). The same locks, order and numbering, for less of the database's time per event:
+# - a plain INSERT, without ON CONFLICT: a message stored before fails it on the unique
+#   constraint on the message id (nothing is kept), where ON CONFLICT probed that index once
+#   more per event before each insert (17 % of the call's time) and wrote a confirmation
+#   record per row; the caller writes such a batch again the longer way, as after RR001;
+# - the head version of an (entity, id) the caller knows (p_head, NULL where it does not) is
+#   taken from it instead of read from the index (19 % of the call's time); a head it knows
+#   wrong can only be too low (versions are only ever added, and it learnt it from a commit),
+#   and then the insert fails on the unique constraint on (entity, entity_id, version), and
+#   the caller forgets its heads and tries again;
+# - it returns the head each row was numbered from (the caller's knowledge for next time),
+#   not a row per event.
+# The heads are read by a statement of their own after the locks were granted (a VOLATILE
+# function takes a fresh snapshot for each statement), as the insert read them before.
+APPEND_ROWS = """
+CREATE FUNCTION event_store_append_rows(
+    p_entity varchar[], p_entity_id bigint[], p_place int[], p_head int[], p_type varchar[],
+    p_user varchar[], p_data text[], p_message_id varchar[], p_occurred_at timestamptz[],
+    p_recorded_at timestamptz, p_locks bigint[]
+) RETURNS int[]
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    heads int[];
+BEGIN
+    PERFORM pg_advisory_xact_lock(k) FROM unnest(p_locks) WITH ORDINALITY AS t(k, n) ORDER BY n;
+    SELECT array_agg(coalesce(h, (SELECT max(s.version) FROM event_store AS s
+                                  WHERE s.entity = e AND s.entity_id = i), 0) ORDER BY n)
+    INTO heads
+    FROM unnest(p_entity, p_entity_id, p_head) WITH ORDINALITY AS x(e, i, h, n);
+    INSERT INTO event_store
+        (entity, entity_id, version, type, "user", data, message_id, occurred_at, recorded_at)
+    SELECT e, i, v + heads[n::int], t, u, CAST(d AS json), m, o, p_recorded_at
+    FROM unnest(p_entity, p_entity_id, p_place, p_type, p_user, p_data, p_message_id,
+                p_occurred_at) WITH ORDINALITY AS x(e, i, v, t, u, d, m, o, n)
+    ORDER BY n;
+    RETURN heads;
+END
+$$
+"""
+
+
+def upgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(APPEND_ROWS)
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(
+            "DROP FUNCTION event_store_append_rows(varchar[], bigint[], int[], int[], varchar[],"
+            " varchar[], text[], varchar[], timestamptz[], timestamptz, bigint[])"
+        )
