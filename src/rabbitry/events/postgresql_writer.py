@@ -22,7 +22,8 @@ import contextlib
 import datetime as dt
 import functools
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+import itertools
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,9 +92,10 @@ class Heads:
     def __init__(self) -> None:
         self._known: dict[tuple[str, int], int] = {}
 
-    def take(self, key: tuple[str, int]) -> int | None:
-        """The head of ``key`` if known, forgotten until :meth:`put` back."""
-        return self._known.pop(key, None)
+    def take(self, keys: Collection[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
+        """The head of each of ``keys`` if known, else ``None``; forgotten until :meth:`put`
+        back."""
+        return dict(zip(keys, map(self._known.pop, keys, itertools.repeat(None)), strict=True))
 
     def put(self, heads: dict[tuple[str, int], int]) -> None:
         if len(self._known) + len(heads) > MAX_HEADS:
@@ -138,41 +140,41 @@ async def _rows_at_once(database: Database, rows: Sequence[Row], known: Heads) -
     """The rows in one call, as :func:`_append_at_once`; ``False`` (nothing kept) when one of
     their messages turned out to be stored before."""
     recorded_at = dt.datetime.now(dt.UTC)
-    # Numbered from 0 here in arrival order (repeats within the batch left out); the call
-    # adds the heads: the one known here, else the one it reads.
-    seen: set[str] = set()
-    places: dict[tuple[str, int], int] = {}
-    heads: dict[tuple[str, int], int | None] = {}
-    stored: list[Row] = []
-    versions: list[int] = []
-    bases: list[int | None] = []
-    for row in rows:
-        message_id = row[5]
-        if message_id in seen:
-            continue
-        seen.add(message_id)
-        key = (row[0], row[1])
-        place = places.get(key)
-        if place is None:
-            place = 1
-            heads[key] = known.take(key)  # out of ``known`` until this batch committed
-        else:
-            place += 1
-        places[key] = place
-        stored.append(row)
-        versions.append(place)
-        bases.append(heads[key])
-    if not stored:
+    if not rows:
         return True
-    entities, ids, kinds, users, data, message_ids, occurred = zip(*stored, strict=True)
-    locks = sorted(_lock_key(key) for key in places)
+    # Column by column, in C where it can be (zip, map, set): this runs for every event.
+    entities, ids, kinds, users, data, message_ids, occurred = zip(*rows, strict=True)
+    if len(set(message_ids)) != len(rows):  # repeats within the batch: the first is stored
+        seen: set[str] = set()
+        first: list[Row] = []
+        for row in rows:
+            if row[5] not in seen:
+                seen.add(row[5])
+                first.append(row)
+        entities, ids, kinds, users, data, message_ids, occurred = zip(*first, strict=True)
+    keys = list(zip(entities, ids, strict=True))
+    distinct = set(keys)
+    # Each event's place among its entity's in the batch, from 1, in arrival order; the call
+    # adds the head: the one known here (out of ``known`` until this batch committed), else
+    # the one it reads.
+    taken = known.take(distinct)
+    if len(distinct) == len(keys):
+        places = [1] * len(keys)
+    else:
+        counts: dict[tuple[str, int], int] = {}
+        places = []
+        for key in keys:
+            counts[key] = place = counts.get(key, 0) + 1
+            places.append(place)
+    heads = list(map(taken.__getitem__, keys))
+    locks = sorted(map(_lock_key, distinct))
     async with _append_call(database, known) as call:
-        read = await call.driver.fetchval(
+        versions = await call.driver.fetchval(
             _APPEND_ROWS_CALL,
             entities,
             ids,
-            versions,
-            bases,
+            places,
+            heads,
             kinds,
             users,
             data,
@@ -183,13 +185,7 @@ async def _rows_at_once(database: Database, rows: Sequence[Row], known: Heads) -
         )
     if call.stored_before:
         return False
-    # Each key's last row holds its new head: the head it was numbered from plus its place.
-    known.put(
-        {
-            (e, i): head + place
-            for e, i, head, place in zip(entities, ids, read, versions, strict=True)
-        }
-    )
+    known.put(dict(zip(keys, versions, strict=True)))  # each key's last version is its head
     return True
 
 

@@ -25,8 +25,8 @@ depends_on = None
 #   wrong can only be too low (versions are only ever added, and it learnt it from a commit),
 #   and then the insert fails on the unique constraint on (entity, entity_id, version), and
 #   the caller forgets its heads and tries again;
-# - it returns the head each row was numbered from (the caller's knowledge for next time),
-#   not a row per event.
+# - it returns the version of each row (the caller's heads for next time), not a row per
+#   event.
 # The heads are read by a statement of their own after the locks were granted (a VOLATILE
 # function takes a fresh snapshot for each statement), as the insert read them before.
 APPEND_ROWS = """
@@ -37,20 +37,20 @@ CREATE FUNCTION event_store_append_rows(
 ) RETURNS int[]
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    heads int[];
+    versions int[];
 BEGIN
     PERFORM pg_advisory_xact_lock(k) FROM unnest(p_locks) WITH ORDINALITY AS t(k, n) ORDER BY n;
-    SELECT array_agg(coalesce(h, (SELECT max(s.version) FROM event_store AS s
-                                  WHERE s.entity = e AND s.entity_id = i), 0) ORDER BY n)
-    INTO heads
-    FROM unnest(p_entity, p_entity_id, p_head) WITH ORDINALITY AS x(e, i, h, n);
+    SELECT array_agg(v + coalesce(h, (SELECT max(s.version) FROM event_store AS s
+                                      WHERE s.entity = e AND s.entity_id = i), 0) ORDER BY n)
+    INTO versions
+    FROM unnest(p_entity, p_entity_id, p_place, p_head) WITH ORDINALITY AS x(e, i, v, h, n);
     INSERT INTO event_store
         (entity, entity_id, version, type, "user", data, message_id, occurred_at, recorded_at)
-    SELECT e, i, v + heads[n::int], t, u, CAST(d AS json), m, o, p_recorded_at
-    FROM unnest(p_entity, p_entity_id, p_place, p_type, p_user, p_data, p_message_id,
-                p_occurred_at) WITH ORDINALITY AS x(e, i, v, t, u, d, m, o, n)
+    SELECT e, i, versions[n::int], t, u, CAST(d AS json), m, o, p_recorded_at
+    FROM unnest(p_entity, p_entity_id, p_type, p_user, p_data, p_message_id, p_occurred_at)
+         WITH ORDINALITY AS x(e, i, t, u, d, m, o, n)
     ORDER BY n;
-    RETURN heads;
+    RETURN versions;
 END
 $$
 """
