@@ -63,8 +63,14 @@ _INSERT_POSTGRESQL = (
 # (migration 0009_events_append): one round trip, the commit included.
 _APPEND_CALL = "SELECT * FROM event_store_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 # The call for rows (migration 0011_events_append_rows), whose numbers are not needed: it
-# returns the head each row was numbered from, one int array.
-_APPEND_ROWS_CALL = "SELECT event_store_append_rows($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+# returns each row's version, one int array.
+_APPEND_ROWS_CALL = (
+    "SELECT event_store_append_rows($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+)
+# What separates the values of a column sent as one text (the types, users and data): none
+# of them can hold it (see the migration); data NULL is sent as _NO_DATA.
+_SEPARATOR = "\x1f"
+_NO_DATA = "-"
 # What event_store_append() fails with (nothing kept) when a message was stored before; what
 # event_store_append_rows() fails with then is a unique violation on the message id.
 _STORED_BEFORE = "RR001"
@@ -158,9 +164,8 @@ async def _rows_at_once(database: Database, rows: Sequence[Row], known: Heads) -
     # adds the head: the one known here (out of ``known`` until this batch committed), else
     # the one it reads.
     taken = known.take(distinct)
-    if len(distinct) == len(keys):
-        places = [1] * len(keys)
-    else:
+    places: list[int] | None = None  # each 1: no two events of one entity in the batch
+    if len(distinct) != len(keys):
         counts: dict[tuple[str, int], int] = {}
         places = []
         for key in keys:
@@ -168,6 +173,17 @@ async def _rows_at_once(database: Database, rows: Sequence[Row], known: Heads) -
             places.append(place)
     heads = list(map(taken.__getitem__, keys))
     locks = sorted(map(_lock_key, distinct))
+    # Fewer values for the driver to encode one by one: three columns as one text each, the
+    # times as the batch's distinct ones and an index per event.
+    texts = [
+        _SEPARATOR.join(kinds),
+        _SEPARATOR.join(users),
+        _SEPARATOR.join([_NO_DATA if d is None else d for d in data]),
+    ]
+    if any(text.count(_SEPARATOR) != len(keys) - 1 for text in texts):
+        raise RuntimeError("a change type, user or data holds U+001F")  # parse_row makes none
+    times = list(dict.fromkeys(occurred))
+    index = {time: number for number, time in enumerate(times, 1)}
     async with _append_call(database, known) as call:
         versions = await call.driver.fetchval(
             _APPEND_ROWS_CALL,
@@ -175,11 +191,10 @@ async def _rows_at_once(database: Database, rows: Sequence[Row], known: Heads) -
             ids,
             places,
             heads,
-            kinds,
-            users,
-            data,
+            *texts,
             message_ids,
-            occurred,
+            times,
+            list(map(index.__getitem__, occurred)),
             recorded_at,
             locks,
         )
