@@ -90,33 +90,41 @@ async def test_rows_from_bodies_are_stored_like_models(events_db: Database) -> N
 
 
 async def test_a_batch_of_rows_keeps_each_column_of_each_event(events_db: Database) -> None:
-    # One call for the batch on PostgreSQL: types, users and data are sent as one text each,
-    # the times as their distinct values; deletes without data, data holding the separator
-    # and "-", several events of one entity (their places), times of several seconds.
+    # One call for the batch on PostgreSQL: types, users, data and message ids are sent as one
+    # text each, entity names and times as their distinct values; deletes without data, data
+    # holding the separator and "-", several events of one entity (their places), two
+    # entities, times of several seconds.
     store = EventStore(events_db)
     t1 = T0 + dt.timedelta(seconds=1)
     bodies = [
         ("insert", {"entity": "orders", "id": 1, "user": 3, "data": {"a": "x\x1fy"}}, "o1", T0),
-        ("insert", {"entity": "orders", "id": 2, "user": "system", "data": {"b": "-"}}, "o2", t1),
+        ("insert", {"entity": "bills", "id": 1, "user": "system", "data": {"b": "-"}}, "o2", t1),
         ("update", {"entity": "orders", "id": 1, "user": -4, "data": {}}, "o3", T0),
         ("delete", {"entity": "orders", "id": 1, "user": "system"}, "o4", t1),
-        ("delete", {"entity": "orders", "id": 2, "user": 5, "data": {"c": [1, None]}}, "o5", T0),
+        ("delete", {"entity": "bills", "id": 1, "user": 5, "data": {"c": [1, None]}}, "o5", T0),
     ]
     rows = [parse_row(kind, body, message_id, at) for kind, body, message_id, at in bodies]
     assert await store.append_rows(rows) == [None] * 5
-    stored = [*await store.history("orders", 1), *await store.history("orders", 2)]
+    stored = [*await store.history("orders", 1), *await store.history("bills", 1)]
     assert [
-        (e.id, e.version, e.type, e.user, e.data, e.message_id, e.occurred_at) for e in stored
+        (e.entity, e.version, e.type, e.user, e.data, e.message_id, e.occurred_at) for e in stored
     ] == [
-        (1, 1, "insert", 3, {"a": "x\x1fy"}, "o1", T0),
-        (1, 2, "update", -4, {}, "o3", T0),
-        (1, 3, "delete", "system", None, "o4", t1),
-        (2, 1, "insert", "system", {"b": "-"}, "o2", t1),
-        (2, 2, "delete", 5, {"c": [1, None]}, "o5", T0),
+        ("orders", 1, "insert", 3, {"a": "x\x1fy"}, "o1", T0),
+        ("orders", 2, "update", -4, {}, "o3", T0),
+        ("orders", 3, "delete", "system", None, "o4", t1),
+        ("bills", 1, "insert", "system", {"b": "-"}, "o2", t1),
+        ("bills", 2, "delete", 5, {"c": [1, None]}, "o5", T0),
     ]
-    # The next batch numbers from the heads this one left.
-    assert await store.append_rows([parse_row("update", bodies[0][1], "o6", t1)]) == [None]
-    assert [e.version for e in await store.history("orders", 1)] == [1, 2, 3, 4]
+    # The next batch numbers from the heads this one left; a message id holding the
+    # separator goes as an array.
+    next_rows = [
+        parse_row("update", bodies[0][1], "o6\x1fa", t1),
+        parse_row("update", bodies[1][1], "o7", t1),
+    ]
+    assert await store.append_rows(next_rows) == [None, None]
+    history = await store.history("orders", 1)
+    assert [(e.version, e.message_id) for e in history][2:] == [(3, "o4"), (4, "o6\x1fa")]
+    assert [e.version for e in await store.history("bills", 1)] == [1, 2, 3]
 
 
 async def test_rows_after_another_writer_stored_the_entity_are_numbered_after_it(

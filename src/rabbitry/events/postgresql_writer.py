@@ -25,12 +25,14 @@ import hashlib
 import itertools
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from rabbitry.events.change import RecordedEvent
 from rabbitry.events.incoming import DATA_JSON, Incoming, Row, incoming_of
 from rabbitry.events.writes import Refused, classify
 from rabbitry.storage.database import Database
+
+T = TypeVar("T")
 
 # The longer way, for a batch with a message stored before. The statements' snapshots are
 # taken after the locks were granted (a separate, earlier statement), so the heads they read
@@ -65,10 +67,11 @@ _APPEND_CALL = "SELECT * FROM event_store_append($1, $2, $3, $4, $5, $6, $7, $8,
 # The call for rows (migration 0011_events_append_rows), whose numbers are not needed: it
 # returns each row's version, one int array.
 _APPEND_ROWS_CALL = (
-    "SELECT event_store_append_rows($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+    "SELECT event_store_append_rows($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
 )
-# What separates the values of a column sent as one text (the types, users and data): none
-# of them can hold it (see the migration); data NULL is sent as _NO_DATA.
+# What separates the values of a column sent as one text (the types, users and data, and
+# the message ids when none holds it): none of them can hold it (see the migration); data
+# NULL is sent as _NO_DATA.
 _SEPARATOR = "\x1f"
 _NO_DATA = "-"
 # What event_store_append() fails with (nothing kept) when a message was stored before; what
@@ -173,28 +176,35 @@ async def _rows_at_once(database: Database, rows: Sequence[Row], known: Heads) -
             places.append(place)
     heads = list(map(taken.__getitem__, keys))
     locks = sorted(map(_lock_key, distinct))
-    # Fewer values for the driver to encode one by one: three columns as one text each, the
-    # times as the batch's distinct ones and an index per event.
+    # Fewer values for the driver to encode one by one: three columns as one text each (four
+    # with the message ids), the entity names and the times as the batch's distinct ones and
+    # an index per event.
+    count = len(keys)
     texts = [
         _SEPARATOR.join(kinds),
         _SEPARATOR.join(users),
         _SEPARATOR.join([_NO_DATA if d is None else d for d in data]),
     ]
-    if any(text.count(_SEPARATOR) != len(keys) - 1 for text in texts):
+    if any(text.count(_SEPARATOR) != count - 1 for text in texts):
         raise RuntimeError("a change type, user or data holds U+001F")  # parse_row makes none
-    times = list(dict.fromkeys(occurred))
-    index = {time: number for number, time in enumerate(times, 1)}
+    joined: str | None = _SEPARATOR.join(message_ids)
+    if joined.count(_SEPARATOR) != count - 1:  # an id holding it: as an array
+        joined = None
+    names, name_index = _distinct(entities)
+    times, time_index = _distinct(occurred)
     async with _append_call(database, known) as call:
         versions = await call.driver.fetchval(
             _APPEND_ROWS_CALL,
-            entities,
+            names,
+            name_index,
             ids,
             places,
             heads,
             *texts,
-            message_ids,
+            joined,
+            message_ids if joined is None else None,
             times,
-            list(map(index.__getitem__, occurred)),
+            time_index,
             recorded_at,
             locks,
         )
@@ -202,6 +212,14 @@ async def _rows_at_once(database: Database, rows: Sequence[Row], known: Heads) -
         return False
     known.put(dict(zip(keys, versions, strict=True)))  # each key's last version is its head
     return True
+
+
+def _distinct(values: Sequence[T]) -> tuple[list[T], list[int]]:
+    """The distinct ``values`` in their first order, and each value's place among them (from
+    1, as SQL arrays count)."""
+    distinct = list(dict.fromkeys(values))
+    place = {value: number for number, value in enumerate(distinct, 1)}
+    return distinct, list(map(place.__getitem__, values))
 
 
 @dataclass

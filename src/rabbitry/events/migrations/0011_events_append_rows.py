@@ -31,17 +31,19 @@ depends_on = None
 #   checks in Python): the types, users and data come as one text each, their values
 #   separated by U+001F, which none of them can hold (a change type, a user id or "system",
 #   JSON text, whose encoder escapes every control character; data NULL is "-", never JSON
-#   text of an object); the times as their distinct values (a batch's messages mostly share
-#   their second) and an index into them per event; the places NULL when each is 1 (no two
-#   events of one entity in the batch).
+#   text of an object); so do the message ids when none holds it (p_message_ids; else they
+#   come as an array, p_message_id); the entity names and the times as their distinct values
+#   (a batch holds a few models' events, and its messages mostly share their second) and an
+#   index into them (from 1) per event; the places NULL when each is 1 (no two events of one
+#   entity in the batch).
 # A place is the event's among its entity's in the batch, from 1 in arrival order.
 # The heads are read by a statement of their own after the locks were granted (a VOLATILE
 # function takes a fresh snapshot for each statement), as the insert read them before.
 APPEND_ROWS = """
 CREATE FUNCTION event_store_append_rows(
-    p_entity varchar[], p_entity_id bigint[], p_place int[], p_head int[], p_types text,
-    p_users text, p_data text, p_message_id varchar[], p_times timestamptz[], p_time int[],
-    p_recorded_at timestamptz, p_locks bigint[]
+    p_entities varchar[], p_entity int[], p_entity_id bigint[], p_place int[], p_head int[],
+    p_types text, p_users text, p_data text, p_message_ids text, p_message_id varchar[],
+    p_times timestamptz[], p_time int[], p_recorded_at timestamptz, p_locks bigint[]
 ) RETURNS int[]
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -50,15 +52,18 @@ BEGIN
     PERFORM pg_advisory_xact_lock(k) FROM unnest(p_locks) WITH ORDINALITY AS t(k, n) ORDER BY n;
     SELECT array_agg(coalesce(p_place[n::int], 1)
                      + coalesce(h, (SELECT max(s.version) FROM event_store AS s
-                                    WHERE s.entity = e AND s.entity_id = i), 0) ORDER BY n)
+                                    WHERE s.entity = p_entities[e] AND s.entity_id = i), 0)
+                     ORDER BY n)
     INTO versions
     FROM unnest(p_entity, p_entity_id, p_head) WITH ORDINALITY AS x(e, i, h, n);
     INSERT INTO event_store
         (entity, entity_id, version, type, "user", data, message_id, occurred_at, recorded_at)
-    SELECT e, i, versions[n::int], t, u, CAST(d AS json), m, p_times[o], p_recorded_at
+    SELECT p_entities[e], i, versions[n::int], t, u, CAST(d AS json), m, p_times[o],
+           p_recorded_at
     FROM unnest(p_entity, p_entity_id, string_to_array(p_types, E'\\x1f'),
                 string_to_array(p_users, E'\\x1f'), string_to_array(p_data, E'\\x1f', '-'),
-                p_message_id, p_time) WITH ORDINALITY AS x(e, i, t, u, d, m, o, n)
+                coalesce(p_message_id, string_to_array(p_message_ids, E'\\x1f')), p_time)
+         WITH ORDINALITY AS x(e, i, t, u, d, m, o, n)
     ORDER BY n;
     RETURN versions;
 END
@@ -74,6 +79,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute(
-            "DROP FUNCTION event_store_append_rows(varchar[], bigint[], int[], int[], text, text,"
-            " text, varchar[], timestamptz[], int[], timestamptz, bigint[])"
+            "DROP FUNCTION event_store_append_rows(varchar[], int[], bigint[], int[], int[], text,"
+            " text, text, text, varchar[], timestamptz[], int[], timestamptz, bigint[])"
         )
