@@ -187,9 +187,8 @@ async def _rows_at_once(database: Database, rows: Sequence[Row], known: Heads) -
     ]
     if any(text.count(_SEPARATOR) != count - 1 for text in texts):
         raise RuntimeError("a change type, user or data holds U+001F")  # parse_row makes none
-    joined: str | None = _SEPARATOR.join(message_ids)
-    if joined.count(_SEPARATOR) != count - 1:  # an id holding it: as an array
-        joined = None
+    joined = _SEPARATOR.join(message_ids)
+    as_text = joined.count(_SEPARATOR) == count - 1  # else an id holds it: as an array
     names, name_index = _distinct(entities)
     times, time_index = _distinct(occurred)
     async with _append_call(database, known) as call:
@@ -201,8 +200,8 @@ async def _rows_at_once(database: Database, rows: Sequence[Row], known: Heads) -
             places,
             heads,
             *texts,
-            joined,
-            message_ids if joined is None else None,
+            joined if as_text else None,
+            None if as_text else message_ids,
             times,
             time_index,
             recorded_at,
