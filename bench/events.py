@@ -12,9 +12,11 @@ Cases (N change events waiting in a queue, spread over 1,000 entities):
   (c0) the worker as it was before both (PostgreSQL only): one batch at a time, each in three
       round trips (BEGIN with the locks, INSERT_FROM_HEADS, COMMIT; patched in here)
   (d) the database ceiling (PostgreSQL only): the same events written with raw asyncpg, no
-      broker, in batches of the same size with the workflow writer's statement (one call of
-      event_store_append(): the advisory locks, the INSERT that reads the heads, its commit),
-      the columns built before the clock starts: how far the database alone goes on this
+      broker, in batches of the same size with the models' statement (one call of
+      event_store_append(): the advisory locks, the INSERT that reads the heads, its commit;
+      the worker's rows call, event_store_append_rows(), does the same with less work per
+      event for the database, see docs/performance.md), the columns built before the clock
+      starts: how far the database alone goes on this
       machine, so that (c)/(d) says what share of it the worker reaches. Timed with one
       connection (one batch in the database at a time) and with K+1 connections (K+1 batches
       at once, disjoint entities).
@@ -290,7 +292,7 @@ async def workflow_as_before(settings: Settings, database: Database, n: int) -> 
     names = vars(store_module)  # EventStore calls the writer by its module-level name
     original = names["append_rows_postgresql"]
 
-    async def rows_in_three(database: Database, rows: Sequence[Row]) -> list[None]:
+    async def rows_in_three(database: Database, rows: Sequence[Row], _: Any = None) -> list[None]:
         await three_round_trips(database, [incoming_of(row) for row in rows])
         return [None] * len(rows)
 
@@ -302,10 +304,10 @@ async def workflow_as_before(settings: Settings, database: Database, n: int) -> 
 
 
 async def database_ceiling(url: str, n: int, connections: int, *, one_call: bool) -> float:
-    """Case (d): the workflow writer's statements per batch of BATCH_SIZE straight on asyncpg,
+    """Case (d): the models' append statements per batch of BATCH_SIZE straight on asyncpg,
     ``connections`` batches in the database at once (each connection its own entities),
-    nothing else in the process; events stored per second. ``one_call``: the writer's one
-    round trip (event_store_append()); else its three of before (BEGIN with the locks, the
+    nothing else in the process; events stored per second. ``one_call``: the one round trip
+    of event_store_append(); else the writer's three of before (BEGIN with the locks, the
     INSERT reading the heads, COMMIT)."""
     events = [
         Incoming(change, str(uuid.uuid4()), _now()) for change in changes(n, uuid.uuid4().hex[:8])

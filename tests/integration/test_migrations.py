@@ -30,6 +30,7 @@ CHAIN = [
     ("0008_backoffice_logouts", "outbox"),
     ("0009_events_append", "events"),
     ("0010_chat_mark", "chat"),
+    ("0011_events_append_rows", "events"),
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
@@ -54,6 +55,14 @@ def test_unknown_extra_keys_are_tolerated() -> None:
     assert change.payload() == {"entity": "e", "id": 1, "user": 2, "data": {}}
 
 
+def _nested(depth: int) -> dict[str, Any]:
+    """``data`` with ``depth`` objects and arrays nested in it (the outer object is one)."""
+    value: Any = 1
+    for level in range(depth - 1):
+        value = [value] if level % 2 else {"k": value}
+    return {"a": value}
+
+
 @pytest.mark.parametrize(
     ("job", "body", "reason"),
     [
@@ -77,6 +86,25 @@ def test_unknown_extra_keys_are_tolerated() -> None:
         ("insert", {"entity": "e", "id": 1, "user": None, "data": {}}, '"system", got null'),
         ("insert", {"entity": "e", "id": 1, "user": 1, "data": [1]}, "'data' must be a JSON obj"),
         ("delete", {"entity": "e", "id": 1, "user": 1, "data": "gone"}, "got string"),
+        # Inside data (parse_row encodes first and walks only what the text leaves in doubt).
+        (
+            "update",
+            {"entity": "e", "id": 1, "user": 1, "data": {"a": "x\x00"}},
+            "'data'.a contains",
+        ),
+        (
+            "update",
+            {"entity": "e", "id": 1, "user": 1, "data": {"\x00": 1}},
+            "a key of 'data' contains",
+        ),
+        (
+            "update",
+            {"entity": "e", "id": 1, "user": 1, "data": {"a": ["\ud800"]}},
+            "lone surrogate",
+        ),
+        ("update", {"entity": "e", "id": 1, "user": 1, "data": {"a": float("nan")}}, "is nan"),
+        ("update", {"entity": "e", "id": 1, "user": 1, "data": {"a": float("-inf")}}, "is -inf"),
+        ("update", {"entity": "e", "id": 1, "user": 1, "data": _nested(513)}, "deeper than 512"),
     ],
 )
 def test_invalid_change_events_are_refused_with_a_reason(job: str, body: Any, reason: str) -> None:
@@ -86,6 +114,18 @@ def test_invalid_change_events_are_refused_with_a_reason(job: str, body: Any, re
     with pytest.raises(MessageError) as row:
         parse_row(job, body, "m-1", T0)
     assert str(row.value) == str(model.value)
+
+
+def test_data_the_walk_would_pass_is_stored_as_it_came() -> None:
+    # What only looks doubtful in the encoded text: the characters \u0000 in a string, and
+    # as deep a nesting as is allowed.
+    for data in ({"a": "\\u0000"}, _nested(512), {"a": "[" * 600}):
+        body = {"entity": "e", "id": 1, "user": 1, "data": data}
+        assert parse_row("update", body, "m-1", T0)[4] == json.dumps(data, ensure_ascii=False)
+    # A body refused for its data and for its message id: the data's reason, first.
+    body = {"entity": "e", "id": 1, "user": 1, "data": {"a": "x\x00"}}
+    with pytest.raises(MessageError, match="U\\+0000"):
+        parse_row("update", body, "", T0)
 
 
 def test_a_row_holds_the_columns_the_store_writes() -> None:

@@ -48,11 +48,37 @@ FIRST_PAUSE = 0.1
 MAX_PAUSE = 5.0
 
 
+class _Callers:
+    """The outcomes of one :meth:`Batcher.submit_all` call's items, and the one future its
+    caller waits on, done when the last of them is settled (a future per item, gathered, cost
+    a callback per item). Cancelled: the caller gave up, or the writers were torn down."""
+
+    __slots__ = ("future", "outcomes", "pending")
+
+    def __init__(self, future: asyncio.Future[None], count: int) -> None:
+        self.future = future
+        self.outcomes: list[BaseException | None] = [None] * count
+        self.pending = count
+
+    def settle(self, index: int, outcome: BaseException | None) -> None:
+        self.outcomes[index] = outcome
+        self.pending -= 1
+        if not self.pending and not self.future.done():
+            self.future.set_result(None)
+
+
 @dataclass(slots=True)
 class _Entry(Generic[T]):
     item: T
     key: Hashable
-    future: asyncio.Future[None]
+    callers: _Callers
+    index: int  # in its call's items
+
+    @property
+    def gone(self) -> bool:
+        """Whether its caller gave up (or the writers were torn down): an entry being written
+        is not settled yet, so its call's future is done only then."""
+        return self.callers.future.done()
 
 
 def _one_key(_: object) -> None:
@@ -89,37 +115,30 @@ class Batcher(Generic[T]):
 
     async def submit(self, item: T) -> None:
         """Queue ``item``; return once its batch is written, or raise its outcome."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        # Before any await: keeps the callers' order.
-        self._queue.append(_Entry(item, self._key(item), future))
-        if not self._scheduled and len(self._writers) < self._in_flight:
-            # One turn of the loop first, so that the calls made in this turn share a batch.
-            self._scheduled = True
-            loop.call_soon(self._start)
-        await future
+        (outcome,) = await self.submit_all((item,))
+        if outcome is not None:
+            raise outcome
 
     async def submit_all(self, items: Sequence[T]) -> list[BaseException | None]:
         """Queue ``items``, in their order, as :meth:`submit` would one by one; return once
         each is written or failed, with one outcome per item (``None``: written). One caller
-        waiting for many items costs one wake-up, where a caller per item costs one each."""
+        waiting for many items costs one wake-up, where a caller per item costs one each.
+        Raises :class:`asyncio.CancelledError` when the writers were torn down (see _ended):
+        never an outcome to settle a message with."""
+        if not items:
+            return []
         loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[None]] = []
-        for item in items:  # before any await: keeps the callers' order
-            future: asyncio.Future[None] = loop.create_future()
-            self._queue.append(_Entry(item, self._key(item), future))
-            futures.append(future)
-        if futures and not self._scheduled and len(self._writers) < self._in_flight:
+        callers = _Callers(loop.create_future(), len(items))
+        key = self._key
+        queue = self._queue
+        for index, item in enumerate(items):  # before any await: keeps the callers' order
+            queue.append(_Entry(item, key(item), callers, index))
+        if not self._scheduled and len(self._writers) < self._in_flight:
+            # One turn of the loop first, so that the calls made in this turn share a batch.
             self._scheduled = True
             loop.call_soon(self._start)
-        outcomes: list[BaseException | None] = await asyncio.gather(
-            *futures, return_exceptions=True
-        )
-        if any(isinstance(o, asyncio.CancelledError) for o in outcomes):
-            # The writers were torn down (see _ended): as submit() would, never an outcome to
-            # settle a message with.
-            raise asyncio.CancelledError
-        return outcomes
+        await callers.future
+        return callers.outcomes
 
     def _start(self) -> None:
         """Start writing as many batches as there are free places for (and items to take)."""
@@ -152,20 +171,20 @@ class Batcher(Generic[T]):
         self._busy -= keys
         if writer.cancelled():  # the writers are being torn down: fail what waits, never leave it
             for entry in self._queue:
-                entry.future.cancel()
+                entry.callers.future.cancel()
             self._queue.clear()
             return
         self._start()
 
     async def _write_one(self, batch: list[_Entry[T]]) -> None:
-        if all(entry.future.done() for entry in batch):
+        if all(entry.gone for entry in batch):
             return  # every caller gave up: their deliveries went back to the broker
         try:
             attempt = 0
             while True:
                 outcomes = await self._attempt(batch)
                 held = next((o for o in outcomes if o is not None and self._held(o)), None)
-                if held is None or all(entry.future.done() for entry in batch):
+                if held is None or all(entry.gone for entry in batch):
                     break
                 attempt += 1
                 pause = min(FIRST_PAUSE * 2 ** min(attempt - 1, 16), MAX_PAUSE)
@@ -180,15 +199,12 @@ class Batcher(Generic[T]):
                 await asyncio.sleep(pause)
         except asyncio.CancelledError:
             for entry in batch:
-                entry.future.cancel()
+                entry.callers.future.cancel()
             raise
         for entry, outcome in zip(batch, outcomes, strict=True):
-            if entry.future.done():  # its caller gave up (cancelled while draining)
-                continue
-            if outcome is None:
-                entry.future.set_result(None)
-            else:
-                entry.future.set_exception(outcome)
+            # A caller that gave up (cancelled while draining) is never woken: its future is
+            # done already.
+            entry.callers.settle(entry.index, outcome)
 
     async def _attempt(self, batch: list[_Entry[T]]) -> Sequence[BaseException | None]:
         try:

@@ -82,11 +82,14 @@ def parse_change(message_type: str, payload: Json) -> ChangeEvent:
     )
 
 
-def parse_fields(message_type: str, payload: Json) -> tuple[str, str, int, str, Json]:
+def parse_fields(
+    message_type: str, payload: Json, *, walk: bool = True
+) -> tuple[str, str, int, str, Json]:
     """:func:`parse_change`'s checks, in its order and with its reasons, without the model:
     the type, entity, id, user (as the store writes it: text) and data (``None`` or an
     object) of a received change event. What the workflow worker stores from (one object
-    less per event)."""
+    less per event). Without ``walk``, the values inside ``data`` are not checked
+    (:func:`~rabbitry.events.portable.check_json`): the caller does it next, its own way."""
     if type(payload) is not dict and not isinstance(payload, Mapping):  # dict: no ABC check
         raise MessageError(f"change event body must be a JSON object, got {_kind(payload)}")
     for key in ("entity", "id", "user"):
@@ -98,7 +101,7 @@ def parse_fields(message_type: str, payload: Json) -> tuple[str, str, int, str, 
     _check_int(entity_id, "id")
     _check_user(user)
     data = payload.get("data")
-    _check_data(kind, data)
+    _check_data(kind, data, walk=walk)
     return kind.value, entity, entity_id, str(user), data
 
 
@@ -260,13 +263,13 @@ def _check_user(value: object) -> None:
         ) from None
 
 
-def _check_data(kind: ChangeType, data: object) -> None:
+def _check_data(kind: ChangeType, data: object, *, walk: bool = True) -> None:
     if data is None:
         if kind is not ChangeType.DELETE:
             raise MessageError(f"'data' is required for {kind}")
     elif type(data) is not dict and not isinstance(data, Mapping):
         raise MessageError(f"'data' must be a JSON object, got {_kind(data)}")
-    else:
+    elif walk:
         check_json(data, "'data'")
 
 

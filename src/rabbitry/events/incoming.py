@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from rabbitry.errors import MessageError
 from rabbitry.events.change import ChangeEvent, ChangeType, Json, parse_fields, user_from_text
-from rabbitry.events.portable import check_text
+from rabbitry.events.portable import MAX_DEPTH, _encodable, check_json, check_text
 
 MAX_MESSAGE_ID_LENGTH = 255
 
@@ -51,15 +51,35 @@ def parse_row(message_type: str, payload: Json, message_id: str, occurred_at: dt
     """A received change event as its :data:`Row`: the checks of
     :func:`~rabbitry.events.change.parse_change` and :class:`Incoming`, in their order and
     with their reasons (:class:`MessageError`), then ``data`` encoded as JSON text."""
-    kind, entity, entity_id, user, data = parse_fields(message_type, payload)
-    check_message_id(message_id)
+    kind, entity, entity_id, user, data = parse_fields(message_type, payload, walk=False)
     text = None
+    failed: TypeError | ValueError | None = None
     if data is not None:
+        # Encoded first: the text answers for the common, clean value at once, where
+        # check_json walks it (0.8 of 3.2 µs an event); a value it doubts is walked, as
+        # parse_fields would have, for check_json's reason.
         try:
             text = DATA_JSON.encode(data if type(data) is dict else dict(data))
-        except (TypeError, ValueError) as exc:  # check_json let nothing through it refuses
-            raise MessageError(f"'data' is not JSON: {exc}") from exc
+        except (TypeError, ValueError) as exc:  # a NaN, say: check_json names it
+            failed = exc
+        if text is None or not _plain(text):
+            check_json(data, "'data'")
+    check_message_id(message_id)
+    if failed is not None:  # check_json let it through: the encoder's reason, as before
+        raise MessageError(f"'data' is not JSON: {failed}") from failed
     return entity, entity_id, kind, user, text, message_id, occurred_at
+
+
+def _plain(text: str) -> bool:
+    """Whether encoded data certainly holds nothing :func:`check_json` refuses: no U+0000 (the
+    encoder writes it ``\\u0000``), no lone surrogate (the text is UTF-8), no deeper nesting
+    than it allows (no more objects and arrays than that). A false ``False`` (the text
+    ``\\u0000`` in a string, many brackets) only costs the walk."""
+    return (
+        "\\u0000" not in text
+        and (text.isascii() or _encodable(text))
+        and text.count("{") + text.count("[") <= MAX_DEPTH
+    )
 
 
 def incoming_of(row: Row) -> Incoming:

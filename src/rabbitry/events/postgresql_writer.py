@@ -8,6 +8,12 @@ numbered in arrival order from their heads, which it reads itself; the commit en
 One round trip, where BEGIN, the insert and COMMIT took three. A batch with a message stored
 before is written again the longer way: the locks, one lookup of the heads and of the stored
 message ids, then the insert (see :func:`append_postgresql`).
+
+The workflow worker's rows (:func:`append_rows_postgresql`) go through
+``event_store_append_rows()`` (migration ``0011_events_append_rows``): the same locks, order
+and numbering, a plain insert (a message stored before fails it on its unique constraint), and
+the heads of the (entity, id)s the caller remembers from its earlier batches (:class:`Heads`)
+taken from it instead of read from the index.
 """
 
 from __future__ import annotations
@@ -16,14 +22,17 @@ import contextlib
 import datetime as dt
 import functools
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+import itertools
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from rabbitry.events.change import RecordedEvent
 from rabbitry.events.incoming import DATA_JSON, Incoming, Row, incoming_of
 from rabbitry.events.writes import Refused, classify
 from rabbitry.storage.database import Database
+
+T = TypeVar("T")
 
 # The longer way, for a batch with a message stored before. The statements' snapshots are
 # taken after the locks were granted (a separate, earlier statement), so the heads they read
@@ -55,13 +64,55 @@ _INSERT_POSTGRESQL = (
 # its own rows, so each max() is the head before the batch), in one call outside a transaction
 # (migration 0009_events_append): one round trip, the commit included.
 _APPEND_CALL = "SELECT * FROM event_store_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-# The same call for rows, whose numbers are not needed: one value back instead of a row per
-# event for the driver to decode.
+# The call for rows (migration 0011_events_append_rows), whose numbers are not needed: it
+# returns each row's version, one int array.
 _APPEND_ROWS_CALL = (
-    "SELECT count(*) FROM event_store_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    "SELECT event_store_append_rows($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
 )
-# What event_store_append() fails with (nothing kept) when a message was stored before.
+# What separates the values of a column sent as one text (the types, users and data, and
+# the message ids when none holds it): none of them can hold it (see the migration); data
+# NULL is sent as _NO_DATA.
+_SEPARATOR = "\x1f"
+_NO_DATA = "-"
+# What event_store_append() fails with (nothing kept) when a message was stored before; what
+# event_store_append_rows() fails with then is a unique violation on the message id.
 _STORED_BEFORE = "RR001"
+_UNIQUE_VIOLATION = "23505"
+_MESSAGE_ID_CONSTRAINT = "uq_event_store_message_id"
+# How many (entity, id) heads a writer remembers: past that it starts again from none.
+MAX_HEADS = 1 << 16
+
+
+class Heads:
+    """The head versions of the (entity, id)s a writer stored lately, as its own commits left
+    them, so that its next batches need not read them from the index (one probe per event).
+
+    Only a commit of its own sets a head, and versions are only ever added, so a head known
+    here is never above the stored one; it is below it when another writer (a worker that
+    lost its node, an append of models) stored events of that entity since, and then the
+    insert numbered from it fails on the unique constraint on (entity, entity_id, version):
+    nothing is kept, and the batch's heads are forgotten before it is written again. A batch
+    in the database holds its heads out of here until it commits, so a failure of any kind
+    leaves them unknown. Events deleted from the store under a running writer (the store is
+    append-only; a restore from a backup) would leave a head here above the stored one: a
+    failure of the connection forgets every head, so that a server restarted or replaced is
+    read again."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, int], int] = {}
+
+    def take(self, keys: Collection[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
+        """The head of each of ``keys`` if known, else ``None``; forgotten until :meth:`put`
+        back."""
+        return dict(zip(keys, map(self._known.pop, keys, itertools.repeat(None)), strict=True))
+
+    def put(self, heads: dict[tuple[str, int], int]) -> None:
+        if len(self._known) + len(heads) > MAX_HEADS:
+            self._known.clear()
+        self._known.update(heads)
+
+    def forget(self) -> None:
+        self._known.clear()
 
 
 async def append_postgresql(
@@ -80,54 +131,94 @@ async def append_postgresql(
     return results
 
 
-async def append_rows_postgresql(database: Database, rows: Sequence[Row]) -> list[None]:
+async def append_rows_postgresql(
+    database: Database, rows: Sequence[Row], heads: Heads | None = None
+) -> list[None]:
     """:func:`append_postgresql` for rows (:func:`~rabbitry.events.incoming.parse_row`): the
-    same call and the same order, dedupe and locks, with no model per event and nothing
-    returned per event but ``None`` (stored, or stored before). A batch with a redelivery
-    takes the longer way with the rows' models (rare: a message stored before)."""
-    if not await _rows_at_once(database, rows):
+    same order, dedupe and locks in one call of ``event_store_append_rows()``, with no model
+    per event and nothing returned per event but ``None`` (stored, or stored before); the
+    heads known in ``heads`` are not read again, and those of this batch are kept there once
+    it committed. A batch with a redelivery takes the longer way with the rows' models (rare:
+    a message stored before)."""
+    if not await _rows_at_once(database, rows, heads or Heads()):
         await _append_after_lookup(database, [incoming_of(row) for row in rows])
     return [None] * len(rows)
 
 
-async def _rows_at_once(database: Database, rows: Sequence[Row]) -> bool:
+async def _rows_at_once(database: Database, rows: Sequence[Row], known: Heads) -> bool:
     """The rows in one call, as :func:`_append_at_once`; ``False`` (nothing kept) when one of
     their messages turned out to be stored before."""
     recorded_at = dt.datetime.now(dt.UTC)
-    # Numbered from 0 here in arrival order (repeats within the batch left out); the call
-    # adds the heads.
-    seen: set[str] = set()
-    heads: dict[tuple[str, int], int] = {}
-    stored: list[Row] = []
-    versions: list[int] = []
-    for row in rows:
-        message_id = row[5]
-        if message_id in seen:
-            continue
-        seen.add(message_id)
-        key = (row[0], row[1])
-        heads[key] = version = heads.get(key, 0) + 1
-        stored.append(row)
-        versions.append(version)
-    if not stored:
+    if not rows:
         return True
-    entities, ids, kinds, users, data, message_ids, occurred = zip(*stored, strict=True)
-    locks = sorted(_lock_key(key) for key in heads)
-    async with _append_call(database) as call:
-        await call.driver.fetchval(
+    # Column by column, in C where it can be (zip, map, set): this runs for every event.
+    entities, ids, kinds, users, data, message_ids, occurred = zip(*rows, strict=True)
+    if len(set(message_ids)) != len(rows):  # repeats within the batch: the first is stored
+        seen: set[str] = set()
+        first: list[Row] = []
+        for row in rows:
+            if row[5] not in seen:
+                seen.add(row[5])
+                first.append(row)
+        entities, ids, kinds, users, data, message_ids, occurred = zip(*first, strict=True)
+    keys = list(zip(entities, ids, strict=True))
+    distinct = set(keys)
+    # Each event's place among its entity's in the batch, from 1, in arrival order; the call
+    # adds the head: the one known here (out of ``known`` until this batch committed), else
+    # the one it reads.
+    taken = known.take(distinct)
+    places: list[int] | None = None  # each 1: no two events of one entity in the batch
+    if len(distinct) != len(keys):
+        counts: dict[tuple[str, int], int] = {}
+        places = []
+        for key in keys:
+            counts[key] = place = counts.get(key, 0) + 1
+            places.append(place)
+    heads = list(map(taken.__getitem__, keys))
+    locks = sorted(map(_lock_key, distinct))
+    # Fewer values for the driver to encode one by one: three columns as one text each (four
+    # with the message ids), the entity names and the times as the batch's distinct ones and
+    # an index per event.
+    count = len(keys)
+    texts = [
+        _SEPARATOR.join(kinds),
+        _SEPARATOR.join(users),
+        _SEPARATOR.join([_NO_DATA if d is None else d for d in data]),
+    ]
+    if any(text.count(_SEPARATOR) != count - 1 for text in texts):
+        raise RuntimeError("a change type, user or data holds U+001F")  # parse_row makes none
+    joined = _SEPARATOR.join(message_ids)
+    as_text = joined.count(_SEPARATOR) == count - 1  # else an id holds it: as an array
+    names, name_index = _distinct(entities)
+    times, time_index = _distinct(occurred)
+    async with _append_call(database, known) as call:
+        versions = await call.driver.fetchval(
             _APPEND_ROWS_CALL,
-            entities,
+            names,
+            name_index,
             ids,
-            versions,
-            kinds,
-            users,
-            data,
-            message_ids,
-            occurred,
+            places,
+            heads,
+            *texts,
+            joined if as_text else None,
+            None if as_text else message_ids,
+            times,
+            time_index,
             recorded_at,
             locks,
         )
-    return not call.stored_before
+    if call.stored_before:
+        return False
+    known.put(dict(zip(keys, versions, strict=True)))  # each key's last version is its head
+    return True
+
+
+def _distinct(values: Sequence[T]) -> tuple[list[T], list[int]]:
+    """The distinct ``values`` in their first order, and each value's place among them (from
+    1, as SQL arrays count)."""
+    distinct = list(dict.fromkeys(values))
+    place = {value: number for number, value in enumerate(distinct, 1)}
+    return distinct, list(map(place.__getitem__, values))
 
 
 @dataclass
@@ -137,20 +228,27 @@ class _Call:
 
 
 @contextlib.asynccontextmanager
-async def _append_call(database: Database) -> AsyncIterator[_Call]:
-    """A writer connection for one call of ``event_store_append()``, unpinged (a failure is
-    retried). ``stored_before`` once the call failed with RR001 (nothing kept: the batch
-    holds a message stored before); a transient failure invalidates the connection, so a dead
-    one does not go back to the pool."""
+async def _append_call(database: Database, heads: Heads | None = None) -> AsyncIterator[_Call]:
+    """A writer connection for one call of ``event_store_append()`` or
+    ``event_store_append_rows()``, unpinged (a failure is retried). ``stored_before`` once the
+    call failed because the batch holds a message stored before (RR001, or a unique violation
+    on the message id; nothing kept); a transient failure invalidates the connection, so a
+    dead one does not go back to the pool, and forgets every head known in ``heads``."""
     async with database.writer_engine.connect() as conn:
         call = _Call((await conn.get_raw_connection()).driver_connection)
         try:
             yield call
         except Exception as exc:
-            if getattr(exc, "sqlstate", None) == _STORED_BEFORE:
+            state = getattr(exc, "sqlstate", None)
+            if state == _STORED_BEFORE or (
+                state == _UNIQUE_VIOLATION
+                and getattr(exc, "constraint_name", None) == _MESSAGE_ID_CONSTRAINT
+            ):
                 call.stored_before = True
                 return
             if classify(exc) == "transient":
+                if heads is not None:
+                    heads.forget()
                 await conn.invalidate()
             raise
 

@@ -37,7 +37,7 @@ from rabbitry.events.incoming import (
     incoming_of,
 )
 from rabbitry.events.models import StoredEvent
-from rabbitry.events.postgresql_writer import append_postgresql, append_rows_postgresql
+from rabbitry.events.postgresql_writer import Heads, append_postgresql, append_rows_postgresql
 from rabbitry.events.sqlite_writer import append_sqlite
 from rabbitry.events.writes import in_session, split_refused, with_retry
 from rabbitry.storage.database import Database
@@ -51,6 +51,8 @@ class EventStore:
     def __init__(self, database: Database, *, max_attempts: int = 30) -> None:
         self._db = database
         self._max_attempts = max_attempts
+        # The heads its own appends of rows left, read no more (PostgreSQL, see Heads).
+        self._heads = Heads()
 
     async def append(self, events: Sequence[Incoming]) -> list[RecordedEvent | None]:
         """Store ``events`` in order; one result each: the stored event, or ``None`` when the
@@ -82,7 +84,7 @@ class EventStore:
             return []
         if self._db.engine.dialect.name == "postgresql":
             return await with_retry(
-                self._max_attempts, lambda: append_rows_postgresql(self._db, rows)
+                self._max_attempts, lambda: append_rows_postgresql(self._db, rows, self._heads)
             )
         events = [incoming_of(row) for row in rows]  # SQLite writes models, one at a time
         await self.append(events)
