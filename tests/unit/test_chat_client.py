@@ -106,3 +106,33 @@ async def test_held_messages_are_replayed_each_senders_in_the_order_sent() -> No
         "m2\nwith a newline",
         "m3\nwith a newline",
     ]
+
+
+async def test_a_held_message_goes_before_a_later_one_of_its_sender_in_the_tail() -> None:
+    # The gateway's queue was lost twice in a row: the first new queue delivered m1 (held),
+    # the second loss took m2, which the catch-up found in the history (its tail).
+    sent: list[str] = []
+    three = asyncio.Event()
+
+    async def send(frame: str) -> None:
+        sent.append(frame)
+        if len(sent) == 3:
+            three.set()
+
+    async def close(code: int, reason: str) -> None:
+        pass
+
+    client = ConnectedClient(Member("acme", "1", "bob", "s1"), "lobby", send, close)
+    client.hold()
+    bob = replace(_message(5), sender="bob", text="from bob")
+    assert client.offer(_message(1), encode_frame(_message(1).frame()))
+    pump = asyncio.create_task(client.pump())
+    assert await client.replay(_empty(), [_message(2), bob]) == 3
+    await asyncio.wait_for(three.wait(), 5)
+    client.disconnect(1000, "")
+    await pump
+    assert [json.loads(frame)["text"] for frame in sent] == [
+        "m1\nwith a newline",
+        "from bob",
+        "m2\nwith a newline",
+    ]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from rabbitry.chat.client import RECONNECT, ConnectedClient
@@ -70,8 +70,9 @@ class Held:
 
 
 class CatchUp:
-    """The catch-ups of one gateway: ``history`` read once it passed one of ``marks``, rooms
-    found in ``manager``."""
+    """The catch-ups of one gateway: ``history`` read once it passed a round of ``marks``,
+    rooms found in ``manager``; ``bound`` tells which of the gateway's queues (its inbox's
+    generation) has its rooms bound now, None while it has none."""
 
     def __init__(
         self,
@@ -79,11 +80,14 @@ class CatchUp:
         marks: Marks,
         layout: ChatLayout,
         manager: Manager,
+        bound: Callable[[], int | None],
     ) -> None:
         self.history = history
         self.layout = layout
         self.manager = manager
         self._marks = marks
+        self._bound = bound
+        self._marked: int | None = None  # the queue a round of marks last passed after
         self._watches: set[asyncio.Task[None]] = set()
         self.caught_up = 0
         """Messages sent to open sockets by catch-ups."""
@@ -95,7 +99,7 @@ class CatchUp:
         anchors: dict[str, Anchor] = {}
         start = max(0, await self.history.top() - REORDER)
         if any(held.clients for held in rooms):
-            await self._marks.passed()
+            await self._queue_settled()
 
         async def one(held: Held) -> None:
             async with limit:
@@ -133,6 +137,9 @@ class CatchUp:
         # stored after the seam's: look once more, a moment later, before the held live
         # messages go (sent after them, a missed message would be out of its sender's order).
         await asyncio.sleep(STRAGGLERS)
+        # The queue may have been lost again meanwhile (a cluster stops its nodes one by one):
+        # what the broker routed until the next one was bound reached only the history.
+        await self._queue_settled()
         missed = [
             m
             for m in await self._all_since(room, since, position, seen)
@@ -143,7 +150,7 @@ class CatchUp:
         missed = in_sender_order(missed)
         if missed and room.last_id == since:  # (a live delivery meanwhile moved it on)
             room.last_id = missed[-1].id
-        await asyncio.gather(*(client.replay(_once(missed)) for client in clients))
+        await asyncio.gather(*(client.replay(_none(), missed) for client in clients))
         self.caught_up += len(missed) * len(clients)
         if missed:
             log.warning(
@@ -155,6 +162,21 @@ class CatchUp:
                 len(clients),
             )
         return len(missed)
+
+    async def _queue_settled(self) -> None:
+        """Wait (at most :data:`CATCH_UP_WAIT`) until the gateway has a queue with its rooms
+        bound, and a round of marks passed after it was."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CATCH_UP_WAIT
+        while loop.time() < deadline:
+            bound = self._bound()
+            if bound is None:
+                await asyncio.sleep(0.1)  # (away: the inbox binds the rooms once it is back)
+            elif bound == self._marked:
+                return
+            else:
+                await self._marks.passed()  # (rooms catching up at once share a round)
+                self._marked = bound
 
     async def _seam(
         self,
@@ -240,8 +262,10 @@ class CatchUp:
                 await watch
 
 
-async def _once(messages: list[ChatMessage]) -> AsyncIterator[list[ChatMessage]]:
-    yield messages
+async def _none() -> AsyncIterator[list[ChatMessage]]:
+    nothing: list[list[ChatMessage]] = []  # (a catch-up's missed messages are the tail)
+    for page in nothing:
+        yield page
 
 
 async def stored_position(history: ChatHistory, tenant: str, room: str, since: str) -> int | None:

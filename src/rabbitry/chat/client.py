@@ -129,8 +129,9 @@ class ConnectedClient:
         pages: AsyncIterable[Sequence[ChatMessage]],
         tail: Iterable[ChatMessage] = (),
     ) -> int:
-        """Queue every message of ``pages``, then of ``tail``, then the held live ones, each
-        id once and waiting for room in the send queue; then live messages flow again.
+        """Queue every message of ``pages``, then of ``tail`` and the held live ones (each
+        sender's in the order sent), each id once and waiting for room in the send queue;
+        then live messages flow again.
         Returns how many were queued (fewer if the client went away meanwhile)."""
         sent: set[str] = set()
         queued = 0
@@ -153,7 +154,12 @@ class ConnectedClient:
         async for page in pages:
             for message in page:
                 yield message
-        for message in tail:
+        # The tail with what is held by now, each sender's in the order sent: a catch-up's
+        # missed messages are its tail, and when the queue was lost twice in a row, a message
+        # the first new queue delivered (held) may be earlier than one the second loss took
+        # (missed, from the history).
+        held, self._held = self._held or [], []
+        for message in in_sender_order([*tail, *held]):
             yield message
         # Held messages arrive while the replay drains them; the last check here and the
         # switch back to live delivery (replay's ``finally``) happen with no await between

@@ -106,6 +106,7 @@ class Gateway:
         self.history = history
         self._publisher = publisher
         self._ids = MessageIds()
+        self._bound_generation = 0
         self._declarer: Declarer | None = None  # (counts the history's workers, see marks)
         self._marks = (
             Marks(history, publisher, self.layout, self._ids, self._history_workers)
@@ -113,7 +114,7 @@ class Gateway:
             else None
         )
         self._catch_up = (
-            CatchUp(history, self._marks, self.layout, self.manager)
+            CatchUp(history, self._marks, self.layout, self.manager, self._bound)
             if history is not None and self._marks is not None
             else None
         )
@@ -211,7 +212,15 @@ class Gateway:
             self._held_for = generation
         return self._held
 
+    def _bound(self) -> int | None:
+        """Which of the inbox's queues has the rooms bound now (None while it has none)."""
+        inbox = self.inbox
+        if inbox.connected.is_set() and self._bound_generation == inbox.generation:
+            return self._bound_generation
+        return None  # (away, or the new queue's rooms are still binding)
+
     def _on_connected(self, generation: int) -> None:
+        self._bound_generation = generation
         if generation < 2 or self.history is None:
             return  # the first queue: nothing was missed
         rooms = self._hold_all(generation)

@@ -146,8 +146,13 @@ class Marks:
     async def _workers(self) -> int:
         if self._consumers is None:
             return 1
-        try:
-            return max(1, await self._consumers())
-        except Exception as exc:  # (the broker's answer is a refinement: one mark suffices)
-            log.warning("could not count the history's workers: %s", exc)
-            return 1
+        failure: Exception | None = None
+        for _ in range(2):  # (a channel the broker closed while it was away is opened again)
+            try:
+                return max(1, await self._consumers())
+            except Exception as exc:
+                failure = exc
+        # One worker's mark, then: what that worker took is stored, and the catch-up's last
+        # look covers the others' batches in most cases.
+        log.warning("could not count the history's workers: %s", failure)
+        return 1
