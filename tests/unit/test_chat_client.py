@@ -73,66 +73,59 @@ async def _empty() -> AsyncIterator[list[ChatMessage]]:
         yield page
 
 
-async def test_held_messages_are_replayed_each_senders_in_the_order_sent() -> None:
-    # A gateway's own message that waited for its copy back from the new queue reaches the
-    # held list after its sender's next one (held at its confirm): the replay puts it first,
-    # and leaves the other senders' messages where they came.
+async def _replayed(
+    held: list[ChatMessage], tail: list[ChatMessage] | None = None
+) -> tuple[ConnectedClient, list[str]]:
+    """A holding client offered ``held``, then replayed (nothing from pages, then ``tail``):
+    the client and the texts its socket got, in order."""
     sent: list[str] = []
-    four = asyncio.Event()
+    everything = asyncio.Event()
+    count = len(held) + len(tail or [])
 
     async def send(frame: str) -> None:
         sent.append(frame)
-        if len(sent) == 4:
-            four.set()
+        if len(sent) == count:
+            everything.set()
 
     async def close(code: int, reason: str) -> None:
         pass
 
     client = ConnectedClient(Member("acme", "1", "ann", "s1"), "lobby", send, close)
     client.hold()
-    bob = replace(_message(5), sender="bob", text="from bob")
-    for message in (_message(2), bob, _message(1), _message(3)):
+    for message in held:
         assert client.offer(message, encode_frame(message.frame()))
-    assert client.seams == {_message(2).id, bob.id}
     pump = asyncio.create_task(client.pump())
-    assert await client.replay(_empty()) == 4
+    assert await client.replay(_empty(), tail or []) == count
     assert not client.holding
-    await asyncio.wait_for(four.wait(), 5)
+    await asyncio.wait_for(everything.wait(), 5)
     client.disconnect(1000, "")
     await pump
-    assert [json.loads(frame)["text"] for frame in sent] == [
-        "m1\nwith a newline",
-        "from bob",
-        "m2\nwith a newline",
-        "m3\nwith a newline",
-    ]
+    return client, [json.loads(frame)["text"] for frame in sent]
+
+
+BOB = replace(_message(5), sender="bob", text="from bob")
+
+
+async def test_held_messages_are_replayed_each_senders_in_the_order_sent() -> None:
+    # A gateway's own message that waited for its copy back from the new queue reaches the
+    # held list after its sender's next one (held at its confirm): the replay puts it first,
+    # and leaves the other senders' messages where they came.
+    held = [_message(2), BOB, _message(1), _message(3)]
+    client = ConnectedClient(Member("acme", "1", "ann", "s1"), "lobby", _ignore, _ignore)
+    client.hold()
+    for message in held:
+        client.offer(message, encode_frame(message.frame()))
+    assert client.seams == {_message(2).id, BOB.id}
+    _, texts = await _replayed(held)
+    assert texts == ["m1\nwith a newline", "from bob", "m2\nwith a newline", "m3\nwith a newline"]
 
 
 async def test_a_held_message_goes_before_a_later_one_of_its_sender_in_the_tail() -> None:
     # The gateway's queue was lost twice in a row: the first new queue delivered m1 (held),
     # the second loss took m2, which the catch-up found in the history (its tail).
-    sent: list[str] = []
-    three = asyncio.Event()
+    _, texts = await _replayed([_message(1)], [_message(2), BOB])
+    assert texts == ["m1\nwith a newline", "from bob", "m2\nwith a newline"]
 
-    async def send(frame: str) -> None:
-        sent.append(frame)
-        if len(sent) == 3:
-            three.set()
 
-    async def close(code: int, reason: str) -> None:
-        pass
-
-    client = ConnectedClient(Member("acme", "1", "bob", "s1"), "lobby", send, close)
-    client.hold()
-    bob = replace(_message(5), sender="bob", text="from bob")
-    assert client.offer(_message(1), encode_frame(_message(1).frame()))
-    pump = asyncio.create_task(client.pump())
-    assert await client.replay(_empty(), [_message(2), bob]) == 3
-    await asyncio.wait_for(three.wait(), 5)
-    client.disconnect(1000, "")
-    await pump
-    assert [json.loads(frame)["text"] for frame in sent] == [
-        "m1\nwith a newline",
-        "from bob",
-        "m2\nwith a newline",
-    ]
+async def _ignore(*_: object) -> None:
+    pass
