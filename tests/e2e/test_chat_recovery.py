@@ -134,7 +134,7 @@ async def test_a_gateway_whose_connection_is_cut_while_its_room_is_busy_loses_no
             await eventually_true(rebound, timeout=60, what="the new queue's bindings")
             (current,) = await queues() - {current}
 
-            async def sent_missed() -> bool:
+            async def sent_missed(before: int = before) -> bool:
                 return caught_up() > before
 
             with contextlib.suppress(AssertionError):  # (nothing missed: cut again)
