@@ -27,6 +27,11 @@ State rebuild: EventStore.state() for entities with 100, 1,000 and 10,000 events
 Every case reads the same K event-sourcing queues (``--partitions K``, the workflow worker's
 RABBITRY_EVENTS_PARTITIONS; the events are routed by entity bucket when K > 1).
 
+Rounds run the cases in turn, every other one in reverse order. Each ratio is printed as the
+ratio of the cases' medians and as the median of the rounds' own ratios, with their middle
+half: on this shared machine single rounds vary by a third, so the spread says how far to
+trust a figure.
+
 Each consumer case also prints the CPU time of this process per event while it ran (its
 consumer or worker is all that runs in it then): unlike events/s, that holds on a loaded machine.
 And, while it ran, the broker's and PostgreSQL's CPU per event and how busy the whole machine
@@ -437,8 +442,12 @@ async def main(n: int, rounds: int, kind: str, partitions: int, only: set[str]) 
             ]
             for connections, one_call in ceilings:
                 rates[_ceiling(connections, one_call)] = []
-            for _ in range(rounds):
-                for name, case in cases.items():
+            for round_number in range(rounds):
+                # Every other round the other way round: what one case leaves the broker and
+                # the database to finish (a queue's acked messages, dirty pages) then slows
+                # each case about as often.
+                order = list(cases.items())
+                for name, case in order if round_number % 2 == 0 else order[::-1]:
                     await analyze(database)
                     rates[name].append(await case(settings, database, n))
                     cpu[name].append(CPU_US[-1])
@@ -501,10 +510,18 @@ def report(
     def versus(top: str, bottom: str, what: str) -> None:
         if top in by_label and bottom in by_label:
             t, b = by_label[top], by_label[bottom]
+            ratios = [x / y for x, y in zip(t, b, strict=True)]
+            # The rounds' own ratios too (each from two runs minutes apart at most, so slow
+            # spells of the machine cancel out more), with their middle half where there are
+            # enough of them to say.
+            spread = ""
+            if len(ratios) >= 4:
+                low, _, high = statistics.quantiles(ratios, n=4)
+                spread = f", middle half {low:.2f}-{high:.2f}x"
             print(
-                f"{what} ({top})/({bottom}): {statistics.median(t) / statistics.median(b):.2f}x"
-                " (per round: "
-                + ", ".join(f"{x / y:.2f}x" for x, y in zip(t, b, strict=True))
+                f"{what} ({top})/({bottom}): {statistics.median(t) / statistics.median(b):.2f}x;"
+                f" per round: median {statistics.median(ratios):.2f}x{spread} ("
+                + ", ".join(f"{r:.2f}x" for r in ratios)
                 + ")"
             )
 
