@@ -216,14 +216,24 @@ class Declarer:
                 raise translate(exc, f"unbind {binding.queue}") from exc
 
     async def delete(self, topology: Topology) -> None:
-        """Delete queues and exchanges (tests and teardown); missing ones are fine."""
+        """Delete queues and exchanges (tests and teardown); missing ones are fine. Each
+        deletion waits at most ``rpc_timeout`` (a teardown must not hang on a broker that is
+        away)."""
         async with self._lock:
-            for queue in topology.queues:
-                await (await self._channel.get_underlay_channel()).queue_delete(queue.name)
-                self._declared.discard(queue)
-            for exchange in topology.exchanges:
-                await (await self._channel.get_underlay_channel()).exchange_delete(exchange.name)
-                self._declared.discard(exchange)
+            await self._reopen()
+            try:
+                for queue in topology.queues:
+                    async with asyncio.timeout(self._rpc_timeout):
+                        underlay = await self._channel.get_underlay_channel()
+                        await underlay.queue_delete(queue.name)
+                    self._declared.discard(queue)
+                for exchange in topology.exchanges:
+                    async with asyncio.timeout(self._rpc_timeout):
+                        underlay = await self._channel.get_underlay_channel()
+                        await underlay.exchange_delete(exchange.name)
+                    self._declared.discard(exchange)
+            except Exception as exc:
+                raise translate(exc, "delete topology") from exc
 
     async def delete_idle_queue(self, name: str) -> bool:
         """Delete queue ``name`` only if it holds no message and has no consumer (the broker
@@ -306,8 +316,14 @@ class Declarer:
         return True
 
     async def _reopen(self) -> None:
+        """A channel in place of one a refused call closed. With the connection down there is
+        none to open, and nothing is lost: its reconnect opens one (:meth:`_on_reconnect`),
+        and the caller reports its own error, the broker's, not this one."""
         if self._channel.is_closed:
-            self._channel = await self._connection.channel(publisher_confirms=False)
+            try:
+                self._channel = await self._connection.channel(publisher_confirms=False)
+            except Exception as exc:
+                log.debug("no new channel while the broker connection is down: %r", exc)
 
     async def _on_reconnect(self, *_: Any) -> None:
         log.info("broker connection back: re-declaring topology")

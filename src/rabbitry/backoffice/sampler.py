@@ -68,6 +68,8 @@ class Sampler:
                 started = time.monotonic()
                 try:
                     self.series.add(await self.read(http))
+                except RabbitryError as exc:  # the broker or the database away: one line
+                    log.warning("dashboard reading failed: %s", exc)
                 except Exception:  # one bad reading must not end the dashboard's history
                     log.exception("dashboard reading failed")
                 await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
