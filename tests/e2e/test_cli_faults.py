@@ -298,3 +298,19 @@ async def test_consume_exits_1_when_its_connection_closes_before_count(
     last = done.stderr.decode().strip().splitlines()[-1]
     assert last.startswith("rabbitry: error: the connection to the broker closed after 0")
     assert "Traceback" not in done.stderr.decode()
+
+
+# --- the broker client underneath logs one WARNING line per refused connect --------------------
+
+
+async def test_refused_connects_of_the_broker_client_are_one_warning_line_each(
+    settings: Settings,
+) -> None:
+    done = await rabbitry(settings, "dead-letters", "list", RABBITRY_AMQP_URL=DEAD_AMQP_URL)
+    assert done.returncode == 1
+    log = done.stderr.decode("utf-8", "replace")
+    lines = log.strip().splitlines()
+    assert lines[-1].startswith("rabbitry: error: "), log
+    # aio-pika's own line for the refused connect, kept, as a warning; no ERROR, no traceback.
+    assert any(" WARNING aiormq.connection: error when creating transport" in ln for ln in lines)
+    assert " ERROR " not in log and "Traceback" not in log, log

@@ -14,7 +14,7 @@ from typer.core import TyperGroup
 
 from rabbitry import extras
 from rabbitry.app.registry import PARTS, Commands
-from rabbitry.cli import messaging, run, status, system
+from rabbitry.cli import logs, messaging, run, status, system
 from rabbitry.cli.lazy import LazyCommand, Register, add_lazy, unwrap_help
 from rabbitry.console import USAGE_ERROR
 
@@ -47,7 +47,7 @@ def root(
 ) -> None:
     """Settings come from RABBITRY_* environment variables and rabbitry.yaml."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(level)
     ctx.obj = {"config_file": config, "verbose": verbose}
 
 
