@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from rabbitry.cli.logs import ClientNoise
+from rabbitry.cli.logs import ClientNoise, configure
 
 
 def _record(name: str, level: int, *, failing: bool = False) -> logging.LogRecord:
@@ -39,3 +39,22 @@ def test_client_warnings_and_below_keep_their_level() -> None:
     record = _record("aio_pika.robust_connection", logging.INFO)
     assert ClientNoise().filter(record)
     assert record.levelno == logging.INFO and record.getMessage() == "reader x stopped"
+
+
+def test_even_debug_leaves_out_the_sqlite_drivers_statements_and_their_parameters() -> None:
+    driver = logging.getLogger("aiosqlite")
+    root = logging.getLogger()
+    level, handlers = driver.level, list(root.handlers)
+    filters = {h: list(h.filters) for h in handlers}
+    try:
+        configure(logging.DEBUG)
+        assert not driver.isEnabledFor(logging.DEBUG)  # each statement, with its parameters
+        assert driver.isEnabledFor(logging.INFO)
+        assert all(any(isinstance(f, ClientNoise) for f in h.filters) for h in root.handlers)
+    finally:
+        driver.setLevel(level)
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+        for handler, kept in filters.items():
+            handler.filters[:] = kept

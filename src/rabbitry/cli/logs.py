@@ -34,6 +34,9 @@ class ClientNoise(logging.Filter):
 def configure(level: int) -> None:
     """Log at ``level`` and above to standard error, the broker client's records as above."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # aiosqlite's DEBUG lines are every statement with its parameters (a user's data, a
+    # token's hash): not even -vv shows them.
+    logging.getLogger("aiosqlite").setLevel(max(level, logging.INFO))
     noise = ClientNoise()
     for handler in logging.getLogger().handlers:
         if noise not in handler.filters:

@@ -33,7 +33,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rabbitry.errors import MessageError, StorageError
-from rabbitry.storage.database import Database
+from rabbitry.storage.database import Database, driver_message
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -64,11 +64,11 @@ async def with_retry(attempts: int, work: Callable[[], Awaitable[T]]) -> T:
         except Exception as exc:
             kind = classify(exc)
             if kind == "refused":
-                raise Refused(first_line(exc)) from exc
+                raise Refused(driver_message(exc)) from exc
             if kind == "conflict":
                 if attempt == attempts:
                     raise StorageError(
-                        f"still conflicting after {attempts} attempts: {first_line(exc)}"
+                        f"still conflicting after {attempts} attempts: {driver_message(exc)}"
                     ) from exc
                 # Jitter, so that two workers that collided do not collide again in lockstep.
                 await asyncio.sleep(random.uniform(0, 0.002 * attempt))
@@ -78,7 +78,8 @@ async def with_retry(attempts: int, work: Callable[[], Awaitable[T]]) -> T:
                 if transient < TRANSIENT_ATTEMPTS and attempt < attempts:
                     await asyncio.sleep(0.05 * 2**transient)
                     continue
-            raise StorageError(f"database error: {type(exc).__name__}: {first_line(exc)}") from exc
+            reason = driver_message(exc)
+            raise StorageError(f"database error: {type(exc).__name__}: {reason}") from exc
     raise AssertionError("unreachable")
 
 
@@ -117,13 +118,6 @@ def _is_driver_interface_error(exc: BaseException) -> bool:
         cls.__module__.startswith("asyncpg") and cls.__name__ == "InterfaceError"
         for cls in type(exc).__mro__
     )
-
-
-def first_line(exc: BaseException) -> str:
-    """The driver's own words, without SQLAlchemy's statement and parameter dump."""
-    cause = getattr(exc, "orig", None) or exc
-    lines = str(cause).strip().splitlines()
-    return lines[0][:500] if lines else type(exc).__name__
 
 
 async def split_refused(

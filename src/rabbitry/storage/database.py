@@ -46,7 +46,9 @@ class Database:
         self._echo = echo
         if url.startswith("sqlite"):
             _ensure_sqlite_dir(url)
-        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
+        # No statement parameters in errors or echo (a user's data, a token's hash): the
+        # errors end in logs.
+        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True, "hide_parameters": True}
         if url.startswith("sqlite"):
             # One writer at a time is SQLite's model; a busy timeout turns lock contention
             # into waiting instead of "database is locked" errors.
@@ -67,7 +69,7 @@ class Database:
         the server restarted instead of a ping on every batch."""
         if self._writer_engine is None:
             self._writer_engine = create_async_engine(
-                self.url, echo=self._echo, pool_pre_ping=False
+                self.url, echo=self._echo, pool_pre_ping=False, hide_parameters=True
             )
         return self._writer_engine
 
@@ -154,7 +156,7 @@ def database_errors() -> Iterator[None]:
     try:
         yield
     except SQLAlchemyError as exc:
-        raise StorageError(f"database error: {type(exc).__name__}: {exc}") from exc
+        raise StorageError(f"database error: {type(exc).__name__}: {driver_message(exc)}") from exc
     except OSError as exc:  # a refused or dropped connection (TimeoutError too), from the driver
         raise StorageError(f"database unreachable: {exc}") from exc
 
@@ -216,3 +218,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def driver_message(exc: BaseException) -> str:
+    """The driver's own words, on one line: without SQLAlchemy's dump of the statement and its
+    parameters, which would carry data into the log."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return lines[0][:500] if lines else type(exc).__name__
