@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import struct
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,10 +130,17 @@ def content_id(job: str, timestamp: dt.datetime | int | None, body: bytes) -> st
 
 
 def new_id() -> str:
-    """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` but in half the time:
-    every published message gets one."""
-    bits = int.from_bytes(os.urandom(16), "big")
-    bits = bits & ~(0xF000 << 64) & ~(0xC000 << 48) | (0x4000 << 64) | (0x8000 << 48)
+    """A version 7 UUID as text (RFC 9562): the Unix time in milliseconds, then 74 random
+    bits. Every published message gets one.
+
+    Time first, so that the ids a system makes one after another sort together: the unique
+    indexes on message ids (the event store, the outbox, the message log, the chat history)
+    take each new one at their right-hand end instead of at a random page. With random
+    (version 4) ids the event store's PostgreSQL CPU per event grew with the table, measured
+    8 to 13.5 us over 160,000 events, against 7.5 to 10.5 with these (docs/performance.md).
+    To a reader it is still a UUID string, as RoadRunner's job ids are."""
+    bits = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    bits = bits & ~(0xF000 << 64) & ~(0xC000 << 48) | (0x7000 << 64) | (0x8000 << 48)
     text = f"{bits:032x}"
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
