@@ -41,6 +41,7 @@ async def test_a_failed_statement_is_one_line_with_the_reason_and_without_its_pa
     message = str(raised.value)
     assert message.startswith("database error: ")
     assert "no_such_table" in message  # the driver's reason names the table
+    assert message.endswith("is the database set up? `rabbitry db upgrade` creates its tables")
     assert "\n" not in message and SECRET not in message
     # Nor anywhere the exception goes: its cause as printed in a traceback, the log.
     assert SECRET not in str(raised.value.__cause__)
@@ -56,3 +57,10 @@ async def test_a_refused_insert_keeps_the_row_out_of_the_message(database: Datab
             await connection.execute(text("INSERT INTO tokens VALUES (:h)"), {"h": SECRET})
     assert "unique" in str(raised.value).lower()
     assert SECRET not in str(raised.value) and SECRET not in str(raised.value.__cause__)
+
+
+async def test_other_errors_give_no_advice_on_migrations(database: Database) -> None:
+    with pytest.raises(StorageError) as raised:
+        async with database.connection() as connection:
+            await connection.execute(text("SELECT 1 FROM"))  # a syntax error
+    assert "upgrade" not in str(raised.value)

@@ -156,7 +156,11 @@ def database_errors() -> Iterator[None]:
     try:
         yield
     except SQLAlchemyError as exc:
-        raise StorageError(f"database error: {type(exc).__name__}: {driver_message(exc)}") from exc
+        hint = "; is the database set up? `rabbitry db upgrade` creates its tables"
+        raise StorageError(
+            f"database error: {type(exc).__name__}: {driver_message(exc)}"
+            + (hint if _missing_table(exc) else "")
+        ) from exc
     except OSError as exc:  # a refused or dropped connection (TimeoutError too), from the driver
         raise StorageError(f"database unreachable: {exc}") from exc
 
@@ -218,6 +222,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _missing_table(exc: SQLAlchemyError) -> bool:
+    """Whether the statement met a table that does not exist (SQLite says so in words,
+    PostgreSQL with SQLSTATE 42P01): most often a database no one migrated."""
+    cause = getattr(exc, "orig", None)
+    return getattr(cause, "sqlstate", None) == "42P01" or "no such table" in str(cause)
 
 
 def driver_message(exc: BaseException) -> str:
