@@ -74,11 +74,18 @@ final class Message
         $this->timestamp = $timestamp ?? time();
     }
 
-    /** A random (version 4) UUID as text, the id every new message gets. */
+    /**
+     * A version 7 UUID as text (RFC 9562), the id every new message gets: the Unix time in
+     * milliseconds, then 74 random bits, as Rabbitry's Python side makes them. Time first, so
+     * that the ids of one service sort together and the event store's unique index on message
+     * ids takes each at its end instead of at a random page (0.80x of PostgreSQL's CPU per
+     * stored event, docs/performance.md).
+     */
     public static function newId(): string
     {
-        $bytes = random_bytes(16);
-        $bytes[6] = chr(ord($bytes[6]) & 0x0F | 0x40);
+        $milliseconds = (int) floor(microtime(true) * 1000);
+        $bytes = substr(pack('J', $milliseconds), 2) . random_bytes(10);
+        $bytes[6] = chr(ord($bytes[6]) & 0x0F | 0x70);
         $bytes[8] = chr(ord($bytes[8]) & 0x3F | 0x80);
         $hex = bin2hex($bytes);
 

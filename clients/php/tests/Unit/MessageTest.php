@@ -161,9 +161,20 @@ final class MessageTest extends TestCase
         (new Message('t', ['n' => NAN]))->body();
     }
 
-    public function testNewIdsAreVersion4Uuids(): void
+    public function testNewIdsAreVersion7UuidsThatLeadWithTheTime(): void
     {
-        self::assertMatchesRegularExpression('/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/', Message::newId());
+        $before = (int) floor(microtime(true) * 1000);
+        $first = Message::newId();
+        usleep(2000);
+        $second = Message::newId();
+        $after = (int) floor(microtime(true) * 1000);
+        foreach ([$first, $second] as $id) {
+            self::assertMatchesRegularExpression('/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/', $id);
+            $made = hexdec(str_replace('-', '', substr($id, 0, 13)));
+            self::assertGreaterThanOrEqual($before, $made);
+            self::assertLessThanOrEqual($after, $made);
+        }
+        self::assertLessThan(0, strcmp($first, $second));
         self::assertNotSame(Message::newId(), Message::newId());
     }
 
