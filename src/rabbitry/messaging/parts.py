@@ -14,7 +14,26 @@ SIZE = 100
 """Messages per write when sending many."""
 
 
-class Part(Sequence[Outgoing]):
+class LazyOutgoing(Sequence[Outgoing]):
+    """Messages made only as they are asked for, one index at a time (:meth:`_at`); a slice
+    is a list of those."""
+
+    def _at(self, index: int) -> Outgoing:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, index: int) -> Outgoing: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Outgoing]: ...
+
+    def __getitem__(self, index: int | slice) -> Outgoing | Sequence[Outgoing]:
+        if isinstance(index, slice):
+            return [self._at(i) for i in range(*index.indices(len(self)))]
+        return self._at(index)
+
+
+class Part(LazyOutgoing):
     """``items[i]`` for each ``i`` in ``positions``, each read (so encoded) once, when first
     asked for: by the call that writes this part, not before."""
 
@@ -26,15 +45,7 @@ class Part(Sequence[Outgoing]):
     def __len__(self) -> int:
         return len(self._positions)
 
-    @overload
-    def __getitem__(self, index: int) -> Outgoing: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[Outgoing]: ...
-
-    def __getitem__(self, index: int | slice) -> Outgoing | Sequence[Outgoing]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+    def _at(self, index: int) -> Outgoing:
         item = self._read[index]
         if item is None:
             item = self._read[index] = self._items[self._positions[index]]

@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol, Self, overload
+from typing import Protocol, Self
 
 from rabbitry import metrics
 from rabbitry.amqp.base import OpenLink, Outgoing, PublishOutcome
@@ -40,6 +40,7 @@ from rabbitry.messaging import envelope, rpc
 from rabbitry.messaging.connection import opener
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.middleware import Gathering, Middleware, wrap_publish
+from rabbitry.messaging.parts import LazyOutgoing
 from rabbitry.messaging.rpc import Requester
 from rabbitry.messaging.sender import Sender
 from rabbitry.messaging.settings import AmqpSettings
@@ -93,7 +94,7 @@ def to_outgoing(message: Message, route: Route) -> Outgoing:
     return Outgoing(route.exchange, route.routing_key, body, properties_of(props), True)
 
 
-class _Encoding(Sequence[Outgoing]):
+class _Encoding(LazyOutgoing):
     """A call's messages, encoded as the sender asks for each one.
 
     The sender writes a large batch in parts, and the broker starts on the first part while
@@ -108,15 +109,7 @@ class _Encoding(Sequence[Outgoing]):
     def __len__(self) -> int:
         return len(self._items)
 
-    @overload
-    def __getitem__(self, index: int) -> Outgoing: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[Outgoing]: ...
-
-    def __getitem__(self, index: int | slice) -> Outgoing | Sequence[Outgoing]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+    def _at(self, index: int) -> Outgoing:
         message, route = self._items[index]
         props = properties_of(envelope.encode_properties(message))
         return Outgoing(route.exchange, route.routing_key, self._bodies[index], props, True)
