@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import random
 import uuid
+from collections.abc import Awaitable, Callable
 
 from rabbitry.events.change import ChangeEvent, ChangeType
 from rabbitry.events.incoming import Row, parse_row
@@ -158,78 +159,68 @@ async def test_rows_after_another_writer_stored_the_entity_are_numbered_after_it
     ]
 
 
+CONCURRENT = 240
+ENTITY_OF = [random.randint(1, 3) for _ in range(CONCURRENT)]
+
+
+async def _four_writers(
+    events_db_url: str, write: Callable[[EventStore, list[int]], Awaitable[None]]
+) -> None:
+    """Four workers, each with its own engine (its own connections), write interleaved events
+    of the same three entities (message i: "stock" id ``ENTITY_OF[i]``, data ``{"n": i}``,
+    id ``m<i>``), every message delivered twice, to two workers, ten at a time through
+    ``write(store, indexes)``; no gap, no duplicate, every message stored."""
+    first = Database(events_db_url)
+    await first.upgrade()
+    databases = [first, *(Database(events_db_url) for _ in range(3))]
+    try:
+
+        async def worker(index: int) -> None:
+            store = EventStore(databases[index])
+            mine = [i for i in range(CONCURRENT) if i % 4 == index or (i + 1) % 4 == index]
+            for start in range(0, len(mine), 10):
+                await write(store, mine[start : start + 10])
+
+        await asyncio.gather(*(worker(i) for i in range(4)))
+        store = EventStore(first)
+        stored = []
+        for entity_id in (1, 2, 3):
+            history = await store.history("stock", entity_id)
+            assert [e.version for e in history] == list(range(1, len(history) + 1))
+            stored += [e.message_id for e in history]
+        assert sorted(stored) == sorted(f"m{i}" for i in range(CONCURRENT))
+    finally:
+        for db in databases:
+            await db.close()
+
+
 async def test_concurrent_row_writers_never_leave_a_gap_or_a_duplicate(
     events_db_url: str,
 ) -> None:
-    # As below, with the workflow worker's rows: each store's remembered heads go stale as the
-    # others write the same entities, and every message comes twice, to two of them.
-    bodies = [
-        (
-            "update",
-            {"entity": "stock", "id": random.randint(1, 3), "user": 1, "data": {"n": i}},
-            f"m{i}",
-        )
-        for i in range(240)
-    ]
-    first = Database(events_db_url)
-    await first.upgrade()
-    others = [Database(events_db_url) for _ in range(3)]
-    databases = [first, *others]
-    try:
-
-        async def worker(index: int) -> None:
-            store = EventStore(databases[index])
-            mine = [
-                parse_row(kind, body, message_id, T0)
-                for i, (kind, body, message_id) in enumerate(bodies)
-                if i % 4 == index or (i + 1) % 4 == index
+    # With the workflow worker's rows: each store's remembered heads go stale as the others
+    # write the same entities.
+    async def write(store: EventStore, indexes: list[int]) -> None:
+        body = {"entity": "stock", "user": 1}
+        await store.append_rows(
+            [
+                parse_row("update", {**body, "id": ENTITY_OF[i], "data": {"n": i}}, f"m{i}", T0)
+                for i in indexes
             ]
-            for start in range(0, len(mine), 10):
-                await store.append_rows(mine[start : start + 10])
+        )
 
-        await asyncio.gather(*(worker(i) for i in range(4)))
-        store = EventStore(first)
-        stored = []
-        for entity_id in (1, 2, 3):
-            history = await store.history("stock", entity_id)
-            assert [e.version for e in history] == list(range(1, len(history) + 1))
-            stored += [e.message_id for e in history]
-        assert sorted(stored) == sorted(message_id for _, _, message_id in bodies)
-    finally:
-        for db in databases:
-            await db.close()
+    await _four_writers(events_db_url, write)
 
 
 async def test_concurrent_writers_never_leave_a_gap_or_a_duplicate(events_db_url: str) -> None:
-    # Four workers, each with its own engine (its own connections), write interleaved events
-    # of the same three entities; every message is also delivered twice, to two workers.
-    messages = [
-        incoming("update", "stock", random.randint(1, 3), {"n": i}, message_id=f"m{i}")
-        for i in range(240)
-    ]
-    first = Database(events_db_url)
-    await first.upgrade()
-    others = [Database(events_db_url) for _ in range(3)]
-    databases = [first, *others]
-    try:
+    async def write(store: EventStore, indexes: list[int]) -> None:
+        await store.append(
+            [
+                incoming("update", "stock", ENTITY_OF[i], {"n": i}, message_id=f"m{i}")
+                for i in indexes
+            ]
+        )
 
-        async def worker(index: int) -> None:
-            store = EventStore(databases[index])
-            mine = [m for i, m in enumerate(messages) if i % 4 == index or (i + 1) % 4 == index]
-            for start in range(0, len(mine), 10):
-                await store.append(mine[start : start + 10])
-
-        await asyncio.gather(*(worker(i) for i in range(4)))
-        store = EventStore(first)
-        stored = []
-        for entity_id in (1, 2, 3):
-            history = await store.history("stock", entity_id)
-            assert [e.version for e in history] == list(range(1, len(history) + 1))
-            stored += [e.message_id for e in history]
-        assert sorted(stored) == sorted(m.message_id for m in messages)
-    finally:
-        for db in databases:
-            await db.close()
+    await _four_writers(events_db_url, write)
 
 
 async def test_state_is_the_fold_of_the_history_up_to_a_time(events_db: Database) -> None:
