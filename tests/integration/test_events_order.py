@@ -13,11 +13,19 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select, text
 
 from fixtures.events import make_settings
-from helpers import RABBITRY, delete_namespace, eventually_true, running, scratch_database
+from helpers import (
+    RABBITRY,
+    delete_namespace,
+    eventually_true,
+    free_port,
+    running,
+    scratch_database,
+)
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.errors import NotFound
@@ -105,9 +113,10 @@ async def assert_in_publish_order(database: Database, entities: range, events: i
 
 @contextlib.asynccontextmanager
 async def worker_process(
-    settings: Settings, database_url: str
+    settings: Settings, database_url: str, *args: str, log: list[bytes] | None = None
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``rabbitry worker workflow`` on the test's namespace, entered once it consumes."""
+    """``rabbitry worker workflow [args]`` on the test's namespace, entered once it consumes;
+    its log lines after that go to ``log``."""
     env = {
         **os.environ,
         "RABBITRY_NAMESPACE": settings.namespace,
@@ -119,7 +128,7 @@ async def worker_process(
         "RABBITRY_MAX_ATTEMPTS": str(settings.max_attempts),
     }
     process = await asyncio.create_subprocess_exec(
-        RABBITRY, "-v", "worker", "workflow", env=env, stderr=asyncio.subprocess.PIPE
+        RABBITRY, "-v", "worker", "workflow", *args, env=env, stderr=asyncio.subprocess.PIPE
     )
     assert process.stderr is not None
     drain: asyncio.Task[None] | None = None
@@ -127,7 +136,7 @@ async def worker_process(
         async with asyncio.timeout(60):
             while b"workflow: consuming" not in (line := await process.stderr.readline()):
                 assert line, "the worker exited before consuming"
-        drain = asyncio.create_task(_discard(process.stderr))  # a full pipe would block it
+        drain = asyncio.create_task(_discard(process.stderr, log))  # a full pipe would block it
         yield process
     finally:
         if process.returncode is None:
@@ -141,9 +150,10 @@ async def worker_process(
             drain.cancel()
 
 
-async def _discard(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
+async def _discard(stream: asyncio.StreamReader, log: list[bytes] | None) -> None:
+    while line := await stream.readline():
+        if log is not None:
+            log.append(line)
 
 
 @pytest.mark.parametrize("partitions", [1, 4])
@@ -167,6 +177,80 @@ async def test_two_worker_processes_store_each_entity_in_publish_order(
         await wait_stored(database, sent)
         await assert_in_publish_order(database, range(ENTITIES), EVENTS)
         assert len(await stored(database)) == ENTITIES * EVENTS
+
+
+async def acked(port: int, settings: Settings) -> dict[str, float]:
+    """What a worker process acked so far, by event-sourcing queue (its ``/metrics``)."""
+    async with httpx.AsyncClient() as client:
+        body = (await client.get(f"http://127.0.0.1:{port}/metrics", timeout=5)).text
+    prefix = f'rabbitry_acked_total{{queue="{settings.namespace}.event-sourcing.'
+    counts: dict[str, float] = {}
+    for line in body.splitlines():
+        if line.startswith(prefix):
+            name, value = line.split()
+            counts[name[len(prefix) : -2]] = float(value)
+    return counts
+
+
+async def test_worker_processes_share_the_partitions_and_keep_each_entitys_order(
+    tmp_path: Path,
+) -> None:
+    """The worker that starts first is the active consumer of all four partitions; once events
+    flow it hands partitions over until each of the two holds two, and no event is lost,
+    repeated or stored out of its entity's order meanwhile."""
+    ports = (free_port(), free_port())
+    logs: list[bytes] = []
+    async with (
+        postgresql(tmp_path) as (url, database),
+        namespace(events_partitions=4) as settings,
+        worker_process(settings, url, "--port", str(ports[0]), log=logs),
+        worker_process(settings, url, "--port", str(ports[1])),
+    ):
+        await eventually_true(
+            lambda: _answers(ports), timeout=60, what="both workers' /metrics"
+        )
+        rounds = 0
+        sent = 0
+
+        async def window() -> list[dict[str, float]]:
+            """Publish 10 more rounds; what each worker acked of them, by partition, once
+            every one of them is stored."""
+            nonlocal rounds, sent
+            before = [await acked(port, settings) for port in ports]
+            sent += await publish_rounds(settings, range(rounds, rounds + 10), range(ENTITIES))
+            rounds += 10
+            await wait_stored(database, sent)
+            # Acks go out after the commit: wait for them to be counted too.
+            await asyncio.sleep(0.5)
+            after = [await acked(port, settings) for port in ports]
+            return [
+                {q: n - b.get(q, 0) for q, n in a.items() if n - b.get(q, 0)}
+                for a, b in zip(after, before, strict=True)
+            ]
+
+        first = await window()
+        # Before any handover, the first worker stored everything.
+        assert first[1] == {} and sorted(first[0]) == ["p0", "p1", "p2", "p3"], first
+
+        shared: list[dict[str, float]] = []
+        async with asyncio.timeout(90):
+            while not (shared and all(len(w) == 2 for w in shared)):
+                shared = await window()
+        # Settled: each partition has one active consumer, and each worker holds two of them.
+        assert sorted([*shared[0], *shared[1]]) == ["p0", "p1", "p2", "p3"], shared
+        assert any(b"handing" in line and b"over" in line for line in logs)
+        await assert_in_publish_order(database, range(ENTITIES), rounds)
+        assert len(await stored(database)) == sent == ENTITIES * rounds
+
+
+async def _answers(ports: Sequence[int]) -> bool:
+    try:
+        async with httpx.AsyncClient() as client:
+            for port in ports:
+                (await client.get(f"http://127.0.0.1:{port}/metrics", timeout=2)).raise_for_status()
+    except httpx.HTTPError:
+        return False
+    return True
 
 
 async def fail_entity_7(database: Database, times: int) -> None:

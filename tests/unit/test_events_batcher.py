@@ -243,3 +243,32 @@ def test_in_flight_must_be_positive() -> None:
 
     with pytest.raises(ValueError):
         Batcher(write, max_size=1, in_flight=0)
+
+
+async def test_paused_it_lets_the_batch_being_written_end_and_starts_none_until_resumed() -> None:
+    recorder = Recorder(delay=0.05)
+    batcher = Batcher(recorder.write, max_size=10)
+    first = asyncio.ensure_future(batcher.submit_all(range(5)))
+    await asyncio.sleep(0.01)  # the first batch is being written
+    later = asyncio.ensure_future(batcher.submit_all(range(5, 8)))
+    await batcher.pause()
+    assert first.done() and await first == [None] * 5
+    await asyncio.sleep(0.1)
+    assert recorder.batches == [[0, 1, 2, 3, 4]] and not later.done()
+    batcher.resume()
+    assert await later == [None] * 3
+    assert recorder.batches == [[0, 1, 2, 3, 4], [5, 6, 7]]
+
+
+async def test_items_whose_callers_gave_up_while_paused_are_not_written() -> None:
+    recorder = Recorder()
+    batcher = Batcher(recorder.write, max_size=10)
+    await batcher.pause()
+    gone = asyncio.ensure_future(batcher.submit_all([1, 2]))
+    await asyncio.sleep(0)
+    gone.cancel()  # a handed-over connection's handler calls are cancelled
+    with contextlib.suppress(asyncio.CancelledError):
+        await gone
+    batcher.resume()
+    assert await batcher.submit_all([3]) == [None]
+    assert recorder.batches == [[3]]

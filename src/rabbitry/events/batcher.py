@@ -26,6 +26,11 @@ batches), the consumer's prefetch window fills, and the broker stops delivering:
 holds the rest, in order. When every
 caller of a held batch has given up (a worker stopping or losing its link: the broker gives
 their deliveries back), the batch is not written again.
+
+A worker handing its queue over to another (:mod:`.partitions`) first pauses
+its batcher: no batch starts, the ones being written end, and only then does its connection
+close; what was queued and not written goes back to the broker, and :meth:`~Batcher.resume`
+forgets it.
 """
 
 from __future__ import annotations
@@ -112,6 +117,7 @@ class Batcher(Generic[T]):
         self._busy: set[Hashable] = set()  # the keys of the batches being written
         self._writers: set[asyncio.Task[None]] = set()
         self._scheduled = False
+        self._paused = False
 
     async def submit(self, item: T) -> None:
         """Queue ``item``; return once its batch is written, or raise its outcome."""
@@ -140,10 +146,25 @@ class Batcher(Generic[T]):
         await callers.future
         return callers.outcomes
 
+    async def pause(self) -> None:
+        """Start no batch until :meth:`resume`, and return once the batches being written
+        (and written again, if held) have ended."""
+        self._paused = True
+        while self._writers:
+            await asyncio.wait(set(self._writers))
+
+    def resume(self) -> None:
+        """Write again; items whose callers gave up meanwhile are dropped, not written."""
+        self._paused = False
+        self._queue = [entry for entry in self._queue if not entry.gone]
+        if self._queue and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._start)
+
     def _start(self) -> None:
         """Start writing as many batches as there are free places for (and items to take)."""
         self._scheduled = False
-        while len(self._writers) < self._in_flight and self._queue:
+        while not self._paused and len(self._writers) < self._in_flight and self._queue:
             batch = self._take()
             if not batch:
                 return  # every waiting item's key is being written: the next end starts it

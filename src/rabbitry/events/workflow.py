@@ -9,7 +9,8 @@ previous one is being stored, see :mod:`.batcher`).
 
 Each entity's events are stored in the order they were published (docs/events.md says where
 that ends): each partition queue has a single active consumer, so one worker at a time stores
-a partition, in queue order, and the others stand by; a batch the database fails is written
+a partition, in queue order, and the others stand by (with several partitions, the workers
+share them out, see :mod:`.partitions`); a batch the database fails is written
 again in place before any later one (nothing goes through the retry queues, which would let
 later events overtake it), and nothing is acked before it is stored. An invalid change event,
 or one the database refuses, is dead-lettered at once with its reason (``x-rabbitry-reason``)
@@ -21,8 +22,10 @@ there is one (:mod:`.legacy`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import gc
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 from rabbitry.config import Settings
 from rabbitry.errors import MessageError, StorageError
@@ -30,6 +33,7 @@ from rabbitry.events.batcher import Batcher
 from rabbitry.events.incoming import Row, parse_row
 from rabbitry.events.legacy import drain_legacy
 from rabbitry.events.message_log import MessageLog
+from rabbitry.events.partitions import Sharing
 from rabbitry.events.portable import check_json, check_text
 from rabbitry.events.store import EventStore, check_message_id
 from rabbitry.events.topology import WORKFLOW_MODULE, EventsLayout, topology
@@ -51,6 +55,8 @@ BATCH_SIZE = 250
 IN_FLIGHT = 2
 # The smallest hand-over of change events the worker plans for (see event_subscription).
 HANDOVER = 50
+# Seconds a partition being handed over waits for its batches in the database to end.
+HANDOVER_WAIT = 10.0
 MAX_NAME_LENGTH = 255  # the message log's text columns
 # Allocations between two young collections (Python's default is 700). The worker keeps
 # thousands of young objects alive at once (a prefetch window of messages, each with its
@@ -85,10 +91,28 @@ class WorkflowWorker:
         # A batch in the database per writer, and one more arriving.
         self._prefetch = prefetch = max(settings.prefetch, (self._in_flight + 1) * batch_size)
         self._middleware = tracing_middleware()
-        partitions = [
-            self.event_subscription(layout.partition_queue(p))
-            for p in range(settings.events_partitions)
-        ]
+        queues = [layout.partition_queue(p) for p in range(settings.events_partitions)]
+        self._batchers: list[Batcher[Message]] = []
+        self._sharing: Sharing | None = None
+        if len(queues) > 1:
+            self._sharing = Sharing(settings.amqp, queues, self._hand_over)
+        partitions = [self.event_subscription(q, partition=p) for p, q in enumerate(queues)]
+        # With partitions, each has a connection of its own, so that it can be handed over to
+        # another worker on its own (see .partitions); with one, the module queue's is enough.
+        self._partition_workers: list[Worker] = []
+        if self._sharing is not None:
+            self._partition_workers = [
+                Worker(
+                    f"{self.name}-p{p}",
+                    [subscription],
+                    topology(settings),
+                    amqp=settings.amqp,
+                    retry=settings.retry,
+                    middleware=self._middleware,
+                )
+                for p, subscription in enumerate(partitions)
+            ]
+            partitions = []
         self.worker = Worker(
             self.name,
             [
@@ -109,9 +133,13 @@ class WorkflowWorker:
             # Each stored event's span lasts until its batch is committed.
             middleware=self._middleware,
         )
+        self._connected = self.worker.connected if self._sharing is None else asyncio.Event()
 
-    def event_subscription(self, queue: str, *, exclusive: bool = False) -> Subscription:
-        """Store the change events of ``queue``, in queue order, with a writer of its own."""
+    def event_subscription(
+        self, queue: str, *, exclusive: bool = False, partition: int | None = None
+    ) -> Subscription:
+        """Store the change events of ``queue``, in queue order, with a writer of its own
+        (``partition``: the event-sourcing partition it is, counted for sharing them)."""
         # Handed over one by one and stored in batches (group commit, see .batcher): the next
         # batches are decoded, validated and written while the previous one is in the
         # database, no two with the same entity at once. A batch that fails for any reason but
@@ -124,11 +152,18 @@ class WorkflowWorker:
             key=entity_key,
             in_flight=self._in_flight,
         )
+        count: Callable[[int], None] | None = None  # the partition's deliveries, for sharing
+        if partition is not None:
+            self._batchers.append(events)
+            if self._sharing is not None:
+                count = functools.partial(self._sharing.delivered, partition)
 
         if self._middleware:
             # Traced: a handler call per message, so that each event has its span (until its
             # batch is committed); the middleware wraps handlers, not batch calls.
             async def store(message: Message) -> None:
+                if count is not None:
+                    count(1)
                 await events.submit(message)  # raises the message's outcome, if not stored
 
             return Subscription(
@@ -145,6 +180,8 @@ class WorkflowWorker:
         # instead of one per message (measured 44-46 µs of CPU per event to 33-36,
         # docs/performance.md). The Batcher still cuts its own batches, by entity.
         async def store_all(messages: Sequence[Message]) -> Outcomes:
+            if count is not None:
+                count(len(messages))
             return await events.submit_all(messages)
 
         return Subscription(
@@ -161,15 +198,41 @@ class WorkflowWorker:
 
     @property
     def connected(self) -> asyncio.Event:
-        """Set while the worker is consuming."""
-        return self.worker.connected
+        """Set while the worker is consuming (every queue)."""
+        return self._connected
+
+    @property
+    def sharing(self) -> Sharing | None:
+        """How the partitions are shared with other workers (``None`` with one partition)."""
+        return self._sharing
 
     async def run(self, stopping: asyncio.Event) -> None:
         # The old single queue first, so that its events are stored before younger ones.
         await drain_legacy(
             self._settings, lambda q: self.event_subscription(q, exclusive=True), stopping
         )
-        await self.worker.run(stopping)
+        if self._sharing is None:
+            await self.worker.run(stopping)
+            return
+        workers = [self.worker, *self._partition_workers]
+        await asyncio.gather(
+            *(w.run(stopping) for w in workers),
+            self._sharing.run(stopping),
+            _all_connected(workers, self._connected, stopping),
+        )
+
+    async def _hand_over(self, partition: int) -> None:
+        """Hand ``partition`` to the next worker: no new batch of it starts, the ones in the
+        database end (their acks go out), then its connection closes (see .partitions)."""
+        batcher = self._batchers[partition]
+        try:
+            # A batch the database keeps failing is not waited for: the next worker stores
+            # its events again (its write, if it ever lands, is a repeat it skips).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(batcher.pause(), HANDOVER_WAIT)
+            await self._partition_workers[partition].hand_over()
+        finally:
+            batcher.resume()
 
     async def store_events(self, messages: Sequence[Message]) -> Outcomes:
         """Validate and store a batch of change events; one outcome per message.
@@ -218,6 +281,22 @@ class WorkflowWorker:
         for index, result in zip(valid, logged, strict=True):
             outcomes[index] = result
         return outcomes
+
+
+async def _all_connected(
+    workers: Sequence[Worker], connected: asyncio.Event, stopping: asyncio.Event
+) -> None:
+    """Keep ``connected`` set while every one of ``workers`` consumes, until ``stopping``."""
+    try:
+        while not stopping.is_set():
+            if all(w.connected.is_set() for w in workers):
+                connected.set()
+            else:
+                connected.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), 0.1)
+    finally:
+        connected.clear()
 
 
 def entity_key(message: Message) -> Hashable:

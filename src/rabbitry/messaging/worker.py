@@ -18,6 +18,10 @@ What may go wrong, and what happens:
   meanwhile, its ``basic.consume`` fails, and the connection after that declares everything;
 * a subscription's topology is refused (it exists with other arguments): that subscription is
   dropped, with an error in the log; the others are served.
+
+:meth:`Worker.hand_over` closes the connection on purpose and consumes again at once: on a
+queue with a single active consumer, the broker gives back what it delivered and was not
+acked and makes the next consumer active, in one step, so that nothing is taken out of order.
 """
 
 from __future__ import annotations
@@ -95,6 +99,7 @@ class Worker:
         self._undeclared: set[str] = set()  # queues whose topology awaits a declaration
         self._missing = False  # a basic.consume found no queue
         self._chores: set[asyncio.Task[None]] = set()
+        self._handed: asyncio.Future[None] | None = None  # set by hand_over(), until it ends
         self.connected = asyncio.Event()  # set while consuming; tests and health checks wait on it
 
     @property
@@ -172,6 +177,29 @@ class Worker:
             self._forget(consumer)
             await consumer.stop(self._settings.drain_timeout)
 
+    async def hand_over(self) -> bool:
+        """Close the connection (the acks issued so far go first) without cancelling the
+        consumers, and consume again on a new one at once; ``False`` when not connected.
+
+        On a queue with a single active consumer this hands it to the next consumer: the
+        broker requeues what this one held unacked and makes the next one active in the same
+        step, so it takes the queue from its oldest message on. (``basic.cancel`` would make
+        it active at once, while this worker still holds older messages.) Handlers in flight
+        are cancelled, as on a lost connection. Returns once the consumers are given up."""
+        link = self._link
+        if link is None or not link.is_open or self._handed is not None:
+            return False
+        handed = self._handed = asyncio.get_running_loop().create_future()
+        try:
+            try:
+                await asyncio.wait_for(link.close(), timeout=self._settings.rpc_timeout)
+            except (BrokerError, OSError, TimeoutError):
+                link.abort(LinkClosed("handed over"))  # the broker did not answer: drop it
+            await asyncio.shield(handed)
+        finally:
+            self._handed = None
+        return True
+
     async def run(self, stopping: asyncio.Event) -> None:
         """Consume until ``stopping``, then drain; reconnect when the broker drops us."""
         try:
@@ -221,9 +249,14 @@ class Worker:
                 return
             for consumer in consumers:
                 consumer.abandon()
+            if self._handed is not None:  # closed on purpose: consume again, behind the others
+                log.info("%s: handed over; consuming again", self.name)
+                return
             raise link.error or LinkClosed("connection lost")
         finally:
             self.connected.clear()
+            if self._handed is not None and not self._handed.done():
+                self._handed.set_result(None)  # its consumers are given up, however it ended
             self._link = None
             self._consumers.clear()
             self._by_tag.clear()
