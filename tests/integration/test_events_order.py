@@ -206,9 +206,7 @@ async def test_worker_processes_share_the_partitions_and_keep_each_entitys_order
         worker_process(settings, url, "--port", str(ports[0]), log=logs),
         worker_process(settings, url, "--port", str(ports[1])),
     ):
-        await eventually_true(
-            lambda: _answers(ports), timeout=60, what="both workers' /metrics"
-        )
+        await eventually_true(lambda: _answers(ports), timeout=60, what="both workers' /metrics")
         rounds = 0
         sent = 0
 
