@@ -9,6 +9,10 @@ Cases (N change events waiting in a queue, spread over 1,000 entities):
       250, with one partition up to IN_FLIGHT batches of disjoint entities in the database at
       once, with K one per partition; the next batch decoded while the previous ones are stored)
   (c1) the same worker with one batch at a time (in_flight=1, as before IN_FLIGHT)
+  (cW) W workflow worker processes (``--workers W``, with ``--partitions K`` > 1): W times
+      ``rabbitry worker workflow``, started once the events wait in the queues; they share
+      the K partitions (docs/events.md). Timed from the first event taken from the queues
+      to the last one stored; CPU per event is the W processes' together.
   (c0) the worker as it was before both (PostgreSQL only): one batch at a time, each in three
       round trips (BEGIN with the locks, INSERT_FROM_HEADS, COMMIT; patched in here)
   (d) the database ceiling (PostgreSQL only): the same events written with raw asyncpg, no
@@ -38,7 +42,7 @@ And, while it ran, the broker's and PostgreSQL's CPU per event and how busy the 
 was (of all its cores): where the three share the cores, that says which bound a case met.
 
 Usage: python bench/events.py [--events N] [--rounds R] [--database postgresql|sqlite]
-                              [--partitions K] [--cases a,c,...]
+                              [--partitions K] [--workers W] [--cases a,c,cW,...]
 PostgreSQL (default) gets a database of its own, dropped at the end.
 """
 
@@ -49,6 +53,7 @@ import asyncio
 import datetime as dt
 import os
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -60,7 +65,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints
 from sqlalchemy import text
 
-from common import AMQP_URL, broker_cpu, create_database, machine_cpu, postgres_cpu
+from common import AMQP_URL, _ticks, broker_cpu, create_database, machine_cpu, postgres_cpu
 from rabbitry.amqp.declarer import Declarer
 from rabbitry.config import Settings
 from rabbitry.events import store as store_module
@@ -268,6 +273,74 @@ async def _workflow(settings: Settings, database: Database, n: int, in_flight: i
     return await run_until(service, service.clock)
 
 
+async def workflow_processes(
+    settings: Settings, database: Database, n: int, url: str, workers: int
+) -> float:
+    """Case (cW): ``workers`` processes of ``rabbitry worker workflow`` store ``n`` events
+    waiting in the queues; events stored per second from the first to the last."""
+    round_id = uuid.uuid4().hex[:8]
+    entity = f"bench.{round_id}"  # what changes() names the round's entities
+    await fill(settings, changes(n, round_id))
+    env = {
+        **os.environ,
+        "RABBITRY_NAMESPACE": settings.namespace,
+        "RABBITRY_AMQP_URL": AMQP_URL,
+        "RABBITRY_DATABASE_URL": url,
+        "RABBITRY_EVENTS_PARTITIONS": str(settings.events_partitions),
+        "RABBITRY_PREFETCH": str(settings.prefetch),
+    }
+    rabbitry = str(Path(sys.executable).with_name("rabbitry"))
+    with tempfile.TemporaryFile() as log:
+        processes = [
+            await asyncio.create_subprocess_exec(
+                rabbitry, "worker", "workflow", env=env, stderr=log
+            )
+            for _ in range(workers)
+        ]
+        try:
+            # The broker says when the workers start taking the events (the queues' ready
+            # messages fall); the database, counted only once none is left waiting (a count
+            # of a growing table would take the cores it measures), when the last is stored.
+            count = text("SELECT count(*) FROM event_store WHERE entity = :entity")
+            layout = EventsLayout(settings.namespace)
+            queues = [layout.partition_queue(p) for p in range(settings.events_partitions)]
+            first = last = 0.0
+            started: tuple[int, Others] | None = None
+            ended: tuple[int, Others] | None = None
+            deadline = time.monotonic() + 600
+            async with (
+                await Declarer.connect(AMQP_URL) as declarer,
+                database.engine.connect() as conn,
+            ):
+                while time.monotonic() < deadline:
+                    ready = sum([(await declarer.queue_status(q)).messages for q in queues])
+                    if ready < n and not first:
+                        first = time.perf_counter()
+                        started = (sum(_ticks(p.pid) for p in processes), Others.now())
+                    if not ready:
+                        done = (await conn.execute(count, {"entity": entity})).scalar_one()
+                        await conn.rollback()  # each count in a snapshot of its own
+                        if done >= n:
+                            last = time.perf_counter()
+                            ended = (sum(_ticks(p.pid) for p in processes), Others.now())
+                            break
+                    if any(p.returncode is not None for p in processes):
+                        log.seek(0)
+                        raise RuntimeError(f"a worker exited:\n{log.read().decode()[-3000:]}")
+                    await asyncio.sleep(0.01)
+            if started is None or ended is None:
+                raise RuntimeError("the workers did not store every event in 10 minutes")
+        finally:
+            for process in processes:
+                if process.returncode is None:
+                    process.terminate()
+            for process in processes:
+                await asyncio.wait_for(process.wait(), timeout=60)
+    CPU_US.append((ended[0] - started[0]) / os.sysconf("SC_CLK_TCK") / n * 1e6)
+    OTHERS.append(ended[1].since(started[1], n))
+    return n / (last - first)
+
+
 async def three_round_trips(
     database: Database, events: Sequence[Incoming]
 ) -> list[RecordedEvent | None]:
@@ -399,7 +472,9 @@ def _label(name: str) -> str:
     return name[1 : name.index(")")]
 
 
-async def main(n: int, rounds: int, kind: str, partitions: int, only: set[str]) -> None:
+async def main(
+    n: int, rounds: int, kind: str, partitions: int, workers: int, only: set[str]
+) -> None:
     settings = Settings(
         namespace=f"bench{uuid.uuid4().hex[:8]}",
         amqp_url=AMQP_URL,
@@ -425,6 +500,14 @@ async def main(n: int, rounds: int, kind: str, partitions: int, only: set[str]) 
                 "(c) workflow worker, group commit (<= 250 per transaction)": workflow_batches,
                 "(c1) the same, one batch in the database at a time": workflow_one_batch,
             }
+            if workers > 1:
+
+                async def processes(settings: Settings, database: Database, n: int) -> float:
+                    return await workflow_processes(settings, database, n, url, workers)
+
+                cases[f"(cW) {workers} workflow worker processes, sharing the partitions"] = (
+                    processes
+                )
             if kind == "postgresql":
                 cases["(c0) as before: one batch at a time, 3 round trips each"] = (
                     workflow_as_before
@@ -527,6 +610,8 @@ def report(
 
     versus("c", "b", "batching gain")
     versus("c", "a", "workflow worker vs plain consumer (aim: 0.70x)")
+    versus("cW", "a", f"{partitions} partitions, worker processes vs plain consumer")
+    versus("cW", "c", "worker processes vs one worker")
     versus("c", "c1", "two batches at once vs one at a time")
     versus("c", "c0", "now vs before the one-call append")
     if base and "c" in by_label and _label(_ceiling(1, True)) in by_label:
@@ -551,10 +636,15 @@ if __name__ == "__main__":
     parser.add_argument("--database", choices=["postgresql", "sqlite"], default="postgresql")
     parser.add_argument("--partitions", type=int, default=1)
     parser.add_argument(
+        "--workers", type=int, default=1, help="case (cW): this many worker processes"
+    )
+    parser.add_argument(
         "--cases",
         default="",
         help="comma-separated cases to run (a,b,c,c1,c0,d,d3,rebuild); default: all",
     )
     args = parser.parse_args()
     only = {c.strip() for c in args.cases.split(",") if c.strip()}
-    asyncio.run(main(args.events, args.rounds, args.database, args.partitions, only))
+    if args.workers > 1 and args.partitions < 2:
+        parser.error("--workers needs --partitions of 2 or more: one partition has one worker")
+    asyncio.run(main(args.events, args.rounds, args.database, args.partitions, args.workers, only))
