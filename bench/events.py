@@ -227,17 +227,21 @@ async def plain_consumer(settings: Settings, database: Database, n: int) -> floa
         clock.start()
         clock.add(1)
 
-    worker = Worker("bench", subscriptions(settings, handle), Topology(), amqp=settings.amqp)
+    # With the workflow worker's window, which it sizes for its batches, not the settings'.
+    prefetch = WorkflowWorker(settings, database).prefetch
+    worker = Worker(
+        "bench", subscriptions(settings, handle, prefetch), Topology(), amqp=settings.amqp
+    )
     return await run_until(worker, clock)
 
 
 def subscriptions(
-    settings: Settings, handle: Callable[[Message], Awaitable[None]]
+    settings: Settings, handle: Callable[[Message], Awaitable[None]], prefetch: int | None = None
 ) -> list[Subscription]:
     """The same handler on every partition's queue."""
     layout = EventsLayout(settings.namespace)
     return [
-        Subscription(layout.partition_queue(p), default=handle)
+        Subscription(layout.partition_queue(p), default=handle, prefetch=prefetch)
         for p in range(settings.events_partitions)
     ]
 

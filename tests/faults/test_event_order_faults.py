@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
 from faults.conftest import Cluster, Figures
 from faults.tally import at_least, stored_ids
 from helpers import running, scratch_database
 from rabbitry.config import Settings
-from rabbitry.events.topology import EventsLayout
+from rabbitry.events.topology import EventsLayout, routing_key
 from rabbitry.events.workflow import WorkflowWorker
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.publisher import Publisher, PublishStatus, Route
@@ -47,6 +49,7 @@ class Stream:
 
     publisher: Publisher
     layout: EventsLayout
+    partitioned: bool = False  # routed by the entity's bucket, as the emitter does then
     sent: list[str] = field(default_factory=list)
     order: dict[str, tuple[int, int]] = field(default_factory=dict)
     resent: int = 0
@@ -60,7 +63,8 @@ class Stream:
                 message = Message(type=kind, payload=body)
                 self.sent.append(message.id)
                 self.order[message.id] = (entity, n)
-                route = Route(self.layout.events_exchange, kind)
+                key = routing_key(kind, ENTITY, entity, partitioned=self.partitioned)
+                route = Route(self.layout.events_exchange, key)
                 while (await self.publisher.publish(message, route)).status is not (
                     PublishStatus.PUBLISHED
                 ):
@@ -100,14 +104,20 @@ async def active_node(faults: Cluster, queue: str) -> int:
     raise AssertionError(f"no active consumer of {queue}: {out!r}")
 
 
+@pytest.mark.parametrize("partitions", [1, 4])
 async def test_kill_9_of_the_active_consumers_node_keeps_each_entitys_order(
     faults: Cluster,
     cluster_settings: Settings,
     tmp_path: Path,
     eventually: Eventually,
     figures: Figures,
+    partitions: int,
 ) -> None:
+    """With four partitions the two workers also share them out (handing partitions over)
+    while the stream runs; the node killed is that of the first partition's active consumer."""
+    cluster_settings = cluster_settings.model_copy(update={"events_partitions": partitions})
     layout = EventsLayout(cluster_settings.namespace)
+    case = "" if partitions == 1 else f", {partitions} partitions"
     async with scratch_database("postgresql", tmp_path) as url:
         database = Database(url)
         try:
@@ -117,7 +127,7 @@ async def test_kill_9_of_the_active_consumers_node_keeps_each_entitys_order(
                 running(WorkflowWorker(cluster_settings, database)),
                 Publisher(cluster_settings.amqp, name=f"{cluster_settings.namespace}-app") as p,
             ):
-                stream = Stream(p, layout)
+                stream = Stream(p, layout, partitioned=partitions > 1)
                 async with stream.running():
                     await eventually(at_least(database, BEFORE), timeout=90, what="first events")
                     await faults.kill(await active_node(faults, layout.event_sourcing_queue))
@@ -135,7 +145,7 @@ async def test_kill_9_of_the_active_consumers_node_keeps_each_entitys_order(
             await database.close()
     lost = set(stream.sent) - set(ids)
     figures.add(
-        "event order: kill -9 the active consumer's node",
+        f"event order{case}: kill -9 the active consumer's node",
         len(stream.sent),
         len(stream.sent),
         0,
@@ -143,10 +153,11 @@ async def test_kill_9_of_the_active_consumers_node_keeps_each_entitys_order(
         lost,
     )
     figures.count(
-        "event order, kill -9: messages sent again (duplicates dropped by id)", stream.resent
+        f"event order{case}, kill -9: messages sent again (duplicates dropped by id)",
+        stream.resent,
     )
     late = _out_of_order(stream.order, ids)
-    figures.count("event order, kill -9: events stored after a later one", late)
+    figures.count(f"event order{case}, kill -9: events stored after a later one", late)
     assert not lost
     assert len(ids) == len(set(ids)), "an event stored twice"
     assert late == 0
