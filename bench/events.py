@@ -8,6 +8,8 @@ Cases (N change events waiting in a queue, spread over 1,000 entities):
   (c) the workflow worker: validation, then group commit (one transaction per batch of up to
       250, with one partition up to IN_FLIGHT batches of disjoint entities in the database at
       once, with K one per partition; the next batch decoded while the previous ones are stored)
+  (ch) the same worker with half its window of unacked deliveries (as before it held four
+      batches per batch in the database: 1,000 with one partition)
   (c1) the same worker with one batch at a time (in_flight=1, as before IN_FLIGHT)
   (cW) W workflow worker processes (``--workers W``, with ``--partitions K`` > 1): W times
       ``rabbitry worker workflow``, started once the events wait in the queues; they share
@@ -42,7 +44,7 @@ And, while it ran, the broker's and PostgreSQL's CPU per event and how busy the 
 was (of all its cores): where the three share the cores, that says which bound a case met.
 
 Usage: python bench/events.py [--events N] [--rounds R] [--database postgresql|sqlite]
-                              [--partitions K] [--workers W] [--cases a,c,cW,...]
+                              [--partitions K] [--workers W] [--cases a,c,ch,cW,...]
 PostgreSQL (default) gets a database of its own, dropped at the end.
 """
 
@@ -270,9 +272,21 @@ async def workflow_one_batch(settings: Settings, database: Database, n: int) -> 
     return await _workflow(settings, database, n, 1)
 
 
-async def _workflow(settings: Settings, database: Database, n: int, in_flight: int | None) -> float:
+async def workflow_half_window(settings: Settings, database: Database, n: int) -> float:
+    return await _workflow(
+        settings, database, n, None, WorkflowWorker(settings, database).prefetch // 2
+    )
+
+
+async def _workflow(
+    settings: Settings,
+    database: Database,
+    n: int,
+    in_flight: int | None,
+    prefetch: int | None = None,
+) -> float:
     await fill(settings, changes(n, uuid.uuid4().hex[:8]))
-    service = TimedWorkflow(settings, database, in_flight=in_flight)
+    service = TimedWorkflow(settings, database, in_flight=in_flight, prefetch=prefetch)
     service.clock = Clock(n)
     return await run_until(service, service.clock)
 
@@ -502,6 +516,7 @@ async def main(
                 "(a) plain consumer, no-op handler": plain_consumer,
                 "(b) handler per message, one transaction each": per_message_store,
                 "(c) workflow worker, group commit (<= 250 per transaction)": workflow_batches,
+                "(ch) the same, half its window of unacked deliveries": workflow_half_window,
                 "(c1) the same, one batch in the database at a time": workflow_one_batch,
             }
             if workers > 1:
@@ -616,6 +631,7 @@ def report(
     versus("c", "a", "workflow worker vs plain consumer (aim: 0.70x)")
     versus("cW", "a", f"{partitions} partitions, worker processes vs plain consumer")
     versus("cW", "c", "worker processes vs one worker")
+    versus("c", "ch", "its window vs half of it")
     versus("c", "c1", "two batches at once vs one at a time")
     versus("c", "c0", "now vs before the one-call append")
     if base and "c" in by_label and _label(_ceiling(1, True)) in by_label:
@@ -645,7 +661,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--cases",
         default="",
-        help="comma-separated cases to run (a,b,c,c1,c0,d,d3,rebuild); default: all",
+        help="comma-separated cases to run (a,b,c,ch,c1,cW,c0,d,d3,rebuild); default: all",
     )
     args = parser.parse_args()
     only = {c.strip() for c in args.cases.split(",") if c.strip()}

@@ -78,6 +78,7 @@ class WorkflowWorker:
         *,
         batch_size: int = BATCH_SIZE,
         in_flight: int | None = None,
+        prefetch: int | None = None,
     ) -> None:
         self.store = EventStore(database)
         self.log = MessageLog(database)
@@ -92,7 +93,9 @@ class WorkflowWorker:
         # as many again arriving, since the broker refills the window only once a commit's
         # acks reach it (bench/events.py: with two batches in flight, a window of four
         # batches measured 0.65x a plain consumer, of eight 0.72x; docs/performance.md).
-        self._prefetch = prefetch = max(settings.prefetch, 4 * self._in_flight * batch_size)
+        if prefetch is None:
+            prefetch = max(settings.prefetch, 4 * self._in_flight * batch_size)
+        self._prefetch = prefetch
         self._middleware = tracing_middleware()
         queues = [layout.partition_queue(p) for p in range(settings.events_partitions)]
         self._batchers: list[Batcher[Message]] = []
