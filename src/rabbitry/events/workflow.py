@@ -91,8 +91,8 @@ class WorkflowWorker:
         self._in_flight = 1 if database.is_sqlite else in_flight
         # Per queue: the batches in the database, as many decoded and waiting behind them, and
         # as many again arriving, since the broker refills the window only once a commit's
-        # acks reach it (bench/events.py: with two batches in flight, a window of four
-        # batches measured 0.65x a plain consumer, of eight 0.72x; docs/performance.md).
+        # acks reach it (bench/events.py, case (ch): 1.11x the events stored per second with
+        # half this window; docs/performance.md).
         if prefetch is None:
             prefetch = max(settings.prefetch, 4 * self._in_flight * batch_size)
         self._prefetch = prefetch
