@@ -33,7 +33,7 @@ from rabbitry.events.change import ChangeEvent, ChangeType
 from rabbitry.events.emitter import Emitter
 from rabbitry.events.models import StoredEvent
 from rabbitry.events.store import EventStore
-from rabbitry.events.topology import EventsLayout
+from rabbitry.events.topology import EventsLayout, topology
 from rabbitry.events.workflow import WorkflowWorker
 from rabbitry.messaging.publisher import Publisher
 from rabbitry.messaging.topology import Exchange, ExchangeType, Topology, work_queue
@@ -350,3 +350,55 @@ async def test_a_worker_drains_the_queue_of_earlier_versions_before_the_partitio
                 with pytest.raises(NotFound):
                     await declarer.queue_status(queue)
             assert (await declarer.queue_status(f"{legacy}.dlq")).messages == 0
+
+
+async def depths(settings: Settings, partitions: int) -> list[int]:
+    """Ready messages in the first ``partitions`` partition queues of ``settings``."""
+    layout = EventsLayout(settings.namespace)
+    async with await Declarer.connect(settings.amqp_url.get_secret_value()) as declarer:
+        return [
+            (await declarer.queue_status(layout.partition_queue(p))).messages
+            for p in range(partitions)
+        ]
+
+
+async def test_from_one_partition_to_two_the_first_queue_stops_taking_every_event(
+    tmp_path: Path,
+) -> None:
+    """One partition binds its queue ``#``; a declaration with two adds keys and removes none,
+    so without the worker's tidying p0 would go on taking a copy of p1's events."""
+    async with postgresql(tmp_path) as (_, database), namespace() as one:
+        async with running(WorkflowWorker(one, database)):
+            sent = await publish_rounds(one, range(2), range(ENTITIES))
+            await wait_stored(database, sent)
+        two = one.model_copy(update={"events_partitions": 2})
+        async with running(WorkflowWorker(two, database)):
+            pass  # it tidies the bindings at start
+        published = await publish_rounds(two, range(2, 4), range(ENTITIES))
+        got = await depths(two, 2)
+        # Each event in one queue, once; both queues have some (the entities' buckets).
+        assert sum(got) == published and all(got), got
+
+
+async def test_from_four_partitions_to_two_the_two_beyond_are_drained_and_deleted(
+    tmp_path: Path,
+) -> None:
+    async with postgresql(tmp_path) as (_, database), namespace(events_partitions=4) as four:
+        layout = EventsLayout(four.namespace)
+        async with await Declarer.connect(four.amqp_url.get_secret_value()) as declarer:
+            await declarer.declare(topology(four))
+        sent = await publish_rounds(four, range(3), range(ENTITIES))  # waiting in p0..p3
+        assert sum(await depths(four, 4)) == sent
+        two = four.model_copy(update={"events_partitions": 2})
+        async with running(WorkflowWorker(two, database)):
+            await wait_stored(database, sent)
+            sent += await publish_rounds(two, range(3, 6), range(ENTITIES))
+            await wait_stored(database, sent)
+        await assert_in_publish_order(database, range(ENTITIES), 6)
+        async with await Declarer.connect(four.amqp_url.get_secret_value()) as declarer:
+            for gone in (layout.partition_queue(2), layout.partition_queue(3)):
+                with pytest.raises(NotFound):
+                    await declarer.queue_status(gone)
+        published = await publish_rounds(two, range(6, 8), range(ENTITIES))
+        got = await depths(two, 2)
+        assert sum(got) == published and all(got), got

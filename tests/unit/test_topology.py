@@ -13,7 +13,7 @@ from rabbitry.amqp.fieldtable import Int64, encode_value
 from rabbitry.app.registry import system_topology
 from rabbitry.chat.topology import ChatLayout
 from rabbitry.config import ModuleConfig, Settings
-from rabbitry.events.topology import EventsLayout
+from rabbitry.events.topology import ALL_KEYS, EventsLayout, partition_keys, stale_keys
 from rabbitry.messaging.retry import RetryPolicy
 from rabbitry.messaging.settings import QueueType
 from rabbitry.messaging.topology import (
@@ -397,3 +397,15 @@ def test_event_partitions_each_have_one_active_consumer_and_share_the_buckets() 
     assert bucket(entity, 7) == 1385377901 % BUCKETS  # crc32(b"App\\Models\\Order#7")
     assert routing_key("update", entity, 7, partitioned=False) == "update"
     assert routing_key("update", entity, 7, partitioned=True) == f"update.b{1385377901 % 64}"
+
+
+def test_stale_keys_are_every_key_of_other_partition_counts_but_this_ones() -> None:
+    assert stale_keys(0, 1) == [k for k in ALL_KEYS if k != "#"]
+    two = stale_keys(1, 2)
+    assert "#" in two and "*" in two and "*.b0" in two and "*.b1" not in two
+    # What another count bound a queue with is stale unless this count binds it too.
+    for partitions in (1, 2, 4, 64):
+        for partition in range(partitions):
+            stale = set(stale_keys(partition, partitions))
+            assert stale.isdisjoint(partition_keys(partition, partitions))
+            assert stale | set(partition_keys(partition, partitions)) == set(ALL_KEYS)

@@ -1,4 +1,4 @@
-"""The event-sourcing queue of earlier versions, drained before the partitions are consumed.
+"""The event-sourcing queues of earlier layouts, drained before the partitions are consumed.
 
 Up to this version every change event went to one queue, ``<ns>.event-sourcing``, consumed by
 every workflow worker at once (no single active consumer). Its arguments cannot be changed on
@@ -18,6 +18,13 @@ moves over without reordering an entity's events:
 Other workers of this version wait for the old queue to be gone before they consume the
 partitions. The old dead-letter queue (``<ns>.event-sourcing.dlq``) stays for an operator
 to read.
+
+A change of ``events_partitions`` leaves the same kind of thing behind, and is mended the same
+way at every start: bindings an earlier number of partitions made on the partition queues of
+now are removed (a declaration adds bindings, never removes one, so a queue bound ``#`` when
+there was one partition would go on taking a copy of every event), and the queues of
+partitions beyond the new number are unbound, drained and deleted like the old queue (their
+dead-letter queues stay).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from collections.abc import Callable
 
 from rabbitry.config import Settings
 from rabbitry.errors import BrokerError, NotFound
-from rabbitry.events.topology import EventsLayout, topology
+from rabbitry.events.topology import ALL_KEYS, BUCKETS, EventsLayout, stale_keys, topology
 from rabbitry.messaging import Declarer
 from rabbitry.messaging.consumer import Subscription
 from rabbitry.messaging.topology import Binding, Topology, retry_queue_name
@@ -44,13 +51,14 @@ MAX_PAUSE = 10.0
 
 async def drain_legacy(
     settings: Settings,
-    subscription: Callable[[str], Subscription],
+    subscription: Callable[[str, bool], Subscription],
     stopping: asyncio.Event,
 ) -> None:
-    """Store what the old event-sourcing queue holds and delete it, if there is one (see the
-    module docstring); returns at once when there is none, and when ``stopping``.
-    ``subscription(queue)`` is how the workflow worker stores a queue's change events (it is
-    asked for an exclusive one). Broker trouble is waited out, backing off."""
+    """Store what the old event-sourcing queue and the queues of former partitions hold and
+    delete them, if there are any, after tidying the bindings (see the module docstring);
+    returns once done, and when ``stopping``. ``subscription(queue, exclusive)`` is how the
+    workflow worker stores a queue's change events. Broker trouble is waited out, backing
+    off."""
     pause = FIRST_PAUSE
     while not stopping.is_set():
         try:
@@ -65,46 +73,89 @@ async def drain_legacy(
 
 async def _drain(
     settings: Settings,
-    subscription: Callable[[str], Subscription],
+    subscription: Callable[[str, bool], Subscription],
     stopping: asyncio.Event,
 ) -> None:
     layout = EventsLayout(settings.namespace)
-    legacy = layout.legacy_queue
-    tiers = [retry_queue_name(legacy, delay) for delay in settings.retry.tiers_ms()]
+    exchange = layout.events_exchange
+    partitions = settings.events_partitions
     amqp = settings.amqp
     declarer = await Declarer.connect(
         amqp.url, name="workflow-legacy", timeout=amqp.connect_timeout, rpc_timeout=amqp.rpc_timeout
     )
     async with declarer:
-        if not await _exists(declarer, legacy):
-            return
-        log.warning("draining %s (of an earlier version) before the partitions", legacy)
-        await declarer.declare(topology(settings))
-        await declarer.unbind(Binding(layout.events_exchange, legacy, "#"))
-        worker = Worker(
-            "workflow-legacy",
-            [subscription(legacy)],
-            Topology(),
-            amqp=amqp,
-            retry=settings.retry,
-        )
-        while not stopping.is_set():
-            drained = asyncio.Event()
-            running = asyncio.create_task(worker.run(drained))
-            try:
-                while not (stopping.is_set() or running.done()):
-                    if await _empty(declarer, legacy, tiers) is not False:
-                        break
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stopping.wait(), POLL)
-            finally:
-                drained.set()  # the worker finishes what it holds, acks it and stops
-                await running
-            if stopping.is_set():
+        old = await _former_partitions(declarer, layout, partitions)
+        if await _exists(declarer, layout.legacy_queue):
+            old.insert(0, layout.legacy_queue)  # the oldest events: stored first
+        if old:
+            log.warning("draining %s (of an earlier layout) before the partitions", ", ".join(old))
+        await declarer.declare(topology(settings))  # the partitions, before their bindings change
+        # Keys an earlier number of partitions bound to the ones of now (cheap, and nothing
+        # else would tell they are there): each would send a copy of other partitions' events.
+        for partition in range(partitions):
+            queue = layout.partition_queue(partition)
+            for key in stale_keys(partition, partitions):
+                await declarer.unbind(Binding(exchange, queue, key))
+        for queue in old:
+            for key in ALL_KEYS:
+                await declarer.unbind(Binding(exchange, queue, key))
+        for queue in old:
+            if not await _drain_one(settings, subscription, stopping, declarer, queue):
                 return
-            if await _delete(declarer, legacy, tiers):
-                log.warning("%s drained and deleted; consuming the partitions", legacy)
-                return
+
+
+async def _former_partitions(
+    declarer: Declarer, layout: EventsLayout, partitions: int
+) -> list[str]:
+    """The queues of partitions beyond ``partitions`` that a larger number left. Each number
+    of partitions K makes ``p0`` … ``p<K-1>``, so any of them means ``p<partitions>`` is there:
+    one look when there are none."""
+    found: list[str] = []
+    for partition in range(partitions, BUCKETS):
+        queue = layout.partition_queue(partition)
+        if not await _exists(declarer, queue):
+            break
+        found.append(queue)
+    return found
+
+
+async def _drain_one(
+    settings: Settings,
+    subscription: Callable[[str, bool], Subscription],
+    stopping: asyncio.Event,
+    declarer: Declarer,
+    old: str,
+) -> bool:
+    """Store what ``old`` and its retry tiers hold, as their only consumer, then delete them:
+    whether it did (not when ``stopping``)."""
+    tiers = [retry_queue_name(old, delay) for delay in settings.retry.tiers_ms()]
+    worker = Worker(
+        "workflow-legacy",
+        # The old queue as its only consumer; a partition's has a single active one already
+        # (and RabbitMQ refuses an exclusive consumer on it).
+        [subscription(old, old == EventsLayout(settings.namespace).legacy_queue)],
+        Topology(),
+        amqp=settings.amqp,
+        retry=settings.retry,
+    )
+    while not stopping.is_set():
+        drained = asyncio.Event()
+        running = asyncio.create_task(worker.run(drained))
+        try:
+            while not (stopping.is_set() or running.done()):
+                if await _empty(declarer, old, tiers) is not False:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), POLL)
+        finally:
+            drained.set()  # the worker finishes what it holds, acks it and stops
+            await running
+        if stopping.is_set():
+            return False
+        if await _delete(declarer, old, tiers):
+            log.warning("%s drained and deleted", old)
+            return True
+    return False
 
 
 async def _exists(declarer: Declarer, queue: str) -> bool:

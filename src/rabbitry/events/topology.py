@@ -94,6 +94,18 @@ def partition_keys(partition: int, partitions: int) -> list[str]:
     return ["*", *keys] if partition == 0 else keys
 
 
+ALL_KEYS = ("#", "*", *(f"*.b{b}" for b in range(BUCKETS)))
+"""Every key any number of partitions binds a partition queue with."""
+
+
+def stale_keys(partition: int, partitions: int) -> list[str]:
+    """The keys another number of partitions may have bound ``partition``'s queue with, which
+    this one does not: left there, each would route copies of other partitions' events to it
+    (a declaration adds bindings; it never removes one)."""
+    wanted = set(partition_keys(partition, partitions))
+    return [key for key in ALL_KEYS if key not in wanted]
+
+
 def module_topology(settings: Settings, modules: Iterable[ModuleConfig]) -> Topology:
     """``<ns>.modules`` and a queue per module; the workflow module hears ``#``."""
     layout = EventsLayout(settings.namespace)

@@ -220,7 +220,7 @@ class WorkflowWorker:
     async def run(self, stopping: asyncio.Event) -> None:
         # The old single queue first, so that its events are stored before younger ones.
         await drain_legacy(
-            self._settings, lambda q: self.event_subscription(q, exclusive=True), stopping
+            self._settings, lambda q, only: self.event_subscription(q, exclusive=only), stopping
         )
         if self._sharing is None:
             await self.worker.run(stopping)
