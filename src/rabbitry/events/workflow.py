@@ -297,10 +297,11 @@ class WorkflowWorker:
 async def _all_connected(
     workers: Sequence[Worker], connected: asyncio.Event, stopping: asyncio.Event
 ) -> None:
-    """Keep ``connected`` set while every one of ``workers`` consumes, until ``stopping``."""
+    """Keep ``connected`` set while every one of ``workers`` consumes (or hands its queue over,
+    and consumes again at once), until ``stopping``."""
     try:
         while not stopping.is_set():
-            if all(w.connected.is_set() for w in workers):
+            if all(w.connected.is_set() or w.handing_over for w in workers):
                 connected.set()
             else:
                 connected.clear()

@@ -196,9 +196,18 @@ class Worker:
             except (BrokerError, OSError, TimeoutError):
                 link.abort(LinkClosed("handed over"))  # the broker did not answer: drop it
             await asyncio.shield(handed)
+            # Still handing over (see handing_over) until the next connection consumes.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.connected.wait(), self._settings.rpc_timeout)
         finally:
             self._handed = None
         return True
+
+    @property
+    def handing_over(self) -> bool:
+        """True from :meth:`hand_over` until the next connection consumes (or it gave up
+        waiting): not consuming for a moment, on purpose."""
+        return self._handed is not None
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Consume until ``stopping``, then drain; reconnect when the broker drops us."""
