@@ -27,10 +27,9 @@ holds the rest, in order. When every
 caller of a held batch has given up (a worker stopping or losing its link: the broker gives
 their deliveries back), the batch is not written again.
 
-A worker handing its queue over to another (:mod:`.partitions`) first pauses
-its batcher: no batch starts, the ones being written end, and only then does its connection
-close; what was queued and not written goes back to the broker, and :meth:`~Batcher.resume`
-forgets it.
+A worker handing its queue over to another (:mod:`.partitions`) first pauses its batcher: no
+batch starts, the ones being written end, and only then does its connection close; what was
+queued and not written goes back to the broker, and :meth:`~Batcher.resume` forgets it.
 """
 
 from __future__ import annotations

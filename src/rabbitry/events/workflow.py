@@ -56,7 +56,7 @@ IN_FLIGHT = 2
 # The smallest hand-over of change events the worker plans for (see event_subscription).
 HANDOVER = 50
 # Seconds a partition being handed over waits for its batches in the database to end.
-HANDOVER_WAIT = 10.0
+PARTITION_HANDOVER_WAIT = 10.0
 MAX_NAME_LENGTH = 255  # the message log's text columns
 # Allocations between two young collections (Python's default is 700). The worker keeps
 # thousands of young objects alive at once (a prefetch window of messages, each with its
@@ -240,7 +240,7 @@ class WorkflowWorker:
             # A batch the database keeps failing is not waited for: the next worker stores
             # its events again (its write, if it ever lands, is a repeat it skips).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(batcher.pause(), HANDOVER_WAIT)
+                await asyncio.wait_for(batcher.pause(), PARTITION_HANDOVER_WAIT)
             await self._partition_workers[partition].hand_over()
         finally:
             batcher.resume()
