@@ -665,6 +665,8 @@ if __name__ == "__main__":
     )
     args = parser.parse_args()
     only = {c.strip() for c in args.cases.split(",") if c.strip()}
+    if args.workers < 1:
+        parser.error("--workers is at least 1")
     if args.workers > 1 and args.partitions < 2:
         parser.error("--workers needs --partitions of 2 or more: one partition has one worker")
     asyncio.run(main(args.events, args.rounds, args.database, args.partitions, args.workers, only))

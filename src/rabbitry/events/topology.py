@@ -126,19 +126,25 @@ def module_topology(settings: Settings, modules: Iterable[ModuleConfig]) -> Topo
 
 def events_topology(settings: Settings) -> Topology:
     """``<ns>.events`` and the event-sourcing queues it feeds, one per partition."""
+    result = Topology()
+    for partition in range(settings.events_partitions):
+        result |= partition_topology(settings, partition)
+    return result
+
+
+def partition_topology(settings: Settings, partition: int) -> Topology:
+    """``<ns>.events`` and one partition's queue (with its retry and dead-letter queues): what
+    the worker consuming that partition alone declares."""
     layout = EventsLayout(settings.namespace)
     exchange = Exchange(layout.events_exchange, ExchangeType.TOPIC)
-    result = Topology.of(exchanges=[exchange])
     partitions = settings.events_partitions
-    for partition in range(partitions):
-        result |= work_queue(
-            layout.partition_queue(partition),
-            policy=settings.retry,
-            queue_type=settings.queue_type,
-            bindings=[(exchange.name, key) for key in partition_keys(partition, partitions)],
-            single_active=True,
-        )
-    return result
+    return Topology.of(exchanges=[exchange]) | work_queue(
+        layout.partition_queue(partition),
+        policy=settings.retry,
+        queue_type=settings.queue_type,
+        bindings=[(exchange.name, key) for key in partition_keys(partition, partitions)],
+        single_active=True,
+    )
 
 
 def topology(settings: Settings) -> Topology:

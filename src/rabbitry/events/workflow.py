@@ -36,7 +36,12 @@ from rabbitry.events.message_log import MessageLog
 from rabbitry.events.partitions import Sharing
 from rabbitry.events.portable import check_json, check_text
 from rabbitry.events.store import EventStore, check_message_id
-from rabbitry.events.topology import WORKFLOW_MODULE, EventsLayout, topology
+from rabbitry.events.topology import (
+    WORKFLOW_MODULE,
+    EventsLayout,
+    partition_topology,
+    topology,
+)
 from rabbitry.messaging.consumer import Subscription
 from rabbitry.messaging.envelope import Message
 from rabbitry.messaging.tracing import tracing_middleware
@@ -111,7 +116,8 @@ class WorkflowWorker:
                 Worker(
                     f"{self.name}-p{p}",
                     [subscription],
-                    topology(settings),
+                    # Its own queue only: each hand-over declares it again, not everything.
+                    partition_topology(settings, p),
                     amqp=settings.amqp,
                     retry=settings.retry,
                     middleware=self._middleware,
